@@ -1,0 +1,1 @@
+"""nasfast: fast neural architecture search of compact segmentation decoders."""
