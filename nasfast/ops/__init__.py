@@ -1,0 +1,14 @@
+"""Native ops of nasfast, with pure-PyTorch references as fallbacks.
+
+The ops library (built by `pip install .`) registers its kernels with the dispatcher under
+`torch.ops.nasfast`. When it is missing, every op falls back to its reference.
+"""
+from .library import available, library_path
+from .upsample_add import UpsampleAdd, upsample_add, upsample_add_reference
+from .separable import SeparableConvBNReLU, separable_conv, separable_conv_reference
+
+__all__ = [
+    "available", "library_path",
+    "UpsampleAdd", "upsample_add", "upsample_add_reference",
+    "SeparableConvBNReLU", "separable_conv", "separable_conv_reference",
+]
