@@ -1,0 +1,61 @@
+"""Model size: parameters and multiply-adds of convolutions."""
+from typing import List, Sequence, Union
+
+import torch
+from torch import nn
+
+from .ops import SeparableConvBNReLU
+
+Shape = Sequence[int]
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _example(shape: Shape) -> torch.Tensor:
+    shape = tuple(shape)
+    return torch.zeros(shape if len(shape) == 4 else (1,) + shape)
+
+
+def _conv_madds(conv: nn.Conv2d, output_numel: int) -> int:
+    kh, kw = conv.kernel_size
+    return output_numel * (conv.in_channels // conv.groups) * kh * kw
+
+
+def count_madds(module: nn.Module, input_shape: Union[Shape, List[Shape]]) -> int:
+    """Multiply-adds of every Conv2d in one forward pass at batch size 1.
+
+    `input_shape` is (C, H, W) or (1, C, H, W), or a list of such shapes for a module taking a
+    list of tensors (the decoder).
+    """
+    total = 0
+
+    def conv_hook(conv: nn.Conv2d, inputs, output):
+        nonlocal total
+        total += _conv_madds(conv, output[0].numel())
+
+    def separable_hook(block: SeparableConvBNReLU, inputs, output):
+        # The block applies its convolutions' weights directly (or through a fused op), so its
+        # Conv2d children never run as modules.
+        nonlocal total
+        total += _conv_madds(block.depthwise, output[0].numel())
+        total += _conv_madds(block.pointwise, output[0].numel())
+
+    separables = [m for m in module.modules() if isinstance(m, SeparableConvBNReLU)]
+    counted_by_block = {id(c) for b in separables for c in (b.depthwise, b.pointwise)}
+    handles = [b.register_forward_hook(separable_hook) for b in separables]
+    handles += [m.register_forward_hook(conv_hook) for m in module.modules()
+                if isinstance(m, nn.Conv2d) and id(m) not in counted_by_block]
+    nested = len(input_shape) > 0 and isinstance(input_shape[0], (list, tuple))
+    example = [_example(s) for s in input_shape] if nested else _example(input_shape)
+    was_training = module.training
+    try:
+        module.eval()
+        with torch.no_grad():
+            module(example)
+    finally:
+        module.train(was_training)
+        for h in handles:
+            h.remove()
+    return total

@@ -1,0 +1,134 @@
+"""The searched decoder and its auxiliary heads (SPEC section 3)."""
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .cell import Cell
+from .operations import ConvBNReLU
+from .ops import UpsampleAdd
+
+AUX_KINDS = ("cell", "classifier", None)
+
+
+class Block(nn.Module):
+    """Two inputs, each through its own cell and conv 1x1; the coarser one is upsampled and added."""
+
+    def __init__(self, genotype, channels: int, sep_repeats: int, fused, first_is_finer: bool):
+        super().__init__()
+        self.cell_a = Cell(genotype, channels, sep_repeats, fused)
+        self.cell_b = Cell(genotype, channels, sep_repeats, fused)
+        self.project_a = ConvBNReLU(channels, channels, 1)
+        self.project_b = ConvBNReLU(channels, channels, 1)
+        self.merge = UpsampleAdd(fused)
+        self.first_is_finer = first_is_finer
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        a = self.project_a(self.cell_a(a))
+        b = self.project_b(self.cell_b(b))
+        if self.first_is_finer:
+            return self.merge(a, b)
+        return self.merge(b, a)
+
+
+class AuxHead(nn.Module):
+    """Training-only intermediate supervision: [auxiliary cell ->] conv 3x3 -> classes."""
+
+    def __init__(self, genotype, channels: int, num_classes: int, sep_repeats: int, with_cell: bool, fused):
+        super().__init__()
+        self.cell = Cell(genotype, channels, sep_repeats, fused) if with_cell else nn.Identity()
+        self.classifier = nn.Conv2d(channels, num_classes, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.cell(x))
+
+
+class Decoder(nn.Module):
+    """Builds the decoder a genotype describes on top of encoder feature maps.
+
+    `forward(features)` returns the logits at `output_stride`; `forward_with_aux(features)` also
+    returns one auxiliary output per block (empty when `aux` is None), for training.
+    `fused` (None: when the native ops are loaded) is decided here, once.
+    """
+
+    def __init__(self, genotype, in_channels: Sequence[int] = (24, 32, 96, 320), num_classes: int = 21,
+                 channels: int = 48, sep_repeats: int = 1, aux: Optional[str] = "cell",
+                 in_strides: Sequence[int] = (4, 8, 16, 32), fused: Optional[bool] = None):
+        super().__init__()
+        from .genotype import Genotype
+
+        genotype = Genotype.parse(genotype)
+        if aux not in AUX_KINDS:
+            raise ValueError(f"aux must be one of {AUX_KINDS}, got {aux!r}")
+        if len(in_channels) != len(in_strides):
+            raise ValueError(f"in_channels {tuple(in_channels)} and in_strides {tuple(in_strides)} differ in length")
+        if len(in_channels) != 4:
+            raise ValueError(f"the search space has 4 encoder inputs, got in_channels={tuple(in_channels)}")
+        self.genotype = genotype
+        self.num_classes = num_classes
+        self.adapters = nn.ModuleList([ConvBNReLU(c, channels, 1) for c in in_channels])
+
+        strides = list(in_strides)
+        self.blocks = nn.ModuleList()
+        self.block_inputs = []
+        for a, b in genotype.connectivity:
+            self.blocks.append(Block(genotype, channels, sep_repeats, fused, strides[a] <= strides[b]))
+            self.block_inputs += [a, b]
+            strides.append(min(strides[a], strides[b]))
+
+        read = set(self.block_inputs)
+        # Every adapter exists (SPEC's parameter counts include them); unread ones are not run.
+        self.adapter_used = [i in read for i in range(len(in_channels))]
+        self.head_inputs = [i for i in range(4, len(strides)) if i not in read]
+        self.output_stride = min(strides[i] for i in self.head_inputs)
+        self.head_target = next(i for i in self.head_inputs if strides[i] == self.output_stride)
+        self.head = nn.Sequential(
+            ConvBNReLU(len(self.head_inputs) * channels, channels, 1),
+            nn.Conv2d(channels, num_classes, 3, padding=1),
+        )
+        self.aux = nn.ModuleList()
+        if aux is not None:
+            self.aux.extend(AuxHead(genotype, channels, num_classes, sep_repeats, aux == "cell", fused)
+                            for _ in self.blocks)
+        self._init_weights()
+
+    def _init_weights(self):
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.xavier_uniform_(m.weight)  # the paper: Xavier initialisation of the decoder
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def _pool(self, features: List[Tensor]) -> List[Tensor]:
+        pool: List[Tensor] = []
+        for i, adapter in enumerate(self.adapters):
+            pool.append(adapter(features[i]) if self.adapter_used[i] else features[i])
+        k = 0
+        for block in self.blocks:
+            pool.append(block(pool[self.block_inputs[2 * k]], pool[self.block_inputs[2 * k + 1]]))
+            k += 1
+        return pool
+
+    def _head(self, pool: List[Tensor]) -> Tensor:
+        size = pool[self.head_target].shape[-2:]
+        maps: List[Tensor] = []
+        for i in self.head_inputs:
+            x = pool[i]
+            if x.shape[-2:] != size:
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            maps.append(x)
+        return self.head(torch.cat(maps, dim=1))
+
+    def forward(self, features: List[Tensor]) -> Tensor:
+        return self._head(self._pool(features))
+
+    @torch.jit.export
+    def forward_with_aux(self, features: List[Tensor]) -> Tuple[Tensor, List[Tensor]]:
+        pool = self._pool(features)
+        aux: List[Tensor] = []
+        k = 0
+        for head in self.aux:
+            aux.append(head(pool[4 + k]))
+            k += 1
+        return self._head(pool), aux
