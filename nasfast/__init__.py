@@ -1,1 +1,10 @@
 """nasfast: fast neural architecture search of compact segmentation decoders."""
+from .complexity import count_madds, count_params
+from .decoder import Decoder
+from .encoder import MobileNetV2Encoder
+from .genotype import Genotype
+from .model import Segmenter, create_model
+
+__all__ = ["Genotype", "Decoder", "MobileNetV2Encoder", "Segmenter", "create_model",
+           "count_params", "count_madds"]
+__version__ = "0.1.0"

@@ -78,8 +78,6 @@ class Decoder(nn.Module):
             strides.append(min(strides[a], strides[b]))
 
         read = set(self.block_inputs)
-        # Every adapter exists (SPEC's parameter counts include them); unread ones are not run.
-        self.adapter_used = [i in read for i in range(len(in_channels))]
         self.head_inputs = [i for i in range(4, len(strides)) if i not in read]
         self.output_stride = min(strides[i] for i in self.head_inputs)
         self.head_target = next(i for i in self.head_inputs if strides[i] == self.output_stride)
@@ -103,7 +101,7 @@ class Decoder(nn.Module):
     def _pool(self, features: List[Tensor]) -> List[Tensor]:
         pool: List[Tensor] = []
         for i, adapter in enumerate(self.adapters):
-            pool.append(adapter(features[i]) if self.adapter_used[i] else features[i])
+            pool.append(adapter(features[i]))
         k = 0
         for block in self.blocks:
             pool.append(block(pool[self.block_inputs[2 * k]], pool[self.block_inputs[2 * k + 1]]))

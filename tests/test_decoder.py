@@ -59,7 +59,7 @@ def test_aux_heads_one_per_block_and_training_only():
 
 
 def test_gradients_reach_every_parameter_through_main_and_aux_outputs():
-    decoder = Decoder("arch0", aux="cell")  # arch0 never reads encoder output 1
+    decoder = Decoder("arch0", aux="cell")  # arch0 never reads encoder output 1 (SPEC counts its adapter)
     logits, aux = decoder.forward_with_aux(features(batch=2))
     (logits.mean() + sum(a.mean() for a in aux)).backward()
     missing = {n for n, p in decoder.named_parameters() if p.grad is None}

@@ -1,0 +1,57 @@
+import pytest
+import torch
+
+import nasfast
+from nasfast import count_madds, count_params, create_model
+
+# SPEC section 3: whole-model parameters and conv MAdds at 512x512 (21 classes, C=64, R=2).
+REFERENCE = {"arch0": (2_628_821, 4.21e9), "arch1": (2_809_045, 2.85e9), "arch2": (2_852_053, 3.37e9)}
+# SPEC's MAdds exceed the standard conv count (which gives torchvision's 300.8 M for the full
+# MobileNet-v2 at 224 px, checked below) by one constant for all three designs: 2^26, within
+# the table's rounding. SPEC's counter included some fixed extra layer; see the issue note.
+SPEC_EXTRA = 2 ** 26
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE))
+def test_deployed_model_matches_reference_figures(name):
+    params, madds = REFERENCE[name]
+    model = create_model(name, num_classes=21)
+    assert count_params(model) == params
+    ours = count_madds(model, (3, 512, 512))
+    assert ours + SPEC_EXTRA == pytest.approx(madds, abs=0.005e9)  # the table has 2 decimals
+    assert ours == pytest.approx(madds, rel=0.025)
+    assert len(model.decoder.aux) == 0
+
+
+def test_madds_convention_reproduces_torchvision_mobilenet_v2():
+    # features 0-17 here, plus the 1x1 conv to 1280 (320*1280*7*7) and the 1280x1000 classifier.
+    encoder = nasfast.MobileNetV2Encoder()
+    total = count_madds(encoder, (3, 224, 224)) + 320 * 1280 * 49 + 1280 * 1000
+    assert total == pytest.approx(300.8e6, rel=0.002)
+
+
+def test_segmenter_logits_come_back_at_input_size():
+    model = create_model("arch1", num_classes=11).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 360, 480)).shape == (1, 11, 360, 480)
+
+
+def test_training_model_has_aux_outputs():
+    model = create_model("arch0", num_classes=11, aux="cell").eval()
+    with torch.no_grad():
+        logits, aux = model.forward_with_aux(torch.randn(1, 3, 128, 128))
+    assert logits.shape == (1, 11, 32, 32) and len(aux) == 3
+
+
+def test_scripted_segmenter_equals_eager_with_pretrained_encoder():
+    model = create_model("arch2", num_classes=21, pretrained=True).eval()
+    scripted = torch.jit.script(model)
+    x = torch.randn(1, 3, 224, 288)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x))
+
+
+def test_public_api():
+    for name in ["Genotype", "Decoder", "MobileNetV2Encoder", "Segmenter", "create_model",
+                 "count_params", "count_madds"]:
+        assert hasattr(nasfast, name), name
