@@ -5,23 +5,45 @@ from torch import Tensor, nn
 
 from .library import available
 
+if available():
+    @torch.library.register_fake("nasfast::upsample_add")
+    def _(high, low):
+        return torch.empty_like(high, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("nasfast::upsample_add_backward_low")
+    def _(grad, low_size):
+        return grad.new_empty(low_size)
+
 
 def upsample_add_reference(high: Tensor, low: Tensor) -> Tensor:
     return high + F.interpolate(low, size=high.shape[-2:], mode="bilinear", align_corners=False)
 
 
 def upsample_add(high: Tensor, low: Tensor) -> Tensor:
+    """The native op when the library is loaded, else the reference."""
     if available():
         return torch.ops.nasfast.upsample_add(high, low)
     return upsample_add_reference(high, low)
 
 
 class UpsampleAdd(nn.Module):
-    """Module form; `fused` is decided at construction (None: use the library when loaded)."""
+    """Module form. `UpsampleAdd(fused)` picks the class once, at construction: a reference
+    module never refers to the native op, so it scripts without the library."""
+
+    def __new__(cls, fused=None):
+        if cls is UpsampleAdd and (available() if fused is None else fused):
+            if not available():
+                raise RuntimeError("fused=True but the nasfast ops library is not built")
+            cls = FusedUpsampleAdd
+        return super().__new__(cls)
 
     def __init__(self, fused=None):
         super().__init__()
-        self.fused = available() if fused is None else bool(fused)
 
     def forward(self, high: Tensor, low: Tensor) -> Tensor:
         return upsample_add_reference(high, low)
+
+
+class FusedUpsampleAdd(UpsampleAdd):
+    def forward(self, high: Tensor, low: Tensor) -> Tensor:
+        return torch.ops.nasfast.upsample_add(high, low)

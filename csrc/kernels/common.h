@@ -1,0 +1,37 @@
+// Shared helpers of the torch-free kernels: plain C++14 that nvcc and clang (sm_62) also accept.
+#pragma once
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define NASFAST_HOST_DEVICE __host__ __device__
+#else
+#define NASFAST_HOST_DEVICE
+#endif
+
+namespace nasfast {
+namespace kernels {
+
+// One axis of bilinear interpolation with align_corners=False (PyTorch's convention when the
+// output size is given): output index -> two input indices and their weights.
+template <typename T>
+struct LinearTap {
+  int64_t i0, i1;
+  T w0, w1;
+};
+
+template <typename T>
+NASFAST_HOST_DEVICE inline LinearTap<T> linear_tap(int64_t dst, int64_t in_size, int64_t out_size) {
+  const T scale = static_cast<T>(in_size) / static_cast<T>(out_size);
+  T src = scale * (static_cast<T>(dst) + T(0.5)) - T(0.5);
+  if (src < T(0)) src = T(0);
+  LinearTap<T> tap;
+  tap.i0 = static_cast<int64_t>(src);
+  if (tap.i0 > in_size - 1) tap.i0 = in_size - 1;
+  tap.i1 = tap.i0 + (tap.i0 < in_size - 1 ? 1 : 0);
+  tap.w1 = src - static_cast<T>(tap.i0);
+  tap.w0 = T(1) - tap.w1;
+  return tap;
+}
+
+}  // namespace kernels
+}  // namespace nasfast

@@ -1,0 +1,75 @@
+"""Stage-1 cache: frozen-encoder outputs (and teacher logits) computed once per search."""
+import os
+from typing import Callable, Iterable, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+Pair = Tuple[Tensor, Tensor]  # normalised image 3xHxW, label HxW
+
+
+class FeatureCache:
+    """Per-image encoder feature maps, labels and optional teacher logits, indexed together."""
+
+    def __init__(self, features: List[Tensor], labels: Tensor, teacher: Optional[Tensor] = None):
+        self.features, self.labels, self.teacher = features, labels, teacher
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def batch(self, index: Tensor) -> Tuple[List[Tensor], Tensor, Optional[Tensor]]:
+        index = index.tolist()
+        feats = [torch.as_tensor(f[index]) for f in self.features]
+        teacher = None if self.teacher is None else torch.as_tensor(self.teacher[index])
+        return feats, torch.as_tensor(self.labels[index]).long(), teacher
+
+    def nbytes(self) -> int:
+        arrays = self.features + [self.labels] + ([self.teacher] if self.teacher is not None else [])
+        return sum(a.numel() * a.element_size() for a in arrays)
+
+
+def _allocate(shape, dtype, path: Optional[str]) -> Tensor:
+    if path is None:
+        return torch.empty(shape, dtype=dtype)
+    np_dtype = {torch.float32: np.float32, torch.uint8: np.uint8}[dtype]
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=np_dtype, shape=tuple(shape))
+    return torch.from_numpy(array)
+
+
+@torch.no_grad()
+def build_cache(pairs: List[Pair], encoder: torch.nn.Module, teacher: Optional[Callable[[Tensor], Tensor]] = None,
+                directory: Optional[str] = None, memory_limit: float = 2e9,
+                device: torch.device = torch.device("cpu"), batch_size: int = 8,
+                progress: Optional[Callable[[Iterable], Iterable]] = None) -> FeatureCache:
+    """Runs the frozen encoder (and teacher) over `pairs` (all of one size) once.
+
+    The cache lives in memory when its estimated size is under `memory_limit` bytes, else in
+    memory-mapped .npy files under `directory`.
+    """
+    encoder = encoder.eval().to(device)
+    first = [f.cpu() for f in encoder(pairs[0][0][None].to(device))]
+    first_teacher = None if teacher is None else teacher(pairs[0][0][None].to(device)).cpu()
+    n = len(pairs)
+    per_image = sum(f[0].numel() * 4 for f in first) + pairs[0][1].numel()
+    if first_teacher is not None:
+        per_image += first_teacher[0].numel() * 4
+    use_disk = directory is not None and n * per_image > memory_limit
+    if use_disk:
+        os.makedirs(directory, exist_ok=True)
+    path = (lambda name: os.path.join(directory, name + ".npy")) if use_disk else (lambda name: None)
+
+    features = [_allocate((n,) + tuple(f.shape[1:]), torch.float32, path(f"level{i}")) for i, f in enumerate(first)]
+    labels = _allocate((n,) + tuple(pairs[0][1].shape), torch.uint8, path("labels"))
+    logits = None if first_teacher is None else _allocate(
+        (n,) + tuple(first_teacher.shape[1:]), torch.float32, path("teacher"))
+    starts = range(0, n, batch_size)
+    for start in (progress(starts) if progress else starts):
+        chunk = pairs[start:start + batch_size]
+        images = torch.stack([image for image, _ in chunk]).to(device)
+        for store, out in zip(features, encoder(images)):
+            store[start:start + len(chunk)] = out.cpu()
+        labels[start:start + len(chunk)] = torch.stack([label for _, label in chunk]).to(torch.uint8)
+        if logits is not None:
+            logits[start:start + len(chunk)] = teacher(images).float().cpu()
+    return FeatureCache(features, labels, logits)

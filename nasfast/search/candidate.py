@@ -1,0 +1,161 @@
+"""Training and scoring one candidate design: stage 1, the gate, stage 2 (SPEC section 5)."""
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..complexity import count_madds, count_params
+from ..decoder import Decoder
+from ..metrics import ConfusionMatrix
+from ..model import Segmenter
+from .cache import FeatureCache
+from .config import SearchConfig
+from .gate import Gate
+from .polyak import Polyak
+
+
+class CandidateFailed(RuntimeError):
+    """A candidate that cannot be trained (non-finite loss, ...): logged as failed."""
+
+
+@dataclass
+class SearchContext:
+    """What every candidate of one search shares."""
+    config: SearchConfig
+    num_classes: int
+    ignore_index: int
+    exclude: Tuple[int, ...]
+    stage1: FeatureCache                      # meta-train subset, cached
+    stage1_val: FeatureCache                  # meta-val, cached (stage-1 reward)
+    stage2_batches: Callable[[int], Iterable[Tuple[Tensor, Tensor]]]  # seed -> augmented meta-train
+    val_batches: Callable[[], Iterable[Tuple[Tensor, Tensor]]]        # meta-val images, labels
+    make_encoder: Callable[[], nn.Module]     # a fresh pre-trained encoder
+    in_channels: Tuple[int, ...]
+    in_strides: Tuple[int, ...]
+    device: torch.device
+
+
+def candidate_seed(search_seed: int, index: int) -> int:
+    """Every random choice for candidate `index` derives from this, so a resumed search replays it."""
+    return (search_seed * 1_000_003 + index * 7919 + 17) % (2 ** 63)
+
+
+def segmentation_loss(logits: Tensor, aux: List[Tensor], labels: Tensor, ignore_index: int,
+                      aux_weight: float) -> Tensor:
+    def ce(x: Tensor) -> Tensor:
+        x = F.interpolate(x, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        return F.cross_entropy(x, labels, ignore_index=ignore_index)
+
+    loss = ce(logits)
+    for a in aux:
+        loss = loss + aux_weight * ce(a)
+    return loss
+
+
+def distillation_loss(logits: Tensor, teacher: Tensor) -> Tensor:
+    if teacher.shape[-2:] != logits.shape[-2:]:
+        teacher = F.interpolate(teacher, size=logits.shape[-2:], mode="bilinear", align_corners=False)
+    return F.mse_loss(logits, teacher)
+
+
+def _check(loss: Tensor, stage: int, step: int) -> None:
+    if not math.isfinite(loss.item()):
+        raise CandidateFailed(f"non-finite loss ({loss.item()}) at stage {stage}, step {step}")
+
+
+def _score(forward: Callable[[Tensor], Tensor], batches, ctx: SearchContext) -> float:
+    matrix = ConfusionMatrix(ctx.num_classes, ignore_index=ctx.ignore_index, exclude=ctx.exclude)
+    with torch.no_grad():
+        for inputs, labels in batches:
+            matrix.update(forward(inputs), labels.to(ctx.device))
+    return float(matrix.compute()["reward"])
+
+
+def _cached_batches(cache: FeatureCache, batch_size: int, device, generator=None):
+    order = torch.randperm(len(cache), generator=generator) if generator is not None else torch.arange(len(cache))
+    for start in range(0, len(cache), batch_size):
+        feats, labels, teacher = cache.batch(order[start:start + batch_size])
+        yield [f.to(device) for f in feats], labels.to(device), None if teacher is None else teacher.to(device)
+
+
+def run_stage1(decoder: Decoder, ctx: SearchContext, generator: torch.Generator) -> Tuple[Decoder, float]:
+    cfg = ctx.config.stage1
+    optimizer = torch.optim.Adam(decoder.parameters(), lr=cfg.decoder_lr)
+    polyak = Polyak(decoder, cfg.polyak_decay)
+    decoder.train()
+    step = 0
+    for _ in range(cfg.epochs):
+        for feats, labels, teacher in _cached_batches(ctx.stage1, cfg.batch_size, ctx.device, generator):
+            logits, aux = decoder.forward_with_aux(feats)
+            loss = segmentation_loss(logits, aux, labels, ctx.ignore_index, ctx.config.aux_weight)
+            if teacher is not None and cfg.distillation > 0:
+                loss = loss + cfg.distillation * distillation_loss(logits, teacher)
+            _check(loss, 1, step)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            polyak.update(decoder)
+            step += 1
+    averaged = polyak.average
+    batches = ((feats, labels) for feats, labels, _ in
+               _cached_batches(ctx.stage1_val, cfg.batch_size, ctx.device))
+    return averaged, _score(averaged, batches, ctx)
+
+
+def run_stage2(decoder: Decoder, ctx: SearchContext, seed: int) -> float:
+    cfg = ctx.config.stage2
+    model = Segmenter(ctx.make_encoder(), decoder).to(ctx.device).train()
+    optimizer_encoder = torch.optim.SGD(model.encoder.parameters(), lr=cfg.encoder_lr, momentum=0.9)
+    optimizer_decoder = torch.optim.Adam(model.decoder.parameters(), lr=cfg.decoder_lr)
+    polyak = Polyak(model, cfg.polyak_decay)
+    step = 0
+    for epoch in range(cfg.epochs):
+        for images, labels in ctx.stage2_batches(seed + epoch):
+            images, labels = images.to(ctx.device), labels.to(ctx.device)
+            logits, aux = model.forward_with_aux(images)
+            loss = segmentation_loss(logits, aux, labels, ctx.ignore_index, ctx.config.aux_weight)
+            _check(loss, 2, step)
+            optimizer_encoder.zero_grad(set_to_none=True)
+            optimizer_decoder.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer_encoder.step()
+            optimizer_decoder.step()
+            polyak.update(model)
+            step += 1
+    averaged = polyak.average
+    batches = ((images.to(ctx.device), labels) for images, labels in ctx.val_batches())
+    return _score(lambda x: averaged.decoder(averaged.encoder(x)), batches, ctx)
+
+
+def evaluate_candidate(genotype, index: int, ctx: SearchContext, gate: Gate) -> dict:
+    """Trains and scores one design. Returns the fields of its log record (SPEC section 6);
+    raises on failure (the caller records it as failed)."""
+    start = time.time()
+    cfg = ctx.config
+    seed = candidate_seed(cfg.seed, index)
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    decoder = Decoder(genotype, in_channels=ctx.in_channels, num_classes=ctx.num_classes,
+                      channels=cfg.channels, sep_repeats=cfg.sep_repeats, aux=cfg.aux,
+                      in_strides=ctx.in_strides).to(ctx.device)
+    params = count_params(decoder) - count_params(decoder.aux)
+    feats, _, _ = ctx.stage1.batch(torch.tensor([0]))
+    madds = count_madds(decoder, [tuple(f.shape[1:]) for f in feats])
+
+    averaged, stage1_reward = run_stage1(decoder, ctx, generator)
+    coin = torch.rand((), generator=generator).item()
+    go = gate.decide(stage1_reward, coin)
+    stage2_reward = run_stage2(decoder, ctx, seed) if go else None
+    return {
+        "reward": stage2_reward if go else stage1_reward,
+        "stage1_reward": stage1_reward,
+        "stage2_reward": stage2_reward,
+        "gate": "continue" if go else "stop",
+        "params": params,
+        "madds": madds,
+        "seconds": round(time.time() - start, 3),
+    }

@@ -1,0 +1,94 @@
+"""Every number of the search protocol (SPEC sections 4-6), with presets.
+
+Defaults are the paper's values (`--preset paper`); "ours" marks the choices the paper leaves open.
+"""
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Tuple
+
+
+def option(default, help: str, **kwargs):
+    return field(default=default, metadata={"help": help}, **kwargs)
+
+
+@dataclass
+class StageConfig:
+    epochs: int = option(5, "training epochs")
+    batch_size: int = option(64, "batch size (ours)")
+    decoder_lr: float = option(3e-3, "Adam learning rate of the decoder")
+    polyak_decay: float = option(0.9, "decay of the Polyak average of the weights")
+    encoder_lr: float = option(0.0, "SGD (momentum 0.9) learning rate of the encoder; 0 keeps it frozen")
+    distillation: float = option(0.0, "weight of the MSE to the teacher's logits")
+
+
+def _stage1() -> StageConfig:
+    return StageConfig(epochs=5, batch_size=64, decoder_lr=3e-3, polyak_decay=0.9, distillation=0.3)
+
+
+def _stage2() -> StageConfig:
+    return StageConfig(epochs=1, batch_size=32, decoder_lr=3e-3, polyak_decay=0.99, encoder_lr=1e-3)
+
+
+@dataclass
+class SearchConfig:
+    dataset: str = option("camvid", "dataset name: camvid, voc or folder")
+    strategy: str = option("ppo", "search strategy: ppo (the LSTM controller) or random")
+    seed: int = option(0, "seed of everything random in the search")
+    val_fraction: float = option(0.1, "share of the training split held out as meta-val")
+    stage1_images: int = option(4000, "meta-train images whose encoder outputs are cached (all when fewer)")
+    val_images: int = option(0, "meta-val images scored (0: all)")
+    scale: float = option(1.0, "images are resized by this factor first (ours)")
+    crop_size: int = option(321, "side of the square stage-2 training crops (ours)")
+    scale_range: Tuple[float, float] = option((0.5, 2.0), "random scale range of stage-2 augmentation")
+    channels: int = option(48, "decoder width during search")
+    sep_repeats: int = option(1, "repeats of a separable block during search")
+    aux: Optional[str] = option("cell", "auxiliary heads: cell, classifier or none")
+    aux_weight: float = option(0.15, "weight of each auxiliary loss")
+    stage1: StageConfig = field(default_factory=_stage1)
+    stage2: StageConfig = field(default_factory=_stage2)
+    gate_p_start: float = option(0.9, "chance that the gate lets a below-mean candidate continue, at first")
+    gate_p_end: float = option(0.1, "... and at the end of the annealing (ours)")
+    gate_anneal: int = option(1000, "candidates over which that chance goes linearly from start to end (ours)")
+    ppo_epochs: int = option(4, "PPO passes over each batch of rewards (ours)")
+    ppo_clip: float = option(0.1, "PPO clipping of the probability ratio")
+    controller_lr: float = option(1e-4, "Adam learning rate of the controller")
+    baseline_decay: float = option(0.95, "decay of the reward baseline (moving average)")
+    entropy_weight: float = option(0.0, "entropy bonus of the controller")
+    teacher: Optional[str] = option(None, "TorchScript file of a teacher network for distillation (off when none)")
+    workers: int = option(0, "DataLoader worker processes")
+    memory_limit_gb: float = option(2.0, "a larger stage-1 cache is memory-mapped from RUN_DIR/cache")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "SearchConfig":
+        d = dict(d)
+        d["stage1"] = StageConfig(**d["stage1"])
+        d["stage2"] = StageConfig(**d["stage2"])
+        d["scale_range"] = tuple(d["scale_range"])
+        return cls(**d)
+
+
+def _fast() -> SearchConfig:
+    """A GPU-friendly shortening: fewer cached images, smaller images and crops."""
+    c = SearchConfig(stage1_images=1000, val_images=300, scale=0.75, crop_size=256, gate_anneal=300)
+    c.stage1.epochs = 3
+    return c
+
+
+def _tiny() -> SearchConfig:
+    """A candidate in well under a minute on 2 CPU cores: for trying nasfast out and for tests."""
+    c = SearchConfig(stage1_images=48, val_images=16, scale=0.25, crop_size=64, channels=16, gate_anneal=40)
+    c.stage1.epochs, c.stage1.batch_size = 2, 8
+    c.stage2.batch_size = 8
+    return c
+
+
+PRESETS = {"paper": SearchConfig, "fast": _fast, "tiny": _tiny}
+
+
+def preset(name: str) -> SearchConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]()

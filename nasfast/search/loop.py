@@ -1,0 +1,128 @@
+"""The outer loop (SPEC section 6): sample, evaluate, update; logged and resumable."""
+import os
+import signal
+import time
+import traceback
+from typing import Any, Dict, List, Optional
+
+import torch
+from tqdm import tqdm
+
+from ..strategies import make_strategy
+from .candidate import SearchContext, evaluate_candidate
+from .config import SearchConfig
+from .gate import Gate
+from .records import append_record, keep_records_before, load_state, save_state, write_json
+
+STATE = "state.pt"
+LOG = "candidates.jsonl"
+CONFIG = "config.json"
+
+
+class Search:
+    """One search run in `run_dir`. Everything needed to continue exactly is saved after every
+    candidate; a run killed at any moment and resumed logs the same candidates and rewards."""
+
+    def __init__(self, run_dir: str, config: SearchConfig, context_factory):
+        self.run_dir = run_dir
+        self.config = config
+        self.context_factory = context_factory
+        self.strategy = make_strategy(config.strategy, seed=config.seed, lr=config.controller_lr,
+                                      clip=config.ppo_clip, ppo_epochs=config.ppo_epochs,
+                                      baseline_decay=config.baseline_decay,
+                                      entropy_weight=config.entropy_weight)
+        self.gate = Gate(config.gate_p_start, config.gate_p_end, config.gate_anneal)
+        self.next_index = 0
+        self.elapsed = 0.0
+        self.records: List[Dict[str, Any]] = []
+        self._context: Optional[SearchContext] = None
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.run_dir, name)
+
+    # -- persistence -------------------------------------------------------------------------
+    def state_dict(self) -> Dict[str, Any]:
+        return {"next_index": self.next_index, "elapsed": self.elapsed,
+                "strategy": self.strategy.state_dict(), "gate": self.gate.state_dict()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.next_index, self.elapsed = state["next_index"], state["elapsed"]
+        self.strategy.load_state_dict(state["strategy"])
+        self.gate.load_state_dict(state["gate"])
+
+    def start(self) -> None:
+        os.makedirs(self.run_dir, exist_ok=True)
+        write_json(self.path(CONFIG), self.config.to_dict())
+        keep_records_before(self.path(LOG), 0)
+        save_state(self.path(STATE), self.state_dict())
+
+    def resume(self) -> None:
+        self.load_state_dict(load_state(self.path(STATE)))
+        self.records = keep_records_before(self.path(LOG), self.next_index)
+
+    # -- the loop ----------------------------------------------------------------------------
+    def context(self) -> SearchContext:
+        if self._context is None:
+            self._context = self.context_factory(self.config, self.run_dir)
+        return self._context
+
+    def step(self) -> Dict[str, Any]:
+        """Samples, evaluates and logs one candidate, updates the strategy, saves the state."""
+        started = time.time()
+        proposal = self.strategy.sample()
+        record: Dict[str, Any] = {"index": self.next_index, "genotype": proposal.genotype.to_list()}
+        try:
+            record.update(evaluate_candidate(proposal.genotype, self.next_index, self.context(), self.gate))
+            record.update(status="ok", error=None)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as error:  # any failure of one design must not stop the search
+            record.update(reward=None, stage1_reward=None, stage2_reward=None, gate=None, params=None,
+                          madds=None, seconds=round(time.time() - started, 3), status="failed",
+                          error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc(limit=3))
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        if record["status"] == "ok":
+            record["controller"] = self.strategy.update([proposal], [record["reward"]])
+        append_record(self.path(LOG), record)
+        self.records.append(record)
+        self.next_index += 1
+        self.elapsed += time.time() - started
+        save_state(self.path(STATE), self.state_dict())
+        return record
+
+    def run(self, budget: Optional[int] = None, time_budget: Optional[float] = None,
+            progress: bool = True) -> List[Dict[str, Any]]:
+        """Evaluates candidates until `budget` candidates or `time_budget` seconds (counted over
+        every session of this run) are spent."""
+        if budget is None and time_budget is None:
+            raise ValueError("give a budget of candidates, of seconds, or both")
+        bar = tqdm(total=budget, initial=self.next_index, unit="cand", disable=not progress,
+                   dynamic_ncols=True)
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            while not self._spent(budget, time_budget):
+                record = self.step()
+                bar.update(1)
+                bar.set_postfix(best=_fmt(self.best_reward()), last=_fmt(record["reward"]),
+                                gate=record["gate"] or record["status"])
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            bar.close()
+        return self.records
+
+    def _spent(self, budget, time_budget) -> bool:
+        return ((budget is not None and self.next_index >= budget)
+                or (time_budget is not None and self.elapsed >= time_budget))
+
+    def best_reward(self) -> Optional[float]:
+        rewards = [r["reward"] for r in self.records if r["status"] == "ok"]
+        return max(rewards) if rewards else None
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _fmt(x: Optional[float]) -> str:
+    return "-" if x is None else f"{x:.4f}"

@@ -1,0 +1,79 @@
+import pytest
+import torch
+
+import nasfast.ops as ops
+from nasfast.ops import UpsampleAdd, upsample_add_reference
+
+needs_ops = pytest.mark.skipif(not ops.available(), reason="native ops library not built")
+SIZES = [  # (high, low): integer, non-integer and odd scales, equal sizes, 1x1
+    ((8, 8), (4, 4)), ((23, 30), (12, 15)), ((45, 60), (12, 15)), ((7, 9), (7, 9)),
+    ((5, 6), (1, 1)), ((128, 128), (16, 16)), ((13, 17), (5, 3)),
+]
+
+
+def inputs(high, low, dtype=torch.float32, batch=2, channels=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(batch, channels, *high, generator=g, dtype=dtype),
+            torch.randn(batch, channels, *low, generator=g, dtype=dtype))
+
+
+def test_library_is_built_when_required():
+    import os
+    if os.environ.get("NASFAST_REQUIRE_OPS") == "1":
+        assert ops.available() and os.path.isabs(ops.library_path())
+
+
+@needs_ops
+@pytest.mark.parametrize("high, low", SIZES)
+def test_values_match_reference(high, low):
+    h, l = inputs(high, low)
+    torch.testing.assert_close(torch.ops.nasfast.upsample_add(h, l), upsample_add_reference(h, l))
+
+
+@needs_ops
+def test_non_contiguous_and_channels_last():
+    h, l = inputs((24, 32), (9, 11), channels=4)
+    for a, b in [(h.transpose(2, 3), l.transpose(2, 3)),
+                 (h.to(memory_format=torch.channels_last), l.to(memory_format=torch.channels_last)),
+                 (h[:, ::2], l[:, ::2])]:
+        torch.testing.assert_close(torch.ops.nasfast.upsample_add(a, b), upsample_add_reference(a, b))
+
+
+@needs_ops
+@pytest.mark.parametrize("high, low", SIZES[:5])
+def test_gradcheck_float64(high, low):
+    h, l = inputs(high, low, dtype=torch.float64, batch=1, channels=2)
+    h.requires_grad_(), l.requires_grad_()
+    assert torch.autograd.gradcheck(torch.ops.nasfast.upsample_add, (h, l))
+
+
+@needs_ops
+def test_gradients_match_reference():
+    h, l = inputs((45, 60), (12, 15))
+    grad = torch.randn_like(h)
+    results = []
+    for f in (torch.ops.nasfast.upsample_add, upsample_add_reference):
+        a, b = h.clone().requires_grad_(), l.clone().requires_grad_()
+        f(a, b).backward(grad)
+        results.append((a.grad, b.grad))
+    torch.testing.assert_close(results[0], results[1])
+
+
+@needs_ops
+def test_opcheck():
+    h, l = inputs((23, 30), (12, 15))
+    torch.library.opcheck(torch.ops.nasfast.upsample_add.default, (h, l.requires_grad_()))
+
+
+@needs_ops
+def test_module_picks_the_implementation_at_construction_and_scripts():
+    h, l = inputs((23, 30), (12, 15))
+    fused, reference = UpsampleAdd(fused=True), UpsampleAdd(fused=False)
+    assert type(fused).__name__ == "FusedUpsampleAdd" and type(reference) is UpsampleAdd
+    for module in (fused, reference):
+        torch.testing.assert_close(torch.jit.script(module)(h, l), upsample_add_reference(h, l))
+    assert "nasfast::upsample_add" in str(torch.jit.script(fused).graph)
+
+
+def test_reference_module_scripts_without_the_library():
+    assert "nasfast::" not in str(torch.jit.script(UpsampleAdd(fused=False)).graph)
