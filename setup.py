@@ -18,7 +18,7 @@ def ops_extension():
     force_cuda = os.environ.get("NASFAST_FORCE_CUDA") == "1"
     with_cuda = not force_cpu and (force_cuda or (torch.cuda.is_available() and CUDA_HOME is not None))
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp") + glob.glob("csrc/autograd/*.cpp"))
-    flags = {"cxx": ["-O3", "-std=c++17"]}
+    flags = {"cxx": ["-O3"]}
     kind = CppExtension
     if with_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
