@@ -37,6 +37,7 @@ class SearchConfig:
     val_fraction: float = option(0.1, "share of the training split held out as meta-val")
     stage1_images: int = option(4000, "meta-train images whose encoder outputs are cached (all when fewer)")
     val_images: int = option(0, "meta-val images scored (0: all)")
+    stage2_images: int = option(0, "meta-train images of a stage-2 epoch (0: all)")
     scale: float = option(1.0, "images are resized by this factor first (ours)")
     crop_size: int = option(321, "side of the square stage-2 training crops (ours)")
     scale_range: Tuple[float, float] = option((0.5, 2.0), "random scale range of stage-2 augmentation")
@@ -72,14 +73,16 @@ class SearchConfig:
 
 def _fast() -> SearchConfig:
     """A GPU-friendly shortening: fewer cached images, smaller images and crops."""
-    c = SearchConfig(stage1_images=1000, val_images=300, scale=0.75, crop_size=256, gate_anneal=300)
+    c = SearchConfig(stage1_images=1000, val_images=300, stage2_images=1000, scale=0.75, crop_size=256,
+                     gate_anneal=300)
     c.stage1.epochs = 3
     return c
 
 
 def _tiny() -> SearchConfig:
     """A candidate in well under a minute on 2 CPU cores: for trying nasfast out and for tests."""
-    c = SearchConfig(stage1_images=48, val_images=16, scale=0.25, crop_size=64, channels=16, gate_anneal=40)
+    c = SearchConfig(stage1_images=48, val_images=16, stage2_images=32, scale=0.25, crop_size=64, channels=16,
+                     gate_anneal=40)
     c.stage1.epochs, c.stage1.batch_size = 2, 8
     c.stage2.batch_size = 8
     return c

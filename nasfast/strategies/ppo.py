@@ -79,7 +79,7 @@ class PPOController(Strategy):
             loss.backward()
             self.optimizer.step()
         self.updates += 1
-        return {"loss": float(loss), "baseline": float(self.baseline), "advantage": float(advantages[-1])}
+        return {"loss": loss.item(), "baseline": float(self.baseline), "advantage": float(advantages[-1])}
 
     def state_dict(self) -> Dict[str, Any]:
         return {"controller": self.controller.state_dict(), "optimizer": self.optimizer.state_dict(),

@@ -1,0 +1,97 @@
+"""Everything a search's candidates share, built once: the meta-train/meta-val split, the
+stage-1 cache of encoder outputs (and teacher logits), and the stage-2 and validation data."""
+import os
+import sys
+from typing import List, Optional, Tuple
+
+import torch
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from ..data import EvalTransform, TrainTransform, make_dataset
+from ..encoder import MobileNetV2Encoder
+from .cache import build_cache
+from .candidate import SearchContext
+from .config import SearchConfig
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> Tuple[List[int], List[int]]:
+    """A random, disjoint meta-train / meta-val split of the training images."""
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = max(1, round(n * val_fraction))
+    return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+def _common_size(dataset, indices: List[int], scale: float) -> Tuple[int, int]:
+    """The largest image size among `indices` after resizing: every image is padded to it."""
+    sizes = [dataset.load(i)[1].shape for i in indices]
+    return (max(round(h * scale) for h, _ in sizes), max(round(w * scale) for _, w in sizes))
+
+
+def load_teacher(path: Optional[str], device: torch.device):
+    if path is None:
+        return None
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"teacher {path}: no such TorchScript file")
+    teacher = torch.jit.load(path, map_location=device).eval()
+    return lambda x: teacher(x)
+
+
+def build_context(config: SearchConfig, run_dir: str, data_root: Optional[str] = None,
+                  device: str = "auto") -> SearchContext:
+    device = resolve_device(device)
+    full = make_dataset(config.dataset, data_root)
+    train_ids, val_ids = split_indices(len(full), config.val_fraction, config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    stage1_ids = sorted(torch.tensor(train_ids)[torch.randperm(len(train_ids), generator=generator)]
+                        [:config.stage1_images].tolist())
+    if config.val_images:
+        val_ids = val_ids[:config.val_images]
+
+    size = _common_size(full, stage1_ids + val_ids, config.scale)
+    cached = make_dataset(config.dataset, data_root, transform=EvalTransform(config.scale, size))
+    encoder = MobileNetV2Encoder(pretrained=True)
+    teacher = load_teacher(config.teacher, device)
+    progress = lambda what: (lambda it: tqdm(it, desc=f"caching {what}", unit="batch", leave=False))
+    stage1 = build_cache([cached[i] for i in stage1_ids], encoder, teacher, os.path.join(run_dir, "cache", "stage1"),
+                         config.memory_limit_gb * 1e9, device, progress=progress("stage 1"))
+    stage1_val = build_cache([cached[i] for i in val_ids], encoder, None, os.path.join(run_dir, "cache", "val"),
+                             config.memory_limit_gb * 1e9, device, progress=progress("meta-val"))
+    print(f"stage-1 cache: {len(stage1)} meta-train + {len(stage1_val)} meta-val images at "
+          f"{size[0]}x{size[1]}, {(stage1.nbytes() + stage1_val.nbytes()) / 1e6:.1f} MB", file=sys.stderr)
+
+    augmented = make_dataset(config.dataset, data_root, transform=TrainTransform(
+        config.crop_size, config.scale_range, config.scale, seed=config.seed))
+    stage2_set = Subset(augmented, train_ids)
+    stage2_count = min(len(train_ids), config.stage2_images or len(train_ids))
+    val_set = Subset(cached, val_ids)
+
+    def stage2_batches(seed: int):
+        augmented.transform.seed = seed
+        sampler = torch.randperm(len(train_ids), generator=torch.Generator().manual_seed(seed))[:stage2_count]
+        return DataLoader(stage2_set, batch_size=config.stage2.batch_size, sampler=sampler.tolist(),
+                          drop_last=True, num_workers=config.workers)
+
+    def val_batches():
+        return DataLoader(val_set, batch_size=config.stage1.batch_size, num_workers=config.workers)
+
+    state = {k: v.clone() for k, v in encoder.state_dict().items()}
+
+    def make_encoder():
+        fresh = MobileNetV2Encoder()
+        fresh.load_state_dict(state)
+        return fresh
+
+    return SearchContext(config=config, num_classes=full.num_classes, ignore_index=full.ignore_index,
+                         exclude=tuple(full.exclude), stage1=stage1, stage1_val=stage1_val,
+                         stage2_batches=stage2_batches, val_batches=val_batches, make_encoder=make_encoder,
+                         in_channels=MobileNetV2Encoder.channels, in_strides=MobileNetV2Encoder.strides,
+                         device=device)

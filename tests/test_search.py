@@ -1,0 +1,147 @@
+"""The search on real CamVid with the tiny preset, as a user runs it: a separate process."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from nasfast.search.candidate import CandidateFailed, _check
+from nasfast.search.config import SearchConfig, preset
+from nasfast.search.gate import Gate
+from nasfast.search.polyak import Polyak
+from nasfast.search.records import read_records
+
+REPO = Path(__file__).resolve().parents[1]
+FIELDS = {"index", "genotype", "reward", "stage1_reward", "stage2_reward", "gate", "status", "error",
+          "params", "madds", "seconds"}
+
+
+def search(*args, wait=True):
+    cmd = [sys.executable, "-m", "nasfast.search", "--dataset", "camvid", "--preset", "tiny", "--no-progress", *args]
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    if not wait:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def comparable(records):
+    return [{k: r[k] for k in ("index", "genotype", "reward", "stage1_reward", "stage2_reward", "gate", "status",
+                               "params", "madds")} for r in records]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, camvid_root):
+    run = tmp_path_factory.mktemp("search") / "run"
+    result = search("--out", str(run), "--budget", "4", "--seed", "3")
+    assert result.returncode == 0, result.stderr
+    return run, result
+
+
+def test_run_writes_config_log_and_table(uninterrupted):
+    run, result = uninterrupted
+    records = read_records(str(run / "candidates.jsonl"))
+    assert [r["index"] for r in records] == [0, 1, 2, 3]
+    for r in records:
+        assert FIELDS <= set(r) and r["status"] == "ok" and 0 < r["reward"] <= 1
+        assert r["gate"] in ("continue", "stop")
+        assert (r["stage2_reward"] is None) == (r["gate"] == "stop")
+        assert r["reward"] == (r["stage2_reward"] if r["gate"] == "continue" else r["stage1_reward"])
+    config = SearchConfig.from_dict(json.loads((run / "config.json").read_text()))
+    assert config.seed == 3 and config.stage1_images == preset("tiny").stage1_images
+    assert "top 4 of 4 candidates" in result.stdout and "stage-1 cache" in result.stderr
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_candidates(uninterrupted, tmp_path):
+    run = tmp_path / "run"
+    process = search("--out", str(run), "--budget", "4", "--seed", "3", wait=False)
+    log = run / "candidates.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and len(read_records(str(log))) < 2 and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)  # mid-candidate (the third), or right after the second
+    process.wait()
+    assert 1 <= len(read_records(str(log))) < 4
+    result = search("--resume", str(run), "--budget", "4")
+    assert result.returncode == 0, result.stderr
+    expected = comparable(read_records(str(uninterrupted[0] / "candidates.jsonl")))
+    assert comparable(read_records(str(log))) == expected
+
+
+def test_ctrl_c_saves_and_exits_cleanly(tmp_path, camvid_root):
+    run = tmp_path / "run"
+    process = search("--out", str(run), "--budget", "50", wait=False)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(read_records(str(run / "candidates.jsonl"))) < 1:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, output
+    assert "--resume" in output
+    saved = torch.load(run / "state.pt", weights_only=False)
+    assert saved["next_index"] == len(read_records(str(run / "candidates.jsonl"))) >= 1
+
+
+def test_cli_errors(tmp_path, uninterrupted):
+    result = search("--out", str(uninterrupted[0]), "--budget", "1")
+    assert result.returncode == 2 and "already holds a search" in result.stderr
+    result = search("--resume", str(tmp_path / "nothing"), "--budget", "1")
+    assert result.returncode == 2 and "no saved search" in result.stderr
+    result = search("--out", str(tmp_path / "x"))
+    assert result.returncode == 2 and "--budget" in result.stderr
+    result = search("--out", str(tmp_path / "y"), "--budget", "1", "--data-root", str(tmp_path / "missing"))
+    assert result.returncode != 0 and "missing" in result.stderr and "looked in" in result.stderr
+    assert not (tmp_path / "y" / "state.pt").exists()
+    help_text = search("--help").stdout
+    for option in ("--stage1-epochs", "--stage2-encoder-lr", "--gate-p-start", "--aux-weight", "--time-budget"):
+        assert option in help_text
+
+
+def test_a_failing_candidate_is_logged_and_the_search_goes_on(tmp_path, monkeypatch):
+    import nasfast.search.loop as loop
+
+    def evaluate(genotype, index, context, gate):
+        if index == 1:
+            raise CandidateFailed("non-finite loss (nan) at stage 1, step 3")
+        return dict(reward=0.5, stage1_reward=0.5, stage2_reward=None, gate="stop", params=1, madds=1, seconds=0.0)
+
+    monkeypatch.setattr(loop, "evaluate_candidate", evaluate)
+    search_run = loop.Search(str(tmp_path), preset("tiny"), lambda config, run_dir: None)
+    search_run.start()
+    records = search_run.run(budget=3, progress=False)
+    assert [r["status"] for r in records] == ["ok", "failed", "ok"]
+    assert "non-finite loss" in records[1]["error"] and records[1]["reward"] is None
+    assert [r["status"] for r in read_records(str(tmp_path / "candidates.jsonl"))] == ["ok", "failed", "ok"]
+
+
+def test_non_finite_loss_fails_the_candidate():
+    with pytest.raises(CandidateFailed, match="stage 2, step 7"):
+        _check(torch.tensor(float("nan")), 2, 7)
+    _check(torch.tensor(1.0), 1, 0)
+
+
+def test_gate_continues_above_the_running_mean_and_anneals():
+    gate = Gate(p_start=0.9, p_end=0.1, anneal=4)
+    assert gate.decide(0.5, coin=0.99)           # first: nothing to compare with
+    assert gate.decide(0.6, coin=0.99)           # above the mean 0.5
+    assert not gate.decide(0.1, coin=0.95)       # below the mean, and the coin is over p = 0.5
+    assert gate.decide(0.1, coin=0.2)            # below the mean, but the coin is under p = 0.3
+    assert gate.p() == pytest.approx(0.1)
+    restored = Gate(0.9, 0.1, 4)
+    restored.load_state_dict(gate.state_dict())
+    assert restored.p() == gate.p() and restored.total == gate.total
+
+
+def test_polyak_average():
+    module = torch.nn.Linear(2, 1, bias=False)
+    torch.nn.init.zeros_(module.weight)
+    polyak = Polyak(module, decay=0.9)
+    with torch.no_grad():
+        module.weight.fill_(1.0)
+    polyak.update(module)
+    polyak.update(module)
+    torch.testing.assert_close(polyak.average.weight, torch.full((1, 2), 1 - 0.9 ** 2))
