@@ -1,4 +1,5 @@
 """The controller (SPEC section 4): a 2-layer LSTM emitting 19 decisions, trained with PPO."""
+import copy
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -82,8 +83,9 @@ class PPOController(Strategy):
         return {"loss": loss.item(), "baseline": float(self.baseline), "advantage": float(advantages[-1])}
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"controller": self.controller.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "generator": self.generator.get_state(), "baseline": self.baseline, "updates": self.updates}
+        return copy.deepcopy({"controller": self.controller.state_dict(), "optimizer": self.optimizer.state_dict(),
+                              "generator": self.generator.get_state(), "baseline": self.baseline,
+                              "updates": self.updates})
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.controller.load_state_dict(state["controller"])

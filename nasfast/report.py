@@ -1,0 +1,91 @@
+"""python -m nasfast.report RUN_DIR [RUN_DIR ...]: the best designs of a search, and how its
+rewards evolved per stage (the paper's Fig. 2), as tables and, with matplotlib, as PNG plots."""
+import argparse
+import json
+import os
+import sys
+from typing import Dict, List, Optional
+
+from .search.records import read_records
+from .search.summary import top_table
+
+
+def load_run(run_dir: str) -> Dict:
+    log = os.path.join(run_dir, "candidates.jsonl")
+    if not os.path.isfile(log):
+        raise FileNotFoundError(f"{run_dir}: not a search run ({log} missing)")
+    with open(os.path.join(run_dir, "config.json")) as f:
+        config = json.load(f)
+    return {"dir": run_dir, "strategy": config["strategy"], "records": read_records(log)}
+
+
+def bins(records: List[Dict], count: int) -> List[List[Dict]]:
+    size = max(1, -(-len(records) // count))
+    return [records[i:i + size] for i in range(0, len(records), size)]
+
+
+def _mean(values: List[float]) -> Optional[float]:
+    return sum(values) / len(values) if values else None
+
+
+def progress_table(run: Dict, count: int = 4) -> str:
+    lines = [f"{run['strategy']} ({run['dir']}): mean / max reward per stage over the search",
+             f"{'candidates':>12} {'stage1 mean':>11} {'stage1 max':>10} {'stage2 mean':>11} {'stage2 max':>10} {'continued':>9}"]
+    for chunk in bins([r for r in run["records"] if r["status"] == "ok"], count):
+        s1 = [r["stage1_reward"] for r in chunk]
+        s2 = [r["stage2_reward"] for r in chunk if r["stage2_reward"] is not None]
+        fmt = lambda x: "-" if x is None else f"{x:.4f}"
+        lines.append(f"{chunk[0]['index']:>5}-{chunk[-1]['index']:<6} {fmt(_mean(s1)):>11} {fmt(max(s1)):>10} "
+                     f"{fmt(_mean(s2)):>11} {fmt(max(s2) if s2 else None):>10} {len(s2):>4}/{len(chunk):<4}")
+    return "\n".join(lines)
+
+
+def plot(runs: List[Dict], path: str, count: int = 4) -> bool:
+    """Violin plots of the rewards of each stage per part of the search; False without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, stage in zip(axes, ("stage1_reward", "stage2_reward")):
+        for k, run in enumerate(runs):
+            chunks = bins([r for r in run["records"] if r["status"] == "ok"], count)
+            data = [[r[stage] for r in c if r[stage] is not None] or [float("nan")] for c in chunks]
+            positions = [i * (len(runs) + 1) + k for i in range(len(chunks))]
+            parts = ax.violinplot(data, positions=positions, showmeans=True)
+            parts["bodies"][0].set_label(run["strategy"])
+        ax.set_title(stage.replace("_", " "))
+        ax.set_xlabel("part of the search (candidates in order)")
+    axes[0].set_ylabel("reward")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return True
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nasfast.report", description=__doc__.split(":", 1)[1].strip())
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="search runs (e.g. a PPO and a random one)")
+    parser.add_argument("--top", type=int, default=10, help="rows of the table of best designs [10]")
+    parser.add_argument("--bins", type=int, default=4, help="parts of the search in the progress table [4]")
+    parser.add_argument("--plot", metavar="PNG", help="where to save the plot [RUN_DIR/rewards.png]")
+    args = parser.parse_args(argv)
+    try:
+        runs = [load_run(d) for d in args.runs]
+    except FileNotFoundError as error:
+        parser.error(str(error))
+    for run in runs:
+        print(top_table(run["records"], args.top), end="\n\n")
+        print(progress_table(run, args.bins), end="\n\n")
+    path = args.plot or os.path.join(args.runs[0], "rewards.png")
+    if plot(runs, path, args.bins):
+        print(f"plot: {path}")
+    else:
+        print("(install matplotlib for plots)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
