@@ -1,0 +1,109 @@
+"""Full training (tiny preset), evaluation, export, and the exported model run from C++."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import nasfast.ops
+from nasfast.checkpoint import load_checkpoint, model_from_checkpoint
+from nasfast.data.transforms import to_tensors
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(module, *args):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    result = subprocess.run([sys.executable, "-m", module, *args], env=env, capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, camvid_root):
+    out = tmp_path_factory.mktemp("train") / "arch1"
+    run("nasfast.train", "--genotype", "arch1", "--out", str(out), "--preset", "tiny", "--no-progress")
+    return out
+
+
+def test_training_logs_val_miou_and_saves_checkpoints(trained):
+    log = [json.loads(line) for line in (trained / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [0, 1]
+    assert all(0 < r["val_miou"] < 1 for r in log)
+    best = load_checkpoint(str(trained / "best.pt"))
+    assert best["best_miou"] == max(r["val_miou"] for r in log)
+    assert load_checkpoint(str(trained / "last.pt"))["epoch"] == 1
+
+
+def test_resume_continues_from_the_last_epoch(trained, tmp_path):
+    out = tmp_path / "resumed"
+    shutil.copytree(trained, out)
+    run("nasfast.train", "--genotype", "arch1", "--out", str(out), "--preset", "tiny", "--epochs", "3",
+        "--resume", "--no-progress")
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [0, 1, 2]
+
+
+def test_evaluate_prints_the_table_5_numbers(trained):
+    out = run("nasfast.evaluate", "--checkpoint", str(trained / "best.pt"), "--scale", "0.25",
+              "--limit", "6").stdout
+    assert "mIoU" in out and "fwIoU" in out and "pixel acc" in out and "pedestrian" in out
+    metrics = json.loads(run("nasfast.evaluate", "--checkpoint", str(trained / "best.pt"), "--scale", "0.25",
+                             "--limit", "6", "--json").stdout)
+    assert 0 < metrics["miou"] < 1 and len(metrics["iou"]) == 11
+
+
+def camvid_image(camvid_root, size=(160, 120)) -> np.ndarray:
+    return np.array(Image.open(camvid_root / "val" / "0016E5_07959.png").convert("RGB").resize(size))
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    path = tmp_path_factory.mktemp("export") / "model.pt"
+    out = run("nasfast.export", "--checkpoint", str(trained / "best.pt"), "--out", str(path)).stdout
+    return path, out
+
+
+def test_export_equals_the_trained_model_and_names_its_ops(trained, exported, camvid_root):
+    path, out = exported
+    model = model_from_checkpoint(load_checkpoint(str(trained / "best.pt"))).eval()
+    x = to_tensors(camvid_image(camvid_root), np.zeros((120, 160), np.uint8))[0][None]
+    extra = {"nasfast.json": ""}
+    scripted = torch.jit.load(str(path), _extra_files=extra)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x), rtol=1e-5, atol=1e-5)
+    info = json.loads(extra["nasfast.json"])
+    if nasfast.ops.available():
+        assert "nasfast::upsample_add" in info["native_ops"] and "needs the nasfast ops library" in out
+    assert not any(k.startswith("decoder.aux") for k in dict(scripted.named_parameters()))
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None or not nasfast.ops.available(),
+                    reason="needs cmake and the native ops library")
+def test_cpp_program_matches_python(exported, camvid_root, tmp_path):
+    path, _ = exported
+    build = tmp_path / "build"
+    subprocess.run(["cmake", "-S", str(REPO / "examples" / "cpp"), "-B", str(build),
+                    f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
+                    f"-DNASFAST_OPS={nasfast.ops.library_path()}"], check=True, capture_output=True)
+    subprocess.run(["cmake", "--build", str(build), "-j2"], check=True, capture_output=True)
+    image = camvid_image(camvid_root)
+    Image.fromarray(image).save(tmp_path / "image.ppm")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    result = subprocess.run([str(build / "nasfast_segment"), str(path), str(tmp_path / "image.ppm"),
+                             str(tmp_path / "logits.bin")], capture_output=True, text=True, env=env, check=True)
+    assert "output size: [1, 11, 120, 160]" in result.stdout and "class histogram:" in result.stdout
+    cpp = torch.from_numpy(np.fromfile(tmp_path / "logits.bin", dtype=np.float32).reshape(1, 11, 120, 160))
+    x = to_tensors(image, np.zeros((120, 160), np.uint8))[0][None]
+    with torch.no_grad():
+        python = torch.jit.load(str(path))(x)
+    assert (cpp - python).abs().max() < 1e-4
+    histogram = torch.bincount(python.argmax(1).flatten(), minlength=11).tolist()
+    assert result.stdout.split("class histogram:")[1].split() == [f"{c}:{n}" for c, n in enumerate(histogram)]
