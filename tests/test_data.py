@@ -96,3 +96,19 @@ def test_folder_dataset(tmp_path, camvid_root):
     dataset = FolderDataset(root)
     assert dataset.num_classes == 2 and len(dataset) == 1
     assert torch.equal(dataset[0][1], torch.from_numpy(label).long())
+
+
+def test_voc_layout(tmp_path, camvid_root):
+    """The VOC loader on a VOC-shaped folder built from CamVid pairs (no VOC data here)."""
+    from nasfast.data import VOC
+    root = tmp_path / "voc"
+    for d in ("JPEGImages", "SegmentationClassAug", "ImageSets/Segmentation"):
+        (root / d).mkdir(parents=True)
+    for name in ("a", "b"):
+        Image.open(camvid_root / "train" / "0001TP_006690.png").convert("RGB").save(root / "JPEGImages" / f"{name}.jpg")
+        label = np.array(Image.open(camvid_root / "trainannot" / "0001TP_006690.png"))
+        Image.fromarray(np.where(label == 11, 255, label).astype(np.uint8)).save(root / "SegmentationClassAug" / f"{name}.png")
+    (root / "ImageSets" / "Segmentation" / "train_aug.txt").write_text("a\nb\n")
+    dataset = make_dataset("voc", str(root))
+    assert isinstance(dataset, VOC) and len(dataset) == 2 and dataset.num_classes == 21 and dataset.exclude == (0,)
+    assert dataset[1][1].shape == (360, 480)

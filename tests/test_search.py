@@ -145,3 +145,36 @@ def test_polyak_average():
     polyak.update(module)
     polyak.update(module)
     torch.testing.assert_close(polyak.average.weight, torch.full((1, 2), 1 - 0.9 ** 2))
+
+
+def test_cache_is_memory_mapped_when_large(tmp_path):
+    from nasfast.encoder import MobileNetV2Encoder
+    from nasfast.search.cache import build_cache
+    g = torch.Generator().manual_seed(0)
+    pairs = [(torch.randn(3, 64, 64, generator=g), torch.randint(0, 11, (64, 64), generator=g)) for _ in range(5)]
+    encoder = MobileNetV2Encoder()
+    in_memory = build_cache(pairs, encoder, batch_size=2)
+    on_disk = build_cache(pairs, encoder, directory=str(tmp_path), memory_limit=0, batch_size=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.npy", "level0.npy", "level1.npy", "level2.npy",
+                                                          "level3.npy"]
+    index = torch.tensor([4, 0])
+    for a, b in zip(in_memory.batch(index)[0], on_disk.batch(index)[0]):
+        torch.testing.assert_close(a, b)
+    assert torch.equal(in_memory.batch(index)[1], on_disk.batch(index)[1])
+
+
+def test_distillation_from_a_torchscript_teacher_and_time_budget(tmp_path, camvid_root):
+    from nasfast import create_model
+    teacher = tmp_path / "teacher.pt"
+    torch.jit.script(create_model("arch1", 11).eval()).save(str(teacher))
+    run = tmp_path / "run"
+    result = search("--out", str(run), "--budget", "2", "--time-budget", "1s", "--teacher", str(teacher),
+                    "--aux", "classifier")
+    assert result.returncode == 0, result.stderr
+    records = read_records(str(run / "candidates.jsonl"))
+    assert len(records) == 1 and records[0]["status"] == "ok"  # the time budget ended it after one
+    config = json.loads((run / "config.json").read_text())
+    assert config["teacher"] == str(teacher) and config["aux"] == "classifier"
+    assert "teacher" in result.stderr  # the cache reports the teacher's logits
+    bad = search("--out", str(tmp_path / "bad"), "--budget", "1", "--teacher", str(tmp_path / "none.pt"))
+    assert bad.returncode != 0 and "none.pt" in bad.stderr

@@ -12,8 +12,9 @@ Pair = Tuple[Tensor, Tensor]  # normalised image 3xHxW, label HxW
 class FeatureCache:
     """Per-image encoder feature maps, labels and optional teacher logits, indexed together."""
 
-    def __init__(self, features: List[Tensor], labels: Tensor, teacher: Optional[Tensor] = None):
-        self.features, self.labels, self.teacher = features, labels, teacher
+    def __init__(self, features: List[Tensor], labels: Tensor, teacher: Optional[Tensor] = None,
+                 on_disk: bool = False):
+        self.features, self.labels, self.teacher, self.on_disk = features, labels, teacher, on_disk
 
     def __len__(self) -> int:
         return self.labels.shape[0]
@@ -72,4 +73,4 @@ def build_cache(pairs: List[Pair], encoder: torch.nn.Module, teacher: Optional[C
         labels[start:start + len(chunk)] = torch.stack([label for _, label in chunk]).to(torch.uint8)
         if logits is not None:
             logits[start:start + len(chunk)] = teacher(images).float().cpu()
-    return FeatureCache(features, labels, logits)
+    return FeatureCache(features, labels, logits, use_disk)

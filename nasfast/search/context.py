@@ -66,7 +66,9 @@ def build_context(config: SearchConfig, run_dir: str, data_root: Optional[str] =
     stage1_val = build_cache([cached[i] for i in val_ids], encoder, None, os.path.join(run_dir, "cache", "val"),
                              config.memory_limit_gb * 1e9, device, progress=progress("meta-val"))
     print(f"stage-1 cache: {len(stage1)} meta-train + {len(stage1_val)} meta-val images at "
-          f"{size[0]}x{size[1]}, {(stage1.nbytes() + stage1_val.nbytes()) / 1e6:.1f} MB", file=sys.stderr)
+          f"{size[0]}x{size[1]}{' with teacher logits' if teacher else ''}, "
+          f"{(stage1.nbytes() + stage1_val.nbytes()) / 1e6:.1f} MB "
+          f"({'memory-mapped' if stage1.on_disk else 'in memory'})", file=sys.stderr)
 
     augmented = make_dataset(config.dataset, data_root, transform=TrainTransform(
         config.crop_size, config.scale_range, config.scale, seed=config.seed))

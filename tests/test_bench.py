@@ -1,0 +1,26 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def latency(*args):
+    return subprocess.run([sys.executable, str(REPO / "bench" / "latency.py"), *args], capture_output=True,
+                          text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=600)
+
+
+def test_latency_table_on_cpu():
+    result = latency("--device", "cpu", "--arch", "arch1", "--size", "96", "--runs", "3", "--warmup", "1",
+                     "--no-compile")
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("arch1")]
+    assert len(rows) >= 2 and all("2,809,045" in row and "±" in row for row in rows)
+
+
+def test_jetson_elsewhere_measures_nothing_and_says_why():
+    if os.path.exists("/etc/nv_tegra_release"):
+        return
+    result = latency("--device", "jetson")
+    assert result.returncode != 0 and "not a Jetson" in result.stderr and result.stdout == ""

@@ -1,0 +1,31 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.skipif(os.environ.get("NASFAST_REQUIRE_OPS") != "1", reason="builds the package (CI)")
+def test_non_editable_install_ships_and_loads_the_ops_library(tmp_path):
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-build-isolation", "--no-deps",
+                    "--target", str(target), str(REPO)], check=True, capture_output=True)
+    code = "import nasfast.ops as o, nasfast; print(o.available(), o.library_path(), nasfast.__file__)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True,
+                         env=dict(os.environ, PYTHONPATH=str(target))).stdout.split()
+    assert out[0] == "True" and out[1].startswith(str(target)) and os.path.isabs(out[1])
+    assert out[2].startswith(str(target))
+    ldd = subprocess.run(["ldd", out[1]], capture_output=True, text=True).stdout
+    assert "python" not in ldd  # loadable by a C++ program without Python
+
+
+def test_without_the_library_everything_falls_back_to_the_references():
+    code = ("import torch, nasfast, nasfast.ops as o; assert not o.available() and o.library_path() is None; "
+            "m = nasfast.create_model('arch0', 11).eval(); s = torch.jit.script(m); x = torch.randn(1, 3, 64, 64); "
+            "assert 'nasfast::' not in str(s.inlined_graph); torch.testing.assert_close(s(x), m(x)); print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(os.environ, NASFAST_DISABLE_OPS="1", PYTHONPATH=str(REPO)))
+    assert out.stdout.strip() == "ok", out.stderr
