@@ -2,7 +2,7 @@
 import importlib.util
 import os
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Union
 
 import torch
 from torch import Tensor, nn

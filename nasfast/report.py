@@ -56,8 +56,11 @@ def plot(runs: List[Dict], path: str, count: int = 4) -> bool:
             positions = [i * (len(runs) + 1) + k for i in range(len(chunks))]
             parts = ax.violinplot(data, positions=positions, showmeans=True)
             parts["bodies"][0].set_label(run["strategy"])
+        chunks = bins([r for r in runs[0]["records"] if r["status"] == "ok"], count)
+        ax.set_xticks([i * (len(runs) + 1) + (len(runs) - 1) / 2 for i in range(len(chunks))],
+                      [f"{c[0]['index']}-{c[-1]['index']}" for c in chunks])
         ax.set_title(stage.replace("_", " "))
-        ax.set_xlabel("part of the search (candidates in order)")
+        ax.set_xlabel("candidates")
     axes[0].set_ylabel("reward")
     axes[0].legend()
     fig.tight_layout()

@@ -2,12 +2,11 @@
 mean IoU per epoch, checkpoints (last and best) and --resume."""
 import argparse
 import json
-import math
 import os
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 from torch.utils.data import DataLoader, Subset

@@ -33,3 +33,14 @@ def test_report_rejects_a_directory_without_a_search(tmp_path):
     result = subprocess.run([sys.executable, "-m", "nasfast.report", str(tmp_path)], capture_output=True,
                             text=True, env={"PYTHONPATH": str(REPO)})
     assert result.returncode == 2 and "not a search run" in result.stderr
+
+
+def test_report_plots_with_matplotlib(tmp_path):
+    import pytest
+    pytest.importorskip("matplotlib")
+    fake_run(tmp_path / "ppo", "ppo", [(0.1, 0.2), (0.3, None), (0.2, 0.5), (0.4, 0.6)])
+    fake_run(tmp_path / "rs", "random", [(0.1, None), (0.1, 0.1)])
+    out = subprocess.run([sys.executable, "-m", "nasfast.report", str(tmp_path / "ppo"), str(tmp_path / "rs"),
+                          "--bins", "2"], capture_output=True, text=True, env={"PYTHONPATH": str(REPO)}, check=True)
+    png = tmp_path / "ppo" / "rewards.png"
+    assert f"plot: {png}" in out.stdout and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -178,3 +178,24 @@ def test_distillation_from_a_torchscript_teacher_and_time_budget(tmp_path, camvi
     assert "teacher" in result.stderr  # the cache reports the teacher's logits
     bad = search("--out", str(tmp_path / "bad"), "--budget", "1", "--teacher", str(tmp_path / "none.pt"))
     assert bad.returncode != 0 and "none.pt" in bad.stderr
+
+
+def test_ctrl_c_during_the_bookkeeping_takes_effect_after_the_state_is_saved(tmp_path, monkeypatch):
+    import nasfast.search.loop as loop
+
+    monkeypatch.setattr(loop, "evaluate_candidate", lambda g, i, c, gate: dict(
+        reward=0.5, stage1_reward=0.5, stage2_reward=None, gate="stop", params=1, madds=1, seconds=0.0))
+    real_save = loop.save_state
+
+    def save_and_get_interrupted(path, state):
+        if state["next_index"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives while the state is being written
+        real_save(path, state)
+
+    monkeypatch.setattr(loop, "save_state", save_and_get_interrupted)
+    search_run = loop.Search(str(tmp_path), preset("tiny"), lambda config, run_dir: None)
+    search_run.start()
+    with pytest.raises(KeyboardInterrupt):
+        search_run.run(budget=5, progress=False)
+    saved = torch.load(tmp_path / "state.pt", weights_only=False)
+    assert saved["next_index"] == 2 == len(read_records(str(tmp_path / "candidates.jsonl")))

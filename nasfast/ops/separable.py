@@ -1,5 +1,4 @@
 """Separable convolution: depthwise k x k (dilated) then pointwise 1 x 1, no BN/ReLU in between."""
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 

@@ -2,7 +2,7 @@
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, List, Optional, Tuple
+from typing import Callable, Iterable, List, Tuple
 
 import torch
 import torch.nn.functional as F

@@ -36,6 +36,8 @@ class Search:
         self.elapsed = 0.0
         self.records: List[Dict[str, Any]] = []
         self._context: Optional[SearchContext] = None
+        self._saving = False            # inside the bookkeeping that a signal must not split
+        self._stop_requested = False
 
     def path(self, name: str) -> str:
         return os.path.join(self.run_dir, name)
@@ -82,13 +84,19 @@ class Search:
                           error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc(limit=3))
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-        if record["status"] == "ok":
-            record["controller"] = self.strategy.update([proposal], [record["reward"]])
-        append_record(self.path(LOG), record)
-        self.records.append(record)
-        self.next_index += 1
-        self.elapsed += time.time() - started
-        save_state(self.path(STATE), self.state_dict())
+        self._saving = True
+        try:
+            if record["status"] == "ok":
+                record["controller"] = self.strategy.update([proposal], [record["reward"]])
+            append_record(self.path(LOG), record)
+            self.records.append(record)
+            self.next_index += 1
+            self.elapsed += time.time() - started
+            save_state(self.path(STATE), self.state_dict())
+        finally:
+            self._saving = False
+        if self._stop_requested:
+            raise KeyboardInterrupt
         return record
 
     def run(self, budget: Optional[int] = None, time_budget: Optional[float] = None,
@@ -99,7 +107,7 @@ class Search:
             raise ValueError("give a budget of candidates, of seconds, or both")
         bar = tqdm(total=budget, initial=self.next_index, unit="cand", disable=not progress,
                    dynamic_ncols=True)
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        previous = {sig: signal.signal(sig, self._interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             while not self._spent(budget, time_budget):
                 record = self.step()
@@ -107,9 +115,17 @@ class Search:
                 bar.set_postfix(best=_fmt(self.best_reward()), last=_fmt(record["reward"]),
                                 gate=record["gate"] or record["status"])
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             bar.close()
         return self.records
+
+    def _interrupt(self, signum, frame):
+        """Ctrl-C or SIGTERM: stop now, or right after the bookkeeping in progress."""
+        if self._saving:
+            self._stop_requested = True
+        else:
+            raise KeyboardInterrupt
 
     def _spent(self, budget, time_budget) -> bool:
         return ((budget is not None and self.next_index >= budget)
@@ -118,10 +134,6 @@ class Search:
     def best_reward(self) -> Optional[float]:
         rewards = [r["reward"] for r in self.records if r["status"] == "ok"]
         return max(rewards) if rewards else None
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 def _fmt(x: Optional[float]) -> str:
