@@ -3,8 +3,9 @@ import math
 from typing import Dict, Iterable, List
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from .ops import confusion_matrix_update, confusion_matrix_update_reference
 
 
 class ConfusionMatrix:
@@ -17,8 +18,10 @@ class ConfusionMatrix:
     the three averages (their per-class values are still reported).
     """
 
-    def __init__(self, num_classes: int, ignore_index: int = 255, exclude: Iterable[int] = ()):
+    def __init__(self, num_classes: int, ignore_index: int = 255, exclude: Iterable[int] = (),
+                 fused=None):
         self.num_classes = num_classes
+        self._update = confusion_matrix_update if fused is not False else confusion_matrix_update_reference
         self.ignore_index = ignore_index
         self.exclude = tuple(exclude)
         bad = [c for c in self.exclude if not 0 <= c < num_classes]
@@ -37,23 +40,17 @@ class ConfusionMatrix:
             logits = logits_or_pred if logits_or_pred.dim() == 4 else logits_or_pred[None]
             if logits.shape[1] != self.num_classes:
                 raise ValueError(f"logits have {logits.shape[1]} classes, expected {self.num_classes}")
-            if logits.shape[-2:] != target.shape[-2:]:
-                logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
-            pred = logits.argmax(1)
+            if logits.shape[0] != target.shape[0]:
+                raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(target.shape)} differ in batch")
+            scores = logits
         else:
-            pred = logits_or_pred if logits_or_pred.dim() == 3 else logits_or_pred[None]
-        if pred.shape != target.shape:
-            raise ValueError(f"predictions {tuple(pred.shape)} and targets {tuple(target.shape)} differ in shape")
-        self._count(pred.reshape(-1), target.reshape(-1))
-
-    def _count(self, pred: Tensor, target: Tensor) -> None:
-        keep = target != self.ignore_index
-        pred, target = pred[keep].long(), target[keep].long()
-        if target.numel() and (target.min() < 0 or target.max() >= self.num_classes):
-            raise ValueError(f"target values must be in [0, {self.num_classes}) or {self.ignore_index}")
-        k = self.num_classes
-        counts = torch.bincount(target * k + pred, minlength=k * k)
-        self.matrix += counts.reshape(k, k).to(self.matrix.device, self.matrix.dtype)
+            scores = logits_or_pred if logits_or_pred.dim() == 3 else logits_or_pred[None]
+            if scores.shape != target.shape:
+                raise ValueError(f"predictions {tuple(scores.shape)} and targets {tuple(target.shape)} differ in shape")
+        matrix = self.matrix if self.matrix.device == scores.device else self.matrix.to(scores.device)
+        self._update(matrix, scores, target.to(scores.device), self.ignore_index)
+        if matrix is not self.matrix:
+            self.matrix.copy_(matrix)
 
     def all_reduce(self) -> None:
         """Sums the matrices of every process (no-op without torch.distributed)."""

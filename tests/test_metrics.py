@@ -90,3 +90,66 @@ def test_bad_inputs_are_rejected():
         m.update(torch.randn(1, 5, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="exclude"):
         ConfusionMatrix(3, exclude=(3,))
+
+
+# The native streaming op against the reference (upsample, argmax, bincount).
+import nasfast.ops as ops  # noqa: E402
+from nasfast.ops import confusion_matrix_update_reference  # noqa: E402
+
+needs_ops = pytest.mark.skipif(not ops.available(), reason="native ops library not built")
+SIZES = [((9, 12), (36, 48)), ((12, 15), (45, 60)), ((7, 9), (7, 9)), ((5, 3), (13, 17)), ((1, 1), (4, 5))]
+
+
+def both(scores, target, k, ignore=255):
+    fused, reference = torch.zeros(k, k, dtype=torch.long), torch.zeros(k, k, dtype=torch.long)
+    torch.ops.nasfast.confusion_matrix_update_(fused, scores, target, ignore)
+    confusion_matrix_update_reference(reference, scores, target, ignore)
+    return fused, reference
+
+
+@needs_ops
+@pytest.mark.parametrize("low, high", SIZES)
+def test_fused_logits_match_reference_exactly_in_float64(low, high):
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 7, *low, generator=g, dtype=torch.float64)
+    target = torch.randint(0, 7, (2, *high), generator=g)
+    target[:, 0] = 255
+    fused, reference = both(logits, target, 7)
+    assert torch.equal(fused, reference) and fused.sum() == (target != 255).sum()
+
+
+@needs_ops
+def test_fused_float32_non_contiguous_and_predictions():
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(3, 21, 40, 30, generator=g).transpose(2, 3)  # non-contiguous, 30 x 40
+    target = torch.randint(0, 21, (3, 120, 160), generator=g)
+    fused, reference = both(logits, target, 21)
+    assert (fused - reference).abs().sum() <= 2  # float32 rounding may flip a near-tie
+    pred = torch.randint(0, 21, (3, 120, 160), generator=g)
+    fused, reference = both(pred, target, 21)
+    assert torch.equal(fused, reference)
+
+
+@needs_ops
+def test_fused_op_checks():
+    matrix = torch.zeros(5, 5, dtype=torch.long)
+    logits, target = torch.randn(1, 5, 4, 4), torch.randint(0, 5, (1, 8, 8))
+    torch.library.opcheck(torch.ops.nasfast.confusion_matrix_update_.default, (matrix, logits, target, 255))
+    with pytest.raises(RuntimeError, match="target values"):
+        torch.ops.nasfast.confusion_matrix_update_(matrix, logits, target + 5, 255)
+    with pytest.raises(RuntimeError, match="K = 5"):
+        torch.ops.nasfast.confusion_matrix_update_(matrix, torch.randn(1, 4, 4, 4), target, 255)
+
+
+@needs_ops
+def test_metric_fused_or_not_gives_the_same_reward_on_camvid_labels(camvid_root):
+    names = [line.split()[1] for line in (camvid_root / "val.txt").read_text().split("\n")[:3]]
+    target = torch.from_numpy(np.stack([np.array(Image.open(camvid_root / n)) for n in names])).long()
+    target[target == 11] = 255
+    logits = torch.randn(3, 11, 45, 60, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    results = []
+    for fused in (None, False):
+        m = ConfusionMatrix(11, fused=fused)
+        m.update(logits, target)
+        results.append(m.compute()["reward"])
+    assert results[0] == results[1]
