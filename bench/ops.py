@@ -54,6 +54,22 @@ def bench_upsample_add(device, repeats, quick):
               f"{row[2]:>8.3f} {row[3]:>9.3f} {row[2] / row[3]:>5.2f}x", flush=True)
 
 
+def bench_reward(device, repeats, quick):
+    """21-class logits at stride 4 of a 512x512 label map, as the search scores a candidate."""
+    print(f"\n{'reward N x 21 x 128^2 -> 512^2':<30} {'reference':>9} {'fused':>9} {'ratio':>6}   (ms, median)")
+    for n in ((2,) if quick else (2, 8)):
+        logits = torch.randn(n, 21, 128, 128, device=device)
+        target = torch.randint(0, 21, (n, 512, 512), device=device)
+        target[:, :16] = 255
+        matrices = [torch.zeros(21, 21, dtype=torch.long, device=device) for _ in range(2)]
+        functions = (ops.confusion_matrix_update_reference, torch.ops.nasfast.confusion_matrix_update_)
+        for f, m in zip(functions, matrices):
+            f(m, logits, target, 255)
+        assert (matrices[0] - matrices[1]).abs().sum() <= 4  # float32 near-ties may flip
+        times = [timeit(lambda: f(m, logits, target, 255), device, repeats) for f, m in zip(functions, matrices)]
+        print(f"{f'N={n}':<30} {times[0]:>9.2f} {times[1]:>9.2f} {times[0] / times[1]:>5.2f}x", flush=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -65,6 +81,7 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     print(f"device: {args.device}; torch {torch.__version__}; threads {torch.get_num_threads()}")
     bench_upsample_add(device, 5 if args.quick else 30, args.quick)
+    bench_reward(device, 3 if args.quick else 10, args.quick)
     return 0
 
 

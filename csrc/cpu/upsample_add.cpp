@@ -3,6 +3,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <vector>
+
 #include "../kernels/upsample_add.h"
 
 namespace nasfast {
@@ -27,9 +29,12 @@ at::Tensor upsample_add_cpu(const at::Tensor& high_in, const at::Tensor& low_in)
     const scalar_t* hp = high.data_ptr<scalar_t>();
     const scalar_t* lp = low.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
+    std::vector<kernels::LinearTap<scalar_t>> ty(H), tx(W);
+    kernels::make_taps(ty.data(), h, H);
+    kernels::make_taps(tx.data(), w, W);
     at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
       for (int64_t p = begin; p < end; ++p) {
-        kernels::upsample_add_plane(hp + p * H * W, lp + p * h * w, op + p * H * W, H, W, h, w);
+        kernels::upsample_add_plane(hp + p * H * W, lp + p * h * w, op + p * H * W, H, W, w, ty.data(), tx.data());
       }
     });
   });
@@ -45,9 +50,12 @@ at::Tensor upsample_add_backward_low_cpu(const at::Tensor& grad_in, c10::SymIntA
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "upsample_add_backward_low_cpu", [&] {
     const scalar_t* gp = grad.data_ptr<scalar_t>();
     scalar_t* lp = grad_low.data_ptr<scalar_t>();
+    std::vector<kernels::LinearTap<scalar_t>> ty(H), tx(W);
+    kernels::make_taps(ty.data(), h, H);
+    kernels::make_taps(tx.data(), w, W);
     at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
       for (int64_t p = begin; p < end; ++p) {
-        kernels::upsample_add_backward_low_plane(gp + p * H * W, lp + p * h * w, H, W, h, w);
+        kernels::upsample_add_backward_low_plane(gp + p * H * W, lp + p * h * w, H, W, w, ty.data(), tx.data());
       }
     });
   });
