@@ -1,129 +1,172 @@
-"""The genotype: a decoder design as data (SPEC section 3). Parse, validate, JSON, sample, count."""
+"""The genotype: one decoder design as data (SPEC section 3). Parse, validate, JSON, sample, count.
+
+Paper order (Appendix A), a JSON-compatible nested list:
+
+    [[[a0, b0], [a1, b1], [a2, b2]],                               # connectivity: 3 blocks
+     [o0, [i1, j1, o1, p1], [i2, j2, o2, p2], [i3, j3, o3, p3]]]   # cell
+
+Block k (0, 1, 2) reads pool entries a_k, b_k in [0, 4 + k); cell branch k (1, 2, 3) reads
+positions i_k, j_k in [0, 3k - 1) and applies operations o_k, p_k in [0, 11).
+"""
 import json
 import math
+import numbers
 from dataclasses import dataclass
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 OPERATIONS = ("conv1x1", "conv3x3", "sep3x3", "sep5x5", "gap", "conv3x3_d3", "conv3x3_d12",
               "sep3x3_d3", "sep5x5_d6", "skip", "zero")
+NUM_INPUTS = 4    # encoder outputs in the pool before the first block
 NUM_BLOCKS = 3
 NUM_BRANCHES = 3
-NUM_INPUTS = 4  # encoder outputs
+NESTED_FORM = ("[[[a0, b0], [a1, b1], [a2, b2]], "
+               "[o0, [i1, j1, o1, p1], [i2, j2, o2, p2], [i3, j3, o3, p3]]]")
 
 
-def _check_int(value: Any, field: str, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < high:
+def _integer(value: Any, field: str, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value < high:
         raise ValueError(f"genotype {field} must be an integer in [0, {high}), got {value!r}")
+    return int(value)
+
+
+def _sequence(value: Any, field: str, length: int, form: str) -> Sequence:
+    if not isinstance(value, (list, tuple)) or len(value) != length:
+        raise ValueError(f"genotype {field + ' ' if field else ''}must be a list of {length} items {form}, "
+                         f"got {value!r}")
     return value
 
 
-def _check_list(value: Any, field: str, length: int) -> list:
-    if not isinstance(value, (list, tuple)) or len(value) != length:
-        raise ValueError(f"genotype {field} must be a list of {length} items, got {value!r}")
-    return list(value)
+def _positions(k: int) -> int:
+    """How many tensors cell branch k (1-based) can read: the input, f1, and 3 per earlier branch."""
+    return 3 * k - 1
 
 
 @dataclass(frozen=True)
 class Genotype:
-    connectivity: Tuple[Tuple[int, int], ...]    # block k reads pool[a], pool[b]
-    first_op: int                                # o0
-    branches: Tuple[Tuple[int, int, int, int], ...]  # (i, j, o, p) per cell branch
+    """A decoder design. Construction validates and normalises to tuples of plain ints."""
+
+    connectivity: Tuple[Tuple[int, int], ...]          # block k sums cells of pool[a_k], pool[b_k]
+    first_op: int                                      # o0, applied to the cell input
+    branches: Tuple[Tuple[int, int, int, int], ...]    # (i, j, o, p) of cell branches 1..3
 
     def __post_init__(self):
-        for k, pair in enumerate(_check_list(self.connectivity, "connectivity", NUM_BLOCKS)):
-            for n, value in enumerate(_check_list(pair, f"connectivity[{k}]", 2)):
-                _check_int(value, f"connectivity[{k}][{n}]", NUM_INPUTS + k)
-        _check_int(self.first_op, "cell[0] (first operation)", len(OPERATIONS))
-        for k, branch in enumerate(_check_list(self.branches, "cell branches", NUM_BRANCHES), 1):
-            i, j, o, p = _check_list(branch, f"cell[{k}]", 4)
-            for n, (value, high) in enumerate([(i, 3 * k - 1), (j, 3 * k - 1),
-                                               (o, len(OPERATIONS)), (p, len(OPERATIONS))]):
-                _check_int(value, f"cell[{k}][{n}] ({'ijop'[n]})", high)
-        object.__setattr__(self, "connectivity", tuple(tuple(p) for p in self.connectivity))
-        object.__setattr__(self, "branches", tuple(tuple(b) for b in self.branches))
+        blocks = _sequence(self.connectivity, "connectivity", NUM_BLOCKS, "[[a0, b0], [a1, b1], [a2, b2]]")
+        connectivity = tuple(
+            tuple(_integer(value, f"connectivity[{k}][{n}] (block {k} input {'ab'[n]}{k})", NUM_INPUTS + k)
+                  for n, value in enumerate(_sequence(pair, f"connectivity[{k}]", 2, f"[a{k}, b{k}]")))
+            for k, pair in enumerate(blocks))
+        first_op = _integer(self.first_op, "cell first op o0 (cell[0])", len(OPERATIONS))
+        branches = _sequence(self.branches, "cell branches", NUM_BRANCHES, "[i, j, o, p]")
+        object.__setattr__(self, "connectivity", connectivity)
+        object.__setattr__(self, "first_op", first_op)
+        object.__setattr__(self, "branches", tuple(_branch(b, k) for k, b in enumerate(branches, 1)))
 
     # -- conversions -------------------------------------------------------------------------
     @classmethod
     def parse(cls, x: Any) -> "Genotype":
-        """From a Genotype, the paper's nested list (Appendix A order), its JSON text, or a zoo name."""
+        """From a Genotype, the paper's nested list, its JSON text, or a zoo name (see ZOO)."""
         if isinstance(x, Genotype):
             return x
         if isinstance(x, str):
-            if x in ZOO:
-                return ZOO[x]
+            if x.strip() in ZOO:
+                return ZOO[x.strip()]
             try:
                 x = json.loads(x)
             except json.JSONDecodeError:
-                raise ValueError(f"genotype {x!r} is neither a zoo name ({', '.join(sorted(ZOO))}) "
-                                 f"nor JSON of the nested list [[[a0, b0], [a1, b1], [a2, b2]], "
-                                 f"[o0, [i1, j1, o1, p1], [i2, j2, o2, p2], [i3, j3, o3, p3]]]") from None
-        connectivity, cell = _check_list(x, "(top level: [connectivity, cell])", 2)
-        cell = _check_list(cell, "cell", 1 + NUM_BRANCHES)
-        return cls(tuple(_check_list(connectivity, "connectivity", NUM_BLOCKS)), cell[0], tuple(cell[1:]))
+                raise ValueError(f"genotype {x!r} is neither a zoo name ({', '.join(ZOO)}) "
+                                 f"nor the JSON text of {NESTED_FORM}") from None
+        connectivity, cell = _sequence(x, "", 2, "[connectivity, cell]")
+        cell = _sequence(cell, "cell", 1 + NUM_BRANCHES, "[o0, [i1, j1, o1, p1], [i2, ...], [i3, ...]]")
+        return cls(connectivity, cell[0], tuple(cell[1:]))
 
     def to_list(self) -> list:
-        return [[list(p) for p in self.connectivity], [self.first_op] + [list(b) for b in self.branches]]
+        """The paper's nested list (Appendix A order)."""
+        cell = [self.first_op] + [list(branch) for branch in self.branches]
+        return [[list(pair) for pair in self.connectivity], cell]
 
     def to_json(self) -> str:
         return json.dumps(self.to_list())
 
     def __str__(self) -> str:
-        return self.to_json().replace(" ", "")
+        return json.dumps(self.to_list(), separators=(",", ":"))
 
     # -- the controller's view: 19 decisions --------------------------------------------------
     @staticmethod
     def decision_sizes() -> List[int]:
-        sizes = [NUM_INPUTS + k for k in range(NUM_BLOCKS) for _ in range(2)] + [len(OPERATIONS)]
+        """Vocabulary of each decision, in controller order:
+        a0, b0, a1, b1, a2, b2, o0, i1, j1, o1, p1, i2, j2, o2, p2, i3, j3, o3, p3."""
+        sizes = [NUM_INPUTS + k for k in range(NUM_BLOCKS) for _ in "ab"] + [len(OPERATIONS)]
         for k in range(1, NUM_BRANCHES + 1):
-            sizes += [3 * k - 1, 3 * k - 1, len(OPERATIONS), len(OPERATIONS)]
+            sizes += [_positions(k), _positions(k), len(OPERATIONS), len(OPERATIONS)]
         return sizes
 
     def decisions(self) -> List[int]:
-        return [v for p in self.connectivity for v in p] + [self.first_op] + [v for b in self.branches for v in b]
+        connectivity = [v for pair in self.connectivity for v in pair]
+        return connectivity + [self.first_op] + [v for branch in self.branches for v in branch]
 
     @classmethod
-    def from_decisions(cls, decisions: List[int]) -> "Genotype":
-        d = [int(v) for v in _check_list(decisions, "decisions", len(cls.decision_sizes()))]
-        connectivity = tuple((d[2 * k], d[2 * k + 1]) for k in range(NUM_BLOCKS))
-        branches = tuple(tuple(d[7 + 4 * k: 11 + 4 * k]) for k in range(NUM_BRANCHES))
-        return cls(connectivity, d[6], branches)
+    def from_decisions(cls, decisions: Sequence[int]) -> "Genotype":
+        """Inverse of decisions(); also takes a numpy array or a tensor of integers."""
+        if hasattr(decisions, "tolist"):
+            decisions = decisions.tolist()
+        d = _sequence(decisions, "decisions", len(cls.decision_sizes()), "(controller order)")
+        connectivity = tuple(tuple(d[2 * k: 2 * k + 2]) for k in range(NUM_BLOCKS))
+        cell_start = 2 * NUM_BLOCKS + 1
+        branches = tuple(tuple(d[cell_start + 4 * k: cell_start + 4 * k + 4]) for k in range(NUM_BRANCHES))
+        return cls(connectivity, d[2 * NUM_BLOCKS], branches)
 
     @classmethod
     def random(cls, generator: Optional[torch.Generator] = None) -> "Genotype":
         """Uniform over the valid space: every decision uniform over its range."""
-        return cls.from_decisions([int(torch.randint(n, (), generator=generator)) for n in cls.decision_sizes()])
+        sizes = cls.decision_sizes()
+        return cls.from_decisions([int(torch.randint(n, (), generator=generator)) for n in sizes])
 
     def canonical_key(self) -> tuple:
-        """Equal for designs that differ only by mirror images: the two inputs of a block, or the
-        two (input, op) halves of a cell branch, swapped (both are summed)."""
-        return (tuple(tuple(sorted(p)) for p in self.connectivity), self.first_op,
+        """Equal exactly for mirror images: designs that differ only by swapping the two inputs of
+        a block ([a, b] vs [b, a]) or the two halves of a cell branch ((i, j, o, p) vs (j, i, p, o)),
+        which are summed, so the network computes the same function."""
+        return (tuple(tuple(sorted(pair)) for pair in self.connectivity), self.first_op,
                 tuple(tuple(sorted([(i, o), (j, p)])) for i, j, o, p in self.branches))
 
 
-def _pairs(n: int) -> int:
-    """Unordered pairs with repetition of n things."""
-    return n * (n + 1) // 2
+def _branch(branch: Any, k: int) -> Tuple[int, int, int, int]:
+    values = _sequence(branch, f"cell branch {k} (cell[{k}])", 4, f"[i{k}, j{k}, o{k}, p{k}]")
+    fields = [("position", _positions(k)), ("position", _positions(k)),
+              ("op", len(OPERATIONS)), ("op", len(OPERATIONS))]
+    return tuple(_integer(value, f"cell branch {k} {kind} {'ijop'[n]}{k} (cell[{k}][{n}])", high)
+                 for n, (value, (kind, high)) in enumerate(zip(values, fields)))
 
 
-def count_designs(canonical: bool = True) -> dict:
-    """The exact size of the search space, raw or up to mirror images.
+def _pairs(n: int, canonical: bool) -> int:
+    """Ordered pairs of n things, or unordered pairs with repetition (a multiset of two)."""
+    return n * (n + 1) // 2 if canonical else n * n
 
-    Raw: 4^2*5^2*6^2 = 14,400 connectivity patterns and 11*(2*11)^2*(5*11)^2*(8*11)^2
-    = 124,717,894,400 ≈ 1.2e11 cells. Up to mirror images (unordered pairs with repetition):
-    10*15*21 = 3,150 connectivity patterns and 11*253*1540*3916 = 16,783,271,120 ≈ 1.7e10 cells. The paper's
-    "~1e10 cells" agrees; its "120 connectivity patterns" does not follow from the space as
-    specified (even 4*5*6 = 120 is the count of ordered single choices per block, not of pairs).
+
+def count_designs(canonical: bool = True) -> Dict[str, int]:
+    """The exact number of distinct designs: connectivity patterns, cells and their product.
+
+    Raw (every decision sequence): 4²·5²·6² = 14,400 connectivity patterns and
+    11·22²·55²·88² = 124,717,894,400 ≈ 1.2e11 cells, 1,795,937,679,360,000 ≈ 1.8e15 designs.
+    Up to mirror images (each block's input pair and each branch's pair of (position, op) halves
+    unordered; see Genotype.canonical_key): 10·15·21 = 3,150 connectivity patterns and
+    11·253·1,540·3,916 = 16,783,271,120 ≈ 1.7e10 cells, 52,867,304,028,000 ≈ 5.3e13 designs.
+
+    The paper's footnote 1 estimates ~1e10 unique cells (agrees) and 120 unique connectivity
+    patterns (does not follow from the space: 120 = 4·5·6 counts one input per block, and
+    C(10, 3) = 120 counts sets of three distinct pairs of encoder outputs with a pool that never
+    grows; neither is this search space).
     """
-    pair = _pairs if canonical else (lambda n: n * n)
-    connectivity = math.prod(pair(NUM_INPUTS + k) for k in range(NUM_BLOCKS))
-    cells = len(OPERATIONS) * math.prod(pair((3 * k - 1) * len(OPERATIONS)) for k in range(1, NUM_BRANCHES + 1))
+    connectivity = math.prod(_pairs(NUM_INPUTS + k, canonical) for k in range(NUM_BLOCKS))
+    cells = len(OPERATIONS) * math.prod(_pairs(_positions(k) * len(OPERATIONS), canonical)
+                                        for k in range(1, NUM_BRANCHES + 1))
     return {"connectivity": connectivity, "cells": cells, "total": connectivity * cells}
 
 
-ZOO = {
-    "arch0": Genotype(((3, 3), (3, 2), (3, 0)), 8, ((0, 0, 5, 2), (0, 2, 8, 8), (0, 5, 1, 4))),
-    "arch1": Genotype(((2, 3), (3, 1), (4, 4)), 2, ((1, 0, 3, 6), (0, 1, 2, 8), (2, 0, 6, 1))),
-    "arch2": Genotype(((1, 3), (4, 3), (2, 2)), 5, ((0, 0, 4, 1), (3, 2, 0, 1), (5, 6, 5, 0))),
-}
+# The paper's released models (SPEC section 3, reference figures).
+ZOO: Dict[str, Genotype] = {name: Genotype.parse(nested) for name, nested in [
+    ("arch0", [[[3, 3], [3, 2], [3, 0]], [8, [0, 0, 5, 2], [0, 2, 8, 8], [0, 5, 1, 4]]]),
+    ("arch1", [[[2, 3], [3, 1], [4, 4]], [2, [1, 0, 3, 6], [0, 1, 2, 8], [2, 0, 6, 1]]]),
+    ("arch2", [[[1, 3], [4, 3], [2, 2]], [5, [0, 0, 4, 1], [3, 2, 0, 1], [5, 6, 5, 0]]]),
+]}

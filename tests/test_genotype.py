@@ -1,69 +1,197 @@
 import itertools
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from nasfast.genotype import OPERATIONS, ZOO, Genotype, count_designs
 
 ARCH0 = [[[3, 3], [3, 2], [3, 0]], [8, [0, 0, 5, 2], [0, 2, 8, 8], [0, 5, 1, 4]]]
+SIZES = [4, 4, 5, 5, 6, 6, 11, 2, 2, 11, 11, 5, 5, 11, 11, 8, 8, 11, 11]
 
 
-def test_parse_every_form_and_round_trip():
+def with_value(nested, path, value):
+    """A deep copy of `nested` with the item at `path` (a tuple of indices) replaced."""
+    copy = json.loads(json.dumps(nested))
+    *parents, last = path
+    target = copy
+    for index in parents:
+        target = target[index]
+    target[last] = value
+    return copy
+
+
+def test_parse_every_form():
     g = Genotype.parse(ARCH0)
-    assert g == Genotype.parse("arch0") == Genotype.parse(json.dumps(ARCH0)) == Genotype.parse(g)
-    assert g.to_list() == ARCH0
-    assert Genotype.parse(g.to_json()) == g
-    assert Genotype.from_decisions(g.decisions()) == g
-    assert len(OPERATIONS) == 11 and sorted(ZOO) == ["arch0", "arch1", "arch2"]
+    assert g.connectivity == ((3, 3), (3, 2), (3, 0))
+    assert g.first_op == 8 and g.branches == ((0, 0, 5, 2), (0, 2, 8, 8), (0, 5, 1, 4))
+    assert Genotype.parse("arch0") == Genotype.parse(" arch0\n") == g
+    assert Genotype.parse(json.dumps(ARCH0)) == g
+    assert Genotype.parse(g) is g
+    numpy_ints = json.loads(json.dumps(ARCH0), parse_int=np.int64)
+    assert Genotype.parse(numpy_ints) == g
+    assert all(type(v) is int for v in Genotype.parse(numpy_ints).decisions())  # plain ints inside
+    assert Genotype.parse((((3, 3), (3, 2), (3, 0)), (8, (0, 0, 5, 2), (0, 2, 8, 8), (0, 5, 1, 4)))) == g
+    assert list(ZOO) == ["arch0", "arch1", "arch2"]
+    assert ZOO["arch1"].to_list() == [[[2, 3], [3, 1], [4, 4]], [2, [1, 0, 3, 6], [0, 1, 2, 8], [2, 0, 6, 1]]]
+    assert ZOO["arch2"].to_list() == [[[1, 3], [4, 3], [2, 2]], [5, [0, 0, 4, 1], [3, 2, 0, 1], [5, 6, 5, 0]]]
+    assert OPERATIONS == ("conv1x1", "conv3x3", "sep3x3", "sep5x5", "gap", "conv3x3_d3", "conv3x3_d12",
+                          "sep3x3_d3", "sep5x5_d6", "skip", "zero")
 
 
-@pytest.mark.parametrize("bad, field", [
-    ([[[4, 3], [3, 2], [3, 0]], ARCH0[1]], r"connectivity\[0\]\[0\].*\[0, 4\)"),
-    ([[[3, 3], [3, 5], [3, 0]], ARCH0[1]], r"connectivity\[1\]\[1\].*\[0, 5\)"),
-    ([[[3, 3], [3, 2], [6, 0]], ARCH0[1]], r"connectivity\[2\]\[0\].*\[0, 6\)"),
-    ([ARCH0[0], [11, [0, 0, 5, 2], [0, 2, 8, 8], [0, 5, 1, 4]]], r"cell\[0\].*\[0, 11\)"),
-    ([ARCH0[0], [8, [0, 2, 5, 2], [0, 2, 8, 8], [0, 5, 1, 4]]], r"cell\[1\]\[1\] \(j\).*\[0, 2\)"),
-    ([ARCH0[0], [8, [0, 0, 5, 2], [5, 2, 8, 8], [0, 5, 1, 4]]], r"cell\[2\]\[0\] \(i\).*\[0, 5\)"),
-    ([ARCH0[0], [8, [0, 0, 5, 2], [0, 2, 8, 8], [0, 8, 1, 4]]], r"cell\[3\]\[1\] \(j\).*\[0, 8\)"),
-    ([ARCH0[0], [8, [0, 0, 5, 2], [0, 2, 8, 8], [0, 5, 1, -1]]], r"cell\[3\]\[3\] \(p\)"),
-    ([ARCH0[0], [8, [0, 0, 5, 2], [0, 2, 8, 8], [0, 5, 1, 2.0]]], r"cell\[3\]\[3\]"),
-    ([ARCH0[0], [8, [0, 0, 5, 2], [0, 2, 8, 8], [0, 5, True, 4]]], r"cell\[3\]\[2\]"),
-    ([ARCH0[0], [8, [0, 0, 5, 2], [0, 2, 8, 8]]], r"cell must be a list of 4"),
-    ([[[3, 3], [3, 2]], ARCH0[1]], r"connectivity must be a list of 3"),
-    ("arch9", r"zoo name"),
-    ("[[1, 2]", r"JSON"),
+def test_round_trips_and_text_forms():
+    for g in list(ZOO.values()) + [Genotype.random(torch.Generator().manual_seed(s)) for s in range(20)]:
+        assert Genotype.parse(g.to_json()) == g
+        assert Genotype.parse(str(g)) == g
+        assert Genotype.parse(g.to_list()) == g
+        assert Genotype.from_decisions(g.decisions()) == g
+        assert json.loads(g.to_json()) == g.to_list()
+    assert str(ZOO["arch0"]) == "[[[3,3],[3,2],[3,0]],[8,[0,0,5,2],[0,2,8,8],[0,5,1,4]]]"
+    assert ZOO["arch0"].decisions() == [3, 3, 3, 2, 3, 0, 8, 0, 0, 5, 2, 0, 2, 8, 8, 0, 5, 1, 4]
+    assert Genotype.from_decisions(torch.tensor(ZOO["arch0"].decisions())) == ZOO["arch0"]
+
+
+def test_is_a_hashable_immutable_value():
+    g = Genotype.parse(ARCH0)
+    assert len({g, Genotype.parse("arch0"), ZOO["arch1"]}) == 2
+    with pytest.raises(AttributeError):
+        g.first_op = 1
+    direct = Genotype([[3, 3], [3, 2], [3, 0]], 8, [[0, 0, 5, 2], [0, 2, 8, 8], [0, 5, 1, 4]])
+    assert direct == g and hash(direct) == hash(g)  # lists normalised to tuples
+
+
+# Every position of the nested list with its out-of-range value, the field the error must name,
+# and the allowed range. The limits are SPEC section 3's: block k reads [0, 4 + k), branch k
+# reads [0, 3k - 1), ops are in [0, 11).
+FIELDS = [((0, k, n), 4 + k, rf"connectivity\[{k}\]\[{n}\] \(block {k} input {'ab'[n]}{k}\)")
+          for k in range(3) for n in range(2)]
+FIELDS += [((1, 0), 11, r"cell first op o0 \(cell\[0\]\)")]
+FIELDS += [((1, k, n), (3 * k - 1, 3 * k - 1, 11, 11)[n],
+            rf"cell branch {k} {('position', 'position', 'op', 'op')[n]} {'ijop'[n]}{k} "
+            rf"\(cell\[{k}\]\[{n}\]\)")
+           for k in range(1, 4) for n in range(4)]
+
+
+@pytest.mark.parametrize("path, high, field", FIELDS)
+def test_every_field_is_range_checked_by_name(path, high, field):
+    Genotype.parse(with_value(ARCH0, path, high - 1))  # the largest allowed value is fine
+    for bad in (high, -1, 1.0, True, "1", None):
+        with pytest.raises(ValueError, match=rf"{field} must be an integer in \[0, {high}\), got {bad!r}"):
+            Genotype.parse(with_value(ARCH0, path, bad))
+
+
+@pytest.mark.parametrize("bad, message", [
+    ([[[3, 3], [3, 2]], ARCH0[1]], r"connectivity must be a list of 3 items"),
+    ([[[3, 3], [3, 2], [3]], ARCH0[1]], r"connectivity\[2\] must be a list of 2 items \[a2, b2\]"),
+    ([[[3, 3], [3, 2], 3], ARCH0[1]], r"connectivity\[2\] must be a list of 2 items"),
+    ([ARCH0[0], [8, [0, 0, 5, 2], [0, 2, 8, 8]]], r"cell must be a list of 4 items"),
+    ([ARCH0[0], [8, [0, 0, 5, 2], [0, 2, 8, 8], [0, 5, 1]]], r"cell branch 3 \(cell\[3\]\) must be a list of 4"),
+    ([ARCH0[0], [8, [0, 0, 5, 2], "0288", [0, 5, 1, 4]]], r"cell branch 2 \(cell\[2\]\) must be a list of 4"),
+    (ARCH0 + [[]], r"genotype must be a list of 2 items \[connectivity, cell\]"),
+    ({"connectivity": ARCH0[0]}, r"genotype must be a list of 2 items"),
+    (None, r"genotype must be a list of 2 items"),
+    ("arch9", r"neither a zoo name \(arch0, arch1, arch2\) nor the JSON text"),
+    ("[[1, 2]", r"neither a zoo name"),
+    ('"arch0x"', r"genotype must be a list of 2 items"),
 ])
-def test_invalid_genotypes_name_the_field_and_range(bad, field):
-    with pytest.raises(ValueError, match=field):
+def test_malformed_genotypes_are_rejected_by_name(bad, message):
+    with pytest.raises(ValueError, match=message):
         Genotype.parse(bad)
 
 
-def test_random_is_valid_reproducible_and_covers_the_space():
-    draws = [Genotype.random(torch.Generator().manual_seed(s)) for s in range(300)]
-    assert draws[:5] == [Genotype.random(torch.Generator().manual_seed(s)) for s in range(5)]
-    decisions = torch.tensor([g.decisions() for g in draws])
-    for column, size in enumerate(Genotype.decision_sizes()):
-        assert set(decisions[:, column].tolist()) == set(range(size))  # every value is reachable
+def test_from_decisions_checks_length_and_ranges():
+    with pytest.raises(ValueError, match="decisions must be a list of 19 items"):
+        Genotype.from_decisions([0] * 18)
+    decisions = [0] * 19
+    decisions[15] = 8  # i3 reads positions [0, 8)
+    with pytest.raises(ValueError, match=r"cell branch 3 position i3 \(cell\[3\]\[0\]\).*\[0, 8\)"):
+        Genotype.from_decisions(decisions)
+    with pytest.raises(ValueError, match=r"connectivity\[0\]\[0\]"):
+        Genotype.from_decisions([0.5] + [0] * 18)
 
 
-def test_canonical_key_equates_mirror_images_only():
+def test_decision_sizes_follow_the_validity_rules():
+    assert Genotype.decision_sizes() == SIZES
+    largest = Genotype.from_decisions([n - 1 for n in SIZES])  # every maximum is valid...
+    assert largest.decisions() == [n - 1 for n in SIZES]
+    for position, n in enumerate(SIZES):  # ...and one more is not
+        with pytest.raises(ValueError, match=rf"\[0, {n}\)"):
+            Genotype.from_decisions([n if k == position else 0 for k in range(19)])
+
+
+def test_random_is_valid_uniform_and_reproducible():
+    generator = torch.Generator().manual_seed(0)
+    draws = torch.tensor([Genotype.random(generator).decisions() for _ in range(2000)])
+    again = torch.Generator().manual_seed(0)
+    assert [Genotype.random(again).decisions() for _ in range(5)] == draws[:5].tolist()
+    seeded = [Genotype.random(torch.Generator().manual_seed(seed)) for seed in (1, 2)]
+    assert seeded[0] != seeded[1]
+    for column, n in enumerate(SIZES):
+        counts = torch.bincount(draws[:, column], minlength=n)
+        assert len(counts) == n  # never out of range
+        expected = len(draws) / n
+        # every value occurs, each within 5 standard deviations of the uniform count
+        assert (counts - expected).abs().max() < 5 * (expected * (1 - 1 / n)) ** 0.5, (column, counts)
+
+
+def mirror_images(g: Genotype):
+    """All 64 designs that swap any of the 3 block input pairs and the 3 branch halves of g."""
+    for swaps in itertools.product([False, True], repeat=6):
+        connectivity = [(b, a) if s else (a, b) for (a, b), s in zip(g.connectivity, swaps[:3])]
+        branches = [(j, i, p, o) if s else (i, j, o, p) for (i, j, o, p), s in zip(g.branches, swaps[3:])]
+        yield Genotype(connectivity, g.first_op, branches)
+
+
+def test_canonical_key_is_equal_exactly_for_mirror_images():
+    generator = torch.Generator().manual_seed(3)
+    for g in list(ZOO.values()) + [Genotype.random(generator) for _ in range(20)]:
+        mirrors = set(mirror_images(g))
+        assert {m.canonical_key() for m in mirrors} == {g.canonical_key()}
+        # every design one decision away, and unrelated ones, share the key only if a mirror image
+        neighbours = [Genotype.from_decisions(g.decisions()[:k] + [v] + g.decisions()[k + 1:])
+                      for k, n in enumerate(SIZES) for v in range(n)]
+        for h in neighbours + [Genotype.random(generator) for _ in range(50)]:
+            assert (h.canonical_key() == g.canonical_key()) == (h in mirrors), (g, h)
+    # swapping the positions of a branch without its ops is a different design
     g = Genotype.parse(ARCH0)
+    other = Genotype.parse(with_value(ARCH0, (1, 3), [5, 0, 1, 4]))
+    assert other.canonical_key() != g.canonical_key()
     mirror = Genotype.parse([[[3, 3], [2, 3], [0, 3]], [8, [0, 0, 2, 5], [2, 0, 8, 8], [5, 0, 4, 1]]])
-    assert g != mirror and g.canonical_key() == mirror.canonical_key()
-    other = Genotype.parse([[[3, 3], [3, 2], [3, 0]], [8, [0, 0, 5, 2], [0, 2, 8, 8], [5, 0, 1, 4]]])
-    assert other.canonical_key() != g.canonical_key()  # (i, o) halves must swap together
+    assert mirror != g and mirror.canonical_key() == g.canonical_key()
 
 
-def test_counts_match_brute_force_enumeration():
+def test_count_designs_matches_brute_force_enumeration():
     raw, canonical = count_designs(canonical=False), count_designs()
-    connectivity = list(itertools.product(*[range(4 + k) for k in range(3) for _ in range(2)]))
-    assert raw["connectivity"] == len(connectivity) == 14_400
-    keys = {tuple(tuple(sorted(c[2 * k:2 * k + 2])) for k in range(3)) for c in connectivity}
-    assert canonical["connectivity"] == len(keys) == 3_150
-    # Cells, by enumeration of each branch's (input, op) pairs with and without order.
-    for k, n in [(1, 22), (2, 55), (3, 88)]:
-        halves = [(i, o) for i in range(3 * k - 1) for o in range(11)]
-        assert len({tuple(sorted(p)) for p in itertools.product(halves, halves)}) == n * (n + 1) // 2
-    assert canonical["cells"] == 11 * 253 * 1540 * 3916 == 16_783_271_120
-    assert raw["cells"] == 11 * 22 ** 2 * 55 ** 2 * 88 ** 2
+    base = Genotype.parse(ARCH0)
+
+    # The whole connectivity space, cell fixed.
+    connectivities = [Genotype([c[0:2], c[2:4], c[4:6]], base.first_op, base.branches)
+                      for c in itertools.product(range(4), range(4), range(5), range(5), range(6), range(6))]
+    assert raw["connectivity"] == len(set(connectivities)) == 14_400
+    assert canonical["connectivity"] == len({g.canonical_key() for g in connectivities}) == 3_150
+
+    # Each cell branch's whole space, everything else fixed.
+    def distinct_branches(k, ops):
+        positions = range(3 * k - 1)
+        designs = [Genotype(base.connectivity, base.first_op,
+                            base.branches[:k - 1] + (b,) + base.branches[k:])
+                   for b in itertools.product(positions, positions, ops, ops)]
+        return len(set(designs)), len({g.canonical_key() for g in designs})
+
+    per_branch = [distinct_branches(k, range(11)) for k in (1, 2, 3)]
+    assert per_branch == [(22 ** 2, 253), (55 ** 2, 1_540), (88 ** 2, 3_916)]
+    assert raw["cells"] == 11 * per_branch[0][0] * per_branch[1][0] * per_branch[2][0] == 124_717_894_400
+    assert canonical["cells"] == 11 * per_branch[0][1] * per_branch[1][1] * per_branch[2][1] == 16_783_271_120
+
+    # A reduced cell space (one op) enumerated jointly: its counts are the products of the
+    # per-branch counts, so the cell's count does factor over its branches.
+    cells = [Genotype(base.connectivity, 0, [(i1, j1, 0, 0), (i2, j2, 0, 0), (i3, j3, 0, 0)])
+             for i1, j1, i2, j2, i3, j3 in itertools.product(*[range(n) for n in (2, 2, 5, 5, 8, 8)])]
+    reduced = [distinct_branches(k, range(1)) for k in (1, 2, 3)]
+    assert len(set(cells)) == reduced[0][0] * reduced[1][0] * reduced[2][0] == 6_400
+    assert len({g.canonical_key() for g in cells}) == reduced[0][1] * reduced[1][1] * reduced[2][1] == 1_620
+
+    for counts in (raw, canonical):
+        assert counts["total"] == counts["connectivity"] * counts["cells"]
+    assert 1e10 <= canonical["cells"] < 1e11  # the paper's "~1e10 unique cells"
