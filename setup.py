@@ -1,30 +1,54 @@
 """Builds nasfast's native ops library (nasfast/_C*.so) with torch.utils.cpp_extension.
 
-CUDA kernels are compiled when CUDA is available (or NASFAST_FORCE_CUDA=1) and skipped with
-NASFAST_FORCE_CPU=1. The library registers its ops with the dispatcher (TORCH_LIBRARY) and does
-not link libtorch_python, so a C++ program can load it next to libtorch.
+CUDA kernels (csrc/cuda) are compiled when CUDA is available, or with NASFAST_FORCE_CUDA=1 (a
+machine with the toolkit but no GPU); NASFAST_FORCE_CPU=1 skips them. Without them, the ops
+still accept CUDA tensors through ATen (csrc/composite). The library registers its ops with the
+dispatcher (TORCH_LIBRARY) and does not link libtorch_python, so a C++ program can load it next
+to libtorch. Build it against the torch that is installed: pip install --no-build-isolation .
 """
 import glob
 import os
+import sys
 
 from setuptools import setup
 
 
-def ops_extension():
+def with_cuda() -> bool:
     import torch
-    from torch.utils.cpp_extension import CUDA_HOME, CppExtension, CUDAExtension
+    from torch.utils.cpp_extension import CUDA_HOME
 
-    force_cpu = os.environ.get("NASFAST_FORCE_CPU") == "1"
-    force_cuda = os.environ.get("NASFAST_FORCE_CUDA") == "1"
-    with_cuda = not force_cpu and (force_cuda or (torch.cuda.is_available() and CUDA_HOME is not None))
+    if os.environ.get("NASFAST_FORCE_CPU") == "1":
+        return False
+    if os.environ.get("NASFAST_FORCE_CUDA") == "1":
+        return True
+    return torch.cuda.is_available() and CUDA_HOME is not None
+
+
+def openmp_flags():
+    """at::parallel_for is inline: with torch's OpenMP backend, the library itself must be compiled
+    with OpenMP or its loops run on one thread. libgomp then resolves to the one torch loaded."""
+    import torch
+
+    if "backend: OpenMP" not in torch.__config__.parallel_info() or sys.platform == "darwin":
+        return [], []
+    return (["/openmp"], []) if sys.platform == "win32" else (["-fopenmp"], ["-fopenmp"])
+
+
+def ops_extension():
+    from torch.utils.cpp_extension import CppExtension, CUDAExtension
+
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp") + glob.glob("csrc/autograd/*.cpp"))
-    flags = {"cxx": ["-O3"]}
-    kind = CppExtension
-    if with_cuda:
+    compile_openmp, link_openmp = openmp_flags()
+    flags = {"cxx": ["-O3", "-g0"] + compile_openmp}
+    if with_cuda():
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
-        flags["nvcc"] = ["-O3", "--use_fast_math"]
+        flags["nvcc"] = ["-O3"]
         kind = CUDAExtension
-    extension = kind("nasfast._C", sources, extra_compile_args=flags, py_limited_api=True)
+    else:
+        sources += sorted(glob.glob("csrc/composite/*.cpp"))
+        kind = CppExtension
+    extension = kind("nasfast._C", sources, extra_compile_args=flags, extra_link_args=link_openmp,
+                     py_limited_api=True)
     # Loaded with torch.ops.load_library, never imported: no need for libtorch_python.
     extension.libraries = [lib for lib in extension.libraries if lib != "torch_python"]
     return extension

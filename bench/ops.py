@@ -1,87 +1,207 @@
-"""Native ops against their pure-PyTorch references at the decoder's real shapes: forward and
-forward+backward, agreement checked before timing, ratios printed.
+"""Native ops against their pure-PyTorch references at the decoder's real shapes.
 
-    python bench/ops.py [--device cpu|cuda] [--quick]
+Each case checks agreement with the reference first, then times both in one process, the two
+interleaved repetition by repetition (so that a load spike on a shared machine hits both), and
+prints median times (ms), the ratio reference / fused (> 1: fused is faster) and the spread
+(interquartile range over median, in %) of the fused time.
+
+    python bench/ops.py [--device cpu|cuda] [--quick] [--threads N] [--only sep|upsample|reward]
+
+On the CPU, glibc's malloc returns large blocks to the system and takes them back with page
+faults, which costs more than the kernels themselves on some machines (seen here: a 1 ms conv
+taking 8 ms) and penalises whichever side allocates more. Unless --system-malloc is given, the
+script re-runs itself with glibc's mmap and trim thresholds raised (MALLOC_MMAP_THRESHOLD_,
+MALLOC_TRIM_THRESHOLD_) so that both sides reuse memory, as a caching allocator would.
 """
 import argparse
+import os
 import statistics
 import sys
 import time
+from typing import Callable, List, Sequence
 
 import torch
 
 import nasfast.ops as ops
+from nasfast.ops import SeparableConvBNReLU
+from nasfast.ops.separable import separable_conv_reference
+
+SEPARABLE_OPS = [(3, 1, "sep3x3"), (5, 1, "sep5x5"), (3, 3, "sep3x3_d3"), (5, 6, "sep5x5_d6")]
+# (batch, channels, map side): batch 8 and 64, decoder widths 48 (search) and 64 (final), 32..128 px
+SEPARABLE_SHAPES = [(8, 48, 32), (8, 48, 64), (8, 48, 128), (8, 64, 64), (8, 64, 128), (64, 48, 32), (64, 64, 32),
+                    (64, 48, 64)]
+SEPARABLE_SHAPES_QUICK = [(8, 48, 64), (64, 48, 32)]
+UPSAMPLE_SIZES = [(32, 16), (64, 32), (128, 64), (128, 32), (60, 23)]  # (high, low) sides
+REWARD_BATCHES = (2, 8)
 
 
-def timeit(fn, device, repeats: int) -> float:
+def interleaved(functions: Sequence[Callable[[], object]], device: torch.device, repeats: int) -> List[List[float]]:
+    """Milliseconds of each function, run alternately, after a warm-up."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(3):
-        fn()
+    for f in functions:
+        for _ in range(2):
+            f()
     sync()
-    times = []
+    times: List[List[float]] = [[] for _ in functions]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
+        for f, t in zip(functions, times):
+            start = time.perf_counter()
+            f()
+            sync()
+            t.append((time.perf_counter() - start) * 1000)
+    return times
 
 
-def upsample_add_cases(quick: bool):
-    batches, channels = ((8,), (48,)) if quick else ((8, 64), (48, 64))
-    for n in batches:
-        for c in channels:
-            for high, low in ((32, 16), (64, 32), (128, 64), (128, 16)):
-                yield n, c, high, low
+def spread(times: List[float]) -> float:
+    q = statistics.quantiles(times, n=4)
+    return 100 * (q[2] - q[0]) / statistics.median(times)
+
+
+def row(name: str, reference: List[float], fused: List[float]) -> str:
+    r, f = statistics.median(reference), statistics.median(fused)
+    return f"{name:<34} {r:>9.3f} {f:>9.3f} {r / f:>6.2f}x {spread(fused):>6.0f}%"
+
+
+def header(title: str) -> None:
+    print(f"\n{title:<34} {'reference':>9} {'fused':>9} {'ratio':>7} {'spread':>7}   (ms, median)", flush=True)
+
+
+def check(actual, expected, what: str, rtol=1e-4, atol=1e-4) -> None:
+    try:
+        torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
+    except AssertionError as error:
+        raise SystemExit(f"{what}: fused and reference disagree, not timing it\n{error}")
+
+
+def bench_separable(device, repeats, quick):
+    shapes = SEPARABLE_SHAPES_QUICK if quick else SEPARABLE_SHAPES
+    kinds = SEPARABLE_OPS[::3] if quick else SEPARABLE_OPS
+    for mode in ("forward (training op)", "forward+backward", "eval block (BN folded, ReLU)"):
+        header(f"sep_conv {mode}")
+        for n, c, side in shapes:
+            for k, d, name in kinds:
+                case = f"{name} N={n} C={c} {side}x{side}"
+                print(row(case, *time_separable(mode, n, c, side, k, d, device, repeats)), flush=True)
+
+
+def time_separable(mode, n, c, side, k, d, device, repeats):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, c, side, side, generator=g).to(device)
+    if mode.startswith("eval"):
+        fused = SeparableConvBNReLU(c, k, d, fused=True).to(device).eval()
+        with torch.no_grad():
+            fused.bn.running_mean.normal_(generator=None)
+            fused.bn.running_var.uniform_(0.5, 1.5)
+        reference = SeparableConvBNReLU(c, k, d, fused=False).to(device).eval()
+        reference.load_state_dict(fused.state_dict())
+        with torch.no_grad():
+            check(fused(x), reference(x), f"eval block {k}x{k} d{d}")
+            return interleaved([lambda: reference(x), lambda: fused(x)], device, repeats)
+    dw = torch.randn(c, 1, k, k, generator=g).to(device)
+    pw = (torch.randn(c, c, 1, 1, generator=g) / c ** 0.5).to(device)
+    fused_op = lambda a, b, p: torch.ops.nasfast.sep_conv(a, b, p, d)  # noqa: E731
+    reference_op = lambda a, b, p: separable_conv_reference(a, b, p, d)  # noqa: E731
+    check(fused_op(x, dw, pw), reference_op(x, dw, pw), f"sep_conv {k}x{k} d{d}")
+    if mode.startswith("forward ("):
+        with torch.no_grad():
+            return interleaved([lambda: reference_op(x, dw, pw), lambda: fused_op(x, dw, pw)], device, repeats)
+    leaves = [t.clone().requires_grad_() for t in (x, dw, pw)]
+    grad = torch.randn(n, c, side, side, generator=g).to(device)
+
+    def forward_backward(op):
+        def run():
+            for t in leaves:
+                t.grad = None
+            op(*leaves).backward(grad)
+        return run
+    grads = []
+    for op in (fused_op, reference_op):
+        forward_backward(op)()
+        grads.append([t.grad.clone() for t in leaves])
+    for a, b in zip(*grads):
+        check(a, b, f"sep_conv {k}x{k} d{d} gradients", rtol=1e-3, atol=1e-2)
+    return interleaved([forward_backward(reference_op), forward_backward(fused_op)], device, max(3, repeats // 2))
 
 
 def bench_upsample_add(device, repeats, quick):
-    print(f"{'upsample_add N,C,high<-low':<30} {'ref fwd':>8} {'fused fwd':>9} {'ratio':>6} "
-          f"{'ref f+b':>8} {'fused f+b':>9} {'ratio':>6}   (ms, median)")
-    for n, c, hs, ls in upsample_add_cases(quick):
-        high = torch.randn(n, c, hs, hs, device=device)
-        low = torch.randn(n, c, ls, ls, device=device)
-        fused, reference = torch.ops.nasfast.upsample_add, ops.upsample_add_reference
-        torch.testing.assert_close(fused(high, low), reference(high, low))
-        row = []
-        for f in (reference, fused):
-            row.append(timeit(lambda: f(high, low), device, repeats))
-        h, l = high.clone().requires_grad_(), low.clone().requires_grad_()
-        grad = torch.randn_like(high)
-        for f in (reference, fused):
-            row.append(timeit(lambda: f(h, l).backward(grad), device, repeats))
-        print(f"{f'{n},{c},{hs}<-{ls}':<30} {row[0]:>8.3f} {row[1]:>9.3f} {row[0] / row[1]:>5.2f}x "
-              f"{row[2]:>8.3f} {row[3]:>9.3f} {row[2] / row[3]:>5.2f}x", flush=True)
+    for backward in (False, True):
+        header("upsample_add " + ("forward+backward" if backward else "forward"))
+        for n in ((8,) if quick else (8, 64)):
+            for c in ((48,) if quick else (48, 64)):
+                for high, low in (UPSAMPLE_SIZES[1:2] + UPSAMPLE_SIZES[-1:] if quick else UPSAMPLE_SIZES):
+                    print(row(f"N={n} C={c} {high}<-{low}", *time_upsample_add(n, c, high, low, backward, device,
+                                                                              repeats)), flush=True)
+
+
+def time_upsample_add(n, c, high_side, low_side, backward, device, repeats):
+    g = torch.Generator().manual_seed(0)
+    high = torch.randn(n, c, high_side, high_side, generator=g).to(device)
+    low = torch.randn(n, c, low_side, low_side, generator=g).to(device)
+    fused, reference = torch.ops.nasfast.upsample_add, ops.upsample_add_reference
+    check(fused(high, low), reference(high, low), "upsample_add")
+    if not backward:
+        return interleaved([lambda: reference(high, low), lambda: fused(high, low)], device, repeats)
+    h, l = high.clone().requires_grad_(), low.clone().requires_grad_()
+    grad = torch.randn_like(high)
+
+    def run(f):
+        def step():
+            h.grad = l.grad = None
+            f(h, l).backward(grad)
+        return step
+    return interleaved([run(reference), run(fused)], device, repeats)
 
 
 def bench_reward(device, repeats, quick):
     """21-class logits at stride 4 of a 512x512 label map, as the search scores a candidate."""
-    print(f"\n{'reward N x 21 x 128^2 -> 512^2':<30} {'reference':>9} {'fused':>9} {'ratio':>6}   (ms, median)")
-    for n in ((2,) if quick else (2, 8)):
-        logits = torch.randn(n, 21, 128, 128, device=device)
-        target = torch.randint(0, 21, (n, 512, 512), device=device)
+    header("reward: N x 21 x 128^2 -> 512^2")
+    for n in (REWARD_BATCHES[:1] if quick else REWARD_BATCHES):
+        g = torch.Generator().manual_seed(0)
+        logits = torch.randn(n, 21, 128, 128, generator=g).to(device)
+        target = torch.randint(0, 21, (n, 512, 512), generator=g).to(device)
         target[:, :16] = 255
         matrices = [torch.zeros(21, 21, dtype=torch.long, device=device) for _ in range(2)]
         functions = (ops.confusion_matrix_update_reference, torch.ops.nasfast.confusion_matrix_update_)
         for f, m in zip(functions, matrices):
             f(m, logits, target, 255)
-        assert (matrices[0] - matrices[1]).abs().sum() <= 4  # float32 near-ties may flip
-        times = [timeit(lambda: f(m, logits, target, 255), device, repeats) for f, m in zip(functions, matrices)]
-        print(f"{f'N={n}':<30} {times[0]:>9.2f} {times[1]:>9.2f} {times[0] / times[1]:>5.2f}x", flush=True)
+        if (matrices[0] - matrices[1]).abs().sum() > 1e-5 * target.numel():  # float32 near-ties may flip
+            raise SystemExit("reward: fused and reference confusion matrices disagree, not timing it")
+        times = interleaved([lambda f=f, m=m: f(m, logits, target, 255) for f, m in zip(functions, matrices)],
+                            device, repeats)
+        print(row(f"N={n}", *times), flush=True)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--quick", action="store_true", help="fewer shapes and repeats")
+    parser.add_argument("--quick", action="store_true", help="fewer shapes and repetitions")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
+    parser.add_argument("--only", choices=["sep", "upsample", "reward"], help="one family of ops")
+    parser.add_argument("--system-malloc", action="store_true", help="keep glibc's default thresholds")
     args = parser.parse_args(argv)
+    if args.device == "cpu" and not args.system_malloc and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(32 << 20), MALLOC_TRIM_THRESHOLD_=str(4 << 30))
+        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__)] + sys.argv[1:], env)
     if not ops.available():
         print("the nasfast ops library is not built: nothing to compare", file=sys.stderr)
         return 2
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("--device cuda: no CUDA device", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    print(f"device: {args.device}; torch {torch.__version__}; threads {torch.get_num_threads()}")
-    bench_upsample_add(device, 5 if args.quick else 30, args.quick)
-    bench_reward(device, 3 if args.quick else 10, args.quick)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    malloc = "system malloc" if "MALLOC_MMAP_THRESHOLD_" not in os.environ else \
+        f"malloc mmap threshold {os.environ['MALLOC_MMAP_THRESHOLD_']}"
+    print(f"device: {name}; torch {torch.__version__}; float32; {malloc}; ops library {ops.library_path()}")
+    repeats = 5 if args.quick else 20
+    if args.only in (None, "sep"):
+        bench_separable(device, repeats, args.quick)
+    if args.only in (None, "upsample"):
+        bench_upsample_add(device, repeats, args.quick)
+    if args.only in (None, "reward"):
+        bench_reward(device, 3 if args.quick else 10, args.quick)
     return 0
 
 

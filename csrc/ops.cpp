@@ -1,10 +1,22 @@
-// The schemas of every nasfast op. Backends register kernels in cpu/, cuda/ and autograd/.
+// The schemas of every nasfast op, in one place. Backends register kernels in cpu/, cuda/ and
+// autograd/; the kernels themselves are torch-free headers in kernels/.
 #include <torch/library.h>
 
 TORCH_LIBRARY(nasfast, m) {
+  // high + bilinear upsampling of low to high's size (align_corners=False). Differentiable.
   m.def("upsample_add(Tensor high, Tensor low) -> Tensor");
   m.def("upsample_add_backward_low(Tensor grad, SymInt[] low_size) -> Tensor");
-  // matrix (K x K int64, row = label) += counts of (label, argmax of upsampled logits) or
-  // (label, predicted label); pixels labelled ignore_index are skipped.
+
+  // Separable convolution: depthwise k x k (C x 1 x k x k, "same" padding, dilation) then
+  // pointwise 1 x 1 (Cout x C x 1 x 1), no biases. Differentiable.
+  m.def("sep_conv(Tensor x, Tensor depthwise, Tensor pointwise, int dilation) -> Tensor");
+  m.def("sep_conv_backward(Tensor grad, Tensor x, Tensor depthwise, Tensor pointwise, int dilation, "
+        "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  // Inference: relu(sep_conv(x, depthwise, pointwise) + bias), with BN folded into pointwise and bias.
+  m.def("sep_conv_bn_relu(Tensor x, Tensor depthwise, Tensor pointwise, Tensor bias, int dilation) -> Tensor");
+
+  // matrix (K x K int64, row = label) += counts of (label, argmax of logits upsampled to the label
+  // size) for float N x K x h x w scores, or of (label, prediction) for integer N x H x W scores;
+  // pixels labelled ignore_index are skipped.
   m.def("confusion_matrix_update_(Tensor(a!) matrix, Tensor scores, Tensor target, int ignore_index) -> ()");
 }

@@ -1,32 +1,38 @@
 """Streaming segmentation metrics and the search reward (SPEC section 5)."""
 import math
-from typing import Dict, Iterable, List
+from typing import Dict, Iterable, List, Optional
 
 import torch
 from torch import Tensor
 
-from .ops import confusion_matrix_update, confusion_matrix_update_reference
+from . import ops
 
 
 class ConfusionMatrix:
     """Counts (label, prediction) pairs over a stream of batches; rows are labels.
 
     `update(logits_or_pred, target)`: logits N x C x h x w (upsampled bilinearly to the target
-    size, then argmax) or integer predictions N x H x W; targets N x H x W with `ignore_index`
-    for pixels that do not count. `compute()` gives miou, fwiou, mean_acc, pixel_acc, iou (per
-    class) and reward = (miou * fwiou * mean_acc) ** (1/3); classes in `exclude` are left out of
-    the three averages (their per-class values are still reported).
+    size, then argmax; the native op fuses both) or integer predictions N x H x W; targets
+    N x H x W with `ignore_index` for pixels that do not count. `compute()` gives miou, fwiou,
+    mean_acc, pixel_acc, iou and acc (per class) and reward = (miou * fwiou * mean_acc) ** (1/3);
+    classes in `exclude` are left out of the three averages (their per-class values are still
+    reported). The int64 matrix lives on the device of the updates. `fused` (None: when the ops
+    library is loaded) picks the native update or the pure-PyTorch one.
     """
 
     def __init__(self, num_classes: int, ignore_index: int = 255, exclude: Iterable[int] = (),
-                 fused=None):
+                 fused: Optional[bool] = None):
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if fused and not ops.available():
+            raise RuntimeError("fused=True but the nasfast ops library is not built")
         self.num_classes = num_classes
-        self._update = confusion_matrix_update if fused is not False else confusion_matrix_update_reference
         self.ignore_index = ignore_index
         self.exclude = tuple(exclude)
         bad = [c for c in self.exclude if not 0 <= c < num_classes]
         if bad:
             raise ValueError(f"exclude: classes {bad} are not in [0, {num_classes})")
+        self._update = ops.confusion_matrix_update_reference if fused is False else ops.confusion_matrix_update
         self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64)
 
     def reset(self) -> None:
@@ -36,21 +42,22 @@ class ConfusionMatrix:
     def update(self, logits_or_pred: Tensor, target: Tensor) -> None:
         if target.dim() == 2:
             target = target[None]
+        if target.dim() != 3 or target.is_floating_point():
+            raise ValueError(f"targets must be integer N x H x W (or H x W), got {target.dtype} {tuple(target.shape)}")
         if logits_or_pred.is_floating_point():
-            logits = logits_or_pred if logits_or_pred.dim() == 4 else logits_or_pred[None]
-            if logits.shape[1] != self.num_classes:
-                raise ValueError(f"logits have {logits.shape[1]} classes, expected {self.num_classes}")
-            if logits.shape[0] != target.shape[0]:
-                raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(target.shape)} differ in batch")
-            scores = logits
+            scores = logits_or_pred if logits_or_pred.dim() == 4 else logits_or_pred[None]
+            if scores.dim() != 4 or scores.shape[1] != self.num_classes:
+                raise ValueError(f"logits {tuple(logits_or_pred.shape)}: "
+                                 f"expected N x {self.num_classes} (classes) x h x w")
+            if scores.shape[0] != target.shape[0]:
+                raise ValueError(f"logits {tuple(scores.shape)} and targets {tuple(target.shape)} differ in batch")
         else:
             scores = logits_or_pred if logits_or_pred.dim() == 3 else logits_or_pred[None]
             if scores.shape != target.shape:
                 raise ValueError(f"predictions {tuple(scores.shape)} and targets {tuple(target.shape)} differ in shape")
-        matrix = self.matrix if self.matrix.device == scores.device else self.matrix.to(scores.device)
-        self._update(matrix, scores, target.to(scores.device), self.ignore_index)
-        if matrix is not self.matrix:
-            self.matrix.copy_(matrix)
+        if self.matrix.device != scores.device:
+            self.matrix = self.matrix.to(scores.device)
+        self._update(self.matrix, scores, target.to(scores.device), self.ignore_index)
 
     def all_reduce(self) -> None:
         """Sums the matrices of every process (no-op without torch.distributed)."""

@@ -1,3 +1,6 @@
+import copy
+import pickle
+
 import pytest
 import torch
 
@@ -15,12 +18,6 @@ def inputs(high, low, dtype=torch.float32, batch=2, channels=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(batch, channels, *high, generator=g, dtype=dtype),
             torch.randn(batch, channels, *low, generator=g, dtype=dtype))
-
-
-def test_library_is_built_when_required():
-    import os
-    if os.environ.get("NASFAST_REQUIRE_OPS") == "1":
-        assert ops.available() and os.path.isabs(ops.library_path())
 
 
 @needs_ops
@@ -60,9 +57,50 @@ def test_gradients_match_reference():
 
 
 @needs_ops
-def test_opcheck():
-    h, l = inputs((23, 30), (12, 15))
+@pytest.mark.parametrize("high, low", [((23, 30), (12, 15)), ((7, 9), (7, 9))])
+def test_opcheck(high, low):
+    h, l = inputs(high, low)
     torch.library.opcheck(torch.ops.nasfast.upsample_add.default, (h, l.requires_grad_()))
+    torch.library.opcheck(torch.ops.nasfast.upsample_add.default, (h.requires_grad_(), l))
+    torch.library.opcheck(torch.ops.nasfast.upsample_add_backward_low.default, (h.detach(), list(l.shape)))
+
+
+@needs_ops
+def test_bad_arguments_are_rejected():
+    h, l = inputs((8, 8), (4, 4))
+    bad = [((h, l[:, :2]), "batch and channels"), ((h, l.double()), "dtypes differ"), ((h[0], l[0]), "4-d"),
+           ((h.half(), l.half()), "float32 or float64"), ((h, l[:, :, :0]), "empty")]
+    for args, message in bad:
+        with pytest.raises(RuntimeError, match=message):
+            torch.ops.nasfast.upsample_add(*args)
+
+
+@needs_ops
+def test_modules_keep_their_class_when_copied():
+    for fused in (True, False):
+        module = UpsampleAdd(fused=fused)
+        for copied in (copy.deepcopy(module), pickle.loads(pickle.dumps(module))):
+            assert type(copied) is type(module)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("high, low", SIZES)
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.float64, 1e-12), (torch.float16, 1e-2)])
+def test_cuda_matches_reference(high, low, dtype, tolerance):
+    h, l = (t.cuda() for t in inputs(high, low, dtype=torch.float64))
+    grad = torch.randn_like(h)
+    results = []
+    for f, cast in ((torch.ops.nasfast.upsample_add, dtype), (upsample_add_reference, torch.float64)):
+        a, b = h.to(cast).requires_grad_(), l.to(cast).requires_grad_()
+        out = f(a, b)
+        out.backward(grad.to(cast))
+        results.append([t.double() for t in (out, a.grad, b.grad)])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=tolerance, atol=tolerance * 10)
+    if dtype == torch.float64:
+        h64, l64 = h[:1, :2].requires_grad_(), l[:1, :2].requires_grad_()
+        assert torch.autograd.gradcheck(torch.ops.nasfast.upsample_add, (h64, l64))
 
 
 @needs_ops

@@ -4,64 +4,80 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <functional>
 #include <vector>
 
+#include "../checks.h"
 #include "../kernels/confusion.h"
+#include "simd.h"
 
 namespace nasfast {
 namespace {
 
-// Each task counts into its own K x K histogram; the histograms are summed at the end.
+template <typename T>
+NASFAST_CPU_CLONES void count_logit_rows(const T* logits, const int64_t* target, int64_t* counts, int64_t K, int64_t h,
+                                         int64_t w, int64_t H, int64_t W, int64_t ignore_index,
+                                         const kernels::LinearTap<T>* ty, const kernels::LinearTap<T>* tx, int64_t y0,
+                                         int64_t y1) {
+  kernels::confusion_from_logits_rows(logits, target, counts, K, h, w, H, W, ignore_index, ty, tx, y0, y1);
+}
+
+// Tasks take runs of label rows; each counts into its own K x K histogram, and the histograms
+// are added to the matrix in task order.
 void confusion_matrix_update_cpu(at::Tensor& matrix, const at::Tensor& scores_in, const at::Tensor& target_in,
                                  int64_t ignore_index) {
+  const at::Tensor target = check_confusion(matrix, scores_in, target_in, ignore_index);
   const int64_t K = matrix.size(0);
-  TORCH_CHECK(matrix.dim() == 2 && matrix.size(1) == K && matrix.scalar_type() == at::kLong &&
-                  matrix.is_contiguous(),
-              "confusion_matrix_update_: matrix must be a contiguous K x K int64 tensor");
-  const at::Tensor target = target_in.contiguous().to(at::kLong);
-  TORCH_CHECK(target.dim() == 3, "confusion_matrix_update_: target must be N x H x W, got ", target.sizes());
-  const at::Tensor valid = target.ne(ignore_index);
-  if (valid.any().item<bool>()) {
-    const at::Tensor kept = target.masked_select(valid);
-    TORCH_CHECK(kept.min().item<int64_t>() >= 0 && kept.max().item<int64_t>() < K,
-                "confusion_matrix_update_: target values must be in [0, ", K, ") or ", ignore_index);
-  }
   const int64_t N = target.size(0), H = target.size(1), W = target.size(2);
   const int64_t* tp = target.data_ptr<int64_t>();
   const bool from_logits = at::isFloatingType(scores_in.scalar_type());
-  const at::Tensor scores = scores_in.contiguous();
   if (from_logits) {
-    TORCH_CHECK(scores.dim() == 4 && scores.size(0) == N && scores.size(1) == K,
-                "confusion_matrix_update_: logits must be N x K x h x w with K = ", K, ", got ", scores.sizes());
-  } else {
-    TORCH_CHECK(scores.sizes() == target.sizes(), "confusion_matrix_update_: predictions ", scores.sizes(),
-                " and targets ", target.sizes(), " differ in shape");
+    TORCH_CHECK(scores_in.scalar_type() == at::kFloat || scores_in.scalar_type() == at::kDouble,
+                "confusion_matrix_update_: the CPU kernels take float32 or float64 logits, got ",
+                scores_in.scalar_type());
   }
-  const at::Tensor pred = from_logits ? scores : scores.to(at::kLong);
+  const at::Tensor pred = from_logits ? scores_in.contiguous() : scores_in.to(at::kLong).contiguous();
   const int64_t rows = N * H;
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, W));
+  if (rows == 0 || W == 0) return;
+  const int64_t grain = std::max<int64_t>(1, 16384 / W);
   const int64_t tasks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (rows + grain - 1) / grain));
   std::vector<std::vector<int64_t>> partial(tasks, std::vector<int64_t>(K * K, 0));
   const int64_t chunk = (rows + tasks - 1) / tasks;
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      int64_t* counts = partial[t].data();
-      for (int64_t r = t * chunk; r < std::min(rows, (t + 1) * chunk);) {
-        const int64_t n = r / H, y0 = r % H, y1 = std::min(H, y0 + ((t + 1) * chunk - r));
-        if (from_logits) {
-          AT_DISPATCH_FLOATING_TYPES(pred.scalar_type(), "confusion_from_logits", [&] {
-            const int64_t h = pred.size(2), w = pred.size(3);
-            kernels::confusion_from_logits_rows(pred.data_ptr<scalar_t>() + n * K * h * w, tp + n * H * W, counts,
-                                                K, h, w, H, W, ignore_index, y0, y1);
-          });
-        } else {
-          kernels::confusion_from_labels(pred.data_ptr<int64_t>() + n * H * W + y0 * W, tp + n * H * W + y0 * W,
-                                         counts, K, (y1 - y0) * W, ignore_index);
-        }
-        r += y1 - y0;
-      }
+  auto for_each_run = [&](int64_t task, const std::function<void(int64_t, int64_t, int64_t)>& run) {
+    // Calls run(n, y0, y1) for the rows of image n that the task owns.
+    for (int64_t r = task * chunk; r < std::min(rows, (task + 1) * chunk);) {
+      const int64_t n = r / H, y0 = r % H, y1 = std::min(H, y0 + (std::min(rows, (task + 1) * chunk) - r));
+      run(n, y0, y1);
+      r += y1 - y0;
     }
-  });
+  };
+  if (from_logits) {
+    AT_DISPATCH_FLOATING_TYPES(pred.scalar_type(), "confusion_from_logits", [&] {
+      const int64_t h = pred.size(2), w = pred.size(3);
+      std::vector<kernels::LinearTap<scalar_t>> ty(H), tx(W);
+      for (int64_t y = 0; y < H; ++y) ty[y] = kernels::linear_tap<scalar_t>(y, h, H);
+      for (int64_t x = 0; x < W; ++x) tx[x] = kernels::linear_tap<scalar_t>(x, w, W);
+      const scalar_t* lp = pred.data_ptr<scalar_t>();
+      at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t t = begin; t < end; ++t) {
+          for_each_run(t, [&](int64_t n, int64_t y0, int64_t y1) {
+            count_logit_rows(lp + n * K * h * w, tp + n * H * W, partial[t].data(), K, h, w, H, W, ignore_index,
+                             ty.data(), tx.data(), y0, y1);
+          });
+        }
+      });
+    });
+  } else {
+    const int64_t* pp = pred.data_ptr<int64_t>();
+    at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        for_each_run(t, [&](int64_t n, int64_t y0, int64_t y1) {
+          const int64_t offset = n * H * W + y0 * W;
+          kernels::confusion_from_labels(pp + offset, tp + offset, partial[t].data(), K, (y1 - y0) * W, ignore_index);
+        });
+      }
+    });
+  }
   int64_t* out = matrix.data_ptr<int64_t>();
   for (const auto& counts : partial) {
     for (int64_t i = 0; i < K * K; ++i) out[i] += counts[i];

@@ -5,23 +5,38 @@
 
 #include <vector>
 
+#include "../checks.h"
 #include "../kernels/upsample_add.h"
+#include "simd.h"
 
 namespace nasfast {
 namespace {
 
-void check_inputs(const at::Tensor& high, const at::Tensor& low) {
-  TORCH_CHECK(high.dim() == 4 && low.dim() == 4, "upsample_add: expected 4-d NCHW tensors, got ",
-              high.sizes(), " and ", low.sizes());
-  TORCH_CHECK(high.size(0) == low.size(0) && high.size(1) == low.size(1),
-              "upsample_add: batch and channels must match, got ", high.sizes(), " and ", low.sizes());
-  TORCH_CHECK(high.scalar_type() == low.scalar_type(), "upsample_add: dtypes differ");
+template <typename T>
+NASFAST_CPU_CLONES void forward_planes(const T* high, const T* low, T* out, int64_t begin, int64_t end, int64_t H,
+                                       int64_t W, int64_t h, int64_t w, const kernels::LinearTap<T>* ty,
+                                       const kernels::LinearTap<T>* tx) {
+  for (int64_t p = begin; p < end; ++p) {
+    kernels::upsample_add_plane(high + p * H * W, low + p * h * w, out + p * H * W, H, W, w, ty, tx);
+  }
+}
+
+template <typename T>
+NASFAST_CPU_CLONES void backward_low_planes(const T* grad, T* grad_low, int64_t begin, int64_t end, int64_t H,
+                                            int64_t W, int64_t h, int64_t w, const kernels::LinearTap<T>* ty,
+                                            const kernels::LinearTap<T>* tx) {
+  for (int64_t p = begin; p < end; ++p) {
+    kernels::upsample_add_backward_low_plane(grad + p * H * W, grad_low + p * h * w, H, W, w, ty, tx);
+  }
 }
 
 at::Tensor upsample_add_cpu(const at::Tensor& high_in, const at::Tensor& low_in) {
-  check_inputs(high_in, low_in);
+  check_upsample_add(high_in, low_in);
+  TORCH_CHECK(high_in.scalar_type() == at::kFloat || high_in.scalar_type() == at::kDouble,
+              "upsample_add: the CPU kernels take float32 or float64, got ", high_in.scalar_type());
   const at::Tensor high = high_in.contiguous();
   const at::Tensor low = low_in.contiguous();
+  if (high.sizes() == low.sizes()) return at::add(high, low);  // nothing to interpolate
   at::Tensor out = at::empty_like(high);
   const int64_t planes = high.size(0) * high.size(1);
   const int64_t H = high.size(2), W = high.size(3), h = low.size(2), w = low.size(3);
@@ -33,9 +48,7 @@ at::Tensor upsample_add_cpu(const at::Tensor& high_in, const at::Tensor& low_in)
     kernels::make_taps(ty.data(), h, H);
     kernels::make_taps(tx.data(), w, W);
     at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t p = begin; p < end; ++p) {
-        kernels::upsample_add_plane(hp + p * H * W, lp + p * h * w, op + p * H * W, H, W, w, ty.data(), tx.data());
-      }
+      forward_planes(hp, lp, op, begin, end, H, W, h, w, ty.data(), tx.data());
     });
   });
   return out;
@@ -44,6 +57,7 @@ at::Tensor upsample_add_cpu(const at::Tensor& high_in, const at::Tensor& low_in)
 at::Tensor upsample_add_backward_low_cpu(const at::Tensor& grad_in, c10::SymIntArrayRef low_size) {
   const at::Tensor grad = grad_in.contiguous();
   const int64_t h = low_size[2].expect_int(), w = low_size[3].expect_int();
+  if (grad.size(2) == h && grad.size(3) == w) return grad.clone();
   at::Tensor grad_low = at::zeros({grad.size(0), grad.size(1), h, w}, grad.options());
   const int64_t planes = grad.size(0) * grad.size(1);
   const int64_t H = grad.size(2), W = grad.size(3);
@@ -54,9 +68,7 @@ at::Tensor upsample_add_backward_low_cpu(const at::Tensor& grad_in, c10::SymIntA
     kernels::make_taps(ty.data(), h, H);
     kernels::make_taps(tx.data(), w, W);
     at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t p = begin; p < end; ++p) {
-        kernels::upsample_add_backward_low_plane(gp + p * H * W, lp + p * h * w, H, W, w, ty.data(), tx.data());
-      }
+      backward_low_planes(gp, lp, begin, end, H, W, h, w, ty.data(), tx.data());
     });
   });
   return grad_low;

@@ -8,6 +8,19 @@
 #define NASFAST_HOST_DEVICE
 #endif
 
+// Pointers that do not alias: lets the compiler vectorise loops with many loads per store.
+#define NASFAST_RESTRICT __restrict__
+
+// The next loop has no dependencies between iterations through memory (GCC; others ignore it).
+// NASFAST_UNROLL: unroll the next (constant trip count) loop completely.
+#if defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__)
+#define NASFAST_IVDEP _Pragma("GCC ivdep")
+#define NASFAST_UNROLL _Pragma("GCC unroll 32")
+#else
+#define NASFAST_IVDEP
+#define NASFAST_UNROLL
+#endif
+
 namespace nasfast {
 namespace kernels {
 
@@ -31,6 +44,16 @@ NASFAST_HOST_DEVICE inline LinearTap<T> linear_tap(int64_t dst, int64_t in_size,
   tap.w1 = src - static_cast<T>(tap.i0);
   tap.w0 = T(1) - tap.w1;
   return tap;
+}
+
+// The bilinear interpolation of one plane (row width w) at the taps ty, tx, in Acc.
+template <typename Acc, typename T>
+NASFAST_HOST_DEVICE inline Acc bilinear_at(const T* plane, int64_t w, const LinearTap<Acc>& ty,
+                                           const LinearTap<Acc>& tx) {
+  const T* row0 = plane + ty.i0 * w;
+  const T* row1 = plane + ty.i1 * w;
+  return ty.w0 * (tx.w0 * static_cast<Acc>(row0[tx.i0]) + tx.w1 * static_cast<Acc>(row0[tx.i1])) +
+         ty.w1 * (tx.w0 * static_cast<Acc>(row1[tx.i0]) + tx.w1 * static_cast<Acc>(row1[tx.i1]));
 }
 
 }  // namespace kernels

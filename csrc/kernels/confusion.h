@@ -7,19 +7,34 @@
 namespace nasfast {
 namespace kernels {
 
-// The class with the largest interpolated logit at label pixel (y, x); the first one on ties,
-// as torch.argmax. `logits` points at one image: K planes of h x w.
-template <typename T>
+// The class with the largest interpolated logit at one label pixel, the first one on ties (as
+// torch.argmax); NaN counts as the largest (as torch.argmax). `logits` points at one image: K
+// planes of h x w. Interpolation in Acc (float for half logits).
+template <typename Acc, typename T>
 NASFAST_HOST_DEVICE inline int64_t upsampled_argmax(const T* logits, int64_t K, int64_t h, int64_t w,
-                                                    const LinearTap<T>& ty, const LinearTap<T>& tx) {
+                                                    const LinearTap<Acc>& ty, const LinearTap<Acc>& tx) {
   int64_t best = 0;
-  T best_value = T(0);
-  for (int64_t c = 0; c < K; ++c) {
-    const T* p = logits + c * h * w;
-    const T v = ty.w0 * (tx.w0 * p[ty.i0 * w + tx.i0] + tx.w1 * p[ty.i0 * w + tx.i1]) +
-                ty.w1 * (tx.w0 * p[ty.i1 * w + tx.i0] + tx.w1 * p[ty.i1 * w + tx.i1]);
-    if (c == 0 || v > best_value) {
-      best = c;
+  Acc best_value = Acc(0);
+  for (int64_t k = 0; k < K; ++k) {
+    const Acc v = bilinear_at<Acc>(logits + k * h * w, w, ty, tx);
+    if (k == 0 || v > best_value || (v != v && best_value == best_value)) {
+      best = k;
+      best_value = v;
+    }
+  }
+  return best;
+}
+
+// The same at label resolution (logits already H x W): no interpolation, so that infinite or NaN
+// logits give exactly torch.argmax's answer. `pixel` indexes one plane of hw values.
+template <typename Acc, typename T>
+NASFAST_HOST_DEVICE inline int64_t argmax_at(const T* logits, int64_t K, int64_t hw, int64_t pixel) {
+  int64_t best = 0;
+  Acc best_value = Acc(0);
+  for (int64_t k = 0; k < K; ++k) {
+    const Acc v = static_cast<Acc>(logits[k * hw + pixel]);
+    if (k == 0 || v > best_value || (v != v && best_value == best_value)) {
+      best = k;
       best_value = v;
     }
   }
@@ -27,17 +42,20 @@ NASFAST_HOST_DEVICE inline int64_t upsampled_argmax(const T* logits, int64_t K, 
 }
 
 // Adds the pixels of rows [row_begin, row_end) of one image to `counts` (K x K, row = label).
+// `ty` and `tx` are the interpolation taps of every label row and column (unused when the
+// logits are already h x w = H x W).
 template <typename T, typename Label>
 void confusion_from_logits_rows(const T* logits, const Label* target, int64_t* counts, int64_t K, int64_t h,
-                                int64_t w, int64_t H, int64_t W, int64_t ignore_index, int64_t row_begin,
-                                int64_t row_end) {
+                                int64_t w, int64_t H, int64_t W, int64_t ignore_index, const LinearTap<T>* ty,
+                                const LinearTap<T>* tx, int64_t row_begin, int64_t row_end) {
+  const bool same_size = h == H && w == W;
   for (int64_t y = row_begin; y < row_end; ++y) {
-    const LinearTap<T> ty = linear_tap<T>(y, h, H);
     for (int64_t x = 0; x < W; ++x) {
       const int64_t label = static_cast<int64_t>(target[y * W + x]);
       if (label == ignore_index) continue;
-      const LinearTap<T> tx = linear_tap<T>(x, w, W);
-      counts[label * K + upsampled_argmax(logits, K, h, w, ty, tx)] += 1;
+      const int64_t pred = same_size ? argmax_at<T>(logits, K, H * W, y * W + x)
+                                     : upsampled_argmax<T>(logits, K, h, w, ty[y], tx[x]);
+      counts[label * K + pred] += 1;
     }
   }
 }

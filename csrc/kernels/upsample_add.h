@@ -1,20 +1,10 @@
 // out = high + bilinear_upsample(low -> size of high), align_corners=False, per (n, c) plane.
+// CPU loops here; the CUDA kernels (upsample_add.cuh) use common.h's linear_tap and bilinear_at.
 #pragma once
 #include "common.h"
 
 namespace nasfast {
 namespace kernels {
-
-// One output element (y, x) of one plane.
-template <typename T>
-NASFAST_HOST_DEVICE inline T upsample_add_at(const T* high, const T* low, int64_t H, int64_t W,
-                                            int64_t h, int64_t w, int64_t y, int64_t x) {
-  const LinearTap<T> ty = linear_tap<T>(y, h, H);
-  const LinearTap<T> tx = linear_tap<T>(x, w, W);
-  const T up = ty.w0 * (tx.w0 * low[ty.i0 * w + tx.i0] + tx.w1 * low[ty.i0 * w + tx.i1]) +
-               ty.w1 * (tx.w0 * low[ty.i1 * w + tx.i0] + tx.w1 * low[ty.i1 * w + tx.i1]);
-  return high[y * W + x] + up;
-}
 
 // CPU: the taps of every output row and column, computed once and shared by all planes.
 template <typename T>

@@ -1,15 +1,18 @@
 """Native ops of nasfast, with pure-PyTorch references as fallbacks.
 
-The ops library (built by `pip install .`) registers its kernels with the dispatcher under
-`torch.ops.nasfast`. When it is missing, every op falls back to its reference.
+The ops library (built by `pip install --no-build-isolation .`) registers its kernels with the
+dispatcher under `torch.ops.nasfast` (CPU and CUDA, autograd in C++). When it is missing, or
+NASFAST_DISABLE_OPS=1, every op falls back to its reference.
 """
 from .confusion import confusion_matrix_update, confusion_matrix_update_reference
 from .library import available, library_path
+from .separable import (SeparableConvBNReLU, fold_batch_norm, separable_conv, separable_conv_bn_relu,
+                        separable_conv_bn_relu_reference, separable_conv_reference)
 from .upsample_add import UpsampleAdd, upsample_add, upsample_add_reference
-from .separable import SeparableConvBNReLU, separable_conv, separable_conv_reference
 
 __all__ = [
     "available", "library_path", "confusion_matrix_update", "confusion_matrix_update_reference",
     "UpsampleAdd", "upsample_add", "upsample_add_reference",
-    "SeparableConvBNReLU", "separable_conv", "separable_conv_reference",
+    "SeparableConvBNReLU", "separable_conv", "separable_conv_reference", "separable_conv_bn_relu",
+    "separable_conv_bn_relu_reference", "fold_batch_norm",
 ]

@@ -1,16 +1,17 @@
 """Streaming confusion matrix: matrix[label, prediction] += pixel counts, in place.
 
-`scores` are logits N x K x h x w (bilinearly upsampled to the target size, then argmax) or
-predicted labels N x H x W; `target` is N x H x W with `ignore_index` for pixels that do not count.
+`scores` are logits N x K x h x w (bilinearly upsampled to the target size, align_corners=False,
+then argmax; the native op fuses both, so neither map is materialised) or integer predictions
+N x H x W; `target` is N x H x W with `ignore_index` for pixels that do not count.
 """
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .library import available
+from .library import available, register_fake
 
 if available():
-    @torch.library.register_fake("nasfast::confusion_matrix_update_")
+    @register_fake("nasfast::confusion_matrix_update_")
     def _(matrix, scores, target, ignore_index):
         return None
 
@@ -25,17 +26,20 @@ def confusion_matrix_update_reference(matrix: Tensor, scores: Tensor, target: Te
     pred, label = scores[keep].long(), target[keep].long()
     if label.numel() and (label.min() < 0 or label.max() >= k):
         raise ValueError(f"target values must be in [0, {k}) or {ignore_index}")
+    if pred.numel() and (pred.min() < 0 or pred.max() >= k):
+        raise ValueError(f"predictions must be in [0, {k})")
     matrix += torch.bincount(label * k + pred, minlength=k * k).reshape(k, k).to(matrix)
 
 
 def confusion_matrix_update(matrix: Tensor, scores: Tensor, target: Tensor, ignore_index: int) -> None:
-    """The native op for CPU tensors when the library is loaded, else the reference."""
-    if available() and scores.device.type == "cpu" and matrix.device.type == "cpu":
-        try:
-            torch.ops.nasfast.confusion_matrix_update_(matrix, scores, target, ignore_index)
-        except RuntimeError as error:
-            if "target values" in str(error):
-                raise ValueError(str(error).splitlines()[0]) from None
-            raise
-    else:
+    """The native op (CPU or CUDA tensors) when the library is loaded, else the reference."""
+    if not (available() and scores.device.type in ("cpu", "cuda")):
         confusion_matrix_update_reference(matrix, scores, target, ignore_index)
+        return
+    try:
+        torch.ops.nasfast.confusion_matrix_update_(matrix, scores, target, ignore_index)
+    except RuntimeError as error:
+        message = str(error).splitlines()[0]
+        if "target values" in message or "predictions must be" in message:
+            raise ValueError(message.replace("confusion_matrix_update_: ", "")) from None
+        raise

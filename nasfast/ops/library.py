@@ -1,6 +1,7 @@
-"""Finding and loading the compiled ops library."""
+"""Finding and loading the compiled ops library (nasfast/_C*.so)."""
 import glob
 import os
+import warnings
 from typing import Optional
 
 import torch
@@ -17,8 +18,17 @@ def _find() -> Optional[str]:
 
 def _load() -> Optional[str]:
     path = _find()
-    if path is not None:
+    if path is None:
+        return None
+    try:
         torch.ops.load_library(path)
+    except OSError as error:
+        # Typically a library built against another torch (pip's build isolation installs the
+        # newest torch into the build environment): keep working with the references.
+        warnings.warn(f"nasfast: the ops library {path} does not load with torch {torch.__version__} "
+                      f"({error.__cause__ or error}); using the pure-PyTorch references. Rebuild it with "
+                      "`pip install --no-build-isolation .` against the torch that is installed.")
+        return None
     return path
 
 
@@ -33,3 +43,12 @@ def library_path() -> Optional[str]:
 def available() -> bool:
     """True when the native ops are loaded (otherwise the references are used)."""
     return _PATH is not None
+
+
+
+def register_fake(name: str):
+    """torch.library.register_fake (shapes for torch.compile / opcheck) when this torch has it."""
+    register = getattr(torch.library, "register_fake", None) or getattr(torch.library, "impl_abstract", None)
+    if register is None:
+        return lambda function: function
+    return register(name)

@@ -1,8 +1,30 @@
-"""Separable convolution: depthwise k x k (dilated) then pointwise 1 x 1, no BN/ReLU in between."""
+"""Separable convolution: depthwise k x k (dilated) then pointwise 1 x 1, no BN/ReLU in between.
+
+Native ops (library loaded): `nasfast::sep_conv(x, depthwise, pointwise, dilation)` (differentiable)
+and, for inference, `nasfast::sep_conv_bn_relu(x, depthwise, pointwise_folded, bias, dilation)`
+= relu(sep_conv(...) + bias) with BN folded into the pointwise weights (differentiable too).
+"""
+from typing import Optional, Tuple
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .library import available
+from .library import available, register_fake
+
+if available():
+    @register_fake("nasfast::sep_conv")
+    def _(x, depthwise, pointwise, dilation):
+        return x.new_empty((x.shape[0], pointwise.shape[0], x.shape[2], x.shape[3]))
+
+    @register_fake("nasfast::sep_conv_bn_relu")
+    def _(x, depthwise, pointwise, bias, dilation):
+        return x.new_empty((x.shape[0], pointwise.shape[0], x.shape[2], x.shape[3]))
+
+    @register_fake("nasfast::sep_conv_backward")
+    def _(grad, x, depthwise, pointwise, dilation, output_mask):
+        return tuple(t.new_empty(t.shape) if needed else None
+                     for t, needed in zip((x, depthwise, pointwise), output_mask))
 
 
 def separable_conv_reference(x: Tensor, depthwise: Tensor, pointwise: Tensor, dilation: int) -> Tensor:
@@ -11,22 +33,95 @@ def separable_conv_reference(x: Tensor, depthwise: Tensor, pointwise: Tensor, di
     return F.conv2d(y, pointwise)
 
 
+def separable_conv_bn_relu_reference(x: Tensor, depthwise: Tensor, pointwise: Tensor, bias: Tensor,
+                                     dilation: int) -> Tensor:
+    pad = dilation * (depthwise.shape[-1] // 2)
+    y = F.conv2d(x, depthwise, padding=pad, dilation=dilation, groups=x.shape[1])
+    return F.relu(F.conv2d(y, pointwise, bias))
+
+
+def _native(x: Tensor) -> bool:
+    return available() and x.device.type in ("cpu", "cuda")
+
+
 def separable_conv(x: Tensor, depthwise: Tensor, pointwise: Tensor, dilation: int) -> Tensor:
+    """The native op when the library has a kernel for x's device, else the reference."""
+    if _native(x):
+        return torch.ops.nasfast.sep_conv(x, depthwise, pointwise, dilation)
     return separable_conv_reference(x, depthwise, pointwise, dilation)
 
 
+def separable_conv_bn_relu(x: Tensor, depthwise: Tensor, pointwise: Tensor, bias: Tensor, dilation: int) -> Tensor:
+    """relu(separable_conv(x, depthwise, pointwise) + bias): the inference form, BN folded."""
+    if _native(x):
+        return torch.ops.nasfast.sep_conv_bn_relu(x, depthwise, pointwise, bias, dilation)
+    return separable_conv_bn_relu_reference(x, depthwise, pointwise, bias, dilation)
+
+
+def fold_batch_norm(pointwise: Tensor, running_mean: Tensor, running_var: Tensor, eps: float,
+                    weight: Optional[Tensor], bias: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """Pointwise weights and bias such that conv(., w) + b == BN(conv(., pointwise)) in eval mode."""
+    scale = torch.rsqrt(running_var + eps)
+    shift = -running_mean * scale
+    if weight is not None:
+        scale = scale * weight
+        shift = shift * weight
+    if bias is not None:
+        shift = shift + bias
+    return pointwise * scale.view(-1, 1, 1, 1), shift
+
+
 class SeparableConvBNReLU(nn.Module):
-    """depthwise k x k (dilation d) -> pointwise 1 x 1 -> BN -> ReLU, all C -> C, no biases."""
+    """depthwise k x k (dilation d) -> pointwise 1 x 1 -> BN -> ReLU, all C -> C, no biases.
+
+    `fused` (None: when the ops library is loaded) picks the class once, at construction: a
+    reference module never refers to the native ops, so it scripts without the library. The
+    fused one runs `sep_conv` then BN + ReLU in training, and one `sep_conv_bn_relu` in eval (BN
+    folded on the fly). Both have the same submodules and state dict.
+    """
+
+    def __new__(cls, *args, **kwargs):
+        fused = kwargs.get("fused", args[3] if len(args) > 3 else None)
+        if cls is SeparableConvBNReLU and args and _wants_fused(fused):
+            cls = FusedSeparableConvBNReLU
+        return super().__new__(cls)
+
+    def __getnewargs__(self):
+        return ()  # copy and pickle keep the class as it is
 
     def __init__(self, channels: int, kernel_size: int, dilation: int = 1, fused=None):
         super().__init__()
+        if kernel_size % 2 != 1 or dilation < 1:
+            raise ValueError(f"SeparableConvBNReLU: expected an odd kernel_size and dilation >= 1, "
+                             f"got {kernel_size} and {dilation}")
         self.dilation = dilation
-        self.fused = available() if fused is None else bool(fused)
         self.depthwise = nn.Conv2d(channels, channels, kernel_size, padding=dilation * (kernel_size // 2),
                                    dilation=dilation, groups=channels, bias=False)
         self.pointwise = nn.Conv2d(channels, channels, 1, bias=False)
         self.bn = nn.BatchNorm2d(channels)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.reference_forward(x)
+
+    def reference_forward(self, x: Tensor) -> Tensor:
         y = separable_conv_reference(x, self.depthwise.weight, self.pointwise.weight, self.dilation)
         return F.relu(self.bn(y))
+
+
+class FusedSeparableConvBNReLU(SeparableConvBNReLU):
+    def forward(self, x: Tensor) -> Tensor:
+        running_mean, running_var = self.bn.running_mean, self.bn.running_var
+        if self.training or running_mean is None or running_var is None:
+            y = torch.ops.nasfast.sep_conv(x, self.depthwise.weight, self.pointwise.weight, self.dilation)
+            return F.relu(self.bn(y))
+        pointwise, bias = fold_batch_norm(self.pointwise.weight, running_mean, running_var, self.bn.eps,
+                                          self.bn.weight, self.bn.bias)
+        return torch.ops.nasfast.sep_conv_bn_relu(x, self.depthwise.weight, pointwise, bias, self.dilation)
+
+
+def _wants_fused(fused) -> bool:
+    if fused is None:
+        return available()
+    if fused and not available():
+        raise RuntimeError("fused=True but the nasfast ops library is not built (pip install --no-build-isolation .)")
+    return bool(fused)

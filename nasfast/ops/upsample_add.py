@@ -3,14 +3,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .library import available
+from .library import available, register_fake
 
 if available():
-    @torch.library.register_fake("nasfast::upsample_add")
+    @register_fake("nasfast::upsample_add")
     def _(high, low):
         return torch.empty_like(high, memory_format=torch.contiguous_format)
 
-    @torch.library.register_fake("nasfast::upsample_add_backward_low")
+    @register_fake("nasfast::upsample_add_backward_low")
     def _(grad, low_size):
         return grad.new_empty(low_size)
 
@@ -20,8 +20,8 @@ def upsample_add_reference(high: Tensor, low: Tensor) -> Tensor:
 
 
 def upsample_add(high: Tensor, low: Tensor) -> Tensor:
-    """The native op when the library is loaded, else the reference."""
-    if available():
+    """The native op (CPU or CUDA tensors) when the library is loaded, else the reference."""
+    if available() and high.device.type in ("cpu", "cuda"):
         return torch.ops.nasfast.upsample_add(high, low)
     return upsample_add_reference(high, low)
 
@@ -36,6 +36,9 @@ class UpsampleAdd(nn.Module):
                 raise RuntimeError("fused=True but the nasfast ops library is not built")
             cls = FusedUpsampleAdd
         return super().__new__(cls)
+
+    def __getnewargs__(self):
+        return (False,)  # copy and pickle keep the class as it is
 
     def __init__(self, fused=None):
         super().__init__()

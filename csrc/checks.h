@@ -1,0 +1,74 @@
+// Argument checks shared by the CPU and CUDA registrations (host code, C++14).
+#pragma once
+#include <ATen/ATen.h>
+
+namespace nasfast {
+
+// x: N x C x H x W; depthwise: C x 1 x k x k (k odd); pointwise: Cout x C x 1 x 1 (or Cout x C).
+inline void check_separable(const at::Tensor& x, const at::Tensor& depthwise, const at::Tensor& pointwise,
+                            int64_t dilation) {
+  TORCH_CHECK(x.dim() == 4, "sep_conv: x must be N x C x H x W, got ", x.sizes());
+  const int64_t C = x.size(1);
+  TORCH_CHECK(depthwise.dim() == 4 && depthwise.size(0) == C && depthwise.size(1) == 1 &&
+                  depthwise.size(2) == depthwise.size(3) && depthwise.size(2) % 2 == 1,
+              "sep_conv: depthwise weight must be C x 1 x k x k with C = ", C, " and k odd, got ",
+              depthwise.sizes());
+  TORCH_CHECK((pointwise.dim() == 4 && pointwise.size(2) == 1 && pointwise.size(3) == 1) || pointwise.dim() == 2,
+              "sep_conv: pointwise weight must be Cout x C x 1 x 1, got ", pointwise.sizes());
+  TORCH_CHECK(pointwise.size(1) == C, "sep_conv: pointwise weight must have ", C, " input channels, got ",
+              pointwise.sizes());
+  TORCH_CHECK(dilation >= 1, "sep_conv: dilation must be >= 1, got ", dilation);
+  TORCH_CHECK(x.scalar_type() == depthwise.scalar_type() && x.scalar_type() == pointwise.scalar_type(),
+              "sep_conv: x and weights must have the same dtype, got ", x.scalar_type(), ", ",
+              depthwise.scalar_type(), " and ", pointwise.scalar_type());
+  TORCH_CHECK(x.device() == depthwise.device() && x.device() == pointwise.device(),
+              "sep_conv: x and weights must be on the same device");
+}
+
+inline void check_bias(const at::Tensor& x, const at::Tensor& pointwise, const at::Tensor& bias) {
+  TORCH_CHECK(bias.dim() == 1 && bias.size(0) == pointwise.size(0), "sep_conv_bn_relu: bias must have ",
+              pointwise.size(0), " values, got ", bias.sizes());
+  TORCH_CHECK(bias.scalar_type() == x.scalar_type() && bias.device() == x.device(),
+              "sep_conv_bn_relu: bias must have x's dtype and device");
+}
+
+inline void check_upsample_add(const at::Tensor& high, const at::Tensor& low) {
+  TORCH_CHECK(high.dim() == 4 && low.dim() == 4, "upsample_add: expected 4-d NCHW tensors, got ", high.sizes(),
+              " and ", low.sizes());
+  TORCH_CHECK(high.size(0) == low.size(0) && high.size(1) == low.size(1),
+              "upsample_add: batch and channels must match, got ", high.sizes(), " and ", low.sizes());
+  TORCH_CHECK(high.scalar_type() == low.scalar_type(), "upsample_add: dtypes differ (", high.scalar_type(), " and ",
+              low.scalar_type(), ")");
+  TORCH_CHECK(high.device() == low.device(), "upsample_add: tensors are on different devices");
+  TORCH_CHECK(low.size(2) > 0 && low.size(3) > 0, "upsample_add: low must not be empty, got ", low.sizes());
+}
+
+// Returns the targets as int64 N x H x W and checks the shapes of scores against them.
+inline at::Tensor check_confusion(const at::Tensor& matrix, const at::Tensor& scores, const at::Tensor& target,
+                                  int64_t ignore_index) {
+  const int64_t K = matrix.size(0);
+  TORCH_CHECK(matrix.dim() == 2 && matrix.size(1) == K && matrix.scalar_type() == at::kLong && matrix.is_contiguous(),
+              "confusion_matrix_update_: matrix must be a contiguous K x K int64 tensor");
+  TORCH_CHECK(matrix.device() == scores.device() && matrix.device() == target.device(),
+              "confusion_matrix_update_: matrix, scores and target must be on the same device");
+  TORCH_CHECK(target.dim() == 3, "confusion_matrix_update_: target must be N x H x W, got ", target.sizes());
+  if (at::isFloatingType(scores.scalar_type())) {
+    TORCH_CHECK(scores.dim() == 4 && scores.size(0) == target.size(0) && scores.size(1) == K,
+                "confusion_matrix_update_: logits must be N x K x h x w with K = ", K, ", got ", scores.sizes());
+    TORCH_CHECK(scores.size(2) > 0 && scores.size(3) > 0, "confusion_matrix_update_: empty logits");
+  } else {
+    TORCH_CHECK(scores.sizes() == target.sizes(), "confusion_matrix_update_: predictions ", scores.sizes(),
+                " and targets ", target.sizes(), " differ in shape");
+  }
+  const at::Tensor labels = target.to(at::kLong).contiguous();
+  const at::Tensor bad = labels.ne(ignore_index).logical_and(labels.lt(0).logical_or(labels.ge(K)));
+  TORCH_CHECK(!bad.any().item<bool>(), "confusion_matrix_update_: target values must be in [0, ", K, ") or ",
+              ignore_index);
+  if (!at::isFloatingType(scores.scalar_type())) {
+    const at::Tensor wrong = labels.ne(ignore_index).logical_and(scores.lt(0).logical_or(scores.ge(K)));
+    TORCH_CHECK(!wrong.any().item<bool>(), "confusion_matrix_update_: predictions must be in [0, ", K, ")");
+  }
+  return labels;
+}
+
+}  // namespace nasfast

@@ -1,0 +1,11 @@
+// x86-64 builds target the baseline ISA (SSE2). The hot loops of the CPU kernels are compiled
+// twice more, for x86-64-v3 (AVX2, FMA) and x86-64-v4 (AVX-512), and the variant the processor
+// supports is picked when the library loads (GCC function multiversioning). Elsewhere (aarch64
+// for the Jetson, clang, MSVC) the attribute is empty.
+#pragma once
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && __GNUC__ >= 12
+#define NASFAST_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define NASFAST_CPU_CLONES
+#endif

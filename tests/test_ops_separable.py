@@ -1,0 +1,239 @@
+import copy
+import os
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import nasfast.ops as ops
+from nasfast.ops import SeparableConvBNReLU, separable_conv_reference
+from nasfast.ops.separable import FusedSeparableConvBNReLU, fold_batch_norm, separable_conv_bn_relu_reference
+
+needs_ops = pytest.mark.skipif(not ops.available(), reason="native ops library not built")
+SEARCH_SPACE = [(3, 1), (5, 1), (3, 3), (5, 6)]  # (kernel, dilation) of SPEC ops 2, 3, 7, 8
+SHAPES = [(2, 3, 7, 9), (1, 4, 13, 11), (3, 2, 6, 7), (1, 3, 1, 1)]  # odd sizes, maps smaller than the reach
+
+
+def weights(channels, out_channels, k, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(channels, 1, k, k, generator=g, dtype=dtype),
+            torch.randn(out_channels, channels, 1, 1, generator=g, dtype=dtype))
+
+
+def inputs(shape, k, out_channels=None, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed + 100)
+    x = torch.randn(*shape, generator=g, dtype=dtype)
+    return (x,) + weights(shape[1], out_channels or shape[1], k, dtype, seed)
+
+
+@needs_ops
+@pytest.mark.parametrize("k, d", SEARCH_SPACE)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_values_match_reference(k, d, shape):
+    x, dw, pw = inputs(shape, k, out_channels=5)
+    torch.testing.assert_close(torch.ops.nasfast.sep_conv(x, dw, pw, d), separable_conv_reference(x, dw, pw, d))
+    bias = torch.randn(5, dtype=torch.float64)
+    torch.testing.assert_close(torch.ops.nasfast.sep_conv_bn_relu(x, dw, pw, bias, d),
+                               separable_conv_bn_relu_reference(x, dw, pw, bias, d))
+
+
+@needs_ops
+@pytest.mark.parametrize("k, d", SEARCH_SPACE + [(7, 2), (1, 1)])
+def test_gradcheck_float64(k, d):
+    x, dw, pw = (t.requires_grad_() for t in inputs((2, 3, 8, 7), k, out_channels=4))
+    assert torch.autograd.gradcheck(lambda *a: torch.ops.nasfast.sep_conv(*a, d), (x, dw, pw))
+    bias = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: torch.ops.nasfast.sep_conv_bn_relu(*a, d), (x, dw, pw, bias))
+
+
+def _gradients(f, tensors, grad, requires=(True, True, True)):
+    leaves = [t.detach().clone().requires_grad_(r) for t, r in zip(tensors, requires)]
+    f(*leaves).backward(grad)
+    return [t.grad for t in leaves]
+
+
+@needs_ops
+@pytest.mark.parametrize("k, d", SEARCH_SPACE)
+def test_float32_forward_and_gradients_over_several_bands_and_tasks(k, d):
+    # 5 images (more than the threads) of 70 x 40: several bands of rows per image.
+    x, dw, pw = inputs((5, 6, 70, 40), k, dtype=torch.float32, seed=k + d)
+    grad = torch.randn(5, 6, 70, 40)
+    fused = lambda *a: torch.ops.nasfast.sep_conv(*a, d)  # noqa: E731
+    reference = lambda *a: separable_conv_reference(*a, d)  # noqa: E731
+    torch.testing.assert_close(fused(x, dw, pw), reference(x, dw, pw), rtol=1e-4, atol=1e-4)
+    for requires in [(True, True, True), (False, True, True), (True, False, False), (False, False, True)]:
+        got = _gradients(fused, (x, dw, pw), grad, requires)
+        expected = _gradients(reference, (x, dw, pw), grad, requires)
+        for a, b in zip(got, expected):
+            assert (a is None) == (b is None)
+            if a is not None:
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
+
+
+@needs_ops
+def test_non_contiguous_and_channels_last():
+    x, dw, pw = inputs((2, 4, 12, 10), 5)
+    bias = torch.randn(4, dtype=torch.float64)
+    cases = [(x.to(memory_format=torch.channels_last), dw, pw),
+             (x.transpose(2, 3), dw, pw),
+             (x[:, ::2], dw[::2], pw[::2, ::2]),
+             (x, dw.transpose(2, 3), pw.transpose(0, 1))]
+    for a, b, c in cases:
+        torch.testing.assert_close(torch.ops.nasfast.sep_conv(a, b, c, 6), separable_conv_reference(a, b, c, 6))
+        torch.testing.assert_close(torch.ops.nasfast.sep_conv_bn_relu(a, b, c, bias[:c.shape[0]], 6),
+                                   separable_conv_bn_relu_reference(a, b, c, bias[:c.shape[0]], 6))
+    grad = torch.randn(2, 4, 12, 10, dtype=torch.float64).to(memory_format=torch.channels_last)
+    fused = lambda *a: torch.ops.nasfast.sep_conv(*a, 3)  # noqa: E731
+    reference = lambda *a: separable_conv_reference(*a, 3)  # noqa: E731
+    for a, b in zip(_gradients(fused, cases[0], grad), _gradients(reference, cases[0], grad)):
+        torch.testing.assert_close(a, b)
+
+
+@needs_ops
+def test_opcheck():
+    x, dw, pw = inputs((2, 3, 9, 8), 3, out_channels=4)
+    bias = torch.randn(4, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.nasfast.sep_conv.default,
+                          (x.requires_grad_(), dw.requires_grad_(), pw.requires_grad_(), 3))
+    torch.library.opcheck(torch.ops.nasfast.sep_conv_bn_relu.default, (x, dw, pw, bias.requires_grad_(), 3))
+    grad = torch.randn(2, 4, 9, 8, dtype=torch.float64)
+    for mask in ([True, True, True], [True, False, True]):
+        torch.library.opcheck(torch.ops.nasfast.sep_conv_backward.default,
+                              (grad, x.detach(), dw.detach(), pw.detach(), 3, mask))
+
+
+@needs_ops
+def test_bad_arguments_are_rejected():
+    x, dw, pw = inputs((1, 3, 5, 5), 3, dtype=torch.float32)
+    bad = [((x, torch.randn(3, 1, 2, 2), pw, 1), "k odd"),
+           ((x, torch.randn(4, 1, 3, 3), pw, 1), "depthwise"),
+           ((x, dw, torch.randn(3, 2, 1, 1), 1), "input channels"),
+           ((x, dw, pw, 0), "dilation"),
+           ((x.double(), dw, pw, 1), "same dtype"),
+           ((x.half(), dw.half(), pw.half(), 1), "float32 or float64"),
+           ((x[0], dw, pw, 1), "N x C x H x W")]
+    for args, message in bad:
+        with pytest.raises(RuntimeError, match=message):
+            torch.ops.nasfast.sep_conv(*args)
+    with pytest.raises(RuntimeError, match="bias"):
+        torch.ops.nasfast.sep_conv_bn_relu(x, dw, pw, torch.randn(2), 1)
+
+
+def randomised(module):
+    """Non-trivial BN statistics and affine parameters, so that folding them is really tested."""
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for name, tensor in module.state_dict().items():
+            if tensor.is_floating_point():
+                values = torch.rand(tensor.shape, generator=g) + 0.5 if "var" in name else \
+                    torch.randn(tensor.shape, generator=g)
+                tensor.copy_(values)
+    return module
+
+
+@needs_ops
+@pytest.mark.parametrize("k, d", SEARCH_SPACE)
+def test_module_fused_matches_reference_in_train_and_eval(k, d):
+    fused = randomised(SeparableConvBNReLU(6, k, d, fused=True))
+    reference = SeparableConvBNReLU(6, k, d, fused=False)
+    reference.load_state_dict(fused.state_dict())
+    assert type(fused) is FusedSeparableConvBNReLU and type(reference) is SeparableConvBNReLU
+    assert isinstance(fused, SeparableConvBNReLU)  # what nasfast.complexity looks for
+    assert list(fused.state_dict()) == list(reference.state_dict())
+    x = torch.randn(3, 6, 17, 15)
+    for training in (True, False):
+        fused.train(training), reference.train(training)
+        outputs, grads = [], []
+        for module in (fused, reference):
+            module.zero_grad()
+            xx = x.clone().requires_grad_()
+            out = module(xx)
+            out.backward(torch.ones_like(out))
+            outputs.append(out)
+            grads.append([xx.grad] + [p.grad for p in module.parameters()])
+        torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-4, atol=1e-4)
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(fused.bn.running_mean, reference.bn.running_mean)  # training updated both alike
+
+
+def test_fold_batch_norm_is_exact_in_float64():
+    module = randomised(SeparableConvBNReLU(5, 3, 1, fused=False)).double().eval()
+    x = torch.randn(2, 5, 8, 8, dtype=torch.float64)
+    bn = module.bn
+    pointwise, bias = fold_batch_norm(module.pointwise.weight, bn.running_mean, bn.running_var, bn.eps,
+                                      bn.weight, bn.bias)
+    expected = module(x)
+    torch.testing.assert_close(separable_conv_bn_relu_reference(x, module.depthwise.weight, pointwise, bias, 1),
+                               expected)
+
+
+@needs_ops
+def test_fused_module_scripts_and_copies_keep_the_class():
+    fused = randomised(SeparableConvBNReLU(4, 5, 6, fused=True)).eval()
+    scripted = torch.jit.script(fused)
+    graph = str(scripted.graph)
+    assert "nasfast::sep_conv_bn_relu" in graph and "nasfast::sep_conv(" in graph
+    x = torch.randn(2, 4, 11, 9)
+    torch.testing.assert_close(scripted(x), fused(x))
+    for copied in (copy.deepcopy(fused), pickle.loads(pickle.dumps(fused))):
+        assert type(copied) is FusedSeparableConvBNReLU
+        torch.testing.assert_close(copied(x), fused(x))
+    reference = SeparableConvBNReLU(4, 5, 6, fused=False)
+    assert type(copy.deepcopy(reference)) is SeparableConvBNReLU
+
+
+def test_reference_module_scripts_without_the_library():
+    module = SeparableConvBNReLU(4, 3, 3, fused=False)
+    assert "nasfast::" not in str(torch.jit.script(module).graph)
+    with pytest.raises(ValueError, match="odd kernel_size"):
+        SeparableConvBNReLU(4, 4, 1, fused=False)
+
+
+@needs_ops
+def test_scripted_graph_runs_where_only_the_library_is_loaded(tmp_path):
+    """What a C++ program does: load the ops library, then the TorchScript file; no nasfast."""
+    fused = randomised(SeparableConvBNReLU(4, 3, 3, fused=True)).eval()
+    x = torch.randn(1, 4, 10, 12)
+    torch.jit.script(fused).save(str(tmp_path / "sep.pt"))
+    torch.save({"x": x, "y": fused(x).detach()}, tmp_path / "io.pt")
+    code = ("import sys, torch; torch.ops.load_library(sys.argv[1]); m = torch.jit.load(sys.argv[2]); "
+            "io = torch.load(sys.argv[3]); assert 'nasfast' not in sys.modules; "
+            "torch.testing.assert_close(m(io['x']), io['y']); print('ok')")
+    out = subprocess.run([sys.executable, "-c", code, ops.library_path(), str(tmp_path / "sep.pt"),
+                          str(tmp_path / "io.pt")], capture_output=True, text=True, cwd=tmp_path,
+                         env=dict(os.environ, PYTHONPATH=""))
+    assert out.stdout.strip() == "ok", out.stderr
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("k, d", SEARCH_SPACE)
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-4), (torch.float64, 1e-10), (torch.float16, 2e-2)])
+def test_cuda_matches_reference(k, d, dtype, tolerance):
+    x, dw, pw = (t.cuda() for t in inputs((3, 8, 37, 29), k, out_channels=6, dtype=torch.float64, seed=d))
+    bias = torch.randn(6, dtype=torch.float64, device="cuda")
+    grad = torch.randn(3, 6, 37, 29, dtype=torch.float64, device="cuda")
+    fused = lambda *a: torch.ops.nasfast.sep_conv(*a, d)  # noqa: E731
+    reference = lambda *a: separable_conv_reference(*a, d)  # noqa: E731
+    cast = [t.to(dtype) for t in (x, dw, pw)]
+    torch.testing.assert_close(fused(*cast).double(), reference(x, dw, pw), rtol=tolerance, atol=tolerance * 10)
+    torch.testing.assert_close(torch.ops.nasfast.sep_conv_bn_relu(*cast, bias.to(dtype), d).double(),
+                               separable_conv_bn_relu_reference(x, dw, pw, bias, d),
+                               rtol=tolerance, atol=tolerance * 10)
+    for a, b in zip(_gradients(fused, cast, grad.to(dtype)), _gradients(reference, (x, dw, pw), grad)):
+        torch.testing.assert_close(a.double(), b, rtol=tolerance * 10, atol=tolerance * 100)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_gradcheck_and_module():
+    x, dw, pw = (t.cuda().requires_grad_() for t in inputs((2, 3, 9, 8), 5, out_channels=4))
+    assert torch.autograd.gradcheck(lambda *a: torch.ops.nasfast.sep_conv(*a, 2), (x, dw, pw))
+    fused = randomised(SeparableConvBNReLU(6, 5, 6, fused=True)).cuda().eval()
+    reference = SeparableConvBNReLU(6, 5, 6, fused=False).cuda().eval()
+    reference.load_state_dict(fused.state_dict())
+    x = torch.randn(2, 6, 33, 47, device="cuda")
+    torch.testing.assert_close(fused(x), reference(x), rtol=1e-4, atol=1e-4)
