@@ -169,6 +169,17 @@ def bench_reward(device, repeats, quick):
         times = interleaved([lambda f=f, m=m: f(m, logits, target, 255) for f, m in zip(functions, matrices)],
                             device, repeats)
         print(row(f"N={n}", *times), flush=True)
+        if device.type == "cuda":
+            print(read_once(logits, target, statistics.median(times[1]), device, repeats), flush=True)
+
+
+def read_once(logits, target, fused_ms: float, device, repeats) -> str:
+    """The floor a streaming reward can reach: reading its inputs once at full memory bandwidth,
+    measured as a plain reduction over the logits and over the labels."""
+    logits_ms, both_ms = (statistics.median(t) for t in interleaved(
+        [lambda: logits.sum(), lambda: (logits.sum(), target.sum())], device, repeats))
+    return (f"  read once at full bandwidth: logits {logits_ms:.3f} ms, logits+labels {both_ms:.3f} ms; "
+            f"fused / logits {fused_ms / logits_ms:.2f}x, fused / both {fused_ms / both_ms:.2f}x")
 
 
 def main(argv=None) -> int:
@@ -191,10 +202,13 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    # The kernels compute in float32; cuDNN's TF32 default (Ampere and newer) would compare
+    # rounded-mantissa convolutions against them.
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     malloc = "system malloc" if "MALLOC_MMAP_THRESHOLD_" not in os.environ else \
         f"malloc mmap threshold {os.environ['MALLOC_MMAP_THRESHOLD_']}"
-    print(f"device: {name}; torch {torch.__version__}; float32; {malloc}; ops library {ops.library_path()}")
+    print(f"device: {name}; torch {torch.__version__}; float32 (no TF32); {malloc}; ops library {ops.library_path()}")
     repeats = 5 if args.quick else 20
     if args.only in (None, "sep"):
         bench_separable(device, repeats, args.quick)

@@ -168,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, help="override the preset's epochs")
     parser.add_argument("--batch-size", type=int, help="override the preset's batch size")
     parser.add_argument("--decoder-optimizer", choices=["adam", "sgd"], help="[adam]")
+    parser.add_argument("--workers", type=int, help="data-loading processes [the preset's: 2, tiny 0]")
     parser.add_argument("--device", default="auto", help="cpu, cuda ... [auto]")
     parser.add_argument("--no-progress", action="store_true")
     return parser
@@ -177,7 +178,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     config = TrainConfig(**asdict(PRESETS[args.preset]))
-    for name in ("epochs", "batch_size", "decoder_optimizer"):
+    for name in ("epochs", "batch_size", "decoder_optimizer", "workers"):
         if getattr(args, name) is not None:
             setattr(config, name, getattr(args, name))
     if args.resume and not os.path.isfile(os.path.join(args.out, "last.pt")):

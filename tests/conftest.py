@@ -13,3 +13,15 @@ def camvid_root() -> Path:
     if not (root / "train.txt").exists():
         pytest.skip(f"CamVid not found at {root} (set NASFAST_DATA)")
     return root
+
+
+@pytest.fixture
+def exact_float32():
+    """cuDNN convolutions default to TF32 on Ampere and newer GPUs (about 1e-3 relative error); a
+    reference to compare against must be plain float32."""
+    import torch
+
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

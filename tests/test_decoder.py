@@ -99,3 +99,23 @@ def test_fused_decoder_matches_reference_decoder(name):
         reference.train(mode)
         fused.train(mode)
         torch.testing.assert_close(fused(x), reference(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not (nasfast.ops.available() and torch.cuda.is_available()), reason="needs a CUDA GPU and the ops")
+@pytest.mark.parametrize("name", sorted(REFERENCE))
+def test_fused_decoder_matches_reference_on_cuda_with_gradients(name, exact_float32):
+    reference = Decoder(name, num_classes=21, channels=64, sep_repeats=2, aux="cell", fused=False).cuda()
+    fused = Decoder(name, num_classes=21, channels=64, sep_repeats=2, aux="cell", fused=True).cuda()
+    fused.load_state_dict(reference.state_dict())
+    x = [f.cuda() for f in features(batch=2)]
+    want, want_aux = reference.forward_with_aux(x)
+    got, got_aux = fused.forward_with_aux(x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    (want.square().mean() + sum(a.mean() for a in want_aux)).backward()
+    (got.square().mean() + sum(a.mean() for a in got_aux)).backward()
+    for (n, a), b in zip(fused.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-4, msg=lambda m: f"{n}: {m}")
+    fused.eval()
+    reference.eval()
+    torch.testing.assert_close(torch.jit.script(fused)(x), reference(x), rtol=1e-4, atol=1e-4)

@@ -229,7 +229,7 @@ def test_cuda_matches_reference(k, d, dtype, tolerance):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_gradcheck_and_module():
+def test_cuda_gradcheck_and_module(exact_float32):
     x, dw, pw = (t.cuda().requires_grad_() for t in inputs((2, 3, 9, 8), 5, out_channels=4))
     assert torch.autograd.gradcheck(lambda *a: torch.ops.nasfast.sep_conv(*a, 2), (x, dw, pw))
     fused = randomised(SeparableConvBNReLU(6, 5, 6, fused=True)).cuda().eval()
