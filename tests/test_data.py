@@ -1,4 +1,3 @@
-import os
 import shutil
 from pathlib import Path
 
@@ -12,18 +11,7 @@ from nasfast.data import (VOC, CamVid, DataError, EvalTransform, FolderDataset, 
                           make_dataset)
 from nasfast.data.transforms import MEAN, STD
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FIRST = "0001TP_006690.png"  # the first training pair
-
-
-@pytest.fixture
-def camvid_root(monkeypatch) -> Path:
-    """Real CamVid, found through NASFAST_DATA as a user would (default: the workspace's copy)."""
-    data = Path(os.environ.get("NASFAST_DATA", SHARED_DATA))
-    monkeypatch.setenv("NASFAST_DATA", str(data))
-    if not (data / "camvid" / "train.txt").is_file():
-        pytest.skip(f"CamVid not found under {data} (set NASFAST_DATA)")
-    return data / "camvid"
 
 
 def raw_pair(camvid_root, name=FIRST, split="train"):

@@ -11,7 +11,6 @@ from PIL import Image
 import nasfast.encoder as encoder_module
 from nasfast.encoder import MobileNetV2Encoder, find_pretrained_weights, imagenet_normalize
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 # ImageNet-1k classes (torchvision's index order) that belong in a road scene.
 ROAD_SCENE_CLASSES = {
@@ -22,15 +21,6 @@ ROAD_SCENE_CLASSES = {
     779: "school bus", 829: "streetcar", 864: "tow truck", 867: "trailer truck", 874: "trolleybus",
     919: "street sign", 920: "traffic light",
 }
-
-
-@pytest.fixture
-def camvid_root(monkeypatch) -> Path:
-    data = Path(os.environ.get("NASFAST_DATA", SHARED_DATA))
-    monkeypatch.setenv("NASFAST_DATA", str(data))
-    if not (data / "camvid" / "train.txt").is_file():
-        pytest.skip(f"CamVid not found under {data} (set NASFAST_DATA)")
-    return data / "camvid"
 
 
 @pytest.fixture(scope="module")
