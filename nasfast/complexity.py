@@ -13,9 +13,9 @@ def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def _example(shape: Shape) -> torch.Tensor:
+def _example(shape: Shape, device: torch.device) -> torch.Tensor:
     shape = tuple(shape)
-    return torch.zeros(shape if len(shape) == 4 else (1,) + shape)
+    return torch.zeros(shape if len(shape) == 4 else (1,) + shape, device=device)
 
 
 def _conv_madds(conv: nn.Conv2d, output_numel: int) -> int:
@@ -48,7 +48,8 @@ def count_madds(module: nn.Module, input_shape: Union[Shape, List[Shape]]) -> in
     handles += [m.register_forward_hook(conv_hook) for m in module.modules()
                 if isinstance(m, nn.Conv2d) and id(m) not in counted_by_block]
     nested = len(input_shape) > 0 and isinstance(input_shape[0], (list, tuple))
-    example = [_example(s) for s in input_shape] if nested else _example(input_shape)
+    device = next((p.device for p in module.parameters()), torch.device("cpu"))
+    example = [_example(s, device) for s in input_shape] if nested else _example(input_shape, device)
     was_training = module.training
     try:
         module.eval()

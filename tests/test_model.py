@@ -55,3 +55,12 @@ def test_public_api():
     for name in ["Genotype", "Decoder", "MobileNetV2Encoder", "Segmenter", "create_model",
                  "count_params", "count_madds"]:
         assert hasattr(nasfast, name), name
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_madds_of_a_module_on_the_gpu():
+    decoder = nasfast.Decoder("arch1", num_classes=11, channels=16)
+    shapes = [(c, 64 // s, 64 // s) for c, s in zip(nasfast.MobileNetV2Encoder.channels,
+                                                     nasfast.MobileNetV2Encoder.strides)]
+    assert count_madds(decoder.cuda(), shapes) == count_madds(decoder.cpu(), shapes) > 0
