@@ -4,9 +4,11 @@ import dataclasses
 import json
 import os
 import sys
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
+from . import distributed
 from .config import PRESETS, SearchConfig, StageConfig, preset
+from .distributed import has_pending, restart_count, world_size
 from .loop import CONFIG, LOG, STATE, Search
 from .summary import top_table
 
@@ -17,7 +19,11 @@ EPILOG = """examples:
 
 Data are found through --data-root, else $NASFAST_DATA/<dataset>, else ~/.cache/nasfast/<dataset>.
 RUN_DIR receives config.json (the options), candidates.jsonl (one line per candidate) and
-state.pt (to resume). Ctrl-C stops after saving; --resume continues with nothing lost or repeated."""
+state.pt (to resume). Ctrl-C stops after saving; --resume continues with nothing lost or repeated.
+
+Several processes, GPUs or machines (rank 0 owns the controller and the log, every rank evaluates):
+  torchrun --nproc-per-node 4 --max-restarts 3 -m nasfast.search --dataset camvid --budget 1000 --out runs/c4
+  torchrun --nproc-per-node 8 -m nasfast.search --workers-per-gpu 4 ...    # 8 processes on 2 GPUs"""
 
 
 def duration(text: str) -> float:
@@ -73,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--budget", type=int, help="stop after this many candidates in total")
     run.add_argument("--time-budget", type=duration, help="stop after this much search time in total (30m, 4h, 2d)")
     run.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... [auto: cuda when available]")
+    run.add_argument("--workers-per-gpu", type=int, default=1, metavar="W",
+                     help="under torchrun: processes sharing one GPU; local rank r uses "
+                          "cuda:(r // W) %% device count (ignored on a CPU) [1]")
     run.add_argument("--top", type=int, default=10, help="rows of the table of best designs [10]")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_config_options(parser)
@@ -101,31 +110,46 @@ def _config_keys() -> List[str]:
     return keys + [f"{s}.{f.name}" for s in ("stage1", "stage2") for f in dataclasses.fields(StageConfig)]
 
 
+def choose_run(args, parser) -> Tuple[str, SearchConfig, bool]:
+    """RUN_DIR, its options, and whether to continue the search saved there."""
+    if args.resume:
+        run_dir = args.resume
+        if not os.path.exists(os.path.join(run_dir, STATE)):
+            parser.error(f"--resume {run_dir}: no saved search there ({STATE} missing)")
+        return run_dir, _saved_config(run_dir), True
+    run_dir = args.out
+    if os.path.exists(os.path.join(run_dir, STATE)):
+        if restart_count() > 0:  # torchrun restarted the processes: continue what they began
+            return run_dir, _saved_config(run_dir), True
+        parser.error(f"--out {run_dir} already holds a search: use --resume {run_dir}, or another directory")
+    return run_dir, config_from_args(args, parser), False
+
+
+def _saved_config(run_dir: str) -> SearchConfig:
+    with open(os.path.join(run_dir, CONFIG)) as f:
+        return SearchConfig.from_dict(json.load(f))
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.budget is None and args.time_budget is None:
         parser.error("give --budget N (candidates) and/or --time-budget (e.g. 4h)")
+    if args.workers_per_gpu < 1:
+        parser.error("--workers-per-gpu must be at least 1")
+    if world_size() > 1:
+        return distributed.run(args, lambda: choose_run(args, parser))
+    run_dir, config, resume = choose_run(args, parser)
+    if resume and has_pending(run_dir):  # a torchrun search, continued in one process
+        return distributed.run(args, lambda: (run_dir, config, resume))
     from .context import build_context  # heavy imports after the arguments are checked
 
-    if args.resume:
-        run_dir = args.resume
-        if not os.path.exists(os.path.join(run_dir, STATE)):
-            parser.error(f"--resume {run_dir}: no saved search there ({STATE} missing)")
-        with open(os.path.join(run_dir, CONFIG)) as f:
-            config = SearchConfig.from_dict(json.load(f))
-    else:
-        run_dir = args.out
-        if os.path.exists(os.path.join(run_dir, STATE)):
-            parser.error(f"--out {run_dir} already holds a search: use --resume {run_dir}, or another directory")
-        config = config_from_args(args, parser)
-
     search = Search(run_dir, config, lambda cfg, d: build_context(cfg, d, args.data_root, args.device))
-    if args.resume:
+    if resume:
         search.resume()
         print(f"resuming {run_dir} at candidate {search.next_index}", file=sys.stderr)
-    else:
-        search.context()  # fail early on missing data, before any file is written
+    search.context()  # fail early on missing data, before any file is written
+    if not resume:
         search.start()
     try:
         search.run(budget=args.budget, time_budget=args.time_budget, progress=not args.no_progress)

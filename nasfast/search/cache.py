@@ -27,7 +27,21 @@ class FeatureCache:
 
     def nbytes(self) -> int:
         arrays = self.features + [self.labels] + ([self.teacher] if self.teacher is not None else [])
-        return sum(a.numel() * a.element_size() for a in arrays)
+        return sum(a.nbytes if isinstance(a, np.ndarray) else a.numel() * a.element_size() for a in arrays)
+
+
+def open_cache(directory: str) -> FeatureCache:
+    """The cache that build_cache wrote to `directory` (memory-mapped files), opened read-only:
+    processes that share a machine share its pages."""
+    def load(name: str) -> np.ndarray:
+        return np.load(os.path.join(directory, name + ".npy"), mmap_mode="r")
+
+    levels = sorted((name for name in os.listdir(directory) if name.startswith("level") and name.endswith(".npy")),
+                    key=lambda name: int(name[len("level"):-len(".npy")]))
+    if not levels or not os.path.exists(os.path.join(directory, "labels.npy")):
+        raise FileNotFoundError(f"no stage-1 cache in {directory}")
+    teacher = load("teacher") if os.path.exists(os.path.join(directory, "teacher.npy")) else None
+    return FeatureCache([load(name[:-len(".npy")]) for name in levels], load("labels"), teacher, on_disk=True)
 
 
 def _allocate(shape, dtype, path: Optional[str]) -> Tensor:
@@ -46,7 +60,7 @@ def build_cache(pairs: List[Pair], encoder: torch.nn.Module, teacher: Optional[C
     """Runs the frozen encoder (and teacher) over `pairs` (all of one size) once.
 
     The cache lives in memory when its estimated size is under `memory_limit` bytes, else in
-    memory-mapped .npy files under `directory`.
+    memory-mapped .npy files under `directory` (always with `memory_limit=0`; open_cache opens them).
     """
     encoder = encoder.eval().to(device)
     first = [f.cpu() for f in encoder(pairs[0][0][None].to(device))]

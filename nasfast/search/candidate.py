@@ -14,7 +14,6 @@ from ..metrics import ConfusionMatrix
 from ..model import Segmenter
 from .cache import FeatureCache
 from .config import SearchConfig
-from .gate import Gate
 from .polyak import Polyak
 
 
@@ -131,9 +130,10 @@ def run_stage2(decoder: Decoder, ctx: SearchContext, seed: int) -> float:
     return _score(lambda x: averaged.decoder(averaged.encoder(x)), batches, ctx)
 
 
-def evaluate_candidate(genotype, index: int, ctx: SearchContext, gate: Gate) -> dict:
-    """Trains and scores one design. Returns the fields of its log record (SPEC section 6);
-    raises on failure (the caller records it as failed)."""
+def evaluate_candidate(genotype, index: int, ctx: SearchContext, decide: Callable[[float, float], bool]) -> dict:
+    """Trains and scores one design. `decide(stage1_reward, coin)` is the gate (Gate.decide, or a
+    round trip to the process that owns the gate). Returns the fields of its log record (SPEC
+    section 6); raises on failure (the caller records it as failed)."""
     start = time.time()
     cfg = ctx.config
     seed = candidate_seed(cfg.seed, index)
@@ -148,7 +148,7 @@ def evaluate_candidate(genotype, index: int, ctx: SearchContext, gate: Gate) -> 
 
     averaged, stage1_reward = run_stage1(decoder, ctx, generator)
     coin = torch.rand((), generator=generator).item()
-    go = gate.decide(stage1_reward, coin)
+    go = decide(stage1_reward, coin)
     stage2_reward = run_stage2(decoder, ctx, seed) if go else None
     return {
         "reward": stage2_reward if go else stage1_reward,

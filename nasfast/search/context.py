@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from ..data import EvalTransform, TrainTransform, make_dataset
 from ..encoder import MobileNetV2Encoder
-from .cache import build_cache
+from .cache import FeatureCache, build_cache, open_cache
 from .candidate import SearchContext
 from .config import SearchConfig
 
@@ -45,8 +45,32 @@ def load_teacher(path: Optional[str], device: torch.device):
     return lambda x: teacher(x)
 
 
+CACHE_MODES = ("auto", "build", "open")
+
+
+def _build_caches(config: SearchConfig, stage1_pairs, val_pairs, encoder, directory, memory_limit: float,
+                  device: torch.device) -> Tuple[FeatureCache, FeatureCache]:
+    teacher = load_teacher(config.teacher, device)
+    progress = lambda what: (lambda it: tqdm(it, desc=f"caching {what}", unit="batch", leave=False))
+    stage1 = build_cache(stage1_pairs, encoder, teacher, directory("stage1"), memory_limit, device,
+                         progress=progress("stage 1"))
+    stage1_val = build_cache(val_pairs, encoder, None, directory("val"), memory_limit, device,
+                             progress=progress("meta-val"))
+    h, w = stage1.labels.shape[1:]
+    print(f"stage-1 cache: {len(stage1)} meta-train + {len(stage1_val)} meta-val images at "
+          f"{h}x{w}{' with teacher logits' if teacher else ''}, "
+          f"{(stage1.nbytes() + stage1_val.nbytes()) / 1e6:.1f} MB "
+          f"({'memory-mapped' if stage1.on_disk else 'in memory'})", file=sys.stderr)
+    return stage1, stage1_val
+
+
 def build_context(config: SearchConfig, run_dir: str, data_root: Optional[str] = None,
-                  device: str = "auto") -> SearchContext:
+                  device: str = "auto", cache: str = "auto") -> SearchContext:
+    """`cache`: "auto" builds the stage-1 cache in memory, or memory-mapped in RUN_DIR/cache when
+    larger than the memory limit; "build" always builds it memory-mapped there, for other
+    processes to "open" (they wait until it is built; see distributed.py)."""
+    if cache not in CACHE_MODES:
+        raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
     device = resolve_device(device)
     full = make_dataset(config.dataset, data_root)
     train_ids, val_ids = split_indices(len(full), config.val_fraction, config.seed)
@@ -56,19 +80,21 @@ def build_context(config: SearchConfig, run_dir: str, data_root: Optional[str] =
     if config.val_images:
         val_ids = val_ids[:config.val_images]
 
-    size = _common_size(full, stage1_ids + val_ids, config.scale)
-    cached = make_dataset(config.dataset, data_root, transform=EvalTransform(config.scale, size))
     encoder = MobileNetV2Encoder(pretrained=True)
-    teacher = load_teacher(config.teacher, device)
-    progress = lambda what: (lambda it: tqdm(it, desc=f"caching {what}", unit="batch", leave=False))
-    stage1 = build_cache([cached[i] for i in stage1_ids], encoder, teacher, os.path.join(run_dir, "cache", "stage1"),
-                         config.memory_limit_gb * 1e9, device, progress=progress("stage 1"))
-    stage1_val = build_cache([cached[i] for i in val_ids], encoder, None, os.path.join(run_dir, "cache", "val"),
-                             config.memory_limit_gb * 1e9, device, progress=progress("meta-val"))
-    print(f"stage-1 cache: {len(stage1)} meta-train + {len(stage1_val)} meta-val images at "
-          f"{size[0]}x{size[1]}{' with teacher logits' if teacher else ''}, "
-          f"{(stage1.nbytes() + stage1_val.nbytes()) / 1e6:.1f} MB "
-          f"({'memory-mapped' if stage1.on_disk else 'in memory'})", file=sys.stderr)
+
+    def directory(what: str) -> str:
+        return os.path.join(run_dir, "cache", what)
+
+    if cache == "open":
+        stage1, stage1_val = open_cache(directory("stage1")), open_cache(directory("val"))
+        size = tuple(stage1.labels.shape[1:])  # the common size, without reading every image again
+    else:
+        size = _common_size(full, stage1_ids + val_ids, config.scale)
+    cached = make_dataset(config.dataset, data_root, transform=EvalTransform(config.scale, size))
+    if cache != "open":
+        memory_limit = 0 if cache == "build" else config.memory_limit_gb * 1e9
+        stage1, stage1_val = _build_caches(config, [cached[i] for i in stage1_ids], [cached[i] for i in val_ids],
+                                           encoder, directory, memory_limit, device)
 
     augmented = make_dataset(config.dataset, data_root, transform=TrainTransform(
         config.crop_size, config.scale_range, config.scale, seed=config.seed))

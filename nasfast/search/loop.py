@@ -1,22 +1,51 @@
 """The outer loop (SPEC section 6): sample, evaluate, update; logged and resumable."""
 import os
 import signal
+import socket
 import time
 import traceback
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from tqdm import tqdm
 
-from ..strategies import make_strategy
+from ..genotype import Genotype
+from ..strategies import Proposal, make_strategy
 from .candidate import SearchContext, evaluate_candidate
 from .config import SearchConfig
 from .gate import Gate
-from .records import append_record, keep_records_before, load_state, save_state, write_json
+from .records import append_record, keep_finished_records, load_state, save_state, write_json
 
 STATE = "state.pt"
 LOG = "candidates.jsonl"
 CONFIG = "config.json"
+
+
+def evaluate_record(genotype: Genotype, index: int, ctx: SearchContext,
+                    decide: Callable[[float, float], bool]) -> Dict[str, Any]:
+    """Evaluates candidate `index` into its log record; a failure is recorded, not raised."""
+    started = time.time()
+    record: Dict[str, Any] = {"index": index, "genotype": genotype.to_list()}
+    try:
+        record.update(evaluate_candidate(genotype, index, ctx, decide))
+        record.update(status="ok", error=None)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as error:  # any failure of one design must not stop the search
+        record.update(reward=None, stage1_reward=None, stage2_reward=None, gate=None, params=None,
+                      madds=None, seconds=round(time.time() - started, 3), status="failed",
+                      error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc(limit=3))
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    record.update(worker_identity(), finished=round(time.time(), 3))
+    return record
+
+
+def worker_identity() -> Dict[str, Any]:
+    """Who evaluated a candidate: the rank (0 without torchrun), the host, and the number of
+    times torchrun restarted the processes before."""
+    return {"worker": int(os.environ.get("RANK", 0)), "host": socket.gethostname(),
+            "restart": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))}
 
 
 class Search:
@@ -55,12 +84,12 @@ class Search:
     def start(self) -> None:
         os.makedirs(self.run_dir, exist_ok=True)
         write_json(self.path(CONFIG), self.config.to_dict())
-        keep_records_before(self.path(LOG), 0)
+        keep_finished_records(self.path(LOG), 0)
         save_state(self.path(STATE), self.state_dict())
 
     def resume(self) -> None:
         self.load_state_dict(load_state(self.path(STATE)))
-        self.records = keep_records_before(self.path(LOG), self.next_index)
+        self.records = keep_finished_records(self.path(LOG), self.next_index)
 
     # -- the loop ----------------------------------------------------------------------------
     def context(self) -> SearchContext:
@@ -72,24 +101,10 @@ class Search:
         """Samples, evaluates and logs one candidate, updates the strategy, saves the state."""
         started = time.time()
         proposal = self.strategy.sample()
-        record: Dict[str, Any] = {"index": self.next_index, "genotype": proposal.genotype.to_list()}
-        try:
-            record.update(evaluate_candidate(proposal.genotype, self.next_index, self.context(), self.gate))
-            record.update(status="ok", error=None)
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as error:  # any failure of one design must not stop the search
-            record.update(reward=None, stage1_reward=None, stage2_reward=None, gate=None, params=None,
-                          madds=None, seconds=round(time.time() - started, 3), status="failed",
-                          error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc(limit=3))
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+        record = evaluate_record(proposal.genotype, self.next_index, self.context(), self.gate.decide)
         self._saving = True
         try:
-            if record["status"] == "ok":
-                record["controller"] = self.strategy.update([proposal], [record["reward"]])
-            append_record(self.path(LOG), record)
-            self.records.append(record)
+            self.log(proposal, record)
             self.next_index += 1
             self.elapsed += time.time() - started
             save_state(self.path(STATE), self.state_dict())
@@ -98,6 +113,14 @@ class Search:
         if self._stop_requested:
             raise KeyboardInterrupt
         return record
+
+    def log(self, proposal: Proposal, record: Dict[str, Any]) -> None:
+        """The strategy learns from a finished candidate, which is then logged (the state is
+        saved after, by the caller)."""
+        if record["status"] == "ok":
+            record["controller"] = self.strategy.update([proposal], [record["reward"]])
+        append_record(self.path(LOG), record)
+        self.records.append(record)
 
     def run(self, budget: Optional[int] = None, time_budget: Optional[float] = None,
             progress: bool = True) -> List[Dict[str, Any]]:

@@ -50,10 +50,12 @@ def append_record(path: str, record: Dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
-def keep_records_before(path: str, count: int) -> List[Dict[str, Any]]:
-    """Drops records of candidates that the saved state does not count yet (a crash between
-    logging a candidate and saving the state); those candidates are evaluated again."""
-    records = [r for r in read_records(path) if r["index"] < count]
+def keep_finished_records(path: str, count: int, pending=()) -> List[Dict[str, Any]]:
+    """Keeps only the records of candidates that the saved state counts as finished: index under
+    `count` and not in `pending` (handed out, not finished). The others were logged by a crash
+    between logging a candidate and saving the state; those candidates are evaluated again."""
+    pending = set(pending)
+    records = [r for r in read_records(path) if r["index"] < count and r["index"] not in pending]
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in records).encode())
     return records
 

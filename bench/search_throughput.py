@@ -1,0 +1,207 @@
+"""Search throughput: candidates per hour of one search run as 1 process or N processes under
+torchrun (and, on a GPU, with 1, 2 or 4 worker processes sharing one GPU), at the same preset
+and budget.
+
+    python bench/search_throughput.py                                   # CPU, tiny preset, 1 vs 2 processes
+    python bench/search_throughput.py --device cuda --workers-per-gpu 1 2 4 --budget 40
+    python bench/search_throughput.py --time-budget 10m --procs 1 2 4 -- --stage1-images 32
+
+Throughput counts from the candidates' own start and finish times (`finished` - `seconds` in
+the log), so the start-up (imports, the stage-1 cache) is left out. On a CPU the total thread
+count is held equal: each of N processes gets --threads / N (OMP_NUM_THREADS). On a GPU the
+parent samples the GPU's utilisation every 0.5 s (nvidia-smi) and reports its mean over the
+measured window as the busy share. Options after `--` go to `python -m nasfast.search`.
+"""
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Setup:
+    procs: int
+    workers_per_gpu: int = 1
+
+    def name(self, device: str) -> str:
+        if device == "cuda":
+            gpus = -(-self.procs // self.workers_per_gpu)
+            shared = f" ({self.workers_per_gpu}/GPU)" if self.workers_per_gpu > 1 else ""
+            return f"{self.procs} proc, {gpus} GPU{shared}"
+        return f"{self.procs} proc"
+
+
+def setups(device: str, procs: Sequence[int], workers_per_gpu: Sequence[int], gpu_count: int = 0) -> List[Setup]:
+    """On a CPU: each process count. On a GPU: 1, 2, 4... workers sharing GPU 0, then process
+    counts of one worker per GPU (as many as there are GPUs)."""
+    if device != "cuda":
+        return [Setup(n) for n in dict.fromkeys(procs)]
+    shared = [Setup(w, w) for w in dict.fromkeys(workers_per_gpu)]
+    spread = [Setup(n) for n in dict.fromkeys(procs) if 1 < n <= gpu_count and Setup(n, 1) not in shared]
+    return shared + spread
+
+
+def throughput(records: List[Dict]) -> Tuple[int, float, float]:
+    """(candidates, measured seconds, candidates per hour) from the first candidate's start to
+    the last one's finish."""
+    if not records:
+        return 0, 0.0, 0.0
+    start = min(r["finished"] - r["seconds"] for r in records)
+    window = max(r["finished"] for r in records) - start
+    return len(records), window, (3600 * len(records) / window if window > 0 else 0.0)
+
+
+def busy_share(samples: List[Tuple[float, float]], start: float, end: float) -> Optional[float]:
+    inside = [u for t, u in samples if start <= t <= end]
+    return sum(inside) / len(inside) if inside else None
+
+
+class GPUSampler:
+    """nvidia-smi's utilisation of the given GPUs, mean over them, every `interval` seconds."""
+
+    def __init__(self, gpus: Sequence[int], interval: float = 0.5):
+        self.gpus, self.interval = list(gpus), interval
+        self.samples: List[Tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    @staticmethod
+    def available() -> bool:
+        return shutil.which("nvidia-smi") is not None
+
+    def _loop(self) -> None:
+        query = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                 "-i", ",".join(map(str, self.gpus))]
+        while not self._stop.is_set():
+            try:
+                values = [float(v) for v in subprocess.run(query, capture_output=True, text=True,
+                                                           timeout=5).stdout.split()]
+                if values:
+                    self.samples.append((time.time(), sum(values) / len(values)))
+            except (OSError, ValueError, subprocess.SubprocessError):
+                pass
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def search_command(setup: Setup, args, extra: List[str], run_dir: Path) -> List[str]:
+    budget = (["--budget", str(args.budget)] if args.budget else []) + \
+             (["--time-budget", args.time_budget] if args.time_budget else [])
+    data = ["--data-root", args.data_root] if args.data_root else []
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(setup.procs),
+            "-m", "nasfast.search", "--dataset", args.dataset, "--preset", args.preset, "--out", str(run_dir),
+            "--device", args.device, "--workers-per-gpu", str(setup.workers_per_gpu), "--no-progress",
+            *budget, *data, *extra]
+
+
+def measure(setup: Setup, args, extra: List[str], run_dir: Path, gpu_count: int) -> Dict:
+    threads = max(1, args.threads // setup.procs)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    gpus = range(min(gpu_count, -(-setup.procs // setup.workers_per_gpu)))
+    sampling = args.device == "cuda" and GPUSampler.available()
+    with GPUSampler(gpus) if sampling else contextlib.nullcontext() as sampler:
+        result = subprocess.run(search_command(setup, args, extra, run_dir), env=env, capture_output=True,
+                                text=True)
+    if result.returncode != 0:
+        sys.exit(f"{setup.name(args.device)} failed ({result.returncode}):\n{result.stdout[-3000:]}"
+                 f"{result.stderr[-3000:]}")
+    records = [json.loads(line) for line in (run_dir / "candidates.jsonl").read_text().splitlines()]
+    count, window, per_hour = throughput(records)
+    start = min((r["finished"] - r["seconds"] for r in records), default=0.0)
+    busy = busy_share(sampler.samples, start, start + window) if sampler else None
+    return {"setup": setup.name(args.device), "procs": setup.procs, "workers_per_gpu": setup.workers_per_gpu,
+            "threads": threads, "candidates": count, "failed": sum(r["status"] != "ok" for r in records),
+            "seconds": window, "per_hour": per_hour, "busy": busy,
+            "workers": len({(r["host"], r["worker"]) for r in records})}
+
+
+def table(rows: List[Dict]) -> str:
+    base = rows[0]["per_hour"] if rows else 0
+    lines = [f"{'setup':<24} {'threads':>7} {'cand':>5} {'failed':>6} {'window s':>9} {'cand/h':>9} "
+             f"{'ratio':>6} {'GPU busy':>8}"]
+    for r in rows:
+        ratio = r["per_hour"] / base if base else float("nan")
+        busy = "-" if r["busy"] is None else f"{r['busy']:.0f}%"
+        lines.append(f"{r['setup']:<24} {r['threads']:>7} {r['candidates']:>5} {r['failed']:>6} "
+                     f"{r['seconds']:>9.1f} {r['per_hour']:>9.1f} {ratio:>5.2f}x {busy:>8}")
+    return "\n".join(lines)
+
+
+def ratios(rows: List[Dict]) -> List[str]:
+    return [f"{r['setup']} / {rows[0]['setup']}: {r['per_hour'] / rows[0]['per_hour']:.2f}x"
+            for r in rows[1:] if rows[0]["per_hour"] > 0]
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--preset", help="search preset [tiny on cpu, fast on cuda]")
+    parser.add_argument("--dataset", default="camvid")
+    parser.add_argument("--data-root", help="dataset directory (default: $NASFAST_DATA/<dataset>)")
+    parser.add_argument("--budget", type=int, help="candidates per setup [8, unless --time-budget]")
+    parser.add_argument("--time-budget", help="search time per setup (600, 30m...)")
+    parser.add_argument("--procs", type=int, nargs="+", default=[1, 2], help="process counts [1 2]")
+    parser.add_argument("--workers-per-gpu", type=int, nargs="+", default=[1, 2, 4],
+                        help="on a GPU: processes sharing GPU 0 [1 2 4]")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="CPU threads in total, shared among the processes [all cores]")
+    parser.add_argument("--keep", metavar="DIR", help="keep the run directories under DIR")
+    args, extra = parser.parse_known_args(argv)
+    if extra[:1] == ["--"]:
+        extra = extra[1:]
+    args.preset = args.preset or ("fast" if args.device == "cuda" else "tiny")
+    if args.budget is None and args.time_budget is None:
+        args.budget = 8
+    return args, extra
+
+
+def main(argv=None) -> int:
+    args, extra = parse_args(argv)
+    gpu_count = 0
+    if args.device == "cuda":
+        import torch
+        gpu_count = torch.cuda.device_count()
+        if gpu_count == 0:
+            sys.exit("--device cuda: no GPU here")
+    runs = setups(args.device, args.procs, args.workers_per_gpu, gpu_count)
+    root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="nasfast-throughput-"))
+    rows = []
+    try:
+        for i, setup in enumerate(runs):
+            print(f"running {setup.name(args.device)} ...", file=sys.stderr, flush=True)
+            rows.append(measure(setup, args, extra, root / f"run{i}-p{setup.procs}-w{setup.workers_per_gpu}",
+                                gpu_count))
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    budget = f"budget {args.budget}" if args.budget else f"time budget {args.time_budget}"
+    print(f"search throughput: {args.dataset}, preset {args.preset}, {budget}, device {args.device}, "
+          f"{args.threads} CPU threads in total")
+    print(table(rows))
+    for line in ratios(rows):
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

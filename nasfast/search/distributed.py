@@ -1,0 +1,348 @@
+"""One search over many processes (torchrun): rank 0 owns the strategy, the gate and the log;
+every rank, rank 0 included, evaluates candidates.
+
+Control messages are small pickled dicts, each sent as one fixed-size uint8 CPU tensor over
+gloo. Workers ask rank 0 for a task (returning their last result with the request) and, between
+the two stages of a candidate, for the gate's decision. On rank 0 the worker runs in the main
+thread and calls the coordinator directly; a relay thread serves the other ranks. The coordinator
+saves the state after every hand-out and every result, in-flight proposals included, so a
+restarted group (torchrun --max-restarts) hands those out again first and logs each index once.
+"""
+import _thread
+import os
+import pickle
+import signal
+import struct
+import sys
+import threading
+import time
+from datetime import timedelta
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from ..genotype import Genotype
+from ..strategies import Proposal
+from .candidate import SearchContext
+from .config import SearchConfig
+from .loop import LOG, STATE, Search, _fmt, evaluate_record
+from .records import keep_finished_records, load_state, save_state
+from .summary import top_table
+
+MESSAGE_BYTES = 1 << 20          # one message, 8 bytes of length first
+HEADER = struct.Struct("<Q")
+# How long a rank may wait on another: rank 0 building the cache, or the relay waiting for the
+# next message from any worker (one candidate's time at most). Dead processes are torchrun's job.
+TIMEOUT = timedelta(hours=24)
+
+Message = Dict[str, Any]
+Request = Callable[[Message], Message]
+
+
+# -- processes and devices -------------------------------------------------------------------
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", 0))
+
+
+def restart_count() -> int:
+    """How many times torchrun restarted the processes of this job (0 when not under torchrun)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
+
+
+def init_process_group() -> None:
+    """gloo (CPU tensors: the messages only) over torchrun's store. The keys of each restart get
+    their own prefix: the agent's store outlives a restart, and a rank that read the address of a
+    peer of the previous attempt (dead) failed to connect, spending a restart."""
+    store, group_rank, size = next(dist.rendezvous("env://", timeout=TIMEOUT))
+    dist.init_process_group("gloo", store=dist.PrefixStore(f"nasfast/attempt{restart_count()}", store),
+                            rank=group_rank, world_size=size, timeout=TIMEOUT)
+
+
+def configure_threads() -> None:
+    """Shares the CPU cores among the processes of this machine, unless OMP_NUM_THREADS says."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_processes))
+
+
+def worker_device(requested: str, local_rank: int, workers_per_gpu: int) -> str:
+    """The device of the process with this local rank: `workers_per_gpu` processes share each
+    GPU, cuda:(local_rank // workers_per_gpu) % device_count. An explicit cpu or cuda:K stays."""
+    if requested in ("auto", "cuda") and torch.cuda.is_available():
+        return f"cuda:{(local_rank // max(1, workers_per_gpu)) % torch.cuda.device_count()}"
+    return requested
+
+
+def has_pending(run_dir: str) -> bool:
+    """Whether the search saved in `run_dir` has candidates in flight (a torchrun search)."""
+    return bool(load_state(os.path.join(run_dir, STATE)).get("pending"))
+
+
+# -- messages --------------------------------------------------------------------------------
+def encode(message: Message) -> torch.Tensor:
+    data = pickle.dumps(message)
+    if len(data) > MESSAGE_BYTES - HEADER.size:
+        raise ValueError(f"message of {len(data)} bytes is over the {MESSAGE_BYTES - HEADER.size} allowed")
+    buffer = torch.zeros(MESSAGE_BYTES, dtype=torch.uint8)
+    framed = HEADER.pack(len(data)) + data
+    buffer[:len(framed)] = torch.frombuffer(bytearray(framed), dtype=torch.uint8)
+    return buffer
+
+
+def decode(buffer: torch.Tensor) -> Message:
+    raw = buffer.numpy().tobytes()
+    (length,) = HEADER.unpack_from(raw)
+    return pickle.loads(raw[HEADER.size:HEADER.size + length])
+
+
+def remote_request(message: Message) -> Message:
+    """A worker's round trip to rank 0. The sender's rank travels in the message."""
+    dist.send(encode({**message, "rank": rank()}), dst=0)
+    buffer = torch.empty(MESSAGE_BYTES, dtype=torch.uint8)
+    dist.recv(buffer, src=0)
+    return decode(buffer)
+
+
+def receive_any() -> Message:
+    buffer = torch.empty(MESSAGE_BYTES, dtype=torch.uint8)
+    dist.irecv(buffer).wait()  # from any rank; gloo's is_completed() never turns true, so block
+    return decode(buffer)
+
+
+def share(message: Optional[Message]) -> Message:
+    """Rank 0's `message`, on every rank."""
+    box = [message]
+    if world_size() > 1:
+        dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+# -- rank 0: the coordinator -----------------------------------------------------------------
+class Coordinator(Search):
+    """The strategy, the gate and the log of a search whose candidates other workers evaluate,
+    possibly finishing out of order. Thread-safe: handle() is all a worker calls."""
+
+    def __init__(self, run_dir: str, config: SearchConfig, context_factory, budget: Optional[int] = None,
+                 time_budget: Optional[float] = None, workers: int = 1):
+        super().__init__(run_dir, config, context_factory)
+        self.budget, self.time_budget = budget, time_budget
+        self.pending: Dict[int, Proposal] = {}        # handed out, not finished
+        self.gate_decisions: Dict[int, bool] = {}     # of pending candidates, so a rerun asks once
+        self.retry: List[int] = []                    # pending when the processes were restarted
+        self.working = set(range(workers))
+        self.lock = threading.Lock()
+        self._clock: Optional[float] = None
+        self._bar = None
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {**super().state_dict(), "pending": dict(self.pending), "gate_decisions": dict(self.gate_decisions)}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.pending = dict(state.get("pending", {}))
+        self.gate_decisions = dict(state.get("gate_decisions", {}))
+        self.retry = sorted(self.pending)
+
+    def resume(self) -> None:
+        self.load_state_dict(load_state(self.path(STATE)))
+        self.records = keep_finished_records(self.path(LOG), self.next_index, self.pending)
+
+    def handle(self, worker: int, message: Message) -> Message:
+        """A worker's request: {"want": "task", "result": record or None} gets {"task": (index,
+        genotype list)} or {"stop": True}; {"gate": (index, stage1_reward, coin)} gets {"go": bool}."""
+        with self.lock:
+            if "gate" in message:
+                return {"go": self.decide(*message["gate"])}
+            if message.get("result") is not None:
+                self.finish(message["result"])
+            task = self.hand_out()
+            if task is None:
+                self.working.discard(worker)
+                return {"stop": True}
+            return {"task": task}
+
+    def remote_working(self) -> bool:
+        with self.lock:
+            return bool(self.working - {0})
+
+    def decide(self, index: int, stage1_reward: float, coin: float) -> bool:
+        if index not in self.gate_decisions:
+            self.gate_decisions[index] = self.gate.decide(stage1_reward, coin)
+        return self.gate_decisions[index]
+
+    def hand_out(self) -> Optional[Tuple[int, list]]:
+        if self.retry:
+            index = self.retry.pop(0)
+        elif self._spent(self.budget, self.time_budget):
+            return None
+        else:
+            index, self.next_index = self.next_index, self.next_index + 1
+            self.pending[index] = self.strategy.sample()
+            self.save()  # before it leaves: a restart hands it out again
+        return index, self.pending[index].genotype.to_list()
+
+    def finish(self, record: Dict[str, Any]) -> None:
+        index = record["index"]
+        proposal = self.pending.pop(index)
+        self.gate_decisions.pop(index, None)
+        self.log(proposal, record)
+        self.save()
+        self._show(record)
+
+    def save(self) -> None:
+        self._tick()
+        save_state(self.path(STATE), self.state_dict())
+
+    def _spent(self, budget, time_budget) -> bool:
+        self._tick()
+        return super()._spent(budget, time_budget)
+
+    def _tick(self) -> None:
+        """The time budget counts the wall-clock time of the search, over every session."""
+        now = time.time()
+        if self._clock is not None:
+            self.elapsed += now - self._clock
+        self._clock = now
+
+    def show_progress(self) -> None:
+        self._bar = tqdm(total=self.budget, initial=len(self.records), unit="cand", dynamic_ncols=True)
+
+    def _show(self, record: Dict[str, Any]) -> None:
+        if self._bar is not None:
+            self._bar.update(1)
+            self._bar.set_postfix(best=_fmt(self.best_reward()), last=_fmt(record["reward"]),
+                                  worker=record["worker"])
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def relay(coordinator: Coordinator, errors: List[BaseException]) -> None:
+    """Rank 0's thread that serves the other ranks, one message at a time, until all are stopped."""
+    try:
+        while coordinator.remote_working():
+            message = receive_any()
+            dist.send(encode(coordinator.handle(message["rank"], message)), dst=message["rank"])
+    except BaseException as error:  # the main thread must learn of it
+        errors.append(error)
+        _thread.interrupt_main()
+
+
+# -- every rank: the worker ------------------------------------------------------------------
+def work(request: Request, ctx: SearchContext) -> None:
+    """Evaluates the candidates rank 0 hands out until it says stop."""
+    result = None
+    while True:
+        reply = request({"want": "task", "result": result})
+        if reply.get("stop"):
+            return
+        index, genotype = reply["task"]
+
+        def decide(stage1_reward: float, coin: float, index=index) -> bool:
+            return request({"gate": (index, stage1_reward, coin)})["go"]
+
+        result = evaluate_record(Genotype.parse(genotype), index, ctx, decide)
+
+
+# -- the command -----------------------------------------------------------------------------
+def run(args, choose_run: Callable[[], Tuple[str, SearchConfig, bool]]) -> int:
+    """python -m nasfast.search under torchrun (or continuing such a search in one process).
+    `choose_run` (called on rank 0 only) gives RUN_DIR, the options, and whether to resume."""
+    from .context import build_context  # heavy imports
+
+    if world_size() > 1:
+        init_process_group()
+    configure_threads()
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = worker_device(args.device, local_rank, args.workers_per_gpu)
+    if device.startswith("cuda:"):
+        torch.cuda.set_device(device)
+
+    def factory(cache: str):
+        return lambda config, run_dir: build_context(config, run_dir, args.data_root, device, cache)
+
+    if rank() == 0:
+        return _run_rank0(args, choose_run, factory("build" if world_size() > 1 else "auto"))
+    plan = share(None)
+    if "exit" in plan:  # rank 0 said why
+        return plan["exit"]
+    ctx = factory("open")(SearchConfig.from_dict(plan["config"]), plan["run_dir"])
+    try:
+        work(remote_request, ctx)
+    except KeyboardInterrupt:
+        _exit_now(130)
+    dist.destroy_process_group()
+    return 0
+
+
+def _run_rank0(args, choose_run, context_factory) -> int:
+    try:
+        run_dir, config, resume = choose_run()
+        coordinator = Coordinator(run_dir, config, context_factory, args.budget, args.time_budget, world_size())
+        if resume:
+            coordinator.resume()
+        coordinator.context()  # builds the cache the other ranks open; fails early without data
+        if not resume:
+            coordinator.start()
+    except SystemExit as stop:  # an error the parser reported
+        share({"exit": stop.code})
+        raise
+    except BaseException:
+        share({"exit": 1})
+        raise
+    if resume:
+        print(f"resuming {run_dir} at candidate {coordinator.next_index} "
+              f"({len(coordinator.pending)} in flight)", file=sys.stderr)
+    share({"run_dir": run_dir, "config": config.to_dict()})
+    if not args.no_progress:
+        coordinator.show_progress()
+    return _serve_and_work(coordinator, args.top)
+
+
+def _serve_and_work(coordinator: Coordinator, top: int) -> int:
+    errors: List[BaseException] = []
+    relay_thread = threading.Thread(target=relay, args=(coordinator, errors), name="relay", daemon=True)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        if world_size() > 1:
+            relay_thread.start()
+        work(lambda message: coordinator.handle(0, message), coordinator.context())
+        while relay_thread.is_alive():
+            relay_thread.join(0.5)
+    except KeyboardInterrupt:
+        coordinator.close()
+        reason = f"relay failed: {errors[0]!r}" if errors else "interrupted"
+        print(f"\n{reason}: {len(coordinator.records)} candidates saved; continue with "
+              f"python -m nasfast.search --resume {coordinator.run_dir} --budget ...", file=sys.stderr)
+        _exit_now(130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    coordinator.close()
+    if errors:
+        raise RuntimeError("the relay to the other ranks failed") from errors[0]
+    print(top_table(coordinator.records, top))
+    print(f"log: {coordinator.path(LOG)}")
+    if world_size() > 1:
+        dist.destroy_process_group()
+    return 0
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _exit_now(code: int) -> None:
+    """Exits at once: the relay thread may be blocked in a receive that would hold up an orderly
+    shutdown. The state on disk is consistent at any moment."""
+    if world_size() == 1:
+        raise SystemExit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -1,0 +1,176 @@
+"""The search over several processes: the coordinator's bookkeeping in-process, and the real
+torchrun (gloo, two CPU processes) surviving a SIGKILL of a worker through an elastic restart."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from nasfast.search import distributed
+from nasfast.search.config import preset
+from nasfast.search.records import append_record, keep_finished_records, read_records
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fake_evaluate(genotype, index, ctx, decide):
+    stage1_reward = 0.1 + index / 100
+    go = decide(stage1_reward, 0.5)
+    return dict(reward=stage1_reward, stage1_reward=stage1_reward, stage2_reward=None,
+                gate="continue" if go else "stop", params=1, madds=1, seconds=0.0)
+
+
+@pytest.fixture
+def coordinator_at(tmp_path, monkeypatch):
+    import nasfast.search.loop as loop
+    monkeypatch.setattr(loop, "evaluate_candidate", fake_evaluate)
+
+    def make(budget=4, workers=2, resume=False):
+        c = distributed.Coordinator(str(tmp_path), preset("tiny"), lambda config, run_dir: None, budget=budget,
+                                    workers=workers)
+        c.resume() if resume else c.start()
+        return c
+    return make
+
+
+def result(coordinator, index):
+    """The record a worker would send for candidate `index`."""
+    from nasfast.search.loop import evaluate_record
+    genotype = coordinator.pending[index].genotype
+    decide = lambda reward, coin: coordinator.handle(0, {"gate": (index, reward, coin)})["go"]  # noqa: E731
+    return evaluate_record(genotype, index, None, decide)
+
+
+def test_messages_round_trip_in_one_fixed_size_tensor():
+    message = {"want": "task", "result": {"index": 3, "error": "x" * 1000, "reward": 0.25}, "rank": 1}
+    buffer = distributed.encode(message)
+    assert buffer.dtype == torch.uint8 and buffer.numel() == distributed.MESSAGE_BYTES
+    assert distributed.decode(buffer) == message
+    with pytest.raises(ValueError, match="bytes"):
+        distributed.encode({"big": b"x" * distributed.MESSAGE_BYTES})
+
+
+def test_worker_device_shares_gpus(monkeypatch):
+    assert distributed.worker_device("cpu", 5, 2) == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [distributed.worker_device("auto", r, 2) for r in range(6)] == \
+        ["cuda:0", "cuda:0", "cuda:1", "cuda:1", "cuda:0", "cuda:0"]
+    assert distributed.worker_device("cuda", 3, 1) == "cuda:1"
+    assert distributed.worker_device("cuda:1", 0, 4) == "cuda:1"
+
+
+def test_keep_finished_records_drops_unfinished(tmp_path):
+    log = str(tmp_path / "log.jsonl")
+    for index in (0, 2, 1, 3, 5):
+        append_record(log, {"index": index})
+    kept = keep_finished_records(log, 4, pending={2})
+    assert [r["index"] for r in kept] == [0, 1, 3] == [r["index"] for r in read_records(log)]
+
+
+def test_out_of_order_results_update_with_the_recorded_proposals(coordinator_at, monkeypatch):
+    c = coordinator_at(budget=3, workers=2)
+    updates = []
+    real_update = c.strategy.update
+    monkeypatch.setattr(c.strategy, "update", lambda ps, rs: updates.append((ps, rs)) or real_update(ps, rs))
+    assert c.handle(0, {"want": "task", "result": None})["task"][0] == 0
+    assert c.handle(1, {"want": "task", "result": None})["task"][0] == 1
+    proposals = dict(c.pending)
+    saved = torch.load(Path(c.run_dir) / "state.pt", weights_only=False)
+    assert sorted(saved["pending"]) == [0, 1] and saved["next_index"] == 2  # saved as handed out
+    assert c.handle(1, {"want": "task", "result": result(c, 1)})["task"][0] == 2  # 1 finishes first
+    assert c.handle(1, {"want": "task", "result": result(c, 2)}) == {"stop": True}
+    assert c.handle(0, {"want": "task", "result": result(c, 0)}) == {"stop": True}
+    assert updates[0][0][0] is proposals[1] and updates[2][0][0] is proposals[0]
+    log = read_records(str(Path(c.run_dir) / "candidates.jsonl"))
+    assert [r["index"] for r in log] == [1, 2, 0] and all("controller" in r for r in log)
+    assert not c.pending and not c.working and c.gate.count == 3
+
+
+def test_a_restart_hands_out_the_in_flight_proposals_first(coordinator_at):
+    c = coordinator_at(budget=4)
+    for worker in (0, 1):
+        c.handle(worker, {"want": "task", "result": None})
+    in_flight = dict(c.pending)
+    c.handle(0, {"gate": (1, 0.3, 0.99)})  # candidate 1 passed the gate before the crash
+    c.handle(0, {"want": "task", "result": result(c, 0)})  # 0 done, 2 handed out
+    append_record(str(Path(c.run_dir) / "candidates.jsonl"), {"index": 1})  # logged, state not saved
+    restarted = coordinator_at(budget=4, resume=True)
+    assert restarted.retry == [1, 2] and [r["index"] for r in restarted.records] == [0]
+    index, genotype = restarted.handle(1, {"want": "task", "result": None})["task"]
+    assert index == 1 and genotype == in_flight[1].genotype.to_list()
+    assert restarted.handle(1, {"gate": (1, 0.3, 0.99)}) == {"go": c.gate_decisions[1]}
+    assert restarted.gate.count == 2  # the decision of candidate 1 is not counted twice
+    assert restarted.handle(0, {"want": "task", "result": None})["task"][0] == 2
+    assert restarted.handle(0, {"want": "task", "result": None})["task"][0] == 3
+
+
+def test_a_torchrun_search_continues_in_one_process(coordinator_at, monkeypatch, capsys):
+    import nasfast.search.context
+    from nasfast.search.__main__ import main
+    c = coordinator_at(budget=3)
+    for worker in (0, 1):
+        c.handle(worker, {"want": "task", "result": None})  # then the processes die
+    monkeypatch.setattr(nasfast.search.context, "build_context", lambda *args, **kwargs: None)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert main(["--resume", c.run_dir, "--budget", "3", "--no-progress"]) == 0
+    records = read_records(str(Path(c.run_dir) / "candidates.jsonl"))
+    assert [r["index"] for r in records] == [0, 1, 2] and {r["worker"] for r in records} == {0}
+    assert "(2 in flight)" in capsys.readouterr().err
+
+
+# -- the real thing: torchrun, two processes, a SIGKILL ----------------------------------------
+def rank_process(root: int, rank: int):
+    """The pid of the process under `root` whose environment has RANK=`rank`, or None."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                parents[int(entry)] = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    for pid in parents:
+        ancestor = parents.get(pid)
+        while ancestor not in (None, 0, 1, root):
+            ancestor = parents.get(ancestor)
+        if ancestor != root:
+            continue
+        try:
+            environment = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in environment:
+            return pid
+    return None
+
+
+def test_torchrun_survives_a_killed_worker(tmp_path, camvid_root):
+    run, budget = tmp_path / "run", 6
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "--max-restarts", "2", "-m", "nasfast.search", "--dataset", "camvid", "--preset", "tiny",
+           "--budget", str(budget), "--out", str(run), "--no-progress", "--stage1-images", "32"]
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    torchrun = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        log = run / "candidates.jsonl"
+        deadline = time.time() + 120
+        while time.time() < deadline and len(read_records(str(log))) < 2 and torchrun.poll() is None:
+            time.sleep(0.05)
+        victim = rank_process(torchrun.pid, 1)
+        assert victim is not None and len(read_records(str(log))) < budget
+        os.kill(victim, signal.SIGKILL)
+        output, _ = torchrun.communicate(timeout=180)
+    finally:
+        if torchrun.poll() is None:
+            torchrun.kill()
+    assert torchrun.returncode == 0, output[-5000:]
+    records = read_records(str(log))
+    assert sorted(r["index"] for r in records) == list(range(budget)), output[-5000:]
+    assert max(r["restart"] for r in records) >= 1
+    assert {r["worker"] for r in records} == {0, 1}
+    state = torch.load(run / "state.pt", weights_only=False)
+    assert state["next_index"] == budget and not state["pending"]
