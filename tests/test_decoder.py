@@ -101,21 +101,29 @@ def test_fused_decoder_matches_reference_decoder(name):
         torch.testing.assert_close(fused(x), reference(x), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not (nasfast.ops.available() and torch.cuda.is_available()), reason="needs a CUDA GPU and the ops")
+ON_CUDA = pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                         reason="needs a CUDA GPU")])
+
+
+@pytest.mark.skipif(not nasfast.ops.available(), reason="native ops library not built")
+@pytest.mark.parametrize("device", ["cpu", ON_CUDA])
 @pytest.mark.parametrize("name", sorted(REFERENCE))
-def test_fused_decoder_matches_reference_on_cuda_with_gradients(name, exact_float32):
-    reference = Decoder(name, num_classes=21, channels=64, sep_repeats=2, aux="cell", fused=False).cuda()
-    fused = Decoder(name, num_classes=21, channels=64, sep_repeats=2, aux="cell", fused=True).cuda()
+def test_fused_decoder_values_and_gradients_match_reference_in_float64(name, device):
+    """In float64, so that a wrong gradient cannot hide behind float32 rounding (which batch norm
+    in training mode amplifies to ~1e-3 relative on some weights)."""
+    reference = Decoder(name, num_classes=21, channels=64, sep_repeats=2, aux="cell", fused=False).to(device).double()
+    fused = Decoder(name, num_classes=21, channels=64, sep_repeats=2, aux="cell", fused=True).to(device).double()
     fused.load_state_dict(reference.state_dict())
-    x = [f.cuda() for f in features(batch=2)]
+    x = [f.to(device).double() for f in features(batch=2)]
     want, want_aux = reference.forward_with_aux(x)
     got, got_aux = fused.forward_with_aux(x)
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
     (want.square().mean() + sum(a.mean() for a in want_aux)).backward()
     (got.square().mean() + sum(a.mean() for a in got_aux)).backward()
     for (n, a), b in zip(fused.named_parameters(), reference.parameters()):
-        torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-4, msg=lambda m: f"{n}: {m}")
+        assert (a.grad is None) == (b.grad is None), n
+        if a.grad is not None:
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-8, atol=1e-10, msg=lambda m: f"{n}: {m}")
     fused.eval()
     reference.eval()
-    torch.testing.assert_close(torch.jit.script(fused)(x), reference(x), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(torch.jit.script(fused)(x), reference(x), rtol=1e-10, atol=1e-10)

@@ -237,3 +237,18 @@ def test_cuda_gradcheck_and_module(exact_float32):
     reference.load_state_dict(fused.state_dict())
     x = torch.randn(2, 6, 33, 47, device="cuda")
     torch.testing.assert_close(fused(x), reference(x), rtol=1e-4, atol=1e-4)
+
+
+@needs_ops
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_cuda_the_default_module_runs_cudnn_and_fused_true_the_native_kernel():
+    default = randomised(SeparableConvBNReLU(6, 5, 6)).cuda().eval()
+    native = SeparableConvBNReLU(6, 5, 6, fused=True).cuda().eval()
+    reference = SeparableConvBNReLU(6, 5, 6, fused=False).cuda().eval()
+    native.load_state_dict(default.state_dict())
+    reference.load_state_dict(default.state_dict())
+    assert type(default) is FusedSeparableConvBNReLU and not default.native_on_cuda and native.native_on_cuda
+    x = torch.randn(2, 6, 33, 47, device="cuda")
+    assert torch.equal(default(x), reference(x))
+    torch.testing.assert_close(native(x), reference(x), rtol=1e-3, atol=1e-3)
