@@ -7,9 +7,11 @@ from nasfast import count_madds, count_params, create_model
 # SPEC section 3: whole-model parameters and conv MAdds at 512x512 (21 classes, C=64, R=2).
 REFERENCE = {"arch0": (2_628_821, 4.21e9), "arch1": (2_809_045, 2.85e9), "arch2": (2_852_053, 3.37e9)}
 # SPEC's MAdds exceed the standard conv count (which gives torchvision's 300.8 M for the full
-# MobileNet-v2 at 224 px, checked below) by one constant for all three designs: 2^26, within
-# the table's rounding. SPEC's counter included some fixed extra layer; see the issue note.
-SPEC_EXTRA = 2 ** 26
+# MobileNet-v2 at 224 px, checked below) by one constant for all three designs, within the
+# table's rounding: the 1x1 "expansion" conv 32 -> 32 at 256x256 (2^26 MAdds) that the authors'
+# MobileNet-v2 (DrSleep/light-weight-refinenet, models/mobilenet.py) keeps in its first block
+# even at expansion 1, and torchvision's layout, which this project follows, does not have.
+SPEC_EXTRA = 32 * 32 * 256 * 256
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE))
