@@ -163,6 +163,28 @@ def test_cache_is_memory_mapped_when_large(tmp_path):
     assert torch.equal(in_memory.batch(index)[1], on_disk.batch(index)[1])
 
 
+def test_a_complete_memory_mapped_cache_is_reused_and_a_changed_one_rebuilt(tmp_path, camvid_root, capsys):
+    from nasfast.search.context import build_context
+    config = preset("tiny")
+    config.stage1_images, config.val_images, config.memory_limit_gb = 6, 3, 0.0
+
+    def context():
+        ctx = build_context(config, str(tmp_path), device="cpu")
+        return ctx, capsys.readouterr().err
+
+    built, log = context()
+    assert "reusing" not in log and (tmp_path / "cache" / "complete.json").exists()
+    reused, log = context()
+    assert "reusing" in log
+    index = torch.arange(6)
+    for a, b in zip(built.stage1.batch(index)[0], reused.stage1.batch(index)[0]):
+        torch.testing.assert_close(a, b)
+    assert torch.equal(built.stage1_val.batch(torch.arange(3))[1], reused.stage1_val.batch(torch.arange(3))[1])
+    config.stage1_images = 5                        # other images: built again
+    changed, log = context()
+    assert "reusing" not in log and len(changed.stage1) == 5
+
+
 def test_distillation_from_a_torchscript_teacher_and_time_budget(tmp_path, camvid_root):
     from nasfast import create_model
     teacher = tmp_path / "teacher.pt"

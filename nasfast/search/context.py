@@ -1,5 +1,6 @@
 """Everything a search's candidates share, built once: the meta-train/meta-val split, the
 stage-1 cache of encoder outputs (and teacher logits), and the stage-2 and validation data."""
+import json
 import os
 import sys
 from typing import List, Optional, Tuple
@@ -13,6 +14,7 @@ from ..encoder import MobileNetV2Encoder
 from .cache import FeatureCache, build_cache, open_cache
 from .candidate import SearchContext
 from .config import SearchConfig
+from .records import write_json
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -48,6 +50,13 @@ def load_teacher(path: Optional[str], device: torch.device):
 CACHE_MODES = ("auto", "build", "open")
 
 
+def _read_json(path: str):
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def _build_caches(config: SearchConfig, stage1_pairs, val_pairs, encoder, directory, memory_limit: float,
                   device: torch.device) -> Tuple[FeatureCache, FeatureCache]:
     teacher = load_teacher(config.teacher, device)
@@ -68,7 +77,9 @@ def build_context(config: SearchConfig, run_dir: str, data_root: Optional[str] =
                   device: str = "auto", cache: str = "auto") -> SearchContext:
     """`cache`: "auto" builds the stage-1 cache in memory, or memory-mapped in RUN_DIR/cache when
     larger than the memory limit; "build" always builds it memory-mapped there, for other
-    processes to "open" (they wait until it is built; see distributed.py)."""
+    processes to "open" (they wait until it is built; see distributed.py). A memory-mapped cache
+    that is complete and holds the same images is opened instead of being built again (after
+    --resume or a torchrun restart)."""
     if cache not in CACHE_MODES:
         raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
     device = resolve_device(device)
@@ -85,16 +96,27 @@ def build_context(config: SearchConfig, run_dir: str, data_root: Optional[str] =
     def directory(what: str) -> str:
         return os.path.join(run_dir, "cache", what)
 
-    if cache == "open":
+    marker = directory("complete.json")
+    contents = {"dataset": config.dataset, "scale": config.scale, "teacher": config.teacher,
+                "stage1_ids": stage1_ids, "val_ids": val_ids}
+    reuse = cache == "open" or _read_json(marker) == contents
+    if reuse:
         stage1, stage1_val = open_cache(directory("stage1")), open_cache(directory("val"))
         size = tuple(stage1.labels.shape[1:])  # the common size, without reading every image again
+        if cache != "open":
+            print(f"stage-1 cache: reusing {directory('')} ({len(stage1)} + {len(stage1_val)} images)",
+                  file=sys.stderr)
     else:
         size = _common_size(full, stage1_ids + val_ids, config.scale)
     cached = make_dataset(config.dataset, data_root, transform=EvalTransform(config.scale, size))
-    if cache != "open":
+    if not reuse:
+        if os.path.exists(marker):
+            os.remove(marker)  # a rebuild killed half-way must not be taken for complete
         memory_limit = 0 if cache == "build" else config.memory_limit_gb * 1e9
         stage1, stage1_val = _build_caches(config, [cached[i] for i in stage1_ids], [cached[i] for i in val_ids],
                                            encoder, directory, memory_limit, device)
+        if stage1.on_disk and stage1_val.on_disk:  # a resumed or restarted search opens it again
+            write_json(marker, contents)
 
     augmented = make_dataset(config.dataset, data_root, transform=TrainTransform(
         config.crop_size, config.scale_range, config.scale, seed=config.seed))
