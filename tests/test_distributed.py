@@ -123,6 +123,21 @@ def test_a_torchrun_search_continues_in_one_process(coordinator_at, monkeypatch,
     assert "(2 in flight)" in capsys.readouterr().err
 
 
+def test_a_restart_continues_the_search_its_job_began_and_no_other(coordinator_at, monkeypatch):
+    from nasfast.search.__main__ import build_parser, choose_run
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-a")
+    c = coordinator_at()
+    parser = build_parser()
+    args = parser.parse_args(["--out", c.run_dir, "--budget", "4"])
+    with pytest.raises(SystemExit):  # the first attempt of any job refuses an existing search
+        choose_run(args, parser)
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert choose_run(args, parser)[::2] == (c.run_dir, True)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-b")  # a later job whose first attempt refused it
+    with pytest.raises(SystemExit):
+        choose_run(args, parser)
+
+
 # -- the real thing: torchrun, two processes, a SIGKILL ----------------------------------------
 def rank_process(root: int, rank: int):
     """The pid of the process under `root` whose environment has RANK=`rank`, or None."""

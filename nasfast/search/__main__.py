@@ -8,7 +8,7 @@ from typing import List, Optional, Tuple
 
 from . import distributed
 from .config import PRESETS, SearchConfig, StageConfig, preset
-from .distributed import has_pending, restart_count, world_size
+from .distributed import begun_by_this_job, has_pending, restart_count, world_size
 from .loop import CONFIG, LOG, STATE, Search
 from .summary import top_table
 
@@ -119,7 +119,7 @@ def choose_run(args, parser) -> Tuple[str, SearchConfig, bool]:
         return run_dir, _saved_config(run_dir), True
     run_dir = args.out
     if os.path.exists(os.path.join(run_dir, STATE)):
-        if restart_count() > 0:  # torchrun restarted the processes: continue what they began
+        if restart_count() > 0 and begun_by_this_job(run_dir):  # torchrun restarted the processes
             return run_dir, _saved_config(run_dir), True
         parser.error(f"--out {run_dir} already holds a search: use --resume {run_dir}, or another directory")
     return run_dir, config_from_args(args, parser), False

@@ -9,6 +9,7 @@ saves the state after every hand-out and every result, in-flight proposals inclu
 restarted group (torchrun --max-restarts) hands those out again first and logs each index once.
 """
 import _thread
+import json
 import os
 import pickle
 import signal
@@ -28,7 +29,7 @@ from ..strategies import Proposal
 from .candidate import SearchContext
 from .config import SearchConfig
 from .loop import LOG, STATE, Search, _fmt, evaluate_record
-from .records import keep_finished_records, load_state, save_state
+from .records import keep_finished_records, load_state, save_state, write_json
 from .summary import top_table
 
 MESSAGE_BYTES = 1 << 20          # one message, 8 bytes of length first
@@ -77,6 +78,19 @@ def worker_device(requested: str, local_rank: int, workers_per_gpu: int) -> str:
     if requested in ("auto", "cuda") and torch.cuda.is_available():
         return f"cuda:{(local_rank // max(1, workers_per_gpu)) % torch.cuda.device_count()}"
     return requested
+
+
+JOB = "torchrun.json"  # the torchrun job that began the search in RUN_DIR
+
+
+def begun_by_this_job(run_dir: str) -> bool:
+    """Whether this torchrun job (TORCHELASTIC_RUN_ID) began the search in `run_dir`: after a
+    restart a job continues its own search, and still refuses one that was there before it."""
+    path = os.path.join(run_dir, JOB)
+    if "TORCHELASTIC_RUN_ID" not in os.environ or not os.path.exists(path):
+        return False
+    with open(path) as f:
+        return json.load(f).get("run_id") == os.environ["TORCHELASTIC_RUN_ID"]
 
 
 def has_pending(run_dir: str) -> bool:
@@ -148,6 +162,12 @@ class Coordinator(Search):
         self.pending = dict(state.get("pending", {}))
         self.gate_decisions = dict(state.get("gate_decisions", {}))
         self.retry = sorted(self.pending)
+
+    def start(self) -> None:
+        if "TORCHELASTIC_RUN_ID" in os.environ:  # before the state exists: see begun_by_this_job
+            os.makedirs(self.run_dir, exist_ok=True)
+            write_json(self.path(JOB), {"run_id": os.environ["TORCHELASTIC_RUN_ID"]})
+        super().start()
 
     def resume(self) -> None:
         self.load_state_dict(load_state(self.path(STATE)))
