@@ -9,18 +9,9 @@
 
 #include "../checks.h"
 #include "../kernels/confusion.h"
-#include "simd.h"
 
 namespace nasfast {
 namespace {
-
-template <typename T>
-NASFAST_CPU_CLONES void count_logit_rows(const T* logits, const int64_t* target, int64_t* counts, int64_t K, int64_t h,
-                                         int64_t w, int64_t H, int64_t W, int64_t ignore_index,
-                                         const kernels::LinearTap<T>* ty, const kernels::LinearTap<T>* tx, int64_t y0,
-                                         int64_t y1) {
-  kernels::confusion_from_logits_rows(logits, target, counts, K, h, w, H, W, ignore_index, ty, tx, y0, y1);
-}
 
 // Tasks take runs of label rows; each counts into its own K x K histogram, and the histograms
 // are added to the matrix in task order.
@@ -61,8 +52,8 @@ void confusion_matrix_update_cpu(at::Tensor& matrix, const at::Tensor& scores_in
       at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
         for (int64_t t = begin; t < end; ++t) {
           for_each_run(t, [&](int64_t n, int64_t y0, int64_t y1) {
-            count_logit_rows(lp + n * K * h * w, tp + n * H * W, partial[t].data(), K, h, w, H, W, ignore_index,
-                             ty.data(), tx.data(), y0, y1);
+            kernels::confusion_from_logits_rows(lp + n * K * h * w, tp + n * H * W, partial[t].data(), K, h, w, H,
+                                                W, ignore_index, ty.data(), tx.data(), y0, y1);
           });
         }
       });

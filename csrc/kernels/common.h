@@ -21,6 +21,15 @@
 #define NASFAST_UNROLL
 #endif
 
+// On the CPU kernels called from a multiversioned function (NASFAST_CPU_CLONES, cpu/simd.h):
+// inlined into each clone, they are compiled for its instruction set (AVX2, AVX-512); out of
+// line they would be compiled once, for the baseline (SSE2), whatever the clone calling them.
+#if defined(__GNUC__) && !defined(__CUDACC__)
+#define NASFAST_CPU_INLINE inline __attribute__((always_inline))
+#else
+#define NASFAST_CPU_INLINE inline
+#endif
+
 namespace nasfast {
 namespace kernels {
 

@@ -44,6 +44,8 @@ NASFAST_HOST_DEVICE inline int64_t argmax_at(const T* logits, int64_t K, int64_t
 // Adds the pixels of rows [row_begin, row_end) of one image to `counts` (K x K, row = label).
 // `ty` and `tx` are the interpolation taps of every label row and column (unused when the
 // logits are already h x w = H x W).
+// Left to the baseline instruction set: its AVX2 / AVX-512 builds (NASFAST_CPU_CLONES) were
+// measured 20% slower at the search's shapes (bench/ops.py, reward).
 template <typename T, typename Label>
 void confusion_from_logits_rows(const T* logits, const Label* target, int64_t* counts, int64_t K, int64_t h,
                                 int64_t w, int64_t H, int64_t W, int64_t ignore_index, const LinearTap<T>* ty,
@@ -62,7 +64,7 @@ void confusion_from_logits_rows(const T* logits, const Label* target, int64_t* c
 
 // The same from predicted labels (no logits).
 template <typename Pred, typename Label>
-void confusion_from_labels(const Pred* pred, const Label* target, int64_t* counts, int64_t K, int64_t n,
+NASFAST_CPU_INLINE void confusion_from_labels(const Pred* pred, const Label* target, int64_t* counts, int64_t K, int64_t n,
                            int64_t ignore_index) {
   for (int64_t i = 0; i < n; ++i) {
     const int64_t label = static_cast<int64_t>(target[i]);

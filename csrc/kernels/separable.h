@@ -76,7 +76,7 @@ NASFAST_HOST_DEVICE inline Acc depthwise_input_grad_at(const T* gy, const T* wei
 // Rows [y0 - pad, y1 + pad) of an H x W plane into `padded` ((y1 - y0 + 2 pad) x (W + 2 pad)),
 // zeros outside the plane.
 template <typename T>
-void pad_rows(const T* plane, T* padded, int64_t H, int64_t W, int64_t pad, int64_t y0, int64_t y1) {
+NASFAST_CPU_INLINE void pad_rows(const T* plane, T* padded, int64_t H, int64_t W, int64_t pad, int64_t y0, int64_t y1) {
   const int64_t Wp = W + 2 * pad;
   for (int64_t py = 0; py < y1 - y0 + 2 * pad; ++py) {
     const int64_t y = y0 - pad + py;
@@ -96,7 +96,7 @@ void pad_rows(const T* plane, T* padded, int64_t H, int64_t W, int64_t pad, int6
 // vectorised along x, taps unrolled. (Computing 4 output rows per pass to share input loads was
 // measured slower: the 4 accumulators and K x K broadcast weights exceed the vector registers.)
 template <typename T, int K>
-void correlate_valid_fixed(const T* NASFAST_RESTRICT padded, const T* weight, T* NASFAST_RESTRICT out, int64_t rows,
+NASFAST_CPU_INLINE void correlate_valid_fixed(const T* NASFAST_RESTRICT padded, const T* weight, T* NASFAST_RESTRICT out, int64_t rows,
                            int64_t W, int64_t d) {
   const int64_t Wp = W + (K - 1) * d;
   T w[K * K];
@@ -118,7 +118,7 @@ void correlate_valid_fixed(const T* NASFAST_RESTRICT padded, const T* weight, T*
 }
 
 template <typename T>
-void correlate_valid_any(const T* NASFAST_RESTRICT padded, const T* weight, T* NASFAST_RESTRICT out, int64_t rows,
+NASFAST_CPU_INLINE void correlate_valid_any(const T* NASFAST_RESTRICT padded, const T* weight, T* NASFAST_RESTRICT out, int64_t rows,
                          int64_t W, int64_t k, int64_t d) {
   const int64_t Wp = W + (k - 1) * d;
   for (int64_t y = 0; y < rows; ++y) {
@@ -135,7 +135,7 @@ void correlate_valid_any(const T* NASFAST_RESTRICT padded, const T* weight, T* N
 }
 
 template <typename T>
-void correlate_valid(const T* padded, const T* weight, T* out, int64_t rows, int64_t W, int64_t k, int64_t d) {
+NASFAST_CPU_INLINE void correlate_valid(const T* padded, const T* weight, T* out, int64_t rows, int64_t W, int64_t k, int64_t d) {
   if (k == 3) {
     correlate_valid_fixed<T, 3>(padded, weight, out, rows, W, d);
   } else if (k == 5) {
@@ -148,7 +148,7 @@ void correlate_valid(const T* padded, const T* weight, T* out, int64_t rows, int
 // Depthwise output rows [y0, y1) of one plane into `out` ((y1 - y0) x W); `padded` is scratch of
 // (y1 - y0 + 2 pad) x (W + 2 pad) values.
 template <typename T>
-void depthwise_band(const T* plane, const T* weight, T* out, T* padded, int64_t H, int64_t W, int64_t k, int64_t d,
+NASFAST_CPU_INLINE void depthwise_band(const T* plane, const T* weight, T* out, T* padded, int64_t H, int64_t W, int64_t k, int64_t d,
                     int64_t y0, int64_t y1) {
   const int64_t pad = d * (k / 2);
   pad_rows(plane, padded, H, W, pad, y0, y1);
@@ -158,7 +158,7 @@ void depthwise_band(const T* plane, const T* weight, T* out, T* padded, int64_t 
 // The input gradient of one whole plane from its output gradient `gy`: the correlation of gy with
 // the taps rotated by 180 degrees. `flipped` holds k x k values, `padded` the padded plane.
 template <typename T>
-void depthwise_plane_input_grad(const T* gy, const T* weight, T* grad_plane, T* padded, T* flipped, int64_t H,
+NASFAST_CPU_INLINE void depthwise_plane_input_grad(const T* gy, const T* weight, T* grad_plane, T* padded, T* flipped, int64_t H,
                                 int64_t W, int64_t k, int64_t d) {
   for (int64_t i = 0; i < k * k; ++i) flipped[i] = weight[k * k - 1 - i];
   depthwise_band(gy, flipped, grad_plane, padded, H, W, k, d, 0, H);
@@ -168,7 +168,7 @@ void depthwise_plane_input_grad(const T* gy, const T* weight, T* grad_plane, T* 
 // padded input rows that produced it: one dot product per tap, summed in kLanes independent
 // partial sums so that the compiler keeps them in vector registers.
 template <typename T>
-void depthwise_weight_grad(const T* NASFAST_RESTRICT gy, const T* NASFAST_RESTRICT padded, T* grad_weight,
+NASFAST_CPU_INLINE void depthwise_weight_grad(const T* NASFAST_RESTRICT gy, const T* NASFAST_RESTRICT padded, T* grad_weight,
                            int64_t rows, int64_t W, int64_t k, int64_t d) {
   constexpr int kLanes = 16;
   const int64_t Wp = W + (k - 1) * d;
@@ -194,7 +194,7 @@ void depthwise_weight_grad(const T* NASFAST_RESTRICT gy, const T* NASFAST_RESTRI
 // out (rows x n, row stride ld) = max(out + bias[row], 0): the inference epilogue. NaN stays NaN,
 // as with torch.relu.
 template <typename T>
-void bias_relu_rows(T* out, const T* bias, int64_t rows, int64_t n, int64_t ld) {
+NASFAST_CPU_INLINE void bias_relu_rows(T* out, const T* bias, int64_t rows, int64_t n, int64_t ld) {
   for (int64_t i = 0; i < rows; ++i) {
     T* o = out + i * ld;
     const T b = bias[i];

@@ -14,7 +14,7 @@ void make_taps(LinearTap<T>* taps, int64_t in_size, int64_t out_size) {
 
 // Forward over one plane.
 template <typename T>
-void upsample_add_plane(const T* high, const T* low, T* out, int64_t H, int64_t W, int64_t w,
+NASFAST_CPU_INLINE void upsample_add_plane(const T* high, const T* low, T* out, int64_t H, int64_t W, int64_t w,
                         const LinearTap<T>* ty, const LinearTap<T>* tx) {
   for (int64_t y = 0; y < H; ++y) {
     const T* row0 = low + ty[y].i0 * w;
@@ -32,7 +32,7 @@ void upsample_add_plane(const T* high, const T* low, T* out, int64_t H, int64_t 
 // Gradient of the low input over one plane: the transpose of the interpolation.
 // grad_low must be zeroed by the caller.
 template <typename T>
-void upsample_add_backward_low_plane(const T* grad, T* grad_low, int64_t H, int64_t W, int64_t w,
+NASFAST_CPU_INLINE void upsample_add_backward_low_plane(const T* grad, T* grad_low, int64_t H, int64_t W, int64_t w,
                                      const LinearTap<T>* ty, const LinearTap<T>* tx) {
   for (int64_t y = 0; y < H; ++y) {
     T* row0 = grad_low + ty[y].i0 * w;
