@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .library import available, register_fake
+from .library import available, native_for, register_fake
 
 if available():
     @register_fake("nasfast::confusion_matrix_update_")
@@ -33,7 +33,7 @@ def confusion_matrix_update_reference(matrix: Tensor, scores: Tensor, target: Te
 
 def confusion_matrix_update(matrix: Tensor, scores: Tensor, target: Tensor, ignore_index: int) -> None:
     """The native op (CPU or CUDA tensors) when the library is loaded, else the reference."""
-    if not (available() and scores.device.type in ("cpu", "cuda")):
+    if not native_for(scores):
         confusion_matrix_update_reference(matrix, scores, target, ignore_index)
         return
     try:

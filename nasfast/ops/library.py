@@ -45,6 +45,10 @@ def available() -> bool:
     return _PATH is not None
 
 
+def native_for(tensor: torch.Tensor) -> bool:
+    """True when the library is loaded and has kernels for `tensor`'s device (CPU or CUDA)."""
+    return available() and tensor.device.type in ("cpu", "cuda")
+
 
 def register_fake(name: str):
     """torch.library.register_fake (shapes for torch.compile / opcheck) when this torch has it."""

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .library import available, register_fake
+from .library import available, native_for, register_fake
 
 if available():
     @register_fake("nasfast::sep_conv")
@@ -40,20 +40,16 @@ def separable_conv_bn_relu_reference(x: Tensor, depthwise: Tensor, pointwise: Te
     return F.relu(F.conv2d(y, pointwise, bias))
 
 
-def _native(x: Tensor) -> bool:
-    return available() and x.device.type in ("cpu", "cuda")
-
-
 def separable_conv(x: Tensor, depthwise: Tensor, pointwise: Tensor, dilation: int) -> Tensor:
     """The native op when the library has a kernel for x's device, else the reference."""
-    if _native(x):
+    if native_for(x):
         return torch.ops.nasfast.sep_conv(x, depthwise, pointwise, dilation)
     return separable_conv_reference(x, depthwise, pointwise, dilation)
 
 
 def separable_conv_bn_relu(x: Tensor, depthwise: Tensor, pointwise: Tensor, bias: Tensor, dilation: int) -> Tensor:
     """relu(separable_conv(x, depthwise, pointwise) + bias): the inference form, BN folded."""
-    if _native(x):
+    if native_for(x):
         return torch.ops.nasfast.sep_conv_bn_relu(x, depthwise, pointwise, bias, dilation)
     return separable_conv_bn_relu_reference(x, depthwise, pointwise, bias, dilation)
 

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .library import available, register_fake
+from .library import available, native_for, register_fake
 
 if available():
     @register_fake("nasfast::upsample_add")
@@ -21,7 +21,7 @@ def upsample_add_reference(high: Tensor, low: Tensor) -> Tensor:
 
 def upsample_add(high: Tensor, low: Tensor) -> Tensor:
     """The native op (CPU or CUDA tensors) when the library is loaded, else the reference."""
-    if available() and high.device.type in ("cpu", "cuda"):
+    if native_for(high):
         return torch.ops.nasfast.upsample_add(high, low)
     return upsample_add_reference(high, low)
 
