@@ -1,7 +1,6 @@
 """python -m nasfast.search: search for a compact segmentation decoder (see --help)."""
 import argparse
 import dataclasses
-import json
 import os
 import sys
 from typing import List, Optional, Tuple
@@ -10,6 +9,7 @@ from . import distributed
 from .config import PRESETS, SearchConfig, StageConfig, preset
 from .distributed import begun_by_this_job, has_pending, restart_count, world_size
 from .loop import CONFIG, LOG, STATE, Search
+from .records import read_json
 from .summary import top_table
 
 EPILOG = """examples:
@@ -126,8 +126,7 @@ def choose_run(args, parser) -> Tuple[str, SearchConfig, bool]:
 
 
 def _saved_config(run_dir: str) -> SearchConfig:
-    with open(os.path.join(run_dir, CONFIG)) as f:
-        return SearchConfig.from_dict(json.load(f))
+    return SearchConfig.from_dict(read_json(os.path.join(run_dir, CONFIG)))
 
 
 def main(argv: Optional[List[str]] = None) -> int:

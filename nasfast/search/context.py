@@ -1,6 +1,5 @@
 """Everything a search's candidates share, built once: the meta-train/meta-val split, the
 stage-1 cache of encoder outputs (and teacher logits), and the stage-2 and validation data."""
-import json
 import os
 import sys
 from typing import List, Optional, Tuple
@@ -14,7 +13,7 @@ from ..encoder import MobileNetV2Encoder
 from .cache import FeatureCache, build_cache, open_cache
 from .candidate import SearchContext
 from .config import SearchConfig
-from .records import write_json
+from .records import read_json, write_json
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -48,13 +47,6 @@ def load_teacher(path: Optional[str], device: torch.device):
 
 
 CACHE_MODES = ("auto", "build", "open")
-
-
-def _read_json(path: str):
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
 
 
 def _build_caches(config: SearchConfig, stage1_pairs, val_pairs, encoder, directory, memory_limit: float,
@@ -99,7 +91,7 @@ def build_context(config: SearchConfig, run_dir: str, data_root: Optional[str] =
     marker = directory("complete.json")
     contents = {"dataset": config.dataset, "scale": config.scale, "teacher": config.teacher,
                 "stage1_ids": stage1_ids, "val_ids": val_ids}
-    reuse = cache == "open" or _read_json(marker) == contents
+    reuse = cache == "open" or read_json(marker) == contents
     if reuse:
         stage1, stage1_val = open_cache(directory("stage1")), open_cache(directory("val"))
         size = tuple(stage1.labels.shape[1:])  # the common size, without reading every image again

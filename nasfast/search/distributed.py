@@ -9,7 +9,6 @@ saves the state after every hand-out and every result, in-flight proposals inclu
 restarted group (torchrun --max-restarts) hands those out again first and logs each index once.
 """
 import _thread
-import json
 import os
 import pickle
 import signal
@@ -29,7 +28,7 @@ from ..strategies import Proposal
 from .candidate import SearchContext
 from .config import SearchConfig
 from .loop import LOG, STATE, Search, _fmt, evaluate_record
-from .records import keep_finished_records, load_state, save_state, write_json
+from .records import keep_finished_records, load_state, read_json, save_state, write_json
 from .summary import top_table
 
 MESSAGE_BYTES = 1 << 20          # one message, 8 bytes of length first
@@ -86,11 +85,8 @@ JOB = "torchrun.json"  # the torchrun job that began the search in RUN_DIR
 def begun_by_this_job(run_dir: str) -> bool:
     """Whether this torchrun job (TORCHELASTIC_RUN_ID) began the search in `run_dir`: after a
     restart a job continues its own search, and still refuses one that was there before it."""
-    path = os.path.join(run_dir, JOB)
-    if "TORCHELASTIC_RUN_ID" not in os.environ or not os.path.exists(path):
-        return False
-    with open(path) as f:
-        return json.load(f).get("run_id") == os.environ["TORCHELASTIC_RUN_ID"]
+    job = read_json(os.path.join(run_dir, JOB))
+    return job is not None and job.get("run_id") == os.environ.get("TORCHELASTIC_RUN_ID")
 
 
 def has_pending(run_dir: str) -> bool:

@@ -30,6 +30,14 @@ def write_json(path: str, obj: Any) -> None:
     write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
+def read_json(path: str) -> Any:
+    """The JSON in `path`, or None when there is no such file."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def read_records(path: str) -> List[Dict[str, Any]]:
     """The complete lines of a JSON-lines log (a torn last line from a crash is dropped)."""
     if not os.path.exists(path):
