@@ -208,14 +208,10 @@ def test_scripted_graph_runs_where_only_the_library_is_loaded(tmp_path):
     assert out.stdout.strip() == "ok", out.stderr
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("k, d", SEARCH_SPACE)
-@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-4), (torch.float64, 1e-10), (torch.float16, 2e-2)])
-def test_cuda_matches_reference(k, d, dtype, tolerance):
-    x, dw, pw = (t.cuda() for t in inputs((3, 8, 37, 29), k, out_channels=6, dtype=torch.float64, seed=d))
-    bias = torch.randn(6, dtype=torch.float64, device="cuda")
-    grad = torch.randn(3, 6, 37, 29, dtype=torch.float64, device="cuda")
+def _check_cuda(shape, out_channels, k, d, dtype, tolerance):
+    x, dw, pw = (t.cuda() for t in inputs(shape, k, out_channels=out_channels, dtype=torch.float64, seed=d))
+    bias = torch.randn(out_channels, dtype=torch.float64, device="cuda")
+    grad = torch.randn(shape[0], out_channels, *shape[2:], dtype=torch.float64, device="cuda")
     fused = lambda *a: torch.ops.nasfast.sep_conv(*a, d)  # noqa: E731
     reference = lambda *a: separable_conv_reference(*a, d)  # noqa: E731
     cast = [t.to(dtype) for t in (x, dw, pw)]
@@ -225,6 +221,23 @@ def test_cuda_matches_reference(k, d, dtype, tolerance):
                                rtol=tolerance, atol=tolerance * 10)
     for a, b in zip(_gradients(fused, cast, grad.to(dtype)), _gradients(reference, (x, dw, pw), grad)):
         torch.testing.assert_close(a.double(), b, rtol=tolerance * 10, atol=tolerance * 100)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("k, d", SEARCH_SPACE)
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-4), (torch.float64, 1e-10), (torch.float16, 2e-2)])
+# 70 -> 130 channels: several input-channel steps and two output-channel blocks of the forward kernel
+@pytest.mark.parametrize("shape, out_channels", [((3, 8, 37, 29), 6), ((2, 70, 9, 11), 130)])
+def test_cuda_matches_reference(k, d, dtype, tolerance, shape, out_channels):
+    _check_cuda(shape, out_channels, k, d, dtype, tolerance)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("k", [1, 7])  # outside the search space: the weight gradient's generic kernel
+def test_cuda_other_kernel_sizes(k):
+    _check_cuda((2, 5, 12, 10), 3, k, 2, torch.float64, 1e-10)
 
 
 @pytest.mark.cuda

@@ -4,7 +4,9 @@
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
+#include <cstdint>
 #include <tuple>
 
 #include "../checks.h"
@@ -14,37 +16,33 @@
 namespace nasfast {
 namespace {
 
-constexpr int64_t kSharedBytes = 48 * 1024;
-
 at::Tensor forward(const at::Tensor& x_in, const at::Tensor& dw_in, const at::Tensor& pw_in, const at::Tensor& bias_in,
                    int64_t dilation) {
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();
   const at::Tensor dw = dw_in.contiguous();
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), Cout = pw_in.size(0), k = dw.size(2);
+  TORCH_CHECK(H * W <= INT32_MAX && C * k * k <= INT32_MAX && Cout * C <= INT32_MAX && N <= INT32_MAX,
+              "sep_conv: a ", H, " x ", W, " map, ", C, " -> ", Cout, " channels exceed the CUDA kernel's 32-bit indices");
   const at::Tensor pw = pw_in.reshape({Cout, C}).contiguous();
   const at::Tensor bias = bias_in.defined() ? bias_in.contiguous() : bias_in;
   at::Tensor out = at::empty({N, Cout, H, W}, x.options());
   if (out.numel() == 0) return out;
+  using kernels::kTileOut;
+  using kernels::kTilePixels;
+  const dim3 grid(static_cast<unsigned int>((H * W + kTilePixels - 1) / kTilePixels),
+                  static_cast<unsigned int>((Cout + kTileOut - 1) / kTileOut),
+                  static_cast<unsigned int>(std::min<int64_t>(N, 65535)));
+  TORCH_CHECK(grid.y <= 65535, "sep_conv: ", Cout, " output channels exceed the CUDA grid");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sep_conv_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    int64_t tile = 64;
-    while (tile > 1 && C * tile * static_cast<int64_t>(sizeof(acc_t)) > kSharedBytes) tile /= 2;
-    TORCH_CHECK(C * tile * static_cast<int64_t>(sizeof(acc_t)) <= kSharedBytes, "sep_conv: ", C,
-                " channels do not fit the CUDA kernel's shared memory");
-    const dim3 grid(static_cast<unsigned int>((H * W + tile - 1) / tile), static_cast<unsigned int>(N));
-    const size_t shared = C * tile * sizeof(acc_t);
-    const auto stream = current_stream();
-    const scalar_t* bias_ptr = bias.defined() ? bias.data_ptr<scalar_t>() : nullptr;
-    if (bias.defined()) {
-      kernels::sep_conv_forward_kernel<scalar_t, acc_t, true><<<grid, kernels::kThreads, shared, stream>>>(
-          x.data_ptr<scalar_t>(), dw.data_ptr<scalar_t>(), pw.data_ptr<scalar_t>(), bias_ptr,
-          out.data_ptr<scalar_t>(), C, Cout, H, W, k, dilation, tile);
-    } else {
-      kernels::sep_conv_forward_kernel<scalar_t, acc_t, false><<<grid, kernels::kThreads, shared, stream>>>(
-          x.data_ptr<scalar_t>(), dw.data_ptr<scalar_t>(), pw.data_ptr<scalar_t>(), bias_ptr,
-          out.data_ptr<scalar_t>(), C, Cout, H, W, k, dilation, tile);
-    }
+    const auto kernel = bias.defined() ? kernels::sep_conv_forward_kernel<scalar_t, acc_t, true>
+                                       : kernels::sep_conv_forward_kernel<scalar_t, acc_t, false>;
+    kernel<<<grid, kernels::kSepThreads, 0, current_stream()>>>(
+        x.data_ptr<scalar_t>(), dw.data_ptr<scalar_t>(), pw.data_ptr<scalar_t>(),
+        bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(), static_cast<int>(N),
+        static_cast<int>(C), static_cast<int>(Cout), static_cast<int>(H), static_cast<int>(W), static_cast<int>(k),
+        static_cast<int>(dilation));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
@@ -63,6 +61,45 @@ at::Tensor sep_conv_bn_relu_cuda(const at::Tensor& x, const at::Tensor& depthwis
   return forward(x, depthwise, pointwise, bias, dilation);
 }
 
+// Launch shape of the per-plane depthwise kernels: pixels along x, planes along y.
+dim3 plane_grid(int64_t planes, int64_t HW) {
+  return dim3(static_cast<unsigned int>(std::min<int64_t>((HW + kernels::kThreads - 1) / kernels::kThreads, 65535)),
+              static_cast<unsigned int>(std::min<int64_t>(planes, 65535)));
+}
+
+template <typename scalar_t>
+void depthwise_weight_grad(const at::Tensor& gy, const at::Tensor& x, at::Tensor& grad_dw, int64_t dilation) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int N = static_cast<int>(x.size(0)), C = static_cast<int>(x.size(1)), H = static_cast<int>(x.size(2));
+  const int W = static_cast<int>(x.size(3)), k = static_cast<int>(grad_dw.size(2)), d = static_cast<int>(dilation);
+  at::Tensor sums = at::zeros(grad_dw.sizes(), grad_dw.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+  const auto stream = current_stream();
+  const scalar_t* g = gy.data_ptr<scalar_t>();
+  const scalar_t* input = x.data_ptr<scalar_t>();
+  acc_t* out = sums.data_ptr<acc_t>();
+  if (k == 3 || k == 5) {
+    // About a thousand blocks in all, each a span of at least kThreads pixels of one channel.
+    const int64_t HW = static_cast<int64_t>(H) * W;
+    const int64_t spans = std::max<int64_t>(1, std::min<int64_t>((HW + kernels::kThreads - 1) / kernels::kThreads,
+                                                                 std::max<int64_t>(1, 1024 / C)));
+    const int span = static_cast<int>((HW + spans - 1) / spans);
+    const dim3 grid(static_cast<unsigned int>(C), static_cast<unsigned int>(spans));
+    if (k == 3) {
+      kernels::depthwise_weight_grad_kernel<scalar_t, acc_t, 3><<<grid, kernels::kThreads, 0, stream>>>(
+          g, input, out, N, C, H, W, d, span);
+    } else {
+      kernels::depthwise_weight_grad_kernel<scalar_t, acc_t, 5><<<grid, kernels::kThreads, 0, stream>>>(
+          g, input, out, N, C, H, W, d, span);
+    }
+  } else {
+    const dim3 grid(static_cast<unsigned int>(C), static_cast<unsigned int>(k * k));
+    kernels::depthwise_weight_grad_any_kernel<scalar_t, acc_t><<<grid, kernels::kThreads, 0, stream>>>(
+        g, input, out, N, C, H, W, k, d);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  grad_dw.copy_(sums);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sep_conv_backward_cuda(const at::Tensor& grad_in,
                                                                       const at::Tensor& x_in, const at::Tensor& dw_in,
                                                                       const at::Tensor& pw_in, int64_t dilation,
@@ -76,18 +113,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sep_conv_backward_cuda(const at::
   TORCH_CHECK(grad_in.dim() == 4 && grad_in.size(0) == N && grad_in.size(1) == Cout && grad_in.size(2) == H &&
                   grad_in.size(3) == W,
               "sep_conv_backward: grad must be ", N, " x ", Cout, " x ", H, " x ", W, ", got ", grad_in.sizes());
+  TORCH_CHECK(N * C <= INT32_MAX && HW <= INT32_MAX, "sep_conv_backward: ", x.sizes(),
+              " exceeds the CUDA kernels' 32-bit indices");
   const at::Tensor grad = grad_in.contiguous().to(x.scalar_type()).view({N, Cout, HW});
   const at::Tensor pw = pw_in.reshape({Cout, C});
   at::Tensor grad_x, grad_dw, grad_pw;
   const auto stream = current_stream();
-  const unsigned int blocks = blocks_for(x.numel(), kernels::kThreads);
+  const dim3 grid = plane_grid(N * C, HW);
+  const int planes = static_cast<int>(N * C);
   if (mask[2]) {
     at::Tensor y = at::empty_like(x);
     if (y.numel() > 0) {
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sep_conv_recompute_cuda", [&] {
-        using acc_t = at::opmath_type<scalar_t>;
-        kernels::depthwise_forward_kernel<scalar_t, acc_t><<<blocks, kernels::kThreads, 0, stream>>>(
-            x.data_ptr<scalar_t>(), dw.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), N * C, C, H, W, k, dilation);
+        kernels::depthwise_forward_kernel<scalar_t, at::opmath_type<scalar_t>><<<grid, kernels::kThreads, 0, stream>>>(
+            x.data_ptr<scalar_t>(), dw.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), planes, static_cast<int>(C),
+            static_cast<int>(H), static_cast<int>(W), static_cast<int>(k), static_cast<int>(dilation));
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     }
@@ -99,19 +139,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sep_conv_backward_cuda(const at::
     if (mask[1]) grad_dw = at::zeros_like(dw);
     if (x.numel() > 0) {
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sep_conv_backward_cuda", [&] {
-        using acc_t = at::opmath_type<scalar_t>;
         if (mask[0]) {
-          kernels::depthwise_input_grad_kernel<scalar_t, acc_t><<<blocks, kernels::kThreads, 0, stream>>>(
-              gy.data_ptr<scalar_t>(), dw.data_ptr<scalar_t>(), grad_x.data_ptr<scalar_t>(), N * C, C, H, W, k,
-              dilation);
+          kernels::depthwise_input_grad_kernel<scalar_t, at::opmath_type<scalar_t>>
+              <<<grid, kernels::kThreads, 0, stream>>>(gy.data_ptr<scalar_t>(), dw.data_ptr<scalar_t>(),
+                                                       grad_x.data_ptr<scalar_t>(), planes, static_cast<int>(C),
+                                                       static_cast<int>(H), static_cast<int>(W), static_cast<int>(k),
+                                                       static_cast<int>(dilation));
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         }
-        if (mask[1]) {
-          const dim3 grid(static_cast<unsigned int>(C), static_cast<unsigned int>(k * k));
-          kernels::depthwise_weight_grad_kernel<scalar_t, acc_t><<<grid, kernels::kThreads, 0, stream>>>(
-              gy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), grad_dw.data_ptr<scalar_t>(), N, C, H, W, k, dilation);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-        }
+        if (mask[1]) depthwise_weight_grad<scalar_t>(gy, x, grad_dw, dilation);
       });
     } else if (mask[0]) {
       grad_x.zero_();

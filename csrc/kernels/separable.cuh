@@ -6,81 +6,182 @@
 namespace nasfast {
 namespace kernels {
 
-// Forward, fused: a block takes `tile` consecutive pixels of one image (blockIdx.y). It computes
-// their depthwise outputs for all C channels into shared memory (C x tile Acc values), then the
-// pointwise outputs for all Cout channels from there, with bias + ReLU when kBiasRelu.
-template <typename T, typename Acc, bool kBiasRelu>
-__global__ void sep_conv_forward_kernel(const T* __restrict__ x, const T* __restrict__ depthwise,
-                                        const T* __restrict__ pointwise, const T* __restrict__ bias,
-                                        T* __restrict__ out, int64_t C, int64_t Cout, int64_t H, int64_t W, int64_t k,
-                                        int64_t d, int64_t tile) {
-  extern __shared__ __align__(sizeof(double)) unsigned char shared_bytes[];
-  Acc* band = reinterpret_cast<Acc*>(shared_bytes);
-  const int64_t HW = H * W, n = blockIdx.y, p0 = blockIdx.x * tile;
-  const int64_t count = HW - p0 < tile ? HW - p0 : tile;
-  const T* image = x + n * C * HW;
-  for (int64_t i = threadIdx.x; i < C * tile; i += blockDim.x) {
-    const int64_t c = i / tile, p = i % tile;
-    if (p < count) {
-      const int64_t q = p0 + p;
-      band[i] = depthwise_at<Acc>(image + c * HW, depthwise + c * k * k, H, W, k, d, q / W, q % W);
-    }
-  }
-  __syncthreads();
-  for (int64_t i = threadIdx.x; i < Cout * tile; i += blockDim.x) {
-    const int64_t co = i / tile, p = i % tile;
-    if (p >= count) continue;
-    const T* weights = pointwise + co * C;
-    Acc sum = Acc(0);
-    for (int64_t c = 0; c < C; ++c) sum += static_cast<Acc>(weights[c]) * band[c * tile + p];
-    if (kBiasRelu) {
-      sum += static_cast<Acc>(bias[co]);
-      sum = sum < Acc(0) ? Acc(0) : sum;
-    }
-    out[(n * Cout + co) * HW + p0 + p] = static_cast<T>(sum);
+// Forward, fused. A block owns kTilePixels consecutive pixels of one image and kTileOut output
+// channels; it walks the input channels kTileIn at a time: the depthwise outputs of those
+// channels over its pixels go to shared memory, with the matching slice of the pointwise
+// weights, and each thread accumulates a 4 x 4 register tile (4 output channels x 4 pixels, 16
+// FMAs per 8 shared loads; one output per thread was load-bound). The pointwise sum runs over
+// the channels in ascending order, as the reference's. Indices within a plane are 32-bit (the
+// host checks H * W < 2^31); offsets of planes are 64-bit.
+constexpr int kTilePixels = 64, kTileOut = 64, kTileIn = 32;
+constexpr int kPixelLanes = kTilePixels / 4, kSepThreads = kPixelLanes * (kTileOut / 4);
+
+template <typename T, typename Acc>
+__device__ inline void load_depthwise_tile(Acc (*band)[kTilePixels], const T* image, const T* depthwise, int c0,
+                                           int C, int p0, int H, int W, int k, int d) {
+  for (int i = threadIdx.x; i < kTileIn * kTilePixels; i += blockDim.x) {
+    const int c = c0 + i / kTilePixels, q = p0 + i % kTilePixels;
+    band[i / kTilePixels][i % kTilePixels] =
+        c < C && q < H * W ? depthwise_at<Acc>(image + static_cast<int64_t>(c) * H * W, depthwise + c * k * k, H, W,
+                                               k, d, q / W, q % W)
+                           : Acc(0);
   }
 }
+
+template <typename T, typename Acc>
+__device__ inline void load_pointwise_tile(Acc (*weight)[kTileOut], const T* pointwise, int c0, int C, int co0,
+                                           int Cout) {
+  for (int i = threadIdx.x; i < kTileIn * kTileOut; i += blockDim.x) {
+    const int c = c0 + i / kTileOut, co = co0 + i % kTileOut;
+    weight[i / kTileOut][i % kTileOut] = c < C && co < Cout ? static_cast<Acc>(pointwise[co * C + c]) : Acc(0);
+  }
+}
+
+template <typename T, typename Acc, bool kBiasRelu>
+__global__ void __launch_bounds__(kSepThreads)
+    sep_conv_forward_kernel(const T* __restrict__ x, const T* __restrict__ depthwise,
+                            const T* __restrict__ pointwise, const T* __restrict__ bias, T* __restrict__ out, int N,
+                            int C, int Cout, int H, int W, int k, int d) {
+  __shared__ Acc band[kTileIn][kTilePixels];
+  __shared__ Acc weight[kTileIn][kTileOut];
+  const int HW = H * W, p0 = blockIdx.x * kTilePixels, co0 = blockIdx.y * kTileOut;
+  const int lane_p = threadIdx.x % kPixelLanes, lane_co = threadIdx.x / kPixelLanes;
+  for (int n = blockIdx.z; n < N; n += gridDim.z) {
+    const T* image = x + static_cast<int64_t>(n) * C * HW;
+    Acc acc[4][4] = {};
+    for (int c0 = 0; c0 < C; c0 += kTileIn) {
+      load_depthwise_tile<T, Acc>(band, image, depthwise, c0, C, p0, H, W, k, d);
+      load_pointwise_tile<T, Acc>(weight, pointwise, c0, C, co0, Cout);
+      __syncthreads();
+#pragma unroll 8
+      for (int c = 0; c < kTileIn; ++c) {
+        Acc b[4], w[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) b[j] = band[c][lane_p + kPixelLanes * j];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) w[i] = weight[c][lane_co * 4 + i];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+#pragma unroll
+          for (int j = 0; j < 4; ++j) acc[i][j] += w[i] * b[j];
+        }
+      }
+      __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int co = co0 + lane_co * 4 + i;
+      if (co >= Cout) continue;
+      T* plane = out + (static_cast<int64_t>(n) * Cout + co) * HW;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int q = p0 + lane_p + kPixelLanes * j;
+        if (q >= HW) continue;
+        Acc value = acc[i][j];
+        if (kBiasRelu) {
+          value += static_cast<Acc>(bias[co]);
+          value = value < Acc(0) ? Acc(0) : value;
+        }
+        plane[q] = static_cast<T>(value);
+      }
+    }
+  }
+}
+
+// The depthwise kernels below take one plane per blockIdx.y (looping when there are more than
+// the grid holds) and its pixels along x, so a pixel's row and column come from one 32-bit
+// division.
 
 // y = depthwise(x), planes x H x W; the plane's channel is plane % C.
 template <typename T, typename Acc>
 __global__ void depthwise_forward_kernel(const T* __restrict__ x, const T* __restrict__ depthwise, T* __restrict__ y,
-                                         int64_t planes, int64_t C, int64_t H, int64_t W, int64_t k, int64_t d) {
-  const int64_t HW = H * W, total = planes * HW;
-  for (int64_t i = global_thread(); i < total; i += grid_threads()) {
-    const int64_t plane = i / HW, q = i % HW;
-    y[i] = static_cast<T>(depthwise_at<Acc>(x + plane * HW, depthwise + (plane % C) * k * k, H, W, k, d, q / W, q % W));
+                                         int planes, int C, int H, int W, int k, int d) {
+  const int HW = H * W;
+  for (int plane = blockIdx.y; plane < planes; plane += gridDim.y) {
+    const int64_t offset = static_cast<int64_t>(plane) * HW;
+    for (int q = blockIdx.x * blockDim.x + threadIdx.x; q < HW; q += gridDim.x * blockDim.x) {
+      y[offset + q] = static_cast<T>(
+          depthwise_at<Acc>(x + offset, depthwise + (plane % C) * k * k, H, W, k, d, q / W, q % W));
+    }
   }
 }
 
 // grad_x from gy (both planes x H x W), gathered: no atomics.
 template <typename T, typename Acc>
 __global__ void depthwise_input_grad_kernel(const T* __restrict__ gy, const T* __restrict__ depthwise,
-                                            T* __restrict__ grad_x, int64_t planes, int64_t C, int64_t H, int64_t W,
-                                            int64_t k, int64_t d) {
-  const int64_t HW = H * W, total = planes * HW;
-  for (int64_t i = global_thread(); i < total; i += grid_threads()) {
-    const int64_t plane = i / HW, q = i % HW;
-    grad_x[i] = static_cast<T>(
-        depthwise_input_grad_at<Acc>(gy + plane * HW, depthwise + (plane % C) * k * k, H, W, k, d, q / W, q % W));
+                                            T* __restrict__ grad_x, int planes, int C, int H, int W, int k, int d) {
+  const int HW = H * W;
+  for (int plane = blockIdx.y; plane < planes; plane += gridDim.y) {
+    const int64_t offset = static_cast<int64_t>(plane) * HW;
+    for (int q = blockIdx.x * blockDim.x + threadIdx.x; q < HW; q += gridDim.x * blockDim.x) {
+      grad_x[offset + q] = static_cast<T>(
+          depthwise_input_grad_at<Acc>(gy + offset, depthwise + (plane % C) * k * k, H, W, k, d, q / W, q % W));
+    }
   }
 }
 
-// grad_depthwise[c, tap] = sum over images and pixels of gy * the input pixel that tap read.
-// Grid: (C, k * k) blocks of kThreads threads, each block reducing one weight.
-template <typename T, typename Acc>
+template <typename Acc>
+__device__ inline Acc warp_sum(Acc value) {
+  for (int offset = 16; offset > 0; offset /= 2) value += __shfl_down_sync(0xffffffffu, value, offset);
+  return value;
+}
+
+// grad_depthwise[c, tap] += sum of gy * the input pixel that tap read, over every image and the
+// pixels [blockIdx.y * span, (blockIdx.y + 1) * span) of channel c = blockIdx.x. The K x K sums
+// stay in registers, so gy and x are read once per block (their taps' neighbours from cache),
+// not once per tap; each warp adds its sums to grad_depthwise (an Acc buffer, zeroed) atomically.
+template <typename T, typename Acc, int K>
 __global__ void depthwise_weight_grad_kernel(const T* __restrict__ gy, const T* __restrict__ x,
-                                             T* __restrict__ grad_depthwise, int64_t N, int64_t C, int64_t H,
-                                             int64_t W, int64_t k, int64_t d) {
+                                             Acc* __restrict__ grad_depthwise, int N, int C, int H, int W, int d,
+                                             int span) {
+  const int HW = H * W, c = blockIdx.x, r = K / 2;
+  const int begin = blockIdx.y * span, end = begin + span < HW ? begin + span : HW;
+  Acc sums[K * K];
+#pragma unroll
+  for (int t = 0; t < K * K; ++t) sums[t] = Acc(0);
+  for (int n = 0; n < N; ++n) {
+    const int64_t offset = (static_cast<int64_t>(n) * C + c) * HW;
+    for (int q = begin + threadIdx.x; q < end; q += blockDim.x) {
+      const int y = q / W, xx = q % W;
+      const Acc g = static_cast<Acc>(gy[offset + q]);
+#pragma unroll
+      for (int ky = 0; ky < K; ++ky) {
+        const int iy = y + (ky - r) * d;
+        if (iy < 0 || iy >= H) continue;
+#pragma unroll
+        for (int kx = 0; kx < K; ++kx) {
+          const int ix = xx + (kx - r) * d;
+          if (ix >= 0 && ix < W) sums[ky * K + kx] += g * static_cast<Acc>(x[offset + iy * W + ix]);
+        }
+      }
+    }
+  }
+  // blockDim.x is a multiple of 32 (the host launches kThreads), so every lane takes part.
+#pragma unroll
+  for (int t = 0; t < K * K; ++t) {
+    const Acc total = warp_sum(sums[t]);
+    if (threadIdx.x % 32 == 0) atomic_add(grad_depthwise + c * K * K + t, total);
+  }
+}
+
+// The same for any kernel size, one block per (channel, tap), for sizes other than 3 and 5
+// (the search space has none; kept so that the op takes any size).
+template <typename T, typename Acc>
+__global__ void depthwise_weight_grad_any_kernel(const T* __restrict__ gy, const T* __restrict__ x,
+                                                 Acc* __restrict__ grad_depthwise, int N, int C, int H, int W,
+                                                 int k, int d) {
   __shared__ Acc partial[kThreads];
-  const int64_t c = blockIdx.x, tap = blockIdx.y, HW = H * W, r = k / 2;
-  const int64_t dy = (tap / k - r) * d, dx = (tap % k - r) * d;
+  const int c = blockIdx.x, tap = blockIdx.y, HW = H * W, r = k / 2;
+  const int dy = (tap / k - r) * d, dx = (tap % k - r) * d;
   Acc sum = Acc(0);
-  for (int64_t i = threadIdx.x; i < N * HW; i += blockDim.x) {
-    const int64_t n = i / HW, q = i % HW, y = q / W, xx = q % W;
-    const int64_t iy = y + dy, ix = xx + dx;
-    if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
-    const int64_t plane = (n * C + c) * HW;
-    sum += static_cast<Acc>(gy[plane + q]) * static_cast<Acc>(x[plane + iy * W + ix]);
+  for (int n = 0; n < N; ++n) {
+    const int64_t offset = (static_cast<int64_t>(n) * C + c) * HW;
+    for (int q = threadIdx.x; q < HW; q += blockDim.x) {
+      const int iy = q / W + dy, ix = q % W + dx;
+      if (iy >= 0 && iy < H && ix >= 0 && ix < W) {
+        sum += static_cast<Acc>(gy[offset + q]) * static_cast<Acc>(x[offset + iy * W + ix]);
+      }
+    }
   }
   partial[threadIdx.x] = sum;
   __syncthreads();
@@ -88,7 +189,7 @@ __global__ void depthwise_weight_grad_kernel(const T* __restrict__ gy, const T* 
     if (static_cast<int>(threadIdx.x) < stride) partial[threadIdx.x] += partial[threadIdx.x + stride];
     __syncthreads();
   }
-  if (threadIdx.x == 0) grad_depthwise[c * k * k + tap] = static_cast<T>(partial[0]);
+  if (threadIdx.x == 0) grad_depthwise[c * k * k + tap] = partial[0];
 }
 
 }  // namespace kernels

@@ -17,9 +17,10 @@
 //    it), grad_pw += g_band * band^T and gy = pw^T * g_band (BLAS), then the depthwise weight and
 //    input gradients from gy while it is in cache. The input gradient of a band spills into its
 //    neighbours' rows (the kernel's halo), so one task owns whole images.
-//  * CUDA: forward is one kernel (depthwise tile in shared memory, then pointwise and epilogue);
-//    backward recomputes the depthwise output, does both GEMMs with cuBLAS and the depthwise
-//    gradients with the gather kernels below (no atomics).
+//  * CUDA: forward is one kernel (a depthwise tile in shared memory, then a register-tiled
+//    pointwise and the epilogue); backward recomputes the depthwise output, does both GEMMs with
+//    cuBLAS, the input gradient with a gather kernel and the depthwise weight gradient in one
+//    pass over the channel, summed across blocks with atomics (not bitwise reproducible).
 #pragma once
 #include "common.h"
 
