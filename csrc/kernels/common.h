@@ -35,19 +35,29 @@ namespace kernels {
 
 // One axis of bilinear interpolation with align_corners=False (PyTorch's convention when the
 // output size is given): output index -> two input indices and their weights.
-template <typename T>
+// Index: the type of sizes and indices; int32_t spares the CUDA kernels 64-bit conversions.
+template <typename T, typename Index = int64_t>
 struct LinearTap {
-  int64_t i0, i1;
+  Index i0, i1;
   T w0, w1;
 };
 
+// Keeps a template argument from being deduced, so that linear_tap<T>(...) still takes any mix of
+// integer arguments (as int64_t).
 template <typename T>
-NASFAST_HOST_DEVICE inline LinearTap<T> linear_tap(int64_t dst, int64_t in_size, int64_t out_size) {
+struct NonDeduced {
+  using type = T;
+};
+
+template <typename T, typename Index = int64_t>
+NASFAST_HOST_DEVICE inline LinearTap<T, Index> linear_tap(typename NonDeduced<Index>::type dst,
+                                                          typename NonDeduced<Index>::type in_size,
+                                                          typename NonDeduced<Index>::type out_size) {
   const T scale = static_cast<T>(in_size) / static_cast<T>(out_size);
   T src = scale * (static_cast<T>(dst) + T(0.5)) - T(0.5);
   if (src < T(0)) src = T(0);
-  LinearTap<T> tap;
-  tap.i0 = static_cast<int64_t>(src);
+  LinearTap<T, Index> tap;
+  tap.i0 = static_cast<Index>(src);
   if (tap.i0 > in_size - 1) tap.i0 = in_size - 1;
   tap.i1 = tap.i0 + (tap.i0 < in_size - 1 ? 1 : 0);
   tap.w1 = src - static_cast<T>(tap.i0);
@@ -56,9 +66,9 @@ NASFAST_HOST_DEVICE inline LinearTap<T> linear_tap(int64_t dst, int64_t in_size,
 }
 
 // The bilinear interpolation of one plane (row width w) at the taps ty, tx, in Acc.
-template <typename Acc, typename T>
-NASFAST_HOST_DEVICE inline Acc bilinear_at(const T* plane, int64_t w, const LinearTap<Acc>& ty,
-                                           const LinearTap<Acc>& tx) {
+template <typename Acc, typename T, typename Index>
+NASFAST_HOST_DEVICE inline Acc bilinear_at(const T* plane, int64_t w, const LinearTap<Acc, Index>& ty,
+                                           const LinearTap<Acc, Index>& tx) {
   const T* row0 = plane + ty.i0 * w;
   const T* row1 = plane + ty.i1 * w;
   return ty.w0 * (tx.w0 * static_cast<Acc>(row0[tx.i0]) + tx.w1 * static_cast<Acc>(row0[tx.i1])) +
