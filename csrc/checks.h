@@ -43,7 +43,8 @@ inline void check_upsample_add(const at::Tensor& high, const at::Tensor& low) {
   TORCH_CHECK(low.size(2) > 0 && low.size(3) > 0, "upsample_add: low must not be empty, got ", low.sizes());
 }
 
-// Returns the targets as int64 N x H x W and checks the shapes of scores against them.
+// Returns the targets as int64 N x H x W and checks the shapes of scores against them; the
+// values are checked by check_confusion_values (or the CUDA backend's kernel).
 inline at::Tensor check_confusion(const at::Tensor& matrix, const at::Tensor& scores, const at::Tensor& target,
                                   int64_t ignore_index) {
   const int64_t K = matrix.size(0);
@@ -60,15 +61,27 @@ inline at::Tensor check_confusion(const at::Tensor& matrix, const at::Tensor& sc
     TORCH_CHECK(scores.sizes() == target.sizes(), "confusion_matrix_update_: predictions ", scores.sizes(),
                 " and targets ", target.sizes(), " differ in shape");
   }
-  const at::Tensor labels = target.to(at::kLong).contiguous();
-  const at::Tensor bad = labels.ne(ignore_index).logical_and(labels.lt(0).logical_or(labels.ge(K)));
-  TORCH_CHECK(!bad.any().item<bool>(), "confusion_matrix_update_: target values must be in [0, ", K, ") or ",
-              ignore_index);
+  return target.to(at::kLong).contiguous();
+}
+
+// The errors for target values outside [0, K) other than ignore_index, and for predicted labels
+// outside [0, K) where the target is counted.
+inline void fail_on_bad_target(bool bad, int64_t K, int64_t ignore_index) {
+  TORCH_CHECK(!bad, "confusion_matrix_update_: target values must be in [0, ", K, ") or ", ignore_index);
+}
+
+inline void fail_on_bad_prediction(bool bad, int64_t K) {
+  TORCH_CHECK(!bad, "confusion_matrix_update_: predictions must be in [0, ", K, ")");
+}
+
+// Those checks in ATen (the CPU backend's; the CUDA one checks in one kernel pass).
+inline void check_confusion_values(const at::Tensor& labels, const at::Tensor& scores, int64_t K,
+                                   int64_t ignore_index) {
+  const at::Tensor counted = labels.ne(ignore_index);
+  fail_on_bad_target(counted.logical_and(labels.lt(0).logical_or(labels.ge(K))).any().item<bool>(), K, ignore_index);
   if (!at::isFloatingType(scores.scalar_type())) {
-    const at::Tensor wrong = labels.ne(ignore_index).logical_and(scores.lt(0).logical_or(scores.ge(K)));
-    TORCH_CHECK(!wrong.any().item<bool>(), "confusion_matrix_update_: predictions must be in [0, ", K, ")");
+    fail_on_bad_prediction(counted.logical_and(scores.lt(0).logical_or(scores.ge(K))).any().item<bool>(), K);
   }
-  return labels;
 }
 
 }  // namespace nasfast

@@ -96,22 +96,36 @@ def test_updates_accumulate_in_place():
     assert torch.equal(matrix, reference) and matrix.sum() == 3 * 81
 
 
+ON_CUDA = pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                            reason="needs a CUDA GPU")])
+
+
 @needs_ops
-def test_op_checks():
-    matrix = torch.zeros(5, 5, dtype=torch.long)
-    logits, target = torch.randn(1, 5, 4, 4), torch.randint(0, 5, (1, 8, 8))
+@pytest.mark.parametrize("device", ["cpu", ON_CUDA])
+def test_op_checks(device):
+    matrix = torch.zeros(5, 5, dtype=torch.long, device=device)
+    logits = torch.randn(1, 5, 4, 4, device=device)
+    target = torch.randint(0, 5, (1, 8, 8), device=device)
+    target[0, 0, 0] = 255
     torch.library.opcheck(torch.ops.nasfast.confusion_matrix_update_.default, (matrix, logits, target, 255))
     torch.library.opcheck(torch.ops.nasfast.confusion_matrix_update_.default,
-                          (matrix, torch.randint(0, 5, (1, 8, 8)), target, 255))
+                          (matrix, torch.randint(0, 5, (1, 8, 8), device=device), target, 255))
+    out_of_range = torch.randint(0, 5, (1, 8, 8), device=device)
+    out_of_range[0, 0, 0] = 7  # where the target is ignored: not an error
+    torch.ops.nasfast.confusion_matrix_update_(matrix, out_of_range, target, 255)
+    out_of_range[0, 0, 1] = 7
+    before = matrix.clone()
     bad = [((matrix, logits, target + 5, 255), "target values"),
-           ((matrix, torch.randn(1, 4, 4, 4), target, 255), "K = 5"),
-           ((matrix, torch.randint(0, 9, (1, 8, 8)), target, 255), "predictions must be"),
-           ((matrix, torch.randint(0, 5, (1, 8, 7)), target, 255), "differ in shape"),
+           ((matrix, logits, torch.where(target == 255, -1, target), 255), "target values"),
+           ((matrix, torch.randn(1, 4, 4, 4, device=device), target, 255), "K = 5"),
+           ((matrix, out_of_range, target, 255), "predictions must be"),
+           ((matrix, torch.randint(0, 5, (1, 8, 7), device=device), target, 255), "differ in shape"),
            ((matrix.int(), logits, target, 255), "int64"),
            ((matrix, logits, target[0], 255), "N x H x W")]
     for args, message in bad:
         with pytest.raises(RuntimeError, match=message):
             torch.ops.nasfast.confusion_matrix_update_(*args)
+    assert torch.equal(matrix, before)  # a refused update changes nothing
     with pytest.raises(ValueError, match="target values"):  # the Python entry point's error type
         confusion_matrix_update(matrix, logits, target + 5, 255)
 

@@ -67,6 +67,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sep_conv_backward_composite(const
 void confusion_matrix_update_composite(at::Tensor& matrix, const at::Tensor& scores, const at::Tensor& target_in,
                                        int64_t ignore_index) {
   const at::Tensor target = check_confusion(matrix, scores, target_in, ignore_index);
+  check_confusion_values(target, scores, matrix.size(0), ignore_index);
   const int64_t K = matrix.size(0);
   at::Tensor pred = scores;
   if (at::isFloatingType(scores.scalar_type())) {

@@ -18,6 +18,7 @@ namespace {
 void confusion_matrix_update_cpu(at::Tensor& matrix, const at::Tensor& scores_in, const at::Tensor& target_in,
                                  int64_t ignore_index) {
   const at::Tensor target = check_confusion(matrix, scores_in, target_in, ignore_index);
+  check_confusion_values(target, scores_in, matrix.size(0), ignore_index);
   const int64_t K = matrix.size(0);
   const int64_t N = target.size(0), H = target.size(1), W = target.size(2);
   const int64_t* tp = target.data_ptr<int64_t>();
