@@ -27,26 +27,31 @@ struct Half16 {
   }
 };
 
+#define NASFAST_INSTANTIATE_UPSAMPLE_ADD(T, Acc, Index)                                                             \
+  template __global__ void upsample_add_kernel<T, Acc, Index>(const T*, const T*, T*, int64_t, Index, Index, Index,  \
+                                                              Index);                                               \
+  template __global__ void upsample_add_backward_low_kernel<T, Acc, Index>(const T*, T*, int64_t, Index, Index,      \
+                                                                           Index, Index);
+
 #define NASFAST_INSTANTIATE(T, Acc)                                                                                 \
-  template __global__ void upsample_add_kernel<T, Acc>(const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t,   \
-                                                       int64_t);                                                    \
-  template __global__ void upsample_add_backward_low_kernel<T, Acc>(const T*, Acc*, int64_t, int64_t, int64_t,       \
-                                                                    int64_t, int64_t);                              \
+  NASFAST_INSTANTIATE_UPSAMPLE_ADD(T, Acc, int32_t)                                                                 \
+  NASFAST_INSTANTIATE_UPSAMPLE_ADD(T, Acc, int64_t)                                                                 \
   template __global__ void confusion_from_logits_kernel<T, Acc>(const T*, const int64_t*, unsigned long long*,       \
                                                                 int64_t, int64_t, int64_t, int64_t, int64_t,         \
                                                                 int64_t, int64_t, bool);                             \
-  template __global__ void sep_conv_forward_kernel<T, Acc, true>(const T*, const T*, const T*, const T*, T*,         \
-                                                                 int64_t, int64_t, int64_t, int64_t, int64_t,        \
-                                                                 int64_t, int64_t);                                  \
-  template __global__ void sep_conv_forward_kernel<T, Acc, false>(const T*, const T*, const T*, const T*, T*,        \
-                                                                  int64_t, int64_t, int64_t, int64_t, int64_t,       \
-                                                                  int64_t, int64_t);                                 \
-  template __global__ void depthwise_forward_kernel<T, Acc>(const T*, const T*, T*, int64_t, int64_t, int64_t,       \
-                                                            int64_t, int64_t, int64_t);                              \
-  template __global__ void depthwise_input_grad_kernel<T, Acc>(const T*, const T*, T*, int64_t, int64_t, int64_t,    \
-                                                               int64_t, int64_t, int64_t);                           \
-  template __global__ void depthwise_weight_grad_kernel<T, Acc>(const T*, const T*, T*, int64_t, int64_t, int64_t,   \
-                                                                int64_t, int64_t, int64_t);
+  template __global__ void sep_conv_forward_kernel<T, Acc, true>(const T*, const T*, const T*, const T*, T*, int,  \
+                                                                 int, int, int, int, int, int);                     \
+  template __global__ void sep_conv_forward_kernel<T, Acc, false>(const T*, const T*, const T*, const T*, T*, int, \
+                                                                  int, int, int, int, int, int);                    \
+  template __global__ void depthwise_forward_kernel<T, Acc>(const T*, const T*, T*, int, int, int, int, int, int);  \
+  template __global__ void depthwise_input_grad_kernel<T, Acc>(const T*, const T*, T*, int, int, int, int, int,     \
+                                                               int);                                                \
+  template __global__ void depthwise_weight_grad_kernel<T, Acc, 3>(const T*, const T*, Acc*, int, int, int, int,    \
+                                                                   int, int);                                       \
+  template __global__ void depthwise_weight_grad_kernel<T, Acc, 5>(const T*, const T*, Acc*, int, int, int, int,    \
+                                                                   int, int);                                       \
+  template __global__ void depthwise_weight_grad_any_kernel<T, Acc>(const T*, const T*, Acc*, int, int, int, int,   \
+                                                                    int, int);
 
 NASFAST_INSTANTIATE(float, float)
 NASFAST_INSTANTIATE(double, double)
