@@ -82,6 +82,7 @@ def _subset(dataset, count: int, seed: int):
 def train(args, config: TrainConfig) -> dict:
     device = resolve_device(args.device)
     torch.manual_seed(config.seed)
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed crop size: let cuDNN pick its kernels once
     augment = TrainTransform(config.crop_size, config.scale_range, config.scale, seed=config.seed)
     train_set = make_dataset(args.dataset, args.data_root, transform=augment)
     val_split = DATASETS[args.dataset][2]
@@ -117,7 +118,7 @@ def train(args, config: TrainConfig) -> dict:
         started = time.time()
         augment.set_epoch(epoch)
         loader = DataLoader(train_subset, batch_size=config.batch_size, shuffle=True, drop_last=True,
-                            num_workers=config.workers,
+                            num_workers=config.workers, pin_memory=device.type == "cuda",
                             generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
         model.train()
         losses = []
