@@ -74,7 +74,7 @@ class SeparableConvBNReLU(nn.Module):
     reference module never refers to the native ops, so it scripts without the library. The
     fused one runs `sep_conv` then BN + ReLU in training, and one `sep_conv_bn_relu` in eval (BN
     folded on the fly). Both have the same submodules and state dict. On CUDA tensors the fused
-    module still runs cuDNN unless built with fused=True: cuDNN was 1.1-3x faster than the
+    module still runs cuDNN unless built with fused=True: cuDNN was 1.1-2.3x faster than the
     native CUDA kernel at every decoder shape measured (bench/RESULTS.md, H200).
     """
 
