@@ -4,13 +4,11 @@ import argparse
 import json
 import sys
 
-from torch.utils.data import DataLoader
-
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .data import EvalTransform, make_dataset
 from .data.datasets import DATASETS
 from .search.context import resolve_device
-from .train import evaluate_model
+from .train import evaluate_model, evaluation_loader
 
 
 def format_metrics(metrics: dict, class_names) -> str:
@@ -30,6 +28,7 @@ def main(argv=None) -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="resize images by this factor [1.0]")
     parser.add_argument("--limit", type=int, default=0, help="evaluate the first N images only [all]")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--workers", type=int, default=2, help="data-loading processes [2]")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
     args = parser.parse_args(argv)
     checkpoint = load_checkpoint(args.checkpoint)
@@ -40,7 +39,7 @@ def main(argv=None) -> int:
         parser.error(f"{args.dataset} has {dataset.num_classes} classes, the checkpoint {checkpoint['num_classes']}")
     if args.limit:
         dataset.pairs = dataset.pairs[:args.limit]
-    loader = DataLoader(dataset, batch_size=1)
+    loader = evaluation_loader(dataset, args.workers)
     metrics = evaluate_model(model, loader, dataset.num_classes, dataset.ignore_index, (), device)
     print(json.dumps(metrics) if args.json else format_metrics(metrics, dataset.class_names))
     return 0

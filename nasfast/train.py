@@ -72,6 +72,18 @@ def evaluate_model(model, loader, num_classes, ignore_index, exclude, device) ->
     return matrix.compute()
 
 
+def evaluation_loader(dataset, workers: int, batch_size: int = 8) -> DataLoader:
+    """Images through the model batch_size at a time when they all have one size (CamVid), one at
+    a time otherwise (VOC); the worker processes persist from one pass to the next."""
+    if isinstance(dataset, Subset):
+        sizes = {dataset.dataset.image_size(i) for i in dataset.indices}
+    else:
+        sizes = {dataset.image_size(i) for i in range(len(dataset))}
+    one_size = len(sizes) <= 1
+    return DataLoader(dataset, batch_size=batch_size if one_size else 1, num_workers=workers,
+                      persistent_workers=workers > 0)
+
+
 def _subset(dataset, count: int, seed: int):
     if not count or count >= len(dataset):
         return dataset
@@ -99,7 +111,7 @@ def train(args, config: TrainConfig) -> dict:
     steps_per_epoch = len(train_subset) // config.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"batch size {config.batch_size} exceeds the {len(train_subset)} training images")
-    val_loader = DataLoader(_subset(val_set, config.val_images, config.seed), batch_size=1, num_workers=config.workers)
+    val_loader = evaluation_loader(_subset(val_set, config.val_images, config.seed), config.workers)
 
     os.makedirs(args.out, exist_ok=True)
     last, best_path, log = (os.path.join(args.out, n) for n in ("last.pt", "best.pt", "log.jsonl"))

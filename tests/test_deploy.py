@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader, Subset
 
 import nasfast.ops
 from nasfast.checkpoint import load_checkpoint, model_from_checkpoint
+from nasfast.data import EvalTransform, make_dataset
+from nasfast.train import evaluate_model, evaluation_loader
 from nasfast.data.transforms import to_tensors
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,6 +61,23 @@ def test_evaluate_prints_the_table_5_numbers(trained):
     metrics = json.loads(run("nasfast.evaluate", "--checkpoint", str(trained / "best.pt"), "--scale", "0.25",
                              "--limit", "6", "--json").stdout)
     assert 0 < metrics["miou"] < 1 and len(metrics["iou"]) == 11
+
+
+def test_evaluation_batches_images_of_one_size_with_the_same_metrics(trained, camvid_root, tmp_path):
+    model = model_from_checkpoint(load_checkpoint(trained / "best.pt")).eval()
+    val = make_dataset("camvid", str(camvid_root), split="val", transform=EvalTransform(0.25))
+    val.pairs = val.pairs[:10]
+    batched = evaluation_loader(val, workers=0)
+    assert batched.batch_size == 8
+    metrics = [evaluate_model(model, loader, 11, 255, (), torch.device("cpu"))
+               for loader in (batched, DataLoader(val, batch_size=1))]
+    assert metrics[0]["miou"] == pytest.approx(metrics[1]["miou"], abs=1e-4)
+    assert metrics[0]["pixel_acc"] == pytest.approx(metrics[1]["pixel_acc"], abs=1e-4)
+    first = Image.open(val.pairs[0][0])
+    first.resize((first.width // 2, first.height // 2)).save(tmp_path / "small.png")
+    val.pairs[1] = (tmp_path / "small.png", val.pairs[1][1])
+    assert evaluation_loader(Subset(val, [0, 1, 2]), workers=0).batch_size == 1  # sizes differ
+    assert evaluation_loader(Subset(val, [0, 2, 3]), workers=0).batch_size == 8
 
 
 def camvid_image(camvid_root, size=(160, 120)) -> np.ndarray:

@@ -100,6 +100,15 @@ class SegmentationDataset(torch.utils.data.Dataset):
         image, label = self.load(index)
         return self.transform(image, label, index)
 
+    def image_size(self, index: int) -> Tuple[int, int]:
+        """(width, height) of an image, from its file's header alone."""
+        path = self.pairs[index][0]
+        try:
+            with Image.open(path) as image:
+                return image.size
+        except (OSError, SyntaxError, ValueError) as error:
+            raise DataError(f"{path}: unreadable image ({error})") from None
+
 
 def _read_lines(path: Path, what: str) -> List[List[str]]:
     if not path.is_file():
