@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from . import ops
+from .ops.library import wants_native
 
 
 class ConfusionMatrix:
@@ -24,15 +25,13 @@ class ConfusionMatrix:
                  fused: Optional[bool] = None):
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        if fused and not ops.available():
-            raise RuntimeError("fused=True but the nasfast ops library is not built")
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.exclude = tuple(exclude)
         bad = [c for c in self.exclude if not 0 <= c < num_classes]
         if bad:
             raise ValueError(f"exclude: classes {bad} are not in [0, {num_classes})")
-        self._update = ops.confusion_matrix_update_reference if fused is False else ops.confusion_matrix_update
+        self._update = ops.confusion_matrix_update if wants_native(fused) else ops.confusion_matrix_update_reference
         self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64)
 
     def reset(self) -> None:

@@ -50,6 +50,16 @@ def native_for(tensor: torch.Tensor) -> bool:
     return available() and tensor.device.type in ("cpu", "cuda")
 
 
+def wants_native(fused) -> bool:
+    """The `fused` argument of the modules: None means "when the library is loaded"; True
+    insists on it."""
+    if fused is None:
+        return available()
+    if fused and not available():
+        raise RuntimeError("fused=True but the nasfast ops library is not built (pip install --no-build-isolation .)")
+    return bool(fused)
+
+
 def register_fake(name: str):
     """torch.library.register_fake (shapes for torch.compile / opcheck) when this torch has it."""
     register = getattr(torch.library, "register_fake", None) or getattr(torch.library, "impl_abstract", None)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .library import available, native_for, register_fake
+from .library import available, native_for, register_fake, wants_native
 
 if available():
     @register_fake("nasfast::sep_conv")
@@ -27,17 +27,18 @@ if available():
                      for t, needed in zip((x, depthwise, pointwise), output_mask))
 
 
-def separable_conv_reference(x: Tensor, depthwise: Tensor, pointwise: Tensor, dilation: int) -> Tensor:
+def _depthwise_reference(x: Tensor, depthwise: Tensor, dilation: int) -> Tensor:
     pad = dilation * (depthwise.shape[-1] // 2)
-    y = F.conv2d(x, depthwise, padding=pad, dilation=dilation, groups=x.shape[1])
-    return F.conv2d(y, pointwise)
+    return F.conv2d(x, depthwise, padding=pad, dilation=dilation, groups=x.shape[1])
+
+
+def separable_conv_reference(x: Tensor, depthwise: Tensor, pointwise: Tensor, dilation: int) -> Tensor:
+    return F.conv2d(_depthwise_reference(x, depthwise, dilation), pointwise)
 
 
 def separable_conv_bn_relu_reference(x: Tensor, depthwise: Tensor, pointwise: Tensor, bias: Tensor,
                                      dilation: int) -> Tensor:
-    pad = dilation * (depthwise.shape[-1] // 2)
-    y = F.conv2d(x, depthwise, padding=pad, dilation=dilation, groups=x.shape[1])
-    return F.relu(F.conv2d(y, pointwise, bias))
+    return F.relu(F.conv2d(_depthwise_reference(x, depthwise, dilation), pointwise, bias))
 
 
 def separable_conv(x: Tensor, depthwise: Tensor, pointwise: Tensor, dilation: int) -> Tensor:
@@ -80,7 +81,7 @@ class SeparableConvBNReLU(nn.Module):
 
     def __new__(cls, *args, **kwargs):
         fused = kwargs.get("fused", args[3] if len(args) > 3 else None)
-        if cls is SeparableConvBNReLU and args and _wants_fused(fused):
+        if cls is SeparableConvBNReLU and args and wants_native(fused):
             cls = FusedSeparableConvBNReLU
         return super().__new__(cls)
 
@@ -119,10 +120,3 @@ class FusedSeparableConvBNReLU(SeparableConvBNReLU):
                                           self.bn.weight, self.bn.bias)
         return torch.ops.nasfast.sep_conv_bn_relu(x, self.depthwise.weight, pointwise, bias, self.dilation)
 
-
-def _wants_fused(fused) -> bool:
-    if fused is None:
-        return available()
-    if fused and not available():
-        raise RuntimeError("fused=True but the nasfast ops library is not built (pip install --no-build-isolation .)")
-    return bool(fused)

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .library import available, native_for, register_fake
+from .library import available, native_for, register_fake, wants_native
 
 if available():
     @register_fake("nasfast::upsample_add")
@@ -31,9 +31,7 @@ class UpsampleAdd(nn.Module):
     module never refers to the native op, so it scripts without the library."""
 
     def __new__(cls, fused=None):
-        if cls is UpsampleAdd and (available() if fused is None else fused):
-            if not available():
-                raise RuntimeError("fused=True but the nasfast ops library is not built")
+        if cls is UpsampleAdd and wants_native(fused):
             cls = FusedUpsampleAdd
         return super().__new__(cls)
 
