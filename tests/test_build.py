@@ -1,8 +1,10 @@
 """The native library is built and loadable without Python, and its kernels compile for every
 target: C++14 host compilers, the Jetson TX2 (sm_62, through clang-16) and current GPUs (nvcc)."""
 import os
+import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,17 @@ def test_library_needs_no_python():
     symbols = subprocess.run(["nm", "-D", "--undefined-only", ops.library_path()], capture_output=True, text=True)
     if symbols.returncode == 0:
         assert "PyInit" not in symbols.stdout and " Py" not in symbols.stdout
+
+
+@pytest.mark.skipif(not ops.available() or sys.platform != "linux" or not shutil.which("objdump"),
+                    reason="needs the library, Linux and objdump")
+def test_library_shares_the_cpp_runtime():
+    """A C++ runtime linked statically beside torch's breaks our error messages: a formatted
+    TORCH_CHECK message is cut short (g++ -static-libstdc++ here) or crashes the process."""
+    needed = subprocess.run(["objdump", "-p", ops.library_path()], capture_output=True, text=True, check=True).stdout
+    assert re.search(r"NEEDED\s+lib(std)?c\+\+\.so", needed), (
+        "the ops library links its C++ runtime statically; rebuild with a compiler that links it "
+        "dynamically, e.g. CXX=/usr/bin/g++\n" + needed)
 
 
 def test_kernel_headers_are_torch_free():
