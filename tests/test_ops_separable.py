@@ -73,6 +73,28 @@ def test_float32_forward_and_gradients_over_several_bands_and_tasks(k, d):
 
 
 @needs_ops
+@pytest.mark.parametrize("k, d", SEARCH_SPACE)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_wide_maps_match_reference(k, d, dtype):
+    # Maps and channel counts large enough for the CPU's vector tiles (depthwise: 16 columns x 4
+    # rows d apart; pointwise: 6 channels x 16 pixels): one tile exactly, and sizes whose last
+    # tiles overlap.
+    for shape, out_channels in [((2, 6, 4 * d, 16), 6), ((1, 7, 4 * d + 3, 37), 8)]:
+        x, dw, pw = inputs(shape, k, out_channels=out_channels, dtype=dtype, seed=k * d)
+        bias = torch.randn(out_channels, dtype=dtype)
+        tolerance = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else {}
+        torch.testing.assert_close(torch.ops.nasfast.sep_conv(x, dw, pw, d), separable_conv_reference(x, dw, pw, d),
+                                   **tolerance)
+        torch.testing.assert_close(torch.ops.nasfast.sep_conv_bn_relu(x, dw, pw, bias, d),
+                                   separable_conv_bn_relu_reference(x, dw, pw, bias, d), **tolerance)
+        grad = torch.randn(shape[0], out_channels, *shape[2:], dtype=dtype)
+        got = _gradients(lambda *a: torch.ops.nasfast.sep_conv(*a, d), (x, dw, pw), grad)
+        expected = _gradients(lambda *a: separable_conv_reference(*a, d), (x, dw, pw), grad)
+        for a, b in zip(got, expected):
+            torch.testing.assert_close(a, b, **tolerance)
+
+
+@needs_ops
 def test_non_contiguous_and_channels_last():
     x, dw, pw = inputs((2, 4, 12, 10), 5)
     bias = torch.randn(4, dtype=torch.float64)

@@ -5,8 +5,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <memory>
 #include <tuple>
-#include <vector>
 
 #include "../checks.h"
 #include "../kernels/separable.h"
@@ -18,6 +18,7 @@ namespace {
 struct Geometry {
   int64_t N, C, Cout, H, W, k, d;
   int64_t band_rows, bands;
+  bool wide_vectors;
 };
 
 Geometry geometry(const at::Tensor& x, const at::Tensor& depthwise, const at::Tensor& pointwise, int64_t dilation) {
@@ -31,6 +32,7 @@ Geometry geometry(const at::Tensor& x, const at::Tensor& depthwise, const at::Te
   g.d = dilation;
   g.band_rows = std::max<int64_t>(1, std::min<int64_t>(g.H, kernels::kBandPixels / std::max<int64_t>(1, g.W)));
   g.bands = g.H == 0 ? 0 : (g.H + g.band_rows - 1) / g.band_rows;
+  g.wide_vectors = wide_vectors();
   return g;
 }
 
@@ -40,6 +42,13 @@ void check_cpu(const at::Tensor& x) {
 }
 
 int64_t pad(const Geometry& g) { return g.d * (g.k / 2); }
+
+// Uninitialised scratch (a zeroed std::vector cost 4% of the forward): every element is written
+// before it is read.
+template <typename T>
+std::unique_ptr<T[]> scratch(int64_t size) {
+  return std::unique_ptr<T[]>(new T[std::max<int64_t>(size, 1)]);
+}
 
 // Scratch for the zero-padded rows of `rows` output rows.
 int64_t padded_size(const Geometry& g, int64_t rows) { return (rows + 2 * pad(g)) * (g.W + 2 * pad(g)); }
@@ -51,8 +60,28 @@ NASFAST_CPU_CLONES void depthwise_image_band(const Geometry& g, const T* x, cons
   const int64_t P = (y1 - y0) * g.W;
   for (int64_t c = 0; c < g.C; ++c) {
     kernels::depthwise_band(x + (n * g.C + c) * g.H * g.W, dw + c * g.k * g.k, buffer + c * P, padded, g.H, g.W, g.k,
-                            g.d, y0, y1);
+                            g.d, y0, y1, g.wide_vectors);
   }
+}
+
+template <typename T>
+NASFAST_CPU_CLONES void pointwise_band(const T* weight, const T* in, T* out, const T* bias, int64_t rows, int64_t inner,
+                                       int64_t P, int64_t ld) {
+  kernels::pointwise_tiled(weight, in, out, bias, rows, inner, P, ld);
+}
+
+// out (rows x P, row stride ld) = weight (rows x inner) in (inner x P), then max(out + bias, 0)
+// when bias is not null: on the CPU's vector tiles where they fit (kernels/separable.h), else BLAS.
+template <typename T>
+void multiply(bool wide_vectors, const at::Tensor& weight, const T* in, T* out, const T* bias, int64_t P, int64_t ld) {
+  const int64_t rows = weight.size(0), inner = weight.size(1);
+  if (wide_vectors && kernels::pointwise_tiles_fit<T>(rows, P)) {
+    pointwise_band(weight.data_ptr<T>(), in, out, bias, rows, inner, P, ld);
+    return;
+  }
+  at::Tensor out_matrix = at::from_blob(out, {rows, P}, {ld, 1}, weight.options());
+  at::mm_out(out_matrix, weight, at::from_blob(const_cast<T*>(in), {inner, P}, weight.options()));
+  if (bias) kernels::bias_relu_rows(out, bias, rows, P, ld);
 }
 
 // Forward, with the inference epilogue (bias + ReLU) when `bias` is defined.
@@ -70,18 +99,16 @@ at::Tensor forward(const at::Tensor& x_in, const at::Tensor& dw_in, const at::Te
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sep_conv_cpu", [&] {
     const scalar_t* xp = x.data_ptr<scalar_t>();
     const scalar_t* dwp = dw.data_ptr<scalar_t>();
+    const scalar_t* biasp = bias.defined() ? bias.data_ptr<scalar_t>() : nullptr;
+    scalar_t* outp = out.data_ptr<scalar_t>();
     at::parallel_for(0, g.N * g.bands, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> buffer(g.C * g.band_rows * g.W), padded(padded_size(g, g.band_rows));
+      auto buffer = scratch<scalar_t>(g.C * g.band_rows * g.W);
+      auto padded = scratch<scalar_t>(padded_size(g, g.band_rows));
       for (int64_t t = begin; t < end; ++t) {
         const int64_t n = t / g.bands, y0 = (t % g.bands) * g.band_rows, y1 = std::min(g.H, y0 + g.band_rows);
         const int64_t P = (y1 - y0) * g.W;
-        depthwise_image_band(g, xp, dwp, buffer.data(), padded.data(), n, y0, y1);
-        const at::Tensor band = at::from_blob(buffer.data(), {g.C, P}, x.options());
-        at::Tensor out_band = out[n].view({g.Cout, HW}).narrow(1, y0 * g.W, P);
-        at::mm_out(out_band, pw, band);
-        if (bias.defined()) {
-          kernels::bias_relu_rows(out_band.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), g.Cout, P, HW);
-        }
+        depthwise_image_band(g, xp, dwp, buffer.get(), padded.get(), n, y0, y1);
+        multiply(g.wide_vectors, pw, buffer.get(), outp + n * g.Cout * HW + y0 * g.W, biasp, P, HW);
       }
     });
   });
@@ -117,11 +144,11 @@ NASFAST_CPU_CLONES void depthwise_image_backward(const Geometry& g, const T* x, 
   const int64_t HW = g.H * g.W, kk = g.k * g.k;
   for (int64_t c = 0; c < g.C; ++c) {
     if (need_y || grad_dw) kernels::pad_rows(x + c * HW, b.padded, g.H, g.W, pad(g), 0, g.H);
-    if (need_y) kernels::correlate_valid(b.padded, dw + c * kk, b.y + c * HW, g.H, g.W, g.k, g.d);
+    if (need_y) kernels::correlate_valid(b.padded, dw + c * kk, b.y + c * HW, g.H, g.W, g.k, g.d, g.wide_vectors);
     if (grad_dw) kernels::depthwise_weight_grad(b.gy + c * HW, b.padded, grad_dw + c * kk, g.H, g.W, g.k, g.d);
     if (grad_x) {
       kernels::depthwise_plane_input_grad(b.gy + c * HW, dw + c * kk, grad_x + c * HW, b.padded, b.flipped, g.H, g.W,
-                                          g.k, g.d);
+                                          g.k, g.d, g.wide_vectors);
     }
   }
 }
@@ -159,17 +186,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sep_conv_backward_cpu(const at::T
       scalar_t* gxp = need_x ? grad_x.data_ptr<scalar_t>() : nullptr;
       const int64_t per_task = (g.N + tasks - 1) / tasks;
       at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-        std::vector<scalar_t> y(need_pw ? g.C * HW : 0), gy(g.C * HW), padded(padded_size(g, g.H));
-        std::vector<scalar_t> flipped(kk);
-        const at::Tensor y_matrix = at::from_blob(y.data(), {g.C, HW}, x.options());
-        at::Tensor gy_matrix = at::from_blob(gy.data(), {g.C, HW}, x.options());
+        auto y = scratch<scalar_t>(need_pw ? g.C * HW : 0);
+        auto gy = scratch<scalar_t>(g.C * HW);
+        auto padded = scratch<scalar_t>(padded_size(g, g.H));
+        auto flipped = scratch<scalar_t>(kk);
+        const at::Tensor y_matrix = at::from_blob(y.get(), {g.C, HW}, x.options());
         for (int64_t task = begin; task < end; ++task) {
           at::Tensor grad_pw_part = grad_pw_parts[task];
           scalar_t* gdw = grad_dw_parts[task].data_ptr<scalar_t>();
           for (int64_t n = task * per_task; n < std::min(g.N, (task + 1) * per_task); ++n) {
             const at::Tensor g_n = grad[n].view({g.Cout, HW});
-            if (need_x || need_dw) at::mm_out(gy_matrix, pw_t, g_n);
-            BackwardBuffers<scalar_t> buffers = {y.data(), gy.data(), padded.data(), flipped.data()};
+            if (need_x || need_dw) {
+              multiply<scalar_t>(g.wide_vectors, pw_t, g_n.data_ptr<scalar_t>(), gy.get(), nullptr, HW, HW);
+            }
+            BackwardBuffers<scalar_t> buffers = {y.get(), gy.get(), padded.get(), flipped.get()};
             depthwise_image_backward(g, xp + n * g.C * HW, dwp, need_x ? gxp + n * g.C * HW : nullptr,
                                      need_dw ? gdw : nullptr, need_pw, buffers);
             if (need_pw) grad_pw_part.addmm_(g_n, y_matrix.t());

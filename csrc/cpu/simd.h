@@ -6,6 +6,9 @@
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && __GNUC__ >= 12
 #define NASFAST_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+// Whether the clone that runs has 256-bit vectors and FMA (kernels/separable.h's tiles need them).
+inline bool wide_vectors() { return __builtin_cpu_supports("x86-64-v3"); }
 #else
 #define NASFAST_CPU_CLONES
+inline bool wide_vectors() { return false; }
 #endif

@@ -5,23 +5,27 @@
 // Fusion boundaries, chosen by measurement (bench/ops.py, 2-core CPU):
 //  * Forward, CPU: per image and band of rows (about kBandPixels pixels), the depthwise output of
 //    every channel is computed into a thread-local buffer (C x band, a few hundred KB: it stays in
-//    L2) and multiplied by the pointwise weights at once with BLAS (at::mm into the output rows).
-//    The C x H x W intermediate never goes through memory, and the depthwise taps run as
-//    contiguous row updates the compiler vectorises. Fusing the pointwise into the depthwise loop
-//    itself (no GEMM) was slower: the pointwise is 90% of the arithmetic and BLAS does it best.
+//    L2) and multiplied by the pointwise weights at once, into the output rows. The C x H x W
+//    intermediate never goes through memory. On CPUs with 256-bit vectors both steps run on the
+//    register tiles below (correlate_valid_tiled, pointwise_tiled); elsewhere the depthwise taps
+//    are row updates the compiler vectorises and the pointwise is BLAS (at::mm). Fusing the
+//    pointwise into the depthwise loop itself was slower: it is 90% of the arithmetic and wants
+//    its own register tiling.
 //  * Inference: BN is folded into the pointwise weights and a bias, and bias + ReLU are applied to
 //    each band right after its GEMM, while it is in cache: a separable block in eval is one pass.
 //  * Training: BN needs the batch statistics of the whole output, so BN + ReLU stay outside the
 //    op (one more pass, as in the reference).
-//  * Backward, CPU: per image, band by band: recompute the depthwise band (cheaper than storing
-//    it), grad_pw += g_band * band^T and gy = pw^T * g_band (BLAS), then the depthwise weight and
-//    input gradients from gy while it is in cache. The input gradient of a band spills into its
-//    neighbours' rows (the kernel's halo), so one task owns whole images.
+//  * Backward, CPU: per image: gy = pw^T g (the pointwise tiles, or BLAS), the depthwise output
+//    recomputed (cheaper than storing it), grad_pw += g y^T (BLAS), then the depthwise weight and
+//    input gradients from gy while it is in cache. The input gradient of a band would spill into
+//    its neighbours' rows (the kernel's halo), so one task owns whole images.
 //  * CUDA: forward is one kernel (a depthwise tile in shared memory, then a register-tiled
 //    pointwise and the epilogue); backward recomputes the depthwise output, does both GEMMs with
 //    cuBLAS, the input gradient with a gather kernel and the depthwise weight gradient in one
 //    pass over the channel, summed across blocks with atomics (not bitwise reproducible).
 #pragma once
+#include <algorithm>
+
 #include "common.h"
 
 namespace nasfast {
@@ -94,8 +98,7 @@ NASFAST_CPU_INLINE void pad_rows(const T* plane, T* padded, int64_t H, int64_t W
 }
 
 // out (rows x W) = the K x K correlation (dilation d) of `padded` (rows + (K-1) d) x (W + (K-1) d):
-// vectorised along x, taps unrolled. (Computing 4 output rows per pass to share input loads was
-// measured slower: the 4 accumulators and K x K broadcast weights exceed the vector registers.)
+// vectorised along x, taps unrolled. The portable version; correlate_valid_tiled below is faster.
 template <typename T, int K>
 NASFAST_CPU_INLINE void correlate_valid_fixed(const T* NASFAST_RESTRICT padded, const T* weight, T* NASFAST_RESTRICT out, int64_t rows,
                            int64_t W, int64_t d) {
@@ -135,8 +138,156 @@ NASFAST_CPU_INLINE void correlate_valid_any(const T* NASFAST_RESTRICT padded, co
   }
 }
 
+#if defined(__GNUC__)
+// Tiles for CPUs with 256-bit vectors (AVX2 + FMA; the CPU backend decides at run time):
+// kTileRows output rows (d apart) x 2 vectors of columns are kept in registers, and each input
+// vector is loaded once for every output row that reads it (K x K taps: K loads of a row serve up
+// to K output rows). The volatile load makes it one register load: GCC would otherwise fold the
+// load into each multiply-add that uses it, and those repeated loads are the bottleneck of the
+// plain loop above (half the multiply-add peak on the 2-core CPU's cores; the tiles reach 80-90%).
+#define NASFAST_VECTOR_TILES 1
+constexpr int kTileRows = 4;
+
 template <typename T>
-NASFAST_CPU_INLINE void correlate_valid(const T* padded, const T* weight, T* out, int64_t rows, int64_t W, int64_t k, int64_t d) {
+struct Vectors {
+  enum { kBytes = 32, kLanes = kBytes / sizeof(T), kTileColumns = 2 * kLanes };
+  typedef T Vector __attribute__((vector_size(kBytes)));
+  typedef T Unaligned __attribute__((vector_size(kBytes), aligned(sizeof(T))));
+};
+
+// Output rows y, y + d, ... (kTileRows of them), columns [x, x + kTileColumns).
+template <typename T, int K>
+NASFAST_CPU_INLINE void correlate_tile(const T* NASFAST_RESTRICT padded, const T* w, T* NASFAST_RESTRICT out,
+                                       int64_t y, int64_t x, int64_t W, int64_t d) {
+  typedef typename Vectors<T>::Vector V;
+  typedef typename Vectors<T>::Unaligned U;
+  const int L = Vectors<T>::kLanes;
+  const int64_t Wp = W + (K - 1) * d;
+  V acc[kTileRows][2] = {};
+  NASFAST_UNROLL
+  for (int i = 0; i < kTileRows + K - 1; ++i) {  // input row y + i d feeds output row r with tap ky = i - r
+    const T* row = padded + (y + i * d) * Wp + x;
+    NASFAST_UNROLL
+    for (int kx = 0; kx < K; ++kx) {
+      NASFAST_UNROLL
+      for (int j = 0; j < 2; ++j) {
+        const V v = *reinterpret_cast<const volatile U*>(row + kx * d + j * L);
+        NASFAST_UNROLL
+        for (int r = 0; r < kTileRows; ++r) {
+          if (i - r >= 0 && i - r < K) acc[r][j] += w[(i - r) * K + kx] * v;
+        }
+      }
+    }
+  }
+  for (int r = 0; r < kTileRows; ++r) {
+    for (int j = 0; j < 2; ++j) *reinterpret_cast<U*>(out + (y + r * d) * W + x + j * L) = acc[r][j];
+  }
+}
+
+// correlate_valid_fixed in tiles; needs W >= kTileColumns and rows >= kTileRows * d. The last
+// tile of a row (or of a column of rows) overlaps its neighbour instead of leaving a remainder:
+// the overlap is computed twice, identically.
+template <typename T, int K>
+NASFAST_CPU_INLINE void correlate_valid_tiled(const T* padded, const T* weight, T* out, int64_t rows, int64_t W,
+                                              int64_t d) {
+  const int64_t columns = Vectors<T>::kTileColumns;
+  T w[K * K];
+  for (int i = 0; i < K * K; ++i) w[i] = weight[i];
+  for (int64_t phase = 0; phase < d; ++phase) {  // output rows phase, phase + d, ...: tiles share input rows
+    const int64_t count = (rows - phase + d - 1) / d;
+    for (int64_t m0 = 0; m0 < count; m0 += kTileRows) {
+      const int64_t y = phase + std::min(m0, count - kTileRows) * d;
+      for (int64_t x0 = 0; x0 < W; x0 += columns) {
+        correlate_tile<T, K>(padded, w, out, y, std::min(x0, W - columns), W, d);
+      }
+    }
+  }
+}
+
+template <typename T>
+NASFAST_CPU_INLINE bool tiles_fit(int64_t rows, int64_t W, int64_t k, int64_t d) {
+  return (k == 3 || k == 5) && W >= Vectors<T>::kTileColumns && rows >= kTileRows * d;
+}
+
+// The pointwise 1 x 1 of a band: out (Cout x P, row stride ld) = pw (Cout x C) y (C x P), then
+// max(out + bias, 0) when `bias` is given. A tile of kPointwiseRows output channels x 2 vectors
+// of pixels stays in 12 registers while the C rows of y stream through; y's strip and pw stay in
+// L1. Against BLAS (at::mm) it saves packing y and zeroing out, a fifth of the forward at the
+// decoder's shapes (C = 48 or 64 is too short a sum for BLAS to amortise them).
+constexpr int kPointwiseRows = 6;
+
+template <typename T>
+NASFAST_CPU_INLINE void pointwise_tile(const T* NASFAST_RESTRICT pw, const T* NASFAST_RESTRICT y,
+                                       T* NASFAST_RESTRICT out, const T* bias, int64_t co, int64_t p, int64_t C,
+                                       int64_t P, int64_t ld) {
+  typedef typename Vectors<T>::Vector V;
+  typedef typename Vectors<T>::Unaligned U;
+  const int L = Vectors<T>::kLanes;
+  V acc[kPointwiseRows][2] = {};
+  for (int64_t c = 0; c < C; ++c) {
+    const V v0 = *reinterpret_cast<const volatile U*>(y + c * P + p);
+    const V v1 = *reinterpret_cast<const volatile U*>(y + c * P + p + L);
+    NASFAST_UNROLL
+    for (int r = 0; r < kPointwiseRows; ++r) {
+      const T w = pw[(co + r) * C + c];
+      acc[r][0] += w * v0;
+      acc[r][1] += w * v1;
+    }
+  }
+  for (int r = 0; r < kPointwiseRows; ++r) {
+    for (int j = 0; j < 2; ++j) {
+      V v = acc[r][j];
+      if (bias) {
+        v += bias[co + r];
+        v = v < T(0) ? V{} : v;  // NaN stays NaN, as with torch.relu
+      }
+      *reinterpret_cast<U*>(out + (co + r) * ld + p + j * L) = v;
+    }
+  }
+}
+
+// Needs Cout >= kPointwiseRows and P >= kTileColumns; last tiles overlap as in correlate_valid_tiled.
+template <typename T>
+NASFAST_CPU_INLINE void pointwise_tiled(const T* pw, const T* y, T* out, const T* bias, int64_t Cout, int64_t C,
+                                        int64_t P, int64_t ld) {
+  const int64_t columns = Vectors<T>::kTileColumns;
+  for (int64_t p0 = 0; p0 < P; p0 += columns) {
+    const int64_t p = std::min(p0, P - columns);
+    for (int64_t co0 = 0; co0 < Cout; co0 += kPointwiseRows) {
+      pointwise_tile(pw, y, out, bias, std::min<int64_t>(co0, Cout - kPointwiseRows), p, C, P, ld);
+    }
+  }
+}
+
+template <typename T>
+NASFAST_CPU_INLINE bool pointwise_tiles_fit(int64_t Cout, int64_t P) {
+  return Cout >= kPointwiseRows && P >= Vectors<T>::kTileColumns;
+}
+#else
+// Without vector extensions the CPU backend keeps BLAS for the pointwise (this is never called).
+template <typename T>
+NASFAST_CPU_INLINE bool pointwise_tiles_fit(int64_t, int64_t) { return false; }
+template <typename T>
+NASFAST_CPU_INLINE void pointwise_tiled(const T*, const T*, T*, const T*, int64_t, int64_t, int64_t, int64_t) {}
+#endif
+
+// out = the k x k correlation of `padded` (see correlate_valid_fixed); `wide_vectors`: the CPU
+// runs 256-bit vectors and the code was compiled for them (cpu/simd.h).
+template <typename T>
+NASFAST_CPU_INLINE void correlate_valid(const T* padded, const T* weight, T* out, int64_t rows, int64_t W, int64_t k,
+                                        int64_t d, bool wide_vectors) {
+#ifdef NASFAST_VECTOR_TILES
+  if (wide_vectors && tiles_fit<T>(rows, W, k, d)) {
+    if (k == 3) {
+      correlate_valid_tiled<T, 3>(padded, weight, out, rows, W, d);
+    } else {
+      correlate_valid_tiled<T, 5>(padded, weight, out, rows, W, d);
+    }
+    return;
+  }
+#else
+  (void)wide_vectors;
+#endif
   if (k == 3) {
     correlate_valid_fixed<T, 3>(padded, weight, out, rows, W, d);
   } else if (k == 5) {
@@ -150,19 +301,19 @@ NASFAST_CPU_INLINE void correlate_valid(const T* padded, const T* weight, T* out
 // (y1 - y0 + 2 pad) x (W + 2 pad) values.
 template <typename T>
 NASFAST_CPU_INLINE void depthwise_band(const T* plane, const T* weight, T* out, T* padded, int64_t H, int64_t W, int64_t k, int64_t d,
-                    int64_t y0, int64_t y1) {
+                    int64_t y0, int64_t y1, bool wide_vectors) {
   const int64_t pad = d * (k / 2);
   pad_rows(plane, padded, H, W, pad, y0, y1);
-  correlate_valid(padded, weight, out, y1 - y0, W, k, d);
+  correlate_valid(padded, weight, out, y1 - y0, W, k, d, wide_vectors);
 }
 
 // The input gradient of one whole plane from its output gradient `gy`: the correlation of gy with
 // the taps rotated by 180 degrees. `flipped` holds k x k values, `padded` the padded plane.
 template <typename T>
 NASFAST_CPU_INLINE void depthwise_plane_input_grad(const T* gy, const T* weight, T* grad_plane, T* padded, T* flipped, int64_t H,
-                                int64_t W, int64_t k, int64_t d) {
+                                int64_t W, int64_t k, int64_t d, bool wide_vectors) {
   for (int64_t i = 0; i < k * k; ++i) flipped[i] = weight[k * k - 1 - i];
-  depthwise_band(gy, flipped, grad_plane, padded, H, W, k, d, 0, H);
+  depthwise_band(gy, flipped, grad_plane, padded, H, W, k, d, 0, H, wide_vectors);
 }
 
 // Adds to `grad_weight` (k x k) the correlation of the output gradient `gy` (rows x W) with the
