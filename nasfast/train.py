@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from typing import Tuple
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, RandomSampler, Subset
 from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -126,12 +126,15 @@ def train(args, config: TrainConfig) -> dict:
         json.dump({"genotype": genotype.to_list(), "dataset": args.dataset, **asdict(config)}, f, indent=2)
 
     total_steps = config.epochs * steps_per_epoch
+    order = torch.Generator()
+    loader = DataLoader(train_subset, batch_size=config.batch_size, drop_last=True,
+                        sampler=RandomSampler(train_subset, generator=order), num_workers=config.workers,
+                        persistent_workers=config.workers > 0,  # no new worker processes each epoch
+                        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(config.seed))
     for epoch in range(start_epoch, config.epochs):
         started = time.time()
         augment.set_epoch(epoch)
-        loader = DataLoader(train_subset, batch_size=config.batch_size, shuffle=True, drop_last=True,
-                            num_workers=config.workers, pin_memory=device.type == "cuda",
-                            generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
+        order.manual_seed(config.seed * 1000 + epoch)  # each epoch's order, resumed or not
         model.train()
         losses = []
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=args.no_progress,

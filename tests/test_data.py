@@ -123,6 +123,18 @@ def test_augmentation_does_not_depend_on_workers_or_order(camvid_root):
     assert torch.equal(batch[1], torch.stack([y for _, y in alone]))
 
 
+def test_set_epoch_reaches_persistent_workers(camvid_root):
+    transform = TrainTransform((64, 80), seed=4)
+    dataset = Subset(make_dataset("camvid", transform=transform), [0, 1])
+    loader = DataLoader(dataset, batch_size=2, num_workers=2, persistent_workers=True)
+    epochs = []
+    for epoch in (0, 1):
+        transform.set_epoch(epoch)
+        epochs.append(next(iter(loader))[0])
+        assert torch.equal(epochs[-1], torch.stack([dataset[i][0] for i in (0, 1)]))
+    assert not torch.equal(epochs[0], epochs[1])
+
+
 def test_mirror_is_random_and_keeps_pixels_with_their_labels(camvid_root):
     """At scale 1 with a crop of the whole image, an item is the image or its mirror image."""
     dataset = make_dataset("camvid", transform=TrainTransform((360, 480), scale_range=(1, 1)))

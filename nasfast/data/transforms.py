@@ -6,9 +6,9 @@ uint8 label (255 = ignore), and returns (float image 3xHxW, ImageNet-normalised;
 Training augmentation is the paper's: random scale, horizontal mirror, random crop, padding
 where the scaled image is smaller than the crop (images with the mean colour, which is 0 after
 normalisation; labels with the ignore index). Its randomness comes from (seed, epoch, index)
-alone, so an item is the same whichever DataLoader worker makes it and in whatever order: call
-`set_epoch` before each epoch's DataLoader iterator is created (workers copy the transform when
-the iterator starts, so with persistent_workers=True a later set_epoch would not reach them).
+alone, so an item is the same whichever DataLoader worker makes it and in whatever order. The
+epoch lives in shared memory, so `set_epoch` reaches loader workers that are already running
+(persistent_workers=True): call it before each epoch's iterator starts.
 """
 from typing import Optional, Sequence, Tuple, Union
 
@@ -67,7 +67,8 @@ class TrainTransform:
     """Random scale in `scale_range` (times `base_scale`), mirror with probability 1/2 when
     `mirror`, pad (evenly around, as the authors do) and random crop to `crop_size` (an int or
     (height, width)). Item `index` of epoch `epoch` draws from `np.random.default_rng([seed,
-    epoch, index])`; `seed` and `epoch` may be changed between epochs."""
+    epoch, index])`; `seed` may be changed between epochs (for new workers), `epoch` with
+    `set_epoch`."""
 
     def __init__(self, crop_size: Union[int, Sequence[int]], scale_range: Sequence[float] = (0.5, 2.0),
                  base_scale: float = 1.0, mirror: bool = True, seed: int = 0):
@@ -77,10 +78,15 @@ class TrainTransform:
             raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {scale_range!r}")
         if base_scale <= 0:
             raise ValueError(f"base_scale must be positive, got {base_scale}")
-        self.base_scale, self.mirror, self.seed, self.epoch = base_scale, mirror, seed, 0
+        self.base_scale, self.mirror, self.seed = base_scale, mirror, seed
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self._epoch.fill_(epoch)
 
     def __call__(self, image: np.ndarray, label: np.ndarray, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.seed, self.epoch, index])
