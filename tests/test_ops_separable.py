@@ -181,6 +181,34 @@ def test_module_fused_matches_reference_in_train_and_eval(k, d):
     torch.testing.assert_close(fused.bn.running_mean, reference.bn.running_mean)  # training updated both alike
 
 
+@needs_ops
+def test_inference_keeps_the_fold_until_its_tensors_change():
+    fused = randomised(SeparableConvBNReLU(6, 3, 1, fused=True)).eval()
+    reference = SeparableConvBNReLU(6, 3, 1, fused=False).eval()
+    x = torch.randn(2, 6, 9, 10)
+
+    def check():
+        reference.load_state_dict(fused.state_dict())
+        reference.bn.eps = fused.bn.eps
+        with torch.no_grad():
+            torch.testing.assert_close(fused(x), reference(x), rtol=1e-4, atol=1e-4)
+
+    check()
+    kept = fused._fold
+    check()
+    assert fused._fold is kept  # reused, not folded again
+    with torch.no_grad():
+        fused.bn.running_var.mul_(3)  # in place
+    check()
+    fused.load_state_dict(randomised(SeparableConvBNReLU(6, 3, 1, fused=False)).state_dict())
+    fused.bn.eps = 0.5
+    check()
+    fused.pointwise.weight = torch.nn.Parameter(torch.randn(6, 6, 1, 1))  # new storage
+    check()
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.script(fused)(x), fused(x))  # scripts with a kept fold
+
+
 def test_fold_batch_norm_is_exact_in_float64():
     module = randomised(SeparableConvBNReLU(5, 3, 1, fused=False)).double().eval()
     x = torch.randn(2, 5, 8, 8, dtype=torch.float64)

@@ -116,7 +116,23 @@ class FusedSeparableConvBNReLU(SeparableConvBNReLU):
         if self.training or running_mean is None or running_var is None:
             y = torch.ops.nasfast.sep_conv(x, self.depthwise.weight, self.pointwise.weight, self.dilation)
             return F.relu(self.bn(y))
-        pointwise, bias = fold_batch_norm(self.pointwise.weight, running_mean, running_var, self.bn.eps,
-                                          self.bn.weight, self.bn.bias)
+        if not torch.jit.is_scripting() and not torch.is_grad_enabled():
+            pointwise, bias = self._kept_fold()
+        else:
+            pointwise, bias = fold_batch_norm(self.pointwise.weight, running_mean, running_var, self.bn.eps,
+                                              self.bn.weight, self.bn.bias)
         return torch.ops.nasfast.sep_conv_bn_relu(x, self.depthwise.weight, pointwise, bias, self.dilation)
+
+    @torch.jit.unused
+    def _kept_fold(self) -> Tuple[Tensor, Tensor]:
+        """The folded weights, kept for inference while the tensors they come from are unchanged
+        (same storage, no in-place update): folding is 6 small ops a call, 0.07 ms of launches on
+        a GPU. Not with autograd on, where the fold must be part of each call's graph."""
+        bn = self.bn
+        sources = (self.pointwise.weight, bn.running_mean, bn.running_var, bn.weight, bn.bias)
+        key = tuple((t.data_ptr(), t._version) if t is not None else None for t in sources) + (bn.eps,)
+        if getattr(self, "_fold_key", None) != key:
+            self._fold = fold_batch_norm(*sources[:3], bn.eps, *sources[3:])
+            self._fold_key = key
+        return self._fold
 
