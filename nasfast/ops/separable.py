@@ -74,9 +74,10 @@ class SeparableConvBNReLU(nn.Module):
     `fused` (None: when the ops library is loaded) picks the class once, at construction: a
     reference module never refers to the native ops, so it scripts without the library. The
     fused one runs `sep_conv` then BN + ReLU in training, and one `sep_conv_bn_relu` in eval (BN
-    folded on the fly). Both have the same submodules and state dict. On CUDA tensors the fused
-    module still runs cuDNN unless built with fused=True: cuDNN was 1.1-2.3x faster than the
-    native CUDA kernel at every decoder shape measured (bench/RESULTS.md, H200).
+    folded, and the fold kept for inference). Both have the same submodules and state dict. On
+    CUDA tensors the fused module still runs cuDNN unless built with fused=True: cuDNN was
+    1.1-2.3x faster than the native CUDA kernel at every decoder shape measured (bench/RESULTS.md,
+    H200).
     """
 
     def __new__(cls, *args, **kwargs):
