@@ -145,7 +145,9 @@ NASFAST_CPU_CLONES void depthwise_image_backward(const Geometry& g, const T* x, 
   for (int64_t c = 0; c < g.C; ++c) {
     if (need_y || grad_dw) kernels::pad_rows(x + c * HW, b.padded, g.H, g.W, pad(g), 0, g.H);
     if (need_y) kernels::correlate_valid(b.padded, dw + c * kk, b.y + c * HW, g.H, g.W, g.k, g.d, g.wide_vectors);
-    if (grad_dw) kernels::depthwise_weight_grad(b.gy + c * HW, b.padded, grad_dw + c * kk, g.H, g.W, g.k, g.d);
+    if (grad_dw) {
+      kernels::depthwise_weight_grad(b.gy + c * HW, b.padded, grad_dw + c * kk, g.H, g.W, g.k, g.d, g.wide_vectors);
+    }
     if (grad_x) {
       kernels::depthwise_plane_input_grad(b.gy + c * HW, dw + c * kk, grad_x + c * HW, b.padded, b.flipped, g.H, g.W,
                                           g.k, g.d, g.wide_vectors);

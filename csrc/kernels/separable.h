@@ -263,6 +263,62 @@ template <typename T>
 NASFAST_CPU_INLINE bool pointwise_tiles_fit(int64_t Cout, int64_t P) {
   return Cout >= kPointwiseRows && P >= Vectors<T>::kTileColumns;
 }
+
+// The depthwise weight gradient of 3 x 3 taps (5 x 5 would need 25 accumulators, more than
+// AVX2's 16 vector registers): per tap, the dot product of the output gradient gy with the input
+// rows it met, kept in one vector register per tap over the whole plane. Each input vector is
+// loaded once for the kWeightGradRows gradient rows it meets (rows d apart, as in correlate_tile).
+constexpr int kWeightGradRows = 4;
+
+template <typename T, int R>
+NASFAST_CPU_INLINE void weight_grad_rows_3x3(const T* NASFAST_RESTRICT gy, const T* NASFAST_RESTRICT padded,
+                                             typename Vectors<T>::Vector (&acc)[9], int64_t y, int64_t W,
+                                             int64_t columns, int64_t d) {
+  typedef typename Vectors<T>::Vector V;
+  typedef typename Vectors<T>::Unaligned U;
+  const int L = Vectors<T>::kLanes;
+  const int64_t Wp = W + 2 * d;
+  for (int64_t x = 0; x < columns; x += L) {
+    V g[R];
+    for (int r = 0; r < R; ++r) g[r] = *reinterpret_cast<const volatile U*>(gy + (y + r * d) * W + x);
+    NASFAST_UNROLL
+    for (int i = 0; i < R + 2; ++i) {
+      NASFAST_UNROLL
+      for (int kx = 0; kx < 3; ++kx) {
+        const V v = *reinterpret_cast<const volatile U*>(padded + (y + i * d) * Wp + x + kx * d);
+        NASFAST_UNROLL
+        for (int r = 0; r < R; ++r) {
+          if (i - r >= 0 && i - r < 3) acc[(i - r) * 3 + kx] += g[r] * v;
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+NASFAST_CPU_INLINE void depthwise_weight_grad_3x3_tiled(const T* gy, const T* padded, T* grad_weight, int64_t rows,
+                                                        int64_t W, int64_t d) {
+  typedef typename Vectors<T>::Vector V;
+  const int L = Vectors<T>::kLanes;
+  const int64_t columns = W / L * L, Wp = W + 2 * d;
+  V acc[9] = {};
+  for (int64_t phase = 0; phase < d; ++phase) {
+    const int64_t count = (rows - phase + d - 1) / d;
+    int64_t m = 0;
+    for (; m + kWeightGradRows <= count; m += kWeightGradRows) {
+      weight_grad_rows_3x3<T, kWeightGradRows>(gy, padded, acc, phase + m * d, W, columns, d);
+    }
+    for (; m < count; ++m) weight_grad_rows_3x3<T, 1>(gy, padded, acc, phase + m * d, W, columns, d);
+  }
+  for (int t = 0; t < 9; ++t) {
+    T sum = T(0);
+    for (int l = 0; l < L; ++l) sum += acc[t][l];
+    for (int64_t y = 0; y < rows; ++y) {  // the columns the vectors left
+      for (int64_t x = columns; x < W; ++x) sum += gy[y * W + x] * padded[(y + t / 3 * d) * Wp + x + t % 3 * d];
+    }
+    grad_weight[t] += sum;
+  }
+}
 #else
 // Without vector extensions the CPU backend keeps BLAS for the pointwise (this is never called).
 template <typename T>
@@ -321,7 +377,15 @@ NASFAST_CPU_INLINE void depthwise_plane_input_grad(const T* gy, const T* weight,
 // partial sums so that the compiler keeps them in vector registers.
 template <typename T>
 NASFAST_CPU_INLINE void depthwise_weight_grad(const T* NASFAST_RESTRICT gy, const T* NASFAST_RESTRICT padded, T* grad_weight,
-                           int64_t rows, int64_t W, int64_t k, int64_t d) {
+                           int64_t rows, int64_t W, int64_t k, int64_t d, bool wide_vectors) {
+#ifdef NASFAST_VECTOR_TILES
+  if (wide_vectors && k == 3) {
+    depthwise_weight_grad_3x3_tiled(gy, padded, grad_weight, rows, W, d);
+    return;
+  }
+#else
+  (void)wide_vectors;
+#endif
   constexpr int kLanes = 16;
   const int64_t Wp = W + (k - 1) * d;
   for (int64_t ky = 0; ky < k; ++ky) {

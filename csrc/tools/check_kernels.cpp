@@ -21,7 +21,7 @@ namespace kernels {
                                   bool);                                                                            \
   template void depthwise_plane_input_grad<T>(const T*, const T*, T*, T*, T*, int64_t, int64_t, int64_t, int64_t,    \
                                               bool);                                                                \
-  template void depthwise_weight_grad<T>(const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t);               \
+  template void depthwise_weight_grad<T>(const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t, bool);         \
   template void bias_relu_rows<T>(T*, const T*, int64_t, int64_t, int64_t);                                         \
   template T depthwise_at<T, T>(const T*, const T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t);          \
   template T depthwise_input_grad_at<T, T>(const T*, const T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t);
