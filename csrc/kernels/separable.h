@@ -152,7 +152,9 @@ template <typename T>
 struct Vectors {
   enum { kBytes = 32, kLanes = kBytes / sizeof(T), kTileColumns = 2 * kLanes };
   typedef T Vector __attribute__((vector_size(kBytes)));
-  typedef T Unaligned __attribute__((vector_size(kBytes), aligned(sizeof(T))));
+  // Loads and stores at any element: alignment of T, and allowed to alias T (as immintrin.h's
+  // unaligned types are).
+  typedef T Unaligned __attribute__((vector_size(kBytes), aligned(sizeof(T)), __may_alias__));
 };
 
 // Output rows y, y + d, ... (kTileRows of them), columns [x, x + kTileColumns).
