@@ -100,7 +100,8 @@ def train(args, config: TrainConfig) -> dict:
     val_split = DATASETS[args.dataset][2]
     val_set = make_dataset(args.dataset, args.data_root, split=val_split, transform=EvalTransform(config.scale))
     genotype = parse_genotype(args.genotype)
-    model = create_model(genotype, train_set.num_classes, pretrained=True, aux="cell").to(device)
+    # Resuming loads every weight from the checkpoint: no need for the ImageNet file then.
+    model = create_model(genotype, train_set.num_classes, pretrained=not args.resume, aux="cell").to(device)
     decoder_opt = (torch.optim.Adam(model.decoder.parameters(), config.decoder_lr, weight_decay=config.weight_decay)
                    if config.decoder_optimizer == "adam" else
                    torch.optim.SGD(model.decoder.parameters(), config.decoder_lr, momentum=0.9,
