@@ -123,6 +123,27 @@ def test_augmentation_does_not_depend_on_workers_or_order(camvid_root):
     assert torch.equal(batch[1], torch.stack([y for _, y in alone]))
 
 
+def test_kept_decoded_images_are_read_once_within_the_budget(tmp_path, camvid_root):
+    pairs = CamVid(camvid_root).pairs[:3]
+    (tmp_path / "images").mkdir(), (tmp_path / "labels").mkdir()
+    for i, (image, label) in enumerate(pairs):
+        shutil.copy(image, tmp_path / "images" / f"{i}.png"), shutil.copy(label, tmp_path / "labels" / f"{i}.png")
+    (tmp_path / "classes.txt").write_text("\n".join(CamVid.class_names + ("unlabelled",)) + "\n")
+    dataset = FolderDataset(tmp_path)
+    first = dataset.load(0)
+    item_bytes = first[0].nbytes + first[1].nbytes
+    dataset.keep_decoded(2.5 * item_bytes)  # room for two of the three
+    loaded = [dataset.load(i) for i in range(3)]
+    for i in range(3):
+        (tmp_path / "images" / f"{i}.png").unlink()
+    for i in range(2):
+        image, label = dataset.load(i)  # kept: its file is not read again
+        assert image is loaded[i][0] and not image.flags.writeable and not label.flags.writeable
+    assert np.array_equal(dataset.load(0)[0], first[0]) and np.array_equal(dataset.load(0)[1], first[1])
+    with pytest.raises(DataError):
+        dataset.load(2)  # over the budget: read each time, and now gone
+
+
 def test_set_epoch_reaches_persistent_workers(camvid_root):
     transform = TrainTransform((64, 80), seed=4)
     dataset = Subset(make_dataset("camvid", transform=transform), [0, 1])

@@ -185,6 +185,20 @@ def test_a_complete_memory_mapped_cache_is_reused_and_a_changed_one_rebuilt(tmp_
     assert "reusing" not in log and len(changed.stage1) == 5
 
 
+def test_kept_decoded_images_give_the_same_batches(tmp_path, camvid_root):
+    from nasfast.search.context import build_context
+    contexts = []
+    for gigabytes in (0.0, 1.0):
+        config = preset("tiny")
+        config.stage1_images, config.val_images, config.stage2_images, config.image_cache_gb = 6, 3, 4, gigabytes
+        contexts.append(build_context(config, str(tmp_path / str(gigabytes)), device="cpu"))
+    for batches in (lambda ctx: ctx.stage2_batches(5), lambda ctx: ctx.val_batches()):
+        for (a, b), (c, d) in zip(*(list(batches(ctx)) for ctx in contexts)):
+            assert torch.equal(a, c) and torch.equal(b, d)
+    kept = [ctx.stage2_batches(5).dataset.dataset.kept_bytes for ctx in contexts]
+    assert kept[0] == 0 and kept[1] > 0
+
+
 def test_distillation_from_a_torchscript_teacher_and_time_budget(tmp_path, camvid_root):
     from nasfast import create_model
     teacher = tmp_path / "teacher.pt"

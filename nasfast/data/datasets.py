@@ -73,12 +73,31 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.lookup = np.arange(256, dtype=np.uint8)  # label value -> class or ignore
         for source, target in (label_map or {}).items():
             self.lookup[source] = target
+        self._kept: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}
+        self._keep_bytes = self.kept_bytes = 0
+
+    def keep_decoded(self, max_bytes: float) -> None:
+        """From now on `load` keeps what it decodes in memory (read-only arrays), up to
+        `max_bytes` in all (`kept_bytes` so far), and reads a kept item's files no more. A
+        DataLoader worker keeps its own copy: meant for loading in the main process."""
+        self._keep_bytes = max_bytes
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def load(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
         """The validated image (HxWx3 uint8) and label (HxW uint8, ignore = 255)."""
+        kept = self._kept.get(index)
+        if kept is not None:
+            return kept
+        image, label = self._read(index)
+        if self.kept_bytes + image.nbytes + label.nbytes <= self._keep_bytes:
+            image.flags.writeable = label.flags.writeable = False
+            self._kept[index] = (image, label)
+            self.kept_bytes += image.nbytes + label.nbytes
+        return image, label
+
+    def _read(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
         image_path, label_path = self.pairs[index]
         image = np.asarray(_decode(image_path, "image").convert("RGB"))
         label_image = _decode(label_path, "label")

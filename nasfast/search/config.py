@@ -57,6 +57,7 @@ class SearchConfig:
     entropy_weight: float = option(0.0, "entropy bonus of the controller")
     teacher: Optional[str] = option(None, "TorchScript file of a teacher network for distillation (off when none)")
     workers: int = option(0, "DataLoader worker processes")
+    image_cache_gb: float = option(1.0, "GB of decoded images kept in memory, when workers is 0 (ours)")
     memory_limit_gb: float = option(2.0, "a larger stage-1 cache is memory-mapped from RUN_DIR/cache")
 
     def to_dict(self) -> Dict[str, Any]:

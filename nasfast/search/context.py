@@ -5,7 +5,7 @@ import sys
 from typing import List, Optional, Tuple
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..data import EvalTransform, TrainTransform, make_dataset
@@ -46,6 +46,23 @@ def load_teacher(path: Optional[str], device: torch.device):
     return lambda x: teacher(x)
 
 
+class _Transformed(torch.utils.data.Dataset):
+    """Items `indices` of `dataset` through `transform`: the search's views of its data (stage-1
+    cache, stage 2, meta-val) share one dataset, and so the decoded images it keeps."""
+
+    def __init__(self, dataset, indices: List[int], transform):
+        self.dataset, self.indices, self.transform = dataset, indices, transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item):
+        if isinstance(item, slice):  # build_cache takes batches: made one at a time, not all at once
+            return [self[k] for k in range(*item.indices(len(self)))]
+        index = self.indices[item]
+        return self.transform(*self.dataset.load(index), index)
+
+
 CACHE_MODES = ("auto", "build", "open")
 
 
@@ -76,6 +93,8 @@ def build_context(config: SearchConfig, run_dir: str, data_root: Optional[str] =
         raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
     device = resolve_device(device)
     full = make_dataset(config.dataset, data_root)
+    if config.workers == 0:  # every image is read in this process: decode each once
+        full.keep_decoded(config.image_cache_gb * 1e9)
     train_ids, val_ids = split_indices(len(full), config.val_fraction, config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     stage1_ids = sorted(torch.tensor(train_ids)[torch.randperm(len(train_ids), generator=generator)]
@@ -100,24 +119,24 @@ def build_context(config: SearchConfig, run_dir: str, data_root: Optional[str] =
                   file=sys.stderr)
     else:
         size = _common_size(full, stage1_ids + val_ids, config.scale)
-    cached = make_dataset(config.dataset, data_root, transform=EvalTransform(config.scale, size))
+    evaluated = EvalTransform(config.scale, size)
     if not reuse:
         if os.path.exists(marker):
             os.remove(marker)  # a rebuild killed half-way must not be taken for complete
         memory_limit = 0 if cache == "build" else config.memory_limit_gb * 1e9
-        stage1, stage1_val = _build_caches(config, [cached[i] for i in stage1_ids], [cached[i] for i in val_ids],
-                                           encoder, directory, memory_limit, device)
+        stage1, stage1_val = _build_caches(config, _Transformed(full, stage1_ids, evaluated),
+                                           _Transformed(full, val_ids, evaluated), encoder, directory, memory_limit,
+                                           device)
         if stage1.on_disk and stage1_val.on_disk:  # a resumed or restarted search opens it again
             write_json(marker, contents)
 
-    augmented = make_dataset(config.dataset, data_root, transform=TrainTransform(
-        config.crop_size, config.scale_range, config.scale, seed=config.seed))
-    stage2_set = Subset(augmented, train_ids)
+    stage2_set = _Transformed(full, train_ids, TrainTransform(config.crop_size, config.scale_range, config.scale,
+                                                              seed=config.seed))
     stage2_count = min(len(train_ids), config.stage2_images or len(train_ids))
-    val_set = Subset(cached, val_ids)
+    val_set = _Transformed(full, val_ids, evaluated)
 
     def stage2_batches(seed: int):
-        augmented.transform.seed = seed
+        stage2_set.transform.seed = seed
         sampler = torch.randperm(len(train_ids), generator=torch.Generator().manual_seed(seed))[:stage2_count]
         return DataLoader(stage2_set, batch_size=config.stage2.batch_size, sampler=sampler.tolist(),
                           drop_last=True, num_workers=config.workers)
