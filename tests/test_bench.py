@@ -24,3 +24,14 @@ def test_jetson_elsewhere_measures_nothing_and_says_why():
         return
     result = latency("--device", "jetson")
     assert result.returncode != 0 and "not a Jetson" in result.stderr and result.stdout == ""
+
+
+def test_search_data_table(camvid_root):
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "search_data.py"), "--preset", "tiny",
+                             "--candidates", "2"], capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=600)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "MB kept" in lines[0] and " 0 MB kept" not in lines[0]
+    rows = [line.split() for line in lines[2:]]
+    assert [row[0] for row in rows] == ["1", "2"] and all(row[3].endswith("x") for row in rows)
