@@ -18,7 +18,7 @@ from .data.datasets import DATASETS
 from .genotype import Genotype
 from .metrics import ConfusionMatrix
 from .model import create_model
-from .search.candidate import _check, segmentation_loss
+from .search.candidate import LateLossCheck, segmentation_loss
 from .search.context import resolve_device
 from .search.records import append_record
 
@@ -84,6 +84,12 @@ def evaluation_loader(dataset, workers: int, batch_size: int = 8) -> DataLoader:
                       persistent_workers=workers > 0)
 
 
+def _record(loss, losses: list, bar) -> None:
+    if loss is not None:
+        losses.append(loss)
+        bar.set_postfix(loss=f"{loss:.3f}")
+
+
 def _subset(dataset, count: int, seed: int):
     if not count or count >= len(dataset):
         return dataset
@@ -140,22 +146,23 @@ def train(args, config: TrainConfig) -> dict:
         losses = []
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=args.no_progress,
                    leave=False)
+        check = LateLossCheck(0)
         for step, (images, labels) in enumerate(bar, epoch * steps_per_epoch):
+            _record(check(), losses, bar)
             factor = (1 - step / total_steps) ** config.poly_power
             for opt, base in ((encoder_opt, config.encoder_lr), (decoder_opt, config.decoder_lr)):
                 for group in opt.param_groups:
                     group["lr"] = base * factor
-            images, labels = images.to(device), labels.to(device)
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             logits, aux = model.forward_with_aux(images)
             loss = segmentation_loss(logits, aux, labels, train_set.ignore_index, aux_weight(config, epoch))
-            _check(loss, 0, step)
+            check.defer(loss, step)
             encoder_opt.zero_grad(set_to_none=True)
             decoder_opt.zero_grad(set_to_none=True)
             loss.backward()
             encoder_opt.step()
             decoder_opt.step()
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+        _record(check(), losses, bar)
         metrics = evaluate_model(model, val_loader, train_set.num_classes, train_set.ignore_index, (), device)
         record = {"epoch": epoch, "loss": sum(losses) / len(losses), "val_miou": metrics["miou"],
                   "val_pixel_acc": metrics["pixel_acc"], "seconds": round(time.time() - started, 2)}

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nasfast.search.candidate import CandidateFailed, _check
+from nasfast.search.candidate import CandidateFailed, LateLossCheck, _check
 from nasfast.search.config import SearchConfig, preset
 from nasfast.search.gate import Gate
 from nasfast.search.polyak import Polyak
@@ -122,6 +122,16 @@ def test_non_finite_loss_fails_the_candidate():
     with pytest.raises(CandidateFailed, match="stage 2, step 7"):
         _check(torch.tensor(float("nan")), 2, 7)
     _check(torch.tensor(1.0), 1, 0)
+
+
+def test_losses_are_checked_one_step_late_with_their_own_step():
+    check = LateLossCheck(1)
+    assert check() is None  # nothing yet
+    check.defer(torch.tensor(1.5), 0)
+    assert check() == 1.5
+    check.defer(torch.tensor(float("inf")), 1)
+    with pytest.raises(CandidateFailed, match="stage 1, step 1"):
+        check()  # before step 2, or after the last step
 
 
 def test_gate_continues_above_the_running_mean_and_anneals():

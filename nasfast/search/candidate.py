@@ -2,7 +2,7 @@
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, List, Tuple
+from typing import Callable, Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -61,9 +61,30 @@ def distillation_loss(logits: Tensor, teacher: Tensor) -> Tensor:
     return F.mse_loss(logits, teacher)
 
 
-def _check(loss: Tensor, stage: int, step: int) -> None:
-    if not math.isfinite(loss.item()):
-        raise CandidateFailed(f"non-finite loss ({loss.item()}) at stage {stage}, step {step}")
+def _check(loss: Tensor, stage: int, step: int) -> float:
+    value = loss.item()
+    if not math.isfinite(value):
+        raise CandidateFailed(f"non-finite loss ({value}) at stage {stage}, step {step}")
+    return value
+
+
+class LateLossCheck:
+    """_check one step late, before the next step is queued: reading a loss waits for the GPU,
+    and by then the next batch has been made on the CPU while the GPU ran the step. Calling it
+    returns the loss it checked (None when none was waiting)."""
+
+    def __init__(self, stage: int):
+        self.stage, self.pending = stage, None
+
+    def __call__(self) -> Optional[float]:
+        if self.pending is None:
+            return None
+        loss, step = self.pending
+        self.pending = None
+        return _check(loss, self.stage, step)
+
+    def defer(self, loss: Tensor, step: int) -> None:
+        self.pending = (loss.detach(), step)
 
 
 def _score(forward: Callable[[Tensor], Tensor], batches, ctx: SearchContext) -> float:
@@ -86,19 +107,21 @@ def run_stage1(decoder: Decoder, ctx: SearchContext, generator: torch.Generator)
     optimizer = torch.optim.Adam(decoder.parameters(), lr=cfg.decoder_lr)
     polyak = Polyak(decoder, cfg.polyak_decay)
     decoder.train()
-    step = 0
+    step, check = 0, LateLossCheck(1)
     for _ in range(cfg.epochs):
         for feats, labels, teacher in _cached_batches(ctx.stage1, cfg.batch_size, ctx.device, generator):
+            check()
             logits, aux = decoder.forward_with_aux(feats)
             loss = segmentation_loss(logits, aux, labels, ctx.ignore_index, ctx.config.aux_weight)
             if teacher is not None and cfg.distillation > 0:
                 loss = loss + cfg.distillation * distillation_loss(logits, teacher)
-            _check(loss, 1, step)
+            check.defer(loss, step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             polyak.update(decoder)
             step += 1
+    check()
     averaged = polyak.average
     batches = ((feats, labels) for feats, labels, _ in
                _cached_batches(ctx.stage1_val, cfg.batch_size, ctx.device))
@@ -111,13 +134,14 @@ def run_stage2(decoder: Decoder, ctx: SearchContext, seed: int) -> float:
     optimizer_encoder = torch.optim.SGD(model.encoder.parameters(), lr=cfg.encoder_lr, momentum=0.9)
     optimizer_decoder = torch.optim.Adam(model.decoder.parameters(), lr=cfg.decoder_lr)
     polyak = Polyak(model, cfg.polyak_decay)
-    step = 0
+    step, check = 0, LateLossCheck(2)
     for epoch in range(cfg.epochs):
         for images, labels in ctx.stage2_batches(seed + epoch):
+            check()
             images, labels = images.to(ctx.device), labels.to(ctx.device)
             logits, aux = model.forward_with_aux(images)
             loss = segmentation_loss(logits, aux, labels, ctx.ignore_index, ctx.config.aux_weight)
-            _check(loss, 2, step)
+            check.defer(loss, step)
             optimizer_encoder.zero_grad(set_to_none=True)
             optimizer_decoder.zero_grad(set_to_none=True)
             loss.backward()
@@ -125,6 +149,7 @@ def run_stage2(decoder: Decoder, ctx: SearchContext, seed: int) -> float:
             optimizer_decoder.step()
             polyak.update(model)
             step += 1
+    check()
     averaged = polyak.average
     batches = ((images.to(ctx.device), labels) for images, labels in ctx.val_batches())
     return _score(lambda x: averaged.decoder(averaged.encoder(x)), batches, ctx)
