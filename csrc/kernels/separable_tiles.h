@@ -11,15 +11,12 @@ namespace nasfast {
 namespace kernels {
 
 #if defined(__GNUC__)
-// kTileRows output rows (d apart) x 2 vectors of columns are kept in registers, and each input
-// vector is loaded once for every output row that reads it (K x K taps: K loads of a row serve up
-// to K output rows). The volatile load makes it one register load: GCC would otherwise fold the
-// load into each multiply-add that uses it, and those repeated loads are the bottleneck of the
-// plain correlate_valid_fixed (half the multiply-add peak on the 2-core CPU's cores; the tiles
-// reach 80-90%).
 #define NASFAST_VECTOR_TILES 1
-constexpr int kTileRows = 4;
 
+// The tiles load vectors through a volatile pointer to Unaligned: one register load, used by
+// several multiply-adds. GCC would otherwise fold the load into each multiply-add that uses it,
+// and such repeated loads are what holds the plain correlate_valid_fixed to half the cores'
+// multiply-add peak (2-core CPU); the tiles reach 80-90% of it.
 template <typename T>
 struct Vectors {
   enum { kBytes = 32, kLanes = kBytes / sizeof(T), kTileColumns = 2 * kLanes };
@@ -29,7 +26,11 @@ struct Vectors {
   typedef T Unaligned __attribute__((vector_size(kBytes), aligned(sizeof(T)), __may_alias__));
 };
 
-// Output rows y, y + d, ... (kTileRows of them), columns [x, x + kTileColumns).
+// The depthwise taps: kTileRows output rows (d apart) x 2 vectors of columns stay in registers,
+// and each input vector is loaded once for every output row that reads it (K loads of an input
+// row serve up to K output rows). One tile: output rows y, y + d, ..., columns [x, x + 2 lanes).
+constexpr int kTileRows = 4;
+
 template <typename T, int K>
 NASFAST_CPU_INLINE void correlate_tile(const T* NASFAST_RESTRICT padded, const T* w, T* NASFAST_RESTRICT out,
                                        int64_t y, int64_t x, int64_t W, int64_t d) {
