@@ -191,6 +191,32 @@ def test_scaled_crops_and_padding(camvid_root):
             TrainTransform(**bad)
 
 
+def test_augmentation_is_resize_mirror_pad_crop(camvid_root):
+    """TrainTransform resizes only what its crop keeps: the result is that of resizing the whole
+    image, mirroring, padding evenly around and cropping (exactly at scales 0.5, 1 and 2, up to
+    rounding at others)."""
+    from nasfast.data.transforms import pad, resize, to_tensors
+
+    def whole(transform, image, label, index):
+        rng = np.random.default_rng([transform.seed, transform.epoch, index])
+        image, label = resize(image, label, transform.base_scale * rng.uniform(*transform.scale_range))
+        if transform.mirror and rng.random() < 0.5:
+            image, label = image[:, ::-1], label[:, ::-1]
+        (crop_h, crop_w), (image, label) = transform.crop_size, pad(image, label, *transform.crop_size, centre=True)
+        top, left = rng.integers(0, label.shape[0] - crop_h + 1), rng.integers(0, label.shape[1] - crop_w + 1)
+        return to_tensors(image[top:top + crop_h, left:left + crop_w], label[top:top + crop_h, left:left + crop_w])
+
+    dataset = make_dataset("camvid")
+    for scale_range, crop in [((0.5, 0.5), (400, 500)), ((1, 1), 300), ((2, 2), 256), ((0.5, 2.0), 256)]:
+        transform = TrainTransform(crop, scale_range, base_scale=0.75 if scale_range[0] < scale_range[1] else 1.0)
+        for index in range(6):
+            (a, b), (c, d) = transform(*dataset.load(index), index), whole(transform, *dataset.load(index), index)
+            if scale_range[0] == scale_range[1]:
+                assert torch.equal(a, c) and torch.equal(b, d)
+            else:
+                assert (a - c).abs().max() < 2.5 / 255 / min(STD) and (b == d).float().mean() > 0.99
+
+
 def test_eval_transform_resizes_and_pads(camvid_root):
     dataset = make_dataset("camvid", split="val", transform=EvalTransform(0.25, (100, 130)))
     image, label = dataset[0]
