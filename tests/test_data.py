@@ -191,6 +191,15 @@ def test_scaled_crops_and_padding(camvid_root):
             TrainTransform(**bad)
 
 
+def test_normalisation_is_numpys_float32_arithmetic():
+    from nasfast.data.transforms import to_tensors
+    image = np.repeat(np.arange(256, dtype=np.uint8)[:, None, None], 3, axis=2).repeat(2, axis=1)  # every value
+    expected = ((image.astype(np.float32) / 255 - MEAN) / STD).transpose(2, 0, 1)
+    image.flags.writeable = False  # kept images are read-only; mirrored ones are views
+    x, y = to_tensors(image[:, ::-1], np.zeros((256, 2), np.uint8))
+    assert torch.equal(x, torch.from_numpy(expected[:, :, ::-1].copy())) and y.dtype == torch.int64
+
+
 def test_augmentation_is_resize_mirror_pad_crop(camvid_root):
     """TrainTransform resizes only what its crop keeps: the result is that of resizing the whole
     image, mirroring, padding evenly around and cropping (exactly at scales 0.5, 1 and 2, up to
