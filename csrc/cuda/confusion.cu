@@ -11,8 +11,6 @@ namespace {
 
 constexpr int64_t kSharedBytes = 48 * 1024;
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 // How many blocks of `kernel` the current GPU runs at once: the grid's size, as every block
 // flushes its histogram with K x K atomics at the end.
 template <typename Kernel>

@@ -10,10 +10,11 @@
 
 namespace nasfast {
 
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
 // Blocks for a grid-stride loop over n elements.
 inline unsigned int blocks_for(int64_t n, int threads) {
-  const int64_t wanted = (n + threads - 1) / threads;
-  return static_cast<unsigned int>(std::max<int64_t>(1, std::min<int64_t>(wanted, 65535)));
+  return static_cast<unsigned int>(std::max<int64_t>(1, std::min<int64_t>(ceil_div(n, threads), 65535)));
 }
 
 inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }

@@ -28,10 +28,8 @@ at::Tensor forward(const at::Tensor& x_in, const at::Tensor& dw_in, const at::Te
   const at::Tensor bias = bias_in.defined() ? bias_in.contiguous() : bias_in;
   at::Tensor out = at::empty({N, Cout, H, W}, x.options());
   if (out.numel() == 0) return out;
-  using kernels::kTileOut;
-  using kernels::kTilePixels;
-  const dim3 grid(static_cast<unsigned int>((H * W + kTilePixels - 1) / kTilePixels),
-                  static_cast<unsigned int>((Cout + kTileOut - 1) / kTileOut),
+  const dim3 grid(static_cast<unsigned int>(ceil_div(H * W, kernels::kTilePixels)),
+                  static_cast<unsigned int>(ceil_div(Cout, kernels::kTileOut)),
                   static_cast<unsigned int>(std::min<int64_t>(N, 65535)));
   TORCH_CHECK(grid.y <= 65535, "sep_conv: ", Cout, " output channels exceed the CUDA grid");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sep_conv_cuda", [&] {
@@ -61,10 +59,18 @@ at::Tensor sep_conv_bn_relu_cuda(const at::Tensor& x, const at::Tensor& depthwis
   return forward(x, depthwise, pointwise, bias, dilation);
 }
 
-// Launch shape of the per-plane depthwise kernels: pixels along x, planes along y.
-dim3 plane_grid(int64_t planes, int64_t HW) {
-  return dim3(static_cast<unsigned int>(std::min<int64_t>((HW + kernels::kThreads - 1) / kernels::kThreads, 65535)),
-              static_cast<unsigned int>(std::min<int64_t>(planes, 65535)));
+// out (N x C x H x W) = the depthwise of `in`, or with kInputGrad its input gradient from the
+// output gradient `in`: pixels along the grid's x, planes along its y.
+template <typename scalar_t, bool kInputGrad>
+void depthwise_planes(const at::Tensor& in, const at::Tensor& dw, at::Tensor& out, int64_t dilation) {
+  const int64_t planes = out.size(0) * out.size(1), H = out.size(2), W = out.size(3);
+  const dim3 grid(blocks_for(H * W, kernels::kThreads), static_cast<unsigned int>(std::min<int64_t>(planes, 65535)));
+  kernels::depthwise_planes_kernel<scalar_t, at::opmath_type<scalar_t>, kInputGrad>
+      <<<grid, kernels::kThreads, 0, current_stream()>>>(
+          in.data_ptr<scalar_t>(), dw.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), static_cast<int>(planes),
+          static_cast<int>(out.size(1)), static_cast<int>(H), static_cast<int>(W), static_cast<int>(dw.size(2)),
+          static_cast<int>(dilation));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename scalar_t>
@@ -80,9 +86,9 @@ void depthwise_weight_grad(const at::Tensor& gy, const at::Tensor& x, at::Tensor
   if (k == 3 || k == 5) {
     // About a thousand blocks in all, each a span of at least kThreads pixels of one channel.
     const int64_t HW = static_cast<int64_t>(H) * W;
-    const int64_t spans = std::max<int64_t>(1, std::min<int64_t>((HW + kernels::kThreads - 1) / kernels::kThreads,
+    const int64_t spans = std::max<int64_t>(1, std::min<int64_t>(ceil_div(HW, kernels::kThreads),
                                                                  std::max<int64_t>(1, 1024 / C)));
-    const int span = static_cast<int>((HW + spans - 1) / spans);
+    const int span = static_cast<int>(ceil_div(HW, spans));
     const dim3 grid(static_cast<unsigned int>(C), static_cast<unsigned int>(spans));
     if (k == 3) {
       kernels::depthwise_weight_grad_kernel<scalar_t, acc_t, 3><<<grid, kernels::kThreads, 0, stream>>>(
@@ -118,17 +124,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sep_conv_backward_cuda(const at::
   const at::Tensor grad = grad_in.contiguous().to(x.scalar_type()).view({N, Cout, HW});
   const at::Tensor pw = pw_in.reshape({Cout, C});
   at::Tensor grad_x, grad_dw, grad_pw;
-  const auto stream = current_stream();
-  const dim3 grid = plane_grid(N * C, HW);
-  const int planes = static_cast<int>(N * C);
   if (mask[2]) {
     at::Tensor y = at::empty_like(x);
     if (y.numel() > 0) {
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sep_conv_recompute_cuda", [&] {
-        kernels::depthwise_forward_kernel<scalar_t, at::opmath_type<scalar_t>><<<grid, kernels::kThreads, 0, stream>>>(
-            x.data_ptr<scalar_t>(), dw.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), planes, static_cast<int>(C),
-            static_cast<int>(H), static_cast<int>(W), static_cast<int>(k), static_cast<int>(dilation));
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        depthwise_planes<scalar_t, false>(x, dw, y, dilation);
       });
     }
     grad_pw = at::bmm(grad, y.view({N, C, HW}).transpose(1, 2)).sum(0).view(pw_in.sizes());
@@ -140,12 +140,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sep_conv_backward_cuda(const at::
     if (x.numel() > 0) {
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sep_conv_backward_cuda", [&] {
         if (mask[0]) {
-          kernels::depthwise_input_grad_kernel<scalar_t, at::opmath_type<scalar_t>>
-              <<<grid, kernels::kThreads, 0, stream>>>(gy.data_ptr<scalar_t>(), dw.data_ptr<scalar_t>(),
-                                                       grad_x.data_ptr<scalar_t>(), planes, static_cast<int>(C),
-                                                       static_cast<int>(H), static_cast<int>(W), static_cast<int>(k),
-                                                       static_cast<int>(dilation));
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          depthwise_planes<scalar_t, true>(gy, dw, grad_x, dilation);
         }
         if (mask[1]) depthwise_weight_grad<scalar_t>(gy, x, grad_dw, dilation);
       });

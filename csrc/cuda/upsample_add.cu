@@ -20,9 +20,9 @@ struct RowLaunch {
 };
 
 RowLaunch row_launch(int64_t planes, int64_t rows, int64_t row_length) {
-  const int64_t threads_x = std::min<int64_t>(kernels::kThreads, (row_length + 31) / 32 * 32);
+  const int64_t threads_x = std::min<int64_t>(kernels::kThreads, ceil_div(row_length, 32) * 32);
   const int64_t threads_y = kernels::kThreads / threads_x;
-  const int64_t blocks_x = std::min<int64_t>((rows + threads_y - 1) / threads_y, std::numeric_limits<int32_t>::max());
+  const int64_t blocks_x = std::min<int64_t>(ceil_div(rows, threads_y), std::numeric_limits<int32_t>::max());
   const int64_t blocks_y = std::min<int64_t>(planes, 65535);
   return {dim3(static_cast<unsigned int>(blocks_x), static_cast<unsigned int>(blocks_y)),
           dim3(static_cast<unsigned int>(threads_x), static_cast<unsigned int>(threads_y))};

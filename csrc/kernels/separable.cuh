@@ -88,34 +88,23 @@ __global__ void __launch_bounds__(kSepThreads)
   }
 }
 
-// The depthwise kernels below take one plane per blockIdx.y (looping when there are more than
+// The depthwise kernel below takes one plane per blockIdx.y (looping when there are more than
 // the grid holds) and its pixels along x, so a pixel's row and column come from one 32-bit
 // division.
 
-// y = depthwise(x), planes x H x W; the plane's channel is plane % C.
-template <typename T, typename Acc>
-__global__ void depthwise_forward_kernel(const T* __restrict__ x, const T* __restrict__ depthwise, T* __restrict__ y,
-                                         int planes, int C, int H, int W, int k, int d) {
+// out = depthwise(in), or with kInputGrad the depthwise input gradient gathered from the output
+// gradient `in` (no atomics); both planes x H x W, the plane's channel is plane % C.
+template <typename T, typename Acc, bool kInputGrad>
+__global__ void depthwise_planes_kernel(const T* __restrict__ in, const T* __restrict__ depthwise, T* __restrict__ out,
+                                        int planes, int C, int H, int W, int k, int d) {
   const int HW = H * W;
   for (int plane = blockIdx.y; plane < planes; plane += gridDim.y) {
     const int64_t offset = static_cast<int64_t>(plane) * HW;
+    const T* weight = depthwise + (plane % C) * k * k;
     for (int q = blockIdx.x * blockDim.x + threadIdx.x; q < HW; q += gridDim.x * blockDim.x) {
-      y[offset + q] = static_cast<T>(
-          depthwise_at<Acc>(x + offset, depthwise + (plane % C) * k * k, H, W, k, d, q / W, q % W));
-    }
-  }
-}
-
-// grad_x from gy (both planes x H x W), gathered: no atomics.
-template <typename T, typename Acc>
-__global__ void depthwise_input_grad_kernel(const T* __restrict__ gy, const T* __restrict__ depthwise,
-                                            T* __restrict__ grad_x, int planes, int C, int H, int W, int k, int d) {
-  const int HW = H * W;
-  for (int plane = blockIdx.y; plane < planes; plane += gridDim.y) {
-    const int64_t offset = static_cast<int64_t>(plane) * HW;
-    for (int q = blockIdx.x * blockDim.x + threadIdx.x; q < HW; q += gridDim.x * blockDim.x) {
-      grad_x[offset + q] = static_cast<T>(
-          depthwise_input_grad_at<Acc>(gy + offset, depthwise + (plane % C) * k * k, H, W, k, d, q / W, q % W));
+      const int y = q / W, x = q % W;
+      out[offset + q] = static_cast<T>(kInputGrad ? depthwise_input_grad_at<Acc>(in + offset, weight, H, W, k, d, y, x)
+                                                  : depthwise_at<Acc>(in + offset, weight, H, W, k, d, y, x));
     }
   }
 }

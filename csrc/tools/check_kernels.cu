@@ -43,9 +43,10 @@ struct Half16 {
                                                                  int, int, int, int, int, int);                     \
   template __global__ void sep_conv_forward_kernel<T, Acc, false>(const T*, const T*, const T*, const T*, T*, int, \
                                                                   int, int, int, int, int, int);                    \
-  template __global__ void depthwise_forward_kernel<T, Acc>(const T*, const T*, T*, int, int, int, int, int, int);  \
-  template __global__ void depthwise_input_grad_kernel<T, Acc>(const T*, const T*, T*, int, int, int, int, int,     \
-                                                               int);                                                \
+  template __global__ void depthwise_planes_kernel<T, Acc, false>(const T*, const T*, T*, int, int, int, int, int, \
+                                                                  int);                                             \
+  template __global__ void depthwise_planes_kernel<T, Acc, true>(const T*, const T*, T*, int, int, int, int, int,  \
+                                                                 int);                                              \
   template __global__ void depthwise_weight_grad_kernel<T, Acc, 3>(const T*, const T*, Acc*, int, int, int, int,    \
                                                                    int, int);                                       \
   template __global__ void depthwise_weight_grad_kernel<T, Acc, 5>(const T*, const T*, Acc*, int, int, int, int,    \
