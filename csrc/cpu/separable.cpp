@@ -57,34 +57,35 @@ std::unique_ptr<T[]> scratch(int64_t size) {
 // Scratch for the zero-padded rows of `rows` output rows.
 int64_t padded_size(const Geometry& g, int64_t rows) { return (rows + 2 * pad(g)) * (g.W + 2 * pad(g)); }
 
-// The depthwise output of image n, rows [y0, y1), all channels, into buffer (C x P).
+// The depthwise output of image n, rows [y0, y1), all channels, into buffer (C rows, stride ld).
 template <typename T>
-NASFAST_CPU_CLONES void depthwise_image_band(const Geometry& g, const T* x, const T* dw, T* buffer, T* padded,
-                                             int64_t n, int64_t y0, int64_t y1) {
-  const int64_t P = (y1 - y0) * g.W;
+NASFAST_CPU_CLONES void depthwise_image_band(const Geometry& g, const T* x, const T* dw, T* buffer, int64_t ld,
+                                             T* padded, int64_t n, int64_t y0, int64_t y1) {
   for (int64_t c = 0; c < g.C; ++c) {
-    kernels::depthwise_band(x + (n * g.C + c) * g.H * g.W, dw + c * g.k * g.k, buffer + c * P, padded, g.H, g.W, g.k,
+    kernels::depthwise_band(x + (n * g.C + c) * g.H * g.W, dw + c * g.k * g.k, buffer + c * ld, padded, g.H, g.W, g.k,
                             g.d, y0, y1, g.wide_vectors);
   }
 }
 
 template <typename T>
 NASFAST_CPU_CLONES void pointwise_band(const T* weight, const T* in, T* out, const T* bias, int64_t rows, int64_t inner,
-                                       int64_t P, int64_t ld) {
-  kernels::pointwise_tiled(weight, in, out, bias, rows, inner, P, ld);
+                                       int64_t P, int64_t ld_in, int64_t ld) {
+  kernels::pointwise_tiled(weight, in, out, bias, rows, inner, P, ld_in, ld);
 }
 
-// out (rows x P, row stride ld) = weight (rows x inner) in (inner x P), then max(out + bias, 0)
-// when bias is not null: on the CPU's vector tiles where they fit (kernels/separable.h), else BLAS.
+// out (rows x P, row stride ld) = weight (rows x inner) in (inner x P, row stride ld_in), then
+// max(out + bias, 0) when bias is not null: on the CPU's vector tiles where they fit
+// (kernels/separable.h), else BLAS.
 template <typename T>
-void multiply(bool wide_vectors, const at::Tensor& weight, const T* in, T* out, const T* bias, int64_t P, int64_t ld) {
+void multiply(bool wide_vectors, const at::Tensor& weight, const T* in, int64_t ld_in, T* out, const T* bias, int64_t P,
+              int64_t ld) {
   const int64_t rows = weight.size(0), inner = weight.size(1);
   if (wide_vectors && kernels::pointwise_tiles_fit<T>(rows, P)) {
-    pointwise_band(weight.data_ptr<T>(), in, out, bias, rows, inner, P, ld);
+    pointwise_band(weight.data_ptr<T>(), in, out, bias, rows, inner, P, ld_in, ld);
     return;
   }
   at::Tensor out_matrix = at::from_blob(out, {rows, P}, {ld, 1}, weight.options());
-  at::mm_out(out_matrix, weight, at::from_blob(const_cast<T*>(in), {inner, P}, weight.options()));
+  at::mm_out(out_matrix, weight, at::from_blob(const_cast<T*>(in), {inner, P}, {ld_in, 1}, weight.options()));
   if (bias) kernels::bias_relu_rows(out, bias, rows, P, ld);
 }
 
@@ -105,14 +106,15 @@ at::Tensor forward(const at::Tensor& x_in, const at::Tensor& dw_in, const at::Te
     const scalar_t* dwp = dw.data_ptr<scalar_t>();
     const scalar_t* biasp = bias.defined() ? bias.data_ptr<scalar_t>() : nullptr;
     scalar_t* outp = out.data_ptr<scalar_t>();
+    const int64_t ld = kernels::scratch_stride<scalar_t>(g.band_rows * g.W);
     at::parallel_for(0, g.N * g.bands, 1, [&](int64_t begin, int64_t end) {
-      auto buffer = scratch<scalar_t>(g.C * g.band_rows * g.W);
+      auto buffer = scratch<scalar_t>(g.C * ld);
       auto padded = scratch<scalar_t>(padded_size(g, g.band_rows));
       for (int64_t t = begin; t < end; ++t) {
         const int64_t n = t / g.bands, y0 = (t % g.bands) * g.band_rows, y1 = std::min(g.H, y0 + g.band_rows);
         const int64_t P = (y1 - y0) * g.W;
-        depthwise_image_band(g, xp, dwp, buffer.get(), padded.get(), n, y0, y1);
-        multiply(g.wide_vectors, pw, buffer.get(), outp + n * g.Cout * HW + y0 * g.W, biasp, P, HW);
+        depthwise_image_band(g, xp, dwp, buffer.get(), ld, padded.get(), n, y0, y1);
+        multiply(g.wide_vectors, pw, buffer.get(), ld, outp + n * g.Cout * HW + y0 * g.W, biasp, P, HW);
       }
     });
   });
@@ -134,6 +136,7 @@ at::Tensor sep_conv_bn_relu_cpu(const at::Tensor& x, const at::Tensor& depthwise
 
 template <typename T>
 struct BackwardBuffers {
+  int64_t ld;  // row stride of y and gy
   T* y;        // C x HW: the recomputed depthwise output
   T* gy;       // C x HW: its gradient, pw^T g
   T* padded;   // one zero-padded plane
@@ -148,12 +151,12 @@ NASFAST_CPU_CLONES void depthwise_image_backward(const Geometry& g, const T* x, 
   const int64_t HW = g.H * g.W, kk = g.k * g.k;
   for (int64_t c = 0; c < g.C; ++c) {
     if (need_y || grad_dw) kernels::pad_rows(x + c * HW, b.padded, g.H, g.W, pad(g), 0, g.H);
-    if (need_y) kernels::correlate_valid(b.padded, dw + c * kk, b.y + c * HW, g.H, g.W, g.k, g.d, g.wide_vectors);
+    if (need_y) kernels::correlate_valid(b.padded, dw + c * kk, b.y + c * b.ld, g.H, g.W, g.k, g.d, g.wide_vectors);
     if (grad_dw) {
-      kernels::depthwise_weight_grad(b.gy + c * HW, b.padded, grad_dw + c * kk, g.H, g.W, g.k, g.d, g.wide_vectors);
+      kernels::depthwise_weight_grad(b.gy + c * b.ld, b.padded, grad_dw + c * kk, g.H, g.W, g.k, g.d, g.wide_vectors);
     }
     if (grad_x) {
-      kernels::depthwise_plane_input_grad(b.gy + c * HW, dw + c * kk, grad_x + c * HW, b.padded, b.flipped, g.H, g.W,
+      kernels::depthwise_plane_input_grad(b.gy + c * b.ld, dw + c * kk, grad_x + c * HW, b.padded, b.flipped, g.H, g.W,
                                           g.k, g.d, g.wide_vectors);
     }
   }
@@ -191,21 +194,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sep_conv_backward_cpu(const at::T
       const scalar_t* dwp = dw.data_ptr<scalar_t>();
       scalar_t* gxp = need_x ? grad_x.data_ptr<scalar_t>() : nullptr;
       const int64_t per_task = (g.N + tasks - 1) / tasks;
+      const int64_t ld = kernels::scratch_stride<scalar_t>(HW);
       at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-        auto y = scratch<scalar_t>(need_pw ? g.C * HW : 0);
-        auto gy = scratch<scalar_t>(g.C * HW);
+        auto y = scratch<scalar_t>(need_pw ? g.C * ld : 0);
+        auto gy = scratch<scalar_t>(g.C * ld);
         auto padded = scratch<scalar_t>(padded_size(g, g.H));
         auto flipped = scratch<scalar_t>(kk);
-        const at::Tensor y_matrix = at::from_blob(y.get(), {g.C, HW}, x.options());
+        const at::Tensor y_matrix = at::from_blob(y.get(), {g.C, HW}, {ld, 1}, x.options());
         for (int64_t task = begin; task < end; ++task) {
           at::Tensor grad_pw_part = grad_pw_parts[task];
           scalar_t* gdw = grad_dw_parts[task].data_ptr<scalar_t>();
           for (int64_t n = task * per_task; n < std::min(g.N, (task + 1) * per_task); ++n) {
             const at::Tensor g_n = grad[n].view({g.Cout, HW});
             if (need_x || need_dw) {
-              multiply<scalar_t>(g.wide_vectors, pw_t, g_n.data_ptr<scalar_t>(), gy.get(), nullptr, HW, HW);
+              multiply<scalar_t>(g.wide_vectors, pw_t, g_n.data_ptr<scalar_t>(), HW, gy.get(), nullptr, HW, ld);
             }
-            BackwardBuffers<scalar_t> buffers = {y.get(), gy.get(), padded.get(), flipped.get()};
+            BackwardBuffers<scalar_t> buffers = {ld, y.get(), gy.get(), padded.get(), flipped.get()};
             depthwise_image_backward(g, xp + n * g.C * HW, dwp, need_x ? gxp + n * g.C * HW : nullptr,
                                      need_dw ? gdw : nullptr, need_pw, buffers);
             if (need_pw) grad_pw_part.addmm_(g_n, y_matrix.t());

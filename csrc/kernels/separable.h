@@ -33,6 +33,16 @@ namespace kernels {
 // Pixels per band on the CPU: C x kBandPixels values of scratch per thread.
 constexpr int64_t kBandPixels = 2048;
 
+// Row stride of a C x P scratch matrix whose columns the pointwise step reads a strip at a time,
+// all C rows: an odd number of cache lines, so that the rows fall in different L1 sets. At a
+// power-of-two P (every band and plane of a power-of-two map) the C rows of a strip shared one
+// 8-way set and came from L2: 0.35 -> 0.30 ms, the forward at N=8 C=48 32x32 on 2 cores.
+template <typename T>
+NASFAST_CPU_INLINE int64_t scratch_stride(int64_t P) {
+  const int64_t line = 64 / sizeof(T);
+  return ((P + line - 1) / line | 1) * line;
+}
+
 // --- per element (CPU and CUDA) -----------------------------------------------------------------
 
 // Depthwise output at (y, x) of one H x W plane; `weight` is that channel's k x k taps.

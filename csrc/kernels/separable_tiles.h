@@ -84,7 +84,8 @@ NASFAST_CPU_INLINE bool tiles_fit(int64_t rows, int64_t W, int64_t k, int64_t d)
   return (k == 3 || k == 5) && W >= Vectors<T>::kTileColumns && rows >= kTileRows * d;
 }
 
-// The pointwise 1 x 1 of a band: out (Cout x P, row stride ld) = pw (Cout x C) y (C x P), then
+// The pointwise 1 x 1 of a band: out (Cout x P, row stride ld) = pw (Cout x C) y (C x P, row
+// stride ldy: see scratch_stride in separable.h), then
 // max(out + bias, 0) when `bias` is given. A tile of kPointwiseRows output channels x 2 vectors
 // of pixels stays in 12 registers while the C rows of y stream through; y's strip and pw stay in
 // L1. Against BLAS (at::mm) it saves packing y and zeroing out, a fifth of the forward at the
@@ -94,14 +95,14 @@ constexpr int kPointwiseRows = 6;
 template <typename T>
 NASFAST_CPU_INLINE void pointwise_tile(const T* NASFAST_RESTRICT pw, const T* NASFAST_RESTRICT y,
                                        T* NASFAST_RESTRICT out, const T* bias, int64_t co, int64_t p, int64_t C,
-                                       int64_t P, int64_t ld) {
+                                       int64_t ldy, int64_t ld) {
   typedef typename Vectors<T>::Vector V;
   typedef typename Vectors<T>::Unaligned U;
   const int L = Vectors<T>::kLanes;
   V acc[kPointwiseRows][2] = {};
   for (int64_t c = 0; c < C; ++c) {
-    const V v0 = *reinterpret_cast<const volatile U*>(y + c * P + p);
-    const V v1 = *reinterpret_cast<const volatile U*>(y + c * P + p + L);
+    const V v0 = *reinterpret_cast<const volatile U*>(y + c * ldy + p);
+    const V v1 = *reinterpret_cast<const volatile U*>(y + c * ldy + p + L);
     NASFAST_UNROLL
     for (int r = 0; r < kPointwiseRows; ++r) {
       const T w = pw[(co + r) * C + c];
@@ -124,12 +125,12 @@ NASFAST_CPU_INLINE void pointwise_tile(const T* NASFAST_RESTRICT pw, const T* NA
 // Needs Cout >= kPointwiseRows and P >= kTileColumns; last tiles overlap as in correlate_valid_tiled.
 template <typename T>
 NASFAST_CPU_INLINE void pointwise_tiled(const T* pw, const T* y, T* out, const T* bias, int64_t Cout, int64_t C,
-                                        int64_t P, int64_t ld) {
+                                        int64_t P, int64_t ldy, int64_t ld) {
   const int64_t columns = Vectors<T>::kTileColumns;
   for (int64_t p0 = 0; p0 < P; p0 += columns) {
     const int64_t p = std::min(p0, P - columns);
     for (int64_t co0 = 0; co0 < Cout; co0 += kPointwiseRows) {
-      pointwise_tile(pw, y, out, bias, std::min<int64_t>(co0, Cout - kPointwiseRows), p, C, P, ld);
+      pointwise_tile(pw, y, out, bias, std::min<int64_t>(co0, Cout - kPointwiseRows), p, C, ldy, ld);
     }
   }
 }
@@ -199,7 +200,7 @@ NASFAST_CPU_INLINE void depthwise_weight_grad_3x3_tiled(const T* gy, const T* pa
 template <typename T>
 NASFAST_CPU_INLINE bool pointwise_tiles_fit(int64_t, int64_t) { return false; }
 template <typename T>
-NASFAST_CPU_INLINE void pointwise_tiled(const T*, const T*, T*, const T*, int64_t, int64_t, int64_t, int64_t) {}
+NASFAST_CPU_INLINE void pointwise_tiled(const T*, const T*, T*, const T*, int64_t, int64_t, int64_t, int64_t, int64_t) {}
 #endif
 
 }  // namespace kernels
