@@ -189,8 +189,8 @@ NASFAST_CPU_INLINE void depthwise_weight_grad_3x3_tiled(const T* gy, const T* pa
   for (int t = 0; t < 9; ++t) {
     T sum = T(0);
     for (int l = 0; l < L; ++l) sum += acc[t][l];
-    for (int64_t y = 0; y < rows; ++y) {  // the columns the vectors left
-      for (int64_t x = columns; x < W; ++x) sum += gy[y * W + x] * padded[(y + t / 3 * d) * Wp + x + t % 3 * d];
+    for (int64_t x = columns; x < W; ++x) {  // the columns the vectors left (often none)
+      for (int64_t y = 0; y < rows; ++y) sum += gy[y * W + x] * padded[(y + t / 3 * d) * Wp + x + t % 3 * d];
     }
     grad_weight[t] += sum;
   }
