@@ -18,7 +18,7 @@ from .data.datasets import DATASETS
 from .genotype import Genotype
 from .metrics import ConfusionMatrix
 from .model import create_model
-from .search.candidate import LateLossCheck, segmentation_loss
+from .search.candidate import LateLossCheck, descend, segmentation_loss
 from .search.context import resolve_device
 from .search.records import append_record
 
@@ -157,11 +157,7 @@ def train(args, config: TrainConfig) -> dict:
             logits, aux = model.forward_with_aux(images)
             loss = segmentation_loss(logits, aux, labels, train_set.ignore_index, aux_weight(config, epoch))
             check.defer(loss, step)
-            encoder_opt.zero_grad(set_to_none=True)
-            decoder_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            encoder_opt.step()
-            decoder_opt.step()
+            descend(loss, encoder_opt, decoder_opt)
         _record(check(), losses, bar)
         metrics = evaluate_model(model, val_loader, train_set.num_classes, train_set.ignore_index, (), device)
         record = {"epoch": epoch, "loss": sum(losses) / len(losses), "val_miou": metrics["miou"],

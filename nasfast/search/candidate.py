@@ -55,6 +55,15 @@ def segmentation_loss(logits: Tensor, aux: List[Tensor], labels: Tensor, ignore_
     return loss
 
 
+def descend(loss: Tensor, *optimizers: torch.optim.Optimizer) -> None:
+    """One gradient step of every optimizer on loss."""
+    for optimizer in optimizers:
+        optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    for optimizer in optimizers:
+        optimizer.step()
+
+
 def distillation_loss(logits: Tensor, teacher: Tensor) -> Tensor:
     if teacher.shape[-2:] != logits.shape[-2:]:
         teacher = F.interpolate(teacher, size=logits.shape[-2:], mode="bilinear", align_corners=False)
@@ -116,9 +125,7 @@ def run_stage1(decoder: Decoder, ctx: SearchContext, generator: torch.Generator)
             if teacher is not None and cfg.distillation > 0:
                 loss = loss + cfg.distillation * distillation_loss(logits, teacher)
             check.defer(loss, step)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            descend(loss, optimizer)
             polyak.update(decoder)
             step += 1
     check()
@@ -142,11 +149,7 @@ def run_stage2(decoder: Decoder, ctx: SearchContext, seed: int) -> float:
             logits, aux = model.forward_with_aux(images)
             loss = segmentation_loss(logits, aux, labels, ctx.ignore_index, ctx.config.aux_weight)
             check.defer(loss, step)
-            optimizer_encoder.zero_grad(set_to_none=True)
-            optimizer_decoder.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer_encoder.step()
-            optimizer_decoder.step()
+            descend(loss, optimizer_encoder, optimizer_decoder)
             polyak.update(model)
             step += 1
     check()
