@@ -92,6 +92,8 @@ void multiply(bool wide_vectors, const at::Tensor& weight, const T* in, int64_t 
 // Forward, with the inference epilogue (bias + ReLU) when `bias` is defined.
 at::Tensor forward(const at::Tensor& x_in, const at::Tensor& dw_in, const at::Tensor& pw_in, const at::Tensor& bias_in,
                    int64_t dilation) {
+  check_separable(x_in, dw_in, pw_in, dilation);
+  if (bias_in.defined()) check_bias(x_in, pw_in, bias_in);
   check_cpu(x_in);
   const at::Tensor x = x_in.contiguous();
   const at::Tensor dw = dw_in.contiguous();
@@ -123,14 +125,11 @@ at::Tensor forward(const at::Tensor& x_in, const at::Tensor& dw_in, const at::Te
 
 at::Tensor sep_conv_cpu(const at::Tensor& x, const at::Tensor& depthwise, const at::Tensor& pointwise,
                         int64_t dilation) {
-  check_separable(x, depthwise, pointwise, dilation);
   return forward(x, depthwise, pointwise, at::Tensor(), dilation);
 }
 
 at::Tensor sep_conv_bn_relu_cpu(const at::Tensor& x, const at::Tensor& depthwise, const at::Tensor& pointwise,
                                 const at::Tensor& bias, int64_t dilation) {
-  check_separable(x, depthwise, pointwise, dilation);
-  check_bias(x, pointwise, bias);
   return forward(x, depthwise, pointwise, bias, dilation);
 }
 
