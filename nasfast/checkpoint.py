@@ -8,10 +8,12 @@ from .model import Segmenter, create_model
 from .search.records import write_atomic
 
 
-def save_checkpoint(path: str, state: Dict[str, Any]) -> None:
+def save_checkpoint(state: Dict[str, Any], *paths: str) -> None:
+    """Serialises state once and writes it to each path."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    write_atomic(path, buffer.getvalue())
+    for path in paths:
+        write_atomic(path, buffer.getvalue())
 
 
 def load_checkpoint(path: str) -> Dict[str, Any]:

@@ -167,10 +167,9 @@ def train(args, config: TrainConfig) -> dict:
                  "best_miou": max(best, metrics["miou"]), "genotype": genotype.to_list(),
                  "num_classes": train_set.num_classes, "channels": 64, "sep_repeats": 2,
                  "dataset": args.dataset, "class_names": list(train_set.class_names)}
-        if metrics["miou"] > best:
-            best = metrics["miou"]
-            save_checkpoint(best_path, state)
-        save_checkpoint(last, state)
+        improved = metrics["miou"] > best
+        best = max(best, metrics["miou"])
+        save_checkpoint(state, *((best_path, last) if improved else (last,)))
         append_record(log, record)
         print(f"epoch {epoch + 1}/{config.epochs}: loss {record['loss']:.4f}, val mIoU {metrics['miou']:.4f}"
               f" (best {best:.4f})", file=sys.stderr)

@@ -42,6 +42,7 @@ def test_training_logs_val_miou_and_saves_checkpoints(trained):
     assert all(0 < r["val_miou"] < 1 for r in log)
     best = load_checkpoint(str(trained / "best.pt"))
     assert best["best_miou"] == max(r["val_miou"] for r in log)
+    assert best["epoch"] == max(log, key=lambda r: r["val_miou"])["epoch"]
     assert load_checkpoint(str(trained / "last.pt"))["epoch"] == 1
 
 
