@@ -8,9 +8,10 @@ import nasfast.ops as ops
 from nasfast.ops import UpsampleAdd, upsample_add_reference
 
 needs_ops = pytest.mark.skipif(not ops.available(), reason="native ops library not built")
+DOWN_AND_UP = ((6, 10), (11, 7))  # fewer rows than low, more columns
 SIZES = [  # (high, low): integer, non-integer and odd scales, equal sizes, 1x1
     ((8, 8), (4, 4)), ((23, 30), (12, 15)), ((45, 60), (12, 15)), ((7, 9), (7, 9)),
-    ((5, 6), (1, 1)), ((128, 128), (16, 16)), ((13, 17), (5, 3)),
+    ((5, 6), (1, 1)), ((128, 128), (16, 16)), ((13, 17), (5, 3)), DOWN_AND_UP,
 ]
 
 
@@ -37,7 +38,7 @@ def test_non_contiguous_and_channels_last():
 
 
 @needs_ops
-@pytest.mark.parametrize("high, low", SIZES[:5])
+@pytest.mark.parametrize("high, low", SIZES[:5] + [DOWN_AND_UP])
 def test_gradcheck_float64(high, low):
     h, l = inputs(high, low, dtype=torch.float64, batch=1, channels=2)
     h.requires_grad_(), l.requires_grad_()

@@ -16,8 +16,9 @@ template <typename T>
 NASFAST_CPU_CLONES void forward_planes(const T* high, const T* low, T* out, int64_t begin, int64_t end, int64_t H,
                                        int64_t W, int64_t h, int64_t w, const kernels::LinearTap<T>* ty,
                                        const kernels::LinearTap<T>* tx) {
+  std::vector<T> rows(2 * W);
   for (int64_t p = begin; p < end; ++p) {
-    kernels::upsample_add_plane(high + p * H * W, low + p * h * w, out + p * H * W, H, W, w, ty, tx);
+    kernels::upsample_add_plane(high + p * H * W, low + p * h * w, out + p * H * W, H, W, w, ty, tx, rows.data());
   }
 }
 
@@ -25,8 +26,9 @@ template <typename T>
 NASFAST_CPU_CLONES void backward_low_planes(const T* grad, T* grad_low, int64_t begin, int64_t end, int64_t H,
                                             int64_t W, int64_t h, int64_t w, const kernels::LinearTap<T>* ty,
                                             const kernels::LinearTap<T>* tx) {
+  std::vector<T> rows(2 * W);
   for (int64_t p = begin; p < end; ++p) {
-    kernels::upsample_add_backward_low_plane(grad + p * H * W, grad_low + p * h * w, H, W, w, ty, tx);
+    kernels::upsample_add_backward_low_plane(grad + p * H * W, grad_low + p * h * w, H, W, w, ty, tx, rows.data());
   }
 }
 

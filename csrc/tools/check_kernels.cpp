@@ -11,9 +11,9 @@ namespace kernels {
 #define NASFAST_INSTANTIATE(T)                                                                                      \
   template void make_taps<T>(LinearTap<T>*, int64_t, int64_t);                                                      \
   template void upsample_add_plane<T>(const T*, const T*, T*, int64_t, int64_t, int64_t, const LinearTap<T>*,        \
-                                      const LinearTap<T>*);                                                         \
+                                      const LinearTap<T>*, T*);                                                     \
   template void upsample_add_backward_low_plane<T>(const T*, T*, int64_t, int64_t, int64_t, const LinearTap<T>*,     \
-                                                   const LinearTap<T>*);                                            \
+                                                   const LinearTap<T>*, T*);                                        \
   template void confusion_from_logits_rows<T, int64_t>(const T*, const int64_t*, int64_t*, int64_t, int64_t,         \
                                                        int64_t, int64_t, int64_t, int64_t, const LinearTap<T>*,     \
                                                        const LinearTap<T>*, int64_t, int64_t);                      \
