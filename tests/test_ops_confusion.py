@@ -73,6 +73,17 @@ def test_infinite_and_nan_logits_at_label_size_follow_torch_argmax():
 
 
 @needs_ops
+def test_nan_logits_when_upsampling_count_as_the_largest():
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(1, 4, 5, 6, generator=g, dtype=torch.float64)
+    logits[0, 3, 1, 1] = float("nan")  # every label pixel that interpolates it predicts class 3 ...
+    logits[0, 1, 1, 2] = float("nan")  # ... unless it also reads this one: class 1 comes first
+    target = torch.randint(0, 4, (1, 15, 17), generator=g)
+    fused, reference = both(logits, target, 4)
+    assert torch.equal(fused, reference) and fused[:, 1].sum() > 0 and fused[:, 3].sum() > 0
+
+
+@needs_ops
 def test_ignore_index_and_an_all_ignored_batch():
     g = torch.Generator().manual_seed(7)
     logits = torch.randn(2, 3, 4, 4, generator=g)

@@ -9,9 +9,21 @@
 
 #include "../checks.h"
 #include "../kernels/confusion.h"
+#include "simd.h"
 
 namespace nasfast {
 namespace {
+
+// Multiversioned (cpu/simd.h): the blend and running argmax over a label row vectorise, 2.3x
+// faster with AVX2 / AVX-512 than with the baseline SSE2 (reward at N=8, 2 cores).
+template <typename T>
+NASFAST_CPU_CLONES void logits_rows(const T* logits, const int64_t* target, int64_t* counts, int64_t K, int64_t h,
+                                    int64_t w, int64_t H, int64_t W, int64_t ignore_index,
+                                    const kernels::LinearTap<T>* ty, const kernels::LinearTap<T>* tx, int64_t y0,
+                                    int64_t y1, T* scratch, int64_t* best) {
+  kernels::confusion_from_logits_rows(logits, target, counts, K, h, w, H, W, ignore_index, ty, tx, y0, y1, scratch,
+                                      best);
+}
 
 // Tasks take runs of label rows; each counts into its own K x K histogram, and the histograms
 // are added to the matrix in task order.
@@ -51,10 +63,12 @@ void confusion_matrix_update_cpu(at::Tensor& matrix, const at::Tensor& scores_in
       for (int64_t x = 0; x < W; ++x) tx[x] = kernels::linear_tap<scalar_t>(x, w, W);
       const scalar_t* lp = pred.data_ptr<scalar_t>();
       at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+        std::vector<scalar_t> scratch((2 * K + 1) * W);
+        std::vector<int64_t> best(W);
         for (int64_t t = begin; t < end; ++t) {
           for_each_run(t, [&](int64_t n, int64_t y0, int64_t y1) {
-            kernels::confusion_from_logits_rows(lp + n * K * h * w, tp + n * H * W, partial[t].data(), K, h, w, H,
-                                                W, ignore_index, ty.data(), tx.data(), y0, y1);
+            logits_rows(lp + n * K * h * w, tp + n * H * W, partial[t].data(), K, h, w, H, W, ignore_index,
+                        ty.data(), tx.data(), y0, y1, scratch.data(), best.data());
           });
         }
       });

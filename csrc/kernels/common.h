@@ -75,5 +75,13 @@ NASFAST_HOST_DEVICE inline Acc bilinear_at(const T* plane, int64_t w, const Line
          ty.w1 * (tx.w0 * static_cast<Acc>(row1[tx.i0]) + tx.w1 * static_cast<Acc>(row1[tx.i1]));
 }
 
+// CPU: out (W) = row (w) interpolated along x. The CPU kernels interpolate in two passes, along x
+// once per low row, then along y per output row (see upsample_add.h).
+template <typename T>
+NASFAST_CPU_INLINE void interpolate_row(const T* NASFAST_RESTRICT row, T* NASFAST_RESTRICT out, int64_t W,
+                                        const LinearTap<T>* tx) {
+  for (int64_t x = 0; x < W; ++x) out[x] = tx[x].w0 * row[tx[x].i0] + tx[x].w1 * row[tx[x].i1];
+}
+
 }  // namespace kernels
 }  // namespace nasfast

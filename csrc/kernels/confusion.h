@@ -43,21 +43,51 @@ NASFAST_HOST_DEVICE inline int64_t argmax_at(const T* logits, int64_t K, int64_t
 
 // Adds the pixels of rows [row_begin, row_end) of one image to `counts` (K x K, row = label).
 // `ty` and `tx` are the interpolation taps of every label row and column (unused when the
-// logits are already h x w = H x W).
-// Left to the baseline instruction set: its AVX2 / AVX-512 builds (NASFAST_CPU_CLONES) were
-// measured 20% slower at the search's shapes (bench/ops.py, reward).
+// logits are already h x w = H x W). The upsampling runs in two passes, as in upsample_add.h:
+// each low row of every class is interpolated along x once, into one of two buffers (by the
+// parity of the row), and each label row keeps, column by column, the running argmax over the
+// classes of the blend of two such rows. `scratch`: (2 K + 1) x W values; `best`: W.
 template <typename T, typename Label>
-void confusion_from_logits_rows(const T* logits, const Label* target, int64_t* counts, int64_t K, int64_t h,
-                                int64_t w, int64_t H, int64_t W, int64_t ignore_index, const LinearTap<T>* ty,
-                                const LinearTap<T>* tx, int64_t row_begin, int64_t row_end) {
-  const bool same_size = h == H && w == W;
+NASFAST_CPU_INLINE void confusion_from_logits_rows(const T* logits, const Label* target, int64_t* counts, int64_t K,
+                                                   int64_t h, int64_t w, int64_t H, int64_t W, int64_t ignore_index,
+                                                   const LinearTap<T>* ty, const LinearTap<T>* tx, int64_t row_begin,
+                                                   int64_t row_end, T* scratch, int64_t* NASFAST_RESTRICT best) {
+  if (h == H && w == W) {  // no interpolation, so that infinite or NaN logits give torch.argmax's answer
+    for (int64_t q = row_begin * W; q < row_end * W; ++q) {
+      const int64_t label = static_cast<int64_t>(target[q]);
+      if (label != ignore_index) counts[label * K + argmax_at<T>(logits, K, H * W, q)] += 1;
+    }
+    return;
+  }
+  T* NASFAST_RESTRICT best_value = scratch + 2 * K * W;
+  int64_t held[2] = {-1, -1};  // the low row in each buffer
   for (int64_t y = row_begin; y < row_end; ++y) {
+    for (int j = 0; j < 2; ++j) {
+      const int64_t i = j == 0 ? ty[y].i0 : ty[y].i1;
+      if (held[i & 1] == i) continue;
+      for (int64_t k = 0; k < K; ++k) interpolate_row(logits + (k * h + i) * w, scratch + ((i & 1) * K + k) * W, W, tx);
+      held[i & 1] = i;
+    }
+    const T* row0 = scratch + (ty[y].i0 & 1) * K * W;
+    const T* row1 = scratch + (ty[y].i1 & 1) * K * W;
+    const T wy0 = ty[y].w0, wy1 = ty[y].w1;
+    for (int64_t x = 0; x < W; ++x) {
+      best_value[x] = wy0 * row0[x] + wy1 * row1[x];
+      best[x] = 0;
+    }
+    for (int64_t k = 1; k < K; ++k) {
+      const T* NASFAST_RESTRICT a = row0 + k * W;
+      const T* NASFAST_RESTRICT b = row1 + k * W;
+      for (int64_t x = 0; x < W; ++x) {  // the first largest; NaN counts as the largest (as torch.argmax)
+        const T v = wy0 * a[x] + wy1 * b[x];
+        const bool better = v > best_value[x] || (v != v && best_value[x] == best_value[x]);
+        best_value[x] = better ? v : best_value[x];
+        best[x] = better ? k : best[x];
+      }
+    }
     for (int64_t x = 0; x < W; ++x) {
       const int64_t label = static_cast<int64_t>(target[y * W + x]);
-      if (label == ignore_index) continue;
-      const int64_t pred = same_size ? argmax_at<T>(logits, K, H * W, y * W + x)
-                                     : upsampled_argmax<T>(logits, K, h, w, ty[y], tx[x]);
-      counts[label * K + pred] += 1;
+      if (label != ignore_index) counts[label * K + best[x]] += 1;
     }
   }
 }

@@ -18,13 +18,6 @@ void make_taps(LinearTap<T>* taps, int64_t in_size, int64_t out_size) {
 // hold what the current output row needs, and each low row passes along x once: 2 gathers per
 // output pixel of a low row instead of 4 per output pixel, and a vertical step that vectorises.
 
-// out (W) = row (w) interpolated along x.
-template <typename T>
-NASFAST_CPU_INLINE void interpolate_row(const T* NASFAST_RESTRICT row, T* NASFAST_RESTRICT out, int64_t W,
-                                        const LinearTap<T>* tx) {
-  for (int64_t x = 0; x < W; ++x) out[x] = tx[x].w0 * row[tx[x].i0] + tx[x].w1 * row[tx[x].i1];
-}
-
 // Forward over one plane; `rows` is scratch of 2 x W values.
 template <typename T>
 NASFAST_CPU_INLINE void upsample_add_plane(const T* high, const T* low, T* NASFAST_RESTRICT out, int64_t H, int64_t W,

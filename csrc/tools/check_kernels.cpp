@@ -16,7 +16,7 @@ namespace kernels {
                                                    const LinearTap<T>*, T*);                                        \
   template void confusion_from_logits_rows<T, int64_t>(const T*, const int64_t*, int64_t*, int64_t, int64_t,         \
                                                        int64_t, int64_t, int64_t, int64_t, const LinearTap<T>*,     \
-                                                       const LinearTap<T>*, int64_t, int64_t);                      \
+                                                       const LinearTap<T>*, int64_t, int64_t, T*, int64_t*);        \
   template void depthwise_band<T>(const T*, const T*, T*, T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,      \
                                   bool);                                                                            \
   template void depthwise_plane_input_grad<T>(const T*, const T*, T*, T*, T*, int64_t, int64_t, int64_t, int64_t,    \
