@@ -1,4 +1,5 @@
 """Full training (tiny preset), evaluation, export, and the exported model run from C++."""
+import copy
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 import nasfast.ops
@@ -17,6 +19,9 @@ from nasfast.checkpoint import load_checkpoint, model_from_checkpoint
 from nasfast.data import EvalTransform, make_dataset
 from nasfast.train import evaluate_model, evaluation_loader
 from nasfast.data.transforms import to_tensors
+from nasfast.export import fold_batch_norms
+from nasfast.model import create_model
+from nasfast.ops import SeparableConvBNReLU
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -104,6 +109,22 @@ def test_export_equals_the_trained_model_and_names_its_ops(trained, exported, ca
     if nasfast.ops.available():
         assert "nasfast::upsample_add" in info["native_ops"] and "needs the nasfast ops library" in out
     assert not any(k.startswith("decoder.aux") for k in dict(scripted.named_parameters()))
+
+
+def test_export_folds_each_batch_norm_that_follows_a_convolution():
+    model = create_model("arch0", 11, pretrained=False).double().eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+            for t, (low, high) in zip((bn.running_mean, bn.running_var, bn.weight, bn.bias),
+                                      ((-1, 1), (0.5, 2), (0.5, 2), (-1, 1))):
+                t.copy_(torch.rand(t.shape, generator=g, dtype=t.dtype) * (high - low) + low)
+    folded = fold_batch_norms(copy.deepcopy(model))
+    left = [m for m in folded.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(left) == sum(isinstance(m, SeparableConvBNReLU) for m in model.modules())  # theirs fold in the op
+    x = torch.randn(2, 3, 64, 80, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x))
 
 
 @pytest.mark.skipif(shutil.which("cmake") is None or not nasfast.ops.available(),
