@@ -19,6 +19,7 @@ import torch
 import nasfast
 import nasfast.ops
 from nasfast import count_madds, count_params, create_model
+from nasfast.export import script_for_deployment
 from nasfast.genotype import ZOO
 
 
@@ -52,16 +53,17 @@ def timed(model, x, device, runs: int, warmup: int):
 
 
 def variants(genotype, num_classes, device, with_compile: bool):
-    """(name, model) pairs; all share the same weights."""
+    """(name, model) pairs; all share the same weights. The TorchScript one is what
+    `python -m nasfast.export` writes."""
     reference = create_model(genotype, num_classes, fused=False).eval().to(device)
     yield "eager", reference
     if nasfast.ops.available():
         fused = create_model(genotype, num_classes, fused=True).eval().to(device)
         fused.load_state_dict(reference.state_dict())
         yield "fused ops", fused
-        yield "TorchScript (fused)", torch.jit.freeze(torch.jit.script(fused))
+        yield "TorchScript (fused)", script_for_deployment(fused)
     else:
-        yield "TorchScript", torch.jit.freeze(torch.jit.script(reference))
+        yield "TorchScript", script_for_deployment(reference)
     if with_compile:
         yield "torch.compile", torch.compile(reference)
 

@@ -36,8 +36,13 @@ def fold_batch_norms(model: nn.Module) -> nn.Module:
     return model
 
 
+def script_for_deployment(model: nn.Module) -> torch.jit.ScriptModule:
+    """What the export writes: a scripted copy of model in eval mode, batch norms folded."""
+    return torch.jit.script(fold_batch_norms(copy.deepcopy(model).eval()))
+
+
 def export(model: nn.Module, path: str) -> dict:
-    scripted = torch.jit.script(fold_batch_norms(copy.deepcopy(model).eval()))
+    scripted = script_for_deployment(model)
     needs = native_ops(scripted)
     info = {"native_ops": needs, "ops_library": ops.library_path() if needs else None}
     scripted.save(path, _extra_files={"nasfast.json": json.dumps(info)})
