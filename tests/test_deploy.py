@@ -1,10 +1,12 @@
 """Full training (tiny preset), evaluation, export, and the exported model run from C++."""
 import copy
+import gc
 import json
 import os
 import shutil
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +127,17 @@ def test_export_folds_each_batch_norm_that_follows_a_convolution():
     x = torch.randn(2, 3, 64, 80, generator=g, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(folded(x), model(x))
+
+
+def test_ops_replaced_by_a_new_overload_stay_alive_for_torchscript():
+    # Their ids stay in TorchScript's table of builtins (nasfast/torchscript.py): seen failing
+    # torch.jit.script at random after torch.library.opcheck had imported torch._inductor.
+    library = torch.library.Library("nasfast_probe", "DEF")
+    library.define("f(Tensor x) -> Tensor")
+    replaced = weakref.ref(torch.ops.nasfast_probe.f._op)
+    library.define("f.twice(Tensor x, int n) -> Tensor")  # a new overload: the packet is refreshed
+    gc.collect()
+    assert replaced() is not None and torch.ops.nasfast_probe.f._op is not replaced()
 
 
 @pytest.mark.skipif(shutil.which("cmake") is None or not nasfast.ops.available(),
