@@ -162,13 +162,13 @@ def train(args, config: TrainConfig) -> dict:
         metrics = evaluate_model(model, val_loader, train_set.num_classes, train_set.ignore_index, (), device)
         record = {"epoch": epoch, "loss": sum(losses) / len(losses), "val_miou": metrics["miou"],
                   "val_pixel_acc": metrics["pixel_acc"], "seconds": round(time.time() - started, 2)}
-        state = {"model": model.state_dict(), "encoder_optimizer": encoder_opt.state_dict(),
-                 "decoder_optimizer": decoder_opt.state_dict(), "epoch": epoch,
-                 "best_miou": max(best, metrics["miou"]), "genotype": genotype.to_list(),
-                 "num_classes": train_set.num_classes, "channels": 64, "sep_repeats": 2,
-                 "dataset": args.dataset, "class_names": list(train_set.class_names)}
         improved = metrics["miou"] > best
         best = max(best, metrics["miou"])
+        state = {"model": model.state_dict(), "encoder_optimizer": encoder_opt.state_dict(),
+                 "decoder_optimizer": decoder_opt.state_dict(), "epoch": epoch,
+                 "best_miou": best, "genotype": genotype.to_list(),
+                 "num_classes": train_set.num_classes, "channels": 64, "sep_repeats": 2,
+                 "dataset": args.dataset, "class_names": list(train_set.class_names)}
         save_checkpoint(state, *((best_path, last) if improved else (last,)))
         append_record(log, record)
         print(f"epoch {epoch + 1}/{config.epochs}: loss {record['loss']:.4f}, val mIoU {metrics['miou']:.4f}"
