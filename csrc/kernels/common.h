@@ -75,13 +75,28 @@ NASFAST_HOST_DEVICE inline Acc bilinear_at(const T* plane, int64_t w, const Line
          ty.w1 * (tx.w0 * static_cast<Acc>(row1[tx.i0]) + tx.w1 * static_cast<Acc>(row1[tx.i1]));
 }
 
-// CPU: out (W) = row (w) interpolated along x. The CPU kernels interpolate in two passes, along x
-// once per low row, then along y per output row (see upsample_add.h).
+// CPU: the kernels interpolate in two passes, along x once per low row (interpolate_row), then
+// along y per output row, from two row buffers. Output rows read low rows in non-decreasing
+// order, at most one apart, so one buffer per parity of the low row's index holds what the
+// current output row needs, and each low row passes along x once.
+
+// out (W) = row (w) interpolated along x.
 template <typename T>
 NASFAST_CPU_INLINE void interpolate_row(const T* NASFAST_RESTRICT row, T* NASFAST_RESTRICT out, int64_t W,
                                         const LinearTap<T>* tx) {
   for (int64_t x = 0; x < W; ++x) out[x] = tx[x].w0 * row[tx[x].i0] + tx[x].w1 * row[tx[x].i1];
 }
+
+// Which low row each of the two buffers holds. hold(i) puts row i in buffer i & 1 and returns the
+// row that was there: i itself when the buffer is already right, -1 when it was empty.
+struct ParityRows {
+  int64_t held[2] = {-1, -1};
+  int64_t hold(int64_t i) {
+    const int64_t previous = held[i & 1];
+    held[i & 1] = i;
+    return previous;
+  }
+};
 
 }  // namespace kernels
 }  // namespace nasfast

@@ -43,10 +43,10 @@ NASFAST_HOST_DEVICE inline int64_t argmax_at(const T* logits, int64_t K, int64_t
 
 // Adds the pixels of rows [row_begin, row_end) of one image to `counts` (K x K, row = label).
 // `ty` and `tx` are the interpolation taps of every label row and column (unused when the
-// logits are already h x w = H x W). The upsampling runs in two passes, as in upsample_add.h:
-// each low row of every class is interpolated along x once, into one of two buffers (by the
-// parity of the row), and each label row keeps, column by column, the running argmax over the
-// classes of the blend of two such rows. `scratch`: (2 K + 1) x W values; `best`: W.
+// logits are already h x w = H x W). The upsampling runs in two passes (see common.h): each low
+// row of every class is interpolated along x once, and each label row keeps, column by column,
+// the running argmax over the classes of the blend of two such rows. `scratch`: (2 K + 1) x W
+// values; `best`: W.
 template <typename T, typename Label>
 NASFAST_CPU_INLINE void confusion_from_logits_rows(const T* logits, const Label* target, int64_t* counts, int64_t K,
                                                    int64_t h, int64_t w, int64_t H, int64_t W, int64_t ignore_index,
@@ -60,13 +60,12 @@ NASFAST_CPU_INLINE void confusion_from_logits_rows(const T* logits, const Label*
     return;
   }
   T* NASFAST_RESTRICT best_value = scratch + 2 * K * W;
-  int64_t held[2] = {-1, -1};  // the low row in each buffer
+  ParityRows held;
   for (int64_t y = row_begin; y < row_end; ++y) {
     for (int j = 0; j < 2; ++j) {
       const int64_t i = j == 0 ? ty[y].i0 : ty[y].i1;
-      if (held[i & 1] == i) continue;
+      if (held.hold(i) == i) continue;
       for (int64_t k = 0; k < K; ++k) interpolate_row(logits + (k * h + i) * w, scratch + ((i & 1) * K + k) * W, W, tx);
-      held[i & 1] = i;
     }
     const T* row0 = scratch + (ty[y].i0 & 1) * K * W;
     const T* row1 = scratch + (ty[y].i1 & 1) * K * W;

@@ -12,22 +12,18 @@ void make_taps(LinearTap<T>* taps, int64_t in_size, int64_t out_size) {
   for (int64_t i = 0; i < out_size; ++i) taps[i] = linear_tap<T>(i, in_size, out_size);
 }
 
-// The interpolation is separable: each low row is first interpolated along x (the column taps),
-// then each output row is a weighted sum of the two such rows it reads. Output rows read low rows
-// in non-decreasing order, at most one apart, so two row buffers (one per parity of the low row)
-// hold what the current output row needs, and each low row passes along x once: 2 gathers per
-// output pixel of a low row instead of 4 per output pixel, and a vertical step that vectorises.
+// The interpolation runs in two passes (see common.h): 2 gathers per output pixel of a low row
+// instead of 4 per output pixel, and a vertical step that vectorises.
 
 // Forward over one plane; `rows` is scratch of 2 x W values.
 template <typename T>
 NASFAST_CPU_INLINE void upsample_add_plane(const T* high, const T* low, T* NASFAST_RESTRICT out, int64_t H, int64_t W,
                                            int64_t w, const LinearTap<T>* ty, const LinearTap<T>* tx, T* rows) {
-  int64_t held[2] = {-1, -1};  // the low row in each buffer
+  ParityRows held;
   for (int64_t y = 0; y < H; ++y) {
-    for (int k = 0; k < 2; ++k) {
-      const int64_t i = k == 0 ? ty[y].i0 : ty[y].i1;
-      if (held[i & 1] != i) interpolate_row(low + i * w, rows + (i & 1) * W, W, tx);
-      held[i & 1] = i;
+    for (int j = 0; j < 2; ++j) {
+      const int64_t i = j == 0 ? ty[y].i0 : ty[y].i1;
+      if (held.hold(i) != i) interpolate_row(low + i * w, rows + (i & 1) * W, W, tx);
     }
     const T* NASFAST_RESTRICT row0 = rows + (ty[y].i0 & 1) * W;
     const T* NASFAST_RESTRICT row1 = rows + (ty[y].i1 & 1) * W;
@@ -54,23 +50,23 @@ NASFAST_CPU_INLINE void spread_row(const T* NASFAST_RESTRICT row, T* NASFAST_RES
 template <typename T>
 NASFAST_CPU_INLINE void upsample_add_backward_low_plane(const T* grad, T* grad_low, int64_t H, int64_t W, int64_t w,
                                                         const LinearTap<T>* ty, const LinearTap<T>* tx, T* rows) {
-  int64_t held[2] = {-1, -1};
+  ParityRows held;
   for (int64_t y = 0; y < H; ++y) {
     const T* NASFAST_RESTRICT g = grad + y * W;
     for (int k = 0; k < 2; ++k) {
       const int64_t i = k == 0 ? ty[y].i0 : ty[y].i1;
       const T weight = k == 0 ? ty[y].w0 : ty[y].w1;
       T* NASFAST_RESTRICT row = rows + (i & 1) * W;
-      if (held[i & 1] != i) {
-        if (held[i & 1] >= 0) spread_row(row, grad_low + held[i & 1] * w, W, tx);
+      const int64_t previous = held.hold(i);
+      if (previous != i) {
+        if (previous >= 0) spread_row(row, grad_low + previous * w, W, tx);
         for (int64_t x = 0; x < W; ++x) row[x] = T(0);
-        held[i & 1] = i;
       }
       for (int64_t x = 0; x < W; ++x) row[x] += weight * g[x];
     }
   }
   for (int k = 0; k < 2; ++k) {
-    if (held[k] >= 0) spread_row(rows + k * W, grad_low + held[k] * w, W, tx);
+    if (held.held[k] >= 0) spread_row(rows + k * W, grad_low + held.held[k] * w, W, tx);
   }
 }
 
