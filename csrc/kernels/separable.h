@@ -148,7 +148,6 @@ NASFAST_CPU_INLINE void correlate_valid_any(const T* NASFAST_RESTRICT padded, co
   }
 }
 
-
 // out = the k x k correlation of `padded` (see correlate_valid_fixed); `wide_vectors`: the CPU
 // runs 256-bit vectors and the code was compiled for them (cpu/simd.h).
 template <typename T>
