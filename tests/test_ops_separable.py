@@ -76,10 +76,11 @@ def test_float32_forward_and_gradients_over_several_bands_and_tasks(k, d):
 @pytest.mark.parametrize("k, d", SEARCH_SPACE)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_wide_maps_match_reference(k, d, dtype):
-    # Maps and channel counts large enough for the CPU's vector tiles (depthwise: 16 columns x 4
-    # rows d apart; pointwise: 6 channels x 16 pixels): one tile exactly, and sizes whose last
-    # tiles overlap.
-    for shape, out_channels in [((2, 6, 4 * d, 16), 6), ((1, 7, 4 * d + 3, 37), 8)]:
+    # Maps and channel counts large enough for the CPU's vector tiles, of 256-bit vectors (float32:
+    # depthwise 16 columns x 4 rows d apart, pointwise 6 channels x 16 pixels) and of 512-bit ones
+    # (32 columns; 8 channels x 32 pixels): one tile of each exactly, and sizes whose last tiles
+    # overlap in columns and channels, over more than the 2048 pixels of a pointwise block.
+    for shape, out_channels in [((2, 6, 4 * d, 16), 6), ((2, 8, 4 * d, 32), 8), ((1, 7, 4 * d + 57, 37), 11)]:
         x, dw, pw = inputs(shape, k, out_channels=out_channels, dtype=dtype, seed=k * d)
         bias = torch.randn(out_channels, dtype=dtype)
         tolerance = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else {}

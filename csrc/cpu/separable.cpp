@@ -18,7 +18,7 @@ namespace {
 struct Geometry {
   int64_t N, C, Cout, H, W, k, d;
   int64_t band_rows, bands;
-  bool wide_vectors;
+  int vector_bytes;  // cpu/simd.h
 };
 
 Geometry geometry(const at::Tensor& x, const at::Tensor& depthwise, const at::Tensor& pointwise, int64_t dilation) {
@@ -36,7 +36,7 @@ Geometry geometry(const at::Tensor& x, const at::Tensor& depthwise, const at::Te
   g.band_rows = std::max<int64_t>(1, std::min<int64_t>({g.H, kernels::kBandPixels / std::max<int64_t>(1, g.W),
                                                         (g.H + bands_per_image - 1) / bands_per_image}));
   g.bands = g.H == 0 ? 0 : (g.H + g.band_rows - 1) / g.band_rows;
-  g.wide_vectors = wide_vectors();
+  g.vector_bytes = vector_bytes();
   return g;
 }
 
@@ -63,25 +63,29 @@ NASFAST_CPU_CLONES void depthwise_image_band(const Geometry& g, const T* x, cons
                                              T* padded, int64_t n, int64_t y0, int64_t y1) {
   for (int64_t c = 0; c < g.C; ++c) {
     kernels::depthwise_band(x + (n * g.C + c) * g.H * g.W, dw + c * g.k * g.k, buffer + c * ld, padded, g.H, g.W, g.k,
-                            g.d, y0, y1, g.wide_vectors);
+                            g.d, y0, y1, g.vector_bytes);
   }
 }
 
-template <typename T>
+template <typename T, int Bytes>
 NASFAST_CPU_CLONES void pointwise_band(const T* weight, const T* in, T* out, const T* bias, int64_t rows, int64_t inner,
                                        int64_t P, int64_t ld_in, int64_t ld) {
-  kernels::pointwise_tiled(weight, in, out, bias, rows, inner, P, ld_in, ld);
+  kernels::pointwise_tiled<T, Bytes>(weight, in, out, bias, rows, inner, P, ld_in, ld);
 }
 
 // out (rows x P, row stride ld) = weight (rows x inner) in (inner x P, row stride ld_in), then
 // max(out + bias, 0) when bias is not null: on the CPU's vector tiles where they fit
 // (kernels/separable.h), else BLAS.
 template <typename T>
-void multiply(bool wide_vectors, const at::Tensor& weight, const T* in, int64_t ld_in, T* out, const T* bias, int64_t P,
+void multiply(int vector_bytes, const at::Tensor& weight, const T* in, int64_t ld_in, T* out, const T* bias, int64_t P,
               int64_t ld) {
   const int64_t rows = weight.size(0), inner = weight.size(1);
-  if (wide_vectors && kernels::pointwise_tiles_fit<T>(rows, P)) {
-    pointwise_band(weight.data_ptr<T>(), in, out, bias, rows, inner, P, ld_in, ld);
+  if (vector_bytes >= 64 && kernels::pointwise_tiles_fit<T, 64>(rows, P)) {
+    pointwise_band<T, 64>(weight.data_ptr<T>(), in, out, bias, rows, inner, P, ld_in, ld);
+    return;
+  }
+  if (vector_bytes >= 32 && kernels::pointwise_tiles_fit<T, 32>(rows, P)) {
+    pointwise_band<T, 32>(weight.data_ptr<T>(), in, out, bias, rows, inner, P, ld_in, ld);
     return;
   }
   at::Tensor out_matrix = at::from_blob(out, {rows, P}, {ld, 1}, weight.options());
@@ -116,7 +120,7 @@ at::Tensor forward(const at::Tensor& x_in, const at::Tensor& dw_in, const at::Te
         const int64_t n = t / g.bands, y0 = (t % g.bands) * g.band_rows, y1 = std::min(g.H, y0 + g.band_rows);
         const int64_t P = (y1 - y0) * g.W;
         depthwise_image_band(g, xp, dwp, buffer.get(), ld, padded.get(), n, y0, y1);
-        multiply(g.wide_vectors, pw, buffer.get(), ld, outp + n * g.Cout * HW + y0 * g.W, biasp, P, HW);
+        multiply(g.vector_bytes, pw, buffer.get(), ld, outp + n * g.Cout * HW + y0 * g.W, biasp, P, HW);
       }
     });
   });
@@ -150,13 +154,13 @@ NASFAST_CPU_CLONES void depthwise_image_backward(const Geometry& g, const T* x, 
   const int64_t HW = g.H * g.W, kk = g.k * g.k;
   for (int64_t c = 0; c < g.C; ++c) {
     if (need_y || grad_dw) kernels::pad_rows(x + c * HW, b.padded, g.H, g.W, pad(g), 0, g.H);
-    if (need_y) kernels::correlate_valid(b.padded, dw + c * kk, b.y + c * b.ld, g.H, g.W, g.k, g.d, g.wide_vectors);
+    if (need_y) kernels::correlate_valid(b.padded, dw + c * kk, b.y + c * b.ld, g.H, g.W, g.k, g.d, g.vector_bytes);
     if (grad_dw) {
-      kernels::depthwise_weight_grad(b.gy + c * b.ld, b.padded, grad_dw + c * kk, g.H, g.W, g.k, g.d, g.wide_vectors);
+      kernels::depthwise_weight_grad(b.gy + c * b.ld, b.padded, grad_dw + c * kk, g.H, g.W, g.k, g.d, g.vector_bytes);
     }
     if (grad_x) {
       kernels::depthwise_plane_input_grad(b.gy + c * b.ld, dw + c * kk, grad_x + c * HW, b.padded, b.flipped, g.H, g.W,
-                                          g.k, g.d, g.wide_vectors);
+                                          g.k, g.d, g.vector_bytes);
     }
   }
 }
@@ -206,7 +210,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sep_conv_backward_cpu(const at::T
           for (int64_t n = task * per_task; n < std::min(g.N, (task + 1) * per_task); ++n) {
             const at::Tensor g_n = grad[n].view({g.Cout, HW});
             if (need_x || need_dw) {
-              multiply<scalar_t>(g.wide_vectors, pw_t, g_n.data_ptr<scalar_t>(), HW, gy.get(), nullptr, HW, ld);
+              multiply<scalar_t>(g.vector_bytes, pw_t, g_n.data_ptr<scalar_t>(), HW, gy.get(), nullptr, HW, ld);
             }
             BackwardBuffers<scalar_t> buffers = {ld, y.get(), gy.get(), padded.get(), flipped.get()};
             depthwise_image_backward(g, xp + n * g.C * HW, dwp, need_x ? gxp + n * g.C * HW : nullptr,

@@ -6,9 +6,12 @@
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && __GNUC__ >= 12
 #define NASFAST_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-// Whether the clone that runs has 256-bit vectors and FMA (kernels/separable.h's tiles need them).
-inline bool wide_vectors() { return __builtin_cpu_supports("x86-64-v3"); }
+// The widest vectors of the clone that runs, in bytes, for kernels/separable_tiles.h: 64 with
+// AVX-512, 32 with AVX2 + FMA, 0 without (the tiles need one or the other).
+inline int vector_bytes() {
+  return __builtin_cpu_supports("x86-64-v4") ? 64 : __builtin_cpu_supports("x86-64-v3") ? 32 : 0;
+}
 #else
 #define NASFAST_CPU_CLONES
-inline bool wide_vectors() { return false; }
+inline int vector_bytes() { return 0; }
 #endif

@@ -148,22 +148,33 @@ NASFAST_CPU_INLINE void correlate_valid_any(const T* NASFAST_RESTRICT padded, co
   }
 }
 
-// out = the k x k correlation of `padded` (see correlate_valid_fixed); `wide_vectors`: the CPU
-// runs 256-bit vectors and the code was compiled for them (cpu/simd.h).
+#ifdef NASFAST_VECTOR_TILES
+// correlate_valid on the register tiles of Bytes-wide vectors, if they fit.
+template <typename T, int Bytes>
+NASFAST_CPU_INLINE bool correlate_valid_vectors(const T* padded, const T* weight, T* out, int64_t rows, int64_t W,
+                                                int64_t k, int64_t d) {
+  if (!tiles_fit<T, Bytes>(rows, W, k, d)) return false;
+  if (k == 3) {
+    correlate_valid_tiled<T, 3, Bytes>(padded, weight, out, rows, W, d);
+  } else {
+    correlate_valid_tiled<T, 5, Bytes>(padded, weight, out, rows, W, d);
+  }
+  return true;
+}
+#endif
+
+// out = the k x k correlation of `padded` (see correlate_valid_fixed); `vector_bytes`: the width
+// of the vectors the CPU runs and the code was compiled for (cpu/simd.h), 0 for none.
 template <typename T>
 NASFAST_CPU_INLINE void correlate_valid(const T* padded, const T* weight, T* out, int64_t rows, int64_t W, int64_t k,
-                                        int64_t d, bool wide_vectors) {
+                                        int64_t d, int vector_bytes) {
 #ifdef NASFAST_VECTOR_TILES
-  if (wide_vectors && tiles_fit<T>(rows, W, k, d)) {
-    if (k == 3) {
-      correlate_valid_tiled<T, 3>(padded, weight, out, rows, W, d);
-    } else {
-      correlate_valid_tiled<T, 5>(padded, weight, out, rows, W, d);
-    }
+  if ((vector_bytes >= 64 && correlate_valid_vectors<T, 64>(padded, weight, out, rows, W, k, d)) ||
+      (vector_bytes >= 32 && correlate_valid_vectors<T, 32>(padded, weight, out, rows, W, k, d))) {
     return;
   }
 #else
-  (void)wide_vectors;
+  (void)vector_bytes;
 #endif
   if (k == 3) {
     correlate_valid_fixed<T, 3>(padded, weight, out, rows, W, d);
@@ -178,19 +189,19 @@ NASFAST_CPU_INLINE void correlate_valid(const T* padded, const T* weight, T* out
 // (y1 - y0 + 2 pad) x (W + 2 pad) values.
 template <typename T>
 NASFAST_CPU_INLINE void depthwise_band(const T* plane, const T* weight, T* out, T* padded, int64_t H, int64_t W, int64_t k, int64_t d,
-                    int64_t y0, int64_t y1, bool wide_vectors) {
+                    int64_t y0, int64_t y1, int vector_bytes) {
   const int64_t pad = d * (k / 2);
   pad_rows(plane, padded, H, W, pad, y0, y1);
-  correlate_valid(padded, weight, out, y1 - y0, W, k, d, wide_vectors);
+  correlate_valid(padded, weight, out, y1 - y0, W, k, d, vector_bytes);
 }
 
 // The input gradient of one whole plane from its output gradient `gy`: the correlation of gy with
 // the taps rotated by 180 degrees. `flipped` holds k x k values, `padded` the padded plane.
 template <typename T>
 NASFAST_CPU_INLINE void depthwise_plane_input_grad(const T* gy, const T* weight, T* grad_plane, T* padded, T* flipped, int64_t H,
-                                int64_t W, int64_t k, int64_t d, bool wide_vectors) {
+                                int64_t W, int64_t k, int64_t d, int vector_bytes) {
   for (int64_t i = 0; i < k * k; ++i) flipped[i] = weight[k * k - 1 - i];
-  depthwise_band(gy, flipped, grad_plane, padded, H, W, k, d, 0, H, wide_vectors);
+  depthwise_band(gy, flipped, grad_plane, padded, H, W, k, d, 0, H, vector_bytes);
 }
 
 // Adds to `grad_weight` (k x k) the correlation of the output gradient `gy` (rows x W) with the
@@ -198,14 +209,18 @@ NASFAST_CPU_INLINE void depthwise_plane_input_grad(const T* gy, const T* weight,
 // partial sums so that the compiler keeps them in vector registers.
 template <typename T>
 NASFAST_CPU_INLINE void depthwise_weight_grad(const T* NASFAST_RESTRICT gy, const T* NASFAST_RESTRICT padded, T* grad_weight,
-                           int64_t rows, int64_t W, int64_t k, int64_t d, bool wide_vectors) {
+                           int64_t rows, int64_t W, int64_t k, int64_t d, int vector_bytes) {
 #ifdef NASFAST_VECTOR_TILES
-  if (wide_vectors && k == 3) {
-    depthwise_weight_grad_3x3_tiled(gy, padded, grad_weight, rows, W, d);
+  if (vector_bytes >= 64 && k == 3) {
+    depthwise_weight_grad_3x3_tiled<T, 64>(gy, padded, grad_weight, rows, W, d);
+    return;
+  }
+  if (vector_bytes >= 32 && k == 3) {
+    depthwise_weight_grad_3x3_tiled<T, 32>(gy, padded, grad_weight, rows, W, d);
     return;
   }
 #else
-  (void)wide_vectors;
+  (void)vector_bytes;
 #endif
   constexpr int kLanes = 16;
   const int64_t Wp = W + (k - 1) * d;

@@ -18,10 +18,12 @@ namespace kernels {
                                                        int64_t, int64_t, int64_t, int64_t, const LinearTap<T>*,     \
                                                        const LinearTap<T>*, int64_t, int64_t, T*, int64_t*);        \
   template void depthwise_band<T>(const T*, const T*, T*, T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,      \
-                                  bool);                                                                            \
+                                  int);                                                                             \
   template void depthwise_plane_input_grad<T>(const T*, const T*, T*, T*, T*, int64_t, int64_t, int64_t, int64_t,    \
-                                              bool);                                                                \
-  template void depthwise_weight_grad<T>(const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t, bool);         \
+                                              int);                                                                 \
+  template void depthwise_weight_grad<T>(const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t, int);          \
+  template void pointwise_tiled<T, 32>(const T*, const T*, T*, const T*, int64_t, int64_t, int64_t, int64_t, int64_t); \
+  template void pointwise_tiled<T, 64>(const T*, const T*, T*, const T*, int64_t, int64_t, int64_t, int64_t, int64_t); \
   template void bias_relu_rows<T>(T*, const T*, int64_t, int64_t, int64_t);                                         \
   template T depthwise_at<T, T>(const T*, const T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t);          \
   template T depthwise_input_grad_at<T, T>(const T*, const T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t);
