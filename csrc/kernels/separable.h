@@ -6,8 +6,8 @@
 //  * Forward, CPU: per image and band of rows (about kBandPixels pixels), the depthwise output of
 //    every channel is computed into a thread-local buffer (C x band, a few hundred KB: it stays in
 //    L2) and multiplied by the pointwise weights at once, into the output rows. The C x H x W
-//    intermediate never goes through memory. On CPUs with 256-bit vectors both steps run on the
-//    register tiles of separable_tiles.h; elsewhere the depthwise taps are row updates the
+//    intermediate never goes through memory. On CPUs with 256- or 512-bit vectors both steps run
+//    on the register tiles of separable_tiles.h; elsewhere the depthwise taps are row updates the
 //    compiler vectorises and the pointwise is BLAS (at::mm). Fusing the pointwise into the
 //    depthwise loop itself was slower: it is 90% of the arithmetic and wants its own register
 //    tiling.
