@@ -67,10 +67,13 @@ NASFAST_CPU_CLONES void depthwise_image_band(const Geometry& g, const T* x, cons
   }
 }
 
+// multiply on the register tiles of Bytes-wide vectors, if they fit.
 template <typename T, int Bytes>
-NASFAST_CPU_CLONES void pointwise_band(const T* weight, const T* in, T* out, const T* bias, int64_t rows, int64_t inner,
+NASFAST_CPU_CLONES bool pointwise_band(const T* weight, const T* in, T* out, const T* bias, int64_t rows, int64_t inner,
                                        int64_t P, int64_t ld_in, int64_t ld) {
+  if (!kernels::pointwise_tiles_fit<T, Bytes>(rows, P)) return false;
   kernels::pointwise_tiled<T, Bytes>(weight, in, out, bias, rows, inner, P, ld_in, ld);
+  return true;
 }
 
 // out (rows x P, row stride ld) = weight (rows x inner) in (inner x P, row stride ld_in), then
@@ -80,12 +83,9 @@ template <typename T>
 void multiply(int vector_bytes, const at::Tensor& weight, const T* in, int64_t ld_in, T* out, const T* bias, int64_t P,
               int64_t ld) {
   const int64_t rows = weight.size(0), inner = weight.size(1);
-  if (vector_bytes >= 64 && kernels::pointwise_tiles_fit<T, 64>(rows, P)) {
-    pointwise_band<T, 64>(weight.data_ptr<T>(), in, out, bias, rows, inner, P, ld_in, ld);
-    return;
-  }
-  if (vector_bytes >= 32 && kernels::pointwise_tiles_fit<T, 32>(rows, P)) {
-    pointwise_band<T, 32>(weight.data_ptr<T>(), in, out, bias, rows, inner, P, ld_in, ld);
+  const T* w = weight.data_ptr<T>();
+  if ((vector_bytes >= 64 && pointwise_band<T, 64>(w, in, out, bias, rows, inner, P, ld_in, ld)) ||
+      (vector_bytes >= 32 && pointwise_band<T, 32>(w, in, out, bias, rows, inner, P, ld_in, ld))) {
     return;
   }
   at::Tensor out_matrix = at::from_blob(out, {rows, P}, {ld, 1}, weight.options());

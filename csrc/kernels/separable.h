@@ -211,12 +211,12 @@ template <typename T>
 NASFAST_CPU_INLINE void depthwise_weight_grad(const T* NASFAST_RESTRICT gy, const T* NASFAST_RESTRICT padded, T* grad_weight,
                            int64_t rows, int64_t W, int64_t k, int64_t d, int vector_bytes) {
 #ifdef NASFAST_VECTOR_TILES
-  if (vector_bytes >= 64 && k == 3) {
-    depthwise_weight_grad_3x3_tiled<T, 64>(gy, padded, grad_weight, rows, W, d);
-    return;
-  }
-  if (vector_bytes >= 32 && k == 3) {
-    depthwise_weight_grad_3x3_tiled<T, 32>(gy, padded, grad_weight, rows, W, d);
+  if (k == 3 && vector_bytes >= 32) {
+    if (vector_bytes >= 64) {
+      depthwise_weight_grad_3x3_tiled<T, 64>(gy, padded, grad_weight, rows, W, d);
+    } else {
+      depthwise_weight_grad_3x3_tiled<T, 32>(gy, padded, grad_weight, rows, W, d);
+    }
     return;
   }
 #else
