@@ -60,7 +60,7 @@ __global__ void __launch_bounds__(kConfusionThreads, 2)
     confusion_from_logits_kernel(const T* __restrict__ logits, const int64_t* __restrict__ target,
                                  unsigned long long* counts, int64_t N, int64_t K, int64_t h, int64_t w, int64_t H,
                                  int64_t W, int64_t ignore_index, bool shared_counts) {
-  extern __shared__ unsigned int local[];
+  NASFAST_DYNAMIC_SHARED(unsigned int, local);
   if (shared_counts) zero_local(local, K * K);
   const bool same_size = h == H && w == W;
   const int64_t band = (H + gridDim.x - 1) / gridDim.x;
@@ -94,7 +94,7 @@ template <typename Label>
 __global__ void confusion_from_labels_kernel(const Label* __restrict__ pred, const Label* __restrict__ target,
                                              unsigned long long* counts, int64_t n, int64_t K, int64_t ignore_index,
                                              bool shared_counts) {
-  extern __shared__ unsigned int local[];
+  NASFAST_DYNAMIC_SHARED(unsigned int, local);
   if (shared_counts) zero_local(local, K * K);
   // A grid-stride loop over whole warps: i0, the warp's first index, decides for all its lanes.
   for (int64_t i0 = global_thread() - lane_id(); i0 < n; i0 += grid_threads()) {

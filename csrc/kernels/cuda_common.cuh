@@ -2,6 +2,12 @@
 #pragma once
 #include "common.h"
 
+// Declares the block's dynamic shared memory as `T name[]` (csrc/tools/cuda_on_cpu.h, which runs
+// the kernels on the CPU, defines its own).
+#ifndef NASFAST_DYNAMIC_SHARED
+#define NASFAST_DYNAMIC_SHARED(T, name) extern __shared__ T name[]
+#endif
+
 namespace nasfast {
 namespace kernels {
 

@@ -1,0 +1,153 @@
+"""The CUDA kernels' logic, without a GPU: csrc/tools/cuda_on_cpu.h runs them on the CPU, a thread
+per CUDA thread, and each result is compared with the PyTorch reference. Grids smaller than the
+work make the kernels' loops over the grid run too. Built twice: for sm_62 (the Jetson TX2) and
+sm_90, whose paths differ (warp-aggregated counts from sm_70 on). The cuda-marked tests run the
+same kernels on a real GPU."""
+import ctypes
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nasfast.ops import confusion_matrix_update_reference, upsample_add_reference
+from nasfast.ops.separable import separable_conv_bn_relu_reference, separable_conv_reference
+
+TOOLS = Path(__file__).resolve().parents[1] / "csrc" / "tools"
+I32, I64, U32, P = ctypes.c_int, ctypes.c_int64, ctypes.c_uint, ctypes.c_void_p
+SIGNATURES = {
+    "sep_conv_forward": [P, P, P, P, P] + [I32] * 7 + [U32],
+    "depthwise_planes": [P, P, P] + [I32] * 7 + [U32, U32],
+    "depthwise_weight_grad": [P, P, P] + [I32] * 6 + [U32],
+    "upsample_add": [P, P, P, I64] + [I32] * 4 + [U32] * 4,
+    "upsample_add_backward_low": [P, P, I64] + [I32] * 4 + [U32] * 4,
+    "confusion_from_logits": [P, P, P] + [I64] * 7 + [I32] + [U32] * 3,
+    "confusion_from_labels": [P, P, P, I64, I64, I64, I32, U32, U32],
+    "find_bad_values": [P, P, I64, I64, I64, P, U32],
+    "divergent_barrier": [],
+    "set_barrier_timeout_ms": [I32],
+}
+
+
+@pytest.fixture(scope="module", params=[620, 900], ids=["sm62", "sm90"])
+def gpu(request, tmp_path_factory):
+    if not shutil.which("g++"):
+        pytest.skip("needs g++")
+    library = tmp_path_factory.mktemp("kernels_on_cpu") / f"kernels_{request.param}.so"
+    build = subprocess.run(["g++", "-std=c++20", "-O1", "-Wall", "-Werror", "-Wno-unknown-pragmas",
+                            "-Wno-builtin-macro-redefined", f"-D__CUDA_ARCH__={request.param}", "-shared", "-fPIC",
+                            "-pthread", str(TOOLS / "kernels_on_cpu.cpp"), "-o", str(library)],
+                           capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    lib = ctypes.CDLL(str(library))
+    for name, argtypes in SIGNATURES.items():
+        getattr(lib, name).argtypes = argtypes
+    return lib
+
+
+def ptr(tensor):
+    return None if tensor is None else tensor.data_ptr()
+
+
+def random(*shape, seed=0, dtype=torch.float32):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def close(actual, expected):
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("k, dilation, bias", [(3, 1, False), (5, 3, True), (3, 6, True)])
+def test_separable_forward(gpu, k, dilation, bias):
+    # 37 channels: two tiles of inputs; 70 outputs: two tiles; 9 x 13 pixels: two tiles; 2 of 3 images a grid.
+    x, dw, pw, b = random(3, 37, 9, 13), random(37, 1, k, k, seed=1), random(70, 37, 1, 1, seed=2), random(70, seed=3)
+    out = torch.full((3, 70, 9, 13), float("nan"))
+    assert gpu.sep_conv_forward(ptr(x), ptr(dw), ptr(pw), ptr(b) if bias else None, ptr(out), 3, 37, 70, 9, 13, k,
+                                dilation, 2) == 0
+    expected = separable_conv_bn_relu_reference(x, dw, pw, b, dilation) if bias else separable_conv_reference(
+        x, dw, pw, dilation)
+    close(out, expected)
+
+
+@pytest.mark.parametrize("k, dilation", [(3, 1), (5, 3), (3, 6), (7, 2)])
+def test_depthwise_and_its_gradients(gpu, k, dilation):
+    N, C, H, W = 2, 5, 11, 7
+    x, dw, g = random(N, C, H, W).requires_grad_(), random(C, 1, k, k, seed=1).requires_grad_(), random(N, C, H, W, seed=2)
+    y = F.conv2d(x, dw, padding=dilation * (k // 2), dilation=dilation, groups=C)
+    grad_x, grad_dw = torch.autograd.grad(y, (x, dw), g)
+    out, out_grad = torch.empty(N, C, H, W), torch.empty(N, C, H, W)
+    assert gpu.depthwise_planes(ptr(x), ptr(dw), ptr(out), N * C, C, H, W, k, dilation, 0, 1, 3) == 0
+    assert gpu.depthwise_planes(ptr(g), ptr(dw), ptr(out_grad), N * C, C, H, W, k, dilation, 1, 1, 3) == 0
+    close(out, y.detach())
+    close(out_grad, grad_x)
+    weight_grad = torch.zeros(C, 1, k, k)
+    assert gpu.depthwise_weight_grad(ptr(g), ptr(x), ptr(weight_grad), N, C, H, W, k, dilation, 2) == 0
+    close(weight_grad, grad_dw)
+
+
+@pytest.mark.parametrize("low, high", [((5, 7), (11, 15)), ((8, 8), (32, 32)), ((9, 4), (5, 3))])
+def test_upsample_add_and_its_gradient(gpu, low, high):
+    planes, (h, w), (H, W) = 6, low, high
+    high_t, low_t, grad = random(1, planes, H, W), random(1, planes, h, w, seed=1).requires_grad_(), random(
+        1, planes, H, W, seed=2)
+    out, grad_low = torch.empty(1, planes, H, W), torch.empty(1, planes, h, w)
+    # 32 x 2 threads: a row in one or two warps; 2 x 4 blocks: the kernels loop over rows and planes.
+    assert gpu.upsample_add(ptr(high_t), ptr(low_t), ptr(out), planes, H, W, h, w, 2, 4, 32, 2) == 0
+    assert gpu.upsample_add_backward_low(ptr(grad), ptr(grad_low), planes, H, W, h, w, 2, 4, 32, 2) == 0
+    expected = upsample_add_reference(high_t, low_t)
+    close(out, expected.detach())
+    close(grad_low, torch.autograd.grad(expected, low_t, grad)[0])
+
+
+@pytest.mark.parametrize("shared_counts", [1, 0])
+@pytest.mark.parametrize("low, high", [((9, 12), (36, 45)), ((7, 9), (7, 9)), ((5, 3), (13, 17))])
+def test_reward_from_logits(gpu, shared_counts, low, high):
+    g = torch.Generator().manual_seed(3)
+    N, K = 3, 7
+    logits = torch.randn(N, K, *low, generator=g, dtype=torch.float64)
+    target = torch.randint(0, K, (N, *high), generator=g)
+    target[:, 0] = 255
+    fused, reference = torch.zeros(K, K, dtype=torch.long), torch.zeros(K, K, dtype=torch.long)
+    # Bands of rows of 2 of the 3 images at a time; 64 threads: rows of 36 leave lanes idle.
+    assert gpu.confusion_from_logits(ptr(logits), ptr(target), ptr(fused), N, K, *low, *high, 255, shared_counts, 4,
+                                     2, 64) == 0
+    confusion_matrix_update_reference(reference, logits, target, 255)
+    assert torch.equal(fused, reference)
+
+
+@pytest.mark.parametrize("shared_counts", [1, 0])
+def test_reward_from_labels(gpu, shared_counts):
+    g = torch.Generator().manual_seed(4)
+    K, n = 21, 5000
+    pred, target = torch.randint(0, K, (n,), generator=g), torch.randint(0, K, (n,), generator=g)
+    pred[:3000] = 4  # long runs: whole warps counting one cell at once
+    target[::7] = 255
+    fused, reference = torch.zeros(K, K, dtype=torch.long), torch.zeros(K, K, dtype=torch.long)
+    assert gpu.confusion_from_labels(ptr(pred), ptr(target), ptr(fused), n, K, 255, shared_counts, 3, 96) == 0
+    confusion_matrix_update_reference(reference, pred, target, 255)
+    assert torch.equal(fused, reference)
+
+
+@pytest.mark.parametrize("bad_target, bad_pred, flags", [(None, None, 0), (7, None, 1), (-1, None, 1),
+                                                         (None, 7, 2), (7, 9, 3)])
+def test_bad_values_are_flagged(gpu, bad_target, bad_pred, flags):
+    target, pred = torch.randint(0, 7, (3000,)), torch.randint(0, 7, (3000,))
+    target[10] = 255
+    pred[10] = 99  # not counted: its target is ignored
+    if bad_target is not None:
+        target[2999] = bad_target
+    if bad_pred is not None:
+        pred[1500] = bad_pred
+    bad = torch.zeros(1, dtype=torch.int32)
+    assert gpu.find_bad_values(ptr(target), ptr(pred), 3000, 7, 255, ptr(bad), 2) == 0
+    assert bad.item() == flags
+
+
+def test_a_barrier_not_every_thread_reaches_is_reported(gpu):
+    gpu.set_barrier_timeout_ms(300)
+    try:
+        assert gpu.divergent_barrier() == 1
+    finally:
+        gpu.set_barrier_timeout_ms(10000)
