@@ -23,9 +23,8 @@ SIGNATURES = {
     "depthwise_weight_grad": [P, P, P] + [I32] * 6 + [U32],
     "upsample_add": [P, P, P, I64] + [I32] * 4 + [U32] * 4,
     "upsample_add_backward_low": [P, P, I64] + [I32] * 4 + [U32] * 4,
-    "confusion_from_logits": [P, P, P] + [I64] * 7 + [I32] + [U32] * 3,
-    "confusion_from_labels": [P, P, P, I64, I64, I64, I32, U32, U32],
-    "find_bad_values": [P, P, I64, I64, I64, P, U32],
+    "confusion_from_logits": [P, P, P] + [I64] * 7 + [I32, I32, P] + [U32] * 3,
+    "confusion_from_labels": [P, P, P, I64, I64, I64, I32, P, U32, U32],
     "divergent_barrier": [],
     "set_barrier_timeout_ms": [I32],
 }
@@ -101,20 +100,39 @@ def test_upsample_add_and_its_gradient(gpu, low, high):
     close(grad_low, torch.autograd.grad(expected, low_t, grad)[0])
 
 
+def reward_from_logits(gpu, logits, target, staged, shared_counts=1, bands=4, images=2, threads=64):
+    N, K, h, w = logits.shape
+    counts, bad = torch.zeros(K, K, dtype=torch.long), torch.zeros(1, dtype=torch.int32)
+    assert gpu.confusion_from_logits(ptr(logits), ptr(target), ptr(counts), N, K, h, w, *target.shape[1:], 255,
+                                     shared_counts, staged, ptr(bad), bands, images, threads) == 0
+    return counts, bad.item()
+
+
+@pytest.mark.parametrize("staged", [1, 0], ids=["staged", "general"])
 @pytest.mark.parametrize("shared_counts", [1, 0])
-@pytest.mark.parametrize("low, high", [((9, 12), (36, 45)), ((7, 9), (7, 9)), ((5, 3), (13, 17))])
-def test_reward_from_logits(gpu, shared_counts, low, high):
+@pytest.mark.parametrize("low, high", [((9, 12), (36, 45)), ((7, 9), (7, 9)), ((5, 3), (13, 17)), ((16, 40), (8, 20))])
+def test_reward_from_logits(gpu, staged, shared_counts, low, high):
     g = torch.Generator().manual_seed(3)
     N, K = 3, 7
     logits = torch.randn(N, K, *low, generator=g, dtype=torch.float64)
     target = torch.randint(0, K, (N, *high), generator=g)
     target[:, 0] = 255
-    fused, reference = torch.zeros(K, K, dtype=torch.long), torch.zeros(K, K, dtype=torch.long)
-    # Bands of rows of 2 of the 3 images at a time; 64 threads: rows of 36 leave lanes idle.
-    assert gpu.confusion_from_logits(ptr(logits), ptr(target), ptr(fused), N, K, *low, *high, 255, shared_counts, 4,
-                                     2, 64) == 0
+    reference = torch.zeros(K, K, dtype=torch.long)
     confusion_matrix_update_reference(reference, logits, target, 255)
-    assert torch.equal(fused, reference)
+    # Bands of rows of 2 of the 3 images at a time; 64 threads: rows of 36 or 45 leave lanes idle,
+    # and 7 x 40 staged values take several steps.
+    counts, bad = reward_from_logits(gpu, logits, target, staged, shared_counts)
+    assert torch.equal(counts, reference) and bad == 0
+
+
+@pytest.mark.parametrize("staged", [1, 0], ids=["staged", "general"])
+def test_reward_from_logits_flags_bad_labels(gpu, staged):
+    logits, target = random(2, 5, 4, 6, dtype=torch.float64), torch.randint(0, 5, (2, 8, 12))
+    for bad_value in (5, -1):
+        target[1, 7, 11] = bad_value
+        assert reward_from_logits(gpu, logits, target, staged)[1] == 1
+    target[1, 7, 11] = 255
+    assert reward_from_logits(gpu, logits, target, staged)[1] == 0
 
 
 @pytest.mark.parametrize("shared_counts", [1, 0])
@@ -124,24 +142,25 @@ def test_reward_from_labels(gpu, shared_counts):
     pred, target = torch.randint(0, K, (n,), generator=g), torch.randint(0, K, (n,), generator=g)
     pred[:3000] = 4  # long runs: whole warps counting one cell at once
     target[::7] = 255
-    fused, reference = torch.zeros(K, K, dtype=torch.long), torch.zeros(K, K, dtype=torch.long)
-    assert gpu.confusion_from_labels(ptr(pred), ptr(target), ptr(fused), n, K, 255, shared_counts, 3, 96) == 0
+    fused, reference, bad = torch.zeros(K, K, dtype=torch.long), torch.zeros(K, K, dtype=torch.long), torch.zeros(
+        1, dtype=torch.int32)
+    assert gpu.confusion_from_labels(ptr(pred), ptr(target), ptr(fused), n, K, 255, shared_counts, ptr(bad), 3,
+                                     96) == 0
     confusion_matrix_update_reference(reference, pred, target, 255)
-    assert torch.equal(fused, reference)
+    assert torch.equal(fused, reference) and bad.item() == 0
 
 
-@pytest.mark.parametrize("bad_target, bad_pred, flags", [(None, None, 0), (7, None, 1), (-1, None, 1),
-                                                         (None, 7, 2), (7, 9, 3)])
-def test_bad_values_are_flagged(gpu, bad_target, bad_pred, flags):
+@pytest.mark.parametrize("bad_target, bad_pred, flags", [(7, None, 1), (-1, None, 1), (None, 7, 2), (7, 9, 3)])
+def test_reward_from_labels_flags_bad_values(gpu, bad_target, bad_pred, flags):
     target, pred = torch.randint(0, 7, (3000,)), torch.randint(0, 7, (3000,))
     target[10] = 255
-    pred[10] = 99  # not counted: its target is ignored
+    pred[10] = 99  # not counted, so not flagged: its target is ignored
     if bad_target is not None:
         target[2999] = bad_target
     if bad_pred is not None:
         pred[1500] = bad_pred
-    bad = torch.zeros(1, dtype=torch.int32)
-    assert gpu.find_bad_values(ptr(target), ptr(pred), 3000, 7, 255, ptr(bad), 2) == 0
+    counts, bad = torch.zeros(7, 7, dtype=torch.long), torch.zeros(1, dtype=torch.int32)
+    assert gpu.confusion_from_labels(ptr(pred), ptr(target), ptr(counts), 3000, 7, 255, 1, ptr(bad), 2, 256) == 0
     assert bad.item() == flags
 
 

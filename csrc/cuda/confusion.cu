@@ -29,15 +29,60 @@ dim3 logits_grid(int64_t N, int64_t H, int64_t blocks) {
   return dim3(static_cast<unsigned int>(ceil_div(H, band)), static_cast<unsigned int>(images));
 }
 
-// The value checks of check_confusion_values in one kernel pass and one synchronisation.
-void check_values(const at::Tensor& target, const at::Tensor* pred, int64_t K, int64_t ignore_index) {
-  const at::Tensor bad = at::zeros({1}, target.options().dtype(at::kInt));
-  const int64_t n = target.numel();
-  kernels::find_bad_values_kernel<<<blocks_for(n, kernels::kThreads), kernels::kThreads, 0, current_stream()>>>(
-      target.data_ptr<int64_t>(), pred ? pred->data_ptr<int64_t>() : nullptr, n, K, ignore_index,
-      bad.data_ptr<int>());
+// Threads along a row: whole warps, no more than a row needs, so that few idle where rows are short.
+int row_threads(int64_t W) {
+  return static_cast<int>(
+      std::min<int64_t>(kernels::kConfusionThreads, ceil_div(W, kernels::kWarpSize) * kernels::kWarpSize));
+}
+
+void update_from_logits(unsigned long long* counts, const at::Tensor& logits, const at::Tensor& target, int64_t K,
+                        int64_t ignore_index, bool shared_counts, int* bad) {
+  const int64_t N = target.size(0), H = target.size(1), W = target.size(2), h = logits.size(2), w = logits.size(3);
+  const int threads = row_threads(W);
+  const auto stream = current_stream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "confusion_from_logits_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t staged_bytes = kernels::staged_shared_bytes(K, w, sizeof(acc_t), shared_counts);
+    const bool staged = (h != H || w != W) && staged_bytes <= kSharedBytes && N <= INT32_MAX &&
+                        h * w <= INT32_MAX && H * W <= INT32_MAX;
+    if (staged) {
+      const auto kernel = kernels::confusion_from_staged_rows_kernel<scalar_t, acc_t>;
+      const dim3 grid = logits_grid(N, H, resident_blocks(kernel, threads, staged_bytes));
+      kernel<<<grid, threads, staged_bytes, stream>>>(
+          logits.data_ptr<scalar_t>(), target.data_ptr<int64_t>(), counts, static_cast<int>(N), static_cast<int>(K),
+          static_cast<int>(h), static_cast<int>(w), static_cast<int>(H), static_cast<int>(W), ignore_index,
+          shared_counts, bad);
+    } else {
+      const size_t shared_bytes = shared_counts ? K * K * sizeof(unsigned int) : 0;
+      const auto kernel = kernels::confusion_from_logits_kernel<scalar_t, acc_t>;
+      const dim3 grid = logits_grid(N, H, resident_blocks(kernel, threads, shared_bytes));
+      kernel<<<grid, threads, shared_bytes, stream>>>(logits.data_ptr<scalar_t>(), target.data_ptr<int64_t>(), counts,
+                                                      N, K, h, w, H, W, ignore_index, shared_counts, bad);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+void update_from_labels(unsigned long long* counts, const at::Tensor& pred, const at::Tensor& target, int64_t K,
+                        int64_t ignore_index, bool shared_counts, int* bad) {
+  const auto kernel = kernels::confusion_from_labels_kernel<int64_t>;
+  const int threads = kernels::kConfusionThreads;
+  const size_t shared_bytes = shared_counts ? K * K * sizeof(unsigned int) : 0;
+  const int64_t blocks = std::min(ceil_div(target.numel(), threads), resident_blocks(kernel, threads, shared_bytes));
+  kernel<<<static_cast<unsigned int>(blocks), threads, shared_bytes, current_stream()>>>(
+      pred.data_ptr<int64_t>(), target.data_ptr<int64_t>(), counts, target.numel(), K, ignore_index, shared_counts,
+      bad);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// The kernels flag values out of range instead of counting them; then the matrix gets back its
+// value from before the update (`before`), so that an update that raises changes nothing. One
+// synchronisation, as the check needs.
+void fail_on_flags(const at::Tensor& bad, at::Tensor& matrix, const at::Tensor& before, int64_t K,
+                   int64_t ignore_index) {
   const int found = bad.item<int>();
+  if (found == 0) return;
+  matrix.copy_(before);
   fail_on_bad_target(found & kernels::kBadTarget, K, ignore_index);
   fail_on_bad_prediction(found & kernels::kBadPrediction, K);
 }
@@ -46,37 +91,19 @@ void confusion_matrix_update_cuda(at::Tensor& matrix, const at::Tensor& scores, 
                                   int64_t ignore_index) {
   const at::Tensor target = check_confusion(matrix, scores, target_in, ignore_index);
   const c10::cuda::CUDAGuard guard(matrix.device());
-  const int64_t K = matrix.size(0), N = target.size(0), H = target.size(1), W = target.size(2);
-  const int64_t total = N * H * W;
-  if (total == 0) return;
-  const at::Tensor pred = at::isFloatingType(scores.scalar_type()) ? at::Tensor() : scores.to(at::kLong).contiguous();
-  check_values(target, pred.defined() ? &pred : nullptr, K, ignore_index);
+  const int64_t K = matrix.size(0);
+  if (target.numel() == 0) return;
+  const at::Tensor before = matrix.clone();
+  const at::Tensor bad = at::zeros({1}, target.options().dtype(at::kInt));
   const bool shared_counts = K * K * static_cast<int64_t>(sizeof(unsigned int)) <= kSharedBytes;
-  const size_t shared_bytes = shared_counts ? K * K * sizeof(unsigned int) : 0;
   auto* counts = reinterpret_cast<unsigned long long*>(matrix.data_ptr<int64_t>());
-  const auto stream = current_stream();
   if (at::isFloatingType(scores.scalar_type())) {
-    const at::Tensor logits = scores.contiguous();
-    const int64_t h = logits.size(2), w = logits.size(3);
-    // Whole warps, no more than a row needs, so that few threads idle where rows are short.
-    const int threads = static_cast<int>(
-        std::min<int64_t>(kernels::kConfusionThreads, ceil_div(W, kernels::kWarpSize) * kernels::kWarpSize));
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "confusion_from_logits_cuda", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
-      const auto kernel = kernels::confusion_from_logits_kernel<scalar_t, acc_t>;
-      const dim3 grid = logits_grid(N, H, resident_blocks(kernel, threads, shared_bytes));
-      kernel<<<grid, threads, shared_bytes, stream>>>(logits.data_ptr<scalar_t>(), target.data_ptr<int64_t>(), counts,
-                                                      N, K, h, w, H, W, ignore_index, shared_counts);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
+    update_from_logits(counts, scores.contiguous(), target, K, ignore_index, shared_counts, bad.data_ptr<int>());
   } else {
-    const auto kernel = kernels::confusion_from_labels_kernel<int64_t>;
-    const int threads = kernels::kConfusionThreads;
-    const int64_t blocks = std::min(ceil_div(total, threads), resident_blocks(kernel, threads, shared_bytes));
-    kernel<<<static_cast<unsigned int>(blocks), threads, shared_bytes, stream>>>(
-        pred.data_ptr<int64_t>(), target.data_ptr<int64_t>(), counts, total, K, ignore_index, shared_counts);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    update_from_labels(counts, scores.to(at::kLong).contiguous(), target, K, ignore_index, shared_counts,
+                       bad.data_ptr<int>());
   }
+  fail_on_flags(bad, matrix, before, K, ignore_index);
 }
 
 }  // namespace

@@ -2,12 +2,6 @@
 #pragma once
 #include "common.h"
 
-// Declares the block's dynamic shared memory as `T name[]` (csrc/tools/cuda_on_cpu.h, which runs
-// the kernels on the CPU, defines its own).
-#ifndef NASFAST_DYNAMIC_SHARED
-#define NASFAST_DYNAMIC_SHARED(T, name) extern __shared__ T name[]
-#endif
-
 namespace nasfast {
 namespace kernels {
 
@@ -16,6 +10,16 @@ constexpr int kThreads = 256;
 // A grid-stride loop's index type: 64-bit, so that tensors of more than 2^31 elements work.
 __device__ inline int64_t global_thread() { return blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; }
 __device__ inline int64_t grid_threads() { return static_cast<int64_t>(blockDim.x) * gridDim.x; }
+
+#ifndef NASFAST_CUDA_ON_CPU  // csrc/tools/cuda_on_cpu.h, which runs the kernels on the CPU, has its own
+// The block's dynamic shared memory as an array of T (of at most 8-byte alignment). One
+// declaration for every kernel: nvcc rejects the same extern __shared__ name with two types.
+template <typename T>
+__device__ inline T* dynamic_shared() {
+  extern __shared__ double nasfast_dynamic_shared[];
+  return reinterpret_cast<T*>(nasfast_dynamic_shared);
+}
+#endif
 
 __device__ inline void atomic_add(float* address, float value) { atomicAdd(address, value); }
 

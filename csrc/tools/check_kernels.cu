@@ -38,7 +38,10 @@ struct Half16 {
   NASFAST_INSTANTIATE_UPSAMPLE_ADD(T, Acc, int64_t)                                                                 \
   template __global__ void confusion_from_logits_kernel<T, Acc>(const T*, const int64_t*, unsigned long long*,       \
                                                                 int64_t, int64_t, int64_t, int64_t, int64_t,         \
-                                                                int64_t, int64_t, bool);                             \
+                                                                int64_t, int64_t, bool, int*);                       \
+  template __global__ void confusion_from_staged_rows_kernel<T, Acc>(const T*, const int64_t*, unsigned long long*,  \
+                                                                     int, int, int, int, int, int, int64_t, bool,    \
+                                                                     int*);                                          \
   template __global__ void sep_conv_forward_kernel<T, Acc, true>(const T*, const T*, const T*, const T*, T*, int,  \
                                                                  int, int, int, int, int, int);                     \
   template __global__ void sep_conv_forward_kernel<T, Acc, false>(const T*, const T*, const T*, const T*, T*, int, \
@@ -59,7 +62,7 @@ NASFAST_INSTANTIATE(double, double)
 NASFAST_INSTANTIATE(Half16, float)
 
 template __global__ void confusion_from_labels_kernel<int64_t>(const int64_t*, const int64_t*, unsigned long long*,
-                                                               int64_t, int64_t, int64_t, bool);
+                                                               int64_t, int64_t, int64_t, bool, int*);
 
 }  // namespace kernels
 }  // namespace nasfast

@@ -26,7 +26,7 @@ struct dim3 {
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __shared__ static  // one block runs at a time, so a static is the block's own
-#define NASFAST_DYNAMIC_SHARED(T, name) T* name = reinterpret_cast<T*>(cuda_on_cpu::block().dynamic_shared.data())
+#define NASFAST_CUDA_ON_CPU
 
 namespace cuda_on_cpu {
 
@@ -84,7 +84,8 @@ struct Warp {
 };
 
 struct Block {
-  Block(unsigned int threads, size_t shared_bytes) : barrier(static_cast<int>(threads)), dynamic_shared(shared_bytes) {
+  Block(unsigned int threads, size_t shared_bytes)
+      : barrier(static_cast<int>(threads)), dynamic_shared((shared_bytes + sizeof(double) - 1) / sizeof(double)) {
     for (unsigned int first = 0; first < threads; first += kWarpSize) {
       warps.push_back(std::make_unique<Warp>(static_cast<int>(std::min(kWarpSize, threads - first))));
     }
@@ -96,7 +97,7 @@ struct Block {
 
   Barrier barrier;
   std::vector<std::unique_ptr<Warp>> warps;
-  std::vector<unsigned char> dynamic_shared;
+  std::vector<double> dynamic_shared;  // double: aligned as CUDA's
 };
 
 inline thread_local dim3 thread_index, block_index;
@@ -216,6 +217,15 @@ unsigned int __match_any_sync(unsigned int mask, T value) {
     return same;
   });
 }
+
+namespace nasfast {
+namespace kernels {
+template <typename T>
+T* dynamic_shared() {
+  return reinterpret_cast<T*>(cuda_on_cpu::block().dynamic_shared.data());
+}
+}  // namespace kernels
+}  // namespace nasfast
 
 inline int __popc(unsigned int x) { return __builtin_popcount(x); }
 inline int __ffs(int x) { return __builtin_ffs(x); }

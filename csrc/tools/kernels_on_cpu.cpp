@@ -55,28 +55,27 @@ int upsample_add_backward_low(const float* grad, float* grad_low, int64_t planes
                 dim3(threads_x, threads_y), 0, grad, grad_low, planes, H, W, h, w) ? 0 : 1;
 }
 
-// counts: K x K int64, added to.
+// counts: K x K int64, added to; bad: one int, zeroed; staged: the staged kernel (logits upsampled).
 int confusion_from_logits(const double* logits, const int64_t* target, int64_t* counts, int64_t N, int64_t K,
                           int64_t h, int64_t w, int64_t H, int64_t W, int64_t ignore_index, int shared_counts,
-                          unsigned int bands, unsigned int images, unsigned int threads) {
+                          int staged, int* bad, unsigned int bands, unsigned int images, unsigned int threads) {
+  auto* cells = reinterpret_cast<unsigned long long*>(counts);
+  if (staged) {
+    const size_t shared_bytes = k::staged_shared_bytes(K, w, sizeof(double), shared_counts != 0);
+    return launch(k::confusion_from_staged_rows_kernel<double, double>, dim3(bands, images), dim3(threads),
+                  shared_bytes, logits, target, cells, N, K, h, w, H, W, ignore_index, shared_counts != 0, bad) ? 0 : 1;
+  }
   const size_t shared_bytes = shared_counts ? K * K * sizeof(unsigned int) : 0;
   return launch(k::confusion_from_logits_kernel<double, double>, dim3(bands, images), dim3(threads), shared_bytes,
-                logits, target, reinterpret_cast<unsigned long long*>(counts), N, K, h, w, H, W, ignore_index,
-                shared_counts != 0) ? 0 : 1;
+                logits, target, cells, N, K, h, w, H, W, ignore_index, shared_counts != 0, bad) ? 0 : 1;
 }
 
 int confusion_from_labels(const int64_t* pred, const int64_t* target, int64_t* counts, int64_t n, int64_t K,
-                          int64_t ignore_index, int shared_counts, unsigned int blocks, unsigned int threads) {
+                          int64_t ignore_index, int shared_counts, int* bad, unsigned int blocks,
+                          unsigned int threads) {
   const size_t shared_bytes = shared_counts ? K * K * sizeof(unsigned int) : 0;
   return launch(k::confusion_from_labels_kernel<int64_t>, dim3(blocks), dim3(threads), shared_bytes, pred, target,
-                reinterpret_cast<unsigned long long*>(counts), n, K, ignore_index, shared_counts != 0) ? 0 : 1;
-}
-
-// bad: one int, zeroed; pred may be null.
-int find_bad_values(const int64_t* target, const int64_t* pred, int64_t n, int64_t K, int64_t ignore_index, int* bad,
-                    unsigned int blocks) {
-  return launch(k::find_bad_values_kernel, dim3(blocks), dim3(k::kThreads), 0, target, pred, n, K, ignore_index, bad)
-             ? 0 : 1;
+                reinterpret_cast<unsigned long long*>(counts), n, K, ignore_index, shared_counts != 0, bad) ? 0 : 1;
 }
 
 // A kernel whose barrier only some threads reach: the emulation must report it, not hang.
