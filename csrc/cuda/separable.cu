@@ -8,6 +8,7 @@
 #include <array>
 #include <cstdint>
 #include <tuple>
+#include <type_traits>
 
 #include "../checks.h"
 #include "../kernels/separable.cuh"
@@ -15,6 +16,19 @@
 
 namespace nasfast {
 namespace {
+
+// Calls f with the kernel size as a compile-time constant (std::integral_constant): 3 and 5, the
+// search space's, whose taps the kernels unroll; 0 for any other size.
+template <typename F>
+void with_kernel_size(int64_t k, F f) {
+  if (k == 3) {
+    f(std::integral_constant<int, 3>());
+  } else if (k == 5) {
+    f(std::integral_constant<int, 5>());
+  } else {
+    f(std::integral_constant<int, 0>());
+  }
+}
 
 at::Tensor forward(const at::Tensor& x_in, const at::Tensor& dw_in, const at::Tensor& pw_in, const at::Tensor& bias_in,
                    int64_t dilation) {
@@ -36,13 +50,16 @@ at::Tensor forward(const at::Tensor& x_in, const at::Tensor& dw_in, const at::Te
   TORCH_CHECK(grid.y <= 65535, "sep_conv: ", Cout, " output channels exceed the CUDA grid");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sep_conv_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const auto kernel = bias.defined() ? kernels::sep_conv_forward_kernel<scalar_t, acc_t, true>
-                                       : kernels::sep_conv_forward_kernel<scalar_t, acc_t, false>;
-    kernel<<<grid, kernels::kSepThreads, 0, current_stream()>>>(
-        x.data_ptr<scalar_t>(), dw.data_ptr<scalar_t>(), pw.data_ptr<scalar_t>(),
-        bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(), static_cast<int>(N),
-        static_cast<int>(C), static_cast<int>(Cout), static_cast<int>(H), static_cast<int>(W), static_cast<int>(k),
-        static_cast<int>(dilation));
+    with_kernel_size(k, [&](auto size) {
+      constexpr int K = decltype(size)::value;
+      const auto kernel = bias.defined() ? kernels::sep_conv_forward_kernel<scalar_t, acc_t, true, K>
+                                         : kernels::sep_conv_forward_kernel<scalar_t, acc_t, false, K>;
+      kernel<<<grid, kernels::kSepThreads, 0, current_stream()>>>(
+          x.data_ptr<scalar_t>(), dw.data_ptr<scalar_t>(), pw.data_ptr<scalar_t>(),
+          bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(), static_cast<int>(N),
+          static_cast<int>(C), static_cast<int>(Cout), static_cast<int>(H), static_cast<int>(W), static_cast<int>(k),
+          static_cast<int>(dilation));
+    });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
@@ -64,11 +81,13 @@ template <typename scalar_t, bool kInputGrad>
 void depthwise_planes(const at::Tensor& in, const at::Tensor& dw, at::Tensor& out, int64_t dilation) {
   const int64_t planes = out.size(0) * out.size(1), H = out.size(2), W = out.size(3);
   const dim3 grid(blocks_for(H * W, kernels::kThreads), static_cast<unsigned int>(std::min<int64_t>(planes, 65535)));
-  kernels::depthwise_planes_kernel<scalar_t, at::opmath_type<scalar_t>, kInputGrad>
-      <<<grid, kernels::kThreads, 0, current_stream()>>>(
-          in.data_ptr<scalar_t>(), dw.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), static_cast<int>(planes),
-          static_cast<int>(out.size(1)), static_cast<int>(H), static_cast<int>(W), static_cast<int>(dw.size(2)),
-          static_cast<int>(dilation));
+  with_kernel_size(dw.size(2), [&](auto size) {
+    kernels::depthwise_planes_kernel<scalar_t, at::opmath_type<scalar_t>, kInputGrad, decltype(size)::value>
+        <<<grid, kernels::kThreads, 0, current_stream()>>>(
+            in.data_ptr<scalar_t>(), dw.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), static_cast<int>(planes),
+            static_cast<int>(out.size(1)), static_cast<int>(H), static_cast<int>(W), static_cast<int>(dw.size(2)),
+            static_cast<int>(dilation));
+  });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

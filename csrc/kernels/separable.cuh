@@ -16,15 +16,54 @@ namespace kernels {
 constexpr int kTilePixels = 64, kTileOut = 64, kTileIn = 32;
 constexpr int kPixelLanes = kTilePixels / 4, kSepThreads = kPixelLanes * (kTileOut / 4);
 
-template <typename T, typename Acc>
+static_assert(kSepThreads % kTilePixels == 0, "each thread keeps one pixel of the tile");
+
+// The depthwise output at (y, x) of one plane (or, with kInputGrad, the input gradient gathered
+// from the output gradient), with K, the kernel size, known at compile time: the taps unroll,
+// each a load and an FMA behind an unsigned bounds test, in 32-bit indices (the hosts check that
+// H * W fits). The taps of depthwise_at and depthwise_input_grad_at (separable.h), in their order.
+template <int K, bool kInputGrad, typename Acc, typename T>
+__device__ inline Acc depthwise_taps(const T* __restrict__ plane, const T* __restrict__ weight, int H, int W, int d,
+                                     int y, int x) {
+  constexpr int r = K / 2;
+  const int step = kInputGrad ? -d : d;
+  Acc sum = Acc(0);
+#pragma unroll
+  for (int ky = 0; ky < K; ++ky) {
+    const int iy = y + (ky - r) * step;
+    if (static_cast<unsigned int>(iy) >= static_cast<unsigned int>(H)) continue;
+    const T* row = plane + iy * W;
+#pragma unroll
+    for (int kx = 0; kx < K; ++kx) {
+      const int ix = x + (kx - r) * step;
+      if (static_cast<unsigned int>(ix) < static_cast<unsigned int>(W)) {
+        sum += static_cast<Acc>(weight[ky * K + kx]) * static_cast<Acc>(row[ix]);
+      }
+    }
+  }
+  return sum;
+}
+
+// depthwise_taps for the sizes the search space uses (K = 3 or 5); any size k with K = 0.
+template <int K, bool kInputGrad, typename Acc, typename T>
+__device__ inline Acc depthwise_value(const T* plane, const T* weight, int H, int W, int k, int d, int y, int x) {
+  if (K > 0) return depthwise_taps<(K > 0 ? K : 1), kInputGrad, Acc>(plane, weight, H, W, d, y, x);
+  return kInputGrad ? depthwise_input_grad_at<Acc>(plane, weight, H, W, k, d, y, x)
+                    : depthwise_at<Acc>(plane, weight, H, W, k, d, y, x);
+}
+
+// The depthwise outputs of channels [c0, c0 + kTileIn) at the tile's pixels. Each thread keeps
+// one pixel, q at (y, x), and steps over the channels.
+template <int K, typename T, typename Acc>
 __device__ inline void load_depthwise_tile(Acc (*band)[kTilePixels], const T* image, const T* depthwise, int c0,
-                                           int C, int p0, int H, int W, int k, int d) {
-  for (int i = threadIdx.x; i < kTileIn * kTilePixels; i += blockDim.x) {
-    const int c = c0 + i / kTilePixels, q = p0 + i % kTilePixels;
-    band[i / kTilePixels][i % kTilePixels] =
-        c < C && q < H * W ? depthwise_at<Acc>(image + static_cast<int64_t>(c) * H * W, depthwise + c * k * k, H, W,
-                                               k, d, q / W, q % W)
-                           : Acc(0);
+                                           int C, int q, int y, int x, int H, int W, int k, int d) {
+  constexpr int kChannelStep = kSepThreads / kTilePixels;
+  const int p = threadIdx.x % kTilePixels;
+  for (int i = threadIdx.x / kTilePixels; i < kTileIn; i += kChannelStep) {
+    const int c = c0 + i;
+    band[i][p] = c < C && q < H * W ? depthwise_value<K, false, Acc>(image + static_cast<int64_t>(c) * H * W,
+                                                                     depthwise + c * k * k, H, W, k, d, y, x)
+                                    : Acc(0);
   }
 }
 
@@ -37,7 +76,7 @@ __device__ inline void load_pointwise_tile(Acc (*weight)[kTileOut], const T* poi
   }
 }
 
-template <typename T, typename Acc, bool kBiasRelu>
+template <typename T, typename Acc, bool kBiasRelu, int K>
 __global__ void __launch_bounds__(kSepThreads)
     sep_conv_forward_kernel(const T* __restrict__ x, const T* __restrict__ depthwise,
                             const T* __restrict__ pointwise, const T* __restrict__ bias, T* __restrict__ out, int N,
@@ -46,11 +85,12 @@ __global__ void __launch_bounds__(kSepThreads)
   __shared__ Acc weight[kTileIn][kTileOut];
   const int HW = H * W, p0 = blockIdx.x * kTilePixels, co0 = blockIdx.y * kTileOut;
   const int lane_p = threadIdx.x % kPixelLanes, lane_co = threadIdx.x / kPixelLanes;
+  const int q = p0 + static_cast<int>(threadIdx.x % kTilePixels), qy = q / W, qx = q - qy * W;
   for (int n = blockIdx.z; n < N; n += gridDim.z) {
     const T* image = x + static_cast<int64_t>(n) * C * HW;
     Acc acc[4][4] = {};
     for (int c0 = 0; c0 < C; c0 += kTileIn) {
-      load_depthwise_tile<T, Acc>(band, image, depthwise, c0, C, p0, H, W, k, d);
+      load_depthwise_tile<K, T, Acc>(band, image, depthwise, c0, C, q, qy, qx, H, W, k, d);
       load_pointwise_tile<T, Acc>(weight, pointwise, c0, C, co0, Cout);
       __syncthreads();
 #pragma unroll 8
@@ -94,7 +134,7 @@ __global__ void __launch_bounds__(kSepThreads)
 
 // out = depthwise(in), or with kInputGrad the depthwise input gradient gathered from the output
 // gradient `in` (no atomics); both planes x H x W, the plane's channel is plane % C.
-template <typename T, typename Acc, bool kInputGrad>
+template <typename T, typename Acc, bool kInputGrad, int K>
 __global__ void depthwise_planes_kernel(const T* __restrict__ in, const T* __restrict__ depthwise, T* __restrict__ out,
                                         int planes, int C, int H, int W, int k, int d) {
   const int HW = H * W;
@@ -103,8 +143,7 @@ __global__ void depthwise_planes_kernel(const T* __restrict__ in, const T* __res
     const T* weight = depthwise + (plane % C) * k * k;
     for (int q = blockIdx.x * blockDim.x + threadIdx.x; q < HW; q += gridDim.x * blockDim.x) {
       const int y = q / W, x = q % W;
-      out[offset + q] = static_cast<T>(kInputGrad ? depthwise_input_grad_at<Acc>(in + offset, weight, H, W, k, d, y, x)
-                                                  : depthwise_at<Acc>(in + offset, weight, H, W, k, d, y, x));
+      out[offset + q] = static_cast<T>(depthwise_value<K, kInputGrad, Acc>(in + offset, weight, H, W, k, d, y, x));
     }
   }
 }

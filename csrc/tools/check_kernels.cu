@@ -33,6 +33,17 @@ struct Half16 {
   template __global__ void upsample_add_backward_low_kernel<T, Acc, Index>(const T*, T*, int64_t, Index, Index,      \
                                                                            Index, Index);
 
+// K: the kernel size the separable kernels unroll for (0: any).
+#define NASFAST_INSTANTIATE_SEPARABLE(T, Acc, K)                                                                    \
+  template __global__ void sep_conv_forward_kernel<T, Acc, true, K>(const T*, const T*, const T*, const T*, T*,    \
+                                                                    int, int, int, int, int, int, int);             \
+  template __global__ void sep_conv_forward_kernel<T, Acc, false, K>(const T*, const T*, const T*, const T*, T*,   \
+                                                                     int, int, int, int, int, int, int);            \
+  template __global__ void depthwise_planes_kernel<T, Acc, false, K>(const T*, const T*, T*, int, int, int, int,    \
+                                                                     int, int);                                     \
+  template __global__ void depthwise_planes_kernel<T, Acc, true, K>(const T*, const T*, T*, int, int, int, int,     \
+                                                                    int, int);
+
 #define NASFAST_INSTANTIATE(T, Acc)                                                                                 \
   NASFAST_INSTANTIATE_UPSAMPLE_ADD(T, Acc, int32_t)                                                                 \
   NASFAST_INSTANTIATE_UPSAMPLE_ADD(T, Acc, int64_t)                                                                 \
@@ -42,14 +53,9 @@ struct Half16 {
   template __global__ void confusion_from_staged_rows_kernel<T, Acc>(const T*, const int64_t*, unsigned long long*,  \
                                                                      int, int, int, int, int, int, int64_t, bool,    \
                                                                      int*);                                          \
-  template __global__ void sep_conv_forward_kernel<T, Acc, true>(const T*, const T*, const T*, const T*, T*, int,  \
-                                                                 int, int, int, int, int, int);                     \
-  template __global__ void sep_conv_forward_kernel<T, Acc, false>(const T*, const T*, const T*, const T*, T*, int, \
-                                                                  int, int, int, int, int, int);                    \
-  template __global__ void depthwise_planes_kernel<T, Acc, false>(const T*, const T*, T*, int, int, int, int, int, \
-                                                                  int);                                             \
-  template __global__ void depthwise_planes_kernel<T, Acc, true>(const T*, const T*, T*, int, int, int, int, int,  \
-                                                                 int);                                              \
+  NASFAST_INSTANTIATE_SEPARABLE(T, Acc, 0)                                                                          \
+  NASFAST_INSTANTIATE_SEPARABLE(T, Acc, 3)                                                                          \
+  NASFAST_INSTANTIATE_SEPARABLE(T, Acc, 5)                                                                          \
   template __global__ void depthwise_weight_grad_kernel<T, Acc, 3>(const T*, const T*, Acc*, int, int, int, int,    \
                                                                    int, int);                                       \
   template __global__ void depthwise_weight_grad_kernel<T, Acc, 5>(const T*, const T*, Acc*, int, int, int, int,    \
