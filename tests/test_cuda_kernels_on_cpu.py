@@ -58,12 +58,15 @@ def close(actual, expected):
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("k, dilation, bias", [(3, 1, False), (5, 3, True), (3, 6, True)])
-def test_separable_forward(gpu, k, dilation, bias):
-    # 37 channels: two tiles of inputs; 70 outputs: two tiles; 9 x 13 pixels: two tiles; 2 of 3 images a grid.
-    x, dw, pw, b = random(3, 37, 9, 13), random(37, 1, k, k, seed=1), random(70, 37, 1, 1, seed=2), random(70, seed=3)
-    out = torch.full((3, 70, 9, 13), float("nan"))
-    assert gpu.sep_conv_forward(ptr(x), ptr(dw), ptr(pw), ptr(b) if bias else None, ptr(out), 3, 37, 70, 9, 13, k,
+@pytest.mark.parametrize("k, dilation, bias", [(3, 1, False), (5, 3, True), (3, 6, True), (7, 1, False)])
+@pytest.mark.parametrize("C, Cout", [(37, 70), (48, 48), (9, 20), (5, 5)])
+def test_separable_forward(gpu, k, dilation, bias, C, Cout):
+    # 37 channels: three steps of 16; 70 outputs: two tiles of 64; 48 fill one tile, 20 and 5 smaller
+    # ones (fewer threads); 9 x 13 pixels: two tiles; 2 of the 3 images at a time. k = 7: the generic taps.
+    x, dw, pw, b = (random(3, C, 9, 13), random(C, 1, k, k, seed=1), random(Cout, C, 1, 1, seed=2),
+                    random(Cout, seed=3))
+    out = torch.full((3, Cout, 9, 13), float("nan"))
+    assert gpu.sep_conv_forward(ptr(x), ptr(dw), ptr(pw), ptr(b) if bias else None, ptr(out), 3, C, Cout, 9, 13, k,
                                 dilation, 2) == 0
     expected = separable_conv_bn_relu_reference(x, dw, pw, b, dilation) if bias else separable_conv_reference(
         x, dw, pw, dilation)

@@ -44,9 +44,11 @@ at::Tensor forward(const at::Tensor& x_in, const at::Tensor& dw_in, const at::Te
   const at::Tensor bias = bias_in.defined() ? bias_in.contiguous() : bias_in;
   at::Tensor out = at::empty({N, Cout, H, W}, x.options());
   if (out.numel() == 0) return out;
+  const int tile_out = kernels::sep_tile_out(Cout);
   const dim3 grid(static_cast<unsigned int>(ceil_div(H * W, kernels::kTilePixels)),
-                  static_cast<unsigned int>(ceil_div(Cout, kernels::kTileOut)),
+                  static_cast<unsigned int>(ceil_div(Cout, tile_out)),
                   static_cast<unsigned int>(std::min<int64_t>(N, 65535)));
+  const int threads = kernels::kPixelLanes * tile_out / 4;
   TORCH_CHECK(grid.y <= 65535, "sep_conv: ", Cout, " output channels exceed the CUDA grid");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sep_conv_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -54,7 +56,7 @@ at::Tensor forward(const at::Tensor& x_in, const at::Tensor& dw_in, const at::Te
       constexpr int K = decltype(size)::value;
       const auto kernel = bias.defined() ? kernels::sep_conv_forward_kernel<scalar_t, acc_t, true, K>
                                          : kernels::sep_conv_forward_kernel<scalar_t, acc_t, false, K>;
-      kernel<<<grid, kernels::kSepThreads, 0, current_stream()>>>(
+      kernel<<<grid, threads, 0, current_stream()>>>(
           x.data_ptr<scalar_t>(), dw.data_ptr<scalar_t>(), pw.data_ptr<scalar_t>(),
           bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(), static_cast<int>(N),
           static_cast<int>(C), static_cast<int>(Cout), static_cast<int>(H), static_cast<int>(W), static_cast<int>(k),

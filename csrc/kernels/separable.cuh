@@ -6,17 +6,26 @@
 namespace nasfast {
 namespace kernels {
 
-// Forward, fused. A block owns kTilePixels consecutive pixels of one image and kTileOut output
-// channels; it walks the input channels kTileIn at a time: the depthwise outputs of those
+// Forward, fused. A block owns kTilePixels consecutive pixels of one image and a tile of output
+// channels (sep_tile_out: 16 to 64, so that 48 channels fill it); it walks the input channels
+// kTileIn at a time (16: no empty half-tile at 48 channels): the depthwise outputs of those
 // channels over its pixels go to shared memory, with the matching slice of the pointwise
 // weights, and each thread accumulates a 4 x 4 register tile (4 output channels x 4 pixels, 16
-// FMAs per 8 shared loads; one output per thread was load-bound). The pointwise sum runs over
-// the channels in ascending order, as the reference's. Indices within a plane are 32-bit (the
-// host checks H * W < 2^31); offsets of planes are 64-bit.
-constexpr int kTilePixels = 64, kTileOut = 64, kTileIn = 32;
-constexpr int kPixelLanes = kTilePixels / 4, kSepThreads = kPixelLanes * (kTileOut / 4);
+// FMAs per 8 shared loads; one output per thread was load-bound). The block has kPixelLanes
+// threads per 4 output channels of its tile. The pointwise sum runs over the channels in
+// ascending order, as the reference's. Indices within a plane are 32-bit (the host checks
+// H * W < 2^31); offsets of planes are 64-bit.
+constexpr int kTilePixels = 64, kMaxTileOut = 64, kTileIn = 16;
+constexpr int kPixelLanes = kTilePixels / 4, kSepThreads = kPixelLanes * (kMaxTileOut / 4);
 
-static_assert(kSepThreads % kTilePixels == 0, "each thread keeps one pixel of the tile");
+// The output channels of a block's tile: Cout rounded up to a multiple of 16, at most kMaxTileOut.
+// Its threads, kPixelLanes * tile / 4, are then a multiple of kTilePixels.
+inline int sep_tile_out(int64_t Cout) {
+  const int64_t rounded = (Cout + 15) / 16 * 16;
+  return static_cast<int>(rounded < kMaxTileOut ? rounded : kMaxTileOut);
+}
+
+static_assert(kPixelLanes * 16 / 4 % kTilePixels == 0, "each thread keeps one pixel of the tile");
 
 // The depthwise output at (y, x) of one plane (or, with kInputGrad, the input gradient gathered
 // from the output gradient), with K, the kernel size, known at compile time: the taps unroll,
@@ -57,9 +66,8 @@ __device__ inline Acc depthwise_value(const T* plane, const T* weight, int H, in
 template <int K, typename T, typename Acc>
 __device__ inline void load_depthwise_tile(Acc (*band)[kTilePixels], const T* image, const T* depthwise, int c0,
                                            int C, int q, int y, int x, int H, int W, int k, int d) {
-  constexpr int kChannelStep = kSepThreads / kTilePixels;
-  const int p = threadIdx.x % kTilePixels;
-  for (int i = threadIdx.x / kTilePixels; i < kTileIn; i += kChannelStep) {
+  const int p = threadIdx.x % kTilePixels, channel_step = blockDim.x / kTilePixels;
+  for (int i = threadIdx.x / kTilePixels; i < kTileIn; i += channel_step) {
     const int c = c0 + i;
     band[i][p] = c < C && q < H * W ? depthwise_value<K, false, Acc>(image + static_cast<int64_t>(c) * H * W,
                                                                      depthwise + c * k * k, H, W, k, d, y, x)
@@ -68,11 +76,11 @@ __device__ inline void load_depthwise_tile(Acc (*band)[kTilePixels], const T* im
 }
 
 template <typename T, typename Acc>
-__device__ inline void load_pointwise_tile(Acc (*weight)[kTileOut], const T* pointwise, int c0, int C, int co0,
-                                           int Cout) {
-  for (int i = threadIdx.x; i < kTileIn * kTileOut; i += blockDim.x) {
-    const int c = c0 + i / kTileOut, co = co0 + i % kTileOut;
-    weight[i / kTileOut][i % kTileOut] = c < C && co < Cout ? static_cast<Acc>(pointwise[co * C + c]) : Acc(0);
+__device__ inline void load_pointwise_tile(Acc (*weight)[kMaxTileOut], const T* pointwise, int c0, int C, int co0,
+                                           int Cout, int tile_out) {
+  for (int i = threadIdx.x; i < kTileIn * tile_out; i += blockDim.x) {
+    const int c = c0 + i / tile_out, co = co0 + i % tile_out;
+    weight[i / tile_out][i % tile_out] = c < C && co < Cout ? static_cast<Acc>(pointwise[co * C + c]) : Acc(0);
   }
 }
 
@@ -82,8 +90,9 @@ __global__ void __launch_bounds__(kSepThreads)
                             const T* __restrict__ pointwise, const T* __restrict__ bias, T* __restrict__ out, int N,
                             int C, int Cout, int H, int W, int k, int d) {
   __shared__ Acc band[kTileIn][kTilePixels];
-  __shared__ Acc weight[kTileIn][kTileOut];
-  const int HW = H * W, p0 = blockIdx.x * kTilePixels, co0 = blockIdx.y * kTileOut;
+  __shared__ Acc weight[kTileIn][kMaxTileOut];
+  const int tile_out = blockDim.x / kPixelLanes * 4;
+  const int HW = H * W, p0 = blockIdx.x * kTilePixels, co0 = blockIdx.y * tile_out;
   const int lane_p = threadIdx.x % kPixelLanes, lane_co = threadIdx.x / kPixelLanes;
   const int q = p0 + static_cast<int>(threadIdx.x % kTilePixels), qy = q / W, qx = q - qy * W;
   for (int n = blockIdx.z; n < N; n += gridDim.z) {
@@ -91,7 +100,7 @@ __global__ void __launch_bounds__(kSepThreads)
     Acc acc[4][4] = {};
     for (int c0 = 0; c0 < C; c0 += kTileIn) {
       load_depthwise_tile<K, T, Acc>(band, image, depthwise, c0, C, q, qy, qx, H, W, k, d);
-      load_pointwise_tile<T, Acc>(weight, pointwise, c0, C, co0, Cout);
+      load_pointwise_tile<T, Acc>(weight, pointwise, c0, C, co0, Cout, tile_out);
       __syncthreads();
 #pragma unroll 8
       for (int c = 0; c < kTileIn; ++c) {

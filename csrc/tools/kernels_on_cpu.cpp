@@ -28,12 +28,13 @@ extern "C" {
 
 int sep_conv_forward(const float* x, const float* dw, const float* pw, const float* bias, float* out, int N, int C,
                      int Cout, int H, int W, int ks, int d, unsigned int images) {
-  const dim3 grid((H * W + k::kTilePixels - 1) / k::kTilePixels, (Cout + k::kTileOut - 1) / k::kTileOut, images);
+  const int tile_out = k::sep_tile_out(Cout);
+  const dim3 grid((H * W + k::kTilePixels - 1) / k::kTilePixels, (Cout + tile_out - 1) / tile_out, images);
   return with_kernel_size(ks, [&](auto size) {
     constexpr int K = decltype(size)::value;
     const auto kernel = bias ? k::sep_conv_forward_kernel<float, float, true, K>
                              : k::sep_conv_forward_kernel<float, float, false, K>;
-    return launch(kernel, grid, dim3(k::kSepThreads), 0, x, dw, pw, bias, out, N, C, Cout, H, W, ks, d);
+    return launch(kernel, grid, dim3(k::kPixelLanes * tile_out / 4), 0, x, dw, pw, bias, out, N, C, Cout, H, W, ks, d);
   });
 }
 
