@@ -98,7 +98,10 @@ void depthwise_weight_grad(const at::Tensor& gy, const at::Tensor& x, at::Tensor
   using acc_t = at::opmath_type<scalar_t>;
   const int N = static_cast<int>(x.size(0)), C = static_cast<int>(x.size(1)), H = static_cast<int>(x.size(2));
   const int W = static_cast<int>(x.size(3)), k = static_cast<int>(grad_dw.size(2)), d = static_cast<int>(dilation);
-  at::Tensor sums = at::zeros(grad_dw.sizes(), grad_dw.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+  // float and double sum in grad_dw itself (zeroed); half and bfloat16 in a float buffer.
+  at::Tensor sums = std::is_same<acc_t, scalar_t>::value
+                        ? grad_dw
+                        : at::zeros(grad_dw.sizes(), grad_dw.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
   const auto stream = current_stream();
   const scalar_t* g = gy.data_ptr<scalar_t>();
   const scalar_t* input = x.data_ptr<scalar_t>();
@@ -123,7 +126,7 @@ void depthwise_weight_grad(const at::Tensor& gy, const at::Tensor& x, at::Tensor
         g, input, out, N, C, H, W, k, d);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  grad_dw.copy_(sums);
+  if (!sums.is_same(grad_dw)) grad_dw.copy_(sums);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sep_conv_backward_cuda(const at::Tensor& grad_in,
