@@ -59,14 +59,15 @@ def close(actual, expected):
 
 
 @pytest.mark.parametrize("k, dilation, bias", [(3, 1, False), (5, 3, True), (3, 6, True), (7, 1, False)])
-@pytest.mark.parametrize("C, Cout", [(37, 70), (48, 48), (9, 20), (5, 5)])
-def test_separable_forward(gpu, k, dilation, bias, C, Cout):
+@pytest.mark.parametrize("C, Cout, H, W", [(37, 70, 9, 13), (48, 48, 8, 12), (9, 20, 9, 13), (5, 5, 4, 4)])
+def test_separable_forward(gpu, k, dilation, bias, C, Cout, H, W):
     # 37 channels: three steps of 16; 70 outputs: two tiles of 64; 48 fill one tile, 20 and 5 smaller
-    # ones (fewer threads); 9 x 13 pixels: two tiles; 2 of the 3 images at a time. k = 7: the generic taps.
-    x, dw, pw, b = (random(3, C, 9, 13), random(C, 1, k, k, seed=1), random(Cout, C, 1, 1, seed=2),
+    # ones (fewer threads); 117 pixels: two tiles, no 4-wide stores; 96 and 16: with them; 2 of the
+    # 3 images at a time. k = 7: the generic taps.
+    x, dw, pw, b = (random(3, C, H, W), random(C, 1, k, k, seed=1), random(Cout, C, 1, 1, seed=2),
                     random(Cout, seed=3))
-    out = torch.full((3, Cout, 9, 13), float("nan"))
-    assert gpu.sep_conv_forward(ptr(x), ptr(dw), ptr(pw), ptr(b) if bias else None, ptr(out), 3, C, Cout, 9, 13, k,
+    out = torch.full((3, Cout, H, W), float("nan"))
+    assert gpu.sep_conv_forward(ptr(x), ptr(dw), ptr(pw), ptr(b) if bias else None, ptr(out), 3, C, Cout, H, W, k,
                                 dilation, 2) == 0
     expected = separable_conv_bn_relu_reference(x, dw, pw, b, dilation) if bias else separable_conv_reference(
         x, dw, pw, dilation)

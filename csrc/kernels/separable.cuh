@@ -10,9 +10,9 @@ namespace kernels {
 // channels (sep_tile_out: 16 to 64, so that 48 channels fill it); it walks the input channels
 // kTileIn at a time (16: no empty half-tile at 48 channels): the depthwise outputs of those
 // channels over its pixels go to shared memory, with the matching slice of the pointwise
-// weights, and each thread accumulates a 4 x 4 register tile (4 output channels x 4 pixels, 16
-// FMAs per 8 shared loads; one output per thread was load-bound). The block has kPixelLanes
-// threads per 4 output channels of its tile. The pointwise sum runs over the channels in
+// weights, and each thread accumulates a 4 x 4 register tile (4 output channels x 4 consecutive
+// pixels: 16 FMAs per two 4-wide shared loads; one output per thread was load-bound), written
+// with 4-wide stores. The block has kPixelLanes threads per 4 output channels of its tile. The pointwise sum runs over the channels in
 // ascending order, as the reference's. Indices within a plane are 32-bit (the host checks
 // H * W < 2^31); offsets of planes are 64-bit.
 constexpr int kTilePixels = 64, kMaxTileOut = 64, kTileIn = 16;
@@ -61,26 +61,58 @@ __device__ inline Acc depthwise_value(const T* plane, const T* weight, int H, in
                     : depthwise_at<Acc>(plane, weight, H, W, k, d, y, x);
 }
 
+// Four consecutive values, read or written as one vector access (of at most 16 bytes).
+template <typename V>
+struct alignas(4 * sizeof(V) < 16 ? 4 * sizeof(V) : 16) Quad {
+  V v[4];
+};
+
 // The depthwise outputs of channels [c0, c0 + kTileIn) at the tile's pixels. Each thread keeps
 // one pixel, q at (y, x), and steps over the channels.
 template <int K, typename T, typename Acc>
-__device__ inline void load_depthwise_tile(Acc (*band)[kTilePixels], const T* image, const T* depthwise, int c0,
-                                           int C, int q, int y, int x, int H, int W, int k, int d) {
+__device__ inline void load_depthwise_tile(Quad<Acc> (*band)[kTilePixels / 4], const T* image, const T* depthwise,
+                                           int c0, int C, int q, int y, int x, int H, int W, int k, int d) {
   const int p = threadIdx.x % kTilePixels, channel_step = blockDim.x / kTilePixels;
   for (int i = threadIdx.x / kTilePixels; i < kTileIn; i += channel_step) {
     const int c = c0 + i;
-    band[i][p] = c < C && q < H * W ? depthwise_value<K, false, Acc>(image + static_cast<int64_t>(c) * H * W,
-                                                                     depthwise + c * k * k, H, W, k, d, y, x)
-                                    : Acc(0);
+    band[i][p / 4].v[p % 4] = c < C && q < H * W
+                                  ? depthwise_value<K, false, Acc>(image + static_cast<int64_t>(c) * H * W,
+                                                                   depthwise + c * k * k, H, W, k, d, y, x)
+                                  : Acc(0);
   }
 }
 
 template <typename T, typename Acc>
-__device__ inline void load_pointwise_tile(Acc (*weight)[kMaxTileOut], const T* pointwise, int c0, int C, int co0,
-                                           int Cout, int tile_out) {
+__device__ inline void load_pointwise_tile(Quad<Acc> (*weight)[kMaxTileOut / 4], const T* pointwise, int c0, int C,
+                                           int co0, int Cout, int tile_out) {
   for (int i = threadIdx.x; i < kTileIn * tile_out; i += blockDim.x) {
-    const int c = c0 + i / tile_out, co = co0 + i % tile_out;
-    weight[i / tile_out][i % tile_out] = c < C && co < Cout ? static_cast<Acc>(pointwise[co * C + c]) : Acc(0);
+    const int c = c0 + i / tile_out, co = i % tile_out;
+    weight[i / tile_out][co / 4].v[co % 4] =
+        c < C && co0 + co < Cout ? static_cast<Acc>(pointwise[(co0 + co) * C + c]) : Acc(0);
+  }
+}
+
+// Output channel co's four pixels from q on: one vector store where the plane allows it.
+template <bool kBiasRelu, typename T, typename Acc>
+__device__ inline void store_quad(T* plane, const Acc (&acc)[4], const T* bias, int co, int q, int HW,
+                                  bool vector_stores) {
+  Quad<T> values;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    Acc value = acc[j];
+    if (kBiasRelu) {
+      value += static_cast<Acc>(bias[co]);
+      value = value < Acc(0) ? Acc(0) : value;
+    }
+    values.v[j] = static_cast<T>(value);
+  }
+  if (vector_stores && q + 3 < HW) {
+    *reinterpret_cast<Quad<T>*>(plane + q) = values;
+    return;
+  }
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    if (q + j < HW) plane[q + j] = values.v[j];
   }
 }
 
@@ -89,12 +121,15 @@ __global__ void __launch_bounds__(kSepThreads)
     sep_conv_forward_kernel(const T* __restrict__ x, const T* __restrict__ depthwise,
                             const T* __restrict__ pointwise, const T* __restrict__ bias, T* __restrict__ out, int N,
                             int C, int Cout, int H, int W, int k, int d) {
-  __shared__ Acc band[kTileIn][kTilePixels];
-  __shared__ Acc weight[kTileIn][kMaxTileOut];
+  __shared__ Quad<Acc> band[kTileIn][kTilePixels / 4];
+  __shared__ Quad<Acc> weight[kTileIn][kMaxTileOut / 4];
   const int tile_out = blockDim.x / kPixelLanes * 4;
   const int HW = H * W, p0 = blockIdx.x * kTilePixels, co0 = blockIdx.y * tile_out;
+  // Thread (lane_p, lane_co) computes output channels co0 + 4 lane_co + [0, 4) at pixels p0 + 4 lane_p + [0, 4).
   const int lane_p = threadIdx.x % kPixelLanes, lane_co = threadIdx.x / kPixelLanes;
   const int q = p0 + static_cast<int>(threadIdx.x % kTilePixels), qy = q / W, qx = q - qy * W;
+  // Every plane starts at a multiple of four values (and `out` at a vector's alignment).
+  const bool vector_stores = HW % 4 == 0 && reinterpret_cast<uintptr_t>(out) % alignof(Quad<T>) == 0;
   for (int n = blockIdx.z; n < N; n += gridDim.z) {
     const T* image = x + static_cast<int64_t>(n) * C * HW;
     Acc acc[4][4] = {};
@@ -104,15 +139,11 @@ __global__ void __launch_bounds__(kSepThreads)
       __syncthreads();
 #pragma unroll 8
       for (int c = 0; c < kTileIn; ++c) {
-        Acc b[4], w[4];
-#pragma unroll
-        for (int j = 0; j < 4; ++j) b[j] = band[c][lane_p + kPixelLanes * j];
-#pragma unroll
-        for (int i = 0; i < 4; ++i) w[i] = weight[c][lane_co * 4 + i];
+        const Quad<Acc> b = band[c][lane_p], w = weight[c][lane_co];
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
 #pragma unroll
-          for (int j = 0; j < 4; ++j) acc[i][j] += w[i] * b[j];
+          for (int j = 0; j < 4; ++j) acc[i][j] += w.v[i] * b.v[j];
         }
       }
       __syncthreads();
@@ -120,18 +151,9 @@ __global__ void __launch_bounds__(kSepThreads)
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const int co = co0 + lane_co * 4 + i;
-      if (co >= Cout) continue;
-      T* plane = out + (static_cast<int64_t>(n) * Cout + co) * HW;
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const int q = p0 + lane_p + kPixelLanes * j;
-        if (q >= HW) continue;
-        Acc value = acc[i][j];
-        if (kBiasRelu) {
-          value += static_cast<Acc>(bias[co]);
-          value = value < Acc(0) ? Acc(0) : value;
-        }
-        plane[q] = static_cast<T>(value);
+      if (co < Cout) {
+        store_quad<kBiasRelu>(out + (static_cast<int64_t>(n) * Cout + co) * HW, acc[i], bias, co, p0 + lane_p * 4,
+                              HW, vector_stores);
       }
     }
   }
