@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ..cli import UsageError
 from ..data import EvalTransform, TrainTransform, make_dataset
 from ..encoder import MobileNetV2Encoder
 from .cache import FeatureCache, build_cache, open_cache
@@ -17,9 +18,18 @@ from .records import read_json, write_json
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    """auto (a GPU when there is one), cpu, cuda or cuda:N; UsageError for what this machine lacks."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {name}: CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"device {name}: this machine has {torch.cuda.device_count()} GPU(s)")
+    return device
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> Tuple[List[int], List[int]]:

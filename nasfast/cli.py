@@ -1,0 +1,62 @@
+"""What every command-line tool shares: argument types that refuse bad values while parsing, and
+`run`, which reports a problem with the user's input as one line instead of a traceback."""
+import argparse
+import os
+import sys
+from typing import Callable, List, Optional
+
+
+class UsageError(Exception):
+    """A problem with the user's input (options, files, data): printed as one line, exit status 2."""
+
+
+# Raised by the tools for missing or wrong files and bad values: the user's input, not a bug.
+USER_ERRORS = (UsageError, ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
+               PermissionError)
+
+
+def run(main: Callable[[Optional[List[str]]], int], prog: str, argv: Optional[List[str]] = None) -> int:
+    """main(argv), with user errors printed as `prog: error: ...` (exit 2; NASFAST_TRACEBACK=1 shows
+    the traceback too) and Ctrl-C as a one-line note (exit 130), unless main handles it itself."""
+    try:
+        return main(argv)
+    except USER_ERRORS as error:
+        if os.environ.get("NASFAST_TRACEBACK") == "1":
+            raise
+        message = error.strerror + f": {error.filename}" if isinstance(error, OSError) and error.filename else error
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _number(kind, minimum, inclusive: bool, text: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value < minimum or (value == minimum and not inclusive):
+        bound = "at least" if inclusive else "greater than"
+        raise argparse.ArgumentTypeError(f"must be {bound} {minimum}, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    return _number(int, 1, True, text)
+
+
+def non_negative_int(text: str) -> int:
+    return _number(int, 0, True, text)
+
+
+def positive_float(text: str) -> float:
+    return _number(float, 0.0, False, text)
+
+
+def fraction(text: str) -> float:
+    """A number strictly between 0 and 1."""
+    value = positive_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be less than 1, got {text}")
+    return value
