@@ -1,0 +1,61 @@
+"""nasfast.cli: user errors as one line, Ctrl-C as a note, bugs as tracebacks; argument types."""
+import argparse
+
+import pytest
+
+from nasfast.cli import UsageError, fraction, non_negative_int, positive_float, positive_int, run
+from nasfast.search.context import resolve_device
+
+
+def failing(error):
+    def main(argv):
+        raise error
+    return main
+
+
+@pytest.mark.parametrize("error, message", [
+    (UsageError("--out x holds a run"), "tool: error: --out x holds a run"),
+    (ValueError("bad genotype"), "tool: error: bad genotype"),
+    (FileNotFoundError(2, "No such file or directory", "/nope.pt"), "tool: error: No such file or directory: /nope.pt"),
+])
+def test_user_errors_are_one_line(capsys, error, message):
+    assert run(failing(error), "tool") == 2
+    assert capsys.readouterr().err.strip() == message
+
+
+def test_ctrl_c_is_a_note_and_bugs_keep_their_traceback(capsys, monkeypatch):
+    assert run(failing(KeyboardInterrupt()), "tool") == 130
+    assert capsys.readouterr().err.strip() == "tool: interrupted"
+    with pytest.raises(KeyError):
+        run(failing(KeyError("bug")), "tool")
+    monkeypatch.setenv("NASFAST_TRACEBACK", "1")
+    with pytest.raises(UsageError):
+        run(failing(UsageError("shown with its traceback")), "tool")
+
+
+def test_main_gets_argv_and_its_status_is_returned():
+    assert run(lambda argv: len(argv), "tool", ["a", "b"]) == 2
+
+
+@pytest.mark.parametrize("kind, good, bad", [
+    (positive_int, [("1", 1), ("64", 64)], ["0", "-3", "1.5", "x"]),
+    (non_negative_int, [("0", 0), ("2", 2)], ["-1", "x"]),
+    (positive_float, [("0.25", 0.25), ("2", 2.0)], ["0", "-0.5", "x"]),
+    (fraction, [("0.1", 0.1), ("0.99", 0.99)], ["0", "1", "1.5", "-0.1"]),
+])
+def test_argument_types(kind, good, bad):
+    for text, value in good:
+        assert kind(text) == value
+    for text in bad:
+        with pytest.raises(argparse.ArgumentTypeError):
+            kind(text)
+
+
+def test_devices_the_machine_lacks_are_refused():
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(UsageError, match="unknown device 'gpu'"):
+        resolve_device("gpu")
+    import torch
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match="CUDA is not available"):
+            resolve_device("cuda")
