@@ -29,6 +29,12 @@ def run(main: Callable[[Optional[List[str]]], int], prog: str, argv: Optional[Li
     except KeyboardInterrupt:
         print(f"\n{prog}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as other tools do
+        try:  # and keep the interpreter's final flush of stdout from raising again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout without a file descriptor
+            pass
+        return 141
 
 
 def _number(kind, minimum, inclusive: bool, text: str):
@@ -36,9 +42,15 @@ def _number(kind, minimum, inclusive: bool, text: str):
         value = kind(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if value < minimum or (value == minimum and not inclusive):
+    if not value >= minimum or (value == minimum and not inclusive):  # `not >=`: NaN fails too
         bound = "at least" if inclusive else "greater than"
         raise argparse.ArgumentTypeError(f"must be {bound} {minimum}, got {text}")
+    return value
+
+
+def _below(value, maximum, inclusive: bool, text: str):
+    if value > maximum or (value == maximum and not inclusive):
+        raise argparse.ArgumentTypeError(f"must be {'at most' if inclusive else 'less than'} {maximum}, got {text}")
     return value
 
 
@@ -54,9 +66,20 @@ def positive_float(text: str) -> float:
     return _number(float, 0.0, False, text)
 
 
+def non_negative_float(text: str) -> float:
+    return _number(float, 0.0, True, text)
+
+
 def fraction(text: str) -> float:
     """A number strictly between 0 and 1."""
-    value = positive_float(text)
-    if value >= 1:
-        raise argparse.ArgumentTypeError(f"must be less than 1, got {text}")
-    return value
+    return _below(positive_float(text), 1, False, text)
+
+
+def probability(text: str) -> float:
+    """A number from 0 to 1."""
+    return _below(non_negative_float(text), 1, True, text)
+
+
+def decay(text: str) -> float:
+    """The decay of a moving average: from 0 to less than 1."""
+    return _below(non_negative_float(text), 1, False, text)

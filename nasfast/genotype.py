@@ -11,6 +11,7 @@ positions i_k, j_k in [0, 3k - 1) and applies operations o_k, p_k in [0, 11).
 import json
 import math
 import numbers
+import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -170,3 +171,17 @@ ZOO: Dict[str, Genotype] = {name: Genotype.parse(nested) for name, nested in [
     ("arch1", [[[2, 3], [3, 1], [4, 4]], [2, [1, 0, 3, 6], [0, 1, 2, 8], [2, 0, 6, 1]]]),
     ("arch2", [[[1, 3], [4, 3], [2, 2]], [5, [0, 0, 4, 1], [3, 2, 0, 1], [5, 6, 5, 0]]]),
 ]}
+
+
+def genotype_from_option(text: str) -> Genotype:
+    """What a --genotype option takes: a zoo name, JSON text, or a file holding either; the errors
+    about a file name it."""
+    if not os.path.isfile(text):
+        return Genotype.parse(text)
+    try:
+        with open(text, encoding="utf-8") as f:
+            return Genotype.parse(f.read())
+    except UnicodeDecodeError:
+        raise ValueError(f"genotype file {text} is not UTF-8 text") from None
+    except ValueError as error:
+        raise ValueError(f"genotype file {text}: {error}") from None

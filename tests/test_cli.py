@@ -3,7 +3,8 @@ import argparse
 
 import pytest
 
-from nasfast.cli import UsageError, fraction, non_negative_int, positive_float, positive_int, run
+from nasfast.cli import (UsageError, decay, fraction, non_negative_float, non_negative_int, positive_float, positive_int,
+                         probability, run)
 from nasfast.search.context import resolve_device
 
 
@@ -33,6 +34,11 @@ def test_ctrl_c_is_a_note_and_bugs_keep_their_traceback(capsys, monkeypatch):
         run(failing(UsageError("shown with its traceback")), "tool")
 
 
+def test_a_closed_pipe_ends_quietly(capsys):
+    assert run(failing(BrokenPipeError()), "tool") == 141
+    assert capsys.readouterr().err == ""
+
+
 def test_main_gets_argv_and_its_status_is_returned():
     assert run(lambda argv: len(argv), "tool", ["a", "b"]) == 2
 
@@ -40,8 +46,11 @@ def test_main_gets_argv_and_its_status_is_returned():
 @pytest.mark.parametrize("kind, good, bad", [
     (positive_int, [("1", 1), ("64", 64)], ["0", "-3", "1.5", "x"]),
     (non_negative_int, [("0", 0), ("2", 2)], ["-1", "x"]),
-    (positive_float, [("0.25", 0.25), ("2", 2.0)], ["0", "-0.5", "x"]),
+    (positive_float, [("0.25", 0.25), ("2", 2.0)], ["0", "-0.5", "x", "nan"]),
+    (non_negative_float, [("0", 0.0), ("2.5", 2.5)], ["-0.1", "nan"]),
     (fraction, [("0.1", 0.1), ("0.99", 0.99)], ["0", "1", "1.5", "-0.1"]),
+    (probability, [("0", 0.0), ("1", 1.0)], ["1.5", "-0.1"]),
+    (decay, [("0", 0.0), ("0.95", 0.95)], ["1", "-0.1"]),
 ])
 def test_argument_types(kind, good, bad):
     for text, value in good:
