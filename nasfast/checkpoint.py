@@ -1,11 +1,16 @@
 """Training checkpoints: the model's recipe (genotype, classes) with its weights, saved atomically."""
 import io
-from typing import Any, Dict
+import zipfile
+from typing import Any, Dict, Sequence
 
 import torch
 
+from .cli import UsageError
 from .model import Segmenter, create_model
 from .search.records import write_atomic
+
+MODEL_KEYS = ("model", "genotype", "num_classes", "channels", "sep_repeats")
+RESUME_KEYS = MODEL_KEYS + ("encoder_optimizer", "decoder_optimizer", "epoch", "best_miou")
 
 
 def save_checkpoint(state: Dict[str, Any], *paths: str) -> None:
@@ -16,11 +21,35 @@ def save_checkpoint(state: Dict[str, Any], *paths: str) -> None:
         write_atomic(path, buffer.getvalue())
 
 
-def load_checkpoint(path: str) -> Dict[str, Any]:
+def load_checkpoint(path: str, keys: Sequence[str] = MODEL_KEYS) -> Dict[str, Any]:
+    """The checkpoint in `path`; UsageError when it is not one of python -m nasfast.train or lacks `keys`."""
+    if _is_torchscript(path):  # torch.load would hand it to torch.jit.load
+        raise UsageError(_not_a_checkpoint(path, "it is a TorchScript file, as python -m nasfast.export writes"))
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"checkpoint {path} not found") from None
+    except OSError:
+        raise
+    except Exception as error:  # torch.load fails in many ways on a foreign file
+        detail = (str(error).strip().splitlines() or [""])[0][:100]
+        reason = f"torch.load cannot read it: {type(error).__name__}{': ' + detail if detail else ''}"
+        raise UsageError(_not_a_checkpoint(path, reason)) from None
+    missing = [key for key in keys if key not in state] if isinstance(state, dict) else list(keys)
+    if missing:
+        raise UsageError(_not_a_checkpoint(path, f"it lacks {', '.join(missing)}"))
+    return state
+
+
+def _not_a_checkpoint(path: str, reason: str) -> str:
+    return f"{path} is not a checkpoint of python -m nasfast.train ({reason})"
+
+
+def _is_torchscript(path: str) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in name for name in archive.namelist())
 
 
 def model_from_checkpoint(checkpoint: Dict[str, Any], aux=None, fused=None) -> Segmenter:

@@ -3,12 +3,19 @@ trained checkpoint on a dataset split (the numbers of the paper's Table 5)."""
 import argparse
 import json
 import sys
+from pathlib import Path
+from typing import List
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
-from .data import EvalTransform, make_dataset
+from .cli import UsageError, non_negative_int, positive_float, run
+from .data import EvalTransform, find_data_root, make_dataset
 from .data.datasets import DATASETS
 from .search.context import resolve_device
 from .train import evaluate_model, evaluation_loader
+
+PROG = "python -m nasfast.evaluate"
+# Where each dataset keeps its lists of images, <split>.txt (a folder dataset without a list uses every image).
+SPLIT_LISTS = {"camvid": ["."], "voc": ["ImageSets/Segmentation", "VOCdevkit/VOC2012/ImageSets/Segmentation"]}
 
 
 def format_metrics(metrics: dict, class_names) -> str:
@@ -19,26 +26,51 @@ def format_metrics(metrics: dict, class_names) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nasfast.evaluate", description=__doc__.split(":", 1)[1].strip())
+def available_splits(dataset: str, root: Path) -> List[str]:
+    return sorted({p.stem for folder in SPLIT_LISTS.get(dataset, []) for p in (root / folder).glob("*.txt")})
+
+
+def open_split(dataset: str, data_root, split: str, scale: float):
+    """The split of the dataset; a split that does not exist is named with those that do."""
+    root = find_data_root(dataset, data_root)
+    splits = available_splits(dataset, root)
+    if dataset in SPLIT_LISTS and split not in splits:
+        raise UsageError(f"--split {split}: {dataset} in {root} has the splits {', '.join(splits) or '(none)'}")
+    return make_dataset(dataset, str(root), split, EvalTransform(scale))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split(":", 1)[1].strip())
     parser.add_argument("--checkpoint", required=True, help="best.pt or last.pt of python -m nasfast.train")
-    parser.add_argument("--dataset", default="camvid", choices=sorted(DATASETS), help="[camvid]")
+    parser.add_argument("--dataset", choices=sorted(DATASETS), help="camvid, voc or folder [the checkpoint's]")
     parser.add_argument("--data-root", help="dataset directory (default: $NASFAST_DATA/<dataset>)")
-    parser.add_argument("--split", default="val", help="[val]")
-    parser.add_argument("--scale", type=float, default=1.0, help="resize images by this factor [1.0]")
-    parser.add_argument("--limit", type=int, default=0, help="evaluate the first N images only [all]")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--workers", type=int, default=2, help="data-loading processes [2]")
+    parser.add_argument("--split", default="val",
+                        help="camvid: train, val or test; voc: train_aug, train or val; folder: the names in "
+                             "<SPLIT>.txt, else every image [val]")
+    parser.add_argument("--scale", type=positive_float,
+                        help="resize images by this factor [the training's, stored in the checkpoint]")
+    parser.add_argument("--limit", type=non_negative_int, default=0, help="evaluate the first N images only [0: all]")
+    parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N [auto]")
+    parser.add_argument("--workers", type=non_negative_int, default=2, help="data-loading processes [2]")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     checkpoint = load_checkpoint(args.checkpoint)
     device = resolve_device(args.device)
-    model = model_from_checkpoint(checkpoint).to(device)
-    dataset = make_dataset(args.dataset, args.data_root, args.split, EvalTransform(args.scale))
+    dataset_name = args.dataset or checkpoint.get("dataset", "camvid")
+    scale = args.scale or checkpoint.get("scale", 1.0)  # checkpoints before the scale was stored: 1.0
+    dataset = open_split(dataset_name, args.data_root, args.split, scale)
     if dataset.num_classes != checkpoint["num_classes"]:
-        parser.error(f"{args.dataset} has {dataset.num_classes} classes, the checkpoint {checkpoint['num_classes']}")
+        raise UsageError(f"{dataset_name} has {dataset.num_classes} classes, the checkpoint "
+                         f"{checkpoint['num_classes']}")
     if args.limit:
         dataset.pairs = dataset.pairs[:args.limit]
+    model = model_from_checkpoint(checkpoint).to(device)
+    print(f"{args.checkpoint} on {dataset_name} {args.split}: {len(dataset)} images at scale {scale}",
+          file=sys.stderr if args.json else sys.stdout, flush=True)
     loader = evaluation_loader(dataset, args.workers)
     metrics = evaluate_model(model, loader, dataset.num_classes, dataset.ignore_index, (), device)
     print(json.dumps(metrics) if args.json else format_metrics(metrics, dataset.class_names))
@@ -46,4 +78,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main, PROG))

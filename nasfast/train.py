@@ -3,24 +3,30 @@ mean IoU per epoch, checkpoints (last and best) and --resume."""
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass
-from typing import Tuple
+from dataclasses import asdict, dataclass, fields, replace
+from typing import List, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader, RandomSampler, Subset
 from tqdm import tqdm
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import RESUME_KEYS, load_checkpoint, save_checkpoint
+from .cli import UsageError, non_negative_int, positive_int, run
 from .data import EvalTransform, TrainTransform, make_dataset
 from .data.datasets import DATASETS
-from .genotype import Genotype
+from .genotype import ZOO, Genotype, genotype_from_option
 from .metrics import ConfusionMatrix
 from .model import create_model
 from .search.candidate import LateLossCheck, descend, segmentation_loss
 from .search.context import resolve_device
-from .search.records import append_record
+from .search.records import append_record, write_json
+
+PROG = "python -m nasfast.train"
+RUN_FILES = ("config.json", "last.pt", "best.pt", "log.jsonl")
+SEARCH_FILES = ("state.pt", "candidates.jsonl")
 
 
 @dataclass
@@ -47,6 +53,14 @@ PRESETS = {
     "fast": TrainConfig(epochs=50, crop_size=320),
     "tiny": TrainConfig(epochs=2, batch_size=8, crop_size=64, scale=0.25, train_images=32, val_images=8, workers=0),
 }
+PRESET_NOTES = {"paper": "the paper's protocol: hours to days on a CPU, meant for a GPU",
+                "fast": "shorter, for a GPU", "tiny": "seconds on a CPU, for trying it out"}
+# The settings that options set over the preset's; workers alone does not change what is trained.
+OPTION_FIELDS = ("epochs", "batch_size", "decoder_optimizer", "workers")
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C during the epochs; the message says what was saved and how to go on."""
 
 
 def aux_weight(config: TrainConfig, epoch: int) -> float:
@@ -55,12 +69,10 @@ def aux_weight(config: TrainConfig, epoch: int) -> float:
     return config.aux_weights[part]
 
 
-def parse_genotype(text: str) -> Genotype:
-    """A zoo name, JSON text, or a file holding JSON."""
-    if os.path.isfile(text):
-        with open(text) as f:
-            text = f.read()
-    return Genotype.parse(text.strip())
+def genotype_name(nested: list) -> str:
+    """The zoo name of a genotype, else its JSON."""
+    genotype = Genotype.parse(nested)
+    return next((name for name, known in ZOO.items() if known == genotype), str(genotype))
 
 
 def evaluate_model(model, loader, num_classes, ignore_index, exclude, device) -> dict:
@@ -97,7 +109,28 @@ def _subset(dataset, count: int, seed: int):
     return Subset(dataset, sorted(order.tolist()))
 
 
-def train(args, config: TrainConfig) -> dict:
+def make_optimizers(model, config: TrainConfig) -> Tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+    """SGD for the pre-trained encoder; Adam or SGD for the decoder."""
+    decoder = model.decoder.parameters()
+    decoder_opt = (torch.optim.Adam(decoder, config.decoder_lr, weight_decay=config.weight_decay)
+                   if config.decoder_optimizer == "adam" else
+                   torch.optim.SGD(decoder, config.decoder_lr, momentum=0.9, weight_decay=config.weight_decay))
+    encoder_opt = torch.optim.SGD(model.encoder.parameters(), config.encoder_lr, momentum=0.9,
+                                  weight_decay=config.weight_decay)
+    return encoder_opt, decoder_opt
+
+
+def interrupted_note(out: str, saved_epochs: int) -> str:
+    if saved_epochs == 0:
+        return (f"interrupted in epoch 1: nothing was saved; run the same command to start again in {out}, "
+                f"or remove it")
+    return (f"interrupted in epoch {saved_epochs + 1}: {os.path.join(out, 'last.pt')} holds epoch {saved_epochs}; "
+            f"continue with {PROG} --out {shlex.quote(out)} --resume")
+
+
+def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict] = None) -> dict:
+    """Trains into args.out, from scratch or from the checkpoint `resumed` (last.pt); nothing is
+    written before the data and the options have been checked."""
     device = resolve_device(args.device)
     torch.manual_seed(config.seed)
     torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed crop size: let cuDNN pick its kernels once
@@ -105,32 +138,26 @@ def train(args, config: TrainConfig) -> dict:
     train_set = make_dataset(args.dataset, args.data_root, transform=augment)
     val_split = DATASETS[args.dataset][2]
     val_set = make_dataset(args.dataset, args.data_root, split=val_split, transform=EvalTransform(config.scale))
-    genotype = parse_genotype(args.genotype)
-    # Resuming loads every weight from the checkpoint: no need for the ImageNet file then.
-    model = create_model(genotype, train_set.num_classes, pretrained=not args.resume, aux="cell").to(device)
-    decoder_opt = (torch.optim.Adam(model.decoder.parameters(), config.decoder_lr, weight_decay=config.weight_decay)
-                   if config.decoder_optimizer == "adam" else
-                   torch.optim.SGD(model.decoder.parameters(), config.decoder_lr, momentum=0.9,
-                                   weight_decay=config.weight_decay))
-    encoder_opt = torch.optim.SGD(model.encoder.parameters(), config.encoder_lr, momentum=0.9,
-                                  weight_decay=config.weight_decay)
     train_subset = _subset(train_set, config.train_images, config.seed)
     steps_per_epoch = len(train_subset) // config.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"batch size {config.batch_size} exceeds the {len(train_subset)} training images")
+    # Resuming loads every weight from the checkpoint: no need for the ImageNet file then.
+    model = create_model(genotype, train_set.num_classes, pretrained=resumed is None, aux="cell").to(device)
+    encoder_opt, decoder_opt = make_optimizers(model, config)
     val_loader = evaluation_loader(_subset(val_set, config.val_images, config.seed), config.workers)
 
-    os.makedirs(args.out, exist_ok=True)
     last, best_path, log = (os.path.join(args.out, n) for n in ("last.pt", "best.pt", "log.jsonl"))
     start_epoch, best = 0, -1.0
-    if args.resume:
-        state = load_checkpoint(last)
-        model.load_state_dict(state["model"])
-        encoder_opt.load_state_dict(state["encoder_optimizer"])
-        decoder_opt.load_state_dict(state["decoder_optimizer"])
-        start_epoch, best = state["epoch"] + 1, state["best_miou"]
-    with open(os.path.join(args.out, "config.json"), "w") as f:
-        json.dump({"genotype": genotype.to_list(), "dataset": args.dataset, **asdict(config)}, f, indent=2)
+    if resumed:
+        model.load_state_dict(resumed["model"])
+        encoder_opt.load_state_dict(resumed["encoder_optimizer"])
+        decoder_opt.load_state_dict(resumed["decoder_optimizer"])
+        start_epoch, best = resumed["epoch"] + 1, resumed["best_miou"]
+    else:
+        os.makedirs(args.out, exist_ok=True)
+        write_json(os.path.join(args.out, "config.json"),
+                   {"genotype": genotype.to_list(), "dataset": args.dataset, **asdict(config)})
 
     total_steps = config.epochs * steps_per_epoch
     order = torch.Generator()
@@ -138,78 +165,204 @@ def train(args, config: TrainConfig) -> dict:
                         sampler=RandomSampler(train_subset, generator=order), num_workers=config.workers,
                         persistent_workers=config.workers > 0,  # no new worker processes each epoch
                         pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(config.seed))
-    for epoch in range(start_epoch, config.epochs):
-        started = time.time()
-        augment.set_epoch(epoch)
-        order.manual_seed(config.seed * 1000 + epoch)  # each epoch's order, resumed or not
-        model.train()
-        losses = []
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=args.no_progress,
-                   leave=False)
-        check = LateLossCheck(0)
-        for step, (images, labels) in enumerate(bar, epoch * steps_per_epoch):
+    saved_epochs = start_epoch
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            started = time.time()
+            augment.set_epoch(epoch)
+            order.manual_seed(config.seed * 1000 + epoch)  # each epoch's order, resumed or not
+            model.train()
+            losses = []
+            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=args.no_progress,
+                       leave=False)
+            check = LateLossCheck(0)
+            for step, (images, labels) in enumerate(bar, epoch * steps_per_epoch):
+                _record(check(), losses, bar)
+                factor = (1 - step / total_steps) ** config.poly_power
+                for opt, base in ((encoder_opt, config.encoder_lr), (decoder_opt, config.decoder_lr)):
+                    for group in opt.param_groups:
+                        group["lr"] = base * factor
+                images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+                logits, aux = model.forward_with_aux(images)
+                loss = segmentation_loss(logits, aux, labels, train_set.ignore_index, aux_weight(config, epoch))
+                check.defer(loss, step)
+                descend(loss, encoder_opt, decoder_opt)
             _record(check(), losses, bar)
-            factor = (1 - step / total_steps) ** config.poly_power
-            for opt, base in ((encoder_opt, config.encoder_lr), (decoder_opt, config.decoder_lr)):
-                for group in opt.param_groups:
-                    group["lr"] = base * factor
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            logits, aux = model.forward_with_aux(images)
-            loss = segmentation_loss(logits, aux, labels, train_set.ignore_index, aux_weight(config, epoch))
-            check.defer(loss, step)
-            descend(loss, encoder_opt, decoder_opt)
-        _record(check(), losses, bar)
-        metrics = evaluate_model(model, val_loader, train_set.num_classes, train_set.ignore_index, (), device)
-        record = {"epoch": epoch, "loss": sum(losses) / len(losses), "val_miou": metrics["miou"],
-                  "val_pixel_acc": metrics["pixel_acc"], "seconds": round(time.time() - started, 2)}
-        improved = metrics["miou"] > best
-        best = max(best, metrics["miou"])
-        state = {"model": model.state_dict(), "encoder_optimizer": encoder_opt.state_dict(),
-                 "decoder_optimizer": decoder_opt.state_dict(), "epoch": epoch,
-                 "best_miou": best, "genotype": genotype.to_list(),
-                 "num_classes": train_set.num_classes, "channels": 64, "sep_repeats": 2,
-                 "dataset": args.dataset, "class_names": list(train_set.class_names)}
-        save_checkpoint(state, *((best_path, last) if improved else (last,)))
-        append_record(log, record)
-        print(f"epoch {epoch + 1}/{config.epochs}: loss {record['loss']:.4f}, val mIoU {metrics['miou']:.4f}"
-              f" (best {best:.4f})", file=sys.stderr)
-    return {"best_miou": best}
+            metrics = evaluate_model(model, val_loader, train_set.num_classes, train_set.ignore_index, (), device)
+            record = {"epoch": epoch, "loss": sum(losses) / len(losses), "val_miou": metrics["miou"],
+                      "val_pixel_acc": metrics["pixel_acc"], "seconds": round(time.time() - started, 2)}
+            improved = metrics["miou"] > best
+            best = max(best, metrics["miou"])
+            state = {"model": model.state_dict(), "encoder_optimizer": encoder_opt.state_dict(),
+                     "decoder_optimizer": decoder_opt.state_dict(), "epoch": epoch,
+                     "best_miou": best, "genotype": genotype.to_list(),
+                     "num_classes": train_set.num_classes, "channels": 64, "sep_repeats": 2,
+                     "dataset": args.dataset, "class_names": list(train_set.class_names), "scale": config.scale}
+            save_checkpoint(state, *((best_path, last) if improved else (last,)))
+            saved_epochs = epoch + 1
+            append_record(log, record)
+            print(f"epoch {epoch + 1}/{config.epochs}: loss {record['loss']:.4f}, val mIoU {metrics['miou']:.4f}"
+                  f" (best {best:.4f})", file=sys.stderr)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(interrupted_note(args.out, saved_epochs)) from None
+    return {"best_miou": best, "best_checkpoint": best_path}
+
+
+def preset_table() -> str:
+    rows = ["presets (--epochs and --batch-size override theirs; images: training/validation images used):",
+            f"  {'':<6} {'epochs':>6} {'batch':>5} {'crop':>4} {'scale':>5}  images"]
+    for name, c in PRESETS.items():
+        images = f"{c.train_images}/{c.val_images}" if c.train_images else "all"
+        rows.append(f"  {name:<6} {c.epochs:>6} {c.batch_size:>5} {c.crop_size:>4} {c.scale:>5}  {images:<8} "
+                    f"{PRESET_NOTES[name]}")
+    return "\n".join(rows)
+
+
+EPILOG = f"""{preset_table()}
+
+With --resume every setting comes from OUT/config.json: --genotype, --dataset, --preset, --epochs,
+--batch-size and --decoder-optimizer may be left out, and are refused if they differ from the run's;
+--workers, --device, --data-root and --no-progress may change.
+Ctrl-C stops; the epochs finished so far stay in OUT/last.pt for --resume.
+
+examples:
+  {PROG} --genotype arch0 --dataset camvid --preset tiny --out runs/try --epochs 1
+  {PROG} --genotype arch0 --dataset camvid --out runs/arch0          # the paper's protocol
+  {PROG} --out runs/arch0 --resume"""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m nasfast.train", description=__doc__.split(":", 1)[1].strip())
-    parser.add_argument("--genotype", required=True, help="arch0|arch1|arch2, the genotype's JSON, or a file holding it")
-    parser.add_argument("--dataset", default="camvid", choices=sorted(DATASETS), help="[camvid]")
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split(":", 1)[1].strip(), epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--genotype", help="arch0|arch1|arch2, the genotype's JSON, or a file holding it "
+                                           "(required unless --resume)")
+    parser.add_argument("--dataset", choices=sorted(DATASETS),
+                        help="camvid, voc (PASCAL VOC 2012 + SBD) or folder (your own data; see the README's "
+                             "Data section) [camvid]")
     parser.add_argument("--data-root", help="dataset directory (default: $NASFAST_DATA/<dataset>)")
-    parser.add_argument("--out", required=True, help="directory for last.pt, best.pt, log.jsonl, config.json")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="[paper]")
-    parser.add_argument("--epochs", type=int, help="override the preset's epochs")
-    parser.add_argument("--batch-size", type=int, help="override the preset's batch size")
-    parser.add_argument("--decoder-optimizer", choices=["adam", "sgd"], help="[adam]")
-    parser.add_argument("--workers", type=int, help="data-loading processes [the preset's: 2, tiny 0]")
-    parser.add_argument("--device", default="auto", help="cpu, cuda ... [auto]")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--out", required=True, help="directory for last.pt, best.pt, log.jsonl, config.json; "
+                                                     "must not hold a run unless --resume")
+    parser.add_argument("--resume", action="store_true", help="continue the run in OUT from OUT/last.pt")
+    parser.add_argument("--preset", choices=list(PRESETS), help="paper, fast or tiny: see the table below [paper]")
+    parser.add_argument("--epochs", type=positive_int, help="override the preset's epochs (table below)")
+    parser.add_argument("--batch-size", type=positive_int, help="override the preset's batch size (table below)")
+    parser.add_argument("--decoder-optimizer", choices=["adam", "sgd"],
+                        help="the decoder's optimizer: Adam, or SGD with momentum 0.9 (the encoder always uses "
+                             "SGD) [adam]")
+    parser.add_argument("--workers", type=non_negative_int, help="data-loading processes [the preset's: 2, tiny 0]")
+    parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N [auto]")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar within an epoch (the line per epoch stays)")
     return parser
 
 
-def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    config = TrainConfig(**asdict(PRESETS[args.preset]))
-    for name in ("epochs", "batch_size", "decoder_optimizer", "workers"):
-        if getattr(args, name) is not None:
-            setattr(config, name, getattr(args, name))
-    if args.resume and not os.path.isfile(os.path.join(args.out, "last.pt")):
-        parser.error(f"--resume: no {os.path.join(args.out, 'last.pt')}")
+def check_new_run_directory(out: str) -> None:
+    """Refuses an --out that is a file or holds a search or a training run. A training that
+    stopped before its first epoch ended left config.json alone: it may start again."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"--out {out} is a file, not a directory")
+    present = [name for name in SEARCH_FILES + RUN_FILES if os.path.exists(os.path.join(out, name))]
+    searched = [name for name in present if name in SEARCH_FILES]
+    if searched:
+        raise UsageError(f"{out} holds a search ({', '.join(searched)}): choose another --out")
+    if present and not (present == ["config.json"] and "genotype" in (read_config(out) or {})):
+        raise UsageError(f"{out} already holds a training run: continue it with --resume, or choose another --out")
+
+
+def read_config(out: str) -> Optional[dict]:
+    """OUT/config.json, or None without one."""
+    path = os.path.join(out, "config.json")
+    if not os.path.isfile(path):
+        return None
     try:
-        parse_genotype(args.genotype)
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
     except ValueError as error:
-        parser.error(str(error))
-    result = train(args, config)
+        raise UsageError(f"{path} is not valid JSON ({error})") from None
+
+
+def preset_of(saved: dict) -> Optional[str]:
+    """The preset whose settings (those that options do not set) the run has."""
+    for name, config in PRESETS.items():
+        settings = json.loads(json.dumps(asdict(config)))  # tuples as the lists of config.json
+        if all(saved.get(key) == value for key, value in settings.items() if key not in OPTION_FIELDS):
+            return name
+    return None
+
+
+def resume_conflicts(args, saved: dict) -> List[str]:
+    """Each option given with --resume that would change the training saved in config.json."""
+    conflicts = []
+    if args.genotype is not None and genotype_from_option(args.genotype).to_list() != saved["genotype"]:
+        conflicts.append(f"--genotype {args.genotype} differs from the run's {genotype_name(saved['genotype'])}")
+    for option in ("dataset", "epochs", "batch_size", "decoder_optimizer"):
+        given = getattr(args, option)
+        if given is not None and given != saved.get(option):
+            conflicts.append(f"--{option.replace('_', '-')} {given} differs from the run's {saved.get(option)}")
+    if args.preset is not None and args.preset != preset_of(saved):
+        conflicts.append(f"--preset {args.preset} differs from the run's {preset_of(saved) or 'settings'}")
+    return conflicts
+
+
+def resumed_run(args) -> Tuple[Genotype, TrainConfig, dict]:
+    """The genotype, settings and last checkpoint of the run in args.out (its dataset into args)."""
+    last = os.path.join(args.out, "last.pt")
+    saved = read_config(args.out)
+    if not os.path.isfile(last):
+        unstarted = " (the run stopped before its first epoch ended: start it again without --resume)"
+        raise UsageError(f"--resume: no {last}{unstarted if saved else ''}")
+    if saved is None:
+        raise UsageError(f"--resume: no {os.path.join(args.out, 'config.json')}")
+    conflicts = resume_conflicts(args, saved)
+    if conflicts:
+        raise UsageError(f"--resume: {', '.join(conflicts)} (config.json)")
+    settings = {f.name: saved[f.name] for f in fields(TrainConfig) if f.name in saved}
+    config = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
+    if args.workers is not None:
+        config.workers = args.workers
+    args.dataset = saved["dataset"]
+    return Genotype.parse(saved["genotype"]), config, load_checkpoint(last, RESUME_KEYS)
+
+
+def new_run(args) -> Tuple[Genotype, TrainConfig]:
+    """The genotype and settings of a new run from the options (their defaults filled into args)."""
+    if args.genotype is None:
+        raise UsageError("--genotype is required (unless --resume)")
+    check_new_run_directory(args.out)
+    genotype = genotype_from_option(args.genotype)
+    options = {name: getattr(args, name) for name in OPTION_FIELDS if getattr(args, name) is not None}
+    args.dataset = args.dataset or "camvid"
+    return genotype, replace(PRESETS[args.preset or "paper"], **options)
+
+
+def report(result: dict) -> None:
+    """One JSON line on stdout for scripts, and a line for people."""
+    print(f"best val mIoU {result['best_miou']:.4f}: {result['best_checkpoint']}", file=sys.stderr)
     print(json.dumps(result))
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    resumed = None
+    if args.resume:
+        genotype, config, resumed = resumed_run(args)
+        if resumed["epoch"] + 1 >= config.epochs:
+            best_path = os.path.join(args.out, "best.pt")
+            epochs = f"{config.epochs} epoch{'s' * (config.epochs != 1)}"
+            print(f"{args.out} has finished its {epochs}; best val mIoU {resumed['best_miou']:.4f} in {best_path}",
+                  file=sys.stderr)
+            print(json.dumps({"best_miou": resumed["best_miou"], "best_checkpoint": best_path}))
+            return 0
+    else:
+        genotype, config = new_run(args)
+    try:
+        result = train(args, config, genotype, resumed)
+    except TrainingInterrupted as note:
+        print(f"\n{PROG}: {note}", file=sys.stderr)
+        return 130
+    report(result)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main, PROG))

@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 import nasfast.ops
+from nasfast import cli, evaluate, train
 from nasfast.checkpoint import load_checkpoint, model_from_checkpoint
 from nasfast.data import EvalTransform, make_dataset
 from nasfast.train import evaluate_model, evaluation_loader
@@ -53,22 +54,31 @@ def test_training_logs_val_miou_and_saves_checkpoints(trained):
     assert load_checkpoint(str(trained / "last.pt"))["epoch"] == 1
 
 
-def test_resume_continues_from_the_last_epoch(trained, tmp_path):
-    out = tmp_path / "resumed"
-    shutil.copytree(trained, out)
-    run("nasfast.train", "--genotype", "arch1", "--out", str(out), "--preset", "tiny", "--epochs", "3",
-        "--resume", "--no-progress")
-    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in log] == [0, 1, 2]
+def test_resume_of_a_finished_run_says_so_and_accepts_options_that_do_not_change_it(trained, capsys):
+    log = (trained / "log.jsonl").read_text()
+    assert cli.run(train.main, train.PROG, ["--out", str(trained), "--resume", "--genotype", "arch1", "--preset",
+                                            "tiny", "--workers", "1", "--device", "cpu", "--no-progress"]) == 0
+    best = load_checkpoint(str(trained / "best.pt"))["best_miou"]
+    captured = capsys.readouterr()
+    assert f"{trained} has finished its 2 epochs; best val mIoU {best:.4f} in {trained / 'best.pt'}" in captured.err
+    assert json.loads(captured.out) == {"best_miou": best, "best_checkpoint": str(trained / "best.pt")}
+    assert (trained / "log.jsonl").read_text() == log
 
 
-def test_evaluate_prints_the_table_5_numbers(trained):
-    out = run("nasfast.evaluate", "--checkpoint", str(trained / "best.pt"), "--scale", "0.25",
-              "--limit", "6").stdout
+def test_evaluate_prints_the_table_5_numbers_at_the_checkpoint_s_dataset_and_scale(trained):
+    assert load_checkpoint(str(trained / "best.pt"))["scale"] == 0.25  # the tiny preset's
+    out = run("nasfast.evaluate", "--checkpoint", str(trained / "best.pt"), "--limit", "6").stdout
+    assert out.startswith(f"{trained / 'best.pt'} on camvid val: 6 images at scale 0.25\n")
     assert "mIoU" in out and "fwIoU" in out and "pixel acc" in out and "pedestrian" in out
-    metrics = json.loads(run("nasfast.evaluate", "--checkpoint", str(trained / "best.pt"), "--scale", "0.25",
-                             "--limit", "6", "--json").stdout)
+    metrics = json.loads(run("nasfast.evaluate", "--checkpoint", str(trained / "best.pt"), "--limit", "6",
+                             "--json").stdout)
     assert 0 < metrics["miou"] < 1 and len(metrics["iou"]) == 11
+
+
+def test_evaluate_names_the_splits_that_exist(trained, capsys):
+    assert cli.run(evaluate.main, evaluate.PROG, ["--checkpoint", str(trained / "best.pt"), "--split", "foo"]) == 2
+    splits = capsys.readouterr().err.split("error: --split foo: camvid in ")[1].split("has the splits ")[1]
+    assert "train" in splits and "val" in splits
 
 
 def test_evaluation_batches_images_of_one_size_with_the_same_metrics(trained, camvid_root, tmp_path):
@@ -111,6 +121,12 @@ def test_export_equals_the_trained_model_and_names_its_ops(trained, exported, ca
     if nasfast.ops.available():
         assert "nasfast::upsample_add" in info["native_ops"] and "needs the nasfast ops library" in out
     assert not any(k.startswith("decoder.aux") for k in dict(scripted.named_parameters()))
+
+
+def test_an_export_is_not_taken_for_a_checkpoint(exported, capsys):
+    path, _ = exported
+    assert cli.run(evaluate.main, evaluate.PROG, ["--checkpoint", str(path)]) == 2
+    assert f"{path} is not a checkpoint of python -m nasfast.train (it is a TorchScript file" in capsys.readouterr().err
 
 
 def test_export_folds_each_batch_norm_that_follows_a_convolution():
