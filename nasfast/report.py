@@ -1,22 +1,24 @@
 """python -m nasfast.report RUN_DIR [RUN_DIR ...]: the best designs of a search, and how its
 rewards evolved per stage (the paper's Fig. 2), as tables and, with matplotlib, as PNG plots."""
 import argparse
-import json
+import importlib.util
 import os
 import sys
 from typing import Dict, List, Optional
 
-from .search.records import read_records
+from .cli import UsageError, positive_int, run
+from .search.records import read_json, read_records
 from .search.summary import top_table
+
+PROG = "python -m nasfast.report"
 
 
 def load_run(run_dir: str) -> Dict:
     log = os.path.join(run_dir, "candidates.jsonl")
     if not os.path.isfile(log):
         raise FileNotFoundError(f"{run_dir}: not a search run ({log} missing)")
-    with open(os.path.join(run_dir, "config.json")) as f:
-        config = json.load(f)
-    return {"dir": run_dir, "strategy": config["strategy"], "records": read_records(log)}
+    config = read_json(os.path.join(run_dir, "config.json")) or {}
+    return {"dir": run_dir, "strategy": config.get("strategy", "unknown strategy"), "records": read_records(log)}
 
 
 def bins(records: List[Dict], count: int) -> List[List[Dict]]:
@@ -38,6 +40,10 @@ def progress_table(run: Dict, count: int = 4) -> str:
         lines.append(f"{chunk[0]['index']:>5}-{chunk[-1]['index']:<6} {fmt(_mean(s1)):>11} {fmt(max(s1)):>10} "
                      f"{fmt(_mean(s2)):>11} {fmt(max(s2) if s2 else None):>10} {len(s2):>4}/{len(chunk):<4}")
     return "\n".join(lines)
+
+
+def has_matplotlib() -> bool:
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 def plot(runs: List[Dict], path: str, count: int = 4) -> bool:
@@ -68,20 +74,25 @@ def plot(runs: List[Dict], path: str, count: int = 4) -> bool:
     return True
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nasfast.report", description=__doc__.split(":", 1)[1].strip())
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split(":", 1)[1].strip())
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="search runs (e.g. a PPO and a random one)")
-    parser.add_argument("--top", type=int, default=10, help="rows of the table of best designs [10]")
-    parser.add_argument("--bins", type=int, default=4, help="parts of the search in the progress table [4]")
-    parser.add_argument("--plot", metavar="PNG", help="where to save the plot [RUN_DIR/rewards.png]")
-    args = parser.parse_args(argv)
-    try:
-        runs = [load_run(d) for d in args.runs]
-    except FileNotFoundError as error:
-        parser.error(str(error))
-    for run in runs:
-        print(top_table(run["records"], args.top), end="\n\n")
-        print(progress_table(run, args.bins), end="\n\n")
+    parser.add_argument("--top", type=positive_int, default=10, help="rows of the table of best designs [10]")
+    parser.add_argument("--bins", type=positive_int, default=4, help="parts of the search in the progress table [4]")
+    parser.add_argument("--plot", metavar="PNG",
+                        help="where to save the plot (needs matplotlib) [RUN_DIR/rewards.png, when it is installed]")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.plot and not has_matplotlib():
+        raise UsageError(f"--plot {args.plot}: matplotlib is not installed (pip install matplotlib)")
+    runs = [load_run(d) for d in args.runs]
+    for search_run in runs:
+        print(f"{search_run['strategy']} ({search_run['dir']}): best designs")
+        print(top_table(search_run["records"], args.top), end="\n\n")
+        print(progress_table(search_run, args.bins), end="\n\n")
     path = args.plot or os.path.join(args.runs[0], "rewards.png")
     if plot(runs, path, args.bins):
         print(f"plot: {path}")
@@ -91,4 +102,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main, PROG))

@@ -22,7 +22,7 @@ def test_report_tables(tmp_path):
     fake_run(tmp_path / "ppo", "ppo", [(0.1, 0.2), (0.3, None), (0.2, 0.5), (0.4, 0.6)])
     fake_run(tmp_path / "rs", "random", [(0.1, None), (0.1, 0.1)])
     out = subprocess.run([sys.executable, "-m", "nasfast.report", str(tmp_path / "ppo"), str(tmp_path / "rs"),
-                          "--bins", "2", "--plot", str(tmp_path / "p.png")],
+                          "--bins", "2"],
                          capture_output=True, text=True, env={"PYTHONPATH": str(REPO)}, check=True).stdout
     assert "top 4 of 4 candidates" in out and "top 2 of 2 candidates" in out
     assert "0-1" in out and "0.2000" in out   # first half of the PPO run: stage-1 mean 0.2
@@ -44,3 +44,41 @@ def test_report_plots_with_matplotlib(tmp_path):
                           "--bins", "2"], capture_output=True, text=True, env={"PYTHONPATH": str(REPO)}, check=True)
     png = tmp_path / "ppo" / "rewards.png"
     assert f"plot: {png}" in out.stdout and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def report(*argv) -> int:
+    from nasfast.cli import run
+    from nasfast.report import PROG, main
+    try:
+        return run(main, PROG, [str(a) for a in argv])
+    except SystemExit as stop:  # argparse's errors
+        return stop.code
+
+
+def test_report_refuses_bad_numbers(tmp_path, capsys):
+    fake_run(tmp_path / "ppo", "ppo", [(0.1, 0.2)])
+    for option, value in (("--bins", "0"), ("--top", "-2")):
+        assert report(tmp_path / "ppo", option, value) == 2
+        assert f"argument {option}: must be at least 1" in capsys.readouterr().err
+
+
+def test_report_names_each_run_and_shows_madds_in_m(tmp_path, capsys, monkeypatch):
+    import nasfast.report
+    monkeypatch.setattr(nasfast.report, "has_matplotlib", lambda: False)
+    monkeypatch.setattr(nasfast.report, "plot", lambda *args: False)
+    fake_run(tmp_path / "ppo", "ppo", [(0.1, 0.2), (0.3, None)])
+    fake_run(tmp_path / "rs", "random", [(0.1, None)])
+    assert report(tmp_path / "ppo", tmp_path / "rs", "--top", "1") == 0
+    out, err = capsys.readouterr()
+    assert f"ppo ({tmp_path / 'ppo'}): best designs\ntop 1 of 2 candidates" in out
+    assert f"random ({tmp_path / 'rs'}): best designs\ntop 1 of 1 candidates" in out
+    assert "0.00M" in out and "install matplotlib" in err
+    assert report(tmp_path / "ppo", "--plot", tmp_path / "x.png") == 2  # asked for, and impossible
+    assert "--plot" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
+
+
+def test_report_names_a_damaged_config(tmp_path, capsys):
+    fake_run(tmp_path / "ppo", "ppo", [(0.1, 0.2)])
+    (tmp_path / "ppo" / "config.json").write_text("{")
+    assert report(tmp_path / "ppo") == 2
+    assert "config.json is damaged" in capsys.readouterr().err

@@ -1,16 +1,24 @@
-"""python -m nasfast.search: search for a compact segmentation decoder (see --help)."""
+"""python -m nasfast.search: search for a compact segmentation decoder."""
 import argparse
+import copy
 import dataclasses
 import os
 import sys
-from typing import List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
+from ..cli import positive_int, run
+from ..data.datasets import DATASETS
 from . import distributed
-from .config import PRESETS, SearchConfig, StageConfig, preset
+from .config import MACHINE_OPTIONS, PRESETS, SearchConfig, StageConfig, preset
 from .distributed import begun_by_this_job, has_pending, restart_count, world_size
 from .loop import CONFIG, LOG, STATE, Search
-from .records import read_json
+from .records import read_json, read_records
 from .summary import top_table
+
+PROG = "python -m nasfast.search"
+USAGE = "%(prog)s (--out RUN_DIR | --resume RUN_DIR) [--budget N] [--time-budget T] [options]"
+# Files of a search (the first three) or of a training run: a new search must not mix with them.
+RUN_FILES = (STATE, CONFIG, LOG, "last.pt", "best.pt", "log.jsonl")
 
 EPILOG = """examples:
   python -m nasfast.search --dataset camvid --preset tiny --budget 40 --out runs/tiny
@@ -19,147 +27,279 @@ EPILOG = """examples:
 
 Data are found through --data-root, else $NASFAST_DATA/<dataset>, else ~/.cache/nasfast/<dataset>.
 RUN_DIR receives config.json (the options), candidates.jsonl (one line per candidate) and
-state.pt (to resume). Ctrl-C stops after saving; --resume continues with nothing lost or repeated.
+state.pt (to resume). Ctrl-C stops after saving; --resume continues with nothing lost or repeated,
+with the options saved in config.json: the budgets, --device, --data-root, --workers, --image-cache-gb,
+--memory-limit-gb and the output options may change, the others not.
 
 Several processes, GPUs or machines (rank 0 owns the controller and the log, every rank evaluates):
   torchrun --nproc-per-node 4 --max-restarts 3 -m nasfast.search --dataset camvid --budget 1000 --out runs/c4
   torchrun --nproc-per-node 8 -m nasfast.search --workers-per-gpu 4 ...    # 8 processes on 2 GPUs"""
 
 
+class Parser(argparse.ArgumentParser):
+    """An error shows the short usage line and the error, not the usage of every option."""
+
+    def error(self, message):
+        self.exit(2, f"{self.format_usage()}{self.prog}: error: {message}\n(see {self.prog} --help)\n")
+
+
 def duration(text: str) -> float:
-    """Seconds from '90', '90s', '30m', '4h' or '2d'."""
+    """Seconds from '90' (a bare number is seconds), '90s', '30m', '4h' or '2d'; more than 0."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     try:
-        if text[-1] in units:
-            return float(text[:-1]) * units[text[-1]]
-        return float(text)
-    except (ValueError, IndexError):
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 600, 30m, 4h, 2d)")
+        seconds = float(text[:-1]) * units[text[-1]] if text[-1:] in units else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 600 seconds, 30m, 4h, 2d)") from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return seconds
+
+
+# -- options ---------------------------------------------------------------------------------
+def _config_keys() -> List[str]:
+    """The options stored in config.json, as argparse dests: 'seed', 'stage1.epochs' ..."""
+    keys = [f.name for f in dataclasses.fields(SearchConfig) if f.type is not StageConfig]
+    return keys + [f"{s}.{f.name}" for s in ("stage1", "stage2") for f in dataclasses.fields(StageConfig)]
+
+
+def flag(key: str) -> str:
+    return "--" + key.replace(".", "-").replace("_", "-")
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("protocol (defaults: the chosen preset; 'paper' shown)")
     defaults = SearchConfig()
     for f in dataclasses.fields(SearchConfig):
-        if f.type is StageConfig or f.name in ("dataset",):
-            continue
-        _add_field(group, f, getattr(defaults, f.name), f"--{f.name.replace('_', '-')}", f.name)
+        if f.type is not StageConfig and f.name not in ("dataset", "preset"):  # options of the run group
+            _add_field(group, f, getattr(defaults, f.name), f.name)
     for stage in ("stage1", "stage2"):
         for f in dataclasses.fields(StageConfig):
-            value = getattr(getattr(defaults, stage), f.name)
-            _add_field(group, f, value, f"--{stage}-{f.name.replace('_', '-')}", f"{stage}.{f.name}")
+            _add_field(group, f, getattr(getattr(defaults, stage), f.name), f"{stage}.{f.name}")
 
 
-def _add_field(group, f, default, flag: str, dest: str) -> None:
-    kwargs = dict(dest=dest, default=None, help=f"{f.metadata['help']} [{default}]")
+def _add_field(group, f, default, key: str) -> None:
+    # default None: an option given can be told from one left out (see given_options)
+    kwargs = dict(dest=key, default=None, type=f.metadata["type"], choices=f.metadata["choices"],
+                  help=f"{f.metadata['help']} [{default}]")
     if isinstance(default, tuple):
-        kwargs.update(nargs=len(default), type=type(default[0]), metavar="X")
-    elif f.name == "aux":
-        kwargs.update(choices=["cell", "classifier", "none"])
-    elif f.name == "strategy":
-        kwargs.update(choices=["ppo", "random"])
-    elif default is not None:
-        kwargs.update(type=type(default))
-    group.add_argument(flag, **kwargs)
+        kwargs.update(nargs=len(default), metavar="X")
+    group.add_argument(flag(key), **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m nasfast.search", description=__doc__.split(":", 1)[1].strip(),
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    run = parser.add_argument_group("run")
-    where = run.add_mutually_exclusive_group(required=True)
-    where.add_argument("--out", metavar="RUN_DIR", help="directory of a new search (must not hold one)")
-    where.add_argument("--resume", metavar="RUN_DIR", help="continue the search saved in RUN_DIR")
-    run.add_argument("--dataset", choices=["camvid", "voc", "folder"], help="dataset [camvid]")
-    run.add_argument("--data-root", help="dataset directory (default: $NASFAST_DATA/<dataset>)")
-    run.add_argument("--preset", choices=sorted(PRESETS), default="paper",
-                     help="protocol preset: paper (the paper's values), fast (shorter, for a GPU), "
-                          "tiny (seconds per candidate on a CPU) [paper]")
-    run.add_argument("--budget", type=int, help="stop after this many candidates in total")
-    run.add_argument("--time-budget", type=duration, help="stop after this much search time in total (30m, 4h, 2d)")
-    run.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... [auto: cuda when available]")
-    run.add_argument("--workers-per-gpu", type=int, default=1, metavar="W",
-                     help="under torchrun: processes sharing one GPU; local rank r uses "
-                          "cuda:(r // W) %% device count (ignored on a CPU) [1]")
-    run.add_argument("--top", type=int, default=10, help="rows of the table of best designs [10]")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser = Parser(prog=PROG, usage=USAGE, description=__doc__.split(":", 1)[1].strip(), epilog=EPILOG,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    group = parser.add_argument_group("run")
+    where = group.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", metavar="RUN_DIR", help="directory of a new search (absent or empty)")
+    where.add_argument("--resume", metavar="RUN_DIR", help="continue the search saved in RUN_DIR, with its options")
+    group.add_argument("--dataset", choices=sorted(DATASETS), help="dataset [camvid]")
+    group.add_argument("--data-root", help="dataset directory (default: $NASFAST_DATA/<dataset>)")
+    group.add_argument("--preset", choices=sorted(PRESETS),
+                       help="protocol preset: paper (the paper's values), fast (shorter, for a GPU), "
+                            "tiny (seconds per candidate on a CPU) [paper]")
+    group.add_argument("--budget", type=positive_int, metavar="N", help="stop after this many candidates in total")
+    group.add_argument("--time-budget", type=duration, metavar="T",
+                       help="stop after this much search time in total: seconds (a bare number), or 30m, 4h, 2d")
+    group.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... [auto: cuda when available]")
+    group.add_argument("--workers-per-gpu", type=positive_int, default=1, metavar="W",
+                       help="under torchrun: processes sharing one GPU; local rank r uses "
+                            "cuda:(r // W) %% device count (ignored on a CPU) [1]")
+    group.add_argument("--top", type=positive_int, default=10, help="rows of the table of best designs [10]")
+    group.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_config_options(parser)
     return parser
 
 
-def config_from_args(args, parser) -> SearchConfig:
-    config = preset(args.preset)
-    if args.dataset:
-        config.dataset = args.dataset
-    for key, value in vars(args).items():
-        if value is None or key not in _config_keys():
-            continue
-        target = config
-        *parents, name = key.split(".")
-        for parent in parents:
-            target = getattr(target, parent)
-        if name == "aux" and value == "none":
-            value = None
-        setattr(target, name, tuple(value) if isinstance(value, list) else value)
+def given_options(args) -> Dict[str, Any]:
+    """The options of config.json given on the command line, as config.json holds them."""
+    given = {}
+    for key in _config_keys():
+        value = vars(args).get(key)
+        if isinstance(value, list):
+            value = tuple(value)
+        if value is not None:
+            given[key] = None if key == "aux" and value == "none" else value
+    return given
+
+
+def _get(config: SearchConfig, key: str) -> Any:
+    for name in key.split("."):
+        config = getattr(config, name)
     return config
 
 
-def _config_keys() -> List[str]:
-    keys = [f.name for f in dataclasses.fields(SearchConfig) if f.type is not StageConfig]
-    return keys + [f"{s}.{f.name}" for s in ("stage1", "stage2") for f in dataclasses.fields(StageConfig)]
+def _set(config: SearchConfig, key: str, value: Any) -> None:
+    *parents, name = key.split(".")
+    for parent in parents:
+        config = getattr(config, parent)
+    setattr(config, name, value)
+
+
+def config_from_args(args, base: Optional[SearchConfig] = None) -> SearchConfig:
+    """`base` (else the chosen preset) with the options given on the command line."""
+    config = copy.deepcopy(base) if base is not None else preset(args.preset or "paper")
+    for key, value in given_options(args).items():
+        _set(config, key, value)
+    return config
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "none"
+    return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def resume_conflicts(args, saved: SearchConfig) -> List[str]:
+    """What the options given with --resume would change in the saved search (refused). A search
+    saved before config.json recorded its preset is taken to agree with any --preset."""
+    given = given_options(args)
+    if saved.preset is None:
+        given.pop("preset", None)
+    return [f"{flag(key)} {_shown(value)} differs from the run's {_shown(_get(saved, key))}"
+            for key, value in given.items() if key not in MACHINE_OPTIONS and value != _get(saved, key)]
+
+
+# -- the run directory -----------------------------------------------------------------------
+def _refuse(parser, message: str) -> None:
+    """A one-line error that ends every process (SystemExit: under torchrun rank 0 passes its code on)."""
+    parser.exit(2, f"{parser.prog}: error: {message}\n")
 
 
 def choose_run(args, parser) -> Tuple[str, SearchConfig, bool]:
     """RUN_DIR, its options, and whether to continue the search saved there."""
     if args.resume:
-        run_dir = args.resume
-        if not os.path.exists(os.path.join(run_dir, STATE)):
-            parser.error(f"--resume {run_dir}: no saved search there ({STATE} missing)")
-        return run_dir, _saved_config(run_dir), True
+        return args.resume, _resumed_config(args, parser), True
     run_dir = args.out
-    if os.path.exists(os.path.join(run_dir, STATE)):
-        if restart_count() > 0 and begun_by_this_job(run_dir):  # torchrun restarted the processes
-            return run_dir, _saved_config(run_dir), True
-        parser.error(f"--out {run_dir} already holds a search: use --resume {run_dir}, or another directory")
-    return run_dir, config_from_args(args, parser), False
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        _refuse(parser, f"--out {run_dir} is a file; give a directory (new or empty)")
+    held = [name for name in RUN_FILES if os.path.exists(os.path.join(run_dir, name))]
+    if STATE in held and restart_count() > 0 and begun_by_this_job(run_dir):  # torchrun restarted the processes
+        return run_dir, _saved_config(run_dir, parser), True
+    if STATE in held:
+        _refuse(parser, f"--out {run_dir} already holds a search ({', '.join(held)}): continue it with "
+                        f"--resume {run_dir}, or choose another directory")
+    if held:
+        _refuse(parser, f"--out {run_dir} already holds {', '.join(held)} (another run's files): "
+                        f"choose another directory, or remove them")
+    config = config_from_args(args)
+    _check_new_config(config, parser)
+    return run_dir, config, False
 
 
-def _saved_config(run_dir: str) -> SearchConfig:
-    return SearchConfig.from_dict(read_json(os.path.join(run_dir, CONFIG)))
+def _check_new_config(config: SearchConfig, parser) -> None:
+    low, high = config.scale_range
+    if low > high:
+        _refuse(parser, f"--scale-range {low} {high}: the first must not be larger than the second")
+    if config.teacher is not None and not os.path.isfile(config.teacher):
+        _refuse(parser, f"--teacher {config.teacher}: no such file")
+
+
+def _resumed_config(args, parser) -> SearchConfig:
+    run_dir = args.resume
+    if not os.path.isfile(os.path.join(run_dir, STATE)):
+        _refuse(parser, f"--resume {run_dir}: no saved search there ({STATE} missing)")
+    saved = _saved_config(run_dir, parser)
+    conflicts = resume_conflicts(args, saved)
+    if conflicts:
+        _refuse(parser, f"--resume: {'; '.join(conflicts)} (a search keeps its options: leave them out, "
+                        f"or start a new search with --out)")
+    for key, value in given_options(args).items():
+        if key in MACHINE_OPTIONS:
+            _set(saved, key, value)
+    return saved
+
+
+def _saved_config(run_dir: str, parser) -> SearchConfig:
+    path = os.path.join(run_dir, CONFIG)
+    if not os.path.isfile(path):
+        _refuse(parser, f"{path} is missing: the options of the search are lost")
+    try:
+        return SearchConfig.from_dict(read_json(path))
+    except ValueError as error:  # read_json names the file
+        _refuse(parser, str(error))
+    except (TypeError, KeyError, AttributeError) as error:
+        _refuse(parser, f"{path} is damaged: not the options of a search ({type(error).__name__}: {error})")
+
+
+# -- the search ------------------------------------------------------------------------------
+def exit_status(records: List[Dict[str, Any]]) -> int:
+    """1 when every candidate failed (the options are likely wrong; the table says why), else 0."""
+    return 1 if records and all(r["status"] != "ok" for r in records) else 0
+
+
+def budget_reached(search: Search, budget: Optional[int], time_budget: Optional[float]) -> Optional[str]:
+    if budget is not None and search.next_index >= budget:
+        return f"budget already reached: {search.next_index} candidates done; raise --budget to continue"
+    if time_budget is not None and search.elapsed >= time_budget:
+        return (f"time budget already reached: {search.elapsed:.0f} s of search done; "
+                f"raise --time-budget to continue")
+    return None
+
+
+def interrupted_note(run_dir: str, candidates_saved: Optional[int]) -> str:
+    if candidates_saved is None:
+        return (f"interrupted before the search began: nothing was saved; run the same command again "
+                f"(--out {run_dir} can be reused), or remove {run_dir}")
+    return (f"interrupted: {candidates_saved} candidates saved; continue with "
+            f"{PROG} --resume {run_dir} --budget ...")
+
+
+def search_in_this_process(args, run_dir: str, config: SearchConfig, resume: bool) -> int:
+    from .context import build_context  # heavy imports after the arguments are checked
+
+    search = Search(run_dir, config, lambda cfg, d: build_context(cfg, d, args.data_root, args.device,
+                                                                  progress=not args.no_progress))
+    if resume:
+        search.resume()
+        reached = budget_reached(search, args.budget, args.time_budget)
+        if reached:
+            print(reached, file=sys.stderr)
+            print(top_table(search.records, args.top))
+            return exit_status(search.records)
+        print(f"resuming {run_dir} at candidate {search.next_index}", file=sys.stderr)
+    try:
+        search.context()  # fail early on missing data, before any file is written
+        if not resume:
+            search.start()
+        search.run(budget=args.budget, time_budget=args.time_budget, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        saved = search.next_index if os.path.exists(search.path(STATE)) else None
+        print("\n" + interrupted_note(run_dir, saved), file=sys.stderr)
+        return 130
+    print(top_table(search.records, args.top))
+    print(f"log: {os.path.join(run_dir, LOG)}")
+    return exit_status(search.records)
+
+
+def search_with_torchrun(args, choose) -> int:
+    """The search over several processes (or a torchrun search continued in one); on rank 0 the
+    exit status also says whether every candidate failed."""
+    chosen: List[str] = []
+
+    def choose_and_remember():
+        run_dir, config, resume = choose()
+        chosen.append(run_dir)
+        return run_dir, config, resume
+
+    status = distributed.run(args, choose_and_remember)
+    if status == 0 and chosen:
+        return exit_status(read_records(os.path.join(chosen[0], LOG)))
+    return status
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.budget is None and args.time_budget is None:
-        parser.error("give --budget N (candidates) and/or --time-budget (e.g. 4h)")
-    if args.workers_per_gpu < 1:
-        parser.error("--workers-per-gpu must be at least 1")
+        parser.error("give --budget N (candidates) and/or --time-budget T (e.g. 4h)")
     if world_size() > 1:
-        return distributed.run(args, lambda: choose_run(args, parser))
+        return search_with_torchrun(args, lambda: choose_run(args, parser))
     run_dir, config, resume = choose_run(args, parser)
     if resume and has_pending(run_dir):  # a torchrun search, continued in one process
-        return distributed.run(args, lambda: (run_dir, config, resume))
-    from .context import build_context  # heavy imports after the arguments are checked
-
-    search = Search(run_dir, config, lambda cfg, d: build_context(cfg, d, args.data_root, args.device))
-    if resume:
-        search.resume()
-        print(f"resuming {run_dir} at candidate {search.next_index}", file=sys.stderr)
-    search.context()  # fail early on missing data, before any file is written
-    if not resume:
-        search.start()
-    try:
-        search.run(budget=args.budget, time_budget=args.time_budget, progress=not args.no_progress)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: {search.next_index} candidates saved; continue with "
-              f"python -m nasfast.search --resume {run_dir} --budget ...", file=sys.stderr)
-        return 130
-    print(top_table(search.records, args.top))
-    print(f"log: {os.path.join(run_dir, LOG)}")
-    return 0
+        return search_with_torchrun(args, lambda: (run_dir, config, resume))
+    return search_in_this_process(args, run_dir, config, resume)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main, PROG))

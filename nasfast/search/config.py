@@ -4,21 +4,26 @@ Defaults are the paper's values (`--preset paper`); "ours" marks the choices the
 """
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+from ..cli import decay, fraction, non_negative_float, non_negative_int, positive_float, positive_int, probability
 
 
-def option(default, help: str, **kwargs):
-    return field(default=default, metadata={"help": help}, **kwargs)
+def option(default, help: str, type: Optional[Callable[[str], Any]] = None,
+           choices: Optional[Sequence[str]] = None, **kwargs):
+    """A field of the protocol; `type` parses (and checks) its command-line value."""
+    return field(default=default, metadata={"help": help, "type": type, "choices": choices}, **kwargs)
 
 
 @dataclass
 class StageConfig:
-    epochs: int = option(5, "training epochs")
-    batch_size: int = option(64, "batch size (ours)")
-    decoder_lr: float = option(3e-3, "Adam learning rate of the decoder")
-    polyak_decay: float = option(0.9, "decay of the Polyak average of the weights")
-    encoder_lr: float = option(0.0, "SGD (momentum 0.9) learning rate of the encoder; 0 keeps it frozen")
-    distillation: float = option(0.0, "weight of the MSE to the teacher's logits")
+    epochs: int = option(5, "training epochs", positive_int)
+    batch_size: int = option(64, "batch size (ours)", positive_int)
+    decoder_lr: float = option(3e-3, "Adam learning rate of the decoder", positive_float)
+    polyak_decay: float = option(0.9, "decay of the Polyak average of the weights", decay)
+    encoder_lr: float = option(0.0, "SGD (momentum 0.9) learning rate of the encoder; 0 keeps it frozen",
+                               non_negative_float)
+    distillation: float = option(0.0, "weight of the MSE to the teacher's logits", non_negative_float)
 
 
 def _stage1() -> StageConfig:
@@ -32,33 +37,41 @@ def _stage2() -> StageConfig:
 @dataclass
 class SearchConfig:
     dataset: str = option("camvid", "dataset name: camvid, voc or folder")
-    strategy: str = option("ppo", "search strategy: ppo (the LSTM controller) or random")
-    seed: int = option(0, "seed of everything random in the search")
-    val_fraction: float = option(0.1, "share of the training split held out as meta-val")
-    stage1_images: int = option(4000, "meta-train images whose encoder outputs are cached (all when fewer)")
-    val_images: int = option(0, "meta-val images scored (0: all)")
-    stage2_images: int = option(0, "meta-train images of a stage-2 epoch (0: all)")
-    scale: float = option(1.0, "images are resized by this factor first (ours)")
-    crop_size: int = option(321, "side of the square stage-2 training crops (ours)")
-    scale_range: Tuple[float, float] = option((0.5, 2.0), "random scale range of stage-2 augmentation")
-    channels: int = option(48, "decoder width during search")
-    sep_repeats: int = option(1, "repeats of a separable block during search")
-    aux: Optional[str] = option("cell", "auxiliary heads: cell, classifier or none")
-    aux_weight: float = option(0.15, "weight of each auxiliary loss")
+    preset: Optional[str] = option(None, "the preset these values started from (None: not recorded)")
+    strategy: str = option("ppo", "search strategy: ppo (the LSTM controller) or random",
+                           choices=("ppo", "random"))
+    seed: int = option(0, "seed of everything random in the search", non_negative_int)
+    val_fraction: float = option(0.1, "share of the training split held out as meta-val", fraction)
+    stage1_images: int = option(4000, "meta-train images whose encoder outputs are cached (all when fewer)",
+                                positive_int)
+    val_images: int = option(0, "meta-val images scored (0: all)", non_negative_int)
+    stage2_images: int = option(0, "meta-train images of a stage-2 epoch (0: all)", non_negative_int)
+    scale: float = option(1.0, "images are resized by this factor first (ours)", positive_float)
+    crop_size: int = option(321, "side of the square stage-2 training crops (ours)", positive_int)
+    scale_range: Tuple[float, float] = option((0.5, 2.0), "random scale range of stage-2 augmentation", positive_float)
+    channels: int = option(48, "decoder width during search", positive_int)
+    sep_repeats: int = option(1, "repeats of a separable block during search", positive_int)
+    aux: Optional[str] = option("cell", "auxiliary heads: cell, classifier or none",
+                                choices=("cell", "classifier", "none"))
+    aux_weight: float = option(0.15, "weight of each auxiliary loss", non_negative_float)
     stage1: StageConfig = field(default_factory=_stage1)
     stage2: StageConfig = field(default_factory=_stage2)
-    gate_p_start: float = option(0.9, "chance that the gate lets a below-mean candidate continue, at first")
-    gate_p_end: float = option(0.1, "... and at the end of the annealing (ours)")
-    gate_anneal: int = option(1000, "candidates over which that chance goes linearly from start to end (ours)")
-    ppo_epochs: int = option(4, "PPO passes over each batch of rewards (ours)")
-    ppo_clip: float = option(0.1, "PPO clipping of the probability ratio")
-    controller_lr: float = option(1e-4, "Adam learning rate of the controller")
-    baseline_decay: float = option(0.95, "decay of the reward baseline (moving average)")
-    entropy_weight: float = option(0.0, "entropy bonus of the controller")
-    teacher: Optional[str] = option(None, "TorchScript file of a teacher network for distillation (off when none)")
-    workers: int = option(0, "DataLoader worker processes")
-    image_cache_gb: float = option(1.0, "GB of decoded images kept in memory, when workers is 0 (ours)")
-    memory_limit_gb: float = option(2.0, "a larger stage-1 cache is memory-mapped from RUN_DIR/cache")
+    gate_p_start: float = option(0.9, "chance that the gate lets a below-mean candidate continue, at first",
+                                 probability)
+    gate_p_end: float = option(0.1, "... and at the end of the annealing (ours)", probability)
+    gate_anneal: int = option(1000, "candidates over which that chance goes linearly from start to end (ours)",
+                              positive_int)
+    ppo_epochs: int = option(4, "PPO passes over each batch of rewards (ours)", positive_int)
+    ppo_clip: float = option(0.1, "PPO clipping of the probability ratio", fraction)
+    controller_lr: float = option(1e-4, "Adam learning rate of the controller", positive_float)
+    baseline_decay: float = option(0.95, "decay of the reward baseline (moving average)", decay)
+    entropy_weight: float = option(0.0, "entropy bonus of the controller", non_negative_float)
+    teacher: Optional[str] = option(None, "TorchScript file of a teacher network for distillation (off when none)", str)
+    workers: int = option(0, "DataLoader worker processes", non_negative_int)
+    image_cache_gb: float = option(1.0, "GB of decoded images kept in memory, when workers is 0 (ours)",
+                                   non_negative_float)
+    memory_limit_gb: float = option(2.0, "a larger stage-1 cache is memory-mapped from RUN_DIR/cache",
+                                    non_negative_float)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -90,9 +103,13 @@ def _tiny() -> SearchConfig:
 
 
 PRESETS = {"paper": SearchConfig, "fast": _fast, "tiny": _tiny}
+# How this machine runs the search, not what it finds: these may change when a search is resumed.
+MACHINE_OPTIONS = ("workers", "image_cache_gb", "memory_limit_gb")
 
 
 def preset(name: str) -> SearchConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    return PRESETS[name]()
+    config = PRESETS[name]()
+    config.preset = name
+    return config

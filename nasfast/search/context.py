@@ -77,9 +77,10 @@ CACHE_MODES = ("auto", "build", "open")
 
 
 def _build_caches(config: SearchConfig, stage1_pairs, val_pairs, encoder, directory, memory_limit: float,
-                  device: torch.device) -> Tuple[FeatureCache, FeatureCache]:
+                  device: torch.device, show_progress: bool = True) -> Tuple[FeatureCache, FeatureCache]:
     teacher = load_teacher(config.teacher, device)
-    progress = lambda what: (lambda it: tqdm(it, desc=f"caching {what}", unit="batch", leave=False))
+    progress = lambda what: (lambda it: tqdm(it, desc=f"caching {what}", unit="batch", leave=False,
+                                             disable=not show_progress))
     stage1 = build_cache(stage1_pairs, encoder, teacher, directory("stage1"), memory_limit, device,
                          progress=progress("stage 1"))
     stage1_val = build_cache(val_pairs, encoder, None, directory("val"), memory_limit, device,
@@ -93,12 +94,12 @@ def _build_caches(config: SearchConfig, stage1_pairs, val_pairs, encoder, direct
 
 
 def build_context(config: SearchConfig, run_dir: str, data_root: Optional[str] = None,
-                  device: str = "auto", cache: str = "auto") -> SearchContext:
+                  device: str = "auto", cache: str = "auto", progress: bool = True) -> SearchContext:
     """`cache`: "auto" builds the stage-1 cache in memory, or memory-mapped in RUN_DIR/cache when
     larger than the memory limit; "build" always builds it memory-mapped there, for other
     processes to "open" (they wait until it is built; see distributed.py). A memory-mapped cache
     that is complete and holds the same images is opened instead of being built again (after
-    --resume or a torchrun restart)."""
+    --resume or a torchrun restart). `progress`: progress bars while it is built."""
     if cache not in CACHE_MODES:
         raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
     device = resolve_device(device)
@@ -136,7 +137,7 @@ def build_context(config: SearchConfig, run_dir: str, data_root: Optional[str] =
         memory_limit = 0 if cache == "build" else config.memory_limit_gb * 1e9
         stage1, stage1_val = _build_caches(config, _Transformed(full, stage1_ids, evaluated),
                                            _Transformed(full, val_ids, evaluated), encoder, directory, memory_limit,
-                                           device)
+                                           device, progress)
         if stage1.on_disk and stage1_val.on_disk:  # a resumed or restarted search opens it again
             write_json(marker, contents)
 

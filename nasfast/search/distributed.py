@@ -282,7 +282,8 @@ def run(args, choose_run: Callable[[], Tuple[str, SearchConfig, bool]]) -> int:
         torch.cuda.set_device(device)
 
     def factory(cache: str):
-        return lambda config, run_dir: build_context(config, run_dir, args.data_root, device, cache)
+        return lambda config, run_dir: build_context(config, run_dir, args.data_root, device, cache,
+                                                     progress=not args.no_progress)
 
     if rank() == 0:
         return _run_rank0(args, choose_run, factory("build" if world_size() > 1 else "auto"))

@@ -2,6 +2,7 @@
 import io
 import json
 import os
+import sys
 from typing import Any, Dict, List
 
 import torch
@@ -35,7 +36,10 @@ def read_json(path: str) -> Any:
     if not os.path.exists(path):
         return None
     with open(path) as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is damaged: not valid JSON ({error})") from None
 
 
 def read_records(path: str) -> List[Dict[str, Any]]:
@@ -44,10 +48,13 @@ def read_records(path: str) -> List[Dict[str, Any]]:
         return []
     records = []
     with open(path) as f:
-        for line in f:
+        for number, line in enumerate(f, 1):
             if not line.endswith("\n"):
                 break
-            records.append(json.loads(line))
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path} is damaged: line {number} is not valid JSON ({error})") from None
     return records
 
 
@@ -64,8 +71,19 @@ def keep_finished_records(path: str, count: int, pending=()) -> List[Dict[str, A
     between logging a candidate and saving the state; those candidates are evaluated again."""
     pending = set(pending)
     records = [r for r in read_records(path) if r["index"] < count and r["index"] not in pending]
+    _warn_of_lost_records(path, set(range(count)) - pending - {r["index"] for r in records})
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in records).encode())
     return records
+
+
+def _warn_of_lost_records(path: str, missing) -> None:
+    """The state counts these candidates as finished, but the log lacks them: it was cut short or
+    edited. They cannot be evaluated again (their designs were in the lost lines)."""
+    if missing:
+        shown = ", ".join(map(str, sorted(missing)[:10])) + (", ..." if len(missing) > 10 else "")
+        print(f"warning: {path} lacks the records of {len(missing)} finished candidate(s) (index {shown}): "
+              f"the file was cut short or edited; they are lost, and the search goes on without them",
+              file=sys.stderr)
 
 
 def save_state(path: str, state: Dict[str, Any]) -> None:
@@ -75,4 +93,11 @@ def save_state(path: str, state: Dict[str, Any]) -> None:
 
 
 def load_state(path: str) -> Dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # torch.load fails in many ways on a damaged file
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{path} is damaged and cannot be read ({reason}); the search cannot continue "
+                         f"from it") from error

@@ -1,5 +1,23 @@
 """Human-readable summaries of a search log."""
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
+
+
+def madds_text(madds: int) -> str:
+    """Three significant digits, in M below 1 G: 3.60M, 42.1M, 950M, 1.23G."""
+    value, unit = (madds / 1e9, "G") if madds >= 1e9 else (madds / 1e6, "M")
+    decimals = 2 if value < 10 else 1 if value < 100 else 0
+    return f"{value:.{decimals}f}{unit}"
+
+
+def failure_note(records: List[Dict[str, Any]]) -> Optional[str]:
+    """How many candidates failed, and why the first did (its log record holds the traceback)."""
+    failed = [r for r in records if r["status"] != "ok"]
+    if not failed:
+        return None
+    first = min(failed, key=lambda r: r["index"])
+    reason = (first.get("error") or "unknown error").strip().splitlines()[0]
+    every = "every candidate failed" if len(failed) == len(records) else f"{len(failed)} of {len(records)} failed"
+    return f"{every}; the first (index {first['index']}): {reason}"
 
 
 def top_table(records: List[Dict[str, Any]], k: int = 10) -> str:
@@ -7,9 +25,10 @@ def top_table(records: List[Dict[str, Any]], k: int = 10) -> str:
     failed = sum(r["status"] != "ok" for r in records)
     lines = [f"top {len(ok)} of {len(records)} candidates ({failed} failed)",
              f"{'rank':>4} {'index':>5} {'reward':>7} {'stage1':>7} {'stage2':>7} {'params':>9} "
-             f"{'MAdds':>7}  genotype"]
+             f"{'MAdds':>6}  genotype"]
     for rank, r in enumerate(ok, 1):
         stage2 = "-" if r["stage2_reward"] is None else f"{r['stage2_reward']:.4f}"
         lines.append(f"{rank:>4} {r['index']:>5} {r['reward']:.4f} {r['stage1_reward']:.4f} {stage2:>7} "
-                     f"{r['params']:>9,} {r['madds'] / 1e9:>6.2f}G  {r['genotype']}")
-    return "\n".join(lines)
+                     f"{r['params']:>9,} {madds_text(r['madds']):>6}  {r['genotype']}")
+    note = failure_note(records)
+    return "\n".join(lines + ([note] if note else []))

@@ -1,0 +1,221 @@
+"""python -m nasfast.search as a user meets it: its options, errors, notes and exit statuses. In
+process (main through nasfast.cli.run); only the last test trains a candidate."""
+import json
+
+import pytest
+import torch
+
+import nasfast.search.context
+import nasfast.search.loop as loop
+from nasfast.cli import run
+from nasfast.search.__main__ import PROG, RUN_FILES, build_parser, choose_run, duration, main
+from nasfast.search.candidate import CandidateFailed
+from nasfast.search.records import read_records
+from nasfast.search.summary import madds_text
+
+
+def search(*argv) -> int:
+    """The exit status of `python -m nasfast.search ARGV`."""
+    try:
+        return run(main, PROG, [str(a) for a in argv])
+    except SystemExit as stop:  # argparse and the run directory's checks end the process themselves
+        return stop.code
+
+
+def fake_evaluate(genotype, index, ctx, decide):
+    return dict(reward=0.5, stage1_reward=0.5, stage2_reward=None, gate="stop", params=1, madds=3_600_000,
+                seconds=0.0)
+
+
+@pytest.fixture
+def no_data(monkeypatch):
+    """Candidates and the shared context cost nothing; the options build_context got are kept."""
+    calls = []
+    monkeypatch.setattr(loop, "evaluate_candidate", fake_evaluate)
+    monkeypatch.setattr(nasfast.search.context, "build_context", lambda *a, **k: calls.append(k))
+    return calls
+
+
+@pytest.fixture
+def saved_search(tmp_path, no_data):
+    """A tiny-preset search with seed 3 and 3 candidates done, in tmp_path/run."""
+    run_dir = tmp_path / "run"
+    assert search("--out", run_dir, "--preset", "tiny", "--seed", 3, "--budget", 3, "--no-progress") == 0
+    return run_dir
+
+
+def test_numbers_are_checked_while_parsing(tmp_path, capsys):
+    for option, expected in [("--budget=0", "at least 1"), ("--budget=-3", "at least 1"),
+                             ("--time-budget=0", "more than 0"), ("--time-budget=-5m", "more than 0"),
+                             ("--channels=0", "at least 1"), ("--stage2-batch-size=0", "at least 1"),
+                             ("--val-fraction=1.5", "less than 1"), ("--gate-p-end=2", "at most 1"),
+                             ("--stage1-decoder-lr=0", "greater than"), ("--top=-2", "at least 1"),
+                             ("--aux-weight=-1", "at least 0"), ("--workers-per-gpu=0", "at least 1")]:
+        assert search("--out", tmp_path / "r", "--budget", "1", option) == 2, option
+        error = capsys.readouterr().err
+        assert f"argument {option.split('=')[0]}: must be {expected}" in error, error
+        assert len(error.splitlines()) == 3 and error.startswith("usage: ") and "--help" in error
+    assert not (tmp_path / "r").exists()
+
+
+def test_durations():
+    assert [duration(t) for t in ("90", "90s", "30m", "4h", "2d")] == [90, 90, 1800, 14400, 172800]
+
+
+def test_a_run_directory_and_a_budget_are_required(tmp_path, capsys):
+    assert search("--budget", "1") == 2
+    assert "one of the arguments --out --resume is required" in capsys.readouterr().err
+    assert search("--out", tmp_path / "x") == 2
+    assert "give --budget N" in capsys.readouterr().err
+    assert search("--resume", tmp_path / "nothing", "--budget", "1") == 2
+    assert "no saved search there (state.pt missing)" in capsys.readouterr().err
+
+
+def test_help(capsys):
+    assert search("--help") == 0
+    text = " ".join(capsys.readouterr().out.split())  # as argparse wraps it
+    for option in ("--stage1-epochs", "--stage2-encoder-lr", "--gate-p-start", "--aux-weight", "--time-budget"):
+        assert option in text
+    assert "(see --help)" not in text
+    assert "seconds (a bare number)" in text and "{camvid,folder,voc}" in text
+    assert text.startswith("usage: python -m nasfast.search (--out RUN_DIR | --resume RUN_DIR)")
+
+
+@pytest.mark.parametrize("name", RUN_FILES)
+def test_out_refuses_a_directory_with_run_files(tmp_path, capsys, name):
+    (tmp_path / name).write_text("{}")
+    assert search("--out", tmp_path, "--budget", "1") == 2
+    error = capsys.readouterr().err
+    assert len(error.splitlines()) == 1 and name in error
+    assert ("--resume" in error) == (name == "state.pt")
+    assert (tmp_path / name).read_text() == "{}"
+
+
+def test_out_takes_an_empty_directory_and_refuses_a_file(tmp_path, capsys):
+    parser = build_parser()
+    run_dir, config, resume = choose_run(parser.parse_args(["--out", str(tmp_path), "--budget", "1"]), parser)
+    assert (run_dir, resume, config.stage1_images) == (str(tmp_path), False, 4000)
+    (tmp_path / "file").write_text("")
+    assert search("--out", tmp_path / "file", "--budget", "1") == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_missing_data_and_teacher_are_one_line_errors(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("NASFAST_DATA", str(tmp_path))
+    assert search("--out", tmp_path / "a", "--budget", "1", "--dataset", "voc") == 2
+    assert "dataset 'voc' not found" in capsys.readouterr().err
+    assert search("--out", tmp_path / "b", "--budget", "1", "--data-root", tmp_path / "nope") == 2
+    assert "not found; looked in" in capsys.readouterr().err
+    assert search("--out", tmp_path / "c", "--budget", "1", "--teacher", tmp_path / "nope.pt") == 2
+    assert "--teacher" in capsys.readouterr().err
+    assert not any((tmp_path / d).exists() for d in "abc")
+
+
+def test_resume_refuses_options_that_change_the_search(saved_search, capsys):
+    assert search("--resume", saved_search, "--budget", "4", "--dataset", "voc", "--preset", "fast",
+                  "--seed", "7", "--stage1-epochs", "9", "--strategy", "random") == 2
+    error = capsys.readouterr().err
+    assert len(error.splitlines()) == 1
+    for part in ("--seed 7 differs from the run's 3", "--dataset voc differs from the run's camvid",
+                 "--stage1-epochs 9 differs from the run's 2", "--strategy random differs from the run's ppo",
+                 "--preset fast differs from the run's tiny"):
+        assert part in error
+
+
+def test_resume_takes_the_saved_options_and_new_machine_options(saved_search, no_data, capsys):
+    assert search("--resume", saved_search, "--budget", "4", "--preset", "tiny", "--seed", "3", "--workers", "1",
+                  "--top", "2", "--device", "cpu", "--no-progress") == 0
+    assert no_data[-1] == {"progress": False}
+    assert len(read_records(str(saved_search / "candidates.jsonl"))) == 4
+    assert "top 2 of 4 candidates" in capsys.readouterr().out
+
+
+def test_resume_of_a_search_that_did_not_record_its_preset(saved_search, capsys):
+    config = json.loads((saved_search / "config.json").read_text())
+    del config["preset"]
+    (saved_search / "config.json").write_text(json.dumps(config))
+    assert search("--resume", saved_search, "--budget", "3", "--preset", "fast") == 0
+    assert search("--resume", saved_search, "--budget", "3", "--seed", "4") == 2
+    assert "--seed 4 differs from the run's 3" in capsys.readouterr().err
+
+
+def test_resume_names_a_damaged_file(saved_search, capsys):
+    state, config = saved_search / "state.pt", saved_search / "config.json"
+    good_state = state.read_bytes()
+    state.write_bytes(torch.randint(0, 256, (300,), dtype=torch.uint8).numpy().tobytes())
+    assert search("--resume", saved_search, "--budget", "4") == 2
+    error = capsys.readouterr().err
+    assert len(error.splitlines()) == 1 and f"{state} is damaged" in error
+    state.write_bytes(good_state)
+    config.write_text('{"seed": ')
+    assert search("--resume", saved_search, "--budget", "4") == 2
+    assert f"{config} is damaged: not valid JSON" in capsys.readouterr().err
+
+
+def test_resume_past_the_budget_says_so(saved_search, capsys):
+    assert search("--resume", saved_search, "--budget", "1") == 0
+    out, err = capsys.readouterr()
+    assert "budget already reached: 3 candidates done; raise --budget to continue" in err
+    assert "top 3 of 3 candidates" in out
+
+
+def test_resume_warns_of_lost_log_lines(saved_search, capsys):
+    log = saved_search / "candidates.jsonl"
+    log.write_text(log.read_text().splitlines(keepends=True)[0])
+    assert search("--resume", saved_search, "--budget", "4", "--no-progress") == 0
+    assert "lacks the records of 2 finished candidate(s) (index 1, 2)" in capsys.readouterr().err
+    assert [r["index"] for r in read_records(str(log))] == [0, 3]  # each index once at most
+
+
+def test_failures_are_explained_and_all_failed_exits_1(tmp_path, no_data, monkeypatch, capsys):
+    def fail(genotype, index, ctx, decide):
+        raise CandidateFailed(f"non-finite loss (nan) at stage 1, step {index}")
+
+    monkeypatch.setattr(loop, "evaluate_candidate", fail)
+    assert search("--out", tmp_path / "r", "--budget", "2", "--no-progress") == 1
+    out = capsys.readouterr().out
+    assert "every candidate failed; the first (index 0): CandidateFailed: non-finite loss (nan) at stage 1, " \
+           "step 0" in out
+    monkeypatch.setattr(loop, "evaluate_candidate", fake_evaluate)
+    assert search("--resume", tmp_path / "r", "--budget", "3", "--no-progress") == 0
+    out = capsys.readouterr().out
+    assert "2 of 3 failed; the first (index 0)" in out and "3.60M" in out
+
+
+def ctrl_c(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+def test_ctrl_c_while_caching_saves_nothing_and_the_directory_can_be_reused(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(nasfast.search.context, "build_context", ctrl_c)
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    (run_dir / "cache").mkdir()  # a memory-mapped cache may have been begun
+    assert search("--out", run_dir, "--budget", "1") == 130
+    error = capsys.readouterr().err
+    assert f"interrupted before the search began: nothing was saved; run the same command again (--out {run_dir} " \
+           "can be reused)" in error and "Traceback" not in error
+    parser = build_parser()
+    assert choose_run(parser.parse_args(["--out", str(run_dir), "--budget", "1"]), parser)[2] is False
+
+
+def test_ctrl_c_while_caching_a_resumed_search(saved_search, monkeypatch, capsys):
+    monkeypatch.setattr(nasfast.search.context, "build_context", ctrl_c)
+    assert search("--resume", saved_search, "--budget", "5") == 130
+    assert f"interrupted: 3 candidates saved; continue with {PROG} --resume {saved_search}" in \
+        capsys.readouterr().err
+
+
+def test_madds_are_readable():
+    assert [madds_text(m) for m in (3_640_000, 42_100_000, 950_000_000, 1_234_000_000)] == \
+        ["3.64M", "42.1M", "950M", "1.23G"]
+
+
+def test_a_real_tiny_search_without_progress_bars(tmp_path, camvid_root, capsys):
+    run_dir = tmp_path / "r"
+    assert search("--dataset", "camvid", "--preset", "tiny", "--budget", "1", "--out", run_dir, "--no-progress",
+                  "--stage1-images", "16", "--val-images", "8", "--stage2-images", "8") == 0
+    out, err = capsys.readouterr()
+    assert "caching" not in err and "stage-1 cache: 16 meta-train + 8 meta-val" in err
+    assert "top 1 of 1 candidates (0 failed)" in out and "M  [[" in out
+    assert json.loads((run_dir / "config.json").read_text())["stage1_images"] == 16
