@@ -1,9 +1,12 @@
 """Latency of the deployed models (the paper's protocol: eval mode, warm-up, device
 synchronisation, 100 timed forward passes, mean ± std), for each implementation variant.
 
-    python bench/latency.py --device cpu --arch all --size 512
-    python bench/latency.py --device cuda --arch arch0 --size 512
+    python bench/latency.py --device cpu --genotype all --size 512
+    python bench/latency.py --device cuda --genotype arch0 --size 512
     python bench/latency.py --device jetson        # on a Jetson only: its GPU, power mode, clocks
+
+--genotype (or its old name --arch) takes what python -m nasfast.train takes (a zoo name, a
+genotype's JSON, or a file holding it) or `all` (the zoo), with random weights.
 """
 import argparse
 import os
@@ -13,14 +16,21 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import List, Tuple
 
 import torch
 
 import nasfast
 import nasfast.ops
 from nasfast import count_madds, count_params, create_model
+from nasfast.cli import UsageError, non_negative_int, positive_int, run
 from nasfast.export import script_for_deployment
 from nasfast.genotype import ZOO
+from nasfast.search.context import resolve_device
+from nasfast.genotype import genotype_from_option
+
+PROG = Path(__file__).name
 
 
 def is_jetson() -> bool:
@@ -68,46 +78,76 @@ def variants(genotype, num_classes, device, with_compile: bool):
         yield "torch.compile", torch.compile(reference)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", choices=["cpu", "cuda", "jetson"], default="cpu")
-    parser.add_argument("--arch", default="all", help="arch0|arch1|arch2|all or a genotype's JSON [all]")
-    parser.add_argument("--size", type=int, default=512, help="square input side [512]")
-    parser.add_argument("--num-classes", type=int, default=21, help="[21, as in the paper]")
-    parser.add_argument("--runs", type=int, default=100, help="timed passes [100]")
-    parser.add_argument("--warmup", type=int, default=10, help="[10]")
-    parser.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
-    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
-    args = parser.parse_args(argv)
+def at_least_two(text: str) -> int:
+    """The number of timed passes: a standard deviation needs two."""
+    try:
+        runs = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if runs < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2 (a standard deviation needs two passes), got {text}")
+    return runs
 
-    if args.device == "jetson":
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cpu", "cuda", "jetson"], default="cpu",
+                        help="where to time; jetson: a Jetson's GPU, with its power mode and clocks in the header "
+                             "[cpu]")
+    parser.add_argument("--genotype", "--arch", dest="genotype", default="all",
+                        help="arch0|arch1|arch2|all, a genotype's JSON, or a file holding it [all]")
+    parser.add_argument("--size", type=positive_int, default=512, help="square input side [512]")
+    parser.add_argument("--num-classes", type=positive_int, default=21,
+                        help="output classes [21, PASCAL VOC as in the paper; CamVid has 11]")
+    parser.add_argument("--runs", type=at_least_two, default=100, help="timed passes, at least 2 [100]")
+    parser.add_argument("--warmup", type=non_negative_int, default=10, help="untimed passes before timing [10]")
+    parser.add_argument("--threads", type=positive_int, help="CPU threads (torch.set_num_threads) [torch's choice]")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
+    return parser
+
+
+def short_name(text: str) -> str:
+    """What the table's 8-character first column shows: a zoo name, a file's name cut short, or 'custom'
+    for JSON."""
+    if text.strip() in ZOO:
+        return text.strip()
+    return Path(text).stem[:8] if os.path.isfile(text) else "custom"
+
+
+def designs(text: str) -> List[Tuple[str, nasfast.Genotype]]:
+    """(name in the table, genotype) of each design to time."""
+    if text == "all":
+        return [(name, ZOO[name]) for name in sorted(ZOO)]
+    return [(short_name(text), genotype_from_option(text))]
+
+
+def device_and_note(name: str) -> Tuple[torch.device, str]:
+    """The device to time on, and what the header says about it."""
+    if name == "jetson":
         if not is_jetson():
-            print("--device jetson: this is not a Jetson (no /etc/nv_tegra_release); nothing measured. "
-                  "Use --device cuda or --device cpu here.", file=sys.stderr)
-            return 2
-        note = jetson_state()
-        device = torch.device("cuda")
-    elif args.device == "cuda":
-        if not torch.cuda.is_available():
-            print("--device cuda: no CUDA device available; nothing measured.", file=sys.stderr)
-            return 2
-        device = torch.device("cuda")
-        note = torch.cuda.get_device_name()
-    else:
-        device = torch.device("cpu")
-        note = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+            raise UsageError("--device jetson: this is not a Jetson (no /etc/nv_tegra_release); nothing measured. "
+                             "Use --device cuda or --device cpu here.")
+        return resolve_device("cuda"), jetson_state()
+    device = resolve_device(name)
+    if device.type == "cuda":
+        return device, torch.cuda.get_device_name()
+    return device, f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     if args.threads:
-        torch.set_num_threads(args.threads)
-    names = sorted(ZOO) if args.arch == "all" else [args.arch]
+        torch.set_num_threads(args.threads)  # before the header reports the count
+    to_time = designs(args.genotype)
+    device, note = device_and_note(args.device)
     with_compile = not args.no_compile and hasattr(torch, "compile")
 
     print(f"device: {args.device} ({note}); torch {torch.__version__}; input 1x3x{args.size}x{args.size}; "
           f"{args.runs} passes after {args.warmup} warm-up; ops library: {nasfast.ops.library_path()}")
     print(f"{'arch':<8} {'params':>10} {'MAdds':>7} {'variant':<22} {'ms (mean ± std)':>18} {'vs eager':>8}")
     x = torch.randn(1, 3, args.size, args.size, device=device)
-    for name in names:
-        genotype = nasfast.Genotype.parse(name)
+    for name, genotype in to_time:
         probe = create_model(genotype, args.num_classes)
         params, madds = count_params(probe), count_madds(probe, (3, args.size, args.size))
         eager_ms = None
@@ -124,4 +164,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main, PROG))

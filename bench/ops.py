@@ -6,6 +6,7 @@ prints median times (ms), the ratio reference / fused (> 1: fused is faster) and
 (interquartile range over median, in %) of the fused time.
 
     python bench/ops.py [--device cpu|cuda] [--quick] [--threads N] [--only sep|upsample|reward]
+    python bench/ops.py --quick --only reward        # a check in a few seconds
 
 On the CPU, glibc's malloc returns large blocks to the system and takes them back with page
 faults, which costs more than the kernels themselves on some machines (seen here: a 1 ms conv
@@ -18,13 +19,16 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Callable, List, Sequence
 
 import torch
 
 import nasfast.ops as ops
+from nasfast.cli import positive_int, run
 from nasfast.ops import SeparableConvBNReLU
 from nasfast.ops.separable import separable_conv_reference
+from nasfast.search.context import resolve_device
 
 SEPARABLE_OPS = [(3, 1, "sep3x3"), (5, 1, "sep5x5"), (3, 3, "sep3x3_d3"), (5, 6, "sep5x5_d6")]
 # (batch, channels, map side): batch 8 and 64, decoder widths 48 (search) and 64 (final), 32..128 px
@@ -33,6 +37,7 @@ SEPARABLE_SHAPES = [(8, 48, 32), (8, 48, 64), (8, 48, 128), (8, 64, 64), (8, 64,
 SEPARABLE_SHAPES_QUICK = [(8, 48, 64), (64, 48, 32)]
 UPSAMPLE_SIZES = [(32, 16), (64, 32), (128, 64), (128, 32), (60, 23)]  # (high, low) sides
 REWARD_BATCHES = (2, 8)
+PROG = Path(__file__).name
 
 
 def interleaved(functions: Sequence[Callable[[], object]], device: torch.device, repeats: int) -> List[List[float]]:
@@ -183,25 +188,26 @@ def read_once(logits, target, fused_ms: float, device, repeats) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to time the ops [cpu]")
     parser.add_argument("--quick", action="store_true", help="fewer shapes and repetitions")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
+    parser.add_argument("--threads", type=positive_int, help="torch.set_num_threads (CPU) [torch's choice]")
     parser.add_argument("--only", choices=["sep", "upsample", "reward"], help="one family of ops")
-    parser.add_argument("--system-malloc", action="store_true", help="keep glibc's default thresholds")
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="keep glibc's default malloc thresholds instead of re-running with raised ones "
+                             "(see above)")
     args = parser.parse_args(argv)
-    if args.device == "cpu" and not args.system_malloc and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+    device = resolve_device(args.device)
+    if device.type == "cpu" and not args.system_malloc and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
         env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(32 << 20), MALLOC_TRIM_THRESHOLD_=str(4 << 30))
-        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__)] + sys.argv[1:], env)
+        own_argv = sys.argv[1:] if argv is None else list(argv)
+        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__)] + own_argv, env)
     if not ops.available():
         print("the nasfast ops library is not built: nothing to compare", file=sys.stderr)
         return 2
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("--device cuda: no CUDA device", file=sys.stderr)
-        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
     # The kernels compute in float32; cuDNN's TF32 default (Ampere and newer) would compare
     # rounded-mantissa convolutions against them.
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
@@ -220,4 +226,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main, PROG))

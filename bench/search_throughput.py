@@ -4,7 +4,7 @@ and budget.
 
     python bench/search_throughput.py                                   # CPU, tiny preset, 1 vs 2 processes
     python bench/search_throughput.py --device cuda --workers-per-gpu 1 2 4 --budget 40
-    python bench/search_throughput.py --time-budget 10m --procs 1 2 4 -- --stage1-images 32
+    python bench/search_throughput.py --time-budget 10m --procs 1 2 4 -- --stage1-images 32   # after --: search options
 
 Throughput counts from the candidates' own start and finish times (`finished` - `seconds` in
 the log), so the start-up (imports, the stage-1 cache) is left out. On a CPU the total thread
@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,7 +27,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from nasfast.cli import UsageError, positive_int, run
+from nasfast.data.datasets import DATASETS
+from nasfast.search.__main__ import build_parser as search_parser, duration
+from nasfast.search.config import PRESETS
+
 REPO = Path(__file__).resolve().parents[1]
+PROG = Path(__file__).name
+TORCHRUN_LOG = re.compile(r"[IWEF]\d{4} ")  # torchrun's own log lines (glog format)
+RANK_PREFIX = re.compile(r"\[rank\d+\]: ?")  # torch.distributed's prefix on a process's traceback
+ERROR_START = re.compile(r"[\w.]+(Error|Exception|Interrupt)\b|\S.*: error: ")
 
 
 @dataclass(frozen=True)
@@ -102,14 +112,53 @@ class GPUSampler:
         self._thread.join()
 
 
-def search_command(setup: Setup, args, extra: List[str], run_dir: Path) -> List[str]:
+def search_arguments(setup: Setup, args, extra: List[str], run_dir: Path) -> List[str]:
+    """The options of python -m nasfast.search for one setup."""
     budget = (["--budget", str(args.budget)] if args.budget else []) + \
              (["--time-budget", args.time_budget] if args.time_budget else [])
     data = ["--data-root", args.data_root] if args.data_root else []
+    return ["--dataset", args.dataset, "--preset", args.preset, "--out", str(run_dir), "--device", args.device,
+            "--workers-per-gpu", str(setup.workers_per_gpu), "--no-progress", *budget, *data, *extra]
+
+
+def search_command(setup: Setup, args, extra: List[str], run_dir: Path) -> List[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(setup.procs),
-            "-m", "nasfast.search", "--dataset", args.dataset, "--preset", args.preset, "--out", str(run_dir),
-            "--device", args.device, "--workers-per-gpu", str(setup.workers_per_gpu), "--no-progress",
-            *budget, *data, *extra]
+            "-m", "nasfast.search", *search_arguments(setup, args, extra, run_dir)]
+
+
+def check_search_options(args, extra: List[str]) -> None:
+    """Parses what the search will get with its own parser, so that a typo after `--` stops here,
+    before any run, in one line."""
+    parser = search_parser()
+
+    def refuse(message):
+        raise UsageError(f"options for python -m nasfast.search: {message}")
+    parser.error = refuse
+    parser.parse_args(search_arguments(Setup(1), args, extra, Path("RUN_DIR")))
+
+
+def child_error(stderr: str, max_lines: int = 4) -> str:
+    """The processes' last error message in torchrun's stderr, without torchrun's own report (its
+    log lines and the ChildFailedError traceback after them) or the [rankN] prefixes."""
+    own = []
+    for line in stderr.splitlines():
+        if "ChildFailedError" in line or (TORCHRUN_LOG.match(line) and "failed (exitcode" in line):
+            break  # torchrun's report begins
+        if not TORCHRUN_LOG.match(line):
+            own.append(RANK_PREFIX.sub("", line, count=1))
+    starts = [i for i, line in enumerate(own) if ERROR_START.match(line)]
+    first = starts[-1] if starts else max(0, len(own) - max_lines)
+    return "\n".join(own[first:first + max_lines])
+
+
+def failure(setup_name: str, result: subprocess.CompletedProcess, run_dir: Path, kept: bool) -> str:
+    """What to say when a setup's search fails: its processes' error, and where the full output is."""
+    log = run_dir / "torchrun.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(result.stdout + result.stderr)
+    where = f"torchrun's full output: {log}" if kept else "--keep DIR keeps torchrun's full output"
+    message = "\n".join("  " + line for line in child_error(result.stderr).splitlines())
+    return f"{PROG}: {setup_name} failed (exit {result.returncode}):\n{message}\n({where})"
 
 
 def measure(setup: Setup, args, extra: List[str], run_dir: Path, gpu_count: int) -> Dict:
@@ -122,8 +171,7 @@ def measure(setup: Setup, args, extra: List[str], run_dir: Path, gpu_count: int)
         result = subprocess.run(search_command(setup, args, extra, run_dir), env=env, capture_output=True,
                                 text=True)
     if result.returncode != 0:
-        sys.exit(f"{setup.name(args.device)} failed ({result.returncode}):\n{result.stdout[-3000:]}"
-                 f"{result.stderr[-3000:]}")
+        raise SystemExit(failure(setup.name(args.device), result, run_dir, kept=bool(args.keep)))
     records = [json.loads(line) for line in (run_dir / "candidates.jsonl").read_text().splitlines()]
     count, window, per_hour = throughput(records)
     start = min((r["finished"] - r["seconds"] for r in records), default=0.0)
@@ -151,46 +199,82 @@ def ratios(rows: List[Dict]) -> List[str]:
             for r in rows[1:] if rows[0]["per_hour"] > 0]
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+def time_budget(text: str) -> str:
+    """A search time as python -m nasfast.search takes it (600, 30m, 4h), checked here, kept as text."""
+    duration(text)
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--preset", help="search preset [tiny on cpu, fast on cuda]")
-    parser.add_argument("--dataset", default="camvid")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the searches run [cpu]")
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="search preset [tiny on cpu, fast on cuda]")
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default="camvid", help="[camvid]")
     parser.add_argument("--data-root", help="dataset directory (default: $NASFAST_DATA/<dataset>)")
-    parser.add_argument("--budget", type=int, help="candidates per setup [8, unless --time-budget]")
-    parser.add_argument("--time-budget", help="search time per setup (600, 30m...)")
-    parser.add_argument("--procs", type=int, nargs="+", default=[1, 2], help="process counts [1 2]")
-    parser.add_argument("--workers-per-gpu", type=int, nargs="+", default=[1, 2, 4],
+    parser.add_argument("--budget", type=positive_int, help="candidates per setup [8, unless --time-budget]")
+    parser.add_argument("--time-budget", type=time_budget, help="search time per setup (600, 30m...)")
+    parser.add_argument("--procs", type=positive_int, nargs="+", default=[1, 2], help="process counts [1 2]")
+    parser.add_argument("--workers-per-gpu", type=positive_int, nargs="+", default=[1, 2, 4],
                         help="on a GPU: processes sharing GPU 0 [1 2 4]")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+    parser.add_argument("--threads", type=positive_int, default=os.cpu_count() or 1,
                         help="CPU threads in total, shared among the processes [all cores]")
-    parser.add_argument("--keep", metavar="DIR", help="keep the run directories under DIR")
-    args, extra = parser.parse_known_args(argv)
-    if extra[:1] == ["--"]:
-        extra = extra[1:]
+    parser.add_argument("--keep", metavar="DIR", help="keep the run directories under DIR (it must not hold "
+                                                      "those of an earlier run)")
+    return parser
+
+
+def parse_args(argv=None):
+    """The benchmark's options, and those after `--`, which go to python -m nasfast.search."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    split = argv.index("--") if "--" in argv else len(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv[:split])
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)} (options for python -m nasfast.search go "
+                     "after --)")
     args.preset = args.preset or ("fast" if args.device == "cuda" else "tiny")
     if args.budget is None and args.time_budget is None:
         args.budget = 8
-    return args, extra
+    return args, argv[split + 1:]
+
+
+def usable_gpus(device: str) -> int:
+    """How many GPUs the setups may use: none on a CPU; UsageError for cuda without one."""
+    if device != "cuda":
+        return 0
+    import torch
+    if torch.cuda.device_count() == 0:
+        raise UsageError("--device cuda: no GPU here")
+    return torch.cuda.device_count()
+
+
+def run_dirs(root: Path, runs: List[Setup]) -> List[Path]:
+    return [root / f"run{i}-p{setup.procs}-w{setup.workers_per_gpu}" for i, setup in enumerate(runs)]
+
+
+def check_keep(keep: str, dirs: List[Path]) -> None:
+    """Refuses a --keep DIR that holds an earlier run's directories: its searches would not start."""
+    taken = [d for d in dirs if d.exists()]
+    if taken:
+        raise UsageError(f"--keep {keep} already holds a search ({taken[0].name}, from an earlier run): "
+                         "choose another directory or remove it")
 
 
 def main(argv=None) -> int:
     args, extra = parse_args(argv)
-    gpu_count = 0
-    if args.device == "cuda":
-        import torch
-        gpu_count = torch.cuda.device_count()
-        if gpu_count == 0:
-            sys.exit("--device cuda: no GPU here")
+    check_search_options(args, extra)
+    gpu_count = usable_gpus(args.device)
     runs = setups(args.device, args.procs, args.workers_per_gpu, gpu_count)
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="nasfast-throughput-"))
+    dirs = run_dirs(root, runs)
+    if args.keep:
+        check_keep(args.keep, dirs)
     rows = []
     try:
-        for i, setup in enumerate(runs):
+        for setup, run_dir in zip(runs, dirs):
             print(f"running {setup.name(args.device)} ...", file=sys.stderr, flush=True)
-            rows.append(measure(setup, args, extra, root / f"run{i}-p{setup.procs}-w{setup.workers_per_gpu}",
-                                gpu_count))
+            rows.append(measure(setup, args, extra, run_dir, gpu_count))
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
@@ -204,4 +288,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main, PROG))

@@ -4,6 +4,7 @@ they are built. Load it in C++ with torch::jit::load after loading the ops libra
 import argparse
 import copy
 import json
+import os
 import re
 import sys
 
@@ -13,7 +14,12 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from . import ops
 from .checkpoint import load_checkpoint, model_from_checkpoint
+from .cli import UsageError, positive_int, run
 from .model import create_model
+from .genotype import genotype_from_option
+
+PROG = "python -m nasfast.export"
+NUM_CLASSES_DEFAULT = 21  # PASCAL VOC, as in the paper
 
 
 def native_ops(scripted: torch.jit.ScriptModule) -> list:
@@ -49,23 +55,51 @@ def export(model: nn.Module, path: str) -> dict:
     return info
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nasfast.export", description=__doc__.split(":", 1)[1].strip())
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split(":", 1)[1].strip())
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="a checkpoint of python -m nasfast.train")
-    source.add_argument("--arch", help="a genotype (zoo name or JSON), with random weights")
-    parser.add_argument("--num-classes", type=int, default=21, help="with --arch [21]")
-    parser.add_argument("--pretrained", action="store_true", help="with --arch: ImageNet encoder weights")
+    source.add_argument("--checkpoint", help="a checkpoint of python -m nasfast.train (it holds the classes "
+                                             "and weights)")
+    source.add_argument("--genotype", "--arch", dest="genotype",
+                        help="arch0|arch1|arch2, the genotype's JSON, or a file holding it, with random weights")
+    parser.add_argument("--num-classes", type=positive_int,
+                        help=f"with --genotype [{NUM_CLASSES_DEFAULT}, PASCAL VOC as in the paper; CamVid has 11]")
+    parser.add_argument("--pretrained", action="store_true", help="with --genotype: ImageNet encoder weights")
     parser.add_argument("--reference-ops", action="store_true", help="do not use the native ops")
     parser.add_argument("--out", required=True, help="the TorchScript file to write (model.pt)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def check_options(args) -> None:
+    """Refuses what does not apply with --checkpoint, and an --out that cannot be written."""
+    if args.checkpoint:
+        ignored = [flag for flag, given in (("--num-classes", args.num_classes is not None),
+                                            ("--pretrained", args.pretrained)) if given]
+        if ignored:
+            verb = "applies" if len(ignored) == 1 else "apply"
+            raise UsageError(f"{' and '.join(ignored)} {verb} only with --genotype: the checkpoint sets the "
+                             "model's classes and weights")
+    if os.path.isdir(args.out):
+        example = os.path.join(args.out, "model.pt")
+        raise UsageError(f"--out {args.out} is a directory: give a file name, e.g. {example}")
+    parent = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(parent):
+        raise UsageError(f"--out {args.out}: directory {parent} does not exist")
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    check_options(args)
     fused = False if args.reference_ops else None
     if args.checkpoint:
         model = model_from_checkpoint(load_checkpoint(args.checkpoint), fused=fused)
     else:
-        model = create_model(args.arch, args.num_classes, pretrained=args.pretrained, fused=fused)
+        genotype = genotype_from_option(args.genotype)
+        model = create_model(genotype, args.num_classes or NUM_CLASSES_DEFAULT, pretrained=args.pretrained,
+                             fused=fused)
+    replaced = os.path.exists(args.out)
     info = export(model, args.out)
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out}" + (" (replaced the file that was there)" if replaced else ""))
     if info["native_ops"]:
         print(f"needs the nasfast ops library ({', '.join(info['native_ops'])}): {info['ops_library']}")
     else:
@@ -74,4 +108,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main, PROG))

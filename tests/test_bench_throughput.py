@@ -45,3 +45,74 @@ def test_one_and_two_processes_on_cpu(camvid_root):
     assert set(rows) == {"1 proc", "2 proc"}
     assert rows["1 proc"][-2] == "1.00x" and rows["2 proc"][3] == "2"  # candidates of the 2-process run
     assert "2 proc / 1 proc:" in result.stdout
+
+
+def run_main(bench, argv, capsys):
+    try:
+        status = bench.run(bench.main, "search_throughput.py", argv)
+    except SystemExit as exit:  # argparse's errors
+        status = exit.code
+    return (status, *capsys.readouterr())
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--budjet", "2"], ["unrecognized arguments: --budjet 2", "go after --"]),
+    (["--", "--budjet", "2"], ["options for python -m nasfast.search", "--budjet"]),
+    (["--procs", "1", "0"], ["--procs", "at least 1"]),
+    (["--threads", "0"], ["--threads", "at least 1"]),
+    (["--time-budget", "0"], ["--time-budget", "more than 0"]),
+    (["--time-budget", "soon"], ["--time-budget", "soon"]),
+    (["--preset", "huge"], ["--preset", "invalid choice"]),
+])
+def test_bad_options_are_refused_before_any_search_starts(argv, words, capsys):
+    status, out, err = run_main(bench_module(), argv, capsys)
+    assert status == 2 and "Traceback" not in err and "running" not in err and out == ""
+    assert all(word in err.strip().splitlines()[-1] for word in words), err
+
+
+def test_only_options_after_a_double_dash_go_to_the_search():
+    args, extra = bench_module().parse_args(["--budget", "3", "--", "--stage1-images", "16"])
+    assert args.budget == 3 and extra == ["--stage1-images", "16"]
+    assert bench_module().parse_args(["--procs", "2"])[1] == []
+
+
+def test_keep_dir_of_an_earlier_run_is_refused_before_starting(tmp_path, capsys):
+    (tmp_path / "run0-p1-w1").mkdir()
+    status, _, err = run_main(bench_module(), ["--procs", "1", "--keep", str(tmp_path)], capsys)
+    assert status == 2 and err.count("\n") == 1 and "already holds a search" in err and "running" not in err
+
+
+CHILD_STDERR = """\
+[rank0]: Traceback (most recent call last):
+[rank0]:   File "/work/main/nasfast/data/datasets.py", line 41, in find_data_root
+[rank0]:     raise FileNotFoundError(
+[rank0]: FileNotFoundError: dataset 'camvid' not found; looked in: /nowhere.
+[rank0]: Get CamVid as released with the SegNet tutorial, then pass --data-root DIR.
+"""
+TORCHRUN_REPORT = """\
+W1126 10:43:09.090000 26631 api.py:1028] Sending process 26635 closing signal SIGTERM
+E1126 10:43:09.124000 26631 api.py:1002] failed (exitcode: 1) local_rank: 1
+Traceback (most recent call last):
+  File "torch/distributed/launcher/api.py", line 383, in launch_agent
+    raise ChildFailedError(
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+============================================================
+nasfast.search FAILED
+"""
+
+
+def test_a_failed_search_is_reported_by_its_own_error_not_torchruns():
+    bench = bench_module()
+    assert bench.child_error(CHILD_STDERR + TORCHRUN_REPORT).splitlines() == [
+        "FileNotFoundError: dataset 'camvid' not found; looked in: /nowhere.",
+        "Get CamVid as released with the SegNet tutorial, then pass --data-root DIR."]
+    one_line = "noise\npython -m nasfast.search: error: --out x already holds a search\n" + TORCHRUN_REPORT
+    assert bench.child_error(one_line) == "python -m nasfast.search: error: --out x already holds a search"
+
+
+def test_a_failed_search_under_torchrun_takes_a_few_lines(tmp_path):
+    result = subprocess.run([sys.executable, str(SCRIPT), "--budget", "1", "--procs", "1", "--data-root",
+                             str(tmp_path / "nodata")], capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert result.returncode == 1 and "ChildFailedError" not in result.stderr
+    assert len(result.stderr.splitlines()) <= 6 and "not found" in result.stderr, result.stderr

@@ -1,0 +1,155 @@
+"""The command lines of python -m nasfast.export and of the benchmark scripts: bad input is refused
+in one line (exit 2), options that do not apply are refused, and --help tells the whole story."""
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from nasfast import export
+from nasfast.cli import run
+
+REPO = Path(__file__).resolve().parents[1]
+CUSTOM_GENOTYPE = "[[[0, 1], [1, 2], [2, 3]], [0, [0, 1, 2, 3], [1, 2, 3, 4], [2, 3, 4, 5]]]"
+
+
+def bench_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def call(main, argv, capsys):
+    """(exit status, stdout, stderr) of main(argv) run as its command line runs it."""
+    try:
+        status = run(main, "prog", argv)
+    except SystemExit as exit:  # argparse's errors and --help
+        status = exit.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def assert_refused(status, err, *words):
+    """Exit 2 and the reason on the last line of stderr, with no traceback."""
+    assert status == 2 and "Traceback" not in err
+    assert all(word in err.strip().splitlines()[-1] for word in words), err
+
+
+# python -m nasfast.export
+
+@pytest.mark.parametrize("options, words", [
+    (["--num-classes", "5"], ["--num-classes applies only with --genotype"]),
+    (["--pretrained"], ["--pretrained applies only with --genotype"]),
+    (["--num-classes", "5", "--pretrained"], ["--num-classes and --pretrained apply"]),
+])
+def test_export_refuses_options_that_do_not_apply_with_a_checkpoint(options, words, tmp_path, capsys):
+    checkpoint = tmp_path / "best.pt"
+    checkpoint.write_bytes(b"not read")
+    status, out, err = call(export.main, ["--checkpoint", str(checkpoint), "--out", str(tmp_path / "m.pt"),
+                                          *options], capsys)
+    assert_refused(status, err, *words)
+    assert err.count("\n") == 1 and not (tmp_path / "m.pt").exists()
+
+
+@pytest.mark.parametrize("options, words", [
+    (["--genotype", "arch0", "--num-classes", "0"], ["--num-classes", "at least 1"]),
+    (["--genotype", "arch9"], ["arch9", "neither a zoo name"]),
+    (["--checkpoint", "nope.pt"], ["nope.pt", "not found"]),
+    (["--checkpoint", "corrupt.pt"], ["corrupt.pt", "not a checkpoint"]),
+    (["--genotype", "arch0", "--out", "nodir/m.pt"], ["nodir", "does not exist"]),
+    (["--genotype", "arch0", "--out", "."], ["is a directory"]),
+])
+def test_export_refuses_bad_input_in_one_line(options, words, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "corrupt.pt").write_bytes(b"\x80\x02garbage")
+    out = [] if "--out" in options else ["--out", "m.pt"]
+    status, _, err = call(export.main, options + out, capsys)
+    assert_refused(status, err, *words)
+
+
+def test_export_genotype_its_old_name_and_the_default_classes(tmp_path, capsys):
+    path = tmp_path / "m.pt"
+    x = torch.randn(1, 3, 32, 32)
+    assert call(export.main, ["--genotype", "arch0", "--num-classes", "3", "--out", str(path)], capsys)[0] == 0
+    assert torch.jit.load(str(path))(x).shape[1] == 3
+    status, out, _ = call(export.main, ["--arch", "arch0", "--out", str(path)], capsys)
+    assert status == 0 and out.startswith(f"wrote {path} (replaced")
+    assert torch.jit.load(str(path))(x).shape[1] == 21
+    assert "21, PASCAL VOC as in the paper; CamVid has 11" in " ".join(export.build_parser().format_help().split())
+
+
+# bench/latency.py
+
+@pytest.fixture(scope="module")
+def latency():
+    return bench_script("latency")
+
+
+@pytest.mark.parametrize("options, words", [
+    (["--runs", "1"], ["--runs", "at least 2"]),
+    (["--runs", "0"], ["--runs", "at least 2"]),
+    (["--threads", "-1"], ["--threads", "at least 1"]),
+    (["--size", "0"], ["--size", "at least 1"]),
+    (["--num-classes", "0"], ["--num-classes", "at least 1"]),
+    (["--warmup", "-1"], ["--warmup", "at least 0"]),
+    (["--genotype", "arch9"], ["arch9", "neither a zoo name"]),
+    (["--arch", "arch9"], ["arch9"]),
+])
+def test_latency_refuses_bad_input_before_measuring(latency, options, words, capsys):
+    status, out, err = call(latency.main, options, capsys)
+    assert_refused(status, err, *words)
+    assert out == ""
+
+
+def test_latency_header_counts_the_threads_asked_for_and_json_keeps_the_table_aligned(latency, capsys):
+    threads = torch.get_num_threads()
+    try:
+        status, out, err = call(latency.main, ["--threads", "1", "--genotype", CUSTOM_GENOTYPE, "--size", "32",
+                                               "--runs", "2", "--warmup", "0", "--no-compile"], capsys)
+    finally:
+        torch.set_num_threads(threads)
+    assert status == 0, err
+    header, columns, *rows = out.splitlines()
+    assert ", 1 threads)" in header
+    assert rows and all(row.startswith("custom ") and row.index("±") == rows[0].index("±") for row in rows)
+
+
+def test_latency_names_a_genotype_file_by_its_name(latency, tmp_path):
+    path = tmp_path / "my_design_v2.json"
+    path.write_text(CUSTOM_GENOTYPE)
+    assert latency.short_name(str(path)) == "my_desig" and latency.short_name("arch1") == "arch1"
+    assert len(latency.designs(str(path))) == 1 and [name for name, _ in latency.designs("all")] == [
+        "arch0", "arch1", "arch2"]
+
+
+# --help of the benchmark scripts
+
+@pytest.mark.parametrize("script, expected", [
+    ("latency", ["--genotype GENOTYPE, --arch GENOTYPE", "on a Jetson only", "python bench/latency.py --device cuda",
+                 "untimed passes before timing [10]", "where to time", "CamVid has 11"]),
+    ("ops", ["MALLOC_MMAP_THRESHOLD_", "python bench/ops.py --quick", "where to time the ops [cpu]",
+             "keep glibc's default malloc thresholds"]),
+    ("search_throughput", ["Options after `--` go to `python -m nasfast.search`", "--workers-per-gpu 1 2 4",
+                           "{fast,paper,tiny}", "{camvid,folder,voc}", "[tiny on cpu, fast on cuda]"]),
+])
+def test_bench_help_shows_the_whole_docstring_and_the_defaults(script, expected, capsys):
+    status, out, _ = call(bench_script(script).main, ["--help"], capsys)
+    words = " ".join(out.split())  # as argparse wraps the options' help
+    assert status == 0 and all(text in words for text in expected), out
+
+
+@pytest.mark.parametrize("command, words", [
+    (["-m", "nasfast.export", "--genotype", "arch9", "--out", "m.pt"], ["python -m nasfast.export: error:", "arch9"]),
+    (["bench/latency.py", "--genotype", "arch9"], ["latency.py: error:", "arch9"]),
+    (["bench/ops.py", "--threads", "0"], ["ops.py: error:", "--threads"]),
+    (["bench/search_throughput.py", "--", "--budjet", "2"], ["search_throughput.py: error:", "--budjet"]),
+])
+def test_entry_points_report_a_user_error_in_one_line(command, words, tmp_path):
+    script = [str(REPO / command[0])] if command[0].endswith(".py") else command[:1]
+    result = subprocess.run([sys.executable, *script, *command[1:]], capture_output=True, text=True, cwd=tmp_path,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)
+    assert_refused(result.returncode, result.stderr, *words)
