@@ -3,19 +3,15 @@ trained checkpoint on a dataset split (the numbers of the paper's Table 5)."""
 import argparse
 import json
 import sys
-from pathlib import Path
-from typing import List
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .cli import UsageError, non_negative_int, positive_float, run
-from .data import EvalTransform, find_data_root, make_dataset
+from .data import EvalTransform, make_dataset
 from .data.datasets import DATASETS
 from .search.context import resolve_device
 from .train import evaluate_model, evaluation_loader
 
 PROG = "python -m nasfast.evaluate"
-# Where each dataset keeps its lists of images, <split>.txt (a folder dataset without a list uses every image).
-SPLIT_LISTS = {"camvid": ["."], "voc": ["ImageSets/Segmentation", "VOCdevkit/VOC2012/ImageSets/Segmentation"]}
 
 
 def format_metrics(metrics: dict, class_names) -> str:
@@ -24,19 +20,6 @@ def format_metrics(metrics: dict, class_names) -> str:
     names = list(class_names) or [str(c) for c in range(len(metrics["iou"]))]
     lines += [f"  {name:<14} {iou:.4f}" for name, iou in zip(names, metrics["iou"])]
     return "\n".join(lines)
-
-
-def available_splits(dataset: str, root: Path) -> List[str]:
-    return sorted({p.stem for folder in SPLIT_LISTS.get(dataset, []) for p in (root / folder).glob("*.txt")})
-
-
-def open_split(dataset: str, data_root, split: str, scale: float):
-    """The split of the dataset; a split that does not exist is named with those that do."""
-    root = find_data_root(dataset, data_root)
-    splits = available_splits(dataset, root)
-    if dataset in SPLIT_LISTS and split not in splits:
-        raise UsageError(f"--split {split}: {dataset} in {root} has the splits {', '.join(splits) or '(none)'}")
-    return make_dataset(dataset, str(root), split, EvalTransform(scale))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,7 +45,7 @@ def main(argv=None) -> int:
     device = resolve_device(args.device)
     dataset_name = args.dataset or checkpoint.get("dataset", "camvid")
     scale = args.scale or checkpoint.get("scale", 1.0)  # checkpoints before the scale was stored: 1.0
-    dataset = open_split(dataset_name, args.data_root, args.split, scale)
+    dataset = make_dataset(dataset_name, args.data_root, args.split, EvalTransform(scale))
     if dataset.num_classes != checkpoint["num_classes"]:
         raise UsageError(f"{dataset_name} has {dataset.num_classes} classes, the checkpoint "
                          f"{checkpoint['num_classes']}")
