@@ -24,6 +24,7 @@ import torch
 import nasfast
 import nasfast.ops
 from nasfast import count_madds, count_params, create_model
+from nasfast.search.summary import madds_text
 from nasfast.cli import UsageError, non_negative_int, positive_int, run
 from nasfast.export import script_for_deployment
 from nasfast.genotype import ZOO
@@ -79,13 +80,13 @@ def variants(genotype, num_classes, device, with_compile: bool):
 
 
 def at_least_two(text: str) -> int:
-    """The number of timed passes: a standard deviation needs two."""
+    """Timed passes (a standard deviation needs two) and warm-up passes (TorchScript's two optimising runs)."""
     try:
         runs = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if runs < 2:
-        raise argparse.ArgumentTypeError(f"must be at least 2 (a standard deviation needs two passes), got {text}")
+        raise argparse.ArgumentTypeError(f"must be at least 2, got {text}")
     return runs
 
 
@@ -101,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-classes", type=positive_int, default=21,
                         help="output classes [21, PASCAL VOC as in the paper; CamVid has 11]")
     parser.add_argument("--runs", type=at_least_two, default=100, help="timed passes, at least 2 [100]")
-    parser.add_argument("--warmup", type=non_negative_int, default=10, help="untimed passes before timing [10]")
+    parser.add_argument("--warmup", type=at_least_two, default=10,
+                        help="untimed passes before timing, at least 2 (TorchScript optimises the model during its "
+                             "first two) [10]")
     parser.add_argument("--threads", type=positive_int, help="CPU threads (torch.set_num_threads) [torch's choice]")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
     return parser
@@ -155,10 +158,11 @@ def main(argv=None) -> int:
             try:
                 mean, std = timed(model, x, device, args.runs, args.warmup)
             except Exception as error:  # e.g. torch.compile without a working compiler
-                print(f"{name:<8} {params:>10,} {madds / 1e9:>6.2f}G {variant:<22} {'failed: ' + type(error).__name__:>18}")
+                failed = "failed: " + type(error).__name__
+                print(f"{name:<8} {params:>10,} {madds_text(madds):>7} {variant:<22} {failed:>18}")
                 continue
             eager_ms = eager_ms or mean
-            print(f"{name:<8} {params:>10,} {madds / 1e9:>6.2f}G {variant:<22} {mean:>9.2f} ± {std:>6.2f} "
+            print(f"{name:<8} {params:>10,} {madds_text(madds):>7} {variant:<22} {mean:>9.2f} ± {std:>6.2f} "
                   f"{eager_ms / mean:>7.2f}x", flush=True)
     return 0
 

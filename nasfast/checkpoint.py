@@ -23,7 +23,7 @@ def save_checkpoint(state: Dict[str, Any], *paths: str) -> None:
 
 def load_checkpoint(path: str, keys: Sequence[str] = MODEL_KEYS) -> Dict[str, Any]:
     """The checkpoint in `path`; UsageError when it is not one of python -m nasfast.train or lacks `keys`."""
-    if _is_torchscript(path):  # torch.load would hand it to torch.jit.load
+    if is_torchscript(path):  # torch.load would hand it to torch.jit.load
         raise UsageError(_not_a_checkpoint(path, "it is a TorchScript file, as python -m nasfast.export writes"))
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -32,9 +32,7 @@ def load_checkpoint(path: str, keys: Sequence[str] = MODEL_KEYS) -> Dict[str, An
     except OSError:
         raise
     except Exception as error:  # torch.load fails in many ways on a foreign file
-        detail = (str(error).strip().splitlines() or [""])[0][:100]
-        reason = f"torch.load cannot read it: {type(error).__name__}{': ' + detail if detail else ''}"
-        raise UsageError(_not_a_checkpoint(path, reason)) from None
+        raise UsageError(_not_a_checkpoint(path, f"torch.load cannot read it: {type(error).__name__}")) from None
     missing = [key for key in keys if key not in state] if isinstance(state, dict) else list(keys)
     if missing:
         raise UsageError(_not_a_checkpoint(path, f"it lacks {', '.join(missing)}"))
@@ -45,7 +43,8 @@ def _not_a_checkpoint(path: str, reason: str) -> str:
     return f"{path} is not a checkpoint of python -m nasfast.train ({reason})"
 
 
-def _is_torchscript(path: str) -> bool:
+def is_torchscript(path: str) -> bool:
+    """Whether `path` is a TorchScript archive (torch.jit.save writes its code under <name>/code/)."""
     if not zipfile.is_zipfile(path):
         return False
     with zipfile.ZipFile(path) as archive:

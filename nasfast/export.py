@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from . import ops
-from .checkpoint import load_checkpoint, model_from_checkpoint
+from .checkpoint import is_torchscript, load_checkpoint, model_from_checkpoint
 from .cli import UsageError, positive_int, run
 from .model import create_model
 from .genotype import genotype_from_option
@@ -82,6 +82,8 @@ def check_options(args) -> None:
     if os.path.isdir(args.out):
         example = os.path.join(args.out, "model.pt")
         raise UsageError(f"--out {args.out} is a directory: give a file name, e.g. {example}")
+    if os.path.isfile(args.out) and not is_torchscript(args.out):
+        raise UsageError(f"--out {args.out} exists and is not an earlier export (a checkpoint?): choose another file")
     parent = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(parent):
         raise UsageError(f"--out {args.out}: directory {parent} does not exist")

@@ -12,7 +12,7 @@ def latency(*args):
 
 
 def test_latency_table_on_cpu():
-    result = latency("--device", "cpu", "--arch", "arch1", "--size", "96", "--runs", "3", "--warmup", "1",
+    result = latency("--device", "cpu", "--arch", "arch1", "--size", "96", "--runs", "3", "--warmup", "2",
                      "--no-compile")
     assert result.returncode == 0, result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith("arch1")]

@@ -62,6 +62,7 @@ def test_export_refuses_options_that_do_not_apply_with_a_checkpoint(options, wor
     (["--checkpoint", "corrupt.pt"], ["corrupt.pt", "not a checkpoint"]),
     (["--genotype", "arch0", "--out", "nodir/m.pt"], ["nodir", "does not exist"]),
     (["--genotype", "arch0", "--out", "."], ["is a directory"]),
+    (["--genotype", "arch0", "--out", "corrupt.pt"], ["corrupt.pt", "not an earlier export"]),
 ])
 def test_export_refuses_bad_input_in_one_line(options, words, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
@@ -95,7 +96,7 @@ def latency():
     (["--threads", "-1"], ["--threads", "at least 1"]),
     (["--size", "0"], ["--size", "at least 1"]),
     (["--num-classes", "0"], ["--num-classes", "at least 1"]),
-    (["--warmup", "-1"], ["--warmup", "at least 0"]),
+    (["--warmup", "1"], ["--warmup", "at least 2"]),
     (["--genotype", "arch9"], ["arch9", "neither a zoo name"]),
     (["--arch", "arch9"], ["arch9"]),
 ])
@@ -109,7 +110,7 @@ def test_latency_header_counts_the_threads_asked_for_and_json_keeps_the_table_al
     threads = torch.get_num_threads()
     try:
         status, out, err = call(latency.main, ["--threads", "1", "--genotype", CUSTOM_GENOTYPE, "--size", "32",
-                                               "--runs", "2", "--warmup", "0", "--no-compile"], capsys)
+                                               "--runs", "2", "--warmup", "2", "--no-compile"], capsys)
     finally:
         torch.set_num_threads(threads)
     assert status == 0, err
@@ -130,7 +131,7 @@ def test_latency_names_a_genotype_file_by_its_name(latency, tmp_path):
 
 @pytest.mark.parametrize("script, expected", [
     ("latency", ["--genotype GENOTYPE, --arch GENOTYPE", "on a Jetson only", "python bench/latency.py --device cuda",
-                 "untimed passes before timing [10]", "where to time", "CamVid has 11"]),
+                 "untimed passes before timing, at least 2", "where to time", "CamVid has 11"]),
     ("ops", ["MALLOC_MMAP_THRESHOLD_", "python bench/ops.py --quick", "where to time the ops [cpu]",
              "keep glibc's default malloc thresholds"]),
     ("search_throughput", ["Options after `--` go to `python -m nasfast.search`", "--workers-per-gpu 1 2 4",
