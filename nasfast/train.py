@@ -234,7 +234,7 @@ examples:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split(":", 1)[1].strip(), epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--genotype", help="arch0|arch1|arch2, the genotype's JSON, or a file holding it "
+    parser.add_argument("--genotype", "--arch", dest="genotype", help="arch0|arch1|arch2, the genotype's JSON, or a file holding it "
                                            "(required unless --resume)")
     parser.add_argument("--dataset", choices=sorted(DATASETS),
                         help="camvid, voc (PASCAL VOC 2012 + SBD) or folder (your own data; see the README's "
@@ -307,12 +307,17 @@ def resume_conflicts(args, saved: dict) -> List[str]:
 def resumed_run(args) -> Tuple[Genotype, TrainConfig, dict]:
     """The genotype, settings and last checkpoint of the run in args.out (its dataset into args)."""
     last = os.path.join(args.out, "last.pt")
+    searched = [name for name in SEARCH_FILES if os.path.exists(os.path.join(args.out, name))]
+    if searched:
+        raise UsageError(f"--resume: {args.out} holds a search ({', '.join(searched)}), not a training run")
     saved = read_config(args.out)
     if not os.path.isfile(last):
         unstarted = " (the run stopped before its first epoch ended: start it again without --resume)"
         raise UsageError(f"--resume: no {last}{unstarted if saved else ''}")
     if saved is None:
         raise UsageError(f"--resume: no {os.path.join(args.out, 'config.json')}")
+    if not (isinstance(saved, dict) and {"genotype", "dataset"} <= saved.keys()):
+        raise UsageError(f"--resume: {os.path.join(args.out, 'config.json')} is not the settings of a training run")
     conflicts = resume_conflicts(args, saved)
     if conflicts:
         raise UsageError(f"--resume: {', '.join(conflicts)} (config.json)")

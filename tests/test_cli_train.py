@@ -157,3 +157,20 @@ def test_help_explains_the_presets_and_every_option():
     text = " ".join(evaluate.build_parser().format_help().split())
     assert "auto (a GPU when there is one)" in text and "voc: train_aug, train or val" in text
     assert "[the checkpoint's]" in text
+
+
+def test_resume_names_a_search_or_a_foreign_config_json(tmp_path, capsys):
+    (tmp_path / "search").mkdir()
+    (tmp_path / "search" / "state.pt").write_text("")
+    assert train_cli("--out", tmp_path / "search", "--resume") == 2
+    assert "holds a search (state.pt), not a training run" in one_error_line(capsys)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text('{"a": 1}')
+    (tmp_path / "other" / "last.pt").write_text("")
+    assert train_cli("--out", tmp_path / "other", "--resume") == 2
+    assert "is not the settings of a training run" in one_error_line(capsys)
+
+
+def test_arch_is_another_name_of_genotype():
+    args = train.build_parser().parse_args(["--arch", "arch1", "--out", "x"])
+    assert args.genotype == "arch1"
