@@ -1,5 +1,6 @@
 """python -m nasfast.search as a user meets it: its options, errors, notes and exit statuses. In
 process (main through nasfast.cli.run); only the last test trains a candidate."""
+import argparse
 import json
 
 import pytest
@@ -59,6 +60,9 @@ def test_numbers_are_checked_while_parsing(tmp_path, capsys):
 
 
 def test_durations():
+    for text in ("0", "-5m", "inf", "5x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            duration(text)
     assert [duration(t) for t in ("90", "90s", "30m", "4h", "2d")] == [90, 90, 1800, 14400, 172800]
 
 
@@ -98,6 +102,8 @@ def test_out_takes_an_empty_directory_and_refuses_a_file(tmp_path, capsys):
     (tmp_path / "file").write_text("")
     assert search("--out", tmp_path / "file", "--budget", "1") == 2
     assert "is a file" in capsys.readouterr().err
+    assert search("--out", tmp_path / "file" / "run", "--budget", "1") == 2  # found before any caching
+    assert f"cannot be written: {tmp_path / 'file'} is a file" in capsys.readouterr().err
 
 
 def test_missing_data_and_teacher_are_one_line_errors(tmp_path, capsys, monkeypatch):
@@ -146,6 +152,9 @@ def test_resume_names_a_damaged_file(saved_search, capsys):
     assert search("--resume", saved_search, "--budget", "4") == 2
     error = capsys.readouterr().err
     assert len(error.splitlines()) == 1 and f"{state} is damaged" in error
+    torch.save({"epoch": 1, "model": {}}, state)  # a training's last.pt
+    assert search("--resume", saved_search, "--budget", "4") == 2
+    assert f"{state} is not the state of a search (it lacks next_index" in capsys.readouterr().err
     state.write_bytes(good_state)
     config.write_text('{"seed": ')
     assert search("--resume", saved_search, "--budget", "4") == 2
@@ -219,3 +228,13 @@ def test_a_real_tiny_search_without_progress_bars(tmp_path, camvid_root, capsys)
     assert "caching" not in err and "stage-1 cache: 16 meta-train + 8 meta-val" in err
     assert "top 1 of 1 candidates (0 failed)" in out and "M  [[" in out
     assert json.loads((run_dir / "config.json").read_text())["stage1_images"] == 16
+
+
+def test_meta_val_leaves_meta_train_images_and_a_teacher_must_be_torchscript(tmp_path):
+    from nasfast.search.context import load_teacher, split_indices
+    assert len(split_indices(367, 0.99, 0)[0]) == 4
+    with pytest.raises(ValueError, match="leaves none of the 367 training images"):
+        split_indices(367, 0.999, 0)
+    (tmp_path / "notes.txt").write_text("not a network")
+    with pytest.raises(ValueError, match="is not a TorchScript file"):
+        load_teacher(str(tmp_path / "notes.txt"), torch.device("cpu"))

@@ -50,8 +50,8 @@ def duration(text: str) -> float:
         seconds = float(text[:-1]) * units[text[-1]] if text[-1:] in units else float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 600 seconds, 30m, 4h, 2d)") from None
-    if not seconds > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be more than 0 and finite, got {text}")
     return seconds
 
 
@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                     formatter_class=argparse.RawDescriptionHelpFormatter)
     group = parser.add_argument_group("run")
     where = group.add_mutually_exclusive_group(required=True)
-    where.add_argument("--out", metavar="RUN_DIR", help="directory of a new search (absent or empty)")
+    where.add_argument("--out", metavar="RUN_DIR", help="directory of a new search (absent, or without another run's "
+                                                        "files)")
     where.add_argument("--resume", metavar="RUN_DIR", help="continue the search saved in RUN_DIR, with its options")
     group.add_argument("--dataset", choices=sorted(DATASETS), help="dataset [camvid]")
     group.add_argument("--data-root", help="dataset directory (default: $NASFAST_DATA/<dataset>)")
@@ -100,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "tiny (seconds per candidate on a CPU) [paper]")
     group.add_argument("--budget", type=positive_int, metavar="N", help="stop after this many candidates in total")
     group.add_argument("--time-budget", type=duration, metavar="T",
-                       help="stop after this much search time in total: seconds (a bare number), or 30m, 4h, 2d")
+                       help="stop after this much search time in total (candidates' time, checked between "
+                            "them; start-up and caching not counted): seconds (a bare number), or 30m, 4h, 2d")
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... [auto: cuda when available]")
     group.add_argument("--workers-per-gpu", type=positive_int, default=1, metavar="W",
                        help="under torchrun: processes sharing one GPU; local rank r uses "
@@ -173,6 +175,9 @@ def choose_run(args, parser) -> Tuple[str, SearchConfig, bool]:
     run_dir = args.out
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
         _refuse(parser, f"--out {run_dir} is a file; give a directory (new or empty)")
+    unwritable = _unwritable(run_dir)
+    if unwritable:
+        _refuse(parser, f"--out {run_dir} cannot be written: {unwritable}")
     held = [name for name in RUN_FILES if os.path.exists(os.path.join(run_dir, name))]
     if STATE in held and restart_count() > 0 and begun_by_this_job(run_dir):  # torchrun restarted the processes
         return run_dir, _saved_config(run_dir, parser), True
@@ -185,6 +190,16 @@ def choose_run(args, parser) -> Tuple[str, SearchConfig, bool]:
     config = config_from_args(args)
     _check_new_config(config, parser)
     return run_dir, config, False
+
+
+def _unwritable(run_dir: str) -> Optional[str]:
+    """Why RUN_DIR could not be created or written (found now, not after the long caching)."""
+    path = os.path.abspath(run_dir)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        return f"{path} is a file"
+    return None if os.access(path, os.W_OK) else f"{path} is not writable"
 
 
 def _check_new_config(config: SearchConfig, parser) -> None:

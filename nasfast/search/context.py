@@ -38,6 +38,8 @@ def split_indices(n: int, val_fraction: float, seed: int) -> Tuple[List[int], Li
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     n_val = max(1, round(n * val_fraction))
+    if n_val >= n:
+        raise ValueError(f"--val-fraction {val_fraction} leaves none of the {n} training images for meta-train")
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 
@@ -52,7 +54,10 @@ def load_teacher(path: Optional[str], device: torch.device):
         return None
     if not os.path.isfile(path):
         raise FileNotFoundError(f"teacher {path}: no such TorchScript file")
-    teacher = torch.jit.load(path, map_location=device).eval()
+    try:
+        teacher = torch.jit.load(path, map_location=device).eval()
+    except RuntimeError as error:
+        raise ValueError(f"teacher {path} is not a TorchScript file ({str(error).splitlines()[0][:80]})") from None
     return lambda x: teacher(x)
 
 

@@ -77,6 +77,9 @@ class Search:
                 "strategy": self.strategy.state_dict(), "gate": self.gate.state_dict()}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
+        missing = [k for k in ("next_index", "elapsed", "strategy", "gate") if k not in state]
+        if missing:
+            raise ValueError(f"{self.path(STATE)} is not the state of a search (it lacks {', '.join(missing)})")
         self.next_index, self.elapsed = state["next_index"], state["elapsed"]
         self.strategy.load_state_dict(state["strategy"])
         self.gate.load_state_dict(state["gate"])
