@@ -144,6 +144,10 @@ def test_bench_help_shows_the_whole_docstring_and_the_defaults(script, expected,
 
 
 @pytest.mark.parametrize("command, words", [
+    (["-m", "nasfast.search", "--resume", "nothing", "--budget", "1"], ["python -m nasfast.search: error:", "nothing"]),
+    (["-m", "nasfast.train", "--genotype", "arch9", "--out", "t"], ["python -m nasfast.train: error:", "arch9"]),
+    (["-m", "nasfast.evaluate", "--checkpoint", "nope.pt"], ["python -m nasfast.evaluate: error:", "nope.pt"]),
+    (["-m", "nasfast.report", "nothing"], ["python -m nasfast.report: error:", "nothing"]),
     (["-m", "nasfast.export", "--genotype", "arch9", "--out", "m.pt"], ["python -m nasfast.export: error:", "arch9"]),
     (["bench/latency.py", "--genotype", "arch9"], ["latency.py: error:", "arch9"]),
     (["bench/ops.py", "--threads", "0"], ["ops.py: error:", "--threads"]),
