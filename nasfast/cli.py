@@ -70,6 +70,15 @@ def non_negative_float(text: str) -> float:
     return _number(float, 0.0, True, text)
 
 
+def images_per_batch(text: str) -> int:
+    """Images per training batch: at least 2, as the batch norm after a global pooling (the
+    operation "global average pooling") has one value per channel and image to normalise."""
+    value = positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2 (batch norm after global pooling), got {text}")
+    return value
+
+
 def fraction(text: str) -> float:
     """A number strictly between 0 and 1."""
     return _below(positive_float(text), 1, False, text)

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, RandomSampler, Subset
 from tqdm import tqdm
 
 from .checkpoint import RESUME_KEYS, load_checkpoint, save_checkpoint
-from .cli import UsageError, non_negative_int, positive_int, run
+from .cli import UsageError, images_per_batch, non_negative_int, positive_int, run
 from .data import EvalTransform, TrainTransform, make_dataset
 from .data.datasets import DATASETS
 from .genotype import ZOO, Genotype, genotype_from_option
@@ -245,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="continue the run in OUT from OUT/last.pt")
     parser.add_argument("--preset", choices=list(PRESETS), help="paper, fast or tiny: see the table below [paper]")
     parser.add_argument("--epochs", type=positive_int, help="override the preset's epochs (table below)")
-    parser.add_argument("--batch-size", type=positive_int, help="override the preset's batch size (table below)")
+    parser.add_argument("--batch-size", type=images_per_batch, help="override the preset's batch size (table below)")
     parser.add_argument("--decoder-optimizer", choices=["adam", "sgd"],
                         help="the decoder's optimizer: Adam, or SGD with momentum 0.9 (the encoder always uses "
                              "SGD) [adam]")

@@ -48,7 +48,7 @@ def saved_search(tmp_path, no_data):
 def test_numbers_are_checked_while_parsing(tmp_path, capsys):
     for option, expected in [("--budget=0", "at least 1"), ("--budget=-3", "at least 1"),
                              ("--time-budget=0", "more than 0"), ("--time-budget=-5m", "more than 0"),
-                             ("--channels=0", "at least 1"), ("--stage2-batch-size=0", "at least 1"),
+                             ("--channels=0", "at least 1"), ("--stage2-batch-size=1", "at least 2"),
                              ("--val-fraction=1.5", "less than 1"), ("--gate-p-end=2", "at most 1"),
                              ("--stage1-decoder-lr=0", "greater than"), ("--top=-2", "at least 1"),
                              ("--aux-weight=-1", "at least 0"), ("--workers-per-gpu=0", "at least 1")]:

@@ -111,6 +111,7 @@ def test_ctrl_c_in_the_first_epoch_leaves_a_directory_to_start_again(tmp_path, c
 
 @pytest.mark.parametrize("module, argv", [
     (train, ["--epochs", "0"]), (train, ["--epochs", "-2"]), (train, ["--batch-size", "0"]),
+    (train, ["--batch-size", "1"]),
     (train, ["--workers", "-1"]), (evaluate, ["--scale", "0"]), (evaluate, ["--limit", "-100"]),
     (evaluate, ["--workers", "-1"])])
 def test_numbers_out_of_range_are_refused_while_parsing(module, argv, capsys):

@@ -6,7 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
-from ..cli import decay, fraction, non_negative_float, non_negative_int, positive_float, positive_int, probability
+from ..cli import (decay, fraction, images_per_batch, non_negative_float, non_negative_int, positive_float,
+                   positive_int, probability)
 
 
 def option(default, help: str, type: Optional[Callable[[str], Any]] = None,
@@ -18,7 +19,7 @@ def option(default, help: str, type: Optional[Callable[[str], Any]] = None,
 @dataclass
 class StageConfig:
     epochs: int = option(5, "training epochs", positive_int)
-    batch_size: int = option(64, "batch size (ours)", positive_int)
+    batch_size: int = option(64, "batch size (ours), at least 2", images_per_batch)
     decoder_lr: float = option(3e-3, "Adam learning rate of the decoder", positive_float)
     polyak_decay: float = option(0.9, "decay of the Polyak average of the weights", decay)
     encoder_lr: float = option(0.0, "SGD (momentum 0.9) learning rate of the encoder; 0 keeps it frozen",
