@@ -238,3 +238,10 @@ def test_meta_val_leaves_meta_train_images_and_a_teacher_must_be_torchscript(tmp
     (tmp_path / "notes.txt").write_text("not a network")
     with pytest.raises(ValueError, match="is not a TorchScript file"):
         load_teacher(str(tmp_path / "notes.txt"), torch.device("cpu"))
+
+
+def test_a_stage2_batch_larger_than_its_images_is_refused_before_caching(tmp_path, camvid_root, capsys):
+    assert search("--out", tmp_path / "r", "--preset", "tiny", "--budget", "1", "--stage2-batch-size", "1000",
+                  "--no-progress") == 2
+    assert "--stage2-batch-size 1000 exceeds the 32 images of a stage-2 epoch" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

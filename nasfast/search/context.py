@@ -112,6 +112,10 @@ def build_context(config: SearchConfig, run_dir: str, data_root: Optional[str] =
     if config.workers == 0:  # every image is read in this process: decode each once
         full.keep_decoded(config.image_cache_gb * 1e9)
     train_ids, val_ids = split_indices(len(full), config.val_fraction, config.seed)
+    stage2_count = min(len(train_ids), config.stage2_images or len(train_ids))
+    if stage2_count < config.stage2.batch_size:  # its epochs would take no step (whole batches only)
+        raise ValueError(f"--stage2-batch-size {config.stage2.batch_size} exceeds the {stage2_count} images of a "
+                         f"stage-2 epoch")
     generator = torch.Generator().manual_seed(config.seed)
     stage1_ids = sorted(torch.tensor(train_ids)[torch.randperm(len(train_ids), generator=generator)]
                         [:config.stage1_images].tolist())
@@ -148,7 +152,6 @@ def build_context(config: SearchConfig, run_dir: str, data_root: Optional[str] =
 
     stage2_set = _Transformed(full, train_ids, TrainTransform(config.crop_size, config.scale_range, config.scale,
                                                               seed=config.seed))
-    stage2_count = min(len(train_ids), config.stage2_images or len(train_ids))
     val_set = _Transformed(full, val_ids, evaluated)
 
     def stage2_batches(seed: int):
