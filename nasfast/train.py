@@ -22,7 +22,7 @@ from .metrics import ConfusionMatrix
 from .model import create_model
 from .search.candidate import LateLossCheck, descend, segmentation_loss
 from .search.context import resolve_device
-from .search.records import append_record, write_json
+from .search.records import append_record, read_json, write_json
 
 PROG = "python -m nasfast.train"
 RUN_FILES = ("config.json", "last.pt", "best.pt", "log.jsonl")
@@ -271,14 +271,7 @@ def check_new_run_directory(out: str) -> None:
 
 def read_config(out: str) -> Optional[dict]:
     """OUT/config.json, or None without one."""
-    path = os.path.join(out, "config.json")
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except ValueError as error:
-        raise UsageError(f"{path} is not valid JSON ({error})") from None
+    return read_json(os.path.join(out, "config.json"))
 
 
 def preset_of(saved: dict) -> Optional[str]:
