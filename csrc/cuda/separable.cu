@@ -8,7 +8,6 @@
 #include <array>
 #include <cstdint>
 #include <tuple>
-#include <type_traits>
 
 #include "../checks.h"
 #include "../kernels/separable.cuh"
@@ -16,19 +15,6 @@
 
 namespace nasfast {
 namespace {
-
-// Calls f with the kernel size as a compile-time constant (std::integral_constant): 3 and 5, the
-// search space's, whose taps the kernels unroll; 0 for any other size.
-template <typename F>
-void with_kernel_size(int64_t k, F f) {
-  if (k == 3) {
-    f(std::integral_constant<int, 3>());
-  } else if (k == 5) {
-    f(std::integral_constant<int, 5>());
-  } else {
-    f(std::integral_constant<int, 0>());
-  }
-}
 
 at::Tensor forward(const at::Tensor& x_in, const at::Tensor& dw_in, const at::Tensor& pw_in, const at::Tensor& bias_in,
                    int64_t dilation) {
@@ -52,7 +38,7 @@ at::Tensor forward(const at::Tensor& x_in, const at::Tensor& dw_in, const at::Te
   TORCH_CHECK(grid.y <= 65535, "sep_conv: ", Cout, " output channels exceed the CUDA grid");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sep_conv_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    with_kernel_size(k, [&](auto size) {
+    kernels::with_kernel_size(k, [&](auto size) {
       constexpr int K = decltype(size)::value;
       const auto kernel = bias.defined() ? kernels::sep_conv_forward_kernel<scalar_t, acc_t, true, K>
                                          : kernels::sep_conv_forward_kernel<scalar_t, acc_t, false, K>;
@@ -83,7 +69,7 @@ template <typename scalar_t, bool kInputGrad>
 void depthwise_planes(const at::Tensor& in, const at::Tensor& dw, at::Tensor& out, int64_t dilation) {
   const int64_t planes = out.size(0) * out.size(1), H = out.size(2), W = out.size(3);
   const dim3 grid(blocks_for(H * W, kernels::kThreads), static_cast<unsigned int>(std::min<int64_t>(planes, 65535)));
-  with_kernel_size(dw.size(2), [&](auto size) {
+  kernels::with_kernel_size(dw.size(2), [&](auto size) {
     kernels::depthwise_planes_kernel<scalar_t, at::opmath_type<scalar_t>, kInputGrad, decltype(size)::value>
         <<<grid, kernels::kThreads, 0, current_stream()>>>(
             in.data_ptr<scalar_t>(), dw.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), static_cast<int>(planes),

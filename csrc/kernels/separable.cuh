@@ -1,5 +1,7 @@
 // CUDA kernels of the separable convolution (see separable.h for the fusion choices).
 #pragma once
+#include <type_traits>
+
 #include "cuda_common.cuh"
 #include "separable.h"
 
@@ -23,6 +25,15 @@ constexpr int kPixelLanes = kTilePixels / 4, kSepThreads = kPixelLanes * (kMaxTi
 inline int sep_tile_out(int64_t Cout) {
   const int64_t rounded = (Cout + 15) / 16 * 16;
   return static_cast<int>(rounded < kMaxTileOut ? rounded : kMaxTileOut);
+}
+
+// Calls f with the kernel size as a compile-time constant (std::integral_constant): 3 and 5, the
+// search space's, whose taps the kernels unroll; 0 for any other size. Returns what f returns.
+template <typename F>
+auto with_kernel_size(int64_t k, F f) -> decltype(f(std::integral_constant<int, 0>())) {
+  if (k == 3) return f(std::integral_constant<int, 3>());
+  if (k == 5) return f(std::integral_constant<int, 5>());
+  return f(std::integral_constant<int, 0>());
 }
 
 static_assert(kPixelLanes * 16 / 4 % kTilePixels == 0, "each thread keeps one pixel of the tile");

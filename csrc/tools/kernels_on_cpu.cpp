@@ -6,8 +6,6 @@
 // Not part of the library.
 #include "cuda_on_cpu.h"
 
-#include <type_traits>
-
 #include "../kernels/confusion.cuh"
 #include "../kernels/separable.cuh"
 #include "../kernels/upsample_add.cuh"
@@ -15,37 +13,28 @@
 using cuda_on_cpu::launch;
 namespace k = nasfast::kernels;
 
-// f(std::integral_constant<int, K>) for the kernel sizes the CUDA launchers unroll (3, 5; else 0),
-// as 0 or 1 for a deadlock.
-template <typename F>
-int with_kernel_size(int ks, F f) {
-  const bool ran = ks == 3 ? f(std::integral_constant<int, 3>())
-                 : ks == 5 ? f(std::integral_constant<int, 5>()) : f(std::integral_constant<int, 0>());
-  return ran ? 0 : 1;
-}
-
 extern "C" {
 
 int sep_conv_forward(const float* x, const float* dw, const float* pw, const float* bias, float* out, int N, int C,
                      int Cout, int H, int W, int ks, int d, unsigned int images) {
   const int tile_out = k::sep_tile_out(Cout);
   const dim3 grid((H * W + k::kTilePixels - 1) / k::kTilePixels, (Cout + tile_out - 1) / tile_out, images);
-  return with_kernel_size(ks, [&](auto size) {
+  return k::with_kernel_size(ks, [&](auto size) {
     constexpr int K = decltype(size)::value;
     const auto kernel = bias ? k::sep_conv_forward_kernel<float, float, true, K>
                              : k::sep_conv_forward_kernel<float, float, false, K>;
     return launch(kernel, grid, dim3(k::kPixelLanes * tile_out / 4), 0, x, dw, pw, bias, out, N, C, Cout, H, W, ks, d);
-  });
+  }) ? 0 : 1;
 }
 
 int depthwise_planes(const float* in, const float* dw, float* out, int planes, int C, int H, int W, int ks, int d,
                      int input_grad, unsigned int blocks_x, unsigned int blocks_y) {
-  return with_kernel_size(ks, [&](auto size) {
+  return k::with_kernel_size(ks, [&](auto size) {
     constexpr int K = decltype(size)::value;
     const auto kernel = input_grad ? k::depthwise_planes_kernel<float, float, true, K>
                                    : k::depthwise_planes_kernel<float, float, false, K>;
     return launch(kernel, dim3(blocks_x, blocks_y), dim3(k::kThreads), 0, in, dw, out, planes, C, H, W, ks, d);
-  });
+  }) ? 0 : 1;
 }
 
 // grad_dw: C x ks x ks, zeroed; spans: the blocks per channel.
