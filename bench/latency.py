@@ -25,7 +25,7 @@ import nasfast
 import nasfast.ops
 from nasfast import count_madds, count_params, create_model
 from nasfast.search.summary import madds_text
-from nasfast.cli import UsageError, non_negative_int, positive_int, run
+from nasfast.cli import UsageError, at_least_two, positive_int, run
 from nasfast.export import script_for_deployment
 from nasfast.genotype import ZOO
 from nasfast.search.context import resolve_device
@@ -77,17 +77,6 @@ def variants(genotype, num_classes, device, with_compile: bool):
         yield "TorchScript", script_for_deployment(reference)
     if with_compile:
         yield "torch.compile", torch.compile(reference)
-
-
-def at_least_two(text: str) -> int:
-    """Timed passes (a standard deviation needs two) and warm-up passes (TorchScript's two optimising runs)."""
-    try:
-        runs = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if runs < 2:
-        raise argparse.ArgumentTypeError(f"must be at least 2, got {text}")
-    return runs
 
 
 def build_parser() -> argparse.ArgumentParser:

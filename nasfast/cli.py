@@ -62,6 +62,10 @@ def non_negative_int(text: str) -> int:
     return _number(int, 0, True, text)
 
 
+def at_least_two(text: str) -> int:
+    return _number(int, 2, True, text)
+
+
 def positive_float(text: str) -> float:
     return _number(float, 0.0, False, text)
 

@@ -3,8 +3,8 @@ import argparse
 
 import pytest
 
-from nasfast.cli import (UsageError, decay, fraction, images_per_batch, non_negative_float, non_negative_int,
-                         positive_float, positive_int, probability, run)
+from nasfast.cli import (UsageError, at_least_two, decay, fraction, images_per_batch, non_negative_float,
+                         non_negative_int, positive_float, positive_int, probability, run)
 from nasfast.search.context import resolve_device
 
 
@@ -45,6 +45,7 @@ def test_main_gets_argv_and_its_status_is_returned():
 
 @pytest.mark.parametrize("kind, good, bad", [
     (positive_int, [("1", 1), ("64", 64)], ["0", "-3", "1.5", "x"]),
+    (at_least_two, [("2", 2), ("100", 100)], ["1", "-2", "x"]),
     (images_per_batch, [("2", 2), ("16", 16)], ["1", "0", "x"]),
     (non_negative_int, [("0", 0), ("2", 2)], ["-1", "x"]),
     (positive_float, [("0.25", 0.25), ("2", 2.0)], ["0", "-0.5", "x", "nan"]),
