@@ -4,9 +4,9 @@ from .decoder import Decoder
 from .encoder import MobileNetV2Encoder
 from .genotype import Genotype
 from .model import Segmenter, create_model
-from .torchscript import keep_replaced_ops_alive
+from .torchscript import keep_registered_builtins_alive
 
-keep_replaced_ops_alive()
+keep_registered_builtins_alive()
 
 __all__ = ["Genotype", "Decoder", "MobileNetV2Encoder", "Segmenter", "create_model",
            "count_params", "count_madds"]

@@ -1,26 +1,26 @@
-"""A workaround that keeps torch.jit.script reliable in a process that also runs torch.compile
-or torch.library.opcheck (bench/latency.py, the tests).
+"""A workaround that keeps torch.jit.script reliable in a process that also defines, extends or
+destroys operator libraries (torch.compile, torch.library.opcheck, the tests).
 
-TorchScript recognises builtin ops by id(). When a new overload is added to an existing op, as
-importing torch._inductor does for some quantization ops, the op object the packet held is
-replaced and freed, while its id stays in TorchScript's table; any later object that Python
-places at that address (a module's attribute, say) is then taken for that op, and scripting
-fails at random with "builtin cannot be used as a value". Keeping the replaced objects alive
-keeps their ids taken.
+TorchScript recognises builtin ops by id(). The op objects whose ids it records can be freed
+while their ids stay in its table: when a new overload is added to an op (importing
+torch._inductor does so), the op object is replaced; when a torch.library.Library is destroyed,
+its ops' packets are dropped. Any later object that Python places at a freed address (a module's
+attribute, say) is then taken for that op, and scripting fails at random with "builtin cannot be
+used as a value". Keeping every registered object alive keeps its id taken.
 """
-import torch
+import torch.jit._builtins as builtins
 
-_replaced_ops = []
+_registered = []
 
 
-def keep_replaced_ops_alive() -> None:
-    refresh = getattr(torch._ops, "_refresh_packet", None)
-    if refresh is None or getattr(refresh, "keeps_replaced_ops", False):
+def keep_registered_builtins_alive() -> None:
+    register = builtins._register_builtin
+    if getattr(register, "keeps_objects_alive", False):
         return
 
-    def refresh_keeping_the_old_op(packet):
-        _replaced_ops.append(packet._op)
-        refresh(packet)
+    def register_and_keep(fn, op):
+        _registered.append(fn)
+        register(fn, op)
 
-    refresh_keeping_the_old_op.keeps_replaced_ops = True
-    torch._ops._refresh_packet = refresh_keeping_the_old_op
+    register_and_keep.keeps_objects_alive = True
+    builtins._register_builtin = register_and_keep

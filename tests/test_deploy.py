@@ -145,15 +145,19 @@ def test_export_folds_each_batch_norm_that_follows_a_convolution():
         torch.testing.assert_close(folded(x), model(x))
 
 
-def test_ops_replaced_by_a_new_overload_stay_alive_for_torchscript():
+def test_ops_torchscript_knows_stay_alive_when_replaced_or_their_library_is_destroyed():
     # Their ids stay in TorchScript's table of builtins (nasfast/torchscript.py): seen failing
-    # torch.jit.script at random after torch.library.opcheck had imported torch._inductor.
+    # torch.jit.script at random after torch.library.opcheck had imported torch._inductor, and
+    # after a test's own library was destroyed.
     library = torch.library.Library("nasfast_probe", "DEF")
     library.define("f(Tensor x) -> Tensor")
     replaced = weakref.ref(torch.ops.nasfast_probe.f._op)
     library.define("f.twice(Tensor x, int n) -> Tensor")  # a new overload: the packet is refreshed
+    current = weakref.ref(torch.ops.nasfast_probe.f._op)
+    library._destroy()  # drops the packet
+    del library
     gc.collect()
-    assert replaced() is not None and torch.ops.nasfast_probe.f._op is not replaced()
+    assert replaced() is not None and current() is not None and current() is not replaced()
 
 
 @pytest.mark.skipif(shutil.which("cmake") is None or not nasfast.ops.available(),
