@@ -72,6 +72,28 @@ def test_float32_forward_and_gradients_over_several_bands_and_tasks(k, d):
                 torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
 
 
+@pytest.fixture
+def four_threads():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    yield
+    torch.set_num_threads(threads)
+
+
+@needs_ops
+@pytest.mark.parametrize("channels, out_channels", [(1, 1), (1, 16), (16, 1)])
+def test_one_channel_gradients_on_several_threads(channels, out_channels, four_threads):
+    # Matrices of one row or column take BLAS, not the vector tiles, inside the worker threads,
+    # which do not inherit the caller's autograd state (it refused mm's out= there, once).
+    x, dw, pw = inputs((4, channels, 9, 10), 3, out_channels=out_channels)
+    grad = torch.randn(4, out_channels, 9, 10, dtype=torch.float64)
+    fused = lambda *a: torch.ops.nasfast.sep_conv(*a, 1)  # noqa: E731
+    got = _gradients(fused, (x, dw, pw), grad)
+    expected = _gradients(lambda *a: separable_conv_reference(*a, 1), (x, dw, pw), grad)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b)
+
+
 @needs_ops
 @pytest.mark.parametrize("k, d", SEARCH_SPACE)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

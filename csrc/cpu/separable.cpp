@@ -78,7 +78,9 @@ NASFAST_CPU_CLONES bool pointwise_band(const T* weight, const T* in, T* out, con
 
 // out (rows x P, row stride ld) = weight (rows x inner) in (inner x P, row stride ld_in), then
 // max(out + bias, 0) when bias is not null: on the CPU's vector tiles where they fit
-// (kernels/separable.h), else BLAS.
+// (kernels/separable.h), else BLAS. The threads of at::parallel_for do not inherit the caller's
+// dispatch state: a caller's ATen calls there must exclude autograd themselves, or an out= call
+// with a weight that requires grad is refused.
 template <typename T>
 void multiply(int vector_bytes, const at::Tensor& weight, const T* in, int64_t ld_in, T* out, const T* bias, int64_t P,
               int64_t ld) {
@@ -114,6 +116,7 @@ at::Tensor forward(const at::Tensor& x_in, const at::Tensor& dw_in, const at::Te
     scalar_t* outp = out.data_ptr<scalar_t>();
     const int64_t ld = kernels::scratch_stride<scalar_t>(g.band_rows * g.W);
     at::parallel_for(0, g.N * g.bands, 1, [&](int64_t begin, int64_t end) {
+      at::AutoDispatchBelowADInplaceOrView below_autograd;  // see multiply()
       auto buffer = scratch<scalar_t>(g.C * ld);
       auto padded = scratch<scalar_t>(padded_size(g, g.band_rows));
       for (int64_t t = begin; t < end; ++t) {
@@ -199,6 +202,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sep_conv_backward_cpu(const at::T
       const int64_t per_task = (g.N + tasks - 1) / tasks;
       const int64_t ld = kernels::scratch_stride<scalar_t>(HW);
       at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+        at::AutoDispatchBelowADInplaceOrView below_autograd;  // see multiply()
         auto y = scratch<scalar_t>(need_pw ? g.C * ld : 0);
         auto gy = scratch<scalar_t>(g.C * ld);
         auto padded = scratch<scalar_t>(padded_size(g, g.H));
