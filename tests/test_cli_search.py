@@ -10,7 +10,7 @@ import nasfast.search.context
 import nasfast.search.loop as loop
 from nasfast.cli import run
 from nasfast.search.__main__ import PROG, RUN_FILES, build_parser, choose_run, duration, main
-from nasfast.search.candidate import CandidateFailed
+from nasfast.search.candidate import CandidateFailed, batch_bounds
 from nasfast.search.records import read_records
 from nasfast.search.summary import madds_text
 
@@ -220,28 +220,40 @@ def test_madds_are_readable():
         ["3.64M", "42.1M", "950M", "1.23G"]
 
 
-def test_a_real_tiny_search_without_progress_bars(tmp_path, camvid_root, capsys):
+def test_a_real_tiny_search_without_progress_bars_at_the_edge_sizes(tmp_path, camvid_root, capsys):
+    # 17 cached images in batches of 8 (a last batch of one joins the one before: batch norm after
+    # global pooling cannot train on one) and a decoder of one channel (the separable op's
+    # one-channel matrices): each once made every candidate fail.
     run_dir = tmp_path / "r"
     assert search("--dataset", "camvid", "--preset", "tiny", "--budget", "1", "--out", run_dir, "--no-progress",
-                  "--stage1-images", "16", "--val-images", "8", "--stage2-images", "8") == 0
+                  "--stage1-images", "17", "--val-images", "8", "--stage2-images", "8", "--channels", "1") == 0
     out, err = capsys.readouterr()
-    assert "caching" not in err and "stage-1 cache: 16 meta-train + 8 meta-val" in err
+    assert "caching" not in err and "stage-1 cache: 17 meta-train + 8 meta-val" in err
     assert "top 1 of 1 candidates (0 failed)" in out and "M  [[" in out
-    assert json.loads((run_dir / "config.json").read_text())["stage1_images"] == 16
+    assert json.loads((run_dir / "config.json").read_text())["stage1_images"] == 17
 
 
-def test_meta_val_leaves_meta_train_images_and_a_teacher_must_be_torchscript(tmp_path):
-    from nasfast.search.context import load_teacher, split_indices
-    assert len(split_indices(367, 0.99, 0)[0]) == 4
-    with pytest.raises(ValueError, match="leaves none of the 367 training images"):
-        split_indices(367, 0.999, 0)
-    (tmp_path / "notes.txt").write_text("not a network")
-    with pytest.raises(ValueError, match="is not a TorchScript file"):
-        load_teacher(str(tmp_path / "notes.txt"), torch.device("cpu"))
+def test_batches_of_one_are_avoided():
+    assert batch_bounds(17, 8) == [(0, 8), (8, 17)]
+    assert batch_bounds(16, 8) == [(0, 8), (8, 16)] and batch_bounds(10, 8) == [(0, 8), (8, 10)]
+    assert batch_bounds(9, 8) == [(0, 9)] and batch_bounds(5, 8) == [(0, 5)]
 
 
-def test_a_stage2_batch_larger_than_its_images_is_refused_before_caching(tmp_path, camvid_root, capsys):
-    assert search("--out", tmp_path / "r", "--preset", "tiny", "--budget", "1", "--stage2-batch-size", "1000",
-                  "--no-progress") == 2
-    assert "--stage2-batch-size 1000 exceeds the 32 images of a stage-2 epoch" in capsys.readouterr().err
-    assert not (tmp_path / "r").exists()
+def test_one_stage1_image_and_meta_train_of_one_are_refused(tmp_path, capsys):
+    from nasfast.search.context import split_indices
+    assert search("--out", tmp_path / "r", "--stage1-images", "1", "--budget", "1") == 2
+    assert "--stage1-images: must be at least 2" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="leaves 1 of the 367 training images for meta-train; it needs at least 2"):
+        split_indices(367, 0.997, 0)
+
+
+def test_a_teacher_of_another_class_count_is_refused_before_caching(tmp_path):
+    from nasfast.search.context import load_teacher
+    torch.jit.script(torch.nn.Conv2d(3, 5, 1)).save(str(tmp_path / "five.pt"))
+    with pytest.raises(ValueError, match=r"gives \(1, 5, 64, 64\) logits .* needs N x 11 x H x W logits"):
+        load_teacher(str(tmp_path / "five.pt"), torch.device("cpu"), 11)
+    assert load_teacher(str(tmp_path / "five.pt"), torch.device("cpu"), 5)(torch.zeros(2, 3, 8, 8)).shape == \
+        (2, 5, 8, 8)
+    torch.jit.script(torch.nn.Linear(4, 4)).save(str(tmp_path / "linear.pt"))
+    with pytest.raises(ValueError, match="fails on a 64x64 image"):
+        load_teacher(str(tmp_path / "linear.pt"), torch.device("cpu"), 11)

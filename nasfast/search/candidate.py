@@ -104,10 +104,19 @@ def _score(forward: Callable[[Tensor], Tensor], batches, ctx: SearchContext) -> 
     return float(matrix.compute()["reward"])
 
 
+def batch_bounds(n: int, batch_size: int) -> List[Tuple[int, int]]:
+    """[start, end) of the batches of n items; a last batch of one joins the one before, as the
+    batch norm after global pooling cannot train on a single image."""
+    bounds = [(start, min(n, start + batch_size)) for start in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
 def _cached_batches(cache: FeatureCache, batch_size: int, device, generator=None):
     order = torch.randperm(len(cache), generator=generator) if generator is not None else torch.arange(len(cache))
-    for start in range(0, len(cache), batch_size):
-        feats, labels, teacher = cache.batch(order[start:start + batch_size])
+    for start, end in batch_bounds(len(cache), batch_size):
+        feats, labels, teacher = cache.batch(order[start:end])
         yield [f.to(device) for f in feats], labels.to(device), None if teacher is None else teacher.to(device)
 
 

@@ -43,8 +43,8 @@ class SearchConfig:
                            choices=("ppo", "random"))
     seed: int = option(0, "seed of everything random in the search", non_negative_int)
     val_fraction: float = option(0.1, "share of the training split held out as meta-val", fraction)
-    stage1_images: int = option(4000, "meta-train images whose encoder outputs are cached (all when fewer)",
-                                positive_int)
+    stage1_images: int = option(4000, "meta-train images whose encoder outputs are cached (all when fewer), "
+                                      "at least 2", images_per_batch)
     val_images: int = option(0, "meta-val images scored (0: all)", non_negative_int)
     stage2_images: int = option(0, "meta-train images of a stage-2 epoch (0: all)", non_negative_int)
     scale: float = option(1.0, "images are resized by this factor first (ours)", positive_float)

@@ -38,8 +38,9 @@ def split_indices(n: int, val_fraction: float, seed: int) -> Tuple[List[int], Li
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     n_val = max(1, round(n * val_fraction))
-    if n_val >= n:
-        raise ValueError(f"--val-fraction {val_fraction} leaves none of the {n} training images for meta-train")
+    if n - n_val < 2:  # a training batch needs two images (the batch norm after global pooling)
+        raise ValueError(f"--val-fraction {val_fraction} leaves {max(0, n - n_val)} of the {n} training images for "
+                         f"meta-train; it needs at least 2")
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 
@@ -49,7 +50,9 @@ def _common_size(dataset, indices: List[int], scale: float) -> Tuple[int, int]:
     return (max(round(h * scale) for h, _ in sizes), max(round(w * scale) for _, w in sizes))
 
 
-def load_teacher(path: Optional[str], device: torch.device):
+def load_teacher(path: Optional[str], device: torch.device, num_classes: int):
+    """The teacher's logits as a function of images; it is tried on one small image first, so that
+    a teacher of another dataset is refused before the caching, not in every candidate."""
     if path is None:
         return None
     if not os.path.isfile(path):
@@ -58,6 +61,15 @@ def load_teacher(path: Optional[str], device: torch.device):
         teacher = torch.jit.load(path, map_location=device).eval()
     except RuntimeError as error:
         raise ValueError(f"teacher {path} is not a TorchScript file ({str(error).splitlines()[0][:80]})") from None
+    with torch.no_grad():
+        try:
+            logits = teacher(torch.zeros(1, 3, 64, 64, device=device))
+        except RuntimeError as error:
+            raise ValueError(f"teacher {path} fails on a 64x64 image: {str(error).splitlines()[0][:120]}") from None
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 4 or logits.shape[1] != num_classes:
+        got = f"{tuple(logits.shape)} logits" if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"teacher {path} gives {got} for a 1x3x64x64 image; the dataset needs N x {num_classes} "
+                         f"x H x W logits")
     return lambda x: teacher(x)
 
 
@@ -81,9 +93,8 @@ class _Transformed(torch.utils.data.Dataset):
 CACHE_MODES = ("auto", "build", "open")
 
 
-def _build_caches(config: SearchConfig, stage1_pairs, val_pairs, encoder, directory, memory_limit: float,
+def _build_caches(config: SearchConfig, stage1_pairs, val_pairs, encoder, teacher, directory, memory_limit: float,
                   device: torch.device, show_progress: bool = True) -> Tuple[FeatureCache, FeatureCache]:
-    teacher = load_teacher(config.teacher, device)
     progress = lambda what: (lambda it: tqdm(it, desc=f"caching {what}", unit="batch", leave=False,
                                              disable=not show_progress))
     stage1 = build_cache(stage1_pairs, encoder, teacher, directory("stage1"), memory_limit, device,
@@ -131,6 +142,7 @@ def build_context(config: SearchConfig, run_dir: str, data_root: Optional[str] =
     contents = {"dataset": config.dataset, "scale": config.scale, "teacher": config.teacher,
                 "stage1_ids": stage1_ids, "val_ids": val_ids}
     reuse = cache == "open" or read_json(marker) == contents
+    teacher = None if reuse else load_teacher(config.teacher, device, full.num_classes)  # checked before caching
     if reuse:
         stage1, stage1_val = open_cache(directory("stage1")), open_cache(directory("val"))
         size = tuple(stage1.labels.shape[1:])  # the common size, without reading every image again
@@ -145,8 +157,8 @@ def build_context(config: SearchConfig, run_dir: str, data_root: Optional[str] =
             os.remove(marker)  # a rebuild killed half-way must not be taken for complete
         memory_limit = 0 if cache == "build" else config.memory_limit_gb * 1e9
         stage1, stage1_val = _build_caches(config, _Transformed(full, stage1_ids, evaluated),
-                                           _Transformed(full, val_ids, evaluated), encoder, directory, memory_limit,
-                                           device, progress)
+                                           _Transformed(full, val_ids, evaluated), encoder, teacher, directory,
+                                           memory_limit, device, progress)
         if stage1.on_disk and stage1_val.on_disk:  # a resumed or restarted search opens it again
             write_json(marker, contents)
 
