@@ -62,6 +62,11 @@ def non_negative_int(text: str) -> int:
     return _number(int, 0, True, text)
 
 
+def counted(n: int, noun: str) -> str:
+    """'1 candidate', '3 candidates'."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def at_least_two(text: str) -> int:
     return _number(int, 2, True, text)
 

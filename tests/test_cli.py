@@ -3,7 +3,7 @@ import argparse
 
 import pytest
 
-from nasfast.cli import (UsageError, at_least_two, decay, fraction, images_per_batch, non_negative_float,
+from nasfast.cli import (UsageError, at_least_two, counted, decay, fraction, images_per_batch, non_negative_float,
                          non_negative_int, positive_float, positive_int, probability, run)
 from nasfast.search.context import resolve_device
 
@@ -70,3 +70,7 @@ def test_devices_the_machine_lacks_are_refused():
     if not torch.cuda.is_available():
         with pytest.raises(UsageError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_counts_agree_with_their_noun():
+    assert [counted(n, "candidate") for n in (0, 1, 2)] == ["0 candidates", "1 candidate", "2 candidates"]

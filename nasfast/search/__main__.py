@@ -6,7 +6,7 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..cli import positive_int, run
+from ..cli import counted, positive_int, run
 from ..data.datasets import DATASETS
 from . import distributed
 from .config import MACHINE_OPTIONS, PRESETS, SearchConfig, StageConfig, preset
@@ -245,7 +245,7 @@ def exit_status(records: List[Dict[str, Any]]) -> int:
 
 def budget_reached(search: Search, budget: Optional[int], time_budget: Optional[float]) -> Optional[str]:
     if budget is not None and search.next_index >= budget:
-        return f"budget already reached: {search.next_index} candidates done; raise --budget to continue"
+        return f"budget already reached: {counted(search.next_index, 'candidate')} done; raise --budget to continue"
     if time_budget is not None and search.elapsed >= time_budget:
         return (f"time budget already reached: {search.elapsed:.0f} s of search done; "
                 f"raise --time-budget to continue")
@@ -256,7 +256,7 @@ def interrupted_note(run_dir: str, candidates_saved: Optional[int]) -> str:
     if candidates_saved is None:
         return (f"interrupted before the search began: nothing was saved; run the same command again "
                 f"(--out {run_dir} can be reused), or remove {run_dir}")
-    return (f"interrupted: {candidates_saved} candidates saved; continue with "
+    return (f"interrupted: {counted(candidates_saved, 'candidate')} saved; continue with "
             f"{PROG} --resume {run_dir} --budget ...")
 
 

@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from ..cli import counted
 from ..genotype import Genotype
 from ..strategies import Proposal
 from .candidate import SearchContext
@@ -336,7 +337,7 @@ def _serve_and_work(coordinator: Coordinator, top: int) -> int:
     except KeyboardInterrupt:
         coordinator.close()
         reason = f"relay failed: {errors[0]!r}" if errors else "interrupted"
-        print(f"\n{reason}: {len(coordinator.records)} candidates saved; continue with "
+        print(f"\n{reason}: {counted(len(coordinator.records), 'candidate')} saved; continue with "
               f"python -m nasfast.search --resume {coordinator.run_dir} --budget ...", file=sys.stderr)
         _exit_now(130)
     finally:
