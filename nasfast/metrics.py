@@ -45,6 +45,8 @@ class ConfusionMatrix:
             raise ValueError(f"targets must be integer N x H x W (or H x W), got {target.dtype} {tuple(target.shape)}")
         if logits_or_pred.is_floating_point():
             scores = logits_or_pred if logits_or_pred.dim() == 4 else logits_or_pred[None]
+            if not scores.is_cuda and scores.dtype not in (torch.float32, torch.float64):
+                scores = scores.float()  # half precision on the CPU: upsampled in float32 (exact)
             if scores.dim() != 4 or scores.shape[1] != self.num_classes:
                 raise ValueError(f"logits {tuple(logits_or_pred.shape)}: "
                                  f"expected N x {self.num_classes} (classes) x h x w")

@@ -138,6 +138,18 @@ def test_logits_give_the_same_matrix_fused_or_not(fused):
     assert torch.equal(m.matrix, expected) and m.matrix.dtype == torch.int64
 
 
+@pytest.mark.parametrize("fused", [None, False])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_logits_on_the_cpu_count_as_in_float32(fused, dtype):
+    g = torch.Generator().manual_seed(12)
+    logits = torch.randn(2, 6, 10, 13, generator=g).to(dtype)
+    target = torch.randint(0, 6, (2, 40, 52), generator=g)
+    half, single = ConfusionMatrix(6, fused=fused), ConfusionMatrix(6, fused=fused)
+    half.update(logits, target)
+    single.update(logits.float(), target)
+    assert torch.equal(half.matrix, single.matrix)
+
+
 def test_all_reduce_without_and_with_a_process_group(tmp_path):
     import torch.distributed as dist
     m = ConfusionMatrix(3)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import nasfast.ops as ops
-from nasfast.ops import UpsampleAdd, upsample_add_reference
+from nasfast.ops import UpsampleAdd, upsample_add, upsample_add_reference
 
 needs_ops = pytest.mark.skipif(not ops.available(), reason="native ops library not built")
 DOWN_AND_UP = ((6, 10), (11, 7))  # fewer rows than low, more columns
@@ -112,6 +112,14 @@ def test_module_picks_the_implementation_at_construction_and_scripts():
     for module in (fused, reference):
         torch.testing.assert_close(torch.jit.script(module)(h, l), upsample_add_reference(h, l))
     assert "nasfast::upsample_add" in str(torch.jit.script(fused).graph)
+
+
+@needs_ops
+def test_half_precision_and_mixed_dtypes_on_the_cpu_run_the_reference():
+    h, l = inputs((23, 30), (12, 15))
+    for high, low in ((h.bfloat16(), l.bfloat16()), (h.bfloat16(), l.float()), (h.half(), l.half())):
+        for add in (UpsampleAdd(fused=True), upsample_add):
+            torch.testing.assert_close(add(high, low), upsample_add_reference(high, low))
 
 
 def test_reference_module_scripts_without_the_library():

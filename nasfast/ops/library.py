@@ -50,6 +50,13 @@ def native_for(tensor: torch.Tensor) -> bool:
     return available() and tensor.device.type in ("cpu", "cuda")
 
 
+def kernels_take(x: torch.Tensor, other: torch.Tensor) -> bool:
+    """Whether the native kernels take `x` with `other` (a weight, a second input): one dtype, and
+    on the CPU float32 or float64 (CUDA also takes float16 and bfloat16). Mixed dtypes come from
+    autocast, which the native ops are not registered for; the modules run their references then."""
+    return x.dtype == other.dtype and (x.is_cuda or x.dtype == torch.float32 or x.dtype == torch.float64)
+
+
 def wants_native(fused) -> bool:
     """The `fused` argument of the modules: None means "when the library is loaded"; True
     insists on it."""

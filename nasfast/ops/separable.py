@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .library import available, native_for, register_fake, wants_native
+from .library import available, kernels_take, native_for, register_fake, wants_native
 
 if available():
     @register_fake("nasfast::sep_conv")
@@ -42,15 +42,15 @@ def separable_conv_bn_relu_reference(x: Tensor, depthwise: Tensor, pointwise: Te
 
 
 def separable_conv(x: Tensor, depthwise: Tensor, pointwise: Tensor, dilation: int) -> Tensor:
-    """The native op when the library has a kernel for x's device, else the reference."""
-    if native_for(x):
+    """The native op when the library is loaded and takes these tensors, else the reference."""
+    if native_for(x) and kernels_take(x, depthwise):
         return torch.ops.nasfast.sep_conv(x, depthwise, pointwise, dilation)
     return separable_conv_reference(x, depthwise, pointwise, dilation)
 
 
 def separable_conv_bn_relu(x: Tensor, depthwise: Tensor, pointwise: Tensor, bias: Tensor, dilation: int) -> Tensor:
     """relu(separable_conv(x, depthwise, pointwise) + bias): the inference form, BN folded."""
-    if native_for(x):
+    if native_for(x) and kernels_take(x, depthwise):
         return torch.ops.nasfast.sep_conv_bn_relu(x, depthwise, pointwise, bias, dilation)
     return separable_conv_bn_relu_reference(x, depthwise, pointwise, bias, dilation)
 
@@ -77,7 +77,7 @@ class SeparableConvBNReLU(nn.Module):
     folded, and the fold kept for inference). Both have the same submodules and state dict. On
     CUDA tensors the fused module still runs cuDNN unless built with fused=True: cuDNN was
     1.1-2.3x faster than the native CUDA kernel at every decoder shape measured (bench/RESULTS.md,
-    H200).
+    H200). Inputs the kernels do not take (library.kernels_take) run the reference.
     """
 
     def __new__(cls, *args, **kwargs):
@@ -111,7 +111,7 @@ class SeparableConvBNReLU(nn.Module):
 
 class FusedSeparableConvBNReLU(SeparableConvBNReLU):
     def forward(self, x: Tensor) -> Tensor:
-        if x.is_cuda and not self.native_on_cuda:
+        if (x.is_cuda and not self.native_on_cuda) or not kernels_take(x, self.depthwise.weight):
             return self.reference_forward(x)
         running_mean, running_var = self.bn.running_mean, self.bn.running_var
         if self.training or running_mean is None or running_var is None:

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .library import available, native_for, register_fake, wants_native
+from .library import available, kernels_take, native_for, register_fake, wants_native
 
 if available():
     @register_fake("nasfast::upsample_add")
@@ -20,15 +20,16 @@ def upsample_add_reference(high: Tensor, low: Tensor) -> Tensor:
 
 
 def upsample_add(high: Tensor, low: Tensor) -> Tensor:
-    """The native op (CPU or CUDA tensors) when the library is loaded, else the reference."""
-    if native_for(high):
+    """The native op when the library is loaded and takes these tensors, else the reference."""
+    if native_for(high) and kernels_take(high, low):
         return torch.ops.nasfast.upsample_add(high, low)
     return upsample_add_reference(high, low)
 
 
 class UpsampleAdd(nn.Module):
     """Module form. `UpsampleAdd(fused)` picks the class once, at construction: a reference
-    module never refers to the native op, so it scripts without the library."""
+    module never refers to the native op, so it scripts without the library. Inputs the kernels
+    do not take (library.kernels_take) run the reference."""
 
     def __new__(cls, fused=None):
         if cls is UpsampleAdd and wants_native(fused):
@@ -47,4 +48,6 @@ class UpsampleAdd(nn.Module):
 
 class FusedUpsampleAdd(UpsampleAdd):
     def forward(self, high: Tensor, low: Tensor) -> Tensor:
+        if not kernels_take(high, low):
+            return upsample_add_reference(high, low)
         return torch.ops.nasfast.upsample_add(high, low)
