@@ -65,6 +65,9 @@ class Decoder(nn.Module):
             raise ValueError(f"in_channels {tuple(in_channels)} and in_strides {tuple(in_strides)} differ in length")
         if len(in_channels) != 4:
             raise ValueError(f"the search space has 4 encoder inputs, got in_channels={tuple(in_channels)}")
+        for name, value in (("num_classes", num_classes), ("channels", channels), ("sep_repeats", sep_repeats)):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
         self.genotype = genotype
         self.num_classes = num_classes
         self.adapters = nn.ModuleList([ConvBNReLU(c, channels, 1) for c in in_channels])

@@ -71,6 +71,9 @@ def test_rejects_bad_options():
         Decoder("arch0", aux="bogus")
     with pytest.raises(ValueError, match="in_channels"):
         Decoder("arch0", in_channels=(24, 32, 96))
+    for option in ("num_classes", "channels", "sep_repeats"):
+        with pytest.raises(ValueError, match=f"{option} must be at least 1, got 0"):
+            Decoder("arch0", **{option: 0})
 
 
 @pytest.mark.parametrize("seed", range(6))
