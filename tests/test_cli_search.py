@@ -59,6 +59,15 @@ def test_numbers_are_checked_while_parsing(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+def test_under_torchrun_only_rank_0_shows_an_option_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    assert search("--out", tmp_path / "r", "--budget", "0") == 2
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("RANK", "0")
+    assert search("--out", tmp_path / "r", "--budget", "0") == 2
+    assert "argument --budget: must be at least 1" in capsys.readouterr().err
+
+
 def test_durations():
     for text in ("0", "-5m", "inf", "5x"):
         with pytest.raises(argparse.ArgumentTypeError):

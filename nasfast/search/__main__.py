@@ -37,10 +37,12 @@ Several processes, GPUs or machines (rank 0 owns the controller and the log, eve
 
 
 class Parser(argparse.ArgumentParser):
-    """An error shows the short usage line and the error, not the usage of every option."""
+    """An error shows the short usage line and the error, not the usage of every option; under
+    torchrun only rank 0 shows it (every rank parses the same command line)."""
 
     def error(self, message):
-        self.exit(2, f"{self.format_usage()}{self.prog}: error: {message}\n(see {self.prog} --help)\n")
+        shown = f"{self.format_usage()}{self.prog}: error: {message}\n(see {self.prog} --help)\n"
+        self.exit(2, shown if distributed.rank() == 0 else None)
 
 
 def duration(text: str) -> float:
