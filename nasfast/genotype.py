@@ -76,7 +76,8 @@ class Genotype:
             try:
                 x = json.loads(x)
             except json.JSONDecodeError:
-                raise ValueError(f"genotype {x!r} is neither a zoo name ({', '.join(ZOO)}) "
+                shown = x if len(x) <= 80 else x[:77] + "..."
+                raise ValueError(f"genotype {shown!r} is neither a zoo name ({', '.join(ZOO)}) "
                                  f"nor the JSON text of {NESTED_FORM}") from None
         connectivity, cell = _sequence(x, "", 2, "[connectivity, cell]")
         cell = _sequence(cell, "cell", 1 + NUM_BRANCHES, "[o0, [i1, j1, o1, p1], [i2, ...], [i3, ...]]")
@@ -174,8 +175,10 @@ ZOO: Dict[str, Genotype] = {name: Genotype.parse(nested) for name, nested in [
 
 
 def genotype_from_option(text: str) -> Genotype:
-    """What a --genotype option takes: a zoo name, JSON text, or a file holding either; the errors
-    about a file name it."""
+    """What a --genotype option takes: a zoo name, JSON text, a file holding either, or a search (its
+    run directory or candidates.jsonl: its best design); the errors about a file name it."""
+    if os.path.isdir(text) or text.endswith(".jsonl"):
+        return best_of_search(text)
     if not os.path.isfile(text):
         return Genotype.parse(text)
     try:
@@ -185,3 +188,16 @@ def genotype_from_option(text: str) -> Genotype:
         raise ValueError(f"genotype file {text} is not UTF-8 text") from None
     except ValueError as error:
         raise ValueError(f"genotype file {text}: {error}") from None
+
+
+def best_of_search(path: str) -> Genotype:
+    """The design of the highest reward in a search's log (`path`: the run directory or the log)."""
+    from .search.records import read_records  # the search needs this module: imported late
+
+    log = os.path.join(path, "candidates.jsonl") if os.path.isdir(path) else path
+    if not os.path.isfile(log):
+        raise ValueError(f"{log}: no such search log")
+    finished = [r for r in read_records(log) if r.get("status") == "ok" and r.get("reward") is not None]
+    if not finished:
+        raise ValueError(f"{log}: no candidate has finished yet")
+    return Genotype.parse(max(finished, key=lambda r: r["reward"])["genotype"])

@@ -195,3 +195,21 @@ def test_count_designs_matches_brute_force_enumeration():
     for counts in (raw, canonical):
         assert counts["total"] == counts["connectivity"] * counts["cells"]
     assert 1e10 <= canonical["cells"] < 1e11  # the paper's "~1e10 unique cells"
+
+
+def test_an_option_names_a_search_for_its_best_design_and_long_text_is_cut(tmp_path):
+    from nasfast.genotype import genotype_from_option
+    records = [{"index": 0, "genotype": ZOO["arch0"].to_list(), "status": "ok", "reward": 0.31},
+               {"index": 1, "genotype": ZOO["arch1"].to_list(), "status": "ok", "reward": 0.42},
+               {"index": 2, "genotype": ZOO["arch2"].to_list(), "status": "failed", "reward": None}]
+    (tmp_path / "candidates.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert genotype_from_option(str(tmp_path)) == ZOO["arch1"]
+    assert genotype_from_option(str(tmp_path / "candidates.jsonl")) == ZOO["arch1"]
+    (tmp_path / "failed.jsonl").write_text(json.dumps(records[2]) + "\n")
+    with pytest.raises(ValueError, match="failed.jsonl: no candidate has finished yet"):
+        genotype_from_option(str(tmp_path / "failed.jsonl"))
+    with pytest.raises(ValueError, match="nothing.jsonl: no such search log"):
+        genotype_from_option(str(tmp_path / "nothing.jsonl"))
+    with pytest.raises(ValueError) as error:
+        Genotype.parse("x" * 5000)
+    assert len(str(error.value)) < 300 and "xxx..." in str(error.value)
