@@ -266,3 +266,19 @@ def test_a_teacher_of_another_class_count_is_refused_before_caching(tmp_path):
     torch.jit.script(torch.nn.Linear(4, 4)).save(str(tmp_path / "linear.pt"))
     with pytest.raises(ValueError, match="fails on a 64x64 image"):
         load_teacher(str(tmp_path / "linear.pt"), torch.device("cpu"), 11)
+
+
+def test_a_data_error_in_a_candidate_stops_the_search_and_resume_goes_on(saved_search, capsys, monkeypatch):
+    from nasfast.data.datasets import DataError
+
+    def broken_label(genotype, index, ctx, decide):
+        raise DataError("labels/x.png: label values [42] are neither classes [0, 11) nor the ignore index 255")
+
+    monkeypatch.setattr(loop, "evaluate_candidate", broken_label)
+    assert search("--resume", saved_search, "--budget", "5") == 2
+    assert (f"error: labels/x.png: label values [42] are neither classes [0, 11) nor the ignore index 255; once "
+            f"it is mended, continue with {PROG} --resume {saved_search} --budget ...") in capsys.readouterr().err
+    assert len(read_records(str(saved_search / "candidates.jsonl"))) == 3  # not logged as a failed design
+    monkeypatch.setattr(loop, "evaluate_candidate", fake_evaluate)
+    assert search("--resume", saved_search, "--budget", "5") == 0
+    assert [r["index"] for r in read_records(str(saved_search / "candidates.jsonl"))] == [0, 1, 2, 3, 4]

@@ -7,7 +7,7 @@ import sys
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..cli import counted, positive_int, run
-from ..data.datasets import DATASETS
+from ..data.datasets import DATASETS, DataError
 from . import distributed
 from .config import MACHINE_OPTIONS, PRESETS, SearchConfig, StageConfig, preset
 from .distributed import begun_by_this_job, has_pending, restart_count, world_size
@@ -284,6 +284,10 @@ def search_in_this_process(args, run_dir: str, config: SearchConfig, resume: boo
         saved = search.next_index if os.path.exists(search.path(STATE)) else None
         print("\n" + interrupted_note(run_dir, saved), file=sys.stderr)
         return 130
+    except DataError as error:  # a file first read by a candidate (stage 2 reads every training image)
+        if not os.path.exists(search.path(STATE)):
+            raise
+        raise DataError(f"{error}; once it is mended, continue with {PROG} --resume {run_dir} --budget ...") from None
     print(top_table(search.records, args.top))
     print(f"log: {os.path.join(run_dir, LOG)}")
     return exit_status(search.records)

@@ -9,6 +9,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 from tqdm import tqdm
 
+from ..data.datasets import DataError
 from ..genotype import Genotype
 from ..strategies import Proposal, make_strategy
 from .candidate import SearchContext, evaluate_candidate
@@ -23,13 +24,14 @@ CONFIG = "config.json"
 
 def evaluate_record(genotype: Genotype, index: int, ctx: SearchContext,
                     decide: Callable[[float, float], bool]) -> Dict[str, Any]:
-    """Evaluates candidate `index` into its log record; a failure is recorded, not raised."""
+    """Evaluates candidate `index` into its log record; a failure is recorded, not raised,
+    unless it is the data's (DataError): then the search stops, as every design would fail on it."""
     started = time.time()
     record: Dict[str, Any] = {"index": index, "genotype": genotype.to_list()}
     try:
         record.update(evaluate_candidate(genotype, index, ctx, decide))
         record.update(status="ok", error=None)
-    except (KeyboardInterrupt, SystemExit):
+    except (KeyboardInterrupt, SystemExit, DataError):
         raise
     except Exception as error:  # any failure of one design must not stop the search
         record.update(reward=None, stage1_reward=None, stage2_reward=None, gate=None, params=None,
