@@ -193,7 +193,7 @@ def test_failures_are_explained_and_all_failed_exits_1(tmp_path, no_data, monkey
     assert search("--out", tmp_path / "r", "--budget", "2", "--no-progress") == 1
     out = capsys.readouterr().out
     assert "every candidate failed; the first (index 0): CandidateFailed: non-finite loss (nan) at stage 1, " \
-           "step 0" in out
+           "step 0" in out and "train the best design" not in out
     monkeypatch.setattr(loop, "evaluate_candidate", fake_evaluate)
     assert search("--resume", tmp_path / "r", "--budget", "3", "--no-progress") == 0
     out = capsys.readouterr().out
@@ -239,6 +239,8 @@ def test_a_real_tiny_search_without_progress_bars_at_the_edge_sizes(tmp_path, ca
     out, err = capsys.readouterr()
     assert "caching" not in err and "stage-1 cache: 17 meta-train + 8 meta-val" in err
     assert "top 1 of 1 candidates (0 failed)" in out and "M  [[" in out
+    assert out.strip().endswith(f"train the best design: python -m nasfast.train --genotype {run_dir} "
+                                f"--dataset camvid --out DIR")
     assert json.loads((run_dir / "config.json").read_text())["stage1_images"] == 17
 
 

@@ -13,7 +13,7 @@ from .config import MACHINE_OPTIONS, PRESETS, SearchConfig, StageConfig, preset
 from .distributed import begun_by_this_job, has_pending, restart_count, world_size
 from .loop import CONFIG, LOG, STATE, Search
 from .records import read_json, read_records
-from .summary import top_table
+from .summary import closing_summary, top_table
 
 PROG = "python -m nasfast.search"
 USAGE = "%(prog)s (--out RUN_DIR | --resume RUN_DIR) [--budget N] [--time-budget T] [options]"
@@ -288,8 +288,7 @@ def search_in_this_process(args, run_dir: str, config: SearchConfig, resume: boo
         if not os.path.exists(search.path(STATE)):
             raise
         raise DataError(f"{error}; once it is mended, continue with {PROG} --resume {run_dir} --budget ...") from None
-    print(top_table(search.records, args.top))
-    print(f"log: {os.path.join(run_dir, LOG)}")
+    print(closing_summary(search.records, args.top, run_dir, config.dataset))
     return exit_status(search.records)
 
 

@@ -30,7 +30,7 @@ from .candidate import SearchContext
 from .config import SearchConfig
 from .loop import LOG, STATE, Search, _fmt, evaluate_record
 from .records import keep_finished_records, load_state, read_json, save_state, write_json
-from .summary import top_table
+from .summary import closing_summary
 
 MESSAGE_BYTES = 1 << 20          # one message, 8 bytes of length first
 HEADER = struct.Struct("<Q")
@@ -345,8 +345,7 @@ def _serve_and_work(coordinator: Coordinator, top: int) -> int:
     coordinator.close()
     if errors:
         raise RuntimeError("the relay to the other ranks failed") from errors[0]
-    print(top_table(coordinator.records, top))
-    print(f"log: {coordinator.path(LOG)}")
+    print(closing_summary(coordinator.records, top, coordinator.run_dir, coordinator.config.dataset))
     if world_size() > 1:
         dist.destroy_process_group()
     return 0

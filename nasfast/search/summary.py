@@ -1,4 +1,5 @@
 """Human-readable summaries of a search log."""
+import os
 from typing import Any, Dict, List, Optional
 
 
@@ -18,6 +19,15 @@ def failure_note(records: List[Dict[str, Any]]) -> Optional[str]:
     reason = (first.get("error") or "unknown error").strip().splitlines()[0]
     every = "every candidate failed" if len(failed) == len(records) else f"{len(failed)} of {len(records)} failed"
     return f"{every}; the first (index {first['index']}): {reason}"
+
+
+def closing_summary(records: List[Dict[str, Any]], k: int, run_dir: str, dataset: str) -> str:
+    """The table of the best designs, where the log is, and how to train the best one."""
+    lines = [top_table(records, k), f"log: {os.path.join(run_dir, 'candidates.jsonl')}"]
+    if any(r["status"] == "ok" for r in records):
+        lines.append(f"train the best design: python -m nasfast.train --genotype {run_dir} --dataset {dataset} "
+                     f"--out DIR")
+    return "\n".join(lines)
 
 
 def top_table(records: List[Dict[str, Any]], k: int = 10) -> str:
