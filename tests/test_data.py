@@ -279,6 +279,104 @@ def test_folder_dataset(tmp_path, camvid_root):
         FolderDataset(root, split="val")
 
 
+def tiny_folder(root: Path, names=("a", "b")) -> Path:
+    """A folder dataset of 2x3 images, each label with both classes."""
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    (root / "classes.txt").write_text("other\nroad\n")
+    for name in names:
+        Image.fromarray(np.full((2, 3, 3), 100, np.uint8)).save(root / "images" / f"{name}.png")
+        Image.fromarray(np.eye(2, 3, dtype=np.uint8)).save(root / "labels" / f"{name}.png")
+    return root
+
+
+def test_folder_16_bit_grey_images_are_scaled_not_clipped(tmp_path):
+    root = tiny_folder(tmp_path)
+    grey = np.array([[0, 300, 1000], [20000, 40000, 65535]], np.uint16)
+    Image.fromarray(grey).save(root / "images" / "a.png")
+    assert Image.open(root / "images" / "a.png").mode == "I;16"
+    image, _ = FolderDataset(root).load(0)
+    assert image.dtype == np.uint8 and np.array_equal(image, np.repeat((grey >> 8)[:, :, None], 3, axis=2))
+
+
+def test_folder_class_list_keeps_line_numbers(tmp_path):
+    root = tiny_folder(tmp_path)
+    (root / "classes.txt").write_bytes("\ufeffother\nroad side\n\n\n".encode())  # BOM, trailing blank lines
+    assert FolderDataset(root).class_names == ("other", "road side")
+    (root / "classes.txt").write_text("other\n\nroad\n")
+    with pytest.raises(DataError, match=r"classes.txt, line 2: blank line between class names"):
+        FolderDataset(root)
+    (root / "classes.txt").write_text("other\nroad\nother\n")
+    with pytest.raises(DataError, match=r"classes.txt, lines 1 and 3: class name 'other' is repeated"):
+        FolderDataset(root)
+
+
+def test_folder_every_image_in_every_split_only_without_split_files(tmp_path):
+    root = tiny_folder(tmp_path)
+    val = FolderDataset(root, split="val")
+    assert val.split_file is None and len(val) == 2
+    (root / "train.txt").write_text("a\n")
+    train = FolderDataset(root)
+    assert train.split_file == root / "train.txt" and len(train) == 1
+    with pytest.raises(DataError, match=r"val.txt: not found, and this folder has the split files train.txt;"):
+        FolderDataset(root, split="val")
+
+
+def test_folder_refuses_two_images_of_one_name(tmp_path):
+    root = tiny_folder(tmp_path)
+    Image.fromarray(np.zeros((2, 3, 3), np.uint8)).save(root / "images" / "a.jpg")
+    with pytest.raises(DataError, match=r"a.jpg and .*a.png: two files named 'a'"):
+        FolderDataset(root)
+
+
+def test_folder_skips_hidden_files(tmp_path):
+    root = tiny_folder(tmp_path)
+    for hidden in ("._a.png", ".DS_Store"):
+        (root / "images" / hidden).write_bytes(b"\0\5\0\7")
+    (root / "._val.txt").write_bytes(b"\0\5\0\7")
+    dataset = FolderDataset(root, split="val")
+    assert [p[0].name for p in dataset.pairs] == ["a.png", "b.png"] and dataset.split_file is None
+
+
+def test_folder_split_names_may_hold_spaces(tmp_path):
+    root = tiny_folder(tmp_path, names=("a", "my photo"))
+    (root / "train.txt").write_text("my photo\n")
+    assert [p[0].name for p in FolderDataset(root).pairs] == ["my photo.png"]
+
+
+def test_folder_empty_split_file(tmp_path):
+    root = tiny_folder(tmp_path)
+    (root / "val.txt").write_text("\n")
+    with pytest.raises(DataError, match=r"val.txt: lists no names"):
+        FolderDataset(root, split="val")
+
+
+def test_folder_split_names_may_hold_the_extension(tmp_path):
+    root = tiny_folder(tmp_path)
+    (root / "train.txt").write_text("a.png\nb.jpg\n")
+    assert [p[0].name for p in FolderDataset(root).pairs] == ["a.png", "b.png"]
+
+
+def test_folder_label_extension_in_any_case_but_not_jpeg(tmp_path):
+    root = tiny_folder(tmp_path)
+    (root / "labels" / "a.png").rename(root / "labels" / "a.PNG")
+    assert torch.equal(FolderDataset(root)[0][1], torch.eye(2, 3, dtype=torch.long))
+    (root / "labels" / "b.png").unlink()
+    Image.fromarray(np.eye(2, 3, dtype=np.uint8)).save(root / "labels" / "b.jpg")
+    with pytest.raises(DataError, match=r"b.jpg: labels must be PNG"):
+        FolderDataset(root)
+
+
+def test_folder_subfolders_are_not_searched(tmp_path):
+    root = tiny_folder(tmp_path)
+    (root / "images" / "sub").mkdir()
+    (root / "images" / "b.png").rename(root / "images" / "sub" / "b.png")
+    assert len(FolderDataset(root)) == 1
+    (root / "train.txt").write_text("a\nsub/b\n")
+    with pytest.raises(DataError, match=r"no image for 1 names, e.g. \['sub/b'\]; subfolders of images/ are not"):
+        FolderDataset(root)
+
+
 def make_voc(root: Path, camvid_root: Path, names=("2007_000032", "2007_000033")):
     """A VOC-shaped folder from CamVid pairs (no VOC data here), CamVid classes as VOC indices."""
     for d in ("JPEGImages", "SegmentationClassAug", "ImageSets/Segmentation"):

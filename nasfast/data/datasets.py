@@ -57,6 +57,13 @@ def _decode(path: Path, what: str) -> Image.Image:
     return image
 
 
+def _to_rgb(image: Image.Image) -> np.ndarray:
+    if image.mode.startswith("I"):  # 16-bit grey ("I;16", or "I" from older Pillow): convert would clip it
+        grey = (np.clip(np.asarray(image), 0, 65535) >> 8).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    return np.asarray(image.convert("RGB"))
+
+
 class SegmentationDataset(torch.utils.data.Dataset):
     """(image path, label path) pairs. Items are `transform(image, label, index)`, the default
     transform being `EvalTransform()`: (float image 3xHxW, ImageNet-normalised; long label HxW)."""
@@ -99,7 +106,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def _read(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
         image_path, label_path = self.pairs[index]
-        image = np.asarray(_decode(image_path, "image").convert("RGB"))
+        image = _to_rgb(_decode(image_path, "image"))
         label_image = _decode(label_path, "label")
         if label_image.mode not in ("L", "P"):
             raise DataError(f"{label_path}: a label must be a one-channel image of class indices "
@@ -207,32 +214,113 @@ class VOC(SegmentationDataset):
         super().__init__(pairs, transform)
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def _stripped_lines(path: Path) -> List[str]:
+    """Every line, stripped; "utf-8-sig" so that a byte order mark is not part of the first name."""
+    return [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
+
+
+def _read_class_names(path: Path) -> Tuple[str, ...]:
+    if not path.is_file():
+        raise FileNotFoundError(f"class list {path} not found")
+    names = _stripped_lines(path)
+    while names and not names[-1]:
+        names.pop()
+    line_of = {}
+    for number, name in enumerate(names, 1):
+        if not name:
+            raise DataError(f"{path}, line {number}: blank line between class names (a class's index is its "
+                            f"line number from 0); remove it or name that class")
+        if name in line_of:
+            raise DataError(f"{path}, lines {line_of[name]} and {number}: class name {name!r} is repeated; "
+                            f"give each class its own name")
+        line_of[name] = number
+    return tuple(names)
+
+
+def _visible_files(folder: Path) -> List[Path]:
+    """The files of folder, sorted, less hidden ones (.DS_Store, macOS's ._x.jpg)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file())
+
+
+def _files_by_name(folder: Path, suffixes: Sequence[str]) -> Dict[str, Path]:
+    """name -> file, for the suffixes in any case; two files of one name (x.jpg, x.png) are refused."""
+    found: Dict[str, Path] = {}
+    for path in _visible_files(folder):
+        if path.suffix.lower() not in suffixes:
+            continue
+        if path.stem in found:
+            raise DataError(f"{found[path.stem]} and {path}: two files named {path.stem!r}; keep one of them")
+        found[path.stem] = path
+    return found
+
+
+def _split_names(root: Path, split: str, images: Dict[str, Path]) -> Tuple[Optional[Path], List[str]]:
+    """(the split file, the names it lists), or (None, every image) where root has no split file."""
+    split_file = root / f"{split}.txt"
+    if split_file.is_file():
+        names = [name for name in _stripped_lines(split_file) if name]
+        if not names:
+            raise DataError(f"{split_file}: lists no names; write the names of the split's images, one a line")
+        return split_file, names
+    others = [p.name for p in _visible_files(root) if p.suffix == ".txt" and p.name != "classes.txt"]
+    if others:
+        raise DataError(f"{split_file}: not found, and this folder has the split files {', '.join(others)}; "
+                        f"choose one of those splits or write {split_file.name}")
+    if not images:
+        raise DataError(f"{root / 'images'}: no .jpg, .jpeg or .png images")
+    return None, sorted(images)
+
+
+def _image_name(listed: str, images: Dict[str, Path]) -> str:
+    """The listed name, or the name of a listed file name ("x.jpg" for the image x)."""
+    name, suffix = os.path.splitext(listed)
+    return name if listed not in images and suffix.lower() in IMAGE_SUFFIXES and name in images else listed
+
+
+def _label_paths(labels: Path, names: List[str]) -> List[Path]:
+    """labels/<name>.png, the extension in any case."""
+    pngs = _files_by_name(labels, (".png",))
+    jpegs = {p.stem: p for p in _visible_files(labels) if p.suffix.lower() in (".jpg", ".jpeg")}
+    for name in names:
+        if name not in pngs and name in jpegs:
+            raise DataError(f"{jpegs[name]}: labels must be PNG (JPEG compression changes the class values); "
+                            f"write labels/{name}.png from the original label")
+    return [pngs.get(name, labels / f"{name}.png") for name in names]
+
+
 class FolderDataset(SegmentationDataset):
     """Your own data. Under root:
 
         classes.txt          one class name per line; the class index is the line number from 0
-        images/<name>.jpg    or .jpeg / .png, RGB
+        images/<name>.jpg    or .jpeg / .png, RGB or grey (8 or 16 bits); subfolders are not searched
         labels/<name>.png    one-channel class indices, 255 = ignore, same size as the image
-        <split>.txt          optional: the names of a split, one a line (otherwise every image
-                             is in every split)
+        <split>.txt          optional: the names of a split's images, one a line
+
+    Where root has no split file at all, every image is in every split (`split_file` is None);
+    once it has one, every split needs its own. Hidden files (.DS_Store, ._x.jpg) are skipped.
     """
+
+    split_file: Optional[Path]
 
     def __init__(self, root, split: str = "train", transform: Optional[Callable] = None):
         root = Path(root)
-        self.class_names = tuple(" ".join(parts) for parts in _read_lines(root / "classes.txt", "class list"))
+        self.class_names = _read_class_names(root / "classes.txt")
         self.num_classes = len(self.class_names)
         if not 0 < self.num_classes < IGNORE_INDEX:
             raise DataError(f"{root / 'classes.txt'}: expected 1 to {IGNORE_INDEX - 1} class names, got {self.num_classes}")
-        images = {p.stem: p for p in sorted((root / "images").glob("*"))
-                  if p.suffix.lower() in (".jpg", ".jpeg", ".png")}
-        split_file = root / f"{split}.txt"
-        names = [parts[0] for parts in _read_lines(split_file, "split list")] if split_file.exists() else sorted(images)
-        if not names:
-            raise DataError(f"{root / 'images'}: no .jpg, .jpeg or .png images")
+        images = _files_by_name(root / "images", IMAGE_SUFFIXES)
+        self.split_file, listed = _split_names(root, split, images)
+        names = [_image_name(name, images) for name in listed]
         missing = [n for n in names if n not in images]
         if missing:
-            raise DataError(f"{root / 'images'}: no image for {len(missing)} names, e.g. {missing[:5]}")
-        super().__init__([(images[n], root / "labels" / f"{n}.png") for n in names], transform)
+            hint = "; subfolders of images/ are not searched" if any("/" in n or "\\" in n for n in missing) else ""
+            raise DataError(f"{root / 'images'}: no image for {len(missing)} names, e.g. {missing[:5]}{hint}")
+        super().__init__(list(zip((images[n] for n in names), _label_paths(root / "labels", names))), transform)
 
 
 # name -> (class, training split, validation split)
