@@ -284,3 +284,25 @@ def test_a_data_error_in_a_candidate_stops_the_search_and_resume_goes_on(saved_s
     monkeypatch.setattr(loop, "evaluate_candidate", fake_evaluate)
     assert search("--resume", saved_search, "--budget", "5") == 0
     assert [r["index"] for r in read_records(str(saved_search / "candidates.jsonl"))] == [0, 1, 2, 3, 4]
+
+
+def test_a_resumed_search_refuses_other_data(tmp_path):
+    from types import SimpleNamespace
+    from nasfast.search.config import preset
+
+    def factory(classes, images):
+        return lambda config, run_dir: SimpleNamespace(data={"classes": classes, "training images": images})
+
+    camvid = [f"class{i}" for i in range(11)]
+    first = loop.Search(str(tmp_path), preset("tiny"), factory(camvid, 367))
+    first.context()
+    first.start()
+    again = loop.Search(str(tmp_path), preset("tiny"), factory(camvid, 367))
+    again.resume()
+    again.context()  # the same data: accepted
+    other = loop.Search(str(tmp_path), preset("tiny"), factory(["road", "car"], 12))
+    other.resume()
+    with pytest.raises(ValueError, match=r"not those of the search in .*: classes \['road', 'car'\], the search's "
+                                         r"11 \[class0, class1, class2, \.\.\.\]; training images 12, the "
+                                         r"search's 367 \(check --data-root\)"):
+        other.context()

@@ -2,7 +2,7 @@
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,7 @@ class SearchContext:
     in_channels: Tuple[int, ...]
     in_strides: Tuple[int, ...]
     device: torch.device
+    data: Dict[str, Any]                      # what identifies the data: a resumed search checks it
 
 
 def candidate_seed(search_seed: int, index: int) -> int:

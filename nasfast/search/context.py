@@ -186,4 +186,4 @@ def build_context(config: SearchConfig, run_dir: str, data_root: Optional[str] =
                          exclude=tuple(full.exclude), stage1=stage1, stage1_val=stage1_val,
                          stage2_batches=stage2_batches, val_batches=val_batches, make_encoder=make_encoder,
                          in_channels=MobileNetV2Encoder.channels, in_strides=MobileNetV2Encoder.strides,
-                         device=device)
+                         device=device, data={"classes": list(full.class_names), "training images": len(full)})

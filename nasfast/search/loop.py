@@ -66,6 +66,7 @@ class Search:
         self.next_index = 0
         self.elapsed = 0.0
         self.records: List[Dict[str, Any]] = []
+        self.data: Optional[Dict[str, Any]] = None  # SearchContext.data, once known
         self._context: Optional[SearchContext] = None
         self._saving = False            # inside the bookkeeping that a signal must not split
         self._stop_requested = False
@@ -76,13 +77,14 @@ class Search:
     # -- persistence -------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
         return {"next_index": self.next_index, "elapsed": self.elapsed,
-                "strategy": self.strategy.state_dict(), "gate": self.gate.state_dict()}
+                "strategy": self.strategy.state_dict(), "gate": self.gate.state_dict(), "data": self.data}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         missing = [k for k in ("next_index", "elapsed", "strategy", "gate") if k not in state]
         if missing:
             raise ValueError(f"{self.path(STATE)} is not the state of a search (it lacks {', '.join(missing)})")
         self.next_index, self.elapsed = state["next_index"], state["elapsed"]
+        self.data = state.get("data")  # None in states saved before it was recorded
         self.strategy.load_state_dict(state["strategy"])
         self.gate.load_state_dict(state["gate"])
 
@@ -99,8 +101,19 @@ class Search:
     # -- the loop ----------------------------------------------------------------------------
     def context(self) -> SearchContext:
         if self._context is None:
-            self._context = self.context_factory(self.config, self.run_dir)
+            context = self.context_factory(self.config, self.run_dir)
+            self._check_same_data(getattr(context, "data", None))
+            self._context = context
         return self._context
+
+    def _check_same_data(self, data: Optional[Dict[str, Any]]) -> None:
+        """A resumed search must read the data it began with (--data-root may move them)."""
+        if data is not None and self.data is not None and data != self.data:
+            differences = [f"{key} {_shown(data.get(key))}, the search's {_shown(self.data.get(key))}"
+                           for key in self.data if data.get(key) != self.data.get(key)]
+            raise ValueError(f"the data found are not those of the search in {self.run_dir}: "
+                             f"{'; '.join(differences)} (check --data-root)")
+        self.data = data if data is not None else self.data
 
     def step(self) -> Dict[str, Any]:
         """Samples, evaluates and logs one candidate, updates the strategy, saves the state."""
@@ -162,6 +175,12 @@ class Search:
     def best_reward(self) -> Optional[float]:
         rewards = [r["reward"] for r in self.records if r["status"] == "ok"]
         return max(rewards) if rewards else None
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, list) and len(value) > 6:
+        return f"{len(value)} [{', '.join(map(str, value[:3]))}, ...]"
+    return str(value)
 
 
 def _fmt(x: Optional[float]) -> str:
