@@ -2,14 +2,15 @@
 trained checkpoint on a dataset split (the numbers of the paper's Table 5)."""
 import argparse
 import json
+import os
 import sys
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .cli import UsageError, non_negative_int, positive_float, run
 from .data import EvalTransform, make_dataset
-from .data.datasets import DATASETS
+from .data.datasets import DATASETS, find_data_root
 from .search.context import resolve_device
-from .train import evaluate_model, evaluation_loader
+from .train import evaluate_model, evaluation_loader, finite_or_none
 
 PROG = "python -m nasfast.evaluate"
 
@@ -22,11 +23,28 @@ def format_metrics(metrics: dict, class_names) -> str:
     return "\n".join(lines)
 
 
+def data_root(args, dataset_name: str, checkpoint: dict) -> str:
+    """--data-root, else $NASFAST_DATA's, else the root the checkpoint was trained on (for its own
+    dataset; older checkpoints hold none)."""
+    if args.data_root is not None:
+        return args.data_root
+    try:
+        return str(find_data_root(dataset_name))
+    except FileNotFoundError:
+        trained_on = checkpoint.get("data_root") if dataset_name == checkpoint.get("dataset") else None
+        if trained_on is None or not os.path.isdir(trained_on):
+            raise
+    print(f"{dataset_name} data: {trained_on}, where the checkpoint was trained (no --data-root, and no "
+          f"{dataset_name}/ in $NASFAST_DATA or ~/.cache/nasfast)", file=sys.stderr)
+    return trained_on
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split(":", 1)[1].strip())
     parser.add_argument("--checkpoint", required=True, help="best.pt or last.pt of python -m nasfast.train")
     parser.add_argument("--dataset", choices=sorted(DATASETS), help="camvid, voc or folder [the checkpoint's]")
-    parser.add_argument("--data-root", help="dataset directory (default: $NASFAST_DATA/<dataset>)")
+    parser.add_argument("--data-root", help="dataset directory (default: $NASFAST_DATA/<dataset>, else the "
+                                            "training's, stored in the checkpoint)")
     parser.add_argument("--split", default="val",
                         help="camvid: train, val or test; voc: train_aug, train or val; folder: the names in "
                              "<SPLIT>.txt, else every image [val]")
@@ -45,7 +63,8 @@ def main(argv=None) -> int:
     device = resolve_device(args.device)
     dataset_name = args.dataset or checkpoint.get("dataset", "camvid")
     scale = args.scale or checkpoint.get("scale", 1.0)  # checkpoints before the scale was stored: 1.0
-    dataset = make_dataset(dataset_name, args.data_root, args.split, EvalTransform(scale))
+    root = data_root(args, dataset_name, checkpoint)
+    dataset = make_dataset(dataset_name, root, args.split, EvalTransform(scale))
     if dataset.num_classes != checkpoint["num_classes"]:
         raise UsageError(f"{dataset_name} has {dataset.num_classes} classes, the checkpoint "
                          f"{checkpoint['num_classes']}")
@@ -56,7 +75,7 @@ def main(argv=None) -> int:
           file=sys.stderr if args.json else sys.stdout, flush=True)
     loader = evaluation_loader(dataset, args.workers)
     metrics = evaluate_model(model, loader, dataset.num_classes, dataset.ignore_index, (), device)
-    print(json.dumps(metrics) if args.json else format_metrics(metrics, dataset.class_names))
+    print(json.dumps(finite_or_none(metrics)) if args.json else format_metrics(metrics, dataset.class_names))
     return 0
 
 

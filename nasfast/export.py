@@ -7,6 +7,7 @@ import json
 import os
 import re
 import sys
+from typing import Optional
 
 import torch
 from torch import nn
@@ -15,6 +16,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from . import ops
 from .checkpoint import is_torchscript, load_checkpoint, model_from_checkpoint
 from .cli import UsageError, positive_int, run
+from .encoder import IMAGENET_MEAN, IMAGENET_STD
 from .model import create_model
 from .genotype import genotype_from_option
 
@@ -47,10 +49,18 @@ def script_for_deployment(model: nn.Module) -> torch.jit.ScriptModule:
     return torch.jit.script(fold_batch_norms(copy.deepcopy(model).eval()))
 
 
-def export(model: nn.Module, path: str) -> dict:
+def checkpoint_info(checkpoint: dict) -> dict:
+    """What a deployment needs to feed the model and name its output channels. The model does not
+    normalise: its input is RGB / 255, then (x - mean) / std per channel, at the training's scale."""
+    return {"num_classes": checkpoint["num_classes"], "class_names": checkpoint.get("class_names"),
+            "scale": checkpoint.get("scale", 1.0), "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+
+
+def export(model: nn.Module, path: str, about: Optional[dict] = None) -> dict:
+    """Writes the TorchScript of model to path, with nasfast.json: the native ops it needs and `about`."""
     scripted = script_for_deployment(model)
     needs = native_ops(scripted)
-    info = {"native_ops": needs, "ops_library": ops.library_path() if needs else None}
+    info = {"native_ops": needs, "ops_library": ops.library_path() if needs else None, **(about or {})}
     scripted.save(path, _extra_files={"nasfast.json": json.dumps(info)})
     return info
 
@@ -93,14 +103,16 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     check_options(args)
     fused = False if args.reference_ops else None
+    about = None
     if args.checkpoint:
-        model = model_from_checkpoint(load_checkpoint(args.checkpoint), fused=fused)
+        checkpoint = load_checkpoint(args.checkpoint)
+        model, about = model_from_checkpoint(checkpoint, fused=fused), checkpoint_info(checkpoint)
     else:
         genotype = genotype_from_option(args.genotype)
         model = create_model(genotype, args.num_classes or NUM_CLASSES_DEFAULT, pretrained=args.pretrained,
                              fused=fused)
     replaced = os.path.exists(args.out)
-    info = export(model, args.out)
+    info = export(model, args.out, about)
     print(f"wrote {args.out}" + (" (replaced the file that was there)" if replaced else ""))
     if info["native_ops"]:
         print(f"needs the nasfast ops library ({', '.join(info['native_ops'])}): {info['ops_library']}")

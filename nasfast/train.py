@@ -2,6 +2,7 @@
 mean IoU per epoch, checkpoints (last and best) and --resume."""
 import argparse
 import json
+import math
 import os
 import shlex
 import sys
@@ -16,11 +17,11 @@ from tqdm import tqdm
 from .checkpoint import RESUME_KEYS, load_checkpoint, save_checkpoint
 from .cli import UsageError, images_per_batch, non_negative_int, positive_int, run
 from .data import EvalTransform, TrainTransform, make_dataset
-from .data.datasets import DATASETS
+from .data.datasets import DATASETS, find_data_root
 from .genotype import ZOO, Genotype, genotype_from_option
 from .metrics import ConfusionMatrix
 from .model import create_model
-from .search.candidate import LateLossCheck, descend, segmentation_loss
+from .search.candidate import CandidateFailed, LateLossCheck, descend, segmentation_loss
 from .search.context import resolve_device
 from .search.records import append_record, read_json, write_json
 
@@ -63,6 +64,28 @@ class TrainingInterrupted(Exception):
     """Ctrl-C during the epochs; the message says what was saved and how to go on."""
 
 
+def finite_or_none(value):
+    """value with each non-finite number (NaN, inf) as None, so that JSON holds null for it."""
+    if isinstance(value, dict):
+        return {key: finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(item) for item in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def known_miou(saved: Optional[float]) -> Optional[float]:
+    """A checkpoint's best mIoU; None when no epoch had a finite one (older runs saved -1 then)."""
+    return saved if saved is not None and saved >= 0 else None
+
+
+def format_miou(miou: Optional[float]) -> str:
+    return "none" if miou is None else f"{miou:.4f}"
+
+
+def better(miou: float, best: Optional[float]) -> bool:
+    return math.isfinite(miou) and (best is None or miou > best)
+
+
 def aux_weight(config: TrainConfig, epoch: int) -> float:
     """The auxiliary weights decrease over equal parts of the training."""
     part = min(len(config.aux_weights) - 1, epoch * len(config.aux_weights) // config.epochs)
@@ -96,6 +119,19 @@ def evaluation_loader(dataset, workers: int, batch_size: int = 8) -> DataLoader:
                       persistent_workers=workers > 0)
 
 
+def _checked_loss(check: LateLossCheck, steps_per_epoch: int, saved: str) -> Optional[float]:
+    """check(), with a non-finite loss as a user error worded for training."""
+    pending = check.pending
+    try:
+        return check()
+    except CandidateFailed:
+        loss, step = pending
+        epoch, step_in_epoch = divmod(step, steps_per_epoch)
+        raise UsageError(f"non-finite loss at epoch {epoch + 1}, step {step_in_epoch + 1}: {loss.item()} (the "
+                         f"training labels may hold no class pixels, only 255 = ignore, or the learning rate is "
+                         f"too high); {saved}") from None
+
+
 def _record(loss, losses: list, bar) -> None:
     if loss is not None:
         losses.append(loss)
@@ -121,11 +157,27 @@ def make_optimizers(model, config: TrainConfig) -> Tuple[torch.optim.Optimizer, 
 
 
 def interrupted_note(out: str, saved_epochs: int) -> str:
+    return f"interrupted in epoch {saved_epochs + 1}: {saved_note(out, saved_epochs)}"
+
+
+def saved_note(out: str, saved_epochs: int) -> str:
     if saved_epochs == 0:
-        return (f"interrupted in epoch 1: nothing was saved; run the same command to start again in {out}, "
-                f"or remove it")
-    return (f"interrupted in epoch {saved_epochs + 1}: {os.path.join(out, 'last.pt')} holds epoch {saved_epochs}; "
+        return f"nothing was saved; run the same command to start again in {out}, or remove it"
+    return (f"{os.path.join(out, 'last.pt')} holds epoch {saved_epochs}; "
             f"continue with {PROG} --out {shlex.quote(out)} --resume")
+
+
+def check_resumed_classes(args, data_root, num_classes: int, resumed: dict) -> None:
+    if num_classes != resumed["num_classes"]:
+        where = f"--data-root {args.data_root}" if args.data_root else str(data_root)
+        raise UsageError(f"{where}: the dataset has {num_classes} classes, the run was trained on "
+                         f"{resumed['num_classes']}")
+
+
+def note_unsplit_validation(val_set, root) -> None:
+    if getattr(val_set, "split_file", "listed") is None:
+        print(f"note: no val.txt in {root}: validating on every image, the training images included",
+              file=sys.stderr)
 
 
 def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict] = None) -> dict:
@@ -135,9 +187,13 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
     torch.manual_seed(config.seed)
     torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed crop size: let cuDNN pick its kernels once
     augment = TrainTransform(config.crop_size, config.scale_range, config.scale, seed=config.seed)
-    train_set = make_dataset(args.dataset, args.data_root, transform=augment)
+    data_root = find_data_root(args.dataset, args.data_root).absolute()
+    train_set = make_dataset(args.dataset, str(data_root), transform=augment)
+    if resumed:
+        check_resumed_classes(args, data_root, train_set.num_classes, resumed)
     val_split = DATASETS[args.dataset][2]
-    val_set = make_dataset(args.dataset, args.data_root, split=val_split, transform=EvalTransform(config.scale))
+    val_set = make_dataset(args.dataset, str(data_root), split=val_split, transform=EvalTransform(config.scale))
+    note_unsplit_validation(val_set, data_root)
     train_subset = _subset(train_set, config.train_images, config.seed)
     steps_per_epoch = len(train_subset) // config.batch_size
     if steps_per_epoch == 0:
@@ -148,12 +204,13 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
     val_loader = evaluation_loader(_subset(val_set, config.val_images, config.seed), config.workers)
 
     last, best_path, log = (os.path.join(args.out, n) for n in ("last.pt", "best.pt", "log.jsonl"))
-    start_epoch, best = 0, -1.0
+    start_epoch, best = 0, None  # None until an epoch has a finite mIoU
     if resumed:
         model.load_state_dict(resumed["model"])
         encoder_opt.load_state_dict(resumed["encoder_optimizer"])
         decoder_opt.load_state_dict(resumed["decoder_optimizer"])
-        start_epoch, best = resumed["epoch"] + 1, resumed["best_miou"]
+        start_epoch = resumed["epoch"] + 1
+        best = known_miou(resumed["best_miou"])
     else:
         os.makedirs(args.out, exist_ok=True)
         write_json(os.path.join(args.out, "config.json"),
@@ -165,7 +222,7 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
                         sampler=RandomSampler(train_subset, generator=order), num_workers=config.workers,
                         persistent_workers=config.workers > 0,  # no new worker processes each epoch
                         pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(config.seed))
-    saved_epochs = start_epoch
+    saved_epochs, nan_explained = start_epoch, False
     try:
         for epoch in range(start_epoch, config.epochs):
             started = time.time()
@@ -177,7 +234,7 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
                        leave=False)
             check = LateLossCheck(0)
             for step, (images, labels) in enumerate(bar, epoch * steps_per_epoch):
-                _record(check(), losses, bar)
+                _record(_checked_loss(check, steps_per_epoch, saved_note(args.out, saved_epochs)), losses, bar)
                 factor = (1 - step / total_steps) ** config.poly_power
                 for opt, base in ((encoder_opt, config.encoder_lr), (decoder_opt, config.decoder_lr)):
                     for group in opt.param_groups:
@@ -187,22 +244,28 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
                 loss = segmentation_loss(logits, aux, labels, train_set.ignore_index, aux_weight(config, epoch))
                 check.defer(loss, step)
                 descend(loss, encoder_opt, decoder_opt)
-            _record(check(), losses, bar)
+            _record(_checked_loss(check, steps_per_epoch, saved_note(args.out, saved_epochs)), losses, bar)
             metrics = evaluate_model(model, val_loader, train_set.num_classes, train_set.ignore_index, (), device)
             record = {"epoch": epoch, "loss": sum(losses) / len(losses), "val_miou": metrics["miou"],
                       "val_pixel_acc": metrics["pixel_acc"], "seconds": round(time.time() - started, 2)}
-            improved = metrics["miou"] > best
-            best = max(best, metrics["miou"])
+            if math.isnan(metrics["miou"]) and not nan_explained:
+                print("note: val mIoU is nan: the validation images have no labelled pixels (all 255 = ignore)",
+                      file=sys.stderr)
+                nan_explained = True
+            improved = better(metrics["miou"], best)
+            best = metrics["miou"] if improved else best
             state = {"model": model.state_dict(), "encoder_optimizer": encoder_opt.state_dict(),
                      "decoder_optimizer": decoder_opt.state_dict(), "epoch": epoch,
                      "best_miou": best, "genotype": genotype.to_list(),
                      "num_classes": train_set.num_classes, "channels": 64, "sep_repeats": 2,
-                     "dataset": args.dataset, "class_names": list(train_set.class_names), "scale": config.scale}
-            save_checkpoint(state, *((best_path, last) if improved else (last,)))
+                     "dataset": args.dataset, "data_root": str(data_root),
+                     "class_names": list(train_set.class_names), "scale": config.scale}
+            # Until an epoch has a finite mIoU, best.pt is the first epoch's: it exists once announced.
+            save_checkpoint(state, *((best_path, last) if improved or not os.path.isfile(best_path) else (last,)))
             saved_epochs = epoch + 1
-            append_record(log, record)
+            append_record(log, finite_or_none(record))
             print(f"epoch {epoch + 1}/{config.epochs}: loss {record['loss']:.4f}, val mIoU {metrics['miou']:.4f}"
-                  f" (best {best:.4f})", file=sys.stderr)
+                  f" (best {format_miou(best)})", file=sys.stderr)
     except KeyboardInterrupt:
         raise TrainingInterrupted(interrupted_note(args.out, saved_epochs)) from None
     return {"best_miou": best, "best_checkpoint": best_path}
@@ -335,7 +398,7 @@ def new_run(args) -> Tuple[Genotype, TrainConfig]:
 
 def report(result: dict) -> None:
     """One JSON line on stdout for scripts, and a line for people."""
-    print(f"best val mIoU {result['best_miou']:.4f}: {result['best_checkpoint']}", file=sys.stderr)
+    print(f"best val mIoU {format_miou(result['best_miou'])}: {result['best_checkpoint']}", file=sys.stderr)
     print(json.dumps(result))
 
 
@@ -347,9 +410,10 @@ def main(argv=None) -> int:
         if resumed["epoch"] + 1 >= config.epochs:
             best_path = os.path.join(args.out, "best.pt")
             epochs = f"{config.epochs} epoch{'s' * (config.epochs != 1)}"
-            print(f"{args.out} has finished its {epochs}; best val mIoU {resumed['best_miou']:.4f} in {best_path}",
+            best = known_miou(resumed["best_miou"])
+            print(f"{args.out} has finished its {epochs}; best val mIoU {format_miou(best)} in {best_path}",
                   file=sys.stderr)
-            print(json.dumps({"best_miou": resumed["best_miou"], "best_checkpoint": best_path}))
+            print(json.dumps({"best_miou": best, "best_checkpoint": best_path}))
             return 0
     else:
         genotype, config = new_run(args)

@@ -1,11 +1,15 @@
 """The command lines of python -m nasfast.train and nasfast.evaluate: one-line errors that write
 nothing, --resume taking its settings from the run, Ctrl-C, and the help."""
+import contextlib
+import io
 import json
 import os
 from dataclasses import asdict
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from nasfast import evaluate, train
 from nasfast.cli import run
@@ -175,3 +179,106 @@ def test_resume_names_a_search_or_a_foreign_config_json(tmp_path, capsys):
 def test_arch_is_another_name_of_genotype():
     args = train.build_parser().parse_args(["--arch", "arch1", "--out", "x"])
     assert args.genotype == "arch1"
+
+
+def folder_dataset(root, classes=2, images=8, unlabelled=(), lists=None):
+    """A folder dataset of random 64x64 images named im0, im1, ...; the labels of the images in
+    `unlabelled` are all 255 (ignore). lists: {split: image numbers} for <split>.txt files."""
+    rng = np.random.default_rng(0)
+    for folder in ("images", "labels"):
+        (root / folder).mkdir(parents=True)
+    (root / "classes.txt").write_text("".join(f"class{c}\n" for c in range(classes)))
+    for i in range(images):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(root / "images" / f"im{i}.png")
+        label = np.full((64, 64), 255, np.uint8) if i in unlabelled else rng.integers(0, classes, (64, 64), np.uint8)
+        Image.fromarray(label).save(root / "labels" / f"im{i}.png")
+    for split, numbers in (lists or {}).items():
+        (root / f"{split}.txt").write_text("".join(f"im{i}\n" for i in numbers))
+    return root
+
+
+def train_folder(root, out, *options):
+    return train_cli("--genotype", "arch0", "--preset", "tiny", "--dataset", "folder", "--data-root", root,
+                     "--out", out, "--no-progress", *options)
+
+
+@pytest.fixture(scope="module")
+def unlabelled_validation(tmp_path_factory):
+    """A tiny run whose validation images have no labelled pixels: (exit status, stdout, stderr, out)."""
+    tmp = tmp_path_factory.mktemp("unlabelled")
+    root = folder_dataset(tmp / "data", images=16, unlabelled=range(8, 16),
+                          lists={"train": range(8), "val": range(8, 16)})
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = train_folder(root, tmp / "run")
+    return status, out.getvalue(), err.getvalue(), tmp / "run"
+
+
+def test_a_validation_without_labelled_pixels_still_writes_best_pt_and_says_why(unlabelled_validation, capsys):
+    status, out, err, run_dir = unlabelled_validation
+    assert status == 0, err
+    assert json.loads(out) == {"best_miou": None, "best_checkpoint": str(run_dir / "best.pt")}
+    assert f"best val mIoU none: {run_dir / 'best.pt'}" in err and "-1.0000" not in err
+    assert err.count("the validation images have no labelled pixels") == 1
+    assert "val mIoU nan (best none)" in err
+    assert train.load_checkpoint(str(run_dir / "best.pt"))["epoch"] == 0
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert [(r["val_miou"], r["val_pixel_acc"]) for r in log] == [(None, None)] * 2
+    assert train_cli("--out", run_dir, "--resume") == 0  # finished
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["best_miou"] is None and "best val mIoU none in" in captured.err
+
+
+def test_evaluate_json_has_null_for_nan_and_finds_the_data_the_run_was_trained_on(unlabelled_validation, capsys,
+                                                                                  tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.cache/nasfast/folder; $NASFAST_DATA has no folder/ either
+    best = unlabelled_validation[3] / "best.pt"
+    assert evaluate_cli("--checkpoint", best, "--json", "--workers", 0) == 0
+    captured = capsys.readouterr()
+    metrics = json.loads(captured.out)
+    assert metrics["miou"] is None and metrics["iou"] == [None, None]
+    root = unlabelled_validation[3].parent / "data"
+    assert f"folder data: {root}, where the checkpoint was trained" in captured.err
+    older = torch.load(best, weights_only=True)
+    del older["data_root"]
+    torch.save(older, tmp_path / "older.pt")
+    assert evaluate_cli("--checkpoint", tmp_path / "older.pt") == 2
+    assert "dataset 'folder' not found" in capsys.readouterr().err
+
+
+def test_a_non_finite_loss_is_one_line_that_keeps_the_finished_epochs(tmp_path, capsys, monkeypatch):
+    split = {"train": range(8), "val": range(8)}  # no note on validating on the training images
+    ignored = folder_dataset(tmp_path / "ignored", unlabelled=range(8), lists=split)
+    assert train_folder(ignored, tmp_path / "a") == 2
+    err = one_error_line(capsys)
+    assert "error: non-finite loss at epoch 1, step 1: nan (the training labels may hold no class pixels" in err
+    assert "or the learning rate is too high); nothing was saved" in err
+    calls, real = [], train.segmentation_loss
+
+    def nan_from_the_second_epoch(*args):
+        calls.append(1)
+        return real(*args) * (float("nan") if len(calls) > 1 else 1)  # 8 images: one step an epoch
+    monkeypatch.setattr(train, "segmentation_loss", nan_from_the_second_epoch)
+    assert train_folder(folder_dataset(tmp_path / "labelled", lists=split), tmp_path / "b") == 2
+    assert (f"non-finite loss at epoch 2, step 1: nan (the training labels may hold no class pixels, only 255 = "
+            f"ignore, or the learning rate is too high); {tmp_path / 'b' / 'last.pt'} holds epoch 1; continue with "
+            f"python -m nasfast.train --out {tmp_path / 'b'} --resume") in capsys.readouterr().err.splitlines()[-1]
+    assert train.load_checkpoint(str(tmp_path / "b" / "last.pt"))["epoch"] == 0
+
+
+def test_resume_refuses_a_data_root_with_another_number_of_classes(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps(tiny_run_config(dataset="folder")))
+    torch.save({"model": {}, "genotype": ZOO["arch0"].to_list(), "num_classes": 2, "channels": 64, "sep_repeats": 2,
+                "encoder_optimizer": {}, "decoder_optimizer": {}, "epoch": 0, "best_miou": 0.5}, out / "last.pt")
+    root = folder_dataset(tmp_path / "three", classes=3)
+    assert train_cli("--out", out, "--resume", "--data-root", root) == 2
+    assert f"error: --data-root {root}: the dataset has 3 classes, the run was trained on 2\n" in one_error_line(capsys)
+
+
+def test_a_folder_without_val_txt_says_the_validation_includes_the_training_images(tmp_path, capsys):
+    root = folder_dataset(tmp_path / "data")
+    assert train_folder(root, tmp_path / "run", "--epochs", 1) == 0
+    err = capsys.readouterr().err
+    assert err.count(f"note: no val.txt in {root}: validating on every image, the training images included") == 1

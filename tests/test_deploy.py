@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Subset
 import nasfast.ops
 from nasfast import cli, evaluate, train
 from nasfast.checkpoint import load_checkpoint, model_from_checkpoint
-from nasfast.data import EvalTransform, make_dataset
+from nasfast.data import CamVid, EvalTransform, make_dataset
 from nasfast.train import evaluate_model, evaluation_loader
 from nasfast.data.transforms import to_tensors
 from nasfast.export import fold_batch_norms
@@ -121,6 +121,17 @@ def test_export_equals_the_trained_model_and_names_its_ops(trained, exported, ca
     if nasfast.ops.available():
         assert "nasfast::upsample_add" in info["native_ops"] and "needs the nasfast ops library" in out
     assert not any(k.startswith("decoder.aux") for k in dict(scripted.named_parameters()))
+
+
+def test_export_names_the_classes_and_says_how_to_scale_and_normalise_the_input(exported, camvid_root):
+    extra = {"nasfast.json": ""}
+    torch.jit.load(str(exported[0]), _extra_files=extra)
+    info = json.loads(extra["nasfast.json"])
+    assert (info["num_classes"], info["class_names"], info["scale"]) == (11, list(CamVid.class_names), 0.25)
+    image = camvid_image(camvid_root)
+    channels_first = torch.from_numpy(image).permute(2, 0, 1).float() / 255
+    normalised = (channels_first - torch.tensor(info["mean"])[:, None, None]) / torch.tensor(info["std"])[:, None, None]
+    torch.testing.assert_close(normalised, to_tensors(image, np.zeros((120, 160), np.uint8))[0])
 
 
 def test_an_export_is_not_taken_for_a_checkpoint(exported, capsys):
