@@ -415,3 +415,10 @@ def test_voc_palette_labels_without_sbd(tmp_path, camvid_root):
     (tmp_path / "ImageSets" / "Segmentation" / "train.txt").write_text("2007_000032\n")
     _, loaded = VOC(tmp_path, split="train")[0]
     assert torch.equal(loaded, torch.from_numpy(label).long())
+
+
+def test_own_data_read_as_camvid_suggests_the_folder_dataset(tmp_path):
+    root = tiny_folder(tmp_path)
+    with pytest.raises(DataError, match=r"train.txt not found; .* holds your own data's layout: give --dataset "
+                                        r"folder"):
+        make_dataset("camvid", str(root))

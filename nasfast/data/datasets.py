@@ -335,4 +335,10 @@ def make_dataset(name: str, root: Optional[str] = None, split: Optional[str] = N
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
     cls, train_split, _ = DATASETS[name]
-    return cls(find_data_root(name, root), split or train_split, transform)
+    found = find_data_root(name, root)
+    try:
+        return cls(found, split or train_split, transform)
+    except (DataError, FileNotFoundError) as error:
+        if name != "folder" and (found / "classes.txt").is_file() and (found / "images").is_dir():
+            raise DataError(f"{error}; {found} holds your own data's layout: give --dataset folder") from None
+        raise
