@@ -174,6 +174,14 @@ def check_resumed_classes(args, data_root, num_classes: int, resumed: dict) -> N
                          f"{resumed['num_classes']}")
 
 
+def check_files(subset, what: str, quiet: bool) -> None:
+    """Reads each image and label of `subset` once, so that a broken file (a label value outside the
+    classes, say) is named before the first epoch rather than after it."""
+    dataset, indices = (subset.dataset, subset.indices) if isinstance(subset, Subset) else (subset, range(len(subset)))
+    for index in tqdm(indices, desc=f"checking the {what} files", unit="image", leave=False, disable=quiet):
+        dataset.load(index)
+
+
 def note_unsplit_validation(val_set, root) -> None:
     if getattr(val_set, "split_file", "listed") is None:
         print(f"note: no val.txt in {root}: validating on every image, the training images included",
@@ -201,7 +209,9 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
     # Resuming loads every weight from the checkpoint: no need for the ImageNet file then.
     model = create_model(genotype, train_set.num_classes, pretrained=resumed is None, aux="cell").to(device)
     encoder_opt, decoder_opt = make_optimizers(model, config)
-    val_loader = evaluation_loader(_subset(val_set, config.val_images, config.seed), config.workers)
+    val_subset = _subset(val_set, config.val_images, config.seed)
+    check_files(val_subset, "validation", args.no_progress)
+    val_loader = evaluation_loader(val_subset, config.workers)
 
     last, best_path, log = (os.path.join(args.out, n) for n in ("last.pt", "best.pt", "log.jsonl"))
     start_epoch, best = 0, None  # None until an epoch has a finite mIoU

@@ -282,3 +282,13 @@ def test_a_folder_without_val_txt_says_the_validation_includes_the_training_imag
     assert train_folder(root, tmp_path / "run", "--epochs", 1) == 0
     err = capsys.readouterr().err
     assert err.count(f"note: no val.txt in {root}: validating on every image, the training images included") == 1
+
+
+def test_a_broken_validation_label_is_named_before_the_first_epoch(tmp_path, capsys, monkeypatch):
+    root = folder_dataset(tmp_path / "data", images=16, lists={"train": range(8), "val": range(8, 16)})
+    Image.fromarray(np.full((64, 64), 7, np.uint8)).save(root / "labels" / "im12.png")  # 2 classes: 7 is none
+    steps = []
+    monkeypatch.setattr(train, "descend", lambda *a: steps.append(1))
+    assert train_folder(root, tmp_path / "run", "--epochs", 1) == 2
+    assert "im12.png: label values [7] are neither classes [0, 2)" in capsys.readouterr().err
+    assert steps == [] and not (tmp_path / "run" / "last.pt").exists()
