@@ -2,7 +2,6 @@
 trained checkpoint on a dataset split (the numbers of the paper's Table 5)."""
 import argparse
 import json
-import os
 import sys
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
@@ -23,28 +22,12 @@ def format_metrics(metrics: dict, class_names) -> str:
     return "\n".join(lines)
 
 
-def data_root(args, dataset_name: str, checkpoint: dict) -> str:
-    """--data-root, else $NASFAST_DATA's, else the root the checkpoint was trained on (for its own
-    dataset; older checkpoints hold none)."""
-    if args.data_root is not None:
-        return args.data_root
-    try:
-        return str(find_data_root(dataset_name))
-    except FileNotFoundError:
-        trained_on = checkpoint.get("data_root") if dataset_name == checkpoint.get("dataset") else None
-        if trained_on is None or not os.path.isdir(trained_on):
-            raise
-    print(f"{dataset_name} data: {trained_on}, where the checkpoint was trained (no --data-root, and no "
-          f"{dataset_name}/ in $NASFAST_DATA or ~/.cache/nasfast)", file=sys.stderr)
-    return trained_on
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split(":", 1)[1].strip())
     parser.add_argument("--checkpoint", required=True, help="best.pt or last.pt of python -m nasfast.train")
     parser.add_argument("--dataset", choices=sorted(DATASETS), help="camvid, voc or folder [the checkpoint's]")
-    parser.add_argument("--data-root", help="dataset directory (default: $NASFAST_DATA/<dataset>, else the "
-                                            "training's, stored in the checkpoint)")
+    parser.add_argument("--data-root", help="dataset directory (default: the training's, stored in the "
+                                            "checkpoint, where it still is; else $NASFAST_DATA/<dataset>)")
     parser.add_argument("--split", default="val",
                         help="camvid: train, val or test; voc: train_aug, train or val; folder: the names in "
                              "<SPLIT>.txt, else every image [val]")
@@ -63,15 +46,16 @@ def main(argv=None) -> int:
     device = resolve_device(args.device)
     dataset_name = args.dataset or checkpoint.get("dataset", "camvid")
     scale = args.scale or checkpoint.get("scale", 1.0)  # checkpoints before the scale was stored: 1.0
-    root = data_root(args, dataset_name, checkpoint)
-    dataset = make_dataset(dataset_name, root, args.split, EvalTransform(scale))
+    recorded = checkpoint.get("data_root") if dataset_name == checkpoint.get("dataset") else None
+    root = find_data_root(dataset_name, args.data_root, recorded)
+    dataset = make_dataset(dataset_name, str(root), args.split, EvalTransform(scale))
     if dataset.num_classes != checkpoint["num_classes"]:
         raise UsageError(f"{dataset_name} has {dataset.num_classes} classes, the checkpoint "
                          f"{checkpoint['num_classes']}")
     if args.limit:
         dataset.pairs = dataset.pairs[:args.limit]
     model = model_from_checkpoint(checkpoint).to(device)
-    print(f"{args.checkpoint} on {dataset_name} {args.split}: {len(dataset)} images at scale {scale}",
+    print(f"{args.checkpoint} on {dataset_name} {args.split} ({root}): {len(dataset)} images at scale {scale}",
           file=sys.stderr if args.json else sys.stdout, flush=True)
     loader = evaluation_loader(dataset, args.workers)
     metrics = evaluate_model(model, loader, dataset.num_classes, dataset.ignore_index, (), device)

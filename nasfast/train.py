@@ -167,11 +167,16 @@ def saved_note(out: str, saved_epochs: int) -> str:
             f"continue with {PROG} --out {shlex.quote(out)} --resume")
 
 
-def check_resumed_classes(args, data_root, num_classes: int, resumed: dict) -> None:
-    if num_classes != resumed["num_classes"]:
-        where = f"--data-root {args.data_root}" if args.data_root else str(data_root)
-        raise UsageError(f"{where}: the dataset has {num_classes} classes, the run was trained on "
+def check_resumed_classes(args, data_root, class_names, resumed: dict) -> None:
+    """A resumed run must read data of the classes it was trained on."""
+    where = f"--data-root {args.data_root}" if args.data_root else str(data_root)
+    if len(class_names) != resumed["num_classes"]:
+        raise UsageError(f"{where}: the dataset has {len(class_names)} classes, the run was trained on "
                          f"{resumed['num_classes']}")
+    trained = resumed.get("class_names")
+    if trained is not None and list(class_names) != list(trained):
+        raise UsageError(f"{where}: the dataset's classes {list(class_names)[:4]}... differ from the run's "
+                         f"{list(trained)[:4]}...")
 
 
 def check_files(subset, what: str, quiet: bool) -> None:
@@ -195,10 +200,10 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
     torch.manual_seed(config.seed)
     torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed crop size: let cuDNN pick its kernels once
     augment = TrainTransform(config.crop_size, config.scale_range, config.scale, seed=config.seed)
-    data_root = find_data_root(args.dataset, args.data_root).absolute()
+    data_root = find_data_root(args.dataset, args.data_root, resumed and resumed.get("data_root")).absolute()
     train_set = make_dataset(args.dataset, str(data_root), transform=augment)
     if resumed:
-        check_resumed_classes(args, data_root, train_set.num_classes, resumed)
+        check_resumed_classes(args, data_root, train_set.class_names, resumed)
     val_split = DATASETS[args.dataset][2]
     val_set = make_dataset(args.dataset, str(data_root), split=val_split, transform=EvalTransform(config.scale))
     note_unsplit_validation(val_set, data_root)

@@ -128,7 +128,7 @@ def test_numbers_out_of_range_are_refused_while_parsing(module, argv, capsys):
 def test_bad_data_and_genotypes_are_reported_without_writing(tmp_path, capsys, camvid_root):
     out = tmp_path / "out"
     assert train_cli("--genotype", "arch0", "--out", out, "--data-root", tmp_path / "nope") == 2
-    assert "error: dataset 'camvid' not found" in capsys.readouterr().err
+    assert f"error: --data-root {tmp_path / 'nope'}: no such directory" in capsys.readouterr().err
     assert train_cli("--genotype", "arch0", "--out", out, "--preset", "tiny", "--batch-size", 1000) == 2
     assert "batch size 1000 exceeds the 32 training images" in one_error_line(capsys)
     (tmp_path / "latin1.json").write_bytes(b"\xff\xfe[")
@@ -231,19 +231,21 @@ def test_a_validation_without_labelled_pixels_still_writes_best_pt_and_says_why(
 
 def test_evaluate_json_has_null_for_nan_and_finds_the_data_the_run_was_trained_on(unlabelled_validation, capsys,
                                                                                   tmp_path, monkeypatch):
-    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.cache/nasfast/folder; $NASFAST_DATA has no folder/ either
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.cache/nasfast/folder
+    monkeypatch.setenv("NASFAST_DATA", str(tmp_path))
+    folder_dataset(tmp_path / "folder", images=4)  # other data in $NASFAST_DATA: the recorded root goes first
     best = unlabelled_validation[3] / "best.pt"
     assert evaluate_cli("--checkpoint", best, "--json", "--workers", 0) == 0
     captured = capsys.readouterr()
     metrics = json.loads(captured.out)
     assert metrics["miou"] is None and metrics["iou"] == [None, None]
     root = unlabelled_validation[3].parent / "data"
-    assert f"folder data: {root}, where the checkpoint was trained" in captured.err
+    assert f"on folder val ({root}): 8 images" in captured.err
     older = torch.load(best, weights_only=True)
     del older["data_root"]
     torch.save(older, tmp_path / "older.pt")
-    assert evaluate_cli("--checkpoint", tmp_path / "older.pt") == 2
-    assert "dataset 'folder' not found" in capsys.readouterr().err
+    assert evaluate_cli("--checkpoint", tmp_path / "older.pt", "--split", "train") == 0
+    assert f"on folder train ({tmp_path / 'folder'}): 4 images" in capsys.readouterr().out
 
 
 def test_a_non_finite_loss_is_one_line_that_keeps_the_finished_epochs(tmp_path, capsys, monkeypatch):
@@ -275,6 +277,15 @@ def test_resume_refuses_a_data_root_with_another_number_of_classes(tmp_path, cap
     root = folder_dataset(tmp_path / "three", classes=3)
     assert train_cli("--out", out, "--resume", "--data-root", root) == 2
     assert f"error: --data-root {root}: the dataset has 3 classes, the run was trained on 2\n" in one_error_line(capsys)
+    checkpoint = torch.load(out / "last.pt")
+    checkpoint.update(class_names=["road", "car"], data_root=str(tmp_path / "three"))
+    torch.save(checkpoint, out / "last.pt")
+    two = folder_dataset(tmp_path / "two", classes=2)
+    assert train_cli("--out", out, "--resume", "--data-root", two) == 2
+    assert "the dataset's classes ['class0', 'class1']... differ from the run's ['road', 'car']" in \
+        one_error_line(capsys)
+    assert train_cli("--out", out, "--resume") == 2  # the recorded data root, not $NASFAST_DATA's camvid
+    assert f"error: {root}: the dataset has 3 classes" in one_error_line(capsys)
 
 
 def test_a_folder_without_val_txt_says_the_validation_includes_the_training_images(tmp_path, capsys):

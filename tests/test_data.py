@@ -318,8 +318,36 @@ def test_folder_every_image_in_every_split_only_without_split_files(tmp_path):
     (root / "train.txt").write_text("a\n")
     train = FolderDataset(root)
     assert train.split_file == root / "train.txt" and len(train) == 1
-    with pytest.raises(DataError, match=r"val.txt: not found, and this folder has the split files train.txt;"):
+    with pytest.raises(DataError, match=r"val.txt: not found, but .* has train.txt: with split files, each split "
+                                        r"needs its own \(write val.txt"):
         FolderDataset(root, split="val")
+    (root / "train.txt").unlink()
+    (root / "README.txt").write_text("my own notes\n")  # not a split file
+    assert FolderDataset(root, split="val").split_file is None
+
+
+def test_folder_split_names_with_the_images_prefix_and_names_listed_twice(tmp_path):
+    root = tiny_folder(tmp_path)
+    (root / "train.txt").write_text("images/a.png\nb\n")
+    assert [image.name for image, _ in FolderDataset(root).pairs] == ["a.png", "b.png"]
+    (root / "train.txt").write_text("a\nb\na\n")
+    with pytest.raises(DataError, match=r"train.txt: 1 names listed more than once, e.g. \['a'\]"):
+        FolderDataset(root)
+
+
+def test_data_roots_given_recorded_or_found(tmp_path, monkeypatch):
+    monkeypatch.setenv("NASFAST_DATA", str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.cache/nasfast/folder
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "recorded").mkdir()
+    assert find_data_root("folder") == tmp_path / "folder"
+    assert find_data_root("folder", recorded=str(tmp_path / "recorded")) == tmp_path / "recorded"
+    assert find_data_root("folder", recorded=str(tmp_path / "moved")) == tmp_path / "folder"
+    with pytest.raises(FileNotFoundError, match="--data-root .*nope: no such directory"):
+        find_data_root("folder", str(tmp_path / "nope"), recorded=str(tmp_path / "recorded"))
+    monkeypatch.setenv("NASFAST_DATA", str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match=r"the README's Data section\), then pass --data-root DIR\.$"):
+        find_data_root("folder")
 
 
 def test_folder_refuses_two_images_of_one_name(tmp_path):

@@ -20,7 +20,7 @@ HOW_TO_GET = {
     "voc": "PASCAL VOC 2012 (VOCtrainval_11-May-2012.tar from http://host.robots.ox.ac.uk/pascal/VOC/voc2012/) "
            "with the SBD labels converted to SegmentationClassAug/ and ImageSets/Segmentation/train_aug.txt "
            "(see `VOC`)",
-    "folder": "your own images/, labels/ and classes.txt (see `FolderDataset`)",
+    "folder": "your own images/, labels/ and classes.txt (see the README's Data section)",
 }
 
 
@@ -28,21 +28,26 @@ class DataError(ValueError):
     """A data file that cannot be used, with its path and the reason."""
 
 
-def find_data_root(name: str, data_root: Optional[str] = None) -> Path:
-    """`data_root` (--data-root) when given, else $NASFAST_DATA/<name>, else ~/.cache/nasfast/<name>."""
+def find_data_root(name: str, data_root: Optional[str] = None, recorded: Optional[str] = None) -> Path:
+    """`data_root` (--data-root) when given, else `recorded` (where a run read its data) when it
+    still exists, else $NASFAST_DATA/<name>, else ~/.cache/nasfast/<name>."""
     if data_root is not None:
-        places = [Path(data_root)]
-    else:
-        places = [Path(os.environ["NASFAST_DATA"]) / name] if os.environ.get("NASFAST_DATA") else []
-        places.append(Path.home() / ".cache" / "nasfast" / name)
+        if not Path(data_root).is_dir():
+            raise FileNotFoundError(f"--data-root {data_root}: no such directory")
+        return Path(data_root)
+    if recorded is not None and Path(recorded).is_dir():
+        return Path(recorded)
+    places = [Path(os.environ["NASFAST_DATA"]) / name] if os.environ.get("NASFAST_DATA") else []
+    places.append(Path.home() / ".cache" / "nasfast" / name)
     for place in places:
         if place.is_dir():
             return place
+    where = "pass --data-root DIR" if name == "folder" else \
+        f"pass --data-root DIR or set NASFAST_DATA to the folder that holds {name}/"
     raise FileNotFoundError(
         f"dataset {name!r} not found; looked in: {', '.join(map(str, places))}"
-        f"{'' if os.environ.get('NASFAST_DATA') or data_root else ' ($NASFAST_DATA is not set)'}.\n"
-        f"Get {HOW_TO_GET.get(name, 'the data')}, then pass --data-root DIR or set NASFAST_DATA to the "
-        f"folder that holds {name}/.")
+        f"{'' if os.environ.get('NASFAST_DATA') else ' ($NASFAST_DATA is not set)'}.\n"
+        f"Get {HOW_TO_GET.get(name, 'the data')}, then {where}.")
 
 
 def _decode(path: Path, what: str) -> Image.Image:
@@ -215,6 +220,7 @@ class VOC(SegmentationDataset):
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+TOOL_SPLITS = ("train", "val")  # the splits train and search read: either file means "listed splits"
 
 
 def _stripped_lines(path: Path) -> List[str]:
@@ -266,18 +272,23 @@ def _split_names(root: Path, split: str, images: Dict[str, Path]) -> Tuple[Optio
         names = [name for name in _stripped_lines(split_file) if name]
         if not names:
             raise DataError(f"{split_file}: lists no names; write the names of the split's images, one a line")
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise DataError(f"{split_file}: {len(twice)} names listed more than once, e.g. {twice[:5]}")
         return split_file, names
-    others = [p.name for p in _visible_files(root) if p.suffix == ".txt" and p.name != "classes.txt"]
-    if others:
-        raise DataError(f"{split_file}: not found, and this folder has the split files {', '.join(others)}; "
-                        f"choose one of those splits or write {split_file.name}")
+    listed = [name for name in TOOL_SPLITS if (root / f"{name}.txt").is_file()]
+    if listed:
+        raise DataError(f"{split_file}: not found, but {root} has {', '.join(f'{n}.txt' for n in listed)}: with "
+                        f"split files, each split needs its own (write {split_file.name}, one image name a line)")
     if not images:
         raise DataError(f"{root / 'images'}: no .jpg, .jpeg or .png images")
     return None, sorted(images)
 
 
 def _image_name(listed: str, images: Dict[str, Path]) -> str:
-    """The listed name, or the name of a listed file name ("x.jpg" for the image x)."""
+    """The listed name, or the name of a listed file name ("x.jpg" or "images/x.jpg" for the image x)."""
+    if listed.startswith("images/") and listed not in images:
+        listed = listed[len("images/"):]
     name, suffix = os.path.splitext(listed)
     return name if listed not in images and suffix.lower() in IMAGE_SUFFIXES and name in images else listed
 
