@@ -120,7 +120,7 @@ def test_missing_data_and_teacher_are_one_line_errors(tmp_path, capsys, monkeypa
     assert search("--out", tmp_path / "a", "--budget", "1", "--dataset", "voc") == 2
     assert "dataset 'voc' not found" in capsys.readouterr().err
     assert search("--out", tmp_path / "b", "--budget", "1", "--data-root", tmp_path / "nope") == 2
-    assert "not found; looked in" in capsys.readouterr().err
+    assert f"--data-root {tmp_path / 'nope'}: no such directory" in capsys.readouterr().err
     assert search("--out", tmp_path / "c", "--budget", "1", "--teacher", tmp_path / "nope.pt") == 2
     assert "--teacher" in capsys.readouterr().err
     assert not any((tmp_path / d).exists() for d in "abc")
@@ -193,7 +193,7 @@ def test_failures_are_explained_and_all_failed_exits_1(tmp_path, no_data, monkey
     assert search("--out", tmp_path / "r", "--budget", "2", "--no-progress") == 1
     out = capsys.readouterr().out
     assert "every candidate failed; the first (index 0): CandidateFailed: non-finite loss (nan) at stage 1, " \
-           "step 0" in out and "train the best design" not in out
+           "step 0 (in every design: do the labels hold class pixels, not only 255 = ignore?" in out and "train the best design" not in out
     monkeypatch.setattr(loop, "evaluate_candidate", fake_evaluate)
     assert search("--resume", tmp_path / "r", "--budget", "3", "--no-progress") == 0
     out = capsys.readouterr().out
@@ -240,7 +240,7 @@ def test_a_real_tiny_search_without_progress_bars_at_the_edge_sizes(tmp_path, ca
     assert "caching" not in err and "stage-1 cache: 17 meta-train + 8 meta-val" in err
     assert "top 1 of 1 candidates (0 failed)" in out and "M  [[" in out
     assert out.strip().endswith(f"train the best design: python -m nasfast.train --genotype {run_dir} "
-                                f"--dataset camvid --out DIR")
+                                f"--dataset camvid --preset tiny --out DIR")
     assert json.loads((run_dir / "config.json").read_text())["stage1_images"] == 17
 
 
@@ -306,3 +306,15 @@ def test_a_resumed_search_refuses_other_data(tmp_path):
                                          r"11 \[class0, class1, class2, \.\.\.\]; training images 12, the "
                                          r"search's 367 \(check --data-root\)"):
         other.context()
+
+
+def test_hints_are_command_lines_to_copy():
+    from types import SimpleNamespace
+    from nasfast.search.summary import closing_summary, resume_command
+    assert resume_command("runs/my search", "my data") == \
+        "python -m nasfast.search --resume 'runs/my search' --data-root 'my data' --budget ..."
+    records = [dict(fake_evaluate(None, 0, None, None), index=0, genotype=[], status="ok")]
+    config = SimpleNamespace(dataset="folder", preset=None)
+    assert closing_summary(records, 1, "runs/x y", config, "/data/own").endswith(
+        "train the best design: python -m nasfast.train --genotype 'runs/x y' --dataset folder --data-root "
+        "/data/own --out DIR")

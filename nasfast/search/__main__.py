@@ -13,7 +13,7 @@ from .config import MACHINE_OPTIONS, PRESETS, SearchConfig, StageConfig, preset
 from .distributed import begun_by_this_job, has_pending, restart_count, world_size
 from .loop import CONFIG, LOG, STATE, Search
 from .records import read_json, read_records
-from .summary import closing_summary, top_table
+from .summary import closing_summary, resume_command, top_table
 
 PROG = "python -m nasfast.search"
 USAGE = "%(prog)s (--out RUN_DIR | --resume RUN_DIR) [--budget N] [--time-budget T] [options]"
@@ -254,12 +254,12 @@ def budget_reached(search: Search, budget: Optional[int], time_budget: Optional[
     return None
 
 
-def interrupted_note(run_dir: str, candidates_saved: Optional[int]) -> str:
+def interrupted_note(run_dir: str, candidates_saved: Optional[int], data_root: Optional[str] = None) -> str:
     if candidates_saved is None:
         return (f"interrupted before the search began: nothing was saved; run the same command again "
                 f"(--out {run_dir} can be reused), or remove {run_dir}")
     return (f"interrupted: {counted(candidates_saved, 'candidate')} saved; continue with "
-            f"{PROG} --resume {run_dir} --budget ...")
+            f"{resume_command(run_dir, data_root)}")
 
 
 def search_in_this_process(args, run_dir: str, config: SearchConfig, resume: bool) -> int:
@@ -282,13 +282,14 @@ def search_in_this_process(args, run_dir: str, config: SearchConfig, resume: boo
         search.run(budget=args.budget, time_budget=args.time_budget, progress=not args.no_progress)
     except KeyboardInterrupt:
         saved = search.next_index if os.path.exists(search.path(STATE)) else None
-        print("\n" + interrupted_note(run_dir, saved), file=sys.stderr)
+        print("\n" + interrupted_note(run_dir, saved, args.data_root), file=sys.stderr)
         return 130
     except DataError as error:  # a file first read by a candidate (stage 2 reads every training image)
         if not os.path.exists(search.path(STATE)):
             raise
-        raise DataError(f"{error}; once it is mended, continue with {PROG} --resume {run_dir} --budget ...") from None
-    print(closing_summary(search.records, args.top, run_dir, config.dataset))
+        raise DataError(f"{error}; once it is mended, continue with {resume_command(run_dir, args.data_root)}") \
+            from None
+    print(closing_summary(search.records, args.top, run_dir, config, args.data_root))
     return exit_status(search.records)
 
 

@@ -30,7 +30,7 @@ from .candidate import SearchContext
 from .config import SearchConfig
 from .loop import LOG, STATE, Search, _fmt, evaluate_record
 from .records import keep_finished_records, load_state, read_json, save_state, write_json
-from .summary import closing_summary
+from .summary import closing_summary, resume_command
 
 MESSAGE_BYTES = 1 << 20          # one message, 8 bytes of length first
 HEADER = struct.Struct("<Q")
@@ -321,10 +321,10 @@ def _run_rank0(args, choose_run, context_factory) -> int:
     share({"run_dir": run_dir, "config": config.to_dict()})
     if not args.no_progress:
         coordinator.show_progress()
-    return _serve_and_work(coordinator, args.top)
+    return _serve_and_work(coordinator, args.top, args.data_root)
 
 
-def _serve_and_work(coordinator: Coordinator, top: int) -> int:
+def _serve_and_work(coordinator: Coordinator, top: int, data_root: Optional[str]) -> int:
     errors: List[BaseException] = []
     relay_thread = threading.Thread(target=relay, args=(coordinator, errors), name="relay", daemon=True)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -338,14 +338,14 @@ def _serve_and_work(coordinator: Coordinator, top: int) -> int:
         coordinator.close()
         reason = f"relay failed: {errors[0]!r}" if errors else "interrupted"
         print(f"\n{reason}: {counted(len(coordinator.records), 'candidate')} saved; continue with "
-              f"python -m nasfast.search --resume {coordinator.run_dir} --budget ...", file=sys.stderr)
+              f"{resume_command(coordinator.run_dir, data_root)}", file=sys.stderr)
         _exit_now(130)
     finally:
         signal.signal(signal.SIGTERM, previous)
     coordinator.close()
     if errors:
         raise RuntimeError("the relay to the other ranks failed") from errors[0]
-    print(closing_summary(coordinator.records, top, coordinator.run_dir, coordinator.config.dataset))
+    print(closing_summary(coordinator.records, top, coordinator.run_dir, coordinator.config, data_root))
     if world_size() > 1:
         dist.destroy_process_group()
     return 0

@@ -1,5 +1,6 @@
 """Human-readable summaries of a search log."""
 import os
+import shlex
 from typing import Any, Dict, List, Optional
 
 
@@ -17,16 +18,36 @@ def failure_note(records: List[Dict[str, Any]]) -> Optional[str]:
         return None
     first = min(failed, key=lambda r: r["index"])
     reason = (first.get("error") or "unknown error").strip().splitlines()[0]
-    every = "every candidate failed" if len(failed) == len(records) else f"{len(failed)} of {len(records)} failed"
-    return f"{every}; the first (index {first['index']}): {reason}"
+    if len(failed) < len(records):
+        return f"{len(failed)} of {len(records)} failed; the first (index {first['index']}): {reason}"
+    hint = " (in every design: do the labels hold class pixels, not only 255 = ignore? is a learning rate too " \
+           "high?)" if "non-finite loss" in reason else ""
+    return f"every candidate failed; the first (index {first['index']}): {reason}{hint}"
 
 
-def closing_summary(records: List[Dict[str, Any]], k: int, run_dir: str, dataset: str) -> str:
-    """The table of the best designs, where the log is, and how to train the best one."""
+def command(*words: Optional[str]) -> str:
+    """A command line to copy: its words quoted for the shell, None left out."""
+    return " ".join(shlex.quote(str(w)) for w in words if w is not None)
+
+
+def _data_root_option(data_root: Optional[str]) -> List[Optional[str]]:
+    return ["--data-root", data_root] if data_root else []
+
+
+def resume_command(run_dir: str, data_root: Optional[str]) -> str:
+    return command("python", "-m", "nasfast.search", "--resume", run_dir, *_data_root_option(data_root)) + \
+        " --budget ..."
+
+
+def closing_summary(records: List[Dict[str, Any]], k: int, run_dir: str, config, data_root: Optional[str]) -> str:
+    """The table of the best designs, where the log is, and how to train the best one (with the
+    search's dataset, data and preset: `config` is its SearchConfig)."""
     lines = [top_table(records, k), f"log: {os.path.join(run_dir, 'candidates.jsonl')}"]
     if any(r["status"] == "ok" for r in records):
-        lines.append(f"train the best design: python -m nasfast.train --genotype {run_dir} --dataset {dataset} "
-                     f"--out DIR")
+        preset = ["--preset", config.preset] if config.preset else []
+        train = command("python", "-m", "nasfast.train", "--genotype", run_dir, "--dataset", config.dataset,
+                        *_data_root_option(data_root), *preset, "--out", "DIR")
+        lines.append(f"train the best design: {train}")
     return "\n".join(lines)
 
 
