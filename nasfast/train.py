@@ -187,6 +187,10 @@ def check_files(subset, what: str, quiet: bool) -> None:
         dataset.load(index)
 
 
+def used(subset, dataset) -> str:
+    return f"{len(subset)}" if len(subset) == len(dataset) else f"{len(subset)} of the {len(dataset)}"
+
+
 def note_unsplit_validation(val_set, root) -> None:
     if getattr(val_set, "split_file", "listed") is None:
         print(f"note: no val.txt in {root}: validating on every image, the training images included",
@@ -215,6 +219,8 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
     model = create_model(genotype, train_set.num_classes, pretrained=resumed is None, aux="cell").to(device)
     encoder_opt, decoder_opt = make_optimizers(model, config)
     val_subset = _subset(val_set, config.val_images, config.seed)
+    print(f"{args.dataset} data in {data_root}: {used(train_subset, train_set)} training and "
+          f"{used(val_subset, val_set)} validation images", file=sys.stderr)
     check_files(val_subset, "validation", args.no_progress)
     val_loader = evaluation_loader(val_subset, config.workers)
 
