@@ -197,7 +197,10 @@ def best_of_search(path: str) -> Genotype:
     log = os.path.join(path, "candidates.jsonl") if os.path.isdir(path) else path
     if not os.path.isfile(log):
         raise ValueError(f"{log}: no such search log")
-    finished = [r for r in read_records(log) if r.get("status") == "ok" and r.get("reward") is not None]
+    records = read_records(log)
+    if any(not isinstance(r, dict) or "genotype" not in r for r in records):
+        raise ValueError(f"{log}: not the candidates.jsonl of a search")
+    finished = [r for r in records if r.get("status") == "ok" and r.get("reward") is not None]
     if not finished:
         raise ValueError(f"{log}: no candidate has finished yet")
     return Genotype.parse(max(finished, key=lambda r: r["reward"])["genotype"])

@@ -208,6 +208,9 @@ def test_an_option_names_a_search_for_its_best_design_and_long_text_is_cut(tmp_p
     (tmp_path / "failed.jsonl").write_text(json.dumps(records[2]) + "\n")
     with pytest.raises(ValueError, match="failed.jsonl: no candidate has finished yet"):
         genotype_from_option(str(tmp_path / "failed.jsonl"))
+    (tmp_path / "log.jsonl").write_text(json.dumps({"epoch": 0, "val_miou": 0.4}) + "\n")  # a training's log
+    with pytest.raises(ValueError, match="log.jsonl: not the candidates.jsonl of a search"):
+        genotype_from_option(str(tmp_path / "log.jsonl"))
     with pytest.raises(ValueError, match="nothing.jsonl: no such search log"):
         genotype_from_option(str(tmp_path / "nothing.jsonl"))
     with pytest.raises(ValueError) as error:
