@@ -115,4 +115,5 @@ def test_a_failed_search_under_torchrun_takes_a_few_lines(tmp_path):
                              str(tmp_path / "nodata")], capture_output=True, text=True, timeout=120,
                             env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert result.returncode == 1 and "ChildFailedError" not in result.stderr
-    assert len(result.stderr.splitlines()) <= 6 and "not found" in result.stderr, result.stderr
+    assert len(result.stderr.splitlines()) <= 6 and "--data-root" in result.stderr and "no such directory" in \
+        result.stderr, result.stderr
