@@ -5,6 +5,7 @@ whose size differs from its image, or a label value that is neither a class nor 
 index raises `DataError` naming the file and the problem.
 """
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -266,13 +267,14 @@ def _files_by_name(folder: Path, suffixes: Sequence[str]) -> Dict[str, Path]:
 
 
 def _split_names(root: Path, split: str, images: Dict[str, Path]) -> Tuple[Optional[Path], List[str]]:
-    """(the split file, the names it lists), or (None, every image) where root has no split file."""
+    """(the split file, the names it lists), or (None, every image) where root has neither
+    train.txt nor val.txt."""
     split_file = root / f"{split}.txt"
     if split_file.is_file():
         names = [name for name in _stripped_lines(split_file) if name]
         if not names:
             raise DataError(f"{split_file}: lists no names; write the names of the split's images, one a line")
-        twice = sorted({name for name in names if names.count(name) > 1})
+        twice = sorted(name for name, count in Counter(names).items() if count > 1)
         if twice:
             raise DataError(f"{split_file}: {len(twice)} names listed more than once, e.g. {twice[:5]}")
         return split_file, names
@@ -312,8 +314,8 @@ class FolderDataset(SegmentationDataset):
         labels/<name>.png    one-channel class indices, 255 = ignore, same size as the image
         <split>.txt          optional: the names of a split's images, one a line
 
-    Where root has no split file at all, every image is in every split (`split_file` is None);
-    once it has one, every split needs its own. Hidden files (.DS_Store, ._x.jpg) are skipped.
+    Where root has neither train.txt nor val.txt, every image is in every split (`split_file` is
+    None); once it has one, every split needs its own. Hidden files (.DS_Store, ._x.jpg) are skipped.
     """
 
     split_file: Optional[Path]
