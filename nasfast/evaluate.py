@@ -2,6 +2,7 @@
 trained checkpoint on a dataset split (the numbers of the paper's Table 5)."""
 import argparse
 import json
+import math
 import sys
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
@@ -57,9 +58,13 @@ def main(argv=None) -> int:
     model = model_from_checkpoint(checkpoint).to(device)
     print(f"{args.checkpoint} on {dataset_name} {args.split} ({root}): {len(dataset)} images at scale {scale}",
           file=sys.stderr if args.json else sys.stdout, flush=True)
+    if getattr(dataset, "split_file", True) is None:
+        print(f"note: no train.txt or val.txt in {root}: every image is in every split", file=sys.stderr)
     loader = evaluation_loader(dataset, args.workers)
     metrics = evaluate_model(model, loader, dataset.num_classes, dataset.ignore_index, (), device)
     print(json.dumps(finite_or_none(metrics)) if args.json else format_metrics(metrics, dataset.class_names))
+    if math.isnan(metrics["miou"]):
+        print("note: mIoU is nan: the labels hold no class pixels (all 255 = ignore)", file=sys.stderr)
     return 0
 
 

@@ -244,11 +244,14 @@ def test_evaluate_json_has_null_for_nan_and_finds_the_data_the_run_was_trained_o
     assert metrics["miou"] is None and metrics["iou"] == [None, None]
     root = unlabelled_validation[3].parent / "data"
     assert f"on folder val ({root}): 8 images" in captured.err
+    assert "note: mIoU is nan: the labels hold no class pixels (all 255 = ignore)" in captured.err
     older = torch.load(best, weights_only=True)
     del older["data_root"]
     torch.save(older, tmp_path / "older.pt")
     assert evaluate_cli("--checkpoint", tmp_path / "older.pt", "--split", "train") == 0
-    assert f"on folder train ({tmp_path / 'folder'}): 4 images" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert f"on folder train ({tmp_path / 'folder'}): 4 images" in captured.out
+    assert f"note: no train.txt or val.txt in {tmp_path / 'folder'}: every image is in every split" in captured.err
 
 
 def test_a_non_finite_loss_is_one_line_that_keeps_the_finished_epochs(tmp_path, capsys, monkeypatch):
