@@ -8,7 +8,7 @@ import sys
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .cli import UsageError, non_negative_int, positive_float, run
 from .data import EvalTransform, make_dataset
-from .data.datasets import DATASETS, find_data_root
+from .data.datasets import DATASETS, every_image_in_every_split, find_data_root
 from .search.context import resolve_device
 from .train import evaluate_model, evaluation_loader, finite_or_none
 
@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     model = model_from_checkpoint(checkpoint).to(device)
     print(f"{args.checkpoint} on {dataset_name} {args.split} ({root}): {len(dataset)} images at scale {scale}",
           file=sys.stderr if args.json else sys.stdout, flush=True)
-    if getattr(dataset, "split_file", True) is None:
+    if every_image_in_every_split(dataset):
         print(f"note: no train.txt or val.txt in {root}: every image is in every split", file=sys.stderr)
     loader = evaluation_loader(dataset, args.workers)
     metrics = evaluate_model(model, loader, dataset.num_classes, dataset.ignore_index, (), device)

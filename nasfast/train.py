@@ -15,9 +15,9 @@ from torch.utils.data import DataLoader, RandomSampler, Subset
 from tqdm import tqdm
 
 from .checkpoint import RESUME_KEYS, load_checkpoint, save_checkpoint
-from .cli import UsageError, images_per_batch, non_negative_int, positive_int, run
+from .cli import UsageError, counted, images_per_batch, non_negative_int, positive_int, run
 from .data import EvalTransform, TrainTransform, make_dataset
-from .data.datasets import DATASETS, find_data_root
+from .data.datasets import DATASETS, every_image_in_every_split, find_data_root
 from .genotype import ZOO, Genotype, genotype_from_option
 from .metrics import ConfusionMatrix
 from .model import create_model
@@ -119,8 +119,8 @@ def evaluation_loader(dataset, workers: int, batch_size: int = 8) -> DataLoader:
                       persistent_workers=workers > 0)
 
 
-def _checked_loss(check: LateLossCheck, steps_per_epoch: int, saved: str) -> Optional[float]:
-    """check(), with a non-finite loss as a user error worded for training."""
+def _checked_loss(check: LateLossCheck, steps_per_epoch: int, out: str, saved_epochs: int) -> Optional[float]:
+    """check(), with a non-finite loss as a user error worded for training (and what was saved)."""
     pending = check.pending
     try:
         return check()
@@ -129,7 +129,7 @@ def _checked_loss(check: LateLossCheck, steps_per_epoch: int, saved: str) -> Opt
         epoch, step_in_epoch = divmod(step, steps_per_epoch)
         raise UsageError(f"non-finite loss at epoch {epoch + 1}, step {step_in_epoch + 1}: {loss.item()} (the "
                          f"training labels may hold no class pixels, only 255 = ignore, or the learning rate is "
-                         f"too high); {saved}") from None
+                         f"too high); {saved_note(out, saved_epochs)}") from None
 
 
 def _record(loss, losses: list, bar) -> None:
@@ -192,7 +192,7 @@ def used(subset, dataset) -> str:
 
 
 def note_unsplit_validation(val_set, root) -> None:
-    if getattr(val_set, "split_file", "listed") is None:
+    if every_image_in_every_split(val_set):
         print(f"note: no val.txt in {root}: validating on every image, the training images included",
               file=sys.stderr)
 
@@ -255,7 +255,7 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
                        leave=False)
             check = LateLossCheck(0)
             for step, (images, labels) in enumerate(bar, epoch * steps_per_epoch):
-                _record(_checked_loss(check, steps_per_epoch, saved_note(args.out, saved_epochs)), losses, bar)
+                _record(_checked_loss(check, steps_per_epoch, args.out, saved_epochs), losses, bar)
                 factor = (1 - step / total_steps) ** config.poly_power
                 for opt, base in ((encoder_opt, config.encoder_lr), (decoder_opt, config.decoder_lr)):
                     for group in opt.param_groups:
@@ -265,7 +265,7 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
                 loss = segmentation_loss(logits, aux, labels, train_set.ignore_index, aux_weight(config, epoch))
                 check.defer(loss, step)
                 descend(loss, encoder_opt, decoder_opt)
-            _record(_checked_loss(check, steps_per_epoch, saved_note(args.out, saved_epochs)), losses, bar)
+            _record(_checked_loss(check, steps_per_epoch, args.out, saved_epochs), losses, bar)
             metrics = evaluate_model(model, val_loader, train_set.num_classes, train_set.ignore_index, (), device)
             record = {"epoch": epoch, "loss": sum(losses) / len(losses), "val_miou": metrics["miou"],
                       "val_pixel_acc": metrics["pixel_acc"], "seconds": round(time.time() - started, 2)}
@@ -430,9 +430,9 @@ def main(argv=None) -> int:
         genotype, config, resumed = resumed_run(args)
         if resumed["epoch"] + 1 >= config.epochs:
             best_path = os.path.join(args.out, "best.pt")
-            epochs = f"{config.epochs} epoch{'s' * (config.epochs != 1)}"
             best = known_miou(resumed["best_miou"])
-            print(f"{args.out} has finished its {epochs}; best val mIoU {format_miou(best)} in {best_path}",
+            print(f"{args.out} has finished its {counted(config.epochs, 'epoch')}; best val mIoU "
+                  f"{format_miou(best)} in {best_path}",
                   file=sys.stderr)
             print(json.dumps({"best_miou": best, "best_checkpoint": best_path}))
             return 0

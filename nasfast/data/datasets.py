@@ -336,6 +336,11 @@ class FolderDataset(SegmentationDataset):
         super().__init__(list(zip((images[n] for n in names), _label_paths(root / "labels", names))), transform)
 
 
+def every_image_in_every_split(dataset) -> bool:
+    """Whether `dataset` is a folder without train.txt and val.txt, whose splits are every image."""
+    return isinstance(dataset, FolderDataset) and dataset.split_file is None
+
+
 # name -> (class, training split, validation split)
 DATASETS = {"camvid": (CamVid, "train", "val"), "voc": (VOC, "train_aug", "val"),
             "folder": (FolderDataset, "train", "val")}
