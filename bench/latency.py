@@ -24,12 +24,11 @@ import torch
 import nasfast
 import nasfast.ops
 from nasfast import count_madds, count_params, create_model
-from nasfast.search.summary import madds_text
 from nasfast.cli import UsageError, at_least_two, positive_int, run
 from nasfast.export import script_for_deployment
-from nasfast.genotype import ZOO
+from nasfast.genotype import ZOO, genotype_from_option
 from nasfast.search.context import resolve_device
-from nasfast.genotype import genotype_from_option
+from nasfast.search.summary import madds_text
 
 PROG = Path(__file__).name
 
