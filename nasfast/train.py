@@ -323,7 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", choices=sorted(DATASETS),
                         help="camvid, voc (PASCAL VOC 2012 + SBD) or folder (your own data; see the README's "
                              "Data section) [camvid]")
-    parser.add_argument("--data-root", help="dataset directory (default: $NASFAST_DATA/<dataset>)")
+    parser.add_argument("--data-root", help="dataset directory (default: with --resume, where the run read its "
+                                            "data, while it is there; else $NASFAST_DATA/<dataset>)")
     parser.add_argument("--out", required=True, help="directory for last.pt, best.pt, log.jsonl, config.json; "
                                                      "must not hold a run unless --resume")
     parser.add_argument("--resume", action="store_true", help="continue the run in OUT from OUT/last.pt")
