@@ -32,7 +32,7 @@ def run(args, image_cache_gb: float):
     config = preset(args.preset)
     config.dataset, config.stage1_images, config.image_cache_gb = args.dataset, 8, image_cache_gb
     with tempfile.TemporaryDirectory() as run_dir:
-        ctx = build_context(config, run_dir, args.data_root, device="cpu")
+        ctx = build_context(config, run_dir, data_root=args.data_root, device="cpu")
         times = [candidate_seconds(ctx, seed) for seed in range(args.candidates)]
         kept = ctx.stage2_batches(0).dataset.dataset.kept_bytes
     return times, kept, config

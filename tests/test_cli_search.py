@@ -286,26 +286,32 @@ def test_a_data_error_in_a_candidate_stops_the_search_and_resume_goes_on(saved_s
     assert [r["index"] for r in read_records(str(saved_search / "candidates.jsonl"))] == [0, 1, 2, 3, 4]
 
 
-def test_a_resumed_search_refuses_other_data(tmp_path):
+def test_a_resumed_search_reads_its_data_where_it_did_and_refuses_other_data(tmp_path):
     from types import SimpleNamespace
     from nasfast.search.config import preset
+    roots = []
 
-    def factory(classes, images):
-        return lambda config, run_dir: SimpleNamespace(data={"classes": classes, "training images": images})
+    def factory(classes, images, root):
+        def context(config, run_dir, recorded):
+            roots.append(recorded)
+            return SimpleNamespace(data={"classes": classes, "training images": images, "root": root})
+        return context
 
     camvid = [f"class{i}" for i in range(11)]
-    first = loop.Search(str(tmp_path), preset("tiny"), factory(camvid, 367))
+    first = loop.Search(str(tmp_path), preset("tiny"), factory(camvid, 367, "/data/camvid"))
     first.context()
     first.start()
-    again = loop.Search(str(tmp_path), preset("tiny"), factory(camvid, 367))
-    again.resume()
-    again.context()  # the same data: accepted
-    other = loop.Search(str(tmp_path), preset("tiny"), factory(["road", "car"], 12))
+    moved = loop.Search(str(tmp_path), preset("tiny"), factory(camvid, 367, "/moved/camvid"))
+    moved.resume()
+    moved.context()  # the same data elsewhere (--data-root): accepted, and recorded for the next resume
+    loop.save_state(moved.path(loop.STATE), moved.state_dict())
+    other = loop.Search(str(tmp_path), preset("tiny"), factory(["road", "car"], 12, "/data/other"))
     other.resume()
-    with pytest.raises(ValueError, match=r"not those of the search in .*: classes \['road', 'car'\], the search's "
-                                         r"11 \[class0, class1, class2, \.\.\.\]; training images 12, the "
-                                         r"search's 367 \(check --data-root\)"):
+    with pytest.raises(ValueError, match=r"data found in /data/other are not those of the search in .*: classes "
+                                         r"\['road', 'car'\], the search's 11 \[class0, class1, class2, \.\.\.\]; "
+                                         r"training images 12, the search's 367 \(check --data-root\)"):
         other.context()
+    assert roots == [None, "/data/camvid", "/moved/camvid"]
 
 
 def test_hints_are_command_lines_to_copy():

@@ -30,7 +30,7 @@ def coordinator_at(tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "evaluate_candidate", fake_evaluate)
 
     def make(budget=4, workers=2, resume=False):
-        c = distributed.Coordinator(str(tmp_path), preset("tiny"), lambda config, run_dir: None, budget=budget,
+        c = distributed.Coordinator(str(tmp_path), preset("tiny"), lambda config, run_dir, recorded: None, budget=budget,
                                     workers=workers)
         c.resume() if resume else c.start()
         return c

@@ -21,9 +21,10 @@ FIELDS = {"index", "genotype", "reward", "stage1_reward", "stage2_reward", "gate
           "params", "madds", "seconds"}
 
 
-def search(*args, wait=True):
+def search(*args, wait=True, without=()):
+    """`python -m nasfast.search ARGS` with the tiny preset, its environment `without` those variables."""
     cmd = [sys.executable, "-m", "nasfast.search", "--dataset", "camvid", "--preset", "tiny", "--no-progress", *args]
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    env = {k: v for k, v in dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1").items() if k not in without}
     if not wait:
         return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -56,9 +57,10 @@ def test_run_writes_config_log_and_table(uninterrupted):
     assert "top 4 of 4 candidates" in result.stdout and "stage-1 cache" in result.stderr
 
 
-def test_sigkill_then_resume_gives_the_uninterrupted_candidates(uninterrupted, tmp_path):
-    run = tmp_path / "run"
-    process = search("--out", str(run), "--budget", "4", "--seed", "3", wait=False)
+def test_sigkill_then_resume_gives_the_uninterrupted_candidates(uninterrupted, tmp_path, camvid_root):
+    run, data = tmp_path / "run", tmp_path / "my camvid"
+    data.symlink_to(camvid_root)
+    process = search("--out", str(run), "--budget", "4", "--seed", "3", "--data-root", str(data), wait=False)
     log = run / "candidates.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and len(read_records(str(log))) < 2 and process.poll() is None:
@@ -66,8 +68,9 @@ def test_sigkill_then_resume_gives_the_uninterrupted_candidates(uninterrupted, t
     process.send_signal(signal.SIGKILL)  # mid-candidate (the third), or right after the second
     process.wait()
     assert 1 <= len(read_records(str(log))) < 4
-    result = search("--resume", str(run), "--budget", "4")
+    result = search("--resume", str(run), "--budget", "4", without=["NASFAST_DATA"])  # the data are where they were
     assert result.returncode == 0, result.stderr
+    assert f"camvid data in {data}: 367 training images" in result.stderr
     expected = comparable(read_records(str(uninterrupted[0] / "candidates.jsonl")))
     assert comparable(read_records(str(log))) == expected
 
@@ -95,7 +98,7 @@ def test_a_failing_candidate_is_logged_and_the_search_goes_on(tmp_path, monkeypa
         return dict(reward=0.5, stage1_reward=0.5, stage2_reward=None, gate="stop", params=1, madds=1, seconds=0.0)
 
     monkeypatch.setattr(loop, "evaluate_candidate", evaluate)
-    search_run = loop.Search(str(tmp_path), preset("tiny"), lambda config, run_dir: None)
+    search_run = loop.Search(str(tmp_path), preset("tiny"), lambda config, run_dir, recorded: None)
     search_run.start()
     records = search_run.run(budget=3, progress=False)
     assert [r["status"] for r in records] == ["ok", "failed", "ok"]
@@ -225,7 +228,7 @@ def test_ctrl_c_during_the_bookkeeping_takes_effect_after_the_state_is_saved(tmp
         real_save(path, state)
 
     monkeypatch.setattr(loop, "save_state", save_and_get_interrupted)
-    search_run = loop.Search(str(tmp_path), preset("tiny"), lambda config, run_dir: None)
+    search_run = loop.Search(str(tmp_path), preset("tiny"), lambda config, run_dir, recorded: None)
     search_run.start()
     with pytest.raises(KeyboardInterrupt):
         search_run.run(budget=5, progress=False)

@@ -25,7 +25,8 @@ EPILOG = """examples:
   python -m nasfast.search --resume runs/tiny --budget 80      # continue, up to 80 candidates
   python -m nasfast.search --dataset voc --time-budget 4d --out runs/voc --device cuda
 
-Data are found through --data-root, else $NASFAST_DATA/<dataset>, else ~/.cache/nasfast/<dataset>.
+Data are found through --data-root, else (with --resume) where the search read them, else
+$NASFAST_DATA/<dataset>, else ~/.cache/nasfast/<dataset>.
 RUN_DIR receives config.json (the options), candidates.jsonl (one line per candidate) and
 state.pt (to resume). Ctrl-C stops after saving; --resume continues with nothing lost or repeated,
 with the options saved in config.json: the budgets, --device, --data-root, --workers, --image-cache-gb,
@@ -265,8 +266,8 @@ def interrupted_note(run_dir: str, candidates_saved: Optional[int], data_root: O
 def search_in_this_process(args, run_dir: str, config: SearchConfig, resume: bool) -> int:
     from .context import build_context  # heavy imports after the arguments are checked
 
-    search = Search(run_dir, config, lambda cfg, d: build_context(cfg, d, args.data_root, args.device,
-                                                                  progress=not args.no_progress))
+    search = Search(run_dir, config, lambda cfg, d, recorded: build_context(
+        cfg, d, recorded, args.data_root, args.device, progress=not args.no_progress))
     if resume:
         search.resume()
         reached = budget_reached(search, args.budget, args.time_budget)

@@ -36,7 +36,7 @@ class SearchContext:
     in_channels: Tuple[int, ...]
     in_strides: Tuple[int, ...]
     device: torch.device
-    data: Dict[str, Any]                      # what identifies the data: a resumed search checks it
+    data: Dict[str, Any]                      # classes, image count, root: a resumed search checks the first two
 
 
 def candidate_seed(search_seed: int, index: int) -> int:

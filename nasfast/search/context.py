@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..cli import UsageError
-from ..data import EvalTransform, TrainTransform, make_dataset
+from ..data import EvalTransform, TrainTransform, find_data_root, make_dataset
 from ..encoder import MobileNetV2Encoder
 from .cache import FeatureCache, build_cache, open_cache
 from .candidate import SearchContext
@@ -109,9 +109,11 @@ def _build_caches(config: SearchConfig, stage1_pairs, val_pairs, encoder, teache
     return stage1, stage1_val
 
 
-def build_context(config: SearchConfig, run_dir: str, data_root: Optional[str] = None,
-                  device: str = "auto", cache: str = "auto", progress: bool = True) -> SearchContext:
-    """`cache`: "auto" builds the stage-1 cache in memory, or memory-mapped in RUN_DIR/cache when
+def build_context(config: SearchConfig, run_dir: str, recorded_root: Optional[str] = None,
+                  data_root: Optional[str] = None, device: str = "auto", cache: str = "auto",
+                  progress: bool = True) -> SearchContext:
+    """The data are read from `data_root` (--data-root), else `recorded_root` (where the search
+    read them before, if it is still there), else as find_data_root says. `cache`: "auto" builds the stage-1 cache in memory, or memory-mapped in RUN_DIR/cache when
     larger than the memory limit; "build" always builds it memory-mapped there, for other
     processes to "open" (they wait until it is built; see distributed.py). A memory-mapped cache
     that is complete and holds the same images is opened instead of being built again (after
@@ -119,7 +121,10 @@ def build_context(config: SearchConfig, run_dir: str, data_root: Optional[str] =
     if cache not in CACHE_MODES:
         raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
     device = resolve_device(device)
-    full = make_dataset(config.dataset, data_root)
+    root = find_data_root(config.dataset, data_root, recorded_root).absolute()
+    full = make_dataset(config.dataset, str(root))
+    if cache != "open":  # said once, by the process that builds the cache
+        print(f"{config.dataset} data in {root}: {len(full)} training images", file=sys.stderr)
     if config.workers == 0:  # every image is read in this process: decode each once
         full.keep_decoded(config.image_cache_gb * 1e9)
     train_ids, val_ids = split_indices(len(full), config.val_fraction, config.seed)
@@ -186,4 +191,5 @@ def build_context(config: SearchConfig, run_dir: str, data_root: Optional[str] =
                          exclude=tuple(full.exclude), stage1=stage1, stage1_val=stage1_val,
                          stage2_batches=stage2_batches, val_batches=val_batches, make_encoder=make_encoder,
                          in_channels=MobileNetV2Encoder.channels, in_strides=MobileNetV2Encoder.strides,
-                         device=device, data={"classes": list(full.class_names), "training images": len(full)})
+                         device=device, data={"classes": list(full.class_names), "training images": len(full),
+                               "root": str(root)})

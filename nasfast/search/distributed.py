@@ -283,15 +283,15 @@ def run(args, choose_run: Callable[[], Tuple[str, SearchConfig, bool]]) -> int:
         torch.cuda.set_device(device)
 
     def factory(cache: str):
-        return lambda config, run_dir: build_context(config, run_dir, args.data_root, device, cache,
-                                                     progress=not args.no_progress)
+        return lambda config, run_dir, recorded: build_context(config, run_dir, recorded, args.data_root, device,
+                                                               cache, progress=not args.no_progress)
 
     if rank() == 0:
         return _run_rank0(args, choose_run, factory("build" if world_size() > 1 else "auto"))
     plan = share(None)
     if "exit" in plan:  # rank 0 said why
         return plan["exit"]
-    ctx = factory("open")(SearchConfig.from_dict(plan["config"]), plan["run_dir"])
+    ctx = factory("open")(SearchConfig.from_dict(plan["config"]), plan["run_dir"], plan["data_root"])
     try:
         work(remote_request, ctx)
     except KeyboardInterrupt:
@@ -318,7 +318,7 @@ def _run_rank0(args, choose_run, context_factory) -> int:
     if resume:
         print(f"resuming {run_dir} at candidate {coordinator.next_index} "
               f"({len(coordinator.pending)} in flight)", file=sys.stderr)
-    share({"run_dir": run_dir, "config": config.to_dict()})
+    share({"run_dir": run_dir, "config": config.to_dict(), "data_root": coordinator.recorded_root()})
     if not args.no_progress:
         coordinator.show_progress()
     return _serve_and_work(coordinator, args.top, args.data_root)

@@ -20,6 +20,7 @@ from .records import append_record, keep_finished_records, load_state, save_stat
 STATE = "state.pt"
 LOG = "candidates.jsonl"
 CONFIG = "config.json"
+SAME_DATA = ("classes", "training images")  # what a resumed search's data must keep
 
 
 def evaluate_record(genotype: Genotype, index: int, ctx: SearchContext,
@@ -101,18 +102,23 @@ class Search:
     # -- the loop ----------------------------------------------------------------------------
     def context(self) -> SearchContext:
         if self._context is None:
-            context = self.context_factory(self.config, self.run_dir)
+            context = self.context_factory(self.config, self.run_dir, self.recorded_root())
             self._check_same_data(getattr(context, "data", None))
             self._context = context
         return self._context
 
+    def recorded_root(self) -> Optional[str]:
+        """Where the search read its data (None before it began, or in states saved before it was recorded)."""
+        return (self.data or {}).get("root")
+
     def _check_same_data(self, data: Optional[Dict[str, Any]]) -> None:
-        """A resumed search must read the data it began with (--data-root may move them)."""
-        if data is not None and self.data is not None and data != self.data:
+        """A resumed search must read the data it began with; --data-root may have moved them."""
+        if data is not None and self.data is not None:
             differences = [f"{key} {_shown(data.get(key))}, the search's {_shown(self.data.get(key))}"
-                           for key in self.data if data.get(key) != self.data.get(key)]
-            raise ValueError(f"the data found are not those of the search in {self.run_dir}: "
-                             f"{'; '.join(differences)} (check --data-root)")
+                           for key in SAME_DATA if data.get(key) != self.data.get(key)]
+            if differences:
+                raise ValueError(f"the data found in {data.get('root')} are not those of the search in "
+                                 f"{self.run_dir}: {'; '.join(differences)} (check --data-root)")
         self.data = data if data is not None else self.data
 
     def step(self) -> Dict[str, Any]:
