@@ -324,3 +324,22 @@ def test_hints_are_command_lines_to_copy():
     assert closing_summary(records, 1, "runs/x y", config, "/data/own").endswith(
         "train the best design: python -m nasfast.train --genotype 'runs/x y' --dataset folder --data-root "
         "/data/own --out DIR")
+
+
+def test_meta_val_without_a_scored_pixel_is_refused_before_any_candidate(tmp_path, capsys):
+    from test_cli_train import folder_dataset
+    root = folder_dataset(tmp_path / "data", images=16, unlabelled=range(16))
+    assert search("--dataset", "folder", "--data-root", root, "--preset", "tiny", "--budget", 2, "--val-fraction",
+                  0.25, "--out", tmp_path / "run", "--no-progress") == 2
+    assert ("the 4 meta-val images have no labelled pixel of a scored class, so no reward can be computed; raise "
+            "--val-fraction (0.25)") in capsys.readouterr().err
+    assert not (tmp_path / "run" / "candidates.jsonl").exists()
+
+
+def test_an_undefined_reward_fails_the_candidate():
+    from types import SimpleNamespace
+    from nasfast.search.candidate import _score
+    ctx = SimpleNamespace(num_classes=3, ignore_index=255, exclude=(0,), device=torch.device("cpu"))
+    background_only = [(torch.randn(1, 3, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long))]
+    with pytest.raises(CandidateFailed, match="reward nan: meta-val holds no labelled pixel of a scored class"):
+        _score(lambda x: x, background_only, ctx)

@@ -102,7 +102,10 @@ def _score(forward: Callable[[Tensor], Tensor], batches, ctx: SearchContext) -> 
     with torch.no_grad():
         for inputs, labels in batches:
             matrix.update(forward(inputs), labels.to(ctx.device))
-    return float(matrix.compute()["reward"])
+    reward = float(matrix.compute()["reward"])
+    if not math.isfinite(reward):  # no scored pixel: build_context refuses such meta-val data
+        raise CandidateFailed(f"reward {reward}: meta-val holds no labelled pixel of a scored class")
+    return reward
 
 
 def batch_bounds(n: int, batch_size: int) -> List[Tuple[int, int]]:
@@ -121,7 +124,9 @@ def _cached_batches(cache: FeatureCache, batch_size: int, device, generator=None
         yield [f.to(device) for f in feats], labels.to(device), None if teacher is None else teacher.to(device)
 
 
-def run_stage1(decoder: Decoder, ctx: SearchContext, generator: torch.Generator) -> Tuple[Decoder, float]:
+def run_stage1(decoder: Decoder, ctx: SearchContext, generator: torch.Generator) -> float:
+    """Trains `decoder` on the cached features; the reward is its Polyak average's. Stage 2 goes
+    on from the trained weights, not the average."""
     cfg = ctx.config.stage1
     optimizer = torch.optim.Adam(decoder.parameters(), lr=cfg.decoder_lr)
     polyak = Polyak(decoder, cfg.polyak_decay)
@@ -139,10 +144,9 @@ def run_stage1(decoder: Decoder, ctx: SearchContext, generator: torch.Generator)
             polyak.update(decoder)
             step += 1
     check()
-    averaged = polyak.average
     batches = ((feats, labels) for feats, labels, _ in
                _cached_batches(ctx.stage1_val, cfg.batch_size, ctx.device))
-    return averaged, _score(averaged, batches, ctx)
+    return _score(polyak.average, batches, ctx)
 
 
 def run_stage2(decoder: Decoder, ctx: SearchContext, seed: int) -> float:
@@ -184,7 +188,7 @@ def evaluate_candidate(genotype, index: int, ctx: SearchContext, decide: Callabl
     feats, _, _ = ctx.stage1.batch(torch.tensor([0]))
     madds = count_madds(decoder, [tuple(f.shape[1:]) for f in feats])
 
-    averaged, stage1_reward = run_stage1(decoder, ctx, generator)
+    stage1_reward = run_stage1(decoder, ctx, generator)
     coin = torch.rand((), generator=generator).item()
     go = decide(stage1_reward, coin)
     stage2_reward = run_stage2(decoder, ctx, seed) if go else None

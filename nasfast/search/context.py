@@ -93,6 +93,16 @@ class _Transformed(torch.utils.data.Dataset):
 CACHE_MODES = ("auto", "build", "open")
 
 
+def _check_scored_pixels(labels: torch.Tensor, ignore_index: int, exclude, config: SearchConfig) -> None:
+    """Every reward would be undefined (and every candidate fail) on meta-val labels without a
+    pixel of a scored class."""
+    unscored = torch.tensor([ignore_index, *exclude], dtype=labels.dtype)
+    if torch.isin(labels, unscored).all():
+        raise ValueError(f"the {len(labels)} meta-val images have no labelled pixel of a scored class, so no "
+                         f"reward can be computed; raise --val-fraction ({config.val_fraction})"
+                         f"{'' if config.val_images is None else f' or --val-images ({config.val_images})'}")
+
+
 def _build_caches(config: SearchConfig, stage1_pairs, val_pairs, encoder, teacher, directory, memory_limit: float,
                   device: torch.device, show_progress: bool = True) -> Tuple[FeatureCache, FeatureCache]:
     progress = lambda what: (lambda it: tqdm(it, desc=f"caching {what}", unit="batch", leave=False,
@@ -167,6 +177,7 @@ def build_context(config: SearchConfig, run_dir: str, recorded_root: Optional[st
         if stage1.on_disk and stage1_val.on_disk:  # a resumed or restarted search opens it again
             write_json(marker, contents)
 
+    _check_scored_pixels(torch.as_tensor(stage1_val.labels), full.ignore_index, full.exclude, config)
     stage2_set = _Transformed(full, train_ids, TrainTransform(config.crop_size, config.scale_range, config.scale,
                                                               seed=config.seed))
     val_set = _Transformed(full, val_ids, evaluated)
