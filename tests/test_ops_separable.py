@@ -189,6 +189,8 @@ def test_module_fused_matches_reference_in_train_and_eval(k, d):
     reference.load_state_dict(fused.state_dict())
     assert type(fused) is FusedSeparableConvBNReLU and type(reference) is SeparableConvBNReLU
     assert isinstance(fused, SeparableConvBNReLU)  # what nasfast.complexity looks for
+    assert type(SeparableConvBNReLU(channels=6, kernel_size=k, dilation=d, fused=True)) is FusedSeparableConvBNReLU
+    assert type(SeparableConvBNReLU(6, kernel_size=k, fused=False)) is SeparableConvBNReLU
     assert list(fused.state_dict()) == list(reference.state_dict())
     x = torch.randn(3, 6, 17, 15)
     for training in (True, False):

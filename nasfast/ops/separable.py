@@ -80,9 +80,8 @@ class SeparableConvBNReLU(nn.Module):
     H200). Inputs the kernels do not take (library.kernels_take) run the reference.
     """
 
-    def __new__(cls, *args, **kwargs):
-        fused = kwargs.get("fused", args[3] if len(args) > 3 else None)
-        if cls is SeparableConvBNReLU and args and wants_native(fused):
+    def __new__(cls, channels=None, kernel_size=None, dilation=1, fused=None):
+        if cls is SeparableConvBNReLU and channels is not None and wants_native(fused):
             cls = FusedSeparableConvBNReLU
         return super().__new__(cls)
 
