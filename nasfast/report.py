@@ -30,10 +30,17 @@ def _mean(values: List[float]) -> Optional[float]:
     return sum(values) / len(values) if values else None
 
 
+def finished(run: Dict) -> List[Dict]:
+    return [r for r in run["records"] if r["status"] == "ok"]
+
+
 def progress_table(run: Dict, count: int = 4) -> str:
-    lines = [f"{run['strategy']} ({run['dir']}): mean / max reward per stage over the search",
-             f"{'candidates':>12} {'stage1 mean':>11} {'stage1 max':>10} {'stage2 mean':>11} {'stage2 max':>10} {'continued':>9}"]
-    for chunk in bins([r for r in run["records"] if r["status"] == "ok"], count):
+    lines = [f"{run['strategy']} ({run['dir']}): mean / max reward per stage over the search"]
+    if not finished(run):
+        return lines[0] + ": no candidate finished"
+    lines.append(f"{'candidates':>12} {'stage1 mean':>11} {'stage1 max':>10} {'stage2 mean':>11} {'stage2 max':>10} "
+                 f"{'continued':>9}")
+    for chunk in bins(finished(run), count):
         s1 = [r["stage1_reward"] for r in chunk]
         s2 = [r["stage2_reward"] for r in chunk if r["stage2_reward"] is not None]
         fmt = lambda x: "-" if x is None else f"{x:.4f}"
@@ -46,23 +53,23 @@ def has_matplotlib() -> bool:
     return importlib.util.find_spec("matplotlib") is not None
 
 
-def plot(runs: List[Dict], path: str, count: int = 4) -> bool:
-    """Violin plots of the rewards of each stage per part of the search; False without matplotlib."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
+def plot(runs: List[Dict], path: str, count: int = 4) -> None:
+    """Violin plots of the rewards of each stage per part of the search, for the runs with a
+    finished candidate (at least one; matplotlib installed)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [run for run in runs if finished(run)]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, stage in zip(axes, ("stage1_reward", "stage2_reward")):
         for k, run in enumerate(runs):
-            chunks = bins([r for r in run["records"] if r["status"] == "ok"], count)
+            chunks = bins(finished(run), count)
             data = [[r[stage] for r in c if r[stage] is not None] or [float("nan")] for c in chunks]
             positions = [i * (len(runs) + 1) + k for i in range(len(chunks))]
             parts = ax.violinplot(data, positions=positions, showmeans=True)
             parts["bodies"][0].set_label(run["strategy"])
-        chunks = bins([r for r in runs[0]["records"] if r["status"] == "ok"], count)
+        chunks = bins(finished(runs[0]), count)
         ax.set_xticks([i * (len(runs) + 1) + (len(runs) - 1) / 2 for i in range(len(chunks))],
                       [f"{c[0]['index']}-{c[-1]['index']}" for c in chunks])
         ax.set_title(stage.replace("_", " "))
@@ -71,7 +78,6 @@ def plot(runs: List[Dict], path: str, count: int = 4) -> bool:
     axes[0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    return True
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,10 +100,13 @@ def main(argv=None) -> int:
         print(top_table(search_run["records"], args.top), end="\n\n")
         print(progress_table(search_run, args.bins), end="\n\n")
     path = args.plot or os.path.join(args.runs[0], "rewards.png")
-    if plot(runs, path, args.bins):
-        print(f"plot: {path}")
-    else:
+    if not has_matplotlib():
         print("(install matplotlib for plots)", file=sys.stderr)
+    elif not any(finished(run) for run in runs):
+        print("(no plot: no candidate finished)", file=sys.stderr)
+    else:
+        plot(runs, path, args.bins)
+        print(f"plot: {path}")
     return 0
 
 

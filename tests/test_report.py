@@ -3,19 +3,24 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from nasfast.search.records import append_record
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def fake_run(path: Path, strategy: str, rewards):
+    """A search log; a reward pair (stage 1, stage 2) of None, None is a failed candidate."""
     path.mkdir()
     (path / "config.json").write_text(json.dumps({"strategy": strategy}))
     for i, (s1, s2) in enumerate(rewards):
         append_record(str(path / "candidates.jsonl"), dict(
             index=i, genotype=[[[0, 0], [0, 0], [0, 0]], [0, [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]],
             reward=s2 if s2 is not None else s1, stage1_reward=s1, stage2_reward=s2,
-            gate="stop" if s2 is None else "continue", status="ok", error=None, params=10, madds=10, seconds=1))
+            gate=None if s1 is None else "stop" if s2 is None else "continue",
+            status="failed" if s1 is None else "ok", error="CandidateFailed: nan" if s1 is None else None,
+            params=10, madds=10, seconds=1))
 
 
 def test_report_tables(tmp_path):
@@ -36,7 +41,6 @@ def test_report_rejects_a_directory_without_a_search(tmp_path):
 
 
 def test_report_plots_with_matplotlib(tmp_path):
-    import pytest
     pytest.importorskip("matplotlib")
     fake_run(tmp_path / "ppo", "ppo", [(0.1, 0.2), (0.3, None), (0.2, 0.5), (0.4, 0.6)])
     fake_run(tmp_path / "rs", "random", [(0.1, None), (0.1, 0.1)])
@@ -44,6 +48,20 @@ def test_report_plots_with_matplotlib(tmp_path):
                           "--bins", "2"], capture_output=True, text=True, env={"PYTHONPATH": str(REPO)}, check=True)
     png = tmp_path / "ppo" / "rewards.png"
     assert f"plot: {png}" in out.stdout and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_run_without_a_finished_candidate_is_reported_and_left_out_of_the_plot(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    fake_run(tmp_path / "failed", "random", [(None, None)] * 3)
+    fake_run(tmp_path / "ppo", "ppo", [(0.1, 0.2), (None, None), (0.3, None)])
+    assert report(tmp_path / "failed", tmp_path / "ppo", "--plot", tmp_path / "both.png") == 0
+    out = capsys.readouterr().out
+    assert f"random ({tmp_path / 'failed'}): mean / max reward per stage over the search: no candidate finished" in out
+    assert "    2-2           0.3000" in out
+    assert f"plot: {tmp_path / 'both.png'}" in out
+    assert report(tmp_path / "failed") == 0
+    assert "(no plot: no candidate finished)" in capsys.readouterr().err
+    assert not (tmp_path / "failed" / "rewards.png").exists()
 
 
 def report(*argv) -> int:
