@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .genotype import OPERATIONS
 from .ops import SeparableConvBNReLU
 
 
@@ -40,21 +41,22 @@ def separable(channels: int, kernel_size: int, dilation: int, repeats: int, fuse
                            for _ in range(repeats)])
 
 
-# id -> builder(channels, sep_repeats, fused); the order is the genotype's operation ids.
-OPERATIONS: Dict[int, Callable[[int, int, object], nn.Module]] = {
-    0: lambda c, r, f: ConvBNReLU(c, c, 1),
-    1: lambda c, r, f: ConvBNReLU(c, c, 3),
-    2: lambda c, r, f: separable(c, 3, 1, r, f),
-    3: lambda c, r, f: separable(c, 5, 1, r, f),
-    4: lambda c, r, f: GlobalPooling(c),
-    5: lambda c, r, f: ConvBNReLU(c, c, 3, dilation=3),
-    6: lambda c, r, f: ConvBNReLU(c, c, 3, dilation=12),
-    7: lambda c, r, f: separable(c, 3, 3, r, f),
-    8: lambda c, r, f: separable(c, 5, 6, r, f),
-    9: lambda c, r, f: nn.Identity(),
-    10: lambda c, r, f: Zero(),
+# name -> builder(channels, sep_repeats, fused), for each of genotype.OPERATIONS
+BUILDERS: Dict[str, Callable[[int, int, object], nn.Module]] = {
+    "conv1x1": lambda c, r, f: ConvBNReLU(c, c, 1),
+    "conv3x3": lambda c, r, f: ConvBNReLU(c, c, 3),
+    "sep3x3": lambda c, r, f: separable(c, 3, 1, r, f),
+    "sep5x5": lambda c, r, f: separable(c, 5, 1, r, f),
+    "gap": lambda c, r, f: GlobalPooling(c),
+    "conv3x3_d3": lambda c, r, f: ConvBNReLU(c, c, 3, dilation=3),
+    "conv3x3_d12": lambda c, r, f: ConvBNReLU(c, c, 3, dilation=12),
+    "sep3x3_d3": lambda c, r, f: separable(c, 3, 3, r, f),
+    "sep5x5_d6": lambda c, r, f: separable(c, 5, 6, r, f),
+    "skip": lambda c, r, f: nn.Identity(),
+    "zero": lambda c, r, f: Zero(),
 }
 
 
 def make_operation(op_id: int, channels: int, sep_repeats: int = 1, fused=None) -> nn.Module:
-    return OPERATIONS[op_id](channels, sep_repeats, fused)
+    """Operation `op_id` of a genotype (an index into genotype.OPERATIONS)."""
+    return BUILDERS[OPERATIONS[op_id]](channels, sep_repeats, fused)
