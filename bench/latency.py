@@ -24,10 +24,9 @@ import torch
 import nasfast
 import nasfast.ops
 from nasfast import count_madds, count_params, create_model
-from nasfast.cli import UsageError, at_least_two, positive_int, run
+from nasfast.cli import UsageError, at_least_two, positive_int, resolve_device, run
 from nasfast.export import script_for_deployment
 from nasfast.genotype import ZOO, genotype_from_option
-from nasfast.search.context import resolve_device
 from nasfast.search.summary import madds_text
 
 PROG = Path(__file__).name

@@ -25,10 +25,9 @@ from typing import Callable, List, Sequence
 import torch
 
 import nasfast.ops as ops
-from nasfast.cli import positive_int, run
+from nasfast.cli import positive_int, resolve_device, run
 from nasfast.ops import SeparableConvBNReLU
 from nasfast.ops.separable import separable_conv_reference
-from nasfast.search.context import resolve_device
 
 SEPARABLE_OPS = [(3, 1, "sep3x3"), (5, 1, "sep5x5"), (3, 3, "sep3x3_d3"), (5, 6, "sep5x5_d6")]
 # (batch, channels, map side): batch 8 and 64, decoder widths 48 (search) and 64 (final), 32..128 px

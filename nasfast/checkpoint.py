@@ -1,5 +1,4 @@
-"""Training checkpoints: the model's recipe (genotype, classes) with its weights, saved atomically."""
-import io
+"""Training checkpoints: the model's recipe (genotype, classes) with its weights."""
 import zipfile
 from typing import Any, Dict, Sequence
 
@@ -7,18 +6,9 @@ import torch
 
 from .cli import UsageError
 from .model import Segmenter, create_model
-from .search.records import write_atomic
 
 MODEL_KEYS = ("model", "genotype", "num_classes", "channels", "sep_repeats")
 RESUME_KEYS = MODEL_KEYS + ("encoder_optimizer", "decoder_optimizer", "epoch", "best_miou")
-
-
-def save_checkpoint(state: Dict[str, Any], *paths: str) -> None:
-    """Serialises state once and writes it to each path."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    for path in paths:
-        write_atomic(path, buffer.getvalue())
 
 
 def load_checkpoint(path: str, keys: Sequence[str] = MODEL_KEYS) -> Dict[str, Any]:

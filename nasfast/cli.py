@@ -101,3 +101,20 @@ def probability(text: str) -> float:
 def decay(text: str) -> float:
     """The decay of a moving average: from 0 to less than 1."""
     return _below(non_negative_float(text), 1, False, text)
+
+
+def resolve_device(name: str = "auto"):
+    """The torch.device of auto (a GPU when there is one), cpu, cuda or cuda:N; UsageError for what
+    this machine lacks."""
+    import torch  # not for --help
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {name}: CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"device {name}: this machine has {torch.cuda.device_count()} GPU(s)")
+    return device

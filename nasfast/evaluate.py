@@ -6,10 +6,9 @@ import math
 import sys
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
-from .cli import UsageError, non_negative_int, positive_float, run
+from .cli import UsageError, non_negative_int, positive_float, resolve_device, run
 from .data import EvalTransform, make_dataset
 from .data.datasets import DATASETS, every_image_in_every_split, find_data_root
-from .search.context import resolve_device
 from .train import evaluate_model, evaluation_loader, finite_or_none
 
 PROG = "python -m nasfast.evaluate"

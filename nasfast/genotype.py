@@ -17,6 +17,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from .files import SEARCH_LOG, read_records
+
 OPERATIONS = ("conv1x1", "conv3x3", "sep3x3", "sep5x5", "gap", "conv3x3_d3", "conv3x3_d12",
               "sep3x3_d3", "sep5x5_d6", "skip", "zero")
 NUM_INPUTS = 4    # encoder outputs in the pool before the first block
@@ -192,9 +194,8 @@ def genotype_from_option(text: str) -> Genotype:
 
 def best_of_search(path: str) -> Genotype:
     """The design of the highest reward in a search's log (`path`: the run directory or the log)."""
-    from .search.records import read_records  # the search needs this module: imported late
 
-    log = os.path.join(path, "candidates.jsonl") if os.path.isdir(path) else path
+    log = os.path.join(path, SEARCH_LOG) if os.path.isdir(path) else path
     if not os.path.isfile(log):
         raise ValueError(f"{log}: no such search log")
     records = read_records(log)

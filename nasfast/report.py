@@ -7,17 +7,17 @@ import sys
 from typing import Dict, List, Optional
 
 from .cli import UsageError, positive_int, run
-from .search.records import read_json, read_records
+from .files import CONFIG, SEARCH_LOG, read_json, read_records
 from .search.summary import top_table
 
 PROG = "python -m nasfast.report"
 
 
 def load_run(run_dir: str) -> Dict:
-    log = os.path.join(run_dir, "candidates.jsonl")
+    log = os.path.join(run_dir, SEARCH_LOG)
     if not os.path.isfile(log):
         raise FileNotFoundError(f"{run_dir}: not a search run ({log} missing)")
-    config = read_json(os.path.join(run_dir, "config.json")) or {}
+    config = read_json(os.path.join(run_dir, CONFIG)) or {}
     return {"dir": run_dir, "strategy": config.get("strategy", "unknown strategy"), "records": read_records(log)}
 
 
@@ -60,15 +60,15 @@ def plot(runs: List[Dict], path: str, count: int = 4) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [run for run in runs if finished(run)]
+    runs = [search_run for search_run in runs if finished(search_run)]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, stage in zip(axes, ("stage1_reward", "stage2_reward")):
-        for k, run in enumerate(runs):
-            chunks = bins(finished(run), count)
+        for k, search_run in enumerate(runs):
+            chunks = bins(finished(search_run), count)
             data = [[r[stage] for r in c if r[stage] is not None] or [float("nan")] for c in chunks]
             positions = [i * (len(runs) + 1) + k for i in range(len(chunks))]
             parts = ax.violinplot(data, positions=positions, showmeans=True)
-            parts["bodies"][0].set_label(run["strategy"])
+            parts["bodies"][0].set_label(search_run["strategy"])
         chunks = bins(finished(runs[0]), count)
         ax.set_xticks([i * (len(runs) + 1) + (len(runs) - 1) / 2 for i in range(len(chunks))],
                       [f"{c[0]['index']}-{c[-1]['index']}" for c in chunks])

@@ -14,20 +14,18 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler, Subset
 from tqdm import tqdm
 
-from .checkpoint import RESUME_KEYS, load_checkpoint, save_checkpoint
-from .cli import UsageError, counted, images_per_batch, non_negative_int, positive_int, run
+from .checkpoint import RESUME_KEYS, load_checkpoint
+from .cli import UsageError, counted, images_per_batch, non_negative_int, positive_int, resolve_device, run
 from .data import EvalTransform, TrainTransform, make_dataset
 from .data.datasets import DATASETS, every_image_in_every_split, find_data_root
+from .files import (BEST, CONFIG, LAST, SEARCH_FILES, TRAINING_FILES, TRAINING_LOG, append_record, read_json,
+                    save_torch, write_json)
 from .genotype import ZOO, Genotype, genotype_from_option
 from .metrics import ConfusionMatrix
 from .model import create_model
 from .search.candidate import CandidateFailed, LateLossCheck, descend, segmentation_loss
-from .search.context import resolve_device
-from .search.records import append_record, read_json, write_json
 
 PROG = "python -m nasfast.train"
-RUN_FILES = ("config.json", "last.pt", "best.pt", "log.jsonl")
-SEARCH_FILES = ("state.pt", "candidates.jsonl")
 
 
 @dataclass
@@ -224,7 +222,7 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
     check_files(val_subset, "validation", args.no_progress)
     val_loader = evaluation_loader(val_subset, config.workers)
 
-    last, best_path, log = (os.path.join(args.out, n) for n in ("last.pt", "best.pt", "log.jsonl"))
+    last, best_path, log = (os.path.join(args.out, n) for n in (LAST, BEST, TRAINING_LOG))
     start_epoch, best = 0, None  # None until an epoch has a finite mIoU
     if resumed:
         model.load_state_dict(resumed["model"])
@@ -234,7 +232,7 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
         best = known_miou(resumed["best_miou"])
     else:
         os.makedirs(args.out, exist_ok=True)
-        write_json(os.path.join(args.out, "config.json"),
+        write_json(os.path.join(args.out, CONFIG),
                    {"genotype": genotype.to_list(), "dataset": args.dataset, **asdict(config)})
 
     total_steps = config.epochs * steps_per_epoch
@@ -282,7 +280,7 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
                      "dataset": args.dataset, "data_root": str(data_root),
                      "class_names": list(train_set.class_names), "scale": config.scale}
             # Until an epoch has a finite mIoU, best.pt is the first epoch's: it exists once announced.
-            save_checkpoint(state, *((best_path, last) if improved or not os.path.isfile(best_path) else (last,)))
+            save_torch(state, *((best_path, last) if improved or not os.path.isfile(best_path) else (last,)))
             saved_epochs = epoch + 1
             append_record(log, finite_or_none(record))
             print(f"epoch {epoch + 1}/{config.epochs}: loss {record['loss']:.4f}, val mIoU {metrics['miou']:.4f}"
@@ -346,17 +344,17 @@ def check_new_run_directory(out: str) -> None:
     stopped before its first epoch ended left config.json alone: it may start again."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"--out {out} is a file, not a directory")
-    present = [name for name in SEARCH_FILES + RUN_FILES if os.path.exists(os.path.join(out, name))]
+    present = [name for name in SEARCH_FILES + (CONFIG,) + TRAINING_FILES if os.path.exists(os.path.join(out, name))]
     searched = [name for name in present if name in SEARCH_FILES]
     if searched:
         raise UsageError(f"{out} holds a search ({', '.join(searched)}): choose another --out")
-    if present and not (present == ["config.json"] and "genotype" in (read_config(out) or {})):
+    if present and not (present == [CONFIG] and "genotype" in (read_config(out) or {})):
         raise UsageError(f"{out} already holds a training run: continue it with --resume, or choose another --out")
 
 
 def read_config(out: str) -> Optional[dict]:
     """OUT/config.json, or None without one."""
-    return read_json(os.path.join(out, "config.json"))
+    return read_json(os.path.join(out, CONFIG))
 
 
 def preset_of(saved: dict) -> Optional[str]:
@@ -384,7 +382,7 @@ def resume_conflicts(args, saved: dict) -> List[str]:
 
 def resumed_run(args) -> Tuple[Genotype, TrainConfig, dict]:
     """The genotype, settings and last checkpoint of the run in args.out (its dataset into args)."""
-    last = os.path.join(args.out, "last.pt")
+    last = os.path.join(args.out, LAST)
     searched = [name for name in SEARCH_FILES if os.path.exists(os.path.join(args.out, name))]
     if searched:
         raise UsageError(f"--resume: {args.out} holds a search ({', '.join(searched)}), not a training run")
@@ -430,7 +428,7 @@ def main(argv=None) -> int:
     if args.resume:
         genotype, config, resumed = resumed_run(args)
         if resumed["epoch"] + 1 >= config.epochs:
-            best_path = os.path.join(args.out, "best.pt")
+            best_path = os.path.join(args.out, BEST)
             best = known_miou(resumed["best_miou"])
             print(f"{args.out} has finished its {counted(config.epochs, 'epoch')}; best val mIoU "
                   f"{format_miou(best)} in {best_path}",

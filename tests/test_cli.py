@@ -4,8 +4,7 @@ import argparse
 import pytest
 
 from nasfast.cli import (UsageError, at_least_two, counted, decay, fraction, images_per_batch, non_negative_float,
-                         non_negative_int, positive_float, positive_int, probability, run)
-from nasfast.search.context import resolve_device
+                         non_negative_int, positive_float, positive_int, probability, resolve_device, run)
 
 
 def failing(error):

@@ -11,7 +11,7 @@ import nasfast.search.loop as loop
 from nasfast.cli import run
 from nasfast.search.__main__ import PROG, RUN_FILES, build_parser, choose_run, duration, main
 from nasfast.search.candidate import CandidateFailed, batch_bounds
-from nasfast.search.records import read_records
+from nasfast.files import read_records
 from nasfast.search.summary import madds_text
 
 
@@ -304,7 +304,7 @@ def test_a_resumed_search_reads_its_data_where_it_did_and_refuses_other_data(tmp
     moved = loop.Search(str(tmp_path), preset("tiny"), factory(camvid, 367, "/moved/camvid"))
     moved.resume()
     moved.context()  # the same data elsewhere (--data-root): accepted, and recorded for the next resume
-    loop.save_state(moved.path(loop.STATE), moved.state_dict())
+    loop.save_torch(moved.state_dict(), moved.path(loop.SEARCH_STATE))
     other = loop.Search(str(tmp_path), preset("tiny"), factory(["road", "car"], 12, "/data/other"))
     other.resume()
     with pytest.raises(ValueError, match=r"data found in /data/other are not those of the search in .*: classes "

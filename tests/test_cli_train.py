@@ -14,6 +14,7 @@ from PIL import Image
 
 from nasfast import evaluate, train
 from nasfast.cli import run
+from nasfast.files import SEARCH_FILES
 from nasfast.genotype import ZOO
 
 
@@ -42,7 +43,7 @@ def tiny_run_config(**changes) -> dict:
 def test_a_new_run_refuses_a_directory_that_holds_a_run(tmp_path, capsys, name):
     (tmp_path / name).write_text("")
     assert train_cli("--genotype", "arch0", "--preset", "tiny", "--out", tmp_path) == 2
-    searched = name in train.SEARCH_FILES
+    searched = name in SEARCH_FILES
     assert ("holds a search" if searched else "already holds a training run: continue it with --resume") \
         in one_error_line(capsys)
     assert os.listdir(tmp_path) == [name]

@@ -12,7 +12,8 @@ import torch
 
 from nasfast.search import distributed
 from nasfast.search.config import preset
-from nasfast.search.records import append_record, keep_finished_records, read_records
+from nasfast.files import append_record, read_records
+from nasfast.search.records import keep_finished_records
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,8 +31,8 @@ def coordinator_at(tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "evaluate_candidate", fake_evaluate)
 
     def make(budget=4, workers=2, resume=False):
-        c = distributed.Coordinator(str(tmp_path), preset("tiny"), lambda config, run_dir, recorded: None, budget=budget,
-                                    workers=workers)
+        c = distributed.Coordinator(str(tmp_path), preset("tiny"), lambda config, run_dir, recorded: None,
+                                    budget=budget, workers=workers)
         c.resume() if resume else c.start()
         return c
     return make

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from nasfast.search.records import append_record
+from nasfast.files import append_record
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,7 @@ from nasfast.search.candidate import CandidateFailed, LateLossCheck, _check
 from nasfast.search.config import SearchConfig, preset
 from nasfast.search.gate import Gate
 from nasfast.search.polyak import Polyak
-from nasfast.search.records import read_records
+from nasfast.files import read_records
 
 REPO = Path(__file__).resolve().parents[1]
 FIELDS = {"index", "genotype", "reward", "stage1_reward", "stage2_reward", "gate", "status", "error",
@@ -220,14 +220,14 @@ def test_ctrl_c_during_the_bookkeeping_takes_effect_after_the_state_is_saved(tmp
 
     monkeypatch.setattr(loop, "evaluate_candidate", lambda g, i, c, gate: dict(
         reward=0.5, stage1_reward=0.5, stage2_reward=None, gate="stop", params=1, madds=1, seconds=0.0))
-    real_save = loop.save_state
+    real_save = loop.save_torch
 
-    def save_and_get_interrupted(path, state):
+    def save_and_get_interrupted(state, path):
         if state["next_index"] == 2:
             os.kill(os.getpid(), signal.SIGINT)  # arrives while the state is being written
-        real_save(path, state)
+        real_save(state, path)
 
-    monkeypatch.setattr(loop, "save_state", save_and_get_interrupted)
+    monkeypatch.setattr(loop, "save_torch", save_and_get_interrupted)
     search_run = loop.Search(str(tmp_path), preset("tiny"), lambda config, run_dir, recorded: None)
     search_run.start()
     with pytest.raises(KeyboardInterrupt):

@@ -8,17 +8,17 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..cli import counted, positive_int, run
 from ..data.datasets import DATASETS, DataError
+from ..files import CONFIG, SEARCH_FILES, SEARCH_LOG, SEARCH_STATE, TRAINING_FILES, read_json, read_records
 from . import distributed
 from .config import MACHINE_OPTIONS, PRESETS, SearchConfig, StageConfig, preset
 from .distributed import begun_by_this_job, has_pending, restart_count, world_size
-from .loop import CONFIG, LOG, STATE, Search
-from .records import read_json, read_records
+from .loop import Search
 from .summary import closing_summary, resume_command, top_table
 
 PROG = "python -m nasfast.search"
 USAGE = "%(prog)s (--out RUN_DIR | --resume RUN_DIR) [--budget N] [--time-budget T] [options]"
 # Files of a search (the first three) or of a training run: a new search must not mix with them.
-RUN_FILES = (STATE, CONFIG, LOG, "last.pt", "best.pt", "log.jsonl")
+RUN_FILES = (CONFIG,) + SEARCH_FILES + TRAINING_FILES  # what a run directory may hold
 
 EPILOG = """examples:
   python -m nasfast.search --dataset camvid --preset tiny --budget 40 --out runs/tiny
@@ -182,9 +182,9 @@ def choose_run(args, parser) -> Tuple[str, SearchConfig, bool]:
     if unwritable:
         _refuse(parser, f"--out {run_dir} cannot be written: {unwritable}")
     held = [name for name in RUN_FILES if os.path.exists(os.path.join(run_dir, name))]
-    if STATE in held and restart_count() > 0 and begun_by_this_job(run_dir):  # torchrun restarted the processes
+    if SEARCH_STATE in held and restart_count() > 0 and begun_by_this_job(run_dir):  # torchrun restarted the processes
         return run_dir, _saved_config(run_dir, parser), True
-    if STATE in held:
+    if SEARCH_STATE in held:
         _refuse(parser, f"--out {run_dir} already holds a search ({', '.join(held)}): continue it with "
                         f"--resume {run_dir}, or choose another directory")
     if held:
@@ -215,8 +215,8 @@ def _check_new_config(config: SearchConfig, parser) -> None:
 
 def _resumed_config(args, parser) -> SearchConfig:
     run_dir = args.resume
-    if not os.path.isfile(os.path.join(run_dir, STATE)):
-        _refuse(parser, f"--resume {run_dir}: no saved search there ({STATE} missing)")
+    if not os.path.isfile(os.path.join(run_dir, SEARCH_STATE)):
+        _refuse(parser, f"--resume {run_dir}: no saved search there ({SEARCH_STATE} missing)")
     saved = _saved_config(run_dir, parser)
     conflicts = resume_conflicts(args, saved)
     if conflicts:
@@ -282,11 +282,11 @@ def search_in_this_process(args, run_dir: str, config: SearchConfig, resume: boo
             search.start()
         search.run(budget=args.budget, time_budget=args.time_budget, progress=not args.no_progress)
     except KeyboardInterrupt:
-        saved = search.next_index if os.path.exists(search.path(STATE)) else None
+        saved = search.next_index if os.path.exists(search.path(SEARCH_STATE)) else None
         print("\n" + interrupted_note(run_dir, saved, args.data_root), file=sys.stderr)
         return 130
     except DataError as error:  # a file first read by a candidate (stage 2 reads every training image)
-        if not os.path.exists(search.path(STATE)):
+        if not os.path.exists(search.path(SEARCH_STATE)):
             raise
         raise DataError(f"{error}; once it is mended, continue with {resume_command(run_dir, args.data_root)}") \
             from None
@@ -306,7 +306,7 @@ def search_with_torchrun(args, choose) -> int:
 
     status = distributed.run(args, choose_and_remember)
     if status == 0 and chosen:
-        return exit_status(read_records(os.path.join(chosen[0], LOG)))
+        return exit_status(read_records(os.path.join(chosen[0], SEARCH_LOG)))
     return status
 
 

@@ -8,28 +8,13 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..cli import UsageError
+from ..cli import resolve_device
 from ..data import EvalTransform, TrainTransform, find_data_root, make_dataset
 from ..encoder import MobileNetV2Encoder
 from .cache import FeatureCache, build_cache, open_cache
 from .candidate import SearchContext
 from .config import SearchConfig
-from .records import read_json, write_json
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """auto (a GPU when there is one), cpu, cuda or cuda:N; UsageError for what this machine lacks."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"unknown device {name!r}: expected auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"device {name}: CUDA is not available on this machine")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UsageError(f"device {name}: this machine has {torch.cuda.device_count()} GPU(s)")
-    return device
+from ..files import read_json, write_json
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> Tuple[List[int], List[int]]:
@@ -123,7 +108,8 @@ def build_context(config: SearchConfig, run_dir: str, recorded_root: Optional[st
                   data_root: Optional[str] = None, device: str = "auto", cache: str = "auto",
                   progress: bool = True) -> SearchContext:
     """The data are read from `data_root` (--data-root), else `recorded_root` (where the search
-    read them before, if it is still there), else as find_data_root says. `cache`: "auto" builds the stage-1 cache in memory, or memory-mapped in RUN_DIR/cache when
+    read them before, if it is still there), else as find_data_root says.
+    `cache`: "auto" builds the stage-1 cache in memory, or memory-mapped in RUN_DIR/cache when
     larger than the memory limit; "build" always builds it memory-mapped there, for other
     processes to "open" (they wait until it is built; see distributed.py). A memory-mapped cache
     that is complete and holds the same images is opened instead of being built again (after

@@ -24,12 +24,13 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from ..cli import counted
+from ..files import SEARCH_LOG, SEARCH_STATE, read_json, save_torch, write_json
 from ..genotype import Genotype
 from ..strategies import Proposal
 from .candidate import SearchContext
 from .config import SearchConfig
-from .loop import LOG, STATE, Search, _fmt, evaluate_record
-from .records import keep_finished_records, load_state, read_json, save_state, write_json
+from .loop import Search, _fmt, evaluate_record
+from .records import keep_finished_records, load_state
 from .summary import closing_summary, resume_command
 
 MESSAGE_BYTES = 1 << 20          # one message, 8 bytes of length first
@@ -92,7 +93,7 @@ def begun_by_this_job(run_dir: str) -> bool:
 
 def has_pending(run_dir: str) -> bool:
     """Whether the search saved in `run_dir` has candidates in flight (a torchrun search)."""
-    return bool(load_state(os.path.join(run_dir, STATE)).get("pending"))
+    return bool(load_state(os.path.join(run_dir, SEARCH_STATE)).get("pending"))
 
 
 # -- messages --------------------------------------------------------------------------------
@@ -167,8 +168,8 @@ class Coordinator(Search):
         super().start()
 
     def resume(self) -> None:
-        self.load_state_dict(load_state(self.path(STATE)))
-        self.records = keep_finished_records(self.path(LOG), self.next_index, self.pending)
+        self.load_state_dict(load_state(self.path(SEARCH_STATE)))
+        self.records = keep_finished_records(self.path(SEARCH_LOG), self.next_index, self.pending)
 
     def handle(self, worker: int, message: Message) -> Message:
         """A worker's request: {"want": "task", "result": record or None} gets {"task": (index,
@@ -214,7 +215,7 @@ class Coordinator(Search):
 
     def save(self) -> None:
         self._tick()
-        save_state(self.path(STATE), self.state_dict())
+        save_torch(self.state_dict(), self.path(SEARCH_STATE))
 
     def _spent(self, budget, time_budget) -> bool:
         self._tick()

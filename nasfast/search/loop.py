@@ -15,11 +15,9 @@ from ..strategies import Proposal, make_strategy
 from .candidate import SearchContext, evaluate_candidate
 from .config import SearchConfig
 from .gate import Gate
-from .records import append_record, keep_finished_records, load_state, save_state, write_json
+from ..files import CONFIG, SEARCH_LOG, SEARCH_STATE, append_record, save_torch, write_json
+from .records import keep_finished_records, load_state
 
-STATE = "state.pt"
-LOG = "candidates.jsonl"
-CONFIG = "config.json"
 SAME_DATA = ("classes", "training images")  # what a resumed search's data must keep
 
 
@@ -83,7 +81,7 @@ class Search:
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         missing = [k for k in ("next_index", "elapsed", "strategy", "gate") if k not in state]
         if missing:
-            raise ValueError(f"{self.path(STATE)} is not the state of a search (it lacks {', '.join(missing)})")
+            raise ValueError(f"{self.path(SEARCH_STATE)} is not the state of a search (it lacks {', '.join(missing)})")
         self.next_index, self.elapsed = state["next_index"], state["elapsed"]
         self.data = state.get("data")  # None in states saved before it was recorded
         self.strategy.load_state_dict(state["strategy"])
@@ -92,12 +90,12 @@ class Search:
     def start(self) -> None:
         os.makedirs(self.run_dir, exist_ok=True)
         write_json(self.path(CONFIG), self.config.to_dict())
-        keep_finished_records(self.path(LOG), 0)
-        save_state(self.path(STATE), self.state_dict())
+        keep_finished_records(self.path(SEARCH_LOG), 0)
+        save_torch(self.state_dict(), self.path(SEARCH_STATE))
 
     def resume(self) -> None:
-        self.load_state_dict(load_state(self.path(STATE)))
-        self.records = keep_finished_records(self.path(LOG), self.next_index)
+        self.load_state_dict(load_state(self.path(SEARCH_STATE)))
+        self.records = keep_finished_records(self.path(SEARCH_LOG), self.next_index)
 
     # -- the loop ----------------------------------------------------------------------------
     def context(self) -> SearchContext:
@@ -131,7 +129,7 @@ class Search:
             self.log(proposal, record)
             self.next_index += 1
             self.elapsed += time.time() - started
-            save_state(self.path(STATE), self.state_dict())
+            save_torch(self.state_dict(), self.path(SEARCH_STATE))
         finally:
             self._saving = False
         if self._stop_requested:
@@ -143,7 +141,7 @@ class Search:
         saved after, by the caller)."""
         if record["status"] == "ok":
             record["controller"] = self.strategy.update([proposal], [record["reward"]])
-        append_record(self.path(LOG), record)
+        append_record(self.path(SEARCH_LOG), record)
         self.records.append(record)
 
     def run(self, budget: Optional[int] = None, time_budget: Optional[float] = None,

@@ -1,68 +1,11 @@
-"""Files of a search run: options, candidate log (JSON lines) and resumable state, all crash-safe."""
-import io
+"""A search run's log and state on resume: the finished candidates' records, the saved state."""
 import json
-import os
 import sys
 from typing import Any, Dict, List
 
 import torch
 
-
-def write_atomic(path: str, data: bytes) -> None:
-    """Replaces `path` with `data` so that a crash leaves either the old or the new file."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _sync_directory(os.path.dirname(path) or ".")
-
-
-def _sync_directory(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_json(path: str, obj: Any) -> None:
-    write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
-
-
-def read_json(path: str) -> Any:
-    """The JSON in `path`, or None when there is no such file."""
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path} is damaged: not valid JSON ({error})") from None
-
-
-def read_records(path: str) -> List[Dict[str, Any]]:
-    """The complete lines of a JSON-lines log (a torn last line from a crash is dropped)."""
-    if not os.path.exists(path):
-        return []
-    records = []
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.endswith("\n"):
-                break
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path} is damaged: line {number} is not valid JSON ({error})") from None
-    return records
-
-
-def append_record(path: str, record: Dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+from ..files import read_records, write_atomic
 
 
 def keep_finished_records(path: str, count: int, pending=()) -> List[Dict[str, Any]]:
@@ -84,12 +27,6 @@ def _warn_of_lost_records(path: str, missing) -> None:
         print(f"warning: {path} lacks the records of {len(missing)} finished candidate(s) (index {shown}): "
               f"the file was cut short or edited; they are lost, and the search goes on without them",
               file=sys.stderr)
-
-
-def save_state(path: str, state: Dict[str, Any]) -> None:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    write_atomic(path, buffer.getvalue())
 
 
 def load_state(path: str) -> Dict[str, Any]:

@@ -1,0 +1,77 @@
+"""Crash-safe files: each is replaced atomically (a crash leaves the old or the new one) or, for
+JSON-lines logs, appended a whole line at a time."""
+import io
+import json
+import os
+from typing import Any, Dict, List
+
+import torch
+
+# The files of a run directory: its options, and a search's or a training's own files
+CONFIG = "config.json"
+SEARCH_FILES = SEARCH_LOG, SEARCH_STATE = "candidates.jsonl", "state.pt"
+TRAINING_FILES = TRAINING_LOG, LAST, BEST = "log.jsonl", "last.pt", "best.pt"
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Replaces `path` with `data` so that a crash leaves either the old or the new file."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _sync_directory(os.path.dirname(path) or ".")
+
+
+def _sync_directory(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json(path: str, obj: Any) -> None:
+    write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def read_json(path: str) -> Any:
+    """The JSON in `path`, or None when there is no such file."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is damaged: not valid JSON ({error})") from None
+
+
+def read_records(path: str) -> List[Dict[str, Any]]:
+    """The complete lines of a JSON-lines log (a torn last line from a crash is dropped)."""
+    if not os.path.exists(path):
+        return []
+    records = []
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.endswith("\n"):
+                break
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path} is damaged: line {number} is not valid JSON ({error})") from None
+    return records
+
+
+def append_record(path: str, record: Dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_torch(obj: Any, *paths: str) -> None:
+    """torch.save(obj) once, written atomically to each path."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    for path in paths:
+        write_atomic(path, buffer.getvalue())
