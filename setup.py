@@ -47,7 +47,8 @@ def ops_extension():
     else:
         sources += sorted(glob.glob("csrc/composite/*.cpp"))
         kind = CppExtension
-    extension = kind("nasfast._C", sources, extra_compile_args=flags, extra_link_args=link_openmp,
+    soname = ["-Wl,-soname,_C.so"]  # a C++ program linked to it finds it by name (examples/cpp: beside it)
+    extension = kind("nasfast._C", sources, extra_compile_args=flags, extra_link_args=link_openmp + soname,
                      py_limited_api=True)
     # Loaded with torch.ops.load_library, never imported: no need for libtorch_python.
     extension.libraries = [lib for lib in extension.libraries if lib != "torch_python"]

@@ -17,8 +17,8 @@ from . import ops
 from .checkpoint import is_torchscript, load_checkpoint, model_from_checkpoint
 from .cli import UsageError, positive_int, run
 from .encoder import IMAGENET_MEAN, IMAGENET_STD
+from .genotype import Genotype, genotype_from_option
 from .model import create_model
-from .genotype import genotype_from_option
 
 PROG = "python -m nasfast.export"
 NUM_CLASSES_DEFAULT = 21  # PASCAL VOC, as in the paper
@@ -49,11 +49,18 @@ def script_for_deployment(model: nn.Module) -> torch.jit.ScriptModule:
     return torch.jit.script(fold_batch_norms(copy.deepcopy(model).eval()))
 
 
-def checkpoint_info(checkpoint: dict) -> dict:
-    """What a deployment needs to feed the model and name its output channels. The model does not
-    normalise: its input is RGB / 255, then (x - mean) / std per channel, at the training's scale."""
-    return {"num_classes": checkpoint["num_classes"], "class_names": checkpoint.get("class_names"),
-            "scale": checkpoint.get("scale", 1.0), "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+def model_info(genotype: Genotype, num_classes: int) -> dict:
+    """What a deployment needs to feed any exported model. The model does not normalise: its input
+    is RGB / 255, then (x - mean) / std per channel."""
+    return {"genotype": genotype.to_list(), "num_classes": num_classes, "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD)}
+
+
+def checkpoint_info(checkpoint: dict, path: str) -> dict:
+    """model_info, and what a trained model adds: its classes' names and the scale of its images."""
+    return {**model_info(Genotype.parse(checkpoint["genotype"]), checkpoint["num_classes"]),
+            "class_names": checkpoint.get("class_names"), "scale": checkpoint.get("scale", 1.0),
+            "checkpoint": os.path.abspath(path)}
 
 
 def export(model: nn.Module, path: str, about: Optional[dict] = None) -> dict:
@@ -61,7 +68,10 @@ def export(model: nn.Module, path: str, about: Optional[dict] = None) -> dict:
     scripted = script_for_deployment(model)
     needs = native_ops(scripted)
     info = {"native_ops": needs, "ops_library": ops.library_path() if needs else None, **(about or {})}
-    scripted.save(path, _extra_files={"nasfast.json": json.dumps(info)})
+    try:
+        scripted.save(path, _extra_files={"nasfast.json": json.dumps(info)})
+    except RuntimeError as error:  # torch's writer says only "open file failed", with the errno
+        raise UsageError(f"--out {path} cannot be written ({str(error).splitlines()[0][-120:]})") from None
     return info
 
 
@@ -103,14 +113,13 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     check_options(args)
     fused = False if args.reference_ops else None
-    about = None
     if args.checkpoint:
         checkpoint = load_checkpoint(args.checkpoint)
-        model, about = model_from_checkpoint(checkpoint, fused=fused), checkpoint_info(checkpoint)
+        model, about = model_from_checkpoint(checkpoint, fused=fused), checkpoint_info(checkpoint, args.checkpoint)
     else:
-        genotype = genotype_from_option(args.genotype)
-        model = create_model(genotype, args.num_classes or NUM_CLASSES_DEFAULT, pretrained=args.pretrained,
-                             fused=fused)
+        genotype, num_classes = genotype_from_option(args.genotype), args.num_classes or NUM_CLASSES_DEFAULT
+        model = create_model(genotype, num_classes, pretrained=args.pretrained, fused=fused)
+        about = model_info(genotype, num_classes)
     replaced = os.path.exists(args.out)
     info = export(model, args.out, about)
     print(f"wrote {args.out}" + (" (replaced the file that was there)" if replaced else ""))

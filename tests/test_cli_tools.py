@@ -1,6 +1,7 @@
 """The command lines of python -m nasfast.export and of the benchmark scripts: bad input is refused
 in one line (exit 2), options that do not apply are refused, and --help tells the whole story."""
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import torch
 
 from nasfast import export
 from nasfast.cli import run
+from nasfast.genotype import ZOO
 
 REPO = Path(__file__).resolve().parents[1]
 CUSTOM_GENOTYPE = "[[[0, 1], [1, 2], [2, 3]], [0, [0, 1, 2, 3], [1, 2, 3, 4], [2, 3, 4, 5]]]"
@@ -63,6 +65,7 @@ def test_export_refuses_options_that_do_not_apply_with_a_checkpoint(options, wor
     (["--genotype", "arch0", "--out", "nodir/m.pt"], ["nodir", "does not exist"]),
     (["--genotype", "arch0", "--out", "."], ["is a directory"]),
     (["--genotype", "arch0", "--out", "corrupt.pt"], ["corrupt.pt", "not an earlier export"]),
+    (["--genotype", "arch0", "--out", "/proc/m.pt"], ["--out /proc/m.pt cannot be written", "open file failed"]),
 ])
 def test_export_refuses_bad_input_in_one_line(options, words, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
@@ -76,7 +79,11 @@ def test_export_genotype_its_old_name_and_the_default_classes(tmp_path, capsys):
     path = tmp_path / "m.pt"
     x = torch.randn(1, 3, 32, 32)
     assert call(export.main, ["--genotype", "arch0", "--num-classes", "3", "--out", str(path)], capsys)[0] == 0
-    assert torch.jit.load(str(path))(x).shape[1] == 3
+    extra = {"nasfast.json": ""}
+    assert torch.jit.load(str(path), _extra_files=extra)(x).shape[1] == 3
+    info = json.loads(extra["nasfast.json"])
+    assert (info["genotype"], info["num_classes"], len(info["mean"]), len(info["std"])) == (ZOO["arch0"].to_list(), 3, 3, 3)
+    assert "scale" not in info  # the scale of its images is a trained model's
     status, out, _ = call(export.main, ["--arch", "arch0", "--out", str(path)], capsys)
     assert status == 0 and out.startswith(f"wrote {path} (replaced")
     assert torch.jit.load(str(path))(x).shape[1] == 21

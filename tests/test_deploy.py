@@ -23,6 +23,7 @@ from nasfast.data import CamVid, EvalTransform, make_dataset
 from nasfast.train import evaluate_model, evaluation_loader
 from nasfast.data.transforms import to_tensors
 from nasfast.export import fold_batch_norms
+from nasfast.genotype import ZOO
 from nasfast.model import create_model
 from nasfast.ops import SeparableConvBNReLU
 
@@ -123,11 +124,12 @@ def test_export_equals_the_trained_model_and_names_its_ops(trained, exported, ca
     assert not any(k.startswith("decoder.aux") for k in dict(scripted.named_parameters()))
 
 
-def test_export_names_the_classes_and_says_how_to_scale_and_normalise_the_input(exported, camvid_root):
+def test_export_names_the_classes_and_says_how_to_scale_and_normalise_the_input(trained, exported, camvid_root):
     extra = {"nasfast.json": ""}
     torch.jit.load(str(exported[0]), _extra_files=extra)
     info = json.loads(extra["nasfast.json"])
     assert (info["num_classes"], info["class_names"], info["scale"]) == (11, list(CamVid.class_names), 0.25)
+    assert info["genotype"] == ZOO["arch1"].to_list() and info["checkpoint"] == str(trained / "best.pt")
     image = camvid_image(camvid_root)
     channels_first = torch.from_numpy(image).permute(2, 0, 1).float() / 255
     normalised = (channels_first - torch.tensor(info["mean"])[:, None, None]) / torch.tensor(info["std"])[:, None, None]
@@ -181,11 +183,12 @@ def test_cpp_program_matches_python(exported, camvid_root, tmp_path):
                     f"-DNASFAST_OPS={nasfast.ops.library_path()}"], check=True, capture_output=True)
     subprocess.run(["cmake", "--build", str(build), "-j2"], check=True, capture_output=True)
     image = camvid_image(camvid_root)
-    Image.fromarray(image).save(tmp_path / "image.ppm")
+    (tmp_path / "image.ppm").write_bytes(b"P6\n# a comment, as image tools write\n160 120\n255\n" + image.tobytes())
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     result = subprocess.run([str(build / "nasfast_segment"), str(path), str(tmp_path / "image.ppm"),
                              str(tmp_path / "logits.bin")], capture_output=True, text=True, env=env, check=True)
     assert "output size: [1, 11, 120, 160]" in result.stdout and "class histogram:" in result.stdout
+    assert "note: the model was trained on images scaled by 0.25 (nasfast.json)" in result.stdout
     cpp = torch.from_numpy(np.fromfile(tmp_path / "logits.bin", dtype=np.float32).reshape(1, 11, 120, 160))
     x = to_tensors(image, np.zeros((120, 160), np.uint8))[0][None]
     with torch.no_grad():
@@ -193,3 +196,10 @@ def test_cpp_program_matches_python(exported, camvid_root, tmp_path):
     assert (cpp - python).abs().max() < 1e-4
     histogram = torch.bincount(python.argmax(1).flatten(), minlength=11).tolist()
     assert result.stdout.split("class histogram:")[1].split() == [f"{c}:{n}" for c, n in enumerate(histogram)]
+    program, ppm = str(build / "nasfast_segment"), str(tmp_path / "image.ppm")
+    not_a_model = subprocess.run([program, ppm, ppm], capture_output=True, text=True, env=env)
+    assert not_a_model.returncode == 1 and not_a_model.stderr.startswith("error: ")
+    assert len(not_a_model.stderr.splitlines()) <= 2, not_a_model.stderr  # libtorch's message, not its backtrace
+    if shutil.which("readelf"):  # copied beside the ops library, the program finds it there
+        dynamic = subprocess.run(["readelf", "-d", program], capture_output=True, text=True).stdout
+        assert "Shared library: [_C.so]" in dynamic and "$ORIGIN" in dynamic
