@@ -1,17 +1,51 @@
 """python -m nasfast.evaluate: mIoU, fwIoU, mean accuracy, pixel accuracy and per-class IoU of a
-trained checkpoint on a dataset split (the numbers of the paper's Table 5)."""
+trained checkpoint on a dataset split (the numbers of the paper's Table 5); the evaluation that
+training's validation uses too."""
 import argparse
 import json
 import math
 import sys
 
+import torch
+from torch.utils.data import DataLoader, Subset
+
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .cli import UsageError, non_negative_int, positive_float, resolve_device, run
 from .data import EvalTransform, make_dataset
 from .data.datasets import DATASETS, every_image_in_every_split, find_data_root
-from .train import evaluate_model, evaluation_loader, finite_or_none
+from .files import finite_or_none
+from .metrics import ConfusionMatrix
 
 PROG = "python -m nasfast.evaluate"
+
+
+def evenly_spaced(dataset, count: int):
+    """`count` images spread evenly over the dataset (all when count is 0 or at least its size):
+    the validation images of a training with val_images = count, and evaluate --limit count."""
+    if not count or count >= len(dataset):
+        return dataset
+    return Subset(dataset, [i * len(dataset) // count for i in range(count)])
+
+
+def evaluate_model(model, loader, num_classes, ignore_index, exclude, device) -> dict:
+    matrix = ConfusionMatrix(num_classes, ignore_index, exclude)
+    model.eval()
+    with torch.no_grad():
+        for images, labels in loader:
+            matrix.update(model(images.to(device)), labels.to(device))
+    return matrix.compute()
+
+
+def evaluation_loader(dataset, workers: int, batch_size: int = 8) -> DataLoader:
+    """Images through the model batch_size at a time when they all have one size (CamVid), one at
+    a time otherwise (VOC); the worker processes persist from one pass to the next."""
+    if isinstance(dataset, Subset):
+        sizes = {dataset.dataset.image_size(i) for i in dataset.indices}
+    else:
+        sizes = {dataset.image_size(i) for i in range(len(dataset))}
+    one_size = len(sizes) <= 1
+    return DataLoader(dataset, batch_size=batch_size if one_size else 1, num_workers=workers,
+                      persistent_workers=workers > 0)
 
 
 def format_metrics(metrics: dict, class_names) -> str:
@@ -33,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "<SPLIT>.txt, else every image [val]")
     parser.add_argument("--scale", type=positive_float,
                         help="resize images by this factor [the training's, stored in the checkpoint]")
-    parser.add_argument("--limit", type=non_negative_int, default=0, help="evaluate the first N images only [0: all]")
+    parser.add_argument("--limit", type=non_negative_int, default=0,
+                        help="evaluate N images spread evenly over the split, those a training with N validation "
+                             "images (the tiny preset: 8) validates on [0: all]")
     parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N [auto]")
     parser.add_argument("--workers", type=non_negative_int, default=2, help="data-loading processes [2]")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
@@ -52,14 +88,13 @@ def main(argv=None) -> int:
     if dataset.num_classes != checkpoint["num_classes"]:
         raise UsageError(f"{dataset_name} has {dataset.num_classes} classes, the checkpoint "
                          f"{checkpoint['num_classes']}")
-    if args.limit:
-        dataset.pairs = dataset.pairs[:args.limit]
+    images = evenly_spaced(dataset, args.limit)
     model = model_from_checkpoint(checkpoint).to(device)
-    print(f"{args.checkpoint} on {dataset_name} {args.split} ({root}): {len(dataset)} images at scale {scale}",
+    print(f"{args.checkpoint} on {dataset_name} {args.split} ({root}): {len(images)} images at scale {scale}",
           file=sys.stderr if args.json else sys.stdout, flush=True)
     if every_image_in_every_split(dataset):
         print(f"note: no train.txt or val.txt in {root}: every image is in every split", file=sys.stderr)
-    loader = evaluation_loader(dataset, args.workers)
+    loader = evaluation_loader(images, args.workers)
     metrics = evaluate_model(model, loader, dataset.num_classes, dataset.ignore_index, (), device)
     print(json.dumps(finite_or_none(metrics)) if args.json else format_metrics(metrics, dataset.class_names))
     if math.isnan(metrics["miou"]):

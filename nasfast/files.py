@@ -2,6 +2,7 @@
 JSON-lines logs, appended a whole line at a time."""
 import io
 import json
+import math
 import os
 from typing import Any, Dict, List
 
@@ -75,3 +76,12 @@ def save_torch(obj: Any, *paths: str) -> None:
     torch.save(obj, buffer)
     for path in paths:
         write_atomic(path, buffer.getvalue())
+
+
+def finite_or_none(value):
+    """value with each non-finite number (NaN, inf) as None, so that JSON holds null for it."""
+    if isinstance(value, dict):
+        return {key: finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(item) for item in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value

@@ -18,10 +18,10 @@ from .checkpoint import RESUME_KEYS, load_checkpoint
 from .cli import UsageError, counted, images_per_batch, non_negative_int, positive_int, resolve_device, run
 from .data import EvalTransform, TrainTransform, make_dataset
 from .data.datasets import DATASETS, every_image_in_every_split, find_data_root
-from .files import (BEST, CONFIG, LAST, SEARCH_FILES, TRAINING_FILES, TRAINING_LOG, append_record, read_json,
-                    save_torch, write_json)
+from .evaluate import evaluate_model, evaluation_loader, evenly_spaced
+from .files import (BEST, CONFIG, LAST, SEARCH_FILES, TRAINING_FILES, TRAINING_LOG, append_record, finite_or_none,
+                    read_json, save_torch, write_json)
 from .genotype import ZOO, Genotype, genotype_from_option
-from .metrics import ConfusionMatrix
 from .model import create_model
 from .search.candidate import CandidateFailed, LateLossCheck, descend, segmentation_loss
 
@@ -62,15 +62,6 @@ class TrainingInterrupted(Exception):
     """Ctrl-C during the epochs; the message says what was saved and how to go on."""
 
 
-def finite_or_none(value):
-    """value with each non-finite number (NaN, inf) as None, so that JSON holds null for it."""
-    if isinstance(value, dict):
-        return {key: finite_or_none(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite_or_none(item) for item in value]
-    return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
 def known_miou(saved: Optional[float]) -> Optional[float]:
     """A checkpoint's best mIoU; None when no epoch had a finite one (older runs saved -1 then)."""
     return saved if saved is not None and saved >= 0 else None
@@ -96,27 +87,6 @@ def genotype_name(nested: list) -> str:
     return next((name for name, known in ZOO.items() if known == genotype), str(genotype))
 
 
-def evaluate_model(model, loader, num_classes, ignore_index, exclude, device) -> dict:
-    matrix = ConfusionMatrix(num_classes, ignore_index, exclude)
-    model.eval()
-    with torch.no_grad():
-        for images, labels in loader:
-            matrix.update(model(images.to(device)), labels.to(device))
-    return matrix.compute()
-
-
-def evaluation_loader(dataset, workers: int, batch_size: int = 8) -> DataLoader:
-    """Images through the model batch_size at a time when they all have one size (CamVid), one at
-    a time otherwise (VOC); the worker processes persist from one pass to the next."""
-    if isinstance(dataset, Subset):
-        sizes = {dataset.dataset.image_size(i) for i in dataset.indices}
-    else:
-        sizes = {dataset.image_size(i) for i in range(len(dataset))}
-    one_size = len(sizes) <= 1
-    return DataLoader(dataset, batch_size=batch_size if one_size else 1, num_workers=workers,
-                      persistent_workers=workers > 0)
-
-
 def _checked_loss(check: LateLossCheck, steps_per_epoch: int, out: str, saved_epochs: int) -> Optional[float]:
     """check(), with a non-finite loss as a user error worded for training (and what was saved)."""
     pending = check.pending
@@ -134,13 +104,6 @@ def _record(loss, losses: list, bar) -> None:
     if loss is not None:
         losses.append(loss)
         bar.set_postfix(loss=f"{loss:.3f}")
-
-
-def _subset(dataset, count: int, seed: int):
-    if not count or count >= len(dataset):
-        return dataset
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count]
-    return Subset(dataset, sorted(order.tolist()))
 
 
 def make_optimizers(model, config: TrainConfig) -> Tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
@@ -209,14 +172,14 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
     val_split = DATASETS[args.dataset][2]
     val_set = make_dataset(args.dataset, str(data_root), split=val_split, transform=EvalTransform(config.scale))
     note_unsplit_validation(val_set, data_root)
-    train_subset = _subset(train_set, config.train_images, config.seed)
+    train_subset = evenly_spaced(train_set, config.train_images)
     steps_per_epoch = len(train_subset) // config.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"batch size {config.batch_size} exceeds the {len(train_subset)} training images")
     # Resuming loads every weight from the checkpoint: no need for the ImageNet file then.
     model = create_model(genotype, train_set.num_classes, pretrained=resumed is None, aux="cell").to(device)
     encoder_opt, decoder_opt = make_optimizers(model, config)
-    val_subset = _subset(val_set, config.val_images, config.seed)
+    val_subset = evenly_spaced(val_set, config.val_images)
     print(f"{args.dataset} data in {data_root}: {used(train_subset, train_set)} training and "
           f"{used(val_subset, val_set)} validation images", file=sys.stderr)
     check_files(val_subset, "validation", args.no_progress)

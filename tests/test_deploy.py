@@ -20,7 +20,7 @@ import nasfast.ops
 from nasfast import cli, evaluate, train
 from nasfast.checkpoint import load_checkpoint, model_from_checkpoint
 from nasfast.data import CamVid, EvalTransform, make_dataset
-from nasfast.train import evaluate_model, evaluation_loader
+from nasfast.evaluate import evaluate_model, evaluation_loader
 from nasfast.data.transforms import to_tensors
 from nasfast.export import fold_batch_norms
 from nasfast.genotype import ZOO
@@ -71,9 +71,11 @@ def test_evaluate_prints_the_table_5_numbers_at_the_checkpoint_s_dataset_and_sca
     out = run("nasfast.evaluate", "--checkpoint", str(trained / "best.pt"), "--limit", "6").stdout
     assert out.startswith(f"{trained / 'best.pt'} on camvid val (") and ": 6 images at scale 0.25\n" in out
     assert "mIoU" in out and "fwIoU" in out and "pixel acc" in out and "pedestrian" in out
-    metrics = json.loads(run("nasfast.evaluate", "--checkpoint", str(trained / "best.pt"), "--limit", "6",
+    metrics = json.loads(run("nasfast.evaluate", "--checkpoint", str(trained / "best.pt"), "--limit", "8",
                              "--json").stdout)
     assert 0 < metrics["miou"] < 1 and len(metrics["iou"]) == 11
+    # the images the tiny preset validates on: the mIoU the training logged
+    assert metrics["miou"] == pytest.approx(load_checkpoint(str(trained / "best.pt"))["best_miou"], abs=1e-6)
 
 
 def test_evaluate_names_a_missing_split_in_one_line(trained, capsys):
