@@ -77,8 +77,11 @@ class Genotype:
                 return ZOO[x.strip()]
             try:
                 x = json.loads(x)
-            except json.JSONDecodeError:
+            except json.JSONDecodeError as error:
                 shown = x if len(x) <= 80 else x[:77] + "..."
+                if x.lstrip().startswith("["):
+                    raise ValueError(f"genotype {shown!r} is not valid JSON: {error.msg} at character "
+                                     f"{error.pos + 1}") from None
                 raise ValueError(f"genotype {shown!r} is neither a zoo name ({', '.join(ZOO)}) "
                                  f"nor the JSON text of {NESTED_FORM}") from None
         connectivity, cell = _sequence(x, "", 2, "[connectivity, cell]")
@@ -182,6 +185,8 @@ def genotype_from_option(text: str) -> Genotype:
     if os.path.isdir(text) or text.endswith(".jsonl"):
         return best_of_search(text)
     if not os.path.isfile(text):
+        if os.sep in text and not text.lstrip().startswith("["):  # a path, not a name or JSON
+            raise FileNotFoundError(f"genotype file {text}: no such file")
         return Genotype.parse(text)
     try:
         with open(text, encoding="utf-8") as f:

@@ -92,7 +92,7 @@ def test_every_field_is_range_checked_by_name(path, high, field):
     ({"connectivity": ARCH0[0]}, r"genotype must be a list of 2 items"),
     (None, r"genotype must be a list of 2 items"),
     ("arch9", r"neither a zoo name \(arch0, arch1, arch2\) nor the JSON text"),
-    ("[[1, 2]", r"neither a zoo name"),
+    ("[[1, 2]", r"genotype '\[\[1, 2\]' is not valid JSON: Expecting ',' delimiter at character 8"),
     ('"arch0x"', r"genotype must be a list of 2 items"),
 ])
 def test_malformed_genotypes_are_rejected_by_name(bad, message):
@@ -213,6 +213,8 @@ def test_an_option_names_a_search_for_its_best_design_and_long_text_is_cut(tmp_p
         genotype_from_option(str(tmp_path / "log.jsonl"))
     with pytest.raises(ValueError, match="nothing.jsonl: no such search log"):
         genotype_from_option(str(tmp_path / "nothing.jsonl"))
+    with pytest.raises(FileNotFoundError, match="genotype file .*/typo: no such file"):
+        genotype_from_option(str(tmp_path / "typo"))
     with pytest.raises(ValueError) as error:
         Genotype.parse("x" * 5000)
     assert len(str(error.value)) < 300 and "xxx..." in str(error.value)
