@@ -25,10 +25,14 @@ class Segmenter(nn.Module):
         return self.decoder.forward_with_aux(self.encoder(x))
 
 
+FINAL_CHANNELS, FINAL_SEP_REPEATS = 64, 2  # the decoder of a found design, trained fully (SPEC section 7)
+
+
 def create_model(name_or_genotype, num_classes: int, pretrained=False, aux: Optional[str] = None,
-                 channels: int = 64, sep_repeats: int = 2, fused: Optional[bool] = None) -> Segmenter:
-    """The final configuration (SPEC section 7): C=64, R=2; no auxiliary heads unless asked for
-    (training uses aux="cell"; the deployed model has none)."""
+                 channels: int = FINAL_CHANNELS, sep_repeats: int = FINAL_SEP_REPEATS,
+                 fused: Optional[bool] = None) -> Segmenter:
+    """The final configuration by default; no auxiliary heads unless asked for (training uses
+    aux="cell"; the deployed model has none)."""
     encoder = MobileNetV2Encoder(pretrained=pretrained)
     decoder = Decoder(name_or_genotype, in_channels=encoder.channels, num_classes=num_classes,
                       channels=channels, sep_repeats=sep_repeats, aux=aux, in_strides=encoder.strides,

@@ -22,7 +22,7 @@ from .evaluate import evaluate_model, evaluation_loader, evenly_spaced
 from .files import (BEST, CONFIG, LAST, SEARCH_FILES, TRAINING_FILES, TRAINING_LOG, append_record, finite_or_none,
                     read_json, save_torch, write_json)
 from .genotype import ZOO, Genotype, genotype_from_option
-from .model import create_model
+from .model import FINAL_CHANNELS, FINAL_SEP_REPEATS, create_model
 from .search.candidate import CandidateFailed, LateLossCheck, descend, segmentation_loss
 
 PROG = "python -m nasfast.train"
@@ -239,7 +239,8 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
             state = {"model": model.state_dict(), "encoder_optimizer": encoder_opt.state_dict(),
                      "decoder_optimizer": decoder_opt.state_dict(), "epoch": epoch,
                      "best_miou": best, "genotype": genotype.to_list(),
-                     "num_classes": train_set.num_classes, "channels": 64, "sep_repeats": 2,
+                     "num_classes": train_set.num_classes, "channels": FINAL_CHANNELS,
+                     "sep_repeats": FINAL_SEP_REPEATS,
                      "dataset": args.dataset, "data_root": str(data_root),
                      "class_names": list(train_set.class_names), "scale": config.scale}
             # Until an epoch has a finite mIoU, best.pt is the first epoch's: it exists once announced.

@@ -320,10 +320,12 @@ def test_hints_are_command_lines_to_copy():
     assert resume_command("runs/my search", "my data") == \
         "python -m nasfast.search --resume 'runs/my search' --data-root 'my data' --budget ..."
     records = [dict(fake_evaluate(None, 0, None, None), index=0, genotype=[], status="ok")]
-    config = SimpleNamespace(dataset="folder", preset=None)
-    assert closing_summary(records, 1, "runs/x y", config, "/data/own").endswith(
-        "train the best design: python -m nasfast.train --genotype 'runs/x y' --dataset folder --data-root "
-        "/data/own --out DIR")
+    config = SimpleNamespace(dataset="folder", preset=None, channels=16, sep_repeats=1)
+    summary = closing_summary(records, 1, "runs/x y", config, "/data/own")
+    assert summary.endswith("train the best design: python -m nasfast.train --genotype 'runs/x y' --dataset folder "
+                            "--data-root /data/own --out DIR")
+    assert "params and MAdds: the decoder as searched (16 channels, separable repeats 1, at the searched image " \
+           "size); trained, with 64 channels" in summary
 
 
 def test_meta_val_without_a_scored_pixel_is_refused_before_any_candidate(tmp_path, capsys):

@@ -3,6 +3,9 @@ import os
 import shlex
 from typing import Any, Dict, List, Optional
 
+from ..files import SEARCH_LOG
+from ..model import FINAL_CHANNELS, FINAL_SEP_REPEATS
+
 
 def madds_text(madds: int) -> str:
     """Three significant digits, in M below 1 G: 3.60M, 42.1M, 950M, 1.23G."""
@@ -42,8 +45,11 @@ def resume_command(run_dir: str, data_root: Optional[str]) -> str:
 def closing_summary(records: List[Dict[str, Any]], k: int, run_dir: str, config, data_root: Optional[str]) -> str:
     """The table of the best designs, where the log is, and how to train the best one (with the
     search's dataset, data and preset: `config` is its SearchConfig)."""
-    lines = [top_table(records, k), f"log: {os.path.join(run_dir, 'candidates.jsonl')}"]
+    lines = [top_table(records, k), f"log: {os.path.join(run_dir, SEARCH_LOG)}"]
     if any(r["status"] == "ok" for r in records):
+        lines.append(f"params and MAdds: the decoder as searched ({config.channels} channels, separable repeats "
+                     f"{config.sep_repeats}, at the searched image size); trained, with {FINAL_CHANNELS} channels, "
+                     f"{FINAL_SEP_REPEATS} repeats and the encoder, it is larger (bench/latency.py --genotype RUN_DIR measures it)")
         preset = ["--preset", config.preset] if config.preset else []
         train = command("python", "-m", "nasfast.train", "--genotype", run_dir, "--dataset", config.dataset,
                         *_data_root_option(data_root), *preset, "--out", "DIR")
