@@ -137,7 +137,8 @@ def test_bad_data_and_genotypes_are_reported_without_writing(tmp_path, capsys, c
     assert "batch size 1000 exceeds the 32 training images" in one_error_line(capsys)
     (tmp_path / "latin1.json").write_bytes(b"\xff\xfe[")
     (tmp_path / "broken.json").write_text("[[1, 2]")
-    for name, problem in (("latin1.json", "is not UTF-8 text"), ("broken.json", "genotype '[[1, 2]' is not valid JSON")):
+    for name, problem in (("latin1.json", "is not UTF-8 text"),
+                          ("broken.json", "genotype '[[1, 2]' is not valid JSON")):
         assert train_cli("--genotype", tmp_path / name, "--out", out) == 2
         line = one_error_line(capsys)
         assert f"genotype file {tmp_path / name}" in line and problem in line

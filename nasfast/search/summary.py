@@ -49,7 +49,8 @@ def closing_summary(records: List[Dict[str, Any]], k: int, run_dir: str, config,
     if any(r["status"] == "ok" for r in records):
         lines.append(f"params and MAdds: the decoder as searched ({config.channels} channels, separable repeats "
                      f"{config.sep_repeats}, at the searched image size); trained, with {FINAL_CHANNELS} channels, "
-                     f"{FINAL_SEP_REPEATS} repeats and the encoder, it is larger (bench/latency.py --genotype RUN_DIR measures it)")
+                     f"{FINAL_SEP_REPEATS} repeats and the encoder, it is larger (bench/latency.py --genotype RUN_DIR "
+                     "measures it)")
         preset = ["--preset", config.preset] if config.preset else []
         train = command("python", "-m", "nasfast.train", "--genotype", run_dir, "--dataset", config.dataset,
                         *_data_root_option(data_root), *preset, "--out", "DIR")
