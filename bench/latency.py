@@ -98,11 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def short_name(text: str) -> str:
-    """What the table's 8-character first column shows: a zoo name, a file's name cut short, or 'custom'
-    for JSON."""
+    """What the table's 8-character first column shows: a zoo name, a file's or a search's name cut
+    short, or 'custom' for JSON."""
     if text.strip() in ZOO:
         return text.strip()
-    return Path(text).stem[:8] if os.path.isfile(text) else "custom"
+    return Path(text.rstrip("/")).stem[:8] if os.path.exists(text) else "custom"
 
 
 def designs(text: str) -> List[Tuple[str, nasfast.Genotype]]:

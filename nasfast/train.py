@@ -1,4 +1,4 @@
-"""python -m nasfast.train: full training of a found design (SPEC section 7), with validation
+"""python -m nasfast.train: full training of a found design (the paper's section 4.4), with validation
 mean IoU per epoch, checkpoints (last and best) and --resume."""
 import argparse
 import json
@@ -81,9 +81,9 @@ def aux_weight(config: TrainConfig, epoch: int) -> float:
     return config.aux_weights[part]
 
 
-def genotype_name(nested: list) -> str:
+def genotype_name(genotype) -> str:
     """The zoo name of a genotype, else its JSON."""
-    genotype = Genotype.parse(nested)
+    genotype = Genotype.parse(genotype)
     return next((name for name, known in ZOO.items() if known == genotype), str(genotype))
 
 
@@ -180,6 +180,7 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
     model = create_model(genotype, train_set.num_classes, pretrained=resumed is None, aux="cell").to(device)
     encoder_opt, decoder_opt = make_optimizers(model, config)
     val_subset = evenly_spaced(val_set, config.val_images)
+    print(f"design: {genotype_name(genotype)}", file=sys.stderr)
     print(f"{args.dataset} data in {data_root}: {used(train_subset, train_set)} training and "
           f"{used(val_subset, val_set)} validation images", file=sys.stderr)
     check_files(val_subset, "validation", args.no_progress)
@@ -380,10 +381,10 @@ def new_run(args) -> Tuple[Genotype, TrainConfig]:
     return genotype, replace(PRESETS[args.preset or "paper"], **options)
 
 
-def report(result: dict) -> None:
-    """One JSON line on stdout for scripts, and a line for people."""
-    print(f"best val mIoU {format_miou(result['best_miou'])}: {result['best_checkpoint']}", file=sys.stderr)
-    print(json.dumps(result))
+def report(best_miou: Optional[float], best_checkpoint: str) -> None:
+    """One line for people and one JSON line on stdout for scripts."""
+    print(f"best val mIoU {format_miou(best_miou)}: {best_checkpoint}", file=sys.stderr)
+    print(json.dumps({"best_miou": best_miou, "best_checkpoint": best_checkpoint}))
 
 
 def main(argv=None) -> int:
@@ -392,12 +393,8 @@ def main(argv=None) -> int:
     if args.resume:
         genotype, config, resumed = resumed_run(args)
         if resumed["epoch"] + 1 >= config.epochs:
-            best_path = os.path.join(args.out, BEST)
-            best = known_miou(resumed["best_miou"])
-            print(f"{args.out} has finished its {counted(config.epochs, 'epoch')}; best val mIoU "
-                  f"{format_miou(best)} in {best_path}",
-                  file=sys.stderr)
-            print(json.dumps({"best_miou": best, "best_checkpoint": best_path}))
+            print(f"{args.out} has finished its {counted(config.epochs, 'epoch')}", end="; ", file=sys.stderr)
+            report(known_miou(resumed["best_miou"]), os.path.join(args.out, BEST))
             return 0
     else:
         genotype, config = new_run(args)
@@ -406,7 +403,7 @@ def main(argv=None) -> int:
     except TrainingInterrupted as note:
         print(f"\n{PROG}: {note}", file=sys.stderr)
         return 130
-    report(result)
+    report(**result)
     return 0
 
 

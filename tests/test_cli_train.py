@@ -27,9 +27,10 @@ def evaluate_cli(*argv) -> int:
 
 
 def one_error_line(capsys) -> str:
-    """The error, one line; before it at most train's line on the data it read."""
+    """The error, one line; before it at most train's lines on the design and the data it read."""
     err = capsys.readouterr().err
-    lines = [line for line in err.strip().splitlines() if not re.fullmatch(r"\w+ data in .*: .* images", line)]
+    lines = [line for line in err.strip().splitlines()
+             if not re.fullmatch(r"\w+ data in .*: .* images|design: .*", line)]
     assert len(lines) == 1 and "error: " in err, err
     return lines[0] + "\n"
 
@@ -231,7 +232,7 @@ def test_a_validation_without_labelled_pixels_still_writes_best_pt_and_says_why(
     assert [(r["val_miou"], r["val_pixel_acc"]) for r in log] == [(None, None)] * 2
     assert train_cli("--out", run_dir, "--resume") == 0  # finished
     captured = capsys.readouterr()
-    assert json.loads(captured.out)["best_miou"] is None and "best val mIoU none in" in captured.err
+    assert json.loads(captured.out)["best_miou"] is None and "best val mIoU none: " in captured.err
 
 
 def test_evaluate_json_has_null_for_nan_and_finds_the_data_the_run_was_trained_on(unlabelled_validation, capsys,
@@ -301,7 +302,7 @@ def test_a_folder_without_val_txt_says_the_validation_includes_the_training_imag
     assert train_folder(root, tmp_path / "run", "--epochs", 1) == 0
     err = capsys.readouterr().err
     assert err.count(f"note: no val.txt in {root}: validating on every image, the training images included") == 1
-    assert f"folder data in {root}: 8 training and 8 validation images" in err
+    assert f"design: arch0\nfolder data in {root}: 8 training and 8 validation images" in err
 
 
 def test_a_broken_validation_label_is_named_before_the_first_epoch(tmp_path, capsys, monkeypatch):

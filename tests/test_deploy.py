@@ -61,7 +61,7 @@ def test_resume_of_a_finished_run_says_so_and_accepts_options_that_do_not_change
                                             "tiny", "--workers", "1", "--device", "cpu", "--no-progress"]) == 0
     best = load_checkpoint(str(trained / "best.pt"))["best_miou"]
     captured = capsys.readouterr()
-    assert f"{trained} has finished its 2 epochs; best val mIoU {best:.4f} in {trained / 'best.pt'}" in captured.err
+    assert f"{trained} has finished its 2 epochs; best val mIoU {best:.4f}: {trained / 'best.pt'}" in captured.err
     assert json.loads(captured.out) == {"best_miou": best, "best_checkpoint": str(trained / "best.pt")}
     assert (trained / "log.jsonl").read_text() == log
 
