@@ -4,6 +4,7 @@ import os
 import sys
 from typing import List, Optional, Tuple
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -11,10 +12,10 @@ from tqdm import tqdm
 from ..cli import resolve_device
 from ..data import EvalTransform, TrainTransform, find_data_root, make_dataset
 from ..encoder import MobileNetV2Encoder
+from ..files import read_json, write_json
 from .cache import FeatureCache, build_cache, open_cache
 from .candidate import SearchContext
 from .config import SearchConfig
-from ..files import read_json, write_json
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> Tuple[List[int], List[int]]:
@@ -78,11 +79,10 @@ class _Transformed(torch.utils.data.Dataset):
 CACHE_MODES = ("auto", "build", "open")
 
 
-def _check_scored_pixels(labels: torch.Tensor, ignore_index: int, exclude, config: SearchConfig) -> None:
-    """Every reward would be undefined (and every candidate fail) on meta-val labels without a
-    pixel of a scored class."""
-    unscored = torch.tensor([ignore_index, *exclude], dtype=labels.dtype)
-    if torch.isin(labels, unscored).all():
+def _check_scored_pixels(labels, ignore_index: int, exclude, config: SearchConfig) -> None:
+    """Every reward would be undefined (and every candidate fail) on meta-val labels (a tensor or a
+    memory-mapped array) without a pixel of a scored class."""
+    if np.isin(np.asarray(labels), [ignore_index, *exclude]).all():
         raise ValueError(f"the {len(labels)} meta-val images have no labelled pixel of a scored class, so no "
                          f"reward can be computed; raise --val-fraction ({config.val_fraction})"
                          f"{'' if config.val_images is None else f' or --val-images ({config.val_images})'}")
@@ -163,7 +163,7 @@ def build_context(config: SearchConfig, run_dir: str, recorded_root: Optional[st
         if stage1.on_disk and stage1_val.on_disk:  # a resumed or restarted search opens it again
             write_json(marker, contents)
 
-    _check_scored_pixels(torch.as_tensor(stage1_val.labels), full.ignore_index, full.exclude, config)
+    _check_scored_pixels(stage1_val.labels, full.ignore_index, full.exclude, config)
     stage2_set = _Transformed(full, train_ids, TrainTransform(config.crop_size, config.scale_range, config.scale,
                                                               seed=config.seed))
     val_set = _Transformed(full, val_ids, evaluated)

@@ -10,12 +10,12 @@ import torch
 from tqdm import tqdm
 
 from ..data.datasets import DataError
+from ..files import CONFIG, SEARCH_LOG, SEARCH_STATE, append_record, save_torch, write_json
 from ..genotype import Genotype
 from ..strategies import Proposal, make_strategy
 from .candidate import SearchContext, evaluate_candidate
 from .config import SearchConfig
 from .gate import Gate
-from ..files import CONFIG, SEARCH_LOG, SEARCH_STATE, append_record, save_torch, write_json
 from .records import keep_finished_records, load_state
 
 SAME_DATA = ("classes", "training images")  # what a resumed search's data must keep
