@@ -1,5 +1,6 @@
 """Crash-safe files: each is replaced atomically (a crash leaves the old or the new one) or, for
 JSON-lines logs, appended a whole line at a time."""
+import fcntl
 import io
 import json
 import math
@@ -12,15 +13,39 @@ import torch
 CONFIG = "config.json"
 SEARCH_FILES = SEARCH_LOG, SEARCH_STATE = "candidates.jsonl", "state.pt"
 TRAINING_FILES = TRAINING_LOG, LAST, BEST = "log.jsonl", "last.pt", "best.pt"
+LOCK = ".lock"
+
+
+def lock_directory(directory: str):
+    """Locks a run directory for this process until it ends (a killed process's lock is released
+    too) and returns the open lock file, to be kept; ValueError while another process holds it."""
+    handle = open(os.path.join(directory, LOCK), "a+")
+    try:
+        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        owner = handle.read().strip()
+        handle.close()
+        raise ValueError(f"{directory} is in use by another process{f' (pid {owner})' if owner else ''}: let it "
+                         f"finish, or stop it first") from None
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
 
 def write_atomic(path: str, data: bytes) -> None:
     """Replaces `path` with `data` so that a crash leaves either the old or the new file."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, say: leave no partial file behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
     _sync_directory(os.path.dirname(path) or ".")
 
 

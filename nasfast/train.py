@@ -20,7 +20,7 @@ from .data import EvalTransform, TrainTransform, make_dataset
 from .data.datasets import DATASETS, every_image_in_every_split, find_data_root
 from .evaluate import evaluate_model, evaluation_loader, evenly_spaced
 from .files import (BEST, CONFIG, LAST, SEARCH_FILES, TRAINING_FILES, TRAINING_LOG, append_record, finite_or_none,
-                    read_json, save_torch, write_json)
+                    lock_directory, read_json, save_torch, write_json)
 from .genotype import ZOO, Genotype, genotype_from_option
 from .model import FINAL_CHANNELS, FINAL_SEP_REPEATS, create_model
 from .search.candidate import CandidateFailed, LateLossCheck, descend, segmentation_loss
@@ -188,6 +188,8 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
 
     last, best_path, log = (os.path.join(args.out, n) for n in (LAST, BEST, TRAINING_LOG))
     start_epoch, best = 0, None  # None until an epoch has a finite mIoU
+    os.makedirs(args.out, exist_ok=True)
+    lock = lock_directory(args.out)  # held while this process trains
     if resumed:
         model.load_state_dict(resumed["model"])
         encoder_opt.load_state_dict(resumed["encoder_optimizer"])
@@ -195,7 +197,6 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
         start_epoch = resumed["epoch"] + 1
         best = known_miou(resumed["best_miou"])
     else:
-        os.makedirs(args.out, exist_ok=True)
         write_json(os.path.join(args.out, CONFIG),
                    {"genotype": genotype.to_list(), "dataset": args.dataset, **asdict(config)})
 
@@ -252,6 +253,8 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
                   f" (best {format_miou(best)})", file=sys.stderr)
     except KeyboardInterrupt:
         raise TrainingInterrupted(interrupted_note(args.out, saved_epochs)) from None
+    finally:
+        lock.close()
     return {"best_miou": best, "best_checkpoint": best_path}
 
 

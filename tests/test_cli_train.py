@@ -5,6 +5,8 @@ import io
 import json
 import os
 import re
+import subprocess
+import sys
 from dataclasses import asdict
 
 import numpy as np
@@ -313,3 +315,17 @@ def test_a_broken_validation_label_is_named_before_the_first_epoch(tmp_path, cap
     assert train_folder(root, tmp_path / "run", "--epochs", 1) == 2
     assert "im12.png: label values [7] are neither classes [0, 2)" in capsys.readouterr().err
     assert steps == [] and not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_a_run_directory_in_use_by_another_process_is_refused(tmp_path, capsys):
+    from test_files import HOLD, REPO
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        assert holder.stdout.readline().strip() == "1"
+        assert train_cli("--genotype", "arch0", "--preset", "tiny", "--out", tmp_path, "--no-progress") == 2
+        assert f"{tmp_path} is in use by another process (pid {holder.pid})" in one_error_line(capsys)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert os.listdir(tmp_path) == [".lock"]  # nothing of a run written

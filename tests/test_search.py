@@ -75,12 +75,15 @@ def test_sigkill_then_resume_gives_the_uninterrupted_candidates(uninterrupted, t
     assert comparable(read_records(str(log))) == expected
 
 
-def test_ctrl_c_saves_and_exits_cleanly(tmp_path, camvid_root):
+def test_ctrl_c_saves_and_exits_cleanly_and_a_running_search_is_not_resumed_twice(tmp_path, camvid_root):
     run = tmp_path / "run"
     process = search("--out", str(run), "--budget", "50", wait=False)
     deadline = time.time() + 300
     while time.time() < deadline and len(read_records(str(run / "candidates.jsonl"))) < 1:
         time.sleep(0.05)
+    second = search("--resume", str(run), "--budget", "50")
+    assert second.returncode == 2
+    assert f"error: {run} is in use by another process (pid {process.pid})" in second.stderr
     process.send_signal(signal.SIGINT)
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 130, output

@@ -17,20 +17,20 @@ import sys
 import threading
 import time
 from datetime import timedelta
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
 from ..cli import counted
-from ..files import SEARCH_LOG, SEARCH_STATE, read_json, save_torch, write_json
+from ..files import SEARCH_STATE, read_json, save_torch, write_json
 from ..genotype import Genotype
 from ..strategies import Proposal
 from .candidate import SearchContext
 from .config import SearchConfig
 from .loop import Search, _fmt, evaluate_record
-from .records import keep_finished_records, load_state
+from .records import load_state
 from .summary import closing_summary, resume_command
 
 MESSAGE_BYTES = 1 << 20          # one message, 8 bytes of length first
@@ -167,9 +167,8 @@ class Coordinator(Search):
             write_json(self.path(JOB), {"run_id": os.environ["TORCHELASTIC_RUN_ID"]})
         super().start()
 
-    def resume(self) -> None:
-        self.load_state_dict(load_state(self.path(SEARCH_STATE)))
-        self.records = keep_finished_records(self.path(SEARCH_LOG), self.next_index, self.pending)
+    def in_flight(self) -> Iterable[int]:
+        return self.pending
 
     def handle(self, worker: int, message: Message) -> Message:
         """A worker's request: {"want": "task", "result": record or None} gets {"task": (index,

@@ -4,13 +4,13 @@ import signal
 import socket
 import time
 import traceback
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import torch
 from tqdm import tqdm
 
 from ..data.datasets import DataError
-from ..files import CONFIG, SEARCH_LOG, SEARCH_STATE, append_record, save_torch, write_json
+from ..files import CONFIG, SEARCH_LOG, SEARCH_STATE, append_record, lock_directory, save_torch, write_json
 from ..genotype import Genotype
 from ..strategies import Proposal, make_strategy
 from .candidate import SearchContext, evaluate_candidate
@@ -67,6 +67,7 @@ class Search:
         self.records: List[Dict[str, Any]] = []
         self.data: Optional[Dict[str, Any]] = None  # SearchContext.data, once known
         self._context: Optional[SearchContext] = None
+        self._lock = None               # the run directory's lock, held from start() or resume()
         self._saving = False            # inside the bookkeeping that a signal must not split
         self._stop_requested = False
 
@@ -89,13 +90,21 @@ class Search:
 
     def start(self) -> None:
         os.makedirs(self.run_dir, exist_ok=True)
+        self._lock = lock_directory(self.run_dir)
+        if os.path.exists(self.path(SEARCH_STATE)):
+            raise ValueError(f"{self.run_dir}: another search began there meanwhile")
         write_json(self.path(CONFIG), self.config.to_dict())
         keep_finished_records(self.path(SEARCH_LOG), 0)
         save_torch(self.state_dict(), self.path(SEARCH_STATE))
 
     def resume(self) -> None:
+        self._lock = lock_directory(self.run_dir)
         self.load_state_dict(load_state(self.path(SEARCH_STATE)))
-        self.records = keep_finished_records(self.path(SEARCH_LOG), self.next_index)
+        self.records = keep_finished_records(self.path(SEARCH_LOG), self.next_index, self.in_flight())
+
+    def in_flight(self) -> Iterable[int]:
+        """Candidates handed out but not finished (by other processes: see distributed.Coordinator)."""
+        return ()
 
     # -- the loop ----------------------------------------------------------------------------
     def context(self) -> SearchContext:

@@ -1,0 +1,40 @@
+"""Crash-safe files and the lock of a run directory."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nasfast import files
+
+REPO = Path(__file__).resolve().parents[1]
+HOLD = ("import sys, time; from nasfast.files import lock_directory; lock = lock_directory(sys.argv[1]); "
+        "print(1, flush=True); time.sleep(120)")
+
+
+def test_a_failed_atomic_write_leaves_the_old_file_and_no_partial_one(tmp_path, monkeypatch):
+    path = tmp_path / "state.pt"
+    path.write_bytes(b"old")
+
+    def disk_full(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        files.write_atomic(str(path), b"new")
+    assert os.listdir(tmp_path) == ["state.pt"] and path.read_bytes() == b"old"
+
+
+def test_a_directory_locked_by_another_process_is_refused_until_it_ends(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        assert holder.stdout.readline().strip() == "1"
+        with pytest.raises(ValueError, match=f"{tmp_path} is in use by another process \\(pid {holder.pid}\\): let it "
+                                             f"finish, or stop it first"):
+            files.lock_directory(str(tmp_path))
+    finally:
+        holder.kill()
+        holder.wait()
+    files.lock_directory(str(tmp_path)).close()  # the system released the killed process's lock
