@@ -258,6 +258,15 @@ def test_one_stage1_image_and_meta_train_of_one_are_refused(tmp_path, capsys):
         split_indices(367, 0.997, 0)
 
 
+def test_a_teacher_is_recorded_by_its_absolute_path(tmp_path, no_data, monkeypatch):
+    (tmp_path / "t.pt").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    assert search("--out", "run", "--preset", "tiny", "--budget", 1, "--teacher", "t.pt", "--no-progress") == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["teacher"] == str(tmp_path / "t.pt")
+    monkeypatch.chdir("/")  # a resume from elsewhere, naming the same file
+    assert search("--resume", tmp_path / "run", "--budget", 2, "--teacher", tmp_path / "t.pt", "--no-progress") == 0
+
+
 def test_a_teacher_of_another_class_count_is_refused_before_caching(tmp_path):
     from nasfast.search.context import load_teacher
     torch.jit.script(torch.nn.Conv2d(3, 5, 1)).save(str(tmp_path / "five.pt"))
@@ -268,6 +277,10 @@ def test_a_teacher_of_another_class_count_is_refused_before_caching(tmp_path):
     torch.jit.script(torch.nn.Linear(4, 4)).save(str(tmp_path / "linear.pt"))
     with pytest.raises(ValueError, match="fails on a 64x64 image"):
         load_teacher(str(tmp_path / "linear.pt"), torch.device("cpu"), 11)
+    (tmp_path / "notes.txt").write_text("not a model")
+    with pytest.raises(ValueError, match=r"notes.txt is not a TorchScript file \(PytorchStreamReader failed reading zip "
+                                         r"archive: not a ZIP archive\)$"):
+        load_teacher(str(tmp_path / "notes.txt"), torch.device("cpu"), 11)
 
 
 def test_a_data_error_in_a_candidate_stops_the_search_and_resume_goes_on(saved_search, capsys, monkeypatch):

@@ -3,6 +3,7 @@
 Defaults are the paper's values (`--preset paper`); "ours" marks the choices the paper leaves open.
 """
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
@@ -67,7 +68,8 @@ class SearchConfig:
     controller_lr: float = option(1e-4, "Adam learning rate of the controller", positive_float)
     baseline_decay: float = option(0.95, "decay of the reward baseline (moving average)", decay)
     entropy_weight: float = option(0.0, "entropy bonus of the controller", non_negative_float)
-    teacher: Optional[str] = option(None, "TorchScript file of a teacher network for distillation (off when none)", str)
+    teacher: Optional[str] = option(None, "TorchScript file of a teacher network for distillation (off when none)",
+                                    os.path.abspath)  # a resume from another directory finds it
     workers: int = option(0, "DataLoader worker processes", non_negative_int)
     image_cache_gb: float = option(1.0, "GB of decoded images kept in memory, when workers is 0 (ours)",
                                    non_negative_float)

@@ -46,7 +46,8 @@ def load_teacher(path: Optional[str], device: torch.device, num_classes: int):
     try:
         teacher = torch.jit.load(path, map_location=device).eval()
     except RuntimeError as error:
-        raise ValueError(f"teacher {path} is not a TorchScript file ({str(error).splitlines()[0][:80]})") from None
+        reason = str(error).splitlines()[0].split(". ")[0]  # its first sentence
+        raise ValueError(f"teacher {path} is not a TorchScript file ({reason})") from None
     with torch.no_grad():
         try:
             logits = teacher(torch.zeros(1, 3, 64, 64, device=device))
