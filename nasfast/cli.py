@@ -1,6 +1,7 @@
 """What every command-line tool shares: argument types that refuse bad values while parsing, and
 `run`, which reports a problem with the user's input as one line instead of a traceback."""
 import argparse
+import errno
 import os
 import sys
 from typing import Callable, List, Optional
@@ -13,6 +14,12 @@ class UsageError(Exception):
 # Raised by the tools for missing or wrong files and bad values: the user's input, not a bug.
 USER_ERRORS = (UsageError, ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
                PermissionError)
+# The machine's, not a bug either: a full disk or quota, a read-only file system.
+MACHINE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+def _reported_in_one_line(error: BaseException) -> bool:
+    return isinstance(error, USER_ERRORS) or (isinstance(error, OSError) and error.errno in MACHINE_ERRNOS)
 
 
 def run(main: Callable[[Optional[List[str]]], int], prog: str, argv: Optional[List[str]] = None) -> int:
@@ -20,12 +27,6 @@ def run(main: Callable[[Optional[List[str]]], int], prog: str, argv: Optional[Li
     the traceback too) and Ctrl-C as a one-line note (exit 130), unless main handles it itself."""
     try:
         return main(argv)
-    except USER_ERRORS as error:
-        if os.environ.get("NASFAST_TRACEBACK") == "1":
-            raise
-        message = error.strerror + f": {error.filename}" if isinstance(error, OSError) and error.filename else error
-        print(f"{prog}: error: {message}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"\n{prog}: interrupted", file=sys.stderr)
         return 130
@@ -35,6 +36,12 @@ def run(main: Callable[[Optional[List[str]]], int], prog: str, argv: Optional[Li
         except (OSError, ValueError):  # stdout without a file descriptor
             pass
         return 141
+    except Exception as error:
+        if not _reported_in_one_line(error) or os.environ.get("NASFAST_TRACEBACK") == "1":
+            raise
+        message = error.strerror + f": {error.filename}" if isinstance(error, OSError) and error.filename else error
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return 2
 
 
 def _number(kind, minimum, inclusive: bool, text: str):

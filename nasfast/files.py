@@ -42,9 +42,11 @@ def write_atomic(path: str, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:  # a full disk, say: leave no partial file behind
+    except BaseException as error:  # a full disk, say: leave no partial file behind
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(error, OSError) and error.filename is None:
+            error.filename = path
         raise
     _sync_directory(os.path.dirname(path) or ".")
 
