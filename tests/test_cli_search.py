@@ -173,8 +173,26 @@ def test_resume_names_a_damaged_file(saved_search, capsys):
 def test_resume_past_the_budget_says_so(saved_search, capsys):
     assert search("--resume", saved_search, "--budget", "1") == 0
     out, err = capsys.readouterr()
-    assert "budget already reached: 3 candidates done; raise --budget to continue" in err
+    assert "already done: budget of 1 candidate reached; raise --budget to continue" in err
     assert "top 3 of 3 candidates" in out
+
+
+def test_resume_keeps_the_budgets_not_given_again(saved_search, capsys):
+    assert search("--resume", saved_search, "--no-progress") == 0
+    assert "already done: budget of 3 candidates reached" in capsys.readouterr().err
+    assert search("--resume", saved_search, "--budget", 5, "--no-progress") == 0
+    assert "budget of 5 candidates reached; raise --budget to continue\n" in capsys.readouterr().err  # why it ended
+    assert search("--resume", saved_search, "--time-budget", "1h", "--no-progress") == 0  # still 5 candidates
+    assert "already done: budget of 5 candidates reached" in capsys.readouterr().err
+    assert len(read_records(str(saved_search / "candidates.jsonl"))) == 5
+
+
+def test_resume_of_a_state_without_budgets_asks_for_one(saved_search, capsys):
+    state = torch.load(saved_search / "state.pt", weights_only=False)
+    del state["budget"], state["time_budget"]  # as saved before budgets were
+    torch.save(state, saved_search / "state.pt")
+    assert search("--resume", saved_search) == 2
+    assert "error: give --budget N (candidates) and/or --time-budget T (e.g. 4h)" in capsys.readouterr().err
 
 
 def test_resume_warns_of_lost_log_lines(saved_search, capsys):
@@ -292,7 +310,7 @@ def test_a_data_error_in_a_candidate_stops_the_search_and_resume_goes_on(saved_s
     monkeypatch.setattr(loop, "evaluate_candidate", broken_label)
     assert search("--resume", saved_search, "--budget", "5") == 2
     assert (f"error: labels/x.png: label values [42] are neither classes [0, 11) nor the ignore index 255; once "
-            f"it is mended, continue with {PROG} --resume {saved_search} --budget ...") in capsys.readouterr().err
+            f"it is mended, continue with {PROG} --resume {saved_search}") in capsys.readouterr().err
     assert len(read_records(str(saved_search / "candidates.jsonl"))) == 3  # not logged as a failed design
     monkeypatch.setattr(loop, "evaluate_candidate", fake_evaluate)
     assert search("--resume", saved_search, "--budget", "5") == 0
@@ -311,7 +329,7 @@ def test_a_resumed_search_reads_its_data_where_it_did_and_refuses_other_data(tmp
         return context
 
     camvid = [f"class{i}" for i in range(11)]
-    first = loop.Search(str(tmp_path), preset("tiny"), factory(camvid, 367, "/data/camvid"))
+    first = loop.Search(str(tmp_path), preset("tiny"), factory(camvid, 367, "/data/camvid"), budget=1)
     first.context()
     first.start()
     moved = loop.Search(str(tmp_path), preset("tiny"), factory(camvid, 367, "/moved/camvid"))
@@ -331,7 +349,7 @@ def test_hints_are_command_lines_to_copy():
     from types import SimpleNamespace
     from nasfast.search.summary import closing_summary, resume_command
     assert resume_command("runs/my search", "my data") == \
-        "python -m nasfast.search --resume 'runs/my search' --data-root 'my data' --budget ..."
+        "python -m nasfast.search --resume 'runs/my search' --data-root 'my data'"
     records = [dict(fake_evaluate(None, 0, None, None), index=0, genotype=[], status="ok")]
     config = SimpleNamespace(dataset="folder", preset=None, channels=16, sep_repeats=1)
     summary = closing_summary(records, 1, "runs/x y", config, "/data/own")

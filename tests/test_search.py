@@ -101,9 +101,9 @@ def test_a_failing_candidate_is_logged_and_the_search_goes_on(tmp_path, monkeypa
         return dict(reward=0.5, stage1_reward=0.5, stage2_reward=None, gate="stop", params=1, madds=1, seconds=0.0)
 
     monkeypatch.setattr(loop, "evaluate_candidate", evaluate)
-    search_run = loop.Search(str(tmp_path), preset("tiny"), lambda config, run_dir, recorded: None)
+    search_run = loop.Search(str(tmp_path), preset("tiny"), lambda config, run_dir, recorded: None, budget=3)
     search_run.start()
-    records = search_run.run(budget=3, progress=False)
+    records = search_run.run(progress=False)
     assert [r["status"] for r in records] == ["ok", "failed", "ok"]
     assert "non-finite loss" in records[1]["error"] and records[1]["reward"] is None
     assert [r["status"] for r in read_records(str(tmp_path / "candidates.jsonl"))] == ["ok", "failed", "ok"]
@@ -231,9 +231,9 @@ def test_ctrl_c_during_the_bookkeeping_takes_effect_after_the_state_is_saved(tmp
         real_save(state, path)
 
     monkeypatch.setattr(loop, "save_torch", save_and_get_interrupted)
-    search_run = loop.Search(str(tmp_path), preset("tiny"), lambda config, run_dir, recorded: None)
+    search_run = loop.Search(str(tmp_path), preset("tiny"), lambda config, run_dir, recorded: None, budget=5)
     search_run.start()
     with pytest.raises(KeyboardInterrupt):
-        search_run.run(budget=5, progress=False)
+        search_run.run(progress=False)
     saved = torch.load(tmp_path / "state.pt", weights_only=False)
     assert saved["next_index"] == 2 == len(read_records(str(tmp_path / "candidates.jsonl")))

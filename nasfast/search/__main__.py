@@ -12,16 +12,17 @@ from ..files import CONFIG, SEARCH_FILES, SEARCH_LOG, SEARCH_STATE, TRAINING_FIL
 from . import distributed
 from .config import MACHINE_OPTIONS, PRESETS, SearchConfig, StageConfig, preset
 from .distributed import begun_by_this_job, has_pending, restart_count, world_size
-from .loop import Search
+from .loop import NO_BUDGET, Search
 from .summary import closing_summary, resume_command, top_table
 
 PROG = "python -m nasfast.search"
 USAGE = "%(prog)s (--out RUN_DIR | --resume RUN_DIR) [--budget N] [--time-budget T] [options]"
 # Files of a search (the first three) or of a training run: a new search must not mix with them.
-RUN_FILES = (CONFIG,) + SEARCH_FILES + TRAINING_FILES  # what a run directory may hold
+RUN_FILES = (CONFIG,) + SEARCH_FILES + TRAINING_FILES
 
 EPILOG = """examples:
   python -m nasfast.search --dataset camvid --preset tiny --budget 40 --out runs/tiny
+  python -m nasfast.search --resume runs/tiny                  # continue after Ctrl-C, up to 40
   python -m nasfast.search --resume runs/tiny --budget 80      # continue, up to 80 candidates
   python -m nasfast.search --dataset voc --time-budget 4d --out runs/voc --device cuda
 
@@ -29,8 +30,9 @@ Data are found through --data-root, else (with --resume) where the search read t
 $NASFAST_DATA/<dataset>, else ~/.cache/nasfast/<dataset>.
 RUN_DIR receives config.json (the options), candidates.jsonl (one line per candidate) and
 state.pt (to resume). Ctrl-C stops after saving; --resume continues with nothing lost or repeated,
-with the options saved in config.json: the budgets, --device, --data-root, --workers, --image-cache-gb,
---memory-limit-gb and the output options may change, the others not.
+with the options saved in config.json and the budgets saved in state.pt: the budgets, --device,
+--data-root, --workers, --image-cache-gb, --memory-limit-gb and the output options may change, the
+others not.
 
 Several processes, GPUs or machines (rank 0 owns the controller and the log, every rank evaluates):
   torchrun --nproc-per-node 4 --max-restarts 3 -m nasfast.search --dataset camvid --budget 1000 --out runs/c4
@@ -98,11 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "files)")
     where.add_argument("--resume", metavar="RUN_DIR", help="continue the search saved in RUN_DIR, with its options")
     group.add_argument("--dataset", choices=sorted(DATASETS), help="dataset [camvid]")
-    group.add_argument("--data-root", help="dataset directory (default: $NASFAST_DATA/<dataset>)")
+    group.add_argument("--data-root", help="dataset directory (default: with --resume, where the search read "
+                                           "them; else $NASFAST_DATA/<dataset>)")
     group.add_argument("--preset", choices=sorted(PRESETS),
                        help="protocol preset: paper (the paper's values), fast (shorter, for a GPU), "
                             "tiny (seconds per candidate on a CPU) [paper]")
-    group.add_argument("--budget", type=positive_int, metavar="N", help="stop after this many candidates in total")
+    group.add_argument("--budget", type=positive_int, metavar="N",
+                       help="stop after this many candidates in total (the paper: 1000; --resume keeps the run's)")
     group.add_argument("--time-budget", type=duration, metavar="T",
                        help="stop after this much search time in total (candidates' time, checked between "
                             "them; start-up and caching not counted): seconds (a bare number), or 30m, 4h, 2d")
@@ -246,15 +250,6 @@ def exit_status(records: List[Dict[str, Any]]) -> int:
     return 1 if records and all(r["status"] != "ok" for r in records) else 0
 
 
-def budget_reached(search: Search, budget: Optional[int], time_budget: Optional[float]) -> Optional[str]:
-    if budget is not None and search.next_index >= budget:
-        return f"budget already reached: {counted(search.next_index, 'candidate')} done; raise --budget to continue"
-    if time_budget is not None and search.elapsed >= time_budget:
-        return (f"time budget already reached: {search.elapsed:.0f} s of search done; "
-                f"raise --time-budget to continue")
-    return None
-
-
 def interrupted_note(run_dir: str, candidates_saved: Optional[int], data_root: Optional[str] = None) -> str:
     if candidates_saved is None:
         return (f"interrupted before the search began: nothing was saved; run the same command again "
@@ -267,12 +262,11 @@ def search_in_this_process(args, run_dir: str, config: SearchConfig, resume: boo
     from .context import build_context  # heavy imports after the arguments are checked
 
     search = Search(run_dir, config, lambda cfg, d, recorded: build_context(
-        cfg, d, recorded, args.data_root, args.device, progress=not args.no_progress))
+        cfg, d, recorded, args.data_root, args.device, progress=not args.no_progress), args.budget, args.time_budget)
     if resume:
         search.resume()
-        reached = budget_reached(search, args.budget, args.time_budget)
-        if reached:
-            print(reached, file=sys.stderr)
+        if search.spent():
+            print(f"already done: {search.spent_note()}", file=sys.stderr)
             print(top_table(search.records, args.top))
             return exit_status(search.records)
         print(f"resuming {run_dir} at candidate {search.next_index}", file=sys.stderr)
@@ -280,7 +274,7 @@ def search_in_this_process(args, run_dir: str, config: SearchConfig, resume: boo
         search.context()  # fail early on missing data, before any file is written
         if not resume:
             search.start()
-        search.run(budget=args.budget, time_budget=args.time_budget, progress=not args.no_progress)
+        search.run(progress=not args.no_progress)
     except KeyboardInterrupt:
         saved = search.next_index if os.path.exists(search.path(SEARCH_STATE)) else None
         print("\n" + interrupted_note(run_dir, saved, args.data_root), file=sys.stderr)
@@ -290,6 +284,7 @@ def search_in_this_process(args, run_dir: str, config: SearchConfig, resume: boo
             raise
         raise DataError(f"{error}; once it is mended, continue with {resume_command(run_dir, args.data_root)}") \
             from None
+    print(search.spent_note(), file=sys.stderr)
     print(closing_summary(search.records, args.top, run_dir, config, args.data_root))
     return exit_status(search.records)
 
@@ -313,8 +308,8 @@ def search_with_torchrun(args, choose) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.budget is None and args.time_budget is None:
-        parser.error("give --budget N (candidates) and/or --time-budget T (e.g. 4h)")
+    if args.budget is None and args.time_budget is None and not args.resume:  # a resume keeps its budgets
+        parser.error(NO_BUDGET)
     if world_size() > 1:
         return search_with_torchrun(args, lambda: choose_run(args, parser))
     run_dir, config, resume = choose_run(args, parser)

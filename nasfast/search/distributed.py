@@ -142,8 +142,7 @@ class Coordinator(Search):
 
     def __init__(self, run_dir: str, config: SearchConfig, context_factory, budget: Optional[int] = None,
                  time_budget: Optional[float] = None, workers: int = 1):
-        super().__init__(run_dir, config, context_factory)
-        self.budget, self.time_budget = budget, time_budget
+        super().__init__(run_dir, config, context_factory, budget, time_budget)
         self.pending: Dict[int, Proposal] = {}        # handed out, not finished
         self.gate_decisions: Dict[int, bool] = {}     # of pending candidates, so a rerun asks once
         self.retry: List[int] = []                    # pending when the processes were restarted
@@ -196,7 +195,7 @@ class Coordinator(Search):
     def hand_out(self) -> Optional[Tuple[int, list]]:
         if self.retry:
             index = self.retry.pop(0)
-        elif self._spent(self.budget, self.time_budget):
+        elif self.spent():
             return None
         else:
             index, self.next_index = self.next_index, self.next_index + 1
@@ -216,9 +215,9 @@ class Coordinator(Search):
         self._tick()
         save_torch(self.state_dict(), self.path(SEARCH_STATE))
 
-    def _spent(self, budget, time_budget) -> bool:
+    def spent(self) -> bool:
         self._tick()
-        return super()._spent(budget, time_budget)
+        return super().spent()
 
     def _tick(self) -> None:
         """The time budget counts the wall-clock time of the search, over every session."""
@@ -337,14 +336,16 @@ def _serve_and_work(coordinator: Coordinator, top: int, data_root: Optional[str]
     except KeyboardInterrupt:
         coordinator.close()
         reason = f"relay failed: {errors[0]!r}" if errors else "interrupted"
-        print(f"\n{reason}: {counted(len(coordinator.records), 'candidate')} saved; continue with "
-              f"{resume_command(coordinator.run_dir, data_root)}", file=sys.stderr)
+        print(f"\n{reason}: {counted(len(coordinator.records), 'candidate')} saved; torchrun restarts the processes "
+              f"if its --max-restarts allows, else continue with {resume_command(coordinator.run_dir, data_root)}",
+              file=sys.stderr)
         _exit_now(130)
     finally:
         signal.signal(signal.SIGTERM, previous)
     coordinator.close()
     if errors:
         raise RuntimeError("the relay to the other ranks failed") from errors[0]
+    print(coordinator.spent_note(), file=sys.stderr)
     print(closing_summary(coordinator.records, top, coordinator.run_dir, coordinator.config, data_root))
     if world_size() > 1:
         dist.destroy_process_group()

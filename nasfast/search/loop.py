@@ -9,6 +9,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 import torch
 from tqdm import tqdm
 
+from ..cli import counted
 from ..data.datasets import DataError
 from ..files import CONFIG, SEARCH_LOG, SEARCH_STATE, append_record, lock_directory, save_torch, write_json
 from ..genotype import Genotype
@@ -19,6 +20,7 @@ from .gate import Gate
 from .records import keep_finished_records, load_state
 
 SAME_DATA = ("classes", "training images")  # what a resumed search's data must keep
+NO_BUDGET = "give --budget N (candidates) and/or --time-budget T (e.g. 4h)"
 
 
 def evaluate_record(genotype: Genotype, index: int, ctx: SearchContext,
@@ -53,8 +55,12 @@ class Search:
     """One search run in `run_dir`. Everything needed to continue exactly is saved after every
     candidate; a run killed at any moment and resumed logs the same candidates and rewards."""
 
-    def __init__(self, run_dir: str, config: SearchConfig, context_factory):
+    def __init__(self, run_dir: str, config: SearchConfig, context_factory, budget: Optional[int] = None,
+                 time_budget: Optional[float] = None):
+        """`budget` candidates and `time_budget` seconds (counted over every session of the run); on
+        resume, one that is None is the search's saved one."""
         self.run_dir = run_dir
+        self.budget, self.time_budget = budget, time_budget
         self.config = config
         self.context_factory = context_factory
         self.strategy = make_strategy(config.strategy, seed=config.seed, lr=config.controller_lr,
@@ -76,8 +82,9 @@ class Search:
 
     # -- persistence -------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
-        return {"next_index": self.next_index, "elapsed": self.elapsed,
-                "strategy": self.strategy.state_dict(), "gate": self.gate.state_dict(), "data": self.data}
+        return {"next_index": self.next_index, "elapsed": self.elapsed, "budget": self.budget,
+                "time_budget": self.time_budget, "strategy": self.strategy.state_dict(), "gate": self.gate.state_dict(),
+                "data": self.data}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         missing = [k for k in ("next_index", "elapsed", "strategy", "gate") if k not in state]
@@ -85,6 +92,8 @@ class Search:
             raise ValueError(f"{self.path(SEARCH_STATE)} is not the state of a search (it lacks {', '.join(missing)})")
         self.next_index, self.elapsed = state["next_index"], state["elapsed"]
         self.data = state.get("data")  # None in states saved before it was recorded
+        self.budget = self.budget if self.budget is not None else state.get("budget")
+        self.time_budget = self.time_budget if self.time_budget is not None else state.get("time_budget")
         self.strategy.load_state_dict(state["strategy"])
         self.gate.load_state_dict(state["gate"])
 
@@ -100,6 +109,8 @@ class Search:
     def resume(self) -> None:
         self._lock = lock_directory(self.run_dir)
         self.load_state_dict(load_state(self.path(SEARCH_STATE)))
+        if self.budget is None and self.time_budget is None:  # a state saved before budgets were
+            raise ValueError(NO_BUDGET)
         self.records = keep_finished_records(self.path(SEARCH_LOG), self.next_index, self.in_flight())
 
     def in_flight(self) -> Iterable[int]:
@@ -153,17 +164,15 @@ class Search:
         append_record(self.path(SEARCH_LOG), record)
         self.records.append(record)
 
-    def run(self, budget: Optional[int] = None, time_budget: Optional[float] = None,
-            progress: bool = True) -> List[Dict[str, Any]]:
-        """Evaluates candidates until `budget` candidates or `time_budget` seconds (counted over
-        every session of this run) are spent."""
-        if budget is None and time_budget is None:
-            raise ValueError("give a budget of candidates, of seconds, or both")
-        bar = tqdm(total=budget, initial=self.next_index, unit="cand", disable=not progress,
+    def run(self, progress: bool = True) -> List[Dict[str, Any]]:
+        """Evaluates candidates until the budget of candidates or of time is spent."""
+        if self.budget is None and self.time_budget is None:
+            raise ValueError(NO_BUDGET)
+        bar = tqdm(total=self.budget, initial=self.next_index, unit="cand", disable=not progress,
                    dynamic_ncols=True)
         previous = {sig: signal.signal(sig, self._interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            while not self._spent(budget, time_budget):
+            while not self.spent():
                 record = self.step()
                 bar.update(1)
                 bar.set_postfix(best=_fmt(self.best_reward()), last=_fmt(record["reward"]),
@@ -181,9 +190,17 @@ class Search:
         else:
             raise KeyboardInterrupt
 
-    def _spent(self, budget, time_budget) -> bool:
-        return ((budget is not None and self.next_index >= budget)
-                or (time_budget is not None and self.elapsed >= time_budget))
+    def spent(self) -> bool:
+        return self.spent_note() is not None
+
+    def spent_note(self) -> Optional[str]:
+        """Which budget is spent, and how to go further; None while neither is."""
+        if self.budget is not None and self.next_index >= self.budget:
+            return f"budget of {counted(self.budget, 'candidate')} reached; raise --budget to continue"
+        if self.time_budget is not None and self.elapsed >= self.time_budget:
+            return (f"time budget of {self.time_budget:g} s reached ({self.elapsed:.0f} s of search); raise "
+                    f"--time-budget to continue")
+        return None
 
     def best_reward(self) -> Optional[float]:
         rewards = [r["reward"] for r in self.records if r["status"] == "ok"]

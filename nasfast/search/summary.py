@@ -38,8 +38,7 @@ def _data_root_option(data_root: Optional[str]) -> List[Optional[str]]:
 
 
 def resume_command(run_dir: str, data_root: Optional[str]) -> str:
-    return command("python", "-m", "nasfast.search", "--resume", run_dir, *_data_root_option(data_root)) + \
-        " --budget ..."
+    return command("python", "-m", "nasfast.search", "--resume", run_dir, *_data_root_option(data_root))
 
 
 def closing_summary(records: List[Dict[str, Any]], k: int, run_dir: str, config, data_root: Optional[str]) -> str:
