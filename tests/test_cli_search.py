@@ -296,8 +296,8 @@ def test_a_teacher_of_another_class_count_is_refused_before_caching(tmp_path):
     with pytest.raises(ValueError, match="fails on a 64x64 image"):
         load_teacher(str(tmp_path / "linear.pt"), torch.device("cpu"), 11)
     (tmp_path / "notes.txt").write_text("not a model")
-    with pytest.raises(ValueError, match=r"notes.txt is not a TorchScript file \(PytorchStreamReader failed reading zip "
-                                         r"archive: not a ZIP archive\)$"):
+    with pytest.raises(ValueError, match=r"notes.txt is not a TorchScript file \(PytorchStreamReader failed "
+                                         r"reading zip archive: not a ZIP archive\)$"):
         load_teacher(str(tmp_path / "notes.txt"), torch.device("cpu"), 11)
 
 
