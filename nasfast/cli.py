@@ -125,3 +125,10 @@ def resolve_device(name: str = "auto"):
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise UsageError(f"device {name}: this machine has {torch.cuda.device_count()} GPU(s)")
     return device
+
+
+def progress_bar(iterable=None, disable: bool = False, **options):
+    """A tqdm progress bar on stderr, disabled (`.disable`) where stderr is not a terminal: a log
+    file would fill with its redrawn frames."""
+    from tqdm import tqdm
+    return tqdm(iterable, disable=disable or not sys.stderr.isatty(), **options)

@@ -8,7 +8,7 @@ from typing import Dict, List, Optional
 
 from .cli import UsageError, positive_int, run
 from .files import CONFIG, SEARCH_LOG, read_json, read_records
-from .search.summary import top_table
+from .search.summary import format_reward, top_table
 
 PROG = "python -m nasfast.report"
 
@@ -43,9 +43,10 @@ def progress_table(run: Dict, count: int = 4) -> str:
     for chunk in bins(finished(run), count):
         s1 = [r["stage1_reward"] for r in chunk]
         s2 = [r["stage2_reward"] for r in chunk if r["stage2_reward"] is not None]
-        fmt = lambda x: "-" if x is None else f"{x:.4f}"
-        lines.append(f"{chunk[0]['index']:>5}-{chunk[-1]['index']:<6} {fmt(_mean(s1)):>11} {fmt(max(s1)):>10} "
-                     f"{fmt(_mean(s2)):>11} {fmt(max(s2) if s2 else None):>10} {len(s2):>4}/{len(chunk):<4}")
+        s2_max = max(s2) if s2 else None
+        lines.append(f"{chunk[0]['index']:>5}-{chunk[-1]['index']:<6} {format_reward(_mean(s1)):>11} "
+                     f"{format_reward(max(s1)):>10} {format_reward(_mean(s2)):>11} {format_reward(s2_max):>10} "
+                     f"{len(s2):>4}/{len(chunk):<4}")
     return "\n".join(lines)
 
 

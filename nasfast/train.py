@@ -12,10 +12,10 @@ from typing import List, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader, RandomSampler, Subset
-from tqdm import tqdm
 
 from .checkpoint import RESUME_KEYS, load_checkpoint
-from .cli import UsageError, counted, images_per_batch, non_negative_int, positive_int, resolve_device, run
+from .cli import (UsageError, counted, images_per_batch, non_negative_int, positive_int, progress_bar, resolve_device,
+                  run)
 from .data import EvalTransform, TrainTransform, make_dataset
 from .data.datasets import DATASETS, every_image_in_every_split, find_data_root
 from .evaluate import evaluate_model, evaluation_loader, evenly_spaced
@@ -144,7 +144,7 @@ def check_files(subset, what: str, quiet: bool) -> None:
     """Reads each image and label of `subset` once, so that a broken file (a label value outside the
     classes, say) is named before the first epoch rather than after it."""
     dataset, indices = (subset.dataset, subset.indices) if isinstance(subset, Subset) else (subset, range(len(subset)))
-    for index in tqdm(indices, desc=f"checking the {what} files", unit="image", leave=False, disable=quiet):
+    for index in progress_bar(indices, desc=f"checking the {what} files", unit="image", leave=False, disable=quiet):
         dataset.load(index)
 
 
@@ -214,7 +214,7 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
             order.manual_seed(config.seed * 1000 + epoch)  # each epoch's order, resumed or not
             model.train()
             losses = []
-            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=args.no_progress,
+            bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=args.no_progress,
                        leave=False)
             check = LateLossCheck(0)
             for step, (images, labels) in enumerate(bar, epoch * steps_per_epoch):

@@ -376,3 +376,10 @@ def test_an_undefined_reward_fails_the_candidate():
     background_only = [(torch.randn(1, 3, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long))]
     with pytest.raises(CandidateFailed, match="reward nan: meta-val holds no labelled pixel of a scored class"):
         _score(lambda x: x, background_only, ctx)
+
+
+def test_progress_is_a_line_per_candidate_where_stderr_is_not_a_terminal(tmp_path, no_data, capsys):
+    assert search("--out", tmp_path / "run", "--preset", "tiny", "--budget", 2) == 0
+    err = capsys.readouterr().err
+    assert "[1/2] candidate 0: reward 0.5000, gate stop, 0.0 s; best 0.5000\n" in err
+    assert "[2/2] candidate 1: reward 0.5000" in err and "\r" not in err

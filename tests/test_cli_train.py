@@ -115,7 +115,7 @@ def test_ctrl_c_in_the_first_epoch_leaves_a_directory_to_start_again(tmp_path, c
     for _ in range(2):  # the second start is not refused
         assert train_cli("--genotype", "arch0", "--preset", "tiny", "--out", tmp_path, "--no-progress") == 130
         assert "interrupted in epoch 1: nothing was saved; run the same command" in capsys.readouterr().err
-    assert os.listdir(tmp_path) == ["config.json"]
+    assert sorted(os.listdir(tmp_path)) == [".lock", "config.json"]
     assert train_cli("--out", tmp_path, "--resume") == 2
     assert "start it again without --resume" in one_error_line(capsys)
 

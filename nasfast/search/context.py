@@ -7,9 +7,8 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from ..cli import resolve_device
+from ..cli import progress_bar, resolve_device
 from ..data import EvalTransform, TrainTransform, find_data_root, make_dataset
 from ..encoder import MobileNetV2Encoder
 from ..files import read_json, write_json
@@ -91,8 +90,8 @@ def _check_scored_pixels(labels, ignore_index: int, exclude, config: SearchConfi
 
 def _build_caches(config: SearchConfig, stage1_pairs, val_pairs, encoder, teacher, directory, memory_limit: float,
                   device: torch.device, show_progress: bool = True) -> Tuple[FeatureCache, FeatureCache]:
-    progress = lambda what: (lambda it: tqdm(it, desc=f"caching {what}", unit="batch", leave=False,
-                                             disable=not show_progress))
+    progress = lambda what: (lambda it: progress_bar(it, desc=f"caching {what}", unit="batch", leave=False,
+                                                     disable=not show_progress))
     stage1 = build_cache(stage1_pairs, encoder, teacher, directory("stage1"), memory_limit, device,
                          progress=progress("stage 1"))
     stage1_val = build_cache(val_pairs, encoder, None, directory("val"), memory_limit, device,

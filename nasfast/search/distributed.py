@@ -21,7 +21,6 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
 from ..cli import counted
 from ..files import SEARCH_STATE, read_json, save_torch, write_json
@@ -29,7 +28,7 @@ from ..genotype import Genotype
 from ..strategies import Proposal
 from .candidate import SearchContext
 from .config import SearchConfig
-from .loop import Search, _fmt, evaluate_record
+from .loop import Search, evaluate_record
 from .records import load_state
 from .summary import closing_summary, resume_command
 
@@ -146,7 +145,7 @@ class Coordinator(Search):
         self.pending: Dict[int, Proposal] = {}        # handed out, not finished
         self.gate_decisions: Dict[int, bool] = {}     # of pending candidates, so a rerun asks once
         self.retry: List[int] = []                    # pending when the processes were restarted
-        self.working = set(range(workers))
+        self.workers, self.working = workers, set(range(workers))
         self.lock = threading.Lock()
         self._clock: Optional[float] = None
         self._bar = None
@@ -209,7 +208,7 @@ class Coordinator(Search):
         self.gate_decisions.pop(index, None)
         self.log(proposal, record)
         self.save()
-        self._show(record)
+        self.show(record)
 
     def save(self) -> None:
         self._tick()
@@ -226,18 +225,6 @@ class Coordinator(Search):
             self.elapsed += now - self._clock
         self._clock = now
 
-    def show_progress(self) -> None:
-        self._bar = tqdm(total=self.budget, initial=len(self.records), unit="cand", dynamic_ncols=True)
-
-    def _show(self, record: Dict[str, Any]) -> None:
-        if self._bar is not None:
-            self._bar.update(1)
-            self._bar.set_postfix(best=_fmt(self.best_reward()), last=_fmt(record["reward"]),
-                                  worker=record["worker"])
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
 
 
 def relay(coordinator: Coordinator, errors: List[BaseException]) -> None:

@@ -1,15 +1,15 @@
 """The outer loop (SPEC section 6): sample, evaluate, update; logged and resumable."""
 import os
 import signal
+import sys
 import socket
 import time
 import traceback
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import torch
-from tqdm import tqdm
 
-from ..cli import counted
+from ..cli import counted, progress_bar
 from ..data.datasets import DataError
 from ..files import CONFIG, SEARCH_LOG, SEARCH_STATE, append_record, lock_directory, save_torch, write_json
 from ..genotype import Genotype
@@ -18,6 +18,7 @@ from .candidate import SearchContext, evaluate_candidate
 from .config import SearchConfig
 from .gate import Gate
 from .records import keep_finished_records, load_state
+from .summary import format_reward, progress_line
 
 SAME_DATA = ("classes", "training images")  # what a resumed search's data must keep
 NO_BUDGET = "give --budget N (candidates) and/or --time-budget T (e.g. 4h)"
@@ -74,6 +75,8 @@ class Search:
         self.data: Optional[Dict[str, Any]] = None  # SearchContext.data, once known
         self._context: Optional[SearchContext] = None
         self._lock = None               # the run directory's lock, held from start() or resume()
+        self._bar = None                # the progress bar, once shown
+        self.workers = 1                # processes evaluating candidates
         self._saving = False            # inside the bookkeeping that a signal must not split
         self._stop_requested = False
 
@@ -168,20 +171,36 @@ class Search:
         """Evaluates candidates until the budget of candidates or of time is spent."""
         if self.budget is None and self.time_budget is None:
             raise ValueError(NO_BUDGET)
-        bar = tqdm(total=self.budget, initial=self.next_index, unit="cand", disable=not progress,
-                   dynamic_ncols=True)
+        if progress:
+            self.show_progress()
         previous = {sig: signal.signal(sig, self._interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             while not self.spent():
-                record = self.step()
-                bar.update(1)
-                bar.set_postfix(best=_fmt(self.best_reward()), last=_fmt(record["reward"]),
-                                gate=record["gate"] or record["status"])
+                self.show(self.step())
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            bar.close()
+            self.close()
         return self.records
+
+    def show_progress(self) -> None:
+        self._bar = progress_bar(total=self.budget, initial=len(self.records), unit="cand", dynamic_ncols=True)
+
+    def show(self, record: Dict[str, Any]) -> None:
+        """A finished candidate on the progress bar, or as a line where there is none (a log file)."""
+        if self._bar is None:
+            return
+        if self._bar.disable:
+            print(progress_line(record, len(self.records), self.budget, self.best_reward(), self.workers),
+                  file=sys.stderr, flush=True)
+        else:
+            self._bar.update(1)
+            self._bar.set_postfix(best=format_reward(self.best_reward()), last=format_reward(record["reward"]),
+                                  gate=record["gate"] or record["status"], worker=record["worker"])
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
     def _interrupt(self, signum, frame):
         """Ctrl-C or SIGTERM: stop now, or right after the bookkeeping in progress."""
@@ -212,6 +231,3 @@ def _shown(value: Any) -> str:
         return f"{len(value)} [{', '.join(map(str, value[:3]))}, ...]"
     return str(value)
 
-
-def _fmt(x: Optional[float]) -> str:
-    return "-" if x is None else f"{x:.4f}"

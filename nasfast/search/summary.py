@@ -7,6 +7,21 @@ from ..files import SEARCH_LOG
 from ..model import FINAL_CHANNELS, FINAL_SEP_REPEATS
 
 
+def format_reward(reward: Optional[float]) -> str:
+    return "-" if reward is None else f"{reward:.4f}"
+
+
+def progress_line(record: Dict[str, Any], done: int, budget: Optional[int], best: Optional[float],
+                  workers: int = 1) -> str:
+    """A finished candidate, for a log: [done/budget] candidate 7 (worker 1 of 2): reward 0.2368,
+    gate continue, 1.6 s; best 0.2382."""
+    result = (f"reward {record['reward']:.4f}, gate {record['gate']}" if record["status"] == "ok" else
+              f"failed: {(record.get('error') or 'unknown error').splitlines()[0]}")
+    worker = f" (worker {record['worker']} of {workers})" if workers > 1 else ""
+    return (f"[{done}{f'/{budget}' if budget else ''}] candidate {record['index']}{worker}: {result}, "
+            f"{record['seconds']:.1f} s; best {format_reward(best)}")
+
+
 def madds_text(madds: int) -> str:
     """Three significant digits, in M below 1 G: 3.60M, 42.1M, 950M, 1.23G."""
     value, unit = (madds / 1e9, "G") if madds >= 1e9 else (madds / 1e6, "M")
