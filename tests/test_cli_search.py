@@ -56,6 +56,8 @@ def test_numbers_are_checked_while_parsing(tmp_path, capsys):
         error = capsys.readouterr().err
         assert f"argument {option.split('=')[0]}: must be {expected}" in error, error
         assert len(error.splitlines()) == 3 and error.startswith("usage: ") and "--help" in error
+    assert search("--out", tmp_path / "r", "--budget", "2.5") == 2
+    assert "argument --budget: expected a whole number, got '2.5'" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
 
@@ -81,6 +83,8 @@ def test_a_run_directory_and_a_budget_are_required(tmp_path, capsys):
     assert search("--out", tmp_path / "x") == 2
     assert "give --budget N" in capsys.readouterr().err
     assert search("--resume", tmp_path / "nothing", "--budget", "1") == 2
+    assert f"--resume {tmp_path / 'nothing'}: no such directory" in capsys.readouterr().err
+    assert search("--resume", tmp_path, "--budget", "1") == 2
     assert "no saved search there (state.pt missing)" in capsys.readouterr().err
 
 
@@ -161,6 +165,7 @@ def test_resume_names_a_damaged_file(saved_search, capsys):
     assert search("--resume", saved_search, "--budget", "4") == 2
     error = capsys.readouterr().err
     assert len(error.splitlines()) == 1 and f"{state} is damaged" in error
+    assert "Its log of candidates is kept (python -m nasfast.report, or train --genotype" in error
     torch.save({"epoch": 1, "model": {}}, state)  # a training's last.pt
     assert search("--resume", saved_search, "--budget", "4") == 2
     assert f"{state} is not the state of a search (it lacks next_index" in capsys.readouterr().err

@@ -20,7 +20,7 @@ HOW_TO_GET = {
               "folder CamVid/): train.txt, val.txt and the folders they list",
     "voc": "PASCAL VOC 2012 (VOCtrainval_11-May-2012.tar from http://host.robots.ox.ac.uk/pascal/VOC/voc2012/) "
            "with the SBD labels converted to SegmentationClassAug/ and ImageSets/Segmentation/train_aug.txt "
-           "(see `VOC`)",
+           "(see the README's Data section)",
     "folder": "your own images/, labels/ and classes.txt (see the README's Data section)",
 }
 

@@ -219,6 +219,8 @@ def _check_new_config(config: SearchConfig, parser) -> None:
 
 def _resumed_config(args, parser) -> SearchConfig:
     run_dir = args.resume
+    if not os.path.isdir(run_dir):
+        _refuse(parser, f"--resume {run_dir}: no such directory")
     if not os.path.isfile(os.path.join(run_dir, SEARCH_STATE)):
         _refuse(parser, f"--resume {run_dir}: no saved search there ({SEARCH_STATE} missing)")
     saved = _saved_config(run_dir, parser)

@@ -36,5 +36,6 @@ def load_state(path: str) -> Dict[str, Any]:
         raise
     except Exception as error:  # torch.load fails in many ways on a damaged file
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"{path} is damaged and cannot be read ({reason}); the search cannot continue "
-                         f"from it") from error
+        raise ValueError(f"{path} is damaged and cannot be read ({reason}); the search cannot continue from it. "
+                         f"Its log of candidates is kept (python -m nasfast.report, or train --genotype with the "
+                         f"directory); search on in a new directory (--out)") from error
