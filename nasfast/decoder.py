@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .cell import Cell
+from .genotype import Genotype
 from .operations import ConvBNReLU
 from .ops import UpsampleAdd
 
@@ -56,8 +57,6 @@ class Decoder(nn.Module):
                  channels: int = 48, sep_repeats: int = 1, aux: Optional[str] = "cell",
                  in_strides: Sequence[int] = (4, 8, 16, 32), fused: Optional[bool] = None):
         super().__init__()
-        from .genotype import Genotype
-
         genotype = Genotype.parse(genotype)
         if aux not in AUX_KINDS:
             raise ValueError(f"aux must be one of {AUX_KINDS}, got {aux!r}")

@@ -360,3 +360,14 @@ def test_on_cuda_the_default_module_runs_cudnn_and_fused_true_the_native_kernel(
     x = torch.randn(2, 6, 33, 47, device="cuda")
     assert torch.equal(default(x), reference(x))
     torch.testing.assert_close(native(x), reference(x), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("k, d", SEARCH_SPACE)
+def test_functional_forms_equal_the_references(k, d):
+    x, depthwise, pointwise = torch.randn(2, 6, 13, 11), torch.randn(6, 1, k, k), torch.randn(6, 6, 1, 1)
+    bias = torch.randn(6)
+    torch.testing.assert_close(ops.separable_conv(x, depthwise, pointwise, d),
+                               separable_conv_reference(x, depthwise, pointwise, d), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ops.separable_conv_bn_relu(x, depthwise, pointwise, bias, d),
+                               separable_conv_bn_relu_reference(x, depthwise, pointwise, bias, d),
+                               rtol=1e-4, atol=1e-4)

@@ -56,7 +56,7 @@ def load_teacher(path: Optional[str], device: torch.device, num_classes: int):
         got = f"{tuple(logits.shape)} logits" if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise ValueError(f"teacher {path} gives {got} for a 1x3x64x64 image; the dataset needs N x {num_classes} "
                          f"x H x W logits")
-    return lambda x: teacher(x)
+    return teacher
 
 
 class _Transformed(torch.utils.data.Dataset):
@@ -88,7 +88,7 @@ def _check_scored_pixels(labels, ignore_index: int, exclude, config: SearchConfi
                          f"{'' if config.val_images is None else f' or --val-images ({config.val_images})'}")
 
 
-def _build_caches(config: SearchConfig, stage1_pairs, val_pairs, encoder, teacher, directory, memory_limit: float,
+def _build_caches(stage1_pairs, val_pairs, encoder, teacher, directory, memory_limit: float,
                   device: torch.device, show_progress: bool = True) -> Tuple[FeatureCache, FeatureCache]:
     progress = lambda what: (lambda it: progress_bar(it, desc=f"caching {what}", unit="batch", leave=False,
                                                      disable=not show_progress))
@@ -157,7 +157,7 @@ def build_context(config: SearchConfig, run_dir: str, recorded_root: Optional[st
         if os.path.exists(marker):
             os.remove(marker)  # a rebuild killed half-way must not be taken for complete
         memory_limit = 0 if cache == "build" else config.memory_limit_gb * 1e9
-        stage1, stage1_val = _build_caches(config, _Transformed(full, stage1_ids, evaluated),
+        stage1, stage1_val = _build_caches(_Transformed(full, stage1_ids, evaluated),
                                            _Transformed(full, val_ids, evaluated), encoder, teacher, directory,
                                            memory_limit, device, progress)
         if stage1.on_disk and stage1_val.on_disk:  # a resumed or restarted search opens it again

@@ -108,7 +108,7 @@ class PPOController(Strategy):
         check_scored(proposals, rewards)
         if not proposals:
             return {}
-        scored = [(Genotype.from_decisions(p.decisions).decisions(), float(p.log_prob), float(r))
+        scored = [(p.genotype.decisions(), float(p.log_prob), float(r))
                   for p, r in zip(proposals, rewards)]
         for _, _, reward in scored:
             self.baseline = reward if self.baseline is None else (
