@@ -8,22 +8,23 @@ import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 from typing import List, Optional, Tuple
 
 import torch
-from torch.utils.data import DataLoader, RandomSampler, Subset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 
 from .checkpoint import RESUME_KEYS, load_checkpoint
 from .cli import (UsageError, counted, images_per_batch, non_negative_int, positive_int, progress_bar, resolve_device,
                   run)
-from .data import EvalTransform, TrainTransform, make_dataset
+from .data import EvalTransform, SegmentationDataset, TrainTransform, make_dataset
 from .data.datasets import DATASETS, every_image_in_every_split, find_data_root
 from .evaluate import evaluate_model, evaluation_loader, evenly_spaced
 from .files import (BEST, CONFIG, LAST, SEARCH_FILES, TRAINING_FILES, TRAINING_LOG, append_record, finite_or_none,
                     lock_directory, read_json, save_torch, write_json)
 from .genotype import ZOO, Genotype, genotype_from_option
 from .model import FINAL_CHANNELS, FINAL_SEP_REPEATS, create_model
-from .search.candidate import CandidateFailed, LateLossCheck, descend, segmentation_loss
+from .training import LateLossCheck, NonFiniteLoss, descend, segmentation_loss
 
 PROG = "python -m nasfast.train"
 
@@ -89,13 +90,11 @@ def genotype_name(genotype) -> str:
 
 def _checked_loss(check: LateLossCheck, steps_per_epoch: int, out: str, saved_epochs: int) -> Optional[float]:
     """check(), with a non-finite loss as a user error worded for training (and what was saved)."""
-    pending = check.pending
     try:
         return check()
-    except CandidateFailed:
-        loss, step = pending
-        epoch, step_in_epoch = divmod(step, steps_per_epoch)
-        raise UsageError(f"non-finite loss at epoch {epoch + 1}, step {step_in_epoch + 1}: {loss.item()} (the "
+    except NonFiniteLoss as error:
+        epoch, step_in_epoch = divmod(error.step, steps_per_epoch)
+        raise UsageError(f"non-finite loss at epoch {epoch + 1}, step {step_in_epoch + 1}: {error.value} (the "
                          f"training labels may hold no class pixels, only 255 = ignore, or the learning rate is "
                          f"too high); {saved_note(out, saved_epochs)}") from None
 
@@ -158,33 +157,70 @@ def note_unsplit_validation(val_set, root) -> None:
               file=sys.stderr)
 
 
+@dataclass
+class TrainingData:
+    root: Path
+    train_set: SegmentationDataset    # every training image, for its classes and ignore index
+    train_images: Dataset             # those trained on (the preset's count)
+    val_images: Dataset
+    augment: TrainTransform
+
+
+def load_data(args, config: TrainConfig, resumed: Optional[dict]) -> TrainingData:
+    """The data, checked before anything is written: a resumed run's classes, every validation
+    file; it says where they are and how many images it uses."""
+    augment = TrainTransform(config.crop_size, config.scale_range, config.scale, seed=config.seed)
+    root = find_data_root(args.dataset, args.data_root, resumed and resumed.get("data_root")).absolute()
+    train_set = make_dataset(args.dataset, str(root), transform=augment)
+    if resumed:
+        check_resumed_classes(args, root, train_set.class_names, resumed)
+    val_set = make_dataset(args.dataset, str(root), split=DATASETS[args.dataset][2],
+                           transform=EvalTransform(config.scale))
+    note_unsplit_validation(val_set, root)
+    train_images, val_images = evenly_spaced(train_set, config.train_images), evenly_spaced(val_set, config.val_images)
+    if len(train_images) < config.batch_size:
+        raise ValueError(f"batch size {config.batch_size} exceeds the {len(train_images)} training images")
+    print(f"{args.dataset} data in {root}: {used(train_images, train_set)} training and "
+          f"{used(val_images, val_set)} validation images", file=sys.stderr)
+    check_files(val_images, "validation", args.no_progress)
+    return TrainingData(root, train_set, train_images, val_images, augment)
+
+
+def train_epoch(model, batches, epoch: int, optimizers, config: TrainConfig, ignore_index: int, device,
+                saved: Tuple[str, int]) -> float:
+    """One epoch of `batches` (a progress bar over them) under the poly schedule; its mean loss.
+    `saved` (OUT, epochs saved) words the error of a non-finite loss."""
+    steps_per_epoch = len(batches)
+    total_steps = config.epochs * steps_per_epoch
+    losses, check = [], LateLossCheck(0)
+    for step, (images, labels) in enumerate(batches, epoch * steps_per_epoch):
+        _record(_checked_loss(check, steps_per_epoch, *saved), losses, batches)
+        factor = (1 - step / total_steps) ** config.poly_power
+        for optimizer, base in zip(optimizers, (config.encoder_lr, config.decoder_lr)):
+            for group in optimizer.param_groups:
+                group["lr"] = base * factor
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        logits, aux = model.forward_with_aux(images)
+        loss = segmentation_loss(logits, aux, labels, ignore_index, aux_weight(config, epoch))
+        check.defer(loss, step)
+        descend(loss, *optimizers)
+    _record(_checked_loss(check, steps_per_epoch, *saved), losses, batches)
+    return sum(losses) / len(losses)
+
+
 def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict] = None) -> dict:
     """Trains into args.out, from scratch or from the checkpoint `resumed` (last.pt); nothing is
     written before the data and the options have been checked."""
     device = resolve_device(args.device)
     torch.manual_seed(config.seed)
     torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed crop size: let cuDNN pick its kernels once
-    augment = TrainTransform(config.crop_size, config.scale_range, config.scale, seed=config.seed)
-    data_root = find_data_root(args.dataset, args.data_root, resumed and resumed.get("data_root")).absolute()
-    train_set = make_dataset(args.dataset, str(data_root), transform=augment)
-    if resumed:
-        check_resumed_classes(args, data_root, train_set.class_names, resumed)
-    val_split = DATASETS[args.dataset][2]
-    val_set = make_dataset(args.dataset, str(data_root), split=val_split, transform=EvalTransform(config.scale))
-    note_unsplit_validation(val_set, data_root)
-    train_subset = evenly_spaced(train_set, config.train_images)
-    steps_per_epoch = len(train_subset) // config.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"batch size {config.batch_size} exceeds the {len(train_subset)} training images")
-    # Resuming loads every weight from the checkpoint: no need for the ImageNet file then.
-    model = create_model(genotype, train_set.num_classes, pretrained=resumed is None, aux="cell").to(device)
-    encoder_opt, decoder_opt = make_optimizers(model, config)
-    val_subset = evenly_spaced(val_set, config.val_images)
     print(f"design: {genotype_name(genotype)}", file=sys.stderr)
-    print(f"{args.dataset} data in {data_root}: {used(train_subset, train_set)} training and "
-          f"{used(val_subset, val_set)} validation images", file=sys.stderr)
-    check_files(val_subset, "validation", args.no_progress)
-    val_loader = evaluation_loader(val_subset, config.workers)
+    data = load_data(args, config, resumed)
+    num_classes, ignore_index = data.train_set.num_classes, data.train_set.ignore_index
+    # Resuming loads every weight from the checkpoint: no need for the ImageNet file then.
+    model = create_model(genotype, num_classes, pretrained=resumed is None, aux="cell").to(device)
+    optimizers = make_optimizers(model, config)
+    val_loader = evaluation_loader(data.val_images, config.workers)
 
     last, best_path, log = (os.path.join(args.out, n) for n in (LAST, BEST, TRAINING_LOG))
     start_epoch, best = 0, None  # None until an epoch has a finite mIoU
@@ -192,70 +228,60 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
     lock = lock_directory(args.out)  # held while this process trains
     if resumed:
         model.load_state_dict(resumed["model"])
-        encoder_opt.load_state_dict(resumed["encoder_optimizer"])
-        decoder_opt.load_state_dict(resumed["decoder_optimizer"])
-        start_epoch = resumed["epoch"] + 1
-        best = known_miou(resumed["best_miou"])
+        for optimizer, key in zip(optimizers, ("encoder_optimizer", "decoder_optimizer")):
+            optimizer.load_state_dict(resumed[key])
+        start_epoch, best = resumed["epoch"] + 1, known_miou(resumed["best_miou"])
     else:
         write_json(os.path.join(args.out, CONFIG),
                    {"genotype": genotype.to_list(), "dataset": args.dataset, **asdict(config)})
 
-    total_steps = config.epochs * steps_per_epoch
     order = torch.Generator()
-    loader = DataLoader(train_subset, batch_size=config.batch_size, drop_last=True,
-                        sampler=RandomSampler(train_subset, generator=order), num_workers=config.workers,
+    loader = DataLoader(data.train_images, batch_size=config.batch_size, drop_last=True,
+                        sampler=RandomSampler(data.train_images, generator=order), num_workers=config.workers,
                         persistent_workers=config.workers > 0,  # no new worker processes each epoch
                         pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(config.seed))
     saved_epochs, nan_explained = start_epoch, False
     try:
         for epoch in range(start_epoch, config.epochs):
             started = time.time()
-            augment.set_epoch(epoch)
+            data.augment.set_epoch(epoch)
             order.manual_seed(config.seed * 1000 + epoch)  # each epoch's order, resumed or not
             model.train()
-            losses = []
-            bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=args.no_progress,
-                       leave=False)
-            check = LateLossCheck(0)
-            for step, (images, labels) in enumerate(bar, epoch * steps_per_epoch):
-                _record(_checked_loss(check, steps_per_epoch, args.out, saved_epochs), losses, bar)
-                factor = (1 - step / total_steps) ** config.poly_power
-                for opt, base in ((encoder_opt, config.encoder_lr), (decoder_opt, config.decoder_lr)):
-                    for group in opt.param_groups:
-                        group["lr"] = base * factor
-                images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-                logits, aux = model.forward_with_aux(images)
-                loss = segmentation_loss(logits, aux, labels, train_set.ignore_index, aux_weight(config, epoch))
-                check.defer(loss, step)
-                descend(loss, encoder_opt, decoder_opt)
-            _record(_checked_loss(check, steps_per_epoch, args.out, saved_epochs), losses, bar)
-            metrics = evaluate_model(model, val_loader, train_set.num_classes, train_set.ignore_index, (), device)
-            record = {"epoch": epoch, "loss": sum(losses) / len(losses), "val_miou": metrics["miou"],
-                      "val_pixel_acc": metrics["pixel_acc"], "seconds": round(time.time() - started, 2)}
+            bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
+                               disable=args.no_progress, leave=False)
+            loss = train_epoch(model, bar, epoch, optimizers, config, ignore_index, device, (args.out, saved_epochs))
+            metrics = evaluate_model(model, val_loader, num_classes, ignore_index, (), device)
             if math.isnan(metrics["miou"]) and not nan_explained:
                 print("note: val mIoU is nan: the validation images have no labelled pixels (all 255 = ignore)",
                       file=sys.stderr)
                 nan_explained = True
             improved = better(metrics["miou"], best)
             best = metrics["miou"] if improved else best
-            state = {"model": model.state_dict(), "encoder_optimizer": encoder_opt.state_dict(),
-                     "decoder_optimizer": decoder_opt.state_dict(), "epoch": epoch,
-                     "best_miou": best, "genotype": genotype.to_list(),
-                     "num_classes": train_set.num_classes, "channels": FINAL_CHANNELS,
-                     "sep_repeats": FINAL_SEP_REPEATS,
-                     "dataset": args.dataset, "data_root": str(data_root),
-                     "class_names": list(train_set.class_names), "scale": config.scale}
+            state = checkpoint_state(model, optimizers, epoch, best, genotype, args.dataset, data, config)
             # Until an epoch has a finite mIoU, best.pt is the first epoch's: it exists once announced.
             save_torch(state, *((best_path, last) if improved or not os.path.isfile(best_path) else (last,)))
             saved_epochs = epoch + 1
-            append_record(log, finite_or_none(record))
-            print(f"epoch {epoch + 1}/{config.epochs}: loss {record['loss']:.4f}, val mIoU {metrics['miou']:.4f}"
+            append_record(log, finite_or_none({"epoch": epoch, "loss": loss, "val_miou": metrics["miou"],
+                                               "val_pixel_acc": metrics["pixel_acc"],
+                                               "seconds": round(time.time() - started, 2)}))
+            print(f"epoch {epoch + 1}/{config.epochs}: loss {loss:.4f}, val mIoU {metrics['miou']:.4f}"
                   f" (best {format_miou(best)})", file=sys.stderr)
     except KeyboardInterrupt:
         raise TrainingInterrupted(interrupted_note(args.out, saved_epochs)) from None
     finally:
         lock.close()
     return {"best_miou": best, "best_checkpoint": best_path}
+
+
+def checkpoint_state(model, optimizers, epoch: int, best: Optional[float], genotype: Genotype, dataset: str,
+                     data: TrainingData, config: TrainConfig) -> dict:
+    """What last.pt and best.pt hold: the weights and optimizers, and the recipe of the model."""
+    encoder_opt, decoder_opt = optimizers
+    return {"model": model.state_dict(), "encoder_optimizer": encoder_opt.state_dict(),
+            "decoder_optimizer": decoder_opt.state_dict(), "epoch": epoch, "best_miou": best,
+            "genotype": genotype.to_list(), "num_classes": data.train_set.num_classes,
+            "channels": FINAL_CHANNELS, "sep_repeats": FINAL_SEP_REPEATS, "dataset": dataset,
+            "data_root": str(data.root), "class_names": list(data.train_set.class_names), "scale": config.scale}
 
 
 def preset_table() -> str:
@@ -284,8 +310,9 @@ examples:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split(":", 1)[1].strip(), epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--genotype", "--arch", dest="genotype", help="arch0|arch1|arch2, the genotype's JSON, or a file holding it "
-                                           "(required unless --resume)")
+    parser.add_argument("--genotype", "--arch", dest="genotype",
+                        help="arch0|arch1|arch2, the genotype's JSON, a file holding it, or a search's RUN_DIR (or its "
+                             "candidates.jsonl) for its best design (required unless --resume)")
     parser.add_argument("--dataset", choices=sorted(DATASETS),
                         help="camvid, voc (PASCAL VOC 2012 + SBD) or folder (your own data; see the README's "
                              "Data section) [camvid]")

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from nasfast.search.candidate import CandidateFailed, LateLossCheck, _check
+from nasfast.search.candidate import CandidateFailed
 from nasfast.search.config import SearchConfig, preset
 from nasfast.search.gate import Gate
 from nasfast.search.polyak import Polyak
 from nasfast.files import read_records
+from nasfast.training import LateLossCheck, NonFiniteLoss, check_loss
 
 REPO = Path(__file__).resolve().parents[1]
 FIELDS = {"index", "genotype", "reward", "stage1_reward", "stage2_reward", "gate", "status", "error",
@@ -110,9 +111,9 @@ def test_a_failing_candidate_is_logged_and_the_search_goes_on(tmp_path, monkeypa
 
 
 def test_non_finite_loss_fails_the_candidate():
-    with pytest.raises(CandidateFailed, match="stage 2, step 7"):
-        _check(torch.tensor(float("nan")), 2, 7)
-    _check(torch.tensor(1.0), 1, 0)
+    with pytest.raises(NonFiniteLoss, match="stage 2, step 7"):
+        check_loss(torch.tensor(float("nan")), 2, 7)
+    check_loss(torch.tensor(1.0), 1, 0)
 
 
 def test_losses_are_checked_one_step_late_with_their_own_step():
@@ -121,7 +122,7 @@ def test_losses_are_checked_one_step_late_with_their_own_step():
     check.defer(torch.tensor(1.5), 0)
     assert check() == 1.5
     check.defer(torch.tensor(float("inf")), 1)
-    with pytest.raises(CandidateFailed, match="stage 1, step 1"):
+    with pytest.raises(NonFiniteLoss, match="stage 1, step 1"):
         check()  # before step 2, or after the last step
 
 

@@ -2,23 +2,23 @@
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..complexity import count_madds, count_params
 from ..decoder import Decoder
 from ..metrics import ConfusionMatrix
 from ..model import Segmenter
+from ..training import LateLossCheck, descend, distillation_loss, segmentation_loss
 from .cache import FeatureCache
 from .config import SearchConfig
 from .polyak import Polyak
 
 
 class CandidateFailed(RuntimeError):
-    """A candidate that cannot be trained (non-finite loss, ...): logged as failed."""
+    """A candidate whose reward is undefined: logged as failed, as any error of a candidate is."""
 
 
 @dataclass
@@ -42,59 +42,6 @@ class SearchContext:
 def candidate_seed(search_seed: int, index: int) -> int:
     """Every random choice for candidate `index` derives from this, so a resumed search replays it."""
     return (search_seed * 1_000_003 + index * 7919 + 17) % (2 ** 63)
-
-
-def segmentation_loss(logits: Tensor, aux: List[Tensor], labels: Tensor, ignore_index: int,
-                      aux_weight: float) -> Tensor:
-    def ce(x: Tensor) -> Tensor:
-        x = F.interpolate(x, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-        return F.cross_entropy(x, labels, ignore_index=ignore_index)
-
-    loss = ce(logits)
-    for a in aux:
-        loss = loss + aux_weight * ce(a)
-    return loss
-
-
-def descend(loss: Tensor, *optimizers: torch.optim.Optimizer) -> None:
-    """One gradient step of every optimizer on loss."""
-    for optimizer in optimizers:
-        optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    for optimizer in optimizers:
-        optimizer.step()
-
-
-def distillation_loss(logits: Tensor, teacher: Tensor) -> Tensor:
-    if teacher.shape[-2:] != logits.shape[-2:]:
-        teacher = F.interpolate(teacher, size=logits.shape[-2:], mode="bilinear", align_corners=False)
-    return F.mse_loss(logits, teacher)
-
-
-def _check(loss: Tensor, stage: int, step: int) -> float:
-    value = loss.item()
-    if not math.isfinite(value):
-        raise CandidateFailed(f"non-finite loss ({value}) at stage {stage}, step {step}")
-    return value
-
-
-class LateLossCheck:
-    """_check one step late, before the next step is queued: reading a loss waits for the GPU,
-    and by then the next batch has been made on the CPU while the GPU ran the step. Calling it
-    returns the loss it checked (None when none was waiting)."""
-
-    def __init__(self, stage: int):
-        self.stage, self.pending = stage, None
-
-    def __call__(self) -> Optional[float]:
-        if self.pending is None:
-            return None
-        loss, step = self.pending
-        self.pending = None
-        return _check(loss, self.stage, step)
-
-    def defer(self, loss: Tensor, step: int) -> None:
-        self.pending = (loss.detach(), step)
 
 
 def _score(forward: Callable[[Tensor], Tensor], batches, ctx: SearchContext) -> float:
