@@ -104,6 +104,49 @@ def _build_caches(stage1_pairs, val_pairs, encoder, teacher, directory, memory_l
     return stage1, stage1_val
 
 
+def _images(config: SearchConfig, n: int) -> Tuple[List[int], List[int], List[int], int]:
+    """Indices of the meta-train images, of those cached for stage 1 and of the meta-val ones,
+    and the number of images of a stage-2 epoch."""
+    train_ids, val_ids = split_indices(n, config.val_fraction, config.seed)
+    stage2_count = min(len(train_ids), config.stage2_images or len(train_ids))
+    if stage2_count < config.stage2.batch_size:  # its epochs would take no step (whole batches only)
+        raise ValueError(f"--stage2-batch-size {config.stage2.batch_size} exceeds the {stage2_count} images of a "
+                         f"stage-2 epoch")
+    generator = torch.Generator().manual_seed(config.seed)
+    stage1_ids = sorted(torch.tensor(train_ids)[torch.randperm(len(train_ids), generator=generator)]
+                        [:config.stage1_images].tolist())
+    return train_ids, stage1_ids, val_ids[:config.val_images] if config.val_images else val_ids, stage2_count
+
+
+def _stage1_caches(config: SearchConfig, full, stage1_ids: List[int], val_ids: List[int], encoder, run_dir: str,
+                   cache: str, device: torch.device, progress: bool) -> Tuple[FeatureCache, FeatureCache, tuple]:
+    """The stage-1 caches (see build_context's `cache`) and the common image size they hold."""
+    def directory(what: str) -> str:
+        return os.path.join(run_dir, "cache", what)
+
+    marker = directory("complete.json")
+    contents = {"dataset": config.dataset, "scale": config.scale, "teacher": config.teacher,
+                "stage1_ids": stage1_ids, "val_ids": val_ids}
+    if cache == "open" or read_json(marker) == contents:
+        stage1, stage1_val = open_cache(directory("stage1")), open_cache(directory("val"))
+        if cache != "open":
+            print(f"stage-1 cache: reusing {directory('')} ({len(stage1)} + {len(stage1_val)} images)",
+                  file=sys.stderr)
+        return stage1, stage1_val, tuple(stage1.labels.shape[1:])  # the size, without reading every image
+    teacher = load_teacher(config.teacher, device, full.num_classes)  # checked before caching
+    size = _common_size(full, stage1_ids + val_ids, config.scale)
+    evaluated = EvalTransform(config.scale, size)
+    if os.path.exists(marker):
+        os.remove(marker)  # a rebuild killed half-way must not be taken for complete
+    memory_limit = 0 if cache == "build" else config.memory_limit_gb * 1e9
+    stage1, stage1_val = _build_caches(_Transformed(full, stage1_ids, evaluated),
+                                       _Transformed(full, val_ids, evaluated), encoder, teacher, directory,
+                                       memory_limit, device, progress)
+    if stage1.on_disk and stage1_val.on_disk:  # a resumed or restarted search opens it again
+        write_json(marker, contents)
+    return stage1, stage1_val, size
+
+
 def build_context(config: SearchConfig, run_dir: str, recorded_root: Optional[str] = None,
                   data_root: Optional[str] = None, device: str = "auto", cache: str = "auto",
                   progress: bool = True) -> SearchContext:
@@ -123,50 +166,14 @@ def build_context(config: SearchConfig, run_dir: str, recorded_root: Optional[st
         print(f"{config.dataset} data in {root}: {len(full)} training images", file=sys.stderr)
     if config.workers == 0:  # every image is read in this process: decode each once
         full.keep_decoded(config.image_cache_gb * 1e9)
-    train_ids, val_ids = split_indices(len(full), config.val_fraction, config.seed)
-    stage2_count = min(len(train_ids), config.stage2_images or len(train_ids))
-    if stage2_count < config.stage2.batch_size:  # its epochs would take no step (whole batches only)
-        raise ValueError(f"--stage2-batch-size {config.stage2.batch_size} exceeds the {stage2_count} images of a "
-                         f"stage-2 epoch")
-    generator = torch.Generator().manual_seed(config.seed)
-    stage1_ids = sorted(torch.tensor(train_ids)[torch.randperm(len(train_ids), generator=generator)]
-                        [:config.stage1_images].tolist())
-    if config.val_images:
-        val_ids = val_ids[:config.val_images]
-
+    train_ids, stage1_ids, val_ids, stage2_count = _images(config, len(full))
     encoder = MobileNetV2Encoder(pretrained=True)
-
-    def directory(what: str) -> str:
-        return os.path.join(run_dir, "cache", what)
-
-    marker = directory("complete.json")
-    contents = {"dataset": config.dataset, "scale": config.scale, "teacher": config.teacher,
-                "stage1_ids": stage1_ids, "val_ids": val_ids}
-    reuse = cache == "open" or read_json(marker) == contents
-    teacher = None if reuse else load_teacher(config.teacher, device, full.num_classes)  # checked before caching
-    if reuse:
-        stage1, stage1_val = open_cache(directory("stage1")), open_cache(directory("val"))
-        size = tuple(stage1.labels.shape[1:])  # the common size, without reading every image again
-        if cache != "open":
-            print(f"stage-1 cache: reusing {directory('')} ({len(stage1)} + {len(stage1_val)} images)",
-                  file=sys.stderr)
-    else:
-        size = _common_size(full, stage1_ids + val_ids, config.scale)
-    evaluated = EvalTransform(config.scale, size)
-    if not reuse:
-        if os.path.exists(marker):
-            os.remove(marker)  # a rebuild killed half-way must not be taken for complete
-        memory_limit = 0 if cache == "build" else config.memory_limit_gb * 1e9
-        stage1, stage1_val = _build_caches(_Transformed(full, stage1_ids, evaluated),
-                                           _Transformed(full, val_ids, evaluated), encoder, teacher, directory,
-                                           memory_limit, device, progress)
-        if stage1.on_disk and stage1_val.on_disk:  # a resumed or restarted search opens it again
-            write_json(marker, contents)
-
+    stage1, stage1_val, size = _stage1_caches(config, full, stage1_ids, val_ids, encoder, run_dir, cache, device,
+                                              progress)
     _check_scored_pixels(stage1_val.labels, full.ignore_index, full.exclude, config)
     stage2_set = _Transformed(full, train_ids, TrainTransform(config.crop_size, config.scale_range, config.scale,
                                                               seed=config.seed))
-    val_set = _Transformed(full, val_ids, evaluated)
+    val_set = _Transformed(full, val_ids, EvalTransform(config.scale, size))
 
     def stage2_batches(seed: int):
         stage2_set.transform.seed = seed
@@ -177,16 +184,20 @@ def build_context(config: SearchConfig, run_dir: str, recorded_root: Optional[st
     def val_batches():
         return DataLoader(val_set, batch_size=config.stage1.batch_size, num_workers=config.workers)
 
+    return SearchContext(config=config, num_classes=full.num_classes, ignore_index=full.ignore_index,
+                         exclude=tuple(full.exclude), stage1=stage1, stage1_val=stage1_val,
+                         stage2_batches=stage2_batches, val_batches=val_batches, make_encoder=_copies_of(encoder),
+                         in_channels=MobileNetV2Encoder.channels, in_strides=MobileNetV2Encoder.strides,
+                         device=device, data={"classes": list(full.class_names), "training images": len(full),
+                                              "root": str(root)})
+
+
+def _copies_of(encoder: MobileNetV2Encoder):
+    """A function giving a fresh copy of the pre-trained `encoder` (each candidate fine-tunes its own)."""
     state = {k: v.clone() for k, v in encoder.state_dict().items()}
 
     def make_encoder():
         fresh = MobileNetV2Encoder()
         fresh.load_state_dict(state)
         return fresh
-
-    return SearchContext(config=config, num_classes=full.num_classes, ignore_index=full.ignore_index,
-                         exclude=tuple(full.exclude), stage1=stage1, stage1_val=stage1_val,
-                         stage2_batches=stage2_batches, val_batches=val_batches, make_encoder=make_encoder,
-                         in_channels=MobileNetV2Encoder.channels, in_strides=MobileNetV2Encoder.strides,
-                         device=device, data={"classes": list(full.class_names), "training images": len(full),
-                               "root": str(root)})
+    return make_encoder
