@@ -153,7 +153,8 @@ def config_from_args(args, base: Optional[SearchConfig] = None) -> SearchConfig:
     return config
 
 
-def _shown(value: Any) -> str:
+def _option_text(value: Any) -> str:
+    """A value as it is given on the command line."""
     if value is None:
         return "none"
     return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
@@ -165,7 +166,7 @@ def resume_conflicts(args, saved: SearchConfig) -> List[str]:
     given = given_options(args)
     if saved.preset is None:
         given.pop("preset", None)
-    return [f"{flag(key)} {_shown(value)} differs from the run's {_shown(_get(saved, key))}"
+    return [f"{flag(key)} {_option_text(value)} differs from the run's {_option_text(_get(saved, key))}"
             for key, value in given.items() if key not in MACHINE_OPTIONS and value != _get(saved, key)]
 
 

@@ -135,7 +135,7 @@ class Search:
     def _check_same_data(self, data: Optional[Dict[str, Any]]) -> None:
         """A resumed search must read the data it began with; --data-root may have moved them."""
         if data is not None and self.data is not None:
-            differences = [f"{key} {_shown(data.get(key))}, the search's {_shown(self.data.get(key))}"
+            differences = [f"{key} {_cut(data.get(key))}, the search's {_cut(self.data.get(key))}"
                            for key in SAME_DATA if data.get(key) != self.data.get(key)]
             if differences:
                 raise ValueError(f"the data found in {data.get('root')} are not those of the search in "
@@ -226,7 +226,8 @@ class Search:
         return max(rewards) if rewards else None
 
 
-def _shown(value: Any) -> str:
+def _cut(value: Any) -> str:
+    """A value for a message, a long list cut short."""
     if isinstance(value, list) and len(value) > 6:
         return f"{len(value)} [{', '.join(map(str, value[:3]))}, ...]"
     return str(value)
