@@ -14,7 +14,6 @@ measured window as the busy share. Options after `--` go to `python -m nasfast.s
 """
 import argparse
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -29,6 +28,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from nasfast.cli import UsageError, positive_int, run
 from nasfast.data.datasets import DATASETS
+from nasfast.files import SEARCH_LOG, read_records
 from nasfast.search.__main__ import build_parser as search_parser, duration
 from nasfast.search.config import PRESETS
 
@@ -173,7 +173,7 @@ def measure(setup: Setup, args, extra: List[str], run_dir: Path, gpu_count: int)
                                 text=True)
     if result.returncode != 0:
         raise SystemExit(failure(setup.name(args.device), result, run_dir, kept=bool(args.keep)))
-    records = [json.loads(line) for line in (run_dir / "candidates.jsonl").read_text().splitlines()]
+    records = read_records(str(run_dir / SEARCH_LOG))
     count, window, per_hour = throughput(records)
     start = min((r["finished"] - r["seconds"] for r in records), default=0.0)
     busy = busy_share(sampler.samples, start, start + window) if sampler else None
