@@ -33,6 +33,7 @@ def lock_directory(directory: str):
     handle.flush()
     return handle
 
+
 def write_atomic(path: str, data: bytes) -> None:
     """Replaces `path` with `data` so that a crash leaves either the old or the new file."""
     tmp = f"{path}.tmp{os.getpid()}"

@@ -1,8 +1,8 @@
 """The outer loop (SPEC section 6): sample, evaluate, update; logged and resumable."""
 import os
 import signal
-import sys
 import socket
+import sys
 import time
 import traceback
 from typing import Any, Callable, Dict, Iterable, List, Optional
