@@ -206,7 +206,7 @@ class Coordinator(Search):
         index = record["index"]
         proposal = self.pending.pop(index)
         self.gate_decisions.pop(index, None)
-        self.log(proposal, record)
+        self.learn_and_log(proposal, record)
         self.save()
         self.show(record)
 

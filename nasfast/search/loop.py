@@ -149,7 +149,7 @@ class Search:
         record = evaluate_record(proposal.genotype, self.next_index, self.context(), self.gate.decide)
         self._saving = True
         try:
-            self.log(proposal, record)
+            self.learn_and_log(proposal, record)
             self.next_index += 1
             self.elapsed += time.time() - started
             save_torch(self.state_dict(), self.path(SEARCH_STATE))
@@ -159,7 +159,7 @@ class Search:
             raise KeyboardInterrupt
         return record
 
-    def log(self, proposal: Proposal, record: Dict[str, Any]) -> None:
+    def learn_and_log(self, proposal: Proposal, record: Dict[str, Any]) -> None:
         """The strategy learns from a finished candidate, which is then logged (the state is
         saved after, by the caller)."""
         if record["status"] == "ok":
