@@ -18,7 +18,7 @@ USER_ERRORS = (UsageError, ValueError, FileNotFoundError, FileExistsError, IsADi
 MACHINE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
-def _reported_in_one_line(error: BaseException) -> bool:
+def reported_in_one_line(error: BaseException) -> bool:
     return isinstance(error, USER_ERRORS) or (isinstance(error, OSError) and error.errno in MACHINE_ERRNOS)
 
 
@@ -37,7 +37,7 @@ def run(main: Callable[[Optional[List[str]]], int], prog: str, argv: Optional[Li
             pass
         return 141
     except Exception as error:
-        if not _reported_in_one_line(error) or os.environ.get("NASFAST_TRACEBACK") == "1":
+        if not reported_in_one_line(error) or os.environ.get("NASFAST_TRACEBACK") == "1":
             raise
         message = error.strerror + f": {error.filename}" if isinstance(error, OSError) and error.filename else error
         print(f"{prog}: error: {message}", file=sys.stderr)

@@ -3,6 +3,7 @@ auxiliary heads, batch norms folded into the convolutions before them), using th
 they are built. Load it in C++ with torch::jit::load after loading the ops library it names."""
 import argparse
 import copy
+import io
 import json
 import os
 import re
@@ -17,6 +18,7 @@ from . import ops
 from .checkpoint import is_torchscript, load_checkpoint, model_from_checkpoint
 from .cli import UsageError, positive_int, run
 from .encoder import IMAGENET_MEAN, IMAGENET_STD
+from .files import write_atomic
 from .genotype import Genotype, genotype_from_option
 from .model import create_model
 
@@ -68,10 +70,12 @@ def export(model: nn.Module, path: str, about: Optional[dict] = None) -> dict:
     scripted = script_for_deployment(model)
     needs = native_ops(scripted)
     info = {"native_ops": needs, "ops_library": ops.library_path() if needs else None, **(about or {})}
+    buffer = io.BytesIO()  # a failing file writer would abort the process (a full disk)
+    torch.jit.save(scripted, buffer, _extra_files={"nasfast.json": json.dumps(info)})
     try:
-        scripted.save(path, _extra_files={"nasfast.json": json.dumps(info)})
-    except RuntimeError as error:  # torch's writer says only "open file failed", with the errno
-        raise UsageError(f"--out {path} cannot be written ({str(error).splitlines()[0][-120:]})") from None
+        write_atomic(path, buffer.getvalue())
+    except OSError as error:
+        raise UsageError(f"--out {path} cannot be written ({error.strerror})") from None
     return info
 
 

@@ -1,10 +1,12 @@
 """Crash-safe files: each is replaced atomically (a crash leaves the old or the new one) or, for
 JSON-lines logs, appended a whole line at a time."""
+import errno
 import fcntl
 import io
 import json
 import math
 import os
+import sys
 from typing import Any, Dict, List
 
 import torch
@@ -22,7 +24,11 @@ def lock_directory(directory: str):
     handle = open(os.path.join(directory, LOCK), "a+")
     try:
         fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as error:
+        if error.errno not in (errno.EACCES, errno.EAGAIN):  # a file system without locks (ENOLCK)
+            print(f"warning: {directory} cannot be locked ({error.strerror}): make sure that no other search "
+                  f"or training uses it", file=sys.stderr)
+            return handle
         handle.seek(0)
         owner = handle.read().strip()
         handle.close()
@@ -46,8 +52,8 @@ def write_atomic(path: str, data: bytes) -> None:
     except BaseException as error:  # a full disk, say: leave no partial file behind
         if os.path.exists(tmp):
             os.remove(tmp)
-        if isinstance(error, OSError) and error.filename is None:
-            error.filename = path
+        if isinstance(error, OSError):
+            error.filename = path  # not the temporary file's
         raise
     _sync_directory(os.path.dirname(path) or ".")
 

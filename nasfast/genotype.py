@@ -208,5 +208,6 @@ def best_of_search(path: str) -> Genotype:
         raise ValueError(f"{log}: not the candidates.jsonl of a search")
     finished = [r for r in records if r.get("status") == "ok" and r.get("reward") is not None]
     if not finished:
-        raise ValueError(f"{log}: no candidate has finished yet")
+        raise ValueError(f"{log}: no candidate has finished yet" if not records else
+                         f"{log}: none of its {len(records)} candidates finished (python -m nasfast.report says why)")
     return Genotype.parse(max(finished, key=lambda r: r["reward"])["genotype"])

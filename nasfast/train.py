@@ -226,6 +226,7 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
     start_epoch, best = 0, None  # None until an epoch has a finite mIoU
     os.makedirs(args.out, exist_ok=True)
     lock = lock_directory(args.out)  # held while this process trains
+    check_still_as_checked(args.out, resumed)
     if resumed:
         model.load_state_dict(resumed["model"])
         for optimizer, key in zip(optimizers, ("encoder_optimizer", "decoder_optimizer")):
@@ -345,6 +346,14 @@ def check_new_run_directory(out: str) -> None:
         raise UsageError(f"{out} holds a search ({', '.join(searched)}): choose another --out")
     if present and not (present == [CONFIG] and "genotype" in (read_config(out) or {})):
         raise UsageError(f"{out} already holds a training run: continue it with --resume, or choose another --out")
+
+
+def check_still_as_checked(out: str, resumed: Optional[dict]) -> None:
+    """Once OUT is locked: another training may have used it since it was checked."""
+    if resumed is None:
+        check_new_run_directory(out)
+    elif load_checkpoint(os.path.join(out, LAST), RESUME_KEYS)["epoch"] != resumed["epoch"]:
+        raise UsageError(f"{out} was trained further by another process meanwhile: --resume it again")
 
 
 def read_config(out: str) -> Optional[dict]:

@@ -65,7 +65,7 @@ def test_export_refuses_options_that_do_not_apply_with_a_checkpoint(options, wor
     (["--genotype", "arch0", "--out", "nodir/m.pt"], ["nodir", "does not exist"]),
     (["--genotype", "arch0", "--out", "."], ["is a directory"]),
     (["--genotype", "arch0", "--out", "corrupt.pt"], ["corrupt.pt", "not an earlier export"]),
-    (["--genotype", "arch0", "--out", "/proc/m.pt"], ["--out /proc/m.pt cannot be written", "open file failed"]),
+    (["--genotype", "arch0", "--out", "/proc/m.pt"], ["--out /proc/m.pt cannot be written (No such file"]),
 ])
 def test_export_refuses_bad_input_in_one_line(options, words, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
@@ -73,6 +73,16 @@ def test_export_refuses_bad_input_in_one_line(options, words, tmp_path, monkeypa
     out = [] if "--out" in options else ["--out", "m.pt"]
     status, _, err = call(export.main, options + out, capsys)
     assert_refused(status, err, *words)
+
+
+def test_export_onto_a_full_disk_is_one_line_and_leaves_no_file(tmp_path, monkeypatch, capsys):
+    def disk_full(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    status, _, err = call(export.main, ["--genotype", "arch0", "--out", str(tmp_path / "m.pt")], capsys)
+    assert_refused(status, err, f"--out {tmp_path / 'm.pt'} cannot be written (No space left on device)")
+    assert os.listdir(tmp_path) == []
 
 
 def test_export_genotype_its_old_name_and_the_default_classes(tmp_path, capsys):

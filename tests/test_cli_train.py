@@ -329,3 +329,16 @@ def test_a_run_directory_in_use_by_another_process_is_refused(tmp_path, capsys):
         holder.kill()
         holder.wait()
     assert os.listdir(tmp_path) == [".lock"]  # nothing of a run written
+
+
+def test_a_training_that_used_out_while_the_data_loaded_is_not_overwritten(tmp_path, capsys, monkeypatch):
+    real_lock = train.lock_directory
+
+    def another_training_finished_first(directory):
+        (tmp_path / "last.pt").write_bytes(b"another run's")
+        return real_lock(directory)
+
+    monkeypatch.setattr(train, "lock_directory", another_training_finished_first)
+    assert train_cli("--genotype", "arch0", "--preset", "tiny", "--out", tmp_path, "--no-progress") == 2
+    assert "already holds a training run" in one_error_line(capsys)
+    assert (tmp_path / "last.pt").read_bytes() == b"another run's"

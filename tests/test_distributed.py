@@ -2,6 +2,7 @@
 torchrun (gloo, two CPU processes) surviving a SIGKILL of a worker through an elastic restart."""
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -137,6 +138,10 @@ def test_a_restart_continues_the_search_its_job_began_and_no_other(coordinator_a
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-b")  # a later job whose first attempt refused it
     with pytest.raises(SystemExit):
         choose_run(args, parser)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")  # a static rendezvous names every job so
+    assert distributed.job_identity() == f"{socket.gethostname()}:{os.getppid()}"  # its torchrun process
+    with pytest.raises(SystemExit):
+        choose_run(args, parser)
 
 
 # -- the real thing: torchrun, two processes, a SIGKILL ----------------------------------------
@@ -190,3 +195,7 @@ def test_torchrun_survives_a_killed_worker(tmp_path, camvid_root):
     assert {r["worker"] for r in records} == {0, 1}
     state = torch.load(run / "state.pt", weights_only=False)
     assert state["next_index"] == budget and not state["pending"]
+    again = subprocess.run(cmd[:cmd.index("--dataset")] + ["--resume", str(run)], env=env, capture_output=True,
+                           text=True, timeout=180)
+    assert again.returncode == 0 and f"already done: budget of {budget} candidates reached" in again.stderr, \
+        again.stderr[-3000:]

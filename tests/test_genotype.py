@@ -206,7 +206,7 @@ def test_an_option_names_a_search_for_its_best_design_and_long_text_is_cut(tmp_p
     assert genotype_from_option(str(tmp_path)) == ZOO["arch1"]
     assert genotype_from_option(str(tmp_path / "candidates.jsonl")) == ZOO["arch1"]
     (tmp_path / "failed.jsonl").write_text(json.dumps(records[2]) + "\n")
-    with pytest.raises(ValueError, match="failed.jsonl: no candidate has finished yet"):
+    with pytest.raises(ValueError, match=r"failed.jsonl: none of its 1 candidates finished \(python -m nasfast.report"):
         genotype_from_option(str(tmp_path / "failed.jsonl"))
     (tmp_path / "log.jsonl").write_text(json.dumps({"epoch": 0, "val_miou": 0.4}) + "\n")  # a training's log
     with pytest.raises(ValueError, match="log.jsonl: not the candidates.jsonl of a search"):

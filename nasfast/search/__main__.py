@@ -266,6 +266,7 @@ def search_in_this_process(args, run_dir: str, config: SearchConfig, resume: boo
 
     search = Search(run_dir, config, lambda cfg, d, recorded: build_context(
         cfg, d, recorded, args.data_root, args.device, progress=not args.no_progress), args.budget, args.time_budget)
+    search.lock_run_dir()
     if resume:
         search.resume()
         if search.spent():
@@ -274,9 +275,7 @@ def search_in_this_process(args, run_dir: str, config: SearchConfig, resume: boo
             return exit_status(search.records)
         print(f"resuming {run_dir} at candidate {search.next_index}", file=sys.stderr)
     try:
-        search.context()  # fail early on missing data, before any file is written
-        if not resume:
-            search.start()
+        search.prepare(resume)
         search.run(progress=not args.no_progress)
     except KeyboardInterrupt:
         saved = search.next_index if os.path.exists(search.path(SEARCH_STATE)) else None

@@ -12,6 +12,7 @@ import _thread
 import os
 import pickle
 import signal
+import socket
 import struct
 import sys
 import threading
@@ -22,7 +23,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 import torch
 import torch.distributed as dist
 
-from ..cli import counted
+from ..cli import counted, reported_in_one_line
 from ..files import SEARCH_STATE, read_json, save_torch, write_json
 from ..genotype import Genotype
 from ..strategies import Proposal
@@ -30,7 +31,7 @@ from .candidate import SearchContext
 from .config import SearchConfig
 from .loop import Search, evaluate_record
 from .records import load_state
-from .summary import closing_summary, resume_command
+from .summary import closing_summary, resume_command, top_table
 
 MESSAGE_BYTES = 1 << 20          # one message, 8 bytes of length first
 HEADER = struct.Struct("<Q")
@@ -83,11 +84,18 @@ def worker_device(requested: str, local_rank: int, workers_per_gpu: int) -> str:
 JOB = "torchrun.json"  # the torchrun job that began the search in RUN_DIR
 
 
+def job_identity() -> str:
+    """This torchrun job, the same after its restarts: its rendezvous id, or, where a static
+    rendezvous (--master-port) names every job "none", the torchrun process of rank 0."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    return run_id if run_id != "none" else f"{socket.gethostname()}:{os.getppid()}"
+
+
 def begun_by_this_job(run_dir: str) -> bool:
-    """Whether this torchrun job (TORCHELASTIC_RUN_ID) began the search in `run_dir`: after a
-    restart a job continues its own search, and still refuses one that was there before it."""
+    """Whether this torchrun job began the search in `run_dir`: after a restart a job continues its
+    own search, and still refuses one that was there before it."""
     job = read_json(os.path.join(run_dir, JOB))
-    return job is not None and job.get("run_id") == os.environ.get("TORCHELASTIC_RUN_ID")
+    return job is not None and job.get("job") == job_identity()
 
 
 def has_pending(run_dir: str) -> bool:
@@ -161,8 +169,9 @@ class Coordinator(Search):
 
     def start(self) -> None:
         if "TORCHELASTIC_RUN_ID" in os.environ:  # before the state exists: see begun_by_this_job
-            os.makedirs(self.run_dir, exist_ok=True)
-            write_json(self.path(JOB), {"run_id": os.environ["TORCHELASTIC_RUN_ID"]})
+            if self._lock is None:
+                self.lock_run_dir()
+            write_json(self.path(JOB), {"job": job_identity()})
         super().start()
 
     def in_flight(self) -> Iterable[int]:
@@ -276,6 +285,7 @@ def run(args, choose_run: Callable[[], Tuple[str, SearchConfig, bool]]) -> int:
         return _run_rank0(args, choose_run, factory("build" if world_size() > 1 else "auto"))
     plan = share(None)
     if "exit" in plan:  # rank 0 said why
+        dist.destroy_process_group()
         return plan["exit"]
     ctx = factory("open")(SearchConfig.from_dict(plan["config"]), plan["run_dir"], plan["data_root"])
     try:
@@ -290,16 +300,22 @@ def _run_rank0(args, choose_run, context_factory) -> int:
     try:
         run_dir, config, resume = choose_run()
         coordinator = Coordinator(run_dir, config, context_factory, args.budget, args.time_budget, world_size())
+        coordinator.lock_run_dir()
         if resume:
             coordinator.resume()
-        coordinator.context()  # builds the cache the other ranks open; fails early without data
-        if not resume:
-            coordinator.start()
+            if coordinator.spent() and not coordinator.pending:
+                print(f"already done: {coordinator.spent_note()}", file=sys.stderr)
+                print(top_table(coordinator.records, args.top))
+                share({"exit": 0})
+                if world_size() > 1:
+                    dist.destroy_process_group()
+                return 0
+        coordinator.prepare(resume)  # builds the cache the other ranks open; fails early without data
     except SystemExit as stop:  # an error the parser reported
         share({"exit": stop.code})
         raise
-    except BaseException:
-        share({"exit": 1})
+    except BaseException as error:
+        share({"exit": 2 if reported_in_one_line(error) else 1})
         raise
     if resume:
         print(f"resuming {run_dir} at candidate {coordinator.next_index} "

@@ -11,7 +11,7 @@ import torch
 
 from ..cli import counted, progress_bar
 from ..data.datasets import DataError
-from ..files import CONFIG, SEARCH_LOG, SEARCH_STATE, append_record, lock_directory, save_torch, write_json
+from ..files import CONFIG, LOCK, SEARCH_LOG, SEARCH_STATE, append_record, lock_directory, save_torch, write_json
 from ..genotype import Genotype
 from ..strategies import Proposal, make_strategy
 from .candidate import SearchContext, evaluate_candidate
@@ -74,7 +74,8 @@ class Search:
         self.records: List[Dict[str, Any]] = []
         self.data: Optional[Dict[str, Any]] = None  # SearchContext.data, once known
         self._context: Optional[SearchContext] = None
-        self._lock = None               # the run directory's lock, held from start() or resume()
+        self._lock = None               # the run directory's lock, held from lock_run_dir(), start() or resume()
+        self._made_run_dir = False
         self._bar = None                # the progress bar, once shown
         self.workers = 1                # processes evaluating candidates
         self._saving = False            # inside the bookkeeping that a signal must not split
@@ -100,9 +101,36 @@ class Search:
         self.strategy.load_state_dict(state["strategy"])
         self.gate.load_state_dict(state["gate"])
 
-    def start(self) -> None:
+    def lock_run_dir(self) -> None:
+        """Takes RUN_DIR (made when new) for this process, before anything is written there."""
+        self._made_run_dir = not os.path.isdir(self.run_dir)
         os.makedirs(self.run_dir, exist_ok=True)
         self._lock = lock_directory(self.run_dir)
+
+    def abandon(self) -> None:
+        """Gives RUN_DIR back after a failure before start(): a directory made for it goes again."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+            if self._made_run_dir and os.listdir(self.run_dir) == [LOCK]:
+                os.remove(self.path(LOCK))
+                os.rmdir(self.run_dir)
+
+    def prepare(self, resume: bool) -> None:
+        """The shared data first (the stage-1 cache: the longest step, and where missing data
+        show), then a new search's files; a new directory made for a search that fails here goes."""
+        try:
+            self.context()
+            if not resume:
+                self.start()
+        except BaseException:
+            if not resume:
+                self.abandon()
+            raise
+
+    def start(self) -> None:
+        if self._lock is None:
+            self.lock_run_dir()
         if os.path.exists(self.path(SEARCH_STATE)):
             raise ValueError(f"{self.run_dir}: another search began there meanwhile")
         write_json(self.path(CONFIG), self.config.to_dict())
@@ -110,7 +138,8 @@ class Search:
         save_torch(self.state_dict(), self.path(SEARCH_STATE))
 
     def resume(self) -> None:
-        self._lock = lock_directory(self.run_dir)
+        if self._lock is None:
+            self.lock_run_dir()
         self.load_state_dict(load_state(self.path(SEARCH_STATE)))
         if self.budget is None and self.time_budget is None:  # a state saved before budgets were
             raise ValueError(NO_BUDGET)
