@@ -2,12 +2,13 @@
 rewards evolved per stage (the paper's Fig. 2), as tables and, with matplotlib, as PNG plots."""
 import argparse
 import importlib.util
+import io
 import os
 import sys
 from typing import Dict, List, Optional
 
 from .cli import UsageError, positive_int, run
-from .files import CONFIG, SEARCH_LOG, read_json, read_records
+from .files import CONFIG, SEARCH_LOG, read_json, read_records, write_atomic
 from .search.summary import format_reward, top_table
 
 PROG = "python -m nasfast.report"
@@ -78,7 +79,9 @@ def plot(runs: List[Dict], path: str, count: int = 4) -> None:
     axes[0].set_ylabel("reward")
     axes[0].legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
+    write_atomic(path, png.getvalue())  # no partial file on a full disk
 
 
 def build_parser() -> argparse.ArgumentParser:
