@@ -9,7 +9,7 @@ from typing import Dict, List, Optional
 
 from .cli import UsageError, positive_int, run
 from .files import CONFIG, SEARCH_LOG, read_json, read_records, write_atomic
-from .search.summary import format_reward, top_table
+from .search.summary import format_reward, searched_size_note, top_table
 
 PROG = "python -m nasfast.report"
 
@@ -19,7 +19,8 @@ def load_run(run_dir: str) -> Dict:
     if not os.path.isfile(log):
         raise FileNotFoundError(f"{run_dir}: not a search run ({log} missing)")
     config = read_json(os.path.join(run_dir, CONFIG)) or {}
-    return {"dir": run_dir, "strategy": config.get("strategy", "unknown strategy"), "records": read_records(log)}
+    return {"dir": run_dir, "strategy": config.get("strategy", "unknown strategy"), "records": read_records(log),
+            "channels": config.get("channels"), "sep_repeats": config.get("sep_repeats")}
 
 
 def bins(records: List[Dict], count: int) -> List[List[Dict]]:
@@ -101,7 +102,10 @@ def main(argv=None) -> int:
     runs = [load_run(d) for d in args.runs]
     for search_run in runs:
         print(f"{search_run['strategy']} ({search_run['dir']}): best designs")
-        print(top_table(search_run["records"], args.top), end="\n\n")
+        print(top_table(search_run["records"], args.top))
+        if search_run["channels"] is not None and finished(search_run):
+            print(searched_size_note(search_run["channels"], search_run["sep_repeats"]))
+        print()
         print(progress_table(search_run, args.bins), end="\n\n")
     path = args.plot or os.path.join(args.runs[0], "rewards.png")
     if not has_matplotlib():

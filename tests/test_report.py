@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 def fake_run(path: Path, strategy: str, rewards):
     """A search log; a reward pair (stage 1, stage 2) of None, None is a failed candidate."""
     path.mkdir()
-    (path / "config.json").write_text(json.dumps({"strategy": strategy}))
+    (path / "config.json").write_text(json.dumps({"strategy": strategy, "channels": 16, "sep_repeats": 1}))
     for i, (s1, s2) in enumerate(rewards):
         append_record(str(path / "candidates.jsonl"), dict(
             index=i, genotype=[[[0, 0], [0, 0], [0, 0]], [0, [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]],
@@ -30,6 +30,7 @@ def test_report_tables(tmp_path):
                           "--bins", "2"],
                          capture_output=True, text=True, env={"PYTHONPATH": str(REPO)}, check=True).stdout
     assert "top 4 of 4 candidates" in out and "top 2 of 2 candidates" in out
+    assert out.count("params and MAdds: the decoder as searched (16 channels, separable repeats 1") == 2
     assert "0-1" in out and "0.2000" in out   # first half of the PPO run: stage-1 mean 0.2
     assert "2-3" in out and "0.5500" in out   # second half: stage-2 mean 0.55
 

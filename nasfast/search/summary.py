@@ -43,6 +43,13 @@ def failure_note(records: List[Dict[str, Any]]) -> Optional[str]:
     return f"every candidate failed; the first (index {first['index']}): {reason}{hint}"
 
 
+def searched_size_note(channels: int, sep_repeats: int) -> str:
+    """What the params and MAdds of a search's table are, and are not."""
+    return (f"params and MAdds: the decoder as searched ({channels} channels, separable repeats {sep_repeats}, at "
+            f"the searched image size); trained, with {FINAL_CHANNELS} channels, {FINAL_SEP_REPEATS} repeats and the "
+            f"encoder, it is larger (bench/latency.py --genotype RUN_DIR measures it)")
+
+
 def command(*words: Optional[str]) -> str:
     """A command line to copy: its words quoted for the shell, None left out."""
     return " ".join(shlex.quote(str(w)) for w in words if w is not None)
@@ -61,10 +68,7 @@ def closing_summary(records: List[Dict[str, Any]], k: int, run_dir: str, config,
     search's dataset, data and preset: `config` is its SearchConfig)."""
     lines = [top_table(records, k), f"log: {os.path.join(run_dir, SEARCH_LOG)}"]
     if any(r["status"] == "ok" for r in records):
-        lines.append(f"params and MAdds: the decoder as searched ({config.channels} channels, separable repeats "
-                     f"{config.sep_repeats}, at the searched image size); trained, with {FINAL_CHANNELS} channels, "
-                     f"{FINAL_SEP_REPEATS} repeats and the encoder, it is larger (bench/latency.py --genotype RUN_DIR "
-                     "measures it)")
+        lines.append(searched_size_note(config.channels, config.sep_repeats))
         preset = ["--preset", config.preset] if config.preset else []
         train = command("python", "-m", "nasfast.train", "--genotype", run_dir, "--dataset", config.dataset,
                         *_data_root_option(data_root), *preset, "--out", "DIR")
