@@ -290,7 +290,12 @@ def test_a_teacher_is_recorded_by_its_absolute_path(tmp_path, no_data, monkeypat
     assert search("--resume", tmp_path / "run", "--budget", 2, "--teacher", tmp_path / "t.pt", "--no-progress") == 0
 
 
-def test_a_teacher_of_another_class_count_is_refused_before_caching(tmp_path):
+class Infinite(torch.nn.Module):
+    def forward(self, x):
+        return torch.full((x.shape[0], 11) + x.shape[2:], float("inf"))
+
+
+def test_a_teacher_of_another_class_count_or_non_finite_logits_is_refused_before_caching(tmp_path):
     from nasfast.search.context import load_teacher
     torch.jit.script(torch.nn.Conv2d(3, 5, 1)).save(str(tmp_path / "five.pt"))
     with pytest.raises(ValueError, match=r"gives \(1, 5, 64, 64\) logits .* needs N x 11 x H x W logits"):
@@ -300,6 +305,9 @@ def test_a_teacher_of_another_class_count_is_refused_before_caching(tmp_path):
     torch.jit.script(torch.nn.Linear(4, 4)).save(str(tmp_path / "linear.pt"))
     with pytest.raises(ValueError, match="fails on a 64x64 image"):
         load_teacher(str(tmp_path / "linear.pt"), torch.device("cpu"), 11)
+    torch.jit.script(Infinite()).save(str(tmp_path / "inf.pt"))
+    with pytest.raises(ValueError, match="inf.pt gives non-finite logits"):
+        load_teacher(str(tmp_path / "inf.pt"), torch.device("cpu"), 11)
     (tmp_path / "notes.txt").write_text("not a model")
     with pytest.raises(ValueError, match=r"notes.txt is not a TorchScript file \(PytorchStreamReader failed "
                                          r"reading zip archive: not a ZIP archive\)$"):

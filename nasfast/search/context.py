@@ -56,6 +56,8 @@ def load_teacher(path: Optional[str], device: torch.device, num_classes: int):
         got = f"{tuple(logits.shape)} logits" if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise ValueError(f"teacher {path} gives {got} for a 1x3x64x64 image; the dataset needs N x {num_classes} "
                          f"x H x W logits")
+    if not torch.isfinite(logits).all():
+        raise ValueError(f"teacher {path} gives non-finite logits (NaN or inf) for a 1x3x64x64 image")
     return teacher
 
 
