@@ -371,3 +371,29 @@ def test_functional_forms_equal_the_references(k, d):
     torch.testing.assert_close(ops.separable_conv_bn_relu(x, depthwise, pointwise, bias, d),
                                separable_conv_bn_relu_reference(x, depthwise, pointwise, bias, d),
                                rtol=1e-4, atol=1e-4)
+
+
+@needs_ops
+@pytest.mark.parametrize("op", ["sep_conv", "sep_conv_bn_relu"])
+def test_second_derivatives_are_refused_not_silently_zero(op):
+    x = torch.randn(1, 3, 8, 8, dtype=torch.float64, requires_grad=True)
+    dw, pw = torch.randn(3, 1, 3, 3, dtype=torch.float64), torch.randn(3, 3, 1, 1, dtype=torch.float64)
+    args = (x, dw, pw, torch.zeros(3, dtype=torch.float64), 1) if op == "sep_conv_bn_relu" else (x, dw, pw, 1)
+    out = getattr(torch.ops.nasfast, op)(*args).pow(2).sum()
+    with pytest.raises(RuntimeError, match=f"nasfast::{op}: second derivatives"):
+        torch.autograd.grad(out, x, create_graph=True)
+    torch.autograd.grad(getattr(torch.ops.nasfast, op)(*args).sum(), x)  # first derivatives as before
+
+
+@needs_ops
+def test_the_kept_fold_follows_batch_norm_statistics_updated_in_training():
+    fused = randomised(SeparableConvBNReLU(6, 3, 1, fused=True)).eval()
+    x = torch.randn(2, 6, 9, 9)
+    with torch.no_grad():
+        fused(x)  # folds and keeps the fold
+        fused.train()
+        fused(torch.randn(4, 6, 9, 9) * 3 + 1)  # new running statistics, no version bump
+        fused.eval()
+        reference = SeparableConvBNReLU(6, 3, 1, fused=False).eval()
+        reference.load_state_dict(fused.state_dict())
+        torch.testing.assert_close(fused(x), reference(x), rtol=1e-4, atol=1e-4)

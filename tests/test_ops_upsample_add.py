@@ -124,3 +124,12 @@ def test_half_precision_and_mixed_dtypes_on_the_cpu_run_the_reference():
 
 def test_reference_module_scripts_without_the_library():
     assert "nasfast::" not in str(torch.jit.script(UpsampleAdd(fused=False)).graph)
+
+
+@needs_ops
+def test_second_derivatives_are_refused_not_silently_zero():
+    high = torch.randn(1, 2, 5, 7, dtype=torch.float64, requires_grad=True)
+    low = torch.randn(1, 2, 3, 4, dtype=torch.float64, requires_grad=True)
+    out = torch.ops.nasfast.upsample_add(high, low).pow(2).sum()
+    with pytest.raises(RuntimeError, match="upsample_add: second derivatives .* fused=False"):
+        torch.autograd.grad(out, low, create_graph=True)

@@ -7,6 +7,8 @@
 #include <array>
 #include <tuple>
 
+#include "first_order.h"
+
 namespace nasfast {
 namespace {
 
@@ -49,6 +51,7 @@ class SepConv : public torch::autograd::Function<SepConv> {
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
+    refuse_second_derivative("sep_conv");
     const auto saved = ctx->get_saved_variables();
     const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1), ctx->needs_input_grad(2)};
     if (!grads[0].defined()) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
@@ -73,6 +76,7 @@ class SepConvBNReLU : public torch::autograd::Function<SepConvBNReLU> {
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
+    refuse_second_derivative("sep_conv_bn_relu");
     const auto saved = ctx->get_saved_variables();
     if (!grads[0].defined()) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
     const at::Tensor grad = at::threshold_backward(grads[0], saved[3], 0);

@@ -2,6 +2,8 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
+#include "first_order.h"
+
 namespace nasfast {
 namespace {
 
@@ -27,6 +29,7 @@ class UpsampleAdd : public torch::autograd::Function<UpsampleAdd> {
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
+    refuse_second_derivative("upsample_add");
     const auto low_size = ctx->saved_data["low_size"].toSymIntVector();
     const at::Tensor& grad = grads[0];
     return {grad, call_backward_low(grad, low_size)};

@@ -124,10 +124,16 @@ class FusedSeparableConvBNReLU(SeparableConvBNReLU):
         return torch.ops.nasfast.sep_conv_bn_relu(x, self.depthwise.weight, pointwise, bias, self.dilation)
 
     @torch.jit.unused
+    def train(self, mode: bool = True):
+        self._fold_key = None  # batch norm updates its statistics in training without a version bump
+        return super().train(mode)
+
+    @torch.jit.unused
     def _kept_fold(self) -> Tuple[Tensor, Tensor]:
         """The folded weights, kept for inference while the tensors they come from are unchanged
-        (same storage, no in-place update): folding is 6 small ops a call, 0.07 ms of launches on
-        a GPU. Not with autograd on, where the fold must be part of each call's graph."""
+        (same storage, no in-place update, no training since): folding is 6 small ops a call,
+        0.07 ms of launches on a GPU. Not with autograd on, where the fold must be part of each
+        call's graph. Weights edited through `.data` are not seen: call .eval() again after."""
         bn = self.bn
         sources = (self.pointwise.weight, bn.running_mean, bn.running_var, bn.weight, bn.bias)
         key = tuple((t.data_ptr(), t._version) if t is not None else None for t in sources) + (bn.eps,)
