@@ -48,9 +48,19 @@ class AuxHead(nn.Module):
 class Decoder(nn.Module):
     """Builds the decoder a genotype describes on top of encoder feature maps.
 
-    `forward(features)` returns the logits at `output_stride`; `forward_with_aux(features)` also
-    returns one auxiliary output per block (empty when `aux` is None), for training.
-    `fused` (None: when the native ops are loaded) is decided here, once.
+    genotype: a Genotype, a zoo name ("arch0"), the paper's nested list or its JSON text.
+    in_channels, in_strides: channels and strides of the 4 encoder outputs it reads (MobileNet-v2's
+        by default). num_classes: output channels. channels, sep_repeats: the decoder's width and
+        the repeats of each separable block (the search's defaults, 48 and 1; a trained model
+        uses 64 and 2, as nasfast.create_model builds it). aux: "cell" (auxiliary cells, as in
+        the search and training), "classifier" (a conv only) or None.
+    fused: None uses the native ops when they are loaded; decided here, once.
+
+    `forward(features)` takes the list of the 4 feature maps (N x in_channels[i] x H_i x W_i) and
+    returns the logits at `output_stride`; `forward_with_aux(features)` also returns one
+    auxiliary output per block (empty when `aux` is None), for training. A design may leave an
+    encoder output unused: its adapter then gets no gradient (DistributedDataParallel needs
+    find_unused_parameters=True).
     """
 
     def __init__(self, genotype, in_channels: Sequence[int] = (24, 32, 96, 320), num_classes: int = 21,
@@ -101,6 +111,8 @@ class Decoder(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def _pool(self, features: List[Tensor]) -> List[Tensor]:
+        if len(features) != len(self.adapters):
+            raise ValueError(f"the decoder takes {len(self.adapters)} feature maps, got {len(features)}")
         pool: List[Tensor] = []
         for i, adapter in enumerate(self.adapters):
             pool.append(adapter(features[i]))

@@ -74,6 +74,10 @@ def test_rejects_bad_options():
     for option in ("num_classes", "channels", "sep_repeats"):
         with pytest.raises(ValueError, match=f"{option} must be at least 1, got 0"):
             Decoder("arch0", **{option: 0})
+    features = [torch.randn(1, c, 32 // s, 32 // s) for c, s in zip((24, 32, 96, 320), (4, 8, 16, 32))]
+    for decoder in (Decoder("arch0"), torch.jit.script(Decoder("arch0", fused=False))):
+        with pytest.raises(Exception, match="the decoder takes 4 feature maps, got 3"):
+            decoder(features[:3])
 
 
 @pytest.mark.parametrize("seed", range(6))

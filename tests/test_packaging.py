@@ -29,3 +29,10 @@ def test_without_the_library_everything_falls_back_to_the_references():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=dict(os.environ, NASFAST_DISABLE_OPS="1", PYTHONPATH=str(REPO)))
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_import_nasfast_gives_its_modules_for_python_users():
+    code = "import nasfast; print(nasfast.metrics.ConfusionMatrix.__name__, nasfast.ops.available.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=dict(os.environ, PYTHONPATH=str(REPO))).stdout
+    assert out.split() == ["ConfusionMatrix", "available"]
