@@ -36,3 +36,13 @@ def test_import_nasfast_gives_its_modules_for_python_users():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env=dict(os.environ, PYTHONPATH=str(REPO))).stdout
     assert out.split() == ["ConfusionMatrix", "available"]
+
+
+def test_the_readme_python_example_runs():
+    readme = (REPO / "README.md").read_text()
+    example = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    result = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert result.returncode == 0, result.stderr[-2000:]
+    params, madds, miou = result.stdout.split()
+    assert int(params) > 0 and int(madds) > 0 and 0 <= float(miou) <= 1
