@@ -170,7 +170,7 @@ def load_data(args, config: TrainConfig, resumed: Optional[dict]) -> TrainingDat
     """The data, checked before anything is written: a resumed run's classes, every validation
     file; it says where they are and how many images it uses."""
     augment = TrainTransform(config.crop_size, config.scale_range, config.scale, seed=config.seed)
-    root = find_data_root(args.dataset, args.data_root, resumed and resumed.get("data_root")).absolute()
+    root = find_data_root(args.dataset, args.data_root, resumed and resumed.get("data_root"))
     train_set = make_dataset(args.dataset, str(root), transform=augment)
     if resumed:
         check_resumed_classes(args, root, train_set.class_names, resumed)

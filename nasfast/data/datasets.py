@@ -31,18 +31,19 @@ class DataError(ValueError):
 
 def find_data_root(name: str, data_root: Optional[str] = None, recorded: Optional[str] = None) -> Path:
     """`data_root` (--data-root) when given, else `recorded` (where a run read its data) when it
-    still exists, else $NASFAST_DATA/<name>, else ~/.cache/nasfast/<name>."""
+    still exists, else $NASFAST_DATA/<name>, else ~/.cache/nasfast/<name>; as an absolute path
+    (symbolic links kept: it is how the user named it)."""
     if data_root is not None:
         if not Path(data_root).is_dir():
             raise FileNotFoundError(f"--data-root {data_root}: no such directory")
-        return Path(data_root)
+        return Path(os.path.abspath(data_root))
     if recorded is not None and Path(recorded).is_dir():
-        return Path(recorded)
+        return Path(os.path.abspath(recorded))
     places = [Path(os.environ["NASFAST_DATA"]) / name] if os.environ.get("NASFAST_DATA") else []
     places.append(Path.home() / ".cache" / "nasfast" / name)
     for place in places:
         if place.is_dir():
-            return place
+            return Path(os.path.abspath(place))
     where = "pass --data-root DIR" if name == "folder" else \
         f"pass --data-root DIR or set NASFAST_DATA to the folder that holds {name}/"
     raise FileNotFoundError(

@@ -162,7 +162,7 @@ def build_context(config: SearchConfig, run_dir: str, recorded_root: Optional[st
     if cache not in CACHE_MODES:
         raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
     device = resolve_device(device)
-    root = find_data_root(config.dataset, data_root, recorded_root).absolute()
+    root = find_data_root(config.dataset, data_root, recorded_root)
     full = make_dataset(config.dataset, str(root))
     if cache != "open":  # said once, by the process that builds the cache
         print(f"{config.dataset} data in {root}: {len(full)} training images", file=sys.stderr)
