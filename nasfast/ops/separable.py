@@ -136,7 +136,8 @@ class FusedSeparableConvBNReLU(SeparableConvBNReLU):
         call's graph. Weights edited through `.data` are not seen: call .eval() again after."""
         bn = self.bn
         sources = (self.pointwise.weight, bn.running_mean, bn.running_var, bn.weight, bn.bias)
-        if torch.compiler.is_compiling():  # its graph folds once; a key of pointers would recompile it
+        compiling = getattr(torch.compiler, "is_compiling", lambda: False)()  # torch >= 2.3 has it
+        if compiling:  # a compiled graph folds once; a key of pointers would recompile it
             return fold_batch_norm(*sources[:3], bn.eps, *sources[3:])
         key = tuple((t.data_ptr(), t._version) if t is not None else None for t in sources) + (bn.eps,)
         if getattr(self, "_fold_key", None) != key:
