@@ -5,9 +5,10 @@ import argparse
 import json
 import math
 import sys
+from typing import Sequence, Tuple
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .cli import UsageError, non_negative_int, positive_float, resolve_device, run
@@ -27,6 +28,13 @@ def evenly_spaced(dataset, count: int):
     return Subset(dataset, [i * len(dataset) // count for i in range(count)])
 
 
+def dataset_and_indices(images) -> Tuple[Dataset, Sequence[int]]:
+    """The dataset that `images` (a dataset or a Subset of one) reads, and the indices it reads."""
+    if isinstance(images, Subset):
+        return images.dataset, images.indices
+    return images, range(len(images))
+
+
 def evaluate_model(model, loader, num_classes, ignore_index, exclude, device) -> dict:
     matrix = ConfusionMatrix(num_classes, ignore_index, exclude)
     model.eval()
@@ -39,11 +47,8 @@ def evaluate_model(model, loader, num_classes, ignore_index, exclude, device) ->
 def evaluation_loader(dataset, workers: int, batch_size: int = 8) -> DataLoader:
     """Images through the model batch_size at a time when they all have one size (CamVid), one at
     a time otherwise (VOC); the worker processes persist from one pass to the next."""
-    if isinstance(dataset, Subset):
-        sizes = {dataset.dataset.image_size(i) for i in dataset.indices}
-    else:
-        sizes = {dataset.image_size(i) for i in range(len(dataset))}
-    one_size = len(sizes) <= 1
+    full, indices = dataset_and_indices(dataset)
+    one_size = len({full.image_size(i) for i in indices}) <= 1
     return DataLoader(dataset, batch_size=batch_size if one_size else 1, num_workers=workers,
                       persistent_workers=workers > 0)
 

@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from .checkpoint import RESUME_KEYS, load_checkpoint
 from .cli import (UsageError, counted, images_per_batch, non_negative_int, positive_int, progress_bar, resolve_device,
                   run)
 from .data import EvalTransform, SegmentationDataset, TrainTransform, make_dataset
 from .data.datasets import DATASETS, every_image_in_every_split, find_data_root
-from .evaluate import evaluate_model, evaluation_loader, evenly_spaced
+from .evaluate import dataset_and_indices, evaluate_model, evaluation_loader, evenly_spaced
 from .files import (BEST, CONFIG, LAST, SEARCH_FILES, TRAINING_FILES, TRAINING_LOG, append_record, finite_or_none,
                     lock_directory, read_json, save_torch, write_json)
 from .genotype import ZOO, Genotype, genotype_from_option
@@ -123,7 +123,7 @@ def interrupted_note(out: str, saved_epochs: int) -> str:
 def saved_note(out: str, saved_epochs: int) -> str:
     if saved_epochs == 0:
         return f"nothing was saved; run the same command to start again in {out}, or remove it"
-    return (f"{os.path.join(out, 'last.pt')} holds epoch {saved_epochs}; "
+    return (f"{os.path.join(out, LAST)} holds epoch {saved_epochs}; "
             f"continue with {PROG} --out {shlex.quote(out)} --resume")
 
 
@@ -142,7 +142,7 @@ def check_resumed_classes(args, data_root, class_names, resumed: dict) -> None:
 def check_files(subset, what: str, quiet: bool) -> None:
     """Reads each image and label of `subset` once, so that a broken file (a label value outside the
     classes, say) is named before the first epoch rather than after it."""
-    dataset, indices = (subset.dataset, subset.indices) if isinstance(subset, Subset) else (subset, range(len(subset)))
+    dataset, indices = dataset_and_indices(subset)
     for index in progress_bar(indices, desc=f"checking the {what} files", unit="image", leave=False, disable=quiet):
         dataset.load(index)
 
