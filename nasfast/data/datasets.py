@@ -255,10 +255,10 @@ def _visible_files(folder: Path) -> List[Path]:
     return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file())
 
 
-def _files_by_name(folder: Path, suffixes: Sequence[str]) -> Dict[str, Path]:
+def _files_by_name(files: List[Path], suffixes: Sequence[str]) -> Dict[str, Path]:
     """name -> file, for the suffixes in any case; two files of one name (x.jpg, x.png) are refused."""
     found: Dict[str, Path] = {}
-    for path in _visible_files(folder):
+    for path in files:
         if path.suffix.lower() not in suffixes:
             continue
         if path.stem in found:
@@ -298,8 +298,9 @@ def _image_name(listed: str, images: Dict[str, Path]) -> str:
 
 def _label_paths(labels: Path, names: List[str]) -> List[Path]:
     """labels/<name>.png, the extension in any case."""
-    pngs = _files_by_name(labels, (".png",))
-    jpegs = {p.stem: p for p in _visible_files(labels) if p.suffix.lower() in (".jpg", ".jpeg")}
+    files = _visible_files(labels)  # one listing: a folder may hold thousands
+    pngs = _files_by_name(files, (".png",))
+    jpegs = {p.stem: p for p in files if p.suffix.lower() in (".jpg", ".jpeg")}
     for name in names:
         if name not in pngs and name in jpegs:
             raise DataError(f"{jpegs[name]}: labels must be PNG (JPEG compression changes the class values); "
@@ -327,7 +328,7 @@ class FolderDataset(SegmentationDataset):
         self.num_classes = len(self.class_names)
         if not 0 < self.num_classes < IGNORE_INDEX:
             raise DataError(f"{root / 'classes.txt'}: expected 1 to {IGNORE_INDEX - 1} class names, got {self.num_classes}")
-        images = _files_by_name(root / "images", IMAGE_SUFFIXES)
+        images = _files_by_name(_visible_files(root / "images"), IMAGE_SUFFIXES)
         self.split_file, listed = _split_names(root, split, images)
         names = [_image_name(name, images) for name in listed]
         missing = [n for n in names if n not in images]
