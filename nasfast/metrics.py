@@ -14,7 +14,7 @@ class ConfusionMatrix:
 
     `update(logits_or_pred, target)`: logits N x C x h x w (upsampled bilinearly to the target
     size, then argmax; the native op fuses both) or integer predictions N x H x W; targets
-    N x H x W with `ignore_index` for pixels that do not count. `compute()` gives miou, fwiou,
+    N x H x W with `ignore_index` for pixels that do not count. Tensors or numpy arrays. `compute()` gives miou, fwiou,
     mean_acc, pixel_acc, iou and acc (per class) and reward = (miou * fwiou * mean_acc) ** (1/3);
     classes in `exclude` are left out of the three averages (their per-class values are still
     reported). The int64 matrix lives on the device of the updates. `fused` (None: when the ops
@@ -39,6 +39,7 @@ class ConfusionMatrix:
 
     @torch.no_grad()
     def update(self, logits_or_pred: Tensor, target: Tensor) -> None:
+        logits_or_pred, target = torch.as_tensor(logits_or_pred), torch.as_tensor(target)
         if target.dim() == 2:
             target = target[None]
         if target.dim() != 3 or target.is_floating_point():
