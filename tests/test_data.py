@@ -333,6 +333,55 @@ def test_folder_split_names_with_the_images_prefix_and_names_listed_twice(tmp_pa
     (root / "train.txt").write_text("a\nb\na\n")
     with pytest.raises(DataError, match=r"train.txt: 1 names listed more than once, e.g. \['a'\]"):
         FolderDataset(root)
+    (root / "train.txt").write_text("# my split\na\nimages/a.png\nb\n")  # one image, two spellings
+    with pytest.raises(DataError, match=r"train.txt: 1 names listed more than once, e.g. \['a'\]"):
+        FolderDataset(root)
+
+
+def test_folder_text_files_in_utf16_or_not_utf8(tmp_path):
+    root = tiny_folder(tmp_path)
+    (root / "classes.txt").write_bytes("other\r\nStraße\r\n".encode("utf-16"))  # Notepad's "Unicode"
+    assert FolderDataset(root).class_names == ("other", "Straße")
+    (root / "classes.txt").write_bytes("other\nStraße\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"classes.txt: not UTF-8 text .*; save it as UTF-8"):
+        FolderDataset(root)
+
+
+def test_folder_images_in_other_formats_and_turned_by_exif(tmp_path):
+    root = tiny_folder(tmp_path, names=())
+    (root / "classes.txt").write_text("other\nroad\n")
+    upright = np.random.default_rng(0).integers(0, 256, (4, 6, 3), dtype=np.uint8)
+    label = np.zeros((4, 6), np.uint8)
+    label[0, :2] = 1
+    for name, suffix, options in (("bmp", ".bmp", {}), ("tif", ".TIFF", {}), ("webp", ".webp", {"lossless": True})):
+        Image.fromarray(upright).save(root / "images" / f"{name}{suffix}", **options)
+        Image.fromarray(label).save(root / "labels" / f"{name}.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned a quarter to the left: shown turned back to the right
+    Image.fromarray(np.rot90(upright).copy()).save(root / "images" / "photo.png", exif=exif)
+    Image.fromarray(label).save(root / "labels" / "photo.png")
+    data = FolderDataset(root)
+    assert [image.name for image, _ in data.pairs] == ["bmp.bmp", "photo.png", "tif.TIFF", "webp.webp"]
+    for index in range(len(data)):
+        image, loaded = data.load(index)
+        assert np.array_equal(image, upright) and np.array_equal(loaded, label)
+        assert data.image_size(index) == (6, 4)
+
+
+def test_folder_labels_of_16_or_1_bit(tmp_path):
+    root = tiny_folder(tmp_path)
+    Image.fromarray(np.array([[0, 1, 255], [1, 0, 0]], np.uint16)).save(root / "labels" / "a.png")
+    Image.fromarray(np.eye(2, 3, dtype=bool)).save(root / "labels" / "b.png")
+    assert [Image.open(root / "labels" / n).mode for n in ("a.png", "b.png")] == ["I;16", "1"]
+    data = FolderDataset(root)
+    assert data.load(0)[1].tolist() == [[0, 1, 255], [1, 0, 0]] and data.load(1)[1].tolist() == [[1, 0, 0], [0, 1, 0]]
+    assert data.label_pixels(0)[[0, 1, 255]].tolist() == [3, 2, 1]
+    Image.fromarray(np.array([[0, 1, 256], [1, 0, 0]], np.uint16)).save(root / "labels" / "a.png")
+    with pytest.raises(DataError, match=r"a.png: label values \[256\] are neither classes nor the ignore index"):
+        FolderDataset(root).load(0)
+    Image.fromarray(np.zeros((2, 3, 3), np.uint8)).save(root / "labels" / "a.png")
+    with pytest.raises(DataError, match=r"got mode RGB; save it as an 8-bit grey PNG of class indices \(a colour"):
+        FolderDataset(root).load(0)
 
 
 def test_data_roots_given_recorded_or_found(tmp_path, monkeypatch):
@@ -345,6 +394,9 @@ def test_data_roots_given_recorded_or_found(tmp_path, monkeypatch):
     assert find_data_root("folder", recorded=str(tmp_path / "moved")) == tmp_path / "folder"
     with pytest.raises(FileNotFoundError, match="--data-root .*nope: no such directory"):
         find_data_root("folder", str(tmp_path / "nope"), recorded=str(tmp_path / "recorded"))
+    (tmp_path / "classes.txt").write_text("road\n")
+    with pytest.raises(FileNotFoundError, match="--data-root .*classes.txt: a file, not the dataset's directory"):
+        find_data_root("folder", str(tmp_path / "classes.txt"))
     monkeypatch.setenv("NASFAST_DATA", str(tmp_path / "empty"))
     with pytest.raises(FileNotFoundError, match=r"the README's Data section\), then pass --data-root DIR\.$"):
         find_data_root("folder")

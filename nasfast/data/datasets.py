@@ -11,7 +11,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .transforms import IGNORE_INDEX, EvalTransform
 
@@ -35,7 +35,8 @@ def find_data_root(name: str, data_root: Optional[str] = None, recorded: Optiona
     (symbolic links kept: it is how the user named it)."""
     if data_root is not None:
         if not Path(data_root).is_dir():
-            raise FileNotFoundError(f"--data-root {data_root}: no such directory")
+            what = "a file, not the dataset's directory" if Path(data_root).exists() else "no such directory"
+            raise FileNotFoundError(f"--data-root {data_root}: {what}")
         return Path(os.path.abspath(data_root))
     if recorded is not None and Path(recorded).is_dir():
         return Path(os.path.abspath(recorded))
@@ -52,13 +53,19 @@ def find_data_root(name: str, data_root: Optional[str] = None, recorded: Optiona
         f"Get {HOW_TO_GET.get(name, 'the data')}, then {where}.")
 
 
+EXIF_ORIENTATION = 0x0112
+
+
 def _decode(path: Path, what: str) -> Image.Image:
-    """The fully decoded image: PIL reads lazily, so a truncated file only fails on load()."""
+    """The fully decoded image (PIL reads lazily, so a truncated file only fails on load()), turned
+    as its EXIF orientation says: as viewers and labelling tools show a camera's photo."""
     if not path.is_file():
         raise DataError(f"{path}: {what} file is missing")
     try:
         with Image.open(path) as image:
             image.load()
+            if image.getexif().get(EXIF_ORIENTATION, 1) != 1:
+                image = ImageOps.exif_transpose(image)
     except (OSError, SyntaxError, ValueError) as error:
         raise DataError(f"{path}: unreadable or truncated {what} ({error})") from None
     return image
@@ -114,11 +121,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def _read(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
         image_path, label_path = self.pairs[index]
         image = _to_rgb(_decode(image_path, "image"))
-        label_image = _decode(label_path, "label")
-        if label_image.mode not in ("L", "P"):
-            raise DataError(f"{label_path}: a label must be a one-channel image of class indices "
-                            f"(mode L or P), got mode {label_image.mode}")
-        label = self.lookup[np.asarray(label_image)]
+        label = self.lookup[_label_values(_decode(label_path, "label"), label_path)]
         if label.shape != image.shape[:2]:
             raise DataError(f"{label_path}: label size {label.shape[1]}x{label.shape[0]} differs from its "
                             f"image {image_path} ({image.shape[1]}x{image.shape[0]})")
@@ -129,24 +132,58 @@ class SegmentationDataset(torch.utils.data.Dataset):
                             f"[0, {self.num_classes}) nor the ignore index {self.ignore_index}")
         return image, label
 
+    def label_pixels(self, index: int) -> np.ndarray:
+        """How many pixels of the item's label hold each value 0-255 (the classes, then 255: ignored)."""
+        return np.bincount(self.load(index)[1].ravel(), minlength=256)
+
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
         image, label = self.load(index)
         return self.transform(image, label, index)
 
     def image_size(self, index: int) -> Tuple[int, int]:
-        """(width, height) of an image, from its file's header alone."""
+        """(width, height) of an image as loaded (turned by its EXIF orientation), from its file's header."""
         path = self.pairs[index][0]
         try:
             with Image.open(path) as image:
-                return image.size
+                turned = image.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)  # a quarter turn
+                return image.size[::-1] if turned else image.size
         except (OSError, SyntaxError, ValueError) as error:
             raise DataError(f"{path}: unreadable image ({error})") from None
+
+
+def _label_values(label: Image.Image, path: Path) -> np.ndarray:
+    """The label's values as uint8 (HxW): from an 8-bit (L, P), 16-bit or 1-bit one-channel image."""
+    if label.mode in ("L", "P", "1"):
+        return np.asarray(label).astype(np.uint8, copy=False)
+    if label.mode.startswith("I"):  # 16 or 32-bit integers: fine while every value fits 8 bits
+        values = np.asarray(label)
+        too_large = np.unique(values[(values < 0) | (values > 255)])
+        if too_large.size:
+            raise DataError(f"{path}: label values {too_large[:8].tolist()} are neither classes nor the ignore "
+                            f"index 255 (a label holds class indices)")
+        return values.astype(np.uint8)
+    hint = " whose colours must be mapped to class indices" if label.mode in ("RGB", "RGBA", "P") else ""
+    raise DataError(f"{path}: a label must be a one-channel image of class indices (8 or 16-bit grey, or "
+                    f"palette), got mode {label.mode}; save it as an 8-bit grey PNG of class indices"
+                    f"{' (a colour-coded label' + hint + ')' if hint else ''}")
+
+
+def _read_text(path: Path) -> str:
+    """A text file written as UTF-8 (a byte order mark is dropped) or UTF-16 with its byte order mark
+    (Windows' Notepad)."""
+    data = path.read_bytes()
+    try:
+        if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+            return data.decode("utf-16")
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8") from None
 
 
 def _read_lines(path: Path, what: str) -> List[List[str]]:
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} not found")
-    return [line.split() for line in path.read_text().splitlines() if line.strip()]
+    return [line.split() for line in _read_text(path).splitlines() if line.strip()]
 
 
 def _listed_path(root: Path, listed: str) -> Path:
@@ -221,18 +258,18 @@ class VOC(SegmentationDataset):
         super().__init__(pairs, transform)
 
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 TOOL_SPLITS = ("train", "val")  # the splits train and search read: either file means "listed splits"
 
 
 def _stripped_lines(path: Path) -> List[str]:
-    """Every line, stripped; "utf-8-sig" so that a byte order mark is not part of the first name."""
-    return [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
+    return [line.strip() for line in _read_text(path).splitlines()]
 
 
 def _read_class_names(path: Path) -> Tuple[str, ...]:
     if not path.is_file():
-        raise FileNotFoundError(f"class list {path} not found")
+        raise FileNotFoundError(f"class list {path} not found; write one class name a line, the line number "
+                                f"from 0 being the class index in the labels")
     names = _stripped_lines(path)
     while names and not names[-1]:
         names.pop()
@@ -268,11 +305,12 @@ def _files_by_name(files: List[Path], suffixes: Sequence[str]) -> Dict[str, Path
 
 
 def _split_names(root: Path, split: str, images: Dict[str, Path]) -> Tuple[Optional[Path], List[str]]:
-    """(the split file, the names it lists), or (None, every image) where root has neither
-    train.txt nor val.txt."""
+    """(the split file, the image names it lists; lines starting with # are comments), or (None,
+    every image) where root has neither train.txt nor val.txt."""
     split_file = root / f"{split}.txt"
     if split_file.is_file():
-        names = [name for name in _stripped_lines(split_file) if name]
+        lines = [line for line in _stripped_lines(split_file) if line and not line.startswith("#")]
+        names = [_image_name(line, images) for line in lines]
         if not names:
             raise DataError(f"{split_file}: lists no names; write the names of the split's images, one a line")
         twice = sorted(name for name, count in Counter(names).items() if count > 1)
@@ -284,7 +322,7 @@ def _split_names(root: Path, split: str, images: Dict[str, Path]) -> Tuple[Optio
         raise DataError(f"{split_file}: not found, but {root} has {', '.join(f'{n}.txt' for n in listed)}: with "
                         f"split files, each split needs its own (write {split_file.name}, one image name a line)")
     if not images:
-        raise DataError(f"{root / 'images'}: no .jpg, .jpeg or .png images")
+        raise DataError(f"{root / 'images'}: no images ({', '.join(IMAGE_SUFFIXES)})")
     return None, sorted(images)
 
 
@@ -312,9 +350,10 @@ class FolderDataset(SegmentationDataset):
     """Your own data. Under root:
 
         classes.txt          one class name per line; the class index is the line number from 0
-        images/<name>.jpg    or .jpeg / .png, RGB or grey (8 or 16 bits); subfolders are not searched
-        labels/<name>.png    one-channel class indices, 255 = ignore, same size as the image
-        <split>.txt          optional: the names of a split's images, one a line
+        images/<name>.jpg    or .jpeg .png .bmp .tif .tiff .webp, RGB or grey (8 or 16 bits), turned as
+                             their EXIF orientation says; subfolders are not searched
+        labels/<name>.png    one-channel class indices (8 or 16 bits), 255 = ignore, same size as the image
+        <split>.txt          optional: the names of a split's images, one a line (# starts a comment)
 
     Where root has neither train.txt nor val.txt, every image is in every split (`split_file` is
     None); once it has one, every split needs its own. Hidden files (.DS_Store, ._x.jpg) are skipped.
@@ -329,8 +368,7 @@ class FolderDataset(SegmentationDataset):
         if not 0 < self.num_classes < IGNORE_INDEX:
             raise DataError(f"{root / 'classes.txt'}: expected 1 to {IGNORE_INDEX - 1} class names, got {self.num_classes}")
         images = _files_by_name(_visible_files(root / "images"), IMAGE_SUFFIXES)
-        self.split_file, listed = _split_names(root, split, images)
-        names = [_image_name(name, images) for name in listed]
+        self.split_file, names = _split_names(root, split, images)
         missing = [n for n in names if n not in images]
         if missing:
             hint = "; subfolders of images/ are not searched" if any("/" in n or "\\" in n for n in missing) else ""
