@@ -6,10 +6,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from nasfast.decoder import Decoder
+from nasfast.genotype import ZOO
+from nasfast.search.cache import FeatureCache
 from nasfast.search.candidate import CandidateFailed
 from nasfast.search.config import SearchConfig, preset
 from nasfast.search.gate import Gate
@@ -147,6 +151,32 @@ def test_polyak_average():
     polyak.update(module)
     polyak.update(module)
     torch.testing.assert_close(polyak.average.weight, torch.full((1, 2), 1 - 0.9 ** 2))
+
+
+def test_stage1_applies_its_polyak_average_to_the_decoder(monkeypatch):
+    """SPEC section 5: the average is applied before validation, so stage 2 goes on from it."""
+    import nasfast.search.candidate as candidate
+    averages = []
+
+    def recorded_polyak(module, decay):
+        averages.append(Polyak(module, decay))
+        return averages[-1]
+    monkeypatch.setattr(candidate, "Polyak", recorded_polyak)
+    g = torch.Generator().manual_seed(0)
+    shapes = [(24, 16, 16), (32, 8, 8), (96, 4, 4), (320, 2, 2)]
+    cache = FeatureCache([torch.randn(8, *s, generator=g) for s in shapes],
+                         torch.randint(0, 3, (8, 16, 16), generator=g))
+    config = preset("tiny")
+    ctx = SimpleNamespace(config=config, stage1=cache, stage1_val=cache, device=torch.device("cpu"), num_classes=3,
+                          ignore_index=255, exclude=())
+    decoder = Decoder(ZOO["arch0"], in_channels=[s[0] for s in shapes], num_classes=3, channels=16,
+                      sep_repeats=1, in_strides=(4, 8, 16, 32))
+    before = [p.clone() for p in decoder.parameters()]
+    reward = candidate.run_stage1(decoder, ctx, torch.Generator().manual_seed(1))
+    assert 0 < reward <= 1 and len(averages) == 1
+    trained = list(decoder.parameters())
+    assert all(torch.equal(p, average) for p, average in zip(trained, averages[0].average.parameters()))
+    assert sum(not torch.equal(p, start) for p, start in zip(trained, before)) > len(before) // 2
 
 
 def test_cache_is_memory_mapped_when_large(tmp_path):

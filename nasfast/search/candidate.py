@@ -72,8 +72,9 @@ def _cached_batches(cache: FeatureCache, batch_size: int, device, generator=None
 
 
 def run_stage1(decoder: Decoder, ctx: SearchContext, generator: torch.Generator) -> float:
-    """Trains `decoder` on the cached features; the reward is its Polyak average's. Stage 2 goes
-    on from the trained weights, not the average."""
+    """Trains `decoder` on the cached features, then applies its Polyak average to it (SPEC section 5,
+    as the paper and the authors' release do: stage 2 goes on from the average); the reward is the
+    average's."""
     cfg = ctx.config.stage1
     optimizer = torch.optim.Adam(decoder.parameters(), lr=cfg.decoder_lr)
     polyak = Polyak(decoder, cfg.polyak_decay)
@@ -91,6 +92,7 @@ def run_stage1(decoder: Decoder, ctx: SearchContext, generator: torch.Generator)
             polyak.update(decoder)
             step += 1
     check()
+    decoder.load_state_dict(polyak.average.state_dict())
     batches = ((feats, labels) for feats, labels, _ in
                _cached_batches(ctx.stage1_val, cfg.batch_size, ctx.device))
     return _score(polyak.average, batches, ctx)
