@@ -94,6 +94,8 @@ def test_help(capsys):
     for option in ("--stage1-epochs", "--stage2-encoder-lr", "--gate-p-start", "--aux-weight", "--time-budget"):
         assert option in text
     assert "(see --help)" not in text
+    assert "--stage1-encoder-lr" not in text and "--stage2-distillation" not in text  # fixed by the method
+    assert "teacher's logits (with --teacher) [0.3]" in text
     assert "seconds (a bare number)" in text and "{camvid,folder,voc}" in text
     assert text.startswith("usage: python -m nasfast.search (--out RUN_DIR | --resume RUN_DIR)")
 

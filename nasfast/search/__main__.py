@@ -10,7 +10,7 @@ from ..cli import counted, positive_int, run
 from ..data.datasets import DATASETS, DataError
 from ..files import CONFIG, SEARCH_FILES, SEARCH_LOG, SEARCH_STATE, TRAINING_FILES, read_json, read_records
 from . import distributed
-from .config import MACHINE_OPTIONS, PRESETS, SearchConfig, StageConfig, preset
+from .config import FIXED, MACHINE_OPTIONS, PRESETS, SearchConfig, StageConfig, preset
 from .distributed import begun_by_this_job, has_pending, restart_count, world_size
 from .loop import NO_BUDGET, Search
 from .summary import closing_summary, resume_command, top_table
@@ -79,7 +79,8 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
             _add_field(group, f, getattr(defaults, f.name), f.name)
     for stage in ("stage1", "stage2"):
         for f in dataclasses.fields(StageConfig):
-            _add_field(group, f, getattr(getattr(defaults, stage), f.name), f"{stage}.{f.name}")
+            if f"{stage}.{f.name}" not in FIXED:
+                _add_field(group, f, getattr(getattr(defaults, stage), f.name), f"{stage}.{f.name}")
 
 
 def _add_field(group, f, default, key: str) -> None:

@@ -23,9 +23,14 @@ class StageConfig:
     batch_size: int = option(64, "batch size (ours), at least 2", images_per_batch)
     decoder_lr: float = option(3e-3, "Adam learning rate of the decoder", positive_float)
     polyak_decay: float = option(0.9, "decay of the Polyak average of the weights", decay)
-    encoder_lr: float = option(0.0, "SGD (momentum 0.9) learning rate of the encoder; 0 keeps it frozen",
-                               non_negative_float)
-    distillation: float = option(0.0, "weight of the MSE to the teacher's logits", non_negative_float)
+    encoder_lr: float = option(0.0, "SGD (momentum 0.9) learning rate of the encoder", non_negative_float)
+    distillation: float = option(0.0, "weight of the MSE to the teacher's logits (with --teacher)",
+                                 non_negative_float)
+
+
+# Fixed by the method (SPEC section 5), so not options: stage 1 trains on cached outputs of the
+# frozen encoder, and stage 2 has no distillation.
+FIXED = ("stage1.encoder_lr", "stage2.distillation")
 
 
 def _stage1() -> StageConfig:
