@@ -15,8 +15,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from .checkpoint import RESUME_KEYS, load_checkpoint
-from .cli import (UsageError, counted, images_per_batch, non_negative_int, positive_int, progress_bar, resolve_device,
-                  run)
+from .cli import (UsageError, counted, fraction, images_per_batch, non_negative_int, positive_int, progress_bar,
+                  resolve_device, run)
 from .data import EvalTransform, SegmentationDataset, TrainTransform, make_dataset
 from .data.datasets import DATASETS, every_image_in_every_split, find_data_root
 from .evaluate import dataset_and_indices, evaluate_model, evaluation_loader, evenly_spaced
@@ -41,6 +41,8 @@ class TrainConfig:
     decoder_optimizer: str = "adam"        # or "sgd"
     weight_decay: float = 1e-5
     poly_power: float = 0.9                # lr = base * (1 - step / steps) ** power
+    lr_steps: Tuple[int, ...] = ()         # a step schedule instead: lr *= step_factor after each of these epochs
+    step_factor: float = 0.1
     aux_weights: Tuple[float, ...] = (0.3, 0.25, 0.2, 0.15)  # one per quarter of the training
     train_images: int = 0                  # 0: all
     val_images: int = 0
@@ -56,7 +58,7 @@ PRESETS = {
 PRESET_NOTES = {"paper": "the paper's protocol: hours to days on a CPU, meant for a GPU",
                 "fast": "shorter, for a GPU", "tiny": "seconds on a CPU, for trying it out"}
 # The settings that options set over the preset's; workers alone does not change what is trained.
-OPTION_FIELDS = ("epochs", "batch_size", "decoder_optimizer", "workers")
+OPTION_FIELDS = ("epochs", "batch_size", "decoder_optimizer", "lr_steps", "step_factor", "workers")
 
 
 class TrainingInterrupted(Exception):
@@ -186,16 +188,23 @@ def load_data(args, config: TrainConfig, resumed: Optional[dict]) -> TrainingDat
     return TrainingData(root, train_set, train_images, val_images, augment)
 
 
+def lr_factor(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """What the learning rates are multiplied by at `step`: the poly schedule, or the step schedule
+    of config.lr_steps."""
+    if config.lr_steps:
+        return config.step_factor ** sum(step // steps_per_epoch >= epoch for epoch in config.lr_steps)
+    return (1 - step / (config.epochs * steps_per_epoch)) ** config.poly_power
+
+
 def train_epoch(model, batches, epoch: int, optimizers, config: TrainConfig, ignore_index: int, device,
                 saved: Tuple[str, int]) -> float:
-    """One epoch of `batches` (a progress bar over them) under the poly schedule; its mean loss.
-    `saved` (OUT, epochs saved) words the error of a non-finite loss."""
+    """One epoch of `batches` (a progress bar over them) under the learning-rate schedule; its mean
+    loss. `saved` (OUT, epochs saved) words the error of a non-finite loss."""
     steps_per_epoch = len(batches)
-    total_steps = config.epochs * steps_per_epoch
     losses, check = [], LateLossCheck(0)
     for step, (images, labels) in enumerate(batches, epoch * steps_per_epoch):
         _record(_checked_loss(check, steps_per_epoch, *saved), losses, batches)
-        factor = (1 - step / total_steps) ** config.poly_power
+        factor = lr_factor(config, step, steps_per_epoch)
         for optimizer, base in zip(optimizers, (config.encoder_lr, config.decoder_lr)):
             for group in optimizer.param_groups:
                 group["lr"] = base * factor
@@ -298,7 +307,8 @@ def preset_table() -> str:
 EPILOG = f"""{preset_table()}
 
 With --resume every setting comes from OUT/config.json: --genotype, --dataset, --preset, --epochs,
---batch-size and --decoder-optimizer may be left out, and are refused if they differ from the run's;
+--batch-size, --decoder-optimizer, --lr-steps and --step-factor may be left out, and are refused if
+they differ from the run's;
 --workers, --device, --data-root and --no-progress may change.
 Ctrl-C stops; the epochs finished so far stay in OUT/last.pt for --resume.
 
@@ -328,6 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--decoder-optimizer", choices=["adam", "sgd"],
                         help="the decoder's optimizer: Adam, or SGD with momentum 0.9 (the encoder always uses "
                              "SGD) [adam]")
+    parser.add_argument("--lr-steps", type=positive_int, nargs="+", metavar="EPOCH",
+                        help="a step schedule instead of poly: the learning rates are multiplied by --step-factor "
+                             "after each of these epochs (the paper's pose training: 90 120)")
+    parser.add_argument("--step-factor", type=fraction,
+                        help="what --lr-steps multiplies the learning rates by [0.1]")
     parser.add_argument("--workers", type=non_negative_int, help="data-loading processes [the preset's: 2, tiny 0]")
     parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N [auto]")
     parser.add_argument("--no-progress", action="store_true",
@@ -375,9 +390,9 @@ def resume_conflicts(args, saved: dict) -> List[str]:
     conflicts = []
     if args.genotype is not None and genotype_from_option(args.genotype).to_list() != saved["genotype"]:
         conflicts.append(f"--genotype {args.genotype} differs from the run's {genotype_name(saved['genotype'])}")
-    for option in ("dataset", "epochs", "batch_size", "decoder_optimizer"):
+    for option in ("dataset", "epochs", "batch_size", "decoder_optimizer", "lr_steps", "step_factor"):
         given = getattr(args, option)
-        if given is not None and given != saved.get(option):
+        if given is not None and given != saved.get(option, getattr(TrainConfig, option, None)):
             conflicts.append(f"--{option.replace('_', '-')} {given} differs from the run's {saved.get(option)}")
     if args.preset is not None and args.preset != preset_of(saved):
         conflicts.append(f"--preset {args.preset} differs from the run's {preset_of(saved) or 'settings'}")
@@ -417,7 +432,19 @@ def new_run(args) -> Tuple[Genotype, TrainConfig]:
     genotype = genotype_from_option(args.genotype)
     options = {name: getattr(args, name) for name in OPTION_FIELDS if getattr(args, name) is not None}
     args.dataset = args.dataset or "camvid"
-    return genotype, replace(PRESETS[args.preset or "paper"], **options)
+    config = replace(PRESETS[args.preset or "paper"], **options)
+    config.lr_steps = tuple(config.lr_steps)
+    check_schedule(config)
+    return genotype, config
+
+
+def check_schedule(config: TrainConfig) -> None:
+    if config.step_factor != TrainConfig.step_factor and not config.lr_steps:
+        raise UsageError("--step-factor needs --lr-steps (the poly schedule has no steps)")
+    beyond = [epoch for epoch in config.lr_steps if epoch >= config.epochs]
+    if beyond or list(config.lr_steps) != sorted(set(config.lr_steps)):
+        raise UsageError(f"--lr-steps {' '.join(map(str, config.lr_steps))}: expected increasing epochs below the "
+                         f"{config.epochs} trained")
 
 
 def report(best_miou: Optional[float], best_checkpoint: str) -> None:

@@ -7,7 +7,7 @@ import os
 import re
 import subprocess
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
@@ -76,6 +76,30 @@ def test_resume_refuses_each_option_that_changes_the_training(tmp_path, capsys):
     assert "--resume: --genotype arch1 differs from the run's arch0, --dataset voc differs from the run's camvid, " \
            "--epochs 3 differs from the run's 2, --preset fast differs from the run's tiny (config.json)" in err
     assert (tmp_path / "last.pt").read_bytes() == b""
+
+
+def test_step_schedule_multiplies_the_learning_rates_after_each_listed_epoch():
+    poly = train.TrainConfig(epochs=4)
+    assert [train.lr_factor(poly, step, 10) for step in (0, 20)] == [1.0, 0.5 ** 0.9]
+    steps = replace(poly, lr_steps=(1, 3), step_factor=0.5)
+    assert [train.lr_factor(steps, step, 10) for step in (0, 9, 10, 29, 30, 39)] == [1, 1, 0.5, 0.5, 0.25, 0.25]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lr-steps", "2", "1"], "--lr-steps 2 1: expected increasing epochs below the 200 trained"),
+    (["--lr-steps", "200"], "--lr-steps 200: expected increasing epochs below the 200 trained"),
+    (["--step-factor", "0.5"], "--step-factor needs --lr-steps"),
+])
+def test_bad_step_schedules_are_refused(tmp_path, capsys, argv, message):
+    assert train_cli("--genotype", "arch0", "--out", tmp_path / "run", *argv) == 2
+    assert message in one_error_line(capsys) and not (tmp_path / "run").exists()
+
+
+def test_resume_refuses_another_schedule(tmp_path, capsys):
+    (tmp_path / "config.json").write_text(json.dumps(tiny_run_config(lr_steps=[1])))
+    (tmp_path / "last.pt").write_bytes(b"")
+    assert train_cli("--out", tmp_path, "--resume", "--lr-steps", "1", "--step-factor", "0.5") == 2
+    assert "--step-factor 0.5 differs from the run's 0.1 (config.json)" in one_error_line(capsys)
 
 
 def test_resume_without_last_pt_says_what_to_do(tmp_path, capsys):
