@@ -29,10 +29,12 @@ def descend(loss: Tensor, *optimizers: torch.optim.Optimizer) -> None:
         optimizer.step()
 
 
-def distillation_loss(logits: Tensor, teacher: Tensor) -> Tensor:
-    if teacher.shape[-2:] != logits.shape[-2:]:
-        teacher = F.interpolate(teacher, size=logits.shape[-2:], mode="bilinear", align_corners=False)
-    return F.mse_loss(logits, teacher)
+def distillation_loss(logits: Tensor, teacher: Tensor, size) -> Tensor:
+    """The mean squared error between the student's and the teacher's logits, each upsampled to
+    `size`, the labels' (SPEC section 3: losses upsample the logits to the label size)."""
+    def resized(x: Tensor) -> Tensor:
+        return x if x.shape[-2:] == size else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    return F.mse_loss(resized(logits), resized(teacher))
 
 
 class NonFiniteLoss(RuntimeError):

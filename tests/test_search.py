@@ -19,7 +19,7 @@ from nasfast.search.config import SearchConfig, preset
 from nasfast.search.gate import Gate
 from nasfast.search.polyak import Polyak
 from nasfast.files import read_records
-from nasfast.training import LateLossCheck, NonFiniteLoss, check_loss
+from nasfast.training import LateLossCheck, NonFiniteLoss, check_loss, distillation_loss
 
 REPO = Path(__file__).resolve().parents[1]
 FIELDS = {"index", "genotype", "reward", "stage1_reward", "stage2_reward", "gate", "status", "error",
@@ -118,6 +118,14 @@ def test_non_finite_loss_fails_the_candidate():
     with pytest.raises(NonFiniteLoss, match="stage 2, step 7"):
         check_loss(torch.tensor(float("nan")), 2, 7)
     check_loss(torch.tensor(1.0), 1, 0)
+
+
+def test_distillation_compares_the_logits_at_the_label_size():
+    g = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(2, 3, 4, 4, generator=g), torch.randn(2, 3, 16, 16, generator=g)
+    upsampled = torch.nn.functional.interpolate(student, size=(16, 16), mode="bilinear", align_corners=False)
+    expected = ((upsampled - teacher) ** 2).mean()
+    torch.testing.assert_close(distillation_loss(student, teacher, (16, 16)), expected)
 
 
 def test_losses_are_checked_one_step_late_with_their_own_step():

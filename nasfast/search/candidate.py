@@ -86,7 +86,7 @@ def run_stage1(decoder: Decoder, ctx: SearchContext, generator: torch.Generator)
             logits, aux = decoder.forward_with_aux(feats)
             loss = segmentation_loss(logits, aux, labels, ctx.ignore_index, ctx.config.aux_weight)
             if teacher is not None and cfg.distillation > 0:
-                loss = loss + cfg.distillation * distillation_loss(logits, teacher)
+                loss = loss + cfg.distillation * distillation_loss(logits, teacher, labels.shape[-2:])
             check.defer(loss, step)
             descend(loss, optimizer)
             polyak.update(decoder)
