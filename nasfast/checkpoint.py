@@ -11,6 +11,18 @@ MODEL_KEYS = ("model", "genotype", "num_classes", "channels", "sep_repeats")
 RESUME_KEYS = MODEL_KEYS + ("encoder_optimizer", "decoder_optimizer", "epoch", "best_miou")
 
 
+def check_classes(where: str, class_names: Sequence[str], checkpoint: Dict[str, Any]) -> None:
+    """The data at `where` must have the classes the checkpoint's model was trained on."""
+    if len(class_names) != checkpoint["num_classes"]:
+        raise UsageError(f"{where}: the dataset has {len(class_names)} classes, the model was trained on "
+                         f"{checkpoint['num_classes']}")
+    trained = checkpoint.get("class_names")
+    if trained is not None and list(class_names) != list(trained):
+        differ = next(c for c, (a, b) in enumerate(zip(class_names, trained)) if a != b)
+        raise UsageError(f"{where}: the dataset's class {differ} is {class_names[differ]!r}, the model's "
+                         f"{trained[differ]!r} (classes {list(class_names)} against {list(trained)})")
+
+
 def load_checkpoint(path: str, keys: Sequence[str] = MODEL_KEYS) -> Dict[str, Any]:
     """The checkpoint in `path`; UsageError when it is not one of python -m nasfast.train or lacks `keys`."""
     if is_torchscript(path):  # torch.load would hand it to torch.jit.load

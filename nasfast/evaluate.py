@@ -10,8 +10,8 @@ from typing import Sequence, Tuple
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .checkpoint import load_checkpoint, model_from_checkpoint
-from .cli import UsageError, non_negative_int, positive_float, resolve_device, run
+from .checkpoint import check_classes, load_checkpoint, model_from_checkpoint
+from .cli import non_negative_int, positive_float, resolve_device, run
 from .data import EvalTransform, make_dataset
 from .data.datasets import DATASETS, every_image_in_every_split, find_data_root
 from .files import finite_or_none
@@ -90,9 +90,7 @@ def main(argv=None) -> int:
     recorded = checkpoint.get("data_root") if dataset_name == checkpoint.get("dataset") else None
     root = find_data_root(dataset_name, args.data_root, recorded)
     dataset = make_dataset(dataset_name, str(root), args.split, EvalTransform(scale))
-    if dataset.num_classes != checkpoint["num_classes"]:
-        raise UsageError(f"{dataset_name} has {dataset.num_classes} classes, the checkpoint "
-                         f"{checkpoint['num_classes']}")
+    check_classes(f"{dataset_name} in {root}", dataset.class_names, checkpoint)
     images = evenly_spaced(dataset, args.limit)
     model = model_from_checkpoint(checkpoint).to(device)
     print(f"{args.checkpoint} on {dataset_name} {args.split} ({root}): {len(images)} images at scale {scale}",

@@ -14,7 +14,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from .checkpoint import RESUME_KEYS, load_checkpoint
+from .checkpoint import RESUME_KEYS, check_classes, load_checkpoint
 from .cli import (UsageError, counted, fraction, images_per_batch, non_negative_int, positive_int, progress_bar,
                   resolve_device, run)
 from .data import EvalTransform, SegmentationDataset, TrainTransform, make_dataset
@@ -129,18 +129,6 @@ def saved_note(out: str, saved_epochs: int) -> str:
             f"continue with {PROG} --out {shlex.quote(out)} --resume")
 
 
-def check_resumed_classes(args, data_root, class_names, resumed: dict) -> None:
-    """A resumed run must read data of the classes it was trained on."""
-    where = f"--data-root {args.data_root}" if args.data_root else str(data_root)
-    if len(class_names) != resumed["num_classes"]:
-        raise UsageError(f"{where}: the dataset has {len(class_names)} classes, the run was trained on "
-                         f"{resumed['num_classes']}")
-    trained = resumed.get("class_names")
-    if trained is not None and list(class_names) != list(trained):
-        raise UsageError(f"{where}: the dataset's classes {list(class_names)[:4]}... differ from the run's "
-                         f"{list(trained)[:4]}...")
-
-
 def check_files(subset, what: str, quiet: bool) -> None:
     """Reads each image and label of `subset` once, so that a broken file (a label value outside the
     classes, say) is named before the first epoch rather than after it."""
@@ -175,7 +163,7 @@ def load_data(args, config: TrainConfig, resumed: Optional[dict]) -> TrainingDat
     root = find_data_root(args.dataset, args.data_root, resumed and resumed.get("data_root"))
     train_set = make_dataset(args.dataset, str(root), transform=augment)
     if resumed:
-        check_resumed_classes(args, root, train_set.class_names, resumed)
+        check_classes(f"--data-root {args.data_root}" if args.data_root else str(root), train_set.class_names, resumed)
     val_set = make_dataset(args.dataset, str(root), split=DATASETS[args.dataset][2],
                            transform=EvalTransform(config.scale))
     note_unsplit_validation(val_set, root)

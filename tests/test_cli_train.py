@@ -311,16 +311,19 @@ def test_resume_refuses_a_data_root_with_another_number_of_classes(tmp_path, cap
                 "encoder_optimizer": {}, "decoder_optimizer": {}, "epoch": 0, "best_miou": 0.5}, out / "last.pt")
     root = folder_dataset(tmp_path / "three", classes=3)
     assert train_cli("--out", out, "--resume", "--data-root", root) == 2
-    assert f"error: --data-root {root}: the dataset has 3 classes, the run was trained on 2\n" in one_error_line(capsys)
+    assert f"error: --data-root {root}: the dataset has 3 classes, the model was trained on 2\n" in \
+        one_error_line(capsys)
     checkpoint = torch.load(out / "last.pt")
     checkpoint.update(class_names=["road", "car"], data_root=str(tmp_path / "three"))
     torch.save(checkpoint, out / "last.pt")
     two = folder_dataset(tmp_path / "two", classes=2)
     assert train_cli("--out", out, "--resume", "--data-root", two) == 2
-    assert "the dataset's classes ['class0', 'class1']... differ from the run's ['road', 'car']" in \
-        one_error_line(capsys)
+    assert "the dataset's class 0 is 'class0', the model's 'road' (classes ['class0', 'class1'] against ['road', " \
+           "'car'])" in one_error_line(capsys)
     assert train_cli("--out", out, "--resume") == 2  # the recorded data root, not $NASFAST_DATA's camvid
     assert f"error: {root}: the dataset has 3 classes" in one_error_line(capsys)
+    assert evaluate_cli("--checkpoint", out / "last.pt", "--dataset", "folder", "--data-root", two) == 2
+    assert f"error: folder in {two}: the dataset's class 0 is 'class0', the model's 'road'" in one_error_line(capsys)
 
 
 def test_a_folder_without_val_txt_says_the_validation_includes_the_training_images(tmp_path, capsys):
