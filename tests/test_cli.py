@@ -73,3 +73,21 @@ def test_devices_the_machine_lacks_are_refused():
 
 def test_counts_agree_with_their_noun():
     assert [counted(n, "candidate") for n in (0, 1, 2)] == ["0 candidates", "1 candidate", "2 candidates"]
+
+
+def test_python_m_nasfast_lists_every_tool():
+    import importlib.util
+    import pkgutil
+    import subprocess
+    import sys
+
+    import nasfast
+    from nasfast.__main__ import TOOLS
+    out = subprocess.run([sys.executable, "-m", "nasfast"], capture_output=True, text=True, check=True).stdout
+    def is_tool(module) -> bool:  # a module with a command line, or a package with a __main__
+        if module.ispkg:
+            return importlib.util.find_spec(f"nasfast.{module.name}.__main__") is not None
+        return hasattr(importlib.import_module(f"nasfast.{module.name}"), "build_parser")
+    tools = {m.name for m in pkgutil.iter_modules(nasfast.__path__) if not m.name.startswith("_") and is_tool(m)}
+    assert tools == set(TOOLS)  # a new tool is listed too
+    assert all(f"python -m nasfast.{name}" in out for name in TOOLS)
