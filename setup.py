@@ -4,13 +4,34 @@ CUDA kernels (csrc/cuda) are compiled when CUDA is available, or with NASFAST_FO
 machine with the toolkit but no GPU); NASFAST_FORCE_CPU=1 skips them. Without them, the ops
 still accept CUDA tensors through ATen (csrc/composite). The library registers its ops with the
 dispatcher (TORCH_LIBRARY) and does not link libtorch_python, so a C++ program can load it next
-to libtorch. Build it against the torch that is installed: pip install --no-build-isolation .
+to libtorch. It is built against the torch installed where nasfast is installed, which pip's
+isolated build environment hides: that torch is found anyway (see find_torch), so plain
+`pip install .` works; `pip install --no-build-isolation .` does the same without the isolation.
 """
 import glob
 import os
 import sys
+import sysconfig
 
 from setuptools import setup
+
+# setup.py commands that compile the library; the others (sdist, egg_info, dist_info) need no torch.
+BUILDS = ("build", "build_ext", "bdist_wheel", "editable_wheel", "develop", "install")
+
+
+def find_torch():
+    """The torch module of the environment being installed into: native ops only load with the torch
+    they were compiled against, so the build must not use a torch of its own (pip's isolated build
+    environment drops this environment's site-packages from sys.path; they go back at its end, after
+    the build tools). None when there is no torch."""
+    for path in (sysconfig.get_path("purelib"), sysconfig.get_path("platlib")):
+        if path not in sys.path:
+            sys.path.append(path)
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
 
 
 def with_cuda() -> bool:
@@ -60,4 +81,21 @@ def build_ext():
     return BuildExtension.with_options(no_python_abi_suffix=True)
 
 
-setup(ext_modules=[ops_extension()], cmdclass={"build_ext": build_ext()})
+def main():
+    requirements = ["numpy", "pillow", "tqdm"]
+    torch = None if "sdist" in sys.argv else find_torch()
+    if torch is None:
+        if any(command in sys.argv for command in BUILDS):
+            sys.exit("nasfast builds its native ops against the torch it will run with, and none is installed: "
+                     "pip install torch first (the build for your CUDA version: https://pytorch.org), then "
+                     "pip install nasfast")
+        setup(install_requires=["torch>=2.1"] + requirements)
+        return
+    major, minor = (int(part) for part in torch.__version__.split(".")[:2])
+    # The library loads only with the torch release it was compiled against.
+    same_torch = f"torch>={major}.{minor},<{major}.{minor + 1}"
+    setup(ext_modules=[ops_extension()], cmdclass={"build_ext": build_ext()},
+          install_requires=[same_torch] + requirements)
+
+
+main()

@@ -1,18 +1,21 @@
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.skipif(os.environ.get("NASFAST_REQUIRE_OPS") != "1", reason="builds the package (CI)")
-def test_non_editable_install_ships_and_loads_the_ops_library(tmp_path):
+def test_pip_install_builds_the_ops_against_the_installed_torch(tmp_path):
+    """Plain `pip install .`: its isolated build environment has no torch, the build finds this one's."""
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-build-isolation", "--no-deps",
-                    "--target", str(target), str(REPO)], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(REPO)],
+                   check=True, capture_output=True)
     code = "import nasfast.ops as o, nasfast; print(o.available(), o.library_path(), nasfast.__file__)"
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True,
                          env=dict(os.environ, PYTHONPATH=str(target))).stdout.split()
@@ -20,6 +23,29 @@ def test_non_editable_install_ships_and_loads_the_ops_library(tmp_path):
     assert out[2].startswith(str(target))
     ldd = subprocess.run(["ldd", out[1]], capture_output=True, text=True).stdout
     assert "python" not in ldd  # loadable by a C++ program without Python
+    major, minor = torch.__version__.split(".")[:2]
+    metadata = next(target.glob("nasfast-*.dist-info")) / "METADATA"
+    assert f"Requires-Dist: torch<{major}.{int(minor) + 1},>={major}.{minor}" in metadata.read_text()
+
+
+def setup_py(*command: str, without_torch: bool = False) -> subprocess.CompletedProcess:
+    hide = "sys.modules['torch'] = None; " if without_torch else ""
+    code = f"import runpy, sys; {hide}sys.argv = ['setup.py', *{list(command)!r}]; runpy.run_path('setup.py')"
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+
+
+def test_a_build_without_torch_says_to_install_it_first():
+    result = setup_py("bdist_wheel", without_torch=True)
+    assert result.returncode == 1 and "none is installed: pip install torch first" in result.stderr
+
+
+def test_source_distribution_needs_no_torch_and_carries_what_the_readme_runs(tmp_path):
+    result = setup_py("-q", "sdist", "-d", str(tmp_path), without_torch=True)
+    assert result.returncode == 0, result.stderr
+    with tarfile.open(next(tmp_path.glob("nasfast-*.tar.gz"))) as archive:
+        names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
+    assert {"bench/latency.py", "examples/cpp/main.cpp", "install.sh", "tests/conftest.py", "csrc/checks.h",
+            "csrc/kernels/confusion.cuh", "setup.py", "pyproject.toml"} <= names
 
 
 def test_without_the_library_everything_falls_back_to_the_references():
