@@ -2,6 +2,7 @@
 import sys
 
 TOOLS = {
+    "data": "check a dataset's files and count the pixels of each class, before a long run",
     "search": "find decoder designs for a dataset (the controller, the two stages, the reward)",
     "train": "train a design fully (a search's best, arch0-2, or a genotype)",
     "evaluate": "mIoU, fwIoU, accuracies and per-class IoU of a trained checkpoint",

@@ -18,7 +18,7 @@ from .checkpoint import RESUME_KEYS, check_classes, load_checkpoint
 from .cli import (UsageError, counted, fraction, images_per_batch, non_negative_int, positive_int, progress_bar,
                   resolve_device, run)
 from .data import EvalTransform, SegmentationDataset, TrainTransform, make_dataset
-from .data.datasets import DATASETS, every_image_in_every_split, find_data_root
+from .data.datasets import DATASETS, absent_classes_warning, every_image_in_every_split, find_data_root
 from .evaluate import dataset_and_indices, evaluate_model, evaluation_loader, evenly_spaced
 from .files import (BEST, CONFIG, LAST, SEARCH_FILES, TRAINING_FILES, TRAINING_LOG, append_record, finite_or_none,
                     lock_directory, read_json, save_torch, write_json)
@@ -131,10 +131,15 @@ def saved_note(out: str, saved_epochs: int) -> str:
 
 def check_files(subset, what: str, quiet: bool) -> None:
     """Reads each image and label of `subset` once, so that a broken file (a label value outside the
-    classes, say) is named before the first epoch rather than after it."""
+    classes, say) is named before the first epoch rather than after it, and warns of classes
+    without a pixel there."""
     dataset, indices = dataset_and_indices(subset)
-    for index in progress_bar(indices, desc=f"checking the {what} files", unit="image", leave=False, disable=quiet):
-        dataset.load(index)
+    pixels = sum(dataset.label_pixels(index) for index in
+                 progress_bar(indices, desc=f"checking the {what} files", unit="image", leave=False, disable=quiet))
+    warning = absent_classes_warning(pixels, dataset.class_names, f"the {len(indices)} {what} labels")
+    if warning:
+        print(f"{warning} (their IoU is undefined; python -m nasfast.data counts the pixels of every split)",
+              file=sys.stderr)
 
 
 def used(subset, dataset) -> str:

@@ -325,7 +325,8 @@ def test_a_data_error_in_a_candidate_stops_the_search_and_resume_goes_on(saved_s
     monkeypatch.setattr(loop, "evaluate_candidate", broken_label)
     assert search("--resume", saved_search, "--budget", "5") == 2
     assert (f"error: labels/x.png: label values [42] are neither classes [0, 11) nor the ignore index 255; once "
-            f"it is mended, continue with {PROG} --resume {saved_search}") in capsys.readouterr().err
+            f"it is mended (python -m nasfast.data --dataset camvid lists every file that cannot be used), continue "
+            f"with {PROG} --resume {saved_search}") in capsys.readouterr().err
     assert len(read_records(str(saved_search / "candidates.jsonl"))) == 3  # not logged as a failed design
     monkeypatch.setattr(loop, "evaluate_candidate", fake_evaluate)
     assert search("--resume", saved_search, "--budget", "5") == 0

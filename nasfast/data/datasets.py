@@ -376,6 +376,18 @@ class FolderDataset(SegmentationDataset):
         super().__init__(list(zip((images[n] for n in names), _label_paths(root / "labels", names))), transform)
 
 
+def absent_classes_warning(pixels: np.ndarray, class_names: Sequence[str], where: str) -> Optional[str]:
+    """A warning naming the classes without a pixel in `pixels` (the counts of the label values
+    0-255 over `where`), or None when every class has some."""
+    absent = [f"{name!r} ({c})" for c, name in enumerate(class_names) if not pixels[c]]
+    if not absent:
+        return None
+    binary_mask = sum(1 for c in range(len(class_names)) if pixels[c]) <= 1 and pixels[IGNORE_INDEX]
+    hint = f"; {IGNORE_INDEX} is the ignore index: save a mask of 0 and 255 as 0 and 1" if binary_mask else ""
+    return (f"warning: no pixel of {len(absent)} class{'es' if len(absent) > 1 else ''} in {where}: "
+            f"{', '.join(absent[:6])}{', ...' if len(absent) > 6 else ''}{hint}")
+
+
 def every_image_in_every_split(dataset) -> bool:
     """Whether `dataset` is a folder without train.txt and val.txt, whose splits are every image."""
     return isinstance(dataset, FolderDataset) and dataset.split_file is None

@@ -285,8 +285,8 @@ def search_in_this_process(args, run_dir: str, config: SearchConfig, resume: boo
     except DataError as error:  # a file first read by a candidate (stage 2 reads every training image)
         if not os.path.exists(search.path(SEARCH_STATE)):
             raise
-        raise DataError(f"{error}; once it is mended, continue with {resume_command(run_dir, args.data_root)}") \
-            from None
+        raise DataError(f"{error}; once it is mended (python -m nasfast.data --dataset {config.dataset} lists every "
+                        f"file that cannot be used), continue with {resume_command(run_dir, args.data_root)}") from None
     print(search.spent_note(), file=sys.stderr)
     print(closing_summary(search.records, args.top, run_dir, config, args.data_root))
     return exit_status(search.records)

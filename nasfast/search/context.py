@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from ..cli import progress_bar, resolve_device
 from ..data import EvalTransform, TrainTransform, find_data_root, make_dataset
+from ..data.datasets import absent_classes_warning
 from ..encoder import MobileNetV2Encoder
 from ..files import read_json, write_json
 from .cache import FeatureCache, build_cache, open_cache
@@ -173,6 +174,12 @@ def build_context(config: SearchConfig, run_dir: str, recorded_root: Optional[st
     stage1, stage1_val, size = _stage1_caches(config, full, stage1_ids, val_ids, encoder, run_dir, cache, device,
                                               progress)
     _check_scored_pixels(stage1_val.labels, full.ignore_index, full.exclude, config)
+    if cache != "open":
+        pixels = np.bincount(np.asarray(stage1.labels).ravel(), minlength=256)
+        warning = absent_classes_warning(pixels, full.class_names, f"the {len(stage1)} stage-1 labels")
+        if warning:
+            print(f"{warning} (no candidate learns them; python -m nasfast.data counts the pixels of every split)",
+                  file=sys.stderr)
     stage2_set = _Transformed(full, train_ids, TrainTransform(config.crop_size, config.scale_range, config.scale,
                                                               seed=config.seed))
     val_set = _Transformed(full, val_ids, EvalTransform(config.scale, size))

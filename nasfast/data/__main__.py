@@ -1,0 +1,104 @@
+"""python -m nasfast.data: checks a dataset before a long run. Reads every image and label of its
+training and validation splits once, lists every file that cannot be used (not only the first),
+and counts the pixels of each class, warning of classes without any and of images in both splits."""
+import argparse
+import sys
+from typing import List, Optional, Tuple
+
+import numpy as np
+from torch.utils.data import DataLoader, Dataset
+
+from ..cli import non_negative_int, progress_bar, run
+from .datasets import (DATASETS, IGNORE_INDEX, DataError, SegmentationDataset, absent_classes_warning,
+                       every_image_in_every_split, find_data_root, make_dataset)
+
+PROG = "python -m nasfast.data"
+SHOWN_PROBLEMS = 20
+
+
+class _LabelPixels(Dataset):
+    """Item i: (the pixels of each label value in item i of `dataset`, None), or (None, its problem)."""
+
+    def __init__(self, dataset: SegmentationDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Tuple[Optional[np.ndarray], Optional[str]]:
+        try:
+            return self.dataset.label_pixels(index), None
+        except DataError as error:
+            return None, str(error)
+
+
+def census(dataset: SegmentationDataset, workers: int, show_progress: bool, what: str) -> Tuple[np.ndarray, List[str]]:
+    """The pixels of each label value 0-255 over the split's usable items, and the problems of the others."""
+    loader = DataLoader(_LabelPixels(dataset), batch_size=None, num_workers=workers)
+    pixels, problems = np.zeros(256, np.int64), []
+    for counts, problem in progress_bar(loader, desc=f"reading {what}", unit="image", leave=False,
+                                        disable=not show_progress):
+        if problem:
+            problems.append(problem)
+        else:
+            pixels += np.asarray(counts)
+    return pixels, problems
+
+
+def pixel_table(splits: List[Tuple[str, np.ndarray]], class_names) -> str:
+    """The share of each class's pixels (and of the ignored ones) in each split."""
+    width = max(len(name) for name in list(class_names) + ["ignored"])
+    rows = [f"  {'':<{width}}" + "".join(f" {name:>8}" for name, _ in splits)]
+    values = [(name, c) for c, name in enumerate(class_names)] + [("ignored", IGNORE_INDEX)]
+    for name, value in values:
+        rows.append(f"  {name:<{width}}" + "".join(f" {100 * p[value] / max(p.sum(), 1):>7.2f}%" for _, p in splits))
+    return "\n".join(rows)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split(":", 1)[1].strip())
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default="camvid",
+                        help="camvid, voc or folder (your own data; see the README's Data section) [camvid]")
+    parser.add_argument("--data-root", help="dataset directory [$NASFAST_DATA/<dataset>]")
+    parser.add_argument("--workers", type=non_negative_int, default=2, help="processes reading the files [2]")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    root = find_data_root(args.dataset, args.data_root)
+    _, train_split, val_split = DATASETS[args.dataset]
+    splits = [(split, make_dataset(args.dataset, str(root), split)) for split in (train_split, val_split)]
+    class_names = splits[0][1].class_names
+    print(f"{args.dataset} data in {root}: {len(class_names)} classes, "
+          + ", ".join(f"{len(data)} {split} images" for split, data in splits))
+    counted, problems, warnings = [], [], []
+    for split, data in splits:
+        pixels, found = census(data, args.workers, not args.no_progress, split)
+        counted.append((split, pixels))
+        problems += found
+        warnings.append(absent_classes_warning(pixels, class_names, f"the {split} labels"))
+    if every_image_in_every_split(splits[1][1]):
+        warnings.append("note: no split files: every image is in both splits (training validates on them)")
+    else:
+        shared = sorted(set(image for image, _ in splits[0][1].pairs) & set(image for image, _ in splits[1][1].pairs))
+        if shared:
+            warnings.append(f"warning: {len(shared)} images are in both {train_split} and {val_split}, e.g. "
+                            f"{shared[0]}: the validation scores would include training images")
+    print("pixels per class:\n" + pixel_table(counted, class_names))
+    for warning in filter(None, warnings):
+        print(warning, file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} files cannot be used:", file=sys.stderr)
+        for problem in problems[:SHOWN_PROBLEMS]:
+            print(f"  {problem}", file=sys.stderr)
+        if len(problems) > SHOWN_PROBLEMS:
+            print(f"  ... and {len(problems) - SHOWN_PROBLEMS} more", file=sys.stderr)
+        return 2
+    print("every file can be used")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main, PROG))

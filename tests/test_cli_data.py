@@ -1,0 +1,68 @@
+"""python -m nasfast.data: every unusable file listed at once, the pixels of each class, warnings."""
+import numpy as np
+from PIL import Image
+
+from nasfast.cli import run
+from nasfast.data import __main__ as data_tool
+from test_cli_train import folder_dataset
+
+
+def check(*argv) -> int:
+    return run(data_tool.main, data_tool.PROG, [str(a) for a in argv] + ["--no-progress", "--workers", "0"])
+
+
+def test_camvid_every_file_usable_and_the_pixels_of_each_class(camvid_root, capsys):
+    assert check("--dataset", "camvid", "--workers", "2") == 0
+    out = capsys.readouterr().out
+    assert f"camvid data in {camvid_root}: 11 classes, 367 train images, 101 val images" in out
+    assert "  road         31.66%   28.95%" in out and "  ignored       3.95%    1.70%" in out
+    assert out.endswith("every file can be used\n")
+
+
+def test_every_bad_file_is_listed_and_masks_of_0_and_255_are_explained(tmp_path, capsys):
+    root = folder_dataset(tmp_path / "data", classes=2, images=6, lists={"train": [0, 1, 2, 3], "val": [3, 4, 5]})
+    for i in range(6):  # binary masks saved as 0 and 255: the foreground is ignored
+        label = np.asarray(Image.open(root / "labels" / f"im{i}.png"))
+        Image.fromarray(np.where(label == 1, 255, 0).astype(np.uint8)).save(root / "labels" / f"im{i}.png")
+    for i in (1, 4):
+        Image.fromarray(np.full((64, 64), 7, np.uint8)).save(root / "labels" / f"im{i}.png")
+    assert check("--dataset", "folder", "--data-root", root) == 2
+    err = capsys.readouterr().err
+    assert "2 files cannot be used:" in err
+    for i in (1, 4):
+        assert f"im{i}.png: label values [7] are neither classes [0, 2) nor the ignore index 255" in err
+    assert ("warning: no pixel of 1 class in the train labels: 'class1' (1); 255 is the ignore index: save a mask of "
+            "0 and 255 as 0 and 1") in err
+    assert f"warning: 1 images are in both train and val, e.g. {root / 'images' / 'im3.png'}" in err
+
+
+def test_no_split_files_is_a_note(tmp_path, capsys):
+    root = folder_dataset(tmp_path / "data", images=3)
+    assert check("--dataset", "folder", "--data-root", root) == 0
+    assert "note: no split files: every image is in both splits" in capsys.readouterr().err
+
+
+def only_classes_0_and_1(root, images: int) -> None:
+    for i in range(images):
+        label = np.asarray(Image.open(root / "labels" / f"im{i}.png"))
+        Image.fromarray(np.minimum(label, 1)).save(root / "labels" / f"im{i}.png")
+
+
+def test_training_warns_of_classes_without_a_validation_pixel(tmp_path, capsys):
+    from nasfast import train
+    from nasfast.data import FolderDataset
+    root = folder_dataset(tmp_path / "data", classes=3, images=4)
+    only_classes_0_and_1(root, 4)
+    train.check_files(FolderDataset(root, split="val"), "validation", quiet=True)
+    assert ("warning: no pixel of 1 class in the 4 validation labels: 'class2' (2) (their IoU is undefined; "
+            "python -m nasfast.data counts the pixels of every split)") in capsys.readouterr().err
+
+
+def test_the_search_warns_of_classes_without_a_stage1_pixel(tmp_path):
+    from test_search import search
+    root = folder_dataset(tmp_path / "data", classes=3, images=16)
+    only_classes_0_and_1(root, 16)
+    result = search("--dataset", "folder", "--data-root", str(root), "--budget", "1", "--out", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr
+    assert "warning: no pixel of 1 class in the 14 stage-1 labels: 'class2' (2) (no candidate learns them" in \
+        result.stderr
