@@ -33,7 +33,7 @@ def test_every_bad_file_is_listed_and_masks_of_0_and_255_are_explained(tmp_path,
         assert f"im{i}.png: label values [7] are neither classes [0, 2) nor the ignore index 255" in err
     assert ("warning: no pixel of 1 class in the train labels: 'class1' (1); 255 is the ignore index: save a mask of "
             "0 and 255 as 0 and 1") in err
-    assert f"warning: 1 images are in both train and val, e.g. {root / 'images' / 'im3.png'}" in err
+    assert f"warning: 1 of the 3 validation images are training images too, e.g. {root / 'images' / 'im3.png'}" in err
 
 
 def test_no_split_files_is_a_note(tmp_path, capsys):

@@ -332,6 +332,11 @@ def test_a_folder_without_val_txt_says_the_validation_includes_the_training_imag
     err = capsys.readouterr().err
     assert err.count(f"note: no val.txt in {root}: validating on every image, the training images included") == 1
     assert "design: arch0\n" in err and f"folder data in {root}: 8 training and 8 validation images" in err
+    assert "training images too" not in err  # said once, by the note
+    lists = folder_dataset(tmp_path / "lists", lists={"train": range(8), "val": [6, 7]})
+    assert train_folder(lists, tmp_path / "run2", "--epochs", 1) == 0
+    assert (f"warning: 2 of the 2 validation images are training images too, e.g. {lists / 'images' / 'im6.png'}: "
+            f"the validation scores would include them") in capsys.readouterr().err
 
 
 def test_a_broken_validation_label_is_named_before_the_first_epoch(tmp_path, capsys, monkeypatch):

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..cli import non_negative_int, progress_bar, run
 from .datasets import (DATASETS, IGNORE_INDEX, DataError, SegmentationDataset, absent_classes_warning,
-                       every_image_in_every_split, find_data_root, make_dataset)
+                       every_image_in_every_split, find_data_root, make_dataset, shared_images)
 
 PROG = "python -m nasfast.data"
 SHOWN_PROBLEMS = 20
@@ -81,11 +81,7 @@ def main(argv=None) -> int:
         warnings.append(absent_classes_warning(pixels, class_names, f"the {split} labels"))
     if every_image_in_every_split(splits[1][1]):
         warnings.append("note: no split files: every image is in both splits (training validates on them)")
-    else:
-        shared = sorted(set(image for image, _ in splits[0][1].pairs) & set(image for image, _ in splits[1][1].pairs))
-        if shared:
-            warnings.append(f"warning: {len(shared)} images are in both {train_split} and {val_split}, e.g. "
-                            f"{shared[0]}: the validation scores would include training images")
+    warnings.append(shared_images(splits[0][1], splits[1][1]))
     print("pixels per class:\n" + pixel_table(counted, class_names))
     for warning in filter(None, warnings):
         print(warning, file=sys.stderr)

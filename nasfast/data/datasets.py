@@ -388,6 +388,17 @@ def absent_classes_warning(pixels: np.ndarray, class_names: Sequence[str], where
             f"{', '.join(absent[:6])}{', ...' if len(absent) > 6 else ''}{hint}")
 
 
+def shared_images(train: SegmentationDataset, val: SegmentationDataset) -> Optional[str]:
+    """A warning when some images are in both splits (unless the folder has no split files), or None."""
+    if every_image_in_every_split(val):
+        return None
+    shared = sorted({image for image, _ in train.pairs} & {image for image, _ in val.pairs})
+    if not shared:
+        return None
+    return (f"warning: {len(shared)} of the {len(val)} validation images are training images too, e.g. {shared[0]}: "
+            f"the validation scores would include them")
+
+
 def every_image_in_every_split(dataset) -> bool:
     """Whether `dataset` is a folder without train.txt and val.txt, whose splits are every image."""
     return isinstance(dataset, FolderDataset) and dataset.split_file is None
