@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -26,7 +26,9 @@ import nasfast.ops
 from nasfast import count_madds, count_params, create_model
 from nasfast.cli import UsageError, at_least_two, positive_int, resolve_device, run
 from nasfast.export import script_for_deployment
+from nasfast.files import SEARCH_STATE
 from nasfast.genotype import ZOO, genotype_from_option
+from nasfast.search.records import load_state
 from nasfast.search.summary import madds_text
 
 PROG = Path(__file__).name
@@ -84,10 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where to time; jetson: a Jetson's GPU, with its power mode and clocks in the header "
                              "[cpu]")
     parser.add_argument("--genotype", "--arch", dest="genotype", default="all",
-                        help="arch0|arch1|arch2|all, a genotype's JSON, or a file holding it [all]")
+                        help="arch0|arch1|arch2|all, a genotype's JSON, a file holding it, or a search's RUN_DIR "
+                             "(its best design) [all]")
     parser.add_argument("--size", type=positive_int, default=512, help="square input side [512]")
-    parser.add_argument("--num-classes", type=positive_int, default=21,
-                        help="output classes [21, PASCAL VOC as in the paper; CamVid has 11]")
+    parser.add_argument("--num-classes", type=positive_int,
+                        help="output classes [a search's, for its RUN_DIR; else 21, PASCAL VOC as in the paper; "
+                             "CamVid has 11]")
     parser.add_argument("--runs", type=at_least_two, default=100, help="timed passes, at least 2 [100]")
     parser.add_argument("--warmup", type=at_least_two, default=10,
                         help="untimed passes before timing, at least 2 (TorchScript optimises the model during its "
@@ -112,6 +116,15 @@ def designs(text: str) -> List[Tuple[str, nasfast.Genotype]]:
     return [(short_name(text), genotype_from_option(text))]
 
 
+def classes_of_search(text: str) -> Optional[int]:
+    """The number of classes a search recorded, when `text` names its RUN_DIR or log; else None."""
+    state = os.path.join(text if os.path.isdir(text) else os.path.dirname(text), SEARCH_STATE)
+    if text in ZOO or not os.path.isfile(state):
+        return None
+    classes = (load_state(state).get("data") or {}).get("classes")
+    return len(classes) if classes else None
+
+
 def device_and_note(name: str) -> Tuple[torch.device, str]:
     """The device to time on, and what the header says about it."""
     if name == "jetson":
@@ -130,6 +143,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)  # before the header reports the count
     to_time = designs(args.genotype)
+    args.num_classes = args.num_classes or classes_of_search(args.genotype) or 21
     device, note = device_and_note(args.device)
     with_compile = not args.no_compile and hasattr(torch, "compile")
 

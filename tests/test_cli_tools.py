@@ -145,6 +145,15 @@ def test_latency_names_a_genotype_file_by_its_name(latency, tmp_path):
         "arch0", "arch1", "arch2"]
 
 
+def test_latency_of_a_search_counts_the_classes_it_searched_for(latency, tmp_path):
+    record = {"index": 0, "genotype": ZOO["arch1"].to_list(), "reward": 0.5, "status": "ok"}
+    (tmp_path / "candidates.jsonl").write_text(json.dumps(record) + "\n")
+    torch.save({"data": {"classes": ["sky", "road", "car", "person", "other"]}}, tmp_path / "state.pt")
+    assert latency.classes_of_search(str(tmp_path)) == 5
+    assert latency.classes_of_search(str(tmp_path / "candidates.jsonl")) == 5
+    assert latency.classes_of_search("arch1") is None and latency.designs(str(tmp_path))[0][1] == ZOO["arch1"]
+
+
 # --help of the benchmark scripts
 
 @pytest.mark.parametrize("script, expected", [
