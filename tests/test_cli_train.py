@@ -284,10 +284,12 @@ def test_evaluate_json_has_null_for_nan_and_finds_the_data_the_run_was_trained_o
 
 
 def test_a_non_finite_loss_is_one_line_that_keeps_the_finished_epochs(tmp_path, capsys, monkeypatch):
-    split = {"train": range(8), "val": range(8)}  # no note on validating on the training images
-    ignored = folder_dataset(tmp_path / "ignored", unlabelled=range(8), lists=split)
+    split = {"train": range(8), "val": [8, 9]}  # no note on validating on the training images
+    ignored = folder_dataset(tmp_path / "ignored", images=10, unlabelled=range(10), lists=split)
     assert train_folder(ignored, tmp_path / "a") == 2
-    err = one_error_line(capsys)
+    warning, err = capsys.readouterr().err.splitlines()[-2:]
+    assert warning.startswith("warning: no pixel of 2 classes in the 2 validation labels: 'class0' (0), 'class1' "
+                              "(1); every labelled pixel is 255, the ignore index")
     assert "error: non-finite loss at epoch 1, step 1: nan (the training labels may hold no class pixels" in err
     assert "or the learning rate is too high); nothing was saved" in err
     calls, real = [], train.segmentation_loss
@@ -296,7 +298,7 @@ def test_a_non_finite_loss_is_one_line_that_keeps_the_finished_epochs(tmp_path, 
         calls.append(1)
         return real(*args) * (float("nan") if len(calls) > 1 else 1)  # 8 images: one step an epoch
     monkeypatch.setattr(train, "segmentation_loss", nan_from_the_second_epoch)
-    assert train_folder(folder_dataset(tmp_path / "labelled", lists=split), tmp_path / "b") == 2
+    assert train_folder(folder_dataset(tmp_path / "labelled", images=10, lists=split), tmp_path / "b") == 2
     assert (f"non-finite loss at epoch 2, step 1: nan (the training labels may hold no class pixels, only 255 = "
             f"ignore, or the learning rate is too high); {tmp_path / 'b' / 'last.pt'} holds epoch 1; continue with "
             f"python -m nasfast.train --out {tmp_path / 'b'} --resume") in capsys.readouterr().err.splitlines()[-1]

@@ -88,7 +88,7 @@ def test_bad_lists_and_label_modes(camvid_root, tmp_path):
     (root / "train.txt").write_text("train/a.png\n")
     with pytest.raises(DataError, match=r"train.txt, line 1: expected 'image label'"):
         CamVid(root)
-    with pytest.raises(FileNotFoundError, match="val.txt"):
+    with pytest.raises(FileNotFoundError, match=r"CamVid split 'val': no .*val.txt \(the splits there: train\)"):
         CamVid(root, split="val")
 
 
@@ -400,6 +400,12 @@ def test_data_roots_given_recorded_or_found(tmp_path, monkeypatch):
     monkeypatch.setenv("NASFAST_DATA", str(tmp_path / "empty"))
     with pytest.raises(FileNotFoundError, match=r"the README's Data section\), then pass --data-root DIR\.$"):
         find_data_root("folder")
+    (tmp_path / "camvid").mkdir()
+    (tmp_path / "camvid" / "train.txt").write_text("")
+    monkeypatch.setenv("NASFAST_DATA", str(tmp_path / "camvid"))  # the dataset, not the folder holding it
+    with pytest.raises(FileNotFoundError, match=f"looks like a dataset itself: set NASFAST_DATA={tmp_path} or pass "
+                                                f"--data-root {tmp_path / 'camvid'}$"):
+        find_data_root("camvid")
 
 
 def test_folder_refuses_two_images_of_one_name(tmp_path):
@@ -499,6 +505,6 @@ def test_voc_palette_labels_without_sbd(tmp_path, camvid_root):
 
 def test_own_data_read_as_camvid_suggests_the_folder_dataset(tmp_path):
     root = tiny_folder(tmp_path)
-    with pytest.raises(DataError, match=r"train.txt not found; .* holds your own data's layout: give --dataset "
-                                        r"folder"):
+    with pytest.raises(DataError, match=r"CamVid split 'train': no .*train.txt .*; .* holds your own data's layout: "
+                                        r"give --dataset folder"):
         make_dataset("camvid", str(root))

@@ -25,6 +25,10 @@ HOW_TO_GET = {
 }
 
 
+# Files of a dataset's own folder (CamVid, VOC, your own), as opposed to the folder holding datasets.
+DATASET_MARKERS = ("train.txt", "val.txt", "classes.txt", "JPEGImages", "VOCdevkit")
+
+
 class DataError(ValueError):
     """A data file that cannot be used, with its path and the reason."""
 
@@ -47,9 +51,14 @@ def find_data_root(name: str, data_root: Optional[str] = None, recorded: Optiona
             return Path(os.path.abspath(place))
     where = "pass --data-root DIR" if name == "folder" else \
         f"pass --data-root DIR or set NASFAST_DATA to the folder that holds {name}/"
+    given = os.environ.get("NASFAST_DATA")
+    if given and any((Path(given) / marker).exists() for marker in DATASET_MARKERS):
+        raise FileNotFoundError(f"dataset {name!r} not found in $NASFAST_DATA/{name} ({places[0]}): NASFAST_DATA names "
+                                f"the folder that holds the datasets, and {given} looks like a dataset itself: set "
+                                f"NASFAST_DATA={os.path.dirname(os.path.abspath(given))} or pass --data-root {given}")
     raise FileNotFoundError(
         f"dataset {name!r} not found; looked in: {', '.join(map(str, places))}"
-        f"{'' if os.environ.get('NASFAST_DATA') else ' ($NASFAST_DATA is not set)'}.\n"
+        f"{'' if given else ' ($NASFAST_DATA is not set)'}.\n"
         f"Get {HOW_TO_GET.get(name, 'the data')}, then {where}.")
 
 
@@ -214,6 +223,9 @@ class CamVid(SegmentationDataset):
 
     def __init__(self, root, split: str = "train", transform: Optional[Callable] = None):
         root = Path(root)
+        if not (root / f"{split}.txt").is_file():
+            splits = ", ".join(sorted(p.stem for p in root.glob("*.txt"))) or "none"
+            raise FileNotFoundError(f"CamVid split {split!r}: no {root / f'{split}.txt'} (the splits there: {splits})")
         super().__init__(_read_pairs(root / f"{split}.txt", root), transform, label_map={11: IGNORE_INDEX})
 
 
@@ -382,8 +394,11 @@ def absent_classes_warning(pixels: np.ndarray, class_names: Sequence[str], where
     absent = [f"{name!r} ({c})" for c, name in enumerate(class_names) if not pixels[c]]
     if not absent:
         return None
-    binary_mask = sum(1 for c in range(len(class_names)) if pixels[c]) <= 1 and pixels[IGNORE_INDEX]
-    hint = f"; {IGNORE_INDEX} is the ignore index: save a mask of 0 and 255 as 0 and 1" if binary_mask else ""
+    present, hint = sum(1 for c in range(len(class_names)) if pixels[c]), ""
+    if present == 0:
+        hint = f"; every labelled pixel is {IGNORE_INDEX}, the ignore index"
+    elif present == 1 and pixels[IGNORE_INDEX]:
+        hint = f"; {IGNORE_INDEX} is the ignore index: save a mask of 0 and 255 as 0 and 1"
     return (f"warning: no pixel of {len(absent)} class{'es' if len(absent) > 1 else ''} in {where}: "
             f"{', '.join(absent[:6])}{', ...' if len(absent) > 6 else ''}{hint}")
 
