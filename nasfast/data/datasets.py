@@ -378,7 +378,8 @@ class FolderDataset(SegmentationDataset):
         self.class_names = _read_class_names(root / "classes.txt")
         self.num_classes = len(self.class_names)
         if not 0 < self.num_classes < IGNORE_INDEX:
-            raise DataError(f"{root / 'classes.txt'}: expected 1 to {IGNORE_INDEX - 1} class names, got {self.num_classes}")
+            raise DataError(f"{root / 'classes.txt'}: expected 1 to {IGNORE_INDEX - 1} class names, "
+                            f"got {self.num_classes}")
         images = _files_by_name(_visible_files(root / "images"), IMAGE_SUFFIXES)
         self.split_file, names = _split_names(root, split, images)
         missing = [n for n in names if n not in images]
