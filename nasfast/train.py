@@ -126,7 +126,7 @@ def saved_note(out: str, saved_epochs: int) -> str:
     if saved_epochs == 0:
         return f"nothing was saved; run the same command to start again in {out}, or remove it"
     return (f"{os.path.join(out, LAST)} holds epoch {saved_epochs}; "
-            f"continue with {PROG} --out {shlex.quote(out)} --resume")
+            f"continue with {PROG} --resume {shlex.quote(out)}")
 
 
 def check_files(subset, what: str, quiet: bool) -> None:
@@ -311,7 +311,7 @@ Ctrl-C stops; the epochs finished so far stay in OUT/last.pt for --resume.
 examples:
   {PROG} --genotype arch0 --dataset camvid --preset tiny --out runs/try --epochs 1
   {PROG} --genotype arch0 --dataset camvid --out runs/arch0          # the paper's protocol
-  {PROG} --out runs/arch0 --resume"""
+  {PROG} --resume runs/arch0"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -325,9 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "Data section) [camvid]")
     parser.add_argument("--data-root", help="dataset directory (default: with --resume, where the run read its "
                                             "data, while it is there; else $NASFAST_DATA/<dataset>)")
-    parser.add_argument("--out", required=True, help="directory for last.pt, best.pt, log.jsonl, config.json; "
-                                                     "must not hold a run unless --resume")
-    parser.add_argument("--resume", action="store_true", help="continue the run in OUT from OUT/last.pt")
+    parser.add_argument("--out", help="directory for last.pt, best.pt, log.jsonl, config.json; must not hold a run "
+                                      "unless --resume")
+    parser.add_argument("--resume", nargs="?", const=True, metavar="OUT",
+                        help="continue the run in OUT from OUT/last.pt (--resume OUT, as the search's, or --out OUT "
+                             "--resume)")
     parser.add_argument("--preset", choices=list(PRESETS), help="paper, fast or tiny: see the table below [paper]")
     parser.add_argument("--epochs", type=positive_int, help="override the preset's epochs (table below)")
     parser.add_argument("--batch-size", type=images_per_batch, help="override the preset's batch size (table below)")
@@ -449,8 +451,20 @@ def report(best_miou: Optional[float], best_checkpoint: str) -> None:
     print(json.dumps({"best_miou": best_miou, "best_checkpoint": best_checkpoint}))
 
 
+def run_directory(args) -> None:
+    """args.out from --out or --resume OUT; args.resume a bool."""
+    if isinstance(args.resume, str):
+        if args.out is not None and os.path.abspath(args.out) != os.path.abspath(args.resume):
+            raise UsageError(f"--resume {args.resume} and --out {args.out} name two directories: give one")
+        args.out, args.resume = args.resume, True
+    if args.out is None:
+        raise UsageError("--out OUT is required (or --resume OUT to continue a run)")
+    args.resume = bool(args.resume)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    run_directory(args)
     resumed = None
     if args.resume:
         genotype, config, resumed = resumed_run(args)

@@ -102,6 +102,16 @@ def test_resume_refuses_another_schedule(tmp_path, capsys):
     assert "--step-factor 0.5 differs from the run's 0.1 (config.json)" in one_error_line(capsys)
 
 
+def test_the_run_directory_comes_from_out_or_resume(tmp_path, capsys):
+    assert train_cli("--genotype", "arch0") == 2
+    assert "--out OUT is required (or --resume OUT to continue a run)" in one_error_line(capsys)
+    assert train_cli("--resume", tmp_path / "a", "--out", tmp_path / "b") == 2
+    assert f"--resume {tmp_path / 'a'} and --out {tmp_path / 'b'} name two directories: give one" in \
+        one_error_line(capsys)
+    assert train_cli("--resume", tmp_path, "--out", tmp_path) == 2  # the same directory twice: fine, no run there
+    assert f"--resume: no {tmp_path / 'last.pt'}" in one_error_line(capsys)
+
+
 def test_resume_without_last_pt_says_what_to_do(tmp_path, capsys):
     assert train_cli("--out", tmp_path, "--resume") == 2
     assert f"--resume: no {tmp_path / 'last.pt'}\n" in one_error_line(capsys)
@@ -124,9 +134,9 @@ def test_ctrl_c_says_where_the_run_stands_and_resume_finishes_it(tmp_path, capsy
     interrupt_on_call(monkeypatch, "descend", 5)  # epoch 2's first step: tiny has 32 images, batches of 8
     assert train_cli("--genotype", "arch0", "--preset", "tiny", "--out", out, "--no-progress") == 130
     assert (f"interrupted in epoch 2: {out / 'last.pt'} holds epoch 1; continue with python -m nasfast.train "
-            f"--out {out} --resume") in capsys.readouterr().err
+            f"--resume {out}") in capsys.readouterr().err
     monkeypatch.undo()
-    assert train_cli("--out", out, "--resume", "--no-progress") == 0
+    assert train_cli("--resume", out, "--no-progress") == 0  # as printed; --out OUT --resume works too
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [0, 1]
     captured = capsys.readouterr()
@@ -301,7 +311,7 @@ def test_a_non_finite_loss_is_one_line_that_keeps_the_finished_epochs(tmp_path, 
     assert train_folder(folder_dataset(tmp_path / "labelled", images=10, lists=split), tmp_path / "b") == 2
     assert (f"non-finite loss at epoch 2, step 1: nan (the training labels may hold no class pixels, only 255 = "
             f"ignore, or the learning rate is too high); {tmp_path / 'b' / 'last.pt'} holds epoch 1; continue with "
-            f"python -m nasfast.train --out {tmp_path / 'b'} --resume") in capsys.readouterr().err.splitlines()[-1]
+            f"python -m nasfast.train --resume {tmp_path / 'b'}") in capsys.readouterr().err.splitlines()[-1]
     assert train.load_checkpoint(str(tmp_path / "b" / "last.pt"))["epoch"] == 0
 
 
