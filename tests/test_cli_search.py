@@ -95,6 +95,8 @@ def test_help(capsys):
         assert option in text
     assert "(see --help)" not in text
     assert "--stage1-encoder-lr" not in text and "--stage2-distillation" not in text  # fixed by the method
+    assert "tiny: --stage1-images 48 --val-images 16" in text and "'ours': a value the paper leaves open" in text
+    assert "--preset {paper,fast,tiny}" in text
     assert "teacher's logits (with --teacher) [0.3]" in text
     assert "seconds (a bare number)" in text and "{camvid,folder,voc}" in text
     assert text.startswith("usage: python -m nasfast.search (--out RUN_DIR | --resume RUN_DIR)")

@@ -1,5 +1,6 @@
 """python -m nasfast.search: search for a compact segmentation decoder."""
 import argparse
+import textwrap
 import copy
 import dataclasses
 import os
@@ -39,6 +40,22 @@ Several processes, GPUs or machines (rank 0 owns the controller and the log, eve
   torchrun --nproc-per-node 8 -m nasfast.search --workers-per-gpu 4 ...    # 8 processes on 2 GPUs"""
 
 
+def preset_differences() -> str:
+    """The options in which each preset differs from `paper`, as they would be written."""
+    paper, rows = SearchConfig().to_dict(), []
+    for name in PRESETS:
+        if name == "paper":
+            continue
+        values = preset(name).to_dict()
+        changed = [(key, values[key]) for key in paper if key not in ("preset",) and not isinstance(paper[key], dict)
+                   and values[key] != paper[key]]
+        changed += [(f"{stage}.{key}", values[stage][key]) for stage in ("stage1", "stage2")
+                    for key in paper[stage] if values[stage][key] != paper[stage][key]]
+        rows.append(textwrap.fill(f"{name}: " + " ".join(f"{flag(key)} {value}" for key, value in changed), width=96,
+                                  initial_indent="  ", subsequent_indent="        ", break_on_hyphens=False))
+    return "presets, as options that differ from paper's (shown with each option below):\n" + "\n".join(rows)
+
+
 class Parser(argparse.ArgumentParser):
     """An error shows the short usage line and the error, not the usage of every option; under
     torchrun only rank 0 shows it (every rank parses the same command line)."""
@@ -72,7 +89,8 @@ def flag(key: str) -> str:
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("protocol (defaults: the chosen preset; 'paper' shown)")
+    group = parser.add_argument_group("protocol (defaults: the chosen preset's, see the presets below; paper's shown; "
+                                      "'ours': a value the paper leaves open)")
     defaults = SearchConfig()
     for f in dataclasses.fields(SearchConfig):
         if f.type is not StageConfig and f.name not in ("dataset", "preset"):  # options of the run group
@@ -93,8 +111,8 @@ def _add_field(group, f, default, key: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog=PROG, usage=USAGE, description=__doc__.split(":", 1)[1].strip(), epilog=EPILOG,
-                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog=PROG, usage=USAGE, description=__doc__.split(":", 1)[1].strip(),
+                    epilog=f"{preset_differences()}\n\n{EPILOG}", formatter_class=argparse.RawDescriptionHelpFormatter)
     group = parser.add_argument_group("run")
     where = group.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", metavar="RUN_DIR", help="directory of a new search (absent, or without another run's "
@@ -103,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--dataset", choices=sorted(DATASETS), help="dataset [camvid]")
     group.add_argument("--data-root", help="dataset directory (default: with --resume, where the search read "
                                            "them; else $NASFAST_DATA/<dataset>)")
-    group.add_argument("--preset", choices=sorted(PRESETS),
+    group.add_argument("--preset", choices=list(PRESETS),
                        help="protocol preset: paper (the paper's values), fast (shorter, for a GPU), "
                             "tiny (seconds per candidate on a CPU) [paper]")
     group.add_argument("--budget", type=positive_int, metavar="N",
