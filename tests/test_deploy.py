@@ -176,6 +176,15 @@ def test_ops_torchscript_knows_stay_alive_when_replaced_or_their_library_is_dest
     assert replaced() is not None and current() is not None and current() is not replaced()
 
 
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="needs cmake")
+def test_cpp_configure_explains_a_missing_ops_library(tmp_path):
+    result = subprocess.run(["cmake", "-S", str(REPO / "examples" / "cpp"), "-B", str(tmp_path),
+                             f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}", "-DNASFAST_OPS=None"],
+                            capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "prints None where nasfast has no built library" in " ".join(result.stderr.split())
+
+
 @pytest.mark.skipif(shutil.which("cmake") is None or not nasfast.ops.available(),
                     reason="needs cmake and the native ops library")
 def test_cpp_program_matches_python(exported, camvid_root, tmp_path):
