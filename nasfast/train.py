@@ -24,6 +24,7 @@ from .files import (BEST, CONFIG, LAST, SEARCH_FILES, TRAINING_FILES, TRAINING_L
                     lock_directory, read_json, save_torch, write_json)
 from .genotype import ZOO, Genotype, genotype_from_option
 from .model import FINAL_CHANNELS, FINAL_SEP_REPEATS, create_model
+from .tensorboard import TensorBoardLog, check_available
 from .training import LateLossCheck, NonFiniteLoss, descend, segmentation_loss
 
 PROG = "python -m nasfast.train"
@@ -231,6 +232,7 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
     start_epoch, best = 0, None  # None until an epoch has a finite mIoU
     os.makedirs(args.out, exist_ok=True)
     lock = lock_directory(args.out)  # held while this process trains
+    board = TensorBoardLog(args.out) if args.tensorboard else None
     check_still_as_checked(args.out, resumed)
     if resumed:
         model.load_state_dict(resumed["model"])
@@ -267,15 +269,19 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
             # Until an epoch has a finite mIoU, best.pt is the first epoch's: it exists once announced.
             save_torch(state, *((best_path, last) if improved or not os.path.isfile(best_path) else (last,)))
             saved_epochs = epoch + 1
-            append_record(log, finite_or_none({"epoch": epoch, "loss": loss, "val_miou": metrics["miou"],
-                                               "val_pixel_acc": metrics["pixel_acc"],
-                                               "seconds": round(time.time() - started, 2)}))
+            record = finite_or_none({"epoch": epoch, "loss": loss, "val_miou": metrics["miou"],
+                                     "val_pixel_acc": metrics["pixel_acc"], "seconds": round(time.time() - started, 2)})
+            append_record(log, record)
+            if board is not None:
+                board.add(epoch + 1, {key: value for key, value in record.items() if key != "epoch"})
             print(f"epoch {epoch + 1}/{config.epochs}: loss {loss:.4f}, val mIoU {metrics['miou']:.4f}"
                   f" (best {format_miou(best)})", file=sys.stderr)
     except KeyboardInterrupt:
         raise TrainingInterrupted(interrupted_note(args.out, saved_epochs)) from None
     finally:
         lock.close()
+        if board is not None:
+            board.close()
     return {"best_miou": best, "best_checkpoint": best_path}
 
 
@@ -305,7 +311,7 @@ EPILOG = f"""{preset_table()}
 With --resume every setting comes from OUT/config.json: --genotype, --dataset, --preset, --epochs,
 --batch-size, --decoder-optimizer, --lr-steps and --step-factor may be left out, and are refused if
 they differ from the run's;
---workers, --device, --data-root and --no-progress may change.
+--workers, --device, --data-root, --tensorboard and --no-progress may change.
 Ctrl-C stops; the epochs finished so far stay in OUT/last.pt for --resume.
 
 examples:
@@ -343,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="what --lr-steps multiplies the learning rates by [0.1]")
     parser.add_argument("--workers", type=non_negative_int, help="data-loading processes [the preset's: 2, tiny 0]")
     parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N [auto]")
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="also log each epoch's loss and validation scores for TensorBoard, in OUT/tensorboard "
+                             "(needs the tensorboard package; then: tensorboard --logdir OUT)")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar within an epoch (the line per epoch stays)")
     return parser
@@ -465,6 +474,8 @@ def run_directory(args) -> None:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     run_directory(args)
+    if args.tensorboard:
+        check_available()
     resumed = None
     if args.resume:
         genotype, config, resumed = resumed_run(args)

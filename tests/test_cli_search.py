@@ -2,6 +2,7 @@
 process (main through nasfast.cli.run); only the last test trains a candidate."""
 import argparse
 import json
+import sys
 
 import pytest
 import torch
@@ -401,3 +402,10 @@ def test_progress_is_a_line_per_candidate_where_stderr_is_not_a_terminal(tmp_pat
     err = capsys.readouterr().err
     assert "[1/2] candidate 0: reward 0.5000, gate stop, 0.0 s; best 0.5000\n" in err
     assert "[2/2] candidate 1: reward 0.5000" in err and "\r" not in err
+
+
+def test_tensorboard_without_its_package_is_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if not installed
+    assert search("--out", tmp_path / "run", "--budget", "1", "--tensorboard") == 2
+    assert "--tensorboard needs the tensorboard package: pip install tensorboard" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -386,3 +386,10 @@ def test_a_training_that_used_out_while_the_data_loaded_is_not_overwritten(tmp_p
     assert train_cli("--genotype", "arch0", "--preset", "tiny", "--out", tmp_path, "--no-progress") == 2
     assert "already holds a training run" in one_error_line(capsys)
     assert (tmp_path / "last.pt").read_bytes() == b"another run's"
+
+
+def test_tensorboard_without_its_package_is_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if not installed
+    assert train_cli("--genotype", "arch0", "--out", tmp_path / "run", "--tensorboard") == 2
+    assert "--tensorboard needs the tensorboard package: pip install tensorboard" in one_error_line(capsys)
+    assert not (tmp_path / "run").exists()

@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 import nasfast.ops
+from conftest import has_tensorboard, tensorboard_scalars
 from nasfast import cli, evaluate, train
 from nasfast.checkpoint import load_checkpoint, model_from_checkpoint
 from nasfast.data import CamVid, EvalTransform, make_dataset
@@ -41,8 +42,17 @@ def run(module, *args):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, camvid_root):
     out = tmp_path_factory.mktemp("train") / "arch1"
-    run("nasfast.train", "--genotype", "arch1", "--out", str(out), "--preset", "tiny", "--no-progress")
+    run("nasfast.train", "--genotype", "arch1", "--out", str(out), "--preset", "tiny", "--no-progress",
+        *(["--tensorboard"] if has_tensorboard() else []))
     return out
+
+
+@pytest.mark.skipif(not has_tensorboard(), reason="needs the optional tensorboard package")
+def test_training_logs_the_same_for_tensorboard(trained):
+    log = [json.loads(line) for line in (trained / "log.jsonl").read_text().splitlines()]
+    scalars = tensorboard_scalars(trained / "tensorboard")
+    assert scalars["val_miou"] == [(r["epoch"] + 1, pytest.approx(r["val_miou"])) for r in log]
+    assert {"loss", "val_pixel_acc", "seconds"} <= set(scalars)
 
 
 def test_training_logs_val_miou_and_saves_checkpoints(trained):

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import has_tensorboard, tensorboard_scalars
 from nasfast.search import distributed
 from nasfast.search.config import preset
 from nasfast.files import append_record, read_records
@@ -119,10 +120,13 @@ def test_a_torchrun_search_continues_in_one_process(coordinator_at, monkeypatch,
         c.handle(worker, {"want": "task", "result": None})  # then the processes die
     monkeypatch.setattr(nasfast.search.context, "build_context", lambda *args, **kwargs: None)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert main(["--resume", c.run_dir, "--budget", "3", "--no-progress"]) == 0
+    board = ["--tensorboard"] if has_tensorboard() else []
+    assert main(["--resume", c.run_dir, "--budget", "3", "--no-progress", *board]) == 0
     records = read_records(str(Path(c.run_dir) / "candidates.jsonl"))
     assert [r["index"] for r in records] == [0, 1, 2] and {r["worker"] for r in records} == {0}
     assert "(2 in flight)" in capsys.readouterr().err
+    if board:  # rank 0 logs for TensorBoard too
+        assert [step for step, _ in tensorboard_scalars(Path(c.run_dir) / "tensorboard")["reward"]] == [0, 1, 2]
 
 
 def test_a_restart_continues_the_search_its_job_began_and_no_other(coordinator_at, monkeypatch):

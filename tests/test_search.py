@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from conftest import has_tensorboard, tensorboard_scalars
 from nasfast.decoder import Decoder
 from nasfast.genotype import ZOO
 from nasfast.search.cache import FeatureCache
@@ -43,7 +44,8 @@ def comparable(records):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, camvid_root):
     run = tmp_path_factory.mktemp("search") / "run"
-    result = search("--out", str(run), "--budget", "4", "--seed", "3")
+    result = search("--out", str(run), "--budget", "4", "--seed", "3",
+                    *(["--tensorboard"] if has_tensorboard() else []))
     assert result.returncode == 0, result.stderr
     return run, result
 
@@ -60,6 +62,16 @@ def test_run_writes_config_log_and_table(uninterrupted):
     config = SearchConfig.from_dict(json.loads((run / "config.json").read_text()))
     assert config.seed == 3 and config.stage1_images == preset("tiny").stage1_images
     assert "top 4 of 4 candidates" in result.stdout and "stage-1 cache" in result.stderr
+
+
+@pytest.mark.skipif(not has_tensorboard(), reason="needs the optional tensorboard package")
+def test_tensorboard_gets_each_candidates_rewards(uninterrupted):
+    run, _ = uninterrupted
+    records = read_records(str(run / "candidates.jsonl"))
+    scalars = tensorboard_scalars(run / "tensorboard")
+    assert scalars["reward"] == [(r["index"], pytest.approx(r["reward"])) for r in records]
+    best = [max(r["reward"] for r in records[:i + 1]) for i in range(len(records))]
+    assert [value for _, value in scalars["best reward"]] == pytest.approx(best)
 
 
 def test_sigkill_then_resume_gives_the_uninterrupted_candidates(uninterrupted, tmp_path, camvid_root):

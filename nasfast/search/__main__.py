@@ -1,15 +1,16 @@
 """python -m nasfast.search: search for a compact segmentation decoder."""
 import argparse
-import textwrap
 import copy
 import dataclasses
 import os
 import sys
+import textwrap
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..cli import counted, positive_int, run
 from ..data.datasets import DATASETS, DataError
 from ..files import CONFIG, SEARCH_FILES, SEARCH_LOG, SEARCH_STATE, TRAINING_FILES, read_json, read_records
+from ..tensorboard import TensorBoardLog, check_available
 from . import distributed
 from .config import FIXED, MACHINE_OPTIONS, PRESETS, SearchConfig, StageConfig, preset
 from .distributed import begun_by_this_job, has_pending, restart_count, world_size
@@ -133,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--workers-per-gpu", type=positive_int, default=1, metavar="W",
                        help="under torchrun: processes sharing one GPU; local rank r uses "
                             "cuda:(r // W) %% device count (ignored on a CPU) [1]")
+    group.add_argument("--tensorboard", action="store_true",
+                       help="also log each candidate's rewards for TensorBoard, in RUN_DIR/tensorboard (needs the "
+                            "tensorboard package; then: tensorboard --logdir RUN_DIR)")
     group.add_argument("--top", type=positive_int, default=10, help="rows of the table of best designs [10]")
     group.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_config_options(parser)
@@ -286,6 +290,8 @@ def search_in_this_process(args, run_dir: str, config: SearchConfig, resume: boo
     search = Search(run_dir, config, lambda cfg, d, recorded: build_context(
         cfg, d, recorded, args.data_root, args.device, progress=not args.no_progress), args.budget, args.time_budget)
     search.lock_run_dir()
+    if args.tensorboard:
+        search.tensorboard = TensorBoardLog(run_dir)
     if resume:
         search.resume()
         if search.spent():
@@ -331,6 +337,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.budget is None and args.time_budget is None and not args.resume:  # a resume keeps its budgets
         parser.error(NO_BUDGET)
+    if args.tensorboard:
+        check_available()
     if world_size() > 1:
         return search_with_torchrun(args, lambda: choose_run(args, parser))
     run_dir, config, resume = choose_run(args, parser)

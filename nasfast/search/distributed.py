@@ -26,6 +26,7 @@ import torch.distributed as dist
 from ..cli import counted, reported_in_one_line
 from ..files import SEARCH_STATE, read_json, save_torch, write_json
 from ..genotype import Genotype
+from ..tensorboard import TensorBoardLog
 from ..strategies import Proposal
 from .candidate import SearchContext
 from .config import SearchConfig
@@ -301,6 +302,8 @@ def _run_rank0(args, choose_run, context_factory) -> int:
         run_dir, config, resume = choose_run()
         coordinator = Coordinator(run_dir, config, context_factory, args.budget, args.time_budget, world_size())
         coordinator.lock_run_dir()
+        if args.tensorboard:
+            coordinator.tensorboard = TensorBoardLog(run_dir)
         if resume:
             coordinator.resume()
             if coordinator.spent() and not coordinator.pending:

@@ -13,6 +13,7 @@ from ..cli import counted, progress_bar
 from ..data.datasets import DataError
 from ..files import CONFIG, LOCK, SEARCH_LOG, SEARCH_STATE, append_record, lock_directory, save_torch, write_json
 from ..genotype import Genotype
+from ..tensorboard import TensorBoardLog
 from ..strategies import Proposal, make_strategy
 from .candidate import SearchContext, evaluate_candidate
 from .config import SearchConfig
@@ -77,6 +78,7 @@ class Search:
         self._lock = None               # the run directory's lock, held from lock_run_dir(), start() or resume()
         self._made_run_dir = False
         self._bar = None                # the progress bar, once shown
+        self.tensorboard: Optional[TensorBoardLog] = None  # --tensorboard: each logged candidate's rewards too
         self.workers = 1                # processes evaluating candidates
         self._saving = False            # inside the bookkeeping that a signal must not split
         self._stop_requested = False
@@ -195,6 +197,12 @@ class Search:
             record["controller"] = self.strategy.update([proposal], [record["reward"]])
         append_record(self.path(SEARCH_LOG), record)
         self.records.append(record)
+        if self.tensorboard is not None and record["status"] == "ok":
+            best = max(r["reward"] for r in self.records if r["status"] == "ok")
+            self.tensorboard.add(record["index"], {"reward": record["reward"], "best reward": best,
+                                                   "stage-1 reward": record["stage1_reward"],
+                                                   "stage-2 reward": record["stage2_reward"],
+                                                   "seconds": record["seconds"]})
 
     def run(self, progress: bool = True) -> List[Dict[str, Any]]:
         """Evaluates candidates until the budget of candidates or of time is spent."""
@@ -230,6 +238,8 @@ class Search:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
     def _interrupt(self, signum, frame):
         """Ctrl-C or SIGTERM: stop now, or right after the bookkeeping in progress."""
