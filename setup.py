@@ -10,6 +10,7 @@ isolated build environment hides: that torch is found anyway (see find_torch), s
 """
 import glob
 import os
+import site
 import sys
 import sysconfig
 
@@ -17,6 +18,7 @@ from setuptools import setup
 
 # setup.py commands that compile the library; the others (sdist, egg_info, dist_info) need no torch.
 BUILDS = ("build", "build_ext", "bdist_wheel", "editable_wheel", "develop", "install")
+MINIMUM_TORCH = (2, 1)
 
 
 def find_torch():
@@ -24,8 +26,8 @@ def find_torch():
     they were compiled against, so the build must not use a torch of its own (pip's isolated build
     environment drops this environment's site-packages from sys.path; they go back at its end, after
     the build tools). None when there is no torch."""
-    for path in (sysconfig.get_path("purelib"), sysconfig.get_path("platlib")):
-        if path not in sys.path:
+    for path in (sysconfig.get_path("purelib"), sysconfig.get_path("platlib"), site.getusersitepackages()):
+        if path not in sys.path and os.path.isdir(path):
             sys.path.append(path)
     try:
         import torch
@@ -81,21 +83,30 @@ def build_ext():
     return BuildExtension.with_options(no_python_abi_suffix=True)
 
 
+def torch_requirement(version: str) -> str:
+    """The torch releases the library loads with: the one it is built against, its development and
+    pre-releases and local builds (NVIDIA's containers, a Jetson's wheels) included."""
+    major, minor = (int(part) for part in version.split(".")[:2])
+    if (major, minor) < MINIMUM_TORCH:
+        sys.exit(f"nasfast needs torch >= {'.'.join(map(str, MINIMUM_TORCH))}; torch {version} is installed")
+    return f"torch>={major}.{minor}.0.dev0,<{major}.{minor + 1}"
+
+
 def main():
     requirements = ["numpy", "pillow", "tqdm"]
-    torch = None if "sdist" in sys.argv else find_torch()
+    building = any(command in sys.argv for command in BUILDS)
+    torch = find_torch() if building or "sdist" not in sys.argv else None  # an sdist alone needs none
     if torch is None:
-        if any(command in sys.argv for command in BUILDS):
+        if building:
             sys.exit("nasfast builds its native ops against the torch it will run with, and none is installed: "
                      "pip install torch first (the build for your CUDA version: https://pytorch.org), then "
-                     "pip install nasfast")
-        setup(install_requires=["torch>=2.1"] + requirements)
+                     "pip install nasfast. If it is installed, build without isolation: pip install "
+                     "--no-build-isolation . (python -m build --no-isolation)")
+        setup(install_requires=["torch>={}.{}".format(*MINIMUM_TORCH)] + requirements)
         return
-    major, minor = (int(part) for part in torch.__version__.split(".")[:2])
-    # The library loads only with the torch release it was compiled against.
-    same_torch = f"torch>={major}.{minor},<{major}.{minor + 1}"
     setup(ext_modules=[ops_extension()], cmdclass={"build_ext": build_ext()},
-          install_requires=[same_torch] + requirements)
+          install_requires=[torch_requirement(torch.__version__)] + requirements)
 
 
-main()
+if __name__ == "__main__":  # as pip and setuptools run it
+    main()

@@ -1,4 +1,5 @@
 import os
+import runpy
 import subprocess
 import sys
 import tarfile
@@ -25,18 +26,33 @@ def test_pip_install_builds_the_ops_against_the_installed_torch(tmp_path):
     assert "python" not in ldd  # loadable by a C++ program without Python
     major, minor = torch.__version__.split(".")[:2]
     metadata = next(target.glob("nasfast-*.dist-info")) / "METADATA"
-    assert f"Requires-Dist: torch<{major}.{int(minor) + 1},>={major}.{minor}" in metadata.read_text()
+    assert f"Requires-Dist: torch<{major}.{int(minor) + 1},>={major}.{minor}.0.dev0" in metadata.read_text()
 
 
 def setup_py(*command: str, without_torch: bool = False) -> subprocess.CompletedProcess:
     hide = "sys.modules['torch'] = None; " if without_torch else ""
-    code = f"import runpy, sys; {hide}sys.argv = ['setup.py', *{list(command)!r}]; runpy.run_path('setup.py')"
+    code = (f"import runpy, sys; {hide}sys.argv = ['setup.py', *{list(command)!r}]; "
+            f"runpy.run_path('setup.py', run_name='__main__')")
     return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+
+
+def test_the_package_requires_the_torch_release_it_was_built_against():
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+    requirement = runpy.run_path(str(REPO / "setup.py"))["torch_requirement"]
+    assert requirement("2.13.0+cpu") == "torch>=2.13.0.dev0,<2.14"
+    admitted = SpecifierSet(requirement("2.6.0a0+ecf3bae40a.nv25.01")[len("torch"):])
+    for version, ok in [("2.6.0a0+ecf3bae40a.nv25.01", True), ("2.6.0", True), ("2.6.3+cu124", True),
+                        ("2.6.0.dev20241112", True), ("2.7.0", False), ("2.7.0a0", False), ("2.5.1", False)]:
+        assert admitted.contains(Version(version), prereleases=True) is ok, version
+    with pytest.raises(SystemExit, match="nasfast needs torch >= 2.1; torch 2.0.1 is installed"):
+        requirement("2.0.1")
 
 
 def test_a_build_without_torch_says_to_install_it_first():
     result = setup_py("bdist_wheel", without_torch=True)
     assert result.returncode == 1 and "none is installed: pip install torch first" in result.stderr
+    assert "If it is installed, build without isolation: pip install --no-build-isolation ." in result.stderr
 
 
 def test_source_distribution_needs_no_torch_and_carries_what_the_readme_runs(tmp_path):
