@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from .checkpoint import check_classes, load_checkpoint, model_from_checkpoint
 from .cli import non_negative_int, positive_float, resolve_device, run
 from .data import EvalTransform, make_dataset
-from .data.datasets import DATASETS, every_image_in_every_split, find_data_root
+from .data.datasets import DATASETS, every_image_in_every_split, find_data_root, unsplit_note
 from .files import finite_or_none
 from .metrics import ConfusionMatrix
 
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     print(f"{args.checkpoint} on {dataset_name} {args.split} ({root}): {len(images)} images at scale {scale}",
           file=sys.stderr if args.json else sys.stdout, flush=True)
     if every_image_in_every_split(dataset):
-        print(f"note: no train.txt or val.txt in {root}: every image is in every split", file=sys.stderr)
+        print(unsplit_note(root), file=sys.stderr)
     loader = evaluation_loader(images, args.workers)
     metrics = evaluate_model(model, loader, dataset.num_classes, dataset.ignore_index, (), device)
     print(json.dumps(finite_or_none(metrics)) if args.json else format_metrics(metrics, dataset.class_names))

@@ -18,7 +18,7 @@ from .checkpoint import RESUME_KEYS, check_classes, load_checkpoint
 from .cli import (UsageError, counted, fraction, images_per_batch, non_negative_int, positive_int, progress_bar,
                   resolve_device, run)
 from .data import EvalTransform, SegmentationDataset, TrainTransform, make_dataset
-from .data.datasets import DATASETS, absent_classes_warning, every_image_in_every_split, find_data_root, shared_images
+from .data.datasets import DATASETS, absent_classes_warning, find_data_root, split_warning
 from .evaluate import dataset_and_indices, evaluate_model, evaluation_loader, evenly_spaced
 from .files import (BEST, CONFIG, LAST, SEARCH_FILES, TRAINING_FILES, TRAINING_LOG, append_record, finite_or_none,
                     lock_directory, read_json, save_torch, write_json)
@@ -147,12 +147,6 @@ def used(subset, dataset) -> str:
     return f"{len(subset)}" if len(subset) == len(dataset) else f"{len(subset)} of the {len(dataset)}"
 
 
-def note_unsplit_validation(val_set, root) -> None:
-    if every_image_in_every_split(val_set):
-        print(f"note: no val.txt in {root}: validating on every image, the training images included",
-              file=sys.stderr)
-
-
 @dataclass
 class TrainingData:
     root: Path
@@ -172,10 +166,9 @@ def load_data(args, config: TrainConfig, resumed: Optional[dict]) -> TrainingDat
         check_classes(f"--data-root {args.data_root}" if args.data_root else str(root), train_set.class_names, resumed)
     val_set = make_dataset(args.dataset, str(root), split=DATASETS[args.dataset][2],
                            transform=EvalTransform(config.scale))
-    note_unsplit_validation(val_set, root)
-    overlap = shared_images(train_set, val_set)
-    if overlap:
-        print(overlap, file=sys.stderr)
+    warning = split_warning(train_set, val_set, root)
+    if warning:
+        print(warning, file=sys.stderr)
     train_images, val_images = evenly_spaced(train_set, config.train_images), evenly_spaced(val_set, config.val_images)
     if len(train_images) < config.batch_size:
         raise ValueError(f"batch size {config.batch_size} exceeds the {len(train_images)} training images")

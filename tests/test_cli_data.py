@@ -36,10 +36,14 @@ def test_every_bad_file_is_listed_and_masks_of_0_and_255_are_explained(tmp_path,
     assert f"warning: 1 of the 3 validation images are training images too, e.g. {root / 'images' / 'im3.png'}" in err
 
 
-def test_no_split_files_is_a_note(tmp_path, capsys):
+def test_no_split_files_is_a_note_and_a_bad_file_is_named_once(tmp_path, capsys):
     root = folder_dataset(tmp_path / "data", images=3)
     assert check("--dataset", "folder", "--data-root", root) == 0
-    assert "note: no split files: every image is in both splits" in capsys.readouterr().err
+    assert f"note: {root} has no train.txt or val.txt: every image is in every split" in capsys.readouterr().err
+    Image.fromarray(np.full((64, 64), 7, np.uint8)).save(root / "labels" / "im1.png")
+    assert check("--dataset", "folder", "--data-root", root) == 2
+    err = capsys.readouterr().err
+    assert "1 files cannot be used:" in err and err.count("im1.png: label values [7]") == 1
 
 
 def only_classes_0_and_1(root, images: int) -> None:

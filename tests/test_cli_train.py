@@ -290,7 +290,7 @@ def test_evaluate_json_has_null_for_nan_and_finds_the_data_the_run_was_trained_o
     assert evaluate_cli("--checkpoint", tmp_path / "older.pt", "--split", "train") == 0
     captured = capsys.readouterr()
     assert f"on folder train ({tmp_path / 'folder'}): 4 images" in captured.out
-    assert f"note: no train.txt or val.txt in {tmp_path / 'folder'}: every image is in every split" in captured.err
+    assert f"note: {tmp_path / 'folder'} has no train.txt or val.txt: every image is in every split" in captured.err
 
 
 def test_a_non_finite_loss_is_one_line_that_keeps_the_finished_epochs(tmp_path, capsys, monkeypatch):
@@ -342,7 +342,8 @@ def test_a_folder_without_val_txt_says_the_validation_includes_the_training_imag
     root = folder_dataset(tmp_path / "data")
     assert train_folder(root, tmp_path / "run", "--epochs", 1) == 0
     err = capsys.readouterr().err
-    assert err.count(f"note: no val.txt in {root}: validating on every image, the training images included") == 1
+    assert err.count(f"note: {root} has no train.txt or val.txt: every image is in every split, so the validation "
+                     f"includes the training images") == 1
     assert "design: arch0\n" in err and f"folder data in {root}: 8 training and 8 validation images" in err
     assert "training images too" not in err  # said once, by the note
     lists = folder_dataset(tmp_path / "lists", lists={"train": range(8), "val": [6, 7]})

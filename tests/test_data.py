@@ -82,13 +82,20 @@ def test_each_bad_file_is_named_with_its_problem(camvid_root, tmp_path):
 
 def test_bad_lists_and_label_modes(camvid_root, tmp_path):
     root, pairs = small_copy(camvid_root, tmp_path, n=1)
-    Image.open(pairs[0][1]).convert("RGB").save(pairs[0][1])
-    with pytest.raises(DataError, match="must be a one-channel image"):
+    grey = np.array(Image.open(pairs[0][1]))
+    Image.open(pairs[0][1]).convert("RGB").save(pairs[0][1])  # grey saved in colour: its values are kept
+    assert np.array_equal(CamVid(root).load(0)[1], np.where(grey == 11, 255, grey))
+    coloured = np.stack([grey, grey, grey * 0], axis=2)
+    Image.fromarray(coloured).save(pairs[0][1])
+    with pytest.raises(DataError, match="must be a one-channel image .* got mode RGB; .*map its colours"):
         CamVid(root)[0]
     (root / "train.txt").write_text("train/a.png\n")
     with pytest.raises(DataError, match=r"train.txt, line 1: expected 'image label'"):
         CamVid(root)
     with pytest.raises(FileNotFoundError, match=r"CamVid split 'val': no .*val.txt \(the splits there: train\)"):
+        CamVid(root, split="val")
+    (root / "val.txt").write_text("\n")
+    with pytest.raises(DataError, match=r"val.txt: lists no images; it should list the split's images"):
         CamVid(root, split="val")
 
 
@@ -309,6 +316,9 @@ def test_folder_class_list_keeps_line_numbers(tmp_path):
     (root / "classes.txt").write_text("other\nroad\nother\n")
     with pytest.raises(DataError, match=r"classes.txt, lines 1 and 3: class name 'other' is repeated"):
         FolderDataset(root)
+    (root / "classes.txt").write_text("# my classes\nother\nroad\n")
+    with pytest.raises(DataError, match=r"classes.txt, line 1: '# my classes': class names cannot start with #"):
+        FolderDataset(root)
 
 
 def test_folder_every_image_in_every_split_only_without_split_files(tmp_path):
@@ -366,6 +376,17 @@ def test_folder_images_in_other_formats_and_turned_by_exif(tmp_path):
         image, loaded = data.load(index)
         assert np.array_equal(image, upright) and np.array_equal(loaded, label)
         assert data.image_size(index) == (6, 4)
+    Image.fromarray(np.rot90(label).copy()).save(root / "labels" / "photo.png")  # drawn on the stored pixels
+    with pytest.raises(DataError, match=r"photo.png: label size 4x6 differs from its image .*photo.png \(6x4 as its "
+                                        r"EXIF orientation turns it\)"):
+        data.load(1)
+
+
+def test_image_sizes_come_from_the_headers(tmp_path, monkeypatch):
+    from PIL import PngImagePlugin
+    root = tiny_folder(tmp_path)
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", lambda self: pytest.fail("decoded"))
+    assert FolderDataset(root).image_size(0) == (3, 2)
 
 
 def test_folder_labels_of_16_or_1_bit(tmp_path):
@@ -377,10 +398,10 @@ def test_folder_labels_of_16_or_1_bit(tmp_path):
     assert data.load(0)[1].tolist() == [[0, 1, 255], [1, 0, 0]] and data.load(1)[1].tolist() == [[1, 0, 0], [0, 1, 0]]
     assert data.label_pixels(0)[[0, 1, 255]].tolist() == [3, 2, 1]
     Image.fromarray(np.array([[0, 1, 256], [1, 0, 0]], np.uint16)).save(root / "labels" / "a.png")
-    with pytest.raises(DataError, match=r"a.png: label values \[256\] are neither classes nor the ignore index"):
+    with pytest.raises(DataError, match=r"a.png: label values \[256\] are neither classes \[0, 2\) nor the ignore"):
         FolderDataset(root).load(0)
-    Image.fromarray(np.zeros((2, 3, 3), np.uint8)).save(root / "labels" / "a.png")
-    with pytest.raises(DataError, match=r"got mode RGB; save it as an 8-bit grey PNG of class indices \(a colour"):
+    Image.fromarray(np.zeros((2, 3, 2), np.uint8), "LA").save(root / "labels" / "a.png")
+    with pytest.raises(DataError, match=r"got mode LA; save it as an 8-bit grey PNG of class indices$"):
         FolderDataset(root).load(0)
 
 

@@ -9,8 +9,8 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 from ..cli import non_negative_int, progress_bar, run
-from .datasets import (DATASETS, IGNORE_INDEX, DataError, SegmentationDataset, absent_classes_warning,
-                       every_image_in_every_split, find_data_root, make_dataset, shared_images)
+from .datasets import (DATASETS, IGNORE_INDEX, DataError, SegmentationDataset, absent_classes_warning, find_data_root,
+                       make_dataset, split_warning)
 
 PROG = "python -m nasfast.data"
 SHOWN_PROBLEMS = 20
@@ -48,10 +48,12 @@ def census(dataset: SegmentationDataset, workers: int, show_progress: bool, what
 def pixel_table(splits: List[Tuple[str, np.ndarray]], class_names) -> str:
     """The share of each class's pixels (and of the ignored ones) in each split."""
     width = max(len(name) for name in list(class_names) + ["ignored"])
-    rows = [f"  {'':<{width}}" + "".join(f" {name:>8}" for name, _ in splits)]
+    columns = [max(8, len(split)) for split, _ in splits]  # "100.00%", or the split's name
+    rows = [f"  {'':<{width}}" + "".join(f" {split:>{w}}" for (split, _), w in zip(splits, columns))]
     values = [(name, c) for c, name in enumerate(class_names)] + [("ignored", IGNORE_INDEX)]
     for name, value in values:
-        rows.append(f"  {name:<{width}}" + "".join(f" {100 * p[value] / max(p.sum(), 1):>7.2f}%" for _, p in splits))
+        shares = (100 * pixels[value] / max(pixels.sum(), 1) for _, pixels in splits)
+        rows.append(f"  {name:<{width}}" + "".join(f" {share:>{w - 1}.2f}%" for share, w in zip(shares, columns)))
     return "\n".join(rows)
 
 
@@ -73,17 +75,9 @@ def main(argv=None) -> int:
     class_names = splits[0][1].class_names
     print(f"{args.dataset} data in {root}: {len(class_names)} classes, "
           + ", ".join(f"{len(data)} {split} images" for split, data in splits))
-    counted, problems, warnings = [], [], []
-    for split, data in splits:
-        pixels, found = census(data, args.workers, not args.no_progress, split)
-        counted.append((split, pixels))
-        problems += found
-        warnings.append(absent_classes_warning(pixels, class_names, f"the {split} labels"))
-    if every_image_in_every_split(splits[1][1]):
-        warnings.append("note: no split files: every image is in both splits (training validates on them)")
-    warnings.append(shared_images(splits[0][1], splits[1][1]))
+    counted, problems, warnings = read_splits(splits, args.workers, not args.no_progress)
     print("pixels per class:\n" + pixel_table(counted, class_names))
-    for warning in filter(None, warnings):
+    for warning in filter(None, warnings + [split_warning(splits[0][1], splits[1][1], root)]):
         print(warning, file=sys.stderr)
     if problems:
         print(f"{len(problems)} files cannot be used:", file=sys.stderr)
@@ -94,6 +88,20 @@ def main(argv=None) -> int:
         return 2
     print("every file can be used")
     return 0
+
+
+def read_splits(splits, workers: int, show_progress: bool):
+    """Each split's pixel counts, the problems of every file (each once), and the warnings of classes
+    without a pixel. A split of the same images as the one before (no split files) is not read again."""
+    counted, problems, warnings, read = [], [], [], {}
+    for split, data in splits:
+        key = tuple(data.pairs)
+        if key not in read:
+            read[key] = census(data, workers, show_progress, split)
+            warnings.append(absent_classes_warning(read[key][0], data.class_names, f"the {split} labels"))
+        counted.append((split, read[key][0]))
+        problems += read[key][1]
+    return counted, list(dict.fromkeys(problems)), warnings
 
 
 if __name__ == "__main__":

@@ -63,6 +63,14 @@ def find_data_root(name: str, data_root: Optional[str] = None, recorded: Optiona
 
 
 EXIF_ORIENTATION = 0x0112
+QUARTER_TURNS = (5, 6, 7, 8)  # orientations that swap width and height
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1: as stored), without decoding a PNG to look for a late eXIf chunk."""
+    if image.format == "PNG" and "exif" not in image.info:
+        return 1
+    return image.getexif().get(EXIF_ORIENTATION, 1)
 
 
 def _decode(path: Path, what: str) -> Image.Image:
@@ -73,7 +81,7 @@ def _decode(path: Path, what: str) -> Image.Image:
     try:
         with Image.open(path) as image:
             image.load()
-            if image.getexif().get(EXIF_ORIENTATION, 1) != 1:
+            if _orientation(image) != 1:
                 image = ImageOps.exif_transpose(image)
     except (OSError, SyntaxError, ValueError) as error:
         raise DataError(f"{path}: unreadable or truncated {what} ({error})") from None
@@ -130,16 +138,24 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def _read(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
         image_path, label_path = self.pairs[index]
         image = _to_rgb(_decode(image_path, "image"))
-        label = self.lookup[_label_values(_decode(label_path, "label"), label_path)]
-        if label.shape != image.shape[:2]:
-            raise DataError(f"{label_path}: label size {label.shape[1]}x{label.shape[0]} differs from its "
-                            f"image {image_path} ({image.shape[1]}x{image.shape[0]})")
+        values = _label_values(_decode(label_path, "label"), label_path)
+        if values.shape != image.shape[:2]:
+            with Image.open(image_path) as stored:
+                turned = " as its EXIF orientation turns it" if _orientation(stored) in QUARTER_TURNS else ""
+            raise DataError(f"{label_path}: label size {values.shape[1]}x{values.shape[0]} differs from its "
+                            f"image {image_path} ({image.shape[1]}x{image.shape[0]}{turned})")
+        if values.dtype != np.uint8:  # a 16 or 32-bit label
+            self._refuse_values(label_path, values[(values < 0) | (values > 255)])
+            values = values.astype(np.uint8)
+        label = self.lookup[values]
         values = np.unique(label)
-        bad = values[(values >= self.num_classes) & (values != self.ignore_index)]
-        if bad.size:
-            raise DataError(f"{label_path}: label values {bad.tolist()} are neither classes "
-                            f"[0, {self.num_classes}) nor the ignore index {self.ignore_index}")
+        self._refuse_values(label_path, values[(values >= self.num_classes) & (values != self.ignore_index)])
         return image, label
+
+    def _refuse_values(self, path: Path, bad: np.ndarray) -> None:
+        if bad.size:
+            raise DataError(f"{path}: label values {np.unique(bad)[:8].tolist()} are neither classes "
+                            f"[0, {self.num_classes}) nor the ignore index {self.ignore_index}")
 
     def label_pixels(self, index: int) -> np.ndarray:
         """How many pixels of the item's label hold each value 0-255 (the classes, then 255: ignored)."""
@@ -154,27 +170,25 @@ class SegmentationDataset(torch.utils.data.Dataset):
         path = self.pairs[index][0]
         try:
             with Image.open(path) as image:
-                turned = image.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)  # a quarter turn
-                return image.size[::-1] if turned else image.size
+                return image.size[::-1] if _orientation(image) in QUARTER_TURNS else image.size
         except (OSError, SyntaxError, ValueError) as error:
             raise DataError(f"{path}: unreadable image ({error})") from None
 
 
 def _label_values(label: Image.Image, path: Path) -> np.ndarray:
-    """The label's values as uint8 (HxW): from an 8-bit (L, P), 16-bit or 1-bit one-channel image."""
+    """The label's values (HxW): uint8 from an 8-bit (L, P) or 1-bit image, or from an RGB one whose
+    channels are equal (grey saved in colour); wider integers from a 16 or 32-bit one."""
     if label.mode in ("L", "P", "1"):
         return np.asarray(label).astype(np.uint8, copy=False)
-    if label.mode.startswith("I"):  # 16 or 32-bit integers: fine while every value fits 8 bits
-        values = np.asarray(label)
-        too_large = np.unique(values[(values < 0) | (values > 255)])
-        if too_large.size:
-            raise DataError(f"{path}: label values {too_large[:8].tolist()} are neither classes nor the ignore "
-                            f"index 255 (a label holds class indices)")
-        return values.astype(np.uint8)
-    hint = " whose colours must be mapped to class indices" if label.mode in ("RGB", "RGBA", "P") else ""
+    if label.mode.startswith("I"):
+        return np.asarray(label)
+    if label.mode == "RGB":
+        rgb = np.asarray(label)
+        if (rgb[:, :, 1:] == rgb[:, :, :1]).all():
+            return np.ascontiguousarray(rgb[:, :, 0])
+    colours = " (a colour-coded label: map its colours to class indices)" if label.mode in ("RGB", "RGBA") else ""
     raise DataError(f"{path}: a label must be a one-channel image of class indices (8 or 16-bit grey, or "
-                    f"palette), got mode {label.mode}; save it as an 8-bit grey PNG of class indices"
-                    f"{' (a colour-coded label' + hint + ')' if hint else ''}")
+                    f"palette), got mode {label.mode}; save it as an 8-bit grey PNG of class indices{colours}")
 
 
 def _read_text(path: Path) -> str:
@@ -192,7 +206,10 @@ def _read_text(path: Path) -> str:
 def _read_lines(path: Path, what: str) -> List[List[str]]:
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} not found")
-    return [line.split() for line in _read_text(path).splitlines() if line.strip()]
+    lines = [line.split() for line in _read_text(path).splitlines() if line.strip()]
+    if not lines:
+        raise DataError(f"{path}: lists no images; it should list the split's images, one a line")
+    return lines
 
 
 def _listed_path(root: Path, listed: str) -> Path:
@@ -290,6 +307,9 @@ def _read_class_names(path: Path) -> Tuple[str, ...]:
         if not name:
             raise DataError(f"{path}, line {number}: blank line between class names (a class's index is its "
                             f"line number from 0); remove it or name that class")
+        if name.startswith("#"):
+            raise DataError(f"{path}, line {number}: {name!r}: class names cannot start with # (it would shift "
+                            f"the class indices, which are line numbers; comments are for split files only)")
         if name in line_of:
             raise DataError(f"{path}, lines {line_of[name]} and {number}: class name {name!r} is repeated; "
                             f"give each class its own name")
@@ -365,7 +385,8 @@ class FolderDataset(SegmentationDataset):
         images/<name>.jpg    or .jpeg .png .bmp .tif .tiff .webp, RGB or grey (8 or 16 bits), turned as
                              their EXIF orientation says; subfolders are not searched
         labels/<name>.png    one-channel class indices (8 or 16 bits), 255 = ignore, same size as the image
-        <split>.txt          optional: the names of a split's images, one a line (# starts a comment)
+        <split>.txt          optional: the names of a split's images, one a line (lines starting with #
+                             are comments)
 
     Where root has neither train.txt nor val.txt, every image is in every split (`split_file` is
     None); once it has one, every split needs its own. Hidden files (.DS_Store, ._x.jpg) are skipped.
@@ -404,15 +425,21 @@ def absent_classes_warning(pixels: np.ndarray, class_names: Sequence[str], where
             f"{', '.join(absent[:6])}{', ...' if len(absent) > 6 else ''}{hint}")
 
 
-def shared_images(train: SegmentationDataset, val: SegmentationDataset) -> Optional[str]:
-    """A warning when some images are in both splits (unless the folder has no split files), or None."""
+def split_warning(train: SegmentationDataset, val: SegmentationDataset, root: Path) -> Optional[str]:
+    """The note that a folder without split files validates on its training images, or a warning
+    that some validation images are training images too; None when the splits are apart."""
     if every_image_in_every_split(val):
-        return None
+        return unsplit_note(root)
     shared = sorted({image for image, _ in train.pairs} & {image for image, _ in val.pairs})
     if not shared:
         return None
     return (f"warning: {len(shared)} of the {len(val)} validation images are training images too, e.g. {shared[0]}: "
             f"the validation scores would include them")
+
+
+def unsplit_note(root: Path) -> str:
+    return (f"note: {root} has no train.txt or val.txt: every image is in every split, so the validation "
+            f"includes the training images")
 
 
 def every_image_in_every_split(dataset) -> bool:
