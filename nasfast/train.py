@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import List, Optional, Tuple
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
@@ -135,12 +136,12 @@ def check_files(subset, what: str, quiet: bool) -> None:
     classes, say) is named before the first epoch rather than after it, and warns of classes
     without a pixel there."""
     dataset, indices = dataset_and_indices(subset)
-    pixels = sum(dataset.label_pixels(index) for index in
-                 progress_bar(indices, desc=f"checking the {what} files", unit="image", leave=False, disable=quiet))
+    checked = progress_bar(indices, desc=f"checking the {what} files", unit="image", leave=False, disable=quiet)
+    pixels = sum((dataset.label_pixels(index) for index in checked), np.zeros(256, np.int64))
     warning = absent_classes_warning(pixels, dataset.class_names, f"the {len(indices)} {what} labels")
     if warning:
-        print(f"{warning} (their IoU is undefined; python -m nasfast.data counts the pixels of every split)",
-              file=sys.stderr)
+        print(f"{warning} (wherever the model predicts them, they count as IoU 0 in the mIoU; python -m "
+              f"nasfast.data counts the pixels of every split)", file=sys.stderr)
 
 
 def used(subset, dataset) -> str:
@@ -241,7 +242,7 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
                         sampler=RandomSampler(data.train_images, generator=order), num_workers=config.workers,
                         persistent_workers=config.workers > 0,  # no new worker processes each epoch
                         pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(config.seed))
-    saved_epochs, nan_explained = start_epoch, False
+    saved_epochs = start_epoch
     try:
         for epoch in range(start_epoch, config.epochs):
             started = time.time()
@@ -252,10 +253,6 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
                                disable=args.no_progress, leave=False)
             loss = train_epoch(model, bar, epoch, optimizers, config, ignore_index, device, (args.out, saved_epochs))
             metrics = evaluate_model(model, val_loader, num_classes, ignore_index, (), device)
-            if math.isnan(metrics["miou"]) and not nan_explained:
-                print("note: val mIoU is nan: the validation images have no labelled pixels (all 255 = ignore)",
-                      file=sys.stderr)
-                nan_explained = True
             improved = better(metrics["miou"], best)
             best = metrics["miou"] if improved else best
             state = checkpoint_state(model, optimizers, epoch, best, genotype, args.dataset, data, config)
@@ -302,9 +299,9 @@ def preset_table() -> str:
 EPILOG = f"""{preset_table()}
 
 With --resume every setting comes from OUT/config.json: --genotype, --dataset, --preset, --epochs,
---batch-size, --decoder-optimizer, --lr-steps and --step-factor may be left out, and are refused if
-they differ from the run's;
---workers, --device, --data-root, --tensorboard and --no-progress may change.
+--batch-size, --decoder-optimizer, --lr-steps and --step-factor may be left out, and are refused
+if they differ from the run's; --workers, --device, --data-root, --tensorboard and --no-progress
+may change.
 Ctrl-C stops; the epochs finished so far stay in OUT/last.pt for --resume.
 
 examples:
@@ -390,10 +387,13 @@ def resume_conflicts(args, saved: dict) -> List[str]:
     conflicts = []
     if args.genotype is not None and genotype_from_option(args.genotype).to_list() != saved["genotype"]:
         conflicts.append(f"--genotype {args.genotype} differs from the run's {genotype_name(saved['genotype'])}")
+    def shown(value) -> str:
+        return (" ".join(map(str, value)) or "none") if isinstance(value, (list, tuple)) else str(value)
+
     for option in ("dataset", "epochs", "batch_size", "decoder_optimizer", "lr_steps", "step_factor"):
-        given = getattr(args, option)
-        if given is not None and given != saved.get(option, getattr(TrainConfig, option, None)):
-            conflicts.append(f"--{option.replace('_', '-')} {given} differs from the run's {saved.get(option)}")
+        given, run_value = getattr(args, option), saved.get(option, getattr(TrainConfig, option, None))
+        if given is not None and shown(given) != shown(run_value):
+            conflicts.append(f"--{option.replace('_', '-')} {shown(given)} differs from the run's {shown(run_value)}")
     if args.preset is not None and args.preset != preset_of(saved):
         conflicts.append(f"--preset {args.preset} differs from the run's {preset_of(saved) or 'settings'}")
     return conflicts
@@ -434,12 +434,12 @@ def new_run(args) -> Tuple[Genotype, TrainConfig]:
     args.dataset = args.dataset or "camvid"
     config = replace(PRESETS[args.preset or "paper"], **options)
     config.lr_steps = tuple(config.lr_steps)
-    check_schedule(config)
+    check_schedule(config, args.step_factor is not None)
     return genotype, config
 
 
-def check_schedule(config: TrainConfig) -> None:
-    if config.step_factor != TrainConfig.step_factor and not config.lr_steps:
+def check_schedule(config: TrainConfig, step_factor_given: bool) -> None:
+    if step_factor_given and not config.lr_steps:
         raise UsageError("--step-factor needs --lr-steps (the poly schedule has no steps)")
     beyond = [epoch for epoch in config.lr_steps if epoch >= config.epochs]
     if beyond or list(config.lr_steps) != sorted(set(config.lr_steps)):

@@ -58,8 +58,8 @@ def test_training_warns_of_classes_without_a_validation_pixel(tmp_path, capsys):
     root = folder_dataset(tmp_path / "data", classes=3, images=4)
     only_classes_0_and_1(root, 4)
     train.check_files(FolderDataset(root, split="val"), "validation", quiet=True)
-    assert ("warning: no pixel of 1 class in the 4 validation labels: 'class2' (2) (their IoU is undefined; "
-            "python -m nasfast.data counts the pixels of every split)") in capsys.readouterr().err
+    assert ("warning: no pixel of 1 class in the 4 validation labels: 'class2' (2) (wherever the model predicts "
+            "them, they count as IoU 0 in the mIoU;") in capsys.readouterr().err
 
 
 def test_the_search_warns_of_classes_without_a_stage1_pixel(tmp_path):
@@ -68,5 +68,5 @@ def test_the_search_warns_of_classes_without_a_stage1_pixel(tmp_path):
     only_classes_0_and_1(root, 16)
     result = search("--dataset", "folder", "--data-root", str(root), "--budget", "1", "--out", str(tmp_path / "run"))
     assert result.returncode == 0, result.stderr
-    assert "warning: no pixel of 1 class in the 14 stage-1 labels: 'class2' (2) (no candidate learns them" in \
+    assert "warning: no pixel of 1 class in the 14 stage-1 labels: 'class2' (2) (stage 1 cannot learn them" in \
         result.stderr

@@ -88,7 +88,7 @@ def test_step_schedule_multiplies_the_learning_rates_after_each_listed_epoch():
 @pytest.mark.parametrize("argv, message", [
     (["--lr-steps", "2", "1"], "--lr-steps 2 1: expected increasing epochs below the 200 trained"),
     (["--lr-steps", "200"], "--lr-steps 200: expected increasing epochs below the 200 trained"),
-    (["--step-factor", "0.5"], "--step-factor needs --lr-steps"),
+    (["--step-factor", "0.1"], "--step-factor needs --lr-steps"),
 ])
 def test_bad_step_schedules_are_refused(tmp_path, capsys, argv, message):
     assert train_cli("--genotype", "arch0", "--out", tmp_path / "run", *argv) == 2
@@ -100,6 +100,9 @@ def test_resume_refuses_another_schedule(tmp_path, capsys):
     (tmp_path / "last.pt").write_bytes(b"")
     assert train_cli("--out", tmp_path, "--resume", "--lr-steps", "1", "--step-factor", "0.5") == 2
     assert "--step-factor 0.5 differs from the run's 0.1 (config.json)" in one_error_line(capsys)
+    (tmp_path / "config.json").write_text(json.dumps({k: v for k, v in tiny_run_config().items() if k != "lr_steps"}))
+    assert train_cli("--resume", tmp_path, "--lr-steps", "90", "120") == 2  # a run from before the step schedule
+    assert "--lr-steps 90 120 differs from the run's none (config.json)" in one_error_line(capsys)
 
 
 def test_the_run_directory_comes_from_out_or_resume(tmp_path, capsys):
@@ -261,7 +264,7 @@ def test_a_validation_without_labelled_pixels_still_writes_best_pt_and_says_why(
     assert status == 0, err
     assert json.loads(out) == {"best_miou": None, "best_checkpoint": str(run_dir / "best.pt")}
     assert f"best val mIoU none: {run_dir / 'best.pt'}" in err and "-1.0000" not in err
-    assert err.count("the validation images have no labelled pixels") == 1
+    assert err.count("every labelled pixel is 255, the ignore index") == 1  # said before the epochs
     assert "val mIoU nan (best none)" in err
     assert train.load_checkpoint(str(run_dir / "best.pt"))["epoch"] == 0
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]

@@ -70,8 +70,8 @@ def test_tensorboard_gets_each_candidates_rewards(uninterrupted):
     records = read_records(str(run / "candidates.jsonl"))
     scalars = tensorboard_scalars(run / "tensorboard")
     assert scalars["reward"] == [(r["index"], pytest.approx(r["reward"])) for r in records]
-    best = [max(r["reward"] for r in records[:i + 1]) for i in range(len(records))]
-    assert [value for _, value in scalars["best reward"]] == pytest.approx(best)
+    best = [(i + 1, max(r["reward"] for r in records[:i + 1])) for i in range(len(records))]
+    assert scalars["best reward"] == [(step, pytest.approx(value)) for step, value in best]
 
 
 def test_sigkill_then_resume_gives_the_uninterrupted_candidates(uninterrupted, tmp_path, camvid_root):

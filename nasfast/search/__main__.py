@@ -15,7 +15,7 @@ from . import distributed
 from .config import FIXED, MACHINE_OPTIONS, PRESETS, SearchConfig, StageConfig, preset
 from .distributed import begun_by_this_job, has_pending, restart_count, world_size
 from .loop import NO_BUDGET, Search
-from .summary import closing_summary, resume_command, top_table
+from .summary import closing_summary, data_check_command, resume_command, top_table
 
 PROG = "python -m nasfast.search"
 USAGE = "%(prog)s (--out RUN_DIR | --resume RUN_DIR) [--budget N] [--time-budget T] [options]"
@@ -201,6 +201,8 @@ def _refuse(parser, message: str) -> None:
 
 def choose_run(args, parser) -> Tuple[str, SearchConfig, bool]:
     """RUN_DIR, its options, and whether to continue the search saved there."""
+    if args.tensorboard:  # only this process (rank 0 under torchrun) writes the TensorBoard log
+        check_available()
     if args.resume:
         return args.resume, _resumed_config(args, parser), True
     run_dir = args.out
@@ -309,8 +311,9 @@ def search_in_this_process(args, run_dir: str, config: SearchConfig, resume: boo
     except DataError as error:  # a file first read by a candidate (stage 2 reads every training image)
         if not os.path.exists(search.path(SEARCH_STATE)):
             raise
-        raise DataError(f"{error}; once it is mended (python -m nasfast.data --dataset {config.dataset} lists every "
-                        f"file that cannot be used), continue with {resume_command(run_dir, args.data_root)}") from None
+        check = data_check_command(config.dataset, args.data_root or search.recorded_root())
+        raise DataError(f"{error}; once it is mended ({check} lists every file that cannot be used), continue with "
+                        f"{resume_command(run_dir, args.data_root)}") from None
     print(search.spent_note(), file=sys.stderr)
     print(closing_summary(search.records, args.top, run_dir, config, args.data_root))
     return exit_status(search.records)
@@ -337,8 +340,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.budget is None and args.time_budget is None and not args.resume:  # a resume keeps its budgets
         parser.error(NO_BUDGET)
-    if args.tensorboard:
-        check_available()
     if world_size() > 1:
         return search_with_torchrun(args, lambda: choose_run(args, parser))
     run_dir, config, resume = choose_run(args, parser)

@@ -178,8 +178,8 @@ def build_context(config: SearchConfig, run_dir: str, recorded_root: Optional[st
         pixels = np.bincount(np.asarray(stage1.labels).ravel(), minlength=256)
         warning = absent_classes_warning(pixels, full.class_names, f"the {len(stage1)} stage-1 labels")
         if warning:
-            print(f"{warning} (no candidate learns them; python -m nasfast.data counts the pixels of every split)",
-                  file=sys.stderr)
+            print(f"{warning} (stage 1 cannot learn them; python -m nasfast.data counts the pixels of every "
+                  f"split)", file=sys.stderr)
     stage2_set = _Transformed(full, train_ids, TrainTransform(config.crop_size, config.scale_range, config.scale,
                                                               seed=config.seed))
     val_set = _Transformed(full, val_ids, EvalTransform(config.scale, size))

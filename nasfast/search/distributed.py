@@ -340,7 +340,8 @@ def _serve_and_work(coordinator: Coordinator, top: int, data_root: Optional[str]
         while relay_thread.is_alive():
             relay_thread.join(0.5)
     except KeyboardInterrupt:
-        coordinator.close()
+        with coordinator.lock:  # the relay thread may be logging a candidate
+            coordinator.close()
         reason = f"relay failed: {errors[0]!r}" if errors else "interrupted"
         print(f"\n{reason}: {counted(len(coordinator.records), 'candidate')} saved; torchrun restarts the processes "
               f"if its --max-restarts allows, else continue with {resume_command(coordinator.run_dir, data_root)}",

@@ -198,11 +198,12 @@ class Search:
         append_record(self.path(SEARCH_LOG), record)
         self.records.append(record)
         if self.tensorboard is not None and record["status"] == "ok":
-            best = max(r["reward"] for r in self.records if r["status"] == "ok")
-            self.tensorboard.add(record["index"], {"reward": record["reward"], "best reward": best,
+            self.tensorboard.add(record["index"], {"reward": record["reward"],
                                                    "stage-1 reward": record["stage1_reward"],
                                                    "stage-2 reward": record["stage2_reward"],
                                                    "seconds": record["seconds"]})
+            # by candidates logged: under torchrun they finish out of order
+            self.tensorboard.add(len(self.records), {"best reward": self.best_reward()})
 
     def run(self, progress: bool = True) -> List[Dict[str, Any]]:
         """Evaluates candidates until the budget of candidates or of time is spent."""

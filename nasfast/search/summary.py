@@ -59,6 +59,10 @@ def _data_root_option(data_root: Optional[str]) -> List[Optional[str]]:
     return ["--data-root", data_root] if data_root else []
 
 
+def data_check_command(dataset: str, data_root: Optional[str]) -> str:
+    return command("python", "-m", "nasfast.data", "--dataset", dataset, *_data_root_option(data_root))
+
+
 def resume_command(run_dir: str, data_root: Optional[str]) -> str:
     return command("python", "-m", "nasfast.search", "--resume", run_dir, *_data_root_option(data_root))
 
