@@ -26,7 +26,7 @@ import nasfast.ops
 from nasfast import count_madds, count_params, create_model
 from nasfast.cli import UsageError, at_least_two, positive_int, resolve_device, run
 from nasfast.export import script_for_deployment
-from nasfast.files import SEARCH_STATE
+from nasfast.files import SEARCH_LOG, SEARCH_STATE
 from nasfast.genotype import ZOO, genotype_from_option
 from nasfast.search.records import load_state
 from nasfast.search.summary import madds_text
@@ -118,8 +118,9 @@ def designs(text: str) -> List[Tuple[str, nasfast.Genotype]]:
 
 def classes_of_search(text: str) -> Optional[int]:
     """The number of classes a search recorded, when `text` names its RUN_DIR or log; else None."""
-    state = os.path.join(text if os.path.isdir(text) else os.path.dirname(text), SEARCH_STATE)
-    if text in ZOO or not os.path.isfile(state):
+    run_dir = text if os.path.isdir(text) else os.path.dirname(text) if os.path.basename(text) == SEARCH_LOG else None
+    state = run_dir and os.path.join(run_dir, SEARCH_STATE)
+    if state is None or not os.path.isfile(state):
         return None
     classes = (load_state(state).get("data") or {}).get("classes")
     return len(classes) if classes else None

@@ -152,6 +152,8 @@ def test_latency_of_a_search_counts_the_classes_it_searched_for(latency, tmp_pat
     assert latency.classes_of_search(str(tmp_path)) == 5
     assert latency.classes_of_search(str(tmp_path / "candidates.jsonl")) == 5
     assert latency.classes_of_search("arch1") is None and latency.designs(str(tmp_path))[0][1] == ZOO["arch1"]
+    (tmp_path / "design.json").write_text(json.dumps(ZOO["arch1"].to_list()))
+    assert latency.classes_of_search(str(tmp_path / "design.json")) is None  # a file beside a search: not its
 
 
 # --help of the benchmark scripts
