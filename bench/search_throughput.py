@@ -157,7 +157,8 @@ def failure(setup_name: str, result: subprocess.CompletedProcess, run_dir: Path,
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text(result.stdout + result.stderr)
     where = f"torchrun's full output: {log}" if kept else "--keep DIR keeps torchrun's full output"
-    said = child_error(result.stderr).splitlines() + result.stdout.strip().splitlines()[-2:]  # stdout: the search's summary
+    # stdout: the search's summary
+    said = child_error(result.stderr).splitlines() + result.stdout.strip().splitlines()[-2:]
     message = "\n".join("  " + line for line in said)
     return f"{PROG}: {setup_name} failed (exit {result.returncode}):\n{message}\n({where})"
 

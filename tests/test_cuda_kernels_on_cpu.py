@@ -77,7 +77,8 @@ def test_separable_forward(gpu, k, dilation, bias, C, Cout, H, W):
 @pytest.mark.parametrize("k, dilation", [(3, 1), (5, 3), (3, 6), (7, 2)])
 def test_depthwise_and_its_gradients(gpu, k, dilation):
     N, C, H, W = 2, 5, 11, 7
-    x, dw, g = random(N, C, H, W).requires_grad_(), random(C, 1, k, k, seed=1).requires_grad_(), random(N, C, H, W, seed=2)
+    x, dw = random(N, C, H, W).requires_grad_(), random(C, 1, k, k, seed=1).requires_grad_()
+    g = random(N, C, H, W, seed=2)
     y = F.conv2d(x, dw, padding=dilation * (k // 2), dilation=dilation, groups=C)
     grad_x, grad_dw = torch.autograd.grad(y, (x, dw), g)
     out, out_grad = torch.empty(N, C, H, W), torch.empty(N, C, H, W)
