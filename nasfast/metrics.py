@@ -14,8 +14,9 @@ class ConfusionMatrix:
 
     `update(logits_or_pred, target)`: logits N x C x h x w (upsampled bilinearly to the target
     size, then argmax; the native op fuses both) or integer predictions N x H x W; targets
-    N x H x W with `ignore_index` for pixels that do not count. Tensors or numpy arrays. `compute()` gives miou, fwiou,
-    mean_acc, pixel_acc, iou and acc (per class) and reward = (miou * fwiou * mean_acc) ** (1/3);
+    N x H x W with `ignore_index` for pixels that do not count; tensors or numpy arrays.
+    `compute()` gives miou, fwiou, mean_acc, pixel_acc, iou and acc (per class) and
+    reward = (miou * fwiou * mean_acc) ** (1/3);
     classes in `exclude` are left out of the three averages (their per-class values are still
     reported). The int64 matrix lives on the device of the updates. `fused` (None: when the ops
     library is loaded) picks the native update or the pure-PyTorch one.

@@ -148,8 +148,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
             self._refuse_values(label_path, values[(values < 0) | (values > 255)])
             values = values.astype(np.uint8)
         label = self.lookup[values]
-        values = np.unique(label)
-        self._refuse_values(label_path, values[(values >= self.num_classes) & (values != self.ignore_index)])
+        present = np.unique(label)
+        self._refuse_values(label_path, present[(present >= self.num_classes) & (present != self.ignore_index)])
         return image, label
 
     def _refuse_values(self, path: Path, bad: np.ndarray) -> None:

@@ -48,8 +48,8 @@ def preset_differences() -> str:
         if name == "paper":
             continue
         values = preset(name).to_dict()
-        changed = [(key, values[key]) for key in paper if key not in ("preset",) and not isinstance(paper[key], dict)
-                   and values[key] != paper[key]]
+        changed = [(key, values[key]) for key in paper
+                   if key != "preset" and not isinstance(paper[key], dict) and values[key] != paper[key]]
         changed += [(f"{stage}.{key}", values[stage][key]) for stage in ("stage1", "stage2")
                     for key in paper[stage] if values[stage][key] != paper[stage][key]]
         rows.append(textwrap.fill(f"{name}: " + " ".join(f"{flag(key)} {value}" for key, value in changed), width=96,

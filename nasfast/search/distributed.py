@@ -26,8 +26,8 @@ import torch.distributed as dist
 from ..cli import counted, reported_in_one_line
 from ..files import SEARCH_STATE, read_json, save_torch, write_json
 from ..genotype import Genotype
-from ..tensorboard import TensorBoardLog
 from ..strategies import Proposal
+from ..tensorboard import TensorBoardLog
 from .candidate import SearchContext
 from .config import SearchConfig
 from .loop import Search, evaluate_record

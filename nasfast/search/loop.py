@@ -13,8 +13,8 @@ from ..cli import counted, progress_bar
 from ..data.datasets import DataError
 from ..files import CONFIG, LOCK, SEARCH_LOG, SEARCH_STATE, append_record, lock_directory, save_torch, write_json
 from ..genotype import Genotype
-from ..tensorboard import TensorBoardLog
 from ..strategies import Proposal, make_strategy
+from ..tensorboard import TensorBoardLog
 from .candidate import SearchContext, evaluate_candidate
 from .config import SearchConfig
 from .gate import Gate
