@@ -16,7 +16,8 @@ import sysconfig
 
 from setuptools import setup
 
-# setup.py commands that compile the library; the others (sdist, egg_info, dist_info) need no torch.
+# setup.py commands that compile the library. Without one of them, an sdist is made without torch;
+# anything else (the metadata pip reads before a build too) needs the torch the ops will run with.
 BUILDS = ("build", "build_ext", "bdist_wheel", "editable_wheel", "develop", "install")
 MINIMUM_TORCH = (2, 1)
 
@@ -94,10 +95,10 @@ def torch_requirement(version: str) -> str:
 
 def main():
     requirements = ["numpy", "pillow", "tqdm"]
-    building = any(command in sys.argv for command in BUILDS)
-    torch = find_torch() if building or "sdist" not in sys.argv else None  # an sdist alone needs none
+    sdist_only = "sdist" in sys.argv and not any(command in sys.argv for command in BUILDS)
+    torch = None if sdist_only else find_torch()
     if torch is None:
-        if building:
+        if not sdist_only:  # a build, or the metadata before one (pip would fetch a torch of its own)
             sys.exit("nasfast builds its native ops against the torch it will run with, and none is installed: "
                      "pip install torch first (the build for your CUDA version: https://pytorch.org), then "
                      "pip install nasfast. If it is installed, build without isolation: pip install "

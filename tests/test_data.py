@@ -396,6 +396,9 @@ def test_folder_labels_of_16_or_1_bit(tmp_path):
     assert [Image.open(root / "labels" / n).mode for n in ("a.png", "b.png")] == ["I;16", "1"]
     data = FolderDataset(root)
     assert data.load(0)[1].tolist() == [[0, 1, 255], [1, 0, 0]] and data.load(1)[1].tolist() == [[1, 0, 0], [0, 1, 0]]
+    opaque = np.stack([np.eye(2, 3, dtype=np.uint8), np.full((2, 3), 255, np.uint8)], axis=2)
+    Image.fromarray(opaque, "LA").save(root / "labels" / "b.png")  # grey with an alpha channel, opaque
+    assert FolderDataset(root).load(1)[1].tolist() == [[1, 0, 0], [0, 1, 0]]
     assert data.label_pixels(0)[[0, 1, 255]].tolist() == [3, 2, 1]
     Image.fromarray(np.array([[0, 1, 256], [1, 0, 0]], np.uint16)).save(root / "labels" / "a.png")
     with pytest.raises(DataError, match=r"a.png: label values \[256\] are neither classes \[0, 2\) nor the ignore"):

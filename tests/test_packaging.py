@@ -49,8 +49,9 @@ def test_the_package_requires_the_torch_release_it_was_built_against():
         requirement("2.0.1")
 
 
-def test_a_build_without_torch_says_to_install_it_first():
-    result = setup_py("bdist_wheel", without_torch=True)
+@pytest.mark.parametrize("command", ["bdist_wheel", "egg_info"])  # egg_info: the metadata pip reads first
+def test_a_build_without_torch_says_to_install_it_first(command, tmp_path):
+    result = setup_py(command, *(["--egg-base", str(tmp_path)] if command == "egg_info" else []), without_torch=True)
     assert result.returncode == 1 and "none is installed: pip install torch first" in result.stderr
     assert "If it is installed, build without isolation: pip install --no-build-isolation ." in result.stderr
 

@@ -177,7 +177,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
 def _label_values(label: Image.Image, path: Path) -> np.ndarray:
     """The label's values (HxW): uint8 from an 8-bit (L, P) or 1-bit image, or from an RGB one whose
-    channels are equal (grey saved in colour); wider integers from a 16 or 32-bit one."""
+    channels are equal (grey saved in colour); wider integers from a 16 or 32-bit one. An alpha
+    channel that is opaque everywhere is dropped."""
+    if label.mode in ("LA", "RGBA") and np.asarray(label.getchannel("A")).min() == 255:
+        label = label.convert(label.mode[:-1])
     if label.mode in ("L", "P", "1"):
         return np.asarray(label).astype(np.uint8, copy=False)
     if label.mode.startswith("I"):
