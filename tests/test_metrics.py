@@ -92,6 +92,14 @@ def test_bad_inputs_are_rejected():
         ConfusionMatrix(3, exclude=(3,))
 
 
+@pytest.mark.parametrize("fused", [None, False])
+def test_uint8_targets_compare_with_the_ignore_index_as_integers(fused):
+    """255 in a uint8 target is not the ignore index -1 (uint8 arithmetic would make it so)."""
+    m = ConfusionMatrix(2, ignore_index=-1, fused=fused)
+    with pytest.raises(ValueError, match=r"target values must be in \[0, 2\) or -1"):
+        m.update(torch.tensor([[0, 1, 1]]), torch.tensor([[0, 1, 255]], dtype=torch.uint8))
+
+
 def test_classes_absent_or_only_predicted_are_handled_as_spec_says():
     # class 2: never labelled nor predicted (skipped everywhere); class 3: predicted, never labelled
     # (IoU 0 counts in mIoU, no accuracy); class 1: labelled, never predicted (IoU 0, accuracy 0).

@@ -22,8 +22,9 @@ def confusion_matrix_update_reference(matrix: Tensor, scores: Tensor, target: Te
         if scores.shape[-2:] != target.shape[-2:]:
             scores = F.interpolate(scores, size=target.shape[-2:], mode="bilinear", align_corners=False)
         scores = scores.argmax(1)
+    target = target.long()  # compared as integers: a uint8 target never equals an ignore_index of -1
     keep = target != ignore_index
-    pred, label = scores[keep].long(), target[keep].long()
+    pred, label = scores[keep].long(), target[keep]
     if label.numel() and (label.min() < 0 or label.max() >= k):
         raise ValueError(f"target values must be in [0, {k}) or {ignore_index}")
     if pred.numel() and (pred.min() < 0 or pred.max() >= k):
