@@ -8,16 +8,23 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def segmentation_loss(logits: Tensor, aux: List[Tensor], labels: Tensor, ignore_index: int,
-                      aux_weight: float) -> Tensor:
-    def ce(x: Tensor) -> Tensor:
-        x = F.interpolate(x, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-        return F.cross_entropy(x, labels, ignore_index=ignore_index)
-
-    loss = ce(logits)
+def segmentation_loss(logits: Tensor, aux: List[Tensor], labels: Tensor, ignore_index: int, aux_weight: float,
+                      teacher: Optional[Tensor] = None, distillation: float = 0.0) -> Tensor:
+    """Cross-entropy of the logits and, weighted, of each auxiliary output, all upsampled to the
+    labels' size (SPEC section 3); with a teacher, plus `distillation` times the mean squared error
+    between the student's and the teacher's logits, both at that size too."""
+    size = labels.shape[-2:]
+    student = _upsampled(logits, size)
+    loss = F.cross_entropy(student, labels, ignore_index=ignore_index)
     for a in aux:
-        loss = loss + aux_weight * ce(a)
+        loss = loss + aux_weight * F.cross_entropy(_upsampled(a, size), labels, ignore_index=ignore_index)
+    if teacher is not None and distillation > 0:
+        loss = loss + distillation * F.mse_loss(student, _upsampled(teacher, size))
     return loss
+
+
+def _upsampled(x: Tensor, size) -> Tensor:
+    return x if x.shape[-2:] == size else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 def descend(loss: Tensor, *optimizers: torch.optim.Optimizer) -> None:
@@ -27,14 +34,6 @@ def descend(loss: Tensor, *optimizers: torch.optim.Optimizer) -> None:
     loss.backward()
     for optimizer in optimizers:
         optimizer.step()
-
-
-def distillation_loss(logits: Tensor, teacher: Tensor, size) -> Tensor:
-    """The mean squared error between the student's and the teacher's logits, each upsampled to
-    `size`, the labels' (SPEC section 3: losses upsample the logits to the label size)."""
-    def resized(x: Tensor) -> Tensor:
-        return x if x.shape[-2:] == size else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-    return F.mse_loss(resized(logits), resized(teacher))
 
 
 class NonFiniteLoss(RuntimeError):

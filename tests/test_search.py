@@ -20,7 +20,7 @@ from nasfast.search.config import SearchConfig, preset
 from nasfast.search.gate import Gate
 from nasfast.search.polyak import Polyak
 from nasfast.files import read_records
-from nasfast.training import LateLossCheck, NonFiniteLoss, check_loss, distillation_loss
+from nasfast.training import LateLossCheck, NonFiniteLoss, check_loss, segmentation_loss
 
 REPO = Path(__file__).resolve().parents[1]
 FIELDS = {"index", "genotype", "reward", "stage1_reward", "stage2_reward", "gate", "status", "error",
@@ -135,9 +135,12 @@ def test_non_finite_loss_fails_the_candidate():
 def test_distillation_compares_the_logits_at_the_label_size():
     g = torch.Generator().manual_seed(0)
     student, teacher = torch.randn(2, 3, 4, 4, generator=g), torch.randn(2, 3, 16, 16, generator=g)
+    labels = torch.randint(0, 3, (2, 16, 16), generator=g)
     upsampled = torch.nn.functional.interpolate(student, size=(16, 16), mode="bilinear", align_corners=False)
     expected = ((upsampled - teacher) ** 2).mean()
-    torch.testing.assert_close(distillation_loss(student, teacher, (16, 16)), expected)
+    without = segmentation_loss(student, [], labels, 255, 0.15)
+    with_teacher = segmentation_loss(student, [], labels, 255, 0.15, teacher, 0.3)
+    torch.testing.assert_close(with_teacher - without, 0.3 * expected)
 
 
 def test_losses_are_checked_one_step_late_with_their_own_step():

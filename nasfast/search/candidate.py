@@ -11,7 +11,7 @@ from ..complexity import count_madds, count_params
 from ..decoder import Decoder
 from ..metrics import ConfusionMatrix
 from ..model import Segmenter
-from ..training import LateLossCheck, descend, distillation_loss, segmentation_loss
+from ..training import LateLossCheck, descend, segmentation_loss
 from .cache import FeatureCache
 from .config import SearchConfig
 from .polyak import Polyak
@@ -84,9 +84,8 @@ def run_stage1(decoder: Decoder, ctx: SearchContext, generator: torch.Generator)
         for feats, labels, teacher in _cached_batches(ctx.stage1, cfg.batch_size, ctx.device, generator):
             check()
             logits, aux = decoder.forward_with_aux(feats)
-            loss = segmentation_loss(logits, aux, labels, ctx.ignore_index, ctx.config.aux_weight)
-            if teacher is not None and cfg.distillation > 0:
-                loss = loss + cfg.distillation * distillation_loss(logits, teacher, labels.shape[-2:])
+            loss = segmentation_loss(logits, aux, labels, ctx.ignore_index, ctx.config.aux_weight, teacher,
+                                     cfg.distillation)
             check.defer(loss, step)
             descend(loss, optimizer)
             polyak.update(decoder)
