@@ -7,7 +7,6 @@ import math
 import sys
 from typing import Sequence, Tuple
 
-import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .checkpoint import check_classes, load_checkpoint, model_from_checkpoint
@@ -15,7 +14,7 @@ from .cli import non_negative_int, positive_float, resolve_device, run
 from .data import EvalTransform, make_dataset
 from .data.datasets import DATASETS, every_image_in_every_split, find_data_root, unsplit_note
 from .files import finite_or_none
-from .metrics import ConfusionMatrix
+from .metrics import metrics_of
 
 PROG = "python -m nasfast.evaluate"
 
@@ -36,12 +35,9 @@ def dataset_and_indices(images) -> Tuple[Dataset, Sequence[int]]:
 
 
 def evaluate_model(model, loader, num_classes, ignore_index, exclude, device) -> dict:
-    matrix = ConfusionMatrix(num_classes, ignore_index, exclude)
     model.eval()
-    with torch.no_grad():
-        for images, labels in loader:
-            matrix.update(model(images.to(device)), labels.to(device))
-    return matrix.compute()
+    return metrics_of(model, ((images.to(device), labels) for images, labels in loader), num_classes, ignore_index,
+                      exclude)
 
 
 def evaluation_loader(dataset, workers: int, batch_size: int = 8) -> DataLoader:

@@ -1,6 +1,6 @@
 """Streaming segmentation metrics and the search reward (SPEC section 5)."""
 import math
-from typing import Dict, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -88,6 +88,16 @@ class ConfusionMatrix:
             "iou": iou.tolist(), "acc": acc.tolist(),
             "reward": (miou * fwiou * mean_acc) ** (1 / 3) if min(miou, fwiou, mean_acc) >= 0 else math.nan,
         }
+
+
+@torch.no_grad()
+def metrics_of(forward: Callable[[Tensor], Tensor], batches: Iterable[Tuple[Tensor, Tensor]], num_classes: int,
+               ignore_index: int = 255, exclude: Iterable[int] = ()) -> Dict[str, object]:
+    """ConfusionMatrix.compute() over the predictions of `forward` for the (inputs, labels) batches."""
+    matrix = ConfusionMatrix(num_classes, ignore_index, exclude)
+    for inputs, labels in batches:
+        matrix.update(forward(inputs), labels)
+    return matrix.compute()
 
 
 def _ratio(a: Tensor, b: Tensor) -> Tensor:

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ..complexity import count_madds, count_params
 from ..decoder import Decoder
-from ..metrics import ConfusionMatrix
+from ..metrics import metrics_of
 from ..model import Segmenter
 from ..training import LateLossCheck, descend, segmentation_loss
 from .cache import FeatureCache
@@ -45,11 +45,7 @@ def candidate_seed(search_seed: int, index: int) -> int:
 
 
 def _score(forward: Callable[[Tensor], Tensor], batches, ctx: SearchContext) -> float:
-    matrix = ConfusionMatrix(ctx.num_classes, ignore_index=ctx.ignore_index, exclude=ctx.exclude)
-    with torch.no_grad():
-        for inputs, labels in batches:
-            matrix.update(forward(inputs), labels.to(ctx.device))
-    reward = float(matrix.compute()["reward"])
+    reward = float(metrics_of(forward, batches, ctx.num_classes, ctx.ignore_index, ctx.exclude)["reward"])
     if not math.isfinite(reward):  # no scored pixel: build_context refuses such meta-val data
         raise CandidateFailed(f"reward {reward}: meta-val holds no labelled pixel of a scored class")
     return reward
