@@ -157,7 +157,6 @@ class Coordinator(Search):
         self.workers, self.working = workers, set(range(workers))
         self.lock = threading.Lock()
         self._clock: Optional[float] = None
-        self._bar = None
 
     def state_dict(self) -> Dict[str, Any]:
         return {**super().state_dict(), "pending": dict(self.pending), "gate_decisions": dict(self.gate_decisions)}
@@ -234,7 +233,6 @@ class Coordinator(Search):
         if self._clock is not None:
             self.elapsed += now - self._clock
         self._clock = now
-
 
 
 def relay(coordinator: Coordinator, errors: List[BaseException]) -> None:
