@@ -118,9 +118,14 @@ def designs(text: str) -> List[Tuple[str, nasfast.Genotype]]:
 
 def classes_of_search(text: str) -> Optional[int]:
     """The number of classes a search recorded, when `text` names its RUN_DIR or log; else None."""
-    run_dir = text if os.path.isdir(text) else os.path.dirname(text) if os.path.basename(text) == SEARCH_LOG else None
-    state = run_dir and os.path.join(run_dir, SEARCH_STATE)
-    if state is None or not os.path.isfile(state):
+    if os.path.isdir(text):
+        run_dir = text
+    elif os.path.basename(text) == SEARCH_LOG:
+        run_dir = os.path.dirname(text) or "."
+    else:
+        return None
+    state = os.path.join(run_dir, SEARCH_STATE)
+    if not os.path.isfile(state):
         return None
     classes = (load_state(state).get("data") or {}).get("classes")
     return len(classes) if classes else None

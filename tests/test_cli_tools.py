@@ -145,12 +145,14 @@ def test_latency_names_a_genotype_file_by_its_name(latency, tmp_path):
         "arch0", "arch1", "arch2"]
 
 
-def test_latency_of_a_search_counts_the_classes_it_searched_for(latency, tmp_path):
+def test_latency_of_a_search_counts_the_classes_it_searched_for(latency, tmp_path, monkeypatch):
     record = {"index": 0, "genotype": ZOO["arch1"].to_list(), "reward": 0.5, "status": "ok"}
     (tmp_path / "candidates.jsonl").write_text(json.dumps(record) + "\n")
     torch.save({"data": {"classes": ["sky", "road", "car", "person", "other"]}}, tmp_path / "state.pt")
     assert latency.classes_of_search(str(tmp_path)) == 5
     assert latency.classes_of_search(str(tmp_path / "candidates.jsonl")) == 5
+    monkeypatch.chdir(tmp_path)
+    assert latency.classes_of_search("candidates.jsonl") == 5  # the log of the current directory
     assert latency.classes_of_search("arch1") is None and latency.designs(str(tmp_path))[0][1] == ZOO["arch1"]
     (tmp_path / "design.json").write_text(json.dumps(ZOO["arch1"].to_list()))
     assert latency.classes_of_search(str(tmp_path / "design.json")) is None  # a file beside a search: not its
