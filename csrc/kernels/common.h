@@ -80,11 +80,27 @@ NASFAST_HOST_DEVICE inline Acc bilinear_at(const T* plane, int64_t w, const Line
 // order, at most one apart, so one buffer per parity of the low row's index holds what the
 // current output row needs, and each low row passes along x once.
 
+// The taps of every output row and column, computed once and shared by all planes.
+template <typename T>
+void make_taps(LinearTap<T>* taps, int64_t in_size, int64_t out_size) {
+  for (int64_t i = 0; i < out_size; ++i) taps[i] = linear_tap<T>(i, in_size, out_size);
+}
+
 // out (W) = row (w) interpolated along x.
 template <typename T>
 NASFAST_CPU_INLINE void interpolate_row(const T* NASFAST_RESTRICT row, T* NASFAST_RESTRICT out, int64_t W,
                                         const LinearTap<T>* tx) {
   for (int64_t x = 0; x < W; ++x) out[x] = tx[x].w0 * row[tx[x].i0] + tx[x].w1 * row[tx[x].i1];
+}
+
+// grad_low (w) += row (W) spread back along x: the transpose of interpolate_row.
+template <typename T>
+NASFAST_CPU_INLINE void spread_row(const T* NASFAST_RESTRICT row, T* NASFAST_RESTRICT grad_low, int64_t W,
+                                   const LinearTap<T>* tx) {
+  for (int64_t x = 0; x < W; ++x) {
+    grad_low[tx[x].i0] += tx[x].w0 * row[x];
+    grad_low[tx[x].i1] += tx[x].w1 * row[x];
+  }
 }
 
 // Which low row each of the two buffers holds. hold(i) puts row i in buffer i & 1 and returns the

@@ -6,12 +6,6 @@
 namespace nasfast {
 namespace kernels {
 
-// CPU: the taps of every output row and column, computed once and shared by all planes.
-template <typename T>
-void make_taps(LinearTap<T>* taps, int64_t in_size, int64_t out_size) {
-  for (int64_t i = 0; i < out_size; ++i) taps[i] = linear_tap<T>(i, in_size, out_size);
-}
-
 // The interpolation runs in two passes (see common.h): 2 gathers per output pixel of a low row
 // instead of 4 per output pixel, and a vertical step that vectorises.
 
@@ -31,16 +25,6 @@ NASFAST_CPU_INLINE void upsample_add_plane(const T* high, const T* low, T* NASFA
     T* o = out + y * W;
     const T wy0 = ty[y].w0, wy1 = ty[y].w1;
     for (int64_t x = 0; x < W; ++x) o[x] = in[x] + wy0 * row0[x] + wy1 * row1[x];
-  }
-}
-
-// grad_low (w) += row (W) spread back along x: the transpose of interpolate_row.
-template <typename T>
-NASFAST_CPU_INLINE void spread_row(const T* NASFAST_RESTRICT row, T* NASFAST_RESTRICT grad_low, int64_t W,
-                                   const LinearTap<T>* tx) {
-  for (int64_t x = 0; x < W; ++x) {
-    grad_low[tx[x].i0] += tx[x].w0 * row[x];
-    grad_low[tx[x].i1] += tx[x].w1 * row[x];
   }
 }
 
