@@ -61,9 +61,12 @@ def openmp_flags():
 def ops_extension():
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
-    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp") + glob.glob("csrc/autograd/*.cpp"))
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp") + glob.glob("csrc/autograd/*.cpp") +
+                     glob.glob("csrc/any_device/*.cpp"))
     compile_openmp, link_openmp = openmp_flags()
-    flags = {"cxx": ["-O3", "-g0"] + compile_openmp}
+    # -fno-trapping-math: no code here relies on floating-point traps, and with them GCC cannot
+    # vectorise loops that select between floats before converting them (the exponentials).
+    flags = {"cxx": ["-O3", "-g0", "-fno-trapping-math"] + compile_openmp}
     if with_cuda():
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
         flags["nvcc"] = ["-O3"]

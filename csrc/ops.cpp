@@ -19,4 +19,11 @@ TORCH_LIBRARY(nasfast, m) {
   // size) for float N x K x h x w scores, or of (label, prediction) for integer N x H x W scores;
   // pixels labelled ignore_index are skipped.
   m.def("confusion_matrix_update_(Tensor(a!) matrix, Tensor scores, Tensor target, int ignore_index) -> ()");
+
+  // The mean over pixels whose label is not ignore_index of the softmax cross-entropy of N x K x h x w
+  // logits bilinearly upsampled (align_corners=False) to the N x H x W int64 labels' size: as
+  // F.cross_entropy(F.interpolate(logits, ...), target, ignore_index=ignore_index), NaN when no pixel
+  // counts. Differentiable in logits.
+  m.def("upsample_cross_entropy(Tensor logits, Tensor target, int ignore_index) -> Tensor");
+  m.def("upsample_cross_entropy_backward(Tensor grad, Tensor logits, Tensor target, int ignore_index) -> Tensor");
 }

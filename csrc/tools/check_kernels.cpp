@@ -2,6 +2,7 @@
 // C++14 compiler without torch (g++ -std=c++14, see tests/test_build.py) checks the headers the
 // Jetson's older toolchain must compile. Not part of the library build.
 #include "../kernels/confusion.h"
+#include "../kernels/cross_entropy.h"
 #include "../kernels/separable.h"
 #include "../kernels/upsample_add.h"
 
@@ -26,7 +27,13 @@ namespace kernels {
   template void pointwise_tiled<T, 64>(const T*, const T*, T*, const T*, int64_t, int64_t, int64_t, int64_t, int64_t); \
   template void bias_relu_rows<T>(T*, const T*, int64_t, int64_t, int64_t);                                         \
   template T depthwise_at<T, T>(const T*, const T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t);          \
-  template T depthwise_input_grad_at<T, T>(const T*, const T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t);
+  template T depthwise_input_grad_at<T, T>(const T*, const T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t); \
+  template void cross_entropy_image<T>(const T*, const int64_t*, int64_t, int64_t, int64_t, int64_t, int64_t,        \
+                                       int64_t, const LinearTap<T>*, const LinearTap<T>*, T*, double*, int64_t*,    \
+                                       int64_t*);                                                                   \
+  template void cross_entropy_backward_image<T>(const T*, const int64_t*, T*, T, int64_t, int64_t, int64_t, int64_t,  \
+                                                int64_t, int64_t, const LinearTap<T>*, const LinearTap<T>*, T*,     \
+                                                int64_t*, int64_t*);
 
 NASFAST_INSTANTIATE(float)
 NASFAST_INSTANTIATE(double)
