@@ -7,19 +7,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .ops import upsample_cross_entropy
+
 
 def segmentation_loss(logits: Tensor, aux: List[Tensor], labels: Tensor, ignore_index: int, aux_weight: float,
                       teacher: Optional[Tensor] = None, distillation: float = 0.0) -> Tensor:
     """Cross-entropy of the logits and, weighted, of each auxiliary output, all upsampled to the
     labels' size (SPEC section 3); with a teacher, plus `distillation` times the mean squared error
     between the student's and the teacher's logits, both at that size too."""
-    size = labels.shape[-2:]
-    student = _upsampled(logits, size)
-    loss = F.cross_entropy(student, labels, ignore_index=ignore_index)
+    if teacher is None or distillation <= 0:
+        loss = upsample_cross_entropy(logits, labels, ignore_index)
+    else:
+        student = _upsampled(logits, labels.shape[-2:])
+        loss = F.cross_entropy(student, labels, ignore_index=ignore_index)
+        loss = loss + distillation * F.mse_loss(student, _upsampled(teacher, labels.shape[-2:]))
     for a in aux:
-        loss = loss + aux_weight * F.cross_entropy(_upsampled(a, size), labels, ignore_index=ignore_index)
-    if teacher is not None and distillation > 0:
-        loss = loss + distillation * F.mse_loss(student, _upsampled(teacher, size))
+        loss = loss + aux_weight * upsample_cross_entropy(a, labels, ignore_index)
     return loss
 
 

@@ -132,6 +132,19 @@ def test_non_finite_loss_fails_the_candidate():
     check_loss(torch.tensor(1.0), 1, 0)
 
 
+def test_segmentation_loss_is_the_cross_entropy_of_the_upsampled_logits_plus_the_weighted_aux_ones():
+    g = torch.Generator().manual_seed(0)
+    logits, aux = torch.randn(2, 3, 4, 4, generator=g), [torch.randn(2, 3, 8, 8, generator=g)]
+    labels = torch.randint(0, 3, (2, 16, 16), generator=g)
+    labels[0, :4] = 255
+
+    def cross_entropy(x):
+        up = torch.nn.functional.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False)
+        return torch.nn.functional.cross_entropy(up, labels, ignore_index=255)
+    torch.testing.assert_close(segmentation_loss(logits, aux, labels, 255, 0.15),
+                               cross_entropy(logits) + 0.15 * cross_entropy(aux[0]))
+
+
 def test_distillation_compares_the_logits_at_the_label_size():
     g = torch.Generator().manual_seed(0)
     student, teacher = torch.randn(2, 3, 4, 4, generator=g), torch.randn(2, 3, 16, 16, generator=g)
