@@ -5,7 +5,7 @@ interleaved repetition by repetition (so that a load spike on a shared machine h
 prints median times (ms), the ratio reference / fused (> 1: fused is faster) and the spread
 (interquartile range over median, in %) of the fused time.
 
-    python bench/ops.py [--device cpu|cuda] [--quick] [--threads N] [--only sep|upsample|reward]
+    python bench/ops.py [--device cpu|cuda] [--quick] [--threads N] [--only sep|upsample|reward|loss]
     python bench/ops.py --quick --only reward        # a check in a few seconds
 
 On the CPU, glibc's malloc returns large blocks to the system and takes them back with page
@@ -36,6 +36,10 @@ SEPARABLE_SHAPES = [(8, 48, 32), (8, 48, 64), (8, 48, 128), (8, 64, 64), (8, 64,
 SEPARABLE_SHAPES_QUICK = [(8, 48, 64), (64, 48, 32)]
 UPSAMPLE_SIZES = [(32, 16), (64, 32), (128, 64), (128, 32), (60, 23)]  # (high, low) sides
 REWARD_BATCHES = (2, 8)
+# (batch, logits side, labels side): CamVid's 11 classes in the search's stage 1, presets tiny (labels
+# 90x120), fast (270x360, logits at stride 4 or 8) and paper (360x480)
+LOSS_SHAPES = [(8, (23, 30), (90, 120)), (64, (34, 45), (270, 360)), (64, (68, 90), (270, 360)),
+               (64, (90, 120), (360, 480))]
 PROG = Path(__file__).name
 
 
@@ -177,6 +181,29 @@ def bench_reward(device, repeats, quick):
             print(read_once(logits, target, statistics.median(times[1]), device, repeats), flush=True)
 
 
+def bench_loss(device, repeats, quick):
+    """The cross-entropy of upsampled logits, as a candidate's losses (the native op is the CPU's)."""
+    for backward in (False, True):
+        header("upsample_cross_entropy " + ("forward+backward" if backward else "forward"))
+        for n, low, size in (LOSS_SHAPES[1:2] if quick else LOSS_SHAPES):
+            g = torch.Generator().manual_seed(0)
+            logits = torch.randn(n, 11, *low, generator=g).to(device).requires_grad_(backward)
+            target = torch.randint(0, 11, (n, *size), generator=g).to(device)
+            target[:, :16] = 255
+            functions = (ops.upsample_cross_entropy_reference, torch.ops.nasfast.upsample_cross_entropy)
+            check(functions[1](logits, target, 255), functions[0](logits, target, 255), "upsample_cross_entropy")
+
+            def step(f):
+                def loss_step():
+                    logits.grad = None
+                    loss = f(logits, target, 255)
+                    if backward:
+                        loss.backward()
+                return loss_step
+            case = f"N={n} {low[0]}x{low[1]}->{size[0]}x{size[1]}"
+            print(row(case, *interleaved([step(f) for f in functions], device, repeats)), flush=True)
+
+
 def read_once(logits, target, fused_ms: float, device, repeats) -> str:
     """The floor a streaming reward can reach: reading its inputs once at full memory bandwidth,
     measured as a plain reduction over the logits and over the labels."""
@@ -192,7 +219,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to time the ops [cpu]")
     parser.add_argument("--quick", action="store_true", help="fewer shapes and repetitions")
     parser.add_argument("--threads", type=positive_int, help="torch.set_num_threads (CPU) [torch's choice]")
-    parser.add_argument("--only", choices=["sep", "upsample", "reward"], help="one family of ops")
+    parser.add_argument("--only", choices=["sep", "upsample", "reward", "loss"], help="one family of ops")
     parser.add_argument("--system-malloc", action="store_true",
                         help="keep glibc's default malloc thresholds instead of re-running with raised ones "
                              "(see above)")
@@ -221,6 +248,8 @@ def main(argv=None) -> int:
         bench_upsample_add(device, repeats, args.quick)
     if args.only in (None, "reward"):
         bench_reward(device, 3 if args.quick else 10, args.quick)
+    if args.only in (None, "loss"):
+        bench_loss(device, 3 if args.quick else 10, args.quick)
     return 0
 
 

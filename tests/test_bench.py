@@ -3,6 +3,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+import nasfast.ops as ops
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -35,3 +39,13 @@ def test_search_data_table(camvid_root):
     assert "MB kept" in lines[0] and " 0 MB kept" not in lines[0]
     rows = [line.split() for line in lines[2:]]
     assert [row[0] for row in rows] == ["1", "2"] and all(row[3].endswith("x") for row in rows)
+
+
+@pytest.mark.skipif(not ops.available(), reason="native ops library not built")
+def test_ops_loss_table_on_cpu():
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "ops.py"), "--quick", "--only", "loss",
+                             "--threads", "2"], capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=600)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines() if line.startswith("N=64 34x45->270x360")]
+    assert len(rows) == 2 and all(row[-2].endswith("x") and float(row[-2][:-1]) > 0 for row in rows)
