@@ -3,7 +3,7 @@
 // are hundreds of MB per loss, and writing and reading them costs more than the arithmetic):
 // each label row's K upsampled logits are blended from two low rows interpolated along x once
 // (common.h), and the gradient goes back the same way, transposed. CPU only (see
-// csrc/aten_cuda/cross_entropy.cpp for the GPU).
+// csrc/any_device/cross_entropy.cpp for the GPU).
 #pragma once
 #include <cmath>
 #include <cstring>
@@ -14,9 +14,9 @@ namespace nasfast {
 namespace kernels {
 
 // exp(x) for the softmax's x <= 0. std::exp is a library call per element; this form vectorises:
-// Cephes' expf, exp(r) on [-ln 2 / 2, ln 2 / 2] by a polynomial, times 2^n, within 2 ulp of
+// Cephes' expf, exp(r) on [-ln 2 / 2, ln 2 / 2] by a polynomial, times 2^n, within 1 ulp of
 // exp down to -87 (where exp leaves float's normal range; below, exp(-87) ~ 1.6e-38, nothing
-// next to the largest term's 1). NaN stays NaN.
+// next to the largest term's 1). NaN stays NaN. Needs IEEE arithmetic as written (no -ffast-math).
 template <typename T>
 NASFAST_CPU_INLINE T exp_nonpositive(T x) {
   return std::exp(x);
