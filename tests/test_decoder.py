@@ -1,10 +1,12 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from nasfast.cell import Cell, cell_outputs
 from nasfast.complexity import count_params
 from nasfast.decoder import Decoder
 from nasfast.genotype import Genotype
+from nasfast.operations import GlobalPooling
 import nasfast.ops
 
 SHAPES_512 = [(24, 128, 128), (32, 64, 64), (96, 32, 32), (320, 16, 16)]
@@ -134,3 +136,17 @@ def test_fused_decoder_values_and_gradients_match_reference_in_float64(name, dev
     fused.eval()
     reference.eval()
     torch.testing.assert_close(torch.jit.script(fused)(x), reference(x), rtol=1e-10, atol=1e-10)
+
+
+def test_gap_broadcasts_its_pooled_map_as_bilinear_upsampling_would():
+    gap = GlobalPooling(4)
+    x = torch.randn(2, 4, 9, 13, requires_grad=True)
+    grad = torch.randn(2, 4, 9, 13)
+    results = []
+    for upsample in (None, lambda y: F.interpolate(y, size=(9, 13), mode="bilinear", align_corners=False)):
+        x.grad = None
+        out = gap(x) if upsample is None else upsample(gap.project(F.adaptive_avg_pool2d(x, 1)))
+        out.backward(grad)
+        results.append((out, x.grad))
+    torch.testing.assert_close(results[0], results[1])
+    assert torch.equal(results[0][0], results[0][0][:, :, :1, :1].expand(-1, -1, 9, 13))
