@@ -43,13 +43,14 @@ inline void check_upsample_add(const at::Tensor& high, const at::Tensor& low) {
   TORCH_CHECK(low.size(2) > 0 && low.size(3) > 0, "upsample_add: low must not be empty, got ", low.sizes());
 }
 
-// logits: N x K x h x w, non-empty; target: N x H x W int64. The kernels count the labels out of
+// logits: N x K x h x w, non-empty; target: N x H x W int64, H and W not 0. The kernels count the labels out of
 // range (neither in [0, K) nor ignore_index) and refuse them with fail_on_bad_label.
 inline void check_cross_entropy(const at::Tensor& logits, const at::Tensor& target) {
   TORCH_CHECK(logits.dim() == 4 && logits.size(1) > 0 && logits.size(2) > 0 && logits.size(3) > 0,
               "upsample_cross_entropy: logits must be a non-empty N x K x h x w tensor, got ", logits.sizes());
-  TORCH_CHECK(target.dim() == 3 && target.size(0) == logits.size(0),
-              "upsample_cross_entropy: target must be N x H x W with N = ", logits.size(0), ", got ", target.sizes());
+  TORCH_CHECK(target.dim() == 3 && target.size(0) == logits.size(0) && target.size(1) > 0 && target.size(2) > 0,
+              "upsample_cross_entropy: target must be N x H x W with N = ", logits.size(0), " and H, W > 0, got ",
+              target.sizes());
   TORCH_CHECK(logits.scalar_type() == at::kFloat || logits.scalar_type() == at::kDouble,
               "upsample_cross_entropy: logits must be float32 or float64, got ", logits.scalar_type());
   TORCH_CHECK(target.scalar_type() == at::kLong, "upsample_cross_entropy: target must be int64, got ",

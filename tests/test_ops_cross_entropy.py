@@ -68,6 +68,24 @@ def test_large_and_far_apart_logits_stay_exact():
 
 
 @needs_ops
+@pytest.mark.parametrize("dtype, offset", [(torch.float32, 1e8), (torch.float64, 1e17)])
+def test_huge_logits_keep_the_log_sum(dtype, offset):
+    logits, target = inputs((8, 8), (4, 4), classes=2, dtype=dtype, scale=0.0)
+    logits += offset  # every class equal: log 2 per pixel, lost if the sum is taken next to the offset
+    loss = torch.ops.nasfast.upsample_cross_entropy(logits, target, IGNORE)
+    torch.testing.assert_close(loss, torch.tensor(0.6931471805599453, dtype=dtype))
+
+
+@needs_ops
+def test_infinite_logits_at_the_labels_size_are_not_blended_into_their_neighbours():
+    logits, target = inputs((7, 9), (7, 9))
+    logits[:, 1, 3, 4] = -float("inf")
+    fused = loss_and_gradient(torch.ops.nasfast.upsample_cross_entropy, logits, target)
+    assert fused[0].isfinite() and fused[1].isfinite().all()
+    torch.testing.assert_close(fused, loss_and_gradient(upsample_cross_entropy_reference, logits, target))
+
+
+@needs_ops
 def test_non_contiguous_and_channels_last_inputs():
     logits, target = inputs((24, 32), (9, 11), classes=4)
     for x, t in [(logits.transpose(2, 3), target.transpose(1, 2)),
@@ -118,7 +136,7 @@ def test_bad_arguments_are_rejected():
     bad = [((logits, out_of_range), r"target values must be in \[0, 5\) or 255"), ((logits, negative), "in \\[0, 5\\)"),
            ((logits, target.int()), "target must be int64"), ((logits.half(), target), "float32 or float64"),
            ((logits, target[:1]), "N x H x W with N = 2"), ((logits[0], target), "N x K x h x w"),
-           ((logits[:, :, :0], target), "non-empty")]
+           ((logits[:, :, :0], target), "non-empty"), ((logits, target[:, :, :0]), "H, W > 0")]
     for args, message in bad:
         with pytest.raises(RuntimeError, match=message):
             torch.ops.nasfast.upsample_cross_entropy(*args, IGNORE)

@@ -64,26 +64,34 @@ NASFAST_CPU_INLINE void softmax_sums(T* NASFAST_RESTRICT z, T* NASFAST_RESTRICT 
   }
 }
 
-// The logits of one image (K planes of h x w) upsampled row by row: the label rows must come in
-// order. `lows`: 2 x K x W values, the x-interpolated low rows of each parity (common.h).
+// The logits of one image (K planes of h x w) upsampled row by row: the label rows (H x W) must
+// come in order. `lows`: 2 x K x W values, the x-interpolated low rows of each parity (common.h).
 template <typename T>
 struct UpsampledRows {
   const T* logits;
-  int64_t K, h, w, W;
+  int64_t K, h, w, H, W;
   const LinearTap<T>* tx;
   T* lows;
   ParityRows held;
 
   // z (K x W) = the upsampled logits of the label row with vertical tap ty. retire(i) is called
-  // for each low row i that no later label row reads, before its buffer is reused.
+  // for each low row i that no later label row reads, before its buffer is reused. Logits of the
+  // labels' size are copied, not blended with weight 0 (an infinite neighbour would make NaN), as
+  // the reference does not interpolate them.
   template <typename Retire>
   NASFAST_CPU_INLINE void row(const LinearTap<T>& ty, T* NASFAST_RESTRICT z, Retire retire) {
+    const bool same_size = h == H && w == W;
     for (int j = 0; j < 2; ++j) {
       const int64_t i = j == 0 ? ty.i0 : ty.i1;
       const int64_t previous = held.hold(i);
       if (previous == i) continue;
       if (previous >= 0) retire(previous);
+      if (same_size) continue;
       for (int64_t k = 0; k < K; ++k) interpolate_row(logits + (k * h + i) * w, lows + ((i & 1) * K + k) * W, W, tx);
+    }
+    if (same_size) {
+      for (int64_t k = 0; k < K; ++k) std::memcpy(z + k * W, logits + (k * h + ty.i0) * w, W * sizeof(T));
+      return;
     }
     const T* row0 = lows + (ty.i0 & 1) * K * W;
     const T* row1 = lows + (ty.i1 & 1) * K * W;
@@ -112,7 +120,7 @@ NASFAST_CPU_INLINE void cross_entropy_image(const T* logits, const int64_t* targ
                                             int64_t H, int64_t W, int64_t ignore_index, const LinearTap<T>* ty,
                                             const LinearTap<T>* tx, T* scratch, double* sum, int64_t* count,
                                             int64_t* invalid) {
-  UpsampledRows<T> rows{logits, K, h, w, W, tx, scratch, {}};
+  UpsampledRows<T> rows{logits, K, h, w, H, W, tx, scratch, {}};
   T* z = scratch + 2 * K * W;
   T* m = z + K * W;
   T* s = m + W;
@@ -123,7 +131,7 @@ NASFAST_CPU_INLINE void cross_entropy_image(const T* logits, const int64_t* targ
     T row_sum = T(0);
     for (int64_t x = 0; x < W; ++x) {
       if (!counted(labels[x], K, ignore_index, invalid)) continue;
-      row_sum += m[x] + std::log(s[x]) - z[labels[x] * W + x];
+      row_sum += (m[x] - z[labels[x] * W + x]) + std::log(s[x]);  // m + log(s) would round log(s) away
       *count += 1;
     }
     *sum += static_cast<double>(row_sum);
@@ -141,7 +149,7 @@ NASFAST_CPU_INLINE void cross_entropy_backward_image(const T* logits, const int6
                                                      int64_t ignore_index, const LinearTap<T>* ty,
                                                      const LinearTap<T>* tx, T* scratch, int64_t* count,
                                                      int64_t* invalid) {
-  UpsampledRows<T> rows{logits, K, h, w, W, tx, scratch, {}};
+  UpsampledRows<T> rows{logits, K, h, w, H, W, tx, scratch, {}};
   T* z = scratch + 2 * K * W;
   T* grads = z + K * W;
   T* m = grads + 2 * K * W;
