@@ -93,13 +93,18 @@ inline void fail_on_bad_prediction(bool bad, int64_t K) {
   TORCH_CHECK(!bad, "confusion_matrix_update_: predictions must be in [0, ", K, ")");
 }
 
+// Whether a value of `values` lies outside [0, K) where `counted` holds (in ATen: one pass, one sync).
+inline bool any_outside(const at::Tensor& values, const at::Tensor& counted, int64_t K) {
+  return counted.logical_and(values.lt(0).logical_or(values.ge(K))).any().item<bool>();
+}
+
 // Those checks in ATen (the CPU backend's; the CUDA one checks in one kernel pass).
 inline void check_confusion_values(const at::Tensor& labels, const at::Tensor& scores, int64_t K,
                                    int64_t ignore_index) {
   const at::Tensor counted = labels.ne(ignore_index);
-  fail_on_bad_target(counted.logical_and(labels.lt(0).logical_or(labels.ge(K))).any().item<bool>(), K, ignore_index);
+  fail_on_bad_target(any_outside(labels, counted, K), K, ignore_index);
   if (!at::isFloatingType(scores.scalar_type())) {
-    fail_on_bad_prediction(counted.logical_and(scores.lt(0).logical_or(scores.ge(K))).any().item<bool>(), K);
+    fail_on_bad_prediction(any_outside(scores, counted, K), K);
   }
 }
 

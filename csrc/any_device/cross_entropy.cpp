@@ -16,9 +16,7 @@ at::Tensor upsampled(const at::Tensor& logits, const at::Tensor& target) {
 }
 
 void check_labels(const at::Tensor& logits, const at::Tensor& target, int64_t ignore_index) {
-  const int64_t K = logits.size(1);
-  const at::Tensor out_of_range = target.lt(0).logical_or(target.ge(K)).logical_and(target.ne(ignore_index));
-  fail_on_bad_label(out_of_range.any().item<bool>(), K, ignore_index);
+  fail_on_bad_label(any_outside(target, target.ne(ignore_index), logits.size(1)), logits.size(1), ignore_index);
 }
 
 at::Tensor upsample_cross_entropy_composite(const at::Tensor& logits, const at::Tensor& target, int64_t ignore_index) {
