@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .ops import upsample_cross_entropy
+from .ops.upsample_add import upsampled
 
 
 def segmentation_loss(logits: Tensor, aux: List[Tensor], labels: Tensor, ignore_index: int, aux_weight: float,
@@ -18,16 +19,12 @@ def segmentation_loss(logits: Tensor, aux: List[Tensor], labels: Tensor, ignore_
     if teacher is None or distillation <= 0:
         loss = upsample_cross_entropy(logits, labels, ignore_index)
     else:
-        student = _upsampled(logits, labels.shape[-2:])
+        student = upsampled(logits, labels.shape[-2:])  # for both losses
         loss = F.cross_entropy(student, labels, ignore_index=ignore_index)
-        loss = loss + distillation * F.mse_loss(student, _upsampled(teacher, labels.shape[-2:]))
+        loss = loss + distillation * F.mse_loss(student, upsampled(teacher, labels.shape[-2:]))
     for a in aux:
         loss = loss + aux_weight * upsample_cross_entropy(a, labels, ignore_index)
     return loss
-
-
-def _upsampled(x: Tensor, size) -> Tensor:
-    return x if x.shape[-2:] == size else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 def descend(loss: Tensor, *optimizers: torch.optim.Optimizer) -> None:

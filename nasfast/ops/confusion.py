@@ -5,10 +5,10 @@ then argmax; the native op fuses both, so neither map is materialised) or intege
 N x H x W; `target` is N x H x W with `ignore_index` for pixels that do not count.
 """
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .library import available, native_for, register_fake
+from .upsample_add import upsampled
 
 if available():
     @register_fake("nasfast::confusion_matrix_update_")
@@ -19,9 +19,7 @@ if available():
 def confusion_matrix_update_reference(matrix: Tensor, scores: Tensor, target: Tensor, ignore_index: int) -> None:
     k = matrix.shape[0]
     if scores.is_floating_point():
-        if scores.shape[-2:] != target.shape[-2:]:
-            scores = F.interpolate(scores, size=target.shape[-2:], mode="bilinear", align_corners=False)
-        scores = scores.argmax(1)
+        scores = upsampled(scores, target.shape[-2:]).argmax(1)
     target = target.long()  # compared as integers: a uint8 target never equals an ignore_index of -1
     keep = target != ignore_index
     pred, label = scores[keep].long(), target[keep]

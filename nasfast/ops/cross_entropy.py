@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .library import available, register_fake
+from .upsample_add import upsampled
 
 if available():
     @register_fake("nasfast::upsample_cross_entropy")
@@ -17,10 +18,7 @@ if available():
 
 
 def upsample_cross_entropy_reference(logits: Tensor, target: Tensor, ignore_index: int = 255) -> Tensor:
-    size = target.shape[-2:]
-    if logits.shape[-2:] != size:
-        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-    return F.cross_entropy(logits, target, ignore_index=ignore_index)
+    return F.cross_entropy(upsampled(logits, target.shape[-2:]), target, ignore_index=ignore_index)
 
 
 def upsample_cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = 255) -> Tensor:

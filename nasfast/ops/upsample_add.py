@@ -15,6 +15,12 @@ if available():
         return grad.new_empty(low_size)
 
 
+def upsampled(x: Tensor, size) -> Tensor:
+    """x bilinearly upsampled (align_corners=False) to `size`, or x itself when it has that size:
+    how the references of the ops that upsample logits to the labels' size read them."""
+    return x if x.shape[-2:] == size else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
 def upsample_add_reference(high: Tensor, low: Tensor) -> Tensor:
     return high + F.interpolate(low, size=high.shape[-2:], mode="bilinear", align_corners=False)
 
