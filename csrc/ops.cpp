@@ -26,4 +26,10 @@ TORCH_LIBRARY(nasfast, m) {
   // counts. Differentiable in logits.
   m.def("upsample_cross_entropy(Tensor logits, Tensor target, int ignore_index) -> Tensor");
   m.def("upsample_cross_entropy_backward(Tensor grad, Tensor logits, Tensor target, int ignore_index) -> Tensor");
+
+  // CPU tensors' memory: frees the blocks kept, then keeps freed blocks of 1 MiB or more for reuse
+  // by size, up to `capacity` bytes (0, the default: none); returns the capacity before. And the
+  // bytes kept now.
+  m.def("set_cpu_memory_cache(int capacity) -> int");
+  m.def("cpu_memory_cached() -> int");
 }
