@@ -115,6 +115,8 @@ def resolve_device(name: str = "auto"):
     """The torch.device of auto (a GPU when there is one), cpu, cuda or cuda:N; UsageError for what
     this machine lacks."""
     import torch  # not for --help
+    from .ops.memory import default_capacity
+    default_capacity()  # a bad NASFAST_CPU_CACHE_GB fails now, not when the first training starts
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

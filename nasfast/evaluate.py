@@ -15,6 +15,7 @@ from .data import EvalTransform, make_dataset
 from .data.datasets import DATASETS, every_image_in_every_split, find_data_root, unsplit_note
 from .files import finite_or_none
 from .metrics import metrics_of
+from .ops.memory import cpu_memory_cache
 
 PROG = "python -m nasfast.evaluate"
 
@@ -36,8 +37,9 @@ def dataset_and_indices(images) -> Tuple[Dataset, Sequence[int]]:
 
 def evaluate_model(model, loader, num_classes, ignore_index, exclude, device) -> dict:
     model.eval()
-    return metrics_of(model, ((images.to(device), labels) for images, labels in loader), num_classes, ignore_index,
-                      exclude)
+    with cpu_memory_cache(device):
+        return metrics_of(model, ((images.to(device), labels) for images, labels in loader), num_classes,
+                          ignore_index, exclude)
 
 
 def evaluation_loader(dataset, workers: int, batch_size: int = 8) -> DataLoader:

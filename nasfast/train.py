@@ -25,6 +25,7 @@ from .files import (BEST, CONFIG, LAST, SEARCH_FILES, TRAINING_FILES, TRAINING_L
                     lock_directory, read_json, save_torch, write_json)
 from .genotype import ZOO, Genotype, genotype_from_option
 from .model import FINAL_CHANNELS, FINAL_SEP_REPEATS, create_model
+from .ops.memory import cpu_memory_cache
 from .tensorboard import TensorBoardLog, check_available
 from .training import LateLossCheck, NonFiniteLoss, descend, segmentation_loss
 
@@ -251,7 +252,9 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
             model.train()
             bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
                                disable=args.no_progress, leave=False)
-            loss = train_epoch(model, bar, epoch, optimizers, config, ignore_index, device, (args.out, saved_epochs))
+            with cpu_memory_cache(device):
+                loss = train_epoch(model, bar, epoch, optimizers, config, ignore_index, device,
+                                   (args.out, saved_epochs))
             metrics = evaluate_model(model, val_loader, num_classes, ignore_index, (), device)
             improved = better(metrics["miou"], best)
             best = metrics["miou"] if improved else best

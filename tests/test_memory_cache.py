@@ -5,7 +5,9 @@ import pytest
 import torch
 
 import nasfast.ops as ops
+from nasfast.cli import resolve_device
 from nasfast.decoder import Decoder
+from nasfast.evaluate import evaluate_model
 from nasfast.ops.memory import cpu_memory_cache, cpu_memory_cached, default_capacity
 from nasfast.training import descend, segmentation_loss
 
@@ -85,6 +87,13 @@ def test_only_for_the_cpu_and_off_with_the_environment_variable(monkeypatch):
     assert default_capacity() == 512 * MB
 
 
+@pytest.mark.parametrize("value", ["-1", "lots", "nan"])
+def test_a_bad_environment_variable_is_refused_before_any_work(monkeypatch, value):
+    monkeypatch.setenv("NASFAST_CPU_CACHE_GB", value)
+    with pytest.raises(ValueError, match="NASFAST_CPU_CACHE_GB must be a number of GB >= 0"):
+        resolve_device("cpu")
+
+
 @needs_ops
 def test_a_negative_capacity_is_refused_by_the_op():
     with pytest.raises(RuntimeError, match="capacity must be >= 0"):
@@ -144,3 +153,18 @@ def test_a_forked_child_neither_inherits_the_kept_blocks_nor_keeps_its_own():
         assert report == "0 0"
         assert cpu_memory_cached() == 8 * MB  # the parent's are still kept
 
+
+@needs_ops
+def test_evaluation_keeps_freed_memory_between_batches_and_frees_it_after():
+    seen = []
+
+    class Recording(torch.nn.Module):
+        def forward(self, images):
+            seen.append(cpu_memory_cached())
+            return images.repeat(1, 2, 1, 1)  # 2 classes, 4 MiB of logits
+
+    batches = [(torch.randn(8, 1, 256, 256), torch.randint(0, 2, (8, 256, 256))) for _ in range(3)]
+    metrics = evaluate_model(Recording(), batches, 2, 255, (), torch.device("cpu"))
+    assert 0 <= metrics["miou"] <= 1
+    assert seen[0] == 0 and min(seen[1:]) >= 4 * MB
+    assert cpu_memory_cached() == 0

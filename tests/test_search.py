@@ -11,16 +11,18 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import nasfast.ops as ops
 from conftest import has_tensorboard, tensorboard_scalars
 from nasfast.decoder import Decoder
 from nasfast.genotype import ZOO
+from nasfast.ops.memory import cpu_memory_cached
 from nasfast.search.cache import FeatureCache
 from nasfast.search.candidate import CandidateFailed
 from nasfast.search.config import SearchConfig, preset
 from nasfast.search.gate import Gate
 from nasfast.search.polyak import Polyak
 from nasfast.files import read_records
-from nasfast.training import LateLossCheck, NonFiniteLoss, check_loss, segmentation_loss
+from nasfast.training import LateLossCheck, NonFiniteLoss, check_loss, descend, segmentation_loss
 
 REPO = Path(__file__).resolve().parents[1]
 FIELDS = {"index", "genotype", "reward", "stage1_reward", "stage2_reward", "gate", "status", "error",
@@ -213,6 +215,27 @@ def test_stage1_applies_its_polyak_average_to_the_decoder(monkeypatch):
     trained = list(decoder.parameters())
     assert all(torch.equal(p, average) for p, average in zip(trained, averages[0].average.parameters()))
     assert sum(not torch.equal(p, start) for p, start in zip(trained, before)) > len(before) // 2
+
+
+@pytest.mark.skipif(not ops.available(), reason="native ops library not built")
+def test_stage1_keeps_freed_memory_for_its_next_steps_and_frees_it_after(monkeypatch):
+    import nasfast.search.candidate as candidate
+    kept = []
+
+    def descend_and_look(loss, *optimizers):
+        descend(loss, *optimizers)
+        kept.append(cpu_memory_cached())
+    monkeypatch.setattr(candidate, "descend", descend_and_look)
+    g = torch.Generator().manual_seed(0)
+    shapes = [(24, 64, 64), (32, 32, 32), (96, 16, 16), (320, 8, 8)]
+    cache = FeatureCache([torch.randn(8, *s, generator=g) for s in shapes],
+                         torch.randint(0, 3, (8, 64, 64), generator=g))
+    ctx = SimpleNamespace(config=preset("tiny"), stage1=cache, stage1_val=cache, device=torch.device("cpu"),
+                          num_classes=3, ignore_index=255, exclude=())
+    decoder = Decoder(ZOO["arch0"], in_channels=[s[0] for s in shapes], num_classes=3, channels=32)
+    candidate.run_stage1(decoder, ctx, torch.Generator().manual_seed(1))
+    assert len(kept) == 2 and min(kept) > 2 ** 20  # the steps' activations, 1 MiB blocks and more
+    assert cpu_memory_cached() == 0
 
 
 def test_cache_is_memory_mapped_when_large(tmp_path):

@@ -11,6 +11,7 @@ from ..complexity import count_madds, count_params
 from ..decoder import Decoder
 from ..metrics import metrics_of
 from ..model import Segmenter
+from ..ops.memory import cpu_memory_cache
 from ..training import LateLossCheck, descend, segmentation_loss
 from .cache import FeatureCache
 from .config import SearchConfig
@@ -45,7 +46,8 @@ def candidate_seed(search_seed: int, index: int) -> int:
 
 
 def _score(forward: Callable[[Tensor], Tensor], batches, ctx: SearchContext) -> float:
-    reward = float(metrics_of(forward, batches, ctx.num_classes, ctx.ignore_index, ctx.exclude)["reward"])
+    with cpu_memory_cache(ctx.device):
+        reward = float(metrics_of(forward, batches, ctx.num_classes, ctx.ignore_index, ctx.exclude)["reward"])
     if not math.isfinite(reward):  # no scored pixel: build_context refuses such meta-val data
         raise CandidateFailed(f"reward {reward}: meta-val holds no labelled pixel of a scored class")
     return reward
@@ -76,16 +78,17 @@ def run_stage1(decoder: Decoder, ctx: SearchContext, generator: torch.Generator)
     polyak = Polyak(decoder, cfg.polyak_decay)
     decoder.train()
     step, check = 0, LateLossCheck(1)
-    for _ in range(cfg.epochs):
-        for feats, labels, teacher in _cached_batches(ctx.stage1, cfg.batch_size, ctx.device, generator):
-            check()
-            logits, aux = decoder.forward_with_aux(feats)
-            loss = segmentation_loss(logits, aux, labels, ctx.ignore_index, ctx.config.aux_weight, teacher,
-                                     cfg.distillation)
-            check.defer(loss, step)
-            descend(loss, optimizer)
-            polyak.update(decoder)
-            step += 1
+    with cpu_memory_cache(ctx.device):  # each phase frees what it kept: the next allocates other sizes
+        for _ in range(cfg.epochs):
+            for feats, labels, teacher in _cached_batches(ctx.stage1, cfg.batch_size, ctx.device, generator):
+                check()
+                logits, aux = decoder.forward_with_aux(feats)
+                loss = segmentation_loss(logits, aux, labels, ctx.ignore_index, ctx.config.aux_weight, teacher,
+                                         cfg.distillation)
+                check.defer(loss, step)
+                descend(loss, optimizer)
+                polyak.update(decoder)
+                step += 1
     check()
     decoder.load_state_dict(polyak.average.state_dict())
     batches = ((feats, labels) for feats, labels, _ in
@@ -100,16 +103,17 @@ def run_stage2(decoder: Decoder, ctx: SearchContext, seed: int) -> float:
     optimizer_decoder = torch.optim.Adam(model.decoder.parameters(), lr=cfg.decoder_lr)
     polyak = Polyak(model, cfg.polyak_decay)
     step, check = 0, LateLossCheck(2)
-    for epoch in range(cfg.epochs):
-        for images, labels in ctx.stage2_batches(seed + epoch):
-            check()
-            images, labels = images.to(ctx.device), labels.to(ctx.device)
-            logits, aux = model.forward_with_aux(images)
-            loss = segmentation_loss(logits, aux, labels, ctx.ignore_index, ctx.config.aux_weight)
-            check.defer(loss, step)
-            descend(loss, optimizer_encoder, optimizer_decoder)
-            polyak.update(model)
-            step += 1
+    with cpu_memory_cache(ctx.device):
+        for epoch in range(cfg.epochs):
+            for images, labels in ctx.stage2_batches(seed + epoch):
+                check()
+                images, labels = images.to(ctx.device), labels.to(ctx.device)
+                logits, aux = model.forward_with_aux(images)
+                loss = segmentation_loss(logits, aux, labels, ctx.ignore_index, ctx.config.aux_weight)
+                check.defer(loss, step)
+                descend(loss, optimizer_encoder, optimizer_decoder)
+                polyak.update(model)
+                step += 1
     check()
     averaged = polyak.average
     batches = ((images.to(ctx.device), labels) for images, labels in ctx.val_batches())
