@@ -7,6 +7,7 @@ allocator keeps freed blocks of 1 MiB or more and hands them out again to reques
 size, as a step makes every step; on leaving, it frees them. Without the library it does nothing.
 """
 import contextlib
+import math
 import os
 from typing import Iterator, Optional, Union
 
@@ -20,31 +21,35 @@ ENV = "NASFAST_CPU_CACHE_GB"
 def default_capacity() -> int:
     """Bytes kept at most: NASFAST_CPU_CACHE_GB when set (0: off), else a quarter of the memory."""
     value = os.environ.get(ENV)
-    if value is not None:
-        try:
-            gb = float(value)
-        except ValueError:
-            gb = -1.0
-        if not gb >= 0:
-            raise ValueError(f"{ENV} must be a number of GB >= 0 (0 turns the cache off), got {value!r}")
-        return int(gb * 2 ** 30)
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    if value is None:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    try:
+        gb = float(value)
+    except ValueError:
+        gb = math.nan
+    if not 0 <= gb < math.inf:
+        raise ValueError(f"{ENV} must be a number of GB >= 0 (0 turns the cache off), got {value!r}")
+    return min(int(gb * 2 ** 30), 2 ** 62)  # the op takes an int64
 
 
 @contextlib.contextmanager
 def cpu_memory_cache(device: Union[str, torch.device] = "cpu", capacity: Optional[int] = None) -> Iterator[None]:
     """Within, freed CPU blocks of 1 MiB or more are kept (up to `capacity` bytes, default
-    `default_capacity()`) for reuse by size; on leaving they are freed and the capacity before is
-    restored. Only when `device` is the CPU and the ops library is loaded."""
+    `default_capacity()`) for reuse by size; a size not kept first frees the oldest kept blocks, so
+    sizes that do not recur (images of many sizes) do not add up. On leaving, the kept blocks are
+    freed and the capacity before is restored (nested uses: in order, from one thread). Only when
+    `device` is the CPU and the ops library is loaded."""
     if torch.device(device).type != "cpu" or not available():
         yield
         return
     capacity = default_capacity() if capacity is None else capacity
-    before = torch.ops.nasfast.set_cpu_memory_cache(capacity)
+    before = None
     try:
+        before = torch.ops.nasfast.set_cpu_memory_cache(capacity)
         yield
     finally:
-        torch.ops.nasfast.set_cpu_memory_cache(before)
+        if before is not None:
+            torch.ops.nasfast.set_cpu_memory_cache(before)
 
 
 def cpu_memory_cached() -> int:
