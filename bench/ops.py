@@ -8,14 +8,13 @@ prints median times (ms), the ratio reference / fused (> 1: fused is faster) and
     python bench/ops.py [--device cpu|cuda] [--quick] [--threads N] [--only sep|upsample|reward|loss]
     python bench/ops.py --quick --only reward        # a check in a few seconds
 
-On the CPU, glibc's malloc returns large blocks to the system and takes them back with page
-faults, which costs more than the kernels themselves on some machines (seen here: a 1 ms conv
-taking 8 ms) and penalises whichever side allocates more. Unless --system-malloc is given, the
-script re-runs itself with glibc's mmap and trim thresholds raised (MALLOC_MMAP_THRESHOLD_,
-MALLOC_TRIM_THRESHOLD_) so that both sides reuse memory, as a caching allocator would.
+On the CPU, both sides run inside nasfast.ops.cpu_memory_cache(), as the search and training run
+them: torch's own allocator (glibc's malloc) hands blocks of 32 MiB and more back to the system
+when they are freed and faults their pages in again at the next use, which costs more than the
+kernels themselves at the larger shapes (seen here: a 1 ms convolution taking 8 ms) and penalises
+whichever side allocates more. --system-malloc times them with torch's own allocator instead.
 """
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -26,7 +25,8 @@ import torch
 
 import nasfast.ops as ops
 from nasfast.cli import positive_int, resolve_device, run
-from nasfast.ops import SeparableConvBNReLU
+from nasfast.ops import SeparableConvBNReLU, cpu_memory_cache
+from nasfast.ops.memory import default_capacity
 from nasfast.ops.separable import separable_conv_reference
 
 SEPARABLE_OPS = [(3, 1, "sep3x3"), (5, 1, "sep5x5"), (3, 3, "sep3x3_d3"), (5, 6, "sep5x5_d6")]
@@ -221,14 +221,9 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=positive_int, help="torch.set_num_threads (CPU) [torch's choice]")
     parser.add_argument("--only", choices=["sep", "upsample", "reward", "loss"], help="one family of ops")
     parser.add_argument("--system-malloc", action="store_true",
-                        help="keep glibc's default malloc thresholds instead of re-running with raised ones "
-                             "(see above)")
+                        help="CPU: time with torch's own allocator instead of keeping freed memory (see above)")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
-    if device.type == "cpu" and not args.system_malloc and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(32 << 20), MALLOC_TRIM_THRESHOLD_=str(4 << 30))
-        own_argv = sys.argv[1:] if argv is None else list(argv)
-        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__)] + own_argv, env)
     if not ops.available():
         print("the nasfast ops library is not built: nothing to compare", file=sys.stderr)
         return 2
@@ -237,20 +232,28 @@ def main(argv=None) -> int:
     # The kernels compute in float32; cuDNN's TF32 default (Ampere and newer) would compare
     # rounded-mantissa convolutions against them.
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    malloc = "system malloc" if "MALLOC_MMAP_THRESHOLD_" not in os.environ else \
-        f"malloc mmap threshold {os.environ['MALLOC_MMAP_THRESHOLD_']}"
-    print(f"device: {name}; torch {torch.__version__}; float32 (no TF32); {malloc}; ops library {ops.library_path()}")
-    repeats = 5 if args.quick else 20
-    if args.only in (None, "sep"):
-        bench_separable(device, repeats, args.quick)
-    if args.only in (None, "upsample"):
-        bench_upsample_add(device, repeats, args.quick)
-    if args.only in (None, "reward"):
-        bench_reward(device, 3 if args.quick else 10, args.quick)
-    if args.only in (None, "loss"):
-        bench_loss(device, 3 if args.quick else 10, args.quick)
+    capacity = 0 if args.system_malloc or device.type != "cpu" else default_capacity()
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name()
+    else:
+        memory = f"freed memory kept up to {capacity / 2 ** 30:.1f} GB" if capacity else "torch's own allocator"
+        name = f"CPU, {torch.get_num_threads()} threads, {memory}"
+    print(f"device: {name}; torch {torch.__version__}; float32 (no TF32); ops library {ops.library_path()}")
+    with cpu_memory_cache(device, capacity):
+        run_families(args.only, device, args.quick)
     return 0
+
+
+def run_families(only, device, quick):
+    repeats = 5 if quick else 20
+    if only in (None, "sep"):
+        bench_separable(device, repeats, quick)
+    if only in (None, "upsample"):
+        bench_upsample_add(device, repeats, quick)
+    if only in (None, "reward"):
+        bench_reward(device, 3 if quick else 10, quick)
+    if only in (None, "loss"):
+        bench_loss(device, 3 if quick else 10, quick)
 
 
 if __name__ == "__main__":

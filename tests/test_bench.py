@@ -47,5 +47,6 @@ def test_ops_loss_table_on_cpu():
                              "--threads", "2"], capture_output=True, text=True,
                             env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=600)
     assert result.returncode == 0, result.stderr
+    assert "freed memory kept up to" in result.stdout.splitlines()[0]
     rows = [line.split() for line in result.stdout.splitlines() if line.startswith("N=64 34x45->270x360")]
     assert len(rows) == 2 and all(row[-2].endswith("x") and float(row[-2][:-1]) > 0 for row in rows)
