@@ -238,6 +238,23 @@ def test_stage1_keeps_freed_memory_for_its_next_steps_and_frees_it_after(monkeyp
     assert cpu_memory_cached() == 0
 
 
+@pytest.mark.skipif(not ops.available(), reason="native ops library not built")
+def test_building_the_stage1_cache_keeps_freed_memory_between_batches_and_frees_it_after():
+    from nasfast.encoder import MobileNetV2Encoder
+    from nasfast.search.cache import build_cache
+    g = torch.Generator().manual_seed(0)
+    pairs = [(torch.randn(3, 128, 128, generator=g), torch.zeros(128, 128, dtype=torch.long)) for _ in range(4)]
+    kept = []
+
+    def progress(starts):
+        for start in starts:
+            yield start
+            kept.append(cpu_memory_cached())  # after the batch
+    build_cache(pairs, MobileNetV2Encoder(), batch_size=2, progress=progress)
+    assert len(kept) == 2 and min(kept) > 2 ** 20  # the encoder's activations, 1 MiB blocks and more
+    assert cpu_memory_cached() == 0
+
+
 def test_cache_is_memory_mapped_when_large(tmp_path):
     from nasfast.encoder import MobileNetV2Encoder
     from nasfast.search.cache import build_cache

@@ -6,6 +6,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..ops.memory import cpu_memory_cache
+
 Pair = Tuple[Tensor, Tensor]  # normalised image 3xHxW, label HxW
 
 
@@ -79,12 +81,13 @@ def build_cache(pairs: List[Pair], encoder: torch.nn.Module, teacher: Optional[C
     logits = None if first_teacher is None else _allocate(
         (n,) + tuple(first_teacher.shape[1:]), torch.float32, path("teacher"))
     starts = range(0, n, batch_size)
-    for start in (progress(starts) if progress else starts):
-        chunk = pairs[start:start + batch_size]
-        images = torch.stack([image for image, _ in chunk]).to(device)
-        for store, out in zip(features, encoder(images)):
-            store[start:start + len(chunk)] = out.cpu()
-        labels[start:start + len(chunk)] = torch.stack([label for _, label in chunk]).to(torch.uint8)
-        if logits is not None:
-            logits[start:start + len(chunk)] = teacher(images).float().cpu()
+    with cpu_memory_cache(device):
+        for start in (progress(starts) if progress else starts):
+            chunk = pairs[start:start + batch_size]
+            images = torch.stack([image for image, _ in chunk]).to(device)
+            for store, out in zip(features, encoder(images)):
+                store[start:start + len(chunk)] = out.cpu()
+            labels[start:start + len(chunk)] = torch.stack([label for _, label in chunk]).to(torch.uint8)
+            if logits is not None:
+                logits[start:start + len(chunk)] = teacher(images).float().cpu()
     return FeatureCache(features, labels, logits, use_disk)
