@@ -1,6 +1,7 @@
 """The search on real CamVid with the tiny preset, as a user runs it: a separate process."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -291,6 +292,30 @@ def test_a_complete_memory_mapped_cache_is_reused_and_a_changed_one_rebuilt(tmp_
     config.stage1_images = 5                        # other images: built again
     changed, log = context()
     assert "reusing" not in log and len(changed.stage1) == 5
+
+
+def test_a_cache_built_from_other_files_is_built_again(tmp_path, camvid_root, capsys):
+    from nasfast.data import CamVid
+    from nasfast.search.context import _images, build_context
+    copy = tmp_path / "camvid"  # the same files, linked one by one
+    copy.mkdir()
+    for entry in camvid_root.iterdir():
+        if entry.is_dir():
+            (copy / entry.name).mkdir()
+        for file in (entry.iterdir() if entry.is_dir() else [entry]):
+            (copy / file.relative_to(camvid_root)).symlink_to(file)
+    config = preset("tiny")
+    config.stage1_images, config.val_images, config.memory_limit_gb = 6, 3, 0.0
+
+    def reused(root) -> bool:
+        build_context(config, str(tmp_path / "run"), data_root=str(root), device="cpu")
+        return "reusing" in capsys.readouterr().err
+
+    assert not reused(camvid_root) and not reused(copy) and reused(copy)  # another data root: built again
+    image = CamVid(copy).pairs[_images(config, len(CamVid(copy)))[1][0]][0]
+    shutil.copy(image, tmp_path / "replacement.png")
+    os.replace(tmp_path / "replacement.png", image)  # the same pixels, but a new file
+    assert not reused(copy) and reused(copy)
 
 
 def test_kept_decoded_images_give_the_same_batches(tmp_path, camvid_root):

@@ -1,5 +1,6 @@
 """Everything a search's candidates share, built once: the meta-train/meta-val split, the
 stage-1 cache of encoder outputs (and teacher logits), and the stage-2 and validation data."""
+import hashlib
 import os
 import sys
 from typing import List, Optional, Tuple
@@ -121,6 +122,16 @@ def _images(config: SearchConfig, n: int) -> Tuple[List[int], List[int], List[in
     return train_ids, stage1_ids, val_ids[:config.val_images] if config.val_images else val_ids, stage2_count
 
 
+def _fingerprint(paths) -> str:
+    """A digest of the files' paths, sizes and modification times: a cache built from other files
+    (another data root, an image replaced) is not taken for this one's."""
+    digest = hashlib.sha256()
+    for path in paths:
+        stat = os.stat(path)
+        digest.update(f"{os.path.abspath(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
 def _stage1_caches(config: SearchConfig, full, stage1_ids: List[int], val_ids: List[int], encoder, run_dir: str,
                    cache: str, device: torch.device, progress: bool) -> Tuple[FeatureCache, FeatureCache, tuple]:
     """The stage-1 caches (see build_context's `cache`) and the common image size they hold."""
@@ -129,7 +140,9 @@ def _stage1_caches(config: SearchConfig, full, stage1_ids: List[int], val_ids: L
 
     marker = directory("complete.json")
     contents = {"dataset": config.dataset, "scale": config.scale, "teacher": config.teacher,
-                "stage1_ids": stage1_ids, "val_ids": val_ids}
+                "stage1_ids": stage1_ids, "val_ids": val_ids,
+                "files": _fingerprint([path for i in stage1_ids + val_ids for path in full.pairs[i]] +
+                                      ([config.teacher] if config.teacher else []))}
     if cache == "open" or read_json(marker) == contents:
         stage1, stage1_val = open_cache(directory("stage1")), open_cache(directory("val"))
         if cache != "open":
