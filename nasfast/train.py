@@ -1,6 +1,7 @@
 """python -m nasfast.train: full training of a found design (the paper's section 4.4), with validation
 mean IoU per epoch, checkpoints (last and best) and --resume."""
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -22,7 +23,7 @@ from .data import EvalTransform, SegmentationDataset, TrainTransform, make_datas
 from .data.datasets import DATASETS, absent_classes_warning, find_data_root, split_warning
 from .evaluate import dataset_and_indices, evaluate_model, evaluation_loader, evenly_spaced
 from .files import (BEST, CONFIG, LAST, SEARCH_FILES, TRAINING_FILES, TRAINING_LOG, append_record, finite_or_none,
-                    lock_directory, read_json, save_torch, write_json)
+                    lock_directory, read_json, read_records, save_torch, write_atomic, write_json)
 from .genotype import ZOO, Genotype, genotype_from_option
 from .model import FINAL_CHANNELS, FINAL_SEP_REPEATS, create_model
 from .ops.memory import cpu_memory_cache
@@ -234,6 +235,7 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
         for optimizer, key in zip(optimizers, ("encoder_optimizer", "decoder_optimizer")):
             optimizer.load_state_dict(resumed[key])
         start_epoch, best = resumed["epoch"] + 1, known_miou(resumed["best_miou"])
+        log_as_checkpointed(log, resumed)
     else:
         write_json(os.path.join(args.out, CONFIG),
                    {"genotype": genotype.to_list(), "dataset": args.dataset, **asdict(config)})
@@ -258,12 +260,13 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
             metrics = evaluate_model(model, val_loader, num_classes, ignore_index, (), device)
             improved = better(metrics["miou"], best)
             best = metrics["miou"] if improved else best
+            record = finite_or_none({"epoch": epoch, "loss": loss, "val_miou": metrics["miou"],
+                                     "val_pixel_acc": metrics["pixel_acc"], "seconds": round(time.time() - started, 2)})
             state = checkpoint_state(model, optimizers, epoch, best, genotype, args.dataset, data, config)
+            state["record"] = record  # the log's line, should the run stop before it is appended
             # Until an epoch has a finite mIoU, best.pt is the first epoch's: it exists once announced.
             save_torch(state, *((best_path, last) if improved or not os.path.isfile(best_path) else (last,)))
             saved_epochs = epoch + 1
-            record = finite_or_none({"epoch": epoch, "loss": loss, "val_miou": metrics["miou"],
-                                     "val_pixel_acc": metrics["pixel_acc"], "seconds": round(time.time() - started, 2)})
             append_record(log, record)
             if board is not None:
                 board.add(epoch + 1, {key: value for key, value in record.items() if key != "epoch"})
@@ -276,6 +279,15 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
         if board is not None:
             board.close()
     return {"best_miou": best, "best_checkpoint": best_path}
+
+
+def log_as_checkpointed(log: str, checkpoint: dict) -> None:
+    """The training log up to the checkpoint's epoch, that epoch's line included: a run stopped
+    between saving an epoch and logging it gets the line from the checkpoint; a torn line is dropped."""
+    records = [r for r in read_records(log) if r.get("epoch", -1) <= checkpoint["epoch"]]
+    if "record" in checkpoint and checkpoint["epoch"] not in {r.get("epoch") for r in records}:
+        records.append(checkpoint["record"])
+    write_atomic(log, "".join(json.dumps(r) + "\n" for r in records).encode())
 
 
 def checkpoint_state(model, optimizers, epoch: int, best: Optional[float], genotype: Genotype, dataset: str,
@@ -476,6 +488,8 @@ def main(argv=None) -> int:
     if args.resume:
         genotype, config, resumed = resumed_run(args)
         if resumed["epoch"] + 1 >= config.epochs:
+            with contextlib.closing(lock_directory(args.out)):
+                log_as_checkpointed(os.path.join(args.out, TRAINING_LOG), resumed)
             print(f"{args.out} has finished its {counted(config.epochs, 'epoch')}", end="; ", file=sys.stderr)
             report(known_miou(resumed["best_miou"]), os.path.join(args.out, BEST))
             return 0

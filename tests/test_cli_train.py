@@ -147,6 +147,20 @@ def test_ctrl_c_says_where_the_run_stands_and_resume_finishes_it(tmp_path, capsy
     assert f"best val mIoU {max(r['val_miou'] for r in log):.4f}: {out / 'best.pt'}" in captured.err
 
 
+@pytest.mark.parametrize("epoch", [1, 2])  # tiny has 2: resumed to train on, or resumed finished
+def test_a_stop_between_saving_an_epoch_and_logging_it_loses_no_line(epoch, tmp_path, capsys, camvid_root,
+                                                                     monkeypatch):
+    interrupt_on_call(monkeypatch, "append_record", epoch)  # the epoch saved, not logged
+    assert train_cli("--genotype", "arch0", "--preset", "tiny", "--out", tmp_path, "--no-progress") == 130
+    monkeypatch.undo()
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)["record"]
+    with open(tmp_path / "log.jsonl", "a") as log:
+        log.write('{"epoch": 1, "lo')  # and a line torn by the stop
+    assert train_cli("--resume", tmp_path, "--no-progress") == 0
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [0, 1] and log[epoch - 1] == saved
+
+
 def test_ctrl_c_in_the_first_epoch_leaves_a_directory_to_start_again(tmp_path, capsys, camvid_root, monkeypatch):
     interrupt_on_call(monkeypatch, "descend", 1)
     for _ in range(2):  # the second start is not refused
