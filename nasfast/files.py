@@ -7,7 +7,7 @@ import json
 import math
 import os
 import sys
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 
@@ -95,6 +95,35 @@ def read_records(path: str) -> List[Dict[str, Any]]:
             except json.JSONDecodeError as error:
                 raise ValueError(f"{path} is damaged: line {number} is not valid JSON ({error})") from None
     return records
+
+
+# What every record of a search's log holds (a failed candidate's rewards, gate, sizes are null).
+SEARCH_RECORD_KEYS = ("index", "genotype", "status", "reward", "stage1_reward", "stage2_reward", "gate", "params",
+                      "madds", "seconds")
+
+
+def read_search_log(path: str) -> List[Dict[str, Any]]:
+    """The candidates' records of a search's candidates.jsonl; ValueError at the first line that is
+    not one (a file edited, or another program's)."""
+    records = read_records(path)
+    for number, record in enumerate(records, 1):
+        problem = _not_a_candidate_record(record)
+        if problem:
+            raise ValueError(f"{path}: not the candidates.jsonl of a search (line {number} {problem})")
+    return records
+
+
+def _not_a_candidate_record(record: Any) -> Optional[str]:
+    if not isinstance(record, dict):
+        return "is not a JSON object"
+    missing = [key for key in SEARCH_RECORD_KEYS if key not in record]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    if not isinstance(record["index"], int) or record["index"] < 0:
+        return f"has index {record['index']!r}, not a candidate number"
+    if record["status"] == "ok" and not isinstance(record["reward"], (int, float)):
+        return f"has status ok and reward {record['reward']!r}"
+    return None
 
 
 def append_record(path: str, record: Dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .files import SEARCH_LOG, read_records
+from .files import SEARCH_LOG, read_search_log
 
 OPERATIONS = ("conv1x1", "conv3x3", "sep3x3", "sep5x5", "gap", "conv3x3_d3", "conv3x3_d12",
               "sep3x3_d3", "sep5x5_d6", "skip", "zero")
@@ -203,9 +203,7 @@ def best_of_search(path: str) -> Genotype:
     log = os.path.join(path, SEARCH_LOG) if os.path.isdir(path) else path
     if not os.path.isfile(log):
         raise ValueError(f"{log}: no such search log")
-    records = read_records(log)
-    if any(not isinstance(r, dict) or "genotype" not in r for r in records):
-        raise ValueError(f"{log}: not the candidates.jsonl of a search")
+    records = read_search_log(log)
     finished = [r for r in records if r.get("status") == "ok" and r.get("reward") is not None]
     if not finished:
         raise ValueError(f"{log}: no candidate has finished yet" if not records else

@@ -8,7 +8,7 @@ import sys
 from typing import Dict, List, Optional
 
 from .cli import UsageError, positive_int, run
-from .files import CONFIG, SEARCH_LOG, read_json, read_records, write_atomic
+from .files import CONFIG, SEARCH_LOG, read_json, read_search_log, write_atomic
 from .search.summary import format_reward, searched_size_note, top_table
 
 PROG = "python -m nasfast.report"
@@ -19,7 +19,7 @@ def load_run(run_dir: str) -> Dict:
     if not os.path.isfile(log):
         raise FileNotFoundError(f"{run_dir}: not a search run ({log} missing)")
     config = read_json(os.path.join(run_dir, CONFIG)) or {}
-    return {"dir": run_dir, "strategy": config.get("strategy", "unknown strategy"), "records": read_records(log),
+    return {"dir": run_dir, "strategy": config.get("strategy", "unknown strategy"), "records": read_search_log(log),
             "channels": config.get("channels"), "sep_repeats": config.get("sep_repeats")}
 
 

@@ -154,6 +154,14 @@ def test_resume_takes_the_saved_options_and_new_machine_options(saved_search, no
     assert "top 2 of 4 candidates" in capsys.readouterr().out
 
 
+def test_a_resumed_search_hints_at_training_on_the_data_it_read(saved_search, capsys):
+    state = torch.load(saved_search / "state.pt", weights_only=False)
+    state["data"] = {"root": "/data/own"}  # where the search read its data (recorded when it began)
+    torch.save(state, saved_search / "state.pt")
+    assert search("--resume", saved_search, "--budget", "4", "--no-progress") == 0
+    assert capsys.readouterr().out.strip().endswith("--dataset camvid --data-root /data/own --preset tiny --out DIR")
+
+
 def test_resume_of_a_search_that_did_not_record_its_preset(saved_search, capsys):
     config = json.loads((saved_search / "config.json").read_text())
     del config["preset"]
@@ -178,6 +186,16 @@ def test_resume_names_a_damaged_file(saved_search, capsys):
     config.write_text('{"seed": ')
     assert search("--resume", saved_search, "--budget", "4") == 2
     assert f"{config} is damaged: not valid JSON" in capsys.readouterr().err
+
+
+def test_resume_names_a_log_line_that_is_not_a_candidate(saved_search, capsys):
+    log = saved_search / "candidates.jsonl"
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join([lines[0], json.dumps({"index": 1, "status": "ok"}), lines[2]]) + "\n")
+    assert search("--resume", saved_search, "--budget", "4") == 2
+    error = capsys.readouterr().err
+    assert len(error.splitlines()) == 1 and f"{log}: not the candidates.jsonl of a search (line 2 lacks genotype, " \
+        "reward, stage1_reward" in error
 
 
 def test_resume_past_the_budget_says_so(saved_search, capsys):
@@ -335,6 +353,19 @@ def test_a_data_error_in_a_candidate_stops_the_search_and_resume_goes_on(saved_s
     monkeypatch.setattr(loop, "evaluate_candidate", fake_evaluate)
     assert search("--resume", saved_search, "--budget", "5") == 0
     assert [r["index"] for r in read_records(str(saved_search / "candidates.jsonl"))] == [0, 1, 2, 3, 4]
+
+
+def test_a_resume_given_own_data_for_a_camvid_search_says_the_root_is_wrong(saved_search, capsys, monkeypatch):
+    from pathlib import Path
+    from nasfast.data.datasets import DataError, OtherLayout
+
+    def own_data(*args, **kwargs):
+        raise OtherLayout(DataError("train.txt, line 1: expected 'image label', got 'im0'"), "camvid", Path("/own"))
+    monkeypatch.setattr(nasfast.search.context, "build_context", own_data)
+    assert search("--resume", saved_search, "--data-root", "/own", "--budget", "5") == 2
+    assert capsys.readouterr().err.endswith("error: /own holds your own data's layout (classes.txt, images/), not the "
+                                            "camvid data this run read: give --data-root the directory that holds "
+                                            "them\n")
 
 
 def test_a_resumed_search_reads_its_data_where_it_did_and_refuses_other_data(tmp_path):

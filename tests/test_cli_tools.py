@@ -146,7 +146,8 @@ def test_latency_names_a_genotype_file_by_its_name(latency, tmp_path):
 
 
 def test_latency_of_a_search_counts_the_classes_it_searched_for(latency, tmp_path, monkeypatch):
-    record = {"index": 0, "genotype": ZOO["arch1"].to_list(), "reward": 0.5, "status": "ok"}
+    record = {"index": 0, "genotype": ZOO["arch1"].to_list(), "reward": 0.5, "status": "ok", "stage1_reward": 0.5,
+              "stage2_reward": None, "gate": "stop", "params": 1, "madds": 1, "seconds": 1.0}
     (tmp_path / "candidates.jsonl").write_text(json.dumps(record) + "\n")
     torch.save({"data": {"classes": ["sky", "road", "car", "person", "other"]}}, tmp_path / "state.pt")
     assert latency.classes_of_search(str(tmp_path)) == 5

@@ -332,6 +332,19 @@ def test_a_non_finite_loss_is_one_line_that_keeps_the_finished_epochs(tmp_path, 
     assert train.load_checkpoint(str(tmp_path / "b" / "last.pt"))["epoch"] == 0
 
 
+def test_resume_given_own_data_for_a_camvid_run_says_the_root_is_wrong(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps(tiny_run_config()))
+    torch.save({"model": {}, "genotype": ZOO["arch0"].to_list(), "num_classes": 11, "channels": 64, "sep_repeats": 2,
+                "encoder_optimizer": {}, "decoder_optimizer": {}, "epoch": 0, "best_miou": 0.5}, out / "last.pt")
+    root = folder_dataset(tmp_path / "own", lists={"train": [0, 1]})
+    assert train_cli("--out", out, "--resume", "--data-root", root) == 2
+    assert one_error_line(capsys).endswith(f"error: {root} holds your own data's layout (classes.txt, images/), not "
+                                           f"the camvid data this run read: give --data-root the directory that "
+                                           f"holds them\n")
+
+
 def test_resume_refuses_a_data_root_with_another_number_of_classes(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()

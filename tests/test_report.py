@@ -101,3 +101,15 @@ def test_report_names_a_damaged_config(tmp_path, capsys):
     (tmp_path / "ppo" / "config.json").write_text("{")
     assert report(tmp_path / "ppo") == 2
     assert "config.json is damaged" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("line, problem", [("{}", "line 2 lacks index, genotype, status"),
+                                           ("[1, 2]", "line 2 is not a JSON object"),
+                                           ('{"epoch": 0}', "line 2 lacks index")])
+def test_report_names_a_log_line_that_is_not_a_candidate(tmp_path, capsys, line, problem):
+    fake_run(tmp_path / "ppo", "ppo", [(0.1, 0.2), (0.3, None)])
+    log = tmp_path / "ppo" / "candidates.jsonl"
+    log.write_text(log.read_text().splitlines()[0] + "\n" + line + "\n")
+    assert report(tmp_path / "ppo") == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and f"{log}: not the candidates.jsonl of a search ({problem}" in err

@@ -33,6 +33,19 @@ class DataError(ValueError):
     """A data file that cannot be used, with its path and the reason."""
 
 
+class OtherLayout(DataError):
+    """The root of a named dataset holds your own data's layout (a folder dataset) instead."""
+
+    def __init__(self, error: Exception, name: str, root: Path):
+        super().__init__(f"{error}; {root} holds your own data's layout: give --dataset folder")
+        self.name, self.root = name, root
+
+    def for_resumed_run(self) -> DataError:
+        """The error for a run that continues (its dataset cannot change): the root is wrong."""
+        return DataError(f"{self.root} holds your own data's layout (classes.txt, images/), not the {self.name} "
+                         f"data this run read: give --data-root the directory that holds them")
+
+
 def find_data_root(name: str, data_root: Optional[str] = None, recorded: Optional[str] = None) -> Path:
     """`data_root` (--data-root) when given, else `recorded` (where a run read its data) when it
     still exists, else $NASFAST_DATA/<name>, else ~/.cache/nasfast/<name>; as an absolute path
@@ -467,5 +480,5 @@ def make_dataset(name: str, root: Optional[str] = None, split: Optional[str] = N
         return cls(found, split or train_split, transform)
     except (DataError, FileNotFoundError) as error:
         if name != "folder" and (found / "classes.txt").is_file() and (found / "images").is_dir():
-            raise DataError(f"{error}; {found} holds your own data's layout: give --dataset folder") from None
+            raise OtherLayout(error, name, found) from None
         raise

@@ -8,8 +8,9 @@ import textwrap
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..cli import counted, positive_int, run
-from ..data.datasets import DATASETS, DataError
-from ..files import CONFIG, SEARCH_FILES, SEARCH_LOG, SEARCH_STATE, TRAINING_FILES, read_json, read_records
+from ..data.datasets import DATASETS, DataError, OtherLayout
+from ..files import (CONFIG, SEARCH_FILES, SEARCH_LOG, SEARCH_STATE, TRAINING_FILES, read_json,
+                     read_search_log)
 from ..tensorboard import TensorBoardLog, check_available
 from . import distributed
 from .config import FIXED, MACHINE_OPTIONS, PRESETS, SearchConfig, StageConfig, preset
@@ -311,11 +312,14 @@ def search_in_this_process(args, run_dir: str, config: SearchConfig, resume: boo
     except DataError as error:  # a file first read by a candidate (stage 2 reads every training image)
         if not os.path.exists(search.path(SEARCH_STATE)):
             raise
+        if isinstance(error, OtherLayout):
+            raise error.for_resumed_run() from None
         check = data_check_command(config.dataset, args.data_root or search.recorded_root())
         raise DataError(f"{error}; once it is mended ({check} lists every file that cannot be used), continue with "
                         f"{resume_command(run_dir, args.data_root)}") from None
     print(search.spent_note(), file=sys.stderr)
-    print(closing_summary(search.records, args.top, run_dir, config, args.data_root))
+    data_root = args.data_root or (search.recorded_root() if resume else None)  # a resume reads the recorded one
+    print(closing_summary(search.records, args.top, run_dir, config, data_root))
     return exit_status(search.records)
 
 
@@ -331,7 +335,7 @@ def search_with_torchrun(args, choose) -> int:
 
     status = distributed.run(args, choose_and_remember)
     if status == 0 and chosen:
-        return exit_status(read_records(os.path.join(chosen[0], SEARCH_LOG)))
+        return exit_status(read_search_log(os.path.join(chosen[0], SEARCH_LOG)))
     return status
 
 

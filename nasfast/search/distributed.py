@@ -324,7 +324,8 @@ def _run_rank0(args, choose_run, context_factory) -> int:
     share({"run_dir": run_dir, "config": config.to_dict(), "data_root": coordinator.recorded_root()})
     if not args.no_progress:
         coordinator.show_progress()
-    return _serve_and_work(coordinator, args.top, args.data_root)
+    data_root = args.data_root or (coordinator.recorded_root() if resume else None)  # a resume reads the recorded one
+    return _serve_and_work(coordinator, args.top, data_root)
 
 
 def _serve_and_work(coordinator: Coordinator, top: int, data_root: Optional[str]) -> int:

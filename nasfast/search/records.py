@@ -5,7 +5,7 @@ from typing import Any, Dict, List
 
 import torch
 
-from ..files import read_records, write_atomic
+from ..files import read_search_log, write_atomic
 
 
 def keep_finished_records(path: str, count: int, pending=()) -> List[Dict[str, Any]]:
@@ -13,7 +13,7 @@ def keep_finished_records(path: str, count: int, pending=()) -> List[Dict[str, A
     `count` and not in `pending` (handed out, not finished). The others were logged by a crash
     between logging a candidate and saving the state; those candidates are evaluated again."""
     pending = set(pending)
-    records = [r for r in read_records(path) if r["index"] < count and r["index"] not in pending]
+    records = [r for r in read_search_log(path) if r["index"] < count and r["index"] not in pending]
     _warn_of_lost_records(path, set(range(count)) - pending - {r["index"] for r in records})
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in records).encode())
     return records
