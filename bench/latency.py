@@ -6,7 +6,8 @@ synchronisation, 100 timed forward passes, mean ± std), for each implementation
     python bench/latency.py --device jetson        # on a Jetson only: its GPU, power mode, clocks
 
 --genotype (or its old name --arch) takes what python -m nasfast.train takes (a zoo name, a
-genotype's JSON, or a file holding it) or `all` (the zoo), with random weights.
+genotype's JSON, a file holding it, a training checkpoint's design, a search's best design) or `all`
+(the zoo), with random weights.
 """
 import argparse
 import os
@@ -17,7 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import torch
 
@@ -26,9 +27,8 @@ import nasfast.ops
 from nasfast import count_madds, count_params, create_model
 from nasfast.cli import UsageError, at_least_two, positive_int, resolve_device, run
 from nasfast.export import script_for_deployment
-from nasfast.files import SEARCH_LOG, SEARCH_STATE
 from nasfast.genotype import ZOO, genotype_from_option
-from nasfast.search.records import load_state
+from nasfast.search.records import classes_of_search
 from nasfast.search.summary import madds_text
 
 PROG = Path(__file__).name
@@ -86,8 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where to time; jetson: a Jetson's GPU, with its power mode and clocks in the header "
                              "[cpu]")
     parser.add_argument("--genotype", "--arch", dest="genotype", default="all",
-                        help="arch0|arch1|arch2|all, a genotype's JSON, a file holding it, or a search's RUN_DIR "
-                             "(its best design) [all]")
+                        help="arch0|arch1|arch2|all, a genotype's JSON, a file holding it, a checkpoint's design, or a "
+                             "search's RUN_DIR (its best design) [all]")
     parser.add_argument("--size", type=positive_int, default=512, help="square input side [512]")
     parser.add_argument("--num-classes", type=positive_int,
                         help="output classes [a search's, for its RUN_DIR; else 21, PASCAL VOC as in the paper; "
@@ -114,21 +114,6 @@ def designs(text: str) -> List[Tuple[str, nasfast.Genotype]]:
     if text == "all":
         return [(name, ZOO[name]) for name in sorted(ZOO)]
     return [(short_name(text), genotype_from_option(text))]
-
-
-def classes_of_search(text: str) -> Optional[int]:
-    """The number of classes a search recorded, when `text` names its RUN_DIR or log; else None."""
-    if os.path.isdir(text):
-        run_dir = text
-    elif os.path.basename(text) == SEARCH_LOG:
-        run_dir = os.path.dirname(text) or "."
-    else:
-        return None
-    state = os.path.join(run_dir, SEARCH_STATE)
-    if not os.path.isfile(state):
-        return None
-    classes = (load_state(state).get("data") or {}).get("classes")
-    return len(classes) if classes else None
 
 
 def device_and_note(name: str) -> Tuple[torch.device, str]:

@@ -21,6 +21,7 @@ from .encoder import IMAGENET_MEAN, IMAGENET_STD
 from .files import write_atomic
 from .genotype import Genotype, genotype_from_option
 from .model import create_model
+from .search.records import classes_of_search
 
 PROG = "python -m nasfast.export"
 NUM_CLASSES_DEFAULT = 21  # PASCAL VOC, as in the paper
@@ -85,9 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--checkpoint", help="a checkpoint of python -m nasfast.train (it holds the classes "
                                              "and weights)")
     source.add_argument("--genotype", "--arch", dest="genotype",
-                        help="arch0|arch1|arch2, the genotype's JSON, or a file holding it, with random weights")
+                        help="arch0|arch1|arch2, the genotype's JSON, a file holding it, a checkpoint's design, or a "
+                             "search's RUN_DIR (its best design), with random weights")
     parser.add_argument("--num-classes", type=positive_int,
-                        help=f"with --genotype [{NUM_CLASSES_DEFAULT}, PASCAL VOC as in the paper; CamVid has 11]")
+                        help=f"with --genotype [a search's, for its RUN_DIR; else {NUM_CLASSES_DEFAULT}, PASCAL VOC as "
+                             f"in the paper; CamVid has 11]")
     parser.add_argument("--pretrained", action="store_true", help="with --genotype: ImageNet encoder weights")
     parser.add_argument("--reference-ops", action="store_true", help="do not use the native ops")
     parser.add_argument("--out", required=True, help="the TorchScript file to write (model.pt)")
@@ -121,7 +124,8 @@ def main(argv=None) -> int:
         checkpoint = load_checkpoint(args.checkpoint)
         model, about = model_from_checkpoint(checkpoint, fused=fused), checkpoint_info(checkpoint, args.checkpoint)
     else:
-        genotype, num_classes = genotype_from_option(args.genotype), args.num_classes or NUM_CLASSES_DEFAULT
+        genotype = genotype_from_option(args.genotype)
+        num_classes = args.num_classes or classes_of_search(args.genotype) or NUM_CLASSES_DEFAULT
         model = create_model(genotype, num_classes, pretrained=args.pretrained, fused=fused)
         about = model_info(genotype, num_classes)
     replaced = os.path.exists(args.out)

@@ -12,6 +12,7 @@ import json
 import math
 import numbers
 import os
+import zipfile
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -180,10 +181,14 @@ ZOO: Dict[str, Genotype] = {name: Genotype.parse(nested) for name, nested in [
 
 
 def genotype_from_option(text: str) -> Genotype:
-    """What a --genotype option takes: a zoo name, JSON text, a file holding either, or a search (its
-    run directory or candidates.jsonl: its best design); the errors about a file name it."""
+    """What a --genotype option takes: a zoo name, JSON text, a file holding either, a checkpoint of
+    python -m nasfast.train (its design), or a search (its run directory or candidates.jsonl: its best
+    design); the errors about a file name it."""
     if os.path.isdir(text) or text.endswith(".jsonl"):
         return best_of_search(text)
+    if zipfile.is_zipfile(text):  # torch.save's format
+        from .checkpoint import load_checkpoint  # which imports this module
+        return Genotype.parse(load_checkpoint(text, ("genotype",))["genotype"])
     if not os.path.isfile(text):
         if os.sep in text and not text.lstrip().startswith("["):  # a path, not a name or JSON
             raise FileNotFoundError(f"genotype file {text}: no such file")

@@ -145,7 +145,8 @@ def test_latency_names_a_genotype_file_by_its_name(latency, tmp_path):
         "arch0", "arch1", "arch2"]
 
 
-def test_latency_of_a_search_counts_the_classes_it_searched_for(latency, tmp_path, monkeypatch):
+def test_latency_and_export_of_a_search_count_the_classes_it_searched_for(latency, tmp_path, monkeypatch,
+                                                                          capsys):
     record = {"index": 0, "genotype": ZOO["arch1"].to_list(), "reward": 0.5, "status": "ok", "stage1_reward": 0.5,
               "stage2_reward": None, "gate": "stop", "params": 1, "madds": 1, "seconds": 1.0}
     (tmp_path / "candidates.jsonl").write_text(json.dumps(record) + "\n")
@@ -157,6 +158,10 @@ def test_latency_of_a_search_counts_the_classes_it_searched_for(latency, tmp_pat
     assert latency.classes_of_search("arch1") is None and latency.designs(str(tmp_path))[0][1] == ZOO["arch1"]
     (tmp_path / "design.json").write_text(json.dumps(ZOO["arch1"].to_list()))
     assert latency.classes_of_search(str(tmp_path / "design.json")) is None  # a file beside a search: not its
+    assert call(export.main, ["--genotype", str(tmp_path), "--out", str(tmp_path / "m.pt")], capsys)[0] == 0
+    extra = {"nasfast.json": ""}
+    torch.jit.load(str(tmp_path / "m.pt"), _extra_files=extra)
+    assert json.loads(extra["nasfast.json"])["num_classes"] == 5  # export takes the search's classes too
 
 
 # --help of the benchmark scripts

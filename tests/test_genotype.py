@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from nasfast.cli import UsageError
 from nasfast.genotype import OPERATIONS, ZOO, Genotype, count_designs
 
 ARCH0 = [[[3, 3], [3, 2], [3, 0]], [8, [0, 0, 5, 2], [0, 2, 8, 8], [0, 5, 1, 4]]]
@@ -216,6 +217,14 @@ def test_an_option_names_a_search_for_its_best_design_and_long_text_is_cut(tmp_p
         genotype_from_option(str(tmp_path / "nothing.jsonl"))
     with pytest.raises(FileNotFoundError, match="genotype file .*/typo: no such file"):
         genotype_from_option(str(tmp_path / "typo"))
+    torch.save({"genotype": ZOO["arch2"].to_list(), "model": {}}, tmp_path / "best.pt")  # a training's checkpoint
+    assert genotype_from_option(str(tmp_path / "best.pt")) == ZOO["arch2"]
+    torch.save({"next_index": 3}, tmp_path / "state.pt")
+    with pytest.raises(UsageError, match=r"state.pt is not a checkpoint of python -m nasfast.train \(it lacks genotype"):
+        genotype_from_option(str(tmp_path / "state.pt"))
+    torch.jit.script(torch.nn.Linear(2, 2)).save(str(tmp_path / "model.pt"))
+    with pytest.raises(UsageError, match=r"model.pt is not a checkpoint .* \(it is a TorchScript file"):
+        genotype_from_option(str(tmp_path / "model.pt"))
     with pytest.raises(ValueError) as error:
         Genotype.parse("x" * 5000)
     assert len(str(error.value)) < 300 and "xxx..." in str(error.value)
