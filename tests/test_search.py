@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -316,6 +317,12 @@ def test_a_cache_built_from_other_files_is_built_again(tmp_path, camvid_root, ca
     shutil.copy(image, tmp_path / "replacement.png")
     os.replace(tmp_path / "replacement.png", image)  # the same pixels, but a new file
     assert not reused(copy) and reused(copy)
+
+
+def test_the_common_size_of_tiny_images_is_at_least_one_pixel_as_the_transforms_make_them():
+    from nasfast.search.context import _common_size
+    images = SimpleNamespace(load=lambda i: (None, np.zeros([(1, 1), (2, 1)][i])))
+    assert _common_size(images, [0, 1], 0.25) == (1, 1)  # was (0, 0): an error naming no file or option
 
 
 def test_kept_decoded_images_give_the_same_batches(tmp_path, camvid_root):

@@ -34,7 +34,7 @@ def split_indices(n: int, val_fraction: float, seed: int) -> Tuple[List[int], Li
 def _common_size(dataset, indices: List[int], scale: float) -> Tuple[int, int]:
     """The largest image size among `indices` after resizing: every image is padded to it."""
     sizes = [dataset.load(i)[1].shape for i in indices]
-    return (max(round(h * scale) for h, _ in sizes), max(round(w * scale) for _, w in sizes))
+    return (max(max(1, round(h * scale)) for h, _ in sizes), max(max(1, round(w * scale)) for _, w in sizes))
 
 
 def load_teacher(path: Optional[str], device: torch.device, num_classes: int):
