@@ -27,8 +27,7 @@ import nasfast.ops
 from nasfast import count_madds, count_params, create_model
 from nasfast.cli import UsageError, at_least_two, positive_int, resolve_device, run
 from nasfast.export import script_for_deployment
-from nasfast.genotype import ZOO, genotype_from_option
-from nasfast.search.records import classes_of_search
+from nasfast.genotype import ZOO, genotype_from_option, recorded_classes
 from nasfast.search.summary import madds_text
 
 PROG = Path(__file__).name
@@ -134,7 +133,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)  # before the header reports the count
     to_time = designs(args.genotype)
-    args.num_classes = args.num_classes or classes_of_search(args.genotype) or 21
+    args.num_classes = args.num_classes or recorded_classes(args.genotype) or 21
     device, note = device_and_note(args.device)
     with_compile = not args.no_compile and hasattr(torch, "compile")
 

@@ -19,9 +19,8 @@ from .checkpoint import is_torchscript, load_checkpoint, model_from_checkpoint
 from .cli import UsageError, positive_int, run
 from .encoder import IMAGENET_MEAN, IMAGENET_STD
 from .files import write_atomic
-from .genotype import Genotype, genotype_from_option
+from .genotype import Genotype, genotype_from_option, recorded_classes
 from .model import create_model
-from .search.records import classes_of_search
 
 PROG = "python -m nasfast.export"
 NUM_CLASSES_DEFAULT = 21  # PASCAL VOC, as in the paper
@@ -125,7 +124,7 @@ def main(argv=None) -> int:
         model, about = model_from_checkpoint(checkpoint, fused=fused), checkpoint_info(checkpoint, args.checkpoint)
     else:
         genotype = genotype_from_option(args.genotype)
-        num_classes = args.num_classes or classes_of_search(args.genotype) or NUM_CLASSES_DEFAULT
+        num_classes = args.num_classes or recorded_classes(args.genotype) or NUM_CLASSES_DEFAULT
         model = create_model(genotype, num_classes, pretrained=args.pretrained, fused=fused)
         about = model_info(genotype, num_classes)
     replaced = os.path.exists(args.out)

@@ -107,13 +107,13 @@ def read_search_log(path: str) -> List[Dict[str, Any]]:
     not one (a file edited, or another program's)."""
     records = read_records(path)
     for number, record in enumerate(records, 1):
-        problem = _not_a_candidate_record(record)
+        problem = _record_problem(record)
         if problem:
             raise ValueError(f"{path}: not the candidates.jsonl of a search (line {number} {problem})")
     return records
 
 
-def _not_a_candidate_record(record: Any) -> Optional[str]:
+def _record_problem(record: Any) -> Optional[str]:
     if not isinstance(record, dict):
         return "is not a JSON object"
     missing = [key for key in SEARCH_RECORD_KEYS if key not in record]

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .files import SEARCH_LOG, read_search_log
+from .files import SEARCH_LOG, SEARCH_STATE, read_search_log
 
 OPERATIONS = ("conv1x1", "conv3x3", "sep3x3", "sep5x5", "gap", "conv3x3_d3", "conv3x3_d12",
               "sep3x3_d3", "sep5x5_d6", "skip", "zero")
@@ -188,7 +188,10 @@ def genotype_from_option(text: str) -> Genotype:
         return best_of_search(text)
     if zipfile.is_zipfile(text):  # torch.save's format
         from .checkpoint import load_checkpoint  # which imports this module
-        return Genotype.parse(load_checkpoint(text, ("genotype",))["genotype"])
+        try:
+            return Genotype.parse(load_checkpoint(text, ("genotype",))["genotype"])
+        except ValueError as error:
+            raise ValueError(f"checkpoint {text}: {error}") from None
     if not os.path.isfile(text):
         if os.sep in text and not text.lstrip().startswith("["):  # a path, not a name or JSON
             raise FileNotFoundError(f"genotype file {text}: no such file")
@@ -200,6 +203,26 @@ def genotype_from_option(text: str) -> Genotype:
         raise ValueError(f"genotype file {text} is not UTF-8 text") from None
     except ValueError as error:
         raise ValueError(f"genotype file {text}: {error}") from None
+
+
+def recorded_classes(text: str) -> Optional[int]:
+    """The number of classes recorded with the design a --genotype option names: a search's (`text`
+    names its RUN_DIR or log) or a training checkpoint's; else None."""
+    from .checkpoint import load_checkpoint  # which imports this module
+    from .search.records import load_state
+    if zipfile.is_zipfile(text):
+        return load_checkpoint(text, ("num_classes",))["num_classes"]
+    if os.path.isdir(text):
+        run_dir = text
+    elif os.path.basename(text) == SEARCH_LOG:
+        run_dir = os.path.dirname(text) or "."
+    else:
+        return None
+    state = os.path.join(run_dir, SEARCH_STATE)
+    if not os.path.isfile(state):
+        return None
+    classes = (load_state(state).get("data") or {}).get("classes")
+    return len(classes) if classes else None
 
 
 def best_of_search(path: str) -> Genotype:

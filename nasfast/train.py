@@ -23,7 +23,7 @@ from .data import EvalTransform, SegmentationDataset, TrainTransform, make_datas
 from .data.datasets import DATASETS, OtherLayout, absent_classes_warning, find_data_root, split_warning
 from .evaluate import dataset_and_indices, evaluate_model, evaluation_loader, evenly_spaced
 from .files import (BEST, CONFIG, LAST, SEARCH_FILES, TRAINING_FILES, TRAINING_LOG, append_record, finite_or_none,
-                    lock_directory, read_json, read_records, save_torch, write_atomic, write_json)
+                    lock_directory, read_json, save_torch, write_atomic, write_json)
 from .genotype import ZOO, Genotype, genotype_from_option
 from .model import FINAL_CHANNELS, FINAL_SEP_REPEATS, create_model
 from .ops.memory import cpu_memory_cache
@@ -238,7 +238,9 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
         for optimizer, key in zip(optimizers, ("encoder_optimizer", "decoder_optimizer")):
             optimizer.load_state_dict(resumed[key])
         start_epoch, best = resumed["epoch"] + 1, known_miou(resumed["best_miou"])
-        log_as_checkpointed(log, resumed)
+        mended = mended_log(log, resumed)
+        if mended is not None:
+            write_atomic(log, mended.encode())
     else:
         write_json(os.path.join(args.out, CONFIG),
                    {"genotype": genotype.to_list(), "dataset": args.dataset, **asdict(config)})
@@ -284,13 +286,28 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
     return {"best_miou": best, "best_checkpoint": best_path}
 
 
-def log_as_checkpointed(log: str, checkpoint: dict) -> None:
-    """The training log up to the checkpoint's epoch, that epoch's line included: a run stopped
-    between saving an epoch and logging it gets the line from the checkpoint; a torn line is dropped."""
-    records = [r for r in read_records(log) if r.get("epoch", -1) <= checkpoint["epoch"]]
-    if "record" in checkpoint and checkpoint["epoch"] not in {r.get("epoch") for r in records}:
+def mended_log(log: str, checkpoint: dict) -> Optional[str]:
+    """The training log as the checkpoint has it, when it differs (else None): the epochs up to the
+    checkpoint's, that epoch's line taken from the checkpoint when a run stopped between saving the
+    epoch and logging it. Lines torn, damaged or of later epochs are dropped, with a warning."""
+    lines = open(log).read().splitlines(keepends=True) if os.path.exists(log) else []
+    records = [r for r in map(_epoch_record, lines) if r is not None and r["epoch"] <= checkpoint["epoch"]]
+    if len(records) < len(lines):
+        print(f"warning: {log}: {counted(len(lines) - len(records), 'line')} dropped (torn, damaged, or of epochs "
+              f"after {LAST}'s)", file=sys.stderr)
+    if "record" in checkpoint and checkpoint["epoch"] not in {r["epoch"] for r in records}:
         records.append(checkpoint["record"])
-    write_atomic(log, "".join(json.dumps(r) + "\n" for r in records).encode())
+    mended = "".join(json.dumps(r) + "\n" for r in records)
+    return None if mended == "".join(lines) else mended
+
+
+def _epoch_record(line: str) -> Optional[dict]:
+    """The record of a complete, well-formed line of the training log, else None."""
+    try:
+        record = json.loads(line) if line.endswith("\n") else None
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("epoch"), int) else None
 
 
 def checkpoint_state(model, optimizers, epoch: int, best: Optional[float], genotype: Genotype, dataset: str,
@@ -332,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split(":", 1)[1].strip(), epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--genotype", "--arch", dest="genotype",
-                        help="arch0|arch1|arch2, the genotype's JSON, a file holding it, a checkpoint of a training (its "
+                        help="arch0|arch1|arch2, the genotype's JSON, a file holding it, a training checkpoint (its "
                              "design), or a search's RUN_DIR (or its candidates.jsonl) for its best design (required "
                              "unless --resume)")
     parser.add_argument("--dataset", choices=sorted(DATASETS),
@@ -492,8 +509,11 @@ def main(argv=None) -> int:
     if args.resume:
         genotype, config, resumed = resumed_run(args)
         if resumed["epoch"] + 1 >= config.epochs:
-            with contextlib.closing(lock_directory(args.out)):
-                log_as_checkpointed(os.path.join(args.out, TRAINING_LOG), resumed)
+            log = os.path.join(args.out, TRAINING_LOG)
+            mended = mended_log(log, resumed)
+            if mended is not None:
+                with contextlib.closing(lock_directory(args.out)):
+                    write_atomic(log, mended.encode())
             print(f"{args.out} has finished its {counted(config.epochs, 'epoch')}", end="; ", file=sys.stderr)
             report(known_miou(resumed["best_miou"]), os.path.join(args.out, BEST))
             return 0

@@ -2,6 +2,7 @@
 process (main through nasfast.cli.run); only the last test trains a candidate."""
 import argparse
 import json
+import re
 import sys
 
 import pytest
@@ -363,9 +364,14 @@ def test_a_resume_given_own_data_for_a_camvid_search_says_the_root_is_wrong(save
         raise OtherLayout(DataError("train.txt, line 1: expected 'image label', got 'im0'"), "camvid", Path("/own"))
     monkeypatch.setattr(nasfast.search.context, "build_context", own_data)
     assert search("--resume", saved_search, "--data-root", "/own", "--budget", "5") == 2
-    assert capsys.readouterr().err.endswith("error: /own holds your own data's layout (classes.txt, images/), not the "
-                                            "camvid data this run read: give --data-root the directory that holds "
-                                            "them\n")
+    said = ("/own holds your own data's layout (classes.txt, images/), not the camvid data this run read: give "
+            "--data-root the directory that holds them")
+    assert capsys.readouterr().err.endswith(f"error: {said}\n")
+    from nasfast.search import distributed  # a torchrun search, or one continued in one process
+    parser = build_parser()
+    args = parser.parse_args(["--resume", str(saved_search), "--data-root", "/own", "--budget", "5"])
+    with pytest.raises(DataError, match=re.escape(said)):
+        distributed.run(args, lambda: choose_run(args, parser))
 
 
 def test_a_resumed_search_reads_its_data_where_it_did_and_refuses_other_data(tmp_path):

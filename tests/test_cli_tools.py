@@ -151,17 +151,21 @@ def test_latency_and_export_of_a_search_count_the_classes_it_searched_for(latenc
               "stage2_reward": None, "gate": "stop", "params": 1, "madds": 1, "seconds": 1.0}
     (tmp_path / "candidates.jsonl").write_text(json.dumps(record) + "\n")
     torch.save({"data": {"classes": ["sky", "road", "car", "person", "other"]}}, tmp_path / "state.pt")
-    assert latency.classes_of_search(str(tmp_path)) == 5
-    assert latency.classes_of_search(str(tmp_path / "candidates.jsonl")) == 5
+    assert latency.recorded_classes(str(tmp_path)) == 5
+    assert latency.recorded_classes(str(tmp_path / "candidates.jsonl")) == 5
     monkeypatch.chdir(tmp_path)
-    assert latency.classes_of_search("candidates.jsonl") == 5  # the log of the current directory
-    assert latency.classes_of_search("arch1") is None and latency.designs(str(tmp_path))[0][1] == ZOO["arch1"]
+    assert latency.recorded_classes("candidates.jsonl") == 5  # the log of the current directory
+    assert latency.recorded_classes("arch1") is None and latency.designs(str(tmp_path))[0][1] == ZOO["arch1"]
     (tmp_path / "design.json").write_text(json.dumps(ZOO["arch1"].to_list()))
-    assert latency.classes_of_search(str(tmp_path / "design.json")) is None  # a file beside a search: not its
+    assert latency.recorded_classes(str(tmp_path / "design.json")) is None  # a file beside a search: not its
     assert call(export.main, ["--genotype", str(tmp_path), "--out", str(tmp_path / "m.pt")], capsys)[0] == 0
     extra = {"nasfast.json": ""}
     torch.jit.load(str(tmp_path / "m.pt"), _extra_files=extra)
     assert json.loads(extra["nasfast.json"])["num_classes"] == 5  # export takes the search's classes too
+    torch.save({"genotype": ZOO["arch1"].to_list(), "num_classes": 7}, tmp_path / "best.pt")  # and a checkpoint's
+    assert call(export.main, ["--genotype", str(tmp_path / "best.pt"), "--out", str(tmp_path / "m.pt")], capsys)[0] == 0
+    torch.jit.load(str(tmp_path / "m.pt"), _extra_files=extra)
+    assert json.loads(extra["nasfast.json"])["num_classes"] == 7
 
 
 # --help of the benchmark scripts

@@ -14,7 +14,7 @@ import torch
 from conftest import has_tensorboard, tensorboard_scalars
 from nasfast.search import distributed
 from nasfast.search.config import preset
-from nasfast.files import append_record, read_records
+from nasfast.files import SEARCH_RECORD_KEYS, append_record, read_records
 from nasfast.search.records import keep_finished_records
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,7 +70,7 @@ def test_worker_device_shares_gpus(monkeypatch):
 def test_keep_finished_records_drops_unfinished(tmp_path):
     log = str(tmp_path / "log.jsonl")
     for index in (0, 2, 1, 3, 5):
-        append_record(log, {"index": index})
+        append_record(log, {**{key: None for key in SEARCH_RECORD_KEYS}, "index": index, "status": "failed"})
     kept = keep_finished_records(log, 4, pending={2})
     assert [r["index"] for r in kept] == [0, 1, 3] == [r["index"] for r in read_records(log)]
 
@@ -101,7 +101,8 @@ def test_a_restart_hands_out_the_in_flight_proposals_first(coordinator_at):
     in_flight = dict(c.pending)
     c.handle(0, {"gate": (1, 0.3, 0.99)})  # candidate 1 passed the gate before the crash
     c.handle(0, {"want": "task", "result": result(c, 0)})  # 0 done, 2 handed out
-    append_record(str(Path(c.run_dir) / "candidates.jsonl"), {"index": 1})  # logged, state not saved
+    logged = {**{key: None for key in SEARCH_RECORD_KEYS}, "index": 1, "status": "failed"}
+    append_record(str(Path(c.run_dir) / "candidates.jsonl"), logged)  # logged, state not saved
     restarted = coordinator_at(budget=4, resume=True)
     assert restarted.retry == [1, 2] and [r["index"] for r in restarted.records] == [0]
     index, genotype = restarted.handle(1, {"want": "task", "result": None})["task"]

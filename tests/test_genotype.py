@@ -199,7 +199,7 @@ def test_count_designs_matches_brute_force_enumeration():
 
 
 def test_an_option_names_a_search_for_its_best_design_and_long_text_is_cut(tmp_path):
-    from nasfast.genotype import genotype_from_option
+    from nasfast.genotype import genotype_from_option, recorded_classes
     rest = dict(stage1_reward=None, stage2_reward=None, gate=None, params=None, madds=None, seconds=1.0)
     records = [{"index": 0, "genotype": ZOO["arch0"].to_list(), "status": "ok", "reward": 0.31, **rest},
                {"index": 1, "genotype": ZOO["arch1"].to_list(), "status": "ok", "reward": 0.42, **rest},
@@ -217,10 +217,14 @@ def test_an_option_names_a_search_for_its_best_design_and_long_text_is_cut(tmp_p
         genotype_from_option(str(tmp_path / "nothing.jsonl"))
     with pytest.raises(FileNotFoundError, match="genotype file .*/typo: no such file"):
         genotype_from_option(str(tmp_path / "typo"))
-    torch.save({"genotype": ZOO["arch2"].to_list(), "model": {}}, tmp_path / "best.pt")  # a training's checkpoint
+    torch.save({"genotype": ZOO["arch2"].to_list(), "num_classes": 11}, tmp_path / "best.pt")  # a training's
     assert genotype_from_option(str(tmp_path / "best.pt")) == ZOO["arch2"]
+    assert recorded_classes(str(tmp_path / "best.pt")) == 11 and recorded_classes("arch2") is None
+    torch.save({"genotype": [[1, 2]]}, tmp_path / "odd.pt")
+    with pytest.raises(ValueError, match=r"checkpoint .*odd.pt: "):
+        genotype_from_option(str(tmp_path / "odd.pt"))
     torch.save({"next_index": 3}, tmp_path / "state.pt")
-    with pytest.raises(UsageError, match=r"state.pt is not a checkpoint of python -m nasfast.train \(it lacks genotype"):
+    with pytest.raises(UsageError, match=r"state.pt is not a checkpoint of .* \(it lacks genotype"):
         genotype_from_option(str(tmp_path / "state.pt"))
     torch.jit.script(torch.nn.Linear(2, 2)).save(str(tmp_path / "model.pt"))
     with pytest.raises(UsageError, match=r"model.pt is not a checkpoint .* \(it is a TorchScript file"):

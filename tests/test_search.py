@@ -317,6 +317,9 @@ def test_a_cache_built_from_other_files_is_built_again(tmp_path, camvid_root, ca
     shutil.copy(image, tmp_path / "replacement.png")
     os.replace(tmp_path / "replacement.png", image)  # the same pixels, but a new file
     assert not reused(copy) and reused(copy)
+    marker = tmp_path / "run" / "cache" / "complete.json"
+    marker.write_text(json.dumps({k: v for k, v in json.loads(marker.read_text()).items() if k != "files"}))
+    assert not reused(copy)  # a cache of an earlier version, which did not record its files
 
 
 def test_the_common_size_of_tiny_images_is_at_least_one_pixel_as_the_transforms_make_them():

@@ -138,17 +138,20 @@ def _stage1_caches(config: SearchConfig, full, stage1_ids: List[int], val_ids: L
     def directory(what: str) -> str:
         return os.path.join(run_dir, "cache", what)
 
+    def opened() -> Tuple[FeatureCache, FeatureCache, tuple]:
+        stage1 = open_cache(directory("stage1"))
+        return stage1, open_cache(directory("val")), tuple(stage1.labels.shape[1:])  # no image read for the size
+
+    if cache == "open":  # the process that builds it has checked it
+        return opened()
     marker = directory("complete.json")
     contents = {"dataset": config.dataset, "scale": config.scale, "teacher": config.teacher,
                 "stage1_ids": stage1_ids, "val_ids": val_ids,
-                "files": _fingerprint([path for i in stage1_ids + val_ids for path in full.pairs[i]] +
-                                      ([config.teacher] if config.teacher else []))}
-    if cache == "open" or read_json(marker) == contents:
-        stage1, stage1_val = open_cache(directory("stage1")), open_cache(directory("val"))
-        if cache != "open":
-            print(f"stage-1 cache: reusing {directory('')} ({len(stage1)} + {len(stage1_val)} images)",
-                  file=sys.stderr)
-        return stage1, stage1_val, tuple(stage1.labels.shape[1:])  # the size, without reading every image
+                "files": _fingerprint([path for i in stage1_ids + val_ids for path in full.pairs[i]])}
+    if read_json(marker) == contents:
+        stage1, stage1_val, size = opened()
+        print(f"stage-1 cache: reusing {directory('')} ({len(stage1)} + {len(stage1_val)} images)", file=sys.stderr)
+        return stage1, stage1_val, size
     teacher = load_teacher(config.teacher, device, full.num_classes)  # checked before caching
     size = _common_size(full, stage1_ids + val_ids, config.scale)
     evaluated = EvalTransform(config.scale, size)

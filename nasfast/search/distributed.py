@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from ..cli import counted, reported_in_one_line
+from ..data.datasets import OtherLayout
 from ..files import SEARCH_STATE, read_json, save_torch, write_json
 from ..genotype import Genotype
 from ..strategies import Proposal
@@ -296,6 +297,7 @@ def run(args, choose_run: Callable[[], Tuple[str, SearchConfig, bool]]) -> int:
 
 
 def _run_rank0(args, choose_run, context_factory) -> int:
+    resume = False
     try:
         run_dir, config, resume = choose_run()
         coordinator = Coordinator(run_dir, config, context_factory, args.budget, args.time_budget, world_size())
@@ -316,7 +318,10 @@ def _run_rank0(args, choose_run, context_factory) -> int:
         share({"exit": stop.code})
         raise
     except BaseException as error:
-        share({"exit": 2 if reported_in_one_line(error) else 1})
+        said = error.for_resumed_run() if resume and isinstance(error, OtherLayout) else error  # no dataset change
+        share({"exit": 2 if reported_in_one_line(said) else 1})
+        if said is not error:
+            raise said from None
         raise
     if resume:
         print(f"resuming {run_dir} at candidate {coordinator.next_index} "

@@ -1,12 +1,11 @@
 """A search run's log and state on resume: the finished candidates' records, the saved state."""
 import json
-import os
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import torch
 
-from ..files import SEARCH_LOG, SEARCH_STATE, read_search_log, write_atomic
+from ..files import read_search_log, write_atomic
 
 
 def keep_finished_records(path: str, count: int, pending=()) -> List[Dict[str, Any]]:
@@ -40,18 +39,3 @@ def load_state(path: str) -> Dict[str, Any]:
         raise ValueError(f"{path} is damaged and cannot be read ({reason}); the search cannot continue from it. "
                          f"Its log of candidates is kept (python -m nasfast.report, or train --genotype with the "
                          f"directory); search on in a new directory (--out)") from error
-
-
-def classes_of_search(text: str) -> Optional[int]:
-    """The number of classes a search recorded, when `text` names its RUN_DIR or log; else None."""
-    if os.path.isdir(text):
-        run_dir = text
-    elif os.path.basename(text) == SEARCH_LOG:
-        run_dir = os.path.dirname(text) or "."
-    else:
-        return None
-    state = os.path.join(run_dir, SEARCH_STATE)
-    if not os.path.isfile(state):
-        return None
-    classes = (load_state(state).get("data") or {}).get("classes")
-    return len(classes) if classes else None
