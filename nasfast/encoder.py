@@ -96,11 +96,16 @@ class MobileNetV2Encoder(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: Tensor) -> List[Tensor]:
+        # On the CPU, oneDNN runs these convolutions 1.5x faster in channels-last order (forward and
+        # backward; bench/RESULTS.md); the outputs go back to the usual order for the decoder.
+        on_cpu = x.device.type == "cpu"
+        if on_cpu:
+            x = x.contiguous(memory_format=torch.channels_last)
         outputs: List[Tensor] = []
         for i, layer in enumerate(self.features):
             x = layer(x)
             if i in self.output_layers:
-                outputs.append(x)
+                outputs.append(x.contiguous() if on_cpu else x)
         return outputs
 
     def load_pretrained(self, path: Union[str, os.PathLike]) -> None:

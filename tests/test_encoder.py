@@ -60,6 +60,24 @@ def test_output_channels_and_strides(size, expected):
     assert [tuple(o.shape[-2:]) for o in outputs] == expected
 
 
+def test_on_the_cpu_channels_last_gives_the_usual_outputs_and_gradients():
+    torch.manual_seed(0)
+    encoder, x = MobileNetV2Encoder().train(), torch.randn(2, 3, 64, 96, requires_grad=True)
+    outputs = encoder(x)  # computed in channels-last order on the CPU
+    expected, h = [], x  # the same layers in the usual order
+    for i, layer in enumerate(encoder.features):
+        h = layer(h)
+        if i in encoder.output_layers:
+            expected.append(h)
+    assert all(o.is_contiguous() for o in outputs)  # what the decoder's ops expect
+    for got, want in zip(outputs, expected):
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)  # float32 sums in another order
+    weights = [p for p in encoder.parameters()][:3] + [x]
+    grads = torch.autograd.grad(sum(o.square().mean() for o in outputs), weights)
+    for got, want in zip(grads, torch.autograd.grad(sum(o.square().mean() for o in expected), weights)):
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)
+
+
 def test_scripted_equals_eager():
     encoder = MobileNetV2Encoder().eval()
     x = torch.randn(2, 3, 96, 136)
