@@ -99,6 +99,9 @@ class MobileNetV2Encoder(nn.Module):
         # On the CPU, oneDNN runs these convolutions 1.5x faster in channels-last order (forward and
         # backward; bench/RESULTS.md); the outputs go back to the usual order for the decoder.
         on_cpu = x.device.type == "cpu"
+        if not torch.jit.is_scripting():
+            if torch.compiler.is_compiling():
+                on_cpu = False  # torch.compile picks its own layouts (arch1: 62 -> 112 ms with this)
         if on_cpu:
             x = x.contiguous(memory_format=torch.channels_last)
         outputs: List[Tensor] = []
