@@ -100,7 +100,7 @@ class MobileNetV2Encoder(nn.Module):
         # backward; bench/RESULTS.md); the outputs go back to the usual order for the decoder.
         on_cpu = x.device.type == "cpu"
         if not torch.jit.is_scripting():
-            if torch.compiler.is_compiling():
+            if on_cpu and torch.compiler.is_compiling():
                 on_cpu = False  # torch.compile picks its own layouts (arch1: 62 -> 112 ms with this)
         if on_cpu:
             x = x.contiguous(memory_format=torch.channels_last)
