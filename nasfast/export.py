@@ -88,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="arch0|arch1|arch2, the genotype's JSON, a file holding it, a checkpoint's design, or a "
                              "search's RUN_DIR (its best design), with random weights")
     parser.add_argument("--num-classes", type=positive_int,
-                        help=f"with --genotype [those of the search or checkpoint it names; else {NUM_CLASSES_DEFAULT}, "
-                             f"PASCAL VOC as in the paper; CamVid has 11]")
+                        help=f"with --genotype [those of the search or checkpoint it names; else "
+                             f"{NUM_CLASSES_DEFAULT}, PASCAL VOC as in the paper; CamVid has 11]")
     parser.add_argument("--pretrained", action="store_true", help="with --genotype: ImageNet encoder weights")
     parser.add_argument("--reference-ops", action="store_true", help="do not use the native ops")
     parser.add_argument("--out", required=True, help="the TorchScript file to write (model.pt)")
