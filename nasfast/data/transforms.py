@@ -25,14 +25,18 @@ MEAN_COLOUR = np.round(MEAN * 255).astype(np.uint8)
 _MEAN_CHW, _STD_CHW = torch.from_numpy(MEAN).view(3, 1, 1), torch.from_numpy(STD).view(3, 1, 1)
 
 
+def scaled_size(height: int, width: int, scale: float) -> Tuple[int, int]:
+    """Each side times `scale`, rounded, and at least one pixel."""
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
 def resize(image: np.ndarray, label: np.ndarray, scale: float) -> Tuple[np.ndarray, np.ndarray]:
-    """Bilinear for the image, nearest for the label; each side becomes round(side * scale)."""
+    """Bilinear for the image, nearest for the label, to scaled_size."""
     if scale == 1.0:
         return image, label
-    h, w = label.shape
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return (np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR)),
-            np.asarray(Image.fromarray(label).resize(size, Image.NEAREST)))
+    h, w = scaled_size(*label.shape, scale)
+    return (np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR)),
+            np.asarray(Image.fromarray(label).resize((w, h), Image.NEAREST)))
 
 
 def to_tensors(image: np.ndarray, label: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -96,7 +100,7 @@ class TrainTransform:
         mirrored = self.mirror and rng.random() < 0.5
         crop_h, crop_w = self.crop_size
         source_h, source_w = label.shape
-        h, w = max(1, round(source_h * scale)), max(1, round(source_w * scale))  # the scaled size
+        h, w = scaled_size(source_h, source_w, scale)
         # The scaled (and mirrored) image, padded evenly around up to the crop, cropped at random.
         # Only the part the crop keeps is resized: PIL's box gives the pixels of resizing it all,
         # up to rounding (labels agree at 99.7% of pixels, images within 2 levels: measured).

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from ..cli import progress_bar, resolve_device
 from ..data import EvalTransform, TrainTransform, find_data_root, make_dataset
 from ..data.datasets import absent_classes_warning
+from ..data.transforms import scaled_size
 from ..encoder import MobileNetV2Encoder
 from ..files import read_json, write_json
 from .cache import FeatureCache, build_cache, open_cache
@@ -33,8 +34,8 @@ def split_indices(n: int, val_fraction: float, seed: int) -> Tuple[List[int], Li
 
 def _common_size(dataset, indices: List[int], scale: float) -> Tuple[int, int]:
     """The largest image size among `indices` after resizing: every image is padded to it."""
-    sizes = [dataset.load(i)[1].shape for i in indices]
-    return (max(max(1, round(h * scale)) for h, _ in sizes), max(max(1, round(w * scale)) for _, w in sizes))
+    sizes = [scaled_size(*dataset.load(i)[1].shape, scale) for i in indices]
+    return max(h for h, _ in sizes), max(w for _, w in sizes)
 
 
 def load_teacher(path: Optional[str], device: torch.device, num_classes: int):
