@@ -290,7 +290,7 @@ def mended_log(log: str, checkpoint: dict) -> Optional[str]:
     """The training log as the checkpoint has it, when it differs (else None): the epochs up to the
     checkpoint's, that epoch's line taken from the checkpoint when a run stopped between saving the
     epoch and logging it. Lines torn, damaged or of later epochs are dropped, with a warning."""
-    lines = open(log).read().splitlines(keepends=True) if os.path.exists(log) else []
+    lines = Path(log).read_text().splitlines(keepends=True) if os.path.exists(log) else []
     records = [r for r in map(_epoch_record, lines) if r is not None and r["epoch"] <= checkpoint["epoch"]]
     if len(records) < len(lines):
         print(f"warning: {log}: {counted(len(lines) - len(records), 'line')} dropped (torn, damaged, or of epochs "
