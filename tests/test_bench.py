@@ -3,9 +3,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import nasfast.ops as ops
+from nasfast.data import make_dataset
+from nasfast.encoder import WEIGHTS_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,3 +53,33 @@ def test_ops_loss_table_on_cpu():
     assert "freed memory kept up to" in result.stdout.splitlines()[0]
     rows = [line.split() for line in result.stdout.splitlines() if line.startswith("N=64 34x45->270x360")]
     assert len(rows) == 2 and all(row[-2].endswith("x") and float(row[-2][:-1]) > 0 for row in rows)
+
+
+def gpu_run(*args, **env):
+    return subprocess.run(["bash", str(REPO / "bench" / "gpu_run.sh"), *args], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHON=sys.executable, **env), timeout=600)
+
+
+def test_gpu_run_explains_its_steps_and_refuses_unknown_ones():
+    help_text = gpu_run("--help").stdout
+    assert all(f"\n  {step} " in help_text for step in ("pack DIR", "build", "tests", "ops", "latency", "train"))
+    result = gpu_run("bild")
+    assert result.returncode == 2 and "unknown step bild" in result.stderr
+
+
+def test_gpu_run_packs_camvid_to_send(camvid_root, tmp_path):
+    """The packed copy is the same dataset: every pair listed, labels and validation images unchanged,
+    training images within JPEG's error; and the weights where TORCH_HOME will find them."""
+    result = gpu_run("pack", str(tmp_path), OUT=str(tmp_path / "out"), NASFAST_DATA=str(camvid_root.parent))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "== pack:" in result.stdout and (tmp_path / "torch" / "hub" / "checkpoints" / WEIGHTS_FILE).is_file()
+    packed = {split: make_dataset("camvid", str(tmp_path / "camvid"), split=split) for split in ("train", "val")}
+    source = {split: make_dataset("camvid", str(camvid_root), split=split) for split in ("train", "val")}
+    assert [len(packed[s]) for s in packed] == [len(source[s]) for s in source] == [367, 101]
+    for split, index in (("train", 0), ("train", 366), ("val", 50)):
+        (image, label), (source_image, source_label) = packed[split].load(index), source[split].load(index)
+        assert np.array_equal(label, source_label)
+        difference = np.abs(image.astype(int) - source_image)
+        assert difference.max() == 0 if split == "val" else 0 < difference.mean() < 3
+    size = sum(f.stat().st_size for f in tmp_path.rglob("*") if f.is_file() and "out" not in f.parts)
+    assert size < 62 * 2 ** 20  # with the repository, under a 64 MiB transfer
