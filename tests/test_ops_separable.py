@@ -254,6 +254,22 @@ def test_inference_keeps_the_fold_until_its_tensors_change():
         torch.testing.assert_close(torch.jit.script(fused)(x), fused(x))  # scripts with a kept fold
 
 
+
+@needs_ops
+def test_a_model_made_in_inference_mode_folds_each_call():
+    """Tensors made in inference mode have no version counter to key a kept fold on."""
+    x = torch.randn(2, 6, 9, 10)
+    state = randomised(SeparableConvBNReLU(6, 3, 1, fused=False)).state_dict()
+    with torch.inference_mode():
+        fused = SeparableConvBNReLU(6, 3, 1, fused=True).eval()
+        reference = SeparableConvBNReLU(6, 3, 1, fused=False).eval()
+        for module in (fused, reference):
+            module.load_state_dict(state)
+        torch.testing.assert_close(fused(x), reference(x), rtol=1e-4, atol=1e-4)
+        fused.bn.running_var.mul_(3)
+        reference.bn.running_var.mul_(3)
+        torch.testing.assert_close(fused(x), reference(x), rtol=1e-4, atol=1e-4)
+
 def test_fold_batch_norm_is_exact_in_float64():
     module = randomised(SeparableConvBNReLU(5, 3, 1, fused=False)).double().eval()
     x = torch.randn(2, 5, 8, 8, dtype=torch.float64)

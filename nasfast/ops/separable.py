@@ -137,7 +137,9 @@ class FusedSeparableConvBNReLU(SeparableConvBNReLU):
         bn = self.bn
         sources = (self.pointwise.weight, bn.running_mean, bn.running_var, bn.weight, bn.bias)
         compiling = getattr(torch.compiler, "is_compiling", lambda: False)()  # torch >= 2.3 has it
-        if compiling:  # a compiled graph folds once; a key of pointers would recompile it
+        # A compiled graph folds once (a key of pointers would recompile it); tensors made in
+        # inference mode have no version to key on.
+        if compiling or any(t is not None and t.is_inference() for t in sources):
             return fold_batch_norm(*sources[:3], bn.eps, *sources[3:])
         key = tuple((t.data_ptr(), t._version) if t is not None else None for t in sources) + (bn.eps,)
         if getattr(self, "_fold_key", None) != key:
