@@ -222,6 +222,13 @@ def test_cpp_program_matches_python(exported, camvid_root, tmp_path):
     not_a_model = subprocess.run([program, ppm, ppm], capture_output=True, text=True, env=env)
     assert not_a_model.returncode == 1 and not_a_model.stderr.startswith("error: ")
     assert len(not_a_model.stderr.splitlines()) <= 2, not_a_model.stderr  # libtorch's message, not its backtrace
+    (tmp_path / "huge.ppm").write_bytes(b"P6 100000 100000 255\n" + image.tobytes())
+    for args, status, message in (([path, ppm, "logits.bin", "extra"], 2, "usage: "),
+                                  ([path, ppm, str(tmp_path / "missing" / "logits.bin")], 1, "cannot write the logits"),
+                                  ([path, tmp_path / "huge.ppm"], 1, "100000 x 100000 pixels need 30000000000 bytes"),
+                                  ([tmp_path, ppm], 1, "no such model file")):
+        result = subprocess.run([program, *map(str, args)], capture_output=True, text=True, env=env)
+        assert result.returncode == status and message in result.stderr, result.stderr
     if shutil.which("readelf"):  # copied beside the ops library, the program finds it there
         dynamic = subprocess.run(["readelf", "-d", program], capture_output=True, text=True).stdout
         assert "Shared library: [_C.so]" in dynamic and "$ORIGIN" in dynamic

@@ -6,6 +6,7 @@
 
 #include <cctype>
 #include <cstdint>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -43,11 +44,20 @@ torch::Tensor read_ppm(const std::string& path) {
   } catch (const std::logic_error&) {
     throw std::runtime_error(path + ": not a PPM image (its header lacks the size)");
   }
-  if (magic != "P6" || width <= 0 || height <= 0 || max_value != 255)
+  if (magic != "P6" || max_value != 255)
     throw std::runtime_error(path + ": expected a binary PPM (P6) with 8-bit channels");
-  std::vector<uint8_t> pixels(static_cast<size_t>(width) * height * 3);
+  const std::string size = std::to_string(width) + " x " + std::to_string(height);
+  if (width <= 0 || height <= 0) throw std::runtime_error(path + ": its header gives the size " + size);
+  // The pixels the header announces must be in the file before they are allocated.
+  const std::streamoff start = in.tellg(), end = in.seekg(0, std::ios::end).tellg();
+  const uint64_t bytes = static_cast<uint64_t>(width) * static_cast<uint64_t>(height) * 3;
+  if (end - start < 0 || static_cast<uint64_t>(end - start) < bytes)
+    throw std::runtime_error(path + ": truncated pixel data (" + size + " pixels need " + std::to_string(bytes) +
+                             " bytes, the file has " + std::to_string(end - start) + ")");
+  in.seekg(start);
+  std::vector<uint8_t> pixels(bytes);
   in.read(reinterpret_cast<char*>(pixels.data()), static_cast<std::streamsize>(pixels.size()));
-  if (!in) throw std::runtime_error(path + ": truncated pixel data");
+  if (!in) throw std::runtime_error(path + ": cannot read its pixel data");
   torch::Tensor image = torch::from_blob(pixels.data(), {height, width, 3}, torch::kUInt8).clone();
   return image.permute({2, 0, 1}).to(torch::kFloat32).div(255).unsqueeze(0);
 }
@@ -80,11 +90,13 @@ torch::Tensor normalise(const torch::Tensor& image, const std::string& info) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 3) {
+  if (argc < 3 || argc > 4) {
     std::cerr << "usage: " << argv[0] << " model.pt image.ppm [logits.bin]\n";
     return 2;
   }
   try {
+    if (!std::filesystem::is_regular_file(argv[1]))
+      throw std::runtime_error(std::string(argv[1]) + ": no such model file (python -m nasfast.export writes one)");
     torch::jit::ExtraFilesMap extra{{"nasfast.json", ""}};
     torch::jit::script::Module model = torch::jit::load(argv[1], c10::nullopt, extra);
     model.eval();
@@ -105,6 +117,8 @@ int main(int argc, char** argv) {
       std::ofstream out(argv[3], std::ios::binary);
       out.write(reinterpret_cast<const char*>(logits.data_ptr<float>()),
                 static_cast<std::streamsize>(logits.numel() * sizeof(float)));
+      out.close();
+      if (!out) throw std::runtime_error(std::string("cannot write the logits to ") + argv[3]);
     }
   } catch (const c10::Error& error) {  // a model file libtorch cannot read: its message, not its backtrace
     std::cerr << "error: " << error.what_without_backtrace() << "\n";
