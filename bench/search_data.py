@@ -15,8 +15,12 @@ import time
 
 import torch
 
-from nasfast.search.config import preset
+from nasfast.cli import positive_int, run as run_tool
+from nasfast.data.datasets import DATASETS
+from nasfast.search.config import PRESETS, preset
 from nasfast.search.context import build_context
+
+PROG = "bench/search_data.py"
 
 
 def candidate_seconds(ctx, seed: int) -> float:
@@ -39,12 +43,12 @@ def run(args, image_cache_gb: float):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", default="camvid")
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="camvid", choices=sorted(DATASETS), help="[camvid]")
     parser.add_argument("--data-root", help="the dataset's directory [$NASFAST_DATA/<dataset>]")
-    parser.add_argument("--preset", default="fast", choices=["paper", "fast", "tiny"])
-    parser.add_argument("--candidates", type=int, default=3)
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads")
+    parser.add_argument("--preset", default="fast", choices=sorted(PRESETS), help="[fast]")
+    parser.add_argument("--candidates", type=positive_int, default=3, help="candidates in a row [3]")
+    parser.add_argument("--threads", type=positive_int, help="torch.set_num_threads [torch's choice]")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -60,4 +64,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool(main, PROG))

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from nasfast.cli import UsageError, positive_int, run
-from nasfast.data.datasets import DATASETS
+from nasfast.data.datasets import DATASETS, find_data_root
 from nasfast.files import SEARCH_LOG, read_records
 from nasfast.search.__main__ import build_parser as search_parser, duration
 from nasfast.search.config import PRESETS
@@ -266,12 +266,14 @@ def check_keep(keep: str, dirs: List[Path]) -> None:
 def main(argv=None) -> int:
     args, extra = parse_args(argv)
     check_search_options(args, extra)
+    find_data_root(args.dataset, args.data_root)  # a missing dataset is reported before any search starts
     gpu_count = usable_gpus(args.device)
     runs = setups(args.device, args.procs, args.workers_per_gpu, gpu_count)
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="nasfast-throughput-"))
     dirs = run_dirs(root, runs)
     if args.keep:
         check_keep(args.keep, dirs)
+        root.mkdir(parents=True, exist_ok=True)  # so is a DIR that cannot be made
     rows = []
     try:
         for setup, run_dir in zip(runs, dirs):

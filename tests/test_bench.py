@@ -44,6 +44,17 @@ def test_search_data_table(camvid_root):
     assert [row[0] for row in rows] == ["1", "2"] and all(row[3].endswith("x") for row in rows)
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--dataset", "foo"], "invalid choice: 'foo'"),
+    (["--data-root", "/nonexistent"], "--data-root /nonexistent: no such directory"),
+    (["--candidates", "0"], "--candidates: must be at least 1"),
+])
+def test_search_data_refuses_bad_options_in_one_line(argv, message):
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "search_data.py"), *argv], capture_output=True,
+                            text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=600)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
 @pytest.mark.skipif(not ops.available(), reason="native ops library not built")
 def test_ops_loss_table_on_cpu():
     result = subprocess.run([sys.executable, str(REPO / "bench" / "ops.py"), "--quick", "--only", "loss",

@@ -63,6 +63,8 @@ def run_main(bench, argv, capsys):
     (["--time-budget", "0"], ["--time-budget", "more than 0"]),
     (["--time-budget", "soon"], ["--time-budget", "soon"]),
     (["--preset", "huge"], ["--preset", "invalid choice"]),
+    (["--data-root", "/nonexistent"], ["--data-root /nonexistent: no such directory"]),
+    (["--keep", "/proc/nasfast"], ["/proc/nasfast"]),
 ])
 def test_bad_options_are_refused_before_any_search_starts(argv, words, capsys):
     status, out, err = run_main(bench_module(), argv, capsys)
