@@ -193,11 +193,12 @@ def genotype_from_option(text: str) -> Genotype:
         except ValueError as error:
             raise ValueError(f"checkpoint {text}: {error}") from None
     if not os.path.isfile(text):
-        if os.sep in text and not text.lstrip().startswith("["):  # a path, not a name or JSON
+        a_path = os.sep in text or os.path.splitext(text)[1] != ""  # not a zoo name (or JSON: below)
+        if a_path and not text.lstrip().startswith("["):
             raise FileNotFoundError(f"genotype file {text}: no such file")
         return Genotype.parse(text)
     try:
-        with open(text, encoding="utf-8") as f:
+        with open(text, encoding="utf-8-sig") as f:  # a byte order mark, as some editors write, is skipped
             return Genotype.parse(f.read())
     except UnicodeDecodeError:
         raise ValueError(f"genotype file {text} is not UTF-8 text") from None

@@ -217,6 +217,10 @@ def test_an_option_names_a_search_for_its_best_design_and_long_text_is_cut(tmp_p
         genotype_from_option(str(tmp_path / "nothing.jsonl"))
     with pytest.raises(FileNotFoundError, match="genotype file .*/typo: no such file"):
         genotype_from_option(str(tmp_path / "typo"))
+    with pytest.raises(FileNotFoundError, match="genotype file missing.json: no such file"):
+        genotype_from_option("missing.json")  # a name in the working directory
+    (tmp_path / "bom.json").write_text("\ufeff" + ZOO["arch1"].to_json(), encoding="utf-8")
+    assert genotype_from_option(str(tmp_path / "bom.json")) == ZOO["arch1"]
     torch.save({"genotype": ZOO["arch2"].to_list(), "num_classes": 11}, tmp_path / "best.pt")  # a training's
     assert genotype_from_option(str(tmp_path / "best.pt")) == ZOO["arch2"]
     assert recorded_classes(str(tmp_path / "best.pt")) == 11 and recorded_classes("arch2") is None
