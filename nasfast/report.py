@@ -15,6 +15,9 @@ PROG = "python -m nasfast.report"
 
 
 def load_run(run_dir: str) -> Dict:
+    """A search's records and settings, from its directory or its candidates.jsonl."""
+    if os.path.basename(run_dir) == SEARCH_LOG and os.path.isfile(run_dir):
+        run_dir = os.path.dirname(run_dir) or "."
     log = os.path.join(run_dir, SEARCH_LOG)
     if not os.path.isfile(log):
         raise FileNotFoundError(f"{run_dir}: not a search run ({log} missing)")
@@ -97,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.plot and not args.plot.lower().endswith(".png"):
+        raise UsageError(f"--plot {args.plot}: the plot is a PNG image; give a file name ending in .png")
     if args.plot and not has_matplotlib():
         raise UsageError(f"--plot {args.plot}: matplotlib is not installed (pip install matplotlib)")
     runs = [load_run(d) for d in args.runs]
@@ -107,7 +112,7 @@ def main(argv=None) -> int:
             print(searched_size_note(search_run["channels"], search_run["sep_repeats"]))
         print()
         print(progress_table(search_run, args.bins), end="\n\n")
-    path = args.plot or os.path.join(args.runs[0], "rewards.png")
+    path = args.plot or os.path.join(runs[0]["dir"], "rewards.png")
     if not has_matplotlib():
         print("(install matplotlib for plots)", file=sys.stderr)
     elif not any(finished(run) for run in runs):
