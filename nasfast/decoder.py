@@ -1,4 +1,5 @@
 """The searched decoder and its auxiliary heads (SPEC section 3)."""
+import numbers
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -75,8 +76,8 @@ class Decoder(nn.Module):
         if len(in_channels) != 4:
             raise ValueError(f"the search space has 4 encoder inputs, got in_channels={tuple(in_channels)}")
         for name, value in (("num_classes", num_classes), ("channels", channels), ("sep_repeats", sep_repeats)):
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
+            if not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"{name} must be an int of at least 1, got {value!r}")
         self.genotype = genotype
         self.num_classes = num_classes
         self.adapters = nn.ModuleList([ConvBNReLU(c, channels, 1) for c in in_channels])

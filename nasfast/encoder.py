@@ -96,6 +96,8 @@ class MobileNetV2Encoder(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: Tensor) -> List[Tensor]:
+        if x.dim() != 4 or x.size(1) != 3:
+            raise ValueError(f"the encoder takes images N x 3 x H x W, got the shape {list(x.shape)}")
         # On the CPU, oneDNN runs these convolutions 1.5x faster in channels-last order (forward and
         # backward; bench/RESULTS.md); the outputs go back to the usual order for the decoder.
         on_cpu = x.device.type == "cpu"

@@ -1,5 +1,6 @@
 """Streaming segmentation metrics and the search reward (SPEC section 5)."""
 import math
+import numbers
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
@@ -24,11 +25,11 @@ class ConfusionMatrix:
 
     def __init__(self, num_classes: int, ignore_index: int = 255, exclude: Iterable[int] = (),
                  fused: Optional[bool] = None):
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if not isinstance(num_classes, numbers.Integral) or num_classes < 1:
+            raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
         self.num_classes = num_classes
         self.ignore_index = ignore_index
-        self.exclude = tuple(exclude)
+        self.exclude = (exclude,) if isinstance(exclude, numbers.Integral) else tuple(exclude)
         bad = [c for c in self.exclude if not 0 <= c < num_classes]
         if bad:
             raise ValueError(f"exclude: classes {bad} are not in [0, {num_classes})")

@@ -74,8 +74,9 @@ def test_rejects_bad_options():
     with pytest.raises(ValueError, match="in_channels"):
         Decoder("arch0", in_channels=(24, 32, 96))
     for option in ("num_classes", "channels", "sep_repeats"):
-        with pytest.raises(ValueError, match=f"{option} must be at least 1, got 0"):
-            Decoder("arch0", **{option: 0})
+        for value in (0, 1.5):
+            with pytest.raises(ValueError, match=f"{option} must be an int of at least 1, got {value}"):
+                Decoder("arch0", **{option: value})
     features = [torch.randn(1, c, 32 // s, 32 // s) for c, s in zip((24, 32, 96, 320), (4, 8, 16, 32))]
     for decoder in (Decoder("arch0"), torch.jit.script(Decoder("arch0", fused=False))):
         with pytest.raises(Exception, match="the decoder takes 4 feature maps, got 3"):

@@ -90,6 +90,9 @@ def test_bad_inputs_are_rejected():
         m.update(torch.randn(1, 5, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="exclude"):
         ConfusionMatrix(3, exclude=(3,))
+    with pytest.raises(ValueError, match="num_classes must be an int >= 1, got 2.5"):
+        ConfusionMatrix(2.5)
+    assert ConfusionMatrix(3, exclude=0).exclude == (0,) and ConfusionMatrix(np.int64(3)).num_classes == 3
 
 
 @pytest.mark.parametrize("fused", [None, False])

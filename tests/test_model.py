@@ -38,6 +38,13 @@ def test_segmenter_logits_come_back_at_input_size():
         assert model(torch.randn(1, 3, 360, 480)).shape == (1, 11, 360, 480)
 
 
+def test_an_input_that_is_not_a_batch_of_rgb_images_is_named():
+    model = create_model("arch1", num_classes=11, pretrained=False).eval()
+    for shape in ((3, 32, 32), (1, 1, 32, 32)):
+        with pytest.raises(ValueError, match=rf"images N x 3 x H x W, got the shape \[{', '.join(map(str, shape))}\]"):
+            model(torch.randn(shape))
+
+
 def test_training_model_has_aux_outputs():
     model = create_model("arch0", num_classes=11, aux="cell").eval()
     with torch.no_grad():
