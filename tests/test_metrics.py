@@ -96,6 +96,13 @@ def test_bad_inputs_are_rejected():
 
 
 @pytest.mark.parametrize("fused", [None, False])
+def test_an_empty_target_counts_nothing(fused):
+    m = ConfusionMatrix(3, fused=fused)
+    m.update(torch.randn(1, 3, 4, 4), torch.zeros(1, 0, 4, dtype=torch.long))
+    assert m.matrix.sum() == 0
+
+
+@pytest.mark.parametrize("fused", [None, False])
 def test_uint8_targets_compare_with_the_ignore_index_as_integers(fused):
     """255 in a uint8 target is not the ignore index -1 (uint8 arithmetic would make it so)."""
     m = ConfusionMatrix(2, ignore_index=-1, fused=fused)

@@ -76,6 +76,13 @@ def test_bad_arguments_are_rejected():
             torch.ops.nasfast.upsample_add(*args)
 
 
+def test_the_reference_refuses_to_broadcast_as_the_native_op_does():
+    h, l = inputs((8, 8), (4, 4))
+    for args in ((h, l[:1]), (h, l[:, :2]), (h[0], l[0])):
+        with pytest.raises(ValueError, match="high and low must be N x C x H x W and N x C x h x w"):
+            upsample_add_reference(*args)
+
+
 @needs_ops
 def test_modules_keep_their_class_when_copied():
     for fused in (True, False):

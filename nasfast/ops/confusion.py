@@ -18,6 +18,8 @@ if available():
 
 def confusion_matrix_update_reference(matrix: Tensor, scores: Tensor, target: Tensor, ignore_index: int) -> None:
     k = matrix.shape[0]
+    if target.numel() == 0:  # nothing to count (and no size to upsample to)
+        return
     if scores.is_floating_point():
         scores = upsampled(scores, target.shape[-2:]).argmax(1)
     target = target.long()  # compared as integers: a uint8 target never equals an ignore_index of -1

@@ -22,6 +22,9 @@ def upsampled(x: Tensor, size) -> Tensor:
 
 
 def upsample_add_reference(high: Tensor, low: Tensor) -> Tensor:
+    if high.dim() != 4 or low.dim() != 4 or high.shape[:2] != low.shape[:2]:  # as the native op: no broadcasting
+        raise ValueError(f"upsample_add: high and low must be N x C x H x W and N x C x h x w, got the shapes "
+                         f"{list(high.shape)} and {list(low.shape)}")
     return high + F.interpolate(low, size=high.shape[-2:], mode="bilinear", align_corners=False)
 
 
