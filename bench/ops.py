@@ -225,7 +225,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     if not ops.available():
-        print("the nasfast ops library is not built: nothing to compare", file=sys.stderr)
+        print(f"the nasfast ops library is {ops.why_unavailable()}: nothing to compare", file=sys.stderr)
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -68,10 +68,14 @@ def test_source_distribution_needs_no_torch_and_carries_what_the_readme_runs(tmp
 def test_without_the_library_everything_falls_back_to_the_references():
     code = ("import torch, nasfast, nasfast.ops as o; assert not o.available() and o.library_path() is None; "
             "m = nasfast.create_model('arch0', 11).eval(); s = torch.jit.script(m); x = torch.randn(1, 3, 64, 64); "
-            "assert 'nasfast::' not in str(s.inlined_graph); torch.testing.assert_close(s(x), m(x)); print('ok')")
+            "assert 'nasfast::' not in str(s.inlined_graph); torch.testing.assert_close(s(x), m(x)); "
+            "assert o.why_unavailable() == 'turned off (NASFAST_DISABLE_OPS=1)'; "
+            "nasfast.Decoder('arch0', fused=True)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=dict(os.environ, NASFAST_DISABLE_OPS="1", PYTHONPATH=str(REPO)))
-    assert out.stdout.strip() == "ok", out.stderr
+    last_line = out.stderr.strip().splitlines()[-1]
+    assert last_line == "RuntimeError: fused=True but the nasfast ops library is turned off (NASFAST_DISABLE_OPS=1)", \
+        out.stderr
 
 
 def test_import_nasfast_gives_its_modules_for_python_users():

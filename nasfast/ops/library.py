@@ -2,7 +2,7 @@
 import glob
 import os
 import warnings
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -10,16 +10,17 @@ _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _find() -> Optional[str]:
-    if os.environ.get("NASFAST_DISABLE_OPS") == "1":
-        return None
     candidates = sorted(glob.glob(os.path.join(_PACKAGE_DIR, "_C*.so")))
     return candidates[0] if candidates else None
 
 
-def _load() -> Optional[str]:
+def _load() -> Tuple[Optional[str], str]:
+    """The loaded library's path, or None and why it is not loaded."""
+    if os.environ.get("NASFAST_DISABLE_OPS") == "1":
+        return None, "turned off (NASFAST_DISABLE_OPS=1)"
     path = _find()
     if path is None:
-        return None
+        return None, "not built (pip install --no-build-isolation .)"
     try:
         torch.ops.load_library(path)
     except OSError as error:
@@ -28,11 +29,11 @@ def _load() -> Optional[str]:
         warnings.warn(f"nasfast: the ops library {path} does not load with torch {torch.__version__} "
                       f"({error.__cause__ or error}); using the pure-PyTorch references. Rebuild it with "
                       "`pip install --no-build-isolation .` against the torch that is installed.")
-        return None
-    return path
+        return None, f"{path}, which does not load with this torch (rebuild it)"
+    return path, ""
 
 
-_PATH = _load()
+_PATH, _MISSING = _load()
 
 
 def library_path() -> Optional[str]:
@@ -43,6 +44,11 @@ def library_path() -> Optional[str]:
 def available() -> bool:
     """True when the native ops are loaded (otherwise the references are used)."""
     return _PATH is not None
+
+
+def why_unavailable() -> str:
+    """Why the native ops are not loaded ("" when they are): turned off, not built, or not loadable."""
+    return _MISSING
 
 
 def native_for(tensor: torch.Tensor) -> bool:
@@ -63,7 +69,7 @@ def wants_native(fused) -> bool:
     if fused is None:
         return available()
     if fused and not available():
-        raise RuntimeError("fused=True but the nasfast ops library is not built (pip install --no-build-isolation .)")
+        raise RuntimeError(f"fused=True but the nasfast ops library is {why_unavailable()}")
     return bool(fused)
 
 
