@@ -73,10 +73,11 @@ def test_under_torchrun_only_rank_0_shows_an_option_error(tmp_path, capsys, monk
 
 
 def test_durations():
-    for text in ("0", "-5m", "inf", "5x"):
+    for text in ("0", "-5m", "inf", "5x", "1h30", "h", "1h-30m", "0h0m"):
         with pytest.raises(argparse.ArgumentTypeError):
             duration(text)
-    assert [duration(t) for t in ("90", "90s", "30m", "4h", "2d")] == [90, 90, 1800, 14400, 172800]
+    assert [duration(t) for t in ("90", "90s", "30m", "4h", "2d", "1h30m", "1.5h", "2d12h")] == \
+        [90, 90, 1800, 14400, 172800, 5400, 5400, 216000]
 
 
 def test_a_run_directory_and_a_budget_are_required(tmp_path, capsys):

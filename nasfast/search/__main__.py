@@ -3,6 +3,7 @@ import argparse
 import copy
 import dataclasses
 import os
+import re
 import sys
 import textwrap
 from typing import Any, Dict, List, Optional, Tuple
@@ -67,13 +68,21 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, shown if distributed.rank() == 0 else None)
 
 
+DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([dhms])")
+
+
 def duration(text: str) -> float:
-    """Seconds from '90' (a bare number is seconds), '90s', '30m', '4h' or '2d'; more than 0."""
+    """Seconds from '90' (a bare number is seconds), '90s', '30m', '4h', '2d' or a sum of such
+    parts ('1h30m'); more than 0."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    parts = DURATION_PART.findall(text)
     try:
-        seconds = float(text[:-1]) * units[text[-1]] if text[-1:] in units else float(text)
+        if parts and "".join(number + unit for number, unit in parts) == text.strip():
+            seconds = sum(float(number) * units[unit] for number, unit in parts)
+        else:
+            seconds = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 600 seconds, 30m, 4h, 2d)") from None
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 600 seconds, 30m, 4h, 1h30m, 2d)") from None
     if not 0 < seconds < float("inf"):
         raise argparse.ArgumentTypeError(f"must be more than 0 and finite, got {text}")
     return seconds
@@ -130,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="stop after this many candidates in total (the paper: 1000; --resume keeps the run's)")
     group.add_argument("--time-budget", type=duration, metavar="T",
                        help="stop after this much search time in total (candidates' time, checked between "
-                            "them; start-up and caching not counted): seconds (a bare number), or 30m, 4h, 2d")
+                            "them; start-up and caching not counted): seconds (a bare number), or 30m, 4h, 1h30m, 2d")
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... [auto: cuda when available]")
     group.add_argument("--workers-per-gpu", type=positive_int, default=1, metavar="W",
                        help="under torchrun: processes sharing one GPU; local rank r uses "
