@@ -127,14 +127,15 @@ def search_command(setup: Setup, args, extra: List[str], run_dir: Path) -> List[
 
 
 def check_search_options(args, extra: List[str]) -> None:
-    """Parses what the search will get with its own parser, so that a typo after `--` stops here,
-    before any run, in one line."""
+    """Parses what the search will get with its own parser, so that a typo after `--` or data that
+    are not there stop here, before any run, in one line."""
     parser = search_parser()
 
     def refuse(message):
         raise UsageError(f"options for python -m nasfast.search: {message}")
     parser.error = refuse
-    parser.parse_args(search_arguments(Setup(1), args, extra, Path("RUN_DIR")))
+    search = parser.parse_args(search_arguments(Setup(1), args, extra, Path("RUN_DIR")))
+    find_data_root(search.dataset, search.data_root)
 
 
 def child_error(stderr: str, max_lines: int = 4) -> str:
@@ -266,14 +267,13 @@ def check_keep(keep: str, dirs: List[Path]) -> None:
 def main(argv=None) -> int:
     args, extra = parse_args(argv)
     check_search_options(args, extra)
-    find_data_root(args.dataset, args.data_root)  # a missing dataset is reported before any search starts
     gpu_count = usable_gpus(args.device)
     runs = setups(args.device, args.procs, args.workers_per_gpu, gpu_count)
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="nasfast-throughput-"))
     dirs = run_dirs(root, runs)
     if args.keep:
         check_keep(args.keep, dirs)
-        root.mkdir(parents=True, exist_ok=True)  # so is a DIR that cannot be made
+        root.mkdir(parents=True, exist_ok=True)  # a DIR that cannot be made is refused now, before any search
     rows = []
     try:
         for setup, run_dir in zip(runs, dirs):

@@ -122,9 +122,9 @@ def resolve_device(name: str = "auto"):
     try:
         device = torch.device(name)
     except RuntimeError:
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        raise UsageError(f"unknown device {name!r}: expected auto, cpu, cuda or cuda:N")
+        raise UsageError(f"unknown device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"device {name!r}: nasfast runs on the CPU and on CUDA GPUs (auto, cpu, cuda or cuda:N)")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"device {name}: CUDA is not available on this machine")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():

@@ -14,11 +14,12 @@ from .search.summary import format_reward, searched_size_note, top_table
 PROG = "python -m nasfast.report"
 
 
-def load_run(run_dir: str) -> Dict:
-    """A search's records and settings, from its directory or its candidates.jsonl."""
-    if os.path.basename(run_dir) == SEARCH_LOG and os.path.isfile(run_dir):
-        run_dir = os.path.dirname(run_dir) or "."
-    log = os.path.join(run_dir, SEARCH_LOG)
+def load_run(path: str) -> Dict:
+    """A search's records and settings, from its directory or its log (candidates.jsonl)."""
+    if os.path.isfile(path):
+        run_dir, log = os.path.dirname(path) or ".", path
+    else:
+        run_dir, log = path, os.path.join(path, SEARCH_LOG)
     if not os.path.isfile(log):
         raise FileNotFoundError(f"{run_dir}: not a search run ({log} missing)")
     config = read_json(os.path.join(run_dir, CONFIG)) or {}
@@ -90,7 +91,8 @@ def plot(runs: List[Dict], path: str, count: int = 4) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split(":", 1)[1].strip())
-    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="search runs (e.g. a PPO and a random one)")
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR",
+                        help="search runs (e.g. a PPO and a random one): their directories or candidates.jsonl")
     parser.add_argument("--top", type=positive_int, default=10, help="rows of the table of best designs [10]")
     parser.add_argument("--bins", type=positive_int, default=4, help="parts of the search in the progress table [4]")
     parser.add_argument("--plot", metavar="PNG",

@@ -73,7 +73,8 @@ def gpu_run(*args, **env):
 
 def test_gpu_run_explains_its_steps_and_refuses_unknown_ones():
     help_text = gpu_run("--help").stdout
-    assert all(f"\n  {step} " in help_text for step in ("pack DIR", "build", "tests", "ops", "latency", "train"))
+    steps = ("pack DIR", "build", "tests", "ops", "latency", "throughput", "train")
+    assert all(f"\n  {step} " in help_text for step in steps)
     result = gpu_run("bild")
     assert result.returncode == 2 and "unknown step bild" in result.stderr
 

@@ -63,8 +63,10 @@ def test_argument_types(kind, good, bad):
 
 def test_devices_the_machine_lacks_are_refused():
     assert resolve_device("cpu").type == "cpu"
-    for name in ("gpu", "mps", "meta", "xpu:0"):  # torch knows the last three; nasfast runs on CPUs and CUDA
-        with pytest.raises(UsageError, match=f"unknown device '{name}'"):
+    with pytest.raises(UsageError, match="unknown device 'gpu': expected auto, cpu, cuda or cuda:N"):
+        resolve_device("gpu")
+    for name in ("mps", "meta", "xpu:0"):  # torch's, not nasfast's
+        with pytest.raises(UsageError, match=f"device '{name}': nasfast runs on the CPU and on CUDA GPUs"):
             resolve_device(name)
     import torch
     if not torch.cuda.is_available():

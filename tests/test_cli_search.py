@@ -73,11 +73,11 @@ def test_under_torchrun_only_rank_0_shows_an_option_error(tmp_path, capsys, monk
 
 
 def test_durations():
-    for text in ("0", "-5m", "inf", "5x", "1h30", "h", "1h-30m", "0h0m"):
+    for text in ("0", "-5m", "inf", "5x", "1h30", "h", "1h-30m", "0h0m", "30m30m", "30m1h"):
         with pytest.raises(argparse.ArgumentTypeError):
             duration(text)
-    assert [duration(t) for t in ("90", "90s", "30m", "4h", "2d", "1h30m", "1.5h", "2d12h")] == \
-        [90, 90, 1800, 14400, 172800, 5400, 5400, 216000]
+    assert [duration(t) for t in ("90", "90s", "30m", "4h", "2d", "1h30m", "1.5h", "2d12h", "30 m", "1e3s")] == \
+        [90, 90, 1800, 14400, 172800, 5400, 5400, 216000, 1800, 1000]
 
 
 def test_a_run_directory_and_a_budget_are_required(tmp_path, capsys):

@@ -226,7 +226,7 @@ def test_cpp_program_matches_python(exported, camvid_root, tmp_path):
     for args, status, message in (([path, ppm, "logits.bin", "extra"], 2, "usage: "),
                                   ([path, ppm, str(tmp_path / "missing" / "logits.bin")], 1, "cannot write the logits"),
                                   ([path, tmp_path / "huge.ppm"], 1, "100000 x 100000 pixels need 30000000000 bytes"),
-                                  ([tmp_path, ppm], 1, "no such model file")):
+                                  ([tmp_path, ppm], 1, "not a model file")):
         result = subprocess.run([program, *map(str, args)], capture_output=True, text=True, env=env)
         assert result.returncode == status and message in result.stderr, result.stderr
     if shutil.which("readelf"):  # copied beside the ops library, the program finds it there

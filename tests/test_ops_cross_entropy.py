@@ -120,8 +120,9 @@ def test_another_ignore_index():
 def test_labels_of_any_integer_type():
     logits, target = inputs((23, 30), (12, 15))
     expected = upsample_cross_entropy_reference(logits, target)
-    for dtype in (torch.uint8, torch.int32):
+    for dtype in (torch.uint8, torch.int32, torch.uint16):
         torch.testing.assert_close(upsample_cross_entropy(logits, target.to(dtype)), expected)
+
 
 @needs_ops
 @pytest.mark.parametrize("size, low", [((23, 30), (12, 15)), ((7, 9), (7, 9))])

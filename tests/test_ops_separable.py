@@ -254,7 +254,6 @@ def test_inference_keeps_the_fold_until_its_tensors_change():
         torch.testing.assert_close(torch.jit.script(fused)(x), fused(x))  # scripts with a kept fold
 
 
-
 @needs_ops
 def test_a_model_made_in_inference_mode_folds_each_call():
     """Tensors made in inference mode have no version counter to key a kept fold on."""
@@ -269,6 +268,7 @@ def test_a_model_made_in_inference_mode_folds_each_call():
         fused.bn.running_var.mul_(3)
         reference.bn.running_var.mul_(3)
         torch.testing.assert_close(fused(x), reference(x), rtol=1e-4, atol=1e-4)
+
 
 def test_fold_batch_norm_is_exact_in_float64():
     module = randomised(SeparableConvBNReLU(5, 3, 1, fused=False)).double().eval()

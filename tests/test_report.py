@@ -115,9 +115,10 @@ def test_report_names_a_log_line_that_is_not_a_candidate(tmp_path, capsys, line,
     assert len(err.splitlines()) == 1 and f"{log}: not the candidates.jsonl of a search ({problem}" in err
 
 
-def test_report_takes_a_search_log_for_its_run_and_a_plot_only_as_png(tmp_path, capsys):
+def test_report_takes_a_search_log_file_for_its_run_and_a_plot_only_as_png(tmp_path, capsys):
     fake_run(tmp_path / "ppo", "ppo", [(0.1, 0.2)])
-    assert report(tmp_path / "ppo" / "candidates.jsonl", "--top", "1") == 0
+    (tmp_path / "ppo" / "candidates.jsonl").rename(tmp_path / "ppo" / "old.jsonl")
+    assert report(tmp_path / "ppo" / "old.jsonl", "--top", "1") == 0
     assert f"ppo ({tmp_path / 'ppo'}): best designs" in capsys.readouterr().out
     assert report(tmp_path / "ppo", "--plot", tmp_path / "plot.txt") == 2
     assert "give a file name ending in .png" in capsys.readouterr().err and not (tmp_path / "plot.txt").exists()

@@ -96,7 +96,7 @@ int main(int argc, char** argv) {
   }
   try {
     if (!std::filesystem::is_regular_file(argv[1]))
-      throw std::runtime_error(std::string(argv[1]) + ": no such model file (python -m nasfast.export writes one)");
+      throw std::runtime_error(std::string(argv[1]) + ": not a model file (python -m nasfast.export writes one)");
     torch::jit::ExtraFilesMap extra{{"nasfast.json", ""}};
     torch::jit::script::Module model = torch::jit::load(argv[1], c10::nullopt, extra);
     model.eval();

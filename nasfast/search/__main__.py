@@ -68,21 +68,26 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, shown if distributed.rank() == 0 else None)
 
 
-DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([dhms])")
+DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
+UNITS_IN_ORDER = re.compile("".join(f"(?:{NUMBER}{unit})?" for unit in DURATION_UNITS))  # 2d12h, 1h30m
 
 
 def duration(text: str) -> float:
-    """Seconds from '90' (a bare number is seconds), '90s', '30m', '4h', '2d' or a sum of such
-    parts ('1h30m'); more than 0."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    parts = DURATION_PART.findall(text)
+    """Seconds from '90' (a bare number is seconds), '90s', '30m', '4h', '2d', or several units,
+    largest first ('1h30m'); more than 0."""
+    compact = text.replace(" ", "")
     try:
-        if parts and "".join(number + unit for number, unit in parts) == text.strip():
-            seconds = sum(float(number) * units[unit] for number, unit in parts)
+        if compact[-1:] in DURATION_UNITS:
+            seconds = float(compact[:-1]) * DURATION_UNITS[compact[-1]]
         else:
-            seconds = float(text)
+            seconds = float(compact)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 600 seconds, 30m, 4h, 1h30m, 2d)") from None
+        match = UNITS_IN_ORDER.fullmatch(compact)
+        if not match or not any(match.groups()):
+            raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 600 seconds, 30m, 4h, 1h30m, 2d)") \
+                from None
+        seconds = sum(float(n) * DURATION_UNITS[u] for n, u in zip(match.groups(), DURATION_UNITS) if n)
     if not 0 < seconds < float("inf"):
         raise argparse.ArgumentTypeError(f"must be more than 0 and finite, got {text}")
     return seconds
