@@ -82,8 +82,8 @@ sys.exit(not o.available())" | tee -a "$RESULTS/build.log"
 tests() {
     local parallel=()
     "$PY" -c "import xdist" 2>/dev/null && parallel=(-n 4)  # a crashing test then loses only its worker
-    export NASFAST_REQUIRE_OPS=1  # a library that does not load fails the build's tests instead of skipping
     ( status=0
+      export NASFAST_REQUIRE_OPS=1  # a library that does not load fails the build's tests instead of skipping
       "$PY" -m pytest -q -p no:cacheprovider "${parallel[@]}" -m cuda tests || status=1
       "$PY" -m pytest -q -p no:cacheprovider tests/test_build.py || status=1
       exit $status ) 2>&1 | tee "$RESULTS/cuda_tests.txt"
