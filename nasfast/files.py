@@ -40,6 +40,21 @@ def lock_directory(directory: str):
     return handle
 
 
+def in_use(directory: str) -> bool:
+    """Whether another process holds the lock of a run directory (a search or training running)."""
+    try:
+        handle = open(os.path.join(directory, LOCK), "r+")  # never created here
+    except OSError:  # no lock file, or one this user may not write: nothing to tell
+        return False
+    with handle:
+        try:
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            return error.errno in (errno.EACCES, errno.EAGAIN)
+        fcntl.lockf(handle, fcntl.LOCK_UN)
+    return False
+
+
 def write_atomic(path: str, data: bytes) -> None:
     """Replaces `path` with `data` so that a crash leaves either the old or the new file."""
     tmp = f"{path}.tmp{os.getpid()}"

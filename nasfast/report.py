@@ -7,8 +7,8 @@ import os
 import sys
 from typing import Dict, List, Optional
 
-from .cli import UsageError, positive_int, run
-from .files import CONFIG, SEARCH_LOG, read_json, read_search_log, write_atomic
+from .cli import UsageError, counted, positive_int, run
+from .files import CONFIG, SEARCH_LOG, in_use, read_json, read_search_log, write_atomic
 from .search.summary import format_reward, searched_size_note, top_table
 
 PROG = "python -m nasfast.report"
@@ -109,6 +109,8 @@ def main(argv=None) -> int:
     runs = [load_run(d) for d in args.runs]
     for search_run in runs:
         print(f"{search_run['strategy']} ({search_run['dir']}): best designs")
+        if in_use(search_run["dir"]):
+            print(f"(the search is still running: {counted(len(search_run['records']), 'candidate')} so far)")
         print(top_table(search_run["records"], args.top))
         if search_run["channels"] is not None and finished(search_run):
             print(searched_size_note(search_run["channels"], search_run["sep_repeats"]))

@@ -122,3 +122,19 @@ def test_report_takes_a_search_log_file_for_its_run_and_a_plot_only_as_png(tmp_p
     assert f"ppo ({tmp_path / 'ppo'}): best designs" in capsys.readouterr().out
     assert report(tmp_path / "ppo", "--plot", tmp_path / "plot.txt") == 2
     assert "give a file name ending in .png" in capsys.readouterr().err and not (tmp_path / "plot.txt").exists()
+
+
+def test_report_says_when_the_search_is_still_running(tmp_path, capsys):
+    fake_run(tmp_path / "ppo", "ppo", [(0.1, 0.2), (0.3, None)])
+    assert report(tmp_path / "ppo") == 0
+    assert "still running" not in capsys.readouterr().out
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from nasfast.files import lock_directory; "
+                               f"lock = lock_directory({str(tmp_path / 'ppo')!r}); print('locked', flush=True); "
+                               "time.sleep(60)"], stdout=subprocess.PIPE, text=True, env={"PYTHONPATH": str(REPO)})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert report(tmp_path / "ppo") == 0
+        assert "(the search is still running: 2 candidates so far)" in capsys.readouterr().out
+    finally:
+        holder.kill()
+        holder.wait()
