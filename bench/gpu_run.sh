@@ -68,13 +68,14 @@ build() {
       "$PY" -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda)"; } |
         tee "$RESULTS/build.log"
     compile || return 1
-    objdump -p nasfast/_C.so >"$RESULTS/needed.txt" || return 1
-    if ! grep -Eq 'NEEDED +lib(std)?c\+\+\.so' "$RESULTS/needed.txt" && [ -x /usr/bin/g++ ]; then
+    local needed  # the libraries it links, held whole (grep -q would stop reading objdump's pipe early)
+    needed=$(objdump -p nasfast/_C.so | grep NEEDED) || return 1
+    if ! grep -Eq 'lib(std)?c\+\+\.so' <<<"$needed" && [ -x /usr/bin/g++ ]; then
         echo "the library links its C++ runtime statically: rebuilding with /usr/bin/g++" | tee -a "$RESULTS/build.log"
-        rm -rf build && CC=/usr/bin/gcc CXX=/usr/bin/g++ compile && objdump -p nasfast/_C.so >"$RESULTS/needed.txt" ||
+        rm -rf build && CC=/usr/bin/gcc CXX=/usr/bin/g++ compile && needed=$(objdump -p nasfast/_C.so | grep NEEDED) ||
             return 1
     fi
-    grep NEEDED "$RESULTS/needed.txt" | tee -a "$RESULTS/build.log" && rm "$RESULTS/needed.txt"
+    echo "$needed" | tee -a "$RESULTS/build.log"
     "$PY" -c "import sys, nasfast.ops as o; print(o.library_path() or o.why_unavailable())
 sys.exit(not o.available())" | tee -a "$RESULTS/build.log"
 }
