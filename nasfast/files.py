@@ -16,6 +16,7 @@ CONFIG = "config.json"
 SEARCH_FILES = SEARCH_LOG, SEARCH_STATE = "candidates.jsonl", "state.pt"
 TRAINING_FILES = TRAINING_LOG, LAST, BEST = "log.jsonl", "last.pt", "best.pt"
 LOCK = ".lock"
+LOCK_HELD = (errno.EACCES, errno.EAGAIN)  # what lockf says when another process holds the lock
 
 
 def lock_directory(directory: str):
@@ -25,7 +26,7 @@ def lock_directory(directory: str):
     try:
         fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as error:
-        if error.errno not in (errno.EACCES, errno.EAGAIN):  # a file system without locks (ENOLCK)
+        if error.errno not in LOCK_HELD:  # a file system without locks (ENOLCK)
             print(f"warning: {directory} cannot be locked ({error.strerror}): make sure that no other search "
                   f"or training uses it", file=sys.stderr)
             return handle
@@ -50,7 +51,7 @@ def in_use(directory: str) -> bool:
         try:
             fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
-            return error.errno in (errno.EACCES, errno.EAGAIN)
+            return error.errno in LOCK_HELD
         fcntl.lockf(handle, fcntl.LOCK_UN)
     return False
 
