@@ -37,9 +37,9 @@ def cpu_memory_cache(device: Union[str, torch.device] = "cpu", capacity: Optiona
     """Within, freed CPU blocks of 1 MiB or more are kept (up to `capacity` bytes, default
     `default_capacity()`) for reuse by size; before a fresh block, the oldest kept blocks are freed as
     needed to stay within 1.25x the most memory in use at once, so sizes that do not recur (images of
-    many sizes) do not add up. On leaving, the kept blocks are
-    freed and the capacity before is restored (nested uses: in order, from one thread). Only when
-    `device` is the CPU and the ops library is loaded."""
+    many sizes) do not add up. On leaving, the kept blocks are freed and the capacity before is
+    restored (nested uses: in order, from one thread). Only when `device` is the CPU and the ops
+    library is loaded."""
     if torch.device(device).type != "cpu" or not available():
         yield
         return

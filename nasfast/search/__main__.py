@@ -69,8 +69,8 @@ class Parser(argparse.ArgumentParser):
 
 
 DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
-UNITS_IN_ORDER = re.compile("".join(f"(?:{NUMBER}{unit})?" for unit in DURATION_UNITS))  # 2d12h, 1h30m
+DURATION_NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
+UNITS_IN_ORDER = re.compile("".join(f"(?:{DURATION_NUMBER}{unit})?" for unit in DURATION_UNITS))  # 2d12h, 1h30m
 
 
 def duration(text: str) -> float:
