@@ -32,9 +32,9 @@ def coordinator_at(tmp_path, monkeypatch):
     import nasfast.search.loop as loop
     monkeypatch.setattr(loop, "evaluate_candidate", fake_evaluate)
 
-    def make(budget=4, workers=2, resume=False):
+    def make(budget=4, workers=2, resume=False, time_budget=None):
         c = distributed.Coordinator(str(tmp_path), preset("tiny"), lambda config, run_dir, recorded: None,
-                                    budget=budget, workers=workers)
+                                    budget=budget, workers=workers, time_budget=time_budget)
         c.resume() if resume else c.start()
         return c
     return make
@@ -111,6 +111,19 @@ def test_a_restart_hands_out_the_in_flight_proposals_first(coordinator_at):
     assert restarted.gate.count == 2  # the decision of candidate 1 is not counted twice
     assert restarted.handle(0, {"want": "task", "result": None})["task"][0] == 2
     assert restarted.handle(0, {"want": "task", "result": None})["task"][0] == 3
+
+
+def test_the_time_budget_counts_from_the_start_of_the_work(coordinator_at):
+    c = coordinator_at(budget=None, time_budget=0.2)
+    time.sleep(0.3)  # start-up and building the cache: not counted
+    assert not c.spent() and c.handle(0, {"want": "task", "result": None})["task"][0] == 0
+    c.start_clock()
+    time.sleep(0.3)
+    assert c.spent() and 0.3 <= c.elapsed < 1
+    c.save()
+    restarted = coordinator_at(budget=None, time_budget=10, resume=True)
+    time.sleep(0.3)
+    assert not restarted.spent() and restarted.elapsed == c.elapsed
 
 
 def test_a_torchrun_search_continues_in_one_process(coordinator_at, monkeypatch, capsys):

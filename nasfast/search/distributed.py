@@ -228,12 +228,16 @@ class Coordinator(Search):
         self._tick()
         return super().spent()
 
+    def start_clock(self) -> None:
+        """The time budget counts the wall-clock time from here (start-up and caching done) on, over
+        every session."""
+        self._clock = time.time()
+
     def _tick(self) -> None:
-        """The time budget counts the wall-clock time of the search, over every session."""
-        now = time.time()
         if self._clock is not None:
+            now = time.time()
             self.elapsed += now - self._clock
-        self._clock = now
+            self._clock = now
 
 
 def relay(coordinator: Coordinator, errors: List[BaseException]) -> None:
@@ -338,6 +342,7 @@ def _serve_and_work(coordinator: Coordinator, top: int, data_root: Optional[str]
     relay_thread = threading.Thread(target=relay, args=(coordinator, errors), name="relay", daemon=True)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
+        coordinator.start_clock()
         if world_size() > 1:
             relay_thread.start()
         work(lambda message: coordinator.handle(0, message), coordinator.context())
