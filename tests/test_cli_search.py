@@ -423,8 +423,12 @@ def test_meta_val_without_a_scored_pixel_is_refused_before_any_candidate(tmp_pat
     assert search("--dataset", "folder", "--data-root", root, "--preset", "tiny", "--budget", 2, "--val-fraction",
                   0.25, "--out", tmp_path / "run", "--no-progress") == 2
     assert ("the 4 meta-val images have no labelled pixel of a scored class, so no reward can be computed; raise "
-            "--val-fraction (0.25)") in capsys.readouterr().err
+            "--val-fraction (0.25)\n") in capsys.readouterr().err  # the preset's --val-images 16 did not limit them
     assert not (tmp_path / "run" / "candidates.jsonl").exists()
+    assert search("--dataset", "folder", "--data-root", root, "--preset", "tiny", "--budget", 2, "--val-fraction",
+                  0.25, "--val-images", 3, "--out", tmp_path / "run3", "--no-progress") == 2
+    assert "the 3 meta-val images have no labelled pixel of a scored class, so no reward can be computed; raise " \
+           "--val-fraction (0.25) or --val-images (3)\n" in capsys.readouterr().err
 
 
 def test_an_undefined_reward_fails_the_candidate():

@@ -88,9 +88,10 @@ def _check_scored_pixels(labels, ignore_index: int, exclude, config: SearchConfi
     """Every reward would be undefined (and every candidate fail) on meta-val labels (a tensor or a
     memory-mapped array) without a pixel of a scored class."""
     if np.isin(np.asarray(labels), [ignore_index, *exclude]).all():
+        limited = 0 < config.val_images <= len(labels)  # --val-images, not the held-out share, set the count
         raise ValueError(f"the {len(labels)} meta-val images have no labelled pixel of a scored class, so no "
                          f"reward can be computed; raise --val-fraction ({config.val_fraction})"
-                         f"{'' if config.val_images is None else f' or --val-images ({config.val_images})'}")
+                         f"{f' or --val-images ({config.val_images})' if limited else ''}")
 
 
 def _build_caches(stage1_pairs, val_pairs, encoder, teacher, directory, memory_limit: float,
