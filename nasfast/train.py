@@ -28,7 +28,7 @@ from .genotype import ZOO, Genotype, genotype_from_option
 from .model import FINAL_CHANNELS, FINAL_SEP_REPEATS, create_model
 from .ops.memory import cpu_memory_cache
 from .tensorboard import TensorBoardLog, check_available
-from .training import LateLossCheck, NonFiniteLoss, descend, segmentation_loss
+from .steps import LateLossCheck, NonFiniteLoss, descend, segmentation_loss
 
 PROG = "python -m nasfast.train"
 

@@ -12,7 +12,7 @@ from nasfast.cli import resolve_device
 from nasfast.decoder import Decoder
 from nasfast.evaluate import evaluate_model
 from nasfast.ops.memory import cpu_memory_cache, cpu_memory_cached, default_capacity
-from nasfast.training import descend, segmentation_loss
+from nasfast.steps import descend, segmentation_loss
 
 needs_ops = pytest.mark.skipif(not ops.available(), reason="native ops library not built")
 MB = 2 ** 20

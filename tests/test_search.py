@@ -24,7 +24,7 @@ from nasfast.search.config import SearchConfig, preset
 from nasfast.search.gate import Gate
 from nasfast.search.polyak import Polyak
 from nasfast.files import read_records
-from nasfast.training import LateLossCheck, NonFiniteLoss, check_loss, descend, segmentation_loss
+from nasfast.steps import LateLossCheck, NonFiniteLoss, check_loss, descend, segmentation_loss
 
 REPO = Path(__file__).resolve().parents[1]
 FIELDS = {"index", "genotype", "reward", "stage1_reward", "stage2_reward", "gate", "status", "error",

@@ -1,43 +1,24 @@
 """Training and scoring one candidate design: stage 1, the gate, stage 2 (SPEC section 5)."""
 import math
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Tuple
+from typing import Callable, List, Tuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..complexity import count_madds, count_params
 from ..decoder import Decoder
 from ..metrics import metrics_of
 from ..model import Segmenter
 from ..ops.memory import cpu_memory_cache
-from ..training import LateLossCheck, descend, segmentation_loss
+from ..steps import LateLossCheck, descend, segmentation_loss
 from .cache import FeatureCache
-from .config import SearchConfig
+from .context import SearchContext
 from .polyak import Polyak
 
 
 class CandidateFailed(RuntimeError):
     """A candidate whose reward is undefined: logged as failed, as any error of a candidate is."""
-
-
-@dataclass
-class SearchContext:
-    """What every candidate of one search shares."""
-    config: SearchConfig
-    num_classes: int
-    ignore_index: int
-    exclude: Tuple[int, ...]
-    stage1: FeatureCache                      # meta-train subset, cached
-    stage1_val: FeatureCache                  # meta-val, cached (stage-1 reward)
-    stage2_batches: Callable[[int], Iterable[Tuple[Tensor, Tensor]]]  # seed -> augmented meta-train
-    val_batches: Callable[[], Iterable[Tuple[Tensor, Tensor]]]        # meta-val images, labels
-    make_encoder: Callable[[], nn.Module]     # a fresh pre-trained encoder
-    in_channels: Tuple[int, ...]
-    in_strides: Tuple[int, ...]
-    device: torch.device
-    data: Dict[str, Any]                      # classes, image count, root: a resumed search checks the first two
 
 
 def candidate_seed(search_seed: int, index: int) -> int:

@@ -3,10 +3,12 @@ stage-1 cache of encoder outputs (and teacher logits), and the stage-2 and valid
 import hashlib
 import os
 import sys
-from typing import List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import torch
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ..cli import progress_bar, resolve_device
@@ -16,8 +18,25 @@ from ..data.transforms import scaled_size
 from ..encoder import MobileNetV2Encoder
 from ..files import read_json, write_json
 from .cache import FeatureCache, build_cache, open_cache
-from .candidate import SearchContext
 from .config import SearchConfig
+
+
+@dataclass
+class SearchContext:
+    """What every candidate of one search shares."""
+    config: SearchConfig
+    num_classes: int
+    ignore_index: int
+    exclude: Tuple[int, ...]
+    stage1: FeatureCache                      # meta-train subset, cached
+    stage1_val: FeatureCache                  # meta-val, cached (stage-1 reward)
+    stage2_batches: Callable[[int], Iterable[Tuple[Tensor, Tensor]]]  # seed -> augmented meta-train
+    val_batches: Callable[[], Iterable[Tuple[Tensor, Tensor]]]        # meta-val images, labels
+    make_encoder: Callable[[], nn.Module]     # a fresh pre-trained encoder
+    in_channels: Tuple[int, ...]
+    in_strides: Tuple[int, ...]
+    device: torch.device
+    data: Dict[str, Any]                      # classes, image count, root: a resumed search checks the first two
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> Tuple[List[int], List[int]]:

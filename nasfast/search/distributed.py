@@ -29,7 +29,7 @@ from ..files import SEARCH_STATE, read_json, save_torch, write_json
 from ..genotype import Genotype
 from ..strategies import Proposal
 from ..tensorboard import TensorBoardLog
-from .candidate import SearchContext
+from .context import SearchContext
 from .config import SearchConfig
 from .loop import Search, evaluate_record
 from .records import load_state

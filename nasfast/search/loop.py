@@ -15,7 +15,8 @@ from ..files import CONFIG, LOCK, SEARCH_LOG, SEARCH_STATE, append_record, lock_
 from ..genotype import Genotype
 from ..strategies import Proposal, make_strategy
 from ..tensorboard import TensorBoardLog
-from .candidate import SearchContext, evaluate_candidate
+from .candidate import evaluate_candidate
+from .context import SearchContext
 from .config import SearchConfig
 from .gate import Gate
 from .records import keep_finished_records, load_state
