@@ -19,7 +19,7 @@ from setuptools import setup
 # setup.py commands that compile the library. Without one of them, an sdist is made without torch;
 # anything else (the metadata pip reads before a build too) needs the torch the ops will run with.
 BUILDS = ("build", "build_ext", "bdist_wheel", "editable_wheel", "develop", "install")
-MINIMUM_TORCH = (2, 1)
+MINIMUM_TORCH = (2, 4)  # torch.library.register_fake, torch.compiler.is_compiling
 
 
 def find_torch():

@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     to_time = designs(args.genotype)
     args.num_classes = args.num_classes or recorded_classes(args.genotype) or 21
     device, note = device_and_note(args.device)
-    with_compile = not args.no_compile and hasattr(torch, "compile")
+    with_compile = not args.no_compile
 
     print(f"device: {args.device} ({note}); torch {torch.__version__}; input 1x3x{args.size}x{args.size}; "
           f"{args.runs} passes after {args.warmup} warm-up; ops library: {nasfast.ops.library_path()}")

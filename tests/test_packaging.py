@@ -45,8 +45,8 @@ def test_the_package_requires_the_torch_release_it_was_built_against():
     for version, ok in [("2.6.0a0+ecf3bae40a.nv25.01", True), ("2.6.0", True), ("2.6.3+cu124", True),
                         ("2.6.0.dev20241112", True), ("2.7.0", False), ("2.7.0a0", False), ("2.5.1", False)]:
         assert admitted.contains(Version(version), prereleases=True) is ok, version
-    with pytest.raises(SystemExit, match="nasfast needs torch >= 2.1; torch 2.0.1 is installed"):
-        requirement("2.0.1")
+    with pytest.raises(SystemExit, match="nasfast needs torch >= 2.4; torch 2.3.1 is installed"):
+        requirement("2.3.1")
 
 
 @pytest.mark.parametrize("command", ["bdist_wheel", "egg_info"])  # egg_info: the metadata pip reads first

@@ -7,11 +7,11 @@ N x H x W; `target` is N x H x W with `ignore_index` for pixels that do not coun
 import torch
 from torch import Tensor
 
-from .library import available, native_for, register_fake
+from .library import available, native_for
 from .upsample_add import upsampled
 
 if available():
-    @register_fake("nasfast::confusion_matrix_update_")
+    @torch.library.register_fake("nasfast::confusion_matrix_update_")
     def _(matrix, scores, target, ignore_index):
         return None
 

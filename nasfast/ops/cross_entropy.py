@@ -4,15 +4,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .library import available, register_fake
+from .library import available
 from .upsample_add import upsampled
 
 if available():
-    @register_fake("nasfast::upsample_cross_entropy")
+    @torch.library.register_fake("nasfast::upsample_cross_entropy")
     def _(logits, target, ignore_index):
         return logits.new_empty(())
 
-    @register_fake("nasfast::upsample_cross_entropy_backward")
+    @torch.library.register_fake("nasfast::upsample_cross_entropy_backward")
     def _(grad, logits, target, ignore_index):
         return torch.empty_like(logits, memory_format=torch.contiguous_format)
 

@@ -71,11 +71,3 @@ def wants_native(fused) -> bool:
     if fused and not available():
         raise RuntimeError(f"fused=True but the nasfast ops library is {why_unavailable()}")
     return bool(fused)
-
-
-def register_fake(name: str):
-    """torch.library.register_fake (shapes for torch.compile / opcheck) when this torch has it."""
-    register = getattr(torch.library, "register_fake", None) or getattr(torch.library, "impl_abstract", None)
-    if register is None:
-        return lambda function: function
-    return register(name)

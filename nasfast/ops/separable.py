@@ -10,18 +10,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .library import available, kernels_take, native_for, register_fake, wants_native
+from .library import available, kernels_take, native_for, wants_native
 
 if available():
-    @register_fake("nasfast::sep_conv")
+    @torch.library.register_fake("nasfast::sep_conv")
     def _(x, depthwise, pointwise, dilation):
         return x.new_empty((x.shape[0], pointwise.shape[0], x.shape[2], x.shape[3]))
 
-    @register_fake("nasfast::sep_conv_bn_relu")
+    @torch.library.register_fake("nasfast::sep_conv_bn_relu")
     def _(x, depthwise, pointwise, bias, dilation):
         return x.new_empty((x.shape[0], pointwise.shape[0], x.shape[2], x.shape[3]))
 
-    @register_fake("nasfast::sep_conv_backward")
+    @torch.library.register_fake("nasfast::sep_conv_backward")
     def _(grad, x, depthwise, pointwise, dilation, output_mask):
         return tuple(t.new_empty(t.shape) if needed else None
                      for t, needed in zip((x, depthwise, pointwise), output_mask))
@@ -136,10 +136,9 @@ class FusedSeparableConvBNReLU(SeparableConvBNReLU):
         call's graph. Weights edited through `.data` are not seen: call .eval() again after."""
         bn = self.bn
         sources = (self.pointwise.weight, bn.running_mean, bn.running_var, bn.weight, bn.bias)
-        compiling = getattr(torch.compiler, "is_compiling", lambda: False)()  # torch >= 2.3 has it
         # A compiled graph folds once (a key of pointers would recompile it); tensors made in
         # inference mode have no version to key on.
-        if compiling or any(t is not None and t.is_inference() for t in sources):
+        if torch.compiler.is_compiling() or any(t is not None and t.is_inference() for t in sources):
             return fold_batch_norm(*sources[:3], bn.eps, *sources[3:])
         key = tuple((t.data_ptr(), t._version) if t is not None else None for t in sources) + (bn.eps,)
         if getattr(self, "_fold_key", None) != key:

@@ -3,14 +3,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .library import available, kernels_take, native_for, register_fake, wants_native
+from .library import available, kernels_take, native_for, wants_native
 
 if available():
-    @register_fake("nasfast::upsample_add")
+    @torch.library.register_fake("nasfast::upsample_add")
     def _(high, low):
         return torch.empty_like(high, memory_format=torch.contiguous_format)
 
-    @register_fake("nasfast::upsample_add_backward_low")
+    @torch.library.register_fake("nasfast::upsample_add_backward_low")
     def _(grad, low_size):
         return grad.new_empty(low_size)
 
