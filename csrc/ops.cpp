@@ -1,5 +1,7 @@
-// The schemas of every nasfast op, in one place. Backends register kernels in cpu/, cuda/ and
-// autograd/; the kernels themselves are torch-free headers in kernels/.
+// The schemas of every nasfast op, in one place. Backends register kernels in cpu/, cuda/,
+// autograd/, any_device/ (made of ATen ops, for devices without a kernel of their own) and
+// composite/ (ATen-op CUDA kernels of a build without CUDA); the kernels themselves are
+// torch-free headers in kernels/.
 #include <torch/library.h>
 
 TORCH_LIBRARY(nasfast, m) {

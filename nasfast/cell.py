@@ -28,12 +28,10 @@ class Cell(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         f: List[Tensor] = [x, self.first(x)]
-        k = 0
-        for left, right in zip(self.left, self.right):
+        for k, (left, right) in enumerate(zip(self.left, self.right)):
             a = left(f[self.inputs[2 * k]])
             b = right(f[self.inputs[2 * k + 1]])
             f += [a, b, a + b]
-            k += 1
         out = f[self.outputs[0]]
         for index in self.outputs[1:]:
             out = out + f[index]

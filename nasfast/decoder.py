@@ -117,10 +117,8 @@ class Decoder(nn.Module):
         pool: List[Tensor] = []
         for i, adapter in enumerate(self.adapters):
             pool.append(adapter(features[i]))
-        k = 0
-        for block in self.blocks:
+        for k, block in enumerate(self.blocks):
             pool.append(block(pool[self.block_inputs[2 * k]], pool[self.block_inputs[2 * k + 1]]))
-            k += 1
         return pool
 
     def _head(self, pool: List[Tensor]) -> Tensor:
@@ -140,8 +138,6 @@ class Decoder(nn.Module):
     def forward_with_aux(self, features: List[Tensor]) -> Tuple[Tensor, List[Tensor]]:
         pool = self._pool(features)
         aux: List[Tensor] = []
-        k = 0
-        for head in self.aux:
+        for k, head in enumerate(self.aux):
             aux.append(head(pool[4 + k]))
-            k += 1
         return self._head(pool), aux

@@ -26,13 +26,6 @@ GROUPS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3,
 RETURNED_GROUPS = (1, 2, 4, 6)  # the groups ending with 24, 32, 96 and 320 channels
 
 
-def imagenet_normalize(image: Tensor) -> Tensor:
-    """RGB in [0, 1], channels first (3xHxW or Nx3xHxW), to the encoder's input statistics."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=image.dtype, device=image.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=image.dtype, device=image.device).view(3, 1, 1)
-    return (image - mean) / std
-
-
 class ConvBNReLU6(nn.Sequential):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
                  groups: int = 1):

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 import nasfast.encoder as encoder_module
-from nasfast.encoder import MobileNetV2Encoder, find_pretrained_weights, imagenet_normalize
+from nasfast.data.transforms import to_tensors
+from nasfast.encoder import MobileNetV2Encoder, find_pretrained_weights
 
 
 # ImageNet-1k classes (torchvision's index order) that belong in a road scene.
@@ -37,7 +38,7 @@ def load_image(path: Path, size=None) -> torch.Tensor:
     image = Image.open(path).convert("RGB")
     if size is not None:
         image = image.resize(size, Image.BILINEAR)
-    return imagenet_normalize(torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1))[None]
+    return to_tensors(np.asarray(image), np.zeros(image.size[::-1], np.uint8))[0][None]
 
 
 def test_parameter_count_and_layout():

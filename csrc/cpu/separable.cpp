@@ -67,9 +67,9 @@ NASFAST_CPU_CLONES void depthwise_image_band(const Geometry& g, const T* x, cons
   }
 }
 
-// multiply on the register tiles of Bytes-wide vectors, if they fit.
+// Whether the register tiles of Bytes-wide vectors fit the product; if so, multiply() on them.
 template <typename T, int Bytes>
-NASFAST_CPU_CLONES bool pointwise_band(const T* weight, const T* in, T* out, const T* bias, int64_t rows, int64_t inner,
+NASFAST_CPU_CLONES bool try_pointwise_tiles(const T* weight, const T* in, T* out, const T* bias, int64_t rows, int64_t inner,
                                        int64_t P, int64_t ld_in, int64_t ld) {
   if (!kernels::pointwise_tiles_fit<T, Bytes>(rows, P)) return false;
   kernels::pointwise_tiled<T, Bytes>(weight, in, out, bias, rows, inner, P, ld_in, ld);
@@ -86,8 +86,8 @@ void multiply(int vector_bytes, const at::Tensor& weight, const T* in, int64_t l
               int64_t ld) {
   const int64_t rows = weight.size(0), inner = weight.size(1);
   const T* w = weight.data_ptr<T>();
-  if ((vector_bytes >= 64 && pointwise_band<T, 64>(w, in, out, bias, rows, inner, P, ld_in, ld)) ||
-      (vector_bytes >= 32 && pointwise_band<T, 32>(w, in, out, bias, rows, inner, P, ld_in, ld))) {
+  if ((vector_bytes >= 64 && try_pointwise_tiles<T, 64>(w, in, out, bias, rows, inner, P, ld_in, ld)) ||
+      (vector_bytes >= 32 && try_pointwise_tiles<T, 32>(w, in, out, bias, rows, inner, P, ld_in, ld))) {
     return;
   }
   at::Tensor out_matrix = at::from_blob(out, {rows, P}, {ld, 1}, weight.options());

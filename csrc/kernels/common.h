@@ -11,13 +11,10 @@
 // Pointers that do not alias: lets the compiler vectorise loops with many loads per store.
 #define NASFAST_RESTRICT __restrict__
 
-// The next loop has no dependencies between iterations through memory (GCC; others ignore it).
 // NASFAST_UNROLL: unroll the next (constant trip count) loop completely.
 #if defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__)
-#define NASFAST_IVDEP _Pragma("GCC ivdep")
 #define NASFAST_UNROLL _Pragma("GCC unroll 32")
 #else
-#define NASFAST_IVDEP
 #define NASFAST_UNROLL
 #endif
 
