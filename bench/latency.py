@@ -26,7 +26,7 @@ import nasfast
 import nasfast.ops
 from nasfast import count_madds, count_params, create_model
 from nasfast.cli import UsageError, at_least_two, positive_int, resolve_device, run
-from nasfast.export import script_for_deployment
+from nasfast.export import NUM_CLASSES_DEFAULT, script_for_deployment
 from nasfast.genotype import ZOO, genotype_from_option, recorded_classes
 from nasfast.search.summary import madds_text
 
@@ -133,7 +133,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)  # before the header reports the count
     to_time = designs(args.genotype)
-    args.num_classes = args.num_classes or recorded_classes(args.genotype) or 21
+    args.num_classes = args.num_classes or recorded_classes(args.genotype) or NUM_CLASSES_DEFAULT
     device, note = device_and_note(args.device)
     with_compile = not args.no_compile
 

@@ -18,6 +18,13 @@ USER_ERRORS = (UsageError, ValueError, FileNotFoundError, FileExistsError, IsADi
 MACHINE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
+def option_text(value) -> str:
+    """A value as it is given on the command line: a sequence as words, none as "none"."""
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value)) or "none"
+    return "none" if value is None else str(value)
+
+
 def reported_in_one_line(error: BaseException) -> bool:
     return isinstance(error, USER_ERRORS) or (isinstance(error, OSError) and error.errno in MACHINE_ERRNOS)
 

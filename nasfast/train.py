@@ -17,8 +17,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from .checkpoint import RESUME_KEYS, check_classes, load_checkpoint
-from .cli import (UsageError, counted, fraction, images_per_batch, non_negative_int, positive_int, progress_bar,
-                  resolve_device, run)
+from .cli import (UsageError, counted, fraction, images_per_batch, non_negative_int, option_text, positive_int,
+                  progress_bar, resolve_device, run)
 from .data import EvalTransform, SegmentationDataset, TrainTransform, make_dataset
 from .data.datasets import DATASETS, OtherLayout, absent_classes_warning, find_data_root, split_warning
 from .evaluate import dataset_and_indices, evaluate_model, evaluation_loader, evenly_spaced
@@ -423,13 +423,10 @@ def resume_conflicts(args, saved: dict) -> List[str]:
     conflicts = []
     if args.genotype is not None and genotype_from_option(args.genotype).to_list() != saved["genotype"]:
         conflicts.append(f"--genotype {args.genotype} differs from the run's {genotype_name(saved['genotype'])}")
-    def shown(value) -> str:
-        return (" ".join(map(str, value)) or "none") if isinstance(value, (list, tuple)) else str(value)
-
     for option in ("dataset", "epochs", "batch_size", "decoder_optimizer", "lr_steps", "step_factor"):
         given, run_value = getattr(args, option), saved.get(option, getattr(TrainConfig, option, None))
-        if given is not None and shown(given) != shown(run_value):
-            conflicts.append(f"--{option.replace('_', '-')} {shown(given)} differs from the run's {shown(run_value)}")
+        if given is not None and option_text(given) != option_text(run_value):
+            conflicts.append(f"--{option.replace('_', '-')} {option_text(given)} differs from the run's {option_text(run_value)}")
     if args.preset is not None and args.preset != preset_of(saved):
         conflicts.append(f"--preset {args.preset} differs from the run's {preset_of(saved) or 'settings'}")
     return conflicts

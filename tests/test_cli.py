@@ -4,7 +4,8 @@ import argparse
 import pytest
 
 from nasfast.cli import (UsageError, at_least_two, counted, decay, fraction, images_per_batch, non_negative_float,
-                         non_negative_int, positive_float, positive_int, probability, resolve_device, run)
+                         non_negative_int, option_text, positive_float, positive_int, probability, resolve_device,
+                         run)
 
 
 def failing(error):
@@ -21,6 +22,11 @@ def failing(error):
 def test_user_errors_are_one_line(capsys, error, message):
     assert run(failing(error), "tool") == 2
     assert capsys.readouterr().err.strip() == message
+
+
+def test_option_text_is_the_value_as_typed():
+    assert [option_text(v) for v in (None, (), [], (0.5, 2.0), [30, 40], 3, "sgd")] == \
+        ["none", "none", "none", "0.5 2.0", "30 40", "3", "sgd"]
 
 
 def test_ctrl_c_is_a_note_and_bugs_keep_their_traceback(capsys, monkeypatch):

@@ -8,7 +8,7 @@ import sys
 import textwrap
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..cli import counted, positive_int, run
+from ..cli import counted, option_text, positive_int, run
 from ..data.datasets import DATASETS, DataError, OtherLayout
 from ..files import (CONFIG, SEARCH_FILES, SEARCH_LOG, SEARCH_STATE, TRAINING_FILES, read_json,
                      read_search_log)
@@ -191,20 +191,13 @@ def config_from_args(args, base: Optional[SearchConfig] = None) -> SearchConfig:
     return config
 
 
-def _option_text(value: Any) -> str:
-    """A value as it is given on the command line."""
-    if value is None:
-        return "none"
-    return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
-
-
 def resume_conflicts(args, saved: SearchConfig) -> List[str]:
     """What the options given with --resume would change in the saved search (refused). A search
     saved before config.json recorded its preset is taken to agree with any --preset."""
     given = given_options(args)
     if saved.preset is None:
         given.pop("preset", None)
-    return [f"{flag(key)} {_option_text(value)} differs from the run's {_option_text(_get(saved, key))}"
+    return [f"{flag(key)} {option_text(value)} differs from the run's {option_text(_get(saved, key))}"
             for key, value in given.items() if key not in MACHINE_OPTIONS and value != _get(saved, key)]
 
 
