@@ -1,10 +1,10 @@
 """Training and scoring one candidate design: stage 1, the gate, stage 2 (SPEC section 5)."""
 import math
 import time
-from typing import Callable, List, Tuple
+from typing import Callable, Iterable, List, Tuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..complexity import count_madds, count_params
 from ..decoder import Decoder
@@ -50,6 +50,20 @@ def _cached_batches(cache: FeatureCache, batch_size: int, device, generator=None
         yield [f.to(device) for f in feats], labels.to(device), None if teacher is None else teacher.to(device)
 
 
+def _train(model: nn.Module, batches: Iterable[tuple], loss_of: Callable[..., Tensor], optimizers, polyak: Polyak,
+           stage: int, device: torch.device) -> None:
+    """The loop of both stages: a descent step on each batch, then the Polyak average's update."""
+    check = LateLossCheck(stage)
+    with cpu_memory_cache(device):  # each phase frees what it kept: the next allocates other sizes
+        for step, batch in enumerate(batches):
+            check()
+            loss = loss_of(*batch)
+            check.defer(loss, step)
+            descend(loss, *optimizers)
+            polyak.update(model)
+    check()
+
+
 def run_stage1(decoder: Decoder, ctx: SearchContext, generator: torch.Generator) -> float:
     """Trains `decoder` on the cached features, then applies its Polyak average to it (SPEC section 5,
     as the paper and the authors' release do: stage 2 goes on from the average); the reward is the
@@ -58,19 +72,11 @@ def run_stage1(decoder: Decoder, ctx: SearchContext, generator: torch.Generator)
     optimizer = torch.optim.Adam(decoder.parameters(), lr=cfg.decoder_lr)
     polyak = Polyak(decoder, cfg.polyak_decay)
     decoder.train()
-    step, check = 0, LateLossCheck(1)
-    with cpu_memory_cache(ctx.device):  # each phase frees what it kept: the next allocates other sizes
-        for _ in range(cfg.epochs):
-            for feats, labels, teacher in _cached_batches(ctx.stage1, cfg.batch_size, ctx.device, generator):
-                check()
-                logits, aux = decoder.forward_with_aux(feats)
-                loss = segmentation_loss(logits, aux, labels, ctx.ignore_index, ctx.config.aux_weight, teacher,
-                                         cfg.distillation)
-                check.defer(loss, step)
-                descend(loss, optimizer)
-                polyak.update(decoder)
-                step += 1
-    check()
+    batches = (batch for _ in range(cfg.epochs)
+               for batch in _cached_batches(ctx.stage1, cfg.batch_size, ctx.device, generator))
+    _train(decoder, batches, lambda feats, labels, teacher: segmentation_loss(
+        *decoder.forward_with_aux(feats), labels, ctx.ignore_index, ctx.config.aux_weight, teacher, cfg.distillation),
+        [optimizer], polyak, 1, ctx.device)
     decoder.load_state_dict(polyak.average.state_dict())
     batches = ((feats, labels) for feats, labels, _ in
                _cached_batches(ctx.stage1_val, cfg.batch_size, ctx.device))
@@ -83,19 +89,11 @@ def run_stage2(decoder: Decoder, ctx: SearchContext, seed: int) -> float:
     optimizer_encoder = torch.optim.SGD(model.encoder.parameters(), lr=cfg.encoder_lr, momentum=0.9)
     optimizer_decoder = torch.optim.Adam(model.decoder.parameters(), lr=cfg.decoder_lr)
     polyak = Polyak(model, cfg.polyak_decay)
-    step, check = 0, LateLossCheck(2)
-    with cpu_memory_cache(ctx.device):
-        for epoch in range(cfg.epochs):
-            for images, labels in ctx.stage2_batches(seed + epoch):
-                check()
-                images, labels = images.to(ctx.device), labels.to(ctx.device)
-                logits, aux = model.forward_with_aux(images)
-                loss = segmentation_loss(logits, aux, labels, ctx.ignore_index, ctx.config.aux_weight)
-                check.defer(loss, step)
-                descend(loss, optimizer_encoder, optimizer_decoder)
-                polyak.update(model)
-                step += 1
-    check()
+    batches = ((images.to(ctx.device), labels.to(ctx.device)) for epoch in range(cfg.epochs)
+               for images, labels in ctx.stage2_batches(seed + epoch))
+    _train(model, batches, lambda images, labels: segmentation_loss(
+        *model.forward_with_aux(images), labels, ctx.ignore_index, ctx.config.aux_weight),
+        [optimizer_encoder, optimizer_decoder], polyak, 2, ctx.device)
     averaged = polyak.average
     batches = ((images.to(ctx.device), labels) for images, labels in ctx.val_batches())
     return _score(lambda x: averaged.decoder(averaged.encoder(x)), batches, ctx)
