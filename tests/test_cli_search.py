@@ -440,10 +440,18 @@ def test_an_undefined_reward_fails_the_candidate():
         _score(lambda x: x, background_only, ctx)
 
 
-def test_progress_is_a_line_per_candidate_where_stderr_is_not_a_terminal(tmp_path, no_data, capsys):
-    assert search("--out", tmp_path / "run", "--preset", "tiny", "--budget", 2) == 0
+@pytest.mark.parametrize("options", [(), ("--no-progress",)])
+def test_progress_is_a_line_per_candidate_where_stderr_is_not_a_terminal(tmp_path, no_data, capsys, options):
+    assert search("--out", tmp_path / "run", "--preset", "tiny", "--budget", 2, *options) == 0
     err = capsys.readouterr().err
     assert "[1/2] candidate 0: reward 0.5000, gate stop, 0.0 s; best 0.5000\n" in err
+    assert "[2/2] candidate 1: reward 0.5000" in err and "\r" not in err
+
+
+def test_no_progress_turns_the_bar_into_lines_on_a_terminal(tmp_path, no_data, capsys, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert search("--out", tmp_path / "run", "--preset", "tiny", "--budget", 2, "--no-progress") == 0
+    err = capsys.readouterr().err
     assert "[2/2] candidate 1: reward 0.5000" in err and "\r" not in err
 
 

@@ -331,8 +331,7 @@ def _run_rank0(args, choose_run, context_factory) -> int:
         print(f"resuming {run_dir} at candidate {coordinator.next_index} "
               f"({len(coordinator.pending)} in flight)", file=sys.stderr)
     share({"run_dir": run_dir, "config": config.to_dict(), "data_root": coordinator.recorded_root()})
-    if not args.no_progress:
-        coordinator.show_progress()
+    coordinator.show_progress(bar=not args.no_progress)
     data_root = args.data_root or (coordinator.recorded_root() if resume else None)  # a resume reads the recorded one
     return _serve_and_work(coordinator, args.top, data_root)
 

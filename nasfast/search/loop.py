@@ -210,8 +210,7 @@ class Search:
         """Evaluates candidates until the budget of candidates or of time is spent."""
         if self.budget is None and self.time_budget is None:
             raise ValueError(NO_BUDGET)
-        if progress:
-            self.show_progress()
+        self.show_progress(bar=progress)
         previous = {sig: signal.signal(sig, self._interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             while not self.spent():
@@ -222,8 +221,10 @@ class Search:
             self.close()
         return self.records
 
-    def show_progress(self) -> None:
-        self._bar = progress_bar(total=self.budget, initial=len(self.records), unit="cand", dynamic_ncols=True)
+    def show_progress(self, bar: bool = True) -> None:
+        """Finished candidates on a progress bar (on a terminal, unless `bar` is False), else as lines."""
+        self._bar = progress_bar(total=self.budget, initial=len(self.records), unit="cand", dynamic_ncols=True,
+                                 disable=not bar)
 
     def show(self, record: Dict[str, Any]) -> None:
         """A finished candidate on the progress bar, or as a line where there is none (a log file)."""
