@@ -424,6 +424,9 @@ def test_data_roots_given_recorded_or_found(tmp_path, monkeypatch):
     monkeypatch.setenv("NASFAST_DATA", str(tmp_path / "empty"))
     with pytest.raises(FileNotFoundError, match=r"the README's Data section\), then pass --data-root DIR\.$"):
         find_data_root("folder")
+    with pytest.raises(FileNotFoundError, match=f"looked in: {tmp_path / 'moved'} \\(where the run read them: gone\\), "
+                                                f"{tmp_path / 'empty' / 'folder'}, "):
+        find_data_root("folder", recorded=str(tmp_path / "moved"))
     (tmp_path / "camvid").mkdir()
     (tmp_path / "camvid" / "train.txt").write_text("")
     monkeypatch.setenv("NASFAST_DATA", str(tmp_path / "camvid"))  # the dataset, not the folder holding it

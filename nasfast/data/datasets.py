@@ -69,8 +69,9 @@ def find_data_root(name: str, data_root: Optional[str] = None, recorded: Optiona
         raise FileNotFoundError(f"dataset {name!r} not found in $NASFAST_DATA/{name} ({places[0]}): NASFAST_DATA names "
                                 f"the folder that holds the datasets, and {given} looks like a dataset itself: set "
                                 f"NASFAST_DATA={os.path.dirname(os.path.abspath(given))} or pass --data-root {given}")
+    looked = ([f"{recorded} (where the run read them: gone)"] if recorded is not None else []) + places
     raise FileNotFoundError(
-        f"dataset {name!r} not found; looked in: {', '.join(map(str, places))}"
+        f"dataset {name!r} not found; looked in: {', '.join(map(str, looked))}"
         f"{'' if given else ' ($NASFAST_DATA is not set)'}.\n"
         f"Get {HOW_TO_GET.get(name, 'the data')}, then {where}.")
 
