@@ -130,6 +130,10 @@ def main(argv=None) -> int:
     replaced = os.path.exists(args.out)
     info = export(model, args.out, about)
     print(f"wrote {args.out}" + (" (replaced the file that was there)" if replaced else ""))
+    if not args.checkpoint:
+        encoder = "an ImageNet encoder" if args.pretrained else "a random encoder"
+        print(f"untrained: a random decoder and {encoder}, for timing and trying a deployment; a trained model "
+              f"is exported with --checkpoint DIR/best.pt (python -m nasfast.train --out DIR)")
     if info["native_ops"]:
         print(f"needs the nasfast ops library ({', '.join(info['native_ops'])}): {info['ops_library']}")
     else:

@@ -97,6 +97,8 @@ def test_export_genotype_its_old_name_and_the_default_classes(tmp_path, capsys):
     assert "scale" not in info  # the scale of its images is a trained model's
     status, out, _ = call(export.main, ["--arch", "arch0", "--out", str(path)], capsys)
     assert status == 0 and out.startswith(f"wrote {path} (replaced")
+    assert "\nuntrained: a random decoder and a random encoder, for timing and trying a deployment; a trained " \
+           "model is exported with --checkpoint DIR/best.pt (python -m nasfast.train --out DIR)\n" in out
     assert torch.jit.load(str(path))(x).shape[1] == 21
     assert "21, PASCAL VOC as in the paper; CamVid has 11" in " ".join(export.build_parser().format_help().split())
 

@@ -134,6 +134,7 @@ def test_export_equals_the_trained_model_and_names_its_ops(trained, exported, ca
     info = json.loads(extra["nasfast.json"])
     if nasfast.ops.available():
         assert "nasfast::upsample_add" in info["native_ops"] and "needs the nasfast ops library" in out
+    assert "untrained" not in out
     assert not any(k.startswith("decoder.aux") for k in dict(scripted.named_parameters()))
 
 
