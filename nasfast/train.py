@@ -20,7 +20,8 @@ from .checkpoint import RESUME_KEYS, check_classes, load_checkpoint
 from .cli import (UsageError, counted, fraction, images_per_batch, non_negative_int, option_text, positive_int,
                   progress_bar, resolve_device, run)
 from .data import EvalTransform, SegmentationDataset, TrainTransform, make_dataset
-from .data.datasets import DATASETS, OtherLayout, absent_classes_warning, find_data_root, split_warning
+from .data.datasets import (DATASETS, OtherLayout, absent_classes_warning, find_data_root, refuse_run_in_data,
+                             split_warning)
 from .evaluate import dataset_and_indices, evaluate_model, evaluation_loader, evenly_spaced
 from .files import (BEST, CONFIG, LAST, SEARCH_FILES, TRAINING_FILES, TRAINING_LOG, append_record, finite_or_none,
                     lock_directory, read_json, save_torch, write_atomic, write_json)
@@ -164,6 +165,7 @@ def load_data(args, config: TrainConfig, resumed: Optional[dict]) -> TrainingDat
     file; it says where they are and how many images it uses."""
     augment = TrainTransform(config.crop_size, config.scale_range, config.scale, seed=config.seed)
     root = find_data_root(args.dataset, args.data_root, resumed and resumed.get("data_root"))
+    refuse_run_in_data(args.out, root)
     try:
         train_set = make_dataset(args.dataset, str(root), transform=augment)
     except OtherLayout as error:

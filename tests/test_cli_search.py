@@ -2,6 +2,7 @@
 process (main through nasfast.cli.run); only the last test trains a candidate."""
 import argparse
 import json
+import os
 import re
 import sys
 
@@ -467,3 +468,13 @@ def test_the_data_check_hint_names_where_the_data_are():
     assert data_check_command("folder", "/data/my set") == "python -m nasfast.data --dataset folder --data-root " \
                                                           "'/data/my set'"
     assert data_check_command("camvid", None) == "python -m nasfast.data --dataset camvid"
+
+
+def test_out_naming_the_dataset_is_refused_before_anything_is_written(tmp_path, capsys):
+    from test_cli_train import folder_dataset
+    root = folder_dataset(tmp_path / "data", images=16)
+    before = sorted(os.listdir(root))
+    assert search("--dataset", "folder", "--data-root", root, "--preset", "tiny", "--budget", 1, "--out", root,
+                  "--no-progress") == 2
+    assert f"--out {root} is the dataset's directory: choose another" in capsys.readouterr().err
+    assert sorted(os.listdir(root)) == before

@@ -439,3 +439,11 @@ def test_tensorboard_without_its_package_is_one_line_before_any_work(tmp_path, c
     assert train_cli("--genotype", "arch0", "--out", tmp_path / "run", "--tensorboard") == 2
     assert "--tensorboard needs the tensorboard package: pip install tensorboard" in one_error_line(capsys)
     assert not (tmp_path / "run").exists()
+
+
+def test_out_naming_the_dataset_is_refused_before_anything_is_written(tmp_path, capsys):
+    root = folder_dataset(tmp_path / "data", images=4)
+    before = sorted(os.listdir(root))
+    assert train_folder(root, root) == 2
+    assert f"--out {root} is the dataset's directory: choose another" in capsys.readouterr().err
+    assert sorted(os.listdir(root)) == before

@@ -76,6 +76,12 @@ def find_data_root(name: str, data_root: Optional[str] = None, recorded: Optiona
         f"Get {HOW_TO_GET.get(name, 'the data')}, then {where}.")
 
 
+def refuse_run_in_data(run_dir: str, root: Path) -> None:
+    """A run's files would mix with the dataset's: an --out that names the data is a slip."""
+    if os.path.isdir(run_dir) and os.path.samefile(run_dir, root):
+        raise DataError(f"--out {run_dir} is the dataset's directory: choose another")
+
+
 EXIF_ORIENTATION = 0x0112
 QUARTER_TURNS = (5, 6, 7, 8)  # orientations that swap width and height
 

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from ..cli import progress_bar, resolve_device
 from ..data import EvalTransform, TrainTransform, find_data_root, make_dataset
-from ..data.datasets import absent_classes_warning
+from ..data.datasets import absent_classes_warning, refuse_run_in_data
 from ..data.transforms import scaled_size
 from ..encoder import MobileNetV2Encoder
 from ..files import read_json, write_json
@@ -201,6 +201,7 @@ def build_context(config: SearchConfig, run_dir: str, recorded_root: Optional[st
         raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
     device = resolve_device(device)
     root = find_data_root(config.dataset, data_root, recorded_root)
+    refuse_run_in_data(run_dir, root)
     full = make_dataset(config.dataset, str(root))
     if cache != "open":  # said once, by the process that builds the cache
         print(f"{config.dataset} data in {root}: {len(full)} training images", file=sys.stderr)

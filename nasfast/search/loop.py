@@ -77,7 +77,7 @@ class Search:
         self.data: Optional[Dict[str, Any]] = None  # SearchContext.data, once known
         self._context: Optional[SearchContext] = None
         self._lock = None               # the run directory's lock, held from lock_run_dir(), start() or resume()
-        self._made_run_dir = False
+        self._made_run_dir = self._made_lock = False
         self._bar = None                # the progress bar, once shown
         self.tensorboard: Optional[TensorBoardLog] = None  # --tensorboard: each logged candidate's rewards too
         self.workers = 1                # processes evaluating candidates
@@ -108,15 +108,18 @@ class Search:
         """Takes RUN_DIR (made when new) for this process, before anything is written there."""
         self._made_run_dir = not os.path.isdir(self.run_dir)
         os.makedirs(self.run_dir, exist_ok=True)
+        self._made_lock = not os.path.exists(self.path(LOCK))
         self._lock = lock_directory(self.run_dir)
 
     def abandon(self) -> None:
-        """Gives RUN_DIR back after a failure before start(): a directory made for it goes again."""
+        """Gives RUN_DIR back after a failure before start(): what was made for it (the directory,
+        its lock file) goes again."""
         if self._lock is not None:
+            if self._made_lock:
+                os.remove(self.path(LOCK))  # while it is still held
             self._lock.close()
             self._lock = None
-            if self._made_run_dir and os.listdir(self.run_dir) == [LOCK]:
-                os.remove(self.path(LOCK))
+            if self._made_run_dir and not os.listdir(self.run_dir):
                 os.rmdir(self.run_dir)
 
     def prepare(self, resume: bool) -> None:
