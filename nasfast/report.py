@@ -122,8 +122,14 @@ def main(argv=None) -> int:
     elif not any(finished(run) for run in runs):
         print("(no plot: no candidate finished)", file=sys.stderr)
     else:
-        plot(runs, path, args.bins)
-        print(f"plot: {path}")
+        try:
+            plot(runs, path, args.bins)
+        except OSError as error:
+            if args.plot:
+                raise
+            print(f"(no plot: {path} cannot be written: {error.strerror}; give --plot FILE.png)", file=sys.stderr)
+        else:
+            print(f"plot: {path}")
     return 0
 
 

@@ -138,3 +138,21 @@ def test_report_says_when_the_search_is_still_running(tmp_path, capsys):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_run_directory_without_write_access_gets_no_default_plot(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import errno
+    import nasfast.report
+    fake_run(tmp_path / "ppo", "ppo", [(0.1, 0.2), (0.3, None)])
+
+    def read_only(runs, path, count):
+        raise OSError(errno.EROFS, "Read-only file system", path)
+    monkeypatch.setattr(nasfast.report, "plot", read_only)
+    assert report(tmp_path / "ppo") == 0
+    captured = capsys.readouterr()
+    assert "top 2 of 2 candidates" in captured.out and "plot:" not in captured.out
+    assert (f"(no plot: {tmp_path / 'ppo' / 'rewards.png'} cannot be written: Read-only file system; give --plot "
+            f"FILE.png)") in captured.err
+    assert report(tmp_path / "ppo", "--plot", tmp_path / "x.png") == 2  # asked for: an error
+    assert "Read-only file system" in capsys.readouterr().err
