@@ -34,11 +34,19 @@ def load_checkpoint(path: str, keys: Sequence[str] = MODEL_KEYS) -> Dict[str, An
     except OSError:
         raise
     except Exception as error:  # torch.load fails in many ways on a foreign file
+        if _starts_as_zip(path):  # torch.save writes a zip archive: this one is damaged, cut short by a copy say
+            raise UsageError(f"{path} is damaged: a zip archive, as torch.save writes, that torch.load cannot read "
+                             f"({type(error).__name__}); copy it again, or use another checkpoint") from None
         raise UsageError(_not_a_checkpoint(path, f"torch.load cannot read it: {type(error).__name__}")) from None
     missing = [key for key in keys if key not in state] if isinstance(state, dict) else list(keys)
     if missing:
         raise UsageError(_not_a_checkpoint(path, f"it lacks {', '.join(missing)}"))
     return state
+
+
+def _starts_as_zip(path: str) -> bool:
+    with open(path, "rb") as file:
+        return file.read(4) == b"PK\x03\x04"
 
 
 def _not_a_checkpoint(path: str, reason: str) -> str:

@@ -218,7 +218,11 @@ def test_evaluate_refuses_what_is_not_a_training_checkpoint(tmp_path, capsys):
     (tmp_path / "random.pt").write_bytes(os.urandom(4096))
     torch.save({"next_index": 3, "elapsed": 1.0, "strategy": {"strategy": "random"}}, tmp_path / "state.pt")
     torch.jit.script(torch.nn.Linear(2, 2)).save(str(tmp_path / "script.pt"))
+    torch.save({"model": {"w": torch.zeros(1000)}}, tmp_path / "whole.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "whole.pt").read_bytes()[:2000])
     for name, reason in (("nope.pt", "checkpoint {} not found"),
+                         ("cut.pt", "{} is damaged: a zip archive, as torch.save writes, that torch.load cannot read "
+                                    "(RuntimeError); copy it again, or use another checkpoint"),
                          ("random.pt", "{} is not a checkpoint of python -m nasfast.train (torch.load cannot read it"),
                          ("state.pt", "{} is not a checkpoint of python -m nasfast.train (it lacks model, genotype"),
                          ("script.pt", "{} is not a checkpoint of python -m nasfast.train (it is a TorchScript file")):
