@@ -221,6 +221,8 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
     device = resolve_device(args.device)
     torch.manual_seed(config.seed)
     torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed crop size: let cuDNN pick its kernels once
+    if resumed:
+        print(f"resuming {args.out} at epoch {resumed['epoch'] + 2} of {config.epochs} ({LAST})", file=sys.stderr)
     print(f"design: {genotype_name(genotype)}", file=sys.stderr)
     data = load_data(args, config, resumed)
     num_classes, ignore_index = data.train_set.num_classes, data.train_set.ignore_index

@@ -144,6 +144,7 @@ def test_ctrl_c_says_where_the_run_stands_and_resume_finishes_it(tmp_path, capsy
     assert [r["epoch"] for r in log] == [0, 1]
     captured = capsys.readouterr()
     assert json.loads(captured.out)["best_checkpoint"] == str(out / "best.pt")
+    assert captured.err.startswith(f"resuming {out} at epoch 2 of 2 (last.pt)\n")
     assert f"best val mIoU {max(r['val_miou'] for r in log):.4f}: {out / 'best.pt'}" in captured.err
 
 
