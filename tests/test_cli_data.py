@@ -43,7 +43,15 @@ def test_no_split_files_is_a_note_and_a_bad_file_is_named_once(tmp_path, capsys)
     Image.fromarray(np.full((64, 64), 7, np.uint8)).save(root / "labels" / "im1.png")
     assert check("--dataset", "folder", "--data-root", root) == 2
     err = capsys.readouterr().err
-    assert "1 files cannot be used:" in err and err.count("im1.png: label values [7]") == 1
+    assert "1 file cannot be used:" in err and err.count("im1.png: label values [7]") == 1
+    (root / "labels" / "im1.png").unlink()
+    (root / "labels" / "im2.png").unlink()
+    (root / "labels" / "im0.png").unlink()
+    assert check("--dataset", "folder", "--data-root", root) == 2
+    err = capsys.readouterr().err
+    assert "3 files cannot be used:" in err
+    assert "warning: no pixel of 2 classes in the train labels: 'class0' (0), 'class1' (1); no label could be " \
+           "read\n" in err
 
 
 def only_classes_0_and_1(root, images: int) -> None:

@@ -8,7 +8,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
-from ..cli import non_negative_int, progress_bar, run
+from ..cli import counted, non_negative_int, progress_bar, run
 from .datasets import (DATASETS, IGNORE_INDEX, DataError, SegmentationDataset, absent_classes_warning, find_data_root,
                        make_dataset, split_warning)
 
@@ -75,12 +75,12 @@ def main(argv=None) -> int:
     class_names = splits[0][1].class_names
     print(f"{args.dataset} data in {root}: {len(class_names)} classes, "
           + ", ".join(f"{len(data)} {split} images" for split, data in splits))
-    counted, problems, warnings = read_splits(splits, args.workers, not args.no_progress)
-    print("pixels per class:\n" + pixel_table(counted, class_names))
+    split_pixels, problems, warnings = read_splits(splits, args.workers, not args.no_progress)
+    print("pixels per class:\n" + pixel_table(split_pixels, class_names))
     for warning in filter(None, warnings + [split_warning(splits[0][1], splits[1][1], root)]):
         print(warning, file=sys.stderr)
     if problems:
-        print(f"{len(problems)} files cannot be used:", file=sys.stderr)
+        print(f"{counted(len(problems), 'file')} cannot be used:", file=sys.stderr)
         for problem in problems[:SHOWN_PROBLEMS]:
             print(f"  {problem}", file=sys.stderr)
         if len(problems) > SHOWN_PROBLEMS:

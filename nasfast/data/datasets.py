@@ -440,7 +440,9 @@ def absent_classes_warning(pixels: np.ndarray, class_names: Sequence[str], where
     if not absent:
         return None
     present, hint = sum(1 for c in range(len(class_names)) if pixels[c]), ""
-    if present == 0:
+    if not pixels.any():  # the census could read no label (each problem is said on its own)
+        hint = "; no label could be read"
+    elif present == 0:
         hint = f"; every labelled pixel is {IGNORE_INDEX}, the ignore index"
     elif present == 1 and pixels[IGNORE_INDEX]:
         hint = f"; {IGNORE_INDEX} is the ignore index: save a mask of 0 and 255 as 0 and 1"
