@@ -404,7 +404,16 @@ def test_folder_labels_of_16_or_1_bit(tmp_path):
     with pytest.raises(DataError, match=r"a.png: label values \[256\] are neither classes \[0, 2\) nor the ignore"):
         FolderDataset(root).load(0)
     Image.fromarray(np.zeros((2, 3, 2), np.uint8), "LA").save(root / "labels" / "a.png")
-    with pytest.raises(DataError, match=r"got mode LA; save it as an 8-bit grey PNG of class indices$"):
+    with pytest.raises(DataError, match=r"got mode LA; save it as an 8-bit grey PNG of class indices \(it has "
+                                        r"transparent pixels: a label has none\)$"):
+        FolderDataset(root).load(0)
+    grey = np.zeros((2, 3, 4), np.uint8)
+    Image.fromarray(grey, "RGBA").save(root / "labels" / "a.png")
+    with pytest.raises(DataError, match=r"got mode RGBA; .* \(it has transparent pixels: a label has none\)$"):
+        FolderDataset(root).load(0)
+    grey[0, 0, 0] = 3
+    Image.fromarray(grey[:, :, :3], "RGB").save(root / "labels" / "a.png")
+    with pytest.raises(DataError, match=r"got mode RGB; .* \(a colour-coded label: map its colours to class"):
         FolderDataset(root).load(0)
 
 

@@ -205,13 +205,20 @@ def _label_values(label: Image.Image, path: Path) -> np.ndarray:
         return np.asarray(label).astype(np.uint8, copy=False)
     if label.mode.startswith("I"):
         return np.asarray(label)
-    if label.mode == "RGB":
-        rgb = np.asarray(label)
-        if (rgb[:, :, 1:] == rgb[:, :, :1]).all():
-            return np.ascontiguousarray(rgb[:, :, 0])
-    colours = " (a colour-coded label: map its colours to class indices)" if label.mode in ("RGB", "RGBA") else ""
+    grey = label.mode in ("RGB", "RGBA") and _equal_channels(np.asarray(label)[:, :, :3])
+    if label.mode == "RGB" and grey:
+        return np.ascontiguousarray(np.asarray(label)[:, :, 0])
+    hint = ""
+    if label.mode in ("LA", "RGBA"):
+        hint = " (it has transparent pixels: a label has none)"
+    if label.mode in ("RGB", "RGBA") and not grey:
+        hint = " (a colour-coded label: map its colours to class indices)"
     raise DataError(f"{path}: a label must be a one-channel image of class indices (8 or 16-bit grey, or "
-                    f"palette), got mode {label.mode}; save it as an 8-bit grey PNG of class indices{colours}")
+                    f"palette), got mode {label.mode}; save it as an 8-bit grey PNG of class indices{hint}")
+
+
+def _equal_channels(pixels: np.ndarray) -> bool:
+    return bool((pixels[:, :, 1:] == pixels[:, :, :1]).all())
 
 
 def _read_text(path: Path) -> str:
