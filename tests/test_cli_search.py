@@ -478,3 +478,13 @@ def test_out_naming_the_dataset_is_refused_before_anything_is_written(tmp_path, 
                   "--no-progress") == 2
     assert f"--out {root} is the dataset's directory: choose another" in capsys.readouterr().err
     assert sorted(os.listdir(root)) == before
+
+
+def test_a_missing_label_file_is_named_before_the_search_begins(tmp_path, capsys):
+    from test_cli_train import folder_dataset
+    root = folder_dataset(tmp_path / "data", images=16)
+    (root / "labels" / "im3.png").unlink()
+    assert search("--dataset", "folder", "--data-root", root, "--preset", "tiny", "--budget", 1, "--out",
+                  tmp_path / "run", "--no-progress") == 2
+    assert capsys.readouterr().err.endswith(f"error: {root / 'labels' / 'im3.png'}: label file is missing\n")
+    assert not (tmp_path / "run").exists()

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from ..cli import progress_bar, resolve_device
 from ..data import EvalTransform, TrainTransform, find_data_root, make_dataset
-from ..data.datasets import absent_classes_warning, refuse_run_in_data
+from ..data.datasets import DataError, absent_classes_warning, refuse_run_in_data
 from ..data.transforms import scaled_size
 from ..encoder import MobileNetV2Encoder
 from ..files import read_json, write_json
@@ -143,13 +143,17 @@ def _images(config: SearchConfig, n: int) -> Tuple[List[int], List[int], List[in
     return train_ids, stage1_ids, val_ids[:config.val_images] if config.val_images else val_ids, stage2_count
 
 
-def _fingerprint(paths) -> str:
-    """A digest of the files' paths, sizes and modification times: a cache built from other files
-    (another data root, an image replaced) is not taken for this one's."""
+def _fingerprint(pairs) -> str:
+    """A digest of the (image, label) files' paths, sizes and modification times: a cache built from
+    other files (another data root, an image replaced) is not taken for this one's."""
     digest = hashlib.sha256()
-    for path in paths:
-        stat = os.stat(path)
-        digest.update(f"{os.path.abspath(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    for pair in pairs:
+        for path, what in zip(pair, ("image", "label")):
+            try:
+                stat = os.stat(path)
+            except FileNotFoundError:
+                raise DataError(f"{path}: {what} file is missing") from None
+            digest.update(f"{os.path.abspath(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 
@@ -168,7 +172,7 @@ def _stage1_caches(config: SearchConfig, full, stage1_ids: List[int], val_ids: L
     marker = directory("complete.json")
     contents = {"dataset": config.dataset, "scale": config.scale, "teacher": config.teacher,
                 "stage1_ids": stage1_ids, "val_ids": val_ids,
-                "files": _fingerprint([path for i in stage1_ids + val_ids for path in full.pairs[i]])}
+                "files": _fingerprint(full.pairs[i] for i in stage1_ids + val_ids)}
     if read_json(marker) == contents:
         stage1, stage1_val, size = opened()
         print(f"stage-1 cache: reusing {directory('')} ({len(stage1)} + {len(stage1_val)} images)", file=sys.stderr)
