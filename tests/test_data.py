@@ -449,6 +449,10 @@ def test_folder_refuses_two_images_of_one_name(tmp_path):
     Image.fromarray(np.zeros((2, 3, 3), np.uint8)).save(root / "images" / "a.jpg")
     with pytest.raises(DataError, match=r"a.jpg and .*a.png: two files named 'a'"):
         FolderDataset(root)
+    Image.fromarray(np.zeros((2, 3, 3), np.uint8)).save(root / "images" / "b.bmp")
+    with pytest.raises(DataError, match=r"images: 2 names have two files \(a.(jpg|png) and a.(jpg|png); "
+                                        r"b.(bmp|png) and b.(bmp|png)\); keep one of each$"):
+        FolderDataset(root)
 
 
 def test_folder_skips_hidden_files(tmp_path):
@@ -486,6 +490,10 @@ def test_folder_label_extension_in_any_case_but_not_jpeg(tmp_path):
     (root / "labels" / "b.png").unlink()
     Image.fromarray(np.eye(2, 3, dtype=np.uint8)).save(root / "labels" / "b.jpg")
     with pytest.raises(DataError, match=r"b.jpg: labels must be PNG"):
+        FolderDataset(root)
+    (root / "labels" / "a.PNG").rename(root / "labels" / "a.jpeg")
+    with pytest.raises(DataError, match=r"labels: labels must be PNG \(JPEG compression changes the class values\), "
+                                        r"and 2 are JPEG \(a.jpeg, b.jpg\); write them as PNG from the original"):
         FolderDataset(root)
 
 

@@ -357,12 +357,20 @@ def _visible_files(folder: Path) -> List[Path]:
 def _files_by_name(files: List[Path], suffixes: Sequence[str]) -> Dict[str, Path]:
     """name -> file, for the suffixes in any case; two files of one name (x.jpg, x.png) are refused."""
     found: Dict[str, Path] = {}
+    twice = []
     for path in files:
         if path.suffix.lower() not in suffixes:
             continue
         if path.stem in found:
-            raise DataError(f"{found[path.stem]} and {path}: two files named {path.stem!r}; keep one of them")
+            twice.append((found[path.stem], path))
         found[path.stem] = path
+    if len(twice) == 1:
+        (first, second), = twice
+        raise DataError(f"{first} and {second}: two files named {first.stem!r}; keep one of them")
+    if twice:
+        pairs = "; ".join(f"{first.name} and {second.name}" for first, second in twice[:5])
+        raise DataError(f"{twice[0][0].parent}: {len(twice)} names have two files ({pairs}"
+                        f"{'; ...' if len(twice) > 5 else ''}); keep one of each")
     return found
 
 
@@ -401,10 +409,14 @@ def _label_paths(labels: Path, names: List[str]) -> List[Path]:
     files = _visible_files(labels)  # one listing: a folder may hold thousands
     pngs = _files_by_name(files, (".png",))
     jpegs = {p.stem: p for p in files if p.suffix.lower() in (".jpg", ".jpeg")}
-    for name in names:
-        if name not in pngs and name in jpegs:
-            raise DataError(f"{jpegs[name]}: labels must be PNG (JPEG compression changes the class values); "
-                            f"write labels/{name}.png from the original label")
+    jpeg_only = [name for name in names if name not in pngs and name in jpegs]
+    if len(jpeg_only) == 1:
+        raise DataError(f"{jpegs[jpeg_only[0]]}: labels must be PNG (JPEG compression changes the class values); "
+                        f"write labels/{jpeg_only[0]}.png from the original label")
+    if jpeg_only:
+        raise DataError(f"{labels}: labels must be PNG (JPEG compression changes the class values), and "
+                        f"{len(jpeg_only)} are JPEG ({', '.join(jpegs[n].name for n in jpeg_only[:5])}"
+                        f"{', ...' if len(jpeg_only) > 5 else ''}); write them as PNG from the original labels")
     return [pngs.get(name, labels / f"{name}.png") for name in names]
 
 
