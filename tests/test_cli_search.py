@@ -18,6 +18,9 @@ from nasfast.files import read_records
 from nasfast.search.summary import madds_text
 
 
+REAL_BUILD_CONTEXT = nasfast.search.context.build_context  # before the fixtures below replace it
+
+
 def search(*argv) -> int:
     """The exit status of `python -m nasfast.search ARGV`."""
     try:
@@ -379,11 +382,12 @@ def test_a_resume_given_own_data_for_a_camvid_search_says_the_root_is_wrong(save
 def test_a_resumed_search_reads_its_data_where_it_did_and_refuses_other_data(tmp_path):
     from types import SimpleNamespace
     from nasfast.search.config import preset
-    roots = []
+    from nasfast.search.context import check_same_data
+    recorded = []
 
     def factory(classes, images, root):
-        def context(config, run_dir, recorded):
-            roots.append(recorded)
+        def context(config, run_dir, data):
+            recorded.append(data)
             return SimpleNamespace(data={"classes": classes, "training images": images, "root": root})
         return context
 
@@ -395,13 +399,28 @@ def test_a_resumed_search_reads_its_data_where_it_did_and_refuses_other_data(tmp
     moved.resume()
     moved.context()  # the same data elsewhere (--data-root): accepted, and recorded for the next resume
     loop.save_torch(moved.state_dict(), moved.path(loop.SEARCH_STATE))
-    other = loop.Search(str(tmp_path), preset("tiny"), factory(["road", "car"], 12, "/data/other"))
-    other.resume()
-    with pytest.raises(ValueError, match=r"data found in /data/other are not those of the search in .*: classes "
+    again = loop.Search(str(tmp_path), preset("tiny"), factory(camvid, 367, "/moved/camvid"))
+    again.resume()
+    again.context()
+    assert [data and data["root"] for data in recorded] == [None, "/data/camvid", "/moved/camvid"]
+    check_same_data(recorded[-1], recorded[-1], "run")
+    other = {"classes": ["road", "car"], "training images": 12, "root": "/data/other"}
+    with pytest.raises(ValueError, match=r"data found in /data/other are not those of the search in run: classes "
                                          r"\['road', 'car'\], the search's 11 \[class0, class1, class2, \.\.\.\]; "
                                          r"training images 12, the search's 367 \(check --data-root\)"):
-        other.context()
-    assert roots == [None, "/data/camvid", "/moved/camvid"]
+        check_same_data(other, recorded[-1], "run")
+
+
+def test_a_resume_on_other_data_is_refused_before_the_cache_is_built(saved_search, camvid_root, capsys,
+                                                                     monkeypatch):
+    state = torch.load(saved_search / "state.pt", weights_only=False)
+    state["data"] = {"classes": ["road", "car"], "training images": 5, "root": "/gone"}
+    torch.save(state, saved_search / "state.pt")
+    monkeypatch.setattr(nasfast.search.context, "build_context", REAL_BUILD_CONTEXT)
+    monkeypatch.setattr(nasfast.search.context, "_stage1_caches", lambda *a: pytest.fail("the cache was built"))
+    assert search("--resume", saved_search, "--budget", 4, "--data-root", camvid_root, "--no-progress") == 2
+    assert f"the data found in {camvid_root} are not those of the search in {saved_search}: classes" in \
+        capsys.readouterr().err
 
 
 def test_hints_are_command_lines_to_copy():

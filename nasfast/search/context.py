@@ -191,11 +191,33 @@ def _stage1_caches(config: SearchConfig, full, stage1_ids: List[int], val_ids: L
     return stage1, stage1_val, size
 
 
-def build_context(config: SearchConfig, run_dir: str, recorded_root: Optional[str] = None,
+SAME_DATA = ("classes", "training images")  # what a resumed search's data must keep
+
+
+def check_same_data(found: Dict[str, Any], recorded: Optional[Dict[str, Any]], run_dir: str) -> None:
+    """A resumed search must read the data it began with (`recorded`); --data-root may have moved them."""
+    if recorded is None:
+        return
+    differences = [f"{key} {_cut(found.get(key))}, the search's {_cut(recorded.get(key))}"
+                   for key in SAME_DATA if found.get(key) != recorded.get(key)]
+    if differences:
+        raise ValueError(f"the data found in {found.get('root')} are not those of the search in {run_dir}: "
+                         f"{'; '.join(differences)} (check --data-root)")
+
+
+def _cut(value: Any) -> str:
+    """A value for a message, a long list cut short."""
+    if isinstance(value, list) and len(value) > 6:
+        return f"{len(value)} [{', '.join(map(str, value[:3]))}, ...]"
+    return str(value)
+
+
+def build_context(config: SearchConfig, run_dir: str, recorded: Optional[Dict[str, Any]] = None,
                   data_root: Optional[str] = None, device: str = "auto", cache: str = "auto",
                   progress: bool = True) -> SearchContext:
-    """The data are read from `data_root` (--data-root), else `recorded_root` (where the search
-    read them before, if it is still there), else as find_data_root says.
+    """The data are read from `data_root` (--data-root), else from where a resumed search read them
+    (`recorded`: its root, classes and image count, which the data found must keep), if they are
+    still there, else as find_data_root says.
     `cache`: "auto" builds the stage-1 cache in memory, or memory-mapped in RUN_DIR/cache when
     larger than the memory limit; "build" always builds it memory-mapped there, for other
     processes to "open" (they wait until it is built; see distributed.py). A memory-mapped cache
@@ -204,9 +226,11 @@ def build_context(config: SearchConfig, run_dir: str, recorded_root: Optional[st
     if cache not in CACHE_MODES:
         raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
     device = resolve_device(device)
-    root = find_data_root(config.dataset, data_root, recorded_root)
+    root = find_data_root(config.dataset, data_root, (recorded or {}).get("root"))
     refuse_run_in_data(run_dir, root)
     full = make_dataset(config.dataset, str(root))
+    data = {"classes": list(full.class_names), "training images": len(full), "root": str(root)}
+    check_same_data(data, recorded, run_dir)  # before the cache: building it may take long
     if cache != "open":  # said once, by the process that builds the cache
         print(f"{config.dataset} data in {root}: {len(full)} training images", file=sys.stderr)
     if config.workers == 0:  # every image is read in this process: decode each once
@@ -239,8 +263,7 @@ def build_context(config: SearchConfig, run_dir: str, recorded_root: Optional[st
                          exclude=tuple(full.exclude), stage1=stage1, stage1_val=stage1_val,
                          stage2_batches=stage2_batches, val_batches=val_batches, make_encoder=_copies_of(encoder),
                          in_channels=MobileNetV2Encoder.channels, in_strides=MobileNetV2Encoder.strides,
-                         device=device, data={"classes": list(full.class_names), "training images": len(full),
-                                              "root": str(root)})
+                         device=device, data=data)
 
 
 def _copies_of(encoder: MobileNetV2Encoder):

@@ -291,7 +291,7 @@ def run(args, choose_run: Callable[[], Tuple[str, SearchConfig, bool]]) -> int:
     if "exit" in plan:  # rank 0 said why
         dist.destroy_process_group()
         return plan["exit"]
-    ctx = factory("open")(SearchConfig.from_dict(plan["config"]), plan["run_dir"], plan["data_root"])
+    ctx = factory("open")(SearchConfig.from_dict(plan["config"]), plan["run_dir"], plan["data"])
     try:
         work(remote_request, ctx)
     except KeyboardInterrupt:
@@ -330,7 +330,7 @@ def _run_rank0(args, choose_run, context_factory) -> int:
     if resume:
         print(f"resuming {run_dir} at candidate {coordinator.next_index} "
               f"({len(coordinator.pending)} in flight)", file=sys.stderr)
-    share({"run_dir": run_dir, "config": config.to_dict(), "data_root": coordinator.recorded_root()})
+    share({"run_dir": run_dir, "config": config.to_dict(), "data": coordinator.data})
     coordinator.show_progress(bar=not args.no_progress)
     data_root = args.data_root or (coordinator.recorded_root() if resume else None)  # a resume reads the recorded one
     return _serve_and_work(coordinator, args.top, data_root)

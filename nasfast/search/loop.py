@@ -22,7 +22,6 @@ from .gate import Gate
 from .records import keep_finished_records, load_state
 from .summary import format_reward, progress_line
 
-SAME_DATA = ("classes", "training images")  # what a resumed search's data must keep
 NO_BUDGET = "give --budget N (candidates) and/or --time-budget T (e.g. 4h)"
 
 
@@ -158,24 +157,14 @@ class Search:
     # -- the loop ----------------------------------------------------------------------------
     def context(self) -> SearchContext:
         if self._context is None:
-            context = self.context_factory(self.config, self.run_dir, self.recorded_root())
-            self._check_same_data(getattr(context, "data", None))
+            context = self.context_factory(self.config, self.run_dir, self.data)
+            self.data = getattr(context, "data", None) or self.data  # where a resumed search found them now
             self._context = context
         return self._context
 
     def recorded_root(self) -> Optional[str]:
         """Where the search read its data (None before it began, or in states saved before it was recorded)."""
         return (self.data or {}).get("root")
-
-    def _check_same_data(self, data: Optional[Dict[str, Any]]) -> None:
-        """A resumed search must read the data it began with; --data-root may have moved them."""
-        if data is not None and self.data is not None:
-            differences = [f"{key} {_cut(data.get(key))}, the search's {_cut(self.data.get(key))}"
-                           for key in SAME_DATA if data.get(key) != self.data.get(key)]
-            if differences:
-                raise ValueError(f"the data found in {data.get('root')} are not those of the search in "
-                                 f"{self.run_dir}: {'; '.join(differences)} (check --data-root)")
-        self.data = data if data is not None else self.data
 
     def step(self) -> Dict[str, Any]:
         """Samples, evaluates and logs one candidate, updates the strategy, saves the state."""
@@ -269,11 +258,3 @@ class Search:
     def best_reward(self) -> Optional[float]:
         rewards = [r["reward"] for r in self.records if r["status"] == "ok"]
         return max(rewards) if rewards else None
-
-
-def _cut(value: Any) -> str:
-    """A value for a message, a long list cut short."""
-    if isinstance(value, list) and len(value) > 6:
-        return f"{len(value)} [{', '.join(map(str, value[:3]))}, ...]"
-    return str(value)
-
