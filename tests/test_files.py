@@ -39,3 +39,14 @@ def test_a_directory_locked_by_another_process_is_refused_until_it_ends(tmp_path
         holder.kill()
         holder.wait()
     files.lock_directory(str(tmp_path)).close()  # the system released the killed process's lock
+
+
+def test_a_directory_that_cannot_be_written_is_said_so_not_its_lock_file(tmp_path, monkeypatch):
+    import errno
+
+    def read_only(path, mode="r"):
+        raise OSError(errno.EROFS, "Read-only file system", path)
+    monkeypatch.setattr(files, "open", read_only, raising=False)
+    with pytest.raises(ValueError, match=f"^{tmp_path} cannot be written \\(Read-only file system\\): a run keeps "
+                                         f"its state there; copy the run to a writable place to go on with it$"):
+        files.lock_directory(str(tmp_path))
