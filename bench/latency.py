@@ -85,11 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where to time; jetson: a Jetson's GPU, with its power mode and clocks in the header "
                              "[cpu]")
     parser.add_argument("--genotype", "--arch", dest="genotype", default="all",
-                        help="arch0|arch1|arch2|all, a genotype's JSON, a file holding it, a checkpoint's design, or a "
-                             "search's RUN_DIR (its best design) [all]")
+                        help="arch0|arch1|arch2|all, a genotype's JSON, a file holding it, a checkpoint's or an "
+                             "export's design (model.pt), or a search's RUN_DIR (its best design) [all]")
     parser.add_argument("--size", type=positive_int, default=512, help="square input side [512]")
     parser.add_argument("--num-classes", type=positive_int,
-                        help="output classes [those of the search or checkpoint --genotype names; else 21, PASCAL "
+                        help="output classes [those of the search, checkpoint or export --genotype names; else 21, PASCAL "
                              "VOC as in the paper; CamVid has 11]")
     parser.add_argument("--runs", type=at_least_two, default=100, help="timed passes, at least 2 [100]")
     parser.add_argument("--warmup", type=at_least_two, default=10,

@@ -1,4 +1,5 @@
 """Training checkpoints: the model's recipe (genotype, classes) with its weights."""
+import json
 import zipfile
 from typing import Any, Dict, Sequence
 
@@ -51,6 +52,16 @@ def _starts_as_zip(path: str) -> bool:
 
 def _not_a_checkpoint(path: str, reason: str) -> str:
     return f"{path} is not a checkpoint of python -m nasfast.train ({reason})"
+
+
+def export_info(path: str) -> Dict[str, Any]:
+    """The nasfast.json (design, classes, input statistics) that python -m nasfast.export stores in
+    its TorchScript file, read from the archive without loading the model."""
+    with zipfile.ZipFile(path) as archive:
+        names = [name for name in archive.namelist() if name.endswith("/extra/nasfast.json")]
+        if not names:
+            raise ValueError("a TorchScript file without nasfast.json: not written by python -m nasfast.export")
+        return json.loads(archive.read(names[0]))
 
 
 def is_torchscript(path: str) -> bool:

@@ -182,16 +182,18 @@ ZOO: Dict[str, Genotype] = {name: Genotype.parse(nested) for name, nested in [
 
 def genotype_from_option(text: str) -> Genotype:
     """What a --genotype option takes: a zoo name, JSON text, a file holding either, a checkpoint of
-    python -m nasfast.train (its design), or a search (its run directory or candidates.jsonl: its best
-    design); the errors about a file name it."""
+    python -m nasfast.train or an export of python -m nasfast.export (their design), or a search (its
+    run directory or candidates.jsonl: its best design); the errors about a file name it."""
     if os.path.isdir(text) or text.endswith(".jsonl"):
         return best_of_search(text)
-    if zipfile.is_zipfile(text):  # torch.save's format
-        from .checkpoint import load_checkpoint  # which imports this module
+    if zipfile.is_zipfile(text):  # torch.save's and torch.jit.save's format
+        from .checkpoint import export_info, is_torchscript, load_checkpoint  # which imports this module
+        kind = "export" if is_torchscript(text) else "checkpoint"
         try:
-            return Genotype.parse(load_checkpoint(text, ("genotype",))["genotype"])
+            recipe = export_info(text) if kind == "export" else load_checkpoint(text, ("genotype",))
+            return Genotype.parse(recipe["genotype"])
         except ValueError as error:
-            raise ValueError(f"checkpoint {text}: {error}") from None
+            raise ValueError(f"{kind} {text}: {error}") from None
     if not os.path.isfile(text):
         a_path = os.sep in text or os.path.splitext(text)[1] != ""  # not a zoo name (or JSON: below)
         if a_path and not text.lstrip().startswith("["):
@@ -208,11 +210,11 @@ def genotype_from_option(text: str) -> Genotype:
 
 def recorded_classes(text: str) -> Optional[int]:
     """The number of classes recorded with the design a --genotype option names: a search's (`text`
-    names its RUN_DIR or log) or a training checkpoint's; else None."""
-    from .checkpoint import load_checkpoint  # which imports this module
+    names its RUN_DIR or log), a training checkpoint's or an export's; else None."""
+    from .checkpoint import export_info, is_torchscript, load_checkpoint  # which imports this module
     from .search.records import load_state
     if zipfile.is_zipfile(text):
-        return load_checkpoint(text, ("num_classes",))["num_classes"]
+        return (export_info(text) if is_torchscript(text) else load_checkpoint(text, ("num_classes",)))["num_classes"]
     if os.path.isdir(text):
         run_dir = text
     elif os.path.basename(text) == SEARCH_LOG:

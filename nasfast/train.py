@@ -353,8 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split(":", 1)[1].strip(), epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--genotype", "--arch", dest="genotype",
-                        help="arch0|arch1|arch2, the genotype's JSON, a file holding it, a training checkpoint (its "
-                             "design), or a search's RUN_DIR (or its candidates.jsonl) for its best design (required "
+                        help="arch0|arch1|arch2, the genotype's JSON, a file holding it, a training checkpoint or an "
+                             "export (its design), or a search's RUN_DIR (or its candidates.jsonl) for its best design (required "
                              "unless --resume)")
     parser.add_argument("--dataset", choices=sorted(DATASETS),
                         help="camvid, voc (PASCAL VOC 2012 + SBD) or folder (your own data; see the README's "

@@ -168,6 +168,12 @@ def test_latency_and_export_of_a_search_count_the_classes_it_searched_for(latenc
     assert call(export.main, ["--genotype", str(tmp_path / "best.pt"), "--out", str(tmp_path / "m.pt")], capsys)[0] == 0
     torch.jit.load(str(tmp_path / "m.pt"), _extra_files=extra)
     assert json.loads(extra["nasfast.json"])["num_classes"] == 7
+    exported = str(tmp_path / "m.pt")  # an export names its design and classes too
+    assert latency.recorded_classes(exported) == 7 and latency.designs(exported)[0][1] == ZOO["arch1"]
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(tmp_path / "other.pt"))
+    with pytest.raises(ValueError, match=f"^export {tmp_path / 'other.pt'}: a TorchScript file without nasfast.json: "
+                                         f"not written by python -m nasfast.export$"):
+        latency.designs(str(tmp_path / "other.pt"))
 
 
 # --help of the benchmark scripts
