@@ -89,8 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "export's design (model.pt), or a search's RUN_DIR (its best design) [all]")
     parser.add_argument("--size", type=positive_int, default=512, help="square input side [512]")
     parser.add_argument("--num-classes", type=positive_int,
-                        help="output classes [those of the search, checkpoint or export --genotype names; else 21, PASCAL "
-                             "VOC as in the paper; CamVid has 11]")
+                        help="output classes [those of the search, checkpoint or export --genotype names; else 21, "
+                             "PASCAL VOC as in the paper; CamVid has 11]")
     parser.add_argument("--runs", type=at_least_two, default=100, help="timed passes, at least 2 [100]")
     parser.add_argument("--warmup", type=at_least_two, default=10,
                         help="untimed passes before timing, at least 2 (TorchScript optimises the model during its "

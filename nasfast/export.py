@@ -85,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--checkpoint", help="a checkpoint of python -m nasfast.train (it holds the classes "
                                              "and weights)")
     source.add_argument("--genotype", "--arch", dest="genotype",
-                        help="arch0|arch1|arch2, the genotype's JSON, a file holding it, a checkpoint's or export's design, or a "
-                             "search's RUN_DIR (its best design), with random weights")
+                        help="arch0|arch1|arch2, the genotype's JSON, a file holding it, a checkpoint's or export's "
+                             "design, or a search's RUN_DIR (its best design), with random weights")
     parser.add_argument("--num-classes", type=positive_int,
                         help=f"with --genotype [those of the search or checkpoint it names; else "
                              f"{NUM_CLASSES_DEFAULT}, PASCAL VOC as in the paper; CamVid has 11]")

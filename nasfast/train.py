@@ -354,8 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--genotype", "--arch", dest="genotype",
                         help="arch0|arch1|arch2, the genotype's JSON, a file holding it, a training checkpoint or an "
-                             "export (its design), or a search's RUN_DIR (or its candidates.jsonl) for its best design (required "
-                             "unless --resume)")
+                             "export (its design), or a search's RUN_DIR (or its candidates.jsonl) for its best design "
+                             "(required unless --resume)")
     parser.add_argument("--dataset", choices=sorted(DATASETS),
                         help="camvid, voc (PASCAL VOC 2012 + SBD) or folder (your own data; see the README's "
                              "Data section) [camvid]")
@@ -429,8 +429,9 @@ def resume_conflicts(args, saved: dict) -> List[str]:
         conflicts.append(f"--genotype {args.genotype} differs from the run's {genotype_name(saved['genotype'])}")
     for option in ("dataset", "epochs", "batch_size", "decoder_optimizer", "lr_steps", "step_factor"):
         given, run_value = getattr(args, option), saved.get(option, getattr(TrainConfig, option, None))
-        if given is not None and option_text(given) != option_text(run_value):
-            conflicts.append(f"--{option.replace('_', '-')} {option_text(given)} differs from the run's {option_text(run_value)}")
+        given_text, run_text = option_text(given), option_text(run_value)
+        if given is not None and given_text != run_text:
+            conflicts.append(f"--{option.replace('_', '-')} {given_text} differs from the run's {run_text}")
     if args.preset is not None and args.preset != preset_of(saved):
         conflicts.append(f"--preset {args.preset} differs from the run's {preset_of(saved) or 'settings'}")
     return conflicts

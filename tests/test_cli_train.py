@@ -29,10 +29,11 @@ def evaluate_cli(*argv) -> int:
 
 
 def one_error_line(capsys) -> str:
-    """The error, one line; before it at most train's lines on the design and the data it read."""
+    """The error, one line; before it at most train's lines on the run it resumes, the design and the
+    data it read."""
     err = capsys.readouterr().err
     lines = [line for line in err.strip().splitlines()
-             if not re.fullmatch(r"\w+ data in .*: .* images|design: .*", line)]
+             if not re.fullmatch(r"\w+ data in .*: .* images|design: .*|resuming .* at epoch .*", line)]
     assert len(lines) == 1 and "error: " in err, err
     return lines[0] + "\n"
 

@@ -69,8 +69,8 @@ NASFAST_CPU_CLONES void depthwise_image_band(const Geometry& g, const T* x, cons
 
 // Whether the register tiles of Bytes-wide vectors fit the product; if so, multiply() on them.
 template <typename T, int Bytes>
-NASFAST_CPU_CLONES bool try_pointwise_tiles(const T* weight, const T* in, T* out, const T* bias, int64_t rows, int64_t inner,
-                                       int64_t P, int64_t ld_in, int64_t ld) {
+NASFAST_CPU_CLONES bool try_pointwise_tiles(const T* weight, const T* in, T* out, const T* bias, int64_t rows,
+                                            int64_t inner, int64_t P, int64_t ld_in, int64_t ld) {
   if (!kernels::pointwise_tiles_fit<T, Bytes>(rows, P)) return false;
   kernels::pointwise_tiled<T, Bytes>(weight, in, out, bias, rows, inner, P, ld_in, ld);
   return true;

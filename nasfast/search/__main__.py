@@ -153,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also log each candidate's rewards for TensorBoard, in RUN_DIR/tensorboard (needs the "
                             "tensorboard package; then: tensorboard --logdir RUN_DIR)")
     group.add_argument("--top", type=positive_int, default=10, help="rows of the table of best designs [10]")
-    group.add_argument("--no-progress", action="store_true", help="no progress bars (a line per finished candidate instead, as in a log file)")
+    group.add_argument("--no-progress", action="store_true",
+                       help="no progress bars (a line per finished candidate instead, as in a log file)")
     _add_config_options(parser)
     return parser
 
