@@ -113,17 +113,49 @@ def test_a_restart_hands_out_the_in_flight_proposals_first(coordinator_at):
     assert restarted.handle(0, {"want": "task", "result": None})["task"][0] == 3
 
 
-def test_the_time_budget_counts_from_the_start_of_the_work(coordinator_at):
-    c = coordinator_at(budget=None, time_budget=0.2)
-    time.sleep(0.3)  # start-up and building the cache: not counted
+@pytest.fixture
+def clock(monkeypatch):
+    """The coordinator's clock, moved by the test: clock.now seconds."""
+    from types import SimpleNamespace
+    fake = SimpleNamespace(now=0.0)
+    monkeypatch.setattr(distributed, "time", SimpleNamespace(time=lambda: fake.now))
+    return fake
+
+
+def test_the_time_budget_counts_from_the_start_of_the_work(coordinator_at, clock):
+    c = coordinator_at(budget=None, time_budget=20)
+    assert not c.spent()  # asked first on a resume, as rank 0 does
+    clock.now += 30  # start-up and building the cache: not counted
     assert not c.spent() and c.handle(0, {"want": "task", "result": None})["task"][0] == 0
     c.start_clock()
-    time.sleep(0.3)
-    assert c.spent() and 0.3 <= c.elapsed < 1
+    clock.now += 25
+    assert c.spent() and c.elapsed == 25
     c.save()
-    restarted = coordinator_at(budget=None, time_budget=10, resume=True)
-    time.sleep(0.3)
-    assert not restarted.spent() and restarted.elapsed == c.elapsed
+    restarted = coordinator_at(budget=None, time_budget=100, resume=True)
+    assert not restarted.spent()
+    clock.now += 30
+    assert not restarted.spent() and restarted.elapsed == 25
+    restarted.start_clock()
+    clock.now += 80
+    assert restarted.spent() and restarted.elapsed == 105
+
+
+def test_a_torchrun_search_stops_at_its_time_budget(coordinator_at, clock, monkeypatch, capsys):
+    """On the coordinator's clock: caching takes 100 s, each candidate 1 s."""
+    import nasfast.search.context
+    import nasfast.search.loop as loop
+    from nasfast.search.__main__ import main
+
+    def advance(seconds, result=None):
+        clock.now += seconds
+        return result
+    c = coordinator_at(budget=None, time_budget=3)
+    c.handle(0, {"want": "task", "result": None})  # then the process dies
+    monkeypatch.setattr(nasfast.search.context, "build_context", lambda *args, **kwargs: advance(100, object()))
+    monkeypatch.setattr(loop, "evaluate_candidate", lambda *args: advance(1, fake_evaluate(*args)))
+    assert main(["--resume", c.run_dir, "--no-progress"]) == 0
+    assert "time budget of 3 s reached (3 s of search)" in capsys.readouterr().err
+    assert len(read_records(str(Path(c.run_dir) / "candidates.jsonl"))) == 3
 
 
 def test_a_torchrun_search_continues_in_one_process(coordinator_at, monkeypatch, capsys):
