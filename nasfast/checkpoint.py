@@ -35,7 +35,7 @@ def load_checkpoint(path: str, keys: Sequence[str] = MODEL_KEYS) -> Dict[str, An
     except OSError:
         raise
     except Exception as error:  # torch.load fails in many ways on a foreign file
-        if _starts_as_zip(path):  # torch.save writes a zip archive: this one is damaged, cut short by a copy say
+        if _starts_as_zip(path) and not zipfile.is_zipfile(path):  # torch.save's zip archive, cut short
             raise UsageError(f"{path} is damaged: a zip archive, as torch.save writes, that torch.load cannot read "
                              f"({type(error).__name__}); copy it again, or use another checkpoint") from None
         raise UsageError(_not_a_checkpoint(path, f"torch.load cannot read it: {type(error).__name__}")) from None
@@ -60,8 +60,11 @@ def export_info(path: str) -> Dict[str, Any]:
     with zipfile.ZipFile(path) as archive:
         names = [name for name in archive.namelist() if name.endswith("/extra/nasfast.json")]
         if not names:
-            raise ValueError("a TorchScript file without nasfast.json: not written by python -m nasfast.export")
-        return json.loads(archive.read(names[0]))
+            raise ValueError(f"TorchScript file {path} has no nasfast.json: not written by python -m nasfast.export")
+        info = json.loads(archive.read(names[0]))
+    if not {"genotype", "num_classes"} <= info.keys():
+        raise ValueError(f"export {path} names no design: export it again with python -m nasfast.export")
+    return info
 
 
 def is_torchscript(path: str) -> bool:

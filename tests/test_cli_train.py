@@ -222,9 +222,11 @@ def test_evaluate_refuses_what_is_not_a_training_checkpoint(tmp_path, capsys):
     torch.jit.script(torch.nn.Linear(2, 2)).save(str(tmp_path / "script.pt"))
     torch.save({"model": {"w": torch.zeros(1000)}}, tmp_path / "whole.pt")
     (tmp_path / "cut.pt").write_bytes((tmp_path / "whole.pt").read_bytes()[:2000])
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pt")  # whole, but a pickled module
     for name, reason in (("nope.pt", "checkpoint {} not found"),
                          ("cut.pt", "{} is damaged: a zip archive, as torch.save writes, that torch.load cannot read "
                                     "(RuntimeError); copy it again, or use another checkpoint"),
+                         ("module.pt", "{} is not a checkpoint of python -m nasfast.train (torch.load cannot read it"),
                          ("random.pt", "{} is not a checkpoint of python -m nasfast.train (torch.load cannot read it"),
                          ("state.pt", "{} is not a checkpoint of python -m nasfast.train (it lacks model, genotype"),
                          ("script.pt", "{} is not a checkpoint of python -m nasfast.train (it is a TorchScript file")):
@@ -451,5 +453,5 @@ def test_out_naming_the_dataset_is_refused_before_anything_is_written(tmp_path, 
     root = folder_dataset(tmp_path / "data", images=4)
     before = sorted(os.listdir(root))
     assert train_folder(root, root) == 2
-    assert f"--out {root} is the dataset's directory: choose another" in capsys.readouterr().err
+    assert f"{root} is the dataset's directory, not one for a run's files: choose another" in capsys.readouterr().err
     assert sorted(os.listdir(root)) == before
