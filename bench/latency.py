@@ -6,8 +6,8 @@ synchronisation, 100 timed forward passes, mean ± std), for each implementation
     python bench/latency.py --device jetson        # on a Jetson only: its GPU, power mode, clocks
 
 --genotype (or its old name --arch) takes what python -m nasfast.train takes (a zoo name, a
-genotype's JSON, a file holding it, a training checkpoint's design, a search's best design) or `all`
-(the zoo), with random weights.
+genotype's JSON, a file holding it, a training checkpoint's or an export's design, a search's best
+design) or `all` (the zoo), with random weights.
 """
 import argparse
 import os

@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="arch0|arch1|arch2, the genotype's JSON, a file holding it, a checkpoint's or export's "
                              "design, or a search's RUN_DIR (its best design), with random weights")
     parser.add_argument("--num-classes", type=positive_int,
-                        help=f"with --genotype [those of the search or checkpoint it names; else "
+                        help=f"with --genotype [those of the search, checkpoint or export it names; else "
                              f"{NUM_CLASSES_DEFAULT}, PASCAL VOC as in the paper; CamVid has 11]")
     parser.add_argument("--pretrained", action="store_true", help="with --genotype: ImageNet encoder weights")
     parser.add_argument("--reference-ops", action="store_true", help="do not use the native ops")

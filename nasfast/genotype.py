@@ -188,12 +188,12 @@ def genotype_from_option(text: str) -> Genotype:
         return best_of_search(text)
     if zipfile.is_zipfile(text):  # torch.save's and torch.jit.save's format
         from .checkpoint import export_info, is_torchscript, load_checkpoint  # which imports this module
-        kind = "export" if is_torchscript(text) else "checkpoint"
+        if is_torchscript(text):  # its errors name it
+            return Genotype.parse(export_info(text)["genotype"])
         try:
-            recipe = export_info(text) if kind == "export" else load_checkpoint(text, ("genotype",))
-            return Genotype.parse(recipe["genotype"])
+            return Genotype.parse(load_checkpoint(text, ("genotype",))["genotype"])
         except ValueError as error:
-            raise ValueError(f"{kind} {text}: {error}") from None
+            raise ValueError(f"checkpoint {text}: {error}") from None
     if not os.path.isfile(text):
         a_path = os.sep in text or os.path.splitext(text)[1] != ""  # not a zoo name (or JSON: below)
         if a_path and not text.lstrip().startswith("["):

@@ -171,8 +171,8 @@ def test_latency_and_export_of_a_search_count_the_classes_it_searched_for(latenc
     exported = str(tmp_path / "m.pt")  # an export names its design and classes too
     assert latency.recorded_classes(exported) == 7 and latency.designs(exported)[0][1] == ZOO["arch1"]
     torch.jit.script(torch.nn.Linear(2, 2)).save(str(tmp_path / "other.pt"))
-    with pytest.raises(ValueError, match=f"^export {tmp_path / 'other.pt'}: a TorchScript file without nasfast.json: "
-                                         f"not written by python -m nasfast.export$"):
+    with pytest.raises(ValueError, match=f"^TorchScript file {tmp_path / 'other.pt'} has no nasfast.json: not "
+                                         f"written by python -m nasfast.export$"):
         latency.designs(str(tmp_path / "other.pt"))
 
 

@@ -231,7 +231,7 @@ def test_an_option_names_a_search_for_its_best_design_and_long_text_is_cut(tmp_p
     with pytest.raises(UsageError, match=r"state.pt is not a checkpoint of .* \(it lacks genotype"):
         genotype_from_option(str(tmp_path / "state.pt"))
     torch.jit.script(torch.nn.Linear(2, 2)).save(str(tmp_path / "model.pt"))
-    with pytest.raises(ValueError, match=r"export .*model.pt: a TorchScript file without nasfast.json"):
+    with pytest.raises(ValueError, match=r"TorchScript file .*model.pt has no nasfast.json"):
         genotype_from_option(str(tmp_path / "model.pt"))
     with pytest.raises(ValueError) as error:
         Genotype.parse("x" * 5000)
