@@ -48,5 +48,6 @@ def test_a_directory_that_cannot_be_written_is_said_so_not_its_lock_file(tmp_pat
         raise OSError(errno.EROFS, "Read-only file system", path)
     monkeypatch.setattr(files, "open", read_only, raising=False)
     with pytest.raises(ValueError, match=f"^{tmp_path} cannot be written \\(Read-only file system\\): a run keeps "
-                                         f"its state there; copy the run to a writable place to go on with it$"):
+                                         f"its state there; choose a writable directory \\(or copy a run to one to go "
+                                         f"on with it\\)$"):
         files.lock_directory(str(tmp_path))
