@@ -403,7 +403,6 @@ def test_a_resumed_search_reads_its_data_where_it_did_and_refuses_other_data(tmp
     again.resume()
     again.context()
     assert [data and data["root"] for data in recorded] == [None, "/data/camvid", "/moved/camvid"]
-    check_same_data(recorded[-1], recorded[-1], "run")
     other = {"classes": ["road", "car"], "training images": 12, "root": "/data/other"}
     with pytest.raises(ValueError, match=r"data found in /data/other are not those of the search in run: classes "
                                          r"\['road', 'car'\], the search's 11 \[class0, class1, class2, \.\.\.\]; "
@@ -440,11 +439,12 @@ def test_hints_are_command_lines_to_copy():
 def test_meta_val_without_a_scored_pixel_is_refused_before_any_candidate(tmp_path, capsys):
     from test_cli_train import folder_dataset
     root = folder_dataset(tmp_path / "data", images=16, unlabelled=range(16))
-    assert search("--dataset", "folder", "--data-root", root, "--preset", "tiny", "--budget", 2, "--val-fraction",
-                  0.25, "--out", tmp_path / "run", "--no-progress") == 2
-    assert ("the 4 meta-val images have no labelled pixel of a scored class, so no reward can be computed; raise "
-            "--val-fraction (0.25)\n") in capsys.readouterr().err  # the preset's --val-images 16 did not limit them
-    assert not (tmp_path / "run" / "candidates.jsonl").exists()
+    for val_images in (16, 4):  # the preset's, and as many as held out: neither left any out
+        assert search("--dataset", "folder", "--data-root", root, "--preset", "tiny", "--budget", 2, "--val-fraction",
+                      0.25, "--val-images", val_images, "--out", tmp_path / "run", "--no-progress") == 2
+        assert ("the 4 meta-val images have no labelled pixel of a scored class, so no reward can be computed; raise "
+                "--val-fraction (0.25)\n") in capsys.readouterr().err
+        assert not (tmp_path / "run" / "candidates.jsonl").exists()
     assert search("--dataset", "folder", "--data-root", root, "--preset", "tiny", "--budget", 2, "--val-fraction",
                   0.25, "--val-images", 3, "--out", tmp_path / "run3", "--no-progress") == 2
     assert "the 3 meta-val images have no labelled pixel of a scored class, so no reward can be computed; raise " \
@@ -495,7 +495,7 @@ def test_out_naming_the_dataset_is_refused_before_anything_is_written(tmp_path, 
     before = sorted(os.listdir(root))
     assert search("--dataset", "folder", "--data-root", root, "--preset", "tiny", "--budget", 1, "--out", root,
                   "--no-progress") == 2
-    assert f"--out {root} is the dataset's directory: choose another" in capsys.readouterr().err
+    assert f"{root} is the dataset's directory, not one for a run's files: choose another" in capsys.readouterr().err
     assert sorted(os.listdir(root)) == before
 
 

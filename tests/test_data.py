@@ -447,10 +447,13 @@ def test_data_roots_given_recorded_or_found(tmp_path, monkeypatch):
 def test_folder_refuses_two_images_of_one_name(tmp_path):
     root = tiny_folder(tmp_path)
     Image.fromarray(np.zeros((2, 3, 3), np.uint8)).save(root / "images" / "a.jpg")
-    with pytest.raises(DataError, match=r"a.jpg and .*a.png: two files named 'a'"):
+    with pytest.raises(DataError, match=r"a.(jpg|png) and .*a.(jpg|png): 2 files named 'a'; keep one of them$"):
+        FolderDataset(root)
+    Image.fromarray(np.zeros((2, 3, 3), np.uint8)).save(root / "images" / "a.bmp")
+    with pytest.raises(DataError, match=r"a.\w+ and .*a.\w+ and .*a.\w+: 3 files named 'a'; keep one of them$"):
         FolderDataset(root)
     Image.fromarray(np.zeros((2, 3, 3), np.uint8)).save(root / "images" / "b.bmp")
-    with pytest.raises(DataError, match=r"images: 2 names have two files \(a.(jpg|png) and a.(jpg|png); "
+    with pytest.raises(DataError, match=r"images: 2 names have several files \(a.\w+ and a.\w+ and a.\w+; "
                                         r"b.(bmp|png) and b.(bmp|png)\); keep one of each$"):
         FolderDataset(root)
 

@@ -67,7 +67,8 @@ NASFAST_CPU_CLONES void depthwise_image_band(const Geometry& g, const T* x, cons
   }
 }
 
-// Whether the register tiles of Bytes-wide vectors fit the product; if so, multiply() on them.
+// Whether the register tiles of Bytes-wide vectors fit the product; if so, it is computed on them
+// (else multiply() calls BLAS).
 template <typename T, int Bytes>
 NASFAST_CPU_CLONES bool try_pointwise_tiles(const T* weight, const T* in, T* out, const T* bias, int64_t rows,
                                             int64_t inner, int64_t P, int64_t ld_in, int64_t ld) {

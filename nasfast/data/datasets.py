@@ -77,9 +77,9 @@ def find_data_root(name: str, data_root: Optional[str] = None, recorded: Optiona
 
 
 def refuse_run_in_data(run_dir: str, root: Path) -> None:
-    """A run's files would mix with the dataset's: an --out that names the data is a slip."""
+    """A run's files would mix with the dataset's: a run directory that is the data's is a slip."""
     if os.path.isdir(run_dir) and os.path.samefile(run_dir, root):
-        raise DataError(f"--out {run_dir} is the dataset's directory: choose another")
+        raise ValueError(f"{run_dir} is the dataset's directory, not one for a run's files: choose another")
 
 
 EXIF_ORIENTATION = 0x0112
@@ -356,22 +356,19 @@ def _visible_files(folder: Path) -> List[Path]:
 
 def _files_by_name(files: List[Path], suffixes: Sequence[str]) -> Dict[str, Path]:
     """name -> file, for the suffixes in any case; two files of one name (x.jpg, x.png) are refused."""
-    found: Dict[str, Path] = {}
-    twice = []
+    by_name: Dict[str, List[Path]] = {}
     for path in files:
-        if path.suffix.lower() not in suffixes:
-            continue
-        if path.stem in found:
-            twice.append((found[path.stem], path))
-        found[path.stem] = path
-    if len(twice) == 1:
-        (first, second), = twice
-        raise DataError(f"{first} and {second}: two files named {first.stem!r}; keep one of them")
-    if twice:
-        pairs = "; ".join(f"{first.name} and {second.name}" for first, second in twice[:5])
-        raise DataError(f"{twice[0][0].parent}: {len(twice)} names have two files ({pairs}"
-                        f"{'; ...' if len(twice) > 5 else ''}); keep one of each")
-    return found
+        if path.suffix.lower() in suffixes:
+            by_name.setdefault(path.stem, []).append(path)
+    shared = [paths for paths in by_name.values() if len(paths) > 1]
+    if len(shared) == 1:
+        raise DataError(f"{' and '.join(map(str, shared[0]))}: {len(shared[0])} files named {shared[0][0].stem!r}; "
+                        f"keep one of them")
+    if shared:
+        listed = "; ".join(" and ".join(p.name for p in paths) for paths in shared[:5])
+        raise DataError(f"{shared[0][0].parent}: {len(shared)} names have several files ({listed}"
+                        f"{'; ...' if len(shared) > 5 else ''}); keep one of each")
+    return {name: paths[0] for name, paths in by_name.items()}
 
 
 def _split_names(root: Path, split: str, images: Dict[str, Path]) -> Tuple[Optional[Path], List[str]]:

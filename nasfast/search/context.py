@@ -103,11 +103,12 @@ class _Transformed(torch.utils.data.Dataset):
 CACHE_MODES = ("auto", "build", "open")
 
 
-def _check_scored_pixels(labels, ignore_index: int, exclude, config: SearchConfig) -> None:
+def _check_scored_pixels(labels, ignore_index: int, exclude, config: SearchConfig, held_out: int) -> None:
     """Every reward would be undefined (and every candidate fail) on meta-val labels (a tensor or a
-    memory-mapped array) without a pixel of a scored class."""
+    memory-mapped array) without a pixel of a scored class; `held_out`: the meta-val images before
+    --val-images took some."""
     if np.isin(np.asarray(labels), [ignore_index, *exclude]).all():
-        limited = 0 < config.val_images <= len(labels)  # --val-images, not the held-out share, set the count
+        limited = len(labels) < held_out  # --val-images left some out: raising it adds images
         raise ValueError(f"the {len(labels)} meta-val images have no labelled pixel of a scored class, so no "
                          f"reward can be computed; raise --val-fraction ({config.val_fraction})"
                          f"{f' or --val-images ({config.val_images})' if limited else ''}")
@@ -239,7 +240,7 @@ def build_context(config: SearchConfig, run_dir: str, recorded: Optional[Dict[st
     encoder = MobileNetV2Encoder(pretrained=True)
     stage1, stage1_val, size = _stage1_caches(config, full, stage1_ids, val_ids, encoder, run_dir, cache, device,
                                               progress)
-    _check_scored_pixels(stage1_val.labels, full.ignore_index, full.exclude, config)
+    _check_scored_pixels(stage1_val.labels, full.ignore_index, full.exclude, config, len(full) - len(train_ids))
     if cache != "open":
         pixels = np.bincount(np.asarray(stage1.labels).ravel(), minlength=256)
         warning = absent_classes_warning(pixels, full.class_names, f"the {len(stage1)} stage-1 labels")

@@ -1,4 +1,5 @@
 """The outer loop (SPEC section 6): sample, evaluate, update; logged and resumable."""
+import contextlib
 import os
 import signal
 import socket
@@ -115,7 +116,8 @@ class Search:
         its lock file) goes again."""
         if self._lock is not None:
             if self._made_lock:
-                os.remove(self.path(LOCK))  # while it is still held
+                with contextlib.suppress(FileNotFoundError):  # not to hide the error that led here
+                    os.remove(self.path(LOCK))  # while it is still held
             self._lock.close()
             self._lock = None
             if self._made_run_dir and not os.listdir(self.run_dir):
