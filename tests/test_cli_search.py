@@ -233,7 +233,9 @@ def test_resume_warns_of_lost_log_lines(saved_search, capsys):
     log = saved_search / "candidates.jsonl"
     log.write_text(log.read_text().splitlines(keepends=True)[0])
     assert search("--resume", saved_search, "--budget", "4", "--no-progress") == 0
-    assert "lacks the records of 2 finished candidate(s) (index 1, 2)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "lacks the records of 2 finished candidate(s) (index 1, 2)" in err
+    assert "[4/4] candidate 3: " in err  # the lost ones count against the budget
     assert [r["index"] for r in read_records(str(log))] == [0, 3]  # each index once at most
 
 

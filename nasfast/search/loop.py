@@ -152,6 +152,10 @@ class Search:
             raise ValueError(NO_BUDGET)
         self.records = keep_finished_records(self.path(SEARCH_LOG), self.next_index, self.in_flight())
 
+    def done(self) -> int:
+        """Candidates of the budget spent: finished, or lost with log lines that a crash cut."""
+        return self.next_index - len(list(self.in_flight()))
+
     def in_flight(self) -> Iterable[int]:
         """Candidates handed out but not finished (by other processes: see distributed.Coordinator)."""
         return ()
@@ -217,7 +221,7 @@ class Search:
 
     def show_progress(self, bar: bool = True) -> None:
         """Finished candidates on a progress bar (on a terminal, unless `bar` is False), else as lines."""
-        self._bar = progress_bar(total=self.budget, initial=len(self.records), unit="cand", dynamic_ncols=True,
+        self._bar = progress_bar(total=self.budget, initial=self.done(), unit="cand", dynamic_ncols=True,
                                  disable=not bar)
 
     def show(self, record: Dict[str, Any]) -> None:
@@ -225,7 +229,7 @@ class Search:
         if self._bar is None:
             return
         if self._bar.disable:
-            print(progress_line(record, len(self.records), self.budget, self.best_reward(), self.workers),
+            print(progress_line(record, self.done(), self.budget, self.best_reward(), self.workers),
                   file=sys.stderr, flush=True)
         else:
             self._bar.update(1)
