@@ -1,5 +1,6 @@
 """python -m nasfast.data: every unusable file listed at once, the pixels of each class, warnings."""
 import numpy as np
+import pytest
 from PIL import Image
 
 from nasfast.cli import run
@@ -78,3 +79,22 @@ def test_the_search_warns_of_classes_without_a_stage1_pixel(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "warning: no pixel of 1 class in the 14 stage-1 labels: 'class2' (2) (stage 1 cannot learn them" in \
         result.stderr
+
+
+def test_every_layout_problem_is_listed_at_once(tmp_path, capsys):
+    root = folder_dataset(tmp_path / "data", images=4, lists={"train": [0, 1, 2], "val": [3]})
+    Image.open(root / "images" / "im0.png").save(root / "images" / "im0.jpg")  # two files named im0
+    (root / "train.txt").write_text("im0\nim1\nim2\nnowhere\n")  # a name without an image
+    for i in (1, 2):  # JPEG labels
+        Image.open(root / "labels" / f"im{i}.png").save(root / "labels" / f"im{i}.jpg")
+        (root / "labels" / f"im{i}.png").unlink()
+    assert check("--dataset", "folder", "--data-root", root) == 2
+    err = capsys.readouterr().err
+    assert f"folder data in {root}: the layout has 3 problems:\n" in err
+    assert err.count("2 files named 'im0'") == 1  # said once, though both splits met it
+    assert "no image for 1 names, e.g. ['nowhere']" in err
+    assert "labels must be PNG (JPEG compression changes the class values), and 2 are JPEG (im1.jpg, im2.jpg)" in err
+    from nasfast.data import FolderDataset
+    from nasfast.data.datasets import DataError
+    with pytest.raises(DataError, match=r"keep one of them \(and 2 more: python -m nasfast.data lists them\)$"):
+        FolderDataset(root)  # elsewhere: the first, and how to see them all

@@ -1,6 +1,7 @@
 """python -m nasfast.data: checks a dataset before a long run. Reads every image and label of its
-training and validation splits once, lists every file that cannot be used (not only the first),
-and counts the pixels of each class, warning of classes without any and of images in both splits."""
+training and validation splits once, lists every problem of a folder's layout and every file that
+cannot be used (not only the first), and counts the pixels of each class, warning of classes
+without any and of images in both splits."""
 import argparse
 import sys
 from typing import List, Optional, Tuple
@@ -9,8 +10,8 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 from ..cli import counted, non_negative_int, progress_bar, run
-from .datasets import (DATASETS, IGNORE_INDEX, DataError, SegmentationDataset, absent_classes_warning, find_data_root,
-                       make_dataset, split_warning)
+from .datasets import (DATASETS, IGNORE_INDEX, DataError, LayoutProblems, SegmentationDataset, absent_classes_warning,
+                       find_data_root, make_dataset, split_warning)
 
 PROG = "python -m nasfast.data"
 SHOWN_PROBLEMS = 20
@@ -71,7 +72,17 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     root = find_data_root(args.dataset, args.data_root)
     _, train_split, val_split = DATASETS[args.dataset]
-    splits = [(split, make_dataset(args.dataset, str(root), split)) for split in (train_split, val_split)]
+    splits, layout = [], []
+    for split in (train_split, val_split):
+        try:
+            splits.append((split, make_dataset(args.dataset, str(root), split)))
+        except LayoutProblems as error:  # each said once: a split shares the images and labels of the other
+            layout += [problem for problem in error.problems if problem not in layout]
+    if layout:
+        print(f"{args.dataset} data in {root}: the layout has {counted(len(layout), 'problem')}:", file=sys.stderr)
+        for problem in layout:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
     class_names = splits[0][1].class_names
     print(f"{args.dataset} data in {root}: {len(class_names)} classes, "
           + ", ".join(f"{len(data)} {split} images" for split, data in splits))

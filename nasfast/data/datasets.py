@@ -33,6 +33,16 @@ class DataError(ValueError):
     """A data file that cannot be used, with its path and the reason."""
 
 
+class LayoutProblems(DataError):
+    """The problems of a folder dataset's layout, all of them (`problems`); said as the first, with
+    their count."""
+
+    def __init__(self, problems: List[str]):
+        more = f" (and {len(problems) - 1} more: python -m nasfast.data lists them)" if len(problems) > 1 else ""
+        super().__init__(problems[0] + more)
+        self.problems = problems
+
+
 class OtherLayout(DataError):
     """The root of a named dataset holds your own data's layout (a folder dataset) instead."""
 
@@ -356,10 +366,20 @@ def _visible_files(folder: Path) -> List[Path]:
 
 def _files_by_name(files: List[Path], suffixes: Sequence[str]) -> Dict[str, Path]:
     """name -> file, for the suffixes in any case; two files of one name (x.jpg, x.png) are refused."""
+    by_name = _group_by_name(files, suffixes)
+    _refuse_shared_names(by_name)
+    return {name: paths[0] for name, paths in by_name.items()}
+
+
+def _group_by_name(files: List[Path], suffixes: Sequence[str]) -> Dict[str, List[Path]]:
     by_name: Dict[str, List[Path]] = {}
     for path in files:
         if path.suffix.lower() in suffixes:
             by_name.setdefault(path.stem, []).append(path)
+    return by_name
+
+
+def _refuse_shared_names(by_name: Dict[str, List[Path]]) -> None:
     shared = [paths for paths in by_name.values() if len(paths) > 1]
     if len(shared) == 1:
         raise DataError(f"{' and '.join(map(str, shared[0]))}: {len(shared[0])} files named {shared[0][0].stem!r}; "
@@ -368,7 +388,6 @@ def _files_by_name(files: List[Path], suffixes: Sequence[str]) -> Dict[str, Path
         listed = "; ".join(" and ".join(p.name for p in paths) for paths in shared[:5])
         raise DataError(f"{shared[0][0].parent}: {len(shared)} names have several files ({listed}"
                         f"{'; ...' if len(shared) > 5 else ''}); keep one of each")
-    return {name: paths[0] for name, paths in by_name.items()}
 
 
 def _split_names(root: Path, split: str, images: Dict[str, Path]) -> Tuple[Optional[Path], List[str]]:
@@ -440,13 +459,28 @@ class FolderDataset(SegmentationDataset):
         if not 0 < self.num_classes < IGNORE_INDEX:
             raise DataError(f"{root / 'classes.txt'}: expected 1 to {IGNORE_INDEX - 1} class names, "
                             f"got {self.num_classes}")
-        images = _files_by_name(_visible_files(root / "images"), IMAGE_SUFFIXES)
+        problems: List[str] = []  # each check runs, so that all are said at once
+        by_name = _group_by_name(_visible_files(root / "images"), IMAGE_SUFFIXES)
+        _note_problem(problems, _refuse_shared_names, by_name)
+        images = {name: paths[0] for name, paths in by_name.items()}
         self.split_file, names = _split_names(root, split, images)
         missing = [n for n in names if n not in images]
         if missing:
             hint = "; subfolders of images/ are not searched" if any("/" in n or "\\" in n for n in missing) else ""
-            raise DataError(f"{root / 'images'}: no image for {len(missing)} names, e.g. {missing[:5]}{hint}")
-        super().__init__(list(zip((images[n] for n in names), _label_paths(root / "labels", names))), transform)
+            problems.append(f"{root / 'images'}: no image for {len(missing)} names, e.g. {missing[:5]}{hint}")
+        labels = _note_problem(problems, _label_paths, root / "labels", names)
+        if problems:
+            raise LayoutProblems(problems)
+        super().__init__(list(zip((images[n] for n in names), labels)), transform)
+
+
+def _note_problem(problems: List[str], check: Callable, *args):
+    """check(*args), or None with its DataError's message added to `problems`."""
+    try:
+        return check(*args)
+    except DataError as error:
+        problems.append(str(error))
+        return None
 
 
 def absent_classes_warning(pixels: np.ndarray, class_names: Sequence[str], where: str) -> Optional[str]:
