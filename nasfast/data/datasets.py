@@ -103,11 +103,16 @@ def _orientation(image: Image.Image) -> int:
     return image.getexif().get(EXIF_ORIENTATION, 1)
 
 
+def missing_file(path, what: str) -> DataError:
+    """The error for a dataset's image or label file that is not there."""
+    return DataError(f"{path}: {what} file is missing")
+
+
 def _decode(path: Path, what: str) -> Image.Image:
     """The fully decoded image (PIL reads lazily, so a truncated file only fails on load()), turned
     as its EXIF orientation says: as viewers and labelling tools show a camera's photo."""
     if not path.is_file():
-        raise DataError(f"{path}: {what} file is missing")
+        raise missing_file(path, what)
     try:
         with Image.open(path) as image:
             image.load()

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from ..cli import progress_bar, resolve_device
 from ..data import EvalTransform, TrainTransform, find_data_root, make_dataset
-from ..data.datasets import DataError, absent_classes_warning, refuse_run_in_data
+from ..data.datasets import absent_classes_warning, missing_file, refuse_run_in_data
 from ..data.transforms import scaled_size
 from ..encoder import MobileNetV2Encoder
 from ..files import read_json, write_json
@@ -153,7 +153,7 @@ def _fingerprint(pairs) -> str:
             try:
                 stat = os.stat(path)
             except FileNotFoundError:
-                raise DataError(f"{path}: {what} file is missing") from None
+                raise missing_file(path, what) from None
             digest.update(f"{os.path.abspath(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
