@@ -180,6 +180,12 @@ ZOO: Dict[str, Genotype] = {name: Genotype.parse(nested) for name, nested in [
 ]}
 
 
+def genotype_name(genotype) -> str:
+    """The zoo name of a genotype, else its JSON."""
+    genotype = Genotype.parse(genotype)
+    return next((name for name, known in ZOO.items() if known == genotype), str(genotype))
+
+
 def genotype_from_option(text: str) -> Genotype:
     """What a --genotype option takes: a zoo name, JSON text, a file holding either, a checkpoint of
     python -m nasfast.train or an export of python -m nasfast.export (their design), or a search (its

@@ -62,11 +62,11 @@ def only_classes_0_and_1(root, images: int) -> None:
 
 
 def test_training_warns_of_classes_without_a_validation_pixel(tmp_path, capsys):
-    from nasfast import train
+    from nasfast import trainer
     from nasfast.data import FolderDataset
     root = folder_dataset(tmp_path / "data", classes=3, images=4)
     only_classes_0_and_1(root, 4)
-    train.check_files(FolderDataset(root, split="val"), "validation", quiet=True)
+    trainer.check_files(FolderDataset(root, split="val"), "validation", quiet=True)
     assert ("warning: no pixel of 1 class in the 4 validation labels: 'class2' (2) (wherever the model predicts "
             "them, they count as IoU 0 in the mIoU;") in capsys.readouterr().err
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from nasfast import evaluate, train
+from nasfast import evaluate, train, trainer
 from nasfast.cli import run
 from nasfast.files import SEARCH_FILES
 from nasfast.genotype import ZOO
@@ -39,7 +39,7 @@ def one_error_line(capsys) -> str:
 
 
 def tiny_run_config(**changes) -> dict:
-    config = {"genotype": ZOO["arch0"].to_list(), "dataset": "camvid", **asdict(train.PRESETS["tiny"])}
+    config = {"genotype": ZOO["arch0"].to_list(), "dataset": "camvid", **asdict(trainer.PRESETS["tiny"])}
     return json.loads(json.dumps({**config, **changes}))
 
 
@@ -54,12 +54,12 @@ def test_a_new_run_refuses_a_directory_that_holds_a_run(tmp_path, capsys, name):
 
 
 def test_config_json_alone_blocks_a_new_run_unless_it_is_of_an_unstarted_training(tmp_path, capsys):
-    train.check_new_run_directory(str(tmp_path))  # an empty directory is fine
+    trainer.check_new_run_directory(str(tmp_path))  # an empty directory is fine
     (tmp_path / "config.json").write_text(json.dumps({"dataset": "camvid", "budget": 4}))  # a search's
     assert train_cli("--genotype", "arch0", "--out", tmp_path) == 2
     assert "already holds a training run" in one_error_line(capsys)
     (tmp_path / "config.json").write_text(json.dumps(tiny_run_config()))
-    train.check_new_run_directory(str(tmp_path))  # no error
+    trainer.check_new_run_directory(str(tmp_path))  # no error
 
 
 def test_out_naming_a_file_is_refused(tmp_path, capsys):
@@ -80,10 +80,10 @@ def test_resume_refuses_each_option_that_changes_the_training(tmp_path, capsys):
 
 
 def test_step_schedule_multiplies_the_learning_rates_after_each_listed_epoch():
-    poly = train.TrainConfig(epochs=4)
-    assert [train.lr_factor(poly, step, 10) for step in (0, 20)] == [1.0, 0.5 ** 0.9]
+    poly = trainer.TrainConfig(epochs=4)
+    assert [trainer.lr_factor(poly, step, 10) for step in (0, 20)] == [1.0, 0.5 ** 0.9]
     steps = replace(poly, lr_steps=(1, 3), step_factor=0.5)
-    assert [train.lr_factor(steps, step, 10) for step in (0, 9, 10, 29, 30, 39)] == [1, 1, 0.5, 0.5, 0.25, 0.25]
+    assert [trainer.lr_factor(steps, step, 10) for step in (0, 9, 10, 29, 30, 39)] == [1, 1, 0.5, 0.5, 0.25, 0.25]
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -122,15 +122,15 @@ def test_resume_without_last_pt_says_what_to_do(tmp_path, capsys):
 
 
 def interrupt_on_call(monkeypatch, name: str, call: int) -> None:
-    """Ctrl-C from the call-th call of nasfast.train's `name` on."""
-    calls, real = [], getattr(train, name)
+    """Ctrl-C from the call-th call of nasfast.trainer's `name` on."""
+    calls, real = [], getattr(trainer, name)
 
     def interrupted(*args, **kwargs):
         calls.append(1)
         if len(calls) >= call:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
-    monkeypatch.setattr(train, name, interrupted)
+    monkeypatch.setattr(trainer, name, interrupted)
 
 
 def test_ctrl_c_says_where_the_run_stands_and_resume_finishes_it(tmp_path, capsys, camvid_root, monkeypatch):
@@ -167,15 +167,15 @@ def test_the_log_is_mended_as_the_checkpoint_has_it(tmp_path, capsys):
     log = tmp_path / "log.jsonl"
     lines = [json.dumps({"epoch": e, "val_miou": e / 10}) + "\n" for e in range(4)]
     log.write_text("".join(lines))
-    assert train.mended_log(str(log), {"epoch": 3}) is None  # as it should be (a checkpoint of before "record")
-    assert train.mended_log(str(log), {"epoch": 3, "record": {"epoch": 3, "val_miou": 0.3}}) is None
+    assert trainer.mended_log(str(log), {"epoch": 3}) is None  # as it should be (a checkpoint of before "record")
+    assert trainer.mended_log(str(log), {"epoch": 3, "record": {"epoch": 3, "val_miou": 0.3}}) is None
     log.write_text(lines[0] + lines[1][:9] + lines[2] + "[3]\n" + lines[3])  # epoch 1 torn, 2 appended to it
     record = {"epoch": 2, "val_miou": 0.2}  # and a line not of a record; epoch 3's is after the checkpoint's
-    assert train.mended_log(str(log), {"epoch": 2, "record": record}) == lines[0] + lines[2]
+    assert trainer.mended_log(str(log), {"epoch": 2, "record": record}) == lines[0] + lines[2]
     assert "warning: " + f"{log}: 3 lines dropped (torn, damaged, or of epochs after last.pt's)" in \
         capsys.readouterr().err
     log.unlink()
-    assert train.mended_log(str(log), {"epoch": 0, "record": {"epoch": 0}}) == '{"epoch": 0}\n'
+    assert trainer.mended_log(str(log), {"epoch": 0, "record": {"epoch": 0}}) == '{"epoch": 0}\n'
 
 
 def test_ctrl_c_in_the_first_epoch_leaves_a_directory_to_start_again(tmp_path, capsys, camvid_root, monkeypatch):
@@ -236,7 +236,7 @@ def test_evaluate_refuses_what_is_not_a_training_checkpoint(tmp_path, capsys):
 
 def test_help_explains_the_presets_and_every_option():
     text = train.build_parser().format_help()
-    for name, config in train.PRESETS.items():
+    for name, config in trainer.PRESETS.items():
         assert f"{name:<6} {config.epochs:>6} {config.batch_size:>5} {config.crop_size:>4} {config.scale:>5}" in text
     text = " ".join(text.split())  # as argparse wraps it
     assert "hours to days on a CPU" in text and "the encoder always uses SGD" in text
@@ -303,7 +303,7 @@ def test_a_validation_without_labelled_pixels_still_writes_best_pt_and_says_why(
     assert f"best val mIoU none: {run_dir / 'best.pt'}" in err and "-1.0000" not in err
     assert err.count("every labelled pixel is 255, the ignore index") == 1  # said before the epochs
     assert "val mIoU nan (best none)" in err
-    assert train.load_checkpoint(str(run_dir / "best.pt"))["epoch"] == 0
+    assert trainer.load_checkpoint(str(run_dir / "best.pt"))["epoch"] == 0
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     assert [(r["val_miou"], r["val_pixel_acc"]) for r in log] == [(None, None)] * 2
     assert train_cli("--out", run_dir, "--resume") == 0  # finished
@@ -342,17 +342,17 @@ def test_a_non_finite_loss_is_one_line_that_keeps_the_finished_epochs(tmp_path, 
                               "(1); every labelled pixel is 255, the ignore index")
     assert "error: non-finite loss at epoch 1, step 1: nan (the training labels may hold no class pixels" in err
     assert "or the learning rate is too high); nothing was saved" in err
-    calls, real = [], train.segmentation_loss
+    calls, real = [], trainer.segmentation_loss
 
     def nan_from_the_second_epoch(*args):
         calls.append(1)
         return real(*args) * (float("nan") if len(calls) > 1 else 1)  # 8 images: one step an epoch
-    monkeypatch.setattr(train, "segmentation_loss", nan_from_the_second_epoch)
+    monkeypatch.setattr(trainer, "segmentation_loss", nan_from_the_second_epoch)
     assert train_folder(folder_dataset(tmp_path / "labelled", images=10, lists=split), tmp_path / "b") == 2
     assert (f"non-finite loss at epoch 2, step 1: nan (the training labels may hold no class pixels, only 255 = "
             f"ignore, or the learning rate is too high); {tmp_path / 'b' / 'last.pt'} holds epoch 1; continue with "
             f"python -m nasfast.train --resume {tmp_path / 'b'}") in capsys.readouterr().err.splitlines()[-1]
-    assert train.load_checkpoint(str(tmp_path / "b" / "last.pt"))["epoch"] == 0
+    assert trainer.load_checkpoint(str(tmp_path / "b" / "last.pt"))["epoch"] == 0
 
 
 def test_resume_given_own_data_for_a_camvid_run_says_the_root_is_wrong(tmp_path, capsys):
@@ -409,7 +409,7 @@ def test_a_broken_validation_label_is_named_before_the_first_epoch(tmp_path, cap
     root = folder_dataset(tmp_path / "data", images=16, lists={"train": range(8), "val": range(8, 16)})
     Image.fromarray(np.full((64, 64), 7, np.uint8)).save(root / "labels" / "im12.png")  # 2 classes: 7 is none
     steps = []
-    monkeypatch.setattr(train, "descend", lambda *a: steps.append(1))
+    monkeypatch.setattr(trainer, "descend", lambda *a: steps.append(1))
     assert train_folder(root, tmp_path / "run", "--epochs", 1) == 2
     assert "im12.png: label values [7] are neither classes [0, 2)" in capsys.readouterr().err
     assert steps == [] and not (tmp_path / "run" / "last.pt").exists()
@@ -430,13 +430,13 @@ def test_a_run_directory_in_use_by_another_process_is_refused(tmp_path, capsys):
 
 
 def test_a_training_that_used_out_while_the_data_loaded_is_not_overwritten(tmp_path, capsys, monkeypatch):
-    real_lock = train.lock_directory
+    real_lock = trainer.lock_directory
 
     def another_training_finished_first(directory):
         (tmp_path / "last.pt").write_bytes(b"another run's")
         return real_lock(directory)
 
-    monkeypatch.setattr(train, "lock_directory", another_training_finished_first)
+    monkeypatch.setattr(trainer, "lock_directory", another_training_finished_first)
     assert train_cli("--genotype", "arch0", "--preset", "tiny", "--out", tmp_path, "--no-progress") == 2
     assert "already holds a training run" in one_error_line(capsys)
     assert (tmp_path / "last.pt").read_bytes() == b"another run's"

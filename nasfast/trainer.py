@@ -1,0 +1,347 @@
+"""The full training of a design (the paper's section 4.4): its data, the epochs with the validation
+mean IoU after each, the checkpoints (last and best) and the log of a run directory, from scratch or
+resumed; python -m nasfast.train is its command line."""
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+from .checkpoint import RESUME_KEYS, check_classes, load_checkpoint
+from .cli import UsageError, counted, progress_bar, resolve_device
+from .data import EvalTransform, SegmentationDataset, TrainTransform, make_dataset
+from .data.datasets import (DATASETS, OtherLayout, absent_classes_warning, find_data_root, refuse_run_in_data,
+                             split_warning)
+from .evaluate import dataset_and_indices, evaluate_model, evaluation_loader, evenly_spaced
+from .files import (BEST, CONFIG, LAST, SEARCH_FILES, TRAINING_FILES, TRAINING_LOG, append_record, finite_or_none,
+                    lock_directory, read_json, save_torch, write_atomic, write_json)
+from .genotype import Genotype, genotype_name
+from .model import FINAL_CHANNELS, FINAL_SEP_REPEATS, create_model
+from .ops.memory import cpu_memory_cache
+from .steps import LateLossCheck, NonFiniteLoss, descend, segmentation_loss
+from .tensorboard import TensorBoardLog
+
+PROG = "python -m nasfast.train"
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 200
+    batch_size: int = 16
+    crop_size: int = 360
+    scale: float = 1.0                     # images resized by this factor first
+    scale_range: Tuple[float, float] = (0.5, 2.0)
+    encoder_lr: float = 1e-3               # SGD, momentum 0.9
+    decoder_lr: float = 3e-3
+    decoder_optimizer: str = "adam"        # or "sgd"
+    weight_decay: float = 1e-5
+    poly_power: float = 0.9                # lr = base * (1 - step / steps) ** power
+    lr_steps: Tuple[int, ...] = ()         # a step schedule instead: lr *= step_factor after each of these epochs
+    step_factor: float = 0.1
+    aux_weights: Tuple[float, ...] = (0.3, 0.25, 0.2, 0.15)  # one per quarter of the training
+    train_images: int = 0                  # 0: all
+    val_images: int = 0
+    seed: int = 0
+    workers: int = 2
+
+
+PRESETS = {
+    "paper": TrainConfig(),
+    "fast": TrainConfig(epochs=50, crop_size=320),
+    "tiny": TrainConfig(epochs=2, batch_size=8, crop_size=64, scale=0.25, train_images=32, val_images=8, workers=0),
+}
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C during the epochs; the message says what was saved and how to go on."""
+
+
+def known_miou(saved: Optional[float]) -> Optional[float]:
+    """A checkpoint's best mIoU; None when no epoch had a finite one (older runs saved -1 then)."""
+    return saved if saved is not None and saved >= 0 else None
+
+
+def format_miou(miou: Optional[float]) -> str:
+    return "none" if miou is None else f"{miou:.4f}"
+
+
+def better(miou: float, best: Optional[float]) -> bool:
+    return math.isfinite(miou) and (best is None or miou > best)
+
+
+def aux_weight(config: TrainConfig, epoch: int) -> float:
+    """The auxiliary weights decrease over equal parts of the training."""
+    part = min(len(config.aux_weights) - 1, epoch * len(config.aux_weights) // config.epochs)
+    return config.aux_weights[part]
+
+
+def _checked_loss(check: LateLossCheck, steps_per_epoch: int, out: str, saved_epochs: int) -> Optional[float]:
+    """check(), with a non-finite loss as a user error worded for training (and what was saved)."""
+    try:
+        return check()
+    except NonFiniteLoss as error:
+        epoch, step_in_epoch = divmod(error.step, steps_per_epoch)
+        raise UsageError(f"non-finite loss at epoch {epoch + 1}, step {step_in_epoch + 1}: {error.value} (the "
+                         f"training labels may hold no class pixels, only 255 = ignore, or the learning rate is "
+                         f"too high); {saved_note(out, saved_epochs)}") from None
+
+
+def _record(loss, losses: list, bar) -> None:
+    if loss is not None:
+        losses.append(loss)
+        bar.set_postfix(loss=f"{loss:.3f}")
+
+
+def make_optimizers(model, config: TrainConfig) -> Tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+    """SGD for the pre-trained encoder; Adam or SGD for the decoder."""
+    decoder = model.decoder.parameters()
+    decoder_opt = (torch.optim.Adam(decoder, config.decoder_lr, weight_decay=config.weight_decay)
+                   if config.decoder_optimizer == "adam" else
+                   torch.optim.SGD(decoder, config.decoder_lr, momentum=0.9, weight_decay=config.weight_decay))
+    encoder_opt = torch.optim.SGD(model.encoder.parameters(), config.encoder_lr, momentum=0.9,
+                                  weight_decay=config.weight_decay)
+    return encoder_opt, decoder_opt
+
+
+def interrupted_note(out: str, saved_epochs: int) -> str:
+    return f"interrupted in epoch {saved_epochs + 1}: {saved_note(out, saved_epochs)}"
+
+
+def saved_note(out: str, saved_epochs: int) -> str:
+    if saved_epochs == 0:
+        return f"nothing was saved; run the same command to start again in {out}, or remove it"
+    return (f"{os.path.join(out, LAST)} holds epoch {saved_epochs}; "
+            f"continue with {PROG} --resume {shlex.quote(out)}")
+
+
+def check_files(subset, what: str, quiet: bool) -> None:
+    """Reads each image and label of `subset` once, so that a broken file (a label value outside the
+    classes, say) is named before the first epoch rather than after it, and warns of classes
+    without a pixel there."""
+    dataset, indices = dataset_and_indices(subset)
+    checked = progress_bar(indices, desc=f"checking the {what} files", unit="image", leave=False, disable=quiet)
+    pixels = sum((dataset.label_pixels(index) for index in checked), np.zeros(256, np.int64))
+    warning = absent_classes_warning(pixels, dataset.class_names, f"the {len(indices)} {what} labels")
+    if warning:
+        print(f"{warning} (wherever the model predicts them, they count as IoU 0 in the mIoU; python -m "
+              f"nasfast.data counts the pixels of every split)", file=sys.stderr)
+
+
+def used(subset, dataset) -> str:
+    return f"{len(subset)}" if len(subset) == len(dataset) else f"{len(subset)} of the {len(dataset)}"
+
+
+@dataclass
+class TrainingData:
+    root: Path
+    train_set: SegmentationDataset    # every training image, for its classes and ignore index
+    train_images: Dataset             # those trained on (the preset's count)
+    val_images: Dataset
+    augment: TrainTransform
+
+
+def load_data(args, config: TrainConfig, resumed: Optional[dict]) -> TrainingData:
+    """The data, checked before anything is written: a resumed run's classes, every validation
+    file; it says where they are and how many images it uses."""
+    augment = TrainTransform(config.crop_size, config.scale_range, config.scale, seed=config.seed)
+    root = find_data_root(args.dataset, args.data_root, resumed and resumed.get("data_root"))
+    refuse_run_in_data(args.out, root)
+    try:
+        train_set = make_dataset(args.dataset, str(root), transform=augment)
+    except OtherLayout as error:
+        raise error.for_resumed_run() if resumed else error from None
+    if resumed:
+        check_classes(f"--data-root {args.data_root}" if args.data_root else str(root), train_set.class_names, resumed)
+    val_set = make_dataset(args.dataset, str(root), split=DATASETS[args.dataset][2],
+                           transform=EvalTransform(config.scale))
+    warning = split_warning(train_set, val_set, root)
+    if warning:
+        print(warning, file=sys.stderr)
+    train_images, val_images = evenly_spaced(train_set, config.train_images), evenly_spaced(val_set, config.val_images)
+    if len(train_images) < config.batch_size:
+        raise ValueError(f"batch size {config.batch_size} exceeds the {len(train_images)} training images")
+    print(f"{args.dataset} data in {root}: {used(train_images, train_set)} training and "
+          f"{used(val_images, val_set)} validation images", file=sys.stderr)
+    check_files(val_images, "validation", args.no_progress)
+    return TrainingData(root, train_set, train_images, val_images, augment)
+
+
+def lr_factor(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """What the learning rates are multiplied by at `step`: the poly schedule, or the step schedule
+    of config.lr_steps."""
+    if config.lr_steps:
+        return config.step_factor ** sum(step // steps_per_epoch >= epoch for epoch in config.lr_steps)
+    return (1 - step / (config.epochs * steps_per_epoch)) ** config.poly_power
+
+
+def train_epoch(model, batches, epoch: int, optimizers, config: TrainConfig, ignore_index: int, device,
+                saved: Tuple[str, int]) -> float:
+    """One epoch of `batches` (a progress bar over them) under the learning-rate schedule; its mean
+    loss. `saved` (OUT, epochs saved) words the error of a non-finite loss."""
+    steps_per_epoch = len(batches)
+    losses, check = [], LateLossCheck(0)
+    for step, (images, labels) in enumerate(batches, epoch * steps_per_epoch):
+        _record(_checked_loss(check, steps_per_epoch, *saved), losses, batches)
+        factor = lr_factor(config, step, steps_per_epoch)
+        for optimizer, base in zip(optimizers, (config.encoder_lr, config.decoder_lr)):
+            for group in optimizer.param_groups:
+                group["lr"] = base * factor
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        logits, aux = model.forward_with_aux(images)
+        loss = segmentation_loss(logits, aux, labels, ignore_index, aux_weight(config, epoch))
+        check.defer(loss, step)
+        descend(loss, *optimizers)
+    _record(_checked_loss(check, steps_per_epoch, *saved), losses, batches)
+    return sum(losses) / len(losses)
+
+
+def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict] = None) -> dict:
+    """Trains into args.out, from scratch or from the checkpoint `resumed` (last.pt); nothing is
+    written before the data and the options have been checked."""
+    device = resolve_device(args.device)
+    torch.manual_seed(config.seed)
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed crop size: let cuDNN pick its kernels once
+    if resumed:
+        print(f"resuming {args.out} at epoch {resumed['epoch'] + 2} of {config.epochs} ({LAST})", file=sys.stderr)
+    print(f"design: {genotype_name(genotype)}", file=sys.stderr)
+    data = load_data(args, config, resumed)
+    num_classes, ignore_index = data.train_set.num_classes, data.train_set.ignore_index
+    # Resuming loads every weight from the checkpoint: no need for the ImageNet file then.
+    model = create_model(genotype, num_classes, pretrained=resumed is None, aux="cell").to(device)
+    optimizers = make_optimizers(model, config)
+    val_loader = evaluation_loader(data.val_images, config.workers)
+
+    last, best_path, log = (os.path.join(args.out, n) for n in (LAST, BEST, TRAINING_LOG))
+    start_epoch, best = 0, None  # None until an epoch has a finite mIoU
+    os.makedirs(args.out, exist_ok=True)
+    lock = lock_directory(args.out)  # held while this process trains
+    board = TensorBoardLog(args.out) if args.tensorboard else None
+    check_still_as_checked(args.out, resumed)
+    if resumed:
+        model.load_state_dict(resumed["model"])
+        for optimizer, key in zip(optimizers, ("encoder_optimizer", "decoder_optimizer")):
+            optimizer.load_state_dict(resumed[key])
+        start_epoch, best = resumed["epoch"] + 1, known_miou(resumed["best_miou"])
+        mend_log(args.out, resumed)
+    else:
+        write_json(os.path.join(args.out, CONFIG),
+                   {"genotype": genotype.to_list(), "dataset": args.dataset, **asdict(config)})
+
+    order = torch.Generator()
+    loader = DataLoader(data.train_images, batch_size=config.batch_size, drop_last=True,
+                        sampler=RandomSampler(data.train_images, generator=order), num_workers=config.workers,
+                        persistent_workers=config.workers > 0,  # no new worker processes each epoch
+                        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(config.seed))
+    saved_epochs = start_epoch
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            started = time.time()
+            data.augment.set_epoch(epoch)
+            order.manual_seed(config.seed * 1000 + epoch)  # each epoch's order, resumed or not
+            model.train()
+            bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
+                               disable=args.no_progress, leave=False)
+            with cpu_memory_cache(device):
+                loss = train_epoch(model, bar, epoch, optimizers, config, ignore_index, device,
+                                   (args.out, saved_epochs))
+            metrics = evaluate_model(model, val_loader, num_classes, ignore_index, (), device)
+            improved = better(metrics["miou"], best)
+            best = metrics["miou"] if improved else best
+            record = finite_or_none({"epoch": epoch, "loss": loss, "val_miou": metrics["miou"],
+                                     "val_pixel_acc": metrics["pixel_acc"], "seconds": round(time.time() - started, 2)})
+            state = checkpoint_state(model, optimizers, epoch, best, genotype, args.dataset, data, config)
+            state["record"] = record  # the log's line, should the run stop before it is appended
+            # Until an epoch has a finite mIoU, best.pt is the first epoch's: it exists once announced.
+            save_torch(state, *((best_path, last) if improved or not os.path.isfile(best_path) else (last,)))
+            saved_epochs = epoch + 1
+            append_record(log, record)
+            if board is not None:
+                board.add(epoch + 1, {key: value for key, value in record.items() if key != "epoch"})
+            print(f"epoch {epoch + 1}/{config.epochs}: loss {loss:.4f}, val mIoU {metrics['miou']:.4f}"
+                  f" (best {format_miou(best)})", file=sys.stderr)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(interrupted_note(args.out, saved_epochs)) from None
+    finally:
+        lock.close()
+        if board is not None:
+            board.close()
+    return {"best_miou": best, "best_checkpoint": best_path}
+
+
+def mend_log(out: str, checkpoint: dict) -> None:
+    """Rewrites OUT's training log as the checkpoint has it, where it differs; OUT is locked."""
+    log = os.path.join(out, TRAINING_LOG)
+    mended = mended_log(log, checkpoint)
+    if mended is not None:
+        write_atomic(log, mended.encode())
+
+
+def mended_log(log: str, checkpoint: dict) -> Optional[str]:
+    """The training log as the checkpoint has it, when it differs (else None): the epochs up to the
+    checkpoint's, that epoch's line taken from the checkpoint when a run stopped between saving the
+    epoch and logging it. Lines torn, damaged or of later epochs are dropped, with a warning."""
+    lines = Path(log).read_text().splitlines(keepends=True) if os.path.exists(log) else []
+    records = [r for r in map(_epoch_record, lines) if r is not None and r["epoch"] <= checkpoint["epoch"]]
+    if len(records) < len(lines):
+        print(f"warning: {log}: {counted(len(lines) - len(records), 'line')} dropped (torn, damaged, or of epochs "
+              f"after {LAST}'s)", file=sys.stderr)
+    if "record" in checkpoint and checkpoint["epoch"] not in {r["epoch"] for r in records}:
+        records.append(checkpoint["record"])
+    mended = "".join(json.dumps(r) + "\n" for r in records)
+    return None if mended == "".join(lines) else mended
+
+
+def _epoch_record(line: str) -> Optional[dict]:
+    """The record of a complete, well-formed line of the training log, else None."""
+    try:
+        record = json.loads(line) if line.endswith("\n") else None
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("epoch"), int) else None
+
+
+def checkpoint_state(model, optimizers, epoch: int, best: Optional[float], genotype: Genotype, dataset: str,
+                     data: TrainingData, config: TrainConfig) -> dict:
+    """What last.pt and best.pt hold: the weights and optimizers, and the recipe of the model."""
+    encoder_opt, decoder_opt = optimizers
+    return {"model": model.state_dict(), "encoder_optimizer": encoder_opt.state_dict(),
+            "decoder_optimizer": decoder_opt.state_dict(), "epoch": epoch, "best_miou": best,
+            "genotype": genotype.to_list(), "num_classes": data.train_set.num_classes,
+            "channels": FINAL_CHANNELS, "sep_repeats": FINAL_SEP_REPEATS, "dataset": dataset,
+            "data_root": str(data.root), "class_names": list(data.train_set.class_names), "scale": config.scale}
+
+
+def check_new_run_directory(out: str) -> None:
+    """Refuses an --out that is a file or holds a search or a training run. A training that
+    stopped before its first epoch ended left config.json alone: it may start again."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"--out {out} is a file, not a directory")
+    present = [name for name in SEARCH_FILES + (CONFIG,) + TRAINING_FILES if os.path.exists(os.path.join(out, name))]
+    searched = [name for name in present if name in SEARCH_FILES]
+    if searched:
+        raise UsageError(f"{out} holds a search ({', '.join(searched)}): choose another --out")
+    if present and not (present == [CONFIG] and "genotype" in (read_config(out) or {})):
+        raise UsageError(f"{out} already holds a training run: continue it with --resume, or choose another --out")
+
+
+def check_still_as_checked(out: str, resumed: Optional[dict]) -> None:
+    """Once OUT is locked: another training may have used it since it was checked."""
+    if resumed is None:
+        check_new_run_directory(out)
+    elif load_checkpoint(os.path.join(out, LAST), RESUME_KEYS)["epoch"] != resumed["epoch"]:
+        raise UsageError(f"{out} was trained further by another process meanwhile: --resume it again")
+
+
+def read_config(out: str) -> Optional[dict]:
+    """OUT/config.json, or None without one."""
+    return read_json(os.path.join(out, CONFIG))
+
+
