@@ -95,6 +95,6 @@ def test_every_layout_problem_is_listed_at_once(tmp_path, capsys):
     assert "no image for 1 names, e.g. ['nowhere']" in err
     assert "labels must be PNG (JPEG compression changes the class values), and 2 are JPEG (im1.jpg, im2.jpg)" in err
     from nasfast.data import FolderDataset
-    from nasfast.data.datasets import DataError
+    from nasfast.data import DataError
     with pytest.raises(DataError, match=r"keep one of them \(and 2 more: python -m nasfast.data lists them\)$"):
         FolderDataset(root)  # elsewhere: the first, and how to see them all

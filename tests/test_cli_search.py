@@ -347,7 +347,7 @@ def test_a_teacher_of_another_class_count_or_non_finite_logits_is_refused_before
 
 
 def test_a_data_error_in_a_candidate_stops_the_search_and_resume_goes_on(saved_search, capsys, monkeypatch):
-    from nasfast.data.datasets import DataError
+    from nasfast.data import DataError
 
     def broken_label(genotype, index, ctx, decide):
         raise DataError("labels/x.png: label values [42] are neither classes [0, 11) nor the ignore index 255")
@@ -365,7 +365,8 @@ def test_a_data_error_in_a_candidate_stops_the_search_and_resume_goes_on(saved_s
 
 def test_a_resume_given_own_data_for_a_camvid_search_says_the_root_is_wrong(saved_search, capsys, monkeypatch):
     from pathlib import Path
-    from nasfast.data.datasets import DataError, OtherLayout
+    from nasfast.data import DataError
+    from nasfast.data.datasets import OtherLayout
 
     def own_data(*args, **kwargs):
         raise OtherLayout(DataError("train.txt, line 1: expected 'image label', got 'im0'"), "camvid", Path("/own"))

@@ -10,8 +10,11 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 from ..cli import counted, non_negative_int, progress_bar, run
-from .datasets import (DATASETS, IGNORE_INDEX, DataError, LayoutProblems, SegmentationDataset, absent_classes_warning,
-                       find_data_root, make_dataset, split_warning)
+from .datasets import DATASETS, absent_classes_warning, find_data_root, make_dataset, split_warning
+from .decode import DataError
+from .folder import LayoutProblems
+from .segmentation import SegmentationDataset
+from .transforms import IGNORE_INDEX
 
 PROG = "python -m nasfast.data"
 SHOWN_PROBLEMS = 20

@@ -9,7 +9,8 @@ import textwrap
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..cli import counted, option_text, positive_int, run
-from ..data.datasets import DATASETS, DataError, OtherLayout
+from ..data import DATASETS, DataError
+from ..data.datasets import OtherLayout
 from ..files import (CONFIG, SEARCH_FILES, SEARCH_LOG, SEARCH_STATE, TRAINING_FILES, read_json,
                      read_search_log)
 from ..tensorboard import TensorBoardLog, check_available

@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader
 
 from ..cli import progress_bar, resolve_device
 from ..data import EvalTransform, TrainTransform, find_data_root, make_dataset
-from ..data.datasets import absent_classes_warning, missing_file, refuse_run_in_data
+from ..data.datasets import absent_classes_warning, refuse_run_in_data
+from ..data.decode import missing_file
 from ..data.transforms import scaled_size
 from ..encoder import MobileNetV2Encoder
 from ..files import read_json, write_json

@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 import torch
 
 from ..cli import counted, progress_bar
-from ..data.datasets import DataError
+from ..data import DataError
 from ..files import CONFIG, LOCK, SEARCH_LOG, SEARCH_STATE, append_record, lock_directory, save_torch, write_json
 from ..genotype import Genotype
 from ..strategies import Proposal, make_strategy
