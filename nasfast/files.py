@@ -7,7 +7,7 @@ import json
 import math
 import os
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
@@ -134,6 +134,14 @@ def read_search_log(path: str) -> List[Dict[str, Any]]:
         if problem:
             raise ValueError(f"{path}: not the candidates.jsonl of a search (line {number} {problem})")
     return records
+
+
+def search_run_paths(path: str) -> Tuple[str, str]:
+    """(RUN_DIR, its candidates.jsonl) of a search named by either; a log elsewhere (a copy) is
+    taken with the directory it is in."""
+    if os.path.isdir(path):
+        return path, os.path.join(path, SEARCH_LOG)
+    return os.path.dirname(path) or ".", path
 
 
 def _record_problem(record: Any) -> Optional[str]:

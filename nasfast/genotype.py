@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .files import SEARCH_LOG, SEARCH_STATE, read_search_log
+from .files import SEARCH_LOG, SEARCH_STATE, read_search_log, search_run_paths
 
 OPERATIONS = ("conv1x1", "conv3x3", "sep3x3", "sep5x5", "gap", "conv3x3_d3", "conv3x3_d12",
               "sep3x3_d3", "sep5x5_d6", "skip", "zero")
@@ -221,13 +221,9 @@ def recorded_classes(text: str) -> Optional[int]:
     from .search.records import load_state
     if zipfile.is_zipfile(text):
         return (export_info(text) if is_torchscript(text) else load_checkpoint(text, ("num_classes",)))["num_classes"]
-    if os.path.isdir(text):
-        run_dir = text
-    elif os.path.basename(text) == SEARCH_LOG:
-        run_dir = os.path.dirname(text) or "."
-    else:
+    if not (os.path.isdir(text) or os.path.basename(text) == SEARCH_LOG):
         return None
-    state = os.path.join(run_dir, SEARCH_STATE)
+    state = os.path.join(search_run_paths(text)[0], SEARCH_STATE)
     if not os.path.isfile(state):
         return None
     classes = (load_state(state).get("data") or {}).get("classes")
@@ -236,8 +232,7 @@ def recorded_classes(text: str) -> Optional[int]:
 
 def best_of_search(path: str) -> Genotype:
     """The design of the highest reward in a search's log (`path`: the run directory or the log)."""
-
-    log = os.path.join(path, SEARCH_LOG) if os.path.isdir(path) else path
+    log = search_run_paths(path)[1]
     if not os.path.isfile(log):
         raise ValueError(f"{log}: no such search log")
     records = read_search_log(log)

@@ -8,7 +8,7 @@ import sys
 from typing import Dict, List, Optional
 
 from .cli import UsageError, counted, positive_int, run
-from .files import CONFIG, SEARCH_LOG, in_use, read_json, read_search_log, write_atomic
+from .files import CONFIG, in_use, read_json, read_search_log, search_run_paths, write_atomic
 from .search.summary import format_reward, searched_size_note, top_table
 
 PROG = "python -m nasfast.report"
@@ -16,10 +16,9 @@ PROG = "python -m nasfast.report"
 
 def load_run(path: str) -> Dict:
     """A search's records and settings, from its directory or its log (candidates.jsonl)."""
-    if os.path.isfile(path):
-        run_dir, log = os.path.dirname(path) or ".", path
-    else:
-        run_dir, log = path, os.path.join(path, SEARCH_LOG)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such search run or log")
+    run_dir, log = search_run_paths(path)
     if not os.path.isfile(log):
         raise FileNotFoundError(f"{run_dir}: not a search run ({log} missing)")
     config = read_json(os.path.join(run_dir, CONFIG)) or {}

@@ -39,6 +39,9 @@ def test_report_rejects_a_directory_without_a_search(tmp_path):
     result = subprocess.run([sys.executable, "-m", "nasfast.report", str(tmp_path)], capture_output=True,
                             text=True, env={"PYTHONPATH": str(REPO)})
     assert result.returncode == 2 and "not a search run" in result.stderr
+    typo = subprocess.run([sys.executable, "-m", "nasfast.report", str(tmp_path / "typo")], capture_output=True,
+                          text=True, env={"PYTHONPATH": str(REPO)})
+    assert typo.returncode == 2 and f"{tmp_path / 'typo'}: no such search run or log" in typo.stderr
 
 
 def test_report_plots_with_matplotlib(tmp_path):
