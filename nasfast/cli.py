@@ -29,6 +29,20 @@ def reported_in_one_line(error: BaseException) -> bool:
     return isinstance(error, USER_ERRORS) or (isinstance(error, OSError) and error.errno in MACHINE_ERRNOS)
 
 
+def message_of(error: BaseException) -> str:
+    """What the error says, without the traceback that torch puts in the message of an error it
+    passes on from a DataLoader worker process."""
+    text = str(error)
+    if isinstance(error, OSError) and error.filename:
+        return f"{error.strerror}: {error.filename}"
+    if "\nOriginal Traceback (most recent call last):\n" not in text:
+        return text
+    kind = type(error)
+    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    start = text.rfind(f"\n{name}: ")  # the traceback's last line: the error as the worker raised it
+    return text[start + len(name) + 3:].rstrip("\n") if start >= 0 else text
+
+
 def run(main: Callable[[Optional[List[str]]], int], prog: str, argv: Optional[List[str]] = None) -> int:
     """main(argv), with user errors printed as `prog: error: ...` (exit 2; NASFAST_TRACEBACK=1 shows
     the traceback too) and Ctrl-C as a one-line note (exit 130), unless main handles it itself."""
@@ -46,8 +60,7 @@ def run(main: Callable[[Optional[List[str]]], int], prog: str, argv: Optional[Li
     except Exception as error:
         if not reported_in_one_line(error) or os.environ.get("NASFAST_TRACEBACK") == "1":
             raise
-        message = error.strerror + f": {error.filename}" if isinstance(error, OSError) and error.filename else error
-        print(f"{prog}: error: {message}", file=sys.stderr)
+        print(f"{prog}: error: {message_of(error)}", file=sys.stderr)
         return 2
 
 

@@ -284,6 +284,14 @@ def train_folder(root, out, *options):
                      "--out", out, "--no-progress", *options)
 
 
+def test_a_bad_training_label_read_by_a_loading_process_is_one_line(tmp_path, capsys):
+    root = folder_dataset(tmp_path / "data", images=16, lists={"train": range(8), "val": range(8, 16)})
+    Image.fromarray(np.full((64, 64), 7, np.uint8)).save(root / "labels" / "im3.png")
+    assert train_folder(root, tmp_path / "run", "--workers", "2") == 2
+    assert one_error_line(capsys).endswith(f"error: {root / 'labels' / 'im3.png'}: label values [7] are neither "
+                                           f"classes [0, 2) nor the ignore index 255\n")
+
+
 @pytest.fixture(scope="module")
 def unlabelled_validation(tmp_path_factory):
     """A tiny run whose validation images have no labelled pixels: (exit status, stdout, stderr, out)."""

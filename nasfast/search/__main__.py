@@ -8,7 +8,7 @@ import sys
 import textwrap
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..cli import counted, option_text, positive_int, run
+from ..cli import counted, message_of, option_text, positive_int, run
 from ..data import DATASETS, DataError
 from ..data.datasets import OtherLayout
 from ..files import (CONFIG, SEARCH_FILES, SEARCH_LOG, SEARCH_STATE, TRAINING_FILES, read_json,
@@ -324,8 +324,8 @@ def search_in_this_process(args, run_dir: str, config: SearchConfig, resume: boo
         if isinstance(error, OtherLayout):
             raise error.for_resumed_run() from None
         check = data_check_command(config.dataset, args.data_root or search.recorded_root())
-        raise DataError(f"{error}; once it is mended ({check} lists every file that cannot be used), continue with "
-                        f"{resume_command(run_dir, args.data_root)}") from None
+        raise DataError(f"{message_of(error)}; once it is mended ({check} lists every file that cannot be used), "
+                        f"continue with {resume_command(run_dir, args.data_root)}") from None
     print(search.spent_note(), file=sys.stderr)
     data_root = args.data_root or (search.recorded_root() if resume else None)  # a resume reads the recorded one
     print(closing_summary(search.records, args.top, run_dir, config, data_root))
