@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from .checkpoint import RESUME_KEYS, check_classes, load_checkpoint
-from .cli import UsageError, counted, progress_bar, resolve_device
+from .cli import UsageError, counted, message_of, progress_bar, reported_in_one_line, resolve_device
 from .data import EvalTransform, SegmentationDataset, TrainTransform, make_dataset
 from .data.datasets import (DATASETS, OtherLayout, absent_classes_warning, find_data_root, refuse_run_in_data,
                              split_warning)
@@ -269,6 +269,10 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
                   f" (best {format_miou(best)})", file=sys.stderr)
     except KeyboardInterrupt:
         raise TrainingInterrupted(interrupted_note(args.out, saved_epochs)) from None
+    except OSError as error:  # a full disk, say: what was saved still counts
+        if not reported_in_one_line(error):
+            raise
+        raise UsageError(f"{message_of(error)}; {saved_note(args.out, saved_epochs)}") from None
     finally:
         lock.close()
         if board is not None:
@@ -321,14 +325,16 @@ def checkpoint_state(model, optimizers, epoch: int, best: Optional[float], genot
 
 def check_new_run_directory(out: str) -> None:
     """Refuses an --out that is a file or holds a search or a training run. A training that
-    stopped before its first epoch ended left config.json alone: it may start again."""
+    stopped before its first epoch was saved left config.json alone (and best.pt, when the disk
+    filled as last.pt was written): it may start again."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"--out {out} is a file, not a directory")
     present = [name for name in SEARCH_FILES + (CONFIG,) + TRAINING_FILES if os.path.exists(os.path.join(out, name))]
     searched = [name for name in present if name in SEARCH_FILES]
     if searched:
         raise UsageError(f"{out} holds a search ({', '.join(searched)}): choose another --out")
-    if present and not (present == [CONFIG] and "genotype" in (read_config(out) or {})):
+    unsaved = CONFIG in present and set(present) <= {CONFIG, BEST} and "genotype" in (read_config(out) or {})
+    if present and not unsaved:
         raise UsageError(f"{out} already holds a training run: continue it with --resume, or choose another --out")
 
 

@@ -1,6 +1,7 @@
 """The command lines of python -m nasfast.train and nasfast.evaluate: one-line errors that write
 nothing, --resume taking its settings from the run, Ctrl-C, and the help."""
 import contextlib
+import errno
 import io
 import json
 import os
@@ -14,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from nasfast import evaluate, train, trainer
+from nasfast import evaluate, files, train, trainer
 from nasfast.cli import run
 from nasfast.files import SEARCH_FILES
 from nasfast.genotype import ZOO
@@ -186,6 +187,22 @@ def test_ctrl_c_in_the_first_epoch_leaves_a_directory_to_start_again(tmp_path, c
     assert sorted(os.listdir(tmp_path)) == [".lock", "config.json"]
     assert train_cli("--out", tmp_path, "--resume") == 2
     assert "start it again without --resume" in one_error_line(capsys)
+
+
+def test_a_disk_full_as_the_first_epoch_is_saved_leaves_a_directory_to_start_again(tmp_path, capsys, camvid_root,
+                                                                                   monkeypatch):
+    real_write = files.write_atomic
+
+    def disk_full_at_last_pt(path, data):
+        if path.endswith("last.pt"):  # best.pt, written first, is there
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+        real_write(path, data)
+    monkeypatch.setattr(files, "write_atomic", disk_full_at_last_pt)
+    assert train_cli("--genotype", "arch0", "--preset", "tiny", "--out", tmp_path, "--no-progress") == 2
+    assert one_error_line(capsys).endswith(f"error: No space left on device: {tmp_path / 'last.pt'}; nothing was "
+                                           f"saved; run the same command to start again in {tmp_path}, or remove it\n")
+    monkeypatch.undo()
+    assert train_cli("--genotype", "arch0", "--preset", "tiny", "--out", tmp_path, "--no-progress", "--epochs", "1") == 0
 
 
 @pytest.mark.parametrize("module, argv", [
