@@ -48,6 +48,17 @@ def lock_directory(directory: str):
     return handle
 
 
+def why_unwritable(directory: str) -> Optional[str]:
+    """Why a run directory could not be created or written, checked before the long work that
+    would write there; None when it can be."""
+    path = os.path.abspath(directory)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        return f"{path} is a file"
+    return None if os.access(path, os.W_OK) else f"{path} is not writable"
+
+
 def in_use(directory: str) -> bool:
     """Whether another process holds the lock of a run directory (a search or training running)."""
     try:

@@ -22,7 +22,7 @@ from .data.datasets import (DATASETS, OtherLayout, absent_classes_warning, find_
                              split_warning)
 from .evaluate import dataset_and_indices, evaluate_model, evaluation_loader, evenly_spaced
 from .files import (BEST, CONFIG, LAST, SEARCH_FILES, TRAINING_FILES, TRAINING_LOG, append_record, finite_or_none,
-                    lock_directory, read_json, save_torch, write_atomic, write_json)
+                    lock_directory, read_json, save_torch, why_unwritable, write_atomic, write_json)
 from .genotype import Genotype, genotype_name
 from .model import FINAL_CHANNELS, FINAL_SEP_REPEATS, create_model
 from .ops.memory import cpu_memory_cache
@@ -329,6 +329,9 @@ def check_new_run_directory(out: str) -> None:
     filled as last.pt was written): it may start again."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"--out {out} is a file, not a directory")
+    unwritable = why_unwritable(out)
+    if unwritable:
+        raise UsageError(f"--out {out} cannot be written: {unwritable}")
     present = [name for name in SEARCH_FILES + (CONFIG,) + TRAINING_FILES if os.path.exists(os.path.join(out, name))]
     searched = [name for name in present if name in SEARCH_FILES]
     if searched:

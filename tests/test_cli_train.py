@@ -474,6 +474,13 @@ def test_tensorboard_without_its_package_is_one_line_before_any_work(tmp_path, c
     assert not (tmp_path / "run").exists()
 
 
+def test_an_out_that_cannot_be_made_is_refused_before_the_data_are_read(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    assert train_cli("--genotype", "arch0", "--out", tmp_path / "file" / "run") == 2
+    assert capsys.readouterr().err == (f"{train.PROG}: error: --out {tmp_path / 'file' / 'run'} cannot be written: "
+                                       f"{tmp_path / 'file'} is a file\n")
+
+
 def test_out_naming_the_dataset_is_refused_before_anything_is_written(tmp_path, capsys):
     root = folder_dataset(tmp_path / "data", images=4)
     before = sorted(os.listdir(root))

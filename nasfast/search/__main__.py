@@ -12,7 +12,7 @@ from ..cli import counted, message_of, option_text, positive_int, run
 from ..data import DATASETS, DataError
 from ..data.datasets import OtherLayout
 from ..files import (CONFIG, SEARCH_FILES, SEARCH_LOG, SEARCH_STATE, TRAINING_FILES, read_json,
-                     read_search_log)
+                     read_search_log, why_unwritable)
 from ..tensorboard import TensorBoardLog, check_available
 from . import distributed
 from .config import FIXED, MACHINE_OPTIONS, PRESETS, SearchConfig, StageConfig, preset
@@ -218,7 +218,7 @@ def choose_run(args, parser) -> Tuple[str, SearchConfig, bool]:
     run_dir = args.out
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
         _refuse(parser, f"--out {run_dir} is a file; give a directory (new or empty)")
-    unwritable = _unwritable(run_dir)
+    unwritable = why_unwritable(run_dir)
     if unwritable:
         _refuse(parser, f"--out {run_dir} cannot be written: {unwritable}")
     held = [name for name in RUN_FILES if os.path.exists(os.path.join(run_dir, name))]
@@ -233,16 +233,6 @@ def choose_run(args, parser) -> Tuple[str, SearchConfig, bool]:
     config = config_from_args(args)
     _check_new_config(config, parser)
     return run_dir, config, False
-
-
-def _unwritable(run_dir: str) -> Optional[str]:
-    """Why RUN_DIR could not be created or written (found now, not after the long caching)."""
-    path = os.path.abspath(run_dir)
-    while not os.path.exists(path):
-        path = os.path.dirname(path)
-    if not os.path.isdir(path):
-        return f"{path} is a file"
-    return None if os.access(path, os.W_OK) else f"{path} is not writable"
 
 
 def _check_new_config(config: SearchConfig, parser) -> None:
