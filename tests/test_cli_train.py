@@ -134,8 +134,10 @@ def interrupt_on_call(monkeypatch, name: str, call: int) -> None:
     monkeypatch.setattr(trainer, name, interrupted)
 
 
-def test_ctrl_c_says_where_the_run_stands_and_resume_finishes_it(tmp_path, capsys, camvid_root, monkeypatch):
-    out = tmp_path / "run"
+def test_ctrl_c_says_where_the_run_stands_and_resume_finishes_it_as_if_never_stopped(tmp_path, capsys, camvid_root,
+                                                                                     monkeypatch):
+    out, straight = tmp_path / "run", tmp_path / "straight"
+    assert train_cli("--genotype", "arch0", "--preset", "tiny", "--out", straight, "--no-progress") == 0
     interrupt_on_call(monkeypatch, "descend", 5)  # epoch 2's first step: tiny has 32 images, batches of 8
     assert train_cli("--genotype", "arch0", "--preset", "tiny", "--out", out, "--no-progress") == 130
     assert (f"interrupted in epoch 2: {out / 'last.pt'} holds epoch 1; continue with python -m nasfast.train "
@@ -148,6 +150,11 @@ def test_ctrl_c_says_where_the_run_stands_and_resume_finishes_it(tmp_path, capsy
     assert json.loads(captured.out)["best_checkpoint"] == str(out / "best.pt")
     assert captured.err.startswith(f"resuming {out} at epoch 2 of 2 (last.pt)\n")
     assert f"best val mIoU {max(r['val_miou'] for r in log):.4f}: {out / 'best.pt'}" in captured.err
+    straight_log = [json.loads(line) for line in (straight / "log.jsonl").read_text().splitlines()]
+    assert [(r["loss"], r["val_miou"]) for r in log] == [(r["loss"], r["val_miou"]) for r in straight_log]
+    resumed, uninterrupted = (torch.load(d / "last.pt", weights_only=True) for d in (out, straight))
+    for key in ("model", "encoder_optimizer", "decoder_optimizer"):
+        torch.testing.assert_close(resumed[key], uninterrupted[key], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("epoch", [1, 2])  # tiny has 2: resumed to train on, or resumed finished
