@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import subprocess
 import sys
@@ -23,7 +24,7 @@ def fake_run(path: Path, strategy: str, rewards):
             params=10, madds=10, seconds=1))
 
 
-def test_report_tables(tmp_path):
+def test_report_tables_and_plot(tmp_path):
     fake_run(tmp_path / "ppo", "ppo", [(0.1, 0.2), (0.3, None), (0.2, 0.5), (0.4, 0.6)])
     fake_run(tmp_path / "rs", "random", [(0.1, None), (0.1, 0.1)])
     out = subprocess.run([sys.executable, "-m", "nasfast.report", str(tmp_path / "ppo"), str(tmp_path / "rs"),
@@ -31,8 +32,14 @@ def test_report_tables(tmp_path):
                          capture_output=True, text=True, env={"PYTHONPATH": str(REPO)}, check=True).stdout
     assert "top 4 of 4 candidates" in out and "top 2 of 2 candidates" in out
     assert out.count("params and MAdds: the decoder as searched (16 channels, separable repeats 1") == 2
-    assert "0-1" in out and "0.2000" in out   # first half of the PPO run: stage-1 mean 0.2
-    assert "2-3" in out and "0.5500" in out   # second half: stage-2 mean 0.55
+    rows = [line.rstrip() for line in out.splitlines()]
+    # Per half of each run: stage-1 mean and max, stage-2 mean and max over those that continued.
+    assert "    0-1           0.2000     0.3000      0.2000     0.2000    1/2" in rows
+    assert "    2-3           0.3000     0.4000      0.5500     0.6000    2/2" in rows
+    assert "    0-0           0.1000     0.1000           -          -    0/1" in rows
+    png = tmp_path / "ppo" / "rewards.png"
+    if importlib.util.find_spec("matplotlib"):
+        assert f"plot: {png}" in out and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_report_rejects_a_directory_without_a_search(tmp_path):
@@ -42,16 +49,6 @@ def test_report_rejects_a_directory_without_a_search(tmp_path):
     typo = subprocess.run([sys.executable, "-m", "nasfast.report", str(tmp_path / "typo")], capture_output=True,
                           text=True, env={"PYTHONPATH": str(REPO)})
     assert typo.returncode == 2 and f"{tmp_path / 'typo'}: no such search run or log" in typo.stderr
-
-
-def test_report_plots_with_matplotlib(tmp_path):
-    pytest.importorskip("matplotlib")
-    fake_run(tmp_path / "ppo", "ppo", [(0.1, 0.2), (0.3, None), (0.2, 0.5), (0.4, 0.6)])
-    fake_run(tmp_path / "rs", "random", [(0.1, None), (0.1, 0.1)])
-    out = subprocess.run([sys.executable, "-m", "nasfast.report", str(tmp_path / "ppo"), str(tmp_path / "rs"),
-                          "--bins", "2"], capture_output=True, text=True, env={"PYTHONPATH": str(REPO)}, check=True)
-    png = tmp_path / "ppo" / "rewards.png"
-    assert f"plot: {png}" in out.stdout and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_run_without_a_finished_candidate_is_reported_and_left_out_of_the_plot(tmp_path, capsys):
