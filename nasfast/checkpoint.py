@@ -1,11 +1,13 @@
 """Training checkpoints: the model's recipe (genotype, classes) with its weights."""
 import json
+import os
 import zipfile
 from typing import Any, Dict, Sequence
 
 import torch
 
 from .cli import UsageError
+from .files import BEST, LAST
 from .model import Segmenter, create_model
 
 MODEL_KEYS = ("model", "genotype", "num_classes", "channels", "sep_repeats")
@@ -26,6 +28,10 @@ def check_classes(where: str, class_names: Sequence[str], checkpoint: Dict[str, 
 
 def load_checkpoint(path: str, keys: Sequence[str] = MODEL_KEYS) -> Dict[str, Any]:
     """The checkpoint in `path`; UsageError when it is not one of python -m nasfast.train or lacks `keys`."""
+    if os.path.isdir(path):
+        held = [name for name in (BEST, LAST) if os.path.isfile(os.path.join(path, name))]
+        raise UsageError(f"{path} is a directory: give a checkpoint"
+                         f"{' in it: ' + ' or '.join(os.path.join(path, n) for n in held) if held else ''}")
     if is_torchscript(path):  # torch.load would hand it to torch.jit.load
         raise UsageError(_not_a_checkpoint(path, "it is a TorchScript file, as python -m nasfast.export writes"))
     try:
@@ -35,7 +41,7 @@ def load_checkpoint(path: str, keys: Sequence[str] = MODEL_KEYS) -> Dict[str, An
     except OSError:
         raise
     except Exception as error:  # torch.load fails in many ways on a foreign file
-        if _starts_as_zip(path) and not zipfile.is_zipfile(path):  # torch.save's zip archive, cut short
+        if starts_as_zip(path) and not zipfile.is_zipfile(path):  # torch.save's zip archive, cut short
             raise UsageError(f"{path} is damaged: a zip archive, as torch.save writes, that torch.load cannot read "
                              f"({type(error).__name__}); copy it again, or use another checkpoint") from None
         raise UsageError(_not_a_checkpoint(path, f"torch.load cannot read it: {type(error).__name__}")) from None
@@ -45,7 +51,7 @@ def load_checkpoint(path: str, keys: Sequence[str] = MODEL_KEYS) -> Dict[str, An
     return state
 
 
-def _starts_as_zip(path: str) -> bool:
+def starts_as_zip(path: str) -> bool:
     with open(path, "rb") as file:
         return file.read(4) == b"PK\x03\x04"
 

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .files import SEARCH_LOG, SEARCH_STATE, read_search_log, search_run_paths
+from .files import BEST, LAST, SEARCH_LOG, SEARCH_STATE, read_search_log, search_run_paths
 
 OPERATIONS = ("conv1x1", "conv3x3", "sep3x3", "sep5x5", "gap", "conv3x3_d3", "conv3x3_d12",
               "sep3x3_d3", "sep5x5_d6", "skip", "zero")
@@ -192,8 +192,8 @@ def genotype_from_option(text: str) -> Genotype:
     run directory or candidates.jsonl: its best design); the errors about a file name it."""
     if os.path.isdir(text) or text.endswith(".jsonl"):
         return best_of_search(text)
-    if zipfile.is_zipfile(text):  # torch.save's and torch.jit.save's format
-        from .checkpoint import export_info, is_torchscript, load_checkpoint  # which imports this module
+    from .checkpoint import export_info, is_torchscript, load_checkpoint, starts_as_zip  # which imports this module
+    if zipfile.is_zipfile(text) or os.path.isfile(text) and starts_as_zip(text):  # torch.save's, torch.jit.save's
         if is_torchscript(text):  # its errors name it
             return Genotype.parse(export_info(text)["genotype"])
         try:
@@ -232,9 +232,11 @@ def recorded_classes(text: str) -> Optional[int]:
 
 def best_of_search(path: str) -> Genotype:
     """The design of the highest reward in a search's log (`path`: the run directory or the log)."""
-    log = search_run_paths(path)[1]
+    run_dir, log = search_run_paths(path)
     if not os.path.isfile(log):
-        raise ValueError(f"{log}: no such search log")
+        trained = [os.path.join(run_dir, name) for name in (BEST, LAST) if os.path.isfile(os.path.join(run_dir, name))]
+        raise ValueError(f"{log}: no such search log" + (f" ({run_dir} holds a training run: give its checkpoint, "
+                                                          f"{trained[0]}, for its design)" if trained else ""))
     records = read_search_log(log)
     finished = [r for r in records if r.get("status") == "ok" and r.get("reward") is not None]
     if not finished:

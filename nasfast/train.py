@@ -112,6 +112,10 @@ def resume_conflicts(args, saved: dict) -> List[str]:
 
 def resumed_run(args) -> Tuple[Genotype, TrainConfig, dict]:
     """The genotype, settings and last checkpoint of the run in args.out (its dataset into args)."""
+    if os.path.isfile(args.out):
+        raise UsageError(f"--resume {args.out}: a file; give the run's directory ({os.path.dirname(args.out) or '.'})")
+    if not os.path.isdir(args.out):
+        raise UsageError(f"--resume {args.out}: no such directory")
     last = os.path.join(args.out, LAST)
     searched = [name for name in SEARCH_FILES if os.path.exists(os.path.join(args.out, name))]
     if searched:

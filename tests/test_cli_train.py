@@ -494,3 +494,24 @@ def test_out_naming_the_dataset_is_refused_before_anything_is_written(tmp_path, 
     assert train_folder(root, root) == 2
     assert f"{root} is the dataset's directory, not one for a run's files: choose another" in capsys.readouterr().err
     assert sorted(os.listdir(root)) == before
+
+
+def test_a_training_run_s_directory_and_files_where_others_are_expected_are_named(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text("{}")
+    (run_dir / "best.pt").write_bytes(b"PK\x03\x04" + bytes(100))  # a checkpoint cut short
+    assert train_cli("--genotype", run_dir, "--out", tmp_path / "new") == 2
+    assert one_error_line(capsys).endswith(f"{run_dir / 'candidates.jsonl'}: no such search log ({run_dir} holds a "
+                                           f"training run: give its checkpoint, {run_dir / 'best.pt'}, for its "
+                                           f"design)\n")
+    assert train_cli("--genotype", run_dir / "best.pt", "--out", tmp_path / "new") == 2
+    assert f"error: {run_dir / 'best.pt'} is damaged: a zip archive" in one_error_line(capsys)
+    assert evaluate_cli("--checkpoint", run_dir) == 2
+    assert one_error_line(capsys).endswith(f"error: {run_dir} is a directory: give a checkpoint in it: "
+                                           f"{run_dir / 'best.pt'}\n")
+    assert train_cli("--resume", run_dir / "best.pt") == 2
+    assert one_error_line(capsys).endswith(f"error: --resume {run_dir / 'best.pt'}: a file; give the run's "
+                                           f"directory ({run_dir})\n")
+    assert train_cli("--resume", tmp_path / "typo") == 2
+    assert one_error_line(capsys).endswith(f"error: --resume {tmp_path / 'typo'}: no such directory\n")
