@@ -70,6 +70,8 @@ def _number(kind, minimum, inclusive: bool, text: str):
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected {'a whole' if kind is int else 'a'} number, got {text!r}") \
             from None
+    if value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text}")
     if not value >= minimum or (value == minimum and not inclusive):  # `not >=`: NaN fails too
         bound = "at least" if inclusive else "greater than"
         raise argparse.ArgumentTypeError(f"must be {bound} {minimum}, got {text}")

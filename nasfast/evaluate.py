@@ -10,9 +10,11 @@ from typing import Sequence, Tuple
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .checkpoint import check_classes, load_checkpoint, model_from_checkpoint
-from .cli import non_negative_int, positive_float, resolve_device, run
+from .cli import UsageError, counted, non_negative_int, positive_float, progress_bar, resolve_device, run
 from .data import EvalTransform, make_dataset
 from .data.datasets import DATASETS, every_image_in_every_split, find_data_root, unsplit_note
+from .data.transforms import scaled_size
+from .encoder import MobileNetV2Encoder
 from .files import finite_or_none
 from .metrics import metrics_of
 from .ops.memory import cpu_memory_cache
@@ -51,6 +53,17 @@ def evaluation_loader(dataset, workers: int, batch_size: int = 8) -> DataLoader:
                       persistent_workers=workers > 0)
 
 
+def check_scaled_size(dataset, scale: float) -> None:
+    """Refuses a scale that shrinks the images below the encoder's output stride: every label
+    pixel would then be scored on a prediction of a few pixels' worth of features."""
+    width, height = dataset.image_size(0)
+    scaled = scaled_size(height, width, scale)
+    least = max(MobileNetV2Encoder.strides)
+    if min(scaled) < least:
+        raise UsageError(f"--scale {scale} makes the images {scaled[1]}x{scaled[0]} pixels (from {width}x{height}): "
+                         f"the model needs at least {least} a side")
+
+
 def format_metrics(metrics: dict, class_names) -> str:
     lines = [f"mIoU {metrics['miou']:.4f}  fwIoU {metrics['fwiou']:.4f}  mean acc {metrics['mean_acc']:.4f}  "
              f"pixel acc {metrics['pixel_acc']:.4f}", "per-class IoU:"]
@@ -76,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N [auto]")
     parser.add_argument("--workers", type=non_negative_int, default=2, help="data-loading processes [2]")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -90,13 +104,15 @@ def main(argv=None) -> int:
     dataset = make_dataset(dataset_name, str(root), args.split, EvalTransform(scale))
     check_classes(f"{dataset_name} in {root}", dataset.class_names, checkpoint)
     images = evenly_spaced(dataset, args.limit)
+    check_scaled_size(dataset, scale)
     model = model_from_checkpoint(checkpoint).to(device)
-    print(f"{args.checkpoint} on {dataset_name} {args.split} ({root}): {len(images)} images at scale {scale}",
-          file=sys.stderr if args.json else sys.stdout, flush=True)
+    print(f"{args.checkpoint} on {dataset_name} {args.split} ({root}): {counted(len(images), 'image')} at scale "
+          f"{scale}", file=sys.stderr if args.json else sys.stdout, flush=True)
     if every_image_in_every_split(dataset):
         print(unsplit_note(root), file=sys.stderr)
     loader = evaluation_loader(images, args.workers)
-    metrics = evaluate_model(model, loader, dataset.num_classes, dataset.ignore_index, (), device)
+    batches = progress_bar(loader, desc="evaluating", unit="batch", leave=False, disable=args.no_progress)
+    metrics = evaluate_model(model, batches, dataset.num_classes, dataset.ignore_index, (), device)
     print(json.dumps(finite_or_none(metrics)) if args.json else format_metrics(metrics, dataset.class_names))
     if math.isnan(metrics["miou"]):
         print("note: mIoU is nan: the labels hold no class pixels (all 255 = ignore)", file=sys.stderr)

@@ -252,7 +252,9 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
             with cpu_memory_cache(device):
                 loss = train_epoch(model, bar, epoch, optimizers, config, ignore_index, device,
                                    (args.out, saved_epochs))
-            metrics = evaluate_model(model, val_loader, num_classes, ignore_index, (), device)
+            validation = progress_bar(val_loader, desc=f"validation {epoch + 1}/{config.epochs}", unit="batch",
+                                      disable=args.no_progress, leave=False)
+            metrics = evaluate_model(model, validation, num_classes, ignore_index, (), device)
             improved = better(metrics["miou"], best)
             best = metrics["miou"] if improved else best
             record = finite_or_none({"epoch": epoch, "loss": loss, "val_miou": metrics["miou"],

@@ -215,8 +215,8 @@ def test_a_disk_full_as_the_first_epoch_is_saved_leaves_a_directory_to_start_aga
 @pytest.mark.parametrize("module, argv", [
     (train, ["--epochs", "0"]), (train, ["--epochs", "-2"]), (train, ["--batch-size", "0"]),
     (train, ["--batch-size", "1"]),
-    (train, ["--workers", "-1"]), (evaluate, ["--scale", "0"]), (evaluate, ["--limit", "-100"]),
-    (evaluate, ["--workers", "-1"])])
+    (train, ["--workers", "-1"]), (evaluate, ["--scale", "0"]), (evaluate, ["--scale", "inf"]),
+    (evaluate, ["--limit", "-100"]), (evaluate, ["--workers", "-1"])])
 def test_numbers_out_of_range_are_refused_while_parsing(module, argv, capsys):
     required = ["--out", "x"] if module is train else ["--checkpoint", "x"]
     with pytest.raises(SystemExit) as stop:
