@@ -25,7 +25,7 @@ import torch
 import nasfast
 import nasfast.ops
 from nasfast import count_madds, count_params, create_model
-from nasfast.cli import UsageError, at_least_two, positive_int, resolve_device, run
+from nasfast.cli import UsageError, at_least_two, positive_float, positive_int, resolve_device, run
 from nasfast.export import NUM_CLASSES_DEFAULT, script_for_deployment
 from nasfast.genotype import ZOO, genotype_from_option, recorded_classes
 from nasfast.search.summary import madds_text
@@ -47,19 +47,25 @@ def jetson_state() -> str:
     return f"power mode: {ask(['nvpmodel', '-q'])}; clocks: {ask(['jetson_clocks', '--show'])}"
 
 
-def timed(model, x, device, runs: int, warmup: int):
+def timed(model, x, device, runs: int, warmup: int, max_seconds: float) -> Tuple[float, float, int]:
+    """(mean ms, std ms, passes timed): `runs` passes after `warmup`, fewer (at least 2 of each)
+    where they would take more than max_seconds (half of it for the warm-up)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     with torch.no_grad():
-        for _ in range(warmup):
-            model(x)
-        sync()
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
+        start = time.perf_counter()
+        for done in range(1, warmup + 1):
             model(x)
             sync()
-            times.append((time.perf_counter() - start) * 1000)
-    return statistics.mean(times), statistics.stdev(times)
+            if done >= 2 and time.perf_counter() - start > max_seconds / 2:
+                break
+        times = []
+        start = time.perf_counter()
+        while len(times) < runs and (len(times) < 2 or time.perf_counter() - start < max_seconds):
+            begun = time.perf_counter()
+            model(x)
+            sync()
+            times.append((time.perf_counter() - begun) * 1000)
+    return statistics.mean(times), statistics.stdev(times), len(times)
 
 
 def variants(genotype, num_classes, device, with_compile: bool):
@@ -95,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=at_least_two, default=10,
                         help="untimed passes before timing, at least 2 (TorchScript optimises the model during its "
                              "first two) [10]")
+    parser.add_argument("--max-seconds", type=positive_float, default=60,
+                        help="time limit of each variant: fewer passes (at least 2) where --runs would take longer, "
+                             "the count shown in its row; half of it for the warm-up [60]")
     parser.add_argument("--threads", type=positive_int, help="CPU threads (torch.set_num_threads) [torch's choice]")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
     return parser
@@ -138,7 +147,8 @@ def main(argv=None) -> int:
     with_compile = not args.no_compile
 
     print(f"device: {args.device} ({note}); torch {torch.__version__}; input 1x3x{args.size}x{args.size}; "
-          f"{args.runs} passes after {args.warmup} warm-up; ops library: {nasfast.ops.library_path()}")
+          f"{args.runs} passes after {args.warmup} warm-up (at most {args.max_seconds:g} s a variant); ops library: "
+          f"{nasfast.ops.library_path()}")
     print(f"{'arch':<8} {'params':>10} {'MAdds':>7} {'variant':<22} {'ms (mean ± std)':>18} {'vs eager':>8}")
     x = torch.randn(1, 3, args.size, args.size, device=device)
     for name, genotype in to_time:
@@ -147,14 +157,15 @@ def main(argv=None) -> int:
         eager_ms = None
         for variant, model in variants(genotype, args.num_classes, device, with_compile):
             try:
-                mean, std = timed(model, x, device, args.runs, args.warmup)
+                mean, std, passes = timed(model, x, device, args.runs, args.warmup, args.max_seconds)
             except Exception as error:  # e.g. torch.compile without a working compiler
                 failed = "failed: " + type(error).__name__
                 print(f"{name:<8} {params:>10,} {madds_text(madds):>7} {variant:<22} {failed:>18}")
                 continue
             eager_ms = eager_ms or mean
+            fewer = f"  ({passes} passes: --max-seconds)" if passes < args.runs else ""
             print(f"{name:<8} {params:>10,} {madds_text(madds):>7} {variant:<22} {mean:>9.2f} ± {std:>6.2f} "
-                  f"{eager_ms / mean:>7.2f}x", flush=True)
+                  f"{eager_ms / mean:>7.2f}x{fewer}", flush=True)
     return 0
 
 
