@@ -5,6 +5,7 @@ import json
 import os
 import re
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ import nasfast.search.loop as loop
 from nasfast.cli import run
 from nasfast.search.__main__ import PROG, RUN_FILES, build_parser, choose_run, duration, main
 from nasfast.search.candidate import CandidateFailed, batch_bounds
+from nasfast.search.config import preset
 from nasfast.files import read_records
 from nasfast.search.summary import madds_text
 
@@ -36,10 +38,11 @@ def fake_evaluate(genotype, index, ctx, decide):
 
 @pytest.fixture
 def no_data(monkeypatch):
-    """Candidates and the shared context cost nothing; the options build_context got are kept."""
+    """Candidates and the shared context cost nothing; the arguments build_context got are kept."""
     calls = []
     monkeypatch.setattr(loop, "evaluate_candidate", fake_evaluate)
-    monkeypatch.setattr(nasfast.search.context, "build_context", lambda *a, **k: calls.append(k))
+    monkeypatch.setattr(nasfast.search.context, "build_context",
+                        lambda *a, **k: calls.append(SimpleNamespace(config=a[0], options=k)))
     return calls
 
 
@@ -153,9 +156,12 @@ def test_resume_refuses_options_that_change_the_search(saved_search, capsys):
 
 
 def test_resume_takes_the_saved_options_and_new_machine_options(saved_search, no_data, capsys):
-    assert search("--resume", saved_search, "--budget", "4", "--preset", "tiny", "--seed", "3", "--workers", "1",
-                  "--top", "2", "--device", "cpu", "--no-progress") == 0
-    assert no_data[-1] == {"progress": False}
+    assert search("--resume", saved_search, "--budget", "4", "--preset", "tiny", "--workers", "1",
+                  "--memory-limit-gb", "0.5", "--top", "2", "--device", "cpu", "--no-progress") == 0
+    resumed = no_data[-1]
+    assert resumed.options == {"progress": False}
+    assert resumed.config.workers == 1 and resumed.config.memory_limit_gb == 0.5
+    assert resumed.config.seed == 3 and resumed.config.stage1_images == preset("tiny").stage1_images
     assert len(read_records(str(saved_search / "candidates.jsonl"))) == 4
     assert "top 2 of 4 candidates" in capsys.readouterr().out
 

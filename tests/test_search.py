@@ -1,4 +1,5 @@
 """The search on real CamVid with the tiny preset, as a user runs it: a separate process."""
+import copy
 import json
 import os
 import shutil
@@ -379,3 +380,137 @@ def test_ctrl_c_during_the_bookkeeping_takes_effect_after_the_state_is_saved(tmp
         search_run.run(progress=False)
     saved = torch.load(tmp_path / "state.pt", weights_only=False)
     assert saved["next_index"] == 2 == len(read_records(str(tmp_path / "candidates.jsonl")))
+
+
+def test_polyak_copies_the_buffers_and_averages_only_the_parameters():
+    """Batch-norm running statistics are not parameters: the average takes the trained module's own."""
+    module = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4)).train()
+    polyak = Polyak(module, decay=0.9)
+    start = [p.detach().clone() for p in module.parameters()]
+    g = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        module(3 * torch.randn(16, 3, generator=g) + 1)
+        with torch.no_grad():
+            for p in module.parameters():
+                p.add_(1.0)
+        polyak.update(module)
+    trained, averaged = module[1], polyak.average[1]
+    assert not torch.equal(trained.running_mean, torch.zeros(4)) and not torch.equal(trained.running_var, torch.ones(4))
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        assert torch.equal(getattr(averaged, name), getattr(trained, name)), name
+    for average, first in zip(polyak.average.parameters(), start):
+        torch.testing.assert_close(average, 0.9 * (first + 0.1) + 0.1 * (first + 2))
+
+
+@pytest.fixture
+def one_thread():
+    """These models are tiny: on a busy 2-core machine, more threads only add waiting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+STAGE1_SHAPES = [(24, 16, 16), (32, 8, 8), (96, 4, 4), (320, 2, 2)]
+
+
+def tiny_decoder(in_channels=tuple(s[0] for s in STAGE1_SHAPES)) -> Decoder:
+    """The same weights whichever tests ran before."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return Decoder(ZOO["arch0"], in_channels=list(in_channels), num_classes=3, channels=16, sep_repeats=1,
+                       in_strides=(4, 8, 16, 32))
+
+
+def recording(monkeypatch, candidate):
+    """The Polyak averages run_stage1/2 make, and a copy of the model each trained, taken before averaging."""
+    averages, trained = [], []
+
+    def recorded_polyak(module, decay):
+        averages.append(Polyak(module, decay))
+        return averages[-1]
+
+    def train_and_keep(model, *args):
+        candidate_train(model, *args)
+        trained.append(copy.deepcopy(model).eval())
+    candidate_train = candidate._train
+    monkeypatch.setattr(candidate, "Polyak", recorded_polyak)
+    monkeypatch.setattr(candidate, "_train", train_and_keep)
+    return averages, trained
+
+
+def test_stage1_reward_is_the_polyak_averages_score_and_the_decoder_takes_its_statistics(monkeypatch, one_thread):
+    import nasfast.search.candidate as candidate
+    from nasfast.metrics import metrics_of
+    averages, trained = recording(monkeypatch, candidate)
+    g = torch.Generator().manual_seed(0)
+    cache = FeatureCache([torch.randn(8, *s, generator=g) for s in STAGE1_SHAPES],
+                         torch.randint(0, 3, (8, 16, 16), generator=g))
+    config = preset("tiny")
+    config.stage1.epochs, config.stage1.decoder_lr = 4, 0.05
+    ctx = SimpleNamespace(config=config, stage1=cache, stage1_val=cache, device=torch.device("cpu"), num_classes=3,
+                          ignore_index=255, exclude=())
+    decoder = tiny_decoder()
+    reward = candidate.run_stage1(decoder, ctx, torch.Generator().manual_seed(1))
+
+    feats, labels, _ = cache.batch(torch.arange(8))
+    with torch.no_grad():
+        score = lambda forward: metrics_of(forward, [(feats, labels)], 3)["reward"]
+        averaged, raw = score(averages[0].average), score(trained[0])
+    assert raw != pytest.approx(averaged, abs=1e-3)
+    assert reward == pytest.approx(averaged, abs=1e-6)
+    statistics = [(name, b) for name, b in decoder.named_buffers() if "running_mean" in name]
+    assert statistics and not any(torch.equal(b, torch.zeros_like(b)) for _, b in statistics)
+    for (name, b), average in zip(decoder.named_buffers(), averages[0].average.buffers()):
+        assert torch.equal(b, average), name
+
+
+class TinyEncoder(torch.nn.Module):
+    """Four feature maps at MobileNet-v2's strides, from a conv each: stage 2 in a fraction of a second."""
+    channels = (8, 8, 8, 8)
+
+    def __init__(self):
+        super().__init__()
+        self.levels = torch.nn.ModuleList(torch.nn.Conv2d(3, 8, 1) for _ in self.channels)
+
+    def forward(self, x):
+        return [conv(torch.nn.functional.avg_pool2d(x, stride)) for conv, stride in zip(self.levels, (4, 8, 16, 32))]
+
+
+def test_stage2_trains_encoder_and_decoder_at_their_rates_and_rewards_the_polyak_average(monkeypatch, one_thread):
+    import nasfast.search.candidate as candidate
+    from nasfast.metrics import metrics_of
+    from nasfast.model import Segmenter
+    averages, trained = recording(monkeypatch, candidate)
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.randn(4, 3, 64, 64, generator=g), torch.randint(0, 3, (4, 64, 64), generator=g)
+    val = [(torch.randn(4, 3, 64, 64, generator=g), torch.randint(0, 3, (4, 64, 64), generator=g))]
+    config = preset("tiny")
+    config.stage2.encoder_lr, config.stage2.decoder_lr = 0.02, 0.05
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        encoder = TinyEncoder()
+    decoder = tiny_decoder(TinyEncoder.channels)
+    ctx = SimpleNamespace(config=config, device=torch.device("cpu"), num_classes=3, ignore_index=255, exclude=(),
+                          make_encoder=lambda: encoder, stage2_batches=lambda seed: [(images, labels)],
+                          val_batches=lambda: val)
+    reference = Segmenter(copy.deepcopy(encoder), copy.deepcopy(decoder)).train()
+    segmentation_loss(*reference.forward_with_aux(images), labels, 255, config.aux_weight).backward()
+
+    reward = candidate.run_stage2(decoder, ctx, seed=7)
+
+    def steps_taken(module, start, step_of_gradient) -> int:
+        """How many of `start`'s parameters the loss reaches; each must have taken its expected step."""
+        reached = [(after, before) for after, before in zip(module.parameters(), start.parameters())
+                   if before.grad is not None and before.grad.abs().max() > 1e-6]
+        for after, before in reached:
+            torch.testing.assert_close(after, before - step_of_gradient(before.grad), rtol=0, atol=1e-5)
+        return len(reached)
+    assert steps_taken(encoder, reference.encoder, lambda grad: 0.02 * grad) >= 2  # SGD's first step: no momentum yet
+    assert steps_taken(decoder, reference.decoder, lambda grad: 0.05 * grad / (grad.abs() + 1e-8)) > \
+        len(list(decoder.parameters())) // 2  # Adam's first step
+    with torch.no_grad():
+        score = lambda model: metrics_of(lambda x: model.decoder(model.encoder(x)), val, 3)["reward"]
+        averaged, raw = score(averages[0].average), score(trained[0])
+    assert raw != pytest.approx(averaged, abs=1e-3)
+    assert reward == pytest.approx(averaged, abs=1e-6)

@@ -205,3 +205,36 @@ def test_user_errors_name_the_problem(call, message):
 def test_random_search_accepts_the_ppo_options():
     options = dict(lr=1e-4, clip=0.1, ppo_epochs=4, baseline_decay=0.95, entropy_weight=0.0)
     assert isinstance(make_strategy("random", seed=0, **options), RandomSearch)
+
+
+def test_replay_adds_the_k_latest_earlier_proposals_to_each_update():
+    """With the baseline following the latest reward (decay 0), replaying is exactly handing the
+    update the remembered proposals along with the new one."""
+    options = dict(seed=3, lr=1e-3, ppo_epochs=2, baseline_decay=0.0)
+    replaying = PPOController(replay=2, **options)
+    proposals = [replaying.sample() for _ in range(5)]
+    rewards = [0.2, 0.9, 0.4, 0.7, 0.1]
+    replaying.update(proposals[:1], rewards[:1])
+    replaying.update(proposals[1:2], rewards[1:2])
+    for new in (2, 3, 4):
+        state = {**replaying.state_dict(), "memory": []}
+        explicit, alone = PPOController(**options), PPOController(**options)
+        explicit.load_state_dict(state)
+        alone.load_state_dict(state)
+        explicit.update(proposals[new - 2:new + 1], rewards[new - 2:new + 1])
+        alone.update(proposals[new:new + 1], rewards[new:new + 1])
+        replaying.update(proposals[new:new + 1], rewards[new:new + 1])
+        assert all(torch.equal(x, y) for x, y in zip(parameters(replaying), parameters(explicit))), new
+        assert not all(torch.equal(x, y) for x, y in zip(parameters(replaying), parameters(alone))), new
+
+
+def test_entropy_weight_moves_the_update_towards_a_more_uncertain_policy():
+    measured_on = torch.tensor([RandomSearch(seed=0).sample().decisions for _ in range(64)])
+
+    def entropy_after_updates(entropy_weight: float) -> float:
+        ppo = PPOController(seed=4, lr=1e-2, entropy_weight=entropy_weight)
+        run(ppo, 3, batch=2)
+        with torch.no_grad():
+            return ppo.controller.evaluate(measured_on)[1].mean().item()
+
+    assert entropy_after_updates(0.1) > entropy_after_updates(0.0) + 1e-3
