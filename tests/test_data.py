@@ -1,3 +1,4 @@
+import re
 import shutil
 from pathlib import Path
 
@@ -92,6 +93,7 @@ def test_bad_lists_and_label_modes(camvid_root, tmp_path):
     (root / "train.txt").write_text("train/a.png\n")
     with pytest.raises(DataError, match=r"train.txt, line 1: expected 'image label'"):
         CamVid(root)
+    (root / "classes.txt").write_text("sky\n")  # not a split
     with pytest.raises(FileNotFoundError, match=r"CamVid split 'val': no .*val.txt \(the splits there: train\)"):
         CamVid(root, split="val")
     (root / "val.txt").write_text("\n")
@@ -555,3 +557,11 @@ def test_own_data_read_as_camvid_suggests_the_folder_dataset(tmp_path):
     with pytest.raises(DataError, match=r"CamVid split 'train': no .*train.txt .*; .* holds your own data's layout: "
                                         r"give --dataset folder"):
         make_dataset("camvid", str(root))
+
+
+def test_a_data_root_above_the_dataset_is_named_with_the_one_below(tmp_path):
+    (tmp_path / "camvid").mkdir()
+    with pytest.raises(FileNotFoundError, match=re.escape(
+            f"no {tmp_path / 'train.txt'} (the splits there: none); {tmp_path / 'camvid'} may be the dataset: give "
+            f"--data-root {tmp_path / 'camvid'}")):
+        make_dataset("camvid", str(tmp_path))

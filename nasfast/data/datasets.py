@@ -112,7 +112,7 @@ class CamVid(SegmentationDataset):
     def __init__(self, root, split: str = "train", transform: Optional[Callable] = None):
         root = Path(root)
         if not (root / f"{split}.txt").is_file():
-            splits = ", ".join(sorted(p.stem for p in root.glob("*.txt"))) or "none"
+            splits = ", ".join(sorted(p.stem for p in root.glob("*.txt") if p.stem != "classes")) or "none"
             raise FileNotFoundError(f"CamVid split {split!r}: no {root / f'{split}.txt'} (the splits there: {splits})")
         super().__init__(_read_pairs(root / f"{split}.txt", root), transform, label_map={11: IGNORE_INDEX})
 
@@ -215,4 +215,7 @@ def make_dataset(name: str, root: Optional[str] = None, split: Optional[str] = N
     except (DataError, FileNotFoundError) as error:
         if name != "folder" and (found / "classes.txt").is_file() and (found / "images").is_dir():
             raise OtherLayout(error, name, found) from None
+        if (found / name).is_dir():  # --data-root (or NASFAST_DATA/name) one level above the dataset
+            kind = DataError if isinstance(error, DataError) else FileNotFoundError
+            raise kind(f"{error}; {found / name} may be the dataset: give --data-root {found / name}") from None
         raise
