@@ -202,40 +202,127 @@ def test_cpp_configure_explains_a_missing_ops_library(tmp_path):
     assert "prints None where nasfast has no built library" in " ".join(result.stderr.split())
 
 
-@pytest.mark.skipif(shutil.which("cmake") is None or not nasfast.ops.available(),
-                    reason="needs cmake and the native ops library")
-def test_cpp_program_matches_python(exported, camvid_root, tmp_path):
-    path, _ = exported
-    build = tmp_path / "build"
+needs_cpp_build = pytest.mark.skipif(shutil.which("cmake") is None or not nasfast.ops.available(),
+                                     reason="needs cmake and the native ops library")
+
+
+@pytest.fixture(scope="module")
+def program(tmp_path_factory):
+    """examples/cpp built against this torch and ops library."""
+    build = tmp_path_factory.mktemp("cpp-build")
     subprocess.run(["cmake", "-S", str(REPO / "examples" / "cpp"), "-B", str(build),
                     f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
                     f"-DNASFAST_OPS={nasfast.ops.library_path()}"], check=True, capture_output=True)
     subprocess.run(["cmake", "--build", str(build), "-j2"], check=True, capture_output=True)
-    image = camvid_image(camvid_root)
-    (tmp_path / "image.ppm").write_bytes(b"P6\n# a comment, as image tools write\n160 120\n255\n" + image.tobytes())
+    return build / "nasfast_segment"
+
+
+@pytest.fixture(scope="module")
+def ppm_image(camvid_root, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("image") / "image.ppm"
+    path.write_bytes(b"P6\n# a comment, as image tools write\n160 120\n255\n" + camvid_image(camvid_root).tobytes())
+    return path
+
+
+def segment(program, *args, shell_setup=None):
+    """The program's result, run without Python's environment; `shell_setup` (sh commands) runs
+    before it in its process."""
+    command = [str(program), *map(str, args)]
+    if shell_setup:
+        command = ["sh", "-c", f'{shell_setup}; exec "$0" "$@"', *command]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    result = subprocess.run([str(build / "nasfast_segment"), str(path), str(tmp_path / "image.ppm"),
-                             str(tmp_path / "logits.bin")], capture_output=True, text=True, env=env, check=True)
-    assert "output size: [1, 11, 120, 160]" in result.stdout and "class histogram:" in result.stdout
-    assert "note: the model was trained on images scaled by 0.25 (nasfast.json)" in result.stdout
+    return subprocess.run(command, capture_output=True, text=True, env=env)
+
+
+@needs_cpp_build
+def test_cpp_program_matches_python(program, exported, camvid_root, ppm_image, tmp_path):
+    path, _ = exported
+    result = segment(program, path, ppm_image, tmp_path / "logits.bin")
+    assert result.returncode == 0, result.stderr
+    note, size, histogram = result.stdout.splitlines()
+    assert note == "note: the model was trained on images scaled by 0.25 (nasfast.json); the image is used at its size"
+    assert size == "output size: [1, 11, 120, 160]"
     cpp = torch.from_numpy(np.fromfile(tmp_path / "logits.bin", dtype=np.float32).reshape(1, 11, 120, 160))
-    x = to_tensors(image, np.zeros((120, 160), np.uint8))[0][None]
+    x = to_tensors(camvid_image(camvid_root), np.zeros((120, 160), np.uint8))[0][None]
     with torch.no_grad():
         python = torch.jit.load(str(path))(x)
     assert (cpp - python).abs().max() < 1e-4
-    histogram = torch.bincount(python.argmax(1).flatten(), minlength=11).tolist()
-    assert result.stdout.split("class histogram:")[1].split() == [f"{c}:{n}" for c, n in enumerate(histogram)]
-    program, ppm = str(build / "nasfast_segment"), str(tmp_path / "image.ppm")
-    not_a_model = subprocess.run([program, ppm, ppm], capture_output=True, text=True, env=env)
-    assert not_a_model.returncode == 1 and not_a_model.stderr.startswith("error: ")
-    assert len(not_a_model.stderr.splitlines()) <= 2, not_a_model.stderr  # libtorch's message, not its backtrace
-    (tmp_path / "huge.ppm").write_bytes(b"P6 100000 100000 255\n" + image.tobytes())
-    for args, status, message in (([path, ppm, "logits.bin", "extra"], 2, "usage: "),
-                                  ([path, ppm, str(tmp_path / "missing" / "logits.bin")], 1, "cannot write the logits"),
-                                  ([path, tmp_path / "huge.ppm"], 1, "100000 x 100000 pixels need 30000000000 bytes"),
-                                  ([tmp_path, ppm], 1, "not a model file")):
-        result = subprocess.run([program, *map(str, args)], capture_output=True, text=True, env=env)
-        assert result.returncode == status and message in result.stderr, result.stderr
+    counts = torch.bincount(python.argmax(1).flatten(), minlength=11).tolist()
+    assert histogram == "class histogram: " + " ".join(f"{c}:{n}" for c, n in enumerate(counts))
     if shutil.which("readelf"):  # copied beside the ops library, the program finds it there
-        dynamic = subprocess.run(["readelf", "-d", program], capture_output=True, text=True).stdout
+        dynamic = subprocess.run(["readelf", "-d", str(program)], capture_output=True, text=True).stdout
         assert "Shared library: [_C.so]" in dynamic and "$ORIGIN" in dynamic
+
+
+def assert_bad_input(result, message):
+    """One line `nasfast_segment: error: ...` holding `message`, exit status 2, nothing on stdout."""
+    assert message in result.stderr and result.stdout == ""
+    assert result.stderr.startswith("nasfast_segment: error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert result.returncode == 2, result.stderr
+
+
+@needs_cpp_build
+def test_cpp_program_names_a_training_checkpoint_with_the_command_that_exports_it(program, trained, ppm_image):
+    checkpoint = trained / "best.pt"
+    assert_bad_input(segment(program, checkpoint, ppm_image),
+                     f"{checkpoint}: a training checkpoint, not an export: "
+                     f"python -m nasfast.export --checkpoint {checkpoint} --out model.pt makes one")
+
+
+@needs_cpp_build
+def test_cpp_program_reports_bad_input_in_one_line_with_status_2(program, exported, ppm_image, tmp_path):
+    model, _ = exported
+    (tmp_path / "cut.pt").write_bytes(model.read_bytes()[:1000])
+    (tmp_path / "truncated.ppm").write_bytes(ppm_image.read_bytes()[:5000])
+    (tmp_path / "16-bit.ppm").write_bytes(b"P6 2 2 65535\n" + bytes(24))
+    (tmp_path / "huge.ppm").write_bytes(b"P6 100000 100000 255\n" + bytes(100))
+    for args, message in (([model, tmp_path / "truncated.ppm"], "truncated pixel data"),
+                          ([model, tmp_path / "huge.ppm"], "100000 x 100000 pixels need 30000000000 bytes"),
+                          ([ppm_image, ppm_image], f"{ppm_image}: not a model file (python -m nasfast.export "
+                                                   f"writes one)"),
+                          ([tmp_path / "cut.pt", ppm_image], "not a model file"),
+                          ([tmp_path / "missing.pt", ppm_image], f"cannot open {tmp_path / 'missing.pt'}: No such "
+                                                                 f"file"),
+                          ([tmp_path, ppm_image], f"cannot open {tmp_path}: Is a directory"),
+                          ([model, tmp_path / "missing.ppm"], f"cannot open {tmp_path / 'missing.ppm'}: No such file"),
+                          ([model, tmp_path / "16-bit.ppm"], "maximum value 65535; 8-bit channels")):
+        assert_bad_input(segment(program, *args), message)
+    usage = segment(program, model, ppm_image, "logits.bin", "extra")
+    assert usage.returncode == 2 and usage.stderr.startswith("usage: ")
+
+
+HOW_TO_CONVERT = 'an RGB binary PPM (P6) is needed: PIL.Image.open(f).convert("RGB").save("x.ppm") writes one'
+
+
+@needs_cpp_build
+def test_cpp_program_names_an_image_of_another_format_with_how_to_convert_it(program, exported, ppm_image, tmp_path):
+    model, _ = exported
+    picture = Image.open(ppm_image)
+    picture.save(tmp_path / "image.png")
+    picture.convert("L").save(tmp_path / "grey.ppm")  # P5
+    picture.convert("1").save(tmp_path / "black-and-white.ppm")  # P4
+    (tmp_path / "ascii.ppm").write_text("P3\n1 1\n255\n0 0 0\n")
+    for name, kind in (("image.png", "not a PPM image"), ("grey.ppm", "a grey PGM image (P5)"),
+                       ("black-and-white.ppm", "a black and white PBM image (P4)"),
+                       ("ascii.ppm", "an ASCII PPM image (P3)")):
+        assert_bad_input(segment(program, model, tmp_path / name), f"{tmp_path / name}: {kind}; {HOW_TO_CONVERT}")
+
+
+@needs_cpp_build
+def test_cpp_program_logits_that_cannot_be_written_say_why_and_leave_no_partial_file(program, exported, ppm_image,
+                                                                                    tmp_path):
+    model, _ = exported
+    (tmp_path / "file").write_text("")
+    (tmp_path / "directory").mkdir()
+    for out, reason in ((tmp_path / "file" / "logits.bin", "Not a directory"),
+                        (tmp_path / "directory", "Is a directory")):
+        assert_bad_input(segment(program, model, ppm_image, out), f"cannot write the logits to {out}: {reason}")
+    assert sorted(os.listdir(tmp_path)) == ["directory", "file"] and os.listdir(tmp_path / "directory") == []
+    # a full disk: files limited to 100 blocks, far less than the 11 x 120 x 160 float32 logits
+    earlier = tmp_path / "earlier" / "logits.bin"
+    earlier.parent.mkdir()
+    earlier.write_bytes(b"the logits of an earlier run")
+    full_disk = segment(program, model, ppm_image, earlier, shell_setup="trap '' XFSZ; ulimit -f 100")
+    assert_bad_input(full_disk, f"cannot write the logits to {earlier}: File too large")
+    assert os.listdir(earlier.parent) == ["logits.bin"]
+    assert earlier.read_bytes() == b"the logits of an earlier run"

@@ -2,19 +2,76 @@
 // through it, prints the output size and the class histogram, and optionally writes the logits
 // (float32, N x C x H x W, row-major) to a file. The image is normalised with the mean and std of
 // the export's nasfast.json; it is not resized: give it at the scale nasfast.json names.
+// Bad input (files, images, where the logits go) is reported in one line with exit status 2.
+#include <caffe2/serialize/inline_container.h>
 #include <torch/script.h>
 
 #include <cctype>
+#include <cerrno>
 #include <cstdint>
+#include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
+#include <memory>
 #include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 namespace {
+
+// A problem of the input, not of the program: exit status 2.
+struct BadInput : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+const char* const kPpmNeeded =
+    "an RGB binary PPM (P6) is needed: PIL.Image.open(f).convert(\"RGB\").save(\"x.ppm\") writes one";
+
+std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
+
+std::ifstream open_for_reading(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw BadInput("cannot open " + path + ": " + std::strerror(errno));
+  // A directory opens; only reading it fails.
+  if (std::filesystem::is_directory(path)) throw BadInput("cannot open " + path + ": " + std::strerror(EISDIR));
+  return in;
+}
+
+// torch::jit::load calls a training checkpoint (torch.save's zip, with data.pkl but no
+// TorchScript constants.pkl) a corrupted file: say what it is and how to export it instead.
+void check_is_an_export(const std::string& path) {
+  std::ifstream file = open_for_reading(path);
+  std::unique_ptr<caffe2::serialize::PyTorchStreamReader> archive;
+  try {
+    archive = std::make_unique<caffe2::serialize::PyTorchStreamReader>(&file);
+  } catch (const c10::Error&) {
+    throw BadInput(path + ": not a model file (python -m nasfast.export writes one)");
+  }
+  if (!archive->hasRecord("constants.pkl") && archive->hasRecord("data.pkl"))
+    throw BadInput(path + ": a training checkpoint, not an export: python -m nasfast.export --checkpoint " + path +
+                   " --out model.pt makes one");
+}
+
+struct Export {
+  torch::jit::script::Module model;
+  std::string info;  // its nasfast.json
+};
+
+Export load_export(const std::string& path) {
+  check_is_an_export(path);
+  torch::jit::ExtraFilesMap extra{{"nasfast.json", ""}};
+  try {
+    torch::jit::script::Module model = torch::jit::load(path, c10::nullopt, extra);
+    model.eval();
+    return {model, extra["nasfast.json"]};
+  } catch (const c10::Error& error) {  // a damaged archive, an op of a library not linked
+    throw BadInput(path + ": " + first_line(error.what_without_backtrace()));
+  }
+}
 
 // The next token of a PPM header: whitespace and # comments (to the end of a line) skipped.
 std::string header_token(std::istream& in) {
@@ -32,32 +89,45 @@ std::string header_token(std::istream& in) {
   return token;
 }
 
+// The magic number comes first: the rest of the header means something else in other formats.
+void check_is_p6(const std::string& path, std::istream& in) {
+  static const std::map<std::string, std::string> other_netpbm{
+      {"P1", "a black and white PBM image (P1, ASCII)"}, {"P2", "a grey PGM image (P2, ASCII)"},
+      {"P3", "an ASCII PPM image (P3)"},                   {"P4", "a black and white PBM image (P4)"},
+      {"P5", "a grey PGM image (P5)"}};
+  std::string magic(2, '\0');
+  in.read(&magic[0], 2);
+  if (in && magic == "P6") return;
+  const auto kind = other_netpbm.find(magic);
+  throw BadInput(path + ": " + (kind == other_netpbm.end() ? "not a PPM image" : kind->second) + "; " + kPpmNeeded);
+}
+
 torch::Tensor read_ppm(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error("cannot open " + path);
-  const std::string magic = header_token(in);
+  std::ifstream in = open_for_reading(path);
+  check_is_p6(path, in);
   int width = 0, height = 0, max_value = 0;
   try {
     width = std::stoi(header_token(in));
     height = std::stoi(header_token(in));
     max_value = std::stoi(header_token(in));
   } catch (const std::logic_error&) {
-    throw std::runtime_error(path + ": not a PPM image (its header lacks the size)");
+    throw BadInput(path + ": not a PPM image (its header lacks the size)");
   }
-  if (magic != "P6" || max_value != 255)
-    throw std::runtime_error(path + ": expected a binary PPM (P6) with 8-bit channels");
+  if (max_value != 255)
+    throw BadInput(path + ": a PPM image of maximum value " + std::to_string(max_value) +
+                   "; 8-bit channels (maximum value 255) are needed");
   const std::string size = std::to_string(width) + " x " + std::to_string(height);
-  if (width <= 0 || height <= 0) throw std::runtime_error(path + ": its header gives the size " + size);
+  if (width <= 0 || height <= 0) throw BadInput(path + ": its header gives the size " + size);
   // The pixels the header announces must be in the file before they are allocated.
   const std::streamoff start = in.tellg(), end = in.seekg(0, std::ios::end).tellg();
   const uint64_t bytes = static_cast<uint64_t>(width) * static_cast<uint64_t>(height) * 3;
   if (end - start < 0 || static_cast<uint64_t>(end - start) < bytes)
-    throw std::runtime_error(path + ": truncated pixel data (" + size + " pixels need " + std::to_string(bytes) +
-                             " bytes, the file has " + std::to_string(end - start) + ")");
+    throw BadInput(path + ": truncated pixel data (" + size + " pixels need " + std::to_string(bytes) +
+                   " bytes, the file has " + std::to_string(end - start) + ")");
   in.seekg(start);
   std::vector<uint8_t> pixels(bytes);
   in.read(reinterpret_cast<char*>(pixels.data()), static_cast<std::streamsize>(pixels.size()));
-  if (!in) throw std::runtime_error(path + ": cannot read its pixel data");
+  if (!in) throw BadInput(path + ": cannot read its pixel data");
   torch::Tensor image = torch::from_blob(pixels.data(), {height, width, 3}, torch::kUInt8).clone();
   return image.permute({2, 0, 1}).to(torch::kFloat32).div(255).unsqueeze(0);
 }
@@ -87,6 +157,57 @@ torch::Tensor normalise(const torch::Tensor& image, const std::string& info) {
   return (image - torch::tensor(mean).view({1, 3, 1, 1})) / torch::tensor(std).view({1, 3, 1, 1});
 }
 
+BadInput cannot_write(const std::string& path) {
+  return BadInput("cannot write the logits to " + path + ": " + std::strerror(errno));
+}
+
+void write_file(const std::string& path, const std::string& name_for_errors, const void* data, size_t bytes) {
+  std::FILE* file = std::fopen(path.c_str(), "wb");
+  if (!file) throw cannot_write(name_for_errors);
+  if (std::fwrite(data, 1, bytes, file) != bytes) {
+    const BadInput error = cannot_write(name_for_errors);  // before fclose changes errno
+    std::fclose(file);
+    throw error;
+  }
+  if (std::fclose(file) != 0) throw cannot_write(name_for_errors);  // it writes what was buffered
+}
+
+// Written beside the file and renamed once complete: a failed write (a full disk) leaves no
+// partial file, and an earlier file stays as it was.
+void write_logits(const torch::Tensor& logits, const std::string& path) {
+  const std::string partial = path + ".partial";
+  try {
+    write_file(partial, path, logits.data_ptr<float>(), static_cast<size_t>(logits.numel()) * sizeof(float));
+    if (std::rename(partial.c_str(), path.c_str()) != 0) throw cannot_write(path);
+  } catch (const BadInput&) {
+    std::remove(partial.c_str());
+    throw;
+  }
+}
+
+void print_summary(const torch::Tensor& logits) {
+  std::cout << "output size: " << logits.sizes() << "\n";
+  const torch::Tensor classes = logits.argmax(1).flatten();
+  const torch::Tensor counts = torch::bincount(classes, {}, logits.size(1));
+  std::cout << "class histogram:";
+  for (int64_t c = 0; c < counts.size(0); ++c) std::cout << " " << c << ":" << counts[c].item<int64_t>();
+  std::cout << "\n";
+}
+
+void segment(const std::string& model_path, const std::string& image_path, const std::string& logits_path) {
+  Export exported = load_export(model_path);
+  const torch::Tensor image = normalise(read_ppm(image_path), exported.info);
+  torch::NoGradGuard no_grad;
+  const torch::Tensor logits = exported.model.forward({image}).toTensor().contiguous();
+  if (!logits_path.empty()) write_logits(logits, logits_path);
+  // Printed once nothing can fail: a failed run prints its error alone.
+  const std::vector<float> scale = json_numbers(exported.info, "scale");
+  if (!scale.empty() && scale[0] != 1.0f)
+    std::cout << "note: the model was trained on images scaled by " << scale[0]
+              << " (nasfast.json); the image is used at its size\n";
+  print_summary(logits);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -94,37 +215,17 @@ int main(int argc, char** argv) {
     std::cerr << "usage: " << argv[0] << " model.pt image.ppm [logits.bin]\n";
     return 2;
   }
+  const char* const prog = "nasfast_segment: error: ";
   try {
-    if (!std::filesystem::is_regular_file(argv[1]))
-      throw std::runtime_error(std::string(argv[1]) + ": not a model file (python -m nasfast.export writes one)");
-    torch::jit::ExtraFilesMap extra{{"nasfast.json", ""}};
-    torch::jit::script::Module model = torch::jit::load(argv[1], c10::nullopt, extra);
-    model.eval();
-    const std::vector<float> scale = json_numbers(extra["nasfast.json"], "scale");
-    if (!scale.empty() && scale[0] != 1.0f)
-      std::cout << "note: the model was trained on images scaled by " << scale[0]
-                << " (nasfast.json); the image is used at its size\n";
-    torch::NoGradGuard no_grad;
-    const torch::Tensor image = normalise(read_ppm(argv[2]), extra["nasfast.json"]);
-    const torch::Tensor logits = model.forward({image}).toTensor().contiguous();
-    std::cout << "output size: " << logits.sizes() << "\n";
-    const torch::Tensor classes = logits.argmax(1).flatten();
-    const torch::Tensor counts = torch::bincount(classes, {}, logits.size(1));
-    std::cout << "class histogram:";
-    for (int64_t c = 0; c < counts.size(0); ++c) std::cout << " " << c << ":" << counts[c].item<int64_t>();
-    std::cout << "\n";
-    if (argc > 3) {
-      std::ofstream out(argv[3], std::ios::binary);
-      out.write(reinterpret_cast<const char*>(logits.data_ptr<float>()),
-                static_cast<std::streamsize>(logits.numel() * sizeof(float)));
-      out.close();
-      if (!out) throw std::runtime_error(std::string("cannot write the logits to ") + argv[3]);
-    }
-  } catch (const c10::Error& error) {  // a model file libtorch cannot read: its message, not its backtrace
-    std::cerr << "error: " << error.what_without_backtrace() << "\n";
+    segment(argv[1], argv[2], argc > 3 ? argv[3] : "");
+  } catch (const BadInput& error) {
+    std::cerr << prog << error.what() << "\n";
+    return 2;
+  } catch (const c10::Error& error) {  // a failure of libtorch: its message, not its backtrace
+    std::cerr << prog << error.what_without_backtrace() << "\n";
     return 1;
   } catch (const std::exception& error) {
-    std::cerr << "error: " << error.what() << "\n";
+    std::cerr << prog << error.what() << "\n";
     return 1;
   }
   return 0;
