@@ -11,8 +11,23 @@ os.environ.setdefault("NASFAST_DATA", str(REPO.parent / "shared" / "data"))
 def camvid_root() -> Path:
     root = Path(os.environ["NASFAST_DATA"]) / "camvid"
     if not (root / "train.txt").exists():
-        pytest.skip(f"CamVid not found at {root} (set NASFAST_DATA)")
+        message = f"CamVid not found at {root} (set NASFAST_DATA)"
+        if os.environ.get("NASFAST_REQUIRE_DATA") == "1":
+            pytest.fail(message + " (NASFAST_REQUIRE_DATA=1)")
+        pytest.skip(message)
     return root
+
+
+@pytest.fixture(autouse=True)
+def restore_torch_threads():
+    """Code under test may call torch.set_num_threads (nasfast.search.distributed.configure_threads
+    does): the tests after it must not run on another thread count."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+import nasfast.ops as ops
 from nasfast import export
 from nasfast.cli import run
 from nasfast.genotype import ZOO
+from nasfast.model import create_model
 
 REPO = Path(__file__).resolve().parents[1]
 CUSTOM_GENOTYPE = "[[[0, 1], [1, 2], [2, 3]], [0, [0, 1, 2, 3], [1, 2, 3, 4], [2, 3, 4, 5]]]"
@@ -101,6 +103,34 @@ def test_export_genotype_its_old_name_and_the_default_classes(tmp_path, capsys):
            "model is exported with --checkpoint DIR/best.pt (python -m nasfast.train --out DIR)\n" in out
     assert torch.jit.load(str(path))(x).shape[1] == 21
     assert "21, PASCAL VOC as in the paper; CamVid has 11" in " ".join(export.build_parser().format_help().split())
+
+
+def test_export_with_reference_ops_needs_no_native_op_and_computes_the_same(tmp_path, capsys):
+    model = create_model("arch0", 3, channels=8, sep_repeats=1)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # batch norms that are not the identity, so that the folds are tested
+        for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            bn.running_mean.copy_(torch.randn(bn.num_features, generator=g) * 0.1)
+            bn.running_var.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
+    torch.save({"model": model.state_dict(), "genotype": ZOO["arch0"].to_list(), "num_classes": 3, "channels": 8,
+                "sep_repeats": 1}, tmp_path / "best.pt")
+    modules, infos, outs = {}, {}, {}
+    for name, options in (("native", []), ("reference", ["--reference-ops"])):
+        path = tmp_path / f"{name}.pt"
+        status, outs[name], err = call(export.main, ["--checkpoint", str(tmp_path / "best.pt"), "--out", str(path),
+                                                     *options], capsys)
+        assert status == 0, err
+        extra = {"nasfast.json": ""}
+        modules[name] = torch.jit.load(str(path), _extra_files=extra)
+        infos[name] = json.loads(extra["nasfast.json"])
+    assert "nasfast::" not in str(modules["reference"].inlined_graph)
+    assert infos["reference"]["native_ops"] == [] and infos["reference"]["ops_library"] is None
+    assert "needs no native ops" in outs["reference"]
+    if ops.available():  # else both are the reference: only the graph and nasfast.json above say anything
+        assert "nasfast::" in str(modules["native"].inlined_graph) and infos["native"]["native_ops"]
+    x = torch.randn(2, 3, 64, 48, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(modules["reference"](x), modules["native"](x), rtol=1e-4, atol=1e-5)
 
 
 # bench/latency.py

@@ -209,7 +209,8 @@ def test_a_disk_full_as_the_first_epoch_is_saved_leaves_a_directory_to_start_aga
     assert one_error_line(capsys).endswith(f"error: No space left on device: {tmp_path / 'last.pt'}; nothing was "
                                            f"saved; run the same command to start again in {tmp_path}, or remove it\n")
     monkeypatch.undo()
-    assert train_cli("--genotype", "arch0", "--preset", "tiny", "--out", tmp_path, "--no-progress", "--epochs", "1") == 0
+    assert train_cli("--genotype", "arch0", "--preset", "tiny", "--out", tmp_path, "--no-progress", "--epochs",
+                     "1") == 0
 
 
 @pytest.mark.parametrize("module, argv", [

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from conftest import has_tensorboard, tensorboard_scalars
+from nasfast.cli import UsageError, resolve_device
 from nasfast.search import distributed
 from nasfast.search.config import preset
 from nasfast.files import SEARCH_RECORD_KEYS, append_record, read_records
@@ -65,6 +66,16 @@ def test_worker_device_shares_gpus(monkeypatch):
         ["cuda:0", "cuda:0", "cuda:1", "cuda:1", "cuda:0", "cuda:0"]
     assert distributed.worker_device("cuda", 3, 1) == "cuda:1"
     assert distributed.worker_device("cuda:1", 0, 4) == "cuda:1"
+
+
+def test_an_explicit_gpu_beyond_the_machine_s_is_refused_with_their_count(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device(distributed.worker_device("cuda:1", 3, 1)) == torch.device("cuda:1")
+    for name in ("cuda:2", "cuda:7"):
+        assert distributed.worker_device(name, 0, 1) == name  # kept as asked, then checked
+        with pytest.raises(UsageError, match=rf"^device {name}: this machine has 2 GPU\(s\)$"):
+            resolve_device(name)
 
 
 def test_keep_finished_records_drops_unfinished(tmp_path):

@@ -51,3 +51,17 @@ def test_a_directory_that_cannot_be_written_is_said_so_not_its_lock_file(tmp_pat
                                          f"its state there; choose a writable directory \\(or copy a run to one to go "
                                          f"on with it\\)$"):
         files.lock_directory(str(tmp_path))
+
+
+def test_a_damaged_line_inside_a_log_is_refused_with_the_file_and_line_not_skipped(tmp_path, capsys):
+    # Only a torn last line is what a crash leaves; a damaged earlier one is an edit or a broken
+    # disk, and dropping it would silently lose a candidate or an epoch.
+    log = tmp_path / "candidates.jsonl"
+    log.write_text('{"index": 0}\n{"index": 1}\n{"index": 2, "sta\n{"index": 3}\n{"index": 4, "st')
+    with pytest.raises(ValueError, match=f"^{log} is damaged: line 3 is not valid JSON "):
+        files.read_records(str(log))
+    assert run(lambda argv: files.read_records(str(log)), "tool") == 2  # one line, not a traceback
+    err = capsys.readouterr().err
+    assert err.startswith(f"tool: error: {log} is damaged: line 3 is not valid JSON") and err.count("\n") == 1
+    log.write_text('{"index": 0}\n{"index": 1}\n{"index": 2, "st')
+    assert files.read_records(str(log)) == [{"index": 0}, {"index": 1}]  # the torn last line alone is dropped

@@ -50,16 +50,6 @@ def test_random_predictions_match_numpy(exclude):
     check(m.compute(), numpy_metrics(pred, target, 6, exclude=exclude))
 
 
-def test_logits_are_upsampled_to_the_label_size_and_argmaxed():
-    g = torch.Generator().manual_seed(2)
-    logits = torch.randn(2, 4, 9, 12, generator=g)
-    target = torch.randint(0, 4, (2, 36, 48), generator=g)
-    m = ConfusionMatrix(4)
-    m.update(logits, target)
-    pred = F.interpolate(logits, size=(36, 48), mode="bilinear", align_corners=False).argmax(1)
-    check(m.compute(), numpy_metrics(pred, target, 4))
-
-
 def test_real_camvid_labels(camvid_root):
     names = [line.split()[1] for line in (camvid_root / "val.txt").read_text().split("\n")[:4]]
     labels = [np.array(Image.open(camvid_root / n)) for n in names]
@@ -93,6 +83,25 @@ def test_bad_inputs_are_rejected():
     with pytest.raises(ValueError, match="num_classes must be an int >= 1, got 2.5"):
         ConfusionMatrix(2.5)
     assert ConfusionMatrix(3, exclude=0).exclude == (0,) and ConfusionMatrix(np.int64(3)).num_classes == 3
+
+
+@pytest.mark.parametrize("scores, target, message", [
+    (torch.zeros(1, 2, 2, dtype=torch.long), torch.zeros(1, 2, 2),
+     r"targets must be integer N x H x W \(or H x W\), got torch.float32 \(1, 2, 2\)"),
+    (torch.zeros(1, 2, 2, dtype=torch.long), torch.zeros(1, 1, 2, 2, dtype=torch.long),
+     r"targets must be integer N x H x W \(or H x W\), got torch.int64 \(1, 1, 2, 2\)"),
+    (torch.randn(2, 3, 2, 2), torch.zeros(1, 4, 4, dtype=torch.long),
+     r"logits \(2, 3, 2, 2\) and targets \(1, 4, 4\) differ in batch"),
+    (torch.zeros(1, 2, 3, dtype=torch.long), torch.zeros(1, 3, 2, dtype=torch.long),
+     r"predictions \(1, 2, 3\) and targets \(1, 3, 2\) differ in shape"),
+    (torch.zeros(2, 2, dtype=torch.long), torch.zeros(2, 2, 2, dtype=torch.long),
+     r"predictions \(1, 2, 2\) and targets \(2, 2, 2\) differ in shape"),  # H x W predictions: one image
+])
+def test_update_refuses_targets_and_scores_that_do_not_match_before_counting(scores, target, message):
+    m = ConfusionMatrix(3)
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        m.update(scores, target)
+    assert m.matrix.sum() == 0
 
 
 @pytest.mark.parametrize("fused", [None, False])
@@ -145,7 +154,7 @@ def test_single_images_and_custom_ignore_index():
 
 
 @pytest.mark.parametrize("fused", [None, False])
-def test_logits_give_the_same_matrix_fused_or_not(fused):
+def test_logits_are_upsampled_to_the_label_size_and_argmaxed_fused_or_not(fused):
     g = torch.Generator().manual_seed(11)
     logits = torch.randn(2, 6, 10, 13, generator=g, dtype=torch.float64)
     target = torch.randint(0, 6, (2, 40, 52), generator=g)

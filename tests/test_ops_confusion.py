@@ -151,6 +151,7 @@ def test_real_camvid_labels_with_upsampled_logits(camvid_root):
     assert torch.equal(fused, reference) and fused.sum() == (target != 255).sum()
 
 
+@needs_ops
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("k", [5, 21, 150])  # 150 classes: the matrix does not fit shared memory

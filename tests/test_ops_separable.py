@@ -48,6 +48,11 @@ def test_gradcheck_float64(k, d):
     assert torch.autograd.gradcheck(lambda *a: torch.ops.nasfast.sep_conv_bn_relu(*a, d), (x, dw, pw, bias))
 
 
+@pytest.fixture
+def four_threads():
+    torch.set_num_threads(4)  # conftest's restore_torch_threads sets it back
+
+
 def _gradients(f, tensors, grad, requires=(True, True, True)):
     leaves = [t.detach().clone().requires_grad_(r) for t, r in zip(tensors, requires)]
     f(*leaves).backward(grad)
@@ -56,8 +61,9 @@ def _gradients(f, tensors, grad, requires=(True, True, True)):
 
 @needs_ops
 @pytest.mark.parametrize("k, d", SEARCH_SPACE)
-def test_float32_forward_and_gradients_over_several_bands_and_tasks(k, d):
-    # 5 images (more than the threads) of 70 x 40: several bands of rows per image.
+def test_float32_forward_and_gradients_over_several_bands_and_tasks(k, d, four_threads):
+    # 5 images of 70 x 40 on 4 threads: several bands of rows per image, and backward tasks
+    # (min(threads, images) of them) of two images; on 5 or more threads each task had one.
     x, dw, pw = inputs((5, 6, 70, 40), k, dtype=torch.float32, seed=k + d)
     grad = torch.randn(5, 6, 70, 40)
     fused = lambda *a: torch.ops.nasfast.sep_conv(*a, d)  # noqa: E731
@@ -70,14 +76,6 @@ def test_float32_forward_and_gradients_over_several_bands_and_tasks(k, d):
             assert (a is None) == (b is None)
             if a is not None:
                 torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
-
-
-@pytest.fixture
-def four_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(4)
-    yield
-    torch.set_num_threads(threads)
 
 
 @needs_ops
@@ -334,6 +332,7 @@ def _check_cuda(shape, out_channels, k, d, dtype, tolerance):
         torch.testing.assert_close(a.double(), b, rtol=tolerance * 10, atol=tolerance * 100)
 
 
+@needs_ops
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("k, d", SEARCH_SPACE)
@@ -344,6 +343,7 @@ def test_cuda_matches_reference(k, d, dtype, tolerance, shape, out_channels):
     _check_cuda(shape, out_channels, k, d, dtype, tolerance)
 
 
+@needs_ops
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("k", [1, 7])  # outside the search space: the weight gradient's generic kernel
@@ -351,6 +351,7 @@ def test_cuda_other_kernel_sizes(k):
     _check_cuda((2, 5, 12, 10), 3, k, 2, torch.float64, 1e-10)
 
 
+@needs_ops
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_gradcheck_and_module(exact_float32):
@@ -378,6 +379,7 @@ def test_on_cuda_the_default_module_runs_cudnn_and_fused_true_the_native_kernel(
     torch.testing.assert_close(native(x), reference(x), rtol=1e-3, atol=1e-3)
 
 
+@needs_ops
 @pytest.mark.parametrize("k, d", SEARCH_SPACE)
 def test_functional_forms_equal_the_references(k, d):
     x, depthwise, pointwise = torch.randn(2, 6, 13, 11), torch.randn(6, 1, k, k), torch.randn(6, 6, 1, 1)

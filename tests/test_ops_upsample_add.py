@@ -91,6 +91,7 @@ def test_modules_keep_their_class_when_copied():
             assert type(copied) is type(module)
 
 
+@needs_ops
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("high, low", SIZES)

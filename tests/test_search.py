@@ -404,11 +404,9 @@ def test_polyak_copies_the_buffers_and_averages_only_the_parameters():
 
 @pytest.fixture
 def one_thread():
-    """These models are tiny: on a busy 2-core machine, more threads only add waiting."""
-    threads = torch.get_num_threads()
+    """These models are tiny: on a busy 2-core machine, more threads only add waiting (conftest's
+    restore_torch_threads sets the count back)."""
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 STAGE1_SHAPES = [(24, 16, 16), (32, 8, 8), (96, 4, 4), (320, 2, 2)]

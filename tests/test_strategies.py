@@ -140,13 +140,11 @@ def test_each_decision_depends_on_the_tokens_chosen_before_it():
         assert (before[k + 1] - after[k + 1]).abs().max() > 1e-4
 
 
-def test_random_search_is_uniform():
-    random_search = RandomSearch(seed=0)
-    draws = torch.tensor([random_search.sample().decisions for _ in range(2000)])
-    for column, n in enumerate(SIZES):
-        counts = torch.bincount(draws[:, column], minlength=n)
-        expected = len(draws) / n
-        assert (counts - expected).abs().max() < 5 * (expected * (1 - 1 / n)) ** 0.5, (column, counts)
+def test_random_search_draws_uniform_genotypes():
+    """Genotype.random is uniform (test_genotype): random search must be its draws, seeded."""
+    random_search, generator = RandomSearch(seed=0), torch.Generator().manual_seed(0)
+    assert [random_search.sample().decisions for _ in range(20)] == \
+        [Genotype.random(generator).decisions() for _ in range(20)]
     assert random_search.sample().log_prob == pytest.approx(-sum(math.log(n) for n in SIZES))
     assert random_search.update([random_search.sample()], [0.5]) == {}
 
@@ -238,3 +236,15 @@ def test_entropy_weight_moves_the_update_towards_a_more_uncertain_policy():
             return ppo.controller.evaluate(measured_on)[1].mean().item()
 
     assert entropy_after_updates(0.1) > entropy_after_updates(0.0) + 1e-3
+
+
+@pytest.mark.parametrize("name", ["ppo", "random"])
+def test_a_state_lacking_a_part_is_refused_by_name_and_loads_nothing(name):
+    torch.set_num_threads(1)  # the controller's ops are tiny: on a busy machine threads only wait
+    saved = make_strategy(name, seed=1).state_dict()
+    parts = [key for key in saved if key != "strategy"]
+    strategy = make_strategy(name, seed=0)
+    for part in parts:  # every part that state_dict saves is one that load_state_dict requires
+        with pytest.raises(ValueError, match=rf"^'{name}' strategy state lacks \['{part}'\]$"):
+            strategy.load_state_dict({key: value for key, value in saved.items() if key != part})
+    assert strategy.sample() == make_strategy(name, seed=0).sample()  # still the seed-0 strategy
