@@ -53,15 +53,17 @@ def evaluation_loader(dataset, workers: int, batch_size: int = 8) -> DataLoader:
                       persistent_workers=workers > 0)
 
 
-def check_scaled_size(dataset, scale: float) -> None:
-    """Refuses a scale that shrinks the images below the encoder's output stride: every label
-    pixel would then be scored on a prediction of a few pixels' worth of features."""
+def check_scale_option(dataset, scale: float) -> None:
+    """Refuses a --scale that shrinks the images below the encoder's coarsest stride: the scores
+    of a few pixels' worth of features say nothing (1x1 images scored mIoU 1.0). The training's
+    own scale, the default, is not checked: it is what the model validated at."""
     width, height = dataset.image_size(0)
     scaled = scaled_size(height, width, scale)
-    least = max(MobileNetV2Encoder.strides)
-    if min(scaled) < least:
-        raise UsageError(f"--scale {scale} makes the images {scaled[1]}x{scaled[0]} pixels (from {width}x{height}): "
-                         f"the model needs at least {least} a side")
+    stride = max(MobileNetV2Encoder.strides)
+    if min(scaled) < stride:
+        raise UsageError(f"--scale {scale} makes the images {scaled[1]}x{scaled[0]} pixels (from {width}x{height}), "
+                         f"less than the encoder's coarsest stride, {stride}, a side: give at least "
+                         f"{math.ceil(stride / min(width, height) * 1000) / 1000}")
 
 
 def format_metrics(metrics: dict, class_names) -> str:
@@ -104,7 +106,8 @@ def main(argv=None) -> int:
     dataset = make_dataset(dataset_name, str(root), args.split, EvalTransform(scale))
     check_classes(f"{dataset_name} in {root}", dataset.class_names, checkpoint)
     images = evenly_spaced(dataset, args.limit)
-    check_scaled_size(dataset, scale)
+    if args.scale is not None:
+        check_scale_option(dataset, scale)
     model = model_from_checkpoint(checkpoint).to(device)
     print(f"{args.checkpoint} on {dataset_name} {args.split} ({root}): {counted(len(images), 'image')} at scale "
           f"{scale}", file=sys.stderr if args.json else sys.stdout, flush=True)

@@ -98,7 +98,8 @@ def test_evaluate_names_a_missing_split_in_one_line(trained, capsys):
 def test_evaluate_refuses_a_scale_that_leaves_the_images_smaller_than_the_encoder_s_stride(trained, capsys):
     assert cli.run(evaluate.main, evaluate.PROG, ["--checkpoint", str(trained / "best.pt"), "--scale", "0.08"]) == 2
     assert capsys.readouterr().err == (f"{evaluate.PROG}: error: --scale 0.08 makes the images 38x29 pixels (from "
-                                       f"480x360): the model needs at least 32 a side\n")
+                                       f"480x360), less than the encoder's coarsest stride, 32, a side: give at "
+                                       f"least 0.089\n")
 
 
 def test_evaluation_batches_images_of_one_size_with_the_same_metrics(trained, camvid_root, tmp_path):
