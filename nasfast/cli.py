@@ -14,7 +14,7 @@ class UsageError(Exception):
 # Raised by the tools for missing or wrong files and bad values: the user's input, not a bug.
 USER_ERRORS = (UsageError, ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
                PermissionError)
-# The machine's, not a bug either: a full disk or quota, a read-only file system.
+# The machine's, not a bug either: a full disk or quota, a read-only file system (and MemoryError).
 MACHINE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
@@ -26,7 +26,8 @@ def option_text(value) -> str:
 
 
 def reported_in_one_line(error: BaseException) -> bool:
-    return isinstance(error, USER_ERRORS) or (isinstance(error, OSError) and error.errno in MACHINE_ERRNOS)
+    machine = isinstance(error, MemoryError) or (isinstance(error, OSError) and error.errno in MACHINE_ERRNOS)
+    return isinstance(error, USER_ERRORS) or machine
 
 
 def message_of(error: BaseException) -> str:
@@ -35,6 +36,8 @@ def message_of(error: BaseException) -> str:
     text = str(error)
     if isinstance(error, OSError) and error.filename:
         return f"{error.strerror}: {error.filename}"
+    if isinstance(error, MemoryError):
+        return f"out of memory{': ' + text if text else ''}"
     if "\nOriginal Traceback (most recent call last):\n" not in text:
         return text
     kind = type(error)

@@ -18,6 +18,8 @@ def failing(error):
     (UsageError("--out x holds a run"), "tool: error: --out x holds a run"),
     (ValueError("bad genotype"), "tool: error: bad genotype"),
     (FileNotFoundError(2, "No such file or directory", "/nope.pt"), "tool: error: No such file or directory: /nope.pt"),
+    (MemoryError(), "tool: error: out of memory"),
+    (MemoryError("Unable to allocate 7.28 TiB"), "tool: error: out of memory: Unable to allocate 7.28 TiB"),
 ])
 def test_user_errors_are_one_line(capsys, error, message):
     assert run(failing(error), "tool") == 2
