@@ -24,6 +24,7 @@ from nasfast.data import CamVid, EvalTransform, make_dataset
 from nasfast.evaluate import evaluate_model, evaluation_loader
 from nasfast.data.transforms import to_tensors
 from nasfast.export import fold_batch_norms
+from nasfast.files import read_records
 from nasfast.genotype import ZOO
 from nasfast.model import create_model
 from nasfast.ops import SeparableConvBNReLU
@@ -53,6 +54,24 @@ def test_training_logs_the_same_for_tensorboard(trained):
     scalars = tensorboard_scalars(trained / "tensorboard")
     assert scalars["val_miou"] == [(r["epoch"] + 1, pytest.approx(r["val_miou"])) for r in log]
     assert {"loss", "val_pixel_acc", "seconds"} <= set(scalars)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_search_train_and_evaluate_on_the_gpu_as_a_user_runs_them(camvid_root, tmp_path):
+    search_dir, train_dir = tmp_path / "search", tmp_path / "train"
+    run("nasfast.search", "--dataset", "camvid", "--preset", "tiny", "--budget", "2", "--device", "cuda",
+        "--no-progress", "--out", str(search_dir))
+    records = read_records(str(search_dir / "candidates.jsonl"))
+    assert [r["status"] for r in records] == ["ok", "ok"] and all(0 < r["reward"] <= 1 for r in records)
+    run("nasfast.train", "--genotype", str(search_dir), "--preset", "tiny", "--epochs", "1", "--device", "cuda",
+        "--no-progress", "--out", str(train_dir))
+    best = str(train_dir / "best.pt")
+    scores = {device: json.loads(run("nasfast.evaluate", "--checkpoint", best, "--limit", "8", "--device", device,
+                                     "--json", "--no-progress").stdout)["miou"] for device in ("cuda", "cpu")}
+    # the images the tiny preset validates on: the mIoU training logged, on either device
+    assert scores["cuda"] == pytest.approx(load_checkpoint(best)["best_miou"], abs=1e-3)
+    assert scores["cpu"] == pytest.approx(scores["cuda"], abs=1e-3)
 
 
 def test_training_logs_val_miou_and_saves_checkpoints(trained):
