@@ -7,7 +7,7 @@ from typing import Any, Dict, Sequence
 import torch
 
 from .cli import UsageError
-from .files import BEST, LAST
+from .files import checkpoints_in
 from .model import Segmenter, create_model
 
 MODEL_KEYS = ("model", "genotype", "num_classes", "channels", "sep_repeats")
@@ -29,9 +29,8 @@ def check_classes(where: str, class_names: Sequence[str], checkpoint: Dict[str, 
 def load_checkpoint(path: str, keys: Sequence[str] = MODEL_KEYS) -> Dict[str, Any]:
     """The checkpoint in `path`; UsageError when it is not one of python -m nasfast.train or lacks `keys`."""
     if os.path.isdir(path):
-        held = [name for name in (BEST, LAST) if os.path.isfile(os.path.join(path, name))]
-        raise UsageError(f"{path} is a directory: give a checkpoint"
-                         f"{' in it: ' + ' or '.join(os.path.join(path, n) for n in held) if held else ''}")
+        held = checkpoints_in(path)
+        raise UsageError(f"{path} is a directory: give a checkpoint{' in it: ' + ' or '.join(held) if held else ''}")
     if is_torchscript(path):  # torch.load would hand it to torch.jit.load
         raise UsageError(_not_a_checkpoint(path, "it is a TorchScript file, as python -m nasfast.export writes"))
     try:

@@ -147,6 +147,11 @@ def read_search_log(path: str) -> List[Dict[str, Any]]:
     return records
 
 
+def checkpoints_in(directory: str) -> List[str]:
+    """The paths of a training run's best.pt and last.pt in `directory`, those that are there."""
+    return [path for path in (os.path.join(directory, name) for name in (BEST, LAST)) if os.path.isfile(path)]
+
+
 def search_run_paths(path: str) -> Tuple[str, str]:
     """(RUN_DIR, its candidates.jsonl) of a search named by either; a log elsewhere (a copy) is
     taken with the directory it is in."""

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .files import BEST, LAST, SEARCH_LOG, SEARCH_STATE, read_search_log, search_run_paths
+from .files import SEARCH_LOG, SEARCH_STATE, checkpoints_in, read_search_log, search_run_paths
 
 OPERATIONS = ("conv1x1", "conv3x3", "sep3x3", "sep5x5", "gap", "conv3x3_d3", "conv3x3_d12",
               "sep3x3_d3", "sep5x5_d6", "skip", "zero")
@@ -234,7 +234,7 @@ def best_of_search(path: str) -> Genotype:
     """The design of the highest reward in a search's log (`path`: the run directory or the log)."""
     run_dir, log = search_run_paths(path)
     if not os.path.isfile(log):
-        trained = [os.path.join(run_dir, name) for name in (BEST, LAST) if os.path.isfile(os.path.join(run_dir, name))]
+        trained = checkpoints_in(run_dir)
         raise ValueError(f"{log}: no such search log" + (f" ({run_dir} holds a training run: give its checkpoint, "
                                                           f"{trained[0]}, for its design)" if trained else ""))
     records = read_search_log(log)
