@@ -49,7 +49,7 @@ def jetson_state() -> str:
 
 def timed(model, x, device, runs: int, warmup: int, max_seconds: float) -> Tuple[float, float, int]:
     """(mean ms, std ms, passes timed): `runs` passes after `warmup`, fewer (at least 2 of each)
-    where they would take more than max_seconds (half of it for the warm-up)."""
+    where the timed passes would take more than max_seconds, or the warm-up more than half of it."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     with torch.no_grad():
         start = time.perf_counter()
@@ -102,8 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="untimed passes before timing, at least 2 (TorchScript optimises the model during its "
                              "first two) [10]")
     parser.add_argument("--max-seconds", type=positive_float, default=60,
-                        help="time limit of each variant: fewer passes (at least 2) where --runs would take longer, "
-                             "the count shown in its row; half of it for the warm-up [60]")
+                        help="time limit of each variant's timed passes: fewer (at least 2) where --runs would take "
+                             "longer, the count shown in its row; the warm-up stops at half of it [60]")
     parser.add_argument("--threads", type=positive_int, help="CPU threads (torch.set_num_threads) [torch's choice]")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
     return parser
@@ -147,8 +147,8 @@ def main(argv=None) -> int:
     with_compile = not args.no_compile
 
     print(f"device: {args.device} ({note}); torch {torch.__version__}; input 1x3x{args.size}x{args.size}; "
-          f"{args.runs} passes after {args.warmup} warm-up (at most {args.max_seconds:g} s a variant); ops library: "
-          f"{nasfast.ops.library_path()}")
+          f"{args.runs} passes after {args.warmup} warm-up (timed passes: at most {args.max_seconds:g} s a variant); "
+          f"ops library: {nasfast.ops.library_path()}")
     print(f"{'arch':<8} {'params':>10} {'MAdds':>7} {'variant':<22} {'ms (mean ± std)':>18} {'vs eager':>8}")
     x = torch.randn(1, 3, args.size, args.size, device=device)
     for name, genotype in to_time:
