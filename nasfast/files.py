@@ -19,16 +19,20 @@ LOCK = ".lock"
 LOCK_HELD = (errno.EACCES, errno.EAGAIN)  # what lockf says when another process holds the lock
 
 
+class Unwritable(ValueError):
+    """A run directory that cannot be written, so cannot be locked."""
+
+
 def lock_directory(directory: str):
     """Locks a run directory for this process until it ends (a killed process's lock is released
-    too) and returns the open lock file, to be kept; ValueError while another process holds it, or
-    where the directory cannot be written."""
+    too) and returns the open lock file, to be kept; ValueError while another process holds it,
+    Unwritable where the directory cannot be written."""
     try:
         handle = open(os.path.join(directory, LOCK), "a+")
     except OSError as error:
         if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise
-        raise ValueError(f"{directory} cannot be written ({error.strerror}): a run keeps its state there; choose "
+        raise Unwritable(f"{directory} cannot be written ({error.strerror}): a run keeps its state there; choose "
                          f"a writable directory (or copy a run to one to go on with it)") from None
     try:
         fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

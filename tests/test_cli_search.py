@@ -217,6 +217,22 @@ def test_resume_past_the_budget_says_so(saved_search, capsys):
     assert "top 3 of 3 candidates" in out
 
 
+def test_resume_in_a_directory_that_cannot_be_written_points_to_the_report(saved_search, monkeypatch, capsys):
+    import builtins
+    import errno
+    import nasfast.files
+
+    def read_only(path, mode="r", **kwargs):
+        if mode.strip("b") == "r":
+            return builtins.open(path, mode, **kwargs)
+        raise OSError(errno.EROFS, "Read-only file system", path)
+    monkeypatch.setattr(nasfast.files, "open", read_only, raising=False)
+    assert search("--resume", saved_search) == 2
+    error = capsys.readouterr().err
+    assert len(error.splitlines()) == 1 and f"{saved_search} cannot be written (Read-only file system)" in error
+    assert error.endswith(f"; python -m nasfast.report {saved_search} shows its results without writing\n")
+
+
 def test_resume_keeps_the_budgets_not_given_again(saved_search, capsys):
     assert search("--resume", saved_search, "--no-progress") == 0
     assert "already done: budget of 3 candidates reached" in capsys.readouterr().err

@@ -12,7 +12,8 @@ import torch
 
 from ..cli import counted, progress_bar
 from ..data import DataError
-from ..files import CONFIG, LOCK, SEARCH_LOG, SEARCH_STATE, append_record, lock_directory, save_torch, write_json
+from ..files import (CONFIG, LOCK, SEARCH_LOG, SEARCH_STATE, Unwritable, append_record, lock_directory, save_torch,
+                     write_json)
 from ..genotype import Genotype
 from ..strategies import Proposal, make_strategy
 from ..tensorboard import TensorBoardLog
@@ -109,7 +110,11 @@ class Search:
         self._made_run_dir = not os.path.isdir(self.run_dir)
         os.makedirs(self.run_dir, exist_ok=True)
         self._made_lock = not os.path.exists(self.path(LOCK))
-        self._lock = lock_directory(self.run_dir)
+        try:
+            self._lock = lock_directory(self.run_dir)
+        except Unwritable as error:  # a finished search copied to read-only storage, say
+            raise Unwritable(f"{error}; python -m nasfast.report {self.run_dir} shows its results without "
+                             f"writing") from None
 
     def abandon(self) -> None:
         """Gives RUN_DIR back after a failure before start(): what was made for it (the directory,
