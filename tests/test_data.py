@@ -559,6 +559,20 @@ def test_own_data_read_as_camvid_suggests_the_folder_dataset(tmp_path):
         make_dataset("camvid", str(root))
 
 
+def test_a_named_dataset_read_as_your_own_data_is_named(tmp_path, camvid_root):
+    with pytest.raises(FileNotFoundError, match=re.escape(
+            f"class list {camvid_root / 'classes.txt'} not found; write one class name a line, the line number from "
+            f"0 being the class index in the labels; {camvid_root} holds camvid's layout: give --dataset camvid")):
+        make_dataset("folder", str(camvid_root))
+    make_voc(tmp_path, camvid_root)
+    (tmp_path / "ImageSets" / "Segmentation" / "train_aug.txt").write_text("2007_000032\n")
+    with pytest.raises(FileNotFoundError, match="holds voc's layout: give --dataset voc$"):
+        make_dataset("folder", str(tmp_path))
+    (tmp_path / "ImageSets" / "Segmentation" / "train_aug.txt").unlink()  # no longer VOC either
+    with pytest.raises(FileNotFoundError, match="the class index in the labels$"):
+        make_dataset("folder", str(tmp_path))
+
+
 def test_a_data_root_above_the_dataset_is_named_with_the_one_below(tmp_path):
     (tmp_path / "camvid").mkdir()
     with pytest.raises(FileNotFoundError, match=re.escape(

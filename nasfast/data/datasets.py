@@ -1,5 +1,6 @@
 """The datasets by name: CamVid, PASCAL VOC 2012 (+SBD) and a folder of your own (folder.py); where
 their files are found, and the warnings about what their labels and splits hold."""
+import contextlib
 import os
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -215,7 +216,20 @@ def make_dataset(name: str, root: Optional[str] = None, split: Optional[str] = N
     except (DataError, FileNotFoundError) as error:
         if name != "folder" and (found / "classes.txt").is_file() and (found / "images").is_dir():
             raise OtherLayout(error, name, found) from None
+        kind = DataError if isinstance(error, DataError) else FileNotFoundError
         if (found / name).is_dir():  # --data-root (or NASFAST_DATA/name) one level above the dataset
-            kind = DataError if isinstance(error, DataError) else FileNotFoundError
             raise kind(f"{error}; {found / name} may be the dataset: give --data-root {found / name}") from None
+        named = named_layout(found) if name == "folder" else None
+        if named:
+            raise kind(f"{error}; {found} holds {named}'s layout: give --dataset {named}") from None
         raise
+
+
+def named_layout(root: Path) -> Optional[str]:
+    """The named dataset (camvid, voc) whose training split can be read at root, or None."""
+    for name, (cls, train_split, _) in DATASETS.items():
+        if name != "folder":
+            with contextlib.suppress(DataError, FileNotFoundError):
+                cls(root, train_split)
+                return name
+    return None
