@@ -252,13 +252,16 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
             with cpu_memory_cache(device):
                 loss = train_epoch(model, bar, epoch, optimizers, config, ignore_index, device,
                                    (args.out, saved_epochs))
+            validation_started = time.time()
             validation = progress_bar(val_loader, desc=f"validation {epoch + 1}/{config.epochs}", unit="batch",
                                       disable=args.no_progress, leave=False)
             metrics = evaluate_model(model, validation, num_classes, ignore_index, (), device)
             improved = better(metrics["miou"], best)
             best = metrics["miou"] if improved else best
+            finished = time.time()
             record = finite_or_none({"epoch": epoch, "loss": loss, "val_miou": metrics["miou"],
-                                     "val_pixel_acc": metrics["pixel_acc"], "seconds": round(time.time() - started, 2)})
+                                     "val_pixel_acc": metrics["pixel_acc"], "seconds": round(finished - started, 2),
+                                     "val_seconds": round(finished - validation_started, 2)})
             state = checkpoint_state(model, optimizers, epoch, best, genotype, args.dataset, data, config)
             state["record"] = record  # the log's line, should the run stop before it is appended
             # Until an epoch has a finite mIoU, best.pt is the first epoch's: it exists once announced.

@@ -146,6 +146,7 @@ def test_ctrl_c_says_where_the_run_stands_and_resume_finishes_it_as_if_never_sto
     assert train_cli("--resume", out, "--no-progress") == 0  # as printed; --out OUT --resume works too
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [0, 1]
+    assert all(0 < r["val_seconds"] < r["seconds"] for r in log)  # the validation is part of the epoch
     captured = capsys.readouterr()
     assert json.loads(captured.out)["best_checkpoint"] == str(out / "best.pt")
     assert captured.err.startswith(f"resuming {out} at epoch 2 of 2 (last.pt)\n")

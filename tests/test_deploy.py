@@ -53,7 +53,7 @@ def test_training_logs_the_same_for_tensorboard(trained):
     log = [json.loads(line) for line in (trained / "log.jsonl").read_text().splitlines()]
     scalars = tensorboard_scalars(trained / "tensorboard")
     assert scalars["val_miou"] == [(r["epoch"] + 1, pytest.approx(r["val_miou"])) for r in log]
-    assert {"loss", "val_pixel_acc", "seconds"} <= set(scalars)
+    assert {"loss", "val_pixel_acc", "seconds", "val_seconds"} <= set(scalars)
 
 
 @pytest.mark.cuda
