@@ -512,3 +512,196 @@ def test_stage2_trains_encoder_and_decoder_at_their_rates_and_rewards_the_polyak
         averaged, raw = score(averages[0].average), score(trained[0])
     assert raw != pytest.approx(averaged, abs=1e-3)
     assert reward == pytest.approx(averaged, abs=1e-6)
+
+
+def test_paper_preset_is_the_spec_protocol():
+    """SPEC section 4: "PPO (clipped ratio, ε = 0.1), Adam lr 1e-4, ... baseline (decay 0.95)". Section 5:
+    "10% val"; stage 1 "4,000 images ... 5 epochs, Adam lr 3e-3 ... 0.3 · mean squared error ... (decay 0.9)";
+    "p starts at 0.9"; stage 2 "1 epoch; encoder SGD (momentum 0.9, lr 1e-3), decoder Adam (3e-3); Polyak decay
+    0.99; no distillation"; the reward on meta-val (all of it), a stage-2 epoch all of meta-train."""
+    config = preset("paper").to_dict()
+    found = {**{k: v for k, v in config.items() if k not in ("stage1", "stage2")},
+             **{f"{stage}.{k}": v for stage in ("stage1", "stage2") for k, v in config[stage].items()}}
+    spec = {"val_fraction": 0.1, "stage1_images": 4000, "val_images": 0, "stage2_images": 0, "strategy": "ppo",
+            "stage1.epochs": 5, "stage1.decoder_lr": 3e-3, "stage1.polyak_decay": 0.9, "stage1.distillation": 0.3,
+            "stage1.encoder_lr": 0.0,
+            "stage2.epochs": 1, "stage2.encoder_lr": 1e-3, "stage2.decoder_lr": 3e-3, "stage2.polyak_decay": 0.99,
+            "stage2.distillation": 0.0,
+            "gate_p_start": 0.9, "ppo_clip": 0.1, "controller_lr": 1e-4, "baseline_decay": 0.95}
+    assert {k: found[k] for k in spec} == spec
+
+
+def stage1_cache(teacher: bool = False) -> FeatureCache:
+    g = torch.Generator().manual_seed(0)
+    return FeatureCache([torch.randn(8, *s, generator=g) for s in STAGE1_SHAPES],
+                        torch.randint(0, 3, (8, 16, 16), generator=g),
+                        torch.randn(8, 3, 16, 16, generator=g) if teacher else None)
+
+
+def recording_steps(monkeypatch, candidate):
+    """Per descent step: the loss, and each optimizer's (parameter, gradient) pairs after the step."""
+    steps = []
+
+    def descend_and_record(loss, *optimizers):
+        value = loss.item()
+        descend(loss, *optimizers)
+        steps.append((value, [[(p.detach().clone(), None if p.grad is None else p.grad.clone())
+                               for group in o.param_groups for p in group["params"]] for o in optimizers]))
+    monkeypatch.setattr(candidate, "descend", descend_and_record)
+    return steps
+
+
+def polyak_of(start, steps_params, decay):
+    """The Polyak average of parameters `start` updated with every step's parameters."""
+    average = [p.clone() for p in start]
+    for params in steps_params:
+        average = [a + (1 - decay) * (p - a) for a, p in zip(average, params)]
+    return average
+
+
+def test_stage1_takes_adam_steps_at_its_rate_and_averages_every_step_with_its_decay(monkeypatch, one_thread):
+    import nasfast.search.candidate as candidate
+    averages, _ = recording(monkeypatch, candidate)
+    steps = recording_steps(monkeypatch, candidate)
+    config = preset("tiny")
+    config.stage1.epochs, config.stage1.decoder_lr, config.stage1.polyak_decay = 4, 0.02, 0.8
+    cache = stage1_cache()
+    ctx = SimpleNamespace(config=config, stage1=cache, stage1_val=cache, device=torch.device("cpu"), num_classes=3,
+                          ignore_index=255, exclude=())
+    start = [p.detach().clone() for p in tiny_decoder().parameters()]
+    candidate.run_stage1(tiny_decoder(), ctx, torch.Generator().manual_seed(1))
+    assert len(steps) == 4 and [len(optimizers) for _, optimizers in steps] == [1] * 4
+    first = steps[0][1][0]
+    reached = [(before, after, grad) for before, (after, grad) in zip(start, first)
+               if grad is not None and grad.abs().max() > 1e-6]
+    assert len(reached) > len(start) // 2
+    for before, after, grad in reached:  # Adam's first step: lr · g / (|g| + eps)
+        torch.testing.assert_close(after, before - 0.02 * grad / (grad.abs() + 1e-8), rtol=0, atol=1e-6)
+    assert len(averages) == 1 and averages[0].decay == 0.8
+    expected = polyak_of(start, [[p for p, _ in optimizers[0]] for _, optimizers in steps], 0.8)
+    for average, want in zip(averages[0].average.parameters(), expected):
+        torch.testing.assert_close(average, want, rtol=0, atol=1e-6)
+
+
+def test_stage1_loss_adds_the_distillation_to_the_cached_teacher_logits(monkeypatch, one_thread):
+    """SPEC section 5: stage 1's loss adds 0.3 · MSE(student logits, teacher logits), the teacher's cached."""
+    import nasfast.search.candidate as candidate
+    steps = recording_steps(monkeypatch, candidate)
+    config = preset("tiny")
+    config.stage1.epochs = 1
+    cache = stage1_cache(teacher=True)
+    ctx = SimpleNamespace(config=config, stage1=cache, stage1_val=cache, device=torch.device("cpu"), num_classes=3,
+                          ignore_index=255, exclude=())
+    feats, labels, teacher = cache.batch(torch.arange(8))
+    with torch.no_grad():
+        outputs = tiny_decoder().train().forward_with_aux(feats)
+        distilled = segmentation_loss(*outputs, labels, 255, config.aux_weight, teacher, 0.3).item()
+        plain = segmentation_loss(*outputs, labels, 255, config.aux_weight).item()
+    candidate.run_stage1(tiny_decoder(), ctx, torch.Generator().manual_seed(1))
+    assert distilled - plain > 0.1
+    assert steps[0][0] == pytest.approx(distilled, abs=1e-5)
+
+
+def test_stage2_encoder_sgd_has_momentum_and_the_average_its_decay_at_every_step(monkeypatch, one_thread):
+    """SPEC section 5: stage 2's encoder SGD has momentum 0.9; its Polyak decay is stage 2's (0.99 by default)."""
+    import nasfast.search.candidate as candidate
+    averages, _ = recording(monkeypatch, candidate)
+    steps = recording_steps(monkeypatch, candidate)
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.randn(4, 3, 64, 64, generator=g), torch.randint(0, 3, (4, 64, 64), generator=g)
+    config = preset("tiny")
+    config.stage2.encoder_lr, config.stage2.polyak_decay = 0.02, 0.95
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        encoder = TinyEncoder()
+    start = [p.detach().clone() for p in encoder.parameters()]
+    ctx = SimpleNamespace(config=config, device=torch.device("cpu"), num_classes=3, ignore_index=255, exclude=(),
+                          make_encoder=lambda: encoder, val_batches=lambda: [(images, labels)],
+                          stage2_batches=lambda seed: [(images[:2], labels[:2]), (images[2:], labels[2:])])
+    candidate.run_stage2(tiny_decoder(TinyEncoder.channels), ctx, seed=7)
+    assert len(steps) == 2
+    (first, _), (second, _) = (optimizers for _, optimizers in steps)
+    reached = 0
+    for p0, (p1, g1), (p2, g2) in zip(start, first, second):
+        if g1 is None or g2 is None:
+            continue
+        reached += 1
+        torch.testing.assert_close(p1, p0 - 0.02 * g1, rtol=0, atol=1e-6)
+        torch.testing.assert_close(p2, p1 - 0.02 * (0.9 * g1 + g2), rtol=0, atol=1e-6)
+    assert reached >= 2 and max((0.02 * 0.9 * g).abs().max() for _, g in first if g is not None) > 1e-4
+    assert len(averages) == 1 and averages[0].decay == 0.95
+    expected = polyak_of(start, [[p for p, _ in optimizers[0]] for _, optimizers in steps], 0.95)
+    for average, want in zip(averages[0].average.encoder.parameters(), expected):
+        torch.testing.assert_close(average, want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("go", [False, True])
+def test_a_stopped_candidates_reward_is_its_stage1_reward_and_stage2_is_skipped(monkeypatch, one_thread, go):
+    """SPEC section 5: "A stopped candidate's reward is its stage-1 reward"; one that continues gets stage 2's."""
+    import nasfast.search.candidate as candidate
+
+    def stage2(decoder, ctx, seed):
+        assert go, "stage 2 of a stopped candidate"
+        return 0.77
+    monkeypatch.setattr(candidate, "run_stage2", stage2)
+    decisions = []
+
+    def decide(reward, coin):
+        decisions.append((reward, coin))
+        return go
+    cache = stage1_cache()
+    ctx = SimpleNamespace(config=preset("tiny"), stage1=cache, stage1_val=cache, device=torch.device("cpu"),
+                          num_classes=3, ignore_index=255, exclude=(), in_channels=[s[0] for s in STAGE1_SHAPES],
+                          in_strides=(4, 8, 16, 32))
+    record = candidate.evaluate_candidate(ZOO["arch0"], 0, ctx, decide)
+    assert len(decisions) == 1 and 0 <= decisions[0][1] < 1
+    assert 0 < record["stage1_reward"] == decisions[0][0] <= 1
+    assert record["gate"] == ("continue" if go else "stop")
+    assert record["stage2_reward"] == (0.77 if go else None)
+    assert record["reward"] == (0.77 if go else record["stage1_reward"])
+
+
+def gate_after(rewards, anneal=1000) -> Gate:
+    gate = Gate(p_start=0.9, p_end=0.1, anneal=anneal)
+    for reward in rewards:
+        gate.decide(reward, coin=0.0)
+    return gate
+
+
+@pytest.mark.parametrize("reward, go", [(0.5 + 1e-6, True), (0.5, False), (0.5 - 1e-6, False)])
+def test_gate_continues_only_strictly_above_the_arithmetic_mean(reward, go):
+    """With a coin over p, only a reward above the mean 0.5 of (0.25, 1.0, 0.25) continues."""
+    gate = gate_after([0.25, 1.0, 0.25])
+    assert gate.total / gate.count == 0.5
+    assert gate.decide(reward, coin=0.999) == go
+
+
+def test_gate_anneals_p_linearly():
+    assert [gate_after([0.5] * n, anneal=8).p() for n in (0, 2, 4, 6, 8, 12)] == \
+        pytest.approx([0.9, 0.7, 0.5, 0.3, 0.1, 0.1])
+
+
+@pytest.mark.parametrize("n, fraction, seed", [(367, 0.1, 0), (367, 0.1, 5), (100, 0.3, 1), (21, 0.1, 2)])
+def test_meta_train_and_meta_val_are_disjoint_and_cover_the_training_images(n, fraction, seed):
+    from nasfast.search.context import split_indices
+    train, val = split_indices(n, fraction, seed)
+    assert not set(train) & set(val) and sorted(train + val) == list(range(n))
+    assert len(val) == round(n * fraction)
+
+
+def test_meta_val_is_drawn_at_random():
+    from nasfast.search.context import split_indices
+    splits = [split_indices(367, 0.1, seed)[1] for seed in (0, 1)]
+    assert splits[0] != splits[1] and splits[0] != list(range(37))
+
+
+@pytest.mark.parametrize("stage1_images, val_images", [(48, 16), (1000, 0), (330, 37)])
+def test_stage1_images_come_from_meta_train_and_scored_images_from_meta_val(stage1_images, val_images):
+    from nasfast.search.context import _images, split_indices
+    config = preset("tiny")
+    config.stage1_images, config.val_images, config.seed = stage1_images, val_images, 4
+    train, stage1, val, _ = _images(config, 367)
+    meta_train, meta_val = split_indices(367, config.val_fraction, config.seed)
+    assert sorted(train) == meta_train and not set(train) & set(val)
+    assert set(stage1) <= set(train) and len(set(stage1)) == min(stage1_images, len(train))
+    assert set(val) <= set(meta_val) and len(set(val)) == (val_images or len(meta_val))

@@ -173,6 +173,27 @@ def test_updates_use_the_log_prob_recorded_at_sampling():
     assert not all(torch.equal(x, y) for x, y in zip(start, parameters(ppo)))
 
 
+@pytest.mark.parametrize("advantage_sign, log_ratio, moves", [
+    (+1, +1.0, False),  # ratio e > 1 + clip: the clipped term, a constant, is the smaller
+    (+1, -1.0, True),   # ratio 1/e < 1 - clip: min takes the unclipped ratio * A
+    (-1, -1.0, False),  # ratio 1/e < 1 - clip: the clipped term (1 - clip) * A is the smaller
+    (-1, +1.0, True),   # ratio e > 1 + clip: min takes the unclipped ratio * A
+])
+def test_the_surrogate_is_the_pessimistic_min_of_the_ratio_and_its_clip_to_both_bounds(advantage_sign, log_ratio,
+                                                                                       moves):
+    """SPEC section 4: PPO's clipped ratio, min(r A, clip(r, 1 - 0.1, 1 + 0.1) A): the gradient is zero
+    exactly where the clip bounds the ratio on the side the advantage favours."""
+    ppo = PPOController(seed=2, ppo_epochs=1)
+    first, second = ppo.sample(), ppo.sample()
+    ppo.update([first], [0.5])  # initialises the baseline: advantage 0, nothing learnt
+    start = parameters(ppo)
+    stale = Proposal(second.genotype, second.decisions, second.log_prob - log_ratio)
+    stats = ppo.update([stale], [0.5 + advantage_sign * 0.5])
+    assert stats["advantage"] * advantage_sign > 0
+    changed = not all(torch.equal(x, y) for x, y in zip(start, parameters(ppo)))
+    assert changed == moves
+
+
 def test_out_of_order_batches_and_baseline():
     ppo = PPOController(seed=2)
     first, second, third = ppo.sample(), ppo.sample(), ppo.sample()
