@@ -690,9 +690,13 @@ def test_meta_train_and_meta_val_are_disjoint_and_cover_the_training_images(n, f
 
 
 def test_meta_val_is_drawn_at_random():
-    from nasfast.search.context import split_indices
+    from nasfast.search.context import _images, split_indices
     splits = [split_indices(367, 0.1, seed)[1] for seed in (0, 1)]
     assert splits[0] != splits[1] and splits[0] != list(range(37))
+    config = preset("tiny")  # scores 16 of the 37 meta-val images: at random too, not the first 16
+    _, _, val, _ = _images(config, 367)
+    meta_val = split_indices(367, config.val_fraction, config.seed)[1]
+    assert len(val) == 16 and val != meta_val[:16] and max(val) >= 163  # CamVid's third sequence starts at 163
 
 
 @pytest.mark.parametrize("stage1_images, val_images", [(48, 16), (1000, 0), (330, 37)])

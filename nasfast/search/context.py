@@ -140,9 +140,14 @@ def _images(config: SearchConfig, n: int) -> Tuple[List[int], List[int], List[in
         raise ValueError(f"--stage2-batch-size {config.stage2.batch_size} exceeds the {stage2_count} images of a "
                          f"stage-2 epoch")
     generator = torch.Generator().manual_seed(config.seed)
-    stage1_ids = sorted(torch.tensor(train_ids)[torch.randperm(len(train_ids), generator=generator)]
-                        [:config.stage1_images].tolist())
-    return train_ids, stage1_ids, val_ids[:config.val_images] if config.val_images else val_ids, stage2_count
+    stage1_ids = _sample(train_ids, config.stage1_images, generator)
+    return train_ids, stage1_ids, _sample(val_ids, config.val_images or len(val_ids), generator), stage2_count
+
+
+def _sample(ids: List[int], count: int, generator: torch.Generator) -> List[int]:
+    """`count` of `ids` at random (all of them when there are fewer), sorted: the lists are in the
+    dataset's order, often by sequence or year, which their first few would not cover."""
+    return sorted(torch.tensor(ids)[torch.randperm(len(ids), generator=generator)][:count].tolist())
 
 
 def _fingerprint(pairs) -> str:
