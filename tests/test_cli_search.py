@@ -31,7 +31,7 @@ def search(*argv) -> int:
         return stop.code
 
 
-def fake_evaluate(genotype, index, ctx, decide):
+def fake_evaluate(genotype, index, ctx, decide, known=None):
     return dict(reward=0.5, stage1_reward=0.5, stage2_reward=None, gate="stop", params=1, madds=3_600_000,
                 seconds=0.0)
 
@@ -262,7 +262,7 @@ def test_resume_warns_of_lost_log_lines(saved_search, capsys):
 
 
 def test_failures_are_explained_and_all_failed_exits_1(tmp_path, no_data, monkeypatch, capsys):
-    def fail(genotype, index, ctx, decide):
+    def fail(genotype, index, ctx, decide, known):
         raise CandidateFailed(f"non-finite loss (nan) at stage 1, step {index}")
 
     monkeypatch.setattr(loop, "evaluate_candidate", fail)
@@ -371,7 +371,7 @@ def test_a_teacher_of_another_class_count_or_non_finite_logits_is_refused_before
 def test_a_data_error_in_a_candidate_stops_the_search_and_resume_goes_on(saved_search, capsys, monkeypatch):
     from nasfast.data import DataError
 
-    def broken_label(genotype, index, ctx, decide):
+    def broken_label(genotype, index, ctx, decide, known):
         raise DataError("labels/x.png: label values [42] are neither classes [0, 11) nor the ignore index 255")
 
     monkeypatch.setattr(loop, "evaluate_candidate", broken_label)

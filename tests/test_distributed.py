@@ -21,7 +21,7 @@ from nasfast.search.records import keep_finished_records
 REPO = Path(__file__).resolve().parents[1]
 
 
-def fake_evaluate(genotype, index, ctx, decide):
+def fake_evaluate(genotype, index, ctx, decide, known=None):
     stage1_reward = 0.1 + index / 100
     go = decide(stage1_reward, 0.5)
     return dict(reward=stage1_reward, stage1_reward=stage1_reward, stage2_reward=None,

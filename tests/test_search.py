@@ -117,7 +117,7 @@ def test_ctrl_c_saves_and_exits_cleanly_and_a_running_search_is_not_resumed_twic
 def test_a_failing_candidate_is_logged_and_the_search_goes_on(tmp_path, monkeypatch):
     import nasfast.search.loop as loop
 
-    def evaluate(genotype, index, context, gate):
+    def evaluate(genotype, index, context, gate, known):
         if index == 1:
             raise CandidateFailed("non-finite loss (nan) at stage 1, step 3")
         return dict(reward=0.5, stage1_reward=0.5, stage2_reward=None, gate="stop", params=1, madds=1, seconds=0.0)
@@ -364,7 +364,7 @@ def test_distillation_from_a_torchscript_teacher_and_time_budget(tmp_path, camvi
 def test_ctrl_c_during_the_bookkeeping_takes_effect_after_the_state_is_saved(tmp_path, monkeypatch):
     import nasfast.search.loop as loop
 
-    monkeypatch.setattr(loop, "evaluate_candidate", lambda g, i, c, gate: dict(
+    monkeypatch.setattr(loop, "evaluate_candidate", lambda g, i, c, gate, known: dict(
         reward=0.5, stage1_reward=0.5, stage2_reward=None, gate="stop", params=1, madds=1, seconds=0.0))
     real_save = loop.save_torch
 
@@ -649,16 +649,37 @@ def test_a_stopped_candidates_reward_is_its_stage1_reward_and_stage2_is_skipped(
     def decide(reward, coin):
         decisions.append((reward, coin))
         return go
-    cache = stage1_cache()
-    ctx = SimpleNamespace(config=preset("tiny"), stage1=cache, stage1_val=cache, device=torch.device("cpu"),
-                          num_classes=3, ignore_index=255, exclude=(), in_channels=[s[0] for s in STAGE1_SHAPES],
-                          in_strides=(4, 8, 16, 32))
-    record = candidate.evaluate_candidate(ZOO["arch0"], 0, ctx, decide)
+    record = candidate.evaluate_candidate(ZOO["arch0"], 0, stage1_context(), decide)
     assert len(decisions) == 1 and 0 <= decisions[0][1] < 1
     assert 0 < record["stage1_reward"] == decisions[0][0] <= 1
     assert record["gate"] == ("continue" if go else "stop")
     assert record["stage2_reward"] == (0.77 if go else None)
     assert record["reward"] == (0.77 if go else record["stage1_reward"])
+
+
+def stage1_context() -> SimpleNamespace:
+    """What evaluate_candidate reads of a search's context up to stage 2, on a small cache."""
+    cache = stage1_cache()
+    return SimpleNamespace(config=preset("tiny"), stage1=cache, stage1_val=cache, device=torch.device("cpu"),
+                           num_classes=3, ignore_index=255, exclude=(), in_channels=[s[0] for s in STAGE1_SHAPES],
+                           in_strides=(4, 8, 16, 32))
+
+
+def test_a_candidate_failing_in_stage2_is_logged_with_its_size_stage1_reward_and_gate_decision(monkeypatch,
+                                                                                               one_thread):
+    """The gate counted its stage-1 reward in its mean: the log shows it too (SPEC section 6)."""
+    import nasfast.search.candidate as candidate
+    import nasfast.search.loop as loop
+
+    def stage2(decoder, ctx, seed):
+        raise RuntimeError("CUDA out of memory")
+    monkeypatch.setattr(candidate, "run_stage2", stage2)
+    gate = Gate()
+    record = loop.evaluate_record(ZOO["arch0"], 0, stage1_context(), gate.decide)
+    assert record["status"] == "failed" and record["error"] == "RuntimeError: CUDA out of memory"
+    assert record["gate"] == "continue" and 0 < record["stage1_reward"] == gate.total
+    assert record["params"] > 0 and record["madds"] > 0
+    assert record["reward"] is None and record["stage2_reward"] is None
 
 
 def gate_after(rewards, anneal=1000) -> Gate:

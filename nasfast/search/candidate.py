@@ -1,7 +1,7 @@
 """Training and scoring one candidate design: stage 1, the gate, stage 2 (SPEC section 5)."""
 import math
 import time
-from typing import Callable, Iterable, List, Tuple
+from typing import Callable, Iterable, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -99,11 +99,15 @@ def run_stage2(decoder: Decoder, ctx: SearchContext, seed: int) -> float:
     return _score(lambda x: averaged.decoder(averaged.encoder(x)), batches, ctx)
 
 
-def evaluate_candidate(genotype, index: int, ctx: SearchContext, decide: Callable[[float, float], bool]) -> dict:
+def evaluate_candidate(genotype, index: int, ctx: SearchContext, decide: Callable[[float, float], bool],
+                       known: Optional[dict] = None) -> dict:
     """Trains and scores one design. `decide(stage1_reward, coin)` is the gate (Gate.decide, or a
     round trip to the process that owns the gate). Returns the fields of its log record (SPEC
-    section 6); raises on failure (the caller records it as failed)."""
+    section 6); raises on failure (the caller records it as failed). `known` gets each field as soon
+    as it is known, so that a failure in stage 2 still records the design's size, its stage-1
+    reward and the gate's decision (which the gate has counted)."""
     start = time.time()
+    fields = {} if known is None else known
     cfg = ctx.config
     seed = candidate_seed(cfg.seed, index)
     torch.manual_seed(seed)
@@ -111,20 +115,15 @@ def evaluate_candidate(genotype, index: int, ctx: SearchContext, decide: Callabl
     decoder = Decoder(genotype, in_channels=ctx.in_channels, num_classes=ctx.num_classes,
                       channels=cfg.channels, sep_repeats=cfg.sep_repeats, aux=cfg.aux,
                       in_strides=ctx.in_strides).to(ctx.device)
-    params = count_params(decoder) - count_params(decoder.aux)
     feats, _, _ = ctx.stage1.batch(torch.tensor([0]))
-    madds = count_madds(decoder, [tuple(f.shape[1:]) for f in feats])
+    fields.update(params=count_params(decoder) - count_params(decoder.aux),
+                  madds=count_madds(decoder, [tuple(f.shape[1:]) for f in feats]))
 
     stage1_reward = run_stage1(decoder, ctx, generator)
     coin = torch.rand((), generator=generator).item()
     go = decide(stage1_reward, coin)
+    fields.update(stage1_reward=stage1_reward, gate="continue" if go else "stop")
     stage2_reward = run_stage2(decoder, ctx, seed) if go else None
-    return {
-        "reward": stage2_reward if go else stage1_reward,
-        "stage1_reward": stage1_reward,
-        "stage2_reward": stage2_reward,
-        "gate": "continue" if go else "stop",
-        "params": params,
-        "madds": madds,
-        "seconds": round(time.time() - start, 3),
-    }
+    fields.update(reward=stage2_reward if go else stage1_reward, stage2_reward=stage2_reward,
+                  seconds=round(time.time() - start, 3))
+    return fields

@@ -33,14 +33,15 @@ def evaluate_record(genotype: Genotype, index: int, ctx: SearchContext,
     unless it is the data's (DataError): then the search stops, as every design would fail on it."""
     started = time.time()
     record: Dict[str, Any] = {"index": index, "genotype": genotype.to_list()}
+    known: Dict[str, Any] = {}  # the fields known before a failure
     try:
-        record.update(evaluate_candidate(genotype, index, ctx, decide))
+        record.update(evaluate_candidate(genotype, index, ctx, decide, known))
         record.update(status="ok", error=None)
     except (KeyboardInterrupt, SystemExit, DataError):
         raise
     except Exception as error:  # any failure of one design must not stop the search
-        record.update(reward=None, stage1_reward=None, stage2_reward=None, gate=None, params=None,
-                      madds=None, seconds=round(time.time() - started, 3), status="failed",
+        record.update({"stage1_reward": None, "gate": None, "params": None, "madds": None, **known}, reward=None,
+                      stage2_reward=None, seconds=round(time.time() - started, 3), status="failed",
                       error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc(limit=3))
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
