@@ -66,8 +66,8 @@ class SearchConfig:
     gate_p_start: float = option(0.9, "chance that the gate lets a below-mean candidate continue, at first",
                                  probability)
     gate_p_end: float = option(0.1, "... and at the end of the annealing (ours)", probability)
-    gate_anneal: int = option(1000, "candidates over which that chance goes linearly from start to end (ours)",
-                              positive_int)
+    gate_anneal: int = option(1000, "gate decisions (candidates that finished stage 1) over which that chance "
+                                    "goes linearly from start to end (ours)", positive_int)
     ppo_epochs: int = option(4, "PPO passes over each batch of rewards (ours)", positive_int)
     ppo_clip: float = option(0.1, "PPO clipping of the probability ratio", fraction)
     controller_lr: float = option(1e-4, "Adam learning rate of the controller", positive_float)

@@ -5,8 +5,8 @@ from typing import Dict
 class Gate:
     """Continues a candidate whose stage-1 reward beats the running mean of the stage-1 rewards
     seen so far; otherwise continues with probability p, annealed linearly from `p_start` to
-    `p_end` over `anneal` candidates. The coin is a number in [0, 1) given by the caller, so that
-    each decision can be replayed exactly."""
+    `p_end` over `anneal` decisions (a candidate that fails in stage 1 makes none). The coin is a
+    number in [0, 1) given by the caller, so that each decision can be replayed exactly."""
 
     def __init__(self, p_start: float = 0.9, p_end: float = 0.1, anneal: int = 1000):
         self.p_start, self.p_end, self.anneal = p_start, p_end, max(1, anneal)
