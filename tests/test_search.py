@@ -518,7 +518,8 @@ def test_paper_preset_is_the_spec_protocol():
     """SPEC section 4: "PPO (clipped ratio, ε = 0.1), Adam lr 1e-4, ... baseline (decay 0.95)". Section 5:
     "10% val"; stage 1 "4,000 images ... 5 epochs, Adam lr 3e-3 ... 0.3 · mean squared error ... (decay 0.9)";
     "p starts at 0.9"; stage 2 "1 epoch; encoder SGD (momentum 0.9, lr 1e-3), decoder Adam (3e-3); Polyak decay
-    0.99; no distillation"; the reward on meta-val (all of it), a stage-2 epoch all of meta-train."""
+    0.99; no distillation"; the reward on meta-val (all of it), a stage-2 epoch all of meta-train. Section 3:
+    "C = 48 during search", R "is 1 during search", auxiliary cells with "λ_aux = 0.15 in search"."""
     config = preset("paper").to_dict()
     found = {**{k: v for k, v in config.items() if k not in ("stage1", "stage2")},
              **{f"{stage}.{k}": v for stage in ("stage1", "stage2") for k, v in config[stage].items()}}
@@ -527,7 +528,8 @@ def test_paper_preset_is_the_spec_protocol():
             "stage1.encoder_lr": 0.0,
             "stage2.epochs": 1, "stage2.encoder_lr": 1e-3, "stage2.decoder_lr": 3e-3, "stage2.polyak_decay": 0.99,
             "stage2.distillation": 0.0,
-            "gate_p_start": 0.9, "ppo_clip": 0.1, "controller_lr": 1e-4, "baseline_decay": 0.95}
+            "gate_p_start": 0.9, "ppo_clip": 0.1, "controller_lr": 1e-4, "baseline_decay": 0.95,
+            "channels": 48, "sep_repeats": 1, "aux": "cell", "aux_weight": 0.15}
     assert {k: found[k] for k in spec} == spec
 
 
