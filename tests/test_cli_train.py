@@ -15,7 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from nasfast import evaluate, files, train, trainer
+from nasfast import create_model, evaluate, files, train, trainer
+from nasfast.cell import Cell
 from nasfast.cli import run
 from nasfast.files import SEARCH_FILES
 from nasfast.genotype import ZOO
@@ -85,6 +86,76 @@ def test_step_schedule_multiplies_the_learning_rates_after_each_listed_epoch():
     assert [trainer.lr_factor(poly, step, 10) for step in (0, 20)] == [1.0, 0.5 ** 0.9]
     steps = replace(poly, lr_steps=(1, 3), step_factor=0.5)
     assert [trainer.lr_factor(steps, step, 10) for step in (0, 9, 10, 29, 30, 39)] == [1, 1, 0.5, 0.5, 0.25, 0.25]
+
+
+def test_auxiliary_weights_decrease_over_equal_quarters_of_the_training():
+    """SPEC 7: "auxiliary cells with weights decreasing over the stages (0.3, 0.25, 0.2, 0.15 in the paper)"."""
+    config = replace(trainer.PRESETS["paper"], epochs=8)
+    assert [trainer.aux_weight(config, epoch) for epoch in range(8)] == [0.3, 0.3, 0.25, 0.25, 0.2, 0.2, 0.15, 0.15]
+    config = replace(config, epochs=4)
+    assert [trainer.aux_weight(config, epoch) for epoch in range(4)] == [0.3, 0.25, 0.2, 0.15]
+
+
+def test_the_paper_preset_scales_images_at_random_in_0_5_to_2():
+    """SPEC 7: "random scale [0.5, 2.0], mirror, crop and pad"."""
+    assert trainer.PRESETS["paper"].scale_range == (0.5, 2.0)
+
+
+def param_ids(params) -> list:
+    return sorted(id(p) for p in params)
+
+
+@pytest.mark.parametrize("decoder_optimizer", ["adam", "sgd"])
+def test_the_encoder_trains_with_sgd_and_the_decoder_with_adam_or_sgd(decoder_optimizer):
+    """SPEC 7: "SGD encoder / Adam or SGD decoder"; the rates of the search's stage 2 (SPEC 5): encoder SGD,
+    momentum 0.9, lr 1e-3; decoder 3e-3 (an SGD decoder has momentum 0.9 too)."""
+    model = create_model("arch0", num_classes=3, channels=8, sep_repeats=1, aux="cell")
+    paper = trainer.PRESETS["paper"]
+    assert (paper.encoder_lr, paper.decoder_lr, paper.decoder_optimizer) == (1e-3, 3e-3, "adam")
+    for config in (paper, replace(paper, encoder_lr=0.02, decoder_lr=0.05)):
+        encoder_opt, decoder_opt = trainer.make_optimizers(model, replace(config, decoder_optimizer=decoder_optimizer))
+        assert type(encoder_opt) is torch.optim.SGD
+        assert type(decoder_opt) is {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[decoder_optimizer]
+        for optimizer, module, lr in ((encoder_opt, model.encoder, config.encoder_lr),
+                                      (decoder_opt, model.decoder, config.decoder_lr)):  # the aux heads are in it
+            assert param_ids(p for group in optimizer.param_groups for p in group["params"]) == \
+                param_ids(module.parameters())
+            assert {group["lr"] for group in optimizer.param_groups} == {lr}
+            if type(optimizer) is torch.optim.SGD:
+                assert {group["momentum"] for group in optimizer.param_groups} == {0.9}
+
+
+def record_results(monkeypatch, name: str) -> list:
+    """What each call of nasfast.trainer's `name` returns, from now on."""
+    results, real = [], getattr(trainer, name)
+
+    def recorded(*args, **kwargs):
+        results.append(real(*args, **kwargs))
+        return results[-1]
+    monkeypatch.setattr(trainer, name, recorded)
+    return results
+
+
+def test_training_uses_auxiliary_cells_random_scales_and_the_first_quarter_s_aux_weight(tmp_path, capsys,
+                                                                                       monkeypatch):
+    """SPEC 7: the model trains with auxiliary cells, weighted 0.3 in the first quarter, on images scaled at random
+    in [0.5, 2.0] and mirrored; at the first step the learning rates are the configured ones."""
+    models, augments = record_results(monkeypatch, "create_model"), record_results(monkeypatch, "TrainTransform")
+    optimizers, first_step = record_results(monkeypatch, "make_optimizers"), {}
+
+    def first_loss(logits, aux, labels, ignore_index, aux_weight):
+        first_step.update(aux=aux, aux_weight=aux_weight,
+                          lrs=[[group["lr"] for group in o.param_groups] for o in optimizers[0]])
+        raise KeyboardInterrupt
+    monkeypatch.setattr(trainer, "segmentation_loss", first_loss)
+    assert train_folder(folder_dataset(tmp_path / "data"), tmp_path / "run") == 130
+    assert "interrupted in epoch 1" in capsys.readouterr().err
+    (model,), (augment,) = models, augments
+    assert len(model.decoder.aux) == 3 and all(isinstance(head.cell, Cell) for head in model.decoder.aux)
+    assert len(first_step["aux"]) == 3 and first_step["aux_weight"] == 0.3
+    assert augment.scale_range == (0.5, 2.0) and augment.mirror
+    tiny = trainer.PRESETS["tiny"]
+    assert [set(lrs) for lrs in first_step["lrs"]] == [{tiny.encoder_lr}, {tiny.decoder_lr}]  # poly: factor 1 at 0
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -61,6 +61,22 @@ def test_output_channels_and_strides(size, expected):
     assert [tuple(o.shape[-2:]) for o in outputs] == expected
 
 
+def test_the_outputs_are_features_3_6_13_and_17_the_ends_of_the_24_32_96_and_320_channel_groups():
+    """SPEC 2: "the ends of the bottleneck groups with 24, 32, 96 and 320 channels" (torchvision's features 3,
+    6, 13 and 17: groups of 1, 2, 3, 4, 3, 3 and 1 blocks after the stem)."""
+    torch.manual_seed(0)
+    encoder, x = MobileNetV2Encoder().eval(), torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        outputs = encoder(x)
+        assert len(outputs) == 4
+        for got, last, channels in zip(outputs, (3, 6, 13, 17), (24, 32, 96, 320)):
+            end_of_group = encoder.features[:last + 1](x)  # the same layers in the usual order
+            assert end_of_group.shape[1] == channels
+            torch.testing.assert_close(got, end_of_group, rtol=1e-4, atol=1e-4)  # float32 sums in another order
+            if last < 17:  # the next block starts another group: more channels
+                assert encoder.features[last + 1](end_of_group).shape[1] > channels
+
+
 def test_on_the_cpu_channels_last_gives_the_usual_outputs_and_gradients():
     torch.manual_seed(0)
     encoder, x = MobileNetV2Encoder().train(), torch.randn(2, 3, 64, 96, requires_grad=True)

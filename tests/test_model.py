@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 import nasfast
 from nasfast import count_madds, count_params, create_model
@@ -36,6 +37,19 @@ def test_segmenter_logits_come_back_at_input_size():
     model = create_model("arch1", num_classes=11).eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 360, 480)).shape == (1, 11, 360, 480)
+
+
+def test_segmenter_upsamples_the_decoder_s_logits_bilinearly_with_align_corners_false():
+    """SPEC 3: logits come out at the decoder's stride; "losses and metrics upsample them bilinearly"."""
+    torch.manual_seed(0)
+    model = create_model("arch1", num_classes=5, channels=8, sep_repeats=1, aux="cell", fused=False).eval()
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = model.decoder(model.encoder(x))
+        assert logits.shape == (1, 5, 8, 12)  # arch1: stride 8
+        want = F.interpolate(logits, size=(64, 96), mode="bilinear", align_corners=False)
+        torch.testing.assert_close(model(x), want)
+        torch.testing.assert_close(model.forward_with_aux(x)[0], logits)  # at the decoder's resolution
 
 
 def test_an_input_that_is_not_a_batch_of_rgb_images_is_named():
