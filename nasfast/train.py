@@ -9,8 +9,8 @@ from dataclasses import asdict, fields, replace
 from typing import List, Optional, Tuple
 
 from .checkpoint import RESUME_KEYS, load_checkpoint
-from .cli import (UsageError, counted, fraction, images_per_batch, non_negative_int, option_text, positive_int,
-                  run)
+from .cli import (UsageError, counted, fraction, images_per_batch, non_negative_int, option_text, positive_float,
+                  positive_int, run)
 from .data.datasets import DATASETS
 from .files import BEST, LAST, SEARCH_FILES, lock_directory
 from .genotype import Genotype, genotype_from_option, genotype_name
@@ -18,10 +18,11 @@ from .tensorboard import check_available
 from .trainer import (PRESETS, PROG, TrainConfig, TrainingInterrupted, check_new_run_directory, format_miou,
                       known_miou, mend_log, read_config, train)
 
-PRESET_NOTES = {"paper": "the paper's protocol: hours to days on a CPU, meant for a GPU",
+PRESET_NOTES = {"paper": "SPEC section 7 at our epochs, batch and crop: meant for a GPU",
                 "fast": "shorter, for a GPU", "tiny": "seconds on a CPU, for trying it out"}
 # The settings that options set over the preset's; workers alone does not change what is trained.
-OPTION_FIELDS = ("epochs", "batch_size", "decoder_optimizer", "lr_steps", "step_factor", "workers")
+OPTION_FIELDS = ("epochs", "batch_size", "encoder_lr", "decoder_lr", "decoder_optimizer", "lr_steps", "step_factor",
+                 "workers")
 
 
 def preset_table() -> str:
@@ -37,14 +38,14 @@ def preset_table() -> str:
 EPILOG = f"""{preset_table()}
 
 With --resume every setting comes from OUT/config.json: --genotype, --dataset, --preset, --epochs,
---batch-size, --decoder-optimizer, --lr-steps and --step-factor may be left out, and are refused
-if they differ from the run's; --workers, --device, --data-root, --tensorboard and --no-progress
-may change.
+--batch-size, --encoder-lr, --decoder-lr, --decoder-optimizer, --lr-steps and --step-factor may be
+left out, and are refused if they differ from the run's; --workers, --device, --data-root,
+--tensorboard and --no-progress may change.
 Ctrl-C stops; the epochs finished so far stay in OUT/last.pt for --resume.
 
 examples:
   {PROG} --genotype arch0 --dataset camvid --preset tiny --out runs/try --epochs 1
-  {PROG} --genotype arch0 --dataset camvid --out runs/arch0          # the paper's protocol
+  {PROG} --genotype arch0 --dataset camvid --out runs/arch0          # the full training
   {PROG} --resume runs/arch0"""
 
 
@@ -68,12 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", choices=list(PRESETS), help="paper, fast or tiny: see the table below [paper]")
     parser.add_argument("--epochs", type=positive_int, help="override the preset's epochs (table below)")
     parser.add_argument("--batch-size", type=images_per_batch, help="override the preset's batch size (table below)")
+    parser.add_argument("--encoder-lr", type=positive_float,
+                        help=f"the encoder's base learning rate (SGD, momentum 0.9) [{TrainConfig.encoder_lr:g}]")
+    parser.add_argument("--decoder-lr", type=positive_float,
+                        help=f"the decoder's base learning rate [{TrainConfig.decoder_lr:g}]")
     parser.add_argument("--decoder-optimizer", choices=["adam", "sgd"],
                         help="the decoder's optimizer: Adam, or SGD with momentum 0.9 (the encoder always uses "
                              "SGD) [adam]")
     parser.add_argument("--lr-steps", type=positive_int, nargs="+", metavar="EPOCH",
                         help="a step schedule instead of poly: the learning rates are multiplied by --step-factor "
-                             "after each of these epochs (the paper's pose training: 90 120)")
+                             "after each of these epochs (e.g. 90 120)")
     parser.add_argument("--step-factor", type=fraction,
                         help="what --lr-steps multiplies the learning rates by [0.1]")
     parser.add_argument("--workers", type=non_negative_int, help="data-loading processes [the preset's: 2, tiny 0]")
@@ -100,7 +105,7 @@ def resume_conflicts(args, saved: dict) -> List[str]:
     conflicts = []
     if args.genotype is not None and genotype_from_option(args.genotype).to_list() != saved["genotype"]:
         conflicts.append(f"--genotype {args.genotype} differs from the run's {genotype_name(saved['genotype'])}")
-    for option in ("dataset", "epochs", "batch_size", "decoder_optimizer", "lr_steps", "step_factor"):
+    for option in ("dataset", *(name for name in OPTION_FIELDS if name != "workers")):
         given, run_value = getattr(args, option), saved.get(option, getattr(TrainConfig, option, None))
         given_text, run_text = option_text(given), option_text(run_value)
         if given is not None and given_text != run_text:

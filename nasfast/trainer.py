@@ -34,6 +34,9 @@ PROG = "python -m nasfast.train"
 
 @dataclass
 class TrainConfig:
+    """SPEC section 7; what the paper's VOC recipe (Appendix B: three stages over three datasets)
+    does not carry over to one dataset is ours: epochs, batch, crop, the schedule's shape, weight
+    decay, and the auxiliary weights' stages as quarters of the epochs."""
     epochs: int = 200
     batch_size: int = 16
     crop_size: int = 360
@@ -41,7 +44,7 @@ class TrainConfig:
     scale_range: Tuple[float, float] = (0.5, 2.0)
     encoder_lr: float = 1e-3               # SGD, momentum 0.9
     decoder_lr: float = 3e-3
-    decoder_optimizer: str = "adam"        # or "sgd"
+    decoder_optimizer: str = "adam"        # or "sgd", momentum 0.9
     weight_decay: float = 1e-5
     poly_power: float = 0.9                # lr = base * (1 - step / steps) ** power
     lr_steps: Tuple[int, ...] = ()         # a step schedule instead: lr *= step_factor after each of these epochs

@@ -168,6 +168,20 @@ def test_bad_step_schedules_are_refused(tmp_path, capsys, argv, message):
     assert message in one_error_line(capsys) and not (tmp_path / "run").exists()
 
 
+def test_learning_rates_given_are_the_runs_and_resume_keeps_them(tmp_path, capsys):
+    args = train.build_parser().parse_args(["--genotype", "arch0", "--out", str(tmp_path / "run"), "--encoder-lr",
+                                            "0.02", "--decoder-lr", "5e-2", "--decoder-optimizer", "sgd"])
+    _, config = train.new_run(args)
+    assert (config.encoder_lr, config.decoder_lr, config.decoder_optimizer) == (0.02, 0.05, "sgd")
+    (tmp_path / "config.json").write_text(json.dumps(tiny_run_config(encoder_lr=0.02)))
+    (tmp_path / "last.pt").write_bytes(b"")
+    assert train_cli("--resume", tmp_path, "--encoder-lr", "0.01", "--decoder-lr", "0.003") == 2
+    assert one_error_line(capsys).endswith("--resume: --encoder-lr 0.01 differs from the run's 0.02 (config.json)\n")
+    with pytest.raises(SystemExit):
+        train_cli("--resume", tmp_path, "--encoder-lr", "0")
+    assert "argument --encoder-lr: must be greater than 0.0, got 0" in capsys.readouterr().err
+
+
 def test_resume_refuses_another_schedule(tmp_path, capsys):
     (tmp_path / "config.json").write_text(json.dumps(tiny_run_config(lr_steps=[1])))
     (tmp_path / "last.pt").write_bytes(b"")
@@ -336,7 +350,8 @@ def test_help_explains_the_presets_and_every_option():
     for name, config in trainer.PRESETS.items():
         assert f"{name:<6} {config.epochs:>6} {config.batch_size:>5} {config.crop_size:>4} {config.scale:>5}" in text
     text = " ".join(text.split())  # as argparse wraps it
-    assert "hours to days on a CPU" in text and "the encoder always uses SGD" in text
+    assert "SPEC section 7 at our epochs, batch and crop" in text and "the encoder always uses SGD" in text
+    assert "the encoder's base learning rate (SGD, momentum 0.9) [0.001]" in text
     assert "no progress bar" in text and "voc (PASCAL VOC 2012 + SBD)" in text
     text = " ".join(evaluate.build_parser().format_help().split())
     assert "auto (a GPU when there is one)" in text and "voc: train_aug, train or val" in text
