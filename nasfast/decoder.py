@@ -3,13 +3,13 @@ import numbers
 from typing import List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .cell import Cell
 from .genotype import Genotype
 from .operations import ConvBNReLU
 from .ops import UpsampleAdd
+from .ops.upsample_add import upsampled
 
 AUX_KINDS = ("cell", "classifier", None)
 
@@ -123,13 +123,7 @@ class Decoder(nn.Module):
 
     def _head(self, pool: List[Tensor]) -> Tensor:
         size = pool[self.head_target].shape[-2:]
-        maps: List[Tensor] = []
-        for i in self.head_inputs:
-            x = pool[i]
-            if x.shape[-2:] != size:
-                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-            maps.append(x)
-        return self.head(torch.cat(maps, dim=1))
+        return self.head(torch.cat([upsampled(pool[i], size) for i in self.head_inputs], dim=1))
 
     def forward(self, features: List[Tensor]) -> Tensor:
         return self._head(self._pool(features))

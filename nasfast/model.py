@@ -1,11 +1,11 @@
 """A whole segmentation network: encoder + decoder, and the factory for deployed models."""
 from typing import List, Optional, Tuple
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .decoder import Decoder
 from .encoder import MobileNetV2Encoder
+from .ops.upsample_add import upsampled
 
 
 class Segmenter(nn.Module):
@@ -18,7 +18,7 @@ class Segmenter(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         logits = self.decoder(self.encoder(x))
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return upsampled(logits, x.shape[-2:])
 
     def forward_with_aux(self, x: Tensor) -> Tuple[Tensor, List[Tensor]]:
         """Logits and auxiliary outputs at the decoder's resolution (losses upsample them)."""

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import weakref
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -180,6 +181,16 @@ def test_an_export_is_not_taken_for_a_checkpoint(exported, capsys):
     path, _ = exported
     assert cli.run(evaluate.main, evaluate.PROG, ["--checkpoint", str(path)]) == 2
     assert f"{path} is not a checkpoint of python -m nasfast.train (it is a TorchScript file" in capsys.readouterr().err
+
+
+def test_an_export_resizes_with_the_aten_op_not_a_scripted_interpolate(exported):
+    """Scripted, F.interpolate put its Python body, every mode with the newest torch's ops, into the
+    archive: torch 1.12 and 1.13 then refused the export (aten::_upsample_lanczos2d_aa)."""
+    with zipfile.ZipFile(exported[0]) as archive:
+        code = "".join(archive.read(name).decode() for name in archive.namelist()
+                       if "/code/" in name and name.endswith(".py"))
+    assert "torch.upsample_bilinear2d(" in code
+    assert "def interpolate(" not in code and "_aa(" not in code and "nearest_exact" not in code
 
 
 def test_export_folds_each_batch_norm_that_follows_a_convolution():

@@ -1,6 +1,7 @@
 """Bilinear upsample-and-add: out = high + upsample(low, size of high), align_corners=False."""
+from typing import List
+
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .library import available, kernels_take, native_for, wants_native
@@ -15,17 +16,18 @@ if available():
         return grad.new_empty(low_size)
 
 
-def upsampled(x: Tensor, size) -> Tensor:
-    """x bilinearly upsampled (align_corners=False) to `size`, or x itself when it has that size:
-    how the references of the ops that upsample logits to the labels' size read them."""
-    return x if x.shape[-2:] == size else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+def upsampled(x: Tensor, size: List[int]) -> Tensor:
+    """x bilinearly upsampled (align_corners=False) to `size`, or x itself when it has that size.
+    The ATen op itself: scripted, F.interpolate would carry its Python body into an export, every
+    mode and the ops of the newest torch with it, which older runtimes (a Jetson's) cannot load."""
+    return x if x.shape[-2:] == size else torch._C._nn.upsample_bilinear2d(x, size, False, None)
 
 
 def upsample_add_reference(high: Tensor, low: Tensor) -> Tensor:
     if high.dim() != 4 or low.dim() != 4 or high.shape[:2] != low.shape[:2]:  # as the native op: no broadcasting
         raise ValueError(f"upsample_add: high and low must be N x C x H x W and N x C x h x w, got the shapes "
                          f"{list(high.shape)} and {list(low.shape)}")
-    return high + F.interpolate(low, size=high.shape[-2:], mode="bilinear", align_corners=False)
+    return high + upsampled(low, high.shape[-2:])
 
 
 def upsample_add(high: Tensor, low: Tensor) -> Tensor:
