@@ -533,6 +533,18 @@ def test_paper_preset_is_the_spec_protocol():
     assert {k: found[k] for k in spec} == spec
 
 
+def test_the_search_gives_its_strategy_and_gate_the_configs_values(tmp_path):
+    import nasfast.search.loop as loop
+    config = preset("tiny")
+    config.controller_lr, config.ppo_clip, config.ppo_epochs, config.baseline_decay = 5e-4, 0.3, 2, 0.8
+    config.entropy_weight, config.gate_p_start, config.gate_p_end, config.gate_anneal = 0.01, 0.7, 0.2, 9
+    search_run = loop.Search(str(tmp_path), config, lambda *a: None, budget=1)
+    strategy, gate = search_run.strategy, search_run.gate
+    assert [group["lr"] for group in strategy.optimizer.param_groups] == [5e-4]
+    assert (strategy.clip, strategy.ppo_epochs, strategy.baseline_decay, strategy.entropy_weight) == (0.3, 2, 0.8, 0.01)
+    assert (gate.p_start, gate.p_end, gate.anneal) == (0.7, 0.2, 9)
+
+
 def stage1_cache(teacher: bool = False) -> FeatureCache:
     g = torch.Generator().manual_seed(0)
     return FeatureCache([torch.randn(8, *s, generator=g) for s in STAGE1_SHAPES],
