@@ -8,6 +8,7 @@ import json
 import os
 import re
 import sys
+import zipfile
 from typing import Optional
 
 import torch
@@ -65,18 +66,39 @@ def checkpoint_info(checkpoint: dict, path: str) -> dict:
             "checkpoint": os.path.abspath(path)}
 
 
-def export(model: nn.Module, path: str, about: Optional[dict] = None) -> dict:
-    """Writes the TorchScript of model to path, with nasfast.json: the native ops it needs and `about`."""
+def export(model: nn.Module, path: str, about: Optional[dict] = None, torch_1_10: bool = False) -> dict:
+    """Writes the TorchScript of model to path, with nasfast.json: the native ops it needs and `about`;
+    with torch_1_10, in the form that torch 1.10 reads too."""
     scripted = script_for_deployment(model)
     needs = native_ops(scripted)
     info = {"native_ops": needs, "ops_library": ops.library_path() if needs else None, **(about or {})}
     buffer = io.BytesIO()  # a failing file writer would abort the process (a full disk)
     torch.jit.save(scripted, buffer, _extra_files={"nasfast.json": json.dumps(info)})
+    archive = for_torch_1_10(buffer.getvalue()) if torch_1_10 else buffer.getvalue()
     try:
-        write_atomic(path, buffer.getvalue())
+        write_atomic(path, archive)
     except OSError as error:
         raise UsageError(f"--out {path} cannot be written ({error.strerror})") from None
     return info
+
+
+RAISE_CLASS = re.compile(r', "builtins\.\w+"\)')  # the exception class that torch 2 adds to each raise
+
+
+def for_torch_1_10(archive: bytes) -> bytes:
+    """A TorchScript archive as torch 1.10 (a Jetson TX2's newest) reads it too: without the debug
+    information that torch 2 writes beside the code (1.10 aborts the process reading it), and each
+    `raise` in 1.10's form, the message alone (1.10 refuses the exception class)."""
+    rewritten = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(archive)) as source, zipfile.ZipFile(rewritten, "w") as target:
+        for item in source.infolist():
+            if item.filename.endswith(".debug_pkl"):
+                continue
+            data = source.read(item)
+            if "/code/" in item.filename and item.filename.endswith(".py"):
+                data = RAISE_CLASS.sub(")", data.decode()).encode()
+            target.writestr(item, data)
+    return rewritten.getvalue()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
                              f"{NUM_CLASSES_DEFAULT}, PASCAL VOC as in the paper; CamVid has 11]")
     parser.add_argument("--pretrained", action="store_true", help="with --genotype: ImageNet encoder weights")
     parser.add_argument("--reference-ops", action="store_true", help="do not use the native ops")
+    parser.add_argument("--for-torch-1.10", dest="torch_1_10", action="store_true",
+                        help="a file that torch 1.10 loads too (JetPack 4.6 on a Jetson TX2), without the native ops "
+                             "(their library builds against torch 2.4 or newer) or the debug information that "
+                             "locates errors in the model's code")
     parser.add_argument("--out", required=True, help="the TorchScript file to write (model.pt)")
     return parser
 
@@ -118,7 +144,7 @@ def check_options(args) -> None:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     check_options(args)
-    fused = False if args.reference_ops else None
+    fused = False if args.reference_ops or args.torch_1_10 else None
     if args.checkpoint:
         checkpoint = load_checkpoint(args.checkpoint)
         model, about = model_from_checkpoint(checkpoint, fused=fused), checkpoint_info(checkpoint, args.checkpoint)
@@ -128,7 +154,7 @@ def main(argv=None) -> int:
         model = create_model(genotype, num_classes, pretrained=args.pretrained, fused=fused)
         about = model_info(genotype, num_classes)
     replaced = os.path.exists(args.out)
-    info = export(model, args.out, about)
+    info = export(model, args.out, about, args.torch_1_10)
     print(f"wrote {args.out}" + (" (replaced the file that was there)" if replaced else ""))
     if not args.checkpoint:
         encoder = "an ImageNet encoder" if args.pretrained else "a random encoder"

@@ -193,6 +193,51 @@ def test_an_export_resizes_with_the_aten_op_not_a_scripted_interpolate(exported)
     assert "def interpolate(" not in code and "_aa(" not in code and "nearest_exact" not in code
 
 
+@pytest.fixture(scope="module")
+def exported_for_torch_1_10(trained, tmp_path_factory):
+    path = tmp_path_factory.mktemp("export") / "model110.pt"
+    run("nasfast.export", "--checkpoint", str(trained / "best.pt"), "--out", str(path), "--for-torch-1.10")
+    return path
+
+
+def test_an_export_for_torch_1_10_lacks_what_it_refuses_and_gives_the_same_logits(trained, exported_for_torch_1_10,
+                                                                                  camvid_root):
+    """torch 1.10 (a Jetson TX2's) aborts on torch 2's debug information and refuses a raise's exception class."""
+    with zipfile.ZipFile(exported_for_torch_1_10) as archive:
+        names = archive.namelist()
+        code = "".join(archive.read(name).decode() for name in names if "/code/" in name and name.endswith(".py"))
+    assert not any(name.endswith(".debug_pkl") for name in names) and "ops.prim.RaiseException(" in code
+    assert '"builtins.' not in code
+    extra = {"nasfast.json": ""}
+    scripted = torch.jit.load(str(exported_for_torch_1_10), _extra_files=extra)
+    assert json.loads(extra["nasfast.json"])["native_ops"] == []
+    model = model_from_checkpoint(load_checkpoint(str(trained / "best.pt"))).eval()
+    x = to_tensors(camvid_image(camvid_root), np.zeros((120, 160), np.uint8))[0][None]
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(torch.jit.Error, match="the encoder takes images N x 3 x H x W, got the shape"):
+        scripted(x[:, :2])
+
+
+OLD_TORCH_PYTHONS = os.environ.get("NASFAST_OLD_TORCH_PYTHONS", "").split()
+
+
+@pytest.mark.skipif(not OLD_TORCH_PYTHONS, reason="set NASFAST_OLD_TORCH_PYTHONS to Pythons with older torch releases")
+@pytest.mark.parametrize("python", OLD_TORCH_PYTHONS)
+def test_an_export_for_torch_1_10_runs_in_older_torch(exported_for_torch_1_10, camvid_root, tmp_path, python):
+    x = to_tensors(camvid_image(camvid_root), np.zeros((120, 160), np.uint8))[0][None]
+    np.save(tmp_path / "x.npy", x.numpy())
+    script = ("import sys, numpy, torch\n"
+              "m, x = torch.jit.load(sys.argv[1]), torch.from_numpy(numpy.load(sys.argv[2]))\n"
+              "with torch.no_grad(): numpy.save(sys.argv[3], m(x).numpy())")
+    result = subprocess.run([python, "-c", script, str(exported_for_torch_1_10), str(tmp_path / "x.npy"),
+                             str(tmp_path / "y.npy")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with torch.no_grad():
+        expected = torch.jit.load(str(exported_for_torch_1_10))(x)
+    torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "y.npy")), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_export_folds_each_batch_norm_that_follows_a_convolution():
     model = create_model("arch0", 11, pretrained=False).double().eval()
     g = torch.Generator().manual_seed(0)
