@@ -402,3 +402,59 @@ def test_cpp_program_logits_that_cannot_be_written_say_why_and_leave_no_partial_
     assert_bad_input(full_disk, f"cannot write the logits to {earlier}: File too large")
     assert os.listdir(earlier.parent) == ["logits.bin"]
     assert earlier.read_bytes() == b"the logits of an earlier run"
+
+
+@pytest.fixture(scope="module")
+def program_without_ops(tmp_path_factory):
+    """examples/cpp built without the ops library, as on a Jetson TX2 (whose torch the library does not build for)."""
+    if shutil.which("cmake") is None:
+        pytest.skip("needs cmake")
+    build = tmp_path_factory.mktemp("cpp-build-without-ops")
+    configure = subprocess.run(["cmake", "-S", str(REPO / "examples" / "cpp"), "-B", str(build),
+                                f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"],
+                               check=True, capture_output=True, text=True)
+    assert "runs exports without native ops only (--reference-ops, --for-torch-1.10)" in configure.stdout
+    subprocess.run(["cmake", "--build", str(build), "-j2"], check=True, capture_output=True)
+    return build / "nasfast_segment"
+
+
+def test_cpp_program_without_the_ops_library_runs_an_export_for_torch_1_10(program_without_ops, camvid_root,
+                                                                           exported_for_torch_1_10, ppm_image,
+                                                                           tmp_path):
+    result = segment(program_without_ops, exported_for_torch_1_10, ppm_image, tmp_path / "logits.bin")
+    assert result.returncode == 0, result.stderr
+    cpp = torch.from_numpy(np.fromfile(tmp_path / "logits.bin", dtype=np.float32).reshape(1, 11, 120, 160))
+    x = to_tensors(camvid_image(camvid_root), np.zeros((120, 160), np.uint8))[0][None]
+    with torch.no_grad():
+        assert (cpp - torch.jit.load(str(exported_for_torch_1_10))(x)).abs().max() < 1e-4
+    if shutil.which("readelf"):
+        assert "_C.so" not in subprocess.run(["readelf", "-d", str(program_without_ops)], capture_output=True,
+                                             text=True).stdout
+
+
+@pytest.mark.skipif(not nasfast.ops.available(), reason="an export without the library has no native ops")
+def test_cpp_program_without_the_ops_library_says_how_to_run_an_export_that_needs_it(program_without_ops, exported,
+                                                                                     ppm_image):
+    model, _ = exported
+    assert_bad_input(segment(program_without_ops, model, ppm_image),
+                     f"{model}: Unknown builtin op: nasfast::sep_conv. (it needs the nasfast ops library: build this "
+                     f"program with -DNASFAST_OPS, or export with --reference-ops)")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cpp_program_cuda_without_a_gpu_says_so(program_without_ops, exported_for_torch_1_10, ppm_image):
+    assert_bad_input(segment(program_without_ops, exported_for_torch_1_10, ppm_image, "--cuda"),
+                     "--cuda: this libtorch finds no CUDA GPU")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@needs_cpp_build
+def test_cpp_program_on_the_gpu_matches_python_on_the_cpu(program, exported, camvid_root, ppm_image, tmp_path):
+    path, _ = exported
+    result = segment(program, "--cuda", path, ppm_image, tmp_path / "logits.bin")
+    assert result.returncode == 0, result.stderr
+    cpp = torch.from_numpy(np.fromfile(tmp_path / "logits.bin", dtype=np.float32).reshape(1, 11, 120, 160))
+    x = to_tensors(camvid_image(camvid_root), np.zeros((120, 160), np.uint8))[0][None]
+    with torch.no_grad():
+        assert (cpp - torch.jit.load(str(path))(x)).abs().max() < 1e-2  # cuDNN computes in TF32

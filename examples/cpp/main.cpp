@@ -1,17 +1,19 @@
 // Loads a TorchScript export of nasfast (python -m nasfast.export), runs a binary PPM image (P6)
-// through it, prints the output size and the class histogram, and optionally writes the logits
-// (float32, N x C x H x W, row-major) to a file. The image is normalised with the mean and std of
-// the export's nasfast.json; it is not resized: give it at the scale nasfast.json names.
-// Bad input (files, images, where the logits go) is reported in one line with exit status 2.
+// through it (on the GPU with --cuda), prints the output size and the class histogram, and
+// optionally writes the logits (float32, N x C x H x W, row-major) to a file. The image is
+// normalised with the mean and std of the export's nasfast.json; it is not resized: give it at the
+// scale nasfast.json names. Bad input (files, images, where the logits go) is reported in one line
+// with exit status 2. No <filesystem>: a Jetson TX2's GCC 7 lacks it.
 #include <caffe2/serialize/inline_container.h>
+#include <torch/cuda.h>
 #include <torch/script.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -20,6 +22,8 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include <sys/stat.h>
 
 namespace {
 
@@ -31,13 +35,18 @@ struct BadInput : std::runtime_error {
 const char* const kPpmNeeded =
     "an RGB binary PPM (P6) is needed: PIL.Image.open(f).convert(\"RGB\").save(\"x.ppm\") writes one";
 
-std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
+std::string first_line(const std::string& text) {
+  const size_t start = std::min(text.find_first_not_of(" \n"), text.size());
+  return text.substr(start, text.find('\n', start) - start);
+}
 
 std::ifstream open_for_reading(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw BadInput("cannot open " + path + ": " + std::strerror(errno));
   // A directory opens; only reading it fails.
-  if (std::filesystem::is_directory(path)) throw BadInput("cannot open " + path + ": " + std::strerror(EISDIR));
+  struct stat status;
+  if (stat(path.c_str(), &status) == 0 && S_ISDIR(status.st_mode))
+    throw BadInput("cannot open " + path + ": " + std::strerror(EISDIR));
   return in;
 }
 
@@ -68,8 +77,14 @@ Export load_export(const std::string& path) {
     torch::jit::script::Module model = torch::jit::load(path, c10::nullopt, extra);
     model.eval();
     return {model, extra["nasfast.json"]};
-  } catch (const c10::Error& error) {  // a damaged archive, an op of a library not linked
-    throw BadInput(path + ": " + first_line(error.what_without_backtrace()));
+  } catch (const std::exception& error) {  // a damaged archive; an op of a library not linked (ErrorReport)
+    const auto* c10_error = dynamic_cast<const c10::Error*>(&error);
+    const std::string reason = first_line(c10_error ? c10_error->what_without_backtrace() : error.what());
+    const bool needs_ops = reason.find("nasfast::") != std::string::npos;
+    throw BadInput(path + ": " + reason +
+                   (needs_ops ? " (it needs the nasfast ops library: build this program with -DNASFAST_OPS, or "
+                                "export with --reference-ops)"
+                              : ""));
   }
 }
 
@@ -194,11 +209,15 @@ void print_summary(const torch::Tensor& logits) {
   std::cout << "\n";
 }
 
-void segment(const std::string& model_path, const std::string& image_path, const std::string& logits_path) {
+void segment(const std::string& model_path, const std::string& image_path, const std::string& logits_path,
+             bool cuda) {
+  if (cuda && !torch::cuda::is_available()) throw BadInput("--cuda: this libtorch finds no CUDA GPU");
+  const torch::Device device = cuda ? torch::kCUDA : torch::kCPU;
   Export exported = load_export(model_path);
-  const torch::Tensor image = normalise(read_ppm(image_path), exported.info);
+  exported.model.to(device);
+  const torch::Tensor image = normalise(read_ppm(image_path), exported.info).to(device);
   torch::NoGradGuard no_grad;
-  const torch::Tensor logits = exported.model.forward({image}).toTensor().contiguous();
+  const torch::Tensor logits = exported.model.forward({image}).toTensor().to(torch::kCPU).contiguous();
   if (!logits_path.empty()) write_logits(logits, logits_path);
   // Printed once nothing can fail: a failed run prints its error alone.
   const std::vector<float> scale = json_numbers(exported.info, "scale");
@@ -211,13 +230,17 @@ void segment(const std::string& model_path, const std::string& image_path, const
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 3 || argc > 4) {
-    std::cerr << "usage: " << argv[0] << " model.pt image.ppm [logits.bin]\n";
+  std::vector<std::string> args(argv + 1, argv + argc);
+  const auto flag = std::find(args.begin(), args.end(), "--cuda");
+  const bool cuda = flag != args.end();
+  if (cuda) args.erase(flag);
+  if (args.size() < 2 || args.size() > 3) {
+    std::cerr << "usage: " << argv[0] << " model.pt image.ppm [logits.bin] [--cuda]\n";
     return 2;
   }
   const char* const prog = "nasfast_segment: error: ";
   try {
-    segment(argv[1], argv[2], argc > 3 ? argv[3] : "");
+    segment(args[0], args[1], args.size() > 2 ? args[2] : "", cuda);
   } catch (const BadInput& error) {
     std::cerr << prog << error.what() << "\n";
     return 2;
