@@ -12,11 +12,7 @@ design) or `all` (the zoo), with random weights.
 import argparse
 import os
 import platform
-import shutil
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import List, Tuple
 
@@ -29,43 +25,9 @@ from nasfast.cli import UsageError, at_least_two, positive_float, positive_int, 
 from nasfast.export import NUM_CLASSES_DEFAULT, script_for_deployment
 from nasfast.genotype import ZOO, genotype_from_option, recorded_classes
 from nasfast.search.summary import madds_text
+from timing import is_jetson, jetson_state, timed
 
 PROG = Path(__file__).name
-
-
-def is_jetson() -> bool:
-    return os.path.exists("/etc/nv_tegra_release")
-
-
-def jetson_state() -> str:
-    """The power mode and whether the clocks are fixed (jetson_clocks), as far as tools tell."""
-    def ask(cmd):
-        if shutil.which(cmd[0]) is None:
-            return f"{cmd[0]} not found"
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) else "?"
-    return f"power mode: {ask(['nvpmodel', '-q'])}; clocks: {ask(['jetson_clocks', '--show'])}"
-
-
-def timed(model, x, device, runs: int, warmup: int, max_seconds: float) -> Tuple[float, float, int]:
-    """(mean ms, std ms, passes timed): `runs` passes after `warmup`, fewer (at least 2 of each)
-    where the timed passes would take more than max_seconds, or the warm-up more than half of it."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    with torch.no_grad():
-        start = time.perf_counter()
-        for done in range(1, warmup + 1):
-            model(x)
-            sync()
-            if done >= 2 and time.perf_counter() - start > max_seconds / 2:
-                break
-        times = []
-        start = time.perf_counter()
-        while len(times) < runs and (len(times) < 2 or time.perf_counter() - start < max_seconds):
-            begun = time.perf_counter()
-            model(x)
-            sync()
-            times.append((time.perf_counter() - begun) * 1000)
-    return statistics.mean(times), statistics.stdev(times), len(times)
 
 
 def variants(genotype, num_classes, device, with_compile: bool):

@@ -1,4 +1,5 @@
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from nasfast.data import make_dataset
 from nasfast.encoder import WEIGHTS_FILE
 
 REPO = Path(__file__).resolve().parents[1]
+OLD_TORCH_PYTHONS = os.environ.get("NASFAST_OLD_TORCH_PYTHONS", "").split()
 
 
 def latency(*args):
@@ -31,6 +33,46 @@ def test_latency_table_on_cpu(max_seconds, passes):
 def test_jetson_elsewhere_measures_nothing_and_says_why():
     result = latency("--device", "jetson")
     assert result.returncode != 0 and "not a Jetson" in result.stderr and result.stdout == ""
+
+
+@pytest.fixture(scope="module")
+def export_for_torch_1_10(tmp_path_factory):
+    path = tmp_path_factory.mktemp("export") / "model.pt"
+    subprocess.run([sys.executable, "-m", "nasfast.export", "--genotype", "arch1", "--num-classes", "11",
+                    "--for-torch-1.10", "--out", str(path)], check=True, capture_output=True,
+                   env=dict(os.environ, PYTHONPATH=str(REPO)))
+    return path
+
+
+def latency_of_export(*args, python=sys.executable):
+    """bench/latency_export.py run where nasfast cannot be imported, as on a Jetson TX2."""
+    script = REPO / "bench" / "latency_export.py"
+    runner = ("import runpy, sys; sys.modules['nasfast'] = None; sys.path.insert(0, sys.argv[1]); "
+              "sys.argv = sys.argv[2:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+    return subprocess.run([python, "-c", runner, str(script.parent), str(script), *map(str, args)],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_latency_of_an_export_with_torch_alone(export_for_torch_1_10):
+    result = latency_of_export(export_for_torch_1_10, "--size", "64", "--runs", "3", "--warmup", "2")
+    assert result.returncode == 0, result.stderr
+    header, row = result.stdout.splitlines()
+    assert header.startswith("device: cpu (") and "input 1x3x64x64; 3 passes after 2 warm-up" in header
+    assert re.fullmatch(f"{re.escape(str(export_for_torch_1_10))}: 11 classes, native ops none: "
+                        r"\d+\.\d\d ± \d+\.\d\d ms", row)
+    for argv, message in ((["--device", "jetson"], "not a Jetson (no /etc/nv_tegra_release); nothing measured"),
+                          (["--runs", "1"], "argument --runs: must be at least 2, got 1")):
+        result = latency_of_export(export_for_torch_1_10, *argv)
+        assert result.returncode == 2 and message in result.stderr and result.stdout == ""
+    result = latency_of_export(export_for_torch_1_10.parent / "missing.pt")
+    assert result.returncode == 2 and "missing.pt: no such file" in result.stderr
+
+
+@pytest.mark.skipif(not OLD_TORCH_PYTHONS, reason="set NASFAST_OLD_TORCH_PYTHONS to Pythons with older torch releases")
+@pytest.mark.parametrize("python", OLD_TORCH_PYTHONS)
+def test_latency_of_an_export_in_older_torch(export_for_torch_1_10, python):
+    result = latency_of_export(export_for_torch_1_10, "--size", "64", "--runs", "2", "--warmup", "2", python=python)
+    assert result.returncode == 0 and " ms" in result.stdout, result.stderr
 
 
 def test_search_data_table(camvid_root):

@@ -1,0 +1,46 @@
+"""The paper's timing protocol and a Jetson's state, with torch alone: bench/latency.py and
+bench/latency_export.py share them, the latter on a Jetson TX2 too (Python 3.6, torch 1.10)."""
+import os
+import shutil
+import statistics
+import subprocess
+import time
+from typing import Tuple
+
+import torch
+
+
+def is_jetson() -> bool:
+    return os.path.exists("/etc/nv_tegra_release")
+
+
+def jetson_state() -> str:
+    """The power mode and whether the clocks are fixed (jetson_clocks), as far as tools tell."""
+    def ask(cmd):
+        if shutil.which(cmd[0]) is None:
+            return "{} not found".format(cmd[0])
+        out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+        text = (out.stdout or out.stderr).strip()
+        return text.splitlines()[0] if text else "?"
+    return "power mode: {}; clocks: {}".format(ask(["nvpmodel", "-q"]), ask(["jetson_clocks", "--show"]))
+
+
+def timed(model, x, device, runs: int, warmup: int, max_seconds: float) -> Tuple[float, float, int]:
+    """(mean ms, std ms, passes timed): `runs` passes after `warmup`, fewer (at least 2 of each)
+    where the timed passes would take more than max_seconds, or the warm-up more than half of it."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    with torch.no_grad():
+        start = time.perf_counter()
+        for done in range(1, warmup + 1):
+            model(x)
+            sync()
+            if done >= 2 and time.perf_counter() - start > max_seconds / 2:
+                break
+        times = []
+        start = time.perf_counter()
+        while len(times) < runs and (len(times) < 2 or time.perf_counter() - start < max_seconds):
+            begun = time.perf_counter()
+            model(x)
+            sync()
+            times.append((time.perf_counter() - begun) * 1000)
+    return statistics.mean(times), statistics.stdev(times), len(times)
