@@ -1,6 +1,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import nasfast
 from nasfast import count_madds, count_params, create_model
@@ -87,3 +88,29 @@ def test_madds_of_a_module_on_the_gpu():
     shapes = [(c, 64 // s, 64 // s) for c, s in zip(nasfast.MobileNetV2Encoder.channels,
                                                      nasfast.MobileNetV2Encoder.strides)]
     assert count_madds(decoder.cuda(), shapes) == count_madds(decoder.cpu(), shapes) > 0
+
+
+class PoolingEncoder(nn.Module):
+    """Another encoder, by SPEC section 2's contract: a list of feature maps, their channel counts
+    (and strides)."""
+    channels, strides = (5, 7, 9, 11), (2, 4, 8, 16)
+
+    def __init__(self):
+        super().__init__()
+        self.projections = nn.ModuleList(nn.Conv2d(3, c, 1) for c in self.channels)
+
+    def forward(self, x):
+        return [project(F.avg_pool2d(x, s)) for project, s in zip(self.projections, self.strides)]
+
+
+def test_another_encoder_plugs_in_through_its_channels_and_strides():
+    encoder = PoolingEncoder()
+    decoder = nasfast.Decoder("arch0", in_channels=encoder.channels, num_classes=4, channels=8, sep_repeats=1,
+                              in_strides=encoder.strides, aux="cell")
+    model = nasfast.Segmenter(encoder, decoder).eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        logits, aux = model.forward_with_aux(x)
+        assert model(x).shape == (2, 4, 64, 96)
+    stride = decoder.output_stride
+    assert stride in encoder.strides and logits.shape == (2, 4, 64 // stride, 96 // stride) and len(aux) == 3
