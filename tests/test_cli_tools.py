@@ -21,6 +21,9 @@ CUSTOM_GENOTYPE = "[[[0, 1], [1, 2], [2, 3]], [0, [0, 1, 2, 3], [1, 2, 3, 4], [2
 
 
 def bench_script(name: str):
+    """bench/NAME.py as a module, finding its neighbours (bench/timing.py) as when it runs as a script."""
+    if str(REPO / "bench") not in sys.path:
+        sys.path.append(str(REPO / "bench"))
     spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
