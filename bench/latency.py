@@ -11,7 +11,6 @@ design) or `all` (the zoo), with random weights.
 """
 import argparse
 import os
-import platform
 import sys
 from pathlib import Path
 from typing import List, Tuple
@@ -25,7 +24,7 @@ from nasfast.cli import UsageError, at_least_two, positive_float, positive_int, 
 from nasfast.export import NUM_CLASSES_DEFAULT, script_for_deployment
 from nasfast.genotype import ZOO, genotype_from_option, recorded_classes
 from nasfast.search.summary import madds_text
-from timing import is_jetson, jetson_state, timed
+from timing import device_note, is_jetson, timed
 
 PROG = Path(__file__).name
 
@@ -88,15 +87,11 @@ def designs(text: str) -> List[Tuple[str, nasfast.Genotype]]:
 
 def device_and_note(name: str) -> Tuple[torch.device, str]:
     """The device to time on, and what the header says about it."""
-    if name == "jetson":
-        if not is_jetson():
-            raise UsageError("--device jetson: this is not a Jetson (no /etc/nv_tegra_release); nothing measured. "
-                             "Use --device cuda or --device cpu here.")
-        return resolve_device("cuda"), jetson_state()
-    device = resolve_device(name)
-    if device.type == "cuda":
-        return device, torch.cuda.get_device_name()
-    return device, f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    if name == "jetson" and not is_jetson():
+        raise UsageError("--device jetson: this is not a Jetson (no /etc/nv_tegra_release); nothing measured. "
+                         "Use --device cuda or --device cpu here.")
+    device = resolve_device("cuda" if name == "jetson" else name)
+    return device, device_note(device, jetson=name == "jetson")
 
 
 def main(argv=None) -> int:

@@ -12,7 +12,7 @@ import sys
 
 import torch
 
-from timing import is_jetson, jetson_state, timed
+from timing import device_note, is_jetson, timed
 
 
 def at_least(low, kind):
@@ -41,13 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
 def device_and_note(name: str, parser) -> tuple:
     if name == "jetson" and not is_jetson():
         parser.error("--device jetson: this is not a Jetson (no /etc/nv_tegra_release); nothing measured")
-    if name in ("cuda", "jetson") and not torch.cuda.is_available():
+    if name != "cpu" and not torch.cuda.is_available():
         parser.error("--device {}: this torch finds no CUDA GPU".format(name))
-    if name == "jetson":
-        return torch.device("cuda"), jetson_state()
-    if name == "cuda":
-        return torch.device("cuda"), torch.cuda.get_device_name()
-    return torch.device("cpu"), "{} threads".format(torch.get_num_threads())
+    device = torch.device("cpu" if name == "cpu" else "cuda")
+    return device, device_note(device, jetson=name == "jetson")
 
 
 def load(path: str, parser):

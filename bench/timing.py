@@ -1,6 +1,7 @@
 """The paper's timing protocol and a Jetson's state, with torch alone: bench/latency.py and
 bench/latency_export.py share them, the latter on a Jetson TX2 too (Python 3.6, torch 1.10)."""
 import os
+import platform
 import shutil
 import statistics
 import subprocess
@@ -23,6 +24,15 @@ def jetson_state() -> str:
         text = (out.stdout or out.stderr).strip()
         return text.splitlines()[0] if text else "?"
     return "power mode: {}; clocks: {}".format(ask(["nvpmodel", "-q"]), ask(["jetson_clocks", "--show"]))
+
+
+def device_note(device: torch.device, jetson: bool = False) -> str:
+    """What a benchmark's header says of the device it times on (a Jetson: its power mode and clocks)."""
+    if jetson:
+        return jetson_state()
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "{}, {} threads".format(platform.processor() or platform.machine(), torch.get_num_threads())
 
 
 def timed(model, x, device, runs: int, warmup: int, max_seconds: float) -> Tuple[float, float, int]:
