@@ -143,6 +143,16 @@ def camvid_image(camvid_root, size=(160, 120)) -> np.ndarray:
     return np.array(Image.open(camvid_root / "val" / "0016E5_07959.png").convert("RGB").resize(size))
 
 
+def camvid_input(camvid_root) -> torch.Tensor:
+    """camvid_image as a model takes it: a batch of one, normalised (as the C++ program does too)."""
+    return to_tensors(camvid_image(camvid_root), np.zeros((120, 160), np.uint8))[0][None]
+
+
+def logits_written(path) -> torch.Tensor:
+    """The logits the C++ program wrote for camvid_image: 11 classes at 120 x 160."""
+    return torch.from_numpy(np.fromfile(path, dtype=np.float32).reshape(1, 11, 120, 160))
+
+
 @pytest.fixture(scope="module")
 def exported(trained, tmp_path_factory):
     path = tmp_path_factory.mktemp("export") / "model.pt"
@@ -153,7 +163,7 @@ def exported(trained, tmp_path_factory):
 def test_export_equals_the_trained_model_and_names_its_ops(trained, exported, camvid_root):
     path, out = exported
     model = model_from_checkpoint(load_checkpoint(str(trained / "best.pt"))).eval()
-    x = to_tensors(camvid_image(camvid_root), np.zeros((120, 160), np.uint8))[0][None]
+    x = camvid_input(camvid_root)
     extra = {"nasfast.json": ""}
     scripted = torch.jit.load(str(path), _extra_files=extra)
     with torch.no_grad():
@@ -212,7 +222,7 @@ def test_an_export_for_torch_1_10_lacks_what_it_refuses_and_gives_the_same_logit
     scripted = torch.jit.load(str(exported_for_torch_1_10), _extra_files=extra)
     assert json.loads(extra["nasfast.json"])["native_ops"] == []
     model = model_from_checkpoint(load_checkpoint(str(trained / "best.pt"))).eval()
-    x = to_tensors(camvid_image(camvid_root), np.zeros((120, 160), np.uint8))[0][None]
+    x = camvid_input(camvid_root)
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), model(x), rtol=1e-5, atol=1e-5)
     with pytest.raises(torch.jit.Error, match="the encoder takes images N x 3 x H x W, got the shape"):
@@ -225,7 +235,7 @@ OLD_TORCH_PYTHONS = os.environ.get("NASFAST_OLD_TORCH_PYTHONS", "").split()
 @pytest.mark.skipif(not OLD_TORCH_PYTHONS, reason="set NASFAST_OLD_TORCH_PYTHONS to Pythons with older torch releases")
 @pytest.mark.parametrize("python", OLD_TORCH_PYTHONS)
 def test_an_export_for_torch_1_10_runs_in_older_torch(exported_for_torch_1_10, camvid_root, tmp_path, python):
-    x = to_tensors(camvid_image(camvid_root), np.zeros((120, 160), np.uint8))[0][None]
+    x = camvid_input(camvid_root)
     np.save(tmp_path / "x.npy", x.numpy())
     script = ("import sys, numpy, torch\n"
               "m, x = torch.jit.load(sys.argv[1]), torch.from_numpy(numpy.load(sys.argv[2]))\n"
@@ -318,8 +328,8 @@ def test_cpp_program_matches_python(program, exported, camvid_root, ppm_image, t
     note, size, histogram = result.stdout.splitlines()
     assert note == "note: the model was trained on images scaled by 0.25 (nasfast.json); the image is used at its size"
     assert size == "output size: [1, 11, 120, 160]"
-    cpp = torch.from_numpy(np.fromfile(tmp_path / "logits.bin", dtype=np.float32).reshape(1, 11, 120, 160))
-    x = to_tensors(camvid_image(camvid_root), np.zeros((120, 160), np.uint8))[0][None]
+    cpp = logits_written(tmp_path / "logits.bin")
+    x = camvid_input(camvid_root)
     with torch.no_grad():
         python = torch.jit.load(str(path))(x)
     assert (cpp - python).abs().max() < 1e-4
@@ -423,8 +433,8 @@ def test_cpp_program_without_the_ops_library_runs_an_export_for_torch_1_10(progr
                                                                            tmp_path):
     result = segment(program_without_ops, exported_for_torch_1_10, ppm_image, tmp_path / "logits.bin")
     assert result.returncode == 0, result.stderr
-    cpp = torch.from_numpy(np.fromfile(tmp_path / "logits.bin", dtype=np.float32).reshape(1, 11, 120, 160))
-    x = to_tensors(camvid_image(camvid_root), np.zeros((120, 160), np.uint8))[0][None]
+    cpp = logits_written(tmp_path / "logits.bin")
+    x = camvid_input(camvid_root)
     with torch.no_grad():
         assert (cpp - torch.jit.load(str(exported_for_torch_1_10))(x)).abs().max() < 1e-4
     if shutil.which("readelf"):
@@ -454,7 +464,7 @@ def test_cpp_program_on_the_gpu_matches_python_on_the_cpu(program, exported, cam
     path, _ = exported
     result = segment(program, "--cuda", path, ppm_image, tmp_path / "logits.bin")
     assert result.returncode == 0, result.stderr
-    cpp = torch.from_numpy(np.fromfile(tmp_path / "logits.bin", dtype=np.float32).reshape(1, 11, 120, 160))
-    x = to_tensors(camvid_image(camvid_root), np.zeros((120, 160), np.uint8))[0][None]
+    cpp = logits_written(tmp_path / "logits.bin")
+    x = camvid_input(camvid_root)
     with torch.no_grad():
         assert (cpp - torch.jit.load(str(path))(x)).abs().max() < 1e-2  # cuDNN computes in TF32
