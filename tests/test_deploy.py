@@ -24,11 +24,10 @@ from nasfast.checkpoint import load_checkpoint, model_from_checkpoint
 from nasfast.data import CamVid, EvalTransform, make_dataset
 from nasfast.evaluate import evaluate_model, evaluation_loader
 from nasfast.data.transforms import to_tensors
-from nasfast.export import fold_batch_norms
+from nasfast.export import fold_batch_norms, native_ops, script_for_deployment
 from nasfast.files import read_records
 from nasfast.genotype import ZOO
 from nasfast.model import create_model
-from nasfast.ops import SeparableConvBNReLU
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -248,20 +247,25 @@ def test_an_export_for_torch_1_10_runs_in_older_torch(exported_for_torch_1_10, c
     torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "y.npy")), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_export_folds_each_batch_norm_that_follows_a_convolution():
-    model = create_model("arch0", 11, pretrained=False).double().eval()
+@pytest.mark.parametrize("fused", [False, pytest.param(True, marks=pytest.mark.skipif(
+    not nasfast.ops.available(), reason="native ops library not built"))])
+def test_export_folds_every_batch_norm_once(fused):
+    model = create_model("arch0", 11, pretrained=False, fused=fused).double().eval()
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
             for t, (low, high) in zip((bn.running_mean, bn.running_var, bn.weight, bn.bias),
                                       ((-1, 1), (0.5, 2), (0.5, 2), (-1, 1))):
                 t.copy_(torch.rand(t.shape, generator=g, dtype=t.dtype) * (high - low) + low)
-    folded = fold_batch_norms(copy.deepcopy(model))
-    left = [m for m in folded.modules() if isinstance(m, nn.BatchNorm2d)]
-    assert len(left) == sum(isinstance(m, SeparableConvBNReLU) for m in model.modules())  # theirs fold in the op
+    scripted = script_for_deployment(model)
+    assert not [m for m in fold_batch_norms(copy.deepcopy(model)).modules() if isinstance(m, nn.BatchNorm2d)]
+    # folded when exported, not at each call: the separable blocks' fold (an rsqrt) is not in the graph
+    assert "batch_norm" not in str(scripted.inlined_graph) and "rsqrt" not in str(scripted.inlined_graph)
+    # inference ops only: the training branch (sep_conv, then the batch norm) is not exported
+    assert native_ops(scripted) == (["nasfast::sep_conv_bn_relu", "nasfast::upsample_add"] if fused else [])
     x = torch.randn(2, 3, 64, 80, generator=g, dtype=torch.float64)
     with torch.no_grad():
-        torch.testing.assert_close(folded(x), model(x))
+        torch.testing.assert_close(scripted(x), model(x))
 
 
 def test_ops_torchscript_knows_stay_alive_when_replaced_or_their_library_is_destroyed():
@@ -447,8 +451,8 @@ def test_cpp_program_without_the_ops_library_says_how_to_run_an_export_that_need
                                                                                      ppm_image):
     model, _ = exported
     assert_bad_input(segment(program_without_ops, model, ppm_image),
-                     f"{model}: Unknown builtin op: nasfast::sep_conv. (it needs the nasfast ops library: build this "
-                     f"program with -DNASFAST_OPS, or export with --reference-ops)")
+                     f"{model}: Unknown builtin op: nasfast::sep_conv_bn_relu. (it needs the nasfast ops library: "
+                     f"build this program with -DNASFAST_OPS, or export with --reference-ops)")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")

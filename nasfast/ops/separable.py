@@ -107,6 +107,12 @@ class SeparableConvBNReLU(nn.Module):
         y = separable_conv_reference(x, self.depthwise.weight, self.pointwise.weight, self.dilation)
         return F.relu(self.bn(y))
 
+    def folded(self) -> nn.Module:
+        """This block for inference (what the export writes): its batch norm's eval-mode transform
+        folded into the pointwise weights and a bias, on the native ops where the block is."""
+        native = isinstance(self, FusedSeparableConvBNReLU)
+        return (FusedFoldedSeparableConvReLU if native else FoldedSeparableConvReLU)(self)
+
 
 class FusedSeparableConvBNReLU(SeparableConvBNReLU):
     def forward(self, x: Tensor) -> Tensor:
@@ -146,3 +152,30 @@ class FusedSeparableConvBNReLU(SeparableConvBNReLU):
             self._fold_key = key
         return self._fold
 
+
+
+class FoldedSeparableConvReLU(nn.Module):
+    """relu(pointwise(depthwise(x)) + bias): a SeparableConvBNReLU for inference, its batch norm
+    folded (SeparableConvBNReLU.folded). The fold is done once, not at each call."""
+
+    def __init__(self, block: SeparableConvBNReLU):
+        super().__init__()
+        self.dilation = block.dilation
+        self.native_on_cuda = block.native_on_cuda
+        self.depthwise = block.depthwise
+        bn = block.bn
+        with torch.no_grad():
+            pointwise, bias = fold_batch_norm(block.pointwise.weight, bn.running_mean, bn.running_var, bn.eps,
+                                              bn.weight, bn.bias)
+        self.pointwise = nn.Parameter(pointwise)
+        self.bias = nn.Parameter(bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return separable_conv_bn_relu_reference(x, self.depthwise.weight, self.pointwise, self.bias, self.dilation)
+
+
+class FusedFoldedSeparableConvReLU(FoldedSeparableConvReLU):
+    def forward(self, x: Tensor) -> Tensor:
+        if (x.is_cuda and not self.native_on_cuda) or not kernels_take(x, self.depthwise.weight):
+            return separable_conv_bn_relu_reference(x, self.depthwise.weight, self.pointwise, self.bias, self.dilation)
+        return torch.ops.nasfast.sep_conv_bn_relu(x, self.depthwise.weight, self.pointwise, self.bias, self.dilation)
