@@ -81,6 +81,16 @@ def test_the_search_warns_of_classes_without_a_stage1_pixel(tmp_path):
         result.stderr
 
 
+def test_a_missing_labels_folder_is_one_problem_naming_the_folders_there(tmp_path, capsys):
+    root = folder_dataset(tmp_path / "data", images=4, lists={"train": [0, 1, 2], "val": [3]})
+    (root / "labels").rename(root / "masks")
+    assert check("--dataset", "folder", "--data-root", root) == 2
+    err = capsys.readouterr().err
+    assert f"{root / 'labels'}: no such folder (a folder dataset holds classes.txt, images/ and labels/: the " \
+           f"README's Data section); {root} has images, masks" in err
+    assert "is missing" not in err and err.count(str(root / "labels")) == 1  # not a line per image
+
+
 def test_every_layout_problem_is_listed_at_once(tmp_path, capsys):
     root = folder_dataset(tmp_path / "data", images=4, lists={"train": [0, 1, 2], "val": [3]})
     Image.open(root / "images" / "im0.png").save(root / "images" / "im0.jpg")  # two files named im0
@@ -92,7 +102,7 @@ def test_every_layout_problem_is_listed_at_once(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"folder data in {root}: the layout has 3 problems:\n" in err
     assert err.count("2 files named 'im0'") == 1  # said once, though both splits met it
-    assert "no image for 1 names, e.g. ['nowhere']" in err
+    assert "no image for 1 name, e.g. ['nowhere']" in err
     assert "labels must be PNG (JPEG compression changes the class values), and 2 are JPEG (im1.jpg, im2.jpg)" in err
     from nasfast.data import FolderDataset
     from nasfast.data import DataError

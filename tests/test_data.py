@@ -284,7 +284,7 @@ def test_folder_dataset(tmp_path, camvid_root):
     with pytest.raises(DataError, match=r"a.png: label values \[2\]"):
         dataset[0]
     (root / "val.txt").write_text("c\n")
-    with pytest.raises(DataError, match=r"no image for 1 names, e.g. \['c'\]"):
+    with pytest.raises(DataError, match=r"no image for 1 name, e.g. \['c'\]"):
         FolderDataset(root, split="val")
 
 
@@ -508,7 +508,7 @@ def test_folder_subfolders_are_not_searched(tmp_path):
     (root / "images" / "b.png").rename(root / "images" / "sub" / "b.png")
     assert len(FolderDataset(root)) == 1
     (root / "train.txt").write_text("a\nsub/b\n")
-    with pytest.raises(DataError, match=r"no image for 1 names, e.g. \['sub/b'\]; subfolders of images/ are not"):
+    with pytest.raises(DataError, match=r"no image for 1 name, e.g. \['sub/b'\]; subfolders of images/ are not"):
         FolderDataset(root)
 
 

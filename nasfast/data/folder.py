@@ -152,6 +152,9 @@ class FolderDataset(SegmentationDataset):
         if not 0 < self.num_classes < IGNORE_INDEX:
             raise DataError(f"{root / 'classes.txt'}: expected 1 to {IGNORE_INDEX - 1} class names, "
                             f"got {self.num_classes}")
+        absent = [folder for folder in ("images", "labels") if not (root / folder).is_dir()]
+        if absent:  # else each image would be a problem of its own
+            raise LayoutProblems([_absent_folder(root, folder) for folder in absent])
         problems: List[str] = []  # each check runs, so that all are said at once
         by_name = _group_by_name(_visible_files(root / "images"), IMAGE_SUFFIXES)
         _note_problem(problems, _refuse_shared_names, by_name)
@@ -160,11 +163,19 @@ class FolderDataset(SegmentationDataset):
         missing = [n for n in names if n not in images]
         if missing:
             hint = "; subfolders of images/ are not searched" if any("/" in n or "\\" in n for n in missing) else ""
-            problems.append(f"{root / 'images'}: no image for {len(missing)} names, e.g. {missing[:5]}{hint}")
+            names_text = f"{len(missing)} name{'s' if len(missing) > 1 else ''}"
+            problems.append(f"{root / 'images'}: no image for {names_text}, e.g. {missing[:5]}{hint}")
         labels = _note_problem(problems, _label_paths, root / "labels", names)
         if problems:
             raise LayoutProblems(problems)
         super().__init__(list(zip((images[n] for n in names), labels)), transform)
+
+
+def _absent_folder(root: Path, folder: str) -> str:
+    others = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
+    found = f"; {root} has {', '.join(others[:5])}{', ...' if len(others) > 5 else ''}" if others else ""
+    return (f"{root / folder}: no such folder (a folder dataset holds classes.txt, images/ and labels/: the "
+            f"README's Data section){found}")
 
 
 def _note_problem(problems: List[str], check: Callable, *args):
