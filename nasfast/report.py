@@ -8,7 +8,7 @@ import sys
 from typing import Dict, List, Optional
 
 from .cli import UsageError, counted, positive_int, run
-from .files import CONFIG, in_use, read_json, read_search_log, search_run_paths, write_atomic
+from .files import CONFIG, checkpoints_in, in_use, read_json, read_search_log, search_run_paths, write_atomic
 from .search.summary import format_reward, searched_size_note, top_table
 
 PROG = "python -m nasfast.report"
@@ -20,7 +20,9 @@ def load_run(path: str) -> Dict:
         raise FileNotFoundError(f"{path}: no such search run or log")
     run_dir, log = search_run_paths(path)
     if not os.path.isfile(log):
-        raise FileNotFoundError(f"{run_dir}: not a search run ({log} missing)")
+        trained = checkpoints_in(run_dir)
+        hint = f"; it holds a training run: python -m nasfast.evaluate --checkpoint {trained[0]}" if trained else ""
+        raise FileNotFoundError(f"{run_dir}: not a search run ({log} missing){hint}")
     config = read_json(os.path.join(run_dir, CONFIG)) or {}
     return {"dir": run_dir, "strategy": config.get("strategy", "unknown strategy"), "records": read_search_log(log),
             "channels": config.get("channels"), "sep_repeats": config.get("sep_repeats")}

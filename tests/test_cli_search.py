@@ -95,7 +95,11 @@ def test_a_run_directory_and_a_budget_are_required(tmp_path, capsys):
     assert search("--resume", tmp_path / "nothing", "--budget", "1") == 2
     assert f"--resume {tmp_path / 'nothing'}: no such directory" in capsys.readouterr().err
     assert search("--resume", tmp_path, "--budget", "1") == 2
-    assert "no saved search there (state.pt missing)" in capsys.readouterr().err
+    assert capsys.readouterr().err.rstrip().endswith("no saved search there (state.pt missing)")
+    (tmp_path / "best.pt").write_bytes(b"a training's checkpoint")
+    assert search("--resume", tmp_path, "--budget", "1") == 2
+    assert (f"no saved search there (state.pt missing); it holds a training run: python -m nasfast.train --resume "
+            f"{tmp_path}") in capsys.readouterr().err
 
 
 def test_help(capsys):

@@ -45,7 +45,11 @@ def test_report_tables_and_plot(tmp_path):
 def test_report_rejects_a_directory_without_a_search(tmp_path):
     result = subprocess.run([sys.executable, "-m", "nasfast.report", str(tmp_path)], capture_output=True,
                             text=True, env={"PYTHONPATH": str(REPO)})
-    assert result.returncode == 2 and "not a search run" in result.stderr
+    assert result.returncode == 2 and "not a search run" in result.stderr and "training" not in result.stderr
+    (tmp_path / "best.pt").write_bytes(b"a training's checkpoint")
+    trained = subprocess.run([sys.executable, "-m", "nasfast.report", str(tmp_path)], capture_output=True, text=True,
+                             env={"PYTHONPATH": str(REPO)})
+    assert f"it holds a training run: python -m nasfast.evaluate --checkpoint {tmp_path / 'best.pt'}" in trained.stderr
     typo = subprocess.run([sys.executable, "-m", "nasfast.report", str(tmp_path / "typo")], capture_output=True,
                           text=True, env={"PYTHONPATH": str(REPO)})
     assert typo.returncode == 2 and f"{tmp_path / 'typo'}: no such search run or log" in typo.stderr

@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from ..cli import counted, message_of, option_text, positive_int, run
 from ..data import DATASETS, DataError
 from ..data.datasets import OtherLayout
-from ..files import (CONFIG, SEARCH_FILES, SEARCH_LOG, SEARCH_STATE, TRAINING_FILES, read_json,
+from ..files import (CONFIG, SEARCH_FILES, SEARCH_LOG, SEARCH_STATE, TRAINING_FILES, checkpoints_in, read_json,
                      read_search_log, why_unwritable)
 from ..tensorboard import TensorBoardLog, check_available
 from . import distributed
@@ -248,7 +248,9 @@ def _resumed_config(args, parser) -> SearchConfig:
     if not os.path.isdir(run_dir):
         _refuse(parser, f"--resume {run_dir}: no such directory")
     if not os.path.isfile(os.path.join(run_dir, SEARCH_STATE)):
-        _refuse(parser, f"--resume {run_dir}: no saved search there ({SEARCH_STATE} missing)")
+        trained = f"; it holds a training run: python -m nasfast.train --resume {run_dir}"
+        _refuse(parser, f"--resume {run_dir}: no saved search there ({SEARCH_STATE} missing)"
+                        f"{trained if checkpoints_in(run_dir) else ''}")
     saved = _saved_config(run_dir, parser)
     conflicts = resume_conflicts(args, saved)
     if conflicts:
