@@ -261,6 +261,9 @@ class Search:
     def spent_note(self) -> Optional[str]:
         """Which budget is spent, and how to go further; None while neither is."""
         if self.budget is not None and self.next_index >= self.budget:
+            if self.next_index > self.budget:  # a resume with a lower budget
+                return (f"budget of {counted(self.budget, 'candidate')} reached (the run has {self.next_index}); "
+                        f"raise --budget above {self.next_index} to continue")
             return f"budget of {counted(self.budget, 'candidate')} reached; raise --budget to continue"
         if self.time_budget is not None and self.elapsed >= self.time_budget:
             return (f"time budget of {self.time_budget:g} s reached ({self.elapsed:.0f} s of search); raise "
