@@ -19,7 +19,7 @@ from . import ops
 from .checkpoint import is_torchscript, load_checkpoint, model_from_checkpoint
 from .cli import UsageError, positive_int, run
 from .encoder import IMAGENET_MEAN, IMAGENET_STD
-from .files import write_atomic
+from .files import why_unwritable, write_atomic
 from .genotype import Genotype, genotype_from_option, recorded_classes
 from .model import create_model
 
@@ -140,9 +140,9 @@ def check_options(args) -> None:
         raise UsageError(f"--out {args.out} is a directory: give a file name, e.g. {example}")
     if os.path.isfile(args.out) and not is_torchscript(args.out):
         raise UsageError(f"--out {args.out} exists and is not an earlier export (a checkpoint?): choose another file")
-    parent = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(parent):
-        raise UsageError(f"--out {args.out}: directory {parent} does not exist")
+    unwritable = why_unwritable(os.path.dirname(os.path.abspath(args.out)))
+    if unwritable:
+        raise UsageError(f"--out {args.out}: {unwritable}")
 
 
 def main(argv=None) -> int:
@@ -158,6 +158,7 @@ def main(argv=None) -> int:
         model = create_model(genotype, num_classes, pretrained=args.pretrained, fused=fused)
         about = model_info(genotype, num_classes)
     replaced = os.path.exists(args.out)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     info = export(model, args.out, about, args.torch_1_10)
     print(f"wrote {args.out}" + (" (replaced the file that was there)" if replaced else ""))
     if not args.checkpoint:

@@ -67,7 +67,7 @@ def test_export_refuses_options_that_do_not_apply_with_a_checkpoint(options, wor
     (["--genotype", "arch9"], ["arch9", "neither a zoo name"]),
     (["--checkpoint", "nope.pt"], ["nope.pt", "not found"]),
     (["--checkpoint", "corrupt.pt"], ["corrupt.pt", "not a checkpoint"]),
-    (["--genotype", "arch0", "--out", "nodir/m.pt"], ["nodir", "does not exist"]),
+    (["--genotype", "arch0", "--out", "corrupt.pt/m.pt"], ["corrupt.pt is a file"]),
     (["--genotype", "arch0", "--out", "."], ["is a directory"]),
     (["--genotype", "arch0", "--out", "corrupt.pt"], ["corrupt.pt", "not an earlier export"]),
     (["--genotype", "arch0", "--out", "/proc/m.pt"], ["--out /proc/m.pt cannot be written (No such file"]),
@@ -91,7 +91,7 @@ def test_export_onto_a_full_disk_is_one_line_and_leaves_no_file(tmp_path, monkey
 
 
 def test_export_genotype_its_old_name_and_the_default_classes(tmp_path, capsys):
-    path = tmp_path / "m.pt"
+    path = tmp_path / "exports" / "arch0" / "m.pt"  # directories made, as search and train make theirs
     x = torch.randn(1, 3, 32, 32)
     assert call(export.main, ["--genotype", "arch0", "--num-classes", "3", "--out", str(path)], capsys)[0] == 0
     extra = {"nasfast.json": ""}
