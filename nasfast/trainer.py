@@ -170,7 +170,8 @@ def load_data(args, config: TrainConfig, resumed: Optional[dict]) -> TrainingDat
         print(warning, file=sys.stderr)
     train_images, val_images = evenly_spaced(train_set, config.train_images), evenly_spaced(val_set, config.val_images)
     if len(train_images) < config.batch_size:
-        raise ValueError(f"batch size {config.batch_size} exceeds the {len(train_images)} training images")
+        raise ValueError(f"--batch-size {config.batch_size} exceeds the {len(train_images)} training images: give "
+                         f"--batch-size {len(train_images)} or less")
     print(f"{args.dataset} data in {root}: {used(train_images, train_set)} training and "
           f"{used(val_images, val_set)} validation images", file=sys.stderr)
     check_files(val_images, "validation", args.no_progress)

@@ -316,7 +316,7 @@ def test_bad_data_and_genotypes_are_reported_without_writing(tmp_path, capsys, c
     assert train_cli("--genotype", "arch0", "--out", out, "--data-root", tmp_path / "nope") == 2
     assert f"error: --data-root {tmp_path / 'nope'}: no such directory" in capsys.readouterr().err
     assert train_cli("--genotype", "arch0", "--out", out, "--preset", "tiny", "--batch-size", 1000) == 2
-    assert "batch size 1000 exceeds the 32 training images" in one_error_line(capsys)
+    assert "--batch-size 1000 exceeds the 32 training images: give --batch-size 32 or less" in one_error_line(capsys)
     (tmp_path / "latin1.json").write_bytes(b"\xff\xfe[")
     (tmp_path / "broken.json").write_text("[[1, 2]")
     for name, problem in (("latin1.json", "is not UTF-8 text"),

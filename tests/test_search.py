@@ -323,6 +323,14 @@ def test_a_cache_built_from_other_files_is_built_again(tmp_path, camvid_root, ca
     assert not reused(copy)  # a cache of an earlier version, which did not record its files
 
 
+def test_a_stage2_batch_larger_than_the_epoch_says_the_largest_that_fits():
+    from nasfast.search.context import _images
+    config = preset("tiny")
+    with pytest.raises(ValueError, match=r"^--stage2-batch-size 8 exceeds the 5 images of a stage-2 epoch: give "
+                                         r"--stage2-batch-size 5 or less$"):
+        _images(config, 6)  # one image for meta-val
+
+
 def test_the_common_size_of_tiny_images_is_at_least_one_pixel_as_the_transforms_make_them():
     from nasfast.search.context import _common_size
     images = SimpleNamespace(load=lambda i: (None, np.zeros([(1, 1), (2, 1)][i])))

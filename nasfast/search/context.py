@@ -138,7 +138,7 @@ def _images(config: SearchConfig, n: int) -> Tuple[List[int], List[int], List[in
     stage2_count = min(len(train_ids), config.stage2_images or len(train_ids))
     if stage2_count < config.stage2.batch_size:  # its epochs would take no step (whole batches only)
         raise ValueError(f"--stage2-batch-size {config.stage2.batch_size} exceeds the {stage2_count} images of a "
-                         f"stage-2 epoch")
+                         f"stage-2 epoch: give --stage2-batch-size {stage2_count} or less")
     generator = torch.Generator().manual_seed(config.seed)
     stage1_ids = _sample(train_ids, config.stage1_images, generator)
     return train_ids, stage1_ids, _sample(val_ids, config.val_images or len(val_ids), generator), stage2_count
