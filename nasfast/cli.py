@@ -47,8 +47,8 @@ def message_of(error: BaseException) -> str:
 
 
 def run(main: Callable[[Optional[List[str]]], int], prog: str, argv: Optional[List[str]] = None) -> int:
-    """main(argv), with user errors printed as `prog: error: ...` (exit 2; NASFAST_TRACEBACK=1 shows
-    the traceback too) and Ctrl-C as a one-line note (exit 130), unless main handles it itself."""
+    """main(argv), with user errors printed as `prog: error: ...` (exit 2; NASFAST_TRACEBACK=1 raises
+    them instead, for their traceback) and Ctrl-C as a one-line note (exit 130), unless main handles it itself."""
     try:
         return main(argv)
     except KeyboardInterrupt:
