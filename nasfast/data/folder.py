@@ -172,7 +172,7 @@ class FolderDataset(SegmentationDataset):
 
 
 def _absent_folder(root: Path, folder: str) -> str:
-    others = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
+    others = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     found = f"; {root} has {', '.join(others[:5])}{', ...' if len(others) > 5 else ''}" if others else ""
     return (f"{root / folder}: no such folder (a folder dataset holds classes.txt, images/ and labels/: the "
             f"README's Data section){found}")

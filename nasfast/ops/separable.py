@@ -114,9 +114,15 @@ class SeparableConvBNReLU(nn.Module):
         return (FusedFoldedSeparableConvReLU if native else FoldedSeparableConvReLU)(self)
 
 
+def runs_native(x: Tensor, weight: Tensor, native_on_cuda: bool) -> bool:
+    """Whether a fused module runs its native kernel on x: on CUDA only when built with
+    fused=True (see SeparableConvBNReLU), and for inputs the kernels take."""
+    return (not x.is_cuda or native_on_cuda) and kernels_take(x, weight)
+
+
 class FusedSeparableConvBNReLU(SeparableConvBNReLU):
     def forward(self, x: Tensor) -> Tensor:
-        if (x.is_cuda and not self.native_on_cuda) or not kernels_take(x, self.depthwise.weight):
+        if not runs_native(x, self.depthwise.weight, self.native_on_cuda):
             return self.reference_forward(x)
         running_mean, running_var = self.bn.running_mean, self.bn.running_var
         if self.training or running_mean is None or running_var is None:
@@ -153,7 +159,6 @@ class FusedSeparableConvBNReLU(SeparableConvBNReLU):
         return self._fold
 
 
-
 class FoldedSeparableConvReLU(nn.Module):
     """relu(pointwise(depthwise(x)) + bias): a SeparableConvBNReLU for inference, its batch norm
     folded (SeparableConvBNReLU.folded). The fold is done once, not at each call."""
@@ -176,6 +181,6 @@ class FoldedSeparableConvReLU(nn.Module):
 
 class FusedFoldedSeparableConvReLU(FoldedSeparableConvReLU):
     def forward(self, x: Tensor) -> Tensor:
-        if (x.is_cuda and not self.native_on_cuda) or not kernels_take(x, self.depthwise.weight):
+        if not runs_native(x, self.depthwise.weight, self.native_on_cuda):
             return separable_conv_bn_relu_reference(x, self.depthwise.weight, self.pointwise, self.bias, self.dilation)
         return torch.ops.nasfast.sep_conv_bn_relu(x, self.depthwise.weight, self.pointwise, self.bias, self.dilation)
