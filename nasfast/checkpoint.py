@@ -2,7 +2,7 @@
 import json
 import os
 import zipfile
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, List, Sequence
 
 import torch
 
@@ -78,6 +78,15 @@ def is_torchscript(path: str) -> bool:
         return False
     with zipfile.ZipFile(path) as archive:
         return any("/code/" in name for name in archive.namelist())
+
+
+def load_fitting_weights(model: torch.nn.Module, checkpoint: Dict[str, Any]) -> List[str]:
+    """Loads into model the checkpoint's weights of its names and shapes (a model of the same design
+    for other classes: all but the classifiers'); returns the names of the tensors left as they were."""
+    own = model.state_dict()
+    fitting = {k: v for k, v in checkpoint["model"].items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(fitting, strict=False)
+    return sorted(k for k in own if k not in fitting)
 
 
 def model_from_checkpoint(checkpoint: Dict[str, Any], aux=None, fused=None) -> Segmenter:

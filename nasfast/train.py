@@ -14,6 +14,7 @@ from .cli import (UsageError, counted, fraction, images_per_batch, non_negative_
 from .data.datasets import DATASETS
 from .files import BEST, LAST, SEARCH_FILES, lock_directory
 from .genotype import Genotype, genotype_from_option, genotype_name
+from .model import FINAL_CHANNELS, FINAL_SEP_REPEATS
 from .tensorboard import check_available
 from .trainer import (PRESETS, PROG, TrainConfig, TrainingInterrupted, check_new_run_directory, format_miou,
                       known_miou, mend_log, read_config, train)
@@ -46,7 +47,8 @@ Ctrl-C stops; the epochs finished so far stay in OUT/last.pt for --resume.
 examples:
   {PROG} --genotype arch0 --dataset camvid --preset tiny --out runs/try --epochs 1
   {PROG} --genotype arch0 --dataset camvid --out runs/arch0          # the full training
-  {PROG} --resume runs/arch0"""
+  {PROG} --resume runs/arch0
+  {PROG} --init runs/arch0/best.pt --dataset folder --data-root DATA --out runs/mine   # fine-tune"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,8 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--genotype", "--arch", dest="genotype",
                         help="arch0|arch1|arch2, the genotype's JSON, a file holding it, a training checkpoint or an "
-                             "export (its design), or a search's RUN_DIR (or its candidates.jsonl) for its best design "
-                             "(required unless --resume)")
+                             "export (its design; --init starts from a checkpoint's weights too), or a search's "
+                             "RUN_DIR (or its candidates.jsonl) for its best design (required unless --resume or "
+                             "--init)")
     parser.add_argument("--dataset", choices=sorted(DATASETS),
                         help="camvid, voc (PASCAL VOC 2012 + SBD) or folder (your own data; see the README's "
                              "Data section) [camvid]")
@@ -66,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", nargs="?", const=True, metavar="OUT",
                         help="continue the run in OUT from OUT/last.pt (--resume OUT, as the search's, or --out OUT "
                              "--resume)")
+    parser.add_argument("--init", metavar="CHECKPOINT",
+                        help="start from the weights of a training's checkpoint (its best.pt or last.pt) instead of "
+                             "the ImageNet encoder: to train a design longer, or on other data (a dataset of other "
+                             "classes starts its classifiers afresh); its design is the default --genotype")
     parser.add_argument("--preset", choices=list(PRESETS), help="paper, fast or tiny: see the table below [paper]")
     parser.add_argument("--epochs", type=positive_int, help="override the preset's epochs (table below)")
     parser.add_argument("--batch-size", type=images_per_batch, help="override the preset's batch size (table below)")
@@ -121,6 +128,8 @@ def resumed_run(args) -> Tuple[Genotype, TrainConfig, dict]:
         raise UsageError(f"--resume {args.out}: a file; give the run's directory ({os.path.dirname(args.out) or '.'})")
     if not os.path.isdir(args.out):
         raise UsageError(f"--resume {args.out}: no such directory")
+    if args.init is not None:
+        raise UsageError("--init starts a new run: --resume goes on from the run's own last.pt")
     last = os.path.join(args.out, LAST)
     searched = [name for name in SEARCH_FILES if os.path.exists(os.path.join(args.out, name))]
     if searched:
@@ -144,18 +153,33 @@ def resumed_run(args) -> Tuple[Genotype, TrainConfig, dict]:
     return Genotype.parse(saved["genotype"]), config, load_checkpoint(last, RESUME_KEYS)
 
 
-def new_run(args) -> Tuple[Genotype, TrainConfig]:
-    """The genotype and settings of a new run from the options (their defaults filled into args)."""
-    if args.genotype is None:
-        raise UsageError("--genotype is required (unless --resume)")
+def new_run(args) -> Tuple[Genotype, TrainConfig, Optional[dict]]:
+    """The genotype, settings and --init checkpoint of a new run from the options (their defaults
+    filled into args)."""
+    if args.genotype is None and args.init is None:
+        raise UsageError("--genotype is required (unless --resume, or --init gives the design)")
     check_new_run_directory(args.out)
-    genotype = genotype_from_option(args.genotype)
+    initial = load_checkpoint(args.init) if args.init else None
+    genotype = genotype_from_option(args.genotype) if args.genotype else Genotype.parse(initial["genotype"])
+    if initial is not None:
+        check_initial(args, initial, genotype)
     options = {name: getattr(args, name) for name in OPTION_FIELDS if getattr(args, name) is not None}
     args.dataset = args.dataset or "camvid"
     config = replace(PRESETS[args.preset or "paper"], **options)
     config.lr_steps = tuple(config.lr_steps)
     check_schedule(config, args.step_factor is not None)
-    return genotype, config
+    return genotype, config, initial
+
+
+def check_initial(args, initial: dict, genotype: Genotype) -> None:
+    """The --init checkpoint's weights must be of the design and size trained."""
+    if Genotype.parse(initial["genotype"]).to_list() != genotype.to_list():
+        raise UsageError(f"--init {args.init} holds the weights of {genotype_name(initial['genotype'])}, not of "
+                         f"--genotype {args.genotype}: leave --genotype out to train its design")
+    if (initial["channels"], initial["sep_repeats"]) != (FINAL_CHANNELS, FINAL_SEP_REPEATS):
+        raise UsageError(f"--init {args.init}: a decoder of {initial['channels']} channels and "
+                         f"{initial['sep_repeats']} separable repeats, not a training's {FINAL_CHANNELS} and "
+                         f"{FINAL_SEP_REPEATS}")
 
 
 def check_schedule(config: TrainConfig, step_factor_given: bool) -> None:
@@ -189,7 +213,7 @@ def main(argv=None) -> int:
     run_directory(args)
     if args.tensorboard:
         check_available()
-    resumed = None
+    resumed = initial = None
     if args.resume:
         genotype, config, resumed = resumed_run(args)
         if resumed["epoch"] + 1 >= config.epochs:
@@ -199,9 +223,9 @@ def main(argv=None) -> int:
             report(known_miou(resumed["best_miou"]), os.path.join(args.out, BEST))
             return 0
     else:
-        genotype, config = new_run(args)
+        genotype, config, initial = new_run(args)
     try:
-        result = train(args, config, genotype, resumed)
+        result = train(args, config, genotype, resumed, initial)
     except TrainingInterrupted as note:
         print(f"\n{PROG}: {note}", file=sys.stderr)
         return 130

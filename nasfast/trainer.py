@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from .checkpoint import RESUME_KEYS, check_classes, load_checkpoint
+from .checkpoint import RESUME_KEYS, check_classes, load_checkpoint, load_fitting_weights
 from .cli import UsageError, counted, message_of, progress_bar, reported_in_one_line, resolve_device
 from .data import EvalTransform, SegmentationDataset, TrainTransform, make_dataset
 from .data.datasets import (DATASETS, OtherLayout, absent_classes_warning, find_data_root, refuse_run_in_data,
@@ -207,9 +207,11 @@ def train_epoch(model, batches, epoch: int, optimizers, config: TrainConfig, ign
     return sum(losses) / len(losses)
 
 
-def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict] = None) -> dict:
-    """Trains into args.out, from scratch or from the checkpoint `resumed` (last.pt); nothing is
-    written before the data and the options have been checked."""
+def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict] = None,
+          initial: Optional[dict] = None) -> dict:
+    """Trains into args.out, from the ImageNet encoder, from the weights of the checkpoint `initial`
+    (--init), or on from the checkpoint `resumed` (last.pt); nothing is written before the data and
+    the options have been checked."""
     device = resolve_device(args.device)
     torch.manual_seed(config.seed)
     torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed crop size: let cuDNN pick its kernels once
@@ -218,8 +220,11 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
     print(f"design: {genotype_name(genotype)}", file=sys.stderr)
     data = load_data(args, config, resumed)
     num_classes, ignore_index = data.train_set.num_classes, data.train_set.ignore_index
-    # Resuming loads every weight from the checkpoint: no need for the ImageNet file then.
-    model = create_model(genotype, num_classes, pretrained=resumed is None, aux="cell").to(device)
+    # Resuming and --init load the encoder's weights from a checkpoint: no need for the ImageNet file then.
+    model = create_model(genotype, num_classes, pretrained=resumed is None and initial is None, aux="cell")
+    if initial is not None:
+        start_from(model, initial, args.init, num_classes)
+    model = model.to(device)
     optimizers = make_optimizers(model, config)
     val_loader = evaluation_loader(data.val_images, config.workers)
 
@@ -236,8 +241,9 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
         start_epoch, best = resumed["epoch"] + 1, known_miou(resumed["best_miou"])
         mend_log(args.out, resumed)
     else:
+        init = {"init": os.path.abspath(args.init)} if initial is not None else {}
         write_json(os.path.join(args.out, CONFIG),
-                   {"genotype": genotype.to_list(), "dataset": args.dataset, **asdict(config)})
+                   {"genotype": genotype.to_list(), "dataset": args.dataset, **init, **asdict(config)})
 
     order = torch.Generator()
     loader = DataLoader(data.train_images, batch_size=config.batch_size, drop_last=True,
@@ -287,6 +293,15 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
         if board is not None:
             board.close()
     return {"best_miou": best, "best_checkpoint": best_path}
+
+
+def start_from(model, initial: dict, path: str, num_classes: int) -> None:
+    """Loads the --init checkpoint's weights into model, and says which layers start afresh (the
+    classifiers, for data of other classes)."""
+    fresh = load_fitting_weights(model, initial)
+    layers = sorted({name.rsplit(".", 1)[0] for name in fresh})
+    afresh = f"; for {num_classes} classes, not its {initial['num_classes']}: {', '.join(layers)} start afresh"
+    print(f"weights from {path}{afresh if fresh else ''}", file=sys.stderr)
 
 
 def mend_log(out: str, checkpoint: dict) -> None:

@@ -171,7 +171,7 @@ def test_bad_step_schedules_are_refused(tmp_path, capsys, argv, message):
 def test_learning_rates_given_are_the_runs_and_resume_keeps_them(tmp_path, capsys):
     args = train.build_parser().parse_args(["--genotype", "arch0", "--out", str(tmp_path / "run"), "--encoder-lr",
                                             "0.02", "--decoder-lr", "5e-2", "--decoder-optimizer", "sgd"])
-    _, config = train.new_run(args)
+    _, config, _ = train.new_run(args)
     assert (config.encoder_lr, config.decoder_lr, config.decoder_optimizer) == (0.02, 0.05, "sgd")
     (tmp_path / "config.json").write_text(json.dumps(tiny_run_config(encoder_lr=0.02)))
     (tmp_path / "last.pt").write_bytes(b"")
@@ -603,3 +603,35 @@ def test_a_training_run_s_directory_and_files_where_others_are_expected_are_name
                                            f"directory ({run_dir})\n")
     assert train_cli("--resume", tmp_path / "typo") == 2
     assert one_error_line(capsys).endswith(f"error: --resume {tmp_path / 'typo'}: no such directory\n")
+
+
+def test_init_weights_fit_all_but_the_classifiers_of_other_classes():
+    from nasfast.checkpoint import load_fitting_weights
+    source, target = create_model("arch0", 11, aux="cell"), create_model("arch0", 2, aux="cell")
+    theirs, before = source.state_dict(), {k: v.clone() for k, v in target.state_dict().items()}
+    fresh = load_fitting_weights(target, {"model": theirs})
+    assert fresh == sorted(k for k, v in before.items() if v.shape != theirs[k].shape)
+    layers = {k.rsplit(".", 1)[0] for k in fresh}
+    assert layers == {"decoder.head.1", *(f"decoder.aux.{i}.classifier" for i in range(3))}  # the classifiers
+    for k, v in target.state_dict().items():
+        assert torch.equal(v, before[k] if k in fresh else theirs[k]), k
+
+
+def test_init_trains_from_a_checkpoint_on_data_of_other_classes(tmp_path, capsys):
+    first = folder_dataset(tmp_path / "first", classes=3, images=8)
+    assert train_folder(first, tmp_path / "run1", "--epochs", "1") == 0
+    checkpoint = tmp_path / "run1" / "best.pt"
+    second = folder_dataset(tmp_path / "second", classes=2, images=8)
+    capsys.readouterr()
+    assert train_cli("--init", checkpoint, "--preset", "tiny", "--dataset", "folder", "--data-root", second,
+                     "--epochs", "1", "--out", tmp_path / "run2", "--no-progress") == 0  # the design: the checkpoint's
+    err = capsys.readouterr().err
+    assert re.search(rf"weights from {re.escape(str(checkpoint))}; for 2 classes, not its 3: decoder\.\S*classifier\S*"
+                     r"(, \S+)* start afresh\n", err), err
+    saved = json.loads((tmp_path / "run2" / "config.json").read_text())
+    assert (saved["init"], saved["genotype"]) == (str(checkpoint), ZOO["arch0"].to_list())
+    assert train_cli("--init", checkpoint, "--genotype", "arch1", "--out", tmp_path / "run3") == 2
+    assert one_error_line(capsys).endswith(f"--init {checkpoint} holds the weights of arch0, not of --genotype arch1: "
+                                           f"leave --genotype out to train its design\n")
+    assert train_cli("--resume", tmp_path / "run2", "--init", checkpoint) == 2
+    assert one_error_line(capsys).endswith("--init starts a new run: --resume goes on from the run's own last.pt\n")
