@@ -13,9 +13,9 @@ def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def _example(shape: Shape, device: torch.device) -> torch.Tensor:
+def _example(shape: Shape, like: torch.Tensor) -> torch.Tensor:
     shape = tuple(shape)
-    return torch.zeros(shape if len(shape) == 4 else (1,) + shape, device=device)
+    return like.new_zeros(shape if len(shape) == 4 else (1,) + shape)
 
 
 def _conv_madds(conv: nn.Conv2d, output_numel: int) -> int:
@@ -29,6 +29,9 @@ def count_madds(module: nn.Module, input_shape: Union[Shape, List[Shape]]) -> in
     `input_shape` is (C, H, W) or (1, C, H, W), or a list of such shapes for a module taking a
     list of tensors (the decoder).
     """
+    if isinstance(module, torch.jit.ScriptModule):
+        raise TypeError("count_madds counts with forward hooks, which a TorchScript module does not run: count the "
+                        "model before scripting it")
     total = 0
 
     def conv_hook(conv: nn.Conv2d, inputs, output):
@@ -48,8 +51,8 @@ def count_madds(module: nn.Module, input_shape: Union[Shape, List[Shape]]) -> in
     handles += [m.register_forward_hook(conv_hook) for m in module.modules()
                 if isinstance(m, nn.Conv2d) and id(m) not in counted_by_block]
     nested = len(input_shape) > 0 and isinstance(input_shape[0], (list, tuple))
-    device = next((p.device for p in module.parameters()), torch.device("cpu"))
-    example = [_example(s, device) for s in input_shape] if nested else _example(input_shape, device)
+    like = next((p for p in module.parameters() if p.is_floating_point()), torch.zeros(()))  # dtype and device
+    example = [_example(s, like) for s in input_shape] if nested else _example(input_shape, like)
     was_training = module.training
     try:
         module.eval()

@@ -114,3 +114,13 @@ def test_another_encoder_plugs_in_through_its_channels_and_strides():
         assert model(x).shape == (2, 4, 64, 96)
     stride = decoder.output_stride
     assert stride in encoder.strides and logits.shape == (2, 4, 64 // stride, 96 // stride) and len(aux) == 3
+
+
+def test_madds_of_a_module_in_double_precision_and_of_a_scripted_one():
+    decoder = nasfast.Decoder("arch1", num_classes=11, channels=16)
+    shapes = [(c, 64 // s, 64 // s) for c, s in zip(nasfast.MobileNetV2Encoder.channels,
+                                                     nasfast.MobileNetV2Encoder.strides)]
+    madds = count_madds(decoder, shapes)
+    assert count_madds(decoder.double(), shapes) == madds > 0  # the example input takes the weights' dtype
+    with pytest.raises(TypeError, match="count the model before scripting it"):
+        count_madds(torch.jit.script(decoder), shapes)
