@@ -27,6 +27,9 @@ class ConfusionMatrix:
                  fused: Optional[bool] = None):
         if not isinstance(num_classes, numbers.Integral) or num_classes < 1:
             raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+        if not isinstance(ignore_index, numbers.Integral):
+            raise TypeError(f"ignore_index must be an int, the label value not counted (255 by default), got "
+                            f"{ignore_index!r}")
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.exclude = (exclude,) if isinstance(exclude, numbers.Integral) else tuple(exclude)

@@ -59,7 +59,7 @@ def test_sizes_that_do_not_recur_do_not_pile_up():
 
 @needs_ops
 def test_small_blocks_are_left_to_malloc_and_the_capacity_bounds_what_is_kept():
-    with cpu_memory_cache(capacity=10 * MB):
+    with cpu_memory_cache(capacity=10.0 * MB):  # a float too
         allocate_and_free(0.5)
         assert cpu_memory_cached() == 0
         a, b = block(8), block(8)

@@ -82,6 +82,9 @@ def test_bad_inputs_are_rejected():
         ConfusionMatrix(3, exclude=(3,))
     with pytest.raises(ValueError, match="num_classes must be an int >= 1, got 2.5"):
         ConfusionMatrix(2.5)
+    with pytest.raises(TypeError, match=r"ignore_index must be an int, the label value not counted \(255 by default\), "
+                                        r"got None"):
+        ConfusionMatrix(3, ignore_index=None)  # at once, not at the first update
     assert ConfusionMatrix(3, exclude=0).exclude == (0,) and ConfusionMatrix(np.int64(3)).num_classes == 3
 
 
