@@ -89,6 +89,13 @@ def load_fitting_weights(model: torch.nn.Module, checkpoint: Dict[str, Any]) -> 
     return sorted(k for k in own if k not in fitting)
 
 
+def load_trained(path: str, fused=None) -> Segmenter:
+    """The trained model of a checkpoint of python -m nasfast.train (best.pt or last.pt), as deployed:
+    no auxiliary heads, eval mode. Its input: RGB / 255 normalised by IMAGENET_MEAN and IMAGENET_STD,
+    resized by the training's scale (torch.load(path)["scale"])."""
+    return model_from_checkpoint(load_checkpoint(path), fused=fused).eval()
+
+
 def model_from_checkpoint(checkpoint: Dict[str, Any], aux=None, fused=None) -> Segmenter:
     """The deployed model (no auxiliary heads unless asked for) with the checkpoint's weights."""
     model = create_model(checkpoint["genotype"], checkpoint["num_classes"], pretrained=False, aux=aux,

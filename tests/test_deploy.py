@@ -22,7 +22,7 @@ from conftest import has_tensorboard, tensorboard_scalars
 from nasfast import cli, evaluate, train
 from nasfast.checkpoint import load_checkpoint, model_from_checkpoint
 from nasfast.data import CamVid, EvalTransform, make_dataset
-from nasfast.evaluate import evaluate_model, evaluation_loader
+from nasfast.evaluate import evaluate_model, evaluation_loader, evenly_spaced
 from nasfast.data.transforms import to_tensors
 from nasfast.export import fold_batch_norms, native_ops, script_for_deployment
 from nasfast.files import read_records
@@ -119,6 +119,16 @@ def test_evaluate_refuses_a_scale_that_leaves_the_images_smaller_than_the_encode
     assert capsys.readouterr().err == (f"{evaluate.PROG}: error: --scale 0.08 makes the images 38x29 pixels (from "
                                        f"480x360), less than the encoder's coarsest stride, 32, a side: give at "
                                        f"least 0.089\n")
+
+
+def test_load_trained_gives_the_model_that_scored_the_training_s_best_miou(trained, camvid_root):
+    model = nasfast.load_trained(str(trained / "best.pt"))
+    assert not model.training and len(model.decoder.aux) == 0
+    checkpoint = load_checkpoint(str(trained / "best.pt"))
+    val = make_dataset("camvid", str(camvid_root), split="val", transform=EvalTransform(checkpoint["scale"]))
+    images = evenly_spaced(val, 8)  # the tiny preset's validation images
+    metrics = evaluate_model(model, evaluation_loader(images, workers=0), 11, 255, (), torch.device("cpu"))
+    assert metrics["miou"] == pytest.approx(checkpoint["best_miou"], abs=1e-4)
 
 
 def test_evaluation_batches_images_of_one_size_with_the_same_metrics(trained, camvid_root, tmp_path):

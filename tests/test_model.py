@@ -76,8 +76,8 @@ def test_scripted_segmenter_equals_eager_with_pretrained_encoder():
 
 
 def test_public_api():
-    for name in ["Genotype", "Decoder", "MobileNetV2Encoder", "Segmenter", "create_model",
-                 "count_params", "count_madds"]:
+    for name in ["Genotype", "Decoder", "MobileNetV2Encoder", "Segmenter", "create_model", "load_trained",
+                 "count_params", "count_madds", "IMAGENET_MEAN", "IMAGENET_STD", "data", "metrics", "ops"]:
         assert hasattr(nasfast, name), name
 
 

@@ -42,7 +42,9 @@ def separable_conv_bn_relu_reference(x: Tensor, depthwise: Tensor, pointwise: Te
 
 
 def separable_conv(x: Tensor, depthwise: Tensor, pointwise: Tensor, dilation: int) -> Tensor:
-    """The native op when the library is loaded and takes these tensors, else the reference."""
+    """The native op when the library is loaded and takes these tensors (kernels_take: their dtype
+    and device), else the reference. For square kernels of odd size: the native op refuses others,
+    and with them the reference's output would not keep the input's size."""
     if native_for(x) and kernels_take(x, depthwise):
         return torch.ops.nasfast.sep_conv(x, depthwise, pointwise, dilation)
     return separable_conv_reference(x, depthwise, pointwise, dilation)
