@@ -72,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--init", metavar="CHECKPOINT",
                         help="start from the weights of a training's checkpoint (its best.pt or last.pt) instead of "
                              "the ImageNet encoder: to train a design longer, or on other data (a dataset of other "
-                             "classes starts its classifiers afresh); its design is the default --genotype")
+                             "classes starts its classifiers afresh); its design is the default --genotype. The "
+                             "schedule starts again at the full rates: lower --encoder-lr and --decoder-lr to keep "
+                             "closer to the weights")
     parser.add_argument("--preset", choices=list(PRESETS), help="paper, fast or tiny: see the table below [paper]")
     parser.add_argument("--epochs", type=positive_int, help="override the preset's epochs (table below)")
     parser.add_argument("--batch-size", type=images_per_batch, help="override the preset's batch size (table below)")
