@@ -124,3 +124,10 @@ def test_madds_of_a_module_in_double_precision_and_of_a_scripted_one():
     assert count_madds(decoder.double(), shapes) == madds > 0  # the example input takes the weights' dtype
     with pytest.raises(TypeError, match="count the model before scripting it"):
         count_madds(torch.jit.script(decoder), shapes)
+
+
+def test_fused_is_none_true_or_false():
+    with pytest.raises(TypeError, match="fused must be None .*, True or False, got 'yes'"):
+        create_model("arch0", 3, fused="yes")
+    with pytest.raises(TypeError, match="got 'no'"):
+        nasfast.metrics.ConfusionMatrix(3, fused="no")

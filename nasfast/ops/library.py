@@ -66,6 +66,8 @@ def kernels_take(x: torch.Tensor, other: torch.Tensor) -> bool:
 def wants_native(fused) -> bool:
     """The `fused` argument of the modules: None means "when the library is loaded"; True
     insists on it."""
+    if fused not in (None, True, False):
+        raise TypeError(f"fused must be None (native ops when the library is loaded), True or False, got {fused!r}")
     if fused is None:
         return available()
     if fused and not available():
