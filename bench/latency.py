@@ -24,7 +24,7 @@ from nasfast.cli import UsageError, at_least_two, positive_float, positive_int, 
 from nasfast.export import NUM_CLASSES_DEFAULT, script_for_deployment
 from nasfast.genotype import ZOO, genotype_from_option, recorded_classes
 from nasfast.search.summary import madds_text
-from timing import device_note, is_jetson, timed
+from timing import NOT_A_JETSON, device_note, is_jetson, timed
 
 PROG = Path(__file__).name
 
@@ -88,8 +88,7 @@ def designs(text: str) -> List[Tuple[str, nasfast.Genotype]]:
 def device_and_note(name: str) -> Tuple[torch.device, str]:
     """The device to time on, and what the header says about it."""
     if name == "jetson" and not is_jetson():
-        raise UsageError("--device jetson: this is not a Jetson (no /etc/nv_tegra_release); nothing measured. "
-                         "Use --device cuda or --device cpu here.")
+        raise UsageError(f"{NOT_A_JETSON}. Use --device cuda or --device cpu here.")
     device = resolve_device("cuda" if name == "jetson" else name)
     return device, device_note(device, jetson=name == "jetson")
 

@@ -12,7 +12,7 @@ import sys
 
 import torch
 
-from timing import device_note, is_jetson, timed
+from timing import NOT_A_JETSON, device_note, is_jetson, timed
 
 
 def at_least(low, kind):
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def device_and_note(name: str, parser) -> tuple:
     if name == "jetson" and not is_jetson():
-        parser.error("--device jetson: this is not a Jetson (no /etc/nv_tegra_release); nothing measured")
+        parser.error(NOT_A_JETSON)
     if name != "cpu" and not torch.cuda.is_available():
         parser.error("--device {}: this torch finds no CUDA GPU".format(name))
     device = torch.device("cpu" if name == "cpu" else "cuda")

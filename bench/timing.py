@@ -11,6 +11,9 @@ from typing import Tuple
 import torch
 
 
+NOT_A_JETSON = "--device jetson: this is not a Jetson (no /etc/nv_tegra_release); nothing measured"
+
+
 def is_jetson() -> bool:
     return os.path.exists("/etc/nv_tegra_release")
 
