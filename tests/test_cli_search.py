@@ -4,6 +4,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import sys
 from types import SimpleNamespace
 
@@ -536,3 +537,17 @@ def test_a_missing_label_file_is_named_before_the_search_begins(tmp_path, capsys
                   tmp_path / "run", "--no-progress") == 2
     assert capsys.readouterr().err.endswith(f"error: {root / 'labels' / 'im3.png'}: label file is missing\n")
     assert not (tmp_path / "run").exists()
+
+
+def test_the_closing_train_command_fits_a_small_dataset(tmp_path, capsys):
+    """The training preset's batch (tiny: 8) exceeds these 7 images: the printed command says one
+    that fits, and trains as printed."""
+    from test_cli_train import folder_dataset, train_cli
+    root = folder_dataset(tmp_path / "data", images=7)
+    assert search("--dataset", "folder", "--data-root", root, "--preset", "tiny", "--budget", 1,
+                  "--stage2-batch-size", 6, "--out", tmp_path / "run", "--no-progress") == 0
+    printed = capsys.readouterr().out.splitlines()[-1]
+    assert printed.startswith("train the best design: ") and " --batch-size 7 " in printed
+    words = shlex.split(printed.split(": ", 1)[1].replace("DIR", str(tmp_path / "trained")))
+    assert train_cli(*words[3:], "--no-progress") == 0
+    assert (tmp_path / "trained" / "best.pt").exists()

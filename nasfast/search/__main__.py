@@ -320,7 +320,7 @@ def search_in_this_process(args, run_dir: str, config: SearchConfig, resume: boo
                         f"continue with {resume_command(run_dir, args.data_root)}") from None
     print(search.spent_note(), file=sys.stderr)
     data_root = args.data_root or (search.recorded_root() if resume else None)  # a resume reads the recorded one
-    print(closing_summary(search.records, args.top, run_dir, config, data_root))
+    print(closing_summary(search.records, args.top, run_dir, config, data_root, search.recorded_training_images()))
     return exit_status(search.records)
 
 

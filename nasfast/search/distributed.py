@@ -361,7 +361,8 @@ def _serve_and_work(coordinator: Coordinator, top: int, data_root: Optional[str]
     if errors:
         raise RuntimeError("the relay to the other ranks failed") from errors[0]
     print(coordinator.spent_note(), file=sys.stderr)
-    print(closing_summary(coordinator.records, top, coordinator.run_dir, coordinator.config, data_root))
+    print(closing_summary(coordinator.records, top, coordinator.run_dir, coordinator.config, data_root,
+                          coordinator.recorded_training_images()))
     if world_size() > 1:
         dist.destroy_process_group()
     return 0

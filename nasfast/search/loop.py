@@ -178,6 +178,9 @@ class Search:
         """Where the search read its data (None before it began, or in states saved before it was recorded)."""
         return (self.data or {}).get("root")
 
+    def recorded_training_images(self) -> Optional[int]:
+        return (self.data or {}).get("training images")
+
     def step(self) -> Dict[str, Any]:
         """Samples, evaluates and logs one candidate, updates the strategy, saves the state."""
         started = time.time()

@@ -5,6 +5,7 @@ from typing import Any, Dict, List, Optional
 
 from ..files import SEARCH_LOG
 from ..model import FINAL_CHANNELS, FINAL_SEP_REPEATS
+from ..trainer import PRESETS as TRAIN_PRESETS
 
 
 def format_reward(reward: Optional[float]) -> str:
@@ -67,17 +68,30 @@ def resume_command(run_dir: str, data_root: Optional[str]) -> str:
     return command("python", "-m", "nasfast.search", "--resume", run_dir, *_data_root_option(data_root))
 
 
-def closing_summary(records: List[Dict[str, Any]], k: int, run_dir: str, config, data_root: Optional[str]) -> str:
+def closing_summary(records: List[Dict[str, Any]], k: int, run_dir: str, config, data_root: Optional[str],
+                    training_images: Optional[int] = None) -> str:
     """The table of the best designs, where the log is, and how to train the best one (with the
-    search's dataset, data and preset: `config` is its SearchConfig)."""
+    search's dataset, data and preset: `config` is its SearchConfig; `training_images`: how many
+    the dataset has, None if not recorded)."""
     lines = [top_table(records, k), f"log: {os.path.join(run_dir, SEARCH_LOG)}"]
     if any(r["status"] == "ok" for r in records):
         lines.append(searched_size_note(config.channels, config.sep_repeats))
         preset = ["--preset", config.preset] if config.preset else []
         train = command("python", "-m", "nasfast.train", "--genotype", run_dir, "--dataset", config.dataset,
-                        *_data_root_option(data_root), *preset, "--out", "DIR")
+                        *_data_root_option(data_root), *preset, *_fitting_batch_option(config.preset, training_images),
+                        "--out", "DIR")
         lines.append(f"train the best design: {train}")
     return "\n".join(lines)
+
+
+def _fitting_batch_option(preset: Optional[str], training_images: Optional[int]) -> List[str]:
+    """--batch-size where the training preset's batch exceeds the images it would train on (the
+    training refuses it): a small dataset the search could take."""
+    if training_images is None:
+        return []
+    config = TRAIN_PRESETS[preset if preset in TRAIN_PRESETS else "paper"]
+    used = min(training_images, config.train_images or training_images)
+    return ["--batch-size", str(used)] if used < config.batch_size else []
 
 
 def top_table(records: List[Dict[str, Any]], k: int = 10) -> str:
