@@ -80,6 +80,7 @@ class Decoder(nn.Module):
                 raise ValueError(f"{name} must be an int of at least 1, got {value!r}")
         self.genotype = genotype
         self.num_classes = num_classes
+        self.in_strides = [int(s) for s in in_strides]
         self.adapters = nn.ModuleList([ConvBNReLU(c, channels, 1) for c in in_channels])
 
         strides = list(in_strides)
@@ -114,12 +115,26 @@ class Decoder(nn.Module):
     def _pool(self, features: List[Tensor]) -> List[Tensor]:
         if len(features) != len(self.adapters):
             raise ValueError(f"the decoder takes {len(self.adapters)} feature maps, got {len(features)}")
+        self._check_strides(features)
         pool: List[Tensor] = []
         for i, adapter in enumerate(self.adapters):
             pool.append(adapter(features[i]))
         for k, block in enumerate(self.blocks):
             pool.append(block(pool[self.block_inputs[2 * k]], pool[self.block_inputs[2 * k + 1]]))
         return pool
+
+    def _check_strides(self, features: List[Tensor]):
+        """Feature maps at other strides than in_strides (their order swapped, say) would make the
+        blocks resample the wrong way and the logits come out at another size, silently. Map i's
+        height and width times its stride is the image's, up to rounding: within twice the stride."""
+        for i in range(1, len(features)):
+            for d in (-2, -1):
+                here, first = features[i].shape[d] * self.in_strides[i], features[0].shape[d] * self.in_strides[0]
+                if abs(here - first) >= 2 * max(self.in_strides[i], self.in_strides[0]):
+                    raise ValueError(f"feature maps 0 and {i} ({features[0].shape[-2]}x{features[0].shape[-1]} and "
+                                     f"{features[i].shape[-2]}x{features[i].shape[-1]}) are not at strides "
+                                     f"{self.in_strides[0]} and {self.in_strides[i]}: give the features in the "
+                                     f"order of in_strides {self.in_strides}, or the in_strides they have")
 
     def _head(self, pool: List[Tensor]) -> Tensor:
         size = pool[self.head_target].shape[-2:]

@@ -96,6 +96,22 @@ def test_rejects_bad_options():
             decoder(features[:3])
 
 
+def test_features_at_other_strides_than_in_strides_are_refused():
+    """Swapped, they gave logits at a coarser stride than the design's, without an error."""
+    maps = features(SHAPES_256)
+    reversed_strides = Decoder("arch0", in_strides=(32, 16, 8, 4))
+    for decoder in (reversed_strides, torch.jit.script(reversed_strides)):
+        with pytest.raises(Exception, match=r"feature maps 0 and 1 \(64x64 and 32x32\) are not at strides 32 and 16: "
+                                            r"give the features in the order of in_strides \[32, 16, 8, 4\], or"):
+            decoder(maps)
+    decoder = Decoder("arch0").eval()
+    for h, w in ((360, 480), (90, 120), (33, 47), (17, 5), (1, 1)):  # either rounding of odd sizes is taken
+        for rounded in (lambda x, s: -(-x // s), lambda x, s: max(1, x // s)):
+            sizes = [(c, rounded(h, s), rounded(w, s)) for c, s in zip((24, 32, 96, 320), (4, 8, 16, 32))]
+            stride = decoder.output_stride
+            assert decoder(features(sizes)).shape[-2:] == (rounded(h, stride), rounded(w, stride))
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_scripted_decoder_equals_eager_on_random_genotypes(seed):
     genotype = Genotype.random(torch.Generator().manual_seed(seed))
