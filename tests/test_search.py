@@ -355,9 +355,10 @@ def test_kept_decoded_images_give_the_same_batches(tmp_path, camvid_root):
 
 
 def test_distillation_from_a_torchscript_teacher_and_time_budget(tmp_path, camvid_root):
-    from nasfast import create_model
+    """The teacher: a model as nasfast.export writes it (the README says a trained one serves)."""
+    from nasfast.export import main as export
     teacher = tmp_path / "teacher.pt"
-    torch.jit.script(create_model("arch1", 11).eval()).save(str(teacher))
+    assert export(["--genotype", "arch1", "--num-classes", "11", "--out", str(teacher)]) == 0
     run = tmp_path / "run"
     result = search("--out", str(run), "--budget", "2", "--time-budget", "1s", "--teacher", str(teacher),
                     "--aux", "classifier")
