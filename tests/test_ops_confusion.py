@@ -84,6 +84,18 @@ def test_nan_logits_when_upsampling_count_as_the_largest():
 
 
 @needs_ops
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_logits_on_the_cpu_run_the_reference(dtype):
+    """The CPU kernels take float32 and float64 logits; the wrapper gave them these and raised."""
+    g = torch.Generator().manual_seed(0)
+    logits, target = torch.randn(2, 5, 6, 7, generator=g).to(dtype), torch.randint(0, 5, (2, 12, 14), generator=g)
+    fused, reference = (torch.zeros(5, 5, dtype=torch.long) for _ in range(2))
+    confusion_matrix_update(fused, logits, target, 255)
+    confusion_matrix_update_reference(reference, logits, target, 255)
+    assert torch.equal(fused, reference) and fused.sum() == target.numel()
+
+
+@needs_ops
 def test_ignore_index_and_an_all_ignored_batch():
     g = torch.Generator().manual_seed(7)
     logits = torch.randn(2, 3, 4, 4, generator=g)

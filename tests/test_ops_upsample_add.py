@@ -74,6 +74,9 @@ def test_bad_arguments_are_rejected():
     for args, message in bad:
         with pytest.raises(RuntimeError, match=message):
             torch.ops.nasfast.upsample_add(*args)
+    for low_size in ([4, 4], [1, 3, 4, 4], [2, 3, 0, 4]):  # read past its end, or other N x C (direct calls only)
+        with pytest.raises(RuntimeError, match="low_size N x C x h x w with h, w > 0"):
+            torch.ops.nasfast.upsample_add_backward_low(h, low_size)
 
 
 def test_the_reference_refuses_to_broadcast_as_the_native_op_does():
@@ -141,3 +144,21 @@ def test_second_derivatives_are_refused_not_silently_zero():
     out = torch.ops.nasfast.upsample_add(high, low).pow(2).sum()
     with pytest.raises(RuntimeError, match="upsample_add: second derivatives .* fused=False"):
         torch.autograd.grad(out, low, create_graph=True)
+
+
+@needs_ops
+def test_fused_modules_run_their_references_on_devices_without_kernels(monkeypatch):
+    """The library has CPU and CUDA kernels only: on another device (MPS, XPU; here "meta") the
+    modules built fused called the native ops, which raise there (on meta, their fake kernels
+    answer: the ops are replaced by a failure to see that none is called)."""
+    from nasfast.decoder import Decoder
+
+    class NoKernels:
+        def __getattr__(self, name):
+            pytest.fail(f"nasfast::{name} was called on the meta device")
+
+    decoder = Decoder("arch0", fused=True).to("meta")
+    features = [torch.empty(2, c, 64 // s, 64 // s, device="meta") for c, s in zip((24, 32, 96, 320), (4, 8, 16, 32))]
+    monkeypatch.setattr(torch.ops, "nasfast", NoKernels())
+    for training in (True, False):
+        assert decoder.train(training)(features).shape == (2, 21, 16, 16)

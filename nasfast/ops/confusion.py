@@ -33,8 +33,10 @@ def confusion_matrix_update_reference(matrix: Tensor, scores: Tensor, target: Te
 
 
 def confusion_matrix_update(matrix: Tensor, scores: Tensor, target: Tensor, ignore_index: int) -> None:
-    """The native op (CPU or CUDA tensors) when the library is loaded, else the reference."""
-    if not native_for(scores):
+    """The native op (CPU or CUDA tensors; on the CPU, float32 or float64 logits) when the library
+    is loaded, else the reference."""
+    cpu_takes = not scores.is_floating_point() or scores.dtype in (torch.float32, torch.float64)
+    if not native_for(scores) or not (scores.is_cuda or cpu_takes):
         confusion_matrix_update_reference(matrix, scores, target, ignore_index)
         return
     try:

@@ -58,9 +58,11 @@ def native_for(tensor: torch.Tensor) -> bool:
 
 def kernels_take(x: torch.Tensor, other: torch.Tensor) -> bool:
     """Whether the native kernels take `x` with `other` (a weight, a second input): one dtype, and
-    on the CPU float32 or float64 (CUDA also takes float16 and bfloat16). Mixed dtypes come from
-    autocast, which the native ops are not registered for; the modules run their references then."""
-    return x.dtype == other.dtype and (x.is_cuda or x.dtype == torch.float32 or x.dtype == torch.float64)
+    on the CPU float32 or float64 (CUDA also takes float16 and bfloat16); no other device (MPS,
+    XPU: the library has no kernels there). Mixed dtypes come from autocast, which the native ops
+    are not registered for; the modules run their references then."""
+    on_cpu = x.device.type == "cpu" and (x.dtype == torch.float32 or x.dtype == torch.float64)
+    return x.dtype == other.dtype and (x.is_cuda or on_cpu)
 
 
 def wants_native(fused) -> bool:
