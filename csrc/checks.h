@@ -18,6 +18,9 @@ inline void check_separable(const at::Tensor& x, const at::Tensor& depthwise, co
   TORCH_CHECK(pointwise.size(1) == C, "sep_conv: pointwise weight must have ", C, " input channels, got ",
               pointwise.sizes());
   TORCH_CHECK(dilation >= 1, "sep_conv: dilation must be >= 1, got ", dilation);
+  // The CUDA kernels offset taps by dilation * (k / 2) in 32-bit ints.
+  TORCH_CHECK(dilation <= INT32_MAX / std::max<int64_t>(1, depthwise.size(2) / 2), "sep_conv: dilation ", dilation,
+              " is too large for a ", depthwise.size(2), "x", depthwise.size(2), " kernel");
   TORCH_CHECK(x.scalar_type() == depthwise.scalar_type() && x.scalar_type() == pointwise.scalar_type(),
               "sep_conv: x and weights must have the same dtype, got ", x.scalar_type(), ", ",
               depthwise.scalar_type(), " and ", pointwise.scalar_type());
@@ -41,6 +44,14 @@ inline void check_upsample_add(const at::Tensor& high, const at::Tensor& low) {
               low.scalar_type(), ")");
   TORCH_CHECK(high.device() == low.device(), "upsample_add: tensors are on different devices");
   TORCH_CHECK(low.size(2) > 0 && low.size(3) > 0, "upsample_add: low must not be empty, got ", low.sizes());
+}
+
+// grad: N x C x H x W; low_size: upsample_add's `low`, N x C x h x w with h, w > 0.
+inline void check_upsample_add_backward_low(const at::Tensor& grad, c10::SymIntArrayRef low_size) {
+  TORCH_CHECK(grad.dim() == 4 && low_size.size() == 4 && low_size[0] == grad.size(0) &&
+                  low_size[1] == grad.size(1) && low_size[2] > 0 && low_size[3] > 0,
+              "upsample_add_backward_low: grad must be N x C x H x W and low_size N x C x h x w with h, w > 0, got ",
+              grad.sizes(), " and ", low_size);
 }
 
 // logits: N x K x h x w, non-empty; target: N x H x W int64, H and W not 0. The kernels count the labels out of

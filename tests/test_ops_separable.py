@@ -157,6 +157,7 @@ def test_bad_arguments_are_rejected():
            ((x, torch.randn(4, 1, 3, 3), pw, 1), "depthwise"),
            ((x, dw, torch.randn(3, 2, 1, 1), 1), "input channels"),
            ((x, dw, pw, 0), "dilation"),
+           ((x, dw, pw, 2 ** 31), "dilation 2147483648 is too large for a 3x3 kernel"),  # 32-bit tap offsets
            ((x.double(), dw, pw, 1), "same dtype"),
            ((x.half(), dw.half(), pw.half(), 1), "float32 or float64"),
            ((x[0], dw, pw, 1), "N x C x H x W")]
@@ -362,6 +363,21 @@ def test_cuda_gradcheck_and_module(exact_float32):
     reference.load_state_dict(fused.state_dict())
     x = torch.randn(2, 6, 33, 47, device="cuda")
     torch.testing.assert_close(fused(x), reference(x), rtol=1e-4, atol=1e-4)
+
+
+@needs_ops
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_backward_is_refused_in_deterministic_mode():
+    """Its depthwise weight gradient sums in float atomics, in another order at each run."""
+    x, dw, pw = (t.cuda().requires_grad_() for t in inputs((2, 3, 9, 8), 3))
+    out = torch.ops.nasfast.sep_conv(x, dw, pw, 1).sum()
+    torch.use_deterministic_algorithms(True)
+    try:
+        with pytest.raises(RuntimeError, match="sep_conv_backward_cuda"):
+            out.backward()
+    finally:
+        torch.use_deterministic_algorithms(False)
 
 
 @needs_ops

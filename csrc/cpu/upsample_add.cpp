@@ -57,6 +57,7 @@ at::Tensor upsample_add_cpu(const at::Tensor& high_in, const at::Tensor& low_in)
 }
 
 at::Tensor upsample_add_backward_low_cpu(const at::Tensor& grad_in, c10::SymIntArrayRef low_size) {
+  check_upsample_add_backward_low(grad_in, low_size);
   const at::Tensor grad = grad_in.contiguous();
   const int64_t h = low_size[2].expect_int(), w = low_size[3].expect_int();
   if (grad.size(2) == h && grad.size(3) == w) return grad.clone();

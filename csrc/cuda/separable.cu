@@ -107,6 +107,7 @@ void depthwise_weight_grad(const at::Tensor& gy, const at::Tensor& x, at::Tensor
           g, input, out, N, C, H, W, d, span);
     }
   } else {
+    TORCH_CHECK(k * k <= 65535, "sep_conv_backward: the CUDA kernels take kernels up to 255x255, got ", k, "x", k);
     const dim3 grid(static_cast<unsigned int>(C), static_cast<unsigned int>(k * k));
     kernels::depthwise_weight_grad_any_kernel<scalar_t, acc_t><<<grid, kernels::kThreads, 0, stream>>>(
         g, input, out, N, C, H, W, k, d);
@@ -145,7 +146,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sep_conv_backward_cuda(const at::
   if (mask[0] || mask[1]) {
     const at::Tensor gy = at::matmul(pw.t(), grad).contiguous();  // N x C x HW
     if (mask[0]) grad_x = at::empty_like(x);
-    if (mask[1]) grad_dw = at::zeros_like(dw);
+    if (mask[1]) {
+      at::globalContext().alertNotDeterministic("sep_conv_backward_cuda (its depthwise weight gradient sums in atomics)");
+      grad_dw = at::zeros_like(dw);
+    }
     if (x.numel() > 0) {
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sep_conv_backward_cuda", [&] {
         if (mask[0]) {

@@ -78,6 +78,7 @@ at::Tensor upsample_add_cuda(const at::Tensor& high_in, const at::Tensor& low_in
 }
 
 at::Tensor upsample_add_backward_low_cuda(const at::Tensor& grad_in, c10::SymIntArrayRef low_size) {
+  check_upsample_add_backward_low(grad_in, low_size);
   const c10::cuda::CUDAGuard guard(grad_in.device());
   const at::Tensor grad = grad_in.contiguous();
   const int64_t h = low_size[2].expect_int(), w = low_size[3].expect_int();
