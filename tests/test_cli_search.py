@@ -299,6 +299,28 @@ def test_ctrl_c_while_caching_saves_nothing_and_the_directory_can_be_reused(tmp_
     assert choose_run(parser.parse_args(["--out", str(run_dir), "--budget", "1"]), parser)[2] is False
 
 
+def test_a_search_stopped_while_writing_its_first_files_can_be_started_again(tmp_path, no_data, monkeypatch, capsys):
+    """Stopped (Ctrl-C, or killed) after its options and empty log were written but before its
+    state: the same command refused the directory as "another run's files", and --resume it as
+    holding no search."""
+    run_dir = tmp_path / "r"
+    real_save = loop.save_torch
+    monkeypatch.setattr(loop, "save_torch", ctrl_c)
+    assert search("--out", run_dir, "--preset", "tiny", "--budget", 2, "--no-progress") == 130
+    assert "nothing was saved; run the same command again" in capsys.readouterr().err
+    assert sorted(os.listdir(run_dir)) == ["candidates.jsonl", "config.json"]
+    assert search("--resume", run_dir, "--budget", 2) == 2
+    assert f"no saved search there (state.pt missing); a search stopped as it began left its files: start it again " \
+           f"with --out {run_dir}" in capsys.readouterr().err
+    monkeypatch.setattr(loop, "save_torch", real_save)
+    assert search("--out", run_dir, "--preset", "tiny", "--budget", 2, "--no-progress") == 0
+    assert len(read_records(str(run_dir / "candidates.jsonl"))) == 2
+    (tmp_path / "t").mkdir()  # a training run's options alone are still another run's files
+    (tmp_path / "t" / "config.json").write_text(json.dumps({"genotype": "arch0", "epochs": 2}))
+    assert search("--out", tmp_path / "t", "--budget", 1) == 2
+    assert "(another run's files)" in capsys.readouterr().err
+
+
 def test_ctrl_c_while_caching_a_resumed_search(saved_search, monkeypatch, capsys):
     monkeypatch.setattr(nasfast.search.context, "build_context", ctrl_c)
     assert search("--resume", saved_search, "--budget", "5") == 130

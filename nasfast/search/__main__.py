@@ -221,7 +221,9 @@ def choose_run(args, parser) -> Tuple[str, SearchConfig, bool]:
     unwritable = why_unwritable(run_dir)
     if unwritable:
         _refuse(parser, f"--out {run_dir} cannot be written: {unwritable}")
-    held = [name for name in RUN_FILES if os.path.exists(os.path.join(run_dir, name))]
+    held = run_files_in(run_dir)
+    if never_began(run_dir, held):
+        held = []  # written again by this search
     if SEARCH_STATE in held and restart_count() > 0 and begun_by_this_job(run_dir):  # torchrun restarted the processes
         return run_dir, _saved_config(run_dir, parser), True
     if SEARCH_STATE in held:
@@ -233,6 +235,24 @@ def choose_run(args, parser) -> Tuple[str, SearchConfig, bool]:
     config = config_from_args(args)
     _check_new_config(config, parser)
     return run_dir, config, False
+
+
+def run_files_in(run_dir: str) -> List[str]:
+    return [name for name in RUN_FILES if os.path.exists(os.path.join(run_dir, name))]
+
+
+def never_began(run_dir: str, held: List[str]) -> bool:
+    """Whether the run files `held` in RUN_DIR are those of a search stopped while it wrote them
+    (Search.start: its options and an empty log, then the state): no candidate began."""
+    if not held or not set(held) <= {CONFIG, SEARCH_LOG}:
+        return False
+    log, config = os.path.join(run_dir, SEARCH_LOG), os.path.join(run_dir, CONFIG)
+    if os.path.exists(log) and os.path.getsize(log) > 0:
+        return False
+    try:
+        return not os.path.exists(config) or bool(SearchConfig.from_dict(read_json(config)))
+    except (ValueError, TypeError, KeyError, AttributeError):  # another tool's file, or damaged
+        return False
 
 
 def _check_new_config(config: SearchConfig, parser) -> None:
@@ -248,9 +268,12 @@ def _resumed_config(args, parser) -> SearchConfig:
     if not os.path.isdir(run_dir):
         _refuse(parser, f"--resume {run_dir}: no such directory")
     if not os.path.isfile(os.path.join(run_dir, SEARCH_STATE)):
-        trained = f"; it holds a training run: python -m nasfast.train --resume {run_dir}"
-        _refuse(parser, f"--resume {run_dir}: no saved search there ({SEARCH_STATE} missing)"
-                        f"{trained if checkpoints_in(run_dir) else ''}")
+        hint = ""
+        if checkpoints_in(run_dir):
+            hint = f"; it holds a training run: python -m nasfast.train --resume {run_dir}"
+        elif never_began(run_dir, run_files_in(run_dir)):
+            hint = f"; a search stopped as it began left its files: start it again with --out {run_dir}"
+        _refuse(parser, f"--resume {run_dir}: no saved search there ({SEARCH_STATE} missing){hint}")
     saved = _saved_config(run_dir, parser)
     conflicts = resume_conflicts(args, saved)
     if conflicts:
