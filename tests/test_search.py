@@ -296,6 +296,54 @@ def test_a_complete_memory_mapped_cache_is_reused_and_a_changed_one_rebuilt(tmp_
     assert "reusing" not in log and len(changed.stage1) == 5
 
 
+def test_a_damaged_memory_mapped_cache_is_built_again(tmp_path, camvid_root, capsys):
+    """A file of it cut short or overwritten, or its marker damaged, stopped every resume with an
+    error that did not name the cache (mmap length..., EOF..., pickled data...)."""
+    from nasfast.search.context import build_context
+    config = preset("tiny")
+    config.stage1_images, config.val_images, config.memory_limit_gb = 6, 3, 0.0
+    cache = tmp_path / "cache"
+    built = build_context(config, str(tmp_path), device="cpu").stage1.batch(torch.arange(6))[0]
+    level0 = cache / "stage1" / "level0.npy"
+    for damage in (lambda: os.truncate(level0, 1000), lambda: level0.write_bytes(b"\0" * 8 + level0.read_bytes()[8:]),
+                   lambda: (cache / "complete.json").write_text("{")):
+        damage()
+        capsys.readouterr()
+        rebuilt = build_context(config, str(tmp_path), device="cpu").stage1.batch(torch.arange(6))[0]
+        err = capsys.readouterr().err
+        assert "warning: " in err and "is built again" in err and "reusing" not in err
+        for a, b in zip(built, rebuilt):
+            torch.testing.assert_close(a, b)
+    build_context(config, str(tmp_path), device="cpu")
+    assert "reusing" in capsys.readouterr().err
+
+
+def test_a_memory_mapped_cache_reserves_its_disk_space_first(tmp_path, monkeypatch):
+    """Sparse files on a full disk: the first write to a page without a block was a SIGBUS, the
+    search's end without a word; the space is now taken at once, and a full disk an OSError."""
+    import errno
+    from nasfast.cli import message_of
+    from nasfast.search import cache
+    reserved = []
+    monkeypatch.setattr(os, "posix_fallocate", lambda fd, offset, length: reserved.append((offset, length)))
+    class Encoder(torch.nn.Module):
+        def forward(self, images):
+            return [images[:, :2, ::2, ::2]]
+
+    pairs = [(torch.randn(3, 8, 8), torch.zeros(8, 8, dtype=torch.long)) for _ in range(3)]
+    cache.build_cache(pairs, Encoder(), directory=str(tmp_path), memory_limit=0)
+    sizes = sorted(os.path.getsize(tmp_path / name) for name in ("level0.npy", "labels.npy"))
+    assert sorted(length for _, length in reserved) == sizes and all(offset == 0 for offset, _ in reserved)
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(OSError) as raised:
+        cache.build_cache(pairs, Encoder(), directory=str(tmp_path / "again"), memory_limit=0)
+    assert message_of(raised.value) == f"No space left on device: {tmp_path / 'again' / 'level0.npy'}"
+
+
 def test_a_cache_built_from_other_files_is_built_again(tmp_path, camvid_root, capsys):
     from nasfast.data import CamVid
     from nasfast.search.context import _images, build_context

@@ -46,12 +46,27 @@ def open_cache(directory: str) -> FeatureCache:
     return FeatureCache([load(name[:-len(".npy")]) for name in levels], load("labels"), teacher, on_disk=True)
 
 
-def _allocate(shape, dtype, path: Optional[str]) -> Tensor:
+def _allocate(shape, dtype, path: Optional[str]):
+    """A tensor, or with a `path` a memory-mapped array in that .npy file."""
     if path is None:
         return torch.empty(shape, dtype=dtype)
     np_dtype = {torch.float32: np.float32, torch.uint8: np.uint8}[dtype]
     array = np.lib.format.open_memmap(path, mode="w+", dtype=np_dtype, shape=tuple(shape))
-    return torch.from_numpy(array)
+    _reserve(path)
+    return array
+
+
+def _reserve(path: str) -> None:
+    """Gives the (sparse) file its disk blocks now: a full disk is then an OSError here (ENOSPC),
+    not a SIGBUS at the first write to a page that has no block."""
+    if hasattr(os, "posix_fallocate"):  # not on macOS
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+        except OSError as error:
+            raise OSError(error.errno, error.strerror, path) from None  # naming the file
+        finally:
+            os.close(fd)
 
 
 @torch.no_grad()
@@ -90,4 +105,7 @@ def build_cache(pairs: List[Pair], encoder: torch.nn.Module, teacher: Optional[C
             labels[start:start + len(chunk)] = torch.stack([label for _, label in chunk]).to(torch.uint8)
             if logits is not None:
                 logits[start:start + len(chunk)] = teacher(images).float().cpu()
+    for store in features + [labels] + ([logits] if logits is not None else []):
+        if isinstance(store, np.memmap):  # on disk before complete.json says so: a crash must not leave holes
+            store.flush()
     return FeatureCache(features, labels, logits, use_disk)

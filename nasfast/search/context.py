@@ -180,10 +180,15 @@ def _stage1_caches(config: SearchConfig, full, stage1_ids: List[int], val_ids: L
     contents = {"dataset": config.dataset, "scale": config.scale, "teacher": config.teacher,
                 "stage1_ids": stage1_ids, "val_ids": val_ids,
                 "files": _fingerprint(full.pairs[i] for i in stage1_ids + val_ids)}
-    if read_json(marker) == contents:
-        stage1, stage1_val, size = opened()
-        print(f"stage-1 cache: reusing {directory('')} ({len(stage1)} + {len(stage1_val)} images)", file=sys.stderr)
-        return stage1, stage1_val, size
+    if _complete(marker, contents):
+        try:
+            stage1, stage1_val, size = opened()
+            print(f"stage-1 cache: reusing {directory('')} ({len(stage1)} + {len(stage1_val)} images)",
+                  file=sys.stderr)
+            return stage1, stage1_val, size
+        except (OSError, ValueError) as error:  # a file cut short or overwritten
+            print(f"warning: the stage-1 cache in {directory('')} cannot be read ({error}); it is built again",
+                  file=sys.stderr)
     teacher = load_teacher(config.teacher, device, full.num_classes)  # checked before caching
     size = _common_size(full, stage1_ids + val_ids, config.scale)
     evaluated = EvalTransform(config.scale, size)
@@ -196,6 +201,16 @@ def _stage1_caches(config: SearchConfig, full, stage1_ids: List[int], val_ids: L
     if stage1.on_disk and stage1_val.on_disk:  # a resumed or restarted search opens it again
         write_json(marker, contents)
     return stage1, stage1_val, size
+
+
+def _complete(marker: str, contents: Dict[str, Any]) -> bool:
+    """Whether the cache's marker says it is complete and holds `contents`' images (a damaged marker
+    does not: the cache is built again)."""
+    try:
+        return read_json(marker) == contents
+    except ValueError as error:
+        print(f"warning: {error}; the stage-1 cache is built again", file=sys.stderr)
+        return False
 
 
 SAME_DATA = ("classes", "training images")  # what a resumed search's data must keep
