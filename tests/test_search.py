@@ -335,13 +335,17 @@ def test_a_memory_mapped_cache_reserves_its_disk_space_first(tmp_path, monkeypat
     sizes = sorted(os.path.getsize(tmp_path / name) for name in ("level0.npy", "labels.npy"))
     assert sorted(length for _, length in reserved) == sizes and all(offset == 0 for offset, _ in reserved)
 
-    def full(fd, offset, length):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    def fails(number):
+        def fallocate(fd, offset, length):
+            raise OSError(number, os.strerror(number))
+        return fallocate
 
-    monkeypatch.setattr(os, "posix_fallocate", full)
+    monkeypatch.setattr(os, "posix_fallocate", fails(errno.ENOSPC))
     with pytest.raises(OSError) as raised:
         cache.build_cache(pairs, Encoder(), directory=str(tmp_path / "again"), memory_limit=0)
     assert message_of(raised.value) == f"No space left on device: {tmp_path / 'again' / 'level0.npy'}"
+    monkeypatch.setattr(os, "posix_fallocate", fails(errno.EOPNOTSUPP))  # a file system that cannot reserve
+    assert len(cache.build_cache(pairs, Encoder(), directory=str(tmp_path / "sparse"), memory_limit=0)) == 3
 
 
 def test_a_cache_built_from_other_files_is_built_again(tmp_path, camvid_root, capsys):

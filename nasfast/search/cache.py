@@ -1,4 +1,5 @@
 """Stage-1 cache: frozen-encoder outputs (and teacher logits) computed once per search."""
+import errno
 import os
 from typing import Callable, Iterable, List, Optional, Tuple
 
@@ -64,7 +65,9 @@ def _reserve(path: str) -> None:
         try:
             os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
         except OSError as error:
-            raise OSError(error.errno, error.strerror, path) from None  # naming the file
+            if error.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise OSError(error.errno, error.strerror, path) from None  # naming the file
+            # else a file system that cannot reserve space: the files stay sparse, as before
         finally:
             os.close(fd)
 
