@@ -12,7 +12,7 @@ from .checkpoint import RESUME_KEYS, load_checkpoint
 from .cli import (UsageError, counted, fraction, images_per_batch, non_negative_int, option_text, positive_float,
                   positive_int, run)
 from .data.datasets import DATASETS
-from .files import BEST, LAST, SEARCH_FILES, lock_directory
+from .files import BEST, LAST, SEARCH_FILES, TRAINING_LOG, lock_directory, read_records
 from .genotype import Genotype, genotype_from_option, genotype_name
 from .model import FINAL_CHANNELS, FINAL_SEP_REPEATS
 from .tensorboard import check_available
@@ -124,6 +124,17 @@ def resume_conflicts(args, saved: dict) -> List[str]:
     return conflicts
 
 
+def _why_no_last(out: str) -> str:
+    """The way on from a run without last.pt: stopped before its first epoch ended, or the file was lost."""
+    epochs = len(read_records(os.path.join(out, TRAINING_LOG)))
+    if not epochs:
+        return " (the run stopped before its first epoch ended: start it again without --resume)"
+    best = os.path.join(out, BEST)
+    init = f" (--init {best} starts from its best weights)" if os.path.isfile(best) else ""
+    return (f", though {os.path.join(out, TRAINING_LOG)} records {counted(epochs, 'epoch')}: it was removed or "
+            f"lost, so the run cannot go on; train in another --out{init}")
+
+
 def resumed_run(args) -> Tuple[Genotype, TrainConfig, dict]:
     """The genotype, settings and last checkpoint of the run in args.out (its dataset into args)."""
     if os.path.isfile(args.out):
@@ -138,8 +149,7 @@ def resumed_run(args) -> Tuple[Genotype, TrainConfig, dict]:
         raise UsageError(f"--resume: {args.out} holds a search ({', '.join(searched)}), not a training run")
     saved = read_config(args.out)
     if not os.path.isfile(last):
-        unstarted = " (the run stopped before its first epoch ended: start it again without --resume)"
-        raise UsageError(f"--resume: no {last}{unstarted if saved else ''}")
+        raise UsageError(f"--resume: no {last}{_why_no_last(args.out) if saved else ''}")
     if saved is None:
         raise UsageError(f"--resume: no {os.path.join(args.out, 'config.json')}")
     if not (isinstance(saved, dict) and {"genotype", "dataset"} <= saved.keys()):

@@ -205,6 +205,16 @@ def test_the_run_directory_comes_from_out_or_resume(tmp_path, capsys):
 def test_resume_without_last_pt_says_what_to_do(tmp_path, capsys):
     assert train_cli("--out", tmp_path, "--resume") == 2
     assert f"--resume: no {tmp_path / 'last.pt'}\n" in one_error_line(capsys)
+    (tmp_path / "config.json").write_text(json.dumps(tiny_run_config()))
+    assert train_cli("--resume", tmp_path) == 2
+    assert f"no {tmp_path / 'last.pt'} (the run stopped before its first epoch ended: start it again without " \
+           f"--resume)" in one_error_line(capsys)
+    (tmp_path / "log.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n')  # its last.pt lost: not "start it again",
+    (tmp_path / "best.pt").write_bytes(b"")                               # which refuses a run's directory
+    assert train_cli("--resume", tmp_path) == 2
+    assert f"no {tmp_path / 'last.pt'}, though {tmp_path / 'log.jsonl'} records 2 epochs: it was removed or lost, " \
+           f"so the run cannot go on; train in another --out (--init {tmp_path / 'best.pt'} starts from its best " \
+           f"weights)" in one_error_line(capsys)
 
 
 def interrupt_on_call(monkeypatch, name: str, call: int) -> None:
