@@ -205,6 +205,34 @@ def test_resume_names_a_damaged_file(saved_search, capsys):
     assert f"{config} is damaged: not valid JSON" in capsys.readouterr().err
 
 
+def test_non_finite_controller_weights_are_neither_resumed_nor_saved(saved_search, capsys, monkeypatch):
+    """Bytes of state.pt overwritten can still load: the next update then made every weight NaN,
+    that state was saved, and every later resume ended in a traceback."""
+    from nasfast.strategies.ppo import PPOController
+    state = saved_search / "state.pt"
+    good_state = state.read_bytes()
+    damaged = torch.load(state, weights_only=False)
+    next(iter(damaged["strategy"]["controller"].values())).view(-1)[0] = float("nan")
+    torch.save(damaged, state)
+    assert search("--resume", saved_search, "--budget", 4) == 2
+    assert f"{state} is damaged: it holds non-finite controller weights; the search cannot continue from it" in \
+        capsys.readouterr().err
+    state.write_bytes(good_state)
+    real_update = PPOController.update
+
+    def update_to_nan(self, proposals, rewards):
+        result = real_update(self, proposals, rewards)
+        with torch.no_grad():
+            next(self.controller.parameters()).fill_(float("inf"))
+        return result
+
+    monkeypatch.setattr(PPOController, "update", update_to_nan)
+    assert search("--resume", saved_search, "--budget", 4, "--no-progress") == 2
+    assert f"{state} is damaged: its controller's weights turned non-finite at the next update" in \
+        capsys.readouterr().err
+    assert state.read_bytes() == good_state and len(read_records(str(saved_search / "candidates.jsonl"))) == 3
+
+
 def test_resume_names_a_log_line_that_is_not_a_candidate(saved_search, capsys):
     log = saved_search / "candidates.jsonl"
     lines = log.read_text().splitlines()

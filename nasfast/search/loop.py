@@ -21,7 +21,7 @@ from .candidate import evaluate_candidate
 from .context import SearchContext
 from .config import SearchConfig
 from .gate import Gate
-from .records import keep_finished_records, load_state
+from .records import damaged_state, holds_non_finite, keep_finished_records, load_state
 from .summary import format_reward, progress_line
 
 NO_BUDGET = "give --budget N (candidates) and/or --time-budget T (e.g. 4h)"
@@ -203,6 +203,9 @@ class Search:
         saved after, by the caller)."""
         if record["status"] == "ok":
             record["controller"] = self.strategy.update([proposal], [record["reward"]])
+            if holds_non_finite(self.strategy.state_dict()):  # never saved: each resume would fail on it
+                raise ValueError(damaged_state(self.path(SEARCH_STATE), "its controller's weights turned "
+                                               "non-finite at the next update"))
         append_record(self.path(SEARCH_LOG), record)
         self.records.append(record)
         if self.tensorboard is not None and record["status"] == "ok":

@@ -31,11 +31,27 @@ def _warn_of_lost_records(path: str, missing) -> None:
 
 def load_state(path: str) -> Dict[str, Any]:
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=False)
     except FileNotFoundError:
         raise
     except Exception as error:  # torch.load fails in many ways on a damaged file
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"{path} is damaged and cannot be read ({reason}); the search cannot continue from it. "
-                         f"Its log of candidates is kept (python -m nasfast.report, or train --genotype with the "
-                         f"directory); search on in a new directory (--out)") from error
+        raise ValueError(damaged_state(path, f"it cannot be read ({reason})")) from error
+    if isinstance(state, dict) and holds_non_finite(state.get("strategy")):  # bytes overwritten, say
+        raise ValueError(damaged_state(path, "it holds non-finite controller weights"))
+    return state
+
+
+def damaged_state(path: str, how: str) -> str:
+    return (f"{path} is damaged: {how}; the search cannot continue from it. Its log of candidates is kept "
+            f"(python -m nasfast.report, or train --genotype with the directory); search on in a new directory "
+            f"(--out)")
+
+
+def holds_non_finite(value: Any) -> bool:
+    """Whether a floating-point tensor in `value` (nested dicts and lists) holds a NaN or an infinity."""
+    if isinstance(value, torch.Tensor):
+        return value.is_floating_point() and not bool(torch.isfinite(value).all())
+    if isinstance(value, dict):
+        value = list(value.values())
+    return isinstance(value, (list, tuple)) and any(holds_non_finite(v) for v in value)
