@@ -47,7 +47,19 @@ def load_checkpoint(path: str, keys: Sequence[str] = MODEL_KEYS) -> Dict[str, An
     missing = [key for key in keys if key not in state] if isinstance(state, dict) else list(keys)
     if missing:
         raise UsageError(_not_a_checkpoint(path, f"it lacks {', '.join(missing)}"))
+    if isinstance(state, dict) and holds_non_finite(state.get("model")):  # bytes overwritten: never saved so
+        raise UsageError(f"{path} is damaged: its weights hold non-finite values; copy it again, or use another "
+                         f"checkpoint")
     return state
+
+
+def holds_non_finite(value: Any) -> bool:
+    """Whether a floating-point tensor in `value` (nested dicts and lists) holds a NaN or an infinity."""
+    if isinstance(value, torch.Tensor):
+        return value.is_floating_point() and not bool(torch.isfinite(value).all())
+    if isinstance(value, dict):
+        value = list(value.values())
+    return isinstance(value, (list, tuple)) and any(holds_non_finite(v) for v in value)
 
 
 def starts_as_zip(path: str) -> bool:

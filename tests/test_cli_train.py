@@ -344,13 +344,16 @@ def test_evaluate_refuses_what_is_not_a_training_checkpoint(tmp_path, capsys):
     torch.save({"model": {"w": torch.zeros(1000)}}, tmp_path / "whole.pt")
     (tmp_path / "cut.pt").write_bytes((tmp_path / "whole.pt").read_bytes()[:2000])
     torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pt")  # whole, but a pickled module
+    torch.save({**dict.fromkeys(("genotype", "num_classes", "channels", "sep_repeats")),  # bytes overwritten
+                "model": {"w": torch.tensor([1.0, float("nan")])}}, tmp_path / "nan.pt")
     for name, reason in (("nope.pt", "checkpoint {} not found"),
                          ("cut.pt", "{} is damaged: a zip archive, as torch.save writes, that torch.load cannot read "
                                     "(RuntimeError); copy it again, or use another checkpoint"),
                          ("module.pt", "{} is not a checkpoint of python -m nasfast.train (torch.load cannot read it"),
                          ("random.pt", "{} is not a checkpoint of python -m nasfast.train (torch.load cannot read it"),
                          ("state.pt", "{} is not a checkpoint of python -m nasfast.train (it lacks model, genotype"),
-                         ("script.pt", "{} is not a checkpoint of python -m nasfast.train (it is a TorchScript file")):
+                         ("script.pt", "{} is not a checkpoint of python -m nasfast.train (it is a TorchScript file"),
+                         ("nan.pt", "{} is damaged: its weights hold non-finite values; copy it again")):
         assert evaluate_cli("--checkpoint", tmp_path / name) == 2
         assert reason.format(tmp_path / name) in one_error_line(capsys)
 

@@ -5,6 +5,7 @@ from typing import Any, Dict, List
 
 import torch
 
+from ..checkpoint import holds_non_finite
 from ..files import read_search_log, write_atomic
 
 
@@ -47,11 +48,3 @@ def damaged_state(path: str, how: str) -> str:
             f"(python -m nasfast.report, or train --genotype with the directory); search on in a new directory "
             f"(--out)")
 
-
-def holds_non_finite(value: Any) -> bool:
-    """Whether a floating-point tensor in `value` (nested dicts and lists) holds a NaN or an infinity."""
-    if isinstance(value, torch.Tensor):
-        return value.is_floating_point() and not bool(torch.isfinite(value).all())
-    if isinstance(value, dict):
-        value = list(value.values())
-    return isinstance(value, (list, tuple)) and any(holds_non_finite(v) for v in value)
