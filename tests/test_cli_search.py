@@ -205,6 +205,26 @@ def test_resume_names_a_damaged_file(saved_search, capsys):
     assert f"{config} is damaged: not valid JSON" in capsys.readouterr().err
 
 
+def test_an_edited_config_json_is_checked_as_the_options_are(saved_search, capsys):
+    """A value the option refuses was a traceback (seed "x", from the controller's manual_seed);
+    a key taken out silently took the paper's value (stage1.epochs 5, not the tiny preset's 2)."""
+    path = saved_search / "config.json"
+    good = json.loads(path.read_text())
+    for key, value, message in (("seed", "x", "seed is 'x': expected a whole number"),
+                                ("strategy", "ppo2", "strategy is 'ppo2': choose one of ppo, random"),
+                                ("stage1", {**good["stage1"], "batch_size": 1}, "stage1.batch_size is 1: ")):
+        path.write_text(json.dumps({**good, key: value}))
+        assert search("--resume", saved_search, "--budget", 4) == 2
+        error = capsys.readouterr().err
+        assert len(error.splitlines()) == 1 and f"error: {path} is damaged: {message}" in error
+    path.write_text(json.dumps({**good, "seed": "3", "stage1": {k: v for k, v in good["stage1"].items()
+                                                                 if k != "epochs"}}))
+    parser = build_parser()
+    config = choose_run(parser.parse_args(["--resume", str(saved_search)]), parser)[1]
+    assert config.seed == 3 and config.stage1.epochs == preset("tiny").stage1.epochs == 2
+    assert f"warning: {path} lacks stage1.epochs: preset tiny's values are used" in capsys.readouterr().err
+
+
 def test_non_finite_controller_weights_are_neither_resumed_nor_saved(saved_search, capsys, monkeypatch):
     """Bytes of state.pt overwritten can still load: the next update then made every weight NaN,
     that state was saved, and every later resume ended in a traceback."""

@@ -15,7 +15,7 @@ from ..files import (CONFIG, SEARCH_FILES, SEARCH_LOG, SEARCH_STATE, TRAINING_FI
                      read_search_log, why_unwritable)
 from ..tensorboard import TensorBoardLog, check_available
 from . import distributed
-from .config import FIXED, MACHINE_OPTIONS, PRESETS, SearchConfig, StageConfig, preset
+from .config import FIXED, MACHINE_OPTIONS, PRESETS, SearchConfig, StageConfig, missing_keys, preset
 from .distributed import begun_by_this_job, has_pending, restart_count, world_size
 from .loop import NO_BUDGET, Search
 from .summary import closing_summary, data_check_command, resume_command, top_table
@@ -249,8 +249,11 @@ def never_began(run_dir: str, held: List[str]) -> bool:
     log, config = os.path.join(run_dir, SEARCH_LOG), os.path.join(run_dir, CONFIG)
     if os.path.exists(log) and os.path.getsize(log) > 0:
         return False
-    try:
-        return not os.path.exists(config) or bool(SearchConfig.from_dict(read_json(config)))
+    if not os.path.exists(config):
+        return True
+    try:  # every option, as Search.start writes them
+        saved = read_json(config)
+        return isinstance(saved, dict) and not missing_keys(saved) and bool(SearchConfig.from_dict(saved))
     except (ValueError, TypeError, KeyError, AttributeError):  # another tool's file, or damaged
         return False
 
@@ -290,11 +293,20 @@ def _saved_config(run_dir: str, parser) -> SearchConfig:
     if not os.path.isfile(path):
         _refuse(parser, f"{path} is missing: the options of the search are lost")
     try:
-        return SearchConfig.from_dict(read_json(path))
+        saved = read_json(path)
     except ValueError as error:  # read_json names the file
         _refuse(parser, str(error))
+    try:
+        config = SearchConfig.from_dict(saved)
+    except ValueError as error:  # a value edited by hand
+        _refuse(parser, f"{path} is damaged: {error}")
     except (TypeError, KeyError, AttributeError) as error:
         _refuse(parser, f"{path} is damaged: not the options of a search ({type(error).__name__}: {error})")
+    missing = missing_keys(saved)
+    if missing:  # an older version's, or edited by hand
+        values = f"preset {config.preset}'s" if config.preset in PRESETS else "the paper's"
+        print(f"warning: {path} lacks {', '.join(missing)}: {values} values are used", file=sys.stderr)
+    return config
 
 
 # -- the search ------------------------------------------------------------------------------

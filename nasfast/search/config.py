@@ -2,10 +2,11 @@
 
 Defaults are the paper's values (`--preset paper`); "ours" marks the choices the paper leaves open.
 """
+import argparse
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from ..cli import (decay, fraction, images_per_batch, non_negative_float, non_negative_int, positive_float,
                    positive_int, probability)
@@ -86,11 +87,50 @@ class SearchConfig:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "SearchConfig":
+        """The config that to_dict gave (a config.json); keys it lacks take the values of its
+        preset, or the paper's when it names none (missing_keys names them). ValueError names a
+        value that its option would refuse; other keys or shapes raise TypeError, KeyError or
+        AttributeError."""
         d = dict(d)
-        d["stage1"] = StageConfig(**d["stage1"])
-        d["stage2"] = StageConfig(**d["stage2"])
-        d["scale_range"] = tuple(d["scale_range"])
-        return cls(**d)
+        default = preset(d["preset"]) if d.get("preset") in PRESETS else cls()
+        for name in ("stage1", "stage2"):
+            d[name] = dataclasses.replace(getattr(default, name), **d.get(name, {}))
+        if "scale_range" in d:
+            d["scale_range"] = tuple(d["scale_range"])
+        config = dataclasses.replace(default, **d)
+        for owner, prefix in ((config, ""), (config.stage1, "stage1."), (config.stage2, "stage2.")):
+            for f in dataclasses.fields(owner):
+                if f.name not in ("stage1", "stage2"):
+                    setattr(owner, f.name, _parsed(prefix + f.name, getattr(owner, f.name), f))
+        return config
+
+
+def _parsed(name: str, value: Any, f: dataclasses.Field) -> Any:
+    """`value` as its option parses it on the command line (a hand-edited "5" becomes 5);
+    ValueError naming it when the option would refuse it."""
+    parse, choices = f.metadata.get("type"), f.metadata.get("choices")
+    may_be_none = f.default is None or (choices is not None and "none" in choices)
+
+    def one(item):
+        if item is None and may_be_none:
+            return None
+        if choices is not None and item not in choices:
+            raise ValueError(f"choose one of {', '.join(choices)}")
+        return parse(str(item)) if parse is not None else item
+
+    try:
+        return tuple(one(v) for v in value) if isinstance(value, tuple) else one(value)
+    except (ValueError, TypeError, argparse.ArgumentTypeError) as error:
+        raise ValueError(f"{name} is {value!r}: {error}") from None
+
+
+def missing_keys(d: Dict[str, Any]) -> List[str]:
+    """The options of a complete config.json (SearchConfig.to_dict) that `d` lacks, as stage1.epochs
+    (not "preset": None says it was not recorded)."""
+    def keys(tree: Dict[str, Any], prefix: str = "") -> Set[str]:
+        return {k for name, v in tree.items()
+                for k in (keys(v, f"{prefix}{name}.") if isinstance(v, dict) else {prefix + name})}
+    return sorted(keys(SearchConfig().to_dict()) - keys(d) - {"preset"})
 
 
 def _fast() -> SearchConfig:
