@@ -253,6 +253,14 @@ def test_non_finite_controller_weights_are_neither_resumed_nor_saved(saved_searc
     assert state.read_bytes() == good_state and len(read_records(str(saved_search / "candidates.jsonl"))) == 3
 
 
+def test_a_log_line_copied_twice_is_kept_once(saved_search):
+    log = saved_search / "candidates.jsonl"
+    lines = log.read_text().splitlines(keepends=True)
+    log.write_text(lines[0] + lines[1] + lines[1] + lines[2])
+    assert search("--resume", saved_search, "--budget", 4, "--no-progress") == 0
+    assert [r["index"] for r in read_records(str(log))] == [0, 1, 2, 3]
+
+
 def test_resume_names_a_log_line_that_is_not_a_candidate(saved_search, capsys):
     log = saved_search / "candidates.jsonl"
     lines = log.read_text().splitlines()

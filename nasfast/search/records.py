@@ -13,8 +13,11 @@ def keep_finished_records(path: str, count: int, pending=()) -> List[Dict[str, A
     """Keeps only the records of candidates that the saved state counts as finished: index under
     `count` and not in `pending` (handed out, not finished). The others were logged by a crash
     between logging a candidate and saving the state; those candidates are evaluated again."""
-    pending = set(pending)
-    records = [r for r in read_search_log(path) if r["index"] < count and r["index"] not in pending]
+    pending, kept = set(pending), {}
+    for r in read_search_log(path):
+        if r["index"] < count and r["index"] not in pending:
+            kept.setdefault(r["index"], r)  # the first of a line copied twice
+    records = list(kept.values())
     _warn_of_lost_records(path, set(range(count)) - pending - {r["index"] for r in records})
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in records).encode())
     return records
