@@ -229,27 +229,18 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
     val_loader = evaluation_loader(data.val_images, config.workers)
 
     last, best_path, log = (os.path.join(args.out, n) for n in (LAST, BEST, TRAINING_LOG))
-    start_epoch, best = 0, None  # None until an epoch has a finite mIoU
     os.makedirs(args.out, exist_ok=True)
     lock = lock_directory(args.out)  # held while this process trains
     board = TensorBoardLog(args.out) if args.tensorboard else None
     check_still_as_checked(args.out, resumed)
     if resumed:
-        model.load_state_dict(resumed["model"])
-        for optimizer, key in zip(optimizers, ("encoder_optimizer", "decoder_optimizer")):
-            optimizer.load_state_dict(resumed[key])
-        start_epoch, best = resumed["epoch"] + 1, known_miou(resumed["best_miou"])
-        mend_log(args.out, resumed)
+        start_epoch, best = resume_from(model, optimizers, resumed, args.out)
     else:
+        start_epoch, best = 0, None  # None until an epoch has a finite mIoU
         init = {"init": os.path.abspath(args.init)} if initial is not None else {}
         write_json(os.path.join(args.out, CONFIG),
                    {"genotype": genotype.to_list(), "dataset": args.dataset, **init, **asdict(config)})
-
-    order = torch.Generator()
-    loader = DataLoader(data.train_images, batch_size=config.batch_size, drop_last=True,
-                        sampler=RandomSampler(data.train_images, generator=order), num_workers=config.workers,
-                        persistent_workers=config.workers > 0,  # no new worker processes each epoch
-                        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(config.seed))
+    loader, order = training_loader(data.train_images, config, device)
     saved_epochs = start_epoch
     try:
         for epoch in range(start_epoch, config.epochs):
@@ -293,6 +284,26 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
         if board is not None:
             board.close()
     return {"best_miou": best, "best_checkpoint": best_path}
+
+
+def resume_from(model, optimizers, resumed: dict, out: str) -> Tuple[int, Optional[float]]:
+    """Loads the last checkpoint's weights and optimizer states; the epoch to go on with and the best mIoU."""
+    model.load_state_dict(resumed["model"])
+    for optimizer, key in zip(optimizers, ("encoder_optimizer", "decoder_optimizer")):
+        optimizer.load_state_dict(resumed[key])
+    mend_log(out, resumed)
+    return resumed["epoch"] + 1, known_miou(resumed["best_miou"])
+
+
+def training_loader(images, config: TrainConfig, device) -> Tuple[DataLoader, torch.Generator]:
+    """The training batches, and the generator of their order (seeded at each epoch: a resumed
+    run's epochs see the same order)."""
+    order = torch.Generator()
+    loader = DataLoader(images, batch_size=config.batch_size, drop_last=True,
+                        sampler=RandomSampler(images, generator=order), num_workers=config.workers,
+                        persistent_workers=config.workers > 0,  # no new worker processes each epoch
+                        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(config.seed))
+    return loader, order
 
 
 def start_from(model, initial: dict, path: str, num_classes: int) -> None:
