@@ -248,9 +248,14 @@ def test_non_finite_controller_weights_are_neither_resumed_nor_saved(saved_searc
 
     monkeypatch.setattr(PPOController, "update", update_to_nan)
     assert search("--resume", saved_search, "--budget", 4, "--no-progress") == 2
-    assert f"{state} is damaged: its controller's weights turned non-finite at the next update" in \
-        capsys.readouterr().err
+    assert f"the controller's update made its weights non-finite: it diverged (start again with a lower " \
+           f"--controller-lr than 0.0001), or {state} is damaged; the state was not saved" in capsys.readouterr().err
     assert state.read_bytes() == good_state and len(read_records(str(saved_search / "candidates.jsonl"))) == 3
+    # Nor does any later save write them (under torchrun, another rank's failed candidate is saved).
+    diverged = loop.Search(str(saved_search), preset("tiny"), None)
+    next(diverged.strategy.controller.parameters()).data.fill_(float("nan"))
+    with pytest.raises(ValueError, match="the controller's update made its weights non-finite"):
+        diverged.state_dict()
 
 
 def test_a_log_line_copied_twice_is_kept_once(saved_search):

@@ -10,6 +10,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import torch
 
+from ..checkpoint import holds_non_finite
 from ..cli import counted, progress_bar
 from ..data import DataError
 from ..files import (CONFIG, LOCK, SEARCH_LOG, SEARCH_STATE, Unwritable, append_record, lock_directory, save_torch,
@@ -21,7 +22,7 @@ from .candidate import evaluate_candidate
 from .context import SearchContext
 from .config import SearchConfig
 from .gate import Gate
-from .records import damaged_state, holds_non_finite, keep_finished_records, load_state
+from .records import keep_finished_records, load_state
 from .summary import format_reward, progress_line
 
 NO_BUDGET = "give --budget N (candidates) and/or --time-budget T (e.g. 4h)"
@@ -91,9 +92,17 @@ class Search:
 
     # -- persistence -------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
+        self.check_controller()  # under torchrun a failed candidate's save may follow a diverged update
         return {"next_index": self.next_index, "elapsed": self.elapsed, "budget": self.budget,
                 "time_budget": self.time_budget, "strategy": self.strategy.state_dict(), "gate": self.gate.state_dict(),
                 "data": self.data}
+
+    def check_controller(self) -> None:
+        """Refuses non-finite controller weights, never saved: every resume would fail on them."""
+        if holds_non_finite(self.strategy.state_dict()):
+            raise ValueError(f"the controller's update made its weights non-finite: it diverged (start again with a "
+                             f"lower --controller-lr than {self.config.controller_lr}), or "
+                             f"{self.path(SEARCH_STATE)} is damaged; the state was not saved")
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         missing = [k for k in ("next_index", "elapsed", "strategy", "gate") if k not in state]
@@ -203,9 +212,7 @@ class Search:
         saved after, by the caller)."""
         if record["status"] == "ok":
             record["controller"] = self.strategy.update([proposal], [record["reward"]])
-            if holds_non_finite(self.strategy.state_dict()):  # never saved: each resume would fail on it
-                raise ValueError(damaged_state(self.path(SEARCH_STATE), "its controller's weights turned "
-                                               "non-finite at the next update"))
+            self.check_controller()  # before the candidate is logged
         append_record(self.path(SEARCH_LOG), record)
         self.records.append(record)
         if self.tensorboard is not None and record["status"] == "ok":
