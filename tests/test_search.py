@@ -298,7 +298,8 @@ def test_a_complete_memory_mapped_cache_is_reused_and_a_changed_one_rebuilt(tmp_
 
 def test_a_damaged_memory_mapped_cache_is_built_again(tmp_path, camvid_root, capsys):
     """A file of it cut short or overwritten, or its marker damaged, stopped every resume with an
-    error that did not name the cache (mmap length..., EOF..., pickled data...)."""
+    error that did not name the cache (mmap length..., EOF..., pickled data...); a file removed or
+    copied from the other cache failed every candidate."""
     from nasfast.search.context import build_context
     config = preset("tiny")
     config.stage1_images, config.val_images, config.memory_limit_gb = 6, 3, 0.0
@@ -306,7 +307,8 @@ def test_a_damaged_memory_mapped_cache_is_built_again(tmp_path, camvid_root, cap
     built = build_context(config, str(tmp_path), device="cpu").stage1.batch(torch.arange(6))[0]
     level0 = cache / "stage1" / "level0.npy"
     for damage in (lambda: os.truncate(level0, 1000), lambda: level0.write_bytes(b"\0" * 8 + level0.read_bytes()[8:]),
-                   lambda: (cache / "complete.json").write_text("{")):
+                   lambda: (cache / "complete.json").write_text("{"), lambda: (cache / "val" / "level3.npy").unlink(),
+                   lambda: shutil.copy(cache / "val" / "level0.npy", level0)):  # another cache's images
         damage()
         capsys.readouterr()
         rebuilt = build_context(config, str(tmp_path), device="cpu").stage1.batch(torch.arange(6))[0]

@@ -37,7 +37,11 @@ def open_cache(directory: str) -> FeatureCache:
     """The cache that build_cache wrote to `directory` (memory-mapped files), opened read-only:
     processes that share a machine share its pages."""
     def load(name: str) -> np.ndarray:
-        return np.load(os.path.join(directory, name + ".npy"), mmap_mode="r")
+        path = os.path.join(directory, name + ".npy")
+        try:
+            return np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as error:  # cut short or overwritten
+            raise ValueError(f"{path}: {error}") from None
 
     levels = sorted((name for name in os.listdir(directory) if name.startswith("level") and name.endswith(".npy")),
                     key=lambda name: int(name[len("level"):-len(".npy")]))

@@ -171,8 +171,10 @@ def _stage1_caches(config: SearchConfig, full, stage1_ids: List[int], val_ids: L
         return os.path.join(run_dir, "cache", what)
 
     def opened() -> Tuple[FeatureCache, FeatureCache, tuple]:
-        stage1 = open_cache(directory("stage1"))
-        return stage1, open_cache(directory("val")), tuple(stage1.labels.shape[1:])  # no image read for the size
+        stage1, val = open_cache(directory("stage1")), open_cache(directory("val"))
+        _check_complete(stage1, len(stage1_ids), directory("stage1"))
+        _check_complete(val, len(val_ids), directory("val"))
+        return stage1, val, tuple(stage1.labels.shape[1:])  # no image read for the size
 
     if cache == "open":  # the process that builds it has checked it
         return opened()
@@ -201,6 +203,16 @@ def _stage1_caches(config: SearchConfig, full, stage1_ids: List[int], val_ids: L
     if stage1.on_disk and stage1_val.on_disk:  # a resumed or restarted search opens it again
         write_json(marker, contents)
     return stage1, stage1_val, size
+
+
+def _check_complete(cache: FeatureCache, images: int, directory: str) -> None:
+    """ValueError when the files of a cache marked complete have not its images' outputs of every
+    encoder level (a file removed, or copied from the other cache)."""
+    channels = [level.shape[1] for level in cache.features]
+    counts = {len(array) for array in cache.features + [cache.labels] + [t for t in [cache.teacher] if t is not None]}
+    if channels != list(MobileNetV2Encoder.channels) or counts != {images}:
+        raise ValueError(f"{directory} holds levels of {channels} channels for {sorted(counts)} images, not "
+                         f"{list(MobileNetV2Encoder.channels)} for {images}")
 
 
 def _complete(marker: str, contents: Dict[str, Any]) -> bool:
