@@ -131,8 +131,8 @@ def _why_no_last(out: str) -> str:
         return " (the run stopped before its first epoch ended: start it again without --resume)"
     best = os.path.join(out, BEST)
     init = f" (--init {best} starts from its best weights)" if os.path.isfile(best) else ""
-    return (f", though {os.path.join(out, TRAINING_LOG)} records {counted(epochs, 'epoch')}: it was removed or "
-            f"lost, so the run cannot go on; train in another --out{init}")
+    return (f", though {os.path.join(out, TRAINING_LOG)} records {counted(epochs, 'epoch')}: {LAST} was removed "
+            f"or lost, so the run cannot go on; train in another --out{init}")
 
 
 def resumed_run(args) -> Tuple[Genotype, TrainConfig, dict]:

@@ -1,6 +1,7 @@
 """python -m nasfast.search as a user meets it: its options, errors, notes and exit statuses. In
 process (main through nasfast.cli.run); only the last test trains a candidate."""
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -16,7 +17,8 @@ import nasfast.search.loop as loop
 from nasfast.cli import run
 from nasfast.search.__main__ import PROG, RUN_FILES, build_parser, choose_run, duration, main
 from nasfast.search.candidate import CandidateFailed, batch_bounds
-from nasfast.search.config import preset
+from nasfast.data import DATASETS
+from nasfast.search.config import PRESETS, SearchConfig, preset
 from nasfast.files import read_records
 from nasfast.search.summary import madds_text
 
@@ -212,7 +214,11 @@ def test_an_edited_config_json_is_checked_as_the_options_are(saved_search, capsy
     good = json.loads(path.read_text())
     for key, value, message in (("seed", "x", "seed is 'x': expected a whole number"),
                                 ("strategy", "ppo2", "strategy is 'ppo2': choose one of ppo, random"),
-                                ("stage1", {**good["stage1"], "batch_size": 1}, "stage1.batch_size is 1: ")):
+                                ("stage1", {**good["stage1"], "batch_size": 1}, "stage1.batch_size is 1: "),
+                                ("scale_range", "12", "scale_range is '12': expected 2 values"),  # was (1.0, 2.0)
+                                ("scale_range", [2, 1], "scale_range is [2.0, 1.0]: the first must not be larger"),
+                                ("preset", "bogus", "preset is 'bogus': choose one of paper, fast, tiny"),
+                                ("dataset", "cityscapes", "dataset is 'cityscapes': choose one of camvid, voc")):
         path.write_text(json.dumps({**good, key: value}))
         assert search("--resume", saved_search, "--budget", 4) == 2
         error = capsys.readouterr().err
@@ -222,6 +228,8 @@ def test_an_edited_config_json_is_checked_as_the_options_are(saved_search, capsy
     parser = build_parser()
     config = choose_run(parser.parse_args(["--resume", str(saved_search)]), parser)[1]
     assert config.seed == 3 and config.stage1.epochs == preset("tiny").stage1.epochs == 2
+    fields = {f.name: f.metadata.get("choices") for f in dataclasses.fields(SearchConfig)}
+    assert set(fields["preset"]) == set(PRESETS) and set(fields["dataset"]) == set(DATASETS)
     assert f"warning: {path} lacks stage1.epochs: preset tiny's values are used" in capsys.readouterr().err
 
 
@@ -376,6 +384,9 @@ def test_a_search_stopped_while_writing_its_first_files_can_be_started_again(tmp
     monkeypatch.setattr(loop, "save_torch", real_save)
     assert search("--out", run_dir, "--preset", "tiny", "--budget", 2, "--no-progress") == 0
     assert len(read_records(str(run_dir / "candidates.jsonl"))) == 2
+    (tmp_path / "d" / "config.json").mkdir(parents=True)  # not a file: another run's all the same
+    assert search("--out", tmp_path / "d", "--budget", 1) == 2
+    assert "(another run's files)" in capsys.readouterr().err
     (tmp_path / "t").mkdir()  # a training run's options alone are still another run's files
     (tmp_path / "t" / "config.json").write_text(json.dumps({"genotype": "arch0", "epochs": 2}))
     assert search("--out", tmp_path / "t", "--budget", 1) == 2

@@ -212,9 +212,9 @@ def test_resume_without_last_pt_says_what_to_do(tmp_path, capsys):
     (tmp_path / "log.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n')  # its last.pt lost: not "start it again",
     (tmp_path / "best.pt").write_bytes(b"")                               # which refuses a run's directory
     assert train_cli("--resume", tmp_path) == 2
-    assert f"no {tmp_path / 'last.pt'}, though {tmp_path / 'log.jsonl'} records 2 epochs: it was removed or lost, " \
-           f"so the run cannot go on; train in another --out (--init {tmp_path / 'best.pt'} starts from its best " \
-           f"weights)" in one_error_line(capsys)
+    assert f"no {tmp_path / 'last.pt'}, though {tmp_path / 'log.jsonl'} records 2 epochs: last.pt was removed or " \
+           f"lost, so the run cannot go on; train in another --out (--init {tmp_path / 'best.pt'} starts from its " \
+           f"best weights)" in one_error_line(capsys)
 
 
 def interrupt_on_call(monkeypatch, name: str, call: int) -> None:

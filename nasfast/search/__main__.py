@@ -254,7 +254,7 @@ def never_began(run_dir: str, held: List[str]) -> bool:
     try:  # every option, as Search.start writes them
         saved = read_json(config)
         return isinstance(saved, dict) and not missing_keys(saved) and bool(SearchConfig.from_dict(saved))
-    except (ValueError, TypeError, KeyError, AttributeError):  # another tool's file, or damaged
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):  # another tool's file, damaged, a directory
         return False
 
 

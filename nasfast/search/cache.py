@@ -71,7 +71,7 @@ def _reserve(path: str) -> None:
         except OSError as error:
             if error.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise OSError(error.errno, error.strerror, path) from None  # naming the file
-            # else a file system that cannot reserve space: the files stay sparse, as before
+            # else a C library that leaves it to file systems without it (glibc writes the blocks): sparse, as before
         finally:
             os.close(fd)
 

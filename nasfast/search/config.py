@@ -44,8 +44,9 @@ def _stage2() -> StageConfig:
 
 @dataclass
 class SearchConfig:
-    dataset: str = option("camvid", "dataset name: camvid, voc or folder")
-    preset: Optional[str] = option(None, "the preset these values started from (None: not recorded)")
+    dataset: str = option("camvid", "dataset name: camvid, voc or folder", choices=("camvid", "voc", "folder"))
+    preset: Optional[str] = option(None, "the preset these values started from (None: not recorded)",
+                                   choices=("paper", "fast", "tiny"))
     strategy: str = option("ppo", "search strategy: ppo (the LSTM controller) or random",
                            choices=("ppo", "random"))
     seed: int = option(0, "seed of everything random in the search", non_negative_int)
@@ -95,13 +96,13 @@ class SearchConfig:
         default = preset(d["preset"]) if d.get("preset") in PRESETS else cls()
         for name in ("stage1", "stage2"):
             d[name] = dataclasses.replace(getattr(default, name), **d.get(name, {}))
-        if "scale_range" in d:
-            d["scale_range"] = tuple(d["scale_range"])
         config = dataclasses.replace(default, **d)
         for owner, prefix in ((config, ""), (config.stage1, "stage1."), (config.stage2, "stage2.")):
             for f in dataclasses.fields(owner):
                 if f.name not in ("stage1", "stage2"):
                     setattr(owner, f.name, _parsed(prefix + f.name, getattr(owner, f.name), f))
+        if config.scale_range[0] > config.scale_range[1]:
+            raise ValueError(f"scale_range is {list(config.scale_range)}: the first must not be larger than the second")
         return config
 
 
@@ -119,7 +120,11 @@ def _parsed(name: str, value: Any, f: dataclasses.Field) -> Any:
         return parse(str(item)) if parse is not None else item
 
     try:
-        return tuple(one(v) for v in value) if isinstance(value, tuple) else one(value)
+        if not isinstance(f.default, tuple):
+            return one(value)
+        if not isinstance(value, (list, tuple)) or len(value) != len(f.default):
+            raise ValueError(f"expected {len(f.default)} values")
+        return tuple(one(v) for v in value)
     except (ValueError, TypeError, argparse.ArgumentTypeError) as error:
         raise ValueError(f"{name} is {value!r}: {error}") from None
 
