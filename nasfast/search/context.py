@@ -206,8 +206,8 @@ def _stage1_caches(config: SearchConfig, full, stage1_ids: List[int], val_ids: L
 
 
 def _check_complete(cache: FeatureCache, images: int, directory: str) -> None:
-    """ValueError when the files of a cache marked complete have not its images' outputs of every
-    encoder level (a file removed, or copied from the other cache)."""
+    """ValueError unless the files of a cache marked complete hold every encoder level for each of
+    its `images` (not so when a file was removed, or copied from the other cache)."""
     channels = [level.shape[1] for level in cache.features]
     counts = {len(array) for array in cache.features + [cache.labels] + [t for t in [cache.teacher] if t is not None]}
     if channels != list(MobileNetV2Encoder.channels) or counts != {images}:
