@@ -7,7 +7,7 @@ N x H x W; `target` is N x H x W with `ignore_index` for pixels that do not coun
 import torch
 from torch import Tensor
 
-from .library import available, native_for
+from .library import available, kernels_take, native_for
 from .upsample_add import upsampled
 
 if available():
@@ -35,8 +35,7 @@ def confusion_matrix_update_reference(matrix: Tensor, scores: Tensor, target: Te
 def confusion_matrix_update(matrix: Tensor, scores: Tensor, target: Tensor, ignore_index: int) -> None:
     """The native op (CPU or CUDA tensors; on the CPU, float32 or float64 logits) when the library
     is loaded, else the reference."""
-    cpu_takes = not scores.is_floating_point() or scores.dtype in (torch.float32, torch.float64)
-    if not native_for(scores) or not (scores.is_cuda or cpu_takes):
+    if not native_for(scores) or (scores.is_floating_point() and not kernels_take(scores, scores)):
         confusion_matrix_update_reference(matrix, scores, target, ignore_index)
         return
     try:
