@@ -10,7 +10,10 @@ isolated build environment hides: that torch is found anyway (see find_torch), s
 """
 import glob
 import os
+import re
+import shutil
 import site
+import subprocess
 import sys
 import sysconfig
 
@@ -82,9 +85,31 @@ def ops_extension():
     return extension
 
 
+def check_shared_cpp_runtime(library: str, linker: str):
+    """torch's errors cross the library as C++ exceptions: with a C++ runtime of its own linked in
+    statically, one with a formatted message crashed the process (a compiler that links libstdc++
+    statically by default did this). Such a library is removed, with what to do instead."""
+    if not shutil.which("objdump"):
+        return
+    dynamic = subprocess.run(["objdump", "-p", library], capture_output=True, text=True)
+    if dynamic.returncode != 0 or re.search(r"NEEDED\s+lib(std)?c\+\+\.so", dynamic.stdout):
+        return
+    os.remove(library)
+    sys.exit(f"{linker} links its C++ runtime statically into the ops library, where torch's errors would crash "
+             "the process: build with a compiler that links it dynamically, e.g. "
+             "CC=/usr/bin/gcc CXX=/usr/bin/g++ pip install .")
+
+
 def build_ext():
     from torch.utils.cpp_extension import BuildExtension
-    return BuildExtension.with_options(no_python_abi_suffix=True)
+
+    class Build(BuildExtension.with_options(no_python_abi_suffix=True)):
+        def build_extension(self, extension):
+            super().build_extension(extension)
+            if sys.platform.startswith("linux"):
+                check_shared_cpp_runtime(self.get_ext_fullpath(extension.name), self.compiler.linker_so[0])
+
+    return Build
 
 
 def torch_requirement(version: str) -> str:

@@ -1,5 +1,6 @@
 """The native library is built and loadable without Python, and its kernels compile for every
 target: C++14 host compilers, the Jetson TX2 (sm_62, through clang-16) and current GPUs (nvcc)."""
+import importlib.util
 import os
 import re
 import shutil
@@ -43,6 +44,26 @@ def test_library_shares_the_cpp_runtime():
     assert re.search(r"NEEDED\s+lib(std)?c\+\+\.so", needed), (
         "the ops library links its C++ runtime statically; rebuild with a compiler that links it "
         "dynamically, e.g. CXX=/usr/bin/g++\n" + needed)
+
+
+@pytest.mark.skipif(sys.platform != "linux" or not shutil.which("objdump") or not shutil.which("g++"),
+                    reason="needs Linux, objdump and g++")
+@pytest.mark.parametrize("static", [False, True], ids=["shared", "static"])
+def test_setup_removes_a_library_with_a_static_cpp_runtime(tmp_path, static):
+    """The GPU machine's compiler linked libstdc++ statically by default: the library crashed on errors."""
+    source, library = tmp_path / "runtime.cpp", tmp_path / "_C.so"
+    source.write_text("#include <string>\nstd::string text(int n) { return std::string(n, 'x'); }\n")
+    subprocess.run(["g++", "-shared", "-fPIC", *(["-static-libstdc++"] if static else []), str(source),
+                    "-o", str(library)], check=True)
+    spec = importlib.util.spec_from_file_location("nasfast_setup", REPO / "setup.py")
+    setup = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(setup)
+    if static:
+        with pytest.raises(SystemExit, match=r"^g\+\+ links its C\+\+ runtime statically into the ops library"):
+            setup.check_shared_cpp_runtime(str(library), "g++")
+    else:
+        setup.check_shared_cpp_runtime(str(library), "g++")
+    assert library.exists() != static
 
 
 def test_kernel_headers_are_torch_free():
