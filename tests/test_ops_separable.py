@@ -383,16 +383,23 @@ def test_cuda_backward_is_refused_in_deterministic_mode():
 @needs_ops
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_on_cuda_the_default_module_runs_cudnn_and_fused_true_the_native_kernel():
-    default = randomised(SeparableConvBNReLU(6, 5, 6)).cuda().eval()
-    native = SeparableConvBNReLU(6, 5, 6, fused=True).cuda().eval()
-    reference = SeparableConvBNReLU(6, 5, 6, fused=False).cuda().eval()
+def test_on_cuda_the_default_module_trains_with_cudnn_and_infers_with_the_native_kernel():
+    default = randomised(SeparableConvBNReLU(6, 5, 6)).cuda()
+    native = SeparableConvBNReLU(6, 5, 6, fused=True).cuda()
+    reference = SeparableConvBNReLU(6, 5, 6, fused=False).cuda()
     native.load_state_dict(default.state_dict())
     reference.load_state_dict(default.state_dict())
-    assert type(default) is FusedSeparableConvBNReLU and not default.native_on_cuda and native.native_on_cuda
+    assert type(default) is FusedSeparableConvBNReLU
+    assert not default.trains_native_on_cuda and native.trains_native_on_cuda
     x = torch.randn(2, 6, 33, 47, device="cuda")
-    assert torch.equal(default(x), reference(x))
-    torch.testing.assert_close(native(x), reference(x), rtol=1e-3, atol=1e-3)
+    for module in (default, native, reference):
+        module.eval()
+    with torch.no_grad():
+        assert torch.equal(default(x), native(x))  # inference: the same native kernel
+        torch.testing.assert_close(default(x), reference(x), rtol=1e-3, atol=1e-3)
+    default.train()
+    reference.train()
+    assert torch.equal(default(x), reference(x))  # training: the same cuDNN calls
 
 
 @needs_ops

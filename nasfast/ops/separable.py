@@ -77,9 +77,10 @@ class SeparableConvBNReLU(nn.Module):
     reference module never refers to the native ops, so it scripts without the library. The
     fused one runs `sep_conv` then BN + ReLU in training, and one `sep_conv_bn_relu` in eval (BN
     folded, and the fold kept for inference). Both have the same submodules and state dict. On
-    CUDA tensors the fused module still runs cuDNN unless built with fused=True: cuDNN was
-    1.1-2.3x faster than the native CUDA kernel at every decoder shape measured (bench/RESULTS.md,
-    H200). Inputs the kernels do not take (library.kernels_take) run the reference.
+    CUDA tensors the fused module trains with cuDNN unless built with fused=True, and infers with
+    the native kernel: at the decoder's shapes cuDNN's forward+backward was faster at 21 of 32, the
+    native eval block at 29 of 32 (bench/RESULTS.md, H100). Inputs the kernels do not take
+    (library.kernels_take) run the reference.
     """
 
     def __new__(cls, channels=None, kernel_size=None, dilation=1, fused=None):
@@ -96,7 +97,7 @@ class SeparableConvBNReLU(nn.Module):
             raise ValueError(f"SeparableConvBNReLU: expected an odd kernel_size and dilation >= 1, "
                              f"got {kernel_size} and {dilation}")
         self.dilation = dilation
-        self.native_on_cuda = fused is True
+        self.trains_native_on_cuda = fused is True
         self.depthwise = nn.Conv2d(channels, channels, kernel_size, padding=dilation * (kernel_size // 2),
                                    dilation=dilation, groups=channels, bias=False)
         self.pointwise = nn.Conv2d(channels, channels, 1, bias=False)
@@ -116,20 +117,16 @@ class SeparableConvBNReLU(nn.Module):
         return (FusedFoldedSeparableConvReLU if native else FoldedSeparableConvReLU)(self)
 
 
-def runs_native(x: Tensor, weight: Tensor, native_on_cuda: bool) -> bool:
-    """Whether a fused module runs its native kernel on x: on CUDA only when built with
-    fused=True (see SeparableConvBNReLU), and for inputs the kernels take."""
-    return (not x.is_cuda or native_on_cuda) and kernels_take(x, weight)
-
-
 class FusedSeparableConvBNReLU(SeparableConvBNReLU):
     def forward(self, x: Tensor) -> Tensor:
-        if not runs_native(x, self.depthwise.weight, self.native_on_cuda):
-            return self.reference_forward(x)
         running_mean, running_var = self.bn.running_mean, self.bn.running_var
         if self.training or running_mean is None or running_var is None:
+            if (x.is_cuda and not self.trains_native_on_cuda) or not kernels_take(x, self.depthwise.weight):
+                return self.reference_forward(x)
             y = torch.ops.nasfast.sep_conv(x, self.depthwise.weight, self.pointwise.weight, self.dilation)
             return F.relu(self.bn(y))
+        if not kernels_take(x, self.depthwise.weight):
+            return self.reference_forward(x)
         if not torch.jit.is_scripting() and not torch.is_grad_enabled():
             pointwise, bias = self._kept_fold()
         else:
@@ -168,7 +165,6 @@ class FoldedSeparableConvReLU(nn.Module):
     def __init__(self, block: SeparableConvBNReLU):
         super().__init__()
         self.dilation = block.dilation
-        self.native_on_cuda = block.native_on_cuda
         self.depthwise = block.depthwise
         bn = block.bn
         with torch.no_grad():
@@ -183,6 +179,6 @@ class FoldedSeparableConvReLU(nn.Module):
 
 class FusedFoldedSeparableConvReLU(FoldedSeparableConvReLU):
     def forward(self, x: Tensor) -> Tensor:
-        if not runs_native(x, self.depthwise.weight, self.native_on_cuda):
+        if not kernels_take(x, self.depthwise.weight):
             return separable_conv_bn_relu_reference(x, self.depthwise.weight, self.pointwise, self.bias, self.dilation)
         return torch.ops.nasfast.sep_conv_bn_relu(x, self.depthwise.weight, self.pointwise, self.bias, self.dilation)
