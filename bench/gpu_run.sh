@@ -7,14 +7,14 @@
 #   NASFAST_DATA=DIR TORCH_HOME=DIR/torch TRAIN_SECONDS=200 bench/gpu_run.sh throughput train
 #
 # Steps run in the order given, each one even when an earlier one failed (the exit status says if
-# any did); their output goes to $OUT (else gpu-results/: seven files at most), the training and
+# any did); their output goes to $OUT (else gpu-results/: eight files at most), the training and
 # the searches to $RUNS (else runs/gpu, kept for a later call on the same machine). Limits:
 #   pack DIR    CamVid from $NASFAST_DATA with its training images as JPEG (quality 90: 16 MB instead
 #               of 91; the labels and validation images stay lossless), and the MobileNet-v2 weights
 #   build       the ops library in place with CUDA kernels for this GPU (1-2 minutes), by /usr/bin/g++
 #               where there is one (the machine's default links the C++ runtime statically)
 #   tests       the CUDA tests (pytest -m cuda), the build's and the C++ program's tests
-#   ops         bench/ops.py --device cuda, each family of ops within $OPS_SECONDS (60)
+#   ops         bench/ops.py --device cuda, each family of ops within $OPS_SECONDS (60), then --profile
 #   latency     bench/latency.py --device cuda --genotype all --size 512, within $LATENCY_SECONDS (180)
 #   throughput  bench/search_throughput.py --device cuda --preset fast --workers-per-gpu 1 4, $WINDOW
 #               seconds (60) a setup, all within $THROUGHPUT_SECONDS (300), under NVIDIA's
@@ -93,6 +93,8 @@ ops() {
         timeout "${OPS_SECONDS:-60}" "$PY" bench/ops.py --device cuda --only $family 2>&1 |
             tee -a "$RESULTS/ops_cuda.txt" || status=1
     done
+    timeout "${OPS_SECONDS:-60}" "$PY" bench/ops.py --device cuda --profile >"$RESULTS/ops_cuda_profile.txt" 2>&1 ||
+        status=1
     return $status
 }
 

@@ -7,6 +7,7 @@ prints median times (ms), the ratio reference / fused (> 1: fused is faster) and
 
     python bench/ops.py [--device cpu|cuda] [--quick] [--threads N] [--only sep|upsample|reward|loss]
     python bench/ops.py --quick --only reward        # a check in a few seconds
+    python bench/ops.py --device cuda --profile       # where a separable training step's time goes
 
 On the CPU, both sides run inside nasfast.ops.cpu_memory_cache(), as the search and training run
 them: torch's own allocator (glibc's malloc) hands blocks of 32 MiB and more back to the system
@@ -107,14 +108,22 @@ def time_separable(mode, n, c, side, k, d, device, repeats):
             return interleaved([lambda: reference(x), lambda: fused(x)], device, repeats)
     dw = torch.randn(c, 1, k, k, generator=g).to(device)
     pw = (torch.randn(c, c, 1, 1, generator=g) / c ** 0.5).to(device)
+    if mode.startswith("forward ("):
+        fused_op = lambda: torch.ops.nasfast.sep_conv(x, dw, pw, d)  # noqa: E731
+        reference_op = lambda: separable_conv_reference(x, dw, pw, d)  # noqa: E731
+        check(fused_op(), reference_op(), f"sep_conv {k}x{k} d{d}")
+        with torch.no_grad():
+            return interleaved([reference_op, fused_op], device, repeats)
+    return interleaved(forward_backward_steps(x, dw, pw, d, g), device, max(3, repeats // 2))
+
+
+def forward_backward_steps(x, dw, pw, d, g) -> List[Callable[[], None]]:
+    """A training step's forward and backward of the reference, then of the fused op, each
+    setting the gradients of (x, dw, pw); checked to agree."""
     fused_op = lambda a, b, p: torch.ops.nasfast.sep_conv(a, b, p, d)  # noqa: E731
     reference_op = lambda a, b, p: separable_conv_reference(a, b, p, d)  # noqa: E731
-    check(fused_op(x, dw, pw), reference_op(x, dw, pw), f"sep_conv {k}x{k} d{d}")
-    if mode.startswith("forward ("):
-        with torch.no_grad():
-            return interleaved([lambda: reference_op(x, dw, pw), lambda: fused_op(x, dw, pw)], device, repeats)
     leaves = [t.clone().requires_grad_() for t in (x, dw, pw)]
-    grad = torch.randn(n, c, side, side, generator=g).to(device)
+    grad = torch.randn(x.shape, generator=g).to(x.device)
 
     def forward_backward(op):
         def run():
@@ -127,8 +136,33 @@ def time_separable(mode, n, c, side, k, d, device, repeats):
         forward_backward(op)()
         grads.append([t.grad.clone() for t in leaves])
     for a, b in zip(*grads):
-        check(a, b, f"sep_conv {k}x{k} d{d} gradients", rtol=1e-3, atol=1e-2)
-    return interleaved([forward_backward(reference_op), forward_backward(fused_op)], device, max(3, repeats // 2))
+        check(a, b, f"sep_conv {dw.size(2)}x{dw.size(2)} d{d} gradients", rtol=1e-3, atol=1e-2)
+    return [forward_backward(reference_op), forward_backward(fused_op)]
+
+
+def profile_separable(device) -> None:
+    """Where a separable training step's time goes, op by op and kernel by kernel (torch.profiler),
+    for the reference and the fused op, at the decoder's largest shape."""
+    from torch.profiler import ProfilerActivity, profile
+
+    n, c, side = 8, 64, 128
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sort_by = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for k, d, name in SEPARABLE_OPS[:2]:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(n, c, side, side, generator=g).to(device)
+        dw = torch.randn(c, 1, k, k, generator=g).to(device)
+        pw = (torch.randn(c, c, 1, 1, generator=g) / c ** 0.5).to(device)
+        for side_name, step in zip(("reference", "fused"), forward_backward_steps(x, dw, pw, d, g)):
+            step()
+            sync()
+            with profile(activities=activities) as profiler:
+                for _ in range(10):
+                    step()
+                sync()
+            print(f"\n{name} N={n} C={c} {side}x{side} forward+backward, {side_name}, 10 steps", flush=True)
+            print(profiler.key_averages().table(sort_by=sort_by, row_limit=12), flush=True)
 
 
 def bench_upsample_add(device, repeats, quick):
@@ -220,6 +254,9 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer shapes and repetitions")
     parser.add_argument("--threads", type=positive_int, help="torch.set_num_threads (CPU) [torch's choice]")
     parser.add_argument("--only", choices=["sep", "upsample", "reward", "loss"], help="one family of ops")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead of timing: the separable training step's ops and kernels (torch.profiler), "
+                             "reference and fused, at N=8 C=64 128x128")
     parser.add_argument("--system-malloc", action="store_true",
                         help="CPU: time with torch's own allocator instead of keeping freed memory (see above)")
     args = parser.parse_args(argv)
@@ -240,7 +277,10 @@ def main(argv=None) -> int:
         name = f"CPU, {torch.get_num_threads()} threads, {memory}"
     print(f"device: {name}; torch {torch.__version__}; float32 (no TF32); ops library {ops.library_path()}")
     with cpu_memory_cache(device, capacity):
-        run_families(args.only, device, args.quick)
+        if args.profile:
+            profile_separable(device)
+        else:
+            run_families(args.only, device, args.quick)
     return 0
 
 
