@@ -151,6 +151,36 @@ def test_the_time_budget_counts_from_the_start_of_the_work(coordinator_at, clock
     assert restarted.spent() and restarted.elapsed == 105
 
 
+@pytest.mark.parametrize("relay_error, status, said", [
+    (ValueError("the controller's update made its weights non-finite: it diverged"), 2,
+     "python -m nasfast.search: error: the controller's update made its weights non-finite: it diverged\n"),
+    (RuntimeError("Connection closed by peer"), 130, "relay failed: RuntimeError('Connection closed by peer'): "
+                                                     "0 candidates saved; torchrun restarts the processes"),
+], ids=["a user's error", "a broken connection"])
+def test_rank0_stops_on_its_relay_thread_s_error(coordinator_at, monkeypatch, capsys, relay_error, status, said):
+    """A diverged controller met while serving another rank's result was "relay failed: ValueError(...)"
+    (exit 130); in one process it is one line (exit 2)."""
+    import _thread
+
+    def failing_relay(coordinator, errors):
+        errors.append(relay_error)
+        _thread.interrupt_main()
+
+    def working(request, ctx):
+        while True:
+            time.sleep(0.01)
+
+    def exit_now(code):
+        raise SystemExit(code)
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "relay", failing_relay)
+    monkeypatch.setattr(distributed, "work", working)
+    monkeypatch.setattr(distributed, "_exit_now", exit_now)
+    with pytest.raises(SystemExit) as stop:
+        distributed._serve_and_work(coordinator_at(), 5, None)
+    assert stop.value.code == status and said in capsys.readouterr().err
+
+
 def test_a_torchrun_search_stops_at_its_time_budget(coordinator_at, clock, monkeypatch, capsys):
     """On the coordinator's clock: caching takes 100 s, each candidate 1 s."""
     import nasfast.search.context

@@ -18,9 +18,8 @@ from . import distributed
 from .config import FIXED, MACHINE_OPTIONS, PRESETS, SearchConfig, StageConfig, missing_keys, preset
 from .distributed import begun_by_this_job, has_pending, restart_count, world_size
 from .loop import NO_BUDGET, Search
-from .summary import closing_summary, data_check_command, resume_command, top_table
+from .summary import PROG, closing_summary, data_check_command, resume_command, top_table
 
-PROG = "python -m nasfast.search"
 USAGE = "%(prog)s (--out RUN_DIR | --resume RUN_DIR) [--budget N] [--time-budget T] [options]"
 # Files of a search (the first three) or of a training run: a new search must not mix with them.
 RUN_FILES = (CONFIG,) + SEARCH_FILES + TRAINING_FILES

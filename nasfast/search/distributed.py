@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 import torch
 import torch.distributed as dist
 
-from ..cli import counted, reported_in_one_line
+from ..cli import counted, message_of, reported_in_one_line
 from ..data.datasets import OtherLayout
 from ..files import SEARCH_STATE, read_json, save_torch, write_json
 from ..genotype import Genotype
@@ -33,7 +33,7 @@ from .context import SearchContext
 from .config import SearchConfig
 from .loop import Search, evaluate_record
 from .records import load_state
-from .summary import closing_summary, resume_command, top_table
+from .summary import PROG, closing_summary, resume_command, top_table
 
 MESSAGE_BYTES = 1 << 20          # one message, 8 bytes of length first
 HEADER = struct.Struct("<Q")
@@ -350,11 +350,7 @@ def _serve_and_work(coordinator: Coordinator, top: int, data_root: Optional[str]
     except KeyboardInterrupt:
         with coordinator.lock:  # the relay thread may be logging a candidate
             coordinator.close()
-        reason = f"relay failed: {errors[0]!r}" if errors else "interrupted"
-        print(f"\n{reason}: {counted(len(coordinator.records), 'candidate')} saved; torchrun restarts the processes "
-              f"if its --max-restarts allows, else continue with {resume_command(coordinator.run_dir, data_root)}",
-              file=sys.stderr)
-        _exit_now(130)
+        _exit_now(stop_note(coordinator, errors[0] if errors else None, data_root))
     finally:
         signal.signal(signal.SIGTERM, previous)
     coordinator.close()
@@ -366,6 +362,20 @@ def _serve_and_work(coordinator: Coordinator, top: int, data_root: Optional[str]
     if world_size() > 1:
         dist.destroy_process_group()
     return 0
+
+
+def stop_note(coordinator: Coordinator, relay_error: Optional[BaseException], data_root: Optional[str]) -> int:
+    """Says why rank 0 stops before the end, returning the exit status: its relay thread's error,
+    if a user's (a diverged controller), in one line as one process would (2); else what is saved
+    and how to continue (130)."""
+    if relay_error is not None and reported_in_one_line(relay_error):
+        print(f"{PROG}: error: {message_of(relay_error)}", file=sys.stderr)
+        return 2
+    reason = f"relay failed: {relay_error!r}" if relay_error else "interrupted"
+    print(f"\n{reason}: {counted(len(coordinator.records), 'candidate')} saved; torchrun restarts the processes "
+          f"if its --max-restarts allows, else continue with {resume_command(coordinator.run_dir, data_root)}",
+          file=sys.stderr)
+    return 130
 
 
 def _raise_interrupt(signum, frame):

@@ -7,6 +7,8 @@ from ..files import SEARCH_LOG
 from ..model import FINAL_CHANNELS, FINAL_SEP_REPEATS
 from ..trainer import PRESETS as TRAIN_PRESETS
 
+PROG = "python -m nasfast.search"
+
 
 def format_reward(reward: Optional[float]) -> str:
     return "-" if reward is None else f"{reward:.4f}"
