@@ -16,8 +16,8 @@
 #   tests       the CUDA tests (pytest -m cuda), the build's and the C++ program's tests
 #   ops         bench/ops.py --device cuda, each family of ops within $OPS_SECONDS (60), then --profile
 #   latency     bench/latency.py --device cuda --genotype all --size 512, within $LATENCY_SECONDS (180)
-#   throughput  bench/search_throughput.py --device cuda --preset fast --workers-per-gpu 1 4, $WINDOW
-#               seconds (60) a setup, all within $THROUGHPUT_SECONDS (300), under NVIDIA's
+#   throughput  bench/search_throughput.py --device cuda --preset fast --workers-per-gpu $WORKERS (1 4),
+#               $WINDOW seconds (60) a setup, all within $THROUGHPUT_SECONDS (300), under NVIDIA's
 #               Multi-Process Service where it can be started
 #   train       arch0 on CamVid (paper preset, 200 epochs, ~18 minutes on an H200; $TRAIN_ARGS adds
 #               options) for $TRAIN_SECONDS (none: to the end), resumed where an earlier call on this
@@ -113,7 +113,7 @@ throughput() (  # a subshell: the MPS variables stay here
         echo "MPS could not be started: the processes time-slice the GPU" | tee "$RESULTS/throughput_cuda.txt"
     fi
     timeout -k 30 "${THROUGHPUT_SECONDS:-300}" "$PY" bench/search_throughput.py --device cuda --preset fast \
-        --workers-per-gpu 1 4 --time-budget "${WINDOW:-60}" --keep "$RUNS/throughput-$(date +%s)" 2>&1 |
+        --workers-per-gpu ${WORKERS:-1 4} --time-budget "${WINDOW:-60}" --keep "$RUNS/throughput-$(date +%s)" 2>&1 |
         tee -a "$RESULTS/throughput_cuda.txt"
     status=$?
     echo quit | nvidia-cuda-mps-control >/dev/null 2>&1
