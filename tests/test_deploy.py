@@ -357,9 +357,10 @@ def test_cpp_program_matches_python(program, exported, camvid_root, ppm_image, t
 @needs_cpp_build
 @pytest.mark.skipif(sys.platform != "linux" or not shutil.which("objdump"), reason="needs Linux and objdump")
 def test_cpp_program_loads_torch_before_the_ops_library(program):
-    """The loader finds the ops library's own dependencies (c10_cuda and CUDA's runtime on a CUDA
-    build) only among the libraries loaded before it: the program built on the GPU machine, which
-    needed the ops library before libtorch_cuda, could not start (libc10_cuda.so not found)."""
+    """The loader looks for the ops library's own dependencies (c10_cuda and CUDA's runtime on a
+    CUDA build) among the libraries loaded before it and in the system's paths: the program built on
+    the GPU machine, which needed the ops library before libtorch_cuda, could not start
+    (libc10_cuda.so not found)."""
     dynamic = subprocess.run(["objdump", "-p", str(program)], capture_output=True, text=True, check=True).stdout
     needed = [line.split()[1] for line in dynamic.splitlines() if line.strip().startswith("NEEDED")]
     torch_libraries = {"libtorch.so", "libc10.so", "libtorch_cpu.so"}
