@@ -119,14 +119,14 @@ class SeparableConvBNReLU(nn.Module):
 
 class FusedSeparableConvBNReLU(SeparableConvBNReLU):
     def forward(self, x: Tensor) -> Tensor:
+        if not kernels_take(x, self.depthwise.weight):
+            return self.reference_forward(x)
         running_mean, running_var = self.bn.running_mean, self.bn.running_var
         if self.training or running_mean is None or running_var is None:
-            if (x.is_cuda and not self.trains_native_on_cuda) or not kernels_take(x, self.depthwise.weight):
+            if x.is_cuda and not self.trains_native_on_cuda:
                 return self.reference_forward(x)
             y = torch.ops.nasfast.sep_conv(x, self.depthwise.weight, self.pointwise.weight, self.dilation)
             return F.relu(self.bn(y))
-        if not kernels_take(x, self.depthwise.weight):
-            return self.reference_forward(x)
         if not torch.jit.is_scripting() and not torch.is_grad_enabled():
             pointwise, bias = self._kept_fold()
         else:
