@@ -93,9 +93,17 @@ def bench_separable(device, repeats, quick):
                 print(row(case, *time_separable(mode, n, c, side, k, d, device, repeats)), flush=True)
 
 
-def time_separable(mode, n, c, side, k, d, device, repeats):
+def separable_inputs(n, c, side, k, device):
+    """A case's input, depthwise and pointwise weights, and the generator that drew them."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, c, side, side, generator=g).to(device)
+    dw = torch.randn(c, 1, k, k, generator=g).to(device)
+    pw = (torch.randn(c, c, 1, 1, generator=g) / c ** 0.5).to(device)
+    return x, dw, pw, g
+
+
+def time_separable(mode, n, c, side, k, d, device, repeats):
+    x, dw, pw, g = separable_inputs(n, c, side, k, device)
     if mode.startswith("eval"):
         fused = SeparableConvBNReLU(c, k, d, fused=True).to(device).eval()
         with torch.no_grad():
@@ -106,8 +114,6 @@ def time_separable(mode, n, c, side, k, d, device, repeats):
         with torch.no_grad():
             check(fused(x), reference(x), f"eval block {k}x{k} d{d}")
             return interleaved([lambda: reference(x), lambda: fused(x)], device, repeats)
-    dw = torch.randn(c, 1, k, k, generator=g).to(device)
-    pw = (torch.randn(c, c, 1, 1, generator=g) / c ** 0.5).to(device)
     if mode.startswith("forward ("):
         fused_op = lambda: torch.ops.nasfast.sep_conv(x, dw, pw, d)  # noqa: E731
         reference_op = lambda: separable_conv_reference(x, dw, pw, d)  # noqa: E731
@@ -150,10 +156,7 @@ def profile_separable(device) -> None:
     sort_by = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for k, d, name in SEPARABLE_OPS[:2]:
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn(n, c, side, side, generator=g).to(device)
-        dw = torch.randn(c, 1, k, k, generator=g).to(device)
-        pw = (torch.randn(c, c, 1, 1, generator=g) / c ** 0.5).to(device)
+        x, dw, pw, g = separable_inputs(n, c, side, k, device)
         for side_name, step in zip(("reference", "fused"), forward_backward_steps(x, dw, pw, d, g)):
             step()
             sync()
