@@ -2,7 +2,7 @@
 import json
 import os
 import zipfile
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
@@ -33,6 +33,10 @@ def load_checkpoint(path: str, keys: Sequence[str] = MODEL_KEYS) -> Dict[str, An
         raise UsageError(f"{path} is a directory: give a checkpoint{' in it: ' + ' or '.join(held) if held else ''}")
     if is_torchscript(path):  # torch.load would hand it to torch.jit.load
         raise UsageError(_not_a_checkpoint(path, "it is a TorchScript file, as python -m nasfast.export writes"))
+    member = damaged_member(path)  # torch.load does not check the archive's CRC-32s
+    if member:
+        raise UsageError(f"{path} is damaged: its bytes differ from what was saved (checksum of {member}); copy it "
+                         f"again, or use another checkpoint")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -60,6 +64,31 @@ def holds_non_finite(value: Any) -> bool:
     if isinstance(value, dict):
         value = list(value.values())
     return isinstance(value, (list, tuple)) and any(holds_non_finite(v) for v in value)
+
+
+def damaged_member(path: str) -> Optional[str]:
+    """The first member of the zip archive `path` (torch.save writes one) whose bytes differ from its
+    stored CRC-32; None when all match or `path` is no zip archive. Members stored with CRC 0 and
+    bytes are not checked (torch.serialization.set_crc32_options(False) saves so), nor is an archive
+    that zipfile cannot read (torch.load then says why)."""
+    if not zipfile.is_zipfile(path):  # a truncated archive is not: torch.load's failure names it
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if info.CRC == 0 and info.file_size:
+                    continue
+                with archive.open(info) as member:
+                    try:
+                        while member.read(1 << 20):
+                            pass
+                    except zipfile.BadZipFile:  # what reading a stored member raises: "Bad CRC-32"
+                        return info.filename
+    except OSError:
+        raise
+    except Exception:  # a damaged directory or header, say
+        return None
+    return None
 
 
 def starts_as_zip(path: str) -> bool:

@@ -19,8 +19,10 @@ from nasfast.search.__main__ import PROG, RUN_FILES, build_parser, choose_run, d
 from nasfast.search.candidate import CandidateFailed, batch_bounds
 from nasfast.data import DATASETS
 from nasfast.search.config import PRESETS, SearchConfig, preset
+from nasfast.search.records import load_state
 from nasfast.files import read_records
 from nasfast.search.summary import madds_text
+from test_cli_train import flip_a_stored_byte
 
 
 REAL_BUILD_CONTEXT = nasfast.search.context.build_context  # before the fixtures below replace it
@@ -205,6 +207,21 @@ def test_resume_names_a_damaged_file(saved_search, capsys):
     config.write_text('{"seed": ')
     assert search("--resume", saved_search, "--budget", "4") == 2
     assert f"{config} is damaged: not valid JSON" in capsys.readouterr().err
+
+
+def test_resume_names_a_state_whose_bytes_changed_after_saving(saved_search, capsys):
+    """torch.load does not check the CRC-32s of torch.save's archive: a flipped byte loaded as a wrong weight."""
+    state = saved_search / "state.pt"
+    member = flip_a_stored_byte(state)
+    assert re.fullmatch(r".*/data/\d+", member) and "strategy" in torch.load(state, weights_only=False)
+    message = (f"{state} is damaged: its bytes differ from what was saved (checksum of {member}); the search cannot "
+               f"continue from it. Its log of candidates is kept")
+    with pytest.raises(ValueError) as error:
+        load_state(str(state))
+    assert str(error.value).startswith(message)
+    assert search("--resume", saved_search, "--budget", "4") == 2
+    error = capsys.readouterr().err
+    assert len(error.splitlines()) == 1 and f"error: {message}" in error
 
 
 def test_an_edited_config_json_is_checked_as_the_options_are(saved_search, capsys):

@@ -6,8 +6,10 @@ import io
 import json
 import os
 import re
+import struct
 import subprocess
 import sys
+import zipfile
 from dataclasses import asdict, replace
 
 import numpy as np
@@ -17,7 +19,8 @@ from PIL import Image
 
 from nasfast import create_model, evaluate, files, train, trainer
 from nasfast.cell import Cell
-from nasfast.cli import run
+from nasfast.checkpoint import load_checkpoint
+from nasfast.cli import UsageError, run
 from nasfast.files import SEARCH_FILES
 from nasfast.genotype import ZOO
 
@@ -356,6 +359,50 @@ def test_evaluate_refuses_what_is_not_a_training_checkpoint(tmp_path, capsys):
                          ("nan.pt", "{} is damaged: its weights hold non-finite values; copy it again")):
         assert evaluate_cli("--checkpoint", tmp_path / name) == 2
         assert reason.format(tmp_path / name) in one_error_line(capsys)
+
+
+def flip_a_stored_byte(path) -> str:
+    """Flips the lowest bit of a float in the middle of the largest tensor of torch.save's zip archive
+    `path`, as a bad disk or copy may: the member's CRC-32 then differs. Returns the member's name."""
+    with zipfile.ZipFile(path) as archive:
+        info = max(archive.infolist(), key=lambda i: i.file_size)
+    assert info.compress_type == zipfile.ZIP_STORED  # torch.save does not compress
+    data = bytearray(path.read_bytes())
+    name_length, extra_length = struct.unpack_from("<HH", data, info.header_offset + 26)  # the local header's
+    data[info.header_offset + 30 + name_length + extra_length + info.file_size // 8 * 4] ^= 1
+    path.write_bytes(bytes(data))
+    return info.filename
+
+
+def test_a_checkpoint_whose_bytes_changed_after_saving_is_damaged(unlabelled_validation, tmp_path, capsys):
+    """torch.load does not check the CRC-32s of torch.save's archive: a flipped byte loaded as a wrong weight."""
+    damaged = tmp_path / "best.pt"
+    damaged.write_bytes((unlabelled_validation[3] / "best.pt").read_bytes())
+    member = flip_a_stored_byte(damaged)
+    assert re.fullmatch(r".*/data/\d+", member) and "model" in torch.load(damaged, weights_only=True)
+    message = (f"{damaged} is damaged: its bytes differ from what was saved (checksum of {member}); copy it again, "
+               f"or use another checkpoint")
+    with pytest.raises(UsageError) as error:
+        load_checkpoint(str(damaged))
+    assert str(error.value) == message
+    assert evaluate_cli("--checkpoint", damaged) == 2
+    assert one_error_line(capsys).endswith(f"error: {message}\n")
+
+
+def test_a_checkpoint_saved_without_crc_32s_still_loads(unlabelled_validation, tmp_path):
+    """torch.serialization.set_crc32_options(False) stores 0 as every member's CRC-32."""
+    checkpoint = load_checkpoint(str(unlabelled_validation[3] / "best.pt"))
+    was = torch.serialization.get_crc32_options()
+    torch.serialization.set_crc32_options(False)
+    try:
+        torch.save(checkpoint, tmp_path / "no_crc.pt")
+    finally:
+        torch.serialization.set_crc32_options(was)
+    with zipfile.ZipFile(tmp_path / "no_crc.pt") as archive:
+        assert {info.CRC for info in archive.infolist()} == {0}
+    loaded = load_checkpoint(str(tmp_path / "no_crc.pt"))
+    assert loaded["epoch"] == checkpoint["epoch"] and all(torch.equal(v, loaded["model"][k])
+                                                          for k, v in checkpoint["model"].items())
 
 
 def test_help_explains_the_presets_and_every_option():

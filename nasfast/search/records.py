@@ -5,7 +5,7 @@ from typing import Any, Dict, List
 
 import torch
 
-from ..checkpoint import holds_non_finite
+from ..checkpoint import damaged_member, holds_non_finite
 from ..files import read_search_log, write_atomic
 
 
@@ -34,6 +34,9 @@ def _warn_of_lost_records(path: str, missing) -> None:
 
 
 def load_state(path: str) -> Dict[str, Any]:
+    member = damaged_member(path)  # torch.load does not check the archive's CRC-32s
+    if member:
+        raise ValueError(damaged_state(path, f"its bytes differ from what was saved (checksum of {member})"))
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except FileNotFoundError:
