@@ -58,12 +58,14 @@ def close(actual, expected):
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("k, dilation, bias", [(3, 1, False), (5, 3, True), (3, 6, True), (7, 1, False)])
-@pytest.mark.parametrize("C, Cout, H, W", [(37, 70, 9, 13), (48, 48, 8, 12), (9, 20, 9, 13), (5, 5, 4, 4)])
+@pytest.mark.parametrize("k, dilation, bias", [(3, 1, False), (5, 1, True), (5, 3, True), (3, 6, True), (7, 1, False)])
+@pytest.mark.parametrize("C, Cout, H, W", [(37, 70, 9, 13), (37, 70, 9, 16), (48, 48, 8, 12), (9, 20, 9, 13),
+                                           (5, 5, 4, 4)])
 def test_separable_forward(gpu, k, dilation, bias, C, Cout, H, W):
     # 37 channels: three steps of 16; 70 outputs: two tiles of 64; 48 fill one tile, 20 and 5 smaller
-    # ones (fewer threads); 117 pixels: two tiles, no 4-wide stores; 96 and 16: with them; 2 of the
-    # 3 images at a time. k = 7: the generic taps.
+    # ones (fewer threads); 117 pixels: two tiles, no 4-wide stores; 144, 96 and 16: with them, and
+    # rows of a multiple of 4 pixels, four to a thread in the depthwise (the third tile of 144 only
+    # a quarter full); 2 of the 3 images at a time. k = 7: the generic taps.
     x, dw, pw, b = (random(3, C, H, W), random(C, 1, k, k, seed=1), random(Cout, C, 1, 1, seed=2),
                     random(Cout, seed=3))
     out = torch.full((3, Cout, H, W), float("nan"))
@@ -74,9 +76,10 @@ def test_separable_forward(gpu, k, dilation, bias, C, Cout, H, W):
     close(out, expected)
 
 
-@pytest.mark.parametrize("k, dilation", [(3, 1), (5, 3), (3, 6), (7, 2)])
-def test_depthwise_and_its_gradients(gpu, k, dilation):
-    N, C, H, W = 2, 5, 11, 7
+@pytest.mark.parametrize("W", [7, 12], ids=["pixels", "quads"])  # rows of 12: four pixels to a thread
+@pytest.mark.parametrize("k, dilation", [(3, 1), (5, 1), (5, 3), (3, 6), (7, 2)])
+def test_depthwise_and_its_gradients(gpu, k, dilation, W):
+    N, C, H = 2, 5, 11
     x, dw = random(N, C, H, W).requires_grad_(), random(C, 1, k, k, seed=1).requires_grad_()
     g = random(N, C, H, W, seed=2)
     y = F.conv2d(x, dw, padding=dilation * (k // 2), dilation=dilation, groups=C)

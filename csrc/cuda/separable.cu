@@ -39,9 +39,8 @@ at::Tensor forward(const at::Tensor& x_in, const at::Tensor& dw_in, const at::Te
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sep_conv_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     kernels::with_kernel_size(k, [&](auto size) {
-      constexpr int K = decltype(size)::value;
-      const auto kernel = bias.defined() ? kernels::sep_conv_forward_kernel<scalar_t, acc_t, true, K>
-                                         : kernels::sep_conv_forward_kernel<scalar_t, acc_t, false, K>;
+      const auto kernel = bias.defined() ? kernels::sep_conv_forward_for<scalar_t, acc_t, true>(size, W)
+                                         : kernels::sep_conv_forward_for<scalar_t, acc_t, false>(size, W);
       kernel<<<grid, threads, 0, current_stream()>>>(
           x.data_ptr<scalar_t>(), dw.data_ptr<scalar_t>(), pw.data_ptr<scalar_t>(),
           bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(), static_cast<int>(N),
@@ -64,11 +63,13 @@ at::Tensor sep_conv_bn_relu_cuda(const at::Tensor& x, const at::Tensor& depthwis
 }
 
 // out (N x C x H x W) = the depthwise of `in`, or with kInputGrad its input gradient from the
-// output gradient `in`: pixels along the grid's x, planes along its y.
+// output gradient `in`: pixels (or quads of them) along the grid's x, planes along its y.
 template <typename scalar_t, bool kInputGrad>
 void depthwise_planes(const at::Tensor& in, const at::Tensor& dw, at::Tensor& out, int64_t dilation) {
   const int64_t planes = out.size(0) * out.size(1), H = out.size(2), W = out.size(3);
-  const dim3 grid(blocks_for(H * W, kernels::kThreads), static_cast<unsigned int>(std::min<int64_t>(planes, 65535)));
+  const int64_t per_thread = kernels::depthwise_quads(dw.size(2), W) ? 4 : 1;
+  const dim3 grid(blocks_for(ceil_div(H * W, per_thread), kernels::kThreads),
+                  static_cast<unsigned int>(std::min<int64_t>(planes, 65535)));
   kernels::with_kernel_size(dw.size(2), [&](auto size) {
     kernels::depthwise_planes_kernel<scalar_t, at::opmath_type<scalar_t>, kInputGrad, decltype(size)::value>
         <<<grid, kernels::kThreads, 0, current_stream()>>>(
@@ -97,7 +98,7 @@ void depthwise_weight_grad(const at::Tensor& gy, const at::Tensor& x, at::Tensor
     const int64_t HW = static_cast<int64_t>(H) * W;
     const int64_t spans = std::max<int64_t>(1, std::min<int64_t>(ceil_div(HW, kernels::kThreads),
                                                                  std::max<int64_t>(1, 1024 / C)));
-    const int span = static_cast<int>(ceil_div(HW, spans));
+    const int span = static_cast<int>(ceil_div(ceil_div(HW, spans), 4) * 4);  // whole quads (depthwise_quads)
     const dim3 grid(static_cast<unsigned int>(C), static_cast<unsigned int>(spans));
     if (k == 3) {
       kernels::depthwise_weight_grad_kernel<scalar_t, acc_t, 3><<<grid, kernels::kThreads, 0, stream>>>(

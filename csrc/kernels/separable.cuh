@@ -78,6 +78,62 @@ struct alignas(4 * sizeof(V) < 16 ? 4 * sizeof(V) : 16) Quad {
   V v[4];
 };
 
+// Whether a depthwise kernel computes four pixels of a row per thread (depthwise_quad): the
+// kernel sizes whose taps unroll, on rows of a multiple of four pixels (no quad straddles two).
+__host__ __device__ inline bool depthwise_quads(int64_t k, int64_t W) { return (k == 3 || k == 5) && W % 4 == 0; }
+
+// The K + 3 values of `row` from x - K / 2 on, zero outside [0, W): every input the taps of
+// dilation 1 read for the four pixels x .. x + 3.
+template <int K, typename T, typename Acc>
+__device__ inline void row_inputs(const T* __restrict__ row, int x, int W, Acc (&inputs)[K + 3]) {
+#pragma unroll
+  for (int m = 0; m < K + 3; ++m) {
+    const int ix = x - K / 2 + m;
+    inputs[m] = static_cast<unsigned int>(ix) < static_cast<unsigned int>(W) ? static_cast<Acc>(row[ix]) : Acc(0);
+  }
+}
+
+// depthwise_taps at the four pixels (y, x + j), j < 4, of one row (x + 3 < W): each weight is
+// loaded once for the four and, at dilation 1, each input once per row of taps (K + 3 loads
+// where one pixel at a time took 4 K). Each pixel's taps are summed in depthwise_taps's order;
+// at dilation 1 the taps outside the plane add weight x 0 rather than nothing (as a convolution
+// over zero padding does).
+template <int K, bool kInputGrad, typename Acc, typename T>
+__device__ inline void depthwise_quad(const T* __restrict__ plane, const T* __restrict__ weight, int H, int W, int d,
+                                      int y, int x, Acc (&sum)[4]) {
+  constexpr int r = K / 2, sign = kInputGrad ? -1 : 1;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) sum[j] = Acc(0);
+#pragma unroll
+  for (int ky = 0; ky < K; ++ky) {
+    const int iy = y + (ky - r) * sign * d;
+    if (static_cast<unsigned int>(iy) >= static_cast<unsigned int>(H)) continue;
+    const T* row = plane + iy * W;
+    if (d == 1) {
+      Acc inputs[K + 3];
+      row_inputs<K>(row, x, W, inputs);
+#pragma unroll
+      for (int kx = 0; kx < K; ++kx) {
+        const Acc w = static_cast<Acc>(weight[ky * K + kx]);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) sum[j] += w * inputs[r + (kx - r) * sign + j];
+      }
+    } else {
+#pragma unroll
+      for (int kx = 0; kx < K; ++kx) {
+        const Acc w = static_cast<Acc>(weight[ky * K + kx]);
+        const int x0 = x + (kx - r) * sign * d;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          if (static_cast<unsigned int>(x0 + j) < static_cast<unsigned int>(W)) {
+            sum[j] += w * static_cast<Acc>(row[x0 + j]);
+          }
+        }
+      }
+    }
+  }
+}
+
 // The depthwise outputs of channels [c0, c0 + kTileIn) at the tile's pixels. Each thread keeps
 // one pixel, q at (y, x), and steps over the channels.
 template <int K, typename T, typename Acc>
@@ -90,6 +146,25 @@ __device__ inline void load_depthwise_tile(Quad<Acc> (*band)[kTilePixels / 4], c
                                   ? depthwise_value<K, false, Acc>(image + static_cast<int64_t>(c) * H * W,
                                                                    depthwise + c * k * k, H, W, k, d, y, x)
                                   : Acc(0);
+  }
+}
+
+// The same with depthwise_quad (depthwise_quads(K, W)): the tile's kTilePixels / 4 quads of
+// kTileIn channels, one (channel, quad) after another per thread, consecutive threads on
+// consecutive quads.
+template <int K, typename T, typename Acc>
+__device__ inline void load_depthwise_quads(Quad<Acc> (*band)[kTilePixels / 4], const T* image, const T* depthwise,
+                                            int c0, int C, int p0, int H, int W, int d) {
+  constexpr int kQuads = kTilePixels / 4;
+  for (int i = threadIdx.x; i < kTileIn * kQuads; i += blockDim.x) {
+    const int c = c0 + i / kQuads, q = p0 + i % kQuads * 4;
+    Quad<Acc> values = {};
+    if (c < C && q < H * W) {
+      const int y = q / W;
+      depthwise_quad<K, false>(image + static_cast<int64_t>(c) * H * W, depthwise + c * K * K, H, W, d, y, q - y * W,
+                               values.v);
+    }
+    band[i / kQuads][i % kQuads] = values;
   }
 }
 
@@ -127,7 +202,9 @@ __device__ inline void store_quad(T* plane, const Acc (&acc)[4], const T* bias, 
   }
 }
 
-template <typename T, typename Acc, bool kBiasRelu, int K>
+// kQuads: the depthwise tile by load_depthwise_quads (the host checks depthwise_quads(K, W)). A
+// kernel of its own: with both loaders in one, ptxas 12.9 crashed on the 5 x 5 kernel.
+template <typename T, typename Acc, bool kBiasRelu, int K, bool kQuads>
 __global__ void __launch_bounds__(kSepThreads)
     sep_conv_forward_kernel(const T* __restrict__ x, const T* __restrict__ depthwise,
                             const T* __restrict__ pointwise, const T* __restrict__ bias, T* __restrict__ out, int N,
@@ -141,11 +218,16 @@ __global__ void __launch_bounds__(kSepThreads)
   const int q = p0 + static_cast<int>(threadIdx.x % kTilePixels), qy = q / W, qx = q - qy * W;
   // Every plane starts at a multiple of four values (and `out` at a vector's alignment).
   const bool vector_stores = HW % 4 == 0 && reinterpret_cast<uintptr_t>(out) % alignof(Quad<T>) == 0;
+  static_assert(!kQuads || K > 0, "quads need the kernel size at compile time");
   for (int n = blockIdx.z; n < N; n += gridDim.z) {
     const T* image = x + static_cast<int64_t>(n) * C * HW;
     Acc acc[4][4] = {};
     for (int c0 = 0; c0 < C; c0 += kTileIn) {
-      load_depthwise_tile<K, T, Acc>(band, image, depthwise, c0, C, q, qy, qx, H, W, k, d);
+      if (kQuads) {
+        load_depthwise_quads<(K > 0 ? K : 3), T, Acc>(band, image, depthwise, c0, C, p0, H, W, d);
+      } else {
+        load_depthwise_tile<K, T, Acc>(band, image, depthwise, c0, C, q, qy, qx, H, W, k, d);
+      }
       load_pointwise_tile<T, Acc>(weight, pointwise, c0, C, co0, Cout, tile_out);
       __syncthreads();
 #pragma unroll 8
@@ -170,19 +252,48 @@ __global__ void __launch_bounds__(kSepThreads)
   }
 }
 
+template <typename T>
+using SepConvForwardKernel = void (*)(const T*, const T*, const T*, const T*, T*, int, int, int, int, int, int, int);
+
+// The forward kernel for with_kernel_size's constant K on rows of W pixels; any size below.
+template <typename T, typename Acc, bool kBiasRelu, int K>
+SepConvForwardKernel<T> sep_conv_forward_for(std::integral_constant<int, K>, int64_t W) {
+  return depthwise_quads(K, W) ? sep_conv_forward_kernel<T, Acc, kBiasRelu, K, true>
+                               : sep_conv_forward_kernel<T, Acc, kBiasRelu, K, false>;
+}
+
+template <typename T, typename Acc, bool kBiasRelu>
+SepConvForwardKernel<T> sep_conv_forward_for(std::integral_constant<int, 0>, int64_t) {
+  return sep_conv_forward_kernel<T, Acc, kBiasRelu, 0, false>;
+}
+
 // The depthwise kernel below takes one plane per blockIdx.y (looping when there are more than
 // the grid holds) and its pixels along x, so a pixel's row and column come from one 32-bit
 // division.
 
 // out = depthwise(in), or with kInputGrad the depthwise input gradient gathered from the output
 // gradient `in` (no atomics); both planes x H x W, the plane's channel is plane % C.
+// With depthwise_quads(k, W), each thread takes four pixels of a row at a time (depthwise_quad)
+// and writes them with one vector store where `out` is aligned for it: the grid's x then needs a
+// quarter of the threads.
 template <typename T, typename Acc, bool kInputGrad, int K>
 __global__ void depthwise_planes_kernel(const T* __restrict__ in, const T* __restrict__ depthwise, T* __restrict__ out,
                                         int planes, int C, int H, int W, int k, int d) {
   const int HW = H * W;
+  const bool quads = depthwise_quads(K, W);
+  const bool vector_stores = reinterpret_cast<uintptr_t>(out) % alignof(Quad<T>) == 0;
   for (int plane = blockIdx.y; plane < planes; plane += gridDim.y) {
     const int64_t offset = static_cast<int64_t>(plane) * HW;
     const T* weight = depthwise + (plane % C) * k * k;
+    if (quads) {
+      for (int q = (blockIdx.x * blockDim.x + threadIdx.x) * 4; q < HW; q += gridDim.x * blockDim.x * 4) {
+        const int y = q / W;
+        Acc sum[4];
+        depthwise_quad<(K > 0 ? K : 3), kInputGrad>(in + offset, weight, H, W, d, y, q - y * W, sum);
+        store_quad<false>(out + offset, sum, static_cast<const T*>(nullptr), 0, q, HW, vector_stores);
+      }
+      continue;
+    }
     for (int q = blockIdx.x * blockDim.x + threadIdx.x; q < HW; q += gridDim.x * blockDim.x) {
       const int y = q / W, x = q % W;
       out[offset + q] = static_cast<T>(depthwise_value<K, kInputGrad, Acc>(in + offset, weight, H, W, k, d, y, x));
@@ -196,21 +307,68 @@ __device__ inline Acc warp_sum(Acc value) {
   return value;
 }
 
+// Adds to sums[tap] the four output gradients g[0..3] at pixels q.. q + 3 (one row) times the
+// inputs of `plane` that each tap read for them.
+template <int K, typename T, typename Acc>
+__device__ inline void weight_grad_quad(const T* __restrict__ g, const T* __restrict__ plane, int H, int W, int d,
+                                        int q, Acc (&sums)[K * K]) {
+  constexpr int r = K / 2;
+  const int y = q / W, x = q - y * W;
+  Acc grads[4];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) grads[j] = static_cast<Acc>(g[j]);
+#pragma unroll
+  for (int ky = 0; ky < K; ++ky) {
+    const int iy = y + (ky - r) * d;
+    if (static_cast<unsigned int>(iy) >= static_cast<unsigned int>(H)) continue;
+    const T* row = plane + iy * W;
+    if (d == 1) {
+      Acc inputs[K + 3];
+      row_inputs<K>(row, x, W, inputs);
+#pragma unroll
+      for (int kx = 0; kx < K; ++kx) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) sums[ky * K + kx] += grads[j] * inputs[kx + j];
+      }
+    } else {
+#pragma unroll
+      for (int kx = 0; kx < K; ++kx) {
+        const int x0 = x + (kx - r) * d;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          if (static_cast<unsigned int>(x0 + j) < static_cast<unsigned int>(W)) {
+            sums[ky * K + kx] += grads[j] * static_cast<Acc>(row[x0 + j]);
+          }
+        }
+      }
+    }
+  }
+}
+
 // grad_depthwise[c, tap] += sum of gy * the input pixel that tap read, over every image and the
 // pixels [blockIdx.y * span, (blockIdx.y + 1) * span) of channel c = blockIdx.x. The K x K sums
 // stay in registers, so gy and x are read once per block (their taps' neighbours from cache),
 // not once per tap; each warp adds its sums to grad_depthwise (an Acc buffer, zeroed) atomically.
+// Where depthwise_quads(K, W), a thread takes four pixels of a row at a time (and span must be a
+// multiple of 4): at dilation 1 it reads K + 3 inputs per row of taps instead of 4 K.
 template <typename T, typename Acc, int K>
 __global__ void depthwise_weight_grad_kernel(const T* __restrict__ gy, const T* __restrict__ x,
                                              Acc* __restrict__ grad_depthwise, int N, int C, int H, int W, int d,
                                              int span) {
   const int HW = H * W, c = blockIdx.x, r = K / 2;
   const int begin = blockIdx.y * span, end = begin + span < HW ? begin + span : HW;
+  const bool quads = depthwise_quads(K, W);
   Acc sums[K * K];
 #pragma unroll
   for (int t = 0; t < K * K; ++t) sums[t] = Acc(0);
   for (int n = 0; n < N; ++n) {
     const int64_t offset = (static_cast<int64_t>(n) * C + c) * HW;
+    if (quads) {
+      for (int q = begin + 4 * threadIdx.x; q < end; q += 4 * blockDim.x) {
+        weight_grad_quad<K>(gy + offset + q, x + offset, H, W, d, q, sums);
+      }
+      continue;
+    }
     for (int q = begin + threadIdx.x; q < end; q += blockDim.x) {
       const int y = q / W, xx = q % W;
       const Acc g = static_cast<Acc>(gy[offset + q]);

@@ -33,12 +33,16 @@ struct Half16 {
   template __global__ void upsample_add_backward_low_kernel<T, Acc, Index>(const T*, T*, int64_t, Index, Index,      \
                                                                            Index, Index);
 
+#define NASFAST_INSTANTIATE_FORWARD(T, Acc, K, kQuads)                                                              \
+  template __global__ void sep_conv_forward_kernel<T, Acc, true, K, kQuads>(const T*, const T*, const T*, const T*, \
+                                                                            T*, int, int, int, int, int, int, int); \
+  template __global__ void sep_conv_forward_kernel<T, Acc, false, K, kQuads>(const T*, const T*, const T*,         \
+                                                                             const T*, T*, int, int, int, int, int, \
+                                                                             int, int);
+
 // K: the kernel size the separable kernels unroll for (0: any).
 #define NASFAST_INSTANTIATE_SEPARABLE(T, Acc, K)                                                                    \
-  template __global__ void sep_conv_forward_kernel<T, Acc, true, K>(const T*, const T*, const T*, const T*, T*,    \
-                                                                    int, int, int, int, int, int, int);             \
-  template __global__ void sep_conv_forward_kernel<T, Acc, false, K>(const T*, const T*, const T*, const T*, T*,   \
-                                                                     int, int, int, int, int, int, int);            \
+  NASFAST_INSTANTIATE_FORWARD(T, Acc, K, false)                                                                     \
   template __global__ void depthwise_planes_kernel<T, Acc, false, K>(const T*, const T*, T*, int, int, int, int,    \
                                                                      int, int);                                     \
   template __global__ void depthwise_planes_kernel<T, Acc, true, K>(const T*, const T*, T*, int, int, int, int,     \
@@ -56,6 +60,8 @@ struct Half16 {
   NASFAST_INSTANTIATE_SEPARABLE(T, Acc, 0)                                                                          \
   NASFAST_INSTANTIATE_SEPARABLE(T, Acc, 3)                                                                          \
   NASFAST_INSTANTIATE_SEPARABLE(T, Acc, 5)                                                                          \
+  NASFAST_INSTANTIATE_FORWARD(T, Acc, 3, true)                                                                      \
+  NASFAST_INSTANTIATE_FORWARD(T, Acc, 5, true)                                                                      \
   template __global__ void depthwise_weight_grad_kernel<T, Acc, 3>(const T*, const T*, Acc*, int, int, int, int,    \
                                                                    int, int);                                       \
   template __global__ void depthwise_weight_grad_kernel<T, Acc, 5>(const T*, const T*, Acc*, int, int, int, int,    \

@@ -20,9 +20,8 @@ int sep_conv_forward(const float* x, const float* dw, const float* pw, const flo
   const int tile_out = k::sep_tile_out(Cout);
   const dim3 grid((H * W + k::kTilePixels - 1) / k::kTilePixels, (Cout + tile_out - 1) / tile_out, images);
   return k::with_kernel_size(ks, [&](auto size) {
-    constexpr int K = decltype(size)::value;
-    const auto kernel = bias ? k::sep_conv_forward_kernel<float, float, true, K>
-                             : k::sep_conv_forward_kernel<float, float, false, K>;
+    const auto kernel = bias ? k::sep_conv_forward_for<float, float, true>(size, W)
+                             : k::sep_conv_forward_for<float, float, false>(size, W);
     return launch(kernel, grid, dim3(k::kPixelLanes * tile_out / 4), 0, x, dw, pw, bias, out, N, C, Cout, H, W, ks, d);
   }) ? 0 : 1;
 }
@@ -44,7 +43,7 @@ int depthwise_weight_grad(const float* gy, const float* x, float* grad_dw, int N
     return launch(k::depthwise_weight_grad_any_kernel<float, float>, dim3(C, ks * ks), dim3(k::kThreads), 0, gy, x,
                   grad_dw, N, C, H, W, ks, d) ? 0 : 1;
   }
-  const int span = static_cast<int>((static_cast<int64_t>(H) * W + spans - 1) / spans);
+  const int span = static_cast<int>(((static_cast<int64_t>(H) * W + spans - 1) / spans + 3) / 4 * 4);  // as the host
   const auto kernel = ks == 3 ? k::depthwise_weight_grad_kernel<float, float, 3>
                               : k::depthwise_weight_grad_kernel<float, float, 5>;
   return launch(kernel, dim3(C, spans), dim3(k::kThreads), 0, gy, x, grad_dw, N, C, H, W, d, span) ? 0 : 1;
