@@ -7,7 +7,7 @@ prints median times (ms), the ratio reference / fused (> 1: fused is faster) and
 
     python bench/ops.py [--device cpu|cuda] [--quick] [--threads N] [--only sep|upsample|reward|loss]
     python bench/ops.py --quick --only reward        # a check in a few seconds
-    python bench/ops.py --device cuda --profile       # where a separable training step's time goes
+    python bench/ops.py --device cuda --profile       # where a separable training step's and the reward's time goes
 
 On the CPU, both sides run inside nasfast.ops.cpu_memory_cache(), as the search and training run
 them: torch's own allocator (glibc's malloc) hands blocks of 32 MiB and more back to the system
@@ -146,26 +146,35 @@ def forward_backward_steps(x, dw, pw, d, g) -> List[Callable[[], None]]:
     return [forward_backward(reference_op), forward_backward(fused_op)]
 
 
-def profile_separable(device) -> None:
-    """Where a separable training step's time goes, op by op and kernel by kernel (torch.profiler),
-    for the reference and the fused op, at the decoder's largest shape."""
-    from torch.profiler import ProfilerActivity, profile
-
+def profile_ops(device) -> None:
+    """Where the time goes, op by op and kernel by kernel (torch.profiler): a separable training
+    step at the decoder's largest shape, reference and fused, then the fused reward."""
     n, c, side = 8, 64, 128
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    sort_by = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for k, d, name in SEPARABLE_OPS[:2]:
         x, dw, pw, g = separable_inputs(n, c, side, k, device)
         for side_name, step in zip(("reference", "fused"), forward_backward_steps(x, dw, pw, d, g)):
+            profiled(f"{name} N={n} C={c} {side}x{side} forward+backward, {side_name}", step, device)
+    for n in REWARD_BATCHES:
+        matrix, logits, target = reward_inputs(n, device)
+        profiled(f"reward N={n} 21x128^2->512^2, fused", lambda: torch.ops.nasfast.confusion_matrix_update_(
+            matrix, logits, target, 255), device)
+
+
+def profiled(title: str, step: Callable[[], object], device) -> None:
+    """Prints the ops and kernels of 10 calls of `step` (after one unprofiled call), by self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    step()
+    sync()
+    with profile(activities=activities) as profiler:
+        for _ in range(10):
             step()
-            sync()
-            with profile(activities=activities) as profiler:
-                for _ in range(10):
-                    step()
-                sync()
-            print(f"\n{name} N={n} C={c} {side}x{side} forward+backward, {side_name}, 10 steps", flush=True)
-            print(profiler.key_averages().table(sort_by=sort_by, row_limit=12), flush=True)
+        sync()
+    print(f"\n{title}, 10 steps", flush=True)
+    sort_by = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(profiler.key_averages().table(sort_by=sort_by, row_limit=12), flush=True)
 
 
 def bench_upsample_add(device, repeats, quick):
@@ -201,11 +210,8 @@ def bench_reward(device, repeats, quick):
     """21-class logits at stride 4 of a 512x512 label map, as the search scores a candidate."""
     header("reward: N x 21 x 128^2 -> 512^2")
     for n in (REWARD_BATCHES[:1] if quick else REWARD_BATCHES):
-        g = torch.Generator().manual_seed(0)
-        logits = torch.randn(n, 21, 128, 128, generator=g).to(device)
-        target = torch.randint(0, 21, (n, 512, 512), generator=g).to(device)
-        target[:, :16] = 255
-        matrices = [torch.zeros(21, 21, dtype=torch.long, device=device) for _ in range(2)]
+        matrix, logits, target = reward_inputs(n, device)
+        matrices = [matrix, torch.zeros_like(matrix)]
         functions = (ops.confusion_matrix_update_reference, torch.ops.nasfast.confusion_matrix_update_)
         for f, m in zip(functions, matrices):
             f(m, logits, target, 255)
@@ -216,6 +222,15 @@ def bench_reward(device, repeats, quick):
         print(row(f"N={n}", *times), flush=True)
         if device.type == "cuda":
             print(read_once(logits, target, statistics.median(times[1]), device, repeats), flush=True)
+
+
+def reward_inputs(n: int, device):
+    """A zero 21 x 21 matrix, N x 21 x 128^2 random logits and N x 512^2 labels, 16 rows ignored."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(n, 21, 128, 128, generator=g).to(device)
+    target = torch.randint(0, 21, (n, 512, 512), generator=g).to(device)
+    target[:, :16] = 255
+    return torch.zeros(21, 21, dtype=torch.long, device=device), logits, target
 
 
 def bench_loss(device, repeats, quick):
@@ -258,8 +273,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=positive_int, help="torch.set_num_threads (CPU) [torch's choice]")
     parser.add_argument("--only", choices=["sep", "upsample", "reward", "loss"], help="one family of ops")
     parser.add_argument("--profile", action="store_true",
-                        help="instead of timing: the separable training step's ops and kernels (torch.profiler), "
-                             "reference and fused, at N=8 C=64 128x128")
+                        help="instead of timing: the ops and kernels (torch.profiler) of the separable training "
+                             "step, reference and fused, at N=8 C=64 128x128, and of the fused reward")
     parser.add_argument("--system-malloc", action="store_true",
                         help="CPU: time with torch's own allocator instead of keeping freed memory (see above)")
     args = parser.parse_args(argv)
@@ -281,7 +296,7 @@ def main(argv=None) -> int:
     print(f"device: {name}; torch {torch.__version__}; float32 (no TF32); ops library {ops.library_path()}")
     with cpu_memory_cache(device, capacity):
         if args.profile:
-            profile_separable(device)
+            profile_ops(device)
         else:
             run_families(args.only, device, args.quick)
     return 0

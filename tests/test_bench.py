@@ -98,14 +98,16 @@ def test_search_data_refuses_bad_options_in_one_line(argv, message):
 
 
 @pytest.mark.skipif(not ops.available(), reason="native ops library not built")
-def test_ops_profile_shows_where_a_separable_training_step_goes():
+def test_ops_profile_shows_where_a_separable_training_step_and_the_reward_go():
     result = subprocess.run([sys.executable, str(REPO / "bench" / "ops.py"), "--profile", "--threads", "2"],
                             capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=600)
     assert result.returncode == 0, result.stderr
-    titles = [line for line in result.stdout.splitlines() if "forward+backward" in line]
+    titles = [line for line in result.stdout.splitlines() if line.endswith(", 10 steps")]
     assert titles == [f"{name} N=8 C=64 128x128 forward+backward, {side}, 10 steps"
-                      for name in ("sep3x3", "sep5x5") for side in ("reference", "fused")]
+                      for name in ("sep3x3", "sep5x5") for side in ("reference", "fused")] + [
+                          f"reward N={n} 21x128^2->512^2, fused, 10 steps" for n in (2, 8)]
     assert result.stdout.count("nasfast::sep_conv_backward") == 2 and "aten::convolution_backward" in result.stdout
+    assert result.stdout.count("nasfast::confusion_matrix_update_") == 2
 
 
 @pytest.mark.skipif(not ops.available(), reason="native ops library not built")
