@@ -75,35 +75,35 @@ void update_from_labels(unsigned long long* counts, const at::Tensor& pred, cons
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// The kernels flag values out of range instead of counting them; then the matrix gets back its
-// value from before the update (`before`), so that an update that raises changes nothing. One
-// synchronisation, as the check needs.
-void fail_on_flags(const at::Tensor& bad, at::Tensor& matrix, const at::Tensor& before, int64_t K,
-                   int64_t ignore_index) {
-  const int found = bad.item<int>();
-  if (found == 0) return;
-  matrix.copy_(before);
-  fail_on_bad_target(found & kernels::kBadTarget, K, ignore_index);
-  fail_on_bad_prediction(found & kernels::kBadPrediction, K);
-}
-
 void confusion_matrix_update_cuda(at::Tensor& matrix, const at::Tensor& scores, const at::Tensor& target_in,
                                   int64_t ignore_index) {
   const at::Tensor target = check_confusion(matrix, scores, target_in, ignore_index);
   const c10::cuda::CUDAGuard guard(matrix.device());
   const int64_t K = matrix.size(0);
   if (target.numel() == 0) return;
-  const at::Tensor before = matrix.clone();
   const at::Tensor bad = at::zeros({1}, target.options().dtype(at::kInt));
   const bool shared_counts = K * K * static_cast<int64_t>(sizeof(unsigned int)) <= kSharedBytes;
-  auto* counts = reinterpret_cast<unsigned long long*>(matrix.data_ptr<int64_t>());
-  if (at::isFloatingType(scores.scalar_type())) {
-    update_from_logits(counts, scores.contiguous(), target, K, ignore_index, shared_counts, bad.data_ptr<int>());
-  } else {
-    update_from_labels(counts, scores.to(at::kLong).contiguous(), target, K, ignore_index, shared_counts,
-                       bad.data_ptr<int>());
-  }
-  fail_on_flags(bad, matrix, before, K, ignore_index);
+  const bool logits = at::isFloatingType(scores.scalar_type());
+  const at::Tensor values = logits ? scores.contiguous() : scores.to(at::kLong).contiguous();
+  const auto count_into = [&](at::Tensor& counts) {
+    auto* cells = reinterpret_cast<unsigned long long*>(counts.data_ptr<int64_t>());
+    if (logits) {
+      update_from_logits(cells, values, target, K, ignore_index, shared_counts, bad.data_ptr<int>());
+    } else {
+      update_from_labels(cells, values, target, K, ignore_index, shared_counts, bad.data_ptr<int>());
+    }
+  };
+  count_into(matrix);
+  // The kernels flag values out of range instead of counting them. An update that raises must
+  // change nothing: the pixels it counted (the same ones each time) are counted again apart and
+  // taken back, so that the usual update needs no copy of the matrix. One synchronisation.
+  const int found = bad.item<int>();
+  if (found == 0) return;
+  at::Tensor counted = at::zeros_like(matrix);
+  count_into(counted);
+  matrix.sub_(counted);
+  fail_on_bad_target(found & kernels::kBadTarget, K, ignore_index);
+  fail_on_bad_prediction(found & kernels::kBadPrediction, K);
 }
 
 }  // namespace
