@@ -274,6 +274,41 @@ def test_cache_is_memory_mapped_when_large(tmp_path):
     assert torch.equal(in_memory.batch(index)[1], on_disk.batch(index)[1])
 
 
+def test_a_cache_moved_to_a_device_gathers_the_same_batches_there(tmp_path):
+    from nasfast.encoder import MobileNetV2Encoder
+    from nasfast.search.cache import build_cache, open_cache
+    g = torch.Generator().manual_seed(0)
+    pairs = [(torch.randn(3, 64, 64, generator=g), torch.randint(0, 11, (64, 64), generator=g)) for _ in range(5)]
+    teacher = lambda images: images[:, :2] * 3  # noqa: E731 (logits of two classes)
+    build_cache(pairs, MobileNetV2Encoder(), teacher, directory=str(tmp_path), memory_limit=0, batch_size=2)
+    on_disk = open_cache(str(tmp_path))
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    for device in devices:
+        moved = on_disk.to(device)
+        assert not moved.on_disk and moved.nbytes() == on_disk.nbytes()
+        index = torch.tensor([4, 0, 2])
+        (feats, labels, logits), (expected_feats, expected_labels, expected_logits) = moved.batch(index), on_disk.batch(
+            index)
+        assert all(f.device.type == device.type and torch.equal(f.cpu(), e) for f, e in zip(feats, expected_feats))
+        assert torch.equal(labels.cpu(), expected_labels) and labels.dtype == torch.long
+        assert torch.equal(logits.cpu(), expected_logits)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_a_gpu_the_stage1_cache_is_kept_there(tmp_path, camvid_root, capsys):
+    from nasfast.search.context import build_context
+    config = preset("tiny")
+    ctx = build_context(config, str(tmp_path), device="cuda")
+    err = capsys.readouterr().err
+    assert "stage-1 cache: the meta-train features kept on cuda" in err and "the meta-val features kept on" in err
+    feats, labels, _ = ctx.stage1.batch(torch.arange(2))
+    assert all(f.is_cuda for f in feats) and labels.is_cuda
+    on_cpu = build_context(config, str(tmp_path / "cpu"), device="cpu")
+    assert "kept on" not in capsys.readouterr().err
+    assert torch.equal(on_cpu.stage1.batch(torch.arange(2))[1], labels.cpu())
+
+
 def test_a_complete_memory_mapped_cache_is_reused_and_a_changed_one_rebuilt(tmp_path, camvid_root, capsys):
     from nasfast.search.context import build_context
     config = preset("tiny")

@@ -23,10 +23,22 @@ class FeatureCache:
         return self.labels.shape[0]
 
     def batch(self, index: Tensor) -> Tuple[List[Tensor], Tensor, Optional[Tensor]]:
-        index = index.tolist()
-        feats = [torch.as_tensor(f[index]) for f in self.features]
-        teacher = None if self.teacher is None else torch.as_tensor(self.teacher[index])
-        return feats, torch.as_tensor(self.labels[index]).long(), teacher
+        """The images `index`, gathered where the cache is (a tensor's device, or the CPU)."""
+        def take(array):
+            if isinstance(array, Tensor):
+                return array[index.to(array.device)]
+            return torch.as_tensor(array[index.tolist()])  # a memory-mapped file's
+
+        teacher = None if self.teacher is None else take(self.teacher)
+        return [take(f) for f in self.features], take(self.labels).long(), teacher
+
+    def to(self, device: torch.device) -> "FeatureCache":
+        """The cache in `device`'s memory (read in from its files, if on disk)."""
+        def moved(array):
+            return array.to(device) if isinstance(array, Tensor) else torch.from_numpy(np.array(array)).to(device)
+
+        teacher = None if self.teacher is None else moved(self.teacher)
+        return FeatureCache([moved(f) for f in self.features], moved(self.labels), teacher)
 
     def nbytes(self) -> int:
         arrays = self.features + [self.labels] + ([self.teacher] if self.teacher is not None else [])

@@ -205,6 +205,17 @@ def _stage1_caches(config: SearchConfig, full, stage1_ids: List[int], val_ids: L
     return stage1, stage1_val, size
 
 
+def _on_the_gpu_if_it_fits(cache: FeatureCache, device: torch.device, name: str) -> FeatureCache:
+    """On a GPU, the cache moves there when it takes under a sixteenth of the GPU's free memory (a
+    few processes may share it, and the candidates need the rest): stage 1 then gathers its batches
+    there instead of on the CPU, copied over at every step of every candidate."""
+    if device.type != "cuda" or cache.nbytes() > torch.cuda.mem_get_info(device)[0] / 16:
+        return cache
+    print(f"stage-1 cache: the {name} features kept on {device} ({cache.nbytes() / 2 ** 20:.0f} MiB)",
+          file=sys.stderr)
+    return cache.to(device)
+
+
 def _check_complete(cache: FeatureCache, images: int, directory: str) -> None:
     """ValueError unless the files of a cache marked complete hold every encoder level for each of
     its `images` (not so when a file was removed, or copied from the other cache)."""
@@ -280,6 +291,8 @@ def build_context(config: SearchConfig, run_dir: str, recorded: Optional[Dict[st
         if warning:
             print(f"{warning} (stage 1 cannot learn them; python -m nasfast.data counts the pixels of every "
                   f"split)", file=sys.stderr)
+    stage1, stage1_val = (_on_the_gpu_if_it_fits(c, device, name) for c, name in ((stage1, "meta-train"),
+                                                                                  (stage1_val, "meta-val")))
     stage2_set = _Transformed(full, train_ids, TrainTransform(config.crop_size, config.scale_range, config.scale,
                                                               seed=config.seed))
     val_set = _Transformed(full, val_ids, EvalTransform(config.scale, size))
