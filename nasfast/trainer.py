@@ -187,12 +187,15 @@ def lr_factor(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
 
 
 def train_epoch(model, batches, epoch: int, optimizers, config: TrainConfig, ignore_index: int, device,
-                saved: Tuple[str, int]) -> float:
+                saved: Tuple[str, int]) -> Tuple[float, float]:
     """One epoch of `batches` (a progress bar over them) under the learning-rate schedule; its mean
-    loss. `saved` (OUT, epochs saved) words the error of a non-finite loss."""
+    loss and the seconds spent waiting for batches. `saved` (OUT, epochs saved) words the error of
+    a non-finite loss."""
     steps_per_epoch = len(batches)
     losses, check = [], LateLossCheck(0)
+    waited, asked = 0.0, time.perf_counter()
     for step, (images, labels) in enumerate(batches, epoch * steps_per_epoch):
+        waited += time.perf_counter() - asked
         _record(_checked_loss(check, steps_per_epoch, *saved), losses, batches)
         factor = lr_factor(config, step, steps_per_epoch)
         for optimizer, base in zip(optimizers, (config.encoder_lr, config.decoder_lr)):
@@ -203,8 +206,9 @@ def train_epoch(model, batches, epoch: int, optimizers, config: TrainConfig, ign
         loss = segmentation_loss(logits, aux, labels, ignore_index, aux_weight(config, epoch))
         check.defer(loss, step)
         descend(loss, *optimizers)
+        asked = time.perf_counter()
     _record(_checked_loss(check, steps_per_epoch, *saved), losses, batches)
-    return sum(losses) / len(losses)
+    return sum(losses) / len(losses), waited
 
 
 def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict] = None,
@@ -251,8 +255,8 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
             bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
                                disable=args.no_progress, leave=False)
             with cpu_memory_cache(device):
-                loss = train_epoch(model, bar, epoch, optimizers, config, ignore_index, device,
-                                   (args.out, saved_epochs))
+                loss, data_seconds = train_epoch(model, bar, epoch, optimizers, config, ignore_index, device,
+                                                 (args.out, saved_epochs))
             validation_started = time.time()
             validation = progress_bar(val_loader, desc=f"validation {epoch + 1}/{config.epochs}", unit="batch",
                                       disable=args.no_progress, leave=False)
@@ -262,7 +266,8 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
             finished = time.time()
             record = finite_or_none({"epoch": epoch, "loss": loss, "val_miou": metrics["miou"],
                                      "val_pixel_acc": metrics["pixel_acc"], "seconds": round(finished - started, 2),
-                                     "val_seconds": round(finished - validation_started, 2)})
+                                     "val_seconds": round(finished - validation_started, 2),
+                                     "data_seconds": round(data_seconds, 2)})
             state = checkpoint_state(model, optimizers, epoch, best, genotype, args.dataset, data, config)
             state["record"] = record  # the log's line, should the run stop before it is appended
             # Until an epoch has a finite mIoU, best.pt is the first epoch's: it exists once announced.

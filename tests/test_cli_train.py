@@ -9,6 +9,7 @@ import re
 import struct
 import subprocess
 import sys
+import time
 import zipfile
 from dataclasses import asdict, replace
 
@@ -230,6 +231,32 @@ def interrupt_on_call(monkeypatch, name: str, call: int) -> None:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
     monkeypatch.setattr(trainer, name, interrupted)
+
+
+def test_the_log_says_how_long_each_epoch_waited_for_its_batches(tmp_path, camvid_root, monkeypatch):
+    """A slow loader shows in data_seconds (the tiny preset: 4 batches of 8 an epoch)."""
+    class SlowBatches:
+        def __init__(self, loader):
+            self.loader = loader
+
+        def __len__(self):
+            return len(self.loader)
+
+        def __iter__(self):
+            for batch in self.loader:
+                time.sleep(0.25)
+                yield batch
+
+    loader_of = trainer.training_loader
+
+    def slow_loader(*args):
+        loader, order = loader_of(*args)
+        return SlowBatches(loader), order
+
+    monkeypatch.setattr(trainer, "training_loader", slow_loader)
+    assert train_cli("--genotype", "arch0", "--preset", "tiny", "--out", tmp_path / "run", "--no-progress") == 0
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 2 and all(1.0 <= r["data_seconds"] < r["seconds"] - r["val_seconds"] for r in log)
 
 
 def test_ctrl_c_says_where_the_run_stands_and_resume_finishes_it_as_if_never_stopped(tmp_path, capsys, camvid_root,
