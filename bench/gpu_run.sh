@@ -16,6 +16,8 @@
 #   tests       the CUDA tests (pytest -m cuda), the build's and the C++ program's tests
 #   ops         bench/ops.py --device cuda, each family of ops within $OPS_SECONDS (60), then --profile
 #   latency     bench/latency.py --device cuda --genotype all --size 512, within $LATENCY_SECONDS (180)
+#   train_step  bench/train_step.py --device cuda (the training step's variants), then its --profile,
+#               within $TRAIN_STEP_SECONDS (240)
 #   throughput  bench/search_throughput.py --device cuda --preset fast --workers-per-gpu $WORKERS (1 4),
 #               $WINDOW seconds (60) a setup, all within $THROUGHPUT_SECONDS (300), under NVIDIA's
 #               Multi-Process Service where it can be started
@@ -103,6 +105,11 @@ latency() {
         tee "$RESULTS/latency_cuda.txt"
 }
 
+train_step() {
+    timeout "${TRAIN_STEP_SECONDS:-240}" bash -c '"$0" bench/train_step.py --device cuda &&
+        "$0" bench/train_step.py --device cuda --profile' "$PY" 2>&1 | tee "$RESULTS/train_step_cuda.txt"
+}
+
 throughput() (  # a subshell: the MPS variables stay here
     export CUDA_MPS_PIPE_DIRECTORY=/tmp/nasfast-mps/pipe CUDA_MPS_LOG_DIRECTORY=/tmp/nasfast-mps/log
     mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
@@ -138,7 +145,7 @@ steps=("$@")
 for ((i = 0; i < ${#steps[@]}; i++)); do  # all names checked before any step runs
     case ${steps[i]} in
         pack) [ -n "${steps[i + 1]:-}" ] || { echo "pack needs a destination folder" >&2; exit 2; }; i=$((i + 1)) ;;
-        build|tests|ops|latency|throughput|train) ;;
+        build|tests|ops|latency|train_step|throughput|train) ;;
         -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//' && exit 0 ;;
         *) echo "unknown step ${steps[i]} (see --help)" >&2 && exit 2 ;;
     esac

@@ -128,7 +128,7 @@ def gpu_run(*args, **env):
 
 def test_gpu_run_explains_its_steps_and_refuses_unknown_ones():
     help_text = gpu_run("--help").stdout
-    steps = ("pack DIR", "build", "tests", "ops", "latency", "throughput", "train")
+    steps = ("pack DIR", "build", "tests", "ops", "latency", "train_step", "throughput", "train")
     assert all(f"\n  {step} " in help_text for step in steps)
     result = gpu_run("bild")
     assert result.returncode == 2 and "unknown step bild" in result.stderr
@@ -150,3 +150,48 @@ def test_gpu_run_packs_camvid_to_send(camvid_root, tmp_path):
         assert difference.max() == 0 if split == "val" else 0 < difference.mean() < 3
     size = sum(f.stat().st_size for f in tmp_path.rglob("*") if f.is_file() and "out" not in f.parts)
     assert size < 62 * 2 ** 20  # with the repository, under a 64 MiB transfer
+
+
+def train_step(*args):
+    return subprocess.run([sys.executable, str(REPO / "bench" / "train_step.py"), "--device", "cpu", "--batch", "2",
+                           "--crop", "64", "--threads", "2", *args], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=600)
+
+
+def test_train_step_variants_on_cpu():
+    result = train_step("--variants", "float32", "channels-last", "bfloat16", "--steps", "2", "--rounds", "2",
+                        "--warmup", "1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0].endswith("arch0, batch 2, 64x64 crops, 11 classes")
+    rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()[2:]}
+    assert list(rows) == ["float32", "channels-last", "bfloat16"], result.stdout
+    assert rows["float32"][1] == "1.00x" and all(float(ms) > 0 and ratio.endswith("x") for ms, ratio, _ in
+                                                 rows.values())
+
+
+def test_train_step_profile_on_cpu():
+    result = train_step("--profile", "--steps", "1")
+    assert result.returncode == 0, result.stderr
+    assert "Optimizer.step#Adam.step" in result.stdout and "Optimizer.step#SGD.step" in result.stdout
+    assert "aten::convolution_backward" in result.stdout
+
+
+def test_a_train_step_variant_that_fails_is_named_and_the_others_timed(monkeypatch, capsys):
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import train_step as bench
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    made = bench.training_step
+
+    def training_step(variant, *args):
+        if variant == "bfloat16":
+            raise RuntimeError("no bfloat16 here\nsecond line")
+        return made(variant, *args)
+
+    monkeypatch.setattr(bench, "training_step", training_step)
+    assert bench.main(["--batch", "2", "--crop", "32", "--variants", "float32", "bfloat16", "channels-last",
+                       "--steps", "1", "--rounds", "1", "--warmup", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[3] == "bfloat16         failed: RuntimeError: no bfloat16 here"
+    assert lines[2].startswith("float32") and lines[4].startswith("channels-last") and lines[4].split()[2][-1] == "x"
