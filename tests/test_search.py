@@ -480,6 +480,26 @@ def test_ctrl_c_during_the_bookkeeping_takes_effect_after_the_state_is_saved(tmp
     assert saved["next_index"] == 2 == len(read_records(str(tmp_path / "candidates.jsonl")))
 
 
+def test_polyak_update_is_lerp_and_copy_of_every_tensor_exactly():
+    """The multi-tensor update gives the values of one lerp_ (parameters) and copy_ (buffers) per tensor."""
+    from nasfast.encoder import MobileNetV2Encoder as encoder
+    decoder = Decoder("arch1", in_channels=encoder.channels, num_classes=5, channels=8, sep_repeats=1, aux="cell",
+                      in_strides=encoder.strides)
+    polyak, expected = Polyak(decoder, decay=0.9), copy.deepcopy(decoder)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        with torch.no_grad():
+            for t in list(decoder.parameters()) + [b for b in decoder.buffers() if b.is_floating_point()]:
+                t.add_(torch.randn(t.shape, generator=g))
+            for average, p in zip(expected.parameters(), decoder.parameters()):
+                average.lerp_(p, 0.1)
+            for average, b in zip(expected.buffers(), decoder.buffers()):
+                average.copy_(b)
+        polyak.update(decoder)
+    assert all(torch.equal(a, b) for a, b in zip(polyak.average.state_dict().values(),
+                                                 expected.state_dict().values()))
+
+
 def test_polyak_copies_the_buffers_and_averages_only_the_parameters():
     """Batch-norm running statistics are not parameters: the average takes the trained module's own."""
     module = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4)).train()
