@@ -189,9 +189,12 @@ def test_polyak_average():
     polyak = Polyak(module, decay=0.9)
     with torch.no_grad():
         module.weight.fill_(1.0)
-    polyak.update(module)
-    polyak.update(module)
-    torch.testing.assert_close(polyak.average.weight, torch.full((1, 2), 1 - 0.9 ** 2))
+    polyak.update()
+    polyak.update()
+    torch.testing.assert_close(polyak.average[0], torch.full((1, 2), 1 - 0.9 ** 2))
+    assert torch.equal(module.weight, torch.ones(1, 2))  # until applied
+    polyak.apply()
+    assert torch.equal(module.weight, polyak.average[0])
 
 
 def test_stage1_applies_its_polyak_average_to_the_decoder(monkeypatch):
@@ -216,7 +219,7 @@ def test_stage1_applies_its_polyak_average_to_the_decoder(monkeypatch):
     reward = candidate.run_stage1(decoder, ctx, torch.Generator().manual_seed(1))
     assert 0 < reward <= 1 and len(averages) == 1
     trained = list(decoder.parameters())
-    assert all(torch.equal(p, average) for p, average in zip(trained, averages[0].average.parameters()))
+    assert all(torch.equal(p, average) for p, average in zip(trained, averages[0].average))
     assert sum(not torch.equal(p, start) for p, start in zip(trained, before)) > len(before) // 2
 
 
@@ -480,28 +483,24 @@ def test_ctrl_c_during_the_bookkeeping_takes_effect_after_the_state_is_saved(tmp
     assert saved["next_index"] == 2 == len(read_records(str(tmp_path / "candidates.jsonl")))
 
 
-def test_polyak_update_is_lerp_and_copy_of_every_tensor_exactly():
-    """The multi-tensor update gives the values of one lerp_ (parameters) and copy_ (buffers) per tensor."""
+def test_polyak_update_is_a_lerp_of_every_parameter_exactly():
+    """The multi-tensor update gives the values of one lerp_ per parameter."""
     from nasfast.encoder import MobileNetV2Encoder as encoder
     decoder = Decoder("arch1", in_channels=encoder.channels, num_classes=5, channels=8, sep_repeats=1, aux="cell",
                       in_strides=encoder.strides)
-    polyak, expected = Polyak(decoder, decay=0.9), copy.deepcopy(decoder)
+    polyak, expected = Polyak(decoder, decay=0.9), [p.detach().clone() for p in decoder.parameters()]
     g = torch.Generator().manual_seed(0)
     for _ in range(3):
         with torch.no_grad():
-            for t in list(decoder.parameters()) + [b for b in decoder.buffers() if b.is_floating_point()]:
-                t.add_(torch.randn(t.shape, generator=g))
-            for average, p in zip(expected.parameters(), decoder.parameters()):
+            for p, average in zip(decoder.parameters(), expected):
+                p.add_(torch.randn(p.shape, generator=g))
                 average.lerp_(p, 0.1)
-            for average, b in zip(expected.buffers(), decoder.buffers()):
-                average.copy_(b)
-        polyak.update(decoder)
-    assert all(torch.equal(a, b) for a, b in zip(polyak.average.state_dict().values(),
-                                                 expected.state_dict().values()))
+        polyak.update()
+    assert len(expected) > 100 and all(torch.equal(a, b) for a, b in zip(polyak.average, expected))
 
 
-def test_polyak_copies_the_buffers_and_averages_only_the_parameters():
-    """Batch-norm running statistics are not parameters: the average takes the trained module's own."""
+def test_polyak_averages_only_the_parameters_and_the_module_keeps_its_statistics():
+    """Batch-norm running statistics are not parameters: applying the average leaves the trained ones."""
     module = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4)).train()
     polyak = Polyak(module, decay=0.9)
     start = [p.detach().clone() for p in module.parameters()]
@@ -511,13 +510,14 @@ def test_polyak_copies_the_buffers_and_averages_only_the_parameters():
         with torch.no_grad():
             for p in module.parameters():
                 p.add_(1.0)
-        polyak.update(module)
-    trained, averaged = module[1], polyak.average[1]
-    assert not torch.equal(trained.running_mean, torch.zeros(4)) and not torch.equal(trained.running_var, torch.ones(4))
-    for name in ("running_mean", "running_var", "num_batches_tracked"):
-        assert torch.equal(getattr(averaged, name), getattr(trained, name)), name
-    for average, first in zip(polyak.average.parameters(), start):
-        torch.testing.assert_close(average, 0.9 * (first + 0.1) + 0.1 * (first + 2))
+        polyak.update()
+    statistics = {name: b.clone() for name, b in module[1].named_buffers()}
+    polyak.apply()
+    bn = module[1]
+    assert not torch.equal(bn.running_mean, torch.zeros(4)) and not torch.equal(bn.running_var, torch.ones(4))
+    assert all(torch.equal(b, statistics[name]) for name, b in bn.named_buffers()) and len(statistics) == 3
+    for p, first in zip(module.parameters(), start):
+        torch.testing.assert_close(p, 0.9 * (first + 0.1) + 0.1 * (first + 2))
 
 
 @pytest.fixture
@@ -572,13 +572,14 @@ def test_stage1_reward_is_the_polyak_averages_score_and_the_decoder_takes_its_st
     feats, labels, _ = cache.batch(torch.arange(8))
     with torch.no_grad():
         score = lambda forward: metrics_of(forward, [(feats, labels)], 3)["reward"]
-        averaged, raw = score(averages[0].average), score(trained[0])
+        averaged, raw = score(decoder), score(trained[0])  # the decoder holds the average now
+    assert all(torch.equal(p, average) for p, average in zip(decoder.parameters(), averages[0].average))
     assert raw != pytest.approx(averaged, abs=1e-3)
     assert reward == pytest.approx(averaged, abs=1e-6)
     statistics = [(name, b) for name, b in decoder.named_buffers() if "running_mean" in name]
     assert statistics and not any(torch.equal(b, torch.zeros_like(b)) for _, b in statistics)
-    for (name, b), average in zip(decoder.named_buffers(), averages[0].average.buffers()):
-        assert torch.equal(b, average), name
+    for (name, b), kept in zip(decoder.named_buffers(), trained[0].buffers()):
+        assert torch.equal(b, kept), name
 
 
 class TinyEncoder(torch.nn.Module):
@@ -622,12 +623,12 @@ def test_stage2_trains_encoder_and_decoder_at_their_rates_and_rewards_the_polyak
         for after, before in reached:
             torch.testing.assert_close(after, before - step_of_gradient(before.grad), rtol=0, atol=1e-5)
         return len(reached)
-    assert steps_taken(encoder, reference.encoder, lambda grad: 0.02 * grad) >= 2  # SGD's first step: no momentum yet
-    assert steps_taken(decoder, reference.decoder, lambda grad: 0.05 * grad / (grad.abs() + 1e-8)) > \
+    assert steps_taken(trained[0].encoder, reference.encoder, lambda grad: 0.02 * grad) >= 2  # SGD's first step
+    assert steps_taken(trained[0].decoder, reference.decoder, lambda grad: 0.05 * grad / (grad.abs() + 1e-8)) > \
         len(list(decoder.parameters())) // 2  # Adam's first step
     with torch.no_grad():
         score = lambda model: metrics_of(lambda x: model.decoder(model.encoder(x)), val, 3)["reward"]
-        averaged, raw = score(averages[0].average), score(trained[0])
+        averaged, raw = score(SimpleNamespace(encoder=encoder, decoder=decoder)), score(trained[0])  # averaged now
     assert raw != pytest.approx(averaged, abs=1e-3)
     assert reward == pytest.approx(averaged, abs=1e-6)
 
@@ -711,7 +712,7 @@ def test_stage1_takes_adam_steps_at_its_rate_and_averages_every_step_with_its_de
         torch.testing.assert_close(after, before - 0.02 * grad / (grad.abs() + 1e-8), rtol=0, atol=1e-6)
     assert len(averages) == 1 and averages[0].decay == 0.8
     expected = polyak_of(start, [[p for p, _ in optimizers[0]] for _, optimizers in steps], 0.8)
-    for average, want in zip(averages[0].average.parameters(), expected):
+    for average, want in zip(averages[0].average, expected):
         torch.testing.assert_close(average, want, rtol=0, atol=1e-6)
 
 
@@ -763,7 +764,7 @@ def test_stage2_encoder_sgd_has_momentum_and_the_average_its_decay_at_every_step
     assert reached >= 2 and max((0.02 * 0.9 * g).abs().max() for _, g in first if g is not None) > 1e-4
     assert len(averages) == 1 and averages[0].decay == 0.95
     expected = polyak_of(start, [[p for p, _ in optimizers[0]] for _, optimizers in steps], 0.95)
-    for average, want in zip(averages[0].average.encoder.parameters(), expected):
+    for average, want in zip(averages[0].average[:len(expected)], expected):  # the encoder's come first
         torch.testing.assert_close(average, want, rtol=0, atol=1e-6)
 
 

@@ -27,7 +27,7 @@ def candidate_seed(search_seed: int, index: int) -> int:
 
 
 def _score(forward: Callable[[Tensor], Tensor], batches, ctx: SearchContext) -> float:
-    with cpu_memory_cache(ctx.device):
+    with cpu_memory_cache(ctx.device), torch.no_grad():
         reward = float(metrics_of(forward, batches, ctx.num_classes, ctx.ignore_index, ctx.exclude)["reward"])
     if not math.isfinite(reward):  # no scored pixel: build_context refuses such meta-val data
         raise CandidateFailed(f"reward {reward}: meta-val holds no labelled pixel of a scored class")
@@ -60,7 +60,7 @@ def _train(model: nn.Module, batches: Iterable[tuple], loss_of: Callable[..., Te
             loss = loss_of(*batch)
             check.defer(loss, step)
             descend(loss, *optimizers)
-            polyak.update(model)
+            polyak.update()
     check()
 
 
@@ -77,10 +77,10 @@ def run_stage1(decoder: Decoder, ctx: SearchContext, generator: torch.Generator)
     _train(decoder, batches, lambda feats, labels, teacher: segmentation_loss(
         *decoder.forward_with_aux(feats), labels, ctx.ignore_index, ctx.config.aux_weight, teacher, cfg.distillation),
         [optimizer], polyak, 1, ctx.device)
-    decoder.load_state_dict(polyak.average.state_dict())
+    polyak.apply()
     batches = ((feats, labels) for feats, labels, _ in
                _cached_batches(ctx.stage1_val, cfg.batch_size, ctx.device))
-    return _score(polyak.average, batches, ctx)
+    return _score(decoder.eval(), batches, ctx)
 
 
 def run_stage2(decoder: Decoder, ctx: SearchContext, seed: int) -> float:
@@ -94,9 +94,10 @@ def run_stage2(decoder: Decoder, ctx: SearchContext, seed: int) -> float:
     _train(model, batches, lambda images, labels: segmentation_loss(
         *model.forward_with_aux(images), labels, ctx.ignore_index, ctx.config.aux_weight),
         [optimizer_encoder, optimizer_decoder], polyak, 2, ctx.device)
-    averaged = polyak.average
+    polyak.apply()
+    model.eval()
     batches = ((images.to(ctx.device), labels) for images, labels in ctx.val_batches())
-    return _score(lambda x: averaged.decoder(averaged.encoder(x)), batches, ctx)
+    return _score(lambda x: model.decoder(model.encoder(x)), batches, ctx)
 
 
 def evaluate_candidate(genotype, index: int, ctx: SearchContext, decide: Callable[[float, float], bool],
