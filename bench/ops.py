@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 
 import nasfast.ops as ops
 from nasfast.cli import positive_int, resolve_device, run
@@ -37,6 +38,9 @@ SEPARABLE_SHAPES = [(8, 48, 32), (8, 48, 64), (8, 48, 128), (8, 64, 64), (8, 64,
 SEPARABLE_SHAPES_QUICK = [(8, 48, 64), (64, 48, 32)]
 UPSAMPLE_SIZES = [(32, 16), (64, 32), (128, 64), (128, 32), (60, 23)]  # (high, low) sides
 REWARD_BATCHES = (2, 8)
+# Labels and predictions drawn pixel by pixel (the worst case for counting them: neighbours differ), or
+# in regions of 16 x 16 pixels, as segmentation maps come, with logits that mostly agree (a trained model's)
+REWARD_LABELS = ("random", "regions")
 # (batch, logits side, labels side): CamVid's 11 classes in the search's stage 1, presets tiny (labels
 # 90x120), fast (270x360, logits at stride 4 or 8) and paper (360x480)
 LOSS_SHAPES = [(8, (23, 30), (90, 120)), (64, (34, 45), (270, 360)), (64, (68, 90), (270, 360)),
@@ -154,9 +158,9 @@ def profile_ops(device) -> None:
         x, dw, pw, g = separable_inputs(n, c, side, k, device)
         for side_name, step in zip(("reference", "fused"), forward_backward_steps(x, dw, pw, d, g)):
             profiled(f"{name} N={n} C={c} {side}x{side} forward+backward, {side_name}", step, device)
-    for n in REWARD_BATCHES:
-        matrix, logits, target = reward_inputs(n, device)
-        profiled(f"reward N={n} 21x128^2->512^2, fused", lambda: torch.ops.nasfast.confusion_matrix_update_(
+    for labels in REWARD_LABELS:
+        matrix, logits, target = reward_inputs(8, labels, device)
+        profiled(f"reward N=8 {labels} 21x128^2->512^2, fused", lambda: torch.ops.nasfast.confusion_matrix_update_(
             matrix, logits, target, 255), device)
 
 
@@ -209,8 +213,9 @@ def time_upsample_add(n, c, high_side, low_side, backward, device, repeats):
 def bench_reward(device, repeats, quick):
     """21-class logits at stride 4 of a 512x512 label map, as the search scores a candidate."""
     header("reward: N x 21 x 128^2 -> 512^2")
-    for n in (REWARD_BATCHES[:1] if quick else REWARD_BATCHES):
-        matrix, logits, target = reward_inputs(n, device)
+    batches = REWARD_BATCHES[:1] if quick else REWARD_BATCHES
+    for n, labels in ((n, labels) for n in batches for labels in REWARD_LABELS):
+        matrix, logits, target = reward_inputs(n, labels, device)
         matrices = [matrix, torch.zeros_like(matrix)]
         functions = (ops.confusion_matrix_update_reference, torch.ops.nasfast.confusion_matrix_update_)
         for f, m in zip(functions, matrices):
@@ -219,18 +224,22 @@ def bench_reward(device, repeats, quick):
             raise SystemExit("reward: fused and reference confusion matrices disagree, not timing it")
         times = interleaved([lambda f=f, m=m: f(m, logits, target, 255) for f, m in zip(functions, matrices)],
                             device, repeats)
-        print(row(f"N={n}", *times), flush=True)
+        print(row(f"N={n} {labels}", *times), flush=True)
         if device.type == "cuda":
             print(read_once(logits, target, statistics.median(times[1]), device, repeats), flush=True)
 
 
-def reward_inputs(n: int, device):
-    """A zero 21 x 21 matrix, N x 21 x 128^2 random logits and N x 512^2 labels, 16 rows ignored."""
+def reward_inputs(n: int, labels: str, device):
+    """A zero 21 x 21 matrix, N x 21 x 128^2 logits and N x 512^2 labels (REWARD_LABELS), 16 rows ignored."""
     g = torch.Generator().manual_seed(0)
-    logits = torch.randn(n, 21, 128, 128, generator=g).to(device)
-    target = torch.randint(0, 21, (n, 512, 512), generator=g).to(device)
+    logits = torch.randn(n, 21, 128, 128, generator=g)
+    if labels == "random":
+        target = torch.randint(0, 21, (n, 512, 512), generator=g)
+    else:
+        target = torch.randint(0, 21, (n, 32, 32), generator=g).repeat_interleave(16, 1).repeat_interleave(16, 2)
+        logits += 4 * F.one_hot(target[:, ::4, ::4], 21).permute(0, 3, 1, 2)
     target[:, :16] = 255
-    return torch.zeros(21, 21, dtype=torch.long, device=device), logits, target
+    return torch.zeros(21, 21, dtype=torch.long, device=device), logits.to(device), target.to(device)
 
 
 def bench_loss(device, repeats, quick):

@@ -105,9 +105,19 @@ def test_ops_profile_shows_where_a_separable_training_step_and_the_reward_go():
     titles = [line for line in result.stdout.splitlines() if line.endswith(", 10 steps")]
     assert titles == [f"{name} N=8 C=64 128x128 forward+backward, {side}, 10 steps"
                       for name in ("sep3x3", "sep5x5") for side in ("reference", "fused")] + [
-                          f"reward N={n} 21x128^2->512^2, fused, 10 steps" for n in (2, 8)]
+                          f"reward N=8 {labels} 21x128^2->512^2, fused, 10 steps" for labels in ("random", "regions")]
     assert result.stdout.count("nasfast::sep_conv_backward") == 2 and "aten::convolution_backward" in result.stdout
     assert result.stdout.count("nasfast::confusion_matrix_update_") == 2
+
+
+@pytest.mark.skipif(not ops.available(), reason="native ops library not built")
+def test_ops_reward_table_on_cpu_with_random_labels_and_labels_in_regions():
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "ops.py"), "--quick", "--only", "reward",
+                             "--threads", "2"], capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=600)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines() if line.startswith("N=2 ")]
+    assert [row[1] for row in rows] == ["random", "regions"] and all(row[-2].endswith("x") for row in rows)
 
 
 @pytest.mark.skipif(not ops.available(), reason="native ops library not built")
