@@ -97,10 +97,14 @@ def test_search_data_refuses_bad_options_in_one_line(argv, message):
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
 
 
+def ops_bench(*args):
+    return subprocess.run([sys.executable, str(REPO / "bench" / "ops.py"), "--threads", "2", *args],
+                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=600)
+
+
 @pytest.mark.skipif(not ops.available(), reason="native ops library not built")
 def test_ops_profile_shows_where_a_separable_training_step_and_the_reward_go():
-    result = subprocess.run([sys.executable, str(REPO / "bench" / "ops.py"), "--profile", "--threads", "2"],
-                            capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=600)
+    result = ops_bench("--profile")
     assert result.returncode == 0, result.stderr
     titles = [line for line in result.stdout.splitlines() if line.endswith(", 10 steps")]
     assert titles == [f"{name} N=8 C=64 128x128 forward+backward, {side}, 10 steps"
@@ -112,9 +116,7 @@ def test_ops_profile_shows_where_a_separable_training_step_and_the_reward_go():
 
 @pytest.mark.skipif(not ops.available(), reason="native ops library not built")
 def test_ops_reward_table_on_cpu_with_random_labels_and_labels_in_regions():
-    result = subprocess.run([sys.executable, str(REPO / "bench" / "ops.py"), "--quick", "--only", "reward",
-                             "--threads", "2"], capture_output=True, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=600)
+    result = ops_bench("--quick", "--only", "reward")
     assert result.returncode == 0, result.stderr
     rows = [line.split() for line in result.stdout.splitlines() if line.startswith("N=2 ")]
     assert [row[1] for row in rows] == ["random", "regions"] and all(row[-2].endswith("x") for row in rows)
@@ -122,9 +124,7 @@ def test_ops_reward_table_on_cpu_with_random_labels_and_labels_in_regions():
 
 @pytest.mark.skipif(not ops.available(), reason="native ops library not built")
 def test_ops_loss_table_on_cpu():
-    result = subprocess.run([sys.executable, str(REPO / "bench" / "ops.py"), "--quick", "--only", "loss",
-                             "--threads", "2"], capture_output=True, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=600)
+    result = ops_bench("--quick", "--only", "loss")
     assert result.returncode == 0, result.stderr
     assert "freed memory kept up to" in result.stdout.splitlines()[0]
     rows = [line.split() for line in result.stdout.splitlines() if line.startswith("N=64 34x45->270x360")]
