@@ -17,6 +17,7 @@ import contextlib
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -182,18 +183,26 @@ def measure(setup: Setup, args, extra: List[str], run_dir: Path, gpu_count: int)
     return {"setup": setup.name(args.device), "procs": setup.procs, "workers_per_gpu": setup.workers_per_gpu,
             "threads": threads, "candidates": count, "failed": sum(r["status"] != "ok" for r in records),
             "seconds": window, "per_hour": per_hour, "busy": busy,
-            "workers": len({(r["host"], r["worker"]) for r in records})}
+            "workers": len({(r["host"], r["worker"]) for r in records}),
+            "stage1_s": median_of(records, "stage1_seconds"), "stage2_s": median_of(records, "stage2_seconds")}
+
+
+def median_of(records: List[Dict], key: str) -> Optional[float]:
+    """The median of the records' `key` where they have one (a stage-2 time only where the gate let it run)."""
+    values = [r[key] for r in records if r.get(key) is not None]
+    return statistics.median(values) if values else None
 
 
 def table(rows: List[Dict]) -> str:
     base = rows[0]["per_hour"] if rows else 0
     lines = [f"{'setup':<24} {'threads':>7} {'cand':>5} {'failed':>6} {'window s':>9} {'cand/h':>9} "
-             f"{'ratio':>6} {'GPU busy':>8}"]
+             f"{'ratio':>6} {'GPU busy':>8} {'stage 1 s':>9} {'stage 2 s':>9}"]
     for r in rows:
         ratio = r["per_hour"] / base if base else float("nan")
         busy = "-" if r["busy"] is None else f"{r['busy']:.0f}%"
+        stages = " ".join("        -" if r[key] is None else f"{r[key]:>9.2f}" for key in ("stage1_s", "stage2_s"))
         lines.append(f"{r['setup']:<24} {r['threads']:>7} {r['candidates']:>5} {r['failed']:>6} "
-                     f"{r['seconds']:>9.1f} {r['per_hour']:>9.1f} {ratio:>5.2f}x {busy:>8}")
+                     f"{r['seconds']:>9.1f} {r['per_hour']:>9.1f} {ratio:>5.2f}x {busy:>8} {stages}")
     return "\n".join(lines)
 
 

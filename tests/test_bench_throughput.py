@@ -43,8 +43,9 @@ def test_one_and_two_processes_on_cpu(camvid_root):
     rows = {line.split("  ")[0]: line.split() for line in result.stdout.splitlines()
             if " proc " in line and "/" not in line}
     assert set(rows) == {"1 proc", "2 proc"}
-    for setup, row in rows.items():  # row: setup (2 words), threads, candidates, failed, ...
+    for setup, row in rows.items():  # row: setup (2 words), threads, candidates, failed, ..., stage 1 s, stage 2 s
         assert row[3:5] == ["2", "0"], (setup, row)
+        assert float(row[-2]) > 0 and (row[-1] == "-" or float(row[-1]) > 0), (setup, row)
     assert "2 proc / 1 proc:" in result.stdout
 
 

@@ -775,6 +775,7 @@ def test_a_stopped_candidates_reward_is_its_stage1_reward_and_stage2_is_skipped(
 
     def stage2(decoder, ctx, seed):
         assert go, "stage 2 of a stopped candidate"
+        time.sleep(0.2)
         return 0.77
     monkeypatch.setattr(candidate, "run_stage2", stage2)
     decisions = []
@@ -788,6 +789,9 @@ def test_a_stopped_candidates_reward_is_its_stage1_reward_and_stage2_is_skipped(
     assert record["gate"] == ("continue" if go else "stop")
     assert record["stage2_reward"] == (0.77 if go else None)
     assert record["reward"] == (0.77 if go else record["stage1_reward"])
+    assert 0 < record["stage1_seconds"] < record["seconds"]  # where a candidate's time goes
+    assert (0.2 <= record["stage2_seconds"] < record["seconds"] - record["stage1_seconds"]) if go else \
+        record["stage2_seconds"] is None
 
 
 def stage1_context() -> SimpleNamespace:

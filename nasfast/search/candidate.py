@@ -120,11 +120,15 @@ def evaluate_candidate(genotype, index: int, ctx: SearchContext, decide: Callabl
     fields.update(params=count_params(decoder) - count_params(decoder.aux),
                   madds=count_madds(decoder, [tuple(f.shape[1:]) for f in feats]))
 
+    stage1_start = time.time()
     stage1_reward = run_stage1(decoder, ctx, generator)
+    fields.update(stage1_seconds=round(time.time() - stage1_start, 3))
     coin = torch.rand((), generator=generator).item()
     go = decide(stage1_reward, coin)
     fields.update(stage1_reward=stage1_reward, gate="continue" if go else "stop")
+    stage2_start = time.time()
     stage2_reward = run_stage2(decoder, ctx, seed) if go else None
     fields.update(reward=stage2_reward if go else stage1_reward, stage2_reward=stage2_reward,
+                  stage2_seconds=round(time.time() - stage2_start, 3) if go else None,
                   seconds=round(time.time() - start, 3))
     return fields
