@@ -16,8 +16,8 @@
 #   tests       the CUDA tests (pytest -m cuda), the build's and the C++ program's tests
 #   ops         bench/ops.py --device cuda, each family of ops within $OPS_SECONDS (60), then --profile
 #   latency     bench/latency.py --device cuda --genotype all --size 512, within $LATENCY_SECONDS (180)
-#   train_step  bench/train_step.py --device cuda (the training step's variants), then its --profile,
-#               within $TRAIN_STEP_SECONDS (240)
+#   train_step  bench/train_step.py --device cuda --profile (where the training step's time goes), then
+#               its variants (torch.compile's last), within $TRAIN_STEP_SECONDS (240)
 #   throughput  bench/search_throughput.py --device cuda --preset fast --workers-per-gpu $WORKERS (1 4),
 #               $WINDOW seconds (60) a setup, all within $THROUGHPUT_SECONDS (300), under NVIDIA's
 #               Multi-Process Service where it can be started
@@ -106,8 +106,8 @@ latency() {
 }
 
 train_step() {
-    timeout "${TRAIN_STEP_SECONDS:-240}" bash -c '"$0" bench/train_step.py --device cuda &&
-        "$0" bench/train_step.py --device cuda --profile' "$PY" 2>&1 | tee "$RESULTS/train_step_cuda.txt"
+    timeout "${TRAIN_STEP_SECONDS:-240}" bash -c '"$0" bench/train_step.py --device cuda --profile &&
+        "$0" bench/train_step.py --device cuda' "$PY" 2>&1 | tee "$RESULTS/train_step_cuda.txt"
 }
 
 throughput() (  # a subshell: the MPS variables stay here
