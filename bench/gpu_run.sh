@@ -5,12 +5,17 @@
 #   bench/gpu_run.sh pack DIR       # CamVid and the ImageNet weights in 64 MB, to send
 #   NASFAST_DATA=DIR TORCH_HOME=DIR/torch bench/gpu_run.sh build tests ops latency    # ~8 minutes
 #   NASFAST_DATA=DIR TORCH_HOME=DIR/torch TRAIN_SECONDS=200 bench/gpu_run.sh throughput train
+#   A training over leases: VAL_AS_JPEG=1 bench/gpu_run.sh pack DIR (42 MB), then in each lease
+#   NASFAST_DATA=DIR TORCH_HOME=DIR/torch TRAIN_SECONDS=S bench/gpu_run.sh build train, and here
+#   bench/gpu_run.sh unpack FILES (what came back); the next lease carries DIR/camvid and the run's
+#   last.pt, log.jsonl and config.json (runs/gpu/arch0/), 58 MB, and resumes it
 #
 # Steps run in the order given, each one even when an earlier one failed (the exit status says if
 # any did); their output goes to $OUT (else gpu-results/: eight files at most), the training and
 # the searches to $RUNS (else runs/gpu, kept for a later call on the same machine). Limits:
 #   pack DIR    CamVid from $NASFAST_DATA with its training images as JPEG (quality 90: 16 MB instead
-#               of 91; the labels and validation images stay lossless), and the MobileNet-v2 weights
+#               of 91; the labels and validation images stay lossless, the latter JPEG too, quality 95,
+#               with VAL_AS_JPEG=1: room for a training run beside them), and the MobileNet-v2 weights
 #   build       the ops library in place with CUDA kernels for this GPU (1-2 minutes), by /usr/bin/g++
 #               where there is one (the machine's default links the C++ runtime statically)
 #   tests       the CUDA tests (pytest -m cuda), the build's and the C++ program's tests
@@ -22,8 +27,11 @@
 #               $WINDOW seconds (60) a setup, all within $THROUGHPUT_SECONDS (300), under NVIDIA's
 #               Multi-Process Service where it can be started
 #   train       arch0 on CamVid (paper preset, 200 epochs, ~18 minutes on an H200; $TRAIN_ARGS adds
-#               options) for $TRAIN_SECONDS (none: to the end), resumed where an earlier call on this
-#               machine stopped, then best.pt evaluated on val
+#               options) for $TRAIN_SECONDS (none: to the end), resumed from $RUNS/arch0 where an
+#               earlier call stopped (on this machine, or carried there), then best.pt evaluated on
+#               val; last.pt and best.pt go to the output in parts of 15 MiB (what comes back)
+#   unpack DIR  the run `train` sent back (DIR: a lease's output) written into $RUNS/arch0: last.pt, the
+#               log and config.json, and best.pt where that lease made one
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,29 +42,43 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 pack() {
     local dest=$1
-    "$PY" - "${NASFAST_DATA:?set NASFAST_DATA to the folder that holds camvid/}/camvid" "$dest" <<'EOF'
+    "$PY" - "${NASFAST_DATA:?set NASFAST_DATA to the folder that holds camvid/}/camvid" "$dest" \
+        "$([ "${VAL_AS_JPEG:-0}" = 1 ] && echo 95 || echo 0)" <<'EOF'
 import shutil, sys
 from pathlib import Path
 from PIL import Image
 from nasfast.encoder import find_pretrained_weights
 
-source, dest = Path(sys.argv[1]), Path(sys.argv[2])
-for part in ("trainannot", "val", "valannot"):
+source, dest, val_quality = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+for part in ("trainannot", "valannot"):
     shutil.copytree(source / part, dest / "camvid" / part, dirs_exist_ok=True)
-shutil.copy(source / "val.txt", dest / "camvid" / "val.txt")
-(dest / "camvid" / "train").mkdir(parents=True, exist_ok=True)
-pairs = []
-for line in (source / "train.txt").read_text().split("\n"):
-    if line.strip():
-        image, label = line.split()
-        jpeg = str(Path(image).with_suffix(".jpg"))
-        Image.open(source / image).convert("RGB").save(dest / "camvid" / jpeg, quality=90)
-        pairs.append(f"{jpeg} {label}\n")
-(dest / "camvid" / "train.txt").write_text("".join(pairs))
+
+
+def copy_split(split: str, quality: int) -> int:
+    """The split's images as JPEG of this quality (0: as they are), its labels and list as they are."""
+    (dest / "camvid" / split).mkdir(parents=True, exist_ok=True)
+    pairs = []
+    for line in (source / f"{split}.txt").read_text().split("\n"):
+        if line.strip():
+            image, label = line.split()
+            if quality:
+                image_out = str(Path(image).with_suffix(".jpg"))
+                Image.open(source / image).convert("RGB").save(dest / "camvid" / image_out, quality=quality)
+            else:
+                image_out = image
+                shutil.copy(source / image, dest / "camvid" / image)
+            pairs.append(f"{image_out} {label}\n")
+    (dest / "camvid" / f"{split}.txt").write_text("".join(pairs))
+    return len(pairs)
+
+
+count = copy_split("train", 90)
+copy_split("val", val_quality)
 weights = dest / "torch" / "hub" / "checkpoints"
 weights.mkdir(parents=True, exist_ok=True)
 shutil.copy(find_pretrained_weights(), weights)
-print(f"{dest}: camvid/ ({len(pairs)} training images as JPEG) and torch/hub/checkpoints/")
+print(f"{dest}: camvid/ ({count} training images as JPEG{', validation images too' if val_quality else ''}) "
+      f"and torch/hub/checkpoints/")
 EOF
 }
 
@@ -135,16 +157,33 @@ train() {
     ${TRAIN_SECONDS:+timeout -k 60 -s INT "$TRAIN_SECONDS"} "$PY" -m nasfast.train "${command[@]}" 2>&1 |
         tee -a "$RESULTS/train.txt"
     status=${PIPESTATUS[0]}
-    cp "$run/log.jsonl" "$RESULTS/train_log.jsonl" &&
-        "$PY" -m nasfast.evaluate --checkpoint "$run/best.pt" --workers $workers 2>&1 | tee -a "$RESULTS/train.txt" ||
-        return 1
+    cp "$run/log.jsonl" "$RESULTS/train_log.jsonl" && cp "$run/config.json" "$RESULTS/train_config.json" &&
+        split -b 15M -d "$run/last.pt" "$RESULTS/last.pt.part" || return 1
+    if [ ! -f "$run/best.pt" ]; then  # resumed from a carried last.pt, and no epoch here beat the best before
+        echo "no best.pt here: the best epoch was in an earlier lease" | tee -a "$RESULTS/train.txt"
+    else
+        split -b 15M -d "$run/best.pt" "$RESULTS/best.pt.part" &&
+            "$PY" -m nasfast.evaluate --checkpoint "$run/best.pt" --workers $workers 2>&1 |
+            tee -a "$RESULTS/train.txt" || return 1
+    fi
     [ "$status" -eq 0 ] || [ "$status" -eq 124 ]
+}
+
+unpack() {  # what `train` sent back, written into the run directory that `train` resumes from
+    local from=$1 run="$RUNS/arch0"
+    [ -f "$from/last.pt.part00" ] && [ -f "$from/train_config.json" ] ||
+        { echo "unpack: $from holds no training run of gpu_run.sh (last.pt.part00, train_config.json)" >&2; return 1; }
+    mkdir -p "$run" && cp "$from/train_config.json" "$run/config.json" && cp "$from/train_log.jsonl" "$run/log.jsonl" &&
+        cat "$from"/last.pt.part* >"$run/last.pt" || return 1
+    if [ -f "$from/best.pt.part00" ]; then cat "$from"/best.pt.part* >"$run/best.pt" || return 1; fi
+    echo "$run: $(wc -l <"$run/log.jsonl") epochs of its training; to resume in a lease, carry the data's camvid/" \
+        "and this run's last.pt, log.jsonl and config.json (best.pt stays here unless a later lease beats it)"
 }
 
 steps=("$@")
 for ((i = 0; i < ${#steps[@]}; i++)); do  # all names checked before any step runs
     case ${steps[i]} in
-        pack) [ -n "${steps[i + 1]:-}" ] || { echo "pack needs a destination folder" >&2; exit 2; }; i=$((i + 1)) ;;
+        pack|unpack) [ -n "${steps[i + 1]:-}" ] || { echo "${steps[i]} needs a folder" >&2; exit 2; }; i=$((i + 1)) ;;
         build|tests|ops|latency|train_step|throughput|train) ;;
         -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//' && exit 0 ;;
         *) echo "unknown step ${steps[i]} (see --help)" >&2 && exit 2 ;;
@@ -156,7 +195,7 @@ while [ $# -gt 0 ]; do
     step=$1 && shift
     started=$(date +%s)
     case $step in
-        pack) dest=$1 && shift && pack "$dest" ;;
+        pack|unpack) folder=$1 && shift && $step "$folder" ;;
         *) mkdir -p "$RESULTS" "$RUNS" && $step ;;
     esac || failed+=("$step")
     echo "== $step: $(($(date +%s) - started)) s${failed[*]:+ (failed so far: ${failed[*]})}"

@@ -138,16 +138,19 @@ def gpu_run(*args, **env):
 
 def test_gpu_run_explains_its_steps_and_refuses_unknown_ones():
     help_text = gpu_run("--help").stdout
-    steps = ("pack DIR", "build", "tests", "ops", "latency", "train_step", "throughput", "train")
+    steps = ("pack DIR", "build", "tests", "ops", "latency", "train_step", "throughput", "train", "unpack DIR")
     assert all(f"\n  {step} " in help_text for step in steps)
     result = gpu_run("bild")
     assert result.returncode == 2 and "unknown step bild" in result.stderr
 
 
-def test_gpu_run_packs_camvid_to_send(camvid_root, tmp_path):
-    """The packed copy is the same dataset: every pair listed, labels and validation images unchanged,
-    training images within JPEG's error; and the weights where TORCH_HOME will find them."""
-    result = gpu_run("pack", str(tmp_path), OUT=str(tmp_path / "out"), NASFAST_DATA=str(camvid_root.parent))
+@pytest.mark.parametrize("val_as_jpeg", ["0", "1"])
+def test_gpu_run_packs_camvid_to_send(camvid_root, tmp_path, val_as_jpeg):
+    """The packed copy is the same dataset: every pair listed, labels and validation images unchanged
+    (with VAL_AS_JPEG=1, within JPEG's error too), training images within JPEG's error; and the
+    weights where TORCH_HOME will find them."""
+    result = gpu_run("pack", str(tmp_path), OUT=str(tmp_path / "out"), NASFAST_DATA=str(camvid_root.parent),
+                     VAL_AS_JPEG=val_as_jpeg)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "== pack:" in result.stdout and (tmp_path / "torch" / "hub" / "checkpoints" / WEIGHTS_FILE).is_file()
     packed = {split: make_dataset("camvid", str(tmp_path / "camvid"), split=split) for split in ("train", "val")}
@@ -157,9 +160,38 @@ def test_gpu_run_packs_camvid_to_send(camvid_root, tmp_path):
         (image, label), (source_image, source_label) = packed[split].load(index), source[split].load(index)
         assert np.array_equal(label, source_label)
         difference = np.abs(image.astype(int) - source_image)
-        assert difference.max() == 0 if split == "val" else 0 < difference.mean() < 3
+        assert difference.max() == 0 if split == "val" and val_as_jpeg == "0" else 0 < difference.mean() < 3
     size = sum(f.stat().st_size for f in tmp_path.rglob("*") if f.is_file() and "out" not in f.parts)
     assert size < 62 * 2 ** 20  # with the repository, under a 64 MiB transfer
+    if val_as_jpeg == "1":  # room beside a training's last.pt (30 MB), carried to resume it in another lease
+        assert sum(f.stat().st_size for f in (tmp_path / "camvid").rglob("*") if f.is_file()) < 30 * 2 ** 20
+
+
+def test_gpu_run_sends_a_training_run_back_in_parts_and_rebuilds_it(camvid_root, tmp_path):
+    """What a lease's `train` writes (checkpoints in parts of 15 MiB, as files come back) is the run
+    again after `unpack`, which a training resumes."""
+    out, runs, rebuilt = tmp_path / "out", tmp_path / "runs", tmp_path / "rebuilt"
+    result = gpu_run("train", OUT=str(out), RUNS=str(runs), NASFAST_DATA=str(camvid_root.parent),
+                     TRAIN_ARGS="--preset tiny")
+    assert result.returncode == 0, result.stdout + result.stderr
+    parts = sorted(p.name for p in out.iterdir() if ".part" in p.name)
+    assert parts == ["best.pt.part00", "best.pt.part01", "last.pt.part00", "last.pt.part01"]
+    assert all((out / p).stat().st_size <= 15 * 2 ** 20 for p in parts) and len(list(out.iterdir())) <= 8
+    result = gpu_run("unpack", str(out), RUNS=str(rebuilt))
+    assert result.returncode == 0 and "2 epochs of its training" in result.stdout, result.stdout + result.stderr
+    for name in ("last.pt", "best.pt", "log.jsonl", "config.json"):
+        assert (rebuilt / "arch0" / name).read_bytes() == (runs / "arch0" / name).read_bytes(), name
+    resumed = subprocess.run([sys.executable, "-m", "nasfast.train", "--resume", str(rebuilt / "arch0"),
+                              "--no-progress"], capture_output=True, text=True, cwd=REPO,
+                             env=dict(os.environ, NASFAST_DATA=str(camvid_root.parent)), timeout=600)
+    assert resumed.returncode == 0 and "has finished its 2 epochs" in resumed.stderr, resumed.stderr
+    # A later lease that made no best.pt (resumed from the carried last.pt alone): the earlier best.pt stays.
+    (runs / "arch0" / "best.pt").unlink()
+    result = gpu_run("train", OUT=str(tmp_path / "out2"), RUNS=str(runs), NASFAST_DATA=str(camvid_root.parent))
+    assert result.returncode == 0 and "no best.pt here" in result.stdout, result.stdout + result.stderr
+    best = (rebuilt / "arch0" / "best.pt").read_bytes()
+    assert gpu_run("unpack", str(tmp_path / "out2"), RUNS=str(rebuilt)).returncode == 0
+    assert (rebuilt / "arch0" / "best.pt").read_bytes() == best
 
 
 def train_step(*args):
