@@ -23,11 +23,12 @@ class FeatureCache:
         return self.labels.shape[0]
 
     def batch(self, index: Tensor) -> Tuple[List[Tensor], Tensor, Optional[Tensor]]:
-        """The images `index`, gathered where the cache is (a tensor's device, or the CPU)."""
+        """The images `index`, gathered where the cache is (its tensors' device, or the CPU)."""
+        in_memory = isinstance(self.labels, Tensor)  # every array alike: tensors, or memory-mapped files
+        rows = index.to(self.labels.device) if in_memory else index.tolist()  # once, not for each array
+
         def take(array):
-            if isinstance(array, Tensor):
-                return array[index.to(array.device)]
-            return torch.as_tensor(array[index.tolist()])  # a memory-mapped file's
+            return array[rows] if in_memory else torch.as_tensor(array[rows])
 
         teacher = None if self.teacher is None else take(self.teacher)
         return [take(f) for f in self.features], take(self.labels).long(), teacher
