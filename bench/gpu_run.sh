@@ -6,7 +6,8 @@
 #   NASFAST_DATA=DIR TORCH_HOME=DIR/torch bench/gpu_run.sh build tests ops latency    # ~8 minutes
 #   NASFAST_DATA=DIR TORCH_HOME=DIR/torch TRAIN_SECONDS=200 bench/gpu_run.sh throughput train
 #   A training over leases: VAL_AS_JPEG=1 bench/gpu_run.sh pack DIR (42 MB), then in each lease
-#   NASFAST_DATA=DIR TORCH_HOME=DIR/torch TRAIN_SECONDS=S bench/gpu_run.sh build train, and here
+#   NASFAST_DATA=DIR TORCH_HOME=DIR/torch TRAIN_SECONDS=S bench/gpu_run.sh train (no build: training
+#   needs no native ops), and here
 #   bench/gpu_run.sh unpack FILES (what came back); the next lease carries DIR/camvid and the run's
 #   last.pt, log.jsonl and config.json (runs/gpu/arch0/), 58 MB, and resumes it
 #
