@@ -27,6 +27,12 @@ def segmentation_loss(logits: Tensor, aux: List[Tensor], labels: Tensor, ignore_
     return loss
 
 
+def has_labelled_pixel(labels: Tensor, ignore_index: int) -> bool:
+    """Whether a batch's labels hold a pixel to learn from. Training skips a batch without one (a
+    random crop of sparsely labelled images can be all ignore_index): its mean loss is 0 / 0."""
+    return bool((labels != ignore_index).any())
+
+
 def descend(loss: Tensor, *optimizers: torch.optim.Optimizer) -> None:
     """One gradient step of every optimizer on loss."""
     for optimizer in optimizers:

@@ -26,7 +26,7 @@ from .files import (BEST, CONFIG, LAST, SEARCH_FILES, TRAINING_FILES, TRAINING_L
 from .genotype import Genotype, genotype_name
 from .model import FINAL_CHANNELS, FINAL_SEP_REPEATS, create_model
 from .ops.memory import cpu_memory_cache
-from .steps import LateLossCheck, NonFiniteLoss, descend, segmentation_loss
+from .steps import LateLossCheck, NonFiniteLoss, descend, has_labelled_pixel, segmentation_loss
 from .tensorboard import TensorBoardLog
 
 PROG = "python -m nasfast.train"
@@ -93,8 +93,7 @@ def _checked_loss(check: LateLossCheck, steps_per_epoch: int, out: str, saved_ep
     except NonFiniteLoss as error:
         epoch, step_in_epoch = divmod(error.step, steps_per_epoch)
         raise UsageError(f"non-finite loss at epoch {epoch + 1}, step {step_in_epoch + 1}: {error.value} (the "
-                         f"training labels may hold no class pixels, only 255 = ignore, or the learning rate is "
-                         f"too high); {saved_note(out, saved_epochs)}") from None
+                         f"learning rate may be too high); {saved_note(out, saved_epochs)}") from None
 
 
 def _record(loss, losses: list, bar) -> None:
@@ -192,10 +191,13 @@ def train_epoch(model, batches, epoch: int, optimizers, config: TrainConfig, ign
     loss and the seconds spent waiting for batches. `saved` (OUT, epochs saved) words the error of
     a non-finite loss."""
     steps_per_epoch = len(batches)
-    losses, check = [], LateLossCheck(0)
+    losses, check, skipped = [], LateLossCheck(0), 0
     waited, asked = 0.0, time.perf_counter()
     for step, (images, labels) in enumerate(batches, epoch * steps_per_epoch):
         waited += time.perf_counter() - asked
+        if not has_labelled_pixel(labels, ignore_index):  # checked on the CPU, before the copy to the device
+            skipped, asked = skipped + 1, time.perf_counter()
+            continue
         _record(_checked_loss(check, steps_per_epoch, *saved), losses, batches)
         factor = lr_factor(config, step, steps_per_epoch)
         for optimizer, base in zip(optimizers, (config.encoder_lr, config.decoder_lr)):
@@ -208,7 +210,21 @@ def train_epoch(model, batches, epoch: int, optimizers, config: TrainConfig, ign
         descend(loss, *optimizers)
         asked = time.perf_counter()
     _record(_checked_loss(check, steps_per_epoch, *saved), losses, batches)
+    if skipped:
+        _report_skipped(skipped, steps_per_epoch, epoch, ignore_index, *saved)
     return sum(losses) / len(losses), waited
+
+
+def _report_skipped(skipped: int, steps_per_epoch: int, epoch: int, ignore_index: int, out: str,
+                    saved_epochs: int) -> None:
+    """Says how many of the epoch's batches held no labelled pixel; an error when all did."""
+    which = "every batch" if skipped == steps_per_epoch else f"{skipped} of the {steps_per_epoch} batches"
+    what = f"{which} of epoch {epoch + 1} held no labelled pixel (all {ignore_index} = ignore)"
+    if skipped == steps_per_epoch:
+        raise UsageError(f"{what}: nothing to learn from; the training labels hold no class pixels, or too few for "
+                         f"the random crops to meet (python -m nasfast.data counts them); "
+                         f"{saved_note(out, saved_epochs)}")
+    print(f"warning: {what} and were skipped", file=sys.stderr)
 
 
 def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict] = None,

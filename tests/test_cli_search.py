@@ -592,6 +592,18 @@ def test_meta_val_without_a_scored_pixel_is_refused_before_any_candidate(tmp_pat
            "--val-fraction (0.25) or --val-images (3)\n" in capsys.readouterr().err
 
 
+def test_stage1_images_without_a_labelled_pixel_are_refused_before_any_candidate(tmp_path, capsys):
+    from test_cli_train import folder_dataset
+    from nasfast.search.context import split_indices
+    meta_train, _ = split_indices(16, 0.25, preset("tiny").seed)
+    root = folder_dataset(tmp_path / "data", images=16, unlabelled=meta_train)
+    assert search("--dataset", "folder", "--data-root", root, "--preset", "tiny", "--budget", 2, "--val-fraction",
+                  0.25, "--out", tmp_path / "run", "--no-progress") == 2
+    assert "the 12 stage-1 images hold no labelled pixel (all 255 = ignore): there is nothing to train on\n" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "run" / "candidates.jsonl").exists()
+
+
 def test_an_undefined_reward_fails_the_candidate():
     from types import SimpleNamespace
     from nasfast.search.candidate import _score

@@ -4,6 +4,7 @@ import contextlib
 import errno
 import io
 import json
+import math
 import os
 import re
 import struct
@@ -547,8 +548,10 @@ def test_a_non_finite_loss_is_one_line_that_keeps_the_finished_epochs(tmp_path, 
     warning, err = capsys.readouterr().err.splitlines()[-2:]
     assert warning.startswith("warning: no pixel of 2 classes in the 2 validation labels: 'class0' (0), 'class1' "
                               "(1); every labelled pixel is 255, the ignore index")
-    assert "error: non-finite loss at epoch 1, step 1: nan (the training labels may hold no class pixels" in err
-    assert "or the learning rate is too high); nothing was saved" in err
+    assert err.endswith("error: every batch of epoch 1 held no labelled pixel (all 255 = ignore): nothing to learn "
+                        "from; the training labels hold no class pixels, or too few for the random crops to meet "
+                        "(python -m nasfast.data counts them); nothing was saved; run the same command to start "
+                        f"again in {tmp_path / 'a'}, or remove it")
     calls, real = [], trainer.segmentation_loss
 
     def nan_from_the_second_epoch(*args):
@@ -556,10 +559,23 @@ def test_a_non_finite_loss_is_one_line_that_keeps_the_finished_epochs(tmp_path, 
         return real(*args) * (float("nan") if len(calls) > 1 else 1)  # 8 images: one step an epoch
     monkeypatch.setattr(trainer, "segmentation_loss", nan_from_the_second_epoch)
     assert train_folder(folder_dataset(tmp_path / "labelled", images=10, lists=split), tmp_path / "b") == 2
-    assert (f"non-finite loss at epoch 2, step 1: nan (the training labels may hold no class pixels, only 255 = "
-            f"ignore, or the learning rate is too high); {tmp_path / 'b' / 'last.pt'} holds epoch 1; continue with "
-            f"python -m nasfast.train --resume {tmp_path / 'b'}") in capsys.readouterr().err.splitlines()[-1]
+    assert (f"non-finite loss at epoch 2, step 1: nan (the learning rate may be too high); {tmp_path / 'b' / 'last.pt'} "
+            f"holds epoch 1; continue with python -m nasfast.train --resume {tmp_path / 'b'}") in \
+        capsys.readouterr().err.splitlines()[-1]
     assert trainer.load_checkpoint(str(tmp_path / "b" / "last.pt"))["epoch"] == 0
+
+
+def test_batches_without_a_labelled_pixel_are_skipped_and_counted(tmp_path, capsys):
+    """Their mean loss is 0 / 0: training on would stop at the first (and a rerun at the same one)."""
+    sparse = folder_dataset(tmp_path / "sparse", images=18, unlabelled=range(12),
+                            lists={"train": range(16), "val": [16, 17]})
+    assert train_folder(sparse, tmp_path / "run", "--batch-size", 2, "--epochs", 2) == 0
+    err = capsys.readouterr().err
+    skipped = [int(n) for n in re.findall(r"warning: (\d+) of the 8 batches of epoch \d held no labelled pixel "
+                                          r"\(all 255 = ignore\) and were skipped", err)]
+    assert skipped and all(0 < n < 8 for n in skipped)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [0, 1] and all(math.isfinite(r["loss"]) for r in log)
 
 
 def test_resume_given_own_data_for_a_camvid_run_says_the_root_is_wrong(tmp_path, capsys):

@@ -1,6 +1,7 @@
 """The search on real CamVid with the tiny preset, as a user runs it: a separate process."""
 import copy
 import json
+import math
 import os
 import shutil
 import signal
@@ -211,8 +212,7 @@ def test_stage1_applies_its_polyak_average_to_the_decoder(monkeypatch):
     cache = FeatureCache([torch.randn(8, *s, generator=g) for s in shapes],
                          torch.randint(0, 3, (8, 16, 16), generator=g))
     config = preset("tiny")
-    ctx = SimpleNamespace(config=config, stage1=cache, stage1_val=cache, device=torch.device("cpu"), num_classes=3,
-                          ignore_index=255, exclude=())
+    ctx = cached_context(config, cache)
     decoder = Decoder(ZOO["arch0"], in_channels=[s[0] for s in shapes], num_classes=3, channels=16,
                       sep_repeats=1, in_strides=(4, 8, 16, 32))
     before = [p.clone() for p in decoder.parameters()]
@@ -236,8 +236,7 @@ def test_stage1_keeps_freed_memory_for_its_next_steps_and_frees_it_after(monkeyp
     shapes = [(24, 64, 64), (32, 32, 32), (96, 16, 16), (320, 8, 8)]
     cache = FeatureCache([torch.randn(8, *s, generator=g) for s in shapes],
                          torch.randint(0, 3, (8, 64, 64), generator=g))
-    ctx = SimpleNamespace(config=preset("tiny"), stage1=cache, stage1_val=cache, device=torch.device("cpu"),
-                          num_classes=3, ignore_index=255, exclude=())
+    ctx = cached_context(preset("tiny"), cache)
     decoder = Decoder(ZOO["arch0"], in_channels=[s[0] for s in shapes], num_classes=3, channels=32)
     candidate.run_stage1(decoder, ctx, torch.Generator().manual_seed(1))
     assert len(kept) == 2 and min(kept) > 2 ** 20  # the steps' activations, 1 MiB blocks and more
@@ -266,6 +265,8 @@ def test_cache_is_memory_mapped_when_large(tmp_path):
     from nasfast.search.cache import build_cache
     g = torch.Generator().manual_seed(0)
     pairs = [(torch.randn(3, 64, 64, generator=g), torch.randint(0, 11, (64, 64), generator=g)) for _ in range(5)]
+    pairs[1][1].fill_(255)
+    pairs[3][1][1:].fill_(255)  # one labelled row left
     encoder = MobileNetV2Encoder()
     in_memory = build_cache(pairs, encoder, batch_size=2)
     on_disk = build_cache(pairs, encoder, directory=str(tmp_path), memory_limit=0, batch_size=2)
@@ -275,6 +276,8 @@ def test_cache_is_memory_mapped_when_large(tmp_path):
     for a, b in zip(in_memory.batch(index)[0], on_disk.batch(index)[0]):
         torch.testing.assert_close(a, b)
     assert torch.equal(in_memory.batch(index)[1], on_disk.batch(index)[1])
+    for cache in (in_memory, on_disk):
+        assert cache.labelled_images(255).tolist() == [True, False, True, True, True]
 
 
 def test_a_cache_moved_to_a_device_gathers_the_same_batches_there(tmp_path):
@@ -550,6 +553,12 @@ def tiny_decoder(in_channels=tuple(s[0] for s in STAGE1_SHAPES)) -> Decoder:
                        in_strides=(4, 8, 16, 32))
 
 
+def cached_context(config, cache: FeatureCache, **more) -> SimpleNamespace:
+    """What run_stage1 reads of a search's context, with `cache` for meta-train and meta-val, 3 classes."""
+    return SimpleNamespace(config=config, stage1=cache, stage1_val=cache, stage1_labelled=cache.labelled_images(255),
+                           device=torch.device("cpu"), num_classes=3, ignore_index=255, exclude=(), **more)
+
+
 def recording(monkeypatch, candidate):
     """The Polyak averages run_stage1/2 make, and a copy of the model each trained, taken before averaging."""
     averages, trained = [], []
@@ -576,8 +585,7 @@ def test_stage1_reward_is_the_polyak_averages_score_and_the_decoder_takes_its_st
                          torch.randint(0, 3, (8, 16, 16), generator=g))
     config = preset("tiny")
     config.stage1.epochs, config.stage1.decoder_lr = 4, 0.05
-    ctx = SimpleNamespace(config=config, stage1=cache, stage1_val=cache, device=torch.device("cpu"), num_classes=3,
-                          ignore_index=255, exclude=())
+    ctx = cached_context(config, cache)
     decoder = tiny_decoder()
     reward = candidate.run_stage1(decoder, ctx, torch.Generator().manual_seed(1))
 
@@ -711,8 +719,7 @@ def test_stage1_takes_adam_steps_at_its_rate_and_averages_every_step_with_its_de
     config = preset("tiny")
     config.stage1.epochs, config.stage1.decoder_lr, config.stage1.polyak_decay = 4, 0.02, 0.8
     cache = stage1_cache()
-    ctx = SimpleNamespace(config=config, stage1=cache, stage1_val=cache, device=torch.device("cpu"), num_classes=3,
-                          ignore_index=255, exclude=())
+    ctx = cached_context(config, cache)
     start = [p.detach().clone() for p in tiny_decoder().parameters()]
     candidate.run_stage1(tiny_decoder(), ctx, torch.Generator().manual_seed(1))
     assert len(steps) == 4 and [len(optimizers) for _, optimizers in steps] == [1] * 4
@@ -728,6 +735,34 @@ def test_stage1_takes_adam_steps_at_its_rate_and_averages_every_step_with_its_de
         torch.testing.assert_close(average, want, rtol=0, atol=1e-6)
 
 
+def test_stage1_skips_the_batches_of_images_without_a_labelled_pixel(monkeypatch, one_thread):
+    """A batch all ignore_index has a mean loss of 0 / 0: a NaN that would fail the candidate."""
+    import nasfast.search.candidate as candidate
+    steps = recording_steps(monkeypatch, candidate)
+    config = preset("tiny")
+    config.stage1.epochs, config.stage1.batch_size = 1, 2
+    cache = stage1_cache()
+    cache.labels[[0, 1, 2, 3, 5]] = 255  # images 4 and 6, 7 keep their labels
+    order = torch.randperm(8, generator=torch.Generator().manual_seed(1)).tolist()
+    expected = sum(any(i in (4, 6, 7) for i in order[start:start + 2]) for start in range(0, 8, 2))
+    assert 0 < expected < 4
+    candidate.run_stage1(tiny_decoder(), cached_context(config, cache), torch.Generator().manual_seed(1))
+    assert len(steps) == expected and all(math.isfinite(loss) for loss, _ in steps)
+
+
+def test_stage2_skips_the_batches_without_a_labelled_pixel(monkeypatch, one_thread):
+    import nasfast.search.candidate as candidate
+    steps = recording_steps(monkeypatch, candidate)
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.randn(4, 3, 64, 64, generator=g), torch.randint(0, 3, (4, 64, 64), generator=g)
+    labels[:2] = 255
+    ctx = SimpleNamespace(config=preset("tiny"), device=torch.device("cpu"), num_classes=3, ignore_index=255,
+                          exclude=(), make_encoder=TinyEncoder, val_batches=lambda: [(images, labels)],
+                          stage2_batches=lambda seed: [(images[:2], labels[:2]), (images[2:], labels[2:])])
+    candidate.run_stage2(tiny_decoder(TinyEncoder.channels), ctx, seed=7)
+    assert len(steps) == 1 and math.isfinite(steps[0][0])
+
+
 def test_stage1_loss_adds_the_distillation_to_the_cached_teacher_logits(monkeypatch, one_thread):
     """SPEC section 5: stage 1's loss adds 0.3 · MSE(student logits, teacher logits), the teacher's cached."""
     import nasfast.search.candidate as candidate
@@ -735,8 +770,7 @@ def test_stage1_loss_adds_the_distillation_to_the_cached_teacher_logits(monkeypa
     config = preset("tiny")
     config.stage1.epochs = 1
     cache = stage1_cache(teacher=True)
-    ctx = SimpleNamespace(config=config, stage1=cache, stage1_val=cache, device=torch.device("cpu"), num_classes=3,
-                          ignore_index=255, exclude=())
+    ctx = cached_context(config, cache)
     feats, labels, teacher = cache.batch(torch.arange(8))
     with torch.no_grad():
         outputs = tiny_decoder().train().forward_with_aux(feats)
@@ -809,9 +843,7 @@ def test_a_stopped_candidates_reward_is_its_stage1_reward_and_stage2_is_skipped(
 def stage1_context() -> SimpleNamespace:
     """What evaluate_candidate reads of a search's context up to stage 2, on a small cache."""
     cache = stage1_cache()
-    return SimpleNamespace(config=preset("tiny"), stage1=cache, stage1_val=cache, device=torch.device("cpu"),
-                           num_classes=3, ignore_index=255, exclude=(), in_channels=[s[0] for s in STAGE1_SHAPES],
-                           in_strides=(4, 8, 16, 32))
+    return cached_context(preset("tiny"), cache, in_channels=[s[0] for s in STAGE1_SHAPES], in_strides=(4, 8, 16, 32))
 
 
 def test_a_candidate_failing_in_stage2_is_logged_with_its_size_stage1_reward_and_gate_decision(monkeypatch,

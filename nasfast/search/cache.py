@@ -33,6 +33,12 @@ class FeatureCache:
         teacher = None if self.teacher is None else take(self.teacher)
         return [take(f) for f in self.features], take(self.labels).long(), teacher
 
+    def labelled_images(self, ignore_index: int) -> Tensor:
+        """For each image, whether its label holds a pixel other than ignore_index (on the CPU)."""
+        if isinstance(self.labels, Tensor):
+            return (self.labels != ignore_index).flatten(1).any(1).cpu()
+        return torch.from_numpy(np.array([(label != ignore_index).any() for label in self.labels], dtype=bool))
+
     def to(self, device: torch.device) -> "FeatureCache":
         """The cache in `device`'s memory (read in from its files, if on disk)."""
         def moved(array):

@@ -11,7 +11,7 @@ from ..decoder import Decoder
 from ..metrics import metrics_of
 from ..model import Segmenter
 from ..ops.memory import cpu_memory_cache
-from ..steps import LateLossCheck, descend, segmentation_loss
+from ..steps import LateLossCheck, descend, has_labelled_pixel, segmentation_loss
 from .cache import FeatureCache
 from .context import SearchContext
 from .polyak import Polyak
@@ -43,9 +43,13 @@ def batch_bounds(n: int, batch_size: int) -> List[Tuple[int, int]]:
     return bounds
 
 
-def _cached_batches(cache: FeatureCache, batch_size: int, device, generator=None):
+def _cached_batches(cache: FeatureCache, batch_size: int, device, generator=None, labelled: Optional[Tensor] = None):
+    """The cache's images in batches (shuffled with a generator); with `labelled` (a flag per image),
+    without the batches of images that hold no labelled pixel (see has_labelled_pixel)."""
     order = torch.randperm(len(cache), generator=generator) if generator is not None else torch.arange(len(cache))
     for start, end in batch_bounds(len(cache), batch_size):
+        if labelled is not None and not labelled[order[start:end]].any():
+            continue
         feats, labels, teacher = cache.batch(order[start:end])
         yield [f.to(device) for f in feats], labels.to(device), None if teacher is None else teacher.to(device)
 
@@ -73,7 +77,7 @@ def run_stage1(decoder: Decoder, ctx: SearchContext, generator: torch.Generator)
     polyak = Polyak(decoder, cfg.polyak_decay)
     decoder.train()
     batches = (batch for _ in range(cfg.epochs)
-               for batch in _cached_batches(ctx.stage1, cfg.batch_size, ctx.device, generator))
+               for batch in _cached_batches(ctx.stage1, cfg.batch_size, ctx.device, generator, ctx.stage1_labelled))
     _train(decoder, batches, lambda feats, labels, teacher: segmentation_loss(
         *decoder.forward_with_aux(feats), labels, ctx.ignore_index, ctx.config.aux_weight, teacher, cfg.distillation),
         [optimizer], polyak, 1, ctx.device)
@@ -90,7 +94,7 @@ def run_stage2(decoder: Decoder, ctx: SearchContext, seed: int) -> float:
     optimizer_decoder = torch.optim.Adam(model.decoder.parameters(), lr=cfg.decoder_lr)
     polyak = Polyak(model, cfg.polyak_decay)
     batches = ((images.to(ctx.device), labels.to(ctx.device)) for epoch in range(cfg.epochs)
-               for images, labels in ctx.stage2_batches(seed + epoch))
+               for images, labels in ctx.stage2_batches(seed + epoch) if has_labelled_pixel(labels, ctx.ignore_index))
     _train(model, batches, lambda images, labels: segmentation_loss(
         *model.forward_with_aux(images), labels, ctx.ignore_index, ctx.config.aux_weight),
         [optimizer_encoder, optimizer_decoder], polyak, 2, ctx.device)

@@ -31,6 +31,7 @@ class SearchContext:
     exclude: Tuple[int, ...]
     stage1: FeatureCache                      # meta-train subset, cached
     stage1_val: FeatureCache                  # meta-val, cached (stage-1 reward)
+    stage1_labelled: Tensor                   # for each stage-1 image, whether it holds a labelled pixel
     stage2_batches: Callable[[int], Iterable[Tuple[Tensor, Tensor]]]  # seed -> augmented meta-train
     val_batches: Callable[[], Iterable[Tuple[Tensor, Tensor]]]        # meta-val images, labels
     make_encoder: Callable[[], nn.Module]     # a fresh pre-trained encoder
@@ -291,6 +292,10 @@ def build_context(config: SearchConfig, run_dir: str, recorded: Optional[Dict[st
         if warning:
             print(f"{warning} (stage 1 cannot learn them; python -m nasfast.data counts the pixels of every "
                   f"split)", file=sys.stderr)
+    stage1_labelled = stage1.labelled_images(full.ignore_index)
+    if not stage1_labelled.any():
+        raise ValueError(f"the {len(stage1)} stage-1 images hold no labelled pixel (all {full.ignore_index} = "
+                         f"ignore): there is nothing to train on")
     stage1, stage1_val = (_on_the_gpu_if_it_fits(c, device, name) for c, name in ((stage1, "meta-train"),
                                                                                   (stage1_val, "meta-val")))
     stage2_set = _Transformed(full, train_ids, TrainTransform(config.crop_size, config.scale_range, config.scale,
@@ -308,6 +313,7 @@ def build_context(config: SearchConfig, run_dir: str, recorded: Optional[Dict[st
 
     return SearchContext(config=config, num_classes=full.num_classes, ignore_index=full.ignore_index,
                          exclude=tuple(full.exclude), stage1=stage1, stage1_val=stage1_val,
+                         stage1_labelled=stage1_labelled,
                          stage2_batches=stage2_batches, val_batches=val_batches, make_encoder=_copies_of(encoder),
                          in_channels=MobileNetV2Encoder.channels, in_strides=MobileNetV2Encoder.strides,
                          device=device, data=data)
