@@ -596,7 +596,8 @@ def test_stage1_images_without_a_labelled_pixel_are_refused_before_any_candidate
     from test_cli_train import folder_dataset
     from nasfast.search.context import split_indices
     meta_train, _ = split_indices(16, 0.25, preset("tiny").seed)
-    root = folder_dataset(tmp_path / "data", images=16, unlabelled=meta_train)
+    numbers = sorted(range(16), key=lambda i: f"im{i}")  # the dataset's order: that of the file names
+    root = folder_dataset(tmp_path / "data", images=16, unlabelled=[numbers[i] for i in meta_train])
     assert search("--dataset", "folder", "--data-root", root, "--preset", "tiny", "--budget", 2, "--val-fraction",
                   0.25, "--out", tmp_path / "run", "--no-progress") == 2
     assert "the 12 stage-1 images hold no labelled pixel (all 255 = ignore): there is nothing to train on\n" in \
