@@ -318,6 +318,29 @@ def test_scripted_graph_runs_where_only_the_library_is_loaded(tmp_path):
     assert out.stdout.strip() == "ok", out.stderr
 
 
+EMPTY_BATCH = """
+import sys, torch
+torch.set_num_threads(int(sys.argv[1]))
+import nasfast.ops
+from nasfast.ops import separable_conv_reference
+x = torch.randn(0, 4, 6, 7, requires_grad=True)
+dw, pw, bias = torch.randn(4, 1, 3, 3, requires_grad=True), torch.randn(5, 4, 1, 1), torch.randn(5)
+for out in (torch.ops.nasfast.sep_conv(x, dw, pw, 1), torch.ops.nasfast.sep_conv_bn_relu(x, dw, pw, bias, 1)):
+    assert out.shape == separable_conv_reference(x, dw, pw, 1).shape, out.shape
+    out.sum().backward()
+    assert x.grad.shape == x.shape and torch.equal(dw.grad, torch.zeros_like(dw))
+print("ok")
+"""
+
+
+@needs_ops
+@pytest.mark.parametrize("threads", [1, 2])
+def test_an_empty_batch_gives_empty_outputs_and_zero_weight_gradients(threads):
+    """In a process of its own: with one thread, it once divided by zero (SIGFPE)."""
+    out = subprocess.run([sys.executable, "-c", EMPTY_BATCH, str(threads)], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", (out.returncode, out.stderr)
+
+
 def _check_cuda(shape, out_channels, k, d, dtype, tolerance):
     x, dw, pw = (t.cuda() for t in inputs(shape, k, out_channels=out_channels, dtype=torch.float64, seed=d))
     bias = torch.randn(out_channels, dtype=torch.float64, device="cuda")

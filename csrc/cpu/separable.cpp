@@ -32,7 +32,7 @@ Geometry geometry(const at::Tensor& x, const at::Tensor& depthwise, const at::Te
   g.d = dilation;
   // Bands of about kBandPixels, and at least as many tasks (images x bands) as threads: at batch
   // 1 a small map would otherwise be one task on one thread.
-  const int64_t bands_per_image = (at::get_num_threads() + g.N - 1) / std::max<int64_t>(1, g.N);
+  const int64_t bands_per_image = std::max<int64_t>(1, (at::get_num_threads() + g.N - 1) / std::max<int64_t>(1, g.N));
   g.band_rows = std::max<int64_t>(1, std::min<int64_t>({g.H, kernels::kBandPixels / std::max<int64_t>(1, g.W),
                                                         (g.H + bands_per_image - 1) / bands_per_image}));
   g.bands = g.H == 0 ? 0 : (g.H + g.band_rows - 1) / g.band_rows;
