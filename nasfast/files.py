@@ -49,7 +49,21 @@ def lock_directory(directory: str):
     handle.truncate(0)
     handle.write(f"{os.getpid()}\n")
     handle.flush()
+    _remove_stale_temporaries(directory)
     return handle
+
+
+def _remove_stale_temporaries(directory: str) -> None:
+    """Removes what write_atomic left of the run's files in a process killed while writing them
+    (a last.pt.tmpPID of 30 MB, say): only lock holders write those, so none is still being written."""
+    run_files = {CONFIG, *SEARCH_FILES, *TRAINING_FILES}
+    for name in os.listdir(directory):
+        stem, tmp, pid = name.rpartition(".tmp")
+        if tmp and stem in run_files and pid.isdigit():
+            try:
+                os.remove(os.path.join(directory, name))
+            except FileNotFoundError:
+                pass
 
 
 def why_unwritable(directory: str) -> Optional[str]:

@@ -41,6 +41,16 @@ def test_a_directory_locked_by_another_process_is_refused_until_it_ends(tmp_path
     files.lock_directory(str(tmp_path)).close()  # the system released the killed process's lock
 
 
+def test_locking_a_run_directory_removes_what_a_killed_writer_left_of_its_files(tmp_path):
+    """write_atomic's temporaries of a process killed while writing (SIGKILL runs no clean-up)."""
+    left = ["last.pt.tmp4242", "state.pt.tmp7", "log.jsonl.tmp99"]
+    kept = ["last.pt", "plot.png.tmp3", "last.pt.tmpx", "notes.tmp12"]
+    for name in left + kept:
+        (tmp_path / name).write_bytes(b"x")
+    files.lock_directory(str(tmp_path)).close()
+    assert sorted(os.listdir(tmp_path)) == sorted(kept + [files.LOCK])
+
+
 def test_a_directory_that_cannot_be_written_is_said_so_not_its_lock_file(tmp_path, monkeypatch):
     import errno
 
