@@ -1,5 +1,7 @@
 import re
 import shutil
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -370,10 +372,11 @@ def test_folder_images_in_other_formats_and_turned_by_exif(tmp_path):
         Image.fromarray(label).save(root / "labels" / f"{name}.png")
     exif = Image.Exif()
     exif[0x0112] = 6  # stored turned a quarter to the left: shown turned back to the right
-    Image.fromarray(np.rot90(upright).copy()).save(root / "images" / "photo.png", exif=exif)
-    Image.fromarray(label).save(root / "labels" / "photo.png")
+    for name in ("photo.png", "turned.tif"):  # Pillow turns a TIFF itself, and gives its size turned
+        Image.fromarray(np.rot90(upright).copy()).save(root / "images" / name, exif=exif)
+        Image.fromarray(label).save(root / "labels" / f"{name.split('.')[0]}.png")
     data = FolderDataset(root)
-    assert [image.name for image, _ in data.pairs] == ["bmp.bmp", "photo.png", "tif.TIFF", "webp.webp"]
+    assert [image.name for image, _ in data.pairs] == ["bmp.bmp", "photo.png", "tif.TIFF", "turned.tif", "webp.webp"]
     for index in range(len(data)):
         image, loaded = data.load(index)
         assert np.array_equal(image, upright) and np.array_equal(loaded, label)
@@ -384,11 +387,51 @@ def test_folder_images_in_other_formats_and_turned_by_exif(tmp_path):
         data.load(1)
 
 
+def test_an_image_too_large_for_pillow_is_a_data_error_naming_it(tmp_path, monkeypatch):
+    root = tiny_folder(tmp_path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2)  # 2x3 pixels are then over twice the limit: a "bomb"
+    for read in (FolderDataset(root).load, FolderDataset(root).image_size):
+        with pytest.raises(DataError, match=r"images/a.png: unread.* \(Image size \(6 pixels\) exceeds limit"):
+            read(0)
+
+
 def test_image_sizes_come_from_the_headers(tmp_path, monkeypatch):
     from PIL import PngImagePlugin
     root = tiny_folder(tmp_path)
     monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", lambda self: pytest.fail("decoded"))
     assert FolderDataset(root).image_size(0) == (3, 2)
+
+
+def png_of_16_bits(path, samples: np.ndarray, colour_type: int) -> None:
+    """A PNG of 16 bits a sample (colour type 0 grey, 2 RGB, 4 grey and alpha, 6 RGBA), as OpenCV
+    writes uint16 arrays (Pillow writes no such colour PNG)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    h, w = samples.shape[:2]
+    rows = b"".join(b"\0" + samples[y].astype(">u2").tobytes() for y in range(h))
+    header = struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) +
+                     chunk(b"IEND", b""))
+
+
+def test_a_label_of_16_bit_colour_is_refused_not_read_as_its_high_bytes(tmp_path):
+    root = tiny_folder(tmp_path)
+    classes = np.array([[0, 1, 1], [1, 0, 0]], np.uint16)
+    opaque = np.full_like(classes, 65535)
+    for samples, colour_type in ((classes, 0), (np.dstack([classes] * 3), 2), (np.dstack([classes, opaque]), 4),
+                                 (np.dstack([classes] * 3 + [opaque]), 6)):
+        png_of_16_bits(root / "labels" / "a.png", samples, colour_type)
+        if colour_type == 0:  # 16-bit grey is read whole
+            assert FolderDataset(root).load(0)[1].tolist() == classes.tolist()
+            continue
+        with pytest.raises(DataError, match=r"a.png: a 16-bit colour label \(as OpenCV writes a 3-channel uint16 "
+                                            r"array\), which Pillow reads as 8 bits a channel, losing the class "
+                                            r"indices; save it as a 16-bit grey PNG \(one channel\) or an 8-bit one$"):
+            FolderDataset(root).load(0)
+    Image.fromarray(classes.astype(np.uint8)).save(root / "labels" / "a.png")
+    png_of_16_bits(root / "images" / "a.png", np.dstack([classes * 20000] * 3), 2)  # an image: its high bytes serve
+    image, label = FolderDataset(root).load(0)
+    assert image[:, :, 1].tolist() == (classes * (20000 >> 8)).tolist() and label.tolist() == classes.tolist()
 
 
 def test_folder_labels_of_16_or_1_bit(tmp_path):

@@ -1,6 +1,7 @@
 """Reading a dataset's files: images turned as their EXIF orientation says, labels as class
 indices, text lists in the encodings editors write; each problem a `DataError` naming the file."""
 from pathlib import Path
+from typing import Tuple
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -21,6 +22,16 @@ def orientation(image: Image.Image) -> int:
     return image.getexif().get(EXIF_ORIENTATION, 1)
 
 
+def turned_size(image: Image.Image) -> Tuple[int, int]:
+    """(width, height) of an opened image once loaded, turned as its EXIF orientation says. Pillow
+    turns a TIFF itself, and gives its size turned already."""
+    if orientation(image) not in QUARTER_TURNS:
+        return image.size
+    if image.format == "TIFF" and image.size != (image.tag_v2.get(256), image.tag_v2.get(257)):
+        return image.size  # 256, 257: the stored width and height
+    return image.size[::-1]
+
+
 def missing_file(path, what: str) -> DataError:
     """The error for a dataset's image or label file that is not there."""
     return DataError(f"{path}: {what} file is missing")
@@ -33,12 +44,25 @@ def decode(path: Path, what: str) -> Image.Image:
         raise missing_file(path, what)
     try:
         with Image.open(path) as image:
+            if what == "label" and _colour_of_16_bits(image):
+                raise DataError(f"{path}: a 16-bit colour label (as OpenCV writes a 3-channel uint16 array), which "
+                                f"Pillow reads as 8 bits a channel, losing the class indices; save it as a 16-bit "
+                                f"grey PNG (one channel) or an 8-bit one")
             image.load()
             if orientation(image) != 1:
                 image = ImageOps.exif_transpose(image)
-    except (OSError, SyntaxError, ValueError) as error:
+    except DataError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise DataError(f"{path}: unreadable or truncated {what} ({error})") from None
     return image
+
+
+def _colour_of_16_bits(image: Image.Image) -> bool:
+    """Whether the file stores colour (or grey and alpha) at 16 bits a sample: Pillow keeps only each
+    sample's high byte of those (its modes RGB, RGBA hold 8)."""
+    return any(isinstance(tile[3], str) and tile[3].split(";")[0] in ("RGB", "RGBA", "LA") and ";16" in tile[3]
+               for tile in image.tile)
 
 
 def to_rgb(image: Image.Image) -> np.ndarray:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .decode import QUARTER_TURNS, DataError, decode, label_values, orientation, to_rgb
+from .decode import QUARTER_TURNS, DataError, decode, label_values, orientation, to_rgb, turned_size
 from .transforms import IGNORE_INDEX, EvalTransform
 
 
@@ -88,6 +88,6 @@ class SegmentationDataset(torch.utils.data.Dataset):
         path = self.pairs[index][0]
         try:
             with Image.open(path) as image:
-                return image.size[::-1] if orientation(image) in QUARTER_TURNS else image.size
-        except (OSError, SyntaxError, ValueError) as error:
+                return turned_size(image)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
             raise DataError(f"{path}: unreadable image ({error})") from None
