@@ -349,6 +349,21 @@ def test_a_complete_memory_mapped_cache_is_reused_and_a_changed_one_rebuilt(tmp_
     assert "reusing" not in log and len(changed.stage1) == 5
 
 
+def test_meta_val_follows_a_memory_mapped_meta_train_to_disk_so_that_a_resumed_search_reuses_both(
+        tmp_path, camvid_root, capsys):
+    from nasfast.search.context import build_context
+    config = preset("tiny")
+    config.stage1_images, config.val_images = 6, 3
+    in_memory = build_context(config, str(tmp_path / "a"), device="cpu")
+    stage1, val = in_memory.stage1.nbytes(), in_memory.stage1_val.nbytes()
+    config.memory_limit_gb = (stage1 + val) / 2 / 1e9  # under meta-train's size, over meta-val's
+    assert stage1 > config.memory_limit_gb * 1e9 > val
+    built = build_context(config, str(tmp_path / "b"), device="cpu")
+    assert built.stage1.on_disk and built.stage1_val.on_disk and "MB (memory-mapped)" in capsys.readouterr().err
+    build_context(config, str(tmp_path / "b"), device="cpu")
+    assert "stage-1 cache: reusing" in capsys.readouterr().err
+
+
 def test_a_damaged_memory_mapped_cache_is_built_again(tmp_path, camvid_root, capsys):
     """A file of it cut short or overwritten, or its marker damaged, stopped every resume with an
     error that did not name the cache (mmap length..., EOF..., pickled data...); a file removed or

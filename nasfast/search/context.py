@@ -122,13 +122,17 @@ def _build_caches(stage1_pairs, val_pairs, encoder, teacher, directory, memory_l
                                                      disable=not show_progress))
     stage1 = build_cache(stage1_pairs, encoder, teacher, directory("stage1"), memory_limit, device,
                          progress=progress("stage 1"))
-    stage1_val = build_cache(val_pairs, encoder, None, directory("val"), memory_limit, device,
+    # The limit holds for both together; meta-val follows meta-train to disk, where a resumed search
+    # finds them both (and opens them instead of building them again).
+    val_limit = 0 if stage1.on_disk else memory_limit - stage1.nbytes()
+    stage1_val = build_cache(val_pairs, encoder, None, directory("val"), val_limit, device,
                              progress=progress("meta-val"))
     h, w = stage1.labels.shape[1:]
+    where = {(True, True): "memory-mapped", (False, False): "in memory",
+             (False, True): "meta-train in memory, meta-val memory-mapped"}[stage1.on_disk, stage1_val.on_disk]
     print(f"stage-1 cache: {len(stage1)} meta-train + {len(stage1_val)} meta-val images at "
           f"{h}x{w}{' with teacher logits' if teacher else ''}, "
-          f"{(stage1.nbytes() + stage1_val.nbytes()) / 1e6:.1f} MB "
-          f"({'memory-mapped' if stage1.on_disk else 'in memory'})", file=sys.stderr)
+          f"{(stage1.nbytes() + stage1_val.nbytes()) / 1e6:.1f} MB ({where})", file=sys.stderr)
     return stage1, stage1_val
 
 
