@@ -565,6 +565,24 @@ def test_a_non_finite_loss_is_one_line_that_keeps_the_finished_epochs(tmp_path, 
     assert trainer.load_checkpoint(str(tmp_path / "b" / "last.pt"))["epoch"] == 0
 
 
+def test_too_few_training_images_for_a_batch_are_said_with_what_would_do(tmp_path, capsys):
+    one = folder_dataset(tmp_path / "one", images=2, lists={"train": [0], "val": [1]})
+    assert train_folder(one, tmp_path / "a") == 2
+    assert one_error_line(capsys).endswith(f"error: {one} holds 1 training image: a batch needs 2 at least\n")
+    two = folder_dataset(tmp_path / "two", images=4, lists={"train": [0, 1], "val": [2, 3]})
+    assert train_folder(two, tmp_path / "b", "--batch-size", 3) == 2
+    assert one_error_line(capsys).endswith("error: --batch-size 3 exceeds the 2 training images: give --batch-size 2 "
+                                           "or less\n")
+    assert train_folder(two, tmp_path / "b", "--batch-size", 2, "--epochs", 2) == 0
+    (tmp_path / "b" / "log.jsonl").write_text((tmp_path / "b" / "log.jsonl").read_text().splitlines()[0] + "\n")
+    checkpoint = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
+    torch.save(dict(checkpoint, epoch=0), tmp_path / "b" / "last.pt")  # as if stopped after epoch 1
+    capsys.readouterr()
+    assert train_cli("--resume", "--out", tmp_path / "b", "--data-root", one, "--no-progress") == 2
+    assert one_error_line(capsys).endswith(f"error: the run's batches of 2 exceed the 1 training image in {one}: "
+                                           f"give --data-root the data it trained on\n")
+
+
 def test_batches_without_a_labelled_pixel_are_skipped_and_counted(tmp_path, capsys):
     """Their mean loss is 0 / 0: training on would stop at the first (and a rerun at the same one)."""
     sparse = folder_dataset(tmp_path / "sparse", images=18, unlabelled=range(12),
