@@ -2,6 +2,8 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <algorithm>
+
 namespace nasfast {
 
 // x: N x C x H x W; depthwise: C x 1 x k x k (k odd); pointwise: Cout x C x 1 x 1 (or Cout x C).
@@ -26,6 +28,13 @@ inline void check_separable(const at::Tensor& x, const at::Tensor& depthwise, co
               depthwise.scalar_type(), " and ", pointwise.scalar_type());
   TORCH_CHECK(x.device() == depthwise.device() && x.device() == pointwise.device(),
               "sep_conv: x and weights must be on the same device");
+}
+
+// A dilation of max(H, W) or more leaves every tap but the centre outside an H x W map, as any
+// larger one does: the kernels take the smaller, so that their padding stays within the map's size
+// (a dilation near INT32_MAX once overflowed the CPU's scratch size).
+inline int64_t effective_dilation(int64_t dilation, const at::Tensor& x) {
+  return std::min(dilation, std::max<int64_t>({x.size(2), x.size(3), 1}));
 }
 
 inline void check_bias(const at::Tensor& x, const at::Tensor& pointwise, const at::Tensor& bias) {
@@ -115,7 +124,7 @@ inline void check_confusion_values(const at::Tensor& labels, const at::Tensor& s
   const at::Tensor counted = labels.ne(ignore_index);
   fail_on_bad_target(any_outside(labels, counted, K), K, ignore_index);
   if (!at::isFloatingType(scores.scalar_type())) {
-    fail_on_bad_prediction(any_outside(scores, counted, K), K);
+    fail_on_bad_prediction(any_outside(scores.to(at::kLong), counted, K), K);  // K may not fit uint8 or int8
   }
 }
 

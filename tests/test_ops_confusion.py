@@ -154,6 +154,18 @@ def test_op_checks(device):
 
 
 @needs_ops
+@pytest.mark.parametrize("device", ["cpu", ON_CUDA])
+@pytest.mark.parametrize("dtype, k", [(torch.uint8, 300), (torch.int8, 200)])
+def test_narrow_predictions_of_more_classes_than_their_type_holds(device, dtype, k):
+    """Predictions are checked against K as int64: in their own type K would wrap (uint8: 300 -> 44)."""
+    g = torch.Generator().manual_seed(6)
+    pred = torch.randint(0, torch.iinfo(dtype).max + 1, (2, 9, 11), generator=g).to(dtype)
+    target = torch.randint(0, k, (2, 9, 11), generator=g)
+    fused, reference = both(pred.to(device), target.to(device), k, ignore=-1, device=device)  # 255 is a class
+    assert torch.equal(fused, reference) and fused.sum() == target.numel()
+
+
+@needs_ops
 def test_real_camvid_labels_with_upsampled_logits(camvid_root):
     names = [line.split()[1] for line in (camvid_root / "val.txt").read_text().split("\n")[:3]]
     target = torch.from_numpy(np.stack([np.array(Image.open(camvid_root / n)) for n in names])).long()

@@ -341,6 +341,32 @@ def test_an_empty_batch_gives_empty_outputs_and_zero_weight_gradients(threads):
     assert out.returncode == 0 and out.stdout.strip() == "ok", (out.returncode, out.stderr)
 
 
+DILATIONS_BEYOND_THE_MAP = """
+import torch
+import nasfast.ops
+from nasfast.ops import separable_conv_reference
+x = torch.randn(1, 2, 4, 5, dtype=torch.float64, requires_grad=True)
+dw = torch.randn(2, 1, 5, 5, dtype=torch.float64, requires_grad=True)
+pw, bias = torch.randn(3, 2, 1, 1, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+for d in (4, 5, 9, 5000, 2 ** 30 - 1):  # from 5 = max(H, W) on, every tap but the centre is outside the map
+    out = torch.ops.nasfast.sep_conv(x, dw, pw, d)
+    expected = separable_conv_reference(x, dw, pw, min(d, 5000))
+    torch.testing.assert_close(out, expected)
+    for a, b in zip(torch.autograd.grad(out.sum(), (x, dw)), torch.autograd.grad(expected.sum(), (x, dw))):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(torch.ops.nasfast.sep_conv_bn_relu(x, dw, pw, bias, d),
+                               torch.relu(expected + bias[:, None, None]))
+print("ok")
+"""
+
+
+@needs_ops
+def test_dilations_beyond_the_map_give_the_references_values_without_their_padding():
+    """In a process of its own: a dilation near 2^31 once overflowed the CPU kernels' scratch size (SIGSEGV)."""
+    out = subprocess.run([sys.executable, "-c", DILATIONS_BEYOND_THE_MAP], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", (out.returncode, out.stderr)
+
+
 def _check_cuda(shape, out_channels, k, d, dtype, tolerance):
     x, dw, pw = (t.cuda() for t in inputs(shape, k, out_channels=out_channels, dtype=torch.float64, seed=d))
     bias = torch.randn(out_channels, dtype=torch.float64, device="cuda")

@@ -29,7 +29,7 @@ Geometry geometry(const at::Tensor& x, const at::Tensor& depthwise, const at::Te
   g.W = x.size(3);
   g.Cout = pointwise.size(0);
   g.k = depthwise.size(2);
-  g.d = dilation;
+  g.d = effective_dilation(dilation, x);
   // Bands of about kBandPixels, and at least as many tasks (images x bands) as threads: at batch
   // 1 a small map would otherwise be one task on one thread.
   const int64_t bands_per_image = std::max<int64_t>(1, (at::get_num_threads() + g.N - 1) / std::max<int64_t>(1, g.N));

@@ -16,15 +16,20 @@
 namespace nasfast {
 namespace {
 
+// Pixels of one map at most: the grid-stride loops index a plane in int, in steps of up to 65535
+// blocks x 1024 threads x 4 pixels, which must not wrap past INT32_MAX.
+constexpr int64_t kMaxPlanePixels = int64_t(1) << 30;
+
 at::Tensor forward(const at::Tensor& x_in, const at::Tensor& dw_in, const at::Tensor& pw_in, const at::Tensor& bias_in,
                    int64_t dilation) {
   check_separable(x_in, dw_in, pw_in, dilation);
   if (bias_in.defined()) check_bias(x_in, pw_in, bias_in);
+  dilation = effective_dilation(dilation, x_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();
   const at::Tensor dw = dw_in.contiguous();
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), Cout = pw_in.size(0), k = dw.size(2);
-  TORCH_CHECK(H * W <= INT32_MAX && C * k * k <= INT32_MAX && Cout * C <= INT32_MAX && N <= INT32_MAX,
+  TORCH_CHECK(H * W <= kMaxPlanePixels && C * k * k <= INT32_MAX && Cout * C <= INT32_MAX && N <= INT32_MAX,
               "sep_conv: a ", H, " x ", W, " map, ", C, " -> ", Cout, " channels exceed the CUDA kernel's 32-bit indices");
   const at::Tensor pw = pw_in.reshape({Cout, C}).contiguous();
   const at::Tensor bias = bias_in.defined() ? bias_in.contiguous() : bias_in;
@@ -122,6 +127,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sep_conv_backward_cuda(const at::
                                                                       const at::Tensor& pw_in, int64_t dilation,
                                                                       std::array<bool, 3> mask) {
   check_separable(x_in, dw_in, pw_in, dilation);
+  dilation = effective_dilation(dilation, x_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();
   const at::Tensor dw = dw_in.contiguous();
@@ -130,7 +136,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sep_conv_backward_cuda(const at::
   TORCH_CHECK(grad_in.dim() == 4 && grad_in.size(0) == N && grad_in.size(1) == Cout && grad_in.size(2) == H &&
                   grad_in.size(3) == W,
               "sep_conv_backward: grad must be ", N, " x ", Cout, " x ", H, " x ", W, ", got ", grad_in.sizes());
-  TORCH_CHECK(N * C <= INT32_MAX && HW <= INT32_MAX, "sep_conv_backward: ", x.sizes(),
+  TORCH_CHECK(N * C <= INT32_MAX && HW <= kMaxPlanePixels, "sep_conv_backward: ", x.sizes(),
               " exceeds the CUDA kernels' 32-bit indices");
   const at::Tensor grad = grad_in.contiguous().to(x.scalar_type()).view({N, Cout, HW});
   const at::Tensor pw = pw_in.reshape({Cout, C});
