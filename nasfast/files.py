@@ -41,16 +41,30 @@ def lock_directory(directory: str):
             print(f"warning: {directory} cannot be locked ({error.strerror}): make sure that no other search "
                   f"or training uses it", file=sys.stderr)
             return handle
-        handle.seek(0)
-        owner = handle.read().strip()
         handle.close()
-        raise ValueError(f"{directory} is in use by another process{f' (pid {owner})' if owner else ''}: let it "
-                         f"finish, or stop it first") from None
+        raise ValueError(_in_use_message(directory)) from None
     handle.truncate(0)
     handle.write(f"{os.getpid()}\n")
     handle.flush()
     _remove_stale_temporaries(directory)
     return handle
+
+
+def _in_use_message(directory: str) -> str:
+    try:
+        with open(os.path.join(directory, LOCK)) as handle:
+            owner = handle.read().strip()  # the holder's pid
+    except OSError:
+        owner = ""
+    holder = f" (pid {owner})" if owner else ""
+    return f"{directory} is in use by another process{holder}: let it finish, or stop it first"
+
+
+def refuse_if_in_use(directory: str) -> None:
+    """The refusal lock_directory gives while another process holds the directory, before a tool
+    reads the run's files (that process may be rewriting them); nothing is locked or written."""
+    if in_use(directory):
+        raise ValueError(_in_use_message(directory))
 
 
 def _remove_stale_temporaries(directory: str) -> None:

@@ -12,7 +12,7 @@ from .checkpoint import RESUME_KEYS, load_checkpoint
 from .cli import (UsageError, counted, fraction, images_per_batch, non_negative_int, option_text, positive_float,
                   positive_int, run)
 from .data.datasets import DATASETS
-from .files import BEST, LAST, SEARCH_FILES, TRAINING_LOG, lock_directory, read_records
+from .files import BEST, LAST, SEARCH_FILES, TRAINING_LOG, lock_directory, read_records, refuse_if_in_use
 from .genotype import Genotype, genotype_from_option, genotype_name
 from .model import FINAL_CHANNELS, FINAL_SEP_REPEATS
 from .tensorboard import check_available
@@ -227,6 +227,7 @@ def main(argv=None) -> int:
         check_available()
     resumed = initial = None
     if args.resume:
+        refuse_if_in_use(args.out)
         genotype, config, resumed = resumed_run(args)
         if resumed["epoch"] + 1 >= config.epochs:
             with contextlib.closing(lock_directory(args.out)):

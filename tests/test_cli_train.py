@@ -664,6 +664,9 @@ def test_a_run_directory_in_use_by_another_process_is_refused(tmp_path, capsys):
         assert holder.stdout.readline().strip() == "1"
         assert train_cli("--genotype", "arch0", "--preset", "tiny", "--out", tmp_path, "--no-progress") == 2
         assert f"{tmp_path} is in use by another process (pid {holder.pid})" in one_error_line(capsys)
+        assert train_cli("--resume", tmp_path, "--no-progress") == 2  # said before reading what it may rewrite
+        assert capsys.readouterr().err == (f"python -m nasfast.train: error: {tmp_path} is in use by another "
+                                           f"process (pid {holder.pid}): let it finish, or stop it first\n")
     finally:
         holder.kill()
         holder.wait()
