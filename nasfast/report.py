@@ -69,17 +69,16 @@ def plot(runs: List[Dict], path: str, count: int = 4) -> None:
     import matplotlib.pyplot as plt
 
     runs = [search_run for search_run in runs if finished(search_run)]
+    chunks_of_runs = [bins(finished(search_run), count) for search_run in runs]
+    labels = tick_labels(chunks_of_runs)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, stage in zip(axes, ("stage1_reward", "stage2_reward")):
-        for k, search_run in enumerate(runs):
-            chunks = bins(finished(search_run), count)
+        for k, (search_run, chunks) in enumerate(zip(runs, chunks_of_runs)):
             data = [[r[stage] for r in c if r[stage] is not None] or [float("nan")] for c in chunks]
             positions = [i * (len(runs) + 1) + k for i in range(len(chunks))]
             parts = ax.violinplot(data, positions=positions, showmeans=True)
             parts["bodies"][0].set_label(search_run["strategy"])
-        chunks = bins(finished(runs[0]), count)
-        ax.set_xticks([i * (len(runs) + 1) + (len(runs) - 1) / 2 for i in range(len(chunks))],
-                      [f"{c[0]['index']}-{c[-1]['index']}" for c in chunks])
+        ax.set_xticks([i * (len(runs) + 1) + (len(runs) - 1) / 2 for i in range(len(labels))], labels)
         ax.set_title(stage.replace("_", " "))
         ax.set_xlabel("candidates")
     axes[0].set_ylabel("reward")
@@ -88,6 +87,15 @@ def plot(runs: List[Dict], path: str, count: int = 4) -> None:
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=100)
     write_atomic(path, png.getvalue())  # no partial file on a full disk
+
+
+def tick_labels(chunks_of_runs: List[List[List[Dict]]]) -> List[str]:
+    """The candidates of each part of the runs (each run cut in its own parts), as ranges of
+    indices: "0-3", or "0-3 / 0-1" where the runs' parts differ (in the runs' order)."""
+    parts = max(len(chunks) for chunks in chunks_of_runs)
+    ranges = [[f"{chunks[i][0]['index']}-{chunks[i][-1]['index']}" for chunks in chunks_of_runs if i < len(chunks)]
+              for i in range(parts)]
+    return [" / ".join(dict.fromkeys(part)) for part in ranges]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -42,6 +42,14 @@ def test_report_tables_and_plot(tmp_path):
         assert f"plot: {png}" in out and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_plots_parts_name_each_runs_candidates():
+    from nasfast.report import bins, tick_labels
+    records = lambda n: [{"index": i} for i in range(n)]  # noqa: E731
+    assert tick_labels([bins(records(8), 2), bins(records(8), 2)]) == ["0-3", "4-7"]
+    assert tick_labels([bins(records(8), 2), bins(records(3), 2)]) == ["0-3 / 0-1", "4-7 / 2-2"]
+    assert tick_labels([bins(records(1), 2), bins(records(8), 2)]) == ["0-0 / 0-3", "4-7"]
+
+
 def test_report_rejects_a_directory_without_a_search(tmp_path):
     result = subprocess.run([sys.executable, "-m", "nasfast.report", str(tmp_path)], capture_output=True,
                             text=True, env={"PYTHONPATH": str(REPO)})
