@@ -379,10 +379,21 @@ def test_ctrl_c_while_caching_saves_nothing_and_the_directory_can_be_reused(tmp_
     (run_dir / "cache").mkdir()  # a memory-mapped cache may have been begun
     assert search("--out", run_dir, "--budget", "1") == 130
     error = capsys.readouterr().err
-    assert f"interrupted before the search began: nothing was saved; run the same command again (--out {run_dir} " \
-           "can be reused)" in error and "Traceback" not in error
+    assert error.endswith(f"interrupted before the search began: nothing was saved; run the same command again "
+                          f"(--out {run_dir} can be reused)\n")  # not "or remove" a directory of the user's
     parser = build_parser()
     assert choose_run(parser.parse_args(["--out", str(run_dir), "--budget", "1"]), parser)[2] is False
+    assert search("--out", tmp_path / "new", "--budget", "1") == 130
+    assert capsys.readouterr().err.endswith("interrupted before the search began: nothing was saved; run the same "
+                                            "command again\n") and not (tmp_path / "new").exists()
+
+    def cache_begun_then_ctrl_c(config, run_dir, *args, **kwargs):
+        os.makedirs(os.path.join(run_dir, "cache"))
+        raise KeyboardInterrupt
+    monkeypatch.setattr(nasfast.search.context, "build_context", cache_begun_then_ctrl_c)
+    assert search("--out", tmp_path / "made", "--budget", "1") == 130
+    assert capsys.readouterr().err.endswith(f"(--out {tmp_path / 'made'} can be reused), or remove "
+                                            f"{tmp_path / 'made'}\n")
 
 
 def test_a_search_stopped_while_writing_its_first_files_can_be_started_again(tmp_path, no_data, monkeypatch, capsys):

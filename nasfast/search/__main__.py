@@ -314,10 +314,15 @@ def exit_status(records: List[Dict[str, Any]]) -> int:
     return 1 if records and all(r["status"] != "ok" for r in records) else 0
 
 
-def interrupted_note(run_dir: str, candidates_saved: Optional[int], data_root: Optional[str] = None) -> str:
+def interrupted_note(run_dir: str, candidates_saved: Optional[int], data_root: Optional[str] = None,
+                     made_run_dir: bool = False) -> str:
+    """What an interrupted search kept, and what to run next; `made_run_dir`: the search made RUN_DIR."""
     if candidates_saved is None:
+        if not os.path.isdir(run_dir):  # gone with what was made for it
+            return "interrupted before the search began: nothing was saved; run the same command again"
+        removable = f", or remove {run_dir}" if made_run_dir else ""  # not a directory of the user's own files
         return (f"interrupted before the search began: nothing was saved; run the same command again "
-                f"(--out {run_dir} can be reused), or remove {run_dir}")
+                f"(--out {run_dir} can be reused){removable}")
     return (f"interrupted: {counted(candidates_saved, 'candidate')} saved; continue with "
             f"{resume_command(run_dir, data_root)}")
 
@@ -342,7 +347,7 @@ def search_in_this_process(args, run_dir: str, config: SearchConfig, resume: boo
         search.run(progress=not args.no_progress)
     except KeyboardInterrupt:
         saved = search.next_index if os.path.exists(search.path(SEARCH_STATE)) else None
-        print("\n" + interrupted_note(run_dir, saved, args.data_root), file=sys.stderr)
+        print("\n" + interrupted_note(run_dir, saved, args.data_root, search.made_run_dir), file=sys.stderr)
         return 130
     except DataError as error:  # a file first read by a candidate (stage 2 reads every training image)
         if not os.path.exists(search.path(SEARCH_STATE)):

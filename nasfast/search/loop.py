@@ -80,7 +80,7 @@ class Search:
         self.data: Optional[Dict[str, Any]] = None  # SearchContext.data, once known
         self._context: Optional[SearchContext] = None
         self._lock = None               # the run directory's lock, held from lock_run_dir(), start() or resume()
-        self._made_run_dir = self._made_lock = False
+        self.made_run_dir = self._made_lock = False
         self._bar = None                # the progress bar, once shown
         self.tensorboard: Optional[TensorBoardLog] = None  # --tensorboard: each logged candidate's rewards too
         self.workers = 1                # processes evaluating candidates
@@ -117,7 +117,7 @@ class Search:
 
     def lock_run_dir(self) -> None:
         """Takes RUN_DIR (made when new) for this process, before anything is written there."""
-        self._made_run_dir = not os.path.isdir(self.run_dir)
+        self.made_run_dir = not os.path.isdir(self.run_dir)
         os.makedirs(self.run_dir, exist_ok=True)
         self._made_lock = not os.path.exists(self.path(LOCK))
         try:
@@ -135,7 +135,7 @@ class Search:
                     os.remove(self.path(LOCK))  # while it is still held
             self._lock.close()
             self._lock = None
-            if self._made_run_dir and not os.listdir(self.run_dir):
+            if self.made_run_dir and not os.listdir(self.run_dir):
                 os.rmdir(self.run_dir)
 
     def prepare(self, resume: bool) -> None:
