@@ -118,10 +118,11 @@ def main(argv=None) -> int:
                 failed = "failed: " + type(error).__name__
                 print(f"{name:<8} {params:>10,} {madds_text(madds):>7} {variant:<22} {failed:>18}")
                 continue
-            eager_ms = eager_ms or mean
+            eager_ms = mean if variant == "eager" else eager_ms
+            ratio = f"{eager_ms / mean:>7.2f}x" if eager_ms else f"{'-':>8}"  # none where eager failed
             fewer = f"  ({passes} passes: --max-seconds)" if passes < args.runs else ""
             print(f"{name:<8} {params:>10,} {madds_text(madds):>7} {variant:<22} {mean:>9.2f} ± {std:>6.2f} "
-                  f"{eager_ms / mean:>7.2f}x{fewer}", flush=True)
+                  f"{ratio}{fewer}", flush=True)
     return 0
 
 

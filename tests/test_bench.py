@@ -29,6 +29,27 @@ def test_latency_table_on_cpu(max_seconds, passes):
     assert len(rows) >= 2 and all("2,809,045" in row and "±" in row and row.endswith("x" + passes) for row in rows)
 
 
+def test_latency_rows_have_no_ratio_to_an_eager_variant_that_failed(monkeypatch, capsys):
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import latency as bench
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    timed, calls = bench.timed, []
+
+    def eager_fails(model, *args):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("no eager here")
+        return timed(model, *args)
+    monkeypatch.setattr(bench, "timed", eager_fails)
+    assert bench.main(["--device", "cpu", "--arch", "arch1", "--size", "64", "--runs", "2", "--warmup", "2",
+                       "--no-compile"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("arch1")]
+    assert "eager" in rows[0] and rows[0].endswith("failed: RuntimeError")
+    assert len(rows) >= 2 and all(row.endswith(" -") for row in rows[1:])
+
+
 @pytest.mark.skipif(os.path.exists("/etc/nv_tegra_release"), reason="this machine is a Jetson")
 def test_jetson_elsewhere_measures_nothing_and_says_why():
     result = latency("--device", "jetson")
