@@ -20,6 +20,12 @@ namespace {
 // blocks x 1024 threads x 4 pixels, which must not wrap past INT32_MAX.
 constexpr int64_t kMaxPlanePixels = int64_t(1) << 30;
 
+// The kernels offset a pixel's coordinates by up to dilation * (k / 2), in int.
+void check_offsets(const char* op, int64_t H, int64_t W, int64_t k, int64_t dilation) {
+  TORCH_CHECK(std::max(H, W) + dilation * (k / 2) <= INT32_MAX, op, ": a ", k, "x", k, " kernel at dilation ",
+              dilation, " over a ", H, " x ", W, " map exceeds the CUDA kernels' 32-bit offsets");
+}
+
 at::Tensor forward(const at::Tensor& x_in, const at::Tensor& dw_in, const at::Tensor& pw_in, const at::Tensor& bias_in,
                    int64_t dilation) {
   check_separable(x_in, dw_in, pw_in, dilation);
@@ -31,6 +37,7 @@ at::Tensor forward(const at::Tensor& x_in, const at::Tensor& dw_in, const at::Te
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), Cout = pw_in.size(0), k = dw.size(2);
   TORCH_CHECK(H * W <= kMaxPlanePixels && C * k * k <= INT32_MAX && Cout * C <= INT32_MAX && N <= INT32_MAX,
               "sep_conv: a ", H, " x ", W, " map, ", C, " -> ", Cout, " channels exceed the CUDA kernel's 32-bit indices");
+  check_offsets("sep_conv", H, W, k, dilation);
   const at::Tensor pw = pw_in.reshape({Cout, C}).contiguous();
   const at::Tensor bias = bias_in.defined() ? bias_in.contiguous() : bias_in;
   at::Tensor out = at::empty({N, Cout, H, W}, x.options());
@@ -138,6 +145,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sep_conv_backward_cuda(const at::
               "sep_conv_backward: grad must be ", N, " x ", Cout, " x ", H, " x ", W, ", got ", grad_in.sizes());
   TORCH_CHECK(N * C <= INT32_MAX && HW <= kMaxPlanePixels, "sep_conv_backward: ", x.sizes(),
               " exceeds the CUDA kernels' 32-bit indices");
+  check_offsets("sep_conv_backward", H, W, k, dilation);
   const at::Tensor grad = grad_in.contiguous().to(x.scalar_type()).view({N, Cout, HW});
   const at::Tensor pw = pw_in.reshape({Cout, C});
   at::Tensor grad_x, grad_dw, grad_pw;
