@@ -21,6 +21,9 @@
 #               where there is one (the machine's default links the C++ runtime statically)
 #   tests       the CUDA tests (pytest -m cuda), the build's and the C++ program's tests
 #   ops         bench/ops.py --device cuda, each family of ops within $OPS_SECONDS (60), then --profile
+#   sanitize    the native ops' CUDA tests under compute-sanitizer, its memcheck, racecheck and
+#               synccheck on nasfast's kernels alone, each within $SANITIZE_SECONDS (150): what the
+#               kernels' CPU emulation cannot see (accesses out of bounds, shared-memory races)
 #   latency     bench/latency.py --device cuda --genotype all --size 512, within $LATENCY_SECONDS (180)
 #   train_step  bench/train_step.py --device cuda --profile (where the training step's time goes), then
 #               its variants (torch.compile's last), within $TRAIN_STEP_SECONDS (240)
@@ -123,6 +126,20 @@ ops() {
     return $status
 }
 
+sanitize() {
+    local sanitizer tool status=0
+    sanitizer=$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")
+    [ -x "$sanitizer" ] || { echo "sanitize: no compute-sanitizer (it comes with the CUDA toolkit)" >&2; return 1; }
+    for tool in memcheck racecheck synccheck; do
+        echo "== $tool" | tee -a "$RESULTS/sanitize.txt"
+        timeout "${SANITIZE_SECONDS:-150}" "$sanitizer" --tool $tool --kernel-name kns=nasfast --error-exitcode 1 \
+            "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/test_ops_separable.py tests/test_ops_upsample_add.py \
+            tests/test_ops_confusion.py 2>&1 | tail -40 | tee -a "$RESULTS/sanitize.txt"
+        [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+    done
+    return $status
+}
+
 latency() {
     timeout "${LATENCY_SECONDS:-180}" "$PY" bench/latency.py --device cuda --genotype all --size 512 2>&1 |
         tee "$RESULTS/latency_cuda.txt"
@@ -185,7 +202,7 @@ steps=("$@")
 for ((i = 0; i < ${#steps[@]}; i++)); do  # all names checked before any step runs
     case ${steps[i]} in
         pack|unpack) [ -n "${steps[i + 1]:-}" ] || { echo "${steps[i]} needs a folder" >&2; exit 2; }; i=$((i + 1)) ;;
-        build|tests|ops|latency|train_step|throughput|train) ;;
+        build|tests|ops|sanitize|latency|train_step|throughput|train) ;;
         -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//' && exit 0 ;;
         *) echo "unknown step ${steps[i]} (see --help)" >&2 && exit 2 ;;
     esac

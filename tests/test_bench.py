@@ -159,10 +159,29 @@ def gpu_run(*args, **env):
 
 def test_gpu_run_explains_its_steps_and_refuses_unknown_ones():
     help_text = gpu_run("--help").stdout
-    steps = ("pack DIR", "build", "tests", "ops", "latency", "train_step", "throughput", "train", "unpack DIR")
+    steps = ("pack DIR", "build", "tests", "ops", "sanitize", "latency", "train_step", "throughput", "train",
+             "unpack DIR")
     assert all(f"\n  {step} " in help_text for step in steps)
     result = gpu_run("bild")
     assert result.returncode == 2 and "unknown step bild" in result.stderr
+
+
+def test_gpu_run_sanitize_says_where_compute_sanitizer_is_missing(tmp_path):
+    result = gpu_run("sanitize", OUT=str(tmp_path / "out"), RUNS=str(tmp_path / "runs"), PATH="/usr/bin:/bin",
+                     CUDA_HOME=str(tmp_path / "no-cuda"))
+    assert result.returncode == 1 and "sanitize: no compute-sanitizer (it comes with the CUDA toolkit)" in result.stderr
+    assert "== sanitize: " in result.stdout and "(failed so far: sanitize)" in result.stdout
+    stub = tmp_path / "bin" / "compute-sanitizer"  # records how it is called, and finds nothing
+    stub.parent.mkdir()
+    stub.write_text('#!/bin/sh\necho "$@" >>"$CALLS"\n')
+    stub.chmod(0o755)
+    result = gpu_run("sanitize", OUT=str(tmp_path / "out"), RUNS=str(tmp_path / "runs"),
+                     PATH=f"{stub.parent}:/usr/bin:/bin", CALLS=str(tmp_path / "calls"))
+    assert result.returncode == 0, result.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert [call.split()[1] for call in calls] == ["memcheck", "racecheck", "synccheck"]
+    assert all("--kernel-name kns=nasfast --error-exitcode 1" in call and "-m pytest" in call and "-m cuda" in call
+               for call in calls)
 
 
 @pytest.mark.parametrize("val_as_jpeg", ["0", "1"])
