@@ -386,7 +386,8 @@ def _check_cuda(shape, out_channels, k, d, dtype, tolerance):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("k, d", SEARCH_SPACE)
-@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-4), (torch.float64, 1e-10), (torch.float16, 2e-2)])
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-4), (torch.float64, 1e-10), (torch.float16, 2e-2),
+                                              (torch.bfloat16, 1e-1)])
 # 70 -> 130 channels: several input-channel steps and two output-channel blocks of the forward kernel;
 # rows of 16: four pixels to a thread in the depthwise parts
 @pytest.mark.parametrize("shape, out_channels", [((3, 8, 37, 29), 6), ((2, 70, 9, 11), 130), ((2, 20, 13, 16), 24)])
