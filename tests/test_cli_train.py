@@ -562,9 +562,9 @@ def test_a_non_finite_loss_is_one_line_that_keeps_the_finished_epochs(tmp_path, 
         return real(*args) * (float("nan") if len(calls) > 1 else 1)  # 8 images: one step an epoch
     monkeypatch.setattr(trainer, "segmentation_loss", nan_from_the_second_epoch)
     assert train_folder(folder_dataset(tmp_path / "labelled", images=10, lists=split), tmp_path / "b") == 2
-    assert (f"non-finite loss at epoch 2, step 1: nan (the learning rate may be too high); {tmp_path / 'b' / 'last.pt'} "
-            f"holds epoch 1; continue with python -m nasfast.train --resume {tmp_path / 'b'}") in \
-        capsys.readouterr().err.splitlines()[-1]
+    assert (f"non-finite loss at epoch 2, step 1: nan (the learning rate may be too high); "
+            f"{tmp_path / 'b' / 'last.pt'} holds epoch 1; continue with python -m nasfast.train --resume "
+            f"{tmp_path / 'b'}") in capsys.readouterr().err.splitlines()[-1]
     assert trainer.load_checkpoint(str(tmp_path / "b" / "last.pt"))["epoch"] == 0
 
 
