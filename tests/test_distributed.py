@@ -290,3 +290,32 @@ def test_torchrun_survives_a_killed_worker(tmp_path, camvid_root):
                            text=True, timeout=180)
     assert again.returncode == 0 and f"already done: budget of {budget} candidates reached" in again.stderr, \
         again.stderr[-3000:]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_machines_run_one_search_through_a_c10d_rendezvous(tmp_path, camvid_root):
+    """README's several machines, as two torchrun launches here (one process each) sharing RUN_DIR."""
+    run, budget = tmp_path / "run", 4
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "two-machines",
+           "-m", "nasfast.search", "--dataset", "camvid", "--preset", "tiny", "--budget", str(budget), "--out",
+           str(run), "--no-progress"]
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    machines = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                for _ in range(2)]
+    try:
+        outputs = [machine.communicate(timeout=300)[0] for machine in machines]
+    finally:
+        for machine in machines:
+            if machine.poll() is None:
+                machine.kill()
+    assert [machine.returncode for machine in machines] == [0, 0], [output[-3000:] for output in outputs]
+    records = read_records(str(run / "candidates.jsonl"))
+    assert sorted(r["index"] for r in records) == list(range(budget))
+    assert {r["worker"] for r in records} == {0, 1}  # both machines evaluated candidates
+    assert sum("top 4 of 4 candidates" in output for output in outputs) == 1  # rank 0's table, once
