@@ -20,11 +20,13 @@
 #   build       the ops library in place with CUDA kernels for this GPU (1-2 minutes), by /usr/bin/g++
 #               where there is one (the machine's default links the C++ runtime statically)
 #   tests       the CUDA tests (pytest -m cuda), the build's and the C++ program's tests
-#   ops         bench/ops.py --device cuda, each family of ops within $OPS_SECONDS (60), then --profile
+#   ops         bench/ops.py --device cuda, each family of ops (the loss has no CUDA kernel: left out)
+#               within $OPS_SECONDS (60), then --profile
 #   sanitize    the native ops' CUDA tests under compute-sanitizer, its memcheck, racecheck and
 #               synccheck on nasfast's kernels alone, each within $SANITIZE_SECONDS (150): what the
 #               kernels' CPU emulation cannot see (accesses out of bounds, shared-memory races)
-#   latency     bench/latency.py --device cuda --genotype all --size 512, within $LATENCY_SECONDS (180)
+#   latency     bench/latency.py --device cuda --genotype all --size 512, within $LATENCY_SECONDS (180),
+#               torch.compile's variant only with LATENCY_COMPILE=1 (its compilation takes minutes)
 #   train_step  bench/train_step.py --device cuda --profile (where the training step's time goes), then
 #               its variants (torch.compile's last), within $TRAIN_STEP_SECONDS (240)
 #   throughput  bench/search_throughput.py --device cuda --preset fast --workers-per-gpu $WORKERS (1 4),
@@ -117,7 +119,7 @@ tests() {
 
 ops() {
     local family status=0
-    for family in sep upsample reward loss; do
+    for family in sep upsample reward; do  # not loss: on a GPU it runs ATen's ops on both sides (no kernel of ours)
         timeout "${OPS_SECONDS:-60}" "$PY" bench/ops.py --device cuda --only $family 2>&1 |
             tee -a "$RESULTS/ops_cuda.txt" || status=1
     done
@@ -141,7 +143,9 @@ sanitize() {
 }
 
 latency() {
-    timeout "${LATENCY_SECONDS:-180}" "$PY" bench/latency.py --device cuda --genotype all --size 512 2>&1 |
+    # torch.compile's compilation (minutes for three designs) only with LATENCY_COMPILE=1
+    timeout "${LATENCY_SECONDS:-180}" "$PY" bench/latency.py --device cuda --genotype all --size 512 \
+        $([ "${LATENCY_COMPILE:-0}" = 1 ] || echo --no-compile) 2>&1 |
         tee "$RESULTS/latency_cuda.txt"
 }
 

@@ -64,13 +64,14 @@ def setups(device: str, procs: Sequence[int], workers_per_gpu: Sequence[int], gp
 
 
 def throughput(records: List[Dict]) -> Tuple[int, float, float]:
-    """(candidates, measured seconds, candidates per hour) from the first candidate's start to
-    the last one's finish."""
+    """(candidates that finished, measured seconds, those per hour) from the first candidate's start
+    to the last one's finish: a failed candidate (out of memory, say) takes time, not a count."""
     if not records:
         return 0, 0.0, 0.0
     start = min(r["finished"] - r["seconds"] for r in records)
     window = max(r["finished"] for r in records) - start
-    return len(records), window, (3600 * len(records) / window if window > 0 else 0.0)
+    finished = sum(r["status"] == "ok" for r in records)
+    return finished, window, (3600 * finished / window if window > 0 else 0.0)
 
 
 def busy_share(samples: List[Tuple[float, float]], start: float, end: float) -> Optional[float]:
@@ -193,17 +194,17 @@ def median_of(records: List[Dict], key: str) -> Optional[float]:
     return statistics.median(values) if values else None
 
 
-def table(rows: List[Dict]) -> str:
-    base = rows[0]["per_hour"] if rows else 0
-    lines = [f"{'setup':<24} {'threads':>7} {'cand':>5} {'failed':>6} {'window s':>9} {'cand/h':>9} "
-             f"{'ratio':>6} {'GPU busy':>8} {'stage 1 s':>9} {'stage 2 s':>9}"]
-    for r in rows:
-        ratio = r["per_hour"] / base if base else float("nan")
-        busy = "-" if r["busy"] is None else f"{r['busy']:.0f}%"
-        stages = " ".join("        -" if r[key] is None else f"{r[key]:>9.2f}" for key in ("stage1_s", "stage2_s"))
-        lines.append(f"{r['setup']:<24} {r['threads']:>7} {r['candidates']:>5} {r['failed']:>6} "
-                     f"{r['seconds']:>9.1f} {r['per_hour']:>9.1f} {ratio:>5.2f}x {busy:>8} {stages}")
-    return "\n".join(lines)
+TABLE_HEADER = (f"{'setup':<24} {'threads':>7} {'cand':>5} {'failed':>6} {'window s':>9} {'cand/h':>9} "
+                f"{'ratio':>6} {'GPU busy':>8} {'stage 1 s':>9} {'stage 2 s':>9}")
+
+
+def table_row(r: Dict, base_per_hour: float) -> str:
+    """One setup's line of the table; its ratio to the first setup's finished candidates per hour."""
+    ratio = r["per_hour"] / base_per_hour if base_per_hour else float("nan")
+    busy = "-" if r["busy"] is None else f"{r['busy']:.0f}%"
+    stages = " ".join("        -" if r[key] is None else f"{r[key]:>9.2f}" for key in ("stage1_s", "stage2_s"))
+    return (f"{r['setup']:<24} {r['threads']:>7} {r['candidates']:>5} {r['failed']:>6} "
+            f"{r['seconds']:>9.1f} {r['per_hour']:>9.1f} {ratio:>5.2f}x {busy:>8} {stages}")
 
 
 def ratios(rows: List[Dict]) -> List[str]:
@@ -283,18 +284,18 @@ def main(argv=None) -> int:
     if args.keep:
         check_keep(args.keep, dirs)
         root.mkdir(parents=True, exist_ok=True)  # a DIR that cannot be made is refused now, before any search
+    budget = f"budget {args.budget}" if args.budget else f"time budget {args.time_budget}"
+    print(f"search throughput: {args.dataset}, preset {args.preset}, {budget}, device {args.device}, "
+          f"{args.threads} CPU threads in total\n{TABLE_HEADER}", flush=True)
     rows = []
     try:
-        for setup, run_dir in zip(runs, dirs):
+        for setup, run_dir in zip(runs, dirs):  # each row as soon as measured: a timeout keeps the rows done
             print(f"running {setup.name(args.device)} ...", file=sys.stderr, flush=True)
             rows.append(measure(setup, args, extra, run_dir, gpu_count))
+            print(table_row(rows[-1], rows[0]["per_hour"]), flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
-    budget = f"budget {args.budget}" if args.budget else f"time budget {args.time_budget}"
-    print(f"search throughput: {args.dataset}, preset {args.preset}, {budget}, device {args.device}, "
-          f"{args.threads} CPU threads in total")
-    print(table(rows))
     for line in ratios(rows):
         print(line)
     return 0

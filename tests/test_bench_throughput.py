@@ -19,10 +19,13 @@ def bench_module():
 
 def test_throughput_counts_from_the_first_start_to_the_last_finish():
     bench = bench_module()
-    records = [{"finished": 110.0, "seconds": 10.0}, {"finished": 112.0, "seconds": 8.0},
-               {"finished": 130.0, "seconds": 18.0}]
+    records = [{"finished": finished, "seconds": seconds, "status": "ok"}
+               for finished, seconds in ((110.0, 10.0), (112.0, 8.0), (130.0, 18.0))]
     count, window, per_hour = bench.throughput(records)
     assert (count, window) == (3, 30.0) and per_hour == pytest.approx(360.0)
+    failed = {"finished": 130.5, "seconds": 0.4, "status": "failed"}  # out of memory, say: time but no candidate
+    count, window, per_hour = bench.throughput(records + [failed] * 5)
+    assert (count, window) == (3, 30.5) and per_hour == pytest.approx(3600 * 3 / 30.5)
     assert bench.throughput([]) == (0, 0.0, 0.0)
     assert bench.busy_share([(1.0, 50.0), (2.0, 70.0), (9.0, 0.0)], 0.5, 3.0) == 60.0
 
