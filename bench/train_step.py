@@ -8,8 +8,9 @@ see how a device trains fastest. Ratios are to the first variant, the way traini
 Variants: float32 (as training runs), channels-last (model and images), bfloat16 (autocast around
 the forward pass and the losses), compile (torch.compile of the forward pass; its compilation is
 part of the warm-up, not of the times). Each has its own model, from the same random weights; a
-step's time is the mean over a round of --steps steps, one synchronisation at its end (a training
-queues its next step while the device runs the last), the median of --rounds rounds.
+step's time is the mean over a round of --steps steps, the median of --rounds rounds. As in
+training, each step reads the loss of the one before it before it is queued (the check that the
+loss stays finite), and on a GPU cuDNN picks its algorithms by timing them (cudnn.benchmark).
 """
 import argparse
 import contextlib
@@ -24,7 +25,7 @@ import torch
 from nasfast import create_model
 from nasfast.cli import positive_int, resolve_device, run
 from nasfast.genotype import genotype_from_option
-from nasfast.steps import descend, segmentation_loss
+from nasfast.steps import LateLossCheck, descend, segmentation_loss
 from nasfast.trainer import TrainConfig, make_optimizers
 from timing import device_note
 
@@ -45,31 +46,36 @@ def training_step(variant: str, genotype, num_classes: int, batch: int, crop: in
         images = images.contiguous(memory_format=torch.channels_last)
     forward = torch.compile(model.forward_with_aux) if variant == "compile" else model.forward_with_aux
 
-    def step():
+    def step() -> torch.Tensor:
         with torch.autocast(device.type, torch.bfloat16) if variant == "bfloat16" else contextlib.nullcontext():
             logits, aux = forward(images)
             loss = segmentation_loss(logits, aux, labels, 255, TrainConfig().aux_weights[0])
         descend(loss, *optimizers)
+        return loss.detach()
     return step
 
 
-def step_times(step: Callable[[], None], device, steps: int, rounds: int, warmup: int) -> List[float]:
+def run_steps(step: Callable[[], torch.Tensor], count: int) -> None:
+    """`count` steps as training runs them: each reads the previous step's loss first (LateLossCheck)."""
+    check = LateLossCheck(0)
+    for i in range(count):
+        check()
+        check.defer(step(), i)
+    check()
+
+
+def step_times(step: Callable[[], torch.Tensor], device, steps: int, rounds: int, warmup: int) -> List[float]:
     """Milliseconds per step of each round."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        step()
-    sync()
+    run_steps(step, warmup)
     times = []
     for _ in range(rounds):
         start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        sync()
+        run_steps(step, steps)  # its last loss read: the device is done
         times.append((time.perf_counter() - start) * 1000 / steps)
     return times
 
 
-def profile_step(step: Callable[[], None], device, steps: int) -> None:
+def profile_step(step: Callable[[], torch.Tensor], device, steps: int) -> None:
     """The step's ops and kernels by self time (torch.profiler), and on a GPU the share of the
     steps' time in which a kernel ran: low, the step waits for the CPU to queue its work."""
     from torch.profiler import ProfilerActivity, profile
@@ -80,9 +86,7 @@ def profile_step(step: Callable[[], None], device, steps: int) -> None:
     sync()
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as profiler:
         start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        sync()
+        run_steps(step, steps)
         wall_us = (time.perf_counter() - start) * 1e6
     events = profiler.key_averages()
     print(events.table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total", row_limit=15))
@@ -117,6 +121,7 @@ def main(argv=None) -> int:
     genotype = genotype_from_option(args.genotype)
     if args.threads:
         torch.set_num_threads(args.threads)
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # as python -m nasfast.train sets it
     print(f"device: {device_note(device)}; torch {torch.__version__}; {args.genotype}, batch {args.batch}, "
           f"{args.crop}x{args.crop} crops, {args.num_classes} classes")
     if args.profile:

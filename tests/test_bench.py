@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import nasfast.ops as ops
 from nasfast.data import make_dataset
@@ -256,6 +257,23 @@ def test_train_step_profile_on_cpu():
     assert result.returncode == 0, result.stderr
     assert "Optimizer.step#Adam.step" in result.stdout and "Optimizer.step#SGD.step" in result.stdout
     assert "aten::convolution_backward" in result.stdout
+
+
+def test_train_steps_read_each_loss_before_the_next_step_is_queued_as_training_does(monkeypatch):
+    import nasfast.steps
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import train_step as bench
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    events = []
+    monkeypatch.setattr(nasfast.steps, "check_loss", lambda loss, stage, step: events.append(f"read {step}"))
+
+    def step():
+        events.append(f"step {sum(e.startswith('step') for e in events)}")
+        return torch.tensor(1.0)
+    bench.run_steps(step, 3)
+    assert events == ["step 0", "read 0", "step 1", "read 1", "step 2", "read 2"]
 
 
 def test_a_train_step_variant_that_fails_is_named_and_the_others_timed(monkeypatch, capsys):
