@@ -47,6 +47,10 @@ def with_cuda() -> bool:
     if os.environ.get("NASFAST_FORCE_CPU") == "1":
         return False
     if os.environ.get("NASFAST_FORCE_CUDA") == "1":
+        if torch.version.cuda is None or CUDA_HOME is None:  # else torch's error blames CUDA_HOME alone
+            sys.exit(f"NASFAST_FORCE_CUDA=1 needs a CUDA build of torch and a CUDA toolkit: torch {torch.__version__} "
+                     f"is {'CPU-only' if torch.version.cuda is None else 'built for CUDA ' + torch.version.cuda}, "
+                     f"the toolkit {'not found (set CUDA_HOME)' if CUDA_HOME is None else 'at ' + CUDA_HOME}")
         return True
     return torch.cuda.is_available() and CUDA_HOME is not None
 

@@ -56,6 +56,17 @@ def test_a_build_without_torch_says_to_install_it_first(command, tmp_path):
     assert "If it is installed, build without isolation: pip install --no-build-isolation ." in result.stderr
 
 
+@pytest.mark.skipif(torch.version.cuda is not None, reason="this torch is a CUDA build")
+def test_cuda_forced_with_a_cpu_only_torch_says_so(tmp_path):
+    """torch's own error would blame CUDA_HOME, whatever it is set to."""
+    code = ("import os, runpy, sys; os.environ['NASFAST_FORCE_CUDA'] = '1'; sys.argv = ['setup.py', 'build_ext', "
+            f"'--build-temp', {str(tmp_path)!r}]; runpy.run_path('setup.py', run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 1 and (f"NASFAST_FORCE_CUDA=1 needs a CUDA build of torch and a CUDA toolkit: torch "
+                                       f"{torch.__version__} is CPU-only") in result.stderr
+    assert not list(tmp_path.iterdir())  # refused before building anything
+
+
 def test_source_distribution_needs_no_torch_and_carries_what_the_readme_runs(tmp_path):
     result = setup_py("-q", "sdist", "-d", str(tmp_path), without_torch=True)
     assert result.returncode == 0, result.stderr
