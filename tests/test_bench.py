@@ -144,6 +144,23 @@ def test_ops_reward_table_on_cpu_with_random_labels_and_labels_in_regions():
     assert [row[1] for row in rows] == ["random", "regions"] and all(row[-2].endswith("x") for row in rows)
 
 
+def test_the_rewards_floor_is_its_inputs_bytes_at_the_measured_bandwidth(monkeypatch):
+    """A plain sum of the inputs, launched and synchronised as the reward is, is not a bandwidth floor
+    on a GPU: they fit its L2 cache and the call's fixed costs dominate."""
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import ops as bench
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    monkeypatch.setattr(bench, "memory_bandwidth", lambda device, nbytes, repeats: 2e12)  # 2 TB/s
+    logits, target = torch.zeros(2, 21, 128, 128), torch.zeros(2, 512, 512, dtype=torch.long)
+    line = bench.read_once(logits, target, 0.1, torch.device("cpu"), 3)
+    floor_ms = 1000 * logits.nbytes / 2e12  # 0.0014 ms
+    assert f"(2.00 TB/s over 1 GiB): logits {floor_ms:.4f} ms" in line
+    assert f"fused / logits {0.1 / floor_ms:.1f}x" in line and "a plain sum of both, one call: " in line
+    assert bench.memory_bandwidth(torch.device("cpu"), 2 ** 20, 3) > 1e8  # 1 MiB summed: at least 0.1 GB/s
+
+
 @pytest.mark.skipif(not ops.available(), reason="native ops library not built")
 def test_ops_loss_table_on_cpu():
     result = ops_bench("--quick", "--only", "loss")
