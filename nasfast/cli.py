@@ -3,6 +3,7 @@
 import argparse
 import errno
 import os
+import shlex
 import sys
 from typing import Callable, List, Optional
 
@@ -93,6 +94,20 @@ def positive_int(text: str) -> int:
 
 def non_negative_int(text: str) -> int:
     return _number(int, 0, True, text)
+
+
+def command(*words: Optional[str]) -> str:
+    """A command line to copy: its words quoted for the shell, None left out."""
+    return " ".join(shlex.quote(str(w)) for w in words if w is not None)
+
+
+def data_root_option(data_root: Optional[str]) -> List[Optional[str]]:
+    return ["--data-root", data_root] if data_root else []
+
+
+def data_check_command(dataset: str, data_root: Optional[str]) -> str:
+    """The command that lists every file of the data that cannot be used."""
+    return command("python", "-m", "nasfast.data", "--dataset", dataset, *data_root_option(data_root))
 
 
 def counted(n: int, noun: str) -> str:

@@ -16,7 +16,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from .checkpoint import RESUME_KEYS, check_classes, load_checkpoint, load_fitting_weights
-from .cli import UsageError, counted, message_of, progress_bar, reported_in_one_line, resolve_device
+from .cli import (UsageError, counted, data_check_command, message_of, progress_bar, reported_in_one_line,
+                  resolve_device)
 from .data import DataError, EvalTransform, SegmentationDataset, TrainTransform, make_dataset
 from .data.datasets import (DATASETS, OtherLayout, absent_classes_warning, find_data_root, refuse_run_in_data,
                              split_warning)
@@ -306,7 +307,7 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
     except KeyboardInterrupt:
         raise TrainingInterrupted(interrupted_note(args.out, saved_epochs)) from None
     except DataError as error:  # a training file first read in an epoch: what was saved still counts
-        check = f"python -m nasfast.data --dataset {args.dataset} --data-root {shlex.quote(str(data.root))}"
+        check = data_check_command(args.dataset, str(data.root))
         raise DataError(f"{message_of(error)}; once it is mended ({check} lists every file that cannot be used), "
                         f"{saved_note(args.out, saved_epochs)}") from None
     except OSError as error:  # a full disk, say: what was saved still counts

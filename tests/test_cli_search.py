@@ -648,7 +648,7 @@ def test_tensorboard_without_its_package_is_one_line_before_any_work(tmp_path, c
 
 
 def test_the_data_check_hint_names_where_the_data_are():
-    from nasfast.search.summary import data_check_command
+    from nasfast.cli import data_check_command
     assert data_check_command("folder", "/data/my set") == "python -m nasfast.data --dataset folder --data-root " \
                                                           "'/data/my set'"
     assert data_check_command("camvid", None) == "python -m nasfast.data --dataset camvid"

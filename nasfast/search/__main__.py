@@ -8,7 +8,7 @@ import sys
 import textwrap
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..cli import counted, message_of, option_text, positive_int, run
+from ..cli import counted, data_check_command, message_of, option_text, positive_int, run
 from ..data import DATASETS, DataError
 from ..data.datasets import OtherLayout
 from ..files import (CONFIG, SEARCH_FILES, SEARCH_LOG, SEARCH_STATE, TRAINING_FILES, checkpoints_in, read_json,
@@ -18,7 +18,7 @@ from . import distributed
 from .config import FIXED, MACHINE_OPTIONS, PRESETS, SearchConfig, StageConfig, missing_keys, preset
 from .distributed import begun_by_this_job, has_pending, restart_count, world_size
 from .loop import NO_BUDGET, Search
-from .summary import PROG, closing_summary, data_check_command, resume_command, top_table
+from .summary import PROG, closing_summary, resume_command, top_table
 
 USAGE = "%(prog)s (--out RUN_DIR | --resume RUN_DIR) [--budget N] [--time-budget T] [options]"
 # Files of a search (the first three) or of a training run: a new search must not mix with them.

@@ -1,8 +1,8 @@
 """Human-readable summaries of a search log."""
 import os
-import shlex
 from typing import Any, Dict, List, Optional
 
+from ..cli import command, data_root_option
 from ..files import SEARCH_LOG
 from ..model import FINAL_CHANNELS, FINAL_SEP_REPEATS
 from ..trainer import PRESETS as TRAIN_PRESETS
@@ -53,21 +53,8 @@ def searched_size_note(channels: int, sep_repeats: int) -> str:
             f"encoder, it is larger (bench/latency.py --genotype RUN_DIR measures it)")
 
 
-def command(*words: Optional[str]) -> str:
-    """A command line to copy: its words quoted for the shell, None left out."""
-    return " ".join(shlex.quote(str(w)) for w in words if w is not None)
-
-
-def _data_root_option(data_root: Optional[str]) -> List[Optional[str]]:
-    return ["--data-root", data_root] if data_root else []
-
-
-def data_check_command(dataset: str, data_root: Optional[str]) -> str:
-    return command("python", "-m", "nasfast.data", "--dataset", dataset, *_data_root_option(data_root))
-
-
 def resume_command(run_dir: str, data_root: Optional[str]) -> str:
-    return command("python", "-m", "nasfast.search", "--resume", run_dir, *_data_root_option(data_root))
+    return command("python", "-m", "nasfast.search", "--resume", run_dir, *data_root_option(data_root))
 
 
 def closing_summary(records: List[Dict[str, Any]], k: int, run_dir: str, config, data_root: Optional[str],
@@ -80,7 +67,7 @@ def closing_summary(records: List[Dict[str, Any]], k: int, run_dir: str, config,
         lines.append(searched_size_note(config.channels, config.sep_repeats))
         preset = ["--preset", config.preset] if config.preset else []
         train = command("python", "-m", "nasfast.train", "--genotype", run_dir, "--dataset", config.dataset,
-                        *_data_root_option(data_root), *preset, *_fitting_batch_option(config.preset, training_images),
+                        *data_root_option(data_root), *preset, *_fitting_batch_option(config.preset, training_images),
                         "--out", "DIR")
         lines.append(f"train the best design: {train}")
     return "\n".join(lines)
