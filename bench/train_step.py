@@ -33,7 +33,8 @@ PROG = Path(__file__).name
 VARIANTS = ("float32", "channels-last", "bfloat16", "compile")
 
 
-def training_step(variant: str, genotype, num_classes: int, batch: int, crop: int, device) -> Callable[[], None]:
+def training_step(variant: str, genotype, num_classes: int, batch: int, crop: int,
+                  device) -> Callable[[], torch.Tensor]:
     """One step of `variant` on a model of its own (random weights, seed 0) and a random batch."""
     torch.manual_seed(0)
     model = create_model(genotype, num_classes, aux="cell").to(device).train()
@@ -81,9 +82,7 @@ def profile_step(step: Callable[[], torch.Tensor], device, steps: int) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.type == "cuda"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    step()
-    sync()
+    run_steps(step, 1)  # unprofiled; reading its loss waits for the device
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as profiler:
         start = time.perf_counter()
         run_steps(step, steps)
