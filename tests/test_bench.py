@@ -1,3 +1,4 @@
+import importlib
 import os
 import re
 import subprocess
@@ -16,6 +17,15 @@ REPO = Path(__file__).resolve().parents[1]
 OLD_TORCH_PYTHONS = os.environ.get("NASFAST_OLD_TORCH_PYTHONS", "").split()
 
 
+def bench_script(name: str):
+    """bench/NAME.py imported as a module (its imports of its neighbours, as timing, found in bench/)."""
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+
+
 def latency(*args):
     return subprocess.run([sys.executable, str(REPO / "bench" / "latency.py"), *args], capture_output=True,
                           text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=600)
@@ -31,11 +41,7 @@ def test_latency_table_on_cpu(max_seconds, passes):
 
 
 def test_latency_rows_have_no_ratio_to_an_eager_variant_that_failed(monkeypatch, capsys):
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
-        import latency as bench
-    finally:
-        sys.path.remove(str(REPO / "bench"))
+    bench = bench_script("latency")
     timed, calls = bench.timed, []
 
     def eager_fails(model, *args):
@@ -147,11 +153,7 @@ def test_ops_reward_table_on_cpu_with_random_labels_and_labels_in_regions():
 def test_the_rewards_floor_is_its_inputs_bytes_at_the_measured_bandwidth(monkeypatch):
     """A plain sum of the inputs, launched and synchronised as the reward is, is not a bandwidth floor
     on a GPU: they fit its L2 cache and the call's fixed costs dominate."""
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
-        import ops as bench
-    finally:
-        sys.path.remove(str(REPO / "bench"))
+    bench = bench_script("ops")
     monkeypatch.setattr(bench, "memory_bandwidth", lambda device, nbytes, repeats: 2e12)  # 2 TB/s
     logits, target = torch.zeros(2, 21, 128, 128), torch.zeros(2, 512, 512, dtype=torch.long)
     line = bench.read_once(logits, target, 0.1, torch.device("cpu"), 3)
@@ -278,11 +280,7 @@ def test_train_step_profile_on_cpu():
 
 def test_train_steps_read_each_loss_before_the_next_step_is_queued_as_training_does(monkeypatch):
     import nasfast.steps
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
-        import train_step as bench
-    finally:
-        sys.path.remove(str(REPO / "bench"))
+    bench = bench_script("train_step")
     events = []
     monkeypatch.setattr(nasfast.steps, "check_loss", lambda loss, stage, step: events.append(f"read {step}"))
 
@@ -294,11 +292,7 @@ def test_train_steps_read_each_loss_before_the_next_step_is_queued_as_training_d
 
 
 def test_a_train_step_variant_that_fails_is_named_and_the_others_timed(monkeypatch, capsys):
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
-        import train_step as bench
-    finally:
-        sys.path.remove(str(REPO / "bench"))
+    bench = bench_script("train_step")
     made = bench.training_step
 
     def training_step(variant, *args):
