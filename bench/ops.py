@@ -305,15 +305,18 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     # The kernels compute in float32; cuDNN's TF32 default (Ampere and newer) would compare
-    # rounded-mantissa convolutions against them.
+    # rounded-mantissa convolutions against them. Its autotuning is on, as in training (the
+    # warm-up calls of `interleaved` pay for it).
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.benchmark = True
     capacity = 0 if args.system_malloc or device.type != "cpu" else default_capacity()
     if device.type == "cuda":
         name = torch.cuda.get_device_name()
     else:
         memory = f"freed memory kept up to {capacity / 2 ** 30:.1f} GB" if capacity else "torch's own allocator"
         name = f"CPU, {torch.get_num_threads()} threads, {memory}"
-    print(f"device: {name}; torch {torch.__version__}; float32 (no TF32); ops library {ops.library_path()}")
+    print(f"device: {name}; torch {torch.__version__}; float32 (no TF32, cudnn.benchmark on); "
+          f"ops library {ops.library_path()}")
     with cpu_memory_cache(device, capacity):
         if args.profile:
             profile_ops(device)

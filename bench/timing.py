@@ -30,11 +30,13 @@ def jetson_state() -> str:
 
 
 def device_note(device: torch.device, jetson: bool = False) -> str:
-    """What a benchmark's header says of the device it times on (a Jetson: its power mode and clocks)."""
-    if jetson:
-        return jetson_state()
+    """What a benchmark's header says of the device it times on (a Jetson: its power mode and
+    clocks) and, on a GPU, the cuDNN settings that change its times."""
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+        cudnn = torch.backends.cudnn
+        settings = "cudnn.benchmark {}, TF32 convolutions {}".format(
+            "on" if cudnn.benchmark else "off", "on" if cudnn.allow_tf32 else "off")
+        return "{}; {}".format(jetson_state() if jetson else torch.cuda.get_device_name(device), settings)
     return "{}, {} threads".format(platform.processor() or platform.machine(), torch.get_num_threads())
 
 
