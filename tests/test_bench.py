@@ -57,6 +57,18 @@ def test_latency_rows_have_no_ratio_to_an_eager_variant_that_failed(monkeypatch,
     assert len(rows) >= 2 and all(row.endswith(" -") for row in rows[1:])
 
 
+def test_a_gpu_benchmarks_header_states_the_cudnn_settings_that_change_its_times(monkeypatch):
+    timing = bench_script("timing")
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Some GPU")
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    assert timing.device_note(torch.device("cuda")) == "Some GPU; cudnn.benchmark on, TF32 convolutions off"
+    monkeypatch.setattr(timing, "jetson_state", lambda: "power mode: MAXN; clocks: fixed")
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    assert timing.device_note(torch.device("cuda"), jetson=True) == \
+        "power mode: MAXN; clocks: fixed; cudnn.benchmark off, TF32 convolutions off"
+
+
 @pytest.mark.skipif(os.path.exists("/etc/nv_tegra_release"), reason="this machine is a Jetson")
 def test_jetson_elsewhere_measures_nothing_and_says_why():
     result = latency("--device", "jetson")
@@ -112,6 +124,14 @@ def test_search_data_table(camvid_root):
     assert "MB kept" in lines[0] and " 0 MB kept" not in lines[0]
     rows = [line.split() for line in lines[2:]]
     assert [row[0] for row in rows] == ["1", "2"] and all(row[3].endswith("x") for row in rows)
+
+
+def test_search_data_reads_the_files_once_untimed_before_its_first_row(camvid_root, monkeypatch, capsys):
+    bench, seeds = bench_script("search_data"), []
+    monkeypatch.setattr(bench, "candidate_seconds", lambda ctx, seed: seeds.append(seed) or 1.0)
+    assert bench.main(["--preset", "tiny", "--candidates", "2"]) == 0
+    assert seeds == [2, 0, 1, 0, 1]  # decoded each time, after an untimed candidate; then kept
+    assert "1.00x" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv, message", [
