@@ -125,9 +125,21 @@ def torch_requirement(version: str) -> str:
     return f"torch>={major}.{minor}.0.dev0,<{major}.{minor + 1}"
 
 
+def making_sdist() -> bool:
+    """Whether setup.py runs for an sdist alone. setuptools' build backend (python -m build --sdist)
+    asks for an sdist's build requirements with `setup.py egg_info`, as it does before a wheel's
+    build: the backend's hook that asks tells the two apart."""
+    if "sdist" in sys.argv and not any(command in sys.argv for command in BUILDS):
+        return True
+    frame = sys._getframe()
+    while frame is not None and frame.f_code.co_name != "get_requires_for_build_sdist":
+        frame = frame.f_back
+    return frame is not None
+
+
 def main():
     requirements = ["numpy", "pillow", "tqdm"]
-    sdist_only = "sdist" in sys.argv and not any(command in sys.argv for command in BUILDS)
+    sdist_only = making_sdist()
     torch = None if sdist_only else find_torch()
     if torch is None:
         if not sdist_only:  # a build, or the metadata before one (pip would fetch a torch of its own)

@@ -76,6 +76,22 @@ def test_source_distribution_needs_no_torch_and_carries_what_the_readme_runs(tmp
             "csrc/kernels/confusion.cuh", "setup.py", "pyproject.toml"} <= names
 
 
+def build_backend(hook: str, *args: str) -> subprocess.CompletedProcess:
+    """A hook of the PEP 517 build backend, as `python -m build` calls it, where torch is not installed."""
+    code = (f"import sys; sys.modules['torch'] = None; from setuptools import build_meta; "
+            f"print(build_meta.{hook}(*{list(args)!r}))")
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+
+
+def test_the_build_backend_makes_an_sdist_without_torch_and_refuses_a_wheel(tmp_path):
+    """It asks for either's requirements with `setup.py egg_info`: only a wheel needs torch."""
+    assert build_backend("get_requires_for_build_sdist").stdout.splitlines()[-1] == "[]"
+    result = build_backend("build_sdist", str(tmp_path))
+    assert result.returncode == 0 and result.stdout.splitlines()[-1] == "nasfast-0.1.0.tar.gz", result.stderr
+    result = build_backend("get_requires_for_build_wheel")
+    assert result.returncode == 1 and "none is installed: pip install torch first" in result.stderr
+
+
 def test_without_the_library_everything_falls_back_to_the_references():
     code = ("import torch, nasfast, nasfast.ops as o; assert not o.available() and o.library_path() is None; "
             "m = nasfast.create_model('arch0', 11).eval(); s = torch.jit.script(m); x = torch.randn(1, 3, 64, 64); "
