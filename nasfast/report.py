@@ -1,5 +1,5 @@
 """python -m nasfast.report RUN_DIR [RUN_DIR ...]: the best designs of a search, and how its
-rewards evolved per stage (the paper's Fig. 2), as tables and, with matplotlib, as PNG plots."""
+rewards evolved per stage (the paper's Fig. 2), as tables and, with matplotlib, as a PNG plot."""
 import argparse
 import importlib.util
 import io
@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR",
                         help="search runs (e.g. a PPO and a random one): their directories or candidates.jsonl")
     parser.add_argument("--top", type=positive_int, default=10, help="rows of the table of best designs [10]")
-    parser.add_argument("--bins", type=positive_int, default=4, help="parts of the search in the progress table [4]")
+    parser.add_argument("--bins", type=positive_int, default=4, help="parts of the search in the progress table and the plot [4]")
     parser.add_argument("--plot", metavar="PNG",
                         help="where to save the plot (needs matplotlib) [RUN_DIR/rewards.png, when it is installed]")
     return parser

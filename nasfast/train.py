@@ -1,5 +1,5 @@
 """python -m nasfast.train: full training of a found design (the paper's section 4.4), with validation
-mean IoU per epoch, checkpoints (last and best) and --resume. The training itself is in trainer.py."""
+mean IoU per epoch, checkpoints (last and best) and --resume."""
 import argparse
 import contextlib
 import json

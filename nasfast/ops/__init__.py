@@ -1,6 +1,6 @@
 """Native ops of nasfast, with pure-PyTorch references as fallbacks.
 
-The ops library (built by `pip install --no-build-isolation .`) registers its kernels with the
+The ops library (built by ./install.sh or `pip install .`) registers its kernels with the
 dispatcher under `torch.ops.nasfast` (CPU and CUDA, autograd in C++). When it is missing, or
 NASFAST_DISABLE_OPS=1, every op falls back to its reference.
 """

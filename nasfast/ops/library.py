@@ -20,15 +20,14 @@ def _load() -> Tuple[Optional[str], str]:
         return None, "turned off (NASFAST_DISABLE_OPS=1)"
     path = _find()
     if path is None:
-        return None, "not built (pip install --no-build-isolation .)"
+        return None, "not built (./install.sh in a checkout, else pip install .)"
     try:
         torch.ops.load_library(path)
     except OSError as error:
-        # Typically a library built against another torch (pip's build isolation installs the
-        # newest torch into the build environment): keep working with the references.
+        # Typically a library built against another torch (torch upgraded since): keep working with the references.
         warnings.warn(f"nasfast: the ops library {path} does not load with torch {torch.__version__} "
-                      f"({error.__cause__ or error}); using the pure-PyTorch references. Rebuild it with "
-                      "`pip install --no-build-isolation .` against the torch that is installed.")
+                      f"({error.__cause__ or error}); using the pure-PyTorch references. Rebuild it against "
+                      "the torch that is installed: ./install.sh in a checkout, else pip install .")
         return None, f"{path}, which does not load with this torch (rebuild it)"
     return path, ""
 
