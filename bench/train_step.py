@@ -65,7 +65,7 @@ def run_steps(step: Callable[[], torch.Tensor], count: int) -> None:
     check()
 
 
-def step_times(step: Callable[[], torch.Tensor], device, steps: int, rounds: int, warmup: int) -> List[float]:
+def step_times(step: Callable[[], torch.Tensor], steps: int, rounds: int, warmup: int) -> List[float]:
     """Milliseconds per step of each round."""
     run_steps(step, warmup)
     times = []
@@ -132,7 +132,7 @@ def main(argv=None) -> int:
     for variant in args.variants:
         try:
             step = training_step(variant, genotype, args.num_classes, args.batch, args.crop, device)
-            times = step_times(step, device, args.steps, args.rounds, args.warmup)
+            times = step_times(step, args.steps, args.rounds, args.warmup)
         except Exception as error:  # a variant this device or torch cannot run: the others still count
             print(f"{variant:<16} failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
             continue

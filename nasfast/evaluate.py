@@ -37,11 +37,11 @@ def dataset_and_indices(images) -> Tuple[Dataset, Sequence[int]]:
     return images, range(len(images))
 
 
-def evaluate_model(model, loader, num_classes, ignore_index, exclude, device) -> dict:
+def evaluate_model(model, loader, num_classes, ignore_index, device) -> dict:
     model.eval()
     with cpu_memory_cache(device):
         return metrics_of(model, ((images.to(device), labels) for images, labels in loader), num_classes,
-                          ignore_index, exclude)
+                          ignore_index)
 
 
 def evaluation_loader(dataset, workers: int, batch_size: int = 8) -> DataLoader:
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
         print(unsplit_note(root), file=sys.stderr)
     loader = evaluation_loader(images, args.workers)
     batches = progress_bar(loader, desc="evaluating", unit="batch", leave=False, disable=args.no_progress)
-    metrics = evaluate_model(model, batches, dataset.num_classes, dataset.ignore_index, (), device)
+    metrics = evaluate_model(model, batches, dataset.num_classes, dataset.ignore_index, device)
     print(json.dumps(finite_or_none(metrics)) if args.json else format_metrics(metrics, dataset.class_names))
     if math.isnan(metrics["miou"]):
         print("note: mIoU is nan: the labels hold no class pixels (all 255 = ignore)", file=sys.stderr)

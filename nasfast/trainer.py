@@ -286,7 +286,7 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
             validation_started = time.time()
             validation = progress_bar(val_loader, desc=f"validation {epoch + 1}/{config.epochs}", unit="batch",
                                       disable=args.no_progress, leave=False)
-            metrics = evaluate_model(model, validation, num_classes, ignore_index, (), device)
+            metrics = evaluate_model(model, validation, num_classes, ignore_index, device)
             improved = better(metrics["miou"], best)
             best = metrics["miou"] if improved else best
             finished = time.time()

@@ -127,7 +127,7 @@ def test_load_trained_gives_the_model_that_scored_the_training_s_best_miou(train
     checkpoint = load_checkpoint(str(trained / "best.pt"))
     val = make_dataset("camvid", str(camvid_root), split="val", transform=EvalTransform(checkpoint["scale"]))
     images = evenly_spaced(val, 8)  # the tiny preset's validation images
-    metrics = evaluate_model(model, evaluation_loader(images, workers=0), 11, 255, (), torch.device("cpu"))
+    metrics = evaluate_model(model, evaluation_loader(images, workers=0), 11, 255, torch.device("cpu"))
     assert metrics["miou"] == pytest.approx(checkpoint["best_miou"], abs=1e-4)
 
 
@@ -137,7 +137,7 @@ def test_evaluation_batches_images_of_one_size_with_the_same_metrics(trained, ca
     val.pairs = val.pairs[:10]
     batched = evaluation_loader(val, workers=0)
     assert batched.batch_size == 8
-    metrics = [evaluate_model(model, loader, 11, 255, (), torch.device("cpu"))
+    metrics = [evaluate_model(model, loader, 11, 255, torch.device("cpu"))
                for loader in (batched, DataLoader(val, batch_size=1))]
     assert metrics[0]["miou"] == pytest.approx(metrics[1]["miou"], abs=1e-4)
     assert metrics[0]["pixel_acc"] == pytest.approx(metrics[1]["pixel_acc"], abs=1e-4)

@@ -201,7 +201,7 @@ def test_evaluation_keeps_freed_memory_between_batches_and_frees_it_after():
             return images.repeat(1, 2, 1, 1)  # 2 classes, 4 MiB of logits
 
     batches = [(torch.randn(8, 1, 256, 256), torch.randint(0, 2, (8, 256, 256))) for _ in range(3)]
-    metrics = evaluate_model(Recording(), batches, 2, 255, (), torch.device("cpu"))
+    metrics = evaluate_model(Recording(), batches, 2, 255, torch.device("cpu"))
     assert 0 <= metrics["miou"] <= 1
     assert seen[0] == 0 and min(seen[1:]) >= 4 * MB
     assert cpu_memory_cached() == 0

@@ -4,7 +4,7 @@ import time
 from typing import Callable, Iterable, List, Optional, Tuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..complexity import count_madds, count_params
 from ..decoder import Decoder
@@ -54,7 +54,7 @@ def _cached_batches(cache: FeatureCache, batch_size: int, device, generator=None
         yield [f.to(device) for f in feats], labels.to(device), None if teacher is None else teacher.to(device)
 
 
-def _train(model: nn.Module, batches: Iterable[tuple], loss_of: Callable[..., Tensor], optimizers, polyak: Polyak,
+def _train(batches: Iterable[tuple], loss_of: Callable[..., Tensor], optimizers, polyak: Polyak,
            stage: int, device: torch.device) -> None:
     """The loop of both stages: a descent step on each batch, then the Polyak average's update."""
     check = LateLossCheck(stage)
@@ -78,7 +78,7 @@ def run_stage1(decoder: Decoder, ctx: SearchContext, generator: torch.Generator)
     decoder.train()
     batches = (batch for _ in range(cfg.epochs)
                for batch in _cached_batches(ctx.stage1, cfg.batch_size, ctx.device, generator, ctx.stage1_labelled))
-    _train(decoder, batches, lambda feats, labels, teacher: segmentation_loss(
+    _train(batches, lambda feats, labels, teacher: segmentation_loss(
         *decoder.forward_with_aux(feats), labels, ctx.ignore_index, ctx.config.aux_weight, teacher, cfg.distillation),
         [optimizer], polyak, 1, ctx.device)
     polyak.apply()
@@ -95,7 +95,7 @@ def run_stage2(decoder: Decoder, ctx: SearchContext, seed: int) -> float:
     polyak = Polyak(model, cfg.polyak_decay)
     batches = ((images.to(ctx.device), labels.to(ctx.device)) for epoch in range(cfg.epochs)
                for images, labels in ctx.stage2_batches(seed + epoch) if has_labelled_pixel(labels, ctx.ignore_index))
-    _train(model, batches, lambda images, labels: segmentation_loss(
+    _train(batches, lambda images, labels: segmentation_loss(
         *model.forward_with_aux(images), labels, ctx.ignore_index, ctx.config.aux_weight),
         [optimizer_encoder, optimizer_decoder], polyak, 2, ctx.device)
     polyak.apply()
