@@ -294,8 +294,9 @@ def test_train_step_variants_on_cpu():
 def test_train_step_profile_on_cpu():
     result = train_step("--profile", "--steps", "1")
     assert result.returncode == 0, result.stderr
-    assert "Optimizer.step#Adam.step" in result.stdout and "Optimizer.step#SGD.step" in result.stdout
-    assert "aten::convolution_backward" in result.stdout
+    table = result.stdout.split("\n-")[2]  # the rows, between the header's rule and the closing one
+    rows = [line.split()[0] for line in table.splitlines()[1:]]
+    assert len(rows) == 15 and "aten::convolution_backward" in rows  # the optimizers' rows: outside the top 15 at times
 
 
 def test_train_steps_read_each_loss_before_the_next_step_is_queued_as_training_does(monkeypatch):
