@@ -224,6 +224,11 @@ def test_resume_names_a_state_whose_bytes_changed_after_saving(saved_search, cap
     assert len(error.splitlines()) == 1 and f"error: {message}" in error
 
 
+def test_none_written_in_config_json_as_on_the_command_line_is_none():
+    """--aux none is saved as null; a hand-edited "none" made every candidate fail."""
+    assert SearchConfig.from_dict({**SearchConfig().to_dict(), "aux": "none"}).aux is None
+
+
 def test_an_edited_config_json_is_checked_as_the_options_are(saved_search, capsys):
     """A value the option refuses was a traceback (seed "x", from the controller's manual_seed);
     a key taken out silently took the paper's value (stage1.epochs 5, not the tiny preset's 2)."""

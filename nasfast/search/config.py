@@ -113,7 +113,7 @@ def _parsed(name: str, value: Any, f: dataclasses.Field) -> Any:
     may_be_none = f.default is None or (choices is not None and "none" in choices)
 
     def one(item):
-        if item is None and may_be_none:
+        if item is None and may_be_none or item == "none" and "none" in (choices or ()):  # as the command line
             return None
         if choices is not None and item not in choices:
             raise ValueError(f"choose one of {', '.join(choices)}")
