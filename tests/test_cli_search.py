@@ -621,6 +621,18 @@ def test_stage1_images_without_a_labelled_pixel_are_refused_before_any_candidate
     assert not (tmp_path / "run" / "candidates.jsonl").exists()
 
 
+def test_a_file_name_that_is_not_utf8_is_searched_as_any_other(tmp_path):
+    """A Latin-1 name (as zips made on Windows hold): the stage-1 cache's digest of the file names
+    could not encode it, and the search stopped without naming a file."""
+    from test_cli_train import folder_dataset
+    root = folder_dataset(tmp_path / "data", images=16)
+    for folder in ("images", "labels"):
+        os.rename(os.fsencode(root / folder / "im3.png"), os.fsencode(root / folder) + b"/caf\xe9 3.png")
+    assert search("--dataset", "folder", "--data-root", root, "--preset", "tiny", "--budget", 1, "--val-fraction",
+                  0.25, "--out", tmp_path / "run", "--no-progress") == 0
+    assert read_records(str(tmp_path / "run" / "candidates.jsonl"))[0]["status"] == "ok"
+
+
 def test_an_undefined_reward_fails_the_candidate():
     from types import SimpleNamespace
     from nasfast.search.candidate import _score

@@ -165,7 +165,7 @@ def _fingerprint(pairs) -> str:
                 stat = os.stat(path)
             except FileNotFoundError:
                 raise missing_file(path, what) from None
-            digest.update(f"{os.path.abspath(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            digest.update(os.fsencode(os.path.abspath(path)) + f"\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 
