@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR",
                         help="search runs (e.g. a PPO and a random one): their directories or candidates.jsonl")
     parser.add_argument("--top", type=positive_int, default=10, help="rows of the table of best designs [10]")
-    parser.add_argument("--bins", type=positive_int, default=4, help="parts of the search in the progress table and the plot [4]")
+    parser.add_argument("--bins", type=positive_int, default=4,
+                        help="parts of the search in the progress table and the plot [4]")
     parser.add_argument("--plot", metavar="PNG",
                         help="where to save the plot (needs matplotlib) [RUN_DIR/rewards.png, when it is installed]")
     return parser

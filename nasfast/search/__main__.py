@@ -56,7 +56,8 @@ def preset_differences() -> str:
                     for key in paper[stage] if values[stage][key] != paper[stage][key]]
         rows.append(textwrap.fill(f"{name}: " + " ".join(f"{flag(key)} {value}" for key, value in changed), width=96,
                                   initial_indent="  ", subsequent_indent="        ", break_on_hyphens=False))
-    return "presets, as the options that differ from paper's (whose values each option above shows):\n" + "\n".join(rows)
+    heading = "presets, as the options that differ from paper's (whose values each option above shows):"
+    return heading + "\n" + "\n".join(rows)
 
 
 class Parser(argparse.ArgumentParser):
