@@ -2,7 +2,7 @@
 import json
 import os
 import zipfile
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Set
 
 import torch
 
@@ -121,13 +121,22 @@ def is_torchscript(path: str) -> bool:
         return any("/code/" in name for name in archive.namelist())
 
 
-def load_fitting_weights(model: torch.nn.Module, checkpoint: Dict[str, Any]) -> List[str]:
+def load_fitting_weights(model: torch.nn.Module, checkpoint: Dict[str, Any], classifiers: bool = True) -> List[str]:
     """Loads into model the checkpoint's weights of its names and shapes (a model of the same design
-    for other classes: all but the classifiers'); returns the names of the tensors left as they were."""
+    for another number of classes: all but the classifiers'), all but the classifiers' whatever their
+    shapes unless `classifiers`; returns the names of the tensors left as they were."""
     own = model.state_dict()
-    fitting = {k: v for k, v in checkpoint["model"].items() if k in own and own[k].shape == v.shape}
+    left = set() if classifiers else classifier_weights(model)
+    fitting = {k: v for k, v in checkpoint["model"].items() if k in own and own[k].shape == v.shape and k not in left}
     model.load_state_dict(fitting, strict=False)
     return sorted(k for k in own if k not in fitting)
+
+
+def classifier_weights(model: torch.nn.Module) -> Set[str]:
+    """The state-dict names of a Segmenter's class-scoring convolutions (its decoder's classifiers)."""
+    classifiers = {id(module) for module in model.decoder.classifiers()}
+    return {f"{name}.{key}" for name, module in model.named_modules() if id(module) in classifiers
+            for key in module.state_dict()}
 
 
 def load_trained(path: str, fused=None) -> Segmenter:

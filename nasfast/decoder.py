@@ -105,6 +105,10 @@ class Decoder(nn.Module):
                             for _ in self.blocks)
         self._init_weights()
 
+    def classifiers(self) -> List[nn.Conv2d]:
+        """The convolutions that score the classes: the head's last, and each auxiliary head's."""
+        return [self.head[-1]] + [aux.classifier for aux in self.aux]
+
     def _init_weights(self):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

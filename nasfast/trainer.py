@@ -9,7 +9,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -253,7 +253,7 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
     # Resuming and --init load the encoder's weights from a checkpoint: no need for the ImageNet file then.
     model = create_model(genotype, num_classes, pretrained=resumed is None and initial is None, aux="cell")
     if initial is not None:
-        start_from(model, initial, args.init, num_classes)
+        start_from(model, initial, args.init, data.train_set.class_names)
     model = model.to(device)
     optimizers = make_optimizers(model, config)
     val_loader = evaluation_loader(data.val_images, config.workers)
@@ -341,13 +341,16 @@ def training_loader(images, config: TrainConfig, device) -> Tuple[DataLoader, to
     return loader, order
 
 
-def start_from(model, initial: dict, path: str, num_classes: int) -> None:
+def start_from(model, initial: dict, path: str, class_names: Sequence[str]) -> None:
     """Loads the --init checkpoint's weights into model, and says which layers start afresh (the
-    classifiers, for data of other classes)."""
-    fresh = load_fitting_weights(model, initial)
+    classifiers, for data of other classes, whether as many or not)."""
+    trained = initial.get("class_names")
+    renamed = len(class_names) == initial["num_classes"] and trained is not None and list(trained) != list(class_names)
+    fresh = load_fitting_weights(model, initial, classifiers=not renamed)
     layers = sorted({name.rsplit(".", 1)[0] for name in fresh})
-    afresh = f"; for {num_classes} classes, not its {initial['num_classes']}: {', '.join(layers)} start afresh"
-    print(f"weights from {path}{afresh if fresh else ''}", file=sys.stderr)
+    why = (f"for the classes {list(class_names)}, not its {list(trained)}" if renamed else
+           f"for {len(class_names)} classes, not its {initial['num_classes']}")
+    print(f"weights from {path}{f'; {why}: ' + ', '.join(layers) + ' start afresh' if fresh else ''}", file=sys.stderr)
 
 
 def mend_log(out: str, checkpoint: dict) -> None:

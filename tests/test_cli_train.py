@@ -21,7 +21,7 @@ from PIL import Image
 
 from nasfast import create_model, evaluate, files, train, trainer
 from nasfast.cell import Cell
-from nasfast.checkpoint import load_checkpoint
+from nasfast.checkpoint import classifier_weights, load_checkpoint
 from nasfast.cli import UsageError, run
 from nasfast.files import SEARCH_FILES
 from nasfast.genotype import ZOO
@@ -742,6 +742,29 @@ def test_init_weights_fit_all_but_the_classifiers_of_other_classes():
     assert layers == {"decoder.head.1", *(f"decoder.aux.{i}.classifier" for i in range(3))}  # the classifiers
     for k, v in target.state_dict().items():
         assert torch.equal(v, before[k] if k in fresh else theirs[k]), k
+
+
+def test_init_on_as_many_classes_of_other_names_starts_the_classifiers_afresh(tmp_path, capsys):
+    """Shapes alone kept sky/water's classifiers as background/road's."""
+    first = folder_dataset(tmp_path / "first", classes=2, images=8)
+    assert train_folder(first, tmp_path / "run1", "--epochs", "1") == 0
+    checkpoint = torch.load(tmp_path / "run1" / "best.pt", weights_only=True)
+    second = folder_dataset(tmp_path / "second", classes=2, images=8)
+    (second / "classes.txt").write_text("sky\nwater\n")
+    capsys.readouterr()
+    assert train_cli("--init", tmp_path / "run1" / "best.pt", "--preset", "tiny", "--dataset", "folder",
+                     "--data-root", second, "--epochs", "1", "--out", tmp_path / "run2", "--no-progress") == 0
+    assert (f"weights from {tmp_path / 'run1' / 'best.pt'}; for the classes ['sky', 'water'], not its "
+            "['class0', 'class1']: decoder.aux.0.classifier, ") in capsys.readouterr().err
+    model = create_model("arch0", 2, aux="cell")
+    trainer.start_from(model, checkpoint, "best.pt", ["sky", "water"])
+    classifiers = classifier_weights(model)
+    assert {k.rsplit(".", 1)[0] for k in classifiers} == {"decoder.head.1", *(f"decoder.aux.{i}.classifier"
+                                                                             for i in range(3))}
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, checkpoint["model"][k]) != (k in classifiers), k
+    trainer.start_from(model, checkpoint, "best.pt", ["class0", "class1"])  # the same classes: every weight
+    assert all(torch.equal(v, checkpoint["model"][k]) for k, v in model.state_dict().items())
 
 
 def test_init_trains_from_a_checkpoint_on_data_of_other_classes(tmp_path, capsys):
