@@ -14,7 +14,7 @@ import torch
 
 import nasfast.search.context
 import nasfast.search.loop as loop
-from nasfast.cli import run
+from nasfast.cli import UsageError, run
 from nasfast.search.__main__ import PROG, RUN_FILES, build_parser, choose_run, duration, main
 from nasfast.search.candidate import CandidateFailed, batch_bounds
 from nasfast.data import DATASETS
@@ -483,21 +483,28 @@ class Infinite(torch.nn.Module):
 
 def test_a_teacher_of_another_class_count_or_non_finite_logits_is_refused_before_caching(tmp_path):
     from nasfast.search.context import load_teacher
+    classes = lambda k: [f"c{i}" for i in range(k)]  # noqa: E731
     torch.jit.script(torch.nn.Conv2d(3, 5, 1)).save(str(tmp_path / "five.pt"))
     with pytest.raises(ValueError, match=r"gives \(1, 5, 64, 64\) logits .* needs N x 11 x H x W logits"):
-        load_teacher(str(tmp_path / "five.pt"), torch.device("cpu"), 11)
-    assert load_teacher(str(tmp_path / "five.pt"), torch.device("cpu"), 5)(torch.zeros(2, 3, 8, 8)).shape == \
+        load_teacher(str(tmp_path / "five.pt"), torch.device("cpu"), classes(11))
+    assert load_teacher(str(tmp_path / "five.pt"), torch.device("cpu"), classes(5))(torch.zeros(2, 3, 8, 8)).shape == \
         (2, 5, 8, 8)
     torch.jit.script(torch.nn.Linear(4, 4)).save(str(tmp_path / "linear.pt"))
     with pytest.raises(ValueError, match="fails on a 64x64 image"):
-        load_teacher(str(tmp_path / "linear.pt"), torch.device("cpu"), 11)
+        load_teacher(str(tmp_path / "linear.pt"), torch.device("cpu"), classes(11))
     torch.jit.script(Infinite()).save(str(tmp_path / "inf.pt"))
     with pytest.raises(ValueError, match="inf.pt gives non-finite logits"):
-        load_teacher(str(tmp_path / "inf.pt"), torch.device("cpu"), 11)
+        load_teacher(str(tmp_path / "inf.pt"), torch.device("cpu"), classes(11))
     (tmp_path / "notes.txt").write_text("not a model")
     with pytest.raises(ValueError, match=r"notes.txt is not a TorchScript file \(PytorchStreamReader failed "
                                          r"reading zip archive: not a ZIP archive\)$"):
-        load_teacher(str(tmp_path / "notes.txt"), torch.device("cpu"), 11)
+        load_teacher(str(tmp_path / "notes.txt"), torch.device("cpu"), classes(11))
+    info = {"genotype": "arch0", "num_classes": 5, "class_names": classes(5)}
+    torch.jit.script(torch.nn.Conv2d(3, 5, 1)).save(str(tmp_path / "export.pt"),
+                                                   _extra_files={"nasfast.json": json.dumps(info)})
+    assert load_teacher(str(tmp_path / "export.pt"), torch.device("cpu"), classes(5)) is not None
+    with pytest.raises(UsageError, match=r"teacher .*export.pt: the dataset's class 4 is 'sky', the model's 'c4'"):
+        load_teacher(str(tmp_path / "export.pt"), torch.device("cpu"), classes(4) + ["sky"])
 
 
 def test_a_data_error_in_a_candidate_stops_the_search_and_resume_goes_on(saved_search, capsys, monkeypatch):

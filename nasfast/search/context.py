@@ -4,13 +4,14 @@ import hashlib
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from ..checkpoint import check_classes, export_info
 from ..cli import progress_bar, resolve_device
 from ..data import EvalTransform, TrainTransform, find_data_root, make_dataset
 from ..data.datasets import absent_classes_warning, refuse_run_in_data
@@ -59,11 +60,13 @@ def _common_size(dataset, indices: List[int], scale: float) -> Tuple[int, int]:
     return max(h for h, _ in sizes), max(w for _, w in sizes)
 
 
-def load_teacher(path: Optional[str], device: torch.device, num_classes: int):
+def load_teacher(path: Optional[str], device: torch.device, class_names: Sequence[str]):
     """The teacher's logits as a function of images; it is tried on one small image first, so that
-    a teacher of another dataset is refused before the caching, not in every candidate."""
+    a teacher of another dataset is refused before the caching, not in every candidate (and an
+    export of python -m nasfast.export must name the dataset's classes)."""
     if path is None:
         return None
+    num_classes = len(class_names)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"teacher {path}: no such TorchScript file")
     try:
@@ -82,6 +85,11 @@ def load_teacher(path: Optional[str], device: torch.device, num_classes: int):
                          f"x H x W logits")
     if not torch.isfinite(logits).all():
         raise ValueError(f"teacher {path} gives non-finite logits (NaN or inf) for a 1x3x64x64 image")
+    try:
+        info = export_info(path)
+    except ValueError:  # not an export of nasfast's: its logits were all there was to check
+        return teacher
+    check_classes(f"teacher {path}", class_names, info)
     return teacher
 
 
@@ -196,7 +204,7 @@ def _stage1_caches(config: SearchConfig, full, stage1_ids: List[int], val_ids: L
         except (OSError, ValueError) as error:  # a file cut short or overwritten
             print(f"warning: the stage-1 cache in {directory('')} cannot be read ({error}); it is built again",
                   file=sys.stderr)
-    teacher = load_teacher(config.teacher, device, full.num_classes)  # checked before caching
+    teacher = load_teacher(config.teacher, device, full.class_names)  # checked before caching
     size = _common_size(full, stage1_ids + val_ids, config.scale)
     evaluated = EvalTransform(config.scale, size)
     if os.path.exists(marker):
