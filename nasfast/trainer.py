@@ -156,7 +156,6 @@ def load_data(args, config: TrainConfig, resumed: Optional[dict]) -> TrainingDat
     file; it says where they are and how many images it uses."""
     augment = TrainTransform(config.crop_size, config.scale_range, config.scale, seed=config.seed)
     root = find_data_root(args.dataset, args.data_root, resumed and resumed.get("data_root"))
-    refuse_run_in_data(args.out, root)
     try:
         train_set = make_dataset(args.dataset, str(root), transform=augment)
     except OtherLayout as error:
@@ -165,6 +164,7 @@ def load_data(args, config: TrainConfig, resumed: Optional[dict]) -> TrainingDat
         check_classes(f"--data-root {args.data_root}" if args.data_root else str(root), train_set.class_names, resumed)
     val_set = make_dataset(args.dataset, str(root), split=DATASETS[args.dataset][2],
                            transform=EvalTransform(config.scale))
+    refuse_run_in_data(args.out, root, [train_set, val_set])
     warning = split_warning(train_set, val_set, root)
     if warning:
         print(warning, file=sys.stderr)

@@ -678,14 +678,18 @@ def test_the_data_check_hint_names_where_the_data_are():
     assert data_check_command("camvid", None) == "python -m nasfast.data --dataset camvid"
 
 
-def test_out_naming_the_dataset_is_refused_before_anything_is_written(tmp_path, capsys):
+def test_out_naming_the_dataset_or_a_folder_of_its_files_is_refused_before_anything_is_written(tmp_path, capsys):
     from test_cli_train import folder_dataset
     root = folder_dataset(tmp_path / "data", images=16)
-    before = sorted(os.listdir(root))
+    before = {folder: sorted(os.listdir(root / folder)) for folder in (".", "images")}
     assert search("--dataset", "folder", "--data-root", root, "--preset", "tiny", "--budget", 1, "--out", root,
                   "--no-progress") == 2
     assert f"{root} is the dataset's directory, not one for a run's files: choose another" in capsys.readouterr().err
-    assert sorted(os.listdir(root)) == before
+    assert search("--dataset", "folder", "--data-root", root, "--preset", "tiny", "--budget", 1, "--out",
+                  root / "images", "--no-progress") == 2
+    assert f"{root / 'images'} holds the dataset's images or labels, not a run's files: choose another" in \
+        capsys.readouterr().err
+    assert {folder: sorted(os.listdir(root / folder)) for folder in before} == before
 
 
 def test_a_missing_label_file_is_named_before_the_search_begins(tmp_path, capsys):

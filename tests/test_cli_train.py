@@ -703,12 +703,16 @@ def test_an_out_that_cannot_be_made_is_refused_before_the_data_are_read(tmp_path
                                        f"{tmp_path / 'file'} is a file\n")
 
 
-def test_out_naming_the_dataset_is_refused_before_anything_is_written(tmp_path, capsys):
+def test_out_naming_the_dataset_or_a_folder_of_its_files_is_refused_before_anything_is_written(tmp_path, capsys):
     root = folder_dataset(tmp_path / "data", images=4)
-    before = sorted(os.listdir(root))
+    before = {folder: sorted(os.listdir(root / folder)) for folder in (".", "images", "labels")}
     assert train_folder(root, root) == 2
     assert f"{root} is the dataset's directory, not one for a run's files: choose another" in capsys.readouterr().err
-    assert sorted(os.listdir(root)) == before
+    for folder in ("images", "labels"):  # a search's report wrote its plot there: the data had a stray file
+        assert train_folder(root, root / folder) == 2
+        assert f"{root / folder} holds the dataset's images or labels, not a run's files: choose another" in \
+            capsys.readouterr().err
+    assert {folder: sorted(os.listdir(root / folder)) for folder in before} == before
 
 
 def test_a_training_run_s_directory_and_files_where_others_are_expected_are_named(tmp_path, capsys):

@@ -69,10 +69,16 @@ def find_data_root(name: str, data_root: Optional[str] = None, recorded: Optiona
         f"Get {HOW_TO_GET.get(name, 'the data')}, then {where}.")
 
 
-def refuse_run_in_data(run_dir: str, root: Path) -> None:
-    """A run's files would mix with the dataset's: a run directory that is the data's is a slip."""
-    if os.path.isdir(run_dir) and os.path.samefile(run_dir, root):
+def refuse_run_in_data(run_dir: str, root: Path, datasets: Sequence[SegmentationDataset] = ()) -> None:
+    """A run's files would mix with the dataset's: a run directory that is the data's, or a folder
+    of the images or labels of `datasets`, is a slip."""
+    if not os.path.isdir(run_dir):
+        return
+    if os.path.samefile(run_dir, root):
         raise ValueError(f"{run_dir} is the dataset's directory, not one for a run's files: choose another")
+    files = (path for dataset in datasets for pair in dataset.pairs for path in pair)
+    if os.path.realpath(run_dir) in {os.path.realpath(os.path.dirname(path)) for path in files}:
+        raise ValueError(f"{run_dir} holds the dataset's images or labels, not a run's files: choose another")
 
 
 def _read_lines(path: Path, what: str) -> List[List[str]]:

@@ -285,8 +285,8 @@ def build_context(config: SearchConfig, run_dir: str, recorded: Optional[Dict[st
         raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
     device = resolve_device(device)
     root = find_data_root(config.dataset, data_root, (recorded or {}).get("root"))
-    refuse_run_in_data(run_dir, root)
     full = make_dataset(config.dataset, str(root))
+    refuse_run_in_data(run_dir, root, [full])
     data = {"classes": list(full.class_names), "training images": len(full), "root": str(root)}
     check_same_data(data, recorded, run_dir)  # before the cache: building it may take long
     if cache != "open":  # said once, by the process that builds the cache
