@@ -108,3 +108,35 @@ def test_every_layout_problem_is_listed_at_once(tmp_path, capsys):
     from nasfast.data import DataError
     with pytest.raises(DataError, match=r"keep one of them \(and 2 more: python -m nasfast.data lists them\)$"):
         FolderDataset(root)  # elsewhere: the first, and how to see them all
+
+
+def test_every_problem_of_the_split_files_is_listed_at_once(tmp_path, capsys):
+    """The first one alone was said, and the layout's problems hid the files' until it was mended."""
+    root = folder_dataset(tmp_path / "data", images=6, lists={"train": [0, 1, 2], "val": [3, 4]})
+    (root / "train.txt").write_text("im0\nim1\nim1\nim404\n")
+    (root / "val.txt").write_text("im3\nim3\nim4\n")
+    assert check("--dataset", "folder", "--data-root", root) == 2
+    err = capsys.readouterr().err
+    assert f"the layout has 3 problems:\n  {root / 'train.txt'}: 1 names listed more than once, e.g. ['im1']\n  " \
+           f"{root / 'images'}: no image for 1 name, e.g. ['im404']\n  {root / 'val.txt'}: 1 names listed more " \
+           f"than once, e.g. ['im3']\n(the files themselves are read once the layout is mended: run this again " \
+           f"then)\n" in err
+
+
+def test_files_in_no_split_are_named_with_why(tmp_path, capsys):
+    """A .gif image, a broken link and a label of no image were left out without a word."""
+    root = folder_dataset(tmp_path / "data", images=4)
+    Image.open(root / "images" / "im3.png").save(root / "images" / "im3.gif")
+    (root / "images" / "im3.png").unlink()
+    (root / "labels" / "im2.png").rename(root / "labels" / "kept.png")
+    (root / "images" / "im2.png").unlink()
+    (root / "images" / "im2.png").symlink_to(root / "nowhere.png")
+    (root / "labels" / "orphan.png").symlink_to(root / "labels" / "kept.png")
+    assert check("--dataset", "folder", "--data-root", root) == 0
+    err = capsys.readouterr().err
+    assert (f"warning: 5 files in no split:\n  {root / 'images' / 'im2.png'}: a link to {root / 'nowhere.png'}, "
+            f"which is not there\n"
+            f"  {root / 'images' / 'im3.gif'}: not read (images are .jpg, .jpeg, .png, .bmp, .tif, .tiff, .webp)\n"
+            f"  {root / 'labels' / 'im3.png'}: no image of that name in {root / 'images'}\n"
+            f"  {root / 'labels' / 'kept.png'}: no image of that name in {root / 'images'}\n"
+            f"  {root / 'labels' / 'orphan.png'}: no image of that name in {root / 'images'}\n") in err

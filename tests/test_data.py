@@ -518,6 +518,29 @@ def test_folder_split_names_may_hold_spaces(tmp_path):
     assert [p[0].name for p in FolderDataset(root).pairs] == ["my photo.png"]
 
 
+def test_folder_names_match_whether_unicode_composes_their_letters_or_not(tmp_path):
+    """macOS writes file names decomposed (NFD), an editor types them composed (NFC): "no image"
+    and "label file is missing" were said of files that were there."""
+    import unicodedata
+    decomposed, composed = (unicodedata.normalize(form, "café") for form in ("NFD", "NFC"))
+    root = tiny_folder(tmp_path, names=("a", decomposed))
+    (root / "labels" / f"{decomposed}.png").rename(root / "labels" / f"{composed}.png")
+    (root / "train.txt").write_text(f"{composed}\n")
+    dataset = FolderDataset(root)
+    assert [(image.name, label.name) for image, label in dataset.pairs] == [(f"{decomposed}.png", f"{composed}.png")]
+    assert torch.equal(dataset[0][1], torch.eye(2, 3, dtype=torch.long))
+
+
+def test_folder_split_lines_written_on_windows_or_as_pairs(tmp_path):
+    root = tiny_folder(tmp_path)
+    (root / "train.txt").write_text("images\\a.png\nb\n")
+    assert [image.name for image, _ in FolderDataset(root).pairs] == ["a.png", "b.png"]
+    (root / "train.txt").write_text("images/a.png labels/a.png\n")
+    with pytest.raises(DataError, match=r"no image for 1 name, e.g. \['a.png labels/a.png'\]; a line names one "
+                                        r"image \(its label is found by name\)"):
+        FolderDataset(root)
+
+
 def test_folder_empty_split_file(tmp_path):
     root = tiny_folder(tmp_path)
     (root / "val.txt").write_text("\n")

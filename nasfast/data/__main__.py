@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..cli import counted, non_negative_int, progress_bar, run
 from .datasets import DATASETS, absent_classes_warning, find_data_root, make_dataset, split_warning
 from .decode import DataError
-from .folder import LayoutProblems
+from .folder import FolderDataset, LayoutProblems
 from .segmentation import SegmentationDataset
 from .transforms import IGNORE_INDEX
 
@@ -85,6 +85,7 @@ def main(argv=None) -> int:
         print(f"{args.dataset} data in {root}: the layout has {counted(len(layout), 'problem')}:", file=sys.stderr)
         for problem in layout:
             print(f"  {problem}", file=sys.stderr)
+        print("(the files themselves are read once the layout is mended: run this again then)", file=sys.stderr)
         return 2
     class_names = splits[0][1].class_names
     print(f"{args.dataset} data in {root}: {len(class_names)} classes, "
@@ -93,15 +94,24 @@ def main(argv=None) -> int:
     print("pixels per class:\n" + pixel_table(split_pixels, class_names))
     for warning in filter(None, warnings + [split_warning(splits[0][1], splits[1][1], root)]):
         print(warning, file=sys.stderr)
+    unused = splits[0][1].unused_files() if isinstance(splits[0][1], FolderDataset) else []
+    if unused:
+        print(f"warning: {counted(len(unused), 'file')} in no split:", file=sys.stderr)
+        print_some(unused)
     if problems:
         print(f"{counted(len(problems), 'file')} cannot be used:", file=sys.stderr)
-        for problem in problems[:SHOWN_PROBLEMS]:
-            print(f"  {problem}", file=sys.stderr)
-        if len(problems) > SHOWN_PROBLEMS:
-            print(f"  ... and {len(problems) - SHOWN_PROBLEMS} more", file=sys.stderr)
+        print_some(problems)
         return 2
     print("every file can be used")
     return 0
+
+
+def print_some(lines: List[str]) -> None:
+    """The first SHOWN_PROBLEMS lines, indented, and how many more there are."""
+    for line in lines[:SHOWN_PROBLEMS]:
+        print(f"  {line}", file=sys.stderr)
+    if len(lines) > SHOWN_PROBLEMS:
+        print(f"  ... and {len(lines) - SHOWN_PROBLEMS} more", file=sys.stderr)
 
 
 def read_splits(splits, workers: int, show_progress: bool):

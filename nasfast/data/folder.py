@@ -1,6 +1,7 @@
 """Your own data: a folder of images, labels and class names (FolderDataset), its layout checked
 as a whole so that every problem is said at once."""
 import os
+import unicodedata
 from collections import Counter
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -64,11 +65,17 @@ def _files_by_name(files: List[Path], suffixes: Sequence[str]) -> Dict[str, Path
     return {name: paths[0] for name, paths in by_name.items()}
 
 
+def _name(text: str) -> str:
+    """A name as names are compared: in Unicode's composed form (macOS writes file names decomposed,
+    an editor types them composed: the same name either way)."""
+    return unicodedata.normalize("NFC", text)
+
+
 def _group_by_name(files: List[Path], suffixes: Sequence[str]) -> Dict[str, List[Path]]:
     by_name: Dict[str, List[Path]] = {}
     for path in files:
         if path.suffix.lower() in suffixes:
-            by_name.setdefault(path.stem, []).append(path)
+            by_name.setdefault(_name(path.stem), []).append(path)
     return by_name
 
 
@@ -89,12 +96,9 @@ def _split_names(root: Path, split: str, images: Dict[str, Path]) -> Tuple[Optio
     split_file = root / f"{split}.txt"
     if split_file.is_file():
         lines = [line for line in _stripped_lines(split_file) if line and not line.startswith("#")]
-        names = [_image_name(line, images) for line in lines]
+        names = [_image_name(_name(line), images) for line in lines]
         if not names:
             raise DataError(f"{split_file}: lists no names; write the names of the split's images, one a line")
-        twice = sorted(name for name, count in Counter(names).items() if count > 1)
-        if twice:
-            raise DataError(f"{split_file}: {len(twice)} names listed more than once, e.g. {twice[:5]}")
         return split_file, names
     listed = [name for name in TOOL_SPLITS if (root / f"{name}.txt").is_file()]
     if listed:
@@ -106,7 +110,10 @@ def _split_names(root: Path, split: str, images: Dict[str, Path]) -> Tuple[Optio
 
 
 def _image_name(listed: str, images: Dict[str, Path]) -> str:
-    """The listed name, or the name of a listed file name ("x.jpg" or "images/x.jpg" for the image x)."""
+    """The listed name, or the name of a listed file name ("x.jpg" or "images/x.jpg" for the image x;
+    images\\x.jpg as Windows writes it)."""
+    if listed not in images and "\\" in listed:
+        listed = listed.replace("\\", "/")
     if listed.startswith("images/") and listed not in images:
         listed = listed[len("images/"):]
     name, suffix = os.path.splitext(listed)
@@ -117,7 +124,7 @@ def _label_paths(labels: Path, names: List[str]) -> List[Path]:
     """labels/<name>.png, the extension in any case."""
     files = _visible_files(labels)  # one listing: a folder may hold thousands
     pngs = _files_by_name(files, (".png",))
-    jpegs = {p.stem: p for p in files if p.suffix.lower() in (".jpg", ".jpeg")}
+    jpegs = {_name(p.stem): p for p in files if p.suffix.lower() in (".jpg", ".jpeg")}
     jpeg_only = [name for name in names if name not in pngs and name in jpegs]
     if len(jpeg_only) == 1:
         raise DataError(f"{jpegs[jpeg_only[0]]}: labels must be PNG (JPEG compression changes the class values); "
@@ -159,16 +166,49 @@ class FolderDataset(SegmentationDataset):
         by_name = _group_by_name(_visible_files(root / "images"), IMAGE_SUFFIXES)
         _note_problem(problems, _refuse_shared_names, by_name)
         images = {name: paths[0] for name, paths in by_name.items()}
-        self.split_file, names = _split_names(root, split, images)
-        missing = [n for n in names if n not in images]
-        if missing:
-            hint = "; subfolders of images/ are not searched" if any("/" in n or "\\" in n for n in missing) else ""
-            names_text = f"{len(missing)} name{'s' if len(missing) > 1 else ''}"
-            problems.append(f"{root / 'images'}: no image for {names_text}, e.g. {missing[:5]}{hint}")
+        listed = _note_problem(problems, _split_names, root, split, images)
+        if listed is None:
+            raise LayoutProblems(problems)
+        self.split_file, names = listed
+        problems += _listing_problems(root, self.split_file, names, images)
         labels = _note_problem(problems, _label_paths, root / "labels", names)
         if problems:
             raise LayoutProblems(problems)
         super().__init__(list(zip((images[n] for n in names), labels)), transform)
+        self.root = root
+
+    def unused_files(self) -> List[str]:
+        """What images/ and labels/ hold that no split can use, each with why: files of types not
+        read, broken links, labels of no image."""
+        images = _group_by_name(_visible_files(self.root / "images"), IMAGE_SUFFIXES)
+        notes = []
+        for folder, kinds in (("images", IMAGE_SUFFIXES), ("labels", (".png",))):
+            for path in sorted((self.root / folder).iterdir()):
+                if path.name.startswith(".") or path.is_dir():
+                    continue
+                if not path.exists():
+                    notes.append(f"{path}: a link to {os.readlink(path)}, which is not there")
+                elif path.suffix.lower() not in kinds:
+                    notes.append(f"{path}: not read ({folder} are {', '.join(kinds)})")
+                elif folder == "labels" and _name(path.stem) not in images:
+                    notes.append(f"{path}: no image of that name in {self.root / 'images'}")
+        return notes
+
+
+def _listing_problems(root: Path, split_file: Optional[Path], names: List[str], images: Dict[str, Path]) -> List[str]:
+    """Names the split file lists twice, and names without an image."""
+    problems = []
+    twice = sorted(name for name, count in Counter(names).items() if count > 1)
+    if twice:
+        problems.append(f"{split_file}: {len(twice)} names listed more than once, e.g. {twice[:5]}")
+    missing = [n for n in dict.fromkeys(names) if n not in images]
+    if missing:
+        hint = ("; a line names one image (its label is found by name)" if any(" labels/" in n for n in missing) else
+                "; subfolders of images/ are not searched" if any("/" in n for n in missing) else "")
+        names_text = f"{len(missing)} name{'s' if len(missing) > 1 else ''}"
+        problems.append(f"{root / 'images'}: no image for {names_text}, e.g. {missing[:5]}{hint}")
+    return problems
+
 
 
 def _absent_folder(root: Path, folder: str) -> str:
