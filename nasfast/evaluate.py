@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                                             "checkpoint, where it still is; else $NASFAST_DATA/<dataset>)")
     parser.add_argument("--split", default="val",
                         help="camvid: train, val or test; voc: train_aug, train or val; folder: the names in "
-                             "<SPLIT>.txt, else every image [val]")
+                             "<SPLIT>.txt (every image where there is neither train.txt nor val.txt) [val]")
     parser.add_argument("--scale", type=positive_float,
                         help="resize images and their labels by this factor: the scores are at that size "
                              "(--scale 1: the labels' own) [the training's, stored in the checkpoint]")

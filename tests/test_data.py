@@ -460,6 +460,10 @@ def test_folder_labels_of_16_or_1_bit(tmp_path):
     Image.fromarray(grey[:, :, :3], "RGB").save(root / "labels" / "a.png")
     with pytest.raises(DataError, match=r"got mode RGB; .* \(a colour-coded label: map its colours to class"):
         FolderDataset(root).load(0)
+    grey[:, :, 3] = 255  # opaque: the mode is still the file's
+    Image.fromarray(grey, "RGBA").save(root / "labels" / "a.png")
+    with pytest.raises(DataError, match=r"got mode RGBA; .* \(a colour-coded label: map its colours to class"):
+        FolderDataset(root).load(0)
 
 
 def test_data_roots_given_recorded_or_found(tmp_path, monkeypatch):
@@ -616,6 +620,11 @@ def test_voc_palette_labels_without_sbd(tmp_path, camvid_root):
     (tmp_path / "ImageSets" / "Segmentation" / "train.txt").write_text("2007_000032\n")
     _, loaded = VOC(tmp_path, split="train")[0]
     assert torch.equal(loaded, torch.from_numpy(label).long())
+    lists = tmp_path / "ImageSets" / "Segmentation"
+    with pytest.raises(FileNotFoundError, match=re.escape(  # the tools train on train_aug: what to do without SBD
+            f"(train_aug.txt: SBD's augmented set); with VOC 2012 alone (no SBD), copy {lists / 'train.txt'} to "
+            f"train_aug.txt to train on its images")):
+        VOC(tmp_path)
 
 
 def test_own_data_read_as_camvid_suggests_the_folder_dataset(tmp_path):

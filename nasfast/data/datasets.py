@@ -147,9 +147,12 @@ class VOC(SegmentationDataset):
             root = root / "VOCdevkit" / "VOC2012"
         list_file = root / "ImageSets" / "Segmentation" / f"{split}.txt"
         if not list_file.is_file():
+            voc_alone, hint = list_file.with_name("train.txt"), ""
+            if split == "train_aug" and voc_alone.is_file():
+                hint = f"; with VOC 2012 alone (no SBD), copy {voc_alone} to {list_file.name} to train on its images"
             raise FileNotFoundError(f"{list_file} not found; expected under {root}: JPEGImages/, "
                                     f"SegmentationClassAug/ (or SegmentationClass/) and "
-                                    f"ImageSets/Segmentation/{split}.txt (see nasfast.data.VOC)")
+                                    f"ImageSets/Segmentation/{split}.txt (train_aug.txt: SBD's augmented set){hint}")
         labels = root / "SegmentationClassAug"
         if not labels.is_dir():
             labels = root / "SegmentationClass"

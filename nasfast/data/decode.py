@@ -76,6 +76,7 @@ def label_values(label: Image.Image, path: Path) -> np.ndarray:
     """The label's values (HxW): uint8 from an 8-bit (L, P) or 1-bit image, or from an RGB one whose
     channels are equal (grey saved in colour); wider integers from a 16 or 32-bit one. An alpha
     channel that is opaque everywhere is dropped."""
+    mode = label.mode  # as the file has it, for the error
     if label.mode in ("LA", "RGBA") and np.asarray(label.getchannel("A")).min() == 255:
         label = label.convert(label.mode[:-1])
     if label.mode in ("L", "P", "1"):
@@ -91,7 +92,7 @@ def label_values(label: Image.Image, path: Path) -> np.ndarray:
     if label.mode in ("RGB", "RGBA") and not grey:
         hint = " (a colour-coded label: map its colours to class indices)"
     raise DataError(f"{path}: a label must be a one-channel image of class indices (8 or 16-bit grey, or "
-                    f"palette), got mode {label.mode}; save it as an 8-bit grey PNG of class indices{hint}")
+                    f"palette), got mode {mode}; save it as an 8-bit grey PNG of class indices{hint}")
 
 
 def _equal_channels(pixels: np.ndarray) -> bool:
