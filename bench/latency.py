@@ -22,7 +22,8 @@ import nasfast.ops
 from nasfast import count_madds, count_params, create_model
 from nasfast.cli import UsageError, at_least_two, positive_float, positive_int, resolve_device, run
 from nasfast.export import NUM_CLASSES_DEFAULT, script_for_deployment
-from nasfast.genotype import ZOO, genotype_from_option, recorded_classes
+from nasfast.designs import genotype_from_option, recorded_classes
+from nasfast.genotype import ZOO
 from nasfast.search.summary import madds_text
 from timing import NOT_A_JETSON, device_note, is_jetson, timed
 

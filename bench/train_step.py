@@ -24,7 +24,7 @@ import torch
 
 from nasfast import create_model
 from nasfast.cli import positive_int, resolve_device, run
-from nasfast.genotype import genotype_from_option
+from nasfast.designs import genotype_from_option
 from nasfast.steps import LateLossCheck, descend, segmentation_loss
 from nasfast.trainer import TrainConfig, make_optimizers
 from timing import device_note

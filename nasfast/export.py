@@ -18,9 +18,10 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from . import ops
 from .checkpoint import is_torchscript, load_checkpoint, model_from_checkpoint
 from .cli import UsageError, positive_int, run
+from .designs import genotype_from_option, recorded_classes
 from .encoder import IMAGENET_MEAN, IMAGENET_STD
 from .files import why_unwritable, write_atomic
-from .genotype import Genotype, genotype_from_option, recorded_classes
+from .genotype import Genotype
 from .model import create_model
 
 PROG = "python -m nasfast.export"

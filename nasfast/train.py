@@ -12,8 +12,9 @@ from .checkpoint import RESUME_KEYS, load_checkpoint
 from .cli import (UsageError, counted, fraction, images_per_batch, non_negative_int, option_text, positive_float,
                   positive_int, run)
 from .data.datasets import DATASETS
+from .designs import genotype_from_option
 from .files import BEST, LAST, SEARCH_FILES, TRAINING_LOG, lock_directory, read_records, refuse_if_in_use
-from .genotype import Genotype, genotype_from_option, genotype_name
+from .genotype import Genotype, genotype_name
 from .model import FINAL_CHANNELS, FINAL_SEP_REPEATS
 from .tensorboard import check_available
 from .trainer import (PRESETS, PROG, TrainConfig, TrainingInterrupted, check_new_run_directory, format_miou,

@@ -222,7 +222,7 @@ def test_count_designs_matches_brute_force_enumeration():
 
 
 def test_an_option_names_a_search_for_its_best_design_and_long_text_is_cut(tmp_path):
-    from nasfast.genotype import genotype_from_option, recorded_classes
+    from nasfast.designs import genotype_from_option, recorded_classes
     rest = dict(stage1_reward=None, stage2_reward=None, gate=None, params=None, madds=None, seconds=1.0)
     records = [{"index": 0, "genotype": ZOO["arch0"].to_list(), "status": "ok", "reward": 0.31, **rest},
                {"index": 1, "genotype": ZOO["arch1"].to_list(), "status": "ok", "reward": 0.42, **rest},
