@@ -22,7 +22,7 @@ def one_thread():
 
 def synthetic_reward(proposal: Proposal) -> float:
     """The share of decisions equal to a target design's: a reward a policy can climb."""
-    return sum(a == b for a, b in zip(proposal.decisions, TARGET)) / len(TARGET)
+    return sum(a == b for a, b in zip(proposal.genotype.decisions(), TARGET)) / len(TARGET)
 
 
 def run(strategy, steps: int, batch: int = 1):
@@ -51,8 +51,7 @@ def test_samples_are_valid_proposals(name):
     strategy = make_strategy(name, seed=1)
     for _ in range(30):
         p = strategy.sample()
-        assert len(p.decisions) == 19 and all(0 <= d < n for d, n in zip(p.decisions, SIZES))
-        assert Genotype.from_decisions(p.decisions) == p.genotype
+        assert len(p.genotype.decisions()) == 19 and all(0 <= d < n for d, n in zip(p.genotype.decisions(), SIZES))
         assert isinstance(p.log_prob, float) and p.log_prob < 0
 
 
@@ -121,7 +120,7 @@ def test_controller_weights_are_uniform_in_a_tenth():
 def test_recorded_log_prob_is_the_policys():
     ppo = PPOController(seed=1)
     proposals = [ppo.sample() for _ in range(10)]
-    log_prob, _ = ppo.controller.evaluate(torch.tensor([p.decisions for p in proposals]))
+    log_prob, _ = ppo.controller.evaluate(torch.tensor([p.genotype.decisions() for p in proposals]))
     assert log_prob.tolist() == pytest.approx([p.log_prob for p in proposals], abs=1e-4)
 
 
@@ -143,7 +142,7 @@ def test_each_decision_depends_on_the_tokens_chosen_before_it():
 def test_random_search_draws_uniform_genotypes():
     """Genotype.random is uniform (test_genotype): random search must be its draws, seeded."""
     random_search, generator = RandomSearch(seed=0), torch.Generator().manual_seed(0)
-    assert [random_search.sample().decisions for _ in range(20)] == \
+    assert [random_search.sample().genotype.decisions() for _ in range(20)] == \
         [Genotype.random(generator).decisions() for _ in range(20)]
     assert random_search.sample().log_prob == pytest.approx(-sum(math.log(n) for n in SIZES))
     assert random_search.update([random_search.sample()], [0.5]) == {}
@@ -165,7 +164,7 @@ def test_updates_use_the_log_prob_recorded_at_sampling():
     first, second = ppo.sample(), ppo.sample()
     ppo.update([first], [0.0])  # initialises the baseline: advantage 0, nothing learnt
     start = parameters(ppo)
-    stale = Proposal(second.genotype, second.decisions, second.log_prob - 1.0)  # ratio e > 1.1
+    stale = Proposal(second.genotype, second.log_prob - 1.0)  # ratio e > 1.1
     stats = ppo.update([stale], [1.0])
     assert stats["advantage"] > 0
     assert all(torch.equal(x, y) for x, y in zip(start, parameters(ppo)))
@@ -187,7 +186,7 @@ def test_the_surrogate_is_the_pessimistic_min_of_the_ratio_and_its_clip_to_both_
     first, second = ppo.sample(), ppo.sample()
     ppo.update([first], [0.5])  # initialises the baseline: advantage 0, nothing learnt
     start = parameters(ppo)
-    stale = Proposal(second.genotype, second.decisions, second.log_prob - log_ratio)
+    stale = Proposal(second.genotype, second.log_prob - log_ratio)
     stats = ppo.update([stale], [0.5 + advantage_sign * 0.5])
     assert stats["advantage"] * advantage_sign > 0
     changed = not all(torch.equal(x, y) for x, y in zip(start, parameters(ppo)))
@@ -248,7 +247,7 @@ def test_replay_adds_the_k_latest_earlier_proposals_to_each_update():
 
 
 def test_entropy_weight_moves_the_update_towards_a_more_uncertain_policy():
-    measured_on = torch.tensor([RandomSearch(seed=0).sample().decisions for _ in range(64)])
+    measured_on = torch.tensor([RandomSearch(seed=0).sample().genotype.decisions() for _ in range(64)])
 
     def entropy_after_updates(entropy_weight: float) -> float:
         ppo = PPOController(seed=4, lr=1e-2, entropy_weight=entropy_weight)

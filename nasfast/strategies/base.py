@@ -13,8 +13,7 @@ class Proposal:
     """A sampled design and what its strategy needs to learn from its reward later, possibly
     after other designs were sampled or scored (rewards may come back out of order)."""
     genotype: Genotype
-    decisions: List[int]   # the 19 controller decisions, Genotype.decisions() order
-    log_prob: float        # of the decisions, under the policy at sampling time
+    log_prob: float        # of its decisions (genotype.decisions()), under the policy at sampling time
 
 
 class Strategy(ABC):

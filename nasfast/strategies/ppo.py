@@ -102,7 +102,7 @@ class PPOController(Strategy):
     def sample(self) -> Proposal:
         decisions, log_prob = self.controller.sample(self.generator)
         self.samples += 1
-        return Proposal(Genotype.from_decisions(decisions), decisions, log_prob)
+        return Proposal(Genotype.from_decisions(decisions), log_prob)
 
     def update(self, proposals: List[Proposal], rewards: List[float]) -> Dict[str, float]:
         check_scored(proposals, rewards)

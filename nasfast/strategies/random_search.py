@@ -21,7 +21,7 @@ class RandomSearch(Strategy):
     def sample(self) -> Proposal:
         genotype = Genotype.random(self.generator)
         self.samples += 1
-        return Proposal(genotype, genotype.decisions(), self.LOG_PROB)
+        return Proposal(genotype, self.LOG_PROB)
 
     def update(self, proposals: List[Proposal], rewards: List[float]) -> Dict[str, float]:
         check_scored(proposals, rewards)
