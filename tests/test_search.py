@@ -576,15 +576,16 @@ def cached_context(config, cache: FeatureCache, **more) -> SimpleNamespace:
 
 def recording(monkeypatch, candidate):
     """The Polyak averages run_stage1/2 make, and a copy of the model each trained, taken before averaging."""
-    averages, trained = [], []
+    averages, trained, models = [], [], []
 
     def recorded_polyak(module, decay):
         averages.append(Polyak(module, decay))
+        models.append(module)  # what the stage's loop then trains
         return averages[-1]
 
-    def train_and_keep(model, *args):
-        candidate_train(model, *args)
-        trained.append(copy.deepcopy(model).eval())
+    def train_and_keep(*args):
+        candidate_train(*args)
+        trained.append(copy.deepcopy(models[-1]).eval())
     candidate_train = candidate._train
     monkeypatch.setattr(candidate, "Polyak", recorded_polyak)
     monkeypatch.setattr(candidate, "_train", train_and_keep)
