@@ -13,12 +13,12 @@ from ..data import DATASETS, DataError
 from ..data.datasets import OtherLayout
 from ..files import (CONFIG, SEARCH_FILES, SEARCH_LOG, SEARCH_STATE, TRAINING_FILES, checkpoints_in, read_json,
                      read_search_log, why_unwritable)
-from ..tensorboard import TensorBoardLog, check_available
+from ..tensorboard import check_available
 from . import distributed
 from .config import FIXED, MACHINE_OPTIONS, PRESETS, SearchConfig, StageConfig, missing_keys, preset
 from .distributed import begun_by_this_job, has_pending, restart_count, world_size
 from .loop import NO_BUDGET, Search
-from .summary import PROG, closing_summary, resume_command, top_table
+from .summary import PROG, resume_command
 
 USAGE = "%(prog)s (--out RUN_DIR | --resume RUN_DIR) [--budget N] [--time-budget T] [options]"
 # Files of a search (the first three) or of a training run: a new search must not mix with them.
@@ -333,16 +333,10 @@ def search_in_this_process(args, run_dir: str, config: SearchConfig, resume: boo
 
     search = Search(run_dir, config, lambda cfg, d, recorded: build_context(
         cfg, d, recorded, args.data_root, args.device, progress=not args.no_progress), args.budget, args.time_budget)
-    search.lock_run_dir()
-    if args.tensorboard:
-        search.tensorboard = TensorBoardLog(run_dir)
+    if not search.open(resume, args.tensorboard, args.top):
+        return exit_status(search.records)
     if resume:
-        search.resume()
-        if search.spent():
-            print(f"already done: {search.spent_note()}", file=sys.stderr)
-            print(top_table(search.records, args.top))
-            return exit_status(search.records)
-        print(f"resuming {run_dir} at candidate {search.next_index}", file=sys.stderr)
+        print(search.resuming_note(), file=sys.stderr)
     try:
         search.prepare(resume)
         search.run(progress=not args.no_progress)
@@ -358,9 +352,7 @@ def search_in_this_process(args, run_dir: str, config: SearchConfig, resume: boo
         check = data_check_command(config.dataset, args.data_root or search.recorded_root())
         raise DataError(f"{message_of(error)}; once it is mended ({check} lists every file that cannot be used), "
                         f"continue with {resume_command(run_dir, args.data_root)}") from None
-    print(search.spent_note(), file=sys.stderr)
-    data_root = args.data_root or (search.recorded_root() if resume else None)  # a resume reads the recorded one
-    print(closing_summary(search.records, args.top, run_dir, config, data_root, search.recorded_training_images()))
+    search.print_closing(args.top, search.data_root(args.data_root, resume))
     return exit_status(search.records)
 
 

@@ -28,12 +28,11 @@ from ..data.datasets import OtherLayout
 from ..files import SEARCH_STATE, read_json, save_torch, write_json
 from ..genotype import Genotype
 from ..strategies import Proposal
-from ..tensorboard import TensorBoardLog
 from .context import SearchContext
 from .config import SearchConfig
 from .loop import Search, evaluate_record
 from .records import load_state
-from .summary import PROG, closing_summary, resume_command, top_table
+from .summary import PROG, resume_command
 
 MESSAGE_BYTES = 1 << 20          # one message, 8 bytes of length first
 HEADER = struct.Struct("<Q")
@@ -305,18 +304,11 @@ def _run_rank0(args, choose_run, context_factory) -> int:
     try:
         run_dir, config, resume = choose_run()
         coordinator = Coordinator(run_dir, config, context_factory, args.budget, args.time_budget, world_size())
-        coordinator.lock_run_dir()
-        if args.tensorboard:
-            coordinator.tensorboard = TensorBoardLog(run_dir)
-        if resume:
-            coordinator.resume()
-            if coordinator.spent() and not coordinator.pending:
-                print(f"already done: {coordinator.spent_note()}", file=sys.stderr)
-                print(top_table(coordinator.records, args.top))
-                share({"exit": 0})
-                if world_size() > 1:
-                    dist.destroy_process_group()
-                return 0
+        if not coordinator.open(resume, args.tensorboard, args.top):
+            share({"exit": 0})
+            if world_size() > 1:
+                dist.destroy_process_group()
+            return 0
         coordinator.prepare(resume)  # builds the cache the other ranks open; fails early without data
     except SystemExit as stop:  # an error the parser reported
         share({"exit": stop.code})
@@ -328,12 +320,10 @@ def _run_rank0(args, choose_run, context_factory) -> int:
             raise said from None
         raise
     if resume:
-        print(f"resuming {run_dir} at candidate {coordinator.next_index} "
-              f"({len(coordinator.pending)} in flight)", file=sys.stderr)
+        print(coordinator.resuming_note(), file=sys.stderr)
     share({"run_dir": run_dir, "config": config.to_dict(), "data": coordinator.data})
     coordinator.show_progress(bar=not args.no_progress)
-    data_root = args.data_root or (coordinator.recorded_root() if resume else None)  # a resume reads the recorded one
-    return _serve_and_work(coordinator, args.top, data_root)
+    return _serve_and_work(coordinator, args.top, coordinator.data_root(args.data_root, resume))
 
 
 def _serve_and_work(coordinator: Coordinator, top: int, data_root: Optional[str]) -> int:
@@ -356,9 +346,7 @@ def _serve_and_work(coordinator: Coordinator, top: int, data_root: Optional[str]
     coordinator.close()
     if errors:
         raise RuntimeError("the relay to the other ranks failed") from errors[0]
-    print(coordinator.spent_note(), file=sys.stderr)
-    print(closing_summary(coordinator.records, top, coordinator.run_dir, coordinator.config, data_root,
-                          coordinator.recorded_training_images()))
+    coordinator.print_closing(top, data_root)
     if world_size() > 1:
         dist.destroy_process_group()
     return 0

@@ -23,7 +23,7 @@ from .context import SearchContext
 from .config import SearchConfig
 from .gate import Gate
 from .records import keep_finished_records, load_state
-from .summary import format_reward, progress_line
+from .summary import closing_summary, format_reward, progress_line, top_table
 
 NO_BUDGET = "give --budget N (candidates) and/or --time-budget T (e.g. 4h)"
 
@@ -166,6 +166,34 @@ class Search:
         if self.budget is None and self.time_budget is None:  # a state saved before budgets were
             raise ValueError(NO_BUDGET)
         self.records = keep_finished_records(self.path(SEARCH_LOG), self.next_index, self.in_flight())
+
+    def open(self, resume: bool, tensorboard: bool, top: int) -> bool:
+        """Locks RUN_DIR, starts the TensorBoard log if asked for and, with `resume`, loads the saved
+        search: False, with its table of the best designs printed, when nothing is left to do."""
+        self.lock_run_dir()
+        if tensorboard:
+            self.tensorboard = TensorBoardLog(self.run_dir)
+        if resume:
+            self.resume()
+            if self.spent() and not list(self.in_flight()):
+                print(f"already done: {self.spent_note()}", file=sys.stderr)
+                print(top_table(self.records, top))
+                return False
+        return True
+
+    def resuming_note(self) -> str:
+        in_flight = len(list(self.in_flight()))
+        return f"resuming {self.run_dir} at candidate {self.next_index}" + (f" ({in_flight} in flight)"
+                                                                            if in_flight else "")
+
+    def data_root(self, given: Optional[str], resume: bool) -> Optional[str]:
+        """The data root the closing commands name: the one given, or on resume the one the search read."""
+        return given or (self.recorded_root() if resume else None)
+
+    def print_closing(self, top: int, data_root: Optional[str]) -> None:
+        print(self.spent_note(), file=sys.stderr)
+        print(closing_summary(self.records, top, self.run_dir, self.config, data_root,
+                              self.recorded_training_images()))
 
     def done(self) -> int:
         """Candidates of the budget spent: finished, or lost with log lines that a crash cut."""
