@@ -13,7 +13,7 @@ from .cli import (UsageError, counted, fraction, images_per_batch, non_negative_
                   positive_int, run)
 from .data.datasets import DATASETS
 from .designs import genotype_from_option
-from .files import BEST, LAST, SEARCH_FILES, TRAINING_LOG, lock_directory, read_records, refuse_if_in_use
+from .files import BEST, CONFIG, LAST, SEARCH_FILES, TRAINING_LOG, lock_directory, read_records, refuse_if_in_use
 from .genotype import Genotype, genotype_name
 from .model import FINAL_CHANNELS, FINAL_SEP_REPEATS
 from .tensorboard import check_available
@@ -152,12 +152,12 @@ def resumed_run(args) -> Tuple[Genotype, TrainConfig, dict]:
     if not os.path.isfile(last):
         raise UsageError(f"--resume: no {last}{_why_no_last(args.out) if saved else ''}")
     if saved is None:
-        raise UsageError(f"--resume: no {os.path.join(args.out, 'config.json')}")
+        raise UsageError(f"--resume: no {os.path.join(args.out, CONFIG)}")
     if not (isinstance(saved, dict) and {"genotype", "dataset"} <= saved.keys()):
-        raise UsageError(f"--resume: {os.path.join(args.out, 'config.json')} is not the settings of a training run")
+        raise UsageError(f"--resume: {os.path.join(args.out, CONFIG)} is not the settings of a training run")
     conflicts = resume_conflicts(args, saved)
     if conflicts:
-        raise UsageError(f"--resume: {', '.join(conflicts)} (config.json)")
+        raise UsageError(f"--resume: {', '.join(conflicts)} ({CONFIG})")
     settings = {f.name: saved[f.name] for f in fields(TrainConfig) if f.name in saved}
     config = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
     if args.workers is not None:

@@ -47,9 +47,12 @@ class FeatureCache:
         teacher = None if self.teacher is None else moved(self.teacher)
         return FeatureCache([moved(f) for f in self.features], moved(self.labels), teacher)
 
+    def arrays(self) -> list:
+        """Every array of the cache: the encoder's levels, the labels, the teacher's logits if any."""
+        return self.features + [self.labels] + ([self.teacher] if self.teacher is not None else [])
+
     def nbytes(self) -> int:
-        arrays = self.features + [self.labels] + ([self.teacher] if self.teacher is not None else [])
-        return sum(a.nbytes if isinstance(a, np.ndarray) else a.numel() * a.element_size() for a in arrays)
+        return sum(a.nbytes if isinstance(a, np.ndarray) else a.numel() * a.element_size() for a in self.arrays())
 
 
 def open_cache(directory: str) -> FeatureCache:

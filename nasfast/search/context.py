@@ -233,7 +233,7 @@ def _check_complete(cache: FeatureCache, images: int, directory: str) -> None:
     """ValueError unless the files of a cache marked complete hold every encoder level for each of
     its `images` (not so when a file was removed, or copied from the other cache)."""
     channels = [level.shape[1] for level in cache.features]
-    counts = {len(array) for array in cache.features + [cache.labels] + [t for t in [cache.teacher] if t is not None]}
+    counts = {len(array) for array in cache.arrays()}
     if channels != list(MobileNetV2Encoder.channels) or counts != {images}:
         raise ValueError(f"{directory} holds levels of {channels} channels for {sorted(counts)} images, not "
                          f"{list(MobileNetV2Encoder.channels)} for {images}")
