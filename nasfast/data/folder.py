@@ -210,7 +210,6 @@ def _listing_problems(root: Path, split_file: Optional[Path], names: List[str], 
     return problems
 
 
-
 def _absent_folder(root: Path, folder: str) -> str:
     others = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     found = f"; {root} has {', '.join(others[:5])}{', ...' if len(others) > 5 else ''}" if others else ""
