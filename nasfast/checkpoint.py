@@ -122,9 +122,10 @@ def is_torchscript(path: str) -> bool:
 
 
 def load_fitting_weights(model: torch.nn.Module, checkpoint: Dict[str, Any], classifiers: bool = True) -> List[str]:
-    """Loads into model the checkpoint's weights of its names and shapes (a model of the same design
-    for another number of classes: all but the classifiers'), all but the classifiers' whatever their
-    shapes unless `classifiers`; returns the names of the tensors left as they were."""
+    """Loads into model the checkpoint's weights that fit it by name and shape (a model of the same
+    design for another number of classes: all but the classifiers'); classifiers=False leaves the
+    classifiers out whatever their shapes (as many classes, other ones). Returns the names of the
+    tensors left as they were."""
     own = model.state_dict()
     left = set() if classifiers else classifier_weights(model)
     fitting = {k: v for k, v in checkpoint["model"].items() if k in own and own[k].shape == v.shape and k not in left}
