@@ -1,13 +1,16 @@
 """Crash-safe files: each is replaced atomically (a crash leaves the old or the new one) or, for
 JSON-lines logs, appended a whole line at a time."""
+import contextlib
 import errno
 import fcntl
 import io
 import json
 import math
 import os
+import signal
 import sys
-from typing import Any, Dict, List, Optional, Tuple
+import threading
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -17,6 +20,41 @@ SEARCH_FILES = SEARCH_LOG, SEARCH_STATE = "candidates.jsonl", "state.pt"
 TRAINING_FILES = TRAINING_LOG, LAST, BEST = "log.jsonl", "last.pt", "best.pt"
 LOCK = ".lock"
 LOCK_HELD = (errno.EACCES, errno.EAGAIN)  # what lockf says when another process holds the lock
+
+
+class StopSignals:
+    """Within `with StopSignals() as stop:`, Ctrl-C and SIGTERM raise KeyboardInterrupt, except
+    inside `with stop.deferred():`, the bookkeeping of what is saved, which they let finish first:
+    what the process then says it saved is what it saved. Signals are only the main thread's."""
+
+    def __init__(self):
+        self._deferring = self._requested = False
+        self._previous: Dict[int, Any] = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _stop(self, signum, frame):
+        if self._deferring:
+            self._requested = True
+        else:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+        if self._requested:
+            raise KeyboardInterrupt
 
 
 class Unwritable(ValueError):

@@ -22,8 +22,8 @@ from .data import DataError, EvalTransform, SegmentationDataset, TrainTransform,
 from .data.datasets import (DATASETS, OtherLayout, absent_classes_warning, find_data_root, refuse_run_in_data,
                              split_warning)
 from .evaluate import dataset_and_indices, evaluate_model, evaluation_loader, evenly_spaced
-from .files import (BEST, CONFIG, LAST, SEARCH_FILES, TRAINING_FILES, TRAINING_LOG, append_record, finite_or_none,
-                    lock_directory, read_json, save_torch, why_unwritable, write_atomic, write_json)
+from .files import (BEST, CONFIG, LAST, SEARCH_FILES, TRAINING_FILES, TRAINING_LOG, StopSignals, append_record,
+                    finite_or_none, lock_directory, read_json, save_torch, why_unwritable, write_atomic, write_json)
 from .genotype import Genotype, genotype_name
 from .model import FINAL_CHANNELS, FINAL_SEP_REPEATS, create_model
 from .ops.memory import cpu_memory_cache
@@ -273,37 +273,39 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
     loader, order = training_loader(data.train_images, config, device)
     saved_epochs = start_epoch
     try:
-        for epoch in range(start_epoch, config.epochs):
-            started = time.time()
-            data.augment.set_epoch(epoch)
-            order.manual_seed(config.seed * 1000 + epoch)  # each epoch's order, resumed or not
-            model.train()
-            bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
-                               disable=args.no_progress, leave=False)
-            with cpu_memory_cache(device):
-                loss, data_seconds = train_epoch(model, bar, epoch, optimizers, config, ignore_index, device,
-                                                 (args.out, saved_epochs))
-            validation_started = time.time()
-            validation = progress_bar(val_loader, desc=f"validation {epoch + 1}/{config.epochs}", unit="batch",
-                                      disable=args.no_progress, leave=False)
-            metrics = evaluate_model(model, validation, num_classes, ignore_index, device)
-            improved = better(metrics["miou"], best)
-            best = metrics["miou"] if improved else best
-            finished = time.time()
-            record = finite_or_none({"epoch": epoch, "loss": loss, "val_miou": metrics["miou"],
-                                     "val_pixel_acc": metrics["pixel_acc"], "seconds": round(finished - started, 2),
-                                     "val_seconds": round(finished - validation_started, 2),
-                                     "data_seconds": round(data_seconds, 2)})
-            state = checkpoint_state(model, optimizers, epoch, best, genotype, args.dataset, data, config)
-            state["record"] = record  # the log's line, should the run stop before it is appended
-            # Until an epoch has a finite mIoU, best.pt is the first epoch's: it exists once announced.
-            save_torch(state, *((best_path, last) if improved or not os.path.isfile(best_path) else (last,)))
-            saved_epochs = epoch + 1
-            append_record(log, record)
-            if board is not None:
-                board.add(epoch + 1, {key: value for key, value in record.items() if key != "epoch"})
-            print(f"epoch {epoch + 1}/{config.epochs}: loss {loss:.4f}, val mIoU {metrics['miou']:.4f}"
-                  f" (best {format_miou(best)})", file=sys.stderr)
+        with StopSignals() as stop:  # SIGTERM stops as Ctrl-C does
+            for epoch in range(start_epoch, config.epochs):
+                started = time.time()
+                data.augment.set_epoch(epoch)
+                order.manual_seed(config.seed * 1000 + epoch)  # each epoch's order, resumed or not
+                model.train()
+                bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
+                                   disable=args.no_progress, leave=False)
+                with cpu_memory_cache(device):
+                    loss, data_seconds = train_epoch(model, bar, epoch, optimizers, config, ignore_index, device,
+                                                     (args.out, saved_epochs))
+                validation_started = time.time()
+                validation = progress_bar(val_loader, desc=f"validation {epoch + 1}/{config.epochs}", unit="batch",
+                                          disable=args.no_progress, leave=False)
+                metrics = evaluate_model(model, validation, num_classes, ignore_index, device)
+                improved = better(metrics["miou"], best)
+                best = metrics["miou"] if improved else best
+                finished = time.time()
+                record = finite_or_none({"epoch": epoch, "loss": loss, "val_miou": metrics["miou"],
+                                         "val_pixel_acc": metrics["pixel_acc"], "seconds": round(finished - started, 2),
+                                         "val_seconds": round(finished - validation_started, 2),
+                                         "data_seconds": round(data_seconds, 2)})
+                state = checkpoint_state(model, optimizers, epoch, best, genotype, args.dataset, data, config)
+                state["record"] = record  # the log's line, should the run stop before it is appended
+                with stop.deferred():  # what the note of a stop says was saved is what was
+                    # Until an epoch has a finite mIoU, best.pt is the first epoch's: it exists once announced.
+                    save_torch(state, *((best_path, last) if improved or not os.path.isfile(best_path) else (last,)))
+                    saved_epochs = epoch + 1
+                    append_record(log, record)
+                if board is not None:
+                    board.add(epoch + 1, {key: value for key, value in record.items() if key != "epoch"})
+                print(f"epoch {epoch + 1}/{config.epochs}: loss {loss:.4f}, val mIoU {metrics['miou']:.4f}"
+                      f" (best {format_miou(best)})", file=sys.stderr)
     except KeyboardInterrupt:
         raise TrainingInterrupted(interrupted_note(args.out, saved_epochs)) from None
     except DataError as error:  # a training file first read in an epoch: what was saved still counts

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import signal
 import struct
 import subprocess
 import sys
@@ -296,6 +297,22 @@ def test_a_stop_between_saving_an_epoch_and_logging_it_loses_no_line(epoch, tmp_
     assert train_cli("--resume", tmp_path, "--no-progress") == 0
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [0, 1] and log[epoch - 1] == saved
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_while_an_epoch_is_saved_waits_for_its_files(sig, tmp_path, capsys, camvid_root, monkeypatch):
+    """Ctrl-C just after last.pt was written said "nothing was saved; ... or remove it"; SIGTERM
+    killed the training without a word."""
+    save, handlers = trainer.save_torch, [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
+
+    def save_then_signal(*args):
+        save(*args)
+        os.kill(os.getpid(), sig)
+    monkeypatch.setattr(trainer, "save_torch", save_then_signal)
+    assert train_cli("--genotype", "arch0", "--preset", "tiny", "--out", tmp_path, "--no-progress") == 130
+    assert f"interrupted in epoch 2: {tmp_path / 'last.pt'} holds epoch 1; continue with " in capsys.readouterr().err
+    assert [json.loads(line)["epoch"] for line in (tmp_path / "log.jsonl").read_text().splitlines()] == [0]
+    assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == handlers  # given back
 
 
 def test_the_log_is_mended_as_the_checkpoint_has_it(tmp_path, capsys):

@@ -1,7 +1,6 @@
 """The outer loop (SPEC section 6): sample, evaluate, update; logged and resumable."""
 import contextlib
 import os
-import signal
 import socket
 import sys
 import time
@@ -13,8 +12,8 @@ import torch
 from ..checkpoint import holds_non_finite
 from ..cli import counted, progress_bar
 from ..data import DataError
-from ..files import (CONFIG, LOCK, SEARCH_LOG, SEARCH_STATE, Unwritable, append_record, lock_directory, save_torch,
-                     write_json)
+from ..files import (CONFIG, LOCK, SEARCH_LOG, SEARCH_STATE, StopSignals, Unwritable, append_record, lock_directory,
+                     save_torch, write_json)
 from ..genotype import Genotype
 from ..strategies import Proposal, make_strategy
 from ..tensorboard import TensorBoardLog
@@ -84,8 +83,7 @@ class Search:
         self._bar = None                # the progress bar, once shown
         self.tensorboard: Optional[TensorBoardLog] = None  # --tensorboard: each logged candidate's rewards too
         self.workers = 1                # processes evaluating candidates
-        self._saving = False            # inside the bookkeeping that a signal must not split
-        self._stop_requested = False
+        self._signals = StopSignals()  # Ctrl-C and SIGTERM wait for the bookkeeping of a candidate
 
     def path(self, name: str) -> str:
         return os.path.join(self.run_dir, name)
@@ -223,16 +221,11 @@ class Search:
         started = time.time()
         proposal = self.strategy.sample()
         record = evaluate_record(proposal.genotype, self.next_index, self.context(), self.gate.decide)
-        self._saving = True
-        try:
+        with self._signals.deferred():
             self.learn_and_log(proposal, record)
             self.next_index += 1
             self.elapsed += time.time() - started
             save_torch(self.state_dict(), self.path(SEARCH_STATE))
-        finally:
-            self._saving = False
-        if self._stop_requested:
-            raise KeyboardInterrupt
         return record
 
     def learn_and_log(self, proposal: Proposal, record: Dict[str, Any]) -> None:
@@ -256,13 +249,11 @@ class Search:
         if self.budget is None and self.time_budget is None:
             raise ValueError(NO_BUDGET)
         self.show_progress(bar=progress)
-        previous = {sig: signal.signal(sig, self._interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            while not self.spent():
-                self.show(self.step())
+            with self._signals:
+                while not self.spent():
+                    self.show(self.step())
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
             self.close()
         return self.records
 
@@ -288,13 +279,6 @@ class Search:
             self._bar.close()
         if self.tensorboard is not None:
             self.tensorboard.close()
-
-    def _interrupt(self, signum, frame):
-        """Ctrl-C or SIGTERM: stop now, or right after the bookkeeping in progress."""
-        if self._saving:
-            self._stop_requested = True
-        else:
-            raise KeyboardInterrupt
 
     def spent(self) -> bool:
         return self.spent_note() is not None
