@@ -11,6 +11,7 @@ from .files import checkpoints_in
 from .model import Segmenter, create_model
 
 MODEL_KEYS = ("model", "genotype", "num_classes", "channels", "sep_repeats")
+DAMAGED_ADVICE = "copy it again, or use another checkpoint"
 RESUME_KEYS = MODEL_KEYS + ("encoder_optimizer", "decoder_optimizer", "epoch", "best_miou")
 
 
@@ -35,8 +36,8 @@ def load_checkpoint(path: str, keys: Sequence[str] = MODEL_KEYS) -> Dict[str, An
         raise UsageError(_not_a_checkpoint(path, "it is a TorchScript file, as python -m nasfast.export writes"))
     member = damaged_member(path)  # torch.load does not check the archive's CRC-32s
     if member:
-        raise UsageError(f"{path} is damaged: its bytes differ from what was saved (checksum of {member}); copy it "
-                         f"again, or use another checkpoint")
+        raise UsageError(f"{path} is damaged: its bytes differ from what was saved (checksum of {member}); "
+                         f"{DAMAGED_ADVICE}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -46,14 +47,13 @@ def load_checkpoint(path: str, keys: Sequence[str] = MODEL_KEYS) -> Dict[str, An
     except Exception as error:  # torch.load fails in many ways on a foreign file
         if starts_as_zip(path) and not zipfile.is_zipfile(path):  # torch.save's zip archive, cut short
             raise UsageError(f"{path} is damaged: a zip archive, as torch.save writes, that torch.load cannot read "
-                             f"({type(error).__name__}); copy it again, or use another checkpoint") from None
+                             f"({type(error).__name__}); {DAMAGED_ADVICE}") from None
         raise UsageError(_not_a_checkpoint(path, f"torch.load cannot read it: {type(error).__name__}")) from None
     missing = [key for key in keys if key not in state] if isinstance(state, dict) else list(keys)
     if missing:
         raise UsageError(_not_a_checkpoint(path, f"it lacks {', '.join(missing)}"))
     if isinstance(state, dict) and holds_non_finite(state.get("model")):  # bytes overwritten: never saved so
-        raise UsageError(f"{path} is damaged: its weights hold non-finite values; copy it again, or use another "
-                         f"checkpoint")
+        raise UsageError(f"{path} is damaged: its weights hold non-finite values; {DAMAGED_ADVICE}")
     return state
 
 

@@ -8,7 +8,7 @@ import sys
 from dataclasses import asdict, fields, replace
 from typing import List, Optional, Tuple
 
-from .checkpoint import RESUME_KEYS, load_checkpoint
+from .checkpoint import DAMAGED_ADVICE, RESUME_KEYS, load_checkpoint
 from .cli import (UsageError, counted, fraction, images_per_batch, non_negative_int, option_text, positive_float,
                   positive_int, run)
 from .data.datasets import DATASETS
@@ -163,7 +163,13 @@ def resumed_run(args) -> Tuple[Genotype, TrainConfig, dict]:
     if args.workers is not None:
         config.workers = args.workers
     args.dataset = saved["dataset"]
-    return Genotype.parse(saved["genotype"]), config, load_checkpoint(last, RESUME_KEYS)
+    try:
+        checkpoint = load_checkpoint(last, RESUME_KEYS)
+    except UsageError as error:  # damaged: "another checkpoint" is for --init, in another run
+        best = os.path.join(args.out, BEST)
+        init = f" (--init {best} starts from its best weights)" if os.path.isfile(best) else ""
+        raise UsageError(str(error).replace(DAMAGED_ADVICE, f"the run cannot go on: train in another --out{init}"))
+    return Genotype.parse(saved["genotype"]), config, checkpoint
 
 
 def new_run(args) -> Tuple[Genotype, TrainConfig, Optional[dict]]:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from .checkpoint import RESUME_KEYS, check_classes, load_checkpoint, load_fitting_weights
+from .checkpoint import DAMAGED_ADVICE, RESUME_KEYS, check_classes, load_checkpoint, load_fitting_weights
 from .cli import (UsageError, counted, data_check_command, message_of, progress_bar, reported_in_one_line,
                   resolve_device)
 from .data import DataError, EvalTransform, SegmentationDataset, TrainTransform, make_dataset
@@ -329,7 +329,21 @@ def resume_from(model, optimizers, resumed: dict, out: str) -> Tuple[int, Option
     for optimizer, key in zip(optimizers, ("encoder_optimizer", "decoder_optimizer")):
         optimizer.load_state_dict(resumed[key])
     mend_log(out, resumed)
-    return resumed["epoch"] + 1, known_miou(resumed["best_miou"])
+    return resumed["epoch"] + 1, best_kept(out, known_miou(resumed["best_miou"]))
+
+
+def best_kept(out: str, best: Optional[float]) -> Optional[float]:
+    """The best mIoU so far, or None where OUT's best.pt is lost or damaged, with a warning: then
+    best.pt holds the best of the epochs to come, and says their mIoU, not the lost one's."""
+    if best is None:
+        return None
+    try:
+        load_checkpoint(os.path.join(out, BEST))
+    except (UsageError, FileNotFoundError) as error:
+        print(f"warning: {message_of(error).replace('; ' + DAMAGED_ADVICE, '')}: the weights of the best epoch so far (val mIoU "
+              f"{best:.4f}) are lost; {BEST} will hold the best of the epochs from here on", file=sys.stderr)
+        return None
+    return best
 
 
 def training_loader(images, config: TrainConfig, device) -> Tuple[DataLoader, torch.Generator]:

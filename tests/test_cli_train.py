@@ -285,6 +285,47 @@ def test_ctrl_c_says_where_the_run_stands_and_resume_finishes_it_as_if_never_sto
         torch.testing.assert_close(resumed[key], uninterrupted[key], rtol=0, atol=0)
 
 
+@pytest.fixture
+def stopped_after_epoch_1(tmp_path, camvid_root, monkeypatch):
+    """A tiny run (2 epochs) stopped in its second: OUT."""
+    interrupt_on_call(monkeypatch, "descend", 5)
+    assert train_cli("--genotype", "arch0", "--preset", "tiny", "--out", tmp_path / "run", "--no-progress") == 130
+    monkeypatch.undo()
+    return tmp_path / "run"
+
+
+@pytest.mark.parametrize("damage", ["remove", "cut"])
+def test_resume_says_a_lost_best_checkpoint_is_lost_and_keeps_the_best_of_the_epochs_after(damage,
+                                                                                           stopped_after_epoch_1,
+                                                                                           capsys):
+    """A later epoch's weights were saved as best.pt under the lost epoch's mIoU, or a damaged best.pt kept."""
+    out, best = stopped_after_epoch_1, stopped_after_epoch_1 / "best.pt"
+    epoch_1 = json.loads((out / "log.jsonl").read_text())["val_miou"]
+    if damage == "remove":
+        best.unlink()
+    else:
+        best.write_bytes(best.read_bytes()[:1000])
+    capsys.readouterr()
+    assert train_cli("--resume", out, "--no-progress") == 0
+    err = capsys.readouterr().err
+    reason = f"checkpoint {best} not found" if damage == "remove" else f"{best} is damaged: a zip archive"
+    assert f"warning: {reason}" in err and (f": the weights of the best epoch so far (val mIoU {epoch_1:.4f}) are "
+                                            "lost; best.pt will hold the best of the epochs from here on\n") in err
+    epoch_2 = json.loads((out / "log.jsonl").read_text().splitlines()[1])["val_miou"]
+    assert torch.load(best, weights_only=True)["best_miou"] == pytest.approx(epoch_2)  # its own epoch's
+    assert f"best val mIoU {epoch_2:.4f}: {best}" in err
+
+
+def test_resume_from_a_damaged_last_checkpoint_says_the_run_cannot_go_on(stopped_after_epoch_1, capsys):
+    last = stopped_after_epoch_1 / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])
+    assert train_cli("--resume", stopped_after_epoch_1, "--no-progress") == 2
+    assert one_error_line(capsys).endswith(
+        f"{last} is damaged: a zip archive, as torch.save writes, that torch.load cannot read (RuntimeError); the run "
+        f"cannot go on: train in another --out (--init {stopped_after_epoch_1 / 'best.pt'} starts from its best "
+        f"weights)\n")
+
+
 @pytest.mark.parametrize("epoch", [1, 2])  # tiny has 2: resumed to train on, or resumed finished
 def test_a_stop_between_saving_an_epoch_and_logging_it_loses_no_line(epoch, tmp_path, capsys, camvid_root,
                                                                      monkeypatch):
