@@ -59,6 +59,28 @@ def saved_search(tmp_path, no_data):
     return run_dir
 
 
+def test_out_with_a_cache_folder_of_other_files_is_refused_and_a_searchs_own_is_taken(tmp_path, no_data, capsys):
+    """A user's cache/complete.json was removed by the search (and cache/stage1's files overwritten)."""
+    from nasfast.search.cache import foreign_cache
+    mine = tmp_path / "mine"
+    (mine / "cache").mkdir(parents=True)
+    (mine / "cache" / "complete.json").write_text('{"my": "precious"}')
+    assert search("--out", mine, "--preset", "tiny", "--budget", 1, "--no-progress") == 2
+    assert (f"--out {mine}: its cache/ holds complete.json, not a search's stage-1 cache, which the search keeps "
+            f"there: choose another directory\n") in capsys.readouterr().err
+    assert (mine / "cache" / "complete.json").read_text() == '{"my": "precious"}' and not no_data
+    own = tmp_path / "own" / "cache"  # as a search killed before its first save left it
+    for part in ("stage1", "val"):
+        (own / part).mkdir(parents=True)
+        for name in ("level0.npy", "level3.npy", "labels.npy"):
+            (own / part / name).write_bytes(b"")
+    (own / "complete.json").write_text('{"files": "0123", "dataset": "camvid"}')
+    assert foreign_cache(str(own.parent)) is None and foreign_cache(str(tmp_path / "none")) is None
+    (own / "val" / "notes.txt").write_text("")
+    (own / "stage2").mkdir()
+    assert foreign_cache(str(own.parent)) == "holds stage2, val/notes.txt"
+
+
 def test_numbers_are_checked_while_parsing(tmp_path, capsys):
     for option, expected in [("--budget=0", "at least 1"), ("--budget=-3", "at least 1"),
                              ("--time-budget=0", "more than 0"), ("--time-budget=-5m", "more than 0"),

@@ -15,6 +15,7 @@ from ..files import (CONFIG, SEARCH_FILES, SEARCH_LOG, SEARCH_STATE, TRAINING_FI
                      read_search_log, why_unwritable)
 from ..tensorboard import check_available
 from . import distributed
+from .cache import foreign_cache
 from .config import FIXED, MACHINE_OPTIONS, PRESETS, SearchConfig, StageConfig, missing_keys, preset
 from .distributed import begun_by_this_job, has_pending, restart_count, world_size
 from .loop import NO_BUDGET, Search
@@ -232,6 +233,10 @@ def choose_run(args, parser) -> Tuple[str, SearchConfig, bool]:
     if held:
         _refuse(parser, f"--out {run_dir} already holds {', '.join(held)} (another run's files): "
                         f"choose another directory, or remove them")
+    foreign = foreign_cache(run_dir)
+    if foreign:
+        _refuse(parser, f"--out {run_dir}: its cache/ {foreign}, not a search's stage-1 cache, which the search "
+                        f"keeps there: choose another directory")
     config = config_from_args(args)
     _check_new_config(config, parser)
     return run_dir, config, False

@@ -1,6 +1,8 @@
 """Stage-1 cache: frozen-encoder outputs (and teacher logits) computed once per search."""
 import errno
+import json
 import os
+import re
 from typing import Callable, Iterable, List, Optional, Tuple
 
 import numpy as np
@@ -10,6 +12,39 @@ from torch import Tensor
 from ..ops.memory import cpu_memory_cache
 
 Pair = Tuple[Tensor, Tensor]  # normalised image 3xHxW, label HxW
+# A search's RUN_DIR/cache: stage1/ and val/ of open_cache's files, and complete.json, the mark of a
+# complete cache (what it was built from; see context.py).
+CACHE, PARTS, COMPLETE = "cache", ("stage1", "val"), "complete.json"
+CACHE_FILE = re.compile(r"(level\d+|labels|teacher)\.npy")
+
+
+def foreign_cache(run_dir: str) -> Optional[str]:
+    """What RUN_DIR/cache holds that a search's stage-1 cache does not (a search would overwrite
+    or remove its files); None where there is no cache/, or a search's."""
+    folder = os.path.join(run_dir, CACHE)
+    if not os.path.lexists(folder):
+        return None
+    if not os.path.isdir(folder):
+        return "a file"
+    foreign = [name for name in sorted(os.listdir(folder)) if name not in PARTS + (COMPLETE,)]
+    for part in PARTS:
+        path = os.path.join(folder, part)
+        if os.path.isdir(path):
+            foreign += [f"{part}/{name}" for name in sorted(os.listdir(path)) if not CACHE_FILE.fullmatch(name)]
+        elif os.path.lexists(path):
+            foreign.append(part)
+    if os.path.exists(os.path.join(folder, COMPLETE)) and not _is_complete_mark(os.path.join(folder, COMPLETE)):
+        foreign.append(COMPLETE)
+    return f"holds {', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}" if foreign else None
+
+
+def _is_complete_mark(path: str) -> bool:
+    try:
+        with open(path) as f:
+            mark = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(mark, dict) and "files" in mark
 
 
 class FeatureCache:

@@ -19,7 +19,7 @@ from ..data.decode import missing_file
 from ..data.transforms import scaled_size
 from ..encoder import MobileNetV2Encoder
 from ..files import read_json, write_json
-from .cache import FeatureCache, build_cache, open_cache
+from .cache import CACHE, COMPLETE, FeatureCache, build_cache, open_cache
 from .config import SearchConfig
 
 
@@ -181,7 +181,7 @@ def _stage1_caches(config: SearchConfig, full, stage1_ids: List[int], val_ids: L
                    cache: str, device: torch.device, progress: bool) -> Tuple[FeatureCache, FeatureCache, tuple]:
     """The stage-1 caches (see build_context's `cache`) and the common image size they hold."""
     def directory(what: str) -> str:
-        return os.path.join(run_dir, "cache", what)
+        return os.path.join(run_dir, CACHE, what)
 
     def opened() -> Tuple[FeatureCache, FeatureCache, tuple]:
         stage1, val = open_cache(directory("stage1")), open_cache(directory("val"))
@@ -191,7 +191,7 @@ def _stage1_caches(config: SearchConfig, full, stage1_ids: List[int], val_ids: L
 
     if cache == "open":  # the process that builds it has checked it
         return opened()
-    marker = directory("complete.json")
+    marker = directory(COMPLETE)
     contents = {"dataset": config.dataset, "scale": config.scale, "teacher": config.teacher,
                 "stage1_ids": stage1_ids, "val_ids": val_ids,
                 "files": _fingerprint(full.pairs[i] for i in stage1_ids + val_ids)}
