@@ -144,6 +144,14 @@ def in_use(directory: str) -> bool:
     return False
 
 
+def keep_copy(path: str) -> str:
+    """Copies `path` to PATH.damaged before a repair rewrites it: what the repair drops stays readable."""
+    copy = path + ".damaged"
+    with open(path, "rb") as f:
+        write_atomic(copy, f.read())
+    return copy
+
+
 def write_atomic(path: str, data: bytes) -> None:
     """Replaces `path` with `data` so that a crash leaves either the old or the new file."""
     tmp = f"{path}.tmp{os.getpid()}"

@@ -23,7 +23,8 @@ from .data.datasets import (DATASETS, OtherLayout, absent_classes_warning, find_
                              split_warning)
 from .evaluate import dataset_and_indices, evaluate_model, evaluation_loader, evenly_spaced
 from .files import (BEST, CONFIG, LAST, SEARCH_FILES, TRAINING_FILES, TRAINING_LOG, StopSignals, append_record,
-                    finite_or_none, lock_directory, read_json, save_torch, why_unwritable, write_atomic, write_json)
+                    finite_or_none, keep_copy, lock_directory, read_json, save_torch, why_unwritable, write_atomic,
+                    write_json)
 from .genotype import Genotype, genotype_name
 from .model import FINAL_CHANNELS, FINAL_SEP_REPEATS, create_model
 from .ops.memory import cpu_memory_cache
@@ -374,6 +375,8 @@ def mend_log(out: str, checkpoint: dict) -> None:
     log = os.path.join(out, TRAINING_LOG)
     mended = mended_log(log, checkpoint)
     if mended is not None:
+        if not mended.encode().startswith(Path(log).read_bytes() if os.path.exists(log) else b""):  # lines dropped
+            print(f"warning: {log} as it was: {keep_copy(log)}", file=sys.stderr)
         write_atomic(log, mended.encode())
 
 

@@ -369,14 +369,21 @@ def test_resume_of_a_state_without_budgets_asks_for_one(saved_search, capsys):
     assert "error: give --budget N (candidates) and/or --time-budget T (e.g. 4h)" in capsys.readouterr().err
 
 
-def test_resume_warns_of_lost_log_lines(saved_search, capsys):
+def test_resume_warns_of_lost_log_lines_and_keeps_the_log_as_it_was(saved_search, capsys):
     log = saved_search / "candidates.jsonl"
-    log.write_text(log.read_text().splitlines(keepends=True)[0])
+    damaged = log.read_text()[:-50]  # candidate 2's line cut: what is left of it was lost with the repair
+    log.write_text(damaged)
     assert search("--resume", saved_search, "--budget", "4", "--no-progress") == 0
     err = capsys.readouterr().err
-    assert "lacks the records of 2 finished candidate(s) (index 1, 2)" in err
-    assert "[4/4] candidate 3: " in err  # the lost ones count against the budget
-    assert [r["index"] for r in read_records(str(log))] == [0, 3]  # each index once at most
+    assert (f"lacks the records of 1 finished candidate(s) (index 2): the file was cut short or edited; they are "
+            f"lost, and the search goes on without them (the log as it was: {log}.damaged)") in err
+    assert (saved_search / "candidates.jsonl.damaged").read_text() == damaged
+    log.write_text(log.read_text().splitlines(keepends=True)[0])
+    assert search("--resume", saved_search, "--budget", "5", "--no-progress") == 0
+    err = capsys.readouterr().err
+    assert "lacks the records of 3 finished candidate(s) (index 1, 2, 3)" in err
+    assert "[5/5] candidate 4: " in err  # the lost ones count against the budget
+    assert [r["index"] for r in read_records(str(log))] == [0, 4]  # each index once at most
 
 
 def test_failures_are_explained_and_all_failed_exits_1(tmp_path, no_data, monkeypatch, capsys):

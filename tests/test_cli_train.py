@@ -335,7 +335,12 @@ def test_a_stop_between_saving_an_epoch_and_logging_it_loses_no_line(epoch, tmp_
     saved = torch.load(tmp_path / "last.pt", weights_only=True)["record"]
     with open(tmp_path / "log.jsonl", "a") as log:
         log.write('{"epoch": 1, "lo')  # and a line torn by the stop
+    torn = (tmp_path / "log.jsonl").read_text()
     assert train_cli("--resume", tmp_path, "--no-progress") == 0
+    copy = tmp_path / "log.jsonl.damaged"  # where the repair drops bytes (epoch 2's torn line begins the one restored)
+    kept = f"warning: {tmp_path / 'log.jsonl'} as it was: {copy}\n"
+    assert (kept in capsys.readouterr().err) == (epoch == 1) == copy.exists()
+    assert epoch == 2 or copy.read_text() == torn
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [0, 1] and log[epoch - 1] == saved
 

@@ -6,7 +6,7 @@ from typing import Any, Dict, List
 import torch
 
 from ..checkpoint import damaged_member, holds_non_finite
-from ..files import read_search_log, write_atomic
+from ..files import keep_copy, read_search_log, write_atomic
 
 
 def keep_finished_records(path: str, count: int, pending=()) -> List[Dict[str, Any]]:
@@ -18,19 +18,20 @@ def keep_finished_records(path: str, count: int, pending=()) -> List[Dict[str, A
         if r["index"] < count and r["index"] not in pending:
             kept.setdefault(r["index"], r)  # the first of a line copied twice
     records = list(kept.values())
-    _warn_of_lost_records(path, set(range(count)) - pending - {r["index"] for r in records})
+    missing = set(range(count)) - pending - {r["index"] for r in records}
+    if missing:
+        _warn_of_lost_records(path, missing, keep_copy(path))
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in records).encode())
     return records
 
 
-def _warn_of_lost_records(path: str, missing) -> None:
+def _warn_of_lost_records(path: str, missing, copy: str) -> None:
     """The state counts these candidates as finished, but the log lacks them: it was cut short or
     edited. They cannot be evaluated again (their designs were in the lost lines)."""
-    if missing:
-        shown = ", ".join(map(str, sorted(missing)[:10])) + (", ..." if len(missing) > 10 else "")
-        print(f"warning: {path} lacks the records of {len(missing)} finished candidate(s) (index {shown}): "
-              f"the file was cut short or edited; they are lost, and the search goes on without them",
-              file=sys.stderr)
+    shown = ", ".join(map(str, sorted(missing)[:10])) + (", ..." if len(missing) > 10 else "")
+    print(f"warning: {path} lacks the records of {len(missing)} finished candidate(s) (index {shown}): "
+          f"the file was cut short or edited; they are lost, and the search goes on without them (the log as it "
+          f"was: {copy})", file=sys.stderr)
 
 
 def load_state(path: str) -> Dict[str, Any]:
