@@ -341,8 +341,9 @@ def best_kept(out: str, best: Optional[float]) -> Optional[float]:
     try:
         load_checkpoint(os.path.join(out, BEST))
     except (UsageError, FileNotFoundError) as error:
-        print(f"warning: {message_of(error).replace('; ' + DAMAGED_ADVICE, '')}: the weights of the best epoch so far (val mIoU "
-              f"{best:.4f}) are lost; {BEST} will hold the best of the epochs from here on", file=sys.stderr)
+        reason = message_of(error).replace("; " + DAMAGED_ADVICE, "")
+        print(f"warning: {reason}: the weights of the best epoch so far (val mIoU {best:.4f}) are lost; {BEST} will "
+              f"hold the best of the epochs from here on", file=sys.stderr)
         return None
     return best
 
