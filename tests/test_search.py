@@ -364,10 +364,16 @@ def test_meta_val_follows_a_memory_mapped_meta_train_to_disk_so_that_a_resumed_s
     assert "stage-1 cache: reusing" in capsys.readouterr().err
 
 
+def zero_bytes(path, start: int, count: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(start)
+        f.write(bytes(count))
+
+
 def test_a_damaged_memory_mapped_cache_is_built_again(tmp_path, camvid_root, capsys):
     """A file of it cut short or overwritten, or its marker damaged, stopped every resume with an
     error that did not name the cache (mmap length..., EOF..., pickled data...); a file removed or
-    copied from the other cache failed every candidate."""
+    copied from the other cache failed every candidate; bytes changed in place were taken as built."""
     from nasfast.search.context import build_context
     config = preset("tiny")
     config.stage1_images, config.val_images, config.memory_limit_gb = 6, 3, 0.0
@@ -376,7 +382,8 @@ def test_a_damaged_memory_mapped_cache_is_built_again(tmp_path, camvid_root, cap
     level0 = cache / "stage1" / "level0.npy"
     for damage in (lambda: os.truncate(level0, 1000), lambda: level0.write_bytes(b"\0" * 8 + level0.read_bytes()[8:]),
                    lambda: (cache / "complete.json").write_text("{"), lambda: (cache / "val" / "level3.npy").unlink(),
-                   lambda: shutil.copy(cache / "val" / "level0.npy", level0)):  # another cache's images
+                   lambda: shutil.copy(cache / "val" / "level0.npy", level0),  # another cache's images
+                   lambda: zero_bytes(cache / "val" / "level2.npy", 2000, 400)):  # as a bad disk: the same size
         damage()
         capsys.readouterr()
         rebuilt = build_context(config, str(tmp_path), device="cpu").stage1.batch(torch.arange(6))[0]

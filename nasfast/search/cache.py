@@ -3,7 +3,8 @@ import errno
 import json
 import os
 import re
-from typing import Callable, Iterable, List, Optional, Tuple
+import zlib
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -36,6 +37,20 @@ def foreign_cache(run_dir: str) -> Optional[str]:
     if os.path.exists(os.path.join(folder, COMPLETE)) and not _is_complete_mark(os.path.join(folder, COMPLETE)):
         foreign.append(COMPLETE)
     return f"holds {', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}" if foreign else None
+
+
+def checksums(directory: str) -> Dict[str, int]:
+    """The CRC-32 of each file of a cache on disk: complete.json records them, so that a cache
+    whose bytes changed since it was built (a bad disk, a partial copy) is not taken for it."""
+    sums = {}
+    for name in sorted(os.listdir(directory)):
+        if CACHE_FILE.fullmatch(name):
+            crc = 0
+            with open(os.path.join(directory, name), "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 24), b""):
+                    crc = zlib.crc32(chunk, crc)
+            sums[name] = crc
+    return sums
 
 
 def _is_complete_mark(path: str) -> bool:

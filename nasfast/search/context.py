@@ -19,7 +19,7 @@ from ..data.decode import missing_file
 from ..data.transforms import scaled_size
 from ..encoder import MobileNetV2Encoder
 from ..files import read_json, write_json
-from .cache import CACHE, COMPLETE, FeatureCache, build_cache, open_cache
+from .cache import CACHE, COMPLETE, PARTS, FeatureCache, build_cache, checksums, open_cache
 from .config import SearchConfig
 
 
@@ -195,8 +195,10 @@ def _stage1_caches(config: SearchConfig, full, stage1_ids: List[int], val_ids: L
     contents = {"dataset": config.dataset, "scale": config.scale, "teacher": config.teacher,
                 "stage1_ids": stage1_ids, "val_ids": val_ids,
                 "files": _fingerprint(full.pairs[i] for i in stage1_ids + val_ids)}
-    if _complete(marker, contents):
+    recorded = _complete(marker, contents)
+    if recorded is not None:
         try:
+            _check_checksums(recorded, directory)
             stage1, stage1_val, size = opened()
             print(f"stage-1 cache: reusing {directory('')} ({len(stage1)} + {len(stage1_val)} images)",
                   file=sys.stderr)
@@ -214,7 +216,7 @@ def _stage1_caches(config: SearchConfig, full, stage1_ids: List[int], val_ids: L
                                        _Transformed(full, val_ids, evaluated), encoder, teacher, directory,
                                        memory_limit, device, progress)
     if stage1.on_disk and stage1_val.on_disk:  # a resumed or restarted search opens it again
-        write_json(marker, contents)
+        write_json(marker, {**contents, "checksums": {part: checksums(directory(part)) for part in PARTS}})
     return stage1, stage1_val, size
 
 
@@ -239,14 +241,26 @@ def _check_complete(cache: FeatureCache, images: int, directory: str) -> None:
                          f"{list(MobileNetV2Encoder.channels)} for {images}")
 
 
-def _complete(marker: str, contents: Dict[str, Any]) -> bool:
-    """Whether the cache's marker says it is complete and holds `contents`' images (a damaged marker
-    does not: the cache is built again)."""
+def _complete(marker: str, contents: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The cache's marker where it says the cache is complete and holds `contents`' images, else
+    None (a damaged marker too: the cache is built again)."""
     try:
-        return read_json(marker) == contents
+        mark = read_json(marker)
     except ValueError as error:
         print(f"warning: {error}; the stage-1 cache is built again", file=sys.stderr)
-        return False
+        return None
+    return mark if isinstance(mark, dict) and {k: v for k, v in mark.items() if k != "checksums"} == contents else None
+
+
+def _check_checksums(mark: Dict[str, Any], directory: Callable[[str], str]) -> None:
+    """ValueError naming a file of the cache whose bytes differ from those it was built with (a
+    marker of a version that recorded no checksums is taken at its word)."""
+    for part, recorded in (mark.get("checksums") or {}).items():
+        found = checksums(directory(part))
+        changed = sorted(name for name in set(recorded) | set(found) if recorded.get(name) != found.get(name))
+        if changed:
+            raise ValueError(f"{os.path.join(directory(part), changed[0])}: its bytes differ from those built "
+                             f"(CRC-32)")
 
 
 SAME_DATA = ("classes", "training images")  # what a resumed search's data must keep
