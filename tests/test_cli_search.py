@@ -229,6 +229,11 @@ def test_resume_names_a_damaged_file(saved_search, capsys):
     config.write_text('{"seed": ')
     assert search("--resume", saved_search, "--budget", "4") == 2
     assert f"{config} is damaged: not valid JSON" in capsys.readouterr().err
+    config.unlink()  # the way on, whether it is lost or damaged
+    assert search("--resume", saved_search, "--budget", "4") == 2
+    assert (f"{config} is missing; without the search's options it cannot go on: restore config.json from a copy, "
+            f"or search anew in another --out (python -m nasfast.report {saved_search} still shows its candidates)"
+            ) in capsys.readouterr().err
 
 
 def test_resume_names_a_state_whose_bytes_changed_after_saving(saved_search, capsys):

@@ -295,12 +295,14 @@ def _resumed_config(args, parser) -> SearchConfig:
 
 def _saved_config(run_dir: str, parser) -> SearchConfig:
     path = os.path.join(run_dir, CONFIG)
+    way_on = (f"; without the search's options it cannot go on: restore {CONFIG} from a copy, or search anew in "
+              f"another --out (python -m nasfast.report {run_dir} still shows its candidates)")
     if not os.path.isfile(path):
-        _refuse(parser, f"{path} is missing: the options of the search are lost")
+        _refuse(parser, f"{path} is missing{way_on}")
     try:
         saved = read_json(path)
     except ValueError as error:  # read_json names the file
-        _refuse(parser, str(error))
+        _refuse(parser, f"{error}{way_on}")
     try:
         config = SearchConfig.from_dict(saved)
     except ValueError as error:  # a value edited by hand
