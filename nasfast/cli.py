@@ -4,7 +4,9 @@ import argparse
 import errno
 import os
 import shlex
+import signal
 import sys
+import threading
 from typing import Callable, List, Optional
 
 
@@ -49,7 +51,10 @@ def message_of(error: BaseException) -> str:
 
 def run(main: Callable[[Optional[List[str]]], int], prog: str, argv: Optional[List[str]] = None) -> int:
     """main(argv), with user errors printed as `prog: error: ...` (exit 2; NASFAST_TRACEBACK=1 raises
-    them instead, for their traceback) and Ctrl-C as a one-line note (exit 130), unless main handles it itself."""
+    them instead, for their traceback) and Ctrl-C, or SIGTERM (a scheduler's, timeout's), as a
+    one-line note (exit 130), unless main handles it itself."""
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if main_thread else None
     try:
         return main(argv)
     except KeyboardInterrupt:
@@ -66,6 +71,9 @@ def run(main: Callable[[Optional[List[str]]], int], prog: str, argv: Optional[Li
             raise
         print(f"{prog}: error: {message_of(error)}", file=sys.stderr)
         return 2
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _number(kind, minimum, inclusive: bool, text: str):

@@ -1,5 +1,10 @@
 """nasfast.cli: user errors as one line, Ctrl-C as a note, bugs as tracebacks; argument types."""
 import argparse
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -39,6 +44,27 @@ def test_ctrl_c_is_a_note_and_bugs_keep_their_traceback(capsys, monkeypatch):
     monkeypatch.setenv("NASFAST_TRACEBACK", "1")
     with pytest.raises(UsageError):
         run(failing(UsageError("shown with its traceback")), "tool")
+
+
+def test_sigterm_is_a_note_as_ctrl_c_is(capsys):
+    handler = signal.getsignal(signal.SIGTERM)
+
+    def terminated(argv):
+        os.kill(os.getpid(), signal.SIGTERM)  # a scheduler's, or timeout's
+        return 0
+    assert run(terminated, "tool") == 130
+    assert capsys.readouterr().err.strip() == "tool: interrupted" and signal.getsignal(signal.SIGTERM) == handler
+
+
+def test_a_tool_terminated_while_it_starts_says_so(tmp_path, camvid_root):
+    """SIGTERM before the training's loop (checking the validation files, here) ended it without a word."""
+    tool = subprocess.Popen([sys.executable, "-m", "nasfast.train", "--genotype", "arch0", "--preset", "tiny",
+                             "--out", str(tmp_path / "run"), "--no-progress"], stderr=subprocess.PIPE, text=True,
+                            cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1])))
+    assert tool.stderr.readline().startswith("design: arch0")
+    tool.send_signal(signal.SIGTERM)
+    err = tool.communicate(timeout=300)[1]
+    assert tool.returncode == 130 and "interrupted" in err, err
 
 
 def test_a_closed_pipe_ends_quietly(capsys):
