@@ -1,5 +1,6 @@
-"""Crash-safe files: each is replaced atomically (a crash leaves the old or the new one) or, for
-JSON-lines logs, appended a whole line at a time."""
+"""A run directory's files, safe from crashes: their names, the directory's lock, files replaced
+atomically (a crash leaves the old or the new one) or, for JSON-lines logs, appended a whole line
+at a time and read back checked, and StopSignals, which lets a stop wait for what is being saved."""
 import contextlib
 import errno
 import fcntl
