@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from nasfast.cli import UsageError, positive_int, run
 from nasfast.data.datasets import DATASETS, find_data_root
 from nasfast.files import SEARCH_LOG, read_records
-from nasfast.search.__main__ import build_parser as search_parser, duration
+from nasfast.search.options import build_parser as search_parser, duration
 from nasfast.search.config import PRESETS
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,7 +15,8 @@ import torch
 import nasfast.search.context
 import nasfast.search.loop as loop
 from nasfast.cli import UsageError, run
-from nasfast.search.__main__ import PROG, RUN_FILES, build_parser, choose_run, duration, main
+from nasfast.search.__main__ import PROG, RUN_FILES, choose_run, main
+from nasfast.search.options import build_parser, duration
 from nasfast.search.candidate import CandidateFailed, batch_bounds
 from nasfast.data import DATASETS
 from nasfast.search.config import PRESETS, SearchConfig, preset

@@ -217,7 +217,8 @@ def test_a_torchrun_search_continues_in_one_process(coordinator_at, monkeypatch,
 
 
 def test_a_restart_continues_the_search_its_job_began_and_no_other(coordinator_at, monkeypatch):
-    from nasfast.search.__main__ import build_parser, choose_run
+    from nasfast.search.__main__ import choose_run
+    from nasfast.search.options import build_parser
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-a")
     c = coordinator_at()
     parser = build_parser()
