@@ -226,6 +226,11 @@ def read_search_log(path: str) -> List[Dict[str, Any]]:
     return records
 
 
+def files_in(directory: str, names) -> List[str]:
+    """Those of `names` that `directory` holds."""
+    return [name for name in names if os.path.exists(os.path.join(directory, name))]
+
+
 def checkpoints_in(directory: str) -> List[str]:
     """The paths of a training run's best.pt and last.pt in `directory`, those that are there."""
     return [path for path in (os.path.join(directory, name) for name in (BEST, LAST)) if os.path.isfile(path)]

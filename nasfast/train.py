@@ -13,7 +13,8 @@ from .cli import (UsageError, counted, fraction, images_per_batch, non_negative_
                   positive_int, run)
 from .data.datasets import DATASETS
 from .designs import genotype_from_option
-from .files import BEST, CONFIG, LAST, SEARCH_FILES, TRAINING_LOG, lock_directory, read_records, refuse_if_in_use
+from .files import (BEST, CONFIG, LAST, SEARCH_FILES, TRAINING_LOG, files_in, lock_directory, read_records,
+                    refuse_if_in_use)
 from .genotype import Genotype, genotype_name
 from .model import FINAL_CHANNELS, FINAL_SEP_REPEATS
 from .tensorboard import check_available
@@ -145,7 +146,7 @@ def resumed_run(args) -> Tuple[Genotype, TrainConfig, dict]:
     if args.init is not None:
         raise UsageError("--init starts a new run: --resume goes on from the run's own last.pt")
     last = os.path.join(args.out, LAST)
-    searched = [name for name in SEARCH_FILES if os.path.exists(os.path.join(args.out, name))]
+    searched = files_in(args.out, SEARCH_FILES)
     if searched:
         raise UsageError(f"--resume: {args.out} holds a search ({', '.join(searched)}), not a training run")
     saved = read_config(args.out)

@@ -23,8 +23,8 @@ from .data.datasets import (DATASETS, OtherLayout, absent_classes_warning, find_
                              split_warning)
 from .evaluate import dataset_and_indices, evaluate_model, evaluation_loader, evenly_spaced
 from .files import (BEST, CONFIG, LAST, SEARCH_FILES, TRAINING_FILES, TRAINING_LOG, StopSignals, append_record,
-                    finite_or_none, keep_copy, lock_directory, read_json, save_torch, why_unwritable, write_atomic,
-                    write_json)
+                    files_in, finite_or_none, keep_copy, lock_directory, read_json, save_torch, why_unwritable,
+                    write_atomic, write_json)
 from .genotype import Genotype, genotype_name
 from .model import FINAL_CHANNELS, FINAL_SEP_REPEATS, create_model
 from .ops.memory import cpu_memory_cache
@@ -425,7 +425,7 @@ def check_new_run_directory(out: str) -> None:
     unwritable = why_unwritable(out)
     if unwritable:
         raise UsageError(f"--out {out} cannot be written: {unwritable}")
-    present = [name for name in SEARCH_FILES + (CONFIG,) + TRAINING_FILES if os.path.exists(os.path.join(out, name))]
+    present = files_in(out, SEARCH_FILES + (CONFIG,) + TRAINING_FILES)
     searched = [name for name in present if name in SEARCH_FILES]
     if searched:
         raise UsageError(f"{out} holds a search ({', '.join(searched)}): choose another --out")

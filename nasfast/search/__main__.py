@@ -6,8 +6,8 @@ from typing import Any, Dict, List, Optional, Tuple
 from ..cli import counted, data_check_command, message_of, run
 from ..data import DataError
 from ..data.datasets import OtherLayout
-from ..files import (CONFIG, SEARCH_FILES, SEARCH_LOG, SEARCH_STATE, TRAINING_FILES, checkpoints_in, read_json,
-                     read_search_log, why_unwritable)
+from ..files import (CONFIG, SEARCH_FILES, SEARCH_LOG, SEARCH_STATE, TRAINING_FILES, checkpoints_in, files_in,
+                     read_json, read_search_log, why_unwritable)
 from ..tensorboard import check_available
 from . import distributed
 from .cache import foreign_cache
@@ -60,7 +60,7 @@ def choose_run(args, parser) -> Tuple[str, SearchConfig, bool]:
 
 
 def run_files_in(run_dir: str) -> List[str]:
-    return [name for name in RUN_FILES if os.path.exists(os.path.join(run_dir, name))]
+    return files_in(run_dir, RUN_FILES)
 
 
 def never_began(run_dir: str, held: List[str]) -> bool:
