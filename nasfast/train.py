@@ -211,7 +211,7 @@ def check_schedule(config: TrainConfig, step_factor_given: bool) -> None:
                          f"{config.epochs} trained")
 
 
-def report(best_miou: Optional[float], best_checkpoint: str) -> None:
+def print_result(best_miou: Optional[float], best_checkpoint: str) -> None:
     """One line for people and one JSON line on stdout for scripts."""
     print(f"best val mIoU {format_miou(best_miou)}: {best_checkpoint}", file=sys.stderr)
     print(json.dumps({"best_miou": best_miou, "best_checkpoint": best_checkpoint}))
@@ -241,7 +241,7 @@ def main(argv=None) -> int:
             with contextlib.closing(lock_directory(args.out)):
                 mend_log(args.out, resumed)
             print(f"{args.out} has finished its {counted(config.epochs, 'epoch')}", end="; ", file=sys.stderr)
-            report(known_miou(resumed["best_miou"]), os.path.join(args.out, BEST))
+            print_result(known_miou(resumed["best_miou"]), os.path.join(args.out, BEST))
             return 0
     else:
         genotype, config, initial = new_run(args)
@@ -250,7 +250,7 @@ def main(argv=None) -> int:
     except TrainingInterrupted as note:
         print(f"\n{PROG}: {note}", file=sys.stderr)
         return 130
-    report(**result)
+    print_result(**result)
     return 0
 
 

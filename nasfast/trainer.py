@@ -139,7 +139,7 @@ def check_files(subset, what: str, quiet: bool) -> None:
               f"nasfast.data counts the pixels of every split)", file=sys.stderr)
 
 
-def used(subset, dataset) -> str:
+def share_text(subset, dataset) -> str:
     return f"{len(subset)}" if len(subset) == len(dataset) else f"{len(subset)} of the {len(dataset)}"
 
 
@@ -172,8 +172,8 @@ def load_data(args, config: TrainConfig, resumed: Optional[dict]) -> TrainingDat
     train_images, val_images = evenly_spaced(train_set, config.train_images), evenly_spaced(val_set, config.val_images)
     if len(train_images) < config.batch_size:
         raise ValueError(_too_few_images(len(train_images), config.batch_size, root, resumed is not None))
-    print(f"{args.dataset} data in {root}: {used(train_images, train_set)} training and "
-          f"{used(val_images, val_set)} validation images", file=sys.stderr)
+    print(f"{args.dataset} data in {root}: {share_text(train_images, train_set)} training and "
+          f"{share_text(val_images, val_set)} validation images", file=sys.stderr)
     check_files(val_images, "validation", args.no_progress)
     return TrainingData(root, train_set, train_images, val_images, augment)
 

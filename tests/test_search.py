@@ -427,7 +427,7 @@ def test_a_memory_mapped_cache_reserves_its_disk_space_first(tmp_path, monkeypat
 
 def test_a_cache_built_from_other_files_is_built_again(tmp_path, camvid_root, capsys):
     from nasfast.data import CamVid
-    from nasfast.search.context import _images, build_context
+    from nasfast.search.context import _image_indices, build_context
     copy = tmp_path / "camvid"  # the same files, linked one by one
     copy.mkdir()
     for entry in camvid_root.iterdir():
@@ -443,7 +443,7 @@ def test_a_cache_built_from_other_files_is_built_again(tmp_path, camvid_root, ca
         return "reusing" in capsys.readouterr().err
 
     assert not reused(camvid_root) and not reused(copy) and reused(copy)  # another data root: built again
-    image = CamVid(copy).pairs[_images(config, len(CamVid(copy)))[1][0]][0]
+    image = CamVid(copy).pairs[_image_indices(config, len(CamVid(copy)))[1][0]][0]
     shutil.copy(image, tmp_path / "replacement.png")
     os.replace(tmp_path / "replacement.png", image)  # the same pixels, but a new file
     assert not reused(copy) and reused(copy)
@@ -453,11 +453,11 @@ def test_a_cache_built_from_other_files_is_built_again(tmp_path, camvid_root, ca
 
 
 def test_a_stage2_batch_larger_than_the_epoch_says_the_largest_that_fits():
-    from nasfast.search.context import _images
+    from nasfast.search.context import _image_indices
     config = preset("tiny")
     with pytest.raises(ValueError, match=r"^--stage2-batch-size 8 exceeds the 5 images of a stage-2 epoch: give "
                                          r"--stage2-batch-size 5 or less$"):
-        _images(config, 6)  # one image for meta-val
+        _image_indices(config, 6)  # one image for meta-val
 
 
 def test_the_common_size_of_tiny_images_is_at_least_one_pixel_as_the_transforms_make_them():
@@ -915,21 +915,21 @@ def test_meta_train_and_meta_val_are_disjoint_and_cover_the_training_images(n, f
 
 
 def test_meta_val_is_drawn_at_random():
-    from nasfast.search.context import _images, split_indices
+    from nasfast.search.context import _image_indices, split_indices
     splits = [split_indices(367, 0.1, seed)[1] for seed in (0, 1)]
     assert splits[0] != splits[1] and splits[0] != list(range(37))
     config = preset("tiny")  # scores 16 of the 37 meta-val images: at random too, not the first 16
-    _, _, val, _ = _images(config, 367)
+    _, _, val, _ = _image_indices(config, 367)
     meta_val = split_indices(367, config.val_fraction, config.seed)[1]
     assert len(val) == 16 and val != meta_val[:16] and max(val) >= 163  # CamVid's third sequence starts at 163
 
 
 @pytest.mark.parametrize("stage1_images, val_images", [(48, 16), (1000, 0), (330, 37)])
 def test_stage1_images_come_from_meta_train_and_scored_images_from_meta_val(stage1_images, val_images):
-    from nasfast.search.context import _images, split_indices
+    from nasfast.search.context import _image_indices, split_indices
     config = preset("tiny")
     config.stage1_images, config.val_images, config.seed = stage1_images, val_images, 4
-    train, stage1, val, _ = _images(config, 367)
+    train, stage1, val, _ = _image_indices(config, 367)
     meta_train, meta_val = split_indices(367, config.val_fraction, config.seed)
     assert sorted(train) == meta_train and not set(train) & set(val)
     assert set(stage1) <= set(train) and len(set(stage1)) == min(stage1_images, len(train))

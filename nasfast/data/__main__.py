@@ -117,15 +117,15 @@ def print_some(lines: List[str]) -> None:
 def read_splits(splits, workers: int, show_progress: bool):
     """Each split's pixel counts, the problems of every file (each once), and the warnings of classes
     without a pixel. A split of the same images as the one before (no split files) is not read again."""
-    counted, problems, warnings, read = [], [], [], {}
+    split_pixels, problems, warnings, read = [], [], [], {}
     for split, data in splits:
         key = tuple(data.pairs)
         if key not in read:
             read[key] = census(data, workers, show_progress, split)
             warnings.append(absent_classes_warning(read[key][0], data.class_names, f"the {split} labels"))
-        counted.append((split, read[key][0]))
+        split_pixels.append((split, read[key][0]))
         problems += read[key][1]
-    return counted, list(dict.fromkeys(problems)), warnings
+    return split_pixels, list(dict.fromkeys(problems)), warnings
 
 
 if __name__ == "__main__":

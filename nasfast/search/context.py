@@ -144,7 +144,7 @@ def _build_caches(stage1_pairs, val_pairs, encoder, teacher, directory, memory_l
     return stage1, stage1_val
 
 
-def _images(config: SearchConfig, n: int) -> Tuple[List[int], List[int], List[int], int]:
+def _image_indices(config: SearchConfig, n: int) -> Tuple[List[int], List[int], List[int], int]:
     """Indices of the meta-train images, of those cached for stage 1 and of the meta-val ones,
     and the number of images of a stage-2 epoch."""
     train_ids, val_ids = split_indices(n, config.val_fraction, config.seed)
@@ -307,7 +307,7 @@ def build_context(config: SearchConfig, run_dir: str, recorded: Optional[Dict[st
         print(f"{config.dataset} data in {root}: {len(full)} training images", file=sys.stderr)
     if config.workers == 0:  # every image is read in this process: decode each once
         full.keep_decoded(config.image_cache_gb * 1e9)
-    train_ids, stage1_ids, val_ids, stage2_count = _images(config, len(full))
+    train_ids, stage1_ids, val_ids, stage2_count = _image_indices(config, len(full))
     encoder = MobileNetV2Encoder(pretrained=True)
     stage1, stage1_val, size = _stage1_caches(config, full, stage1_ids, val_ids, encoder, run_dir, cache, device,
                                               progress)
