@@ -676,6 +676,26 @@ def test_stage2_trains_encoder_and_decoder_at_their_rates_and_rewards_the_polyak
     assert reward == pytest.approx(averaged, abs=1e-6)
 
 
+@pytest.mark.parametrize("stage", [1, 2])
+def test_a_non_finite_loss_in_a_real_stage_fails_the_candidate_with_its_reason(stage, one_thread):
+    """The stages' loss check was tested only alone, or through a stub that raised its error."""
+    import nasfast.search.loop as loop
+    g = torch.Generator().manual_seed(0)
+    shapes = [(8,) + s[1:] for s in STAGE1_SHAPES]  # TinyEncoder's channels, so that stage 2 can run
+    feats = [torch.randn(8, *s, generator=g) for s in shapes]
+    if stage == 1:
+        feats[3][:] = float("nan")  # every image: the first step's loss is NaN
+    images = torch.full((4, 3, 64, 64), float("nan") if stage == 2 else 0.0)
+    labels = torch.randint(0, 3, (4, 64, 64), generator=g)
+    ctx = cached_context(preset("tiny"), FeatureCache(feats, torch.randint(0, 3, (8, 16, 16), generator=g)),
+                         in_channels=list(TinyEncoder.channels), in_strides=(4, 8, 16, 32), make_encoder=TinyEncoder,
+                         stage2_batches=lambda seed: [(images, labels)], val_batches=lambda: [(images, labels)])
+    record = loop.evaluate_record(ZOO["arch0"], 0, ctx, lambda reward, coin: True)  # the gate lets it go on
+    assert (record["status"], record["reward"]) == ("failed", None)
+    assert f"non-finite loss (nan) at stage {stage}, step 0" in record["error"], record["error"]
+    assert (record["gate"] == "continue") == (stage == 2)
+
+
 def test_paper_preset_is_the_spec_protocol():
     """SPEC section 4: "PPO (clipped ratio, ε = 0.1), Adam lr 1e-4, ... baseline (decay 0.95)". Section 5:
     "10% val"; stage 1 "4,000 images ... 5 epochs, Adam lr 3e-3 ... 0.3 · mean squared error ... (decay 0.9)";
