@@ -98,6 +98,39 @@ def test_sigkill_then_resume_gives_the_uninterrupted_candidates(uninterrupted, t
     assert comparable(read_records(str(log))) == expected
 
 
+KILL_POINTS = {  # code run before the search, making it kill itself at a chosen moment of its bookkeeping
+    "logged, not saved": "import nasfast.search.loop as m\nsave = m.save_torch\n"
+                         "m.save_torch = lambda state, *p: os.kill(os.getpid(), 9) if state['next_index'] == 2 "
+                         "else save(state, *p)",
+    "state half written": "replace, saves = os.replace, []\n"
+                          "def kill_at_the_third_state(tmp, path):  # the search's first, then candidate 0's\n"
+                          "    saves.extend([1] if path.endswith('state.pt') else [])\n"
+                          "    os.kill(os.getpid(), 9) if len(saves) == 3 else replace(tmp, path)\n"
+                          "os.replace = kill_at_the_third_state",
+}
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_a_kill_at_each_moment_of_the_bookkeeping_then_resume_gives_the_uninterrupted_candidates(point, uninterrupted,
+                                                                                                 tmp_path, camvid_root):
+    """The moments a kill by timing practically never hits: a candidate logged but the state not yet
+    saved (it is evaluated again), and state.pt's temporary written but not yet in place."""
+    run = tmp_path / "run"
+    argv = ["nasfast.search", "--dataset", "camvid", "--preset", "tiny", "--no-progress", "--out", str(run),
+            "--budget", "4", "--seed", "3"]
+    code = f"import os, runpy, sys\n{KILL_POINTS[point]}\nsys.argv = {argv!r}\nrunpy.run_module('nasfast.search', " \
+           f"run_name='__main__')"
+    killed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert len(read_records(str(run / "candidates.jsonl"))) == 2
+    result = search("--resume", str(run), "--budget", "4")
+    assert result.returncode == 0, result.stderr
+    assert comparable(read_records(str(run / "candidates.jsonl"))) == \
+        comparable(read_records(str(uninterrupted[0] / "candidates.jsonl")))
+    assert not [name for name in os.listdir(run) if ".tmp" in name]
+
+
 def test_ctrl_c_saves_and_exits_cleanly_and_a_running_search_is_not_resumed_twice(tmp_path, camvid_root):
     run = tmp_path / "run"
     process = search("--out", str(run), "--budget", "50", wait=False)
