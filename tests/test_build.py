@@ -26,6 +26,12 @@ def test_library_is_built_when_required():
     assert os.path.isabs(path) and os.path.isfile(path)
 
 
+@pytest.mark.skipif(os.environ.get("NASFAST_REQUIRE_CPP") != "1", reason="set NASFAST_REQUIRE_CPP=1 (CI)")
+def test_cmake_is_there_when_the_cpp_example_is_required():
+    """Without cmake, the C++ example's tests (test_deploy) skip: CI must not pass without them."""
+    assert shutil.which("cmake"), "NASFAST_REQUIRE_CPP=1 but there is no cmake: the C++ example's tests would skip"
+
+
 @pytest.mark.skipif(not ops.available() or not shutil.which("ldd"), reason="needs the library and ldd")
 def test_library_needs_no_python():
     ldd = subprocess.run(["ldd", ops.library_path()], capture_output=True, text=True, check=True).stdout
