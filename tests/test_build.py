@@ -36,9 +36,11 @@ def test_cmake_is_there_when_the_cpp_example_is_required():
 def test_library_needs_no_python():
     ldd = subprocess.run(["ldd", ops.library_path()], capture_output=True, text=True, check=True).stdout
     assert "python" not in ldd, ldd
-    symbols = subprocess.run(["nm", "-D", "--undefined-only", ops.library_path()], capture_output=True, text=True)
-    if symbols.returncode == 0:
-        assert "PyInit" not in symbols.stdout and " Py" not in symbols.stdout
+    if not shutil.which("nm"):
+        pytest.skip("needs nm for the undefined symbols")
+    symbols = subprocess.run(["nm", "-D", "--undefined-only", ops.library_path()], capture_output=True, text=True,
+                             check=True).stdout
+    assert "PyInit" not in symbols and " Py" not in symbols
 
 
 @pytest.mark.skipif(not ops.available() or sys.platform != "linux" or not shutil.which("objdump"),

@@ -29,12 +29,19 @@ def test_values_match_reference(high, low):
 
 
 @needs_ops
-def test_non_contiguous_and_channels_last():
+def test_non_contiguous_and_channels_last_values_and_gradients():
     h, l = inputs((24, 32), (9, 11), channels=4)
-    for a, b in [(h.transpose(2, 3), l.transpose(2, 3)),
-                 (h.to(memory_format=torch.channels_last), l.to(memory_format=torch.channels_last)),
-                 (h[:, ::2], l[:, ::2])]:
+    for view in (lambda x: x.transpose(2, 3), lambda x: x.to(memory_format=torch.channels_last),
+                 lambda x: x[:, ::2]):
+        a, b = view(h), view(l)
         torch.testing.assert_close(torch.ops.nasfast.upsample_add(a, b), upsample_add_reference(a, b))
+        grad = torch.randn(a.shape).to(memory_format=torch.channels_last)  # and a gradient laid out otherwise
+        grads = []
+        for op in (torch.ops.nasfast.upsample_add, upsample_add_reference):
+            leaves = h.detach().clone().requires_grad_(), l.detach().clone().requires_grad_()
+            op(*map(view, leaves)).backward(grad)  # through the views, as the inputs are laid out
+            grads.append([leaf.grad for leaf in leaves])
+        torch.testing.assert_close(grads[0], grads[1])
 
 
 @needs_ops

@@ -1,4 +1,5 @@
 import os
+import re
 import runpy
 import subprocess
 import sys
@@ -114,8 +115,10 @@ def test_import_nasfast_gives_its_modules_for_python_users():
 def test_the_readme_python_example_runs():
     readme = (REPO / "README.md").read_text()
     example = readme.split("```python\n", 1)[1].split("```", 1)[0]
-    result = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    shape = re.search(r"logits = .*# (\(.*\))\n", example).group(1)  # what its comment says
+    result = subprocess.run([sys.executable, "-c", example + "print(tuple(logits.shape))"], capture_output=True,
+                            text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert result.returncode == 0, result.stderr[-2000:]
-    params, madds, miou = result.stdout.split()
-    assert int(params) > 0 and int(madds) > 0 and 0 <= float(miou) <= 1
+    params, madds, miou, logits_shape = result.stdout.split(maxsplit=3)
+    assert (int(params), int(madds)) == (2_628_821, 4_141_080_576) and 0 <= float(miou) <= 1  # arch0, 21 classes
+    assert logits_shape.strip() == shape == "(1, 21, 512, 512)"

@@ -5,6 +5,7 @@ import math
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -60,8 +61,11 @@ def test_run_writes_config_log_and_table(uninterrupted):
     run, result = uninterrupted
     records = read_records(str(run / "candidates.jsonl"))
     assert [r["index"] for r in records] == [0, 1, 2, 3]
+    started = (run / "config.json").stat().st_mtime  # written as the search began
     for r in records:
         assert FIELDS <= set(r) and r["status"] == "ok" and 0 < r["reward"] <= 1
+        assert (r["worker"], r["host"], r["restart"]) == (0, socket.gethostname(), 0)  # who evaluated it, and when
+        assert started - 1 <= r["finished"] <= (run / "candidates.jsonl").stat().st_mtime + 1
         assert r["gate"] in ("continue", "stop")
         assert (r["stage2_reward"] is None) == (r["gate"] == "stop")
         assert r["reward"] == (r["stage2_reward"] if r["gate"] == "continue" else r["stage1_reward"])
