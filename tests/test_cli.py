@@ -67,6 +67,18 @@ def test_a_tool_terminated_while_it_starts_says_so(tmp_path, camvid_root):
     assert tool.returncode == 130 and "interrupted" in err, err
 
 
+def test_nasfast_traceback_gives_a_user_errors_traceback_and_exit_status_1(tmp_path):
+    """As the README says, for a bug report: the same error, with where it was raised."""
+    command = [sys.executable, "-m", "nasfast.evaluate", "--checkpoint", str(tmp_path / "missing.pt")]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]))
+    plain = subprocess.run(command, capture_output=True, text=True, env=env)
+    traced = subprocess.run(command, capture_output=True, text=True, env=dict(env, NASFAST_TRACEBACK="1"))
+    assert (plain.returncode, plain.stderr) == (2, f"python -m nasfast.evaluate: error: checkpoint "
+                                                   f"{tmp_path / 'missing.pt'} not found\n")
+    assert traced.returncode == 1 and traced.stderr.startswith("Traceback (most recent call last):")
+    assert traced.stderr.endswith(f"FileNotFoundError: checkpoint {tmp_path / 'missing.pt'} not found\n")
+
+
 def test_a_closed_pipe_ends_quietly(capsys):
     assert run(failing(BrokenPipeError()), "tool") == 141
     assert capsys.readouterr().err == ""
