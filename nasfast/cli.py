@@ -53,8 +53,9 @@ def run(main: Callable[[Optional[List[str]]], int], prog: str, argv: Optional[Li
     """main(argv), with user errors printed as `prog: error: ...` (exit 2; NASFAST_TRACEBACK=1 raises
     them instead, for their traceback) and Ctrl-C, or SIGTERM (a scheduler's, timeout's), as a
     one-line note (exit 130), unless main handles it itself."""
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if main_thread else None
+    catch = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is not \
+        signal.SIG_IGN  # an ignored SIGTERM stays ignored
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if catch else None
     try:
         return main(argv)
     except KeyboardInterrupt:
@@ -72,7 +73,7 @@ def run(main: Callable[[Optional[List[str]]], int], prog: str, argv: Optional[Li
         print(f"{prog}: error: {message_of(error)}", file=sys.stderr)
         return 2
     finally:
-        if main_thread:
+        if catch:
             signal.signal(signal.SIGTERM, previous)
 
 

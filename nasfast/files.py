@@ -26,7 +26,8 @@ LOCK_HELD = (errno.EACCES, errno.EAGAIN)  # what lockf says when another process
 class StopSignals:
     """Within `with StopSignals() as stop:`, Ctrl-C and SIGTERM raise KeyboardInterrupt, except
     inside `with stop.deferred():`, the bookkeeping of what is saved, which they let finish first:
-    what the process then says it saved is what it saved. Signals are only the main thread's."""
+    what the process then says it saved is what it saved. Signals are only the main thread's; one
+    the process ignores (SIGINT in a shell's background job) stays ignored."""
 
     def __init__(self):
         self._deferring = self._requested = False
@@ -34,7 +35,8 @@ class StopSignals:
 
     def __enter__(self) -> "StopSignals":
         if threading.current_thread() is threading.main_thread():
-            self._previous = {sig: signal.signal(sig, self._stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+            self._previous = {sig: signal.signal(sig, self._stop) for sig in (signal.SIGINT, signal.SIGTERM)
+                              if signal.getsignal(sig) is not signal.SIG_IGN}
         return self
 
     def __exit__(self, *exc) -> None:

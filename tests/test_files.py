@@ -1,5 +1,6 @@
 """Crash-safe files and the lock of a run directory."""
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -75,3 +76,16 @@ def test_a_damaged_line_inside_a_log_is_refused_with_the_file_and_line_not_skipp
     assert err.startswith(f"tool: error: {log} is damaged: line 3 is not valid JSON") and err.count("\n") == 1
     log.write_text('{"index": 0}\n{"index": 1}\n{"index": 2, "st')
     assert files.read_records(str(log)) == [{"index": 0}, {"index": 1}]  # the torn last line alone is dropped
+
+
+def test_stop_signals_leave_a_signal_the_process_ignores_ignored():
+    """A search begun as a background job of a shell (SIGINT ignored) stopped at a Ctrl-C meant for the shell."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with files.StopSignals():
+            os.kill(os.getpid(), signal.SIGINT)  # no KeyboardInterrupt
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        with pytest.raises(KeyboardInterrupt), files.StopSignals():
+            os.kill(os.getpid(), signal.SIGTERM)  # handled: not ignored
+    finally:
+        signal.signal(signal.SIGINT, previous)
