@@ -367,6 +367,18 @@ def test_resume_keeps_the_budgets_not_given_again(saved_search, capsys):
     assert len(read_records(str(saved_search / "candidates.jsonl"))) == 5
 
 
+def test_budgets_given_to_a_resume_that_is_already_done_are_kept(saved_search, capsys):
+    """A raised --budget given while the time budget was spent was dropped without a word."""
+    state = torch.load(saved_search / "state.pt", weights_only=False)
+    torch.save({**state, "elapsed": 100.0}, saved_search / "state.pt")  # 100 s of search so far
+    assert search("--resume", saved_search, "--budget", 5, "--time-budget", 50, "--no-progress") == 0
+    assert ("already done: time budget of 50 s reached (100 s of search); raise --time-budget above 100 s to "
+            "continue") in capsys.readouterr().err
+    assert search("--resume", saved_search, "--time-budget", "1h", "--no-progress") == 0  # to the 5 given before
+    assert "budget of 5 candidates reached" in capsys.readouterr().err
+    assert len(read_records(str(saved_search / "candidates.jsonl"))) == 5
+
+
 def test_resume_of_a_state_without_budgets_asks_for_one(saved_search, capsys):
     state = torch.load(saved_search / "state.pt", weights_only=False)
     del state["budget"], state["time_budget"]  # as saved before budgets were

@@ -1,5 +1,6 @@
 """The outer loop (SPEC section 6): sample, evaluate, update; logged and resumable."""
 import contextlib
+import math
 import os
 import socket
 import sys
@@ -174,6 +175,7 @@ class Search:
         if resume:
             self.resume()
             if self.spent() and not list(self.in_flight()):
+                save_torch(self.state_dict(), self.path(SEARCH_STATE))  # the budgets given, for the next resume
                 print(f"already done: {self.spent_note()}", file=sys.stderr)
                 print(top_table(self.records, top))
                 return False
@@ -292,7 +294,7 @@ class Search:
             return f"budget of {counted(self.budget, 'candidate')} reached; raise --budget to continue"
         if self.time_budget is not None and self.elapsed >= self.time_budget:
             return (f"time budget of {self.time_budget:g} s reached ({self.elapsed:.0f} s of search); raise "
-                    f"--time-budget to continue")
+                    f"--time-budget above {math.ceil(self.elapsed)} s to continue")
         return None
 
     def best_reward(self) -> Optional[float]:
