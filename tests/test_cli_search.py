@@ -82,6 +82,19 @@ def test_out_with_a_cache_folder_of_other_files_is_refused_and_a_searchs_own_is_
     assert foreign_cache(str(own.parent)) == "holds stage2, val/notes.txt"
 
 
+@pytest.mark.parametrize("options, message", [
+    (["--strategy", "random", "--controller-lr", "5", "--entropy-weight", "3"],
+     "--controller-lr acts only with --strategy ppo; --entropy-weight acts only with --strategy ppo: leave them out"),
+    (["--aux", "none", "--aux-weight", "0.5"], "--aux-weight acts only with auxiliary heads (--aux cell or "
+                                               "classifier): leave it out"),
+    (["--stage1-distillation", "0.9"], "--stage1-distillation acts only with --teacher: leave it out"),
+])
+def test_options_a_search_would_ignore_are_refused(options, message, tmp_path, no_data, capsys):
+    """They were accepted, and changed nothing."""
+    assert search("--out", tmp_path / "run", "--preset", "tiny", "--budget", 1, *options) == 2
+    assert capsys.readouterr().err.endswith(f"error: {message}\n") and not (tmp_path / "run").exists()
+
+
 def test_numbers_are_checked_while_parsing(tmp_path, capsys):
     for option, expected in [("--budget=0", "at least 1"), ("--budget=-3", "at least 1"),
                              ("--time-budget=0", "more than 0"), ("--time-budget=-5m", "more than 0"),

@@ -14,7 +14,7 @@ from .cache import foreign_cache
 from .config import PRESETS, SearchConfig, missing_keys
 from .distributed import begun_by_this_job, has_pending, restart_count, world_size
 from .loop import NO_BUDGET, Search
-from .options import build_parser, config_from_args, resume_conflicts, with_machine_options
+from .options import build_parser, config_from_args, ignored_options, resume_conflicts, with_machine_options
 from .summary import PROG, resume_command
 
 # Files of a search (the first three) or of a training run: a new search must not mix with them.
@@ -56,6 +56,9 @@ def choose_run(args, parser) -> Tuple[str, SearchConfig, bool]:
                         f"keeps there: choose another directory")
     config = config_from_args(args)
     _check_new_config(config, parser)
+    ignored = ignored_options(args, config)
+    if ignored:
+        _refuse(parser, f"{'; '.join(ignored)}: leave {'it' if len(ignored) == 1 else 'them'} out")
     return run_dir, config, False
 
 

@@ -201,3 +201,19 @@ def with_machine_options(saved: SearchConfig, args) -> SearchConfig:
         if key in MACHINE_OPTIONS:
             _set(saved, key, value)
     return saved
+
+
+# Options that act only with another setting: given without it, they would be ignored silently.
+ONLY_WITH = [
+    (("ppo_epochs", "ppo_clip", "controller_lr", "baseline_decay", "entropy_weight"), "--strategy ppo",
+     lambda config: config.strategy == "ppo"),
+    (("aux_weight",), "auxiliary heads (--aux cell or classifier)", lambda config: config.aux is not None),
+    (("stage1.distillation",), "--teacher", lambda config: config.teacher is not None),
+]
+
+
+def ignored_options(args, config: SearchConfig) -> List[str]:
+    """The options given that `config` would ignore, each with what it needs."""
+    given = given_options(args)
+    return [f"{flag(key)} acts only with {needs}" for keys, needs, acts in ONLY_WITH if not acts(config)
+            for key in keys if key in given]
