@@ -91,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "images (the tiny preset: 8) validates on [0: all]")
     parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N [auto]")
     parser.add_argument("--workers", type=non_negative_int, default=2, help="data-loading processes [2]")
-    parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    parser.add_argument("--json", action="store_true",
+                        help="print the metrics as JSON: miou, fwiou, mean_acc, pixel_acc, reward (their geometric "
+                             "mean, the search's), and per class iou and acc in the order of class_names")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -117,7 +119,8 @@ def main(argv=None) -> int:
     loader = evaluation_loader(images, args.workers)
     batches = progress_bar(loader, desc="evaluating", unit="batch", leave=False, disable=args.no_progress)
     metrics = evaluate_model(model, batches, dataset.num_classes, dataset.ignore_index, device)
-    print(json.dumps(finite_or_none(metrics)) if args.json else format_metrics(metrics, dataset.class_names))
+    named = {**metrics, "class_names": list(dataset.class_names)}  # whose iou and acc the lists are
+    print(json.dumps(finite_or_none(named)) if args.json else format_metrics(metrics, dataset.class_names))
     if math.isnan(metrics["miou"]):
         print("note: mIoU is nan: the labels hold no class pixels (all 255 = ignore)", file=sys.stderr)
     return 0

@@ -595,6 +595,7 @@ def test_evaluate_json_has_null_for_nan_and_finds_the_data_the_run_was_trained_o
     captured = capsys.readouterr()
     metrics = json.loads(captured.out)
     assert metrics["miou"] is None and metrics["iou"] == [None, None]
+    assert metrics["class_names"] == ["class0", "class1"]  # whose the per-class lists are
     root = unlabelled_validation[3].parent / "data"
     assert f"on folder val ({root}): 8 images" in captured.err
     assert "note: mIoU is nan: the labels hold no class pixels (all 255 = ignore)" in captured.err
