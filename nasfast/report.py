@@ -24,13 +24,16 @@ def load_run(path: str) -> Dict:
         hint = f"; it holds a training run: python -m nasfast.evaluate --checkpoint {trained[0]}" if trained else ""
         raise FileNotFoundError(f"{run_dir}: not a search run ({log} missing){hint}")
     config = read_json(os.path.join(run_dir, CONFIG)) or {}
-    return {"dir": run_dir, "strategy": config.get("strategy", "unknown strategy"), "records": read_search_log(log),
-            "channels": config.get("channels"), "sep_repeats": config.get("sep_repeats")}
+    strategy = config.get("strategy", "unknown strategy")
+    return {"dir": run_dir, "name": f"{strategy} ({path if os.path.isfile(path) else run_dir})",  # as given
+            "strategy": strategy, "records": read_search_log(log), "channels": config.get("channels"),
+            "sep_repeats": config.get("sep_repeats")}
 
 
 def bins(records: List[Dict], count: int) -> List[List[Dict]]:
-    size = max(1, -(-len(records) // count))
-    return [records[i:i + size] for i in range(0, len(records), size)]
+    """`records` in `count` parts of sizes as equal as can be (fewer where there are fewer records)."""
+    parts, n = min(count, len(records)), len(records)
+    return [records[-(-n * i // parts):-(-n * (i + 1) // parts)] for i in range(parts)]  # the larger parts first
 
 
 def _mean(values: List[float]) -> Optional[float]:
@@ -42,7 +45,7 @@ def finished(run: Dict) -> List[Dict]:
 
 
 def progress_table(run: Dict, count: int = 4) -> str:
-    lines = [f"{run['strategy']} ({run['dir']}): mean / max reward per stage over the search"]
+    lines = [f"{run['name']}: mean / max reward per stage over the search"]
     if not finished(run):
         return lines[0] + ": no candidate finished"
     lines.append(f"{'candidates':>12} {'stage1 mean':>11} {'stage1 max':>10} {'stage2 mean':>11} {'stage2 max':>10} "
@@ -77,7 +80,7 @@ def plot(runs: List[Dict], path: str, count: int = 4) -> None:
             data = [[r[stage] for r in c if r[stage] is not None] or [float("nan")] for c in chunks]
             positions = [i * (len(runs) + 1) + k for i in range(len(chunks))]
             parts = ax.violinplot(data, positions=positions, showmeans=True)
-            parts["bodies"][0].set_label(search_run["strategy"])
+            parts["bodies"][0].set_label(search_run["name"])
         ax.set_xticks([i * (len(runs) + 1) + (len(runs) - 1) / 2 for i in range(len(labels))], labels)
         ax.set_title(stage.replace("_", " "))
         ax.set_xlabel("candidates")
@@ -106,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bins", type=positive_int, default=4,
                         help="parts of the search in the progress table and the plot [4]")
     parser.add_argument("--plot", metavar="PNG",
-                        help="where to save the plot (needs matplotlib) [RUN_DIR/rewards.png, when it is installed]")
+                        help="where to save the plot (needs matplotlib) [RUN_DIR/rewards.png, when it is installed; "
+                             "several runs: the first's RUN_DIR/rewards-compared.png]")
     return parser
 
 
@@ -118,7 +122,7 @@ def main(argv=None) -> int:
         raise UsageError(f"--plot {args.plot}: matplotlib is not installed (pip install matplotlib)")
     runs = [load_run(d) for d in args.runs]
     for search_run in runs:
-        print(f"{search_run['strategy']} ({search_run['dir']}): best designs")
+        print(f"{search_run['name']}: best designs")
         if in_use(search_run["dir"]):
             print(f"(the search is still running: {counted(len(search_run['records']), 'candidate')} so far)")
         print(top_table(search_run["records"], args.top))
@@ -126,7 +130,7 @@ def main(argv=None) -> int:
             print(searched_size_note(search_run["channels"], search_run["sep_repeats"]))
         print()
         print(progress_table(search_run, args.bins), end="\n\n")
-    path = args.plot or os.path.join(runs[0]["dir"], "rewards.png")
+    path = args.plot or os.path.join(runs[0]["dir"], "rewards.png" if len(runs) == 1 else "rewards-compared.png")
     if not has_matplotlib():
         print("(install matplotlib for plots)", file=sys.stderr)
     elif not any(finished(run) for run in runs):

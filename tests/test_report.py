@@ -37,7 +37,7 @@ def test_report_tables_and_plot(tmp_path):
     assert "    0-1           0.2000     0.3000      0.2000     0.2000    1/2" in rows
     assert "    2-3           0.3000     0.4000      0.5500     0.6000    2/2" in rows
     assert "    0-0           0.1000     0.1000           -          -    0/1" in rows
-    png = tmp_path / "ppo" / "rewards.png"
+    png = tmp_path / "ppo" / "rewards-compared.png"  # not the first run's own plot, rewards.png
     if importlib.util.find_spec("matplotlib"):
         assert f"plot: {png}" in out and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -48,6 +48,7 @@ def test_the_plots_parts_name_each_runs_candidates():
     assert tick_labels([bins(records(8), 2), bins(records(8), 2)]) == ["0-3", "4-7"]
     assert tick_labels([bins(records(8), 2), bins(records(3), 2)]) == ["0-3 / 0-1", "4-7 / 2-2"]
     assert tick_labels([bins(records(1), 2), bins(records(8), 2)]) == ["0-0 / 0-3", "4-7"]
+    assert [len(part) for part in bins(records(5), 4)] == [2, 1, 1, 1]  # as many parts as asked (was 3)
 
 
 def test_report_rejects_a_directory_without_a_search(tmp_path):
@@ -131,7 +132,7 @@ def test_report_takes_a_search_log_file_for_its_run_and_a_plot_only_as_png(tmp_p
     fake_run(tmp_path / "ppo", "ppo", [(0.1, 0.2)])
     (tmp_path / "ppo" / "candidates.jsonl").rename(tmp_path / "ppo" / "old.jsonl")
     assert report(tmp_path / "ppo" / "old.jsonl", "--top", "1") == 0
-    assert f"ppo ({tmp_path / 'ppo'}): best designs" in capsys.readouterr().out
+    assert f"ppo ({tmp_path / 'ppo' / 'old.jsonl'}): best designs" in capsys.readouterr().out  # the log, as given
     assert report(tmp_path / "ppo", "--plot", tmp_path / "plot.txt") == 2
     assert "give a file name ending in .png" in capsys.readouterr().err and not (tmp_path / "plot.txt").exists()
 
