@@ -388,7 +388,9 @@ def test_budgets_given_to_a_resume_that_is_already_done_are_kept(saved_search, c
     assert ("already done: time budget of 50 s reached (100 s of search); raise --time-budget above 100 s to "
             "continue") in capsys.readouterr().err
     assert search("--resume", saved_search, "--time-budget", "1h", "--no-progress") == 0  # to the 5 given before
-    assert "budget of 5 candidates reached" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "budget of 5 candidates reached" in err
+    assert "[5/5] candidate 4: reward 0.5000, gate stop, 0.0 s; best 0.5000; search time 100/3600 s\n" in err
     assert len(read_records(str(saved_search / "candidates.jsonl"))) == 5
 
 

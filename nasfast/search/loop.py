@@ -268,13 +268,15 @@ class Search:
         """A finished candidate on the progress bar, or as a line where there is none (a log file)."""
         if self._bar is None:
             return
+        search_time = None if self.time_budget is None else f"{self.elapsed:.0f}/{self.time_budget:g} s"
         if self._bar.disable:
-            print(progress_line(record, self.done(), self.budget, self.best_reward(), self.workers),
+            print(progress_line(record, self.done(), self.budget, self.best_reward(), self.workers, search_time),
                   file=sys.stderr, flush=True)
         else:
             self._bar.update(1)
             self._bar.set_postfix(best=format_reward(self.best_reward()), last=format_reward(record["reward"]),
-                                  gate=record["gate"] or record["status"], worker=record["worker"])
+                                  gate=record["gate"] or record["status"], worker=record["worker"],
+                                  **({"search time": search_time} if search_time else {}))
 
     def close(self) -> None:
         if self._bar is not None:

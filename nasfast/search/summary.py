@@ -15,14 +15,15 @@ def format_reward(reward: Optional[float]) -> str:
 
 
 def progress_line(record: Dict[str, Any], done: int, budget: Optional[int], best: Optional[float],
-                  workers: int = 1) -> str:
+                  workers: int = 1, search_time: Optional[str] = None) -> str:
     """A finished candidate, for a log: [done/budget] candidate 7 (worker 1 of 2): reward 0.2368,
-    gate continue, 1.6 s; best 0.2382."""
+    gate continue, 1.6 s; best 0.2382 (`search_time`, with a time budget: "; search time 80/3600 s")."""
     result = (f"reward {record['reward']:.4f}, gate {record['gate']}" if record["status"] == "ok" else
               f"failed: {(record.get('error') or 'unknown error').splitlines()[0]}")
     worker = f" (worker {record['worker']} of {workers})" if workers > 1 else ""
+    time = f"; search time {search_time}" if search_time else ""
     return (f"[{done}{f'/{budget}' if budget else ''}] candidate {record['index']}{worker}: {result}, "
-            f"{record['seconds']:.1f} s; best {format_reward(best)}")
+            f"{record['seconds']:.1f} s; best {format_reward(best)}{time}")
 
 
 def madds_text(madds: int) -> str:
