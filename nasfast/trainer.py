@@ -171,21 +171,24 @@ def load_data(args, config: TrainConfig, resumed: Optional[dict]) -> TrainingDat
         print(warning, file=sys.stderr)
     train_images, val_images = evenly_spaced(train_set, config.train_images), evenly_spaced(val_set, config.val_images)
     if len(train_images) < config.batch_size:
-        raise ValueError(_too_few_images(len(train_images), config.batch_size, root, resumed is not None))
+        whose = "" if args.batch_size is not None else f" (preset {args.preset or 'paper'}'s)"
+        raise ValueError(_too_few_images(len(train_images), config.batch_size, root, resumed is not None, whose))
     print(f"{args.dataset} data in {root}: {share_text(train_images, train_set)} training and "
           f"{share_text(val_images, val_set)} validation images", file=sys.stderr)
     check_files(val_images, "validation", args.no_progress)
     return TrainingData(root, train_set, train_images, val_images, augment)
 
 
-def _too_few_images(images: int, batch_size: int, root: Path, resumed: bool) -> str:
-    """Why `images` training images cannot make a batch, and what to do."""
+def _too_few_images(images: int, batch_size: int, root: Path, resumed: bool, whose: str = "") -> str:
+    """Why `images` training images cannot make a batch, and what to do (`whose`: where the batch
+    size came from)."""
     if resumed:  # the batch size is the run's
         return (f"the run's batches of {batch_size} exceed the {counted(images, 'training image')} in {root}: give "
                 f"--data-root the data it trained on")
     if images < 2:
         return f"{root} holds {counted(images, 'training image')}: a batch needs 2 at least"
-    return f"--batch-size {batch_size} exceeds the {images} training images: give --batch-size {images} or less"
+    return (f"--batch-size {batch_size}{whose} exceeds the {images} training images: give --batch-size {images} or "
+            f"less")
 
 
 def lr_factor(config: TrainConfig, step: int, steps_per_epoch: int) -> float:

@@ -637,6 +637,9 @@ def test_too_few_training_images_for_a_batch_are_said_with_what_would_do(tmp_pat
     assert train_folder(one, tmp_path / "a") == 2
     assert one_error_line(capsys).endswith(f"error: {one} holds 1 training image: a batch needs 2 at least\n")
     two = folder_dataset(tmp_path / "two", images=4, lists={"train": [0, 1], "val": [2, 3]})
+    assert train_folder(two, tmp_path / "b") == 2
+    assert one_error_line(capsys).endswith("error: --batch-size 8 (preset tiny's) exceeds the 2 training images: "
+                                           "give --batch-size 2 or less\n")  # the user gave none
     assert train_folder(two, tmp_path / "b", "--batch-size", 3) == 2
     assert one_error_line(capsys).endswith("error: --batch-size 3 exceeds the 2 training images: give --batch-size 2 "
                                            "or less\n")

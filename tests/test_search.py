@@ -492,9 +492,12 @@ def test_a_cache_built_from_other_files_is_built_again(tmp_path, camvid_root, ca
 def test_a_stage2_batch_larger_than_the_epoch_says_the_largest_that_fits():
     from nasfast.search.context import _image_indices
     config = preset("tiny")
-    with pytest.raises(ValueError, match=r"^--stage2-batch-size 8 exceeds the 5 images of a stage-2 epoch: give "
-                                         r"--stage2-batch-size 5 or less$"):
+    with pytest.raises(ValueError, match=r"^--stage2-batch-size 8 \(preset tiny's\) exceeds the 5 images of a stage-2 "
+                                         r"epoch: give --stage2-batch-size 5 or less$"):  # maybe not given
         _image_indices(config, 6)  # one image for meta-val
+    config.stage2.batch_size = 7
+    with pytest.raises(ValueError, match=r"^--stage2-batch-size 7 exceeds"):
+        _image_indices(config, 6)
 
 
 def test_the_common_size_of_tiny_images_is_at_least_one_pixel_as_the_transforms_make_them():

@@ -20,7 +20,7 @@ from ..data.transforms import scaled_size
 from ..encoder import MobileNetV2Encoder
 from ..files import read_json, write_json
 from .cache import CACHE, COMPLETE, PARTS, FeatureCache, build_cache, checksums, open_cache
-from .config import SearchConfig
+from .config import PRESETS, SearchConfig, preset
 
 
 @dataclass
@@ -150,8 +150,10 @@ def _image_indices(config: SearchConfig, n: int) -> Tuple[List[int], List[int], 
     train_ids, val_ids = split_indices(n, config.val_fraction, config.seed)
     stage2_count = min(len(train_ids), config.stage2_images or len(train_ids))
     if stage2_count < config.stage2.batch_size:  # its epochs would take no step (whole batches only)
-        raise ValueError(f"--stage2-batch-size {config.stage2.batch_size} exceeds the {stage2_count} images of a "
-                         f"stage-2 epoch: give --stage2-batch-size {stage2_count} or less")
+        preset_batch = preset(config.preset).stage2.batch_size if config.preset in PRESETS else None
+        whose = f" (preset {config.preset}'s)" if preset_batch == config.stage2.batch_size else ""  # maybe not given
+        raise ValueError(f"--stage2-batch-size {config.stage2.batch_size}{whose} exceeds the {stage2_count} images of "
+                         f"a stage-2 epoch: give --stage2-batch-size {stage2_count} or less")
     generator = torch.Generator().manual_seed(config.seed)
     stage1_ids = _sample(train_ids, config.stage1_images, generator)
     return train_ids, stage1_ids, _sample(val_ids, config.val_images or len(val_ids), generator), stage2_count
