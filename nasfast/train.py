@@ -158,7 +158,9 @@ def resumed_run(args) -> Tuple[Genotype, TrainConfig, dict]:
         raise UsageError(f"--resume: {os.path.join(args.out, CONFIG)} is not the settings of a training run")
     conflicts = resume_conflicts(args, saved)
     if conflicts:
-        raise UsageError(f"--resume: {', '.join(conflicts)} ({CONFIG})")
+        longer = (f"; to train on from its weights for more epochs: --init {os.path.join(args.out, LAST)} in another "
+                  f"--out (the schedule starts again)" if any(c.startswith("--epochs") for c in conflicts) else "")
+        raise UsageError(f"--resume: {', '.join(conflicts)} ({CONFIG}){longer}")
     settings = {f.name: saved[f.name] for f in fields(TrainConfig) if f.name in saved}
     config = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
     if args.workers is not None:
