@@ -83,9 +83,9 @@ def test_resume_refuses_each_option_that_changes_the_training(tmp_path, capsys):
                      "--batch-size", 8, "--dataset", "voc") == 2
     err = one_error_line(capsys)
     assert "--resume: --genotype arch1 differs from the run's arch0, --dataset voc differs from the run's camvid, " \
-           "--epochs 3 differs from the run's 2, --preset fast differs from the run's tiny (config.json); to train on " \
-           f"from its weights for more epochs: --init {tmp_path / 'last.pt'} in another --out (the schedule starts " \
-           "again)" in err
+           "--epochs 3 differs from the run's 2, --preset fast differs from the run's tiny (config.json); to train " \
+           f"on from its weights for more epochs: --init {tmp_path / 'last.pt'} in another --out (the schedule " \
+           "starts again)" in err
     assert (tmp_path / "last.pt").read_bytes() == b""
 
 
