@@ -538,6 +538,33 @@ def test_a_teacher_is_recorded_by_its_absolute_path(tmp_path, no_data, monkeypat
     assert search("--resume", tmp_path / "run", "--budget", 2, "--teacher", tmp_path / "t.pt", "--no-progress") == 0
 
 
+def test_a_teacher_may_move_between_resumes_but_not_change(tmp_path, camvid_root, capsys):
+    """A moved teacher stopped the search for good (--teacher refused as another option); a file
+    replaced at its path went on silently with other logits."""
+    teacher, moved, run_dir = tmp_path / "t.pt", tmp_path / "moved.pt", tmp_path / "run"
+    torch.manual_seed(0)
+    torch.jit.script(torch.nn.Conv2d(3, 11, 1)).save(str(teacher))
+    assert search("--dataset", "camvid", "--out", run_dir, "--preset", "tiny", "--budget", 1, "--teacher", teacher,
+                  "--no-progress") == 0
+    teacher.rename(moved)
+    assert search("--resume", run_dir, "--budget", 2, "--no-progress") == 2
+    assert f"teacher {teacher}: no such TorchScript file (moved? give --teacher where it is now)" in \
+        capsys.readouterr().err
+    assert search("--resume", run_dir, "--budget", 2, "--teacher", moved, "--no-progress") == 0
+    torch.jit.script(torch.nn.Conv2d(3, 11, 1)).save(str(moved))  # other weights, the same path
+    capsys.readouterr()
+    assert search("--resume", run_dir, "--budget", 3, "--teacher", moved, "--no-progress") == 2
+    assert (f"teacher {moved} is not the file the search in {run_dir} began with (its bytes differ): give "
+            f"--teacher that file") in capsys.readouterr().err
+    assert len(read_records(str(run_dir / "candidates.jsonl"))) == 2
+
+
+def test_a_search_begun_without_a_teacher_is_not_resumed_with_one(saved_search, tmp_path, capsys):
+    torch.jit.script(torch.nn.Conv2d(3, 11, 1)).save(str(tmp_path / "t.pt"))
+    assert search("--resume", saved_search, "--budget", 4, "--teacher", tmp_path / "t.pt") == 2
+    assert f"--teacher {tmp_path / 't.pt'} differs from the run's none" in capsys.readouterr().err
+
+
 class Infinite(torch.nn.Module):
     def forward(self, x):
         return torch.full((x.shape[0], 11) + x.shape[2:], float("inf"))

@@ -42,15 +42,17 @@ def foreign_cache(run_dir: str) -> Optional[str]:
 def checksums(directory: str) -> Dict[str, int]:
     """The CRC-32 of each file of a cache on disk: complete.json records them, so that a cache
     whose bytes changed since it was built (a bad disk, a partial copy) is not taken for it."""
-    sums = {}
-    for name in sorted(os.listdir(directory)):
-        if CACHE_FILE.fullmatch(name):
-            crc = 0
-            with open(os.path.join(directory, name), "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 24), b""):
-                    crc = zlib.crc32(chunk, crc)
-            sums[name] = crc
-    return sums
+    return {name: crc32(os.path.join(directory, name)) for name in sorted(os.listdir(directory))
+            if CACHE_FILE.fullmatch(name)}
+
+
+def crc32(path: str) -> int:
+    """The CRC-32 of a file's bytes."""
+    crc = 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            crc = zlib.crc32(chunk, crc)
+    return crc
 
 
 def _is_complete_mark(path: str) -> bool:

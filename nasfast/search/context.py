@@ -19,7 +19,7 @@ from ..data.decode import missing_file
 from ..data.transforms import scaled_size
 from ..encoder import MobileNetV2Encoder
 from ..files import read_json, write_json
-from .cache import CACHE, COMPLETE, PARTS, FeatureCache, build_cache, checksums, open_cache
+from .cache import CACHE, COMPLETE, PARTS, FeatureCache, build_cache, checksums, crc32, open_cache
 from .config import PRESETS, SearchConfig, preset
 
 
@@ -194,7 +194,8 @@ def _stage1_caches(config: SearchConfig, full, stage1_ids: List[int], val_ids: L
     if cache == "open":  # the process that builds it has checked it
         return opened()
     marker = directory(COMPLETE)
-    contents = {"dataset": config.dataset, "scale": config.scale, "teacher": config.teacher,
+    contents = {"dataset": config.dataset, "scale": config.scale,
+                "teacher": teacher_crc32(config.teacher) if config.teacher else None,
                 "stage1_ids": stage1_ids, "val_ids": val_ids,
                 "files": _fingerprint(full.pairs[i] for i in stage1_ids + val_ids)}
     recorded = _complete(marker, contents)
@@ -279,6 +280,21 @@ def check_same_data(found: Dict[str, Any], recorded: Optional[Dict[str, Any]], r
                          f"{'; '.join(differences)} (check --data-root)")
 
 
+def teacher_crc32(path: str) -> int:
+    """The teacher file's CRC-32: what a resumed search checks, as it may give the file elsewhere."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"teacher {path}: no such TorchScript file (moved? give --teacher where it is now)")
+    return crc32(path)
+
+
+def check_same_teacher(path: Optional[str], found: Dict[str, Any], recorded: Optional[Dict[str, Any]],
+                       run_dir: str) -> None:
+    """A resumed search's teacher must be the file it began with, wherever it is now."""
+    if path and recorded and recorded.get("teacher") is not None and found["teacher"] != recorded["teacher"]:
+        raise ValueError(f"teacher {path} is not the file the search in {run_dir} began with (its bytes differ): "
+                         f"give --teacher that file")
+
+
 def _cut(value: Any) -> str:
     """A value for a message, a long list cut short."""
     if isinstance(value, list) and len(value) > 6:
@@ -303,8 +319,10 @@ def build_context(config: SearchConfig, run_dir: str, recorded: Optional[Dict[st
     root = find_data_root(config.dataset, data_root, (recorded or {}).get("root"))
     full = make_dataset(config.dataset, str(root))
     refuse_run_in_data(run_dir, root, [full])
-    data = {"classes": list(full.class_names), "training images": len(full), "root": str(root)}
+    data = {"classes": list(full.class_names), "training images": len(full), "root": str(root),
+            **({"teacher": teacher_crc32(config.teacher)} if config.teacher else {})}
     check_same_data(data, recorded, run_dir)  # before the cache: building it may take long
+    check_same_teacher(config.teacher, data, recorded, run_dir)
     if cache != "open":  # said once, by the process that builds the cache
         print(f"{config.dataset} data in {root}: {len(full)} training images", file=sys.stderr)
     if config.workers == 0:  # every image is read in this process: decode each once

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional
 from ..cli import option_text, positive_int
 from ..data import DATASETS
 from . import distributed
-from .config import FIXED, MACHINE_OPTIONS, PRESETS, SearchConfig, StageConfig, preset
+from .config import FIXED, MACHINE_OPTIONS, MOVABLE, PRESETS, SearchConfig, StageConfig, preset
 from .summary import PROG
 
 USAGE = "%(prog)s (--out RUN_DIR | --resume RUN_DIR) [--budget N] [--time-budget T] [options]"
@@ -26,8 +26,8 @@ $NASFAST_DATA/<dataset>, else ~/.cache/nasfast/<dataset>.
 RUN_DIR receives config.json (the options), candidates.jsonl (one line per candidate) and
 state.pt (to resume). Ctrl-C stops after saving; --resume continues with nothing lost or repeated,
 with the options saved in config.json and the budgets saved in state.pt: the budgets, --device,
---data-root, --workers, --image-cache-gb, --memory-limit-gb and the output options may change, the
-others not.
+--data-root, --workers, --image-cache-gb, --memory-limit-gb, the output options and where the
+--teacher file is now (the same file: checked) may change, the others not.
 
 Several processes, GPUs or machines (rank 0 owns the controller and the log, every rank evaluates):
   torchrun --nproc-per-node 4 --max-restarts 3 -m nasfast.search --dataset camvid --budget 1000 --out runs/c4
@@ -190,15 +190,16 @@ def resume_conflicts(args, saved: SearchConfig) -> List[str]:
     given = given_options(args)
     if saved.preset is None:
         given.pop("preset", None)
+    may_change = MACHINE_OPTIONS + tuple(key for key in MOVABLE if _get(saved, key) is not None)
     return [f"{flag(key)} {option_text(value)} differs from the run's {option_text(_get(saved, key))}"
-            for key, value in given.items() if key not in MACHINE_OPTIONS and value != _get(saved, key)]
+            for key, value in given.items() if key not in may_change and value != _get(saved, key)]
 
 
 def with_machine_options(saved: SearchConfig, args) -> SearchConfig:
     """A resumed search's settings with the options given that may change on resume (how the
-    machine runs it: MACHINE_OPTIONS)."""
+    machine runs it: MACHINE_OPTIONS; where its files are now: MOVABLE)."""
     for key, value in given_options(args).items():
-        if key in MACHINE_OPTIONS:
+        if key in MACHINE_OPTIONS + MOVABLE:
             _set(saved, key, value)
     return saved
 
