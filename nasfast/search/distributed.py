@@ -11,7 +11,6 @@ restarted group (torchrun --max-restarts) hands those out again first and logs e
 import _thread
 import os
 import pickle
-import signal
 import socket
 import struct
 import sys
@@ -329,8 +328,7 @@ def _run_rank0(args, choose_run, context_factory) -> int:
 def _serve_and_work(coordinator: Coordinator, top: int, data_root: Optional[str]) -> int:
     errors: List[BaseException] = []
     relay_thread = threading.Thread(target=relay, args=(coordinator, errors), name="relay", daemon=True)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
+    try:  # Ctrl-C, or SIGTERM (torchrun's, as cli.run makes it): the note of what is saved
         coordinator.start_clock()
         if world_size() > 1:
             relay_thread.start()
@@ -341,8 +339,6 @@ def _serve_and_work(coordinator: Coordinator, top: int, data_root: Optional[str]
         with coordinator.lock:  # the relay thread may be logging a candidate
             coordinator.close()
         _exit_now(stop_note(coordinator, errors[0] if errors else None, data_root))
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     coordinator.close()
     if errors:
         raise RuntimeError("the relay to the other ranks failed") from errors[0]
@@ -364,10 +360,6 @@ def stop_note(coordinator: Coordinator, relay_error: Optional[BaseException], da
           f"if its --max-restarts allows, else continue with {resume_command(coordinator.run_dir, data_root)}",
           file=sys.stderr)
     return 130
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 def _exit_now(code: int) -> None:
