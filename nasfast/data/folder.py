@@ -180,8 +180,7 @@ class FolderDataset(SegmentationDataset):
     def unused_files(self) -> List[str]:
         """What images/ and labels/ hold that no split can use, each with why: files of types not
         read, broken links, labels of no image."""
-        images = _group_by_name(_visible_files(self.root / "images"), IMAGE_SUFFIXES)
-        notes = []
+        images, notes = set(), []  # the names of images/ (listed first), for the labels'
         for folder, kinds in (("images", IMAGE_SUFFIXES), ("labels", (".png",))):
             for path in sorted((self.root / folder).iterdir()):
                 if path.name.startswith(".") or path.is_dir():
@@ -190,7 +189,9 @@ class FolderDataset(SegmentationDataset):
                     notes.append(f"{path}: a link to {os.readlink(path)}, which is not there")
                 elif path.suffix.lower() not in kinds:
                     notes.append(f"{path}: not read ({folder} are {', '.join(kinds)})")
-                elif folder == "labels" and _name(path.stem) not in images:
+                elif folder == "images":
+                    images.add(_name(path.stem))
+                elif _name(path.stem) not in images:
                     notes.append(f"{path}: no image of that name in {self.root / 'images'}")
         return notes
 
