@@ -1,6 +1,5 @@
 """Stage-1 cache: frozen-encoder outputs (and teacher logits) computed once per search."""
 import errno
-import json
 import os
 import re
 import zlib
@@ -10,6 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..files import read_json
 from ..ops.memory import cpu_memory_cache
 
 Pair = Tuple[Tensor, Tensor]  # normalised image 3xHxW, label HxW
@@ -57,9 +57,8 @@ def crc32(path: str) -> int:
 
 def _is_complete_mark(path: str) -> bool:
     try:
-        with open(path) as f:
-            mark = json.load(f)
-    except (OSError, ValueError):
+        mark = read_json(path)
+    except (OSError, ValueError):  # not JSON, or not a file
         return False
     return isinstance(mark, dict) and "files" in mark
 

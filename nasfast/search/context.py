@@ -180,8 +180,10 @@ def _fingerprint(pairs) -> str:
 
 
 def _stage1_caches(config: SearchConfig, full, stage1_ids: List[int], val_ids: List[int], encoder, run_dir: str,
-                   cache: str, device: torch.device, progress: bool) -> Tuple[FeatureCache, FeatureCache, tuple]:
-    """The stage-1 caches (see build_context's `cache`) and the common image size they hold."""
+                   cache: str, device: torch.device, progress: bool,
+                   teacher_crc: Optional[int]) -> Tuple[FeatureCache, FeatureCache, tuple]:
+    """The stage-1 caches (see build_context's `cache`) and the common image size they hold;
+    `teacher_crc`: the CRC-32 of config.teacher's file (teacher_crc32), the teacher a cache holds."""
     def directory(what: str) -> str:
         return os.path.join(run_dir, CACHE, what)
 
@@ -195,7 +197,7 @@ def _stage1_caches(config: SearchConfig, full, stage1_ids: List[int], val_ids: L
         return opened()
     marker = directory(COMPLETE)
     contents = {"dataset": config.dataset, "scale": config.scale,
-                "teacher": teacher_crc32(config.teacher) if config.teacher else None,
+                "teacher": teacher_crc,
                 "stage1_ids": stage1_ids, "val_ids": val_ids,
                 "files": _fingerprint(full.pairs[i] for i in stage1_ids + val_ids)}
     recorded = _complete(marker, contents)
@@ -330,7 +332,7 @@ def build_context(config: SearchConfig, run_dir: str, recorded: Optional[Dict[st
     train_ids, stage1_ids, val_ids, stage2_count = _image_indices(config, len(full))
     encoder = MobileNetV2Encoder(pretrained=True)
     stage1, stage1_val, size = _stage1_caches(config, full, stage1_ids, val_ids, encoder, run_dir, cache, device,
-                                              progress)
+                                              progress, data.get("teacher"))
     _check_scored_pixels(stage1_val.labels, full.ignore_index, full.exclude, config, len(full) - len(train_ids))
     if cache != "open":
         pixels = np.bincount(np.asarray(stage1.labels).ravel(), minlength=256)
