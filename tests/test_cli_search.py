@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import sys
 from types import SimpleNamespace
 
@@ -493,6 +494,25 @@ def test_ctrl_c_while_caching_a_resumed_search(saved_search, monkeypatch, capsys
     assert search("--resume", saved_search, "--budget", "5") == 130
     assert f"interrupted: 3 candidates saved; continue with {PROG} --resume {saved_search}" in \
         capsys.readouterr().err
+
+
+def test_ctrl_c_as_the_last_candidate_is_saved_ends_the_search_as_done(tmp_path, no_data, monkeypatch, capsys):
+    """The stop takes effect once the state is saved: the search is then done, not to be resumed."""
+    real_save = loop.save_torch
+
+    def save_and_get_interrupted(state, path):
+        if state["next_index"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives while the last state is being written
+        real_save(state, path)
+
+    monkeypatch.setattr(loop, "save_torch", save_and_get_interrupted)
+    assert search("--out", tmp_path / "r", "--preset", "tiny", "--budget", 2, "--no-progress") == 0
+    out, err = capsys.readouterr()
+    assert "stopped as the last candidate was saved: the search is done" in err and "--resume" not in err
+    assert "top 2 of 2 candidates (0 failed)" in out
+    monkeypatch.setattr(loop, "save_torch", real_save)
+    assert search("--resume", tmp_path / "r", "--no-progress") == 0
+    assert "already done: budget of 2 candidates reached" in capsys.readouterr().err
 
 
 def test_madds_are_readable():

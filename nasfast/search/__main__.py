@@ -165,9 +165,11 @@ def search_in_this_process(args, run_dir: str, config: SearchConfig, resume: boo
         search.prepare(resume)
         search.run(progress=not args.no_progress)
     except KeyboardInterrupt:
-        saved = search.next_index if os.path.exists(search.path(SEARCH_STATE)) else None
-        print("\n" + interrupted_note(run_dir, saved, args.data_root, search.made_run_dir), file=sys.stderr)
-        return 130
+        if not search.finished():
+            saved = search.next_index if os.path.exists(search.path(SEARCH_STATE)) else None
+            print("\n" + interrupted_note(run_dir, saved, args.data_root, search.made_run_dir), file=sys.stderr)
+            return 130
+        print("\nstopped as the last candidate was saved: the search is done", file=sys.stderr)
     except DataError as error:  # a file first read by a candidate (stage 2 reads every training image)
         if not os.path.exists(search.path(SEARCH_STATE)):
             raise

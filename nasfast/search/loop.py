@@ -174,7 +174,7 @@ class Search:
             self.tensorboard = TensorBoardLog(self.run_dir)
         if resume:
             self.resume()
-            if self.spent() and not list(self.in_flight()):
+            if self.finished():
                 save_torch(self.state_dict(), self.path(SEARCH_STATE))  # the budgets given, for the next resume
                 print(f"already done: {self.spent_note()}", file=sys.stderr)
                 print(top_table(self.records, top))
@@ -286,6 +286,10 @@ class Search:
 
     def spent(self) -> bool:
         return self.spent_note() is not None
+
+    def finished(self) -> bool:
+        """A budget is spent and no candidate is left in flight: nothing is left to do."""
+        return self.spent() and not list(self.in_flight())
 
     def spent_note(self) -> Optional[str]:
         """Which budget is spent, and how to go further; None while neither is."""
