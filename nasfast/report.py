@@ -65,6 +65,13 @@ def has_matplotlib() -> bool:
 
 
 def plot(runs: List[Dict], path: str, count: int = 4) -> None:
+    """Saves `figure` as a PNG."""
+    png = io.BytesIO()
+    figure(runs, count).savefig(png, format="png", dpi=100)
+    write_atomic(path, png.getvalue())  # no partial file on a full disk
+
+
+def figure(runs: List[Dict], count: int = 4):
     """Violin plots of the rewards of each stage per part of the search, for the runs with a
     finished candidate (at least one; matplotlib installed)."""
     import matplotlib
@@ -81,15 +88,23 @@ def plot(runs: List[Dict], path: str, count: int = 4) -> None:
             positions = [i * (len(runs) + 1) + k for i in range(len(chunks))]
             parts = ax.violinplot(data, positions=positions, showmeans=True)
             parts["bodies"][0].set_label(search_run["name"])
-        ax.set_xticks([i * (len(runs) + 1) + (len(runs) - 1) / 2 for i in range(len(labels))], labels)
+        set_part_ticks(ax, [i * (len(runs) + 1) + (len(runs) - 1) / 2 for i in range(len(labels))], labels)
         ax.set_title(stage.replace("_", " "))
         ax.set_xlabel("candidates")
     axes[0].set_ylabel("reward")
     axes[0].legend()
     fig.tight_layout()
-    png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=100)
-    write_atomic(path, png.getvalue())  # no partial file on a full disk
+    return fig
+
+
+def set_part_ticks(ax, positions: List[float], labels: List[str]) -> None:
+    """Labels the parts: level where they fit (60 characters to an axis), else upright, every k-th
+    where more than 12 would run together."""
+    if sum(len(label) + 3 for label in labels) <= 60:
+        ax.set_xticks(positions, labels)
+        return
+    step = -(-len(labels) // 12)
+    ax.set_xticks(positions[::step], labels[::step], rotation=90)
 
 
 def tick_labels(chunks_of_runs: List[List[List[Dict]]]) -> List[str]:

@@ -51,6 +51,21 @@ def test_the_plots_parts_name_each_runs_candidates():
     assert [len(part) for part in bins(records(5), 4)] == [2, 1, 1, 1]  # as many parts as asked (was 3)
 
 
+@pytest.mark.parametrize("runs, parts", [((2000,), 100), ((2000,), 7), ((2000, 500), 4), ((8,), 4)])
+def test_the_plots_part_labels_never_run_together(runs, parts):
+    """Many parts, or the long labels of two runs, once gave labels printed over each other."""
+    pytest.importorskip("matplotlib")
+    from nasfast.report import figure
+    fig = figure([{"name": f"run {n}", "records": [dict(index=i, status="ok", stage1_reward=i % 7 / 10,
+                                                        stage2_reward=0.2) for i in range(n)]} for n in runs], parts)
+    fig.canvas.draw()
+    for ax in fig.axes:
+        boxes = [label.get_window_extent() for label in ax.get_xticklabels() if label.get_text()]
+        assert 4 <= len(boxes) <= 12
+        assert not any(left.overlaps(right) for left, right in zip(boxes, boxes[1:]))
+        assert all(0 <= box.x0 and box.x1 <= fig.bbox.width for box in boxes)
+
+
 def test_report_rejects_a_directory_without_a_search(tmp_path):
     result = subprocess.run([sys.executable, "-m", "nasfast.report", str(tmp_path)], capture_output=True,
                             text=True, env={"PYTHONPATH": str(REPO)})
