@@ -185,4 +185,17 @@ def progress_bar(iterable=None, disable: bool = False, **options):
     """A tqdm progress bar on stderr, disabled (`.disable`) where stderr is not a terminal: a log
     file would fill with its redrawn frames."""
     from tqdm import tqdm
-    return tqdm(iterable, disable=disable or not sys.stderr.isatty(), **options)
+    terminal = sys.stderr.isatty()
+    size = _terminal_size(sys.stderr) if terminal else None
+    if size is not None and 0 in size:  # tqdm would draw nothing at all in a terminal 0 rows high
+        options = {"ncols": size.columns or 80, "nrows": size.lines or 24, **options}
+    return tqdm(iterable, disable=disable or not terminal, **options)
+
+
+def _terminal_size(stream) -> Optional[os.terminal_size]:
+    """The size the terminal of `stream` reports: 0 x 0 where none was set, as on some serial
+    consoles and in some containers."""
+    try:
+        return os.get_terminal_size(stream.fileno())
+    except (OSError, ValueError, AttributeError):  # no file descriptor (a test's capture of stderr)
+        return None

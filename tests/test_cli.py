@@ -79,6 +79,33 @@ def test_nasfast_traceback_gives_a_user_errors_traceback_and_exit_status_1(tmp_p
     assert traced.stderr.endswith(f"FileNotFoundError: checkpoint {tmp_path / 'missing.pt'} not found\n")
 
 
+@pytest.mark.parametrize("rows, columns", [(0, 0), (24, 0), (0, 100), (24, 100)])
+def test_progress_bars_show_in_a_terminal_that_reports_no_size(rows, columns):
+    """A terminal of 0 rows (a serial console, some containers) showed no progress bar at all."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+    shown = b""
+    with subprocess.Popen([sys.executable, "-c", "from nasfast.cli import progress_bar\n"
+                           "for _ in progress_bar(range(3), desc='epoch 1/2', unit='batch', mininterval=0): pass"],
+                          stderr=terminal, env=dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]))) as tool:
+        os.close(terminal)
+        while True:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # the tool has ended: the terminal is closed
+                break
+            if not chunk:
+                break
+            shown += chunk
+    os.close(controller)
+    assert tool.returncode == 0
+    assert b"epoch 1/2: 100%" in shown and b"3/3" in shown and len(shown.split(b"\r")[-2]) >= 40, shown
+
+
 def test_a_closed_pipe_ends_quietly(capsys):
     assert run(failing(BrokenPipeError()), "tool") == 141
     assert capsys.readouterr().err == ""
