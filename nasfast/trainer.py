@@ -145,6 +145,7 @@ def share_text(subset, dataset) -> str:
 
 @dataclass
 class TrainingData:
+    dataset: str                      # its name (--dataset)
     root: Path
     train_set: SegmentationDataset    # every training image, for its classes and ignore index
     train_images: Dataset             # those trained on (the preset's count)
@@ -176,7 +177,7 @@ def load_data(args, config: TrainConfig, resumed: Optional[dict]) -> TrainingDat
     print(f"{args.dataset} data in {root}: {share_text(train_images, train_set)} training and "
           f"{share_text(val_images, val_set)} validation images", file=sys.stderr)
     check_files(val_images, "validation", args.no_progress)
-    return TrainingData(root, train_set, train_images, val_images, augment)
+    return TrainingData(args.dataset, root, train_set, train_images, val_images, augment)
 
 
 def _too_few_images(images: int, batch_size: int, root: Path, resumed: bool, whose: str = "") -> str:
@@ -253,78 +254,125 @@ def train(args, config: TrainConfig, genotype: Genotype, resumed: Optional[dict]
         print(f"resuming {args.out} at epoch {resumed['epoch'] + 2} of {config.epochs} ({LAST})", file=sys.stderr)
     print(f"design: {genotype_name(genotype)}", file=sys.stderr)
     data = load_data(args, config, resumed)
-    num_classes, ignore_index = data.train_set.num_classes, data.train_set.ignore_index
     # Resuming and --init load the encoder's weights from a checkpoint: no need for the ImageNet file then.
-    model = create_model(genotype, num_classes, pretrained=resumed is None and initial is None, aux="cell")
+    model = create_model(genotype, data.train_set.num_classes, pretrained=resumed is None and initial is None,
+                         aux="cell")
     if initial is not None:
         start_from(model, initial, args.init, data.train_set.class_names)
     model = model.to(device)
-    optimizers = make_optimizers(model, config)
-    val_loader = evaluation_loader(data.val_images, config.workers)
+    epochs = Epochs(model, make_optimizers(model, config), genotype, data, config, device, args.no_progress)
 
-    last, best_path, log = (os.path.join(args.out, n) for n in (LAST, BEST, TRAINING_LOG))
     os.makedirs(args.out, exist_ok=True)
     lock = lock_directory(args.out)  # held while this process trains
     board = TensorBoardLog(args.out) if args.tensorboard else None
     check_still_as_checked(args.out, resumed)
     if resumed:
-        start_epoch, best = resume_from(model, optimizers, resumed, args.out)
+        start_epoch, best = resume_from(model, epochs.optimizers, resumed, args.out)
     else:
         start_epoch, best = 0, None  # None until an epoch has a finite mIoU
         init = {"init": os.path.abspath(args.init)} if initial is not None else {}
         write_json(os.path.join(args.out, CONFIG),
                    {"genotype": genotype.to_list(), "dataset": args.dataset, **init, **asdict(config)})
-    loader, order = training_loader(data.train_images, config, device)
-    saved_epochs = start_epoch
     try:
-        with StopSignals() as stop:  # SIGTERM stops as Ctrl-C does
-            for epoch in range(start_epoch, config.epochs):
-                started = time.time()
-                data.augment.set_epoch(epoch)
-                order.manual_seed(config.seed * 1000 + epoch)  # each epoch's order, resumed or not
-                model.train()
-                bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
-                                   disable=args.no_progress, leave=False)
-                with cpu_memory_cache(device):
-                    loss, data_seconds = train_epoch(model, bar, epoch, optimizers, config, ignore_index, device,
-                                                     (args.out, saved_epochs))
-                validation_started = time.time()
-                validation = progress_bar(val_loader, desc=f"validation {epoch + 1}/{config.epochs}", unit="batch",
-                                          disable=args.no_progress, leave=False)
-                metrics = evaluate_model(model, validation, num_classes, ignore_index, device)
-                improved = better(metrics["miou"], best)
-                best = metrics["miou"] if improved else best
-                finished = time.time()
-                record = finite_or_none({"epoch": epoch, "loss": loss, "val_miou": metrics["miou"],
-                                         "val_pixel_acc": metrics["pixel_acc"], "seconds": round(finished - started, 2),
-                                         "val_seconds": round(finished - validation_started, 2),
-                                         "data_seconds": round(data_seconds, 2)})
-                state = checkpoint_state(model, optimizers, epoch, best, genotype, args.dataset, data, config)
-                state["record"] = record  # the log's line, should the run stop before it is appended
-                with stop.deferred():  # what the note of a stop says was saved is what was
-                    # Until an epoch has a finite mIoU, best.pt is the first epoch's: it exists once announced.
-                    save_torch(state, *((best_path, last) if improved or not os.path.isfile(best_path) else (last,)))
-                    saved_epochs = epoch + 1
-                    append_record(log, record)
-                if board is not None:
-                    board.add(epoch + 1, {key: value for key, value in record.items() if key != "epoch"})
-                print(f"epoch {epoch + 1}/{config.epochs}: loss {loss:.4f}, val mIoU {metrics['miou']:.4f}"
-                      f" (best {format_miou(best)})", file=sys.stderr)
-    except KeyboardInterrupt:
-        raise TrainingInterrupted(interrupted_note(args.out, saved_epochs)) from None
-    except DataError as error:  # a training file first read in an epoch: what was saved still counts
-        check = data_check_command(args.dataset, str(data.root))
-        raise DataError(f"{message_of(error)}; once it is mended ({check} lists every file that cannot be used), "
-                        f"{saved_note(args.out, saved_epochs)}") from None
-    except OSError as error:  # a full disk, say: what was saved still counts
-        if not reported_in_one_line(error):
-            raise
-        raise UsageError(f"{message_of(error)}; {saved_note(args.out, saved_epochs)}") from None
+        best = run_epochs(epochs, args.out, start_epoch, best, board)
     finally:
         lock.close()
         if board is not None:
             board.close()
-    return {"best_miou": best, "best_checkpoint": best_path}
+    return {"best_miou": best, "best_checkpoint": os.path.join(args.out, BEST)}
+
+
+@dataclass
+class Epochs:
+    """What each epoch of a training uses; `run` trains and validates one, `checkpoint` is what
+    last.pt and best.pt then hold."""
+    model: torch.nn.Module
+    optimizers: Tuple[torch.optim.Optimizer, torch.optim.Optimizer]
+    genotype: Genotype
+    data: TrainingData
+    config: TrainConfig
+    device: torch.device
+    quiet: bool  # no progress bars
+
+    def __post_init__(self):
+        self.loader, self.order = training_loader(self.data.train_images, self.config, self.device)
+        self.val_loader = evaluation_loader(self.data.val_images, self.config.workers)
+
+    def run(self, epoch: int, saved: Tuple[str, int]) -> Tuple[dict, float]:
+        """Trains epoch `epoch` and validates the model: the log's record, and the val mIoU.
+        `saved` (OUT, epochs saved) words the errors."""
+        started = time.time()
+        self.data.augment.set_epoch(epoch)
+        self.order.manual_seed(self.config.seed * 1000 + epoch)  # each epoch's order, resumed or not
+        self.model.train()
+        with cpu_memory_cache(self.device):
+            loss, data_seconds = train_epoch(self.model, self._bar("epoch", self.loader, epoch), epoch,
+                                             self.optimizers, self.config, self.data.train_set.ignore_index,
+                                             self.device, saved)
+        validation_started = time.time()
+        metrics = evaluate_model(self.model, self._bar("validation", self.val_loader, epoch),
+                                 self.data.train_set.num_classes, self.data.train_set.ignore_index, self.device)
+        finished = time.time()
+        record = finite_or_none({"epoch": epoch, "loss": loss, "val_miou": metrics["miou"],
+                                 "val_pixel_acc": metrics["pixel_acc"], "seconds": round(finished - started, 2),
+                                 "val_seconds": round(finished - validation_started, 2),
+                                 "data_seconds": round(data_seconds, 2)})
+        return record, metrics["miou"]
+
+    def checkpoint(self, epoch: int, best: Optional[float]) -> dict:
+        """The weights and optimizers, and the recipe of the model."""
+        encoder_opt, decoder_opt = self.optimizers
+        train_set = self.data.train_set
+        return {"model": self.model.state_dict(), "encoder_optimizer": encoder_opt.state_dict(),
+                "decoder_optimizer": decoder_opt.state_dict(), "epoch": epoch, "best_miou": best,
+                "genotype": self.genotype.to_list(), "num_classes": train_set.num_classes, "channels": FINAL_CHANNELS,
+                "sep_repeats": FINAL_SEP_REPEATS, "dataset": self.data.dataset, "data_root": str(self.data.root),
+                "class_names": list(train_set.class_names), "scale": self.config.scale}
+
+    def _bar(self, what: str, loader: DataLoader, epoch: int):
+        return progress_bar(loader, desc=f"{what} {epoch + 1}/{self.config.epochs}", unit="batch", disable=self.quiet,
+                            leave=False)
+
+
+def run_epochs(epochs: Epochs, out: str, start_epoch: int, best: Optional[float],
+               board: Optional[TensorBoardLog]) -> Optional[float]:
+    """Trains the epochs from `start_epoch` on, saving each into OUT; the best val mIoU. A stop or
+    an error says what was saved."""
+    saved_epochs = start_epoch
+    try:
+        with StopSignals() as stop:  # SIGTERM stops as Ctrl-C does
+            for epoch in range(start_epoch, epochs.config.epochs):
+                record, miou = epochs.run(epoch, (out, saved_epochs))
+                improved = better(miou, best)
+                best = miou if improved else best
+                state = epochs.checkpoint(epoch, best)
+                state["record"] = record  # the log's line, should the run stop before it is appended
+                with stop.deferred():  # what the note of a stop says was saved is what was
+                    save_epoch(out, state, improved)
+                    saved_epochs = epoch + 1
+                    append_record(os.path.join(out, TRAINING_LOG), record)
+                if board is not None:
+                    board.add(epoch + 1, {key: value for key, value in record.items() if key != "epoch"})
+                print(f"epoch {epoch + 1}/{epochs.config.epochs}: loss {record['loss']:.4f}, val mIoU {miou:.4f}"
+                      f" (best {format_miou(best)})", file=sys.stderr)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(interrupted_note(out, saved_epochs)) from None
+    except DataError as error:  # a training file first read in an epoch: what was saved still counts
+        check = data_check_command(epochs.data.dataset, str(epochs.data.root))
+        raise DataError(f"{message_of(error)}; once it is mended ({check} lists every file that cannot be used), "
+                        f"{saved_note(out, saved_epochs)}") from None
+    except OSError as error:  # a full disk, say: what was saved still counts
+        if not reported_in_one_line(error):
+            raise
+        raise UsageError(f"{message_of(error)}; {saved_note(out, saved_epochs)}") from None
+    return best
+
+
+def save_epoch(out: str, state: dict, improved: bool) -> None:
+    """Saves an epoch's checkpoint as last.pt, and as best.pt where it improved. Until an epoch has
+    a finite mIoU, best.pt is the first epoch's: it exists once announced."""
+    best_path, last = os.path.join(out, BEST), os.path.join(out, LAST)
+    save_torch(state, *((best_path, last) if improved or not os.path.isfile(best_path) else (last,)))
 
 
 def resume_from(model, optimizers, resumed: dict, out: str) -> Tuple[int, Optional[float]]:
@@ -406,17 +454,6 @@ def _epoch_record(line: str) -> Optional[dict]:
     except json.JSONDecodeError:
         return None
     return record if isinstance(record, dict) and isinstance(record.get("epoch"), int) else None
-
-
-def checkpoint_state(model, optimizers, epoch: int, best: Optional[float], genotype: Genotype, dataset: str,
-                     data: TrainingData, config: TrainConfig) -> dict:
-    """What last.pt and best.pt hold: the weights and optimizers, and the recipe of the model."""
-    encoder_opt, decoder_opt = optimizers
-    return {"model": model.state_dict(), "encoder_optimizer": encoder_opt.state_dict(),
-            "decoder_optimizer": decoder_opt.state_dict(), "epoch": epoch, "best_miou": best,
-            "genotype": genotype.to_list(), "num_classes": data.train_set.num_classes,
-            "channels": FINAL_CHANNELS, "sep_repeats": FINAL_SEP_REPEATS, "dataset": dataset,
-            "data_root": str(data.root), "class_names": list(data.train_set.class_names), "scale": config.scale}
 
 
 def check_new_run_directory(out: str) -> None:
