@@ -19,23 +19,23 @@ class ConfusionMatrix:
     `compute()` gives miou, fwiou, mean_acc, pixel_acc, iou and acc (per class) and
     reward = (miou * fwiou * mean_acc) ** (1/3);
     classes in `exclude` are left out of the three averages (their per-class values are still
-    reported). The int64 matrix lives on the device of the updates. `fused` (None: when the ops
+    reported), and so is a class whose value is `ignore_index` (its pixels are never counted: it
+    could score no hit). The int64 matrix lives on the device of the updates. `fused` (None: when the ops
     library is loaded) picks the native update or the pure-PyTorch one.
     """
 
     def __init__(self, num_classes: int, ignore_index: int = 255, exclude: Iterable[int] = (),
                  fused: Optional[bool] = None):
-        if not isinstance(num_classes, numbers.Integral) or num_classes < 1:
+        if not _is_int(num_classes) or num_classes < 1:
             raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
-        if not isinstance(ignore_index, numbers.Integral):
+        if not _is_int(ignore_index):
             raise TypeError(f"ignore_index must be an int, the label value not counted (255 by default), got "
                             f"{ignore_index!r}")
         self.num_classes = num_classes
         self.ignore_index = ignore_index
-        self.exclude = (exclude,) if isinstance(exclude, numbers.Integral) else tuple(exclude)
-        bad = [c for c in self.exclude if not 0 <= c < num_classes]
-        if bad:
-            raise ValueError(f"exclude: classes {bad} are not in [0, {num_classes})")
+        self.exclude = _classes(exclude, num_classes)
+        if 0 <= ignore_index < num_classes and ignore_index not in self.exclude:
+            self.exclude += (int(ignore_index),)
         self._update = ops.confusion_matrix_update if wants_native(fused) else ops.confusion_matrix_update_reference
         self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64)
 
@@ -70,6 +70,8 @@ class ConfusionMatrix:
         """Sums the matrices of every process (no-op without torch.distributed)."""
         import torch.distributed as dist
         if dist.is_available() and dist.is_initialized():
+            if dist.get_backend() == "nccl" and not self.matrix.is_cuda:  # a process that had no batch
+                self.matrix = self.matrix.to(torch.device("cuda", torch.cuda.current_device()))
             dist.all_reduce(self.matrix, op=dist.ReduceOp.SUM)
 
     def compute(self) -> Dict[str, object]:
@@ -102,6 +104,25 @@ def metrics_of(forward: Callable[[Tensor], Tensor], batches: Iterable[Tuple[Tens
     for inputs, labels in batches:
         matrix.update(forward(inputs), labels)
     return matrix.compute()
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _classes(exclude, num_classes: int) -> Tuple[int, ...]:
+    """`exclude` (a class or classes) as a tuple of ints, checked."""
+    classes = (exclude,) if _is_int(exclude) else exclude
+    try:
+        classes = tuple(classes)
+    except TypeError:
+        classes = None
+    if classes is None or not all(map(_is_int, classes)):
+        raise TypeError(f"exclude must be a class index or a sequence of them, got {exclude!r}")
+    bad = [c for c in classes if not 0 <= c < num_classes]
+    if bad:
+        raise ValueError(f"exclude: classes {bad} are not in [0, {num_classes})")
+    return tuple(int(c) for c in classes)
 
 
 def _ratio(a: Tensor, b: Tensor) -> Tensor:

@@ -86,6 +86,23 @@ def test_bad_inputs_are_rejected():
                                         r"got None"):
         ConfusionMatrix(3, ignore_index=None)  # at once, not at the first update
     assert ConfusionMatrix(3, exclude=0).exclude == (0,) and ConfusionMatrix(np.int64(3)).num_classes == 3
+    for exclude in (None, "ab", [1.5], [True]):  # nothing, characters, a float, a bool: once accepted, or a TypeError
+        with pytest.raises(TypeError, match="exclude must be a class index or a sequence of them"):
+            ConfusionMatrix(3, exclude=exclude)
+    with pytest.raises(ValueError, match="num_classes must be an int >= 1, got True"):
+        ConfusionMatrix(True)
+    assert ConfusionMatrix(3, exclude=[np.int64(2)]).exclude == (2,)
+
+
+@pytest.mark.parametrize("fused", [None, False])
+def test_an_ignore_index_among_the_classes_leaves_that_class_out_of_the_averages(fused):
+    """Its pixels are never counted, so it could score no hit: it gave IoU 0 wherever predicted."""
+    pred, target = torch.tensor([[0, 1, 2, 3, 1]]), torch.tensor([[1, 1, 2, 3, 0]])
+    void = ConfusionMatrix(4, ignore_index=0, fused=fused)
+    void.update(pred, target)
+    assert void.exclude == (0,) and void.compute()["miou"] == pytest.approx((0.5 + 1 + 1) / 3)
+    check(void.compute(), numpy_metrics(pred, target, 4, ignore=0, exclude=(0,)))
+    assert ConfusionMatrix(4, ignore_index=0, exclude=(0, 2)).exclude == (0, 2)
 
 
 @pytest.mark.parametrize("scores, target, message", [
@@ -191,5 +208,19 @@ def test_all_reduce_without_and_with_a_process_group(tmp_path):
     try:
         m.all_reduce()  # one process: the sum is the matrix itself
         assert torch.equal(m.matrix, before)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_all_reduce_under_nccl_of_a_process_that_had_no_batch(tmp_path):
+    """Its matrix was still on the CPU, which NCCL refuses."""
+    import torch.distributed as dist
+    m = ConfusionMatrix(3)
+    dist.init_process_group("nccl", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        m.all_reduce()
+        assert m.matrix.is_cuda and m.matrix.sum() == 0
     finally:
         dist.destroy_process_group()
