@@ -86,12 +86,14 @@ inline void fail_on_bad_label(bool bad, int64_t K, int64_t ignore_index) {
 // values are checked by check_confusion_values (or the CUDA backend's kernel).
 inline at::Tensor check_confusion(const at::Tensor& matrix, const at::Tensor& scores, const at::Tensor& target,
                                   int64_t ignore_index) {
+  TORCH_CHECK(matrix.dim() == 2 && matrix.size(0) == matrix.size(1) && matrix.scalar_type() == at::kLong &&
+              matrix.is_contiguous(), "confusion_matrix_update_: matrix must be a contiguous K x K int64 tensor");
   const int64_t K = matrix.size(0);
-  TORCH_CHECK(matrix.dim() == 2 && matrix.size(1) == K && matrix.scalar_type() == at::kLong && matrix.is_contiguous(),
-              "confusion_matrix_update_: matrix must be a contiguous K x K int64 tensor");
   TORCH_CHECK(matrix.device() == scores.device() && matrix.device() == target.device(),
               "confusion_matrix_update_: matrix, scores and target must be on the same device");
-  TORCH_CHECK(target.dim() == 3, "confusion_matrix_update_: target must be N x H x W, got ", target.sizes());
+  const bool integer = !at::isFloatingType(target.scalar_type()) && !at::isComplexType(target.scalar_type());
+  TORCH_CHECK(target.dim() == 3 && integer, "confusion_matrix_update_: target must be integer N x H x W, got ",
+              target.scalar_type(), " ", target.sizes());
   if (at::isFloatingType(scores.scalar_type())) {
     TORCH_CHECK(scores.dim() == 4 && scores.size(0) == target.size(0) && scores.size(1) == K,
                 "confusion_matrix_update_: logits must be N x K x h x w with K = ", K, ", got ", scores.sizes());

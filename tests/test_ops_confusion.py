@@ -144,13 +144,21 @@ def test_op_checks(device):
            ((matrix, out_of_range, target, 255), "predictions must be"),
            ((matrix, torch.randint(0, 5, (1, 8, 7), device=device), target, 255), "differ in shape"),
            ((matrix.int(), logits, target, 255), "int64"),
-           ((matrix, logits, target[0], 255), "N x H x W")]
+           ((matrix, logits, target[0], 255), "N x H x W"),
+           ((matrix, logits, target + 0.5, 255), "target must be integer"),  # was truncated and counted
+           ((matrix[0, 0], logits, target, 255), "K x K int64")]  # was an IndexError that named no argument
     for args, message in bad:
         with pytest.raises(RuntimeError, match=message):
             torch.ops.nasfast.confusion_matrix_update_(*args)
     assert torch.equal(matrix, before)  # a refused update changes nothing
     with pytest.raises(ValueError, match="target values"):  # the Python entry point's error type
         confusion_matrix_update(matrix, logits, target + 5, 255)
+    for args, message in bad[2:]:  # the reference refuses as the op does (it counted 3 classes into 5, say)
+        with pytest.raises(ValueError, match=message):
+            confusion_matrix_update_reference(*args)
+        with pytest.raises(ValueError, match=message):
+            confusion_matrix_update(*args)
+    assert torch.equal(matrix, before)
 
 
 @needs_ops

@@ -13,11 +13,12 @@ from .upsample_add import upsampled
 if available():
     @torch.library.register_fake("nasfast::confusion_matrix_update_")
     def _(matrix, scores, target, ignore_index):
+        _checked_size(matrix, scores, target)  # the op's checks, for torch.compile and torch.export while tracing
         return None
 
 
 def confusion_matrix_update_reference(matrix: Tensor, scores: Tensor, target: Tensor, ignore_index: int) -> None:
-    k = matrix.shape[0]
+    k = _checked_size(matrix, scores, target)
     if target.numel() == 0:  # nothing to count (and no size to upsample to)
         return
     if scores.is_floating_point():
@@ -32,6 +33,23 @@ def confusion_matrix_update_reference(matrix: Tensor, scores: Tensor, target: Te
     matrix += torch.bincount(label * k + pred, minlength=k * k).reshape(k, k).to(matrix)
 
 
+def _checked_size(matrix: Tensor, scores: Tensor, target: Tensor) -> int:
+    """K, with the native op's checks of the shapes and types, as ValueErrors."""
+    if matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1] or matrix.dtype != torch.int64:
+        raise ValueError("matrix must be a K x K int64 tensor")
+    k = matrix.shape[0]
+    if target.dim() != 3 or target.is_floating_point() or target.is_complex():
+        raise ValueError(f"target must be integer N x H x W, got {target.dtype} {list(target.shape)}")
+    if scores.is_floating_point():
+        if scores.dim() != 4 or scores.shape[0] != target.shape[0] or scores.shape[1] != k:
+            raise ValueError(f"logits must be N x K x h x w with K = {k}, got {list(scores.shape)}")
+        if scores.shape[2] == 0 or scores.shape[3] == 0:
+            raise ValueError("empty logits")
+    elif scores.shape != target.shape:
+        raise ValueError(f"predictions {list(scores.shape)} and targets {list(target.shape)} differ in shape")
+    return k
+
+
 def confusion_matrix_update(matrix: Tensor, scores: Tensor, target: Tensor, ignore_index: int) -> None:
     """The native op (CPU or CUDA tensors; on the CPU, float32 or float64 logits) when the library
     is loaded, else the reference."""
@@ -42,6 +60,6 @@ def confusion_matrix_update(matrix: Tensor, scores: Tensor, target: Tensor, igno
         torch.ops.nasfast.confusion_matrix_update_(matrix, scores, target, ignore_index)
     except RuntimeError as error:
         message = str(error).splitlines()[0]
-        if "target values" in message or "predictions must be" in message:
+        if message.startswith("confusion_matrix_update_: "):  # the op's checks: as the reference's ValueErrors
             raise ValueError(message.replace("confusion_matrix_update_: ", "")) from None
         raise

@@ -9,7 +9,14 @@ from .upsample_add import upsampled
 
 if available():
     @torch.library.register_fake("nasfast::upsample_cross_entropy")
-    def _(logits, target, ignore_index):
+    def _(logits, target, ignore_index):  # the op's checks, for torch.compile and torch.export while tracing
+        torch._check(logits.dim() == 4, lambda: f"upsample_cross_entropy: logits must be a non-empty N x K x h x w "
+                                                f"tensor, got {list(logits.shape)}")
+        torch._check(target.dim() == 3 and target.shape[0] == logits.shape[0],
+                     lambda: f"upsample_cross_entropy: target must be N x H x W with N = {logits.shape[0]} and H, W > "
+                             f"0, got {list(target.shape)}")
+        torch._check(target.dtype == torch.int64,
+                     lambda: f"upsample_cross_entropy: target must be int64, got {target.dtype}")
         return logits.new_empty(())
 
     @torch.library.register_fake("nasfast::upsample_cross_entropy_backward")

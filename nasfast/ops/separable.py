@@ -15,11 +15,34 @@ from .library import available, kernels_take, native_for, wants_native
 if available():
     @torch.library.register_fake("nasfast::sep_conv")
     def _(x, depthwise, pointwise, dilation):
+        _check_separable(x, depthwise, pointwise, dilation)
         return x.new_empty((x.shape[0], pointwise.shape[0], x.shape[2], x.shape[3]))
 
     @torch.library.register_fake("nasfast::sep_conv_bn_relu")
     def _(x, depthwise, pointwise, bias, dilation):
+        _check_separable(x, depthwise, pointwise, dilation)
+        torch._check(bias.dim() == 1 and bias.shape[0] == pointwise.shape[0] and bias.dtype == x.dtype,
+                     lambda: f"sep_conv_bn_relu: bias must have {pointwise.shape[0]} values of x's dtype, got "
+                             f"{bias.dtype} {list(bias.shape)}")
         return x.new_empty((x.shape[0], pointwise.shape[0], x.shape[2], x.shape[3]))
+
+
+def _check_separable(x: Tensor, depthwise: Tensor, pointwise: Tensor, dilation: int) -> None:
+    """The op's checks (csrc/checks.h), for torch.compile and torch.export to meet them while tracing."""
+    torch._check(x.dim() == 4, lambda: f"sep_conv: x must be N x C x H x W, got {list(x.shape)}")
+    channels = x.shape[1]
+    torch._check(depthwise.dim() == 4 and depthwise.shape[0] == channels and depthwise.shape[1] == 1
+                 and depthwise.shape[2] == depthwise.shape[3] and depthwise.shape[2] % 2 == 1,
+                 lambda: f"sep_conv: depthwise weight must be C x 1 x k x k with C = {channels} and k odd, got "
+                         f"{list(depthwise.shape)}")
+    torch._check(pointwise.dim() == 4 and pointwise.shape[2:] == (1, 1) or pointwise.dim() == 2,
+                 lambda: f"sep_conv: pointwise weight must be Cout x C x 1 x 1, got {list(pointwise.shape)}")
+    torch._check(pointwise.shape[1] == channels, lambda: f"sep_conv: pointwise weight must have {channels} input "
+                                                         f"channels, got {list(pointwise.shape)}")
+    torch._check(dilation >= 1, lambda: f"sep_conv: dilation must be >= 1, got {dilation}")
+    torch._check(x.dtype == depthwise.dtype == pointwise.dtype,
+                 lambda: f"sep_conv: x and weights must have the same dtype, got {x.dtype}, {depthwise.dtype} and "
+                         f"{pointwise.dtype}")
 
     @torch.library.register_fake("nasfast::sep_conv_backward")
     def _(grad, x, depthwise, pointwise, dilation, output_mask):

@@ -8,7 +8,13 @@ from .library import available, kernels_take, native_for, wants_native
 
 if available():
     @torch.library.register_fake("nasfast::upsample_add")
-    def _(high, low):
+    def _(high, low):  # the op's checks, for torch.compile and torch.export to meet them while tracing
+        torch._check(high.dim() == 4 and low.dim() == 4 and high.shape[:2] == low.shape[:2],
+                     lambda: f"upsample_add: batch and channels must match, got {list(high.shape)} and "
+                             f"{list(low.shape)}")
+        torch._check(high.dtype == low.dtype, lambda: f"upsample_add: dtypes differ ({high.dtype} and {low.dtype})")
+        torch._check(low.shape[2] > 0 and low.shape[3] > 0, lambda: f"upsample_add: low must not be empty, got "
+                                                                    f"{list(low.shape)}")
         return torch.empty_like(high, memory_format=torch.contiguous_format)
 
     @torch.library.register_fake("nasfast::upsample_add_backward_low")
