@@ -1,5 +1,6 @@
 """The search over several processes: the coordinator's bookkeeping in-process, and the real
 torchrun (gloo, two CPU processes) surviving a SIGKILL of a worker through an elastic restart."""
+import json
 import os
 import signal
 import socket
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from conftest import has_tensorboard, tensorboard_scalars
 from nasfast.cli import UsageError, resolve_device
@@ -216,24 +218,27 @@ def test_a_torchrun_search_continues_in_one_process(coordinator_at, monkeypatch,
         assert [step for step, _ in tensorboard_scalars(Path(c.run_dir) / "tensorboard")["reward"]] == [0, 1, 2]
 
 
-def test_a_restart_continues_the_search_its_job_began_and_no_other(coordinator_at, monkeypatch):
+def test_a_restart_continues_the_search_its_job_began_and_no_other(tmp_path, monkeypatch):
+    """A job is known by an id in its torchrun store, not by its rendezvous id: a later job of
+    the same --rdzv-id, refused at first, continued the search after its restart."""
     from nasfast.search.__main__ import choose_run
     from nasfast.search.options import build_parser
-    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-a")
-    c = coordinator_at()
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "search1")
+    job_a, job_b = dist.HashStore(), dist.HashStore()
+    monkeypatch.setattr(distributed, "_agent_store", job_a)
+    c = distributed.Coordinator(str(tmp_path / "run"), preset("tiny"), lambda *a: None, budget=4, time_budget=None,
+                                workers=2)
+    c.start()
     parser = build_parser()
     args = parser.parse_args(["--out", c.run_dir, "--budget", "4"])
     with pytest.raises(SystemExit):  # the first attempt of any job refuses an existing search
         choose_run(args, parser)
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
     assert choose_run(args, parser)[::2] == (c.run_dir, True)
-    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-b")  # a later job whose first attempt refused it
+    monkeypatch.setattr(distributed, "_agent_store", job_b)  # a later job, of the same rendezvous id
     with pytest.raises(SystemExit):
         choose_run(args, parser)
-    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")  # a static rendezvous names every job so
-    assert distributed.job_identity() == f"{socket.gethostname()}:{os.getppid()}"  # its torchrun process
-    with pytest.raises(SystemExit):
-        choose_run(args, parser)
+    assert distributed.job_identity() != json.loads((tmp_path / "run" / "torchrun.json").read_text())["job"]
 
 
 # -- the real thing: torchrun, two processes, a SIGKILL ----------------------------------------
@@ -261,7 +266,8 @@ def rank_process(root: int, rank: int):
     return None
 
 
-def test_torchrun_survives_a_killed_worker(tmp_path, camvid_root):
+@pytest.mark.parametrize("victim", [1, 0], ids=["a worker", "rank 0"])
+def test_torchrun_survives_a_killed_process(victim, tmp_path, camvid_root):
     run, budget = tmp_path / "run", 6
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "--max-restarts", "2", "-m", "nasfast.search", "--dataset", "camvid", "--preset", "tiny",
@@ -273,14 +279,15 @@ def test_torchrun_survives_a_killed_worker(tmp_path, camvid_root):
         deadline = time.time() + 120
         while time.time() < deadline and len(read_records(str(log))) < 2 and torchrun.poll() is None:
             time.sleep(0.05)
-        victim = rank_process(torchrun.pid, 1)
-        assert victim is not None and len(read_records(str(log))) < budget
-        os.kill(victim, signal.SIGKILL)
+        pid = rank_process(torchrun.pid, victim)
+        assert pid is not None and len(read_records(str(log))) < budget
+        os.kill(pid, signal.SIGKILL)
         output, _ = torchrun.communicate(timeout=180)
     finally:
         if torchrun.poll() is None:
             torchrun.kill()
     assert torchrun.returncode == 0, output[-5000:]
+    assert "Traceback" not in output, output[-5000:]  # the ranks that lost a peer say so in a line, if at all
     records = read_records(str(log))
     assert sorted(r["index"] for r in records) == list(range(budget)), output[-5000:]
     assert max(r["restart"] for r in records) >= 1
@@ -320,3 +327,13 @@ def test_two_machines_run_one_search_through_a_c10d_rendezvous(tmp_path, camvid_
     assert sorted(r["index"] for r in records) == list(range(budget))
     assert {r["worker"] for r in records} == {0, 1}  # both machines evaluated candidates
     assert sum("top 4 of 4 candidates" in output for output in outputs) == 1  # rank 0's table, once
+    # A later job of the same --rdzv-id, for a new search there: refused, and still refused after
+    # its restart (it once took the search for its own then, and continued it).
+    again = cmd[:cmd.index("--nnodes")] + ["--nnodes", "1", "--nproc-per-node", "2", "--rdzv-backend", "c10d",
+                                            "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id",
+                                            "two-machines", "--max-restarts", "1"] + cmd[cmd.index("nasfast.search") - 1:]
+    refused = subprocess.run(again + ["--seed", "5"], env=env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "resuming" not in refused.stderr, refused.stderr[-3000:]
+    assert f"--out {run} already holds a search" in refused.stderr
+    assert len(read_records(str(run / "candidates.jsonl"))) == budget
+    assert json.loads((run / "config.json").read_text())["seed"] == 0

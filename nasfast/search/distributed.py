@@ -11,18 +11,18 @@ restarted group (torchrun --max-restarts) hands those out again first and logs e
 import _thread
 import os
 import pickle
-import socket
 import struct
 import sys
 import threading
 import time
+import uuid
 from datetime import timedelta
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 
-from ..cli import counted, message_of, reported_in_one_line
+from ..cli import counted, message_of, reported_in_one_line, resolve_device
 from ..data.datasets import OtherLayout
 from ..files import SEARCH_STATE, read_json, save_torch, write_json
 from ..genotype import Genotype
@@ -57,13 +57,23 @@ def restart_count() -> int:
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
 
 
+_agent_store: Optional[dist.Store] = None
+
+
+def agent_store() -> dist.Store:
+    """torchrun's store (its agent's): one per job, outliving the job's restarts."""
+    global _agent_store
+    if _agent_store is None:
+        _agent_store = next(dist.rendezvous("env://", timeout=TIMEOUT))[0]
+    return _agent_store
+
+
 def init_process_group() -> None:
     """gloo (CPU tensors: the messages only) over torchrun's store. The keys of each restart get
     their own prefix: the agent's store outlives a restart, and a rank that read the address of a
     peer of the previous attempt (dead) failed to connect, spending a restart."""
-    store, group_rank, size = next(dist.rendezvous("env://", timeout=TIMEOUT))
-    dist.init_process_group("gloo", store=dist.PrefixStore(f"nasfast/attempt{restart_count()}", store),
-                            rank=group_rank, world_size=size, timeout=TIMEOUT)
+    dist.init_process_group("gloo", store=dist.PrefixStore(f"nasfast/attempt{restart_count()}", agent_store()),
+                            rank=rank(), world_size=world_size(), timeout=TIMEOUT)
 
 
 def configure_threads() -> None:
@@ -85,10 +95,10 @@ JOB = "torchrun.json"  # the torchrun job that began the search in RUN_DIR
 
 
 def job_identity() -> str:
-    """This torchrun job, the same after its restarts: its rendezvous id, or, where a static
-    rendezvous (--master-port) names every job "none", the torchrun process of rank 0."""
-    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
-    return run_id if run_id != "none" else f"{socket.gethostname()}:{os.getppid()}"
+    """This torchrun job, the same after its restarts and no other job's: a random id, kept in the
+    job's store by the first process to ask. (A rendezvous id is the user's --rdzv-id, which later
+    jobs may reuse: a job that refused a search once continued it after its restart.)"""
+    return agent_store().compare_set("nasfast/job", "", uuid.uuid4().hex).decode()
 
 
 def begun_by_this_job(run_dir: str) -> bool:
@@ -120,11 +130,18 @@ def decode(buffer: torch.Tensor) -> Message:
     return pickle.loads(raw[HEADER.size:HEADER.size + length])
 
 
+class Rank0Lost(Exception):
+    """Rank 0 has ended (killed, say): its connection is closed. torchrun restarts the ranks."""
+
+
 def remote_request(message: Message) -> Message:
     """A worker's round trip to rank 0. The sender's rank travels in the message."""
-    dist.send(encode({**message, "rank": rank()}), dst=0)
     buffer = torch.empty(MESSAGE_BYTES, dtype=torch.uint8)
-    dist.recv(buffer, src=0)
+    try:
+        dist.send(encode({**message, "rank": rank()}), dst=0)
+        dist.recv(buffer, src=0)
+    except RuntimeError as error:  # gloo's, as rank 0's end closed the connection
+        raise Rank0Lost(message_of(error)) from None
     return decode(buffer)
 
 
@@ -138,7 +155,12 @@ def share(message: Optional[Message]) -> Message:
     """Rank 0's `message`, on every rank."""
     box = [message]
     if world_size() > 1:
-        dist.broadcast_object_list(box, src=0)
+        try:
+            dist.broadcast_object_list(box, src=0)
+        except RuntimeError as error:
+            if rank() == 0:
+                raise
+            raise Rank0Lost(message_of(error)) from None
     return box[0]
 
 
@@ -276,7 +298,7 @@ def run(args, choose_run: Callable[[], Tuple[str, SearchConfig, bool]]) -> int:
     configure_threads()
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = worker_device(args.device, local_rank, args.workers_per_gpu)
-    if device.startswith("cuda:"):
+    if resolve_device(device).type == "cuda" and ":" in device:  # a device this machine lacks: a one-line error
         torch.cuda.set_device(device)
 
     def factory(cache: str):
@@ -285,15 +307,18 @@ def run(args, choose_run: Callable[[], Tuple[str, SearchConfig, bool]]) -> int:
 
     if rank() == 0:
         return _run_rank0(args, choose_run, factory("build" if world_size() > 1 else "auto"))
-    plan = share(None)
-    if "exit" in plan:  # rank 0 said why
-        dist.destroy_process_group()
-        return plan["exit"]
-    ctx = factory("open")(SearchConfig.from_dict(plan["config"]), plan["run_dir"], plan["data"])
     try:
+        plan = share(None)
+        if "exit" in plan:  # rank 0 said why
+            dist.destroy_process_group()
+            return plan["exit"]
+        ctx = factory("open")(SearchConfig.from_dict(plan["config"]), plan["run_dir"], plan["data"])
         work(remote_request, ctx)
     except KeyboardInterrupt:
         _exit_now(130)
+    except Rank0Lost:  # rank 0 says what happened, if it can: one line here, not a traceback of gloo's
+        print(f"{PROG}: rank {rank()}: rank 0 has ended, so this rank ends too", file=sys.stderr)
+        _exit_now(1)
     dist.destroy_process_group()
     return 0
 
@@ -310,11 +335,11 @@ def _run_rank0(args, choose_run, context_factory) -> int:
             return 0
         coordinator.prepare(resume)  # builds the cache the other ranks open; fails early without data
     except SystemExit as stop:  # an error the parser reported
-        share({"exit": stop.code})
+        _stop_every_rank(stop.code)
         raise
     except BaseException as error:
         said = error.for_resumed_run() if resume and isinstance(error, OtherLayout) else error  # no dataset change
-        share({"exit": 2 if reported_in_one_line(said) else 1})
+        _stop_every_rank(2 if reported_in_one_line(said) else 1)
         if said is not error:
             raise said from None
         raise
@@ -323,6 +348,13 @@ def _run_rank0(args, choose_run, context_factory) -> int:
     share({"run_dir": run_dir, "config": config.to_dict(), "data": coordinator.data})
     coordinator.show_progress(bar=not args.no_progress)
     return _serve_and_work(coordinator, args.top, coordinator.data_root(args.data_root, resume))
+
+
+def _stop_every_rank(code) -> None:
+    """Tells the other ranks to exit with `code`, before rank 0 raises its error."""
+    share({"exit": code})
+    if world_size() > 1:  # not left to the exit: its teardown could abort the process
+        dist.destroy_process_group()
 
 
 def _serve_and_work(coordinator: Coordinator, top: int, data_root: Optional[str]) -> int:
