@@ -80,6 +80,21 @@ def test_an_explicit_gpu_beyond_the_machine_s_is_refused_with_their_count(monkey
             resolve_device(name)
 
 
+def test_a_gpu_the_machine_lacks_is_refused_before_any_process_uses_it(monkeypatch):
+    """torch.cuda.set_device came first: a traceback on every rank."""
+    from nasfast.search.options import build_parser
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    args = build_parser().parse_args(["--out", "unused", "--budget", "1", "--device", "cuda:1"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UsageError, match="^device cuda:1: CUDA is not available on this machine$"):
+        distributed.run(args, lambda: pytest.fail("the run was chosen"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: pytest.fail(f"set_device({device})"))
+    with pytest.raises(UsageError, match=r"^device cuda:1: this machine has 1 GPU\(s\)$"):
+        distributed.run(args, lambda: pytest.fail("the run was chosen"))
+
+
 def test_keep_finished_records_drops_unfinished(tmp_path):
     log = str(tmp_path / "log.jsonl")
     for index in (0, 2, 1, 3, 5):
