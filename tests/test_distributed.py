@@ -172,15 +172,18 @@ def test_the_time_budget_counts_from_the_start_of_the_work(coordinator_at, clock
     (ValueError("the controller's update made its weights non-finite: it diverged"), 2,
      "python -m nasfast.search: error: the controller's update made its weights non-finite: it diverged\n"),
     (RuntimeError("Connection closed by peer"), 130, "relay failed: RuntimeError('Connection closed by peer'): "
-                                                     "0 candidates saved; torchrun restarts the processes"),
-], ids=["a user's error", "a broken connection"])
+                                                     "0 candidates saved; unless torchrun restarts the processes"),
+    (None, 130, "\nstopped: 0 candidates saved; unless torchrun restarts the processes (--max-restarts), continue "
+                "with --resume "),  # Ctrl-C, or torchrun's SIGTERM as another process ended
+], ids=["a user's error", "a broken connection", "a stop"])
 def test_rank0_stops_on_its_relay_thread_s_error(coordinator_at, monkeypatch, capsys, relay_error, status, said):
     """A diverged controller met while serving another rank's result was "relay failed: ValueError(...)"
     (exit 130); in one process it is one line (exit 2)."""
     import _thread
 
     def failing_relay(coordinator, errors):
-        errors.append(relay_error)
+        if relay_error is not None:
+            errors.append(relay_error)
         _thread.interrupt_main()
 
     def working(request, ctx):
@@ -196,6 +199,25 @@ def test_rank0_stops_on_its_relay_thread_s_error(coordinator_at, monkeypatch, ca
     with pytest.raises(SystemExit) as stop:
         distributed._serve_and_work(coordinator_at(), 5, None)
     assert stop.value.code == status and said in capsys.readouterr().err
+
+
+def test_a_data_file_a_candidate_cannot_read_says_how_to_go_on_under_torchrun(coordinator_at, monkeypatch, capsys):
+    """As in one process: mend it, then resume (it was the bare error, and torchrun's restarts)."""
+    import nasfast.search.loop as loop
+    from nasfast.data import DataError
+
+    def unreadable(*args):
+        raise DataError("/data/camvid/train/a.png: unreadable or truncated image")
+    coordinator = coordinator_at()
+    monkeypatch.setattr(loop, "evaluate_candidate", unreadable)
+    monkeypatch.setattr(coordinator, "context", lambda: None)
+    with pytest.raises(SystemExit) as stop:
+        distributed._serve_and_work(coordinator, 5, "/data")
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == (
+        f"python -m nasfast.search: error: /data/camvid/train/a.png: unreadable or truncated image; once it is mended "
+        f"(python -m nasfast.data --dataset camvid --data-root /data lists every file that cannot be used), continue "
+        f"with python -m nasfast.search --resume {coordinator.run_dir} --data-root /data\n")
 
 
 def test_a_torchrun_search_stops_at_its_time_budget(coordinator_at, clock, monkeypatch, capsys):

@@ -3,7 +3,7 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..cli import counted, data_check_command, message_of, run
+from ..cli import counted, run
 from ..data import DataError
 from ..data.datasets import OtherLayout
 from ..files import (CONFIG, SEARCH_FILES, SEARCH_LOG, SEARCH_STATE, TRAINING_FILES, checkpoints_in, files_in,
@@ -15,7 +15,7 @@ from .config import PRESETS, SearchConfig, missing_keys
 from .distributed import begun_by_this_job, has_pending, restart_count, world_size
 from .loop import NO_BUDGET, Search
 from .options import build_parser, config_from_args, ignored_options, resume_conflicts, with_machine_options
-from .summary import PROG, resume_command
+from .summary import PROG, mend_data_note, resume_command
 
 # Files of a search (the first three) or of a training run: a new search must not mix with them.
 RUN_FILES = (CONFIG,) + SEARCH_FILES + TRAINING_FILES
@@ -175,9 +175,8 @@ def search_in_this_process(args, run_dir: str, config: SearchConfig, resume: boo
             raise
         if isinstance(error, OtherLayout):
             raise error.for_resumed_run() from None
-        check = data_check_command(config.dataset, args.data_root or search.recorded_root())
-        raise DataError(f"{message_of(error)}; once it is mended ({check} lists every file that cannot be used), "
-                        f"continue with {resume_command(run_dir, args.data_root)}") from None
+        raise DataError(mend_data_note(error, config.dataset, args.data_root or search.recorded_root(), run_dir,
+                                       args.data_root)) from None
     search.print_closing(args.top, search.data_root(args.data_root, resume))
     return exit_status(search.records)
 

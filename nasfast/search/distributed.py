@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from ..cli import counted, message_of, reported_in_one_line, resolve_device
+from ..data import DataError
 from ..data.datasets import OtherLayout
 from ..files import SEARCH_STATE, read_json, save_torch, write_json
 from ..genotype import Genotype
@@ -31,7 +32,7 @@ from .context import SearchContext
 from .config import SearchConfig
 from .loop import Search, evaluate_record
 from .records import load_state
-from .summary import PROG, resume_command
+from .summary import PROG, mend_data_note, resume_command
 
 MESSAGE_BYTES = 1 << 20          # one message, 8 bytes of length first
 HEADER = struct.Struct("<Q")
@@ -316,6 +317,11 @@ def run(args, choose_run: Callable[[], Tuple[str, SearchConfig, bool]]) -> int:
         work(remote_request, ctx)
     except KeyboardInterrupt:
         _exit_now(130)
+    except DataError as error:  # a file this rank's candidate could not read: the search is saved
+        root = (plan["data"] or {}).get("root")
+        note = mend_data_note(error, plan["config"]["dataset"], args.data_root or root, plan["run_dir"], args.data_root)
+        print(f"{PROG}: error: {note}", file=sys.stderr)
+        _exit_now(2)
     except Rank0Lost:  # rank 0 says what happened, if it can: one line here, not a traceback of gloo's
         print(f"{PROG}: rank {rank()}: rank 0 has ended, so this rank ends too", file=sys.stderr)
         _exit_now(1)
@@ -329,9 +335,7 @@ def _run_rank0(args, choose_run, context_factory) -> int:
         run_dir, config, resume = choose_run()
         coordinator = Coordinator(run_dir, config, context_factory, args.budget, args.time_budget, world_size())
         if not coordinator.open(resume, args.tensorboard, args.top):
-            share({"exit": 0})
-            if world_size() > 1:
-                dist.destroy_process_group()
+            _stop_every_rank(0)
             return 0
         coordinator.prepare(resume)  # builds the cache the other ranks open; fails early without data
     except SystemExit as stop:  # an error the parser reported
@@ -371,6 +375,12 @@ def _serve_and_work(coordinator: Coordinator, top: int, data_root: Optional[str]
         with coordinator.lock:  # the relay thread may be logging a candidate
             coordinator.close()
         _exit_now(stop_note(coordinator, errors[0] if errors else None, data_root))
+    except DataError as error:  # a file rank 0's candidate could not read: the search is saved
+        with coordinator.lock:
+            coordinator.close()
+        note = mend_data_note(error, coordinator.config.dataset, data_root, coordinator.run_dir, data_root)
+        print(f"{PROG}: error: {note}", file=sys.stderr)
+        _exit_now(2)
     coordinator.close()
     if errors:
         raise RuntimeError("the relay to the other ranks failed") from errors[0]
@@ -387,10 +397,10 @@ def stop_note(coordinator: Coordinator, relay_error: Optional[BaseException], da
     if relay_error is not None and reported_in_one_line(relay_error):
         print(f"{PROG}: error: {message_of(relay_error)}", file=sys.stderr)
         return 2
-    reason = f"relay failed: {relay_error!r}" if relay_error else "interrupted"
-    print(f"\n{reason}: {counted(len(coordinator.records), 'candidate')} saved; torchrun restarts the processes "
-          f"if its --max-restarts allows, else continue with {resume_command(coordinator.run_dir, data_root)}",
-          file=sys.stderr)
+    reason = f"relay failed: {relay_error!r}" if relay_error else "stopped"  # Ctrl-C, or torchrun's SIGTERM
+    print(f"\n{reason}: {counted(len(coordinator.records), 'candidate')} saved; unless torchrun restarts the "
+          f"processes (--max-restarts), continue with --resume {coordinator.run_dir}, under torchrun as before or in "
+          f"one process: {resume_command(coordinator.run_dir, data_root)}", file=sys.stderr)
     return 130
 
 
