@@ -366,9 +366,10 @@ def test_two_machines_run_one_search_through_a_c10d_rendezvous(tmp_path, camvid_
     assert sum("top 4 of 4 candidates" in output for output in outputs) == 1  # rank 0's table, once
     # A later job of the same --rdzv-id, for a new search there: refused, and still refused after
     # its restart (it once took the search for its own then, and continued it).
+    search = cmd[cmd.index("nasfast.search") - 1:]
     again = cmd[:cmd.index("--nnodes")] + ["--nnodes", "1", "--nproc-per-node", "2", "--rdzv-backend", "c10d",
                                             "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id",
-                                            "two-machines", "--max-restarts", "1"] + cmd[cmd.index("nasfast.search") - 1:]
+                                            "two-machines", "--max-restarts", "1"] + search
     refused = subprocess.run(again + ["--seed", "5"], env=env, capture_output=True, text=True, timeout=300)
     assert refused.returncode != 0 and "resuming" not in refused.stderr, refused.stderr[-3000:]
     assert f"--out {run} already holds a search" in refused.stderr
