@@ -7,7 +7,9 @@ import os
 import re
 import shlex
 import signal
+import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -513,6 +515,22 @@ def test_ctrl_c_as_the_last_candidate_is_saved_ends_the_search_as_done(tmp_path,
     monkeypatch.setattr(loop, "save_torch", real_save)
     assert search("--resume", tmp_path / "r", "--no-progress") == 0
     assert "already done: budget of 2 candidates reached" in capsys.readouterr().err
+
+
+def test_a_new_search_on_a_directory_in_use_is_told_so_first(saved_search, capsys):
+    """It was told to continue it with --resume, which was then refused as in use."""
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from nasfast.files import lock_directory\n"
+                               "lock = lock_directory(sys.argv[1]); print('locked', flush=True); time.sleep(60)",
+                               str(saved_search)], stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1])))
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        assert search("--out", saved_search, "--budget", 5) == 2
+    finally:
+        holder.kill()
+        holder.wait()
+    error = capsys.readouterr().err
+    assert f"{saved_search} is in use by another process" in error and "--resume" not in error
 
 
 def test_madds_are_readable():

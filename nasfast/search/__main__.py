@@ -7,7 +7,7 @@ from ..cli import counted, run
 from ..data import DataError
 from ..data.datasets import OtherLayout
 from ..files import (CONFIG, SEARCH_FILES, SEARCH_LOG, SEARCH_STATE, TRAINING_FILES, checkpoints_in, files_in,
-                     read_json, read_search_log, why_unwritable)
+                     read_json, read_search_log, refuse_if_in_use, why_unwritable)
 from ..tensorboard import check_available
 from . import distributed
 from .cache import foreign_cache
@@ -40,6 +40,8 @@ def choose_run(args, parser) -> Tuple[str, SearchConfig, bool]:
     if unwritable:
         _refuse(parser, f"--out {run_dir} cannot be written: {unwritable}")
     held = run_files_in(run_dir)
+    if held:
+        refuse_if_in_use(run_dir)  # before "continue it with --resume", which would be refused as in use
     if never_began(run_dir, held):
         held = []  # written again by this search
     if SEARCH_STATE in held and restart_count() > 0 and begun_by_this_job(run_dir):  # torchrun restarted the processes
