@@ -533,6 +533,14 @@ def test_a_new_search_on_a_directory_in_use_is_told_so_first(saved_search, capsy
     assert f"{saved_search} is in use by another process" in error and "--resume" not in error
 
 
+def test_workers_per_gpu_without_torchrun_is_refused(tmp_path, monkeypatch, capsys):
+    """One process has nothing to share a GPU with: the option was ignored without a word."""
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert search("--out", tmp_path / "r", "--budget", 1, "--workers-per-gpu", 4) == 2
+    assert "--workers-per-gpu acts only under torchrun (processes sharing a GPU): leave it out" in \
+        capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
 def test_madds_are_readable():
     assert [madds_text(m) for m in (3_640_000, 42_100_000, 950_000_000, 1_234_000_000)] == \
         ["3.64M", "42.1M", "950M", "1.23G"]

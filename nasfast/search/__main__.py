@@ -204,6 +204,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.budget is None and args.time_budget is None and not args.resume:  # a resume keeps its budgets
         parser.error(NO_BUDGET)
+    if args.workers_per_gpu != 1 and "LOCAL_RANK" not in os.environ:
+        parser.error("--workers-per-gpu acts only under torchrun (processes sharing a GPU): leave it out")
     if world_size() > 1:
         return search_with_torchrun(args, lambda: choose_run(args, parser))
     run_dir, config, resume = choose_run(args, parser)

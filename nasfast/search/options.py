@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "them; start-up and caching not counted): seconds (a bare number), or 30m, 4h, 1h30m, 2d")
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... [auto: cuda when available]")
     group.add_argument("--workers-per-gpu", type=positive_int, default=1, metavar="W",
-                       help="under torchrun: processes sharing one GPU; local rank r uses "
+                       help="under torchrun only: processes sharing one GPU; local rank r uses "
                             "cuda:(r // W) %% device count (ignored on a CPU) [1]")
     group.add_argument("--tensorboard", action="store_true",
                        help="also log each candidate's rewards for TensorBoard, in RUN_DIR/tensorboard (needs the "
