@@ -443,6 +443,34 @@ def test_cpp_program_logits_that_cannot_be_written_say_why_and_leave_no_partial_
     assert earlier.read_bytes() == b"the logits of an earlier run"
 
 
+@needs_cpp_build
+def test_cpp_program_never_writes_its_logits_over_the_model_an_image_or_a_device(program, exported, ppm_image,
+                                                                                tmp_path):
+    """A logits path given in the wrong place replaced the model or the image with logits."""
+    model, _ = exported
+    files = {name: tmp_path / name for name in ("model.pt", "image.ppm", "checkpoint.pt", "photo.png")}
+    files["model.pt"].write_bytes(model.read_bytes())
+    files["image.ppm"].write_bytes(ppm_image.read_bytes())
+    torch.save({"model": {}}, files["checkpoint.pt"])
+    Image.open(ppm_image).save(files["photo.png"])
+    before = {name: path.read_bytes() for name, path in files.items()}
+    for out, reason in ((files["model.pt"], "it is the model; give another path"),
+                        (files["image.ppm"], "it is the image; give another path"),
+                        (files["checkpoint.pt"], "it holds a model or a checkpoint, not logits; give another path"),
+                        (files["photo.png"], "it holds an image, not logits; give another path"),
+                        ("/dev/null", "not a regular file")):
+        assert_bad_input(segment(program, files["model.pt"], files["image.ppm"], out),
+                         f"will not write the logits over {out}: {reason}")
+    assert {name: path.read_bytes() for name, path in files.items()} == before
+    earlier = tmp_path / "logits.bin"
+    earlier.write_bytes(bytes(16))  # an earlier run's logits: replaced
+    assert segment(program, files["model.pt"], files["image.ppm"], earlier).returncode == 0
+    assert earlier.stat().st_size == 11 * 120 * 160 * 4
+    unknown = segment(program, files["model.pt"], files["image.ppm"], "--bogus")  # was taken for the logits' path
+    assert unknown.returncode == 2 and "unknown option --bogus" in unknown.stderr
+    assert not (Path.cwd() / "--bogus").exists()
+
+
 @pytest.fixture(scope="module")
 def program_without_ops(tmp_path_factory):
     """examples/cpp built without the ops library, as on a Jetson TX2 (whose torch the library does not build for)."""

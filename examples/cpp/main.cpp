@@ -187,6 +187,32 @@ void write_file(const std::string& path, const std::string& name_for_errors, con
   if (std::fclose(file) != 0) throw cannot_write(name_for_errors);  // it writes what was buffered
 }
 
+bool same_file(const std::string& a, const std::string& b) {
+  struct stat first, second;
+  return stat(a.c_str(), &first) == 0 && stat(b.c_str(), &second) == 0 && first.st_dev == second.st_dev &&
+         first.st_ino == second.st_ino;
+}
+
+// The logits replace an earlier file there, but never the model, the image, another model or
+// image (a path given in the wrong place), or what is not a regular file (a device, say).
+void check_logits_path(const std::string& path, const std::string& model_path, const std::string& image_path) {
+  struct stat status;
+  if (stat(path.c_str(), &status) != 0) return;  // a new file (or one that cannot be written: said when written)
+  const std::string refused = "will not write the logits over " + path + ": ";
+  if (S_ISDIR(status.st_mode)) return;  // refused when written, with the reason
+  if (!S_ISREG(status.st_mode)) throw BadInput(refused + "not a regular file");
+  if (same_file(path, model_path) || same_file(path, image_path))
+    throw BadInput(refused + "it is the " + (same_file(path, model_path) ? "model" : "image") + "; give another path");
+  char start[4] = {0, 0, 0, 0};
+  std::ifstream(path, std::ios::binary).read(start, sizeof start);
+  const bool zip = std::memcmp(start, "PK\x03\x04", 4) == 0;  // a model or a checkpoint
+  const bool netpbm = start[0] == 'P' && start[1] >= '1' && start[1] <= '7' && std::isspace(static_cast<unsigned char>(start[2]));
+  const bool image = netpbm || std::memcmp(start, "\x89PNG", 4) == 0 || std::memcmp(start, "\xff\xd8\xff", 3) == 0;
+  if (zip || image)
+    throw BadInput(refused + "it holds " + (zip ? "a model or a checkpoint" : "an image") + ", not logits; give "
+                   "another path");
+}
+
 // Written beside the file and renamed once complete: a failed write (a full disk) leaves no
 // partial file, and an earlier file stays as it was.
 void write_logits(const torch::Tensor& logits, const std::string& path) {
@@ -212,6 +238,7 @@ void print_summary(const torch::Tensor& logits) {
 void segment(const std::string& model_path, const std::string& image_path, const std::string& logits_path,
              bool cuda) {
   if (cuda && !torch::cuda::is_available()) throw BadInput("--cuda: this libtorch finds no CUDA GPU");
+  if (!logits_path.empty()) check_logits_path(logits_path, model_path, image_path);
   const torch::Device device = cuda ? torch::kCUDA : torch::kCPU;
   Export exported = load_export(model_path);
   exported.model.to(device);
@@ -234,7 +261,9 @@ int main(int argc, char** argv) {
   const auto flag = std::find(args.begin(), args.end(), "--cuda");
   const bool cuda = flag != args.end();
   if (cuda) args.erase(flag);
-  if (args.size() < 2 || args.size() > 3) {
+  const auto option = std::find_if(args.begin(), args.end(), [](const std::string& a) { return a.rfind("-", 0) == 0; });
+  if (args.size() < 2 || args.size() > 3 || option != args.end()) {
+    if (option != args.end()) std::cerr << argv[0] << ": unknown option " << *option << "\n";
     std::cerr << "usage: " << argv[0] << " model.pt image.ppm [logits.bin] [--cuda]\n";
     return 2;
   }
