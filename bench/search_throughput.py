@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from nasfast.cli import UsageError, positive_int, run
+from nasfast.cli import UsageError, path_text, positive_int, run
 from nasfast.data.datasets import DATASETS, find_data_root
 from nasfast.files import SEARCH_LOG, read_records
 from nasfast.search.options import build_parser as search_parser, duration
@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the searches run [cpu]")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="search preset [tiny on cpu, fast on cuda]")
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="camvid", help="[camvid]")
-    parser.add_argument("--data-root", help="dataset directory (default: $NASFAST_DATA/<dataset>)")
+    parser.add_argument("--data-root", type=path_text, help="dataset directory (default: $NASFAST_DATA/<dataset>)")
     parser.add_argument("--budget", type=positive_int, help="candidates per setup [8, unless --time-budget]")
     parser.add_argument("--time-budget", type=time_budget, help="search time per setup (600, 30m...)")
     parser.add_argument("--procs", type=positive_int, nargs="+", default=[1, 2], help="process counts [1 2]")
@@ -232,8 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="on a GPU: processes sharing GPU 0 [1 2 4]")
     parser.add_argument("--threads", type=positive_int, default=os.cpu_count() or 1,
                         help="CPU threads in total, shared among the processes [all cores]")
-    parser.add_argument("--keep", metavar="DIR", help="keep the run directories under DIR (it must not hold "
-                                                      "those of an earlier run)")
+    parser.add_argument("--keep", metavar="DIR", type=path_text,
+                        help="keep the run directories under DIR (it must not hold "
+                             "those of an earlier run)")
     return parser
 
 

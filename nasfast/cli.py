@@ -105,6 +105,18 @@ def non_negative_int(text: str) -> int:
     return _number(int, 0, True, text)
 
 
+def path_text(text: str) -> str:
+    """A file or directory option: refuses an empty one (a variable left unset, say), which would
+    fail later with an OS error naming no option."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path: give a file or directory")
+    return text
+
+
+def absolute_path(text: str) -> str:
+    return os.path.abspath(path_text(text))
+
+
 def command(*words: Optional[str]) -> str:
     """A command line to copy: its words quoted for the shell, None left out."""
     return " ".join(shlex.quote(str(w)) for w in words if w is not None)

@@ -10,7 +10,7 @@ from typing import Sequence, Tuple
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .checkpoint import check_classes, load_checkpoint, model_from_checkpoint
-from .cli import UsageError, counted, non_negative_int, positive_float, progress_bar, resolve_device, run
+from .cli import UsageError, counted, non_negative_int, path_text, positive_float, progress_bar, resolve_device, run
 from .data import EvalTransform, make_dataset
 from .data.datasets import DATASETS, every_image_in_every_split, find_data_root, unsplit_note
 from .data.transforms import scaled_size
@@ -76,10 +76,12 @@ def format_metrics(metrics: dict, class_names) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split(":", 1)[1].strip())
-    parser.add_argument("--checkpoint", required=True, help="best.pt or last.pt of python -m nasfast.train")
+    parser.add_argument("--checkpoint", required=True, type=path_text,
+                        help="best.pt or last.pt of python -m nasfast.train")
     parser.add_argument("--dataset", choices=sorted(DATASETS), help="camvid, voc or folder [the checkpoint's]")
-    parser.add_argument("--data-root", help="dataset directory (default: the training's, stored in the "
-                                            "checkpoint, where it still is; else $NASFAST_DATA/<dataset>)")
+    parser.add_argument("--data-root", type=path_text,
+                        help="dataset directory (default: the training's, stored in the "
+                             "checkpoint, where it still is; else $NASFAST_DATA/<dataset>)")
     parser.add_argument("--split", default="val",
                         help="camvid: train, val or test; voc: train_aug, train or val; folder: the names in "
                              "<SPLIT>.txt (every image where there is neither train.txt nor val.txt) [val]")

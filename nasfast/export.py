@@ -17,7 +17,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from . import ops
 from .checkpoint import is_torchscript, load_checkpoint, model_from_checkpoint
-from .cli import UsageError, positive_int, run
+from .cli import UsageError, path_text, positive_int, run
 from .designs import genotype_from_option, recorded_classes
 from .encoder import IMAGENET_MEAN, IMAGENET_STD
 from .files import why_unwritable, write_atomic
@@ -109,8 +109,9 @@ def for_torch_1_10(archive: bytes) -> bytes:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split(":", 1)[1].strip())
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="a checkpoint of python -m nasfast.train (it holds the classes "
-                                             "and weights)")
+    source.add_argument("--checkpoint", type=path_text,
+                        help="a checkpoint of python -m nasfast.train (it holds the classes "
+                             "and weights)")
     source.add_argument("--genotype", "--arch", dest="genotype",
                         help="arch0|arch1|arch2, the genotype's JSON, a file holding it, a checkpoint's or export's "
                              "design, or a search's RUN_DIR (its best design), with random weights")
@@ -123,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a file that torch 1.10 loads too (JetPack 4.6 on a Jetson TX2), without the native ops "
                              "(their library builds against torch 2.4 or newer) or the debug information that "
                              "locates errors in the model's code")
-    parser.add_argument("--out", required=True, help="the TorchScript file to write (model.pt)")
+    parser.add_argument("--out", required=True, type=path_text, help="the TorchScript file to write (model.pt)")
     return parser
 
 
@@ -139,6 +140,8 @@ def check_options(args) -> None:
     if os.path.isdir(args.out):
         example = os.path.join(args.out, "model.pt")
         raise UsageError(f"--out {args.out} is a directory: give a file name, e.g. {example}")
+    if os.path.exists(args.out) and not os.path.isfile(args.out):  # replaced, it would be gone for good
+        raise UsageError(f"--out {args.out} is not a regular file (a device or a pipe, say): give a file name")
     if os.path.isfile(args.out) and not is_torchscript(args.out):
         raise UsageError(f"--out {args.out} exists and is not an earlier export (a checkpoint?): choose another file")
     unwritable = why_unwritable(os.path.dirname(os.path.abspath(args.out)))

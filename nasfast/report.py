@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Dict, List, Optional
 
-from .cli import UsageError, counted, positive_int, run
+from .cli import UsageError, counted, path_text, positive_int, run
 from .files import CONFIG, checkpoints_in, in_use, read_json, read_search_log, search_run_paths, write_atomic
 from .search.summary import format_reward, searched_size_note, top_table
 
@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top", type=positive_int, default=10, help="rows of the table of best designs [10]")
     parser.add_argument("--bins", type=positive_int, default=4,
                         help="parts of the search in the progress table and the plot [4]")
-    parser.add_argument("--plot", metavar="PNG",
+    parser.add_argument("--plot", metavar="PNG", type=path_text,
                         help="where to save the plot (needs matplotlib) [RUN_DIR/rewards.png, when it is installed; "
                              "several runs: the first's RUN_DIR/rewards-compared.png]")
     return parser

@@ -9,8 +9,8 @@ from dataclasses import asdict, fields, replace
 from typing import List, Optional, Tuple
 
 from .checkpoint import DAMAGED_ADVICE, RESUME_KEYS, load_checkpoint
-from .cli import (UsageError, counted, fraction, images_per_batch, non_negative_int, option_text, positive_float,
-                  positive_int, run)
+from .cli import (UsageError, counted, fraction, images_per_batch, non_negative_int, option_text, path_text,
+                  positive_float, positive_int, run)
 from .data.datasets import DATASETS
 from .designs import genotype_from_option
 from .files import (BEST, CONFIG, LAST, SEARCH_FILES, TRAINING_LOG, files_in, lock_directory, read_records,
@@ -64,14 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", choices=sorted(DATASETS),
                         help="camvid, voc (PASCAL VOC 2012 + SBD) or folder (your own data; see the README's "
                              "Data section) [camvid]")
-    parser.add_argument("--data-root", help="dataset directory (default: with --resume, where the run read its "
-                                            "data, while it is there; else $NASFAST_DATA/<dataset>)")
-    parser.add_argument("--out", help="directory for last.pt, best.pt, log.jsonl, config.json; must not hold a run "
-                                      "unless --resume")
-    parser.add_argument("--resume", nargs="?", const=True, metavar="OUT",
+    parser.add_argument("--data-root", type=path_text,
+                        help="dataset directory (default: with --resume, where the run read its "
+                             "data, while it is there; else $NASFAST_DATA/<dataset>)")
+    parser.add_argument("--out", type=path_text,
+                        help="directory for last.pt, best.pt, log.jsonl, config.json; must not hold a run "
+                             "unless --resume")
+    parser.add_argument("--resume", nargs="?", const=True, metavar="OUT", type=path_text,
                         help="continue the run in OUT from OUT/last.pt (--resume OUT, as the search's, or --out OUT "
                              "--resume)")
-    parser.add_argument("--init", metavar="CHECKPOINT",
+    parser.add_argument("--init", metavar="CHECKPOINT", type=path_text,
                         help="start from the weights of a training's checkpoint (its best.pt or last.pt) instead of "
                              "the ImageNet encoder: to train a design longer, or on other data (a dataset of other "
                              "classes starts its classifiers afresh); its design is the default --genotype. The "

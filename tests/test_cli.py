@@ -106,6 +106,26 @@ def test_progress_bars_show_in_a_terminal_that_reports_no_size(rows, columns):
     assert b"epoch 1/2: 100%" in shown and b"3/3" in shown and len(shown.split(b"\r")[-2]) >= 40, shown
 
 
+@pytest.mark.parametrize("tool, argv", [
+    ("search", ["--budget", "1", "--out", ""]), ("search", ["--resume", " "]),
+    ("search", ["--budget", "1", "--out", "x", "--teacher", ""]), ("search", ["--budget", "1", "--out", "x",
+                                                                             "--data-root", ""]),
+    ("train", ["--genotype", "arch0", "--out", ""]), ("train", ["--resume", ""]),
+    ("train", ["--genotype", "arch0", "--out", "x", "--init", ""]), ("evaluate", ["--checkpoint", ""]),
+    ("export", ["--genotype", "arch0", "--out", ""]), ("export", ["--checkpoint", "", "--out", "m.pt"]),
+    ("report", ["x", "--plot", ""]), ("data", ["--data-root", ""]),
+])
+def test_an_empty_path_is_refused_by_its_option(tool, argv, tmp_path):
+    """A variable left unset in a script: "[Errno 2] No such file or directory: ''" after the data
+    were read, naming no option."""
+    result = subprocess.run([sys.executable, "-m", f"nasfast.{tool}", *argv], capture_output=True, text=True,
+                            cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1])))
+    option = next(a for a, value in zip(argv, argv[1:]) if not value.strip())
+    assert result.returncode == 2 and f"error: argument {option}: an empty path: give a file or directory" in \
+        result.stderr, result.stderr
+    assert os.listdir(tmp_path) == []
+
+
 def test_a_closed_pipe_ends_quietly(capsys):
     assert run(failing(BrokenPipeError()), "tool") == 141
     assert capsys.readouterr().err == ""

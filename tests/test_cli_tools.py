@@ -69,15 +69,18 @@ def test_export_refuses_options_that_do_not_apply_with_a_checkpoint(options, wor
     (["--checkpoint", "corrupt.pt"], ["corrupt.pt", "not a checkpoint"]),
     (["--genotype", "arch0", "--out", "corrupt.pt/m.pt"], ["corrupt.pt is a file"]),
     (["--genotype", "arch0", "--out", "."], ["is a directory"]),
+    (["--genotype", "arch0", "--out", "pipe"], ["--out pipe is not a regular file"]),  # was replaced by a file
     (["--genotype", "arch0", "--out", "corrupt.pt"], ["corrupt.pt", "not an earlier export"]),
     (["--genotype", "arch0", "--out", "/proc/m.pt"], ["--out /proc/m.pt cannot be written (No such file"]),
 ])
 def test_export_refuses_bad_input_in_one_line(options, words, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "corrupt.pt").write_bytes(b"\x80\x02garbage")
+    os.mkfifo(tmp_path / "pipe")
     out = [] if "--out" in options else ["--out", "m.pt"]
     status, _, err = call(export.main, options + out, capsys)
     assert_refused(status, err, *words)
+    assert (tmp_path / "pipe").is_fifo()
 
 
 def test_export_onto_a_full_disk_is_one_line_and_leaves_no_file(tmp_path, monkeypatch, capsys):

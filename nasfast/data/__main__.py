@@ -9,7 +9,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
-from ..cli import counted, non_negative_int, progress_bar, run
+from ..cli import counted, non_negative_int, path_text, progress_bar, run
 from .datasets import DATASETS, absent_classes_warning, find_data_root, make_dataset, split_warning
 from .decode import DataError
 from .folder import FolderDataset, LayoutProblems
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split(":", 1)[1].strip())
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="camvid",
                         help="camvid, voc or folder (your own data; see the README's Data section) [camvid]")
-    parser.add_argument("--data-root", help="dataset directory [$NASFAST_DATA/<dataset>]")
+    parser.add_argument("--data-root", type=path_text, help="dataset directory [$NASFAST_DATA/<dataset>]")
     parser.add_argument("--workers", type=non_negative_int, default=2, help="processes reading the files [2]")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser

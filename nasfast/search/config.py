@@ -4,12 +4,11 @@ Defaults are the paper's values (`--preset paper`); "ours" marks the choices the
 """
 import argparse
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
-from ..cli import (decay, fraction, images_per_batch, non_negative_float, non_negative_int, positive_float,
-                   positive_int, probability)
+from ..cli import (absolute_path, decay, fraction, images_per_batch, non_negative_float, non_negative_int,
+                   positive_float, positive_int, probability)
 
 
 def option(default, help: str, type: Optional[Callable[[str], Any]] = None,
@@ -76,7 +75,7 @@ class SearchConfig:
     baseline_decay: float = option(0.95, "decay of the reward baseline (moving average)", decay)
     entropy_weight: float = option(0.0, "entropy bonus of the controller", non_negative_float)
     teacher: Optional[str] = option(None, "TorchScript file of a teacher network for distillation (off when none)",
-                                    os.path.abspath)  # a resume from another directory finds it
+                                    absolute_path)  # a resume from another directory finds it
     workers: int = option(0, "DataLoader worker processes", non_negative_int)
     image_cache_gb: float = option(1.0, "GB of decoded images kept in memory, when workers is 0 (ours)",
                                    non_negative_float)

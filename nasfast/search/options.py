@@ -7,7 +7,7 @@ import re
 import textwrap
 from typing import Any, Dict, List, Optional
 
-from ..cli import option_text, positive_int
+from ..cli import option_text, path_text, positive_int
 from ..data import DATASETS
 from . import distributed
 from .config import FIXED, MACHINE_OPTIONS, MOVABLE, PRESETS, SearchConfig, StageConfig, preset
@@ -123,12 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
                     epilog=f"{preset_differences()}\n\n{EPILOG}", formatter_class=argparse.RawDescriptionHelpFormatter)
     group = parser.add_argument_group("run")
     where = group.add_mutually_exclusive_group(required=True)
-    where.add_argument("--out", metavar="RUN_DIR", help="directory of a new search (absent, or without another run's "
-                                                        "files)")
-    where.add_argument("--resume", metavar="RUN_DIR", help="continue the search saved in RUN_DIR, with its options")
+    where.add_argument("--out", metavar="RUN_DIR", type=path_text,
+                       help="directory of a new search (absent, or without another run's "
+                            "files)")
+    where.add_argument("--resume", metavar="RUN_DIR", type=path_text,
+                       help="continue the search saved in RUN_DIR, with its options")
     group.add_argument("--dataset", choices=sorted(DATASETS), help="dataset [camvid]")
-    group.add_argument("--data-root", help="dataset directory (default: with --resume, where the search read "
-                                           "them; else $NASFAST_DATA/<dataset>)")
+    group.add_argument("--data-root", type=path_text,
+                       help="dataset directory (default: with --resume, where the search read "
+                            "them; else $NASFAST_DATA/<dataset>)")
     group.add_argument("--preset", choices=list(PRESETS),
                        help="protocol preset: paper (the paper's values), fast (shorter, for a GPU), "
                             "tiny (seconds per candidate on a CPU) [paper]")
