@@ -6,7 +6,7 @@ from typing import Optional
 
 from .checkpoint import export_info, is_torchscript, load_checkpoint, starts_as_zip
 from .files import SEARCH_LOG, SEARCH_STATE, checkpoints_in, read_search_log, search_run_paths
-from .genotype import Genotype
+from .genotype import ZOO, Genotype
 from .search.records import load_state
 
 
@@ -19,6 +19,8 @@ def genotype_from_option(text: str) -> Genotype:
     """What a --genotype option takes: a zoo name, JSON text, a file holding either, a checkpoint of
     python -m nasfast.train or an export of python -m nasfast.export (their design), or a search (its
     run directory or candidates.jsonl: its best design); the errors about a file name it."""
+    if names_the_zoo(text):
+        return ZOO[text]
     if os.path.isdir(text) or text.endswith(".jsonl"):
         return best_of_search(text)
     if _is_archive(text):
@@ -42,9 +44,25 @@ def genotype_from_option(text: str) -> Genotype:
         raise ValueError(f"genotype file {text}: {error}") from None
 
 
+def names_the_zoo(text: str) -> bool:
+    """Whether `text` is a zoo name meant as one. A file or a search of that name here makes it
+    ambiguous: refused, with how to name either; a directory without a search (a training run
+    named after its design, say) is no design, so the zoo's is meant."""
+    if text not in ZOO:
+        return False
+    if os.path.isfile(text) or os.path.isfile(os.path.join(text, SEARCH_LOG)):
+        what = "file" if os.path.isfile(text) else "search"
+        raise ValueError(f"--genotype {text}: the zoo design, or the {what} {os.path.join(os.curdir, text)}? Give "
+                         f"{os.path.join(os.curdir, text)} for the {what}'s, or run from another directory for the "
+                         f"zoo's")
+    return True
+
+
 def recorded_classes(text: str) -> Optional[int]:
     """The number of classes recorded with the design a --genotype option names: a search's (`text`
     names its RUN_DIR or log), a training checkpoint's or an export's; else None."""
+    if names_the_zoo(text):
+        return None
     if _is_archive(text):
         return (export_info(text) if is_torchscript(text) else load_checkpoint(text, ("num_classes",)))["num_classes"]
     if not (os.path.isdir(text) or os.path.basename(text) == SEARCH_LOG):

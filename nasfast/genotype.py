@@ -78,7 +78,7 @@ class Genotype:
                 x = json.loads(x)
             except json.JSONDecodeError as error:
                 shown = x if len(x) <= 80 else x[:77] + "..."
-                if x.lstrip().startswith("["):
+                if x.lstrip()[:1] in ("[", "{"):  # meant as JSON
                     raise ValueError(f"genotype {shown!r} is not valid JSON: {error.msg} at character "
                                      f"{error.pos + 1}") from None
                 raise ValueError(f"genotype {shown!r} is neither a zoo name ({', '.join(ZOO)}) "

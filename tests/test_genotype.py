@@ -221,6 +221,41 @@ def test_count_designs_matches_brute_force_enumeration():
     assert 1e10 <= canonical["cells"] < 1e11  # the paper's "~1e10 unique cells"
 
 
+def test_a_zoo_name_is_the_zoo_s_design_unless_a_file_or_search_of_that_name_makes_it_ambiguous(tmp_path,
+                                                                                                  monkeypatch):
+    """A training run trained into --out arch0 hid the zoo's arch0 from every command run beside it."""
+    from nasfast.designs import genotype_from_option, recorded_classes
+    from nasfast.search.config import preset
+    from nasfast.search.summary import closing_summary
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "arch0").mkdir()
+    (tmp_path / "arch0" / "best.pt").write_bytes(b"a training run's")
+    assert genotype_from_option("arch0") == ZOO["arch0"] and recorded_classes("arch0") is None
+    record = {"index": 0, "genotype": ZOO["arch1"].to_list(), "status": "ok", "reward": 0.4, "stage1_reward": 0.4,
+              "stage2_reward": None, "gate": "stop", "params": 1, "madds": 1, "seconds": 1.0}
+    (tmp_path / "arch1").mkdir()
+    (tmp_path / "arch1" / "candidates.jsonl").write_text(json.dumps(record) + "\n")
+    (tmp_path / "arch2").write_text(ZOO["arch0"].to_json())
+    for name, what in (("arch1", "search"), ("arch2", "file")):
+        with pytest.raises(ValueError, match=rf"^--genotype {name}: the zoo design, or the {what} \./{name}\? Give "
+                                             rf"\./{name} for the {what}'s, or run from another directory"):
+            genotype_from_option(name)
+    assert genotype_from_option("./arch1") == ZOO["arch1"] and genotype_from_option("./arch2") == ZOO["arch0"]
+    config = preset("tiny")  # the search's closing command names such a RUN_DIR as ./arch1
+    assert "--genotype ./arch1 " in closing_summary([record], 1, "arch1", config, None)
+
+
+def test_a_genotype_file_is_read_as_json_whatever_it_begins_with(tmp_path):
+    """A file of broken JSON not beginning with "[" was said to be "neither a zoo name nor the JSON"."""
+    from nasfast.designs import genotype_from_option
+    (tmp_path / "broken.json").write_text('{"oops": \n')
+    with pytest.raises(ValueError, match=r"genotype file .*broken.json: genotype '\{\"oops\": \\n' is not valid "
+                                         r"JSON: Expecting value at character 11"):
+        genotype_from_option(str(tmp_path / "broken.json"))
+    (tmp_path / "name.txt").write_text("arch2\n")  # a zoo name in a file: still taken
+    assert genotype_from_option(str(tmp_path / "name.txt")) == ZOO["arch2"]
+
+
 def test_an_option_names_a_search_for_its_best_design_and_long_text_is_cut(tmp_path):
     from nasfast.designs import genotype_from_option, recorded_classes
     rest = dict(stage1_reward=None, stage2_reward=None, gate=None, params=None, madds=None, seconds=1.0)

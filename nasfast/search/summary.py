@@ -4,6 +4,7 @@ from typing import Any, Dict, List, Optional
 
 from ..cli import command, data_check_command, data_root_option, message_of
 from ..files import SEARCH_LOG
+from ..genotype import ZOO
 from ..model import FINAL_CHANNELS, FINAL_SEP_REPEATS
 from ..trainer import PRESETS as TRAIN_PRESETS
 
@@ -74,7 +75,8 @@ def closing_summary(records: List[Dict[str, Any]], k: int, run_dir: str, config,
     if any(r["status"] == "ok" for r in records):
         lines.append(searched_size_note(config.channels, config.sep_repeats))
         preset = ["--preset", config.preset] if config.preset else []
-        train = command("python", "-m", "nasfast.train", "--genotype", run_dir, "--dataset", config.dataset,
+        design = os.path.join(os.curdir, run_dir) if run_dir in ZOO else run_dir  # a RUN_DIR named arch0, say
+        train = command("python", "-m", "nasfast.train", "--genotype", design, "--dataset", config.dataset,
                         *data_root_option(data_root), *preset, *_fitting_batch_option(config.preset, training_images),
                         "--out", "DIR")
         lines.append(f"train the best design: {train}")
