@@ -8,6 +8,11 @@ synchronisation, 100 timed forward passes, mean ± std), for each implementation
 --genotype (or its old name --arch) takes what python -m nasfast.train takes (a zoo name, a
 genotype's JSON, a file holding it, a training checkpoint's or an export's design, a search's best
 design) or `all` (the zoo), with random weights.
+
+What is timed is the deployed model: encoder, decoder, and its logits upsampled to the input's size
+(SPEC.md's table gives the decoder's output, 128x128 or 64x64 for 512x512 input). The MAdds count
+its convolutions: 2^26 below SPEC.md's table for every design, while the parameters match it
+exactly (the authors' MobileNet-v2 keeps a 1x1 convolution that torchvision's layout, ours, lacks).
 """
 import argparse
 import os
