@@ -28,6 +28,7 @@ from nasfast import count_madds, count_params, create_model
 from nasfast.cli import UsageError, at_least_two, positive_float, positive_int, resolve_device, run
 from nasfast.export import NUM_CLASSES_DEFAULT, script_for_deployment
 from nasfast.designs import genotype_from_option, recorded_classes
+from nasfast.files import SEARCH_LOG
 from nasfast.genotype import ZOO
 from nasfast.search.summary import madds_text
 from timing import NOT_A_JETSON, device_note, is_jetson, timed
@@ -81,7 +82,10 @@ def short_name(text: str) -> str:
     short, or 'custom' for JSON."""
     if text.strip() in ZOO:
         return text.strip()
-    return Path(text.rstrip("/")).stem[:8] if os.path.exists(text) else "custom"
+    path = Path(text.rstrip("/"))
+    if path.name == SEARCH_LOG:  # a search's log: the search's name
+        path = path.resolve().parent
+    return path.stem[:8] if os.path.exists(text) else "custom"
 
 
 def designs(text: str) -> List[Tuple[str, nasfast.Genotype]]:

@@ -194,6 +194,7 @@ def test_latency_and_export_of_a_search_count_the_classes_it_searched_for(latenc
     monkeypatch.chdir(tmp_path)
     assert latency.recorded_classes("candidates.jsonl") == 5  # the log of the current directory
     assert latency.recorded_classes("arch1") is None and latency.designs(str(tmp_path))[0][1] == ZOO["arch1"]
+    assert latency.short_name("candidates.jsonl") == tmp_path.name[:8]  # the search's name, not "candidat"
     (tmp_path / "design.json").write_text(json.dumps(ZOO["arch1"].to_list()))
     assert latency.recorded_classes(str(tmp_path / "design.json")) is None  # a file beside a search: not its
     assert call(export.main, ["--genotype", str(tmp_path), "--out", str(tmp_path / "m.pt")], capsys)[0] == 0
