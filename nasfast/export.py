@@ -124,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a file that torch 1.10 loads too (JetPack 4.6 on a Jetson TX2), without the native ops "
                              "(their library builds against torch 2.4 or newer) or the debug information that "
                              "locates errors in the model's code")
-    parser.add_argument("--out", required=True, type=path_text, help="the TorchScript file to write (model.pt)")
+    parser.add_argument("--out", required=True, type=path_text,
+                        help="the TorchScript file to write (model.pt); an earlier export there is replaced, any "
+                             "other file refused")
     return parser
 
 
