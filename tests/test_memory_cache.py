@@ -120,6 +120,8 @@ def test_a_bad_environment_variable_is_refused_before_any_work(monkeypatch, valu
 def test_a_negative_capacity_is_refused_by_the_op():
     with pytest.raises(RuntimeError, match="capacity must be >= 0"):
         torch.ops.nasfast.set_cpu_memory_cache(-1)
+    with cpu_memory_cache("cpu", capacity=2 ** 70):  # beyond int64: "all" (was a TypeError naming no value)
+        assert torch.ops.nasfast.set_cpu_memory_cache(0) == 2 ** 62
 
 
 @needs_ops

@@ -43,7 +43,7 @@ def cpu_memory_cache(device: Union[str, torch.device] = "cpu", capacity: Optiona
     if torch.device(device).type != "cpu" or not available():
         yield
         return
-    capacity = default_capacity() if capacity is None else int(capacity)  # 1.5e9 bytes, say
+    capacity = default_capacity() if capacity is None else min(int(capacity), 2 ** 62)  # 1.5e9 bytes, say
     before = None
     try:
         before = torch.ops.nasfast.set_cpu_memory_cache(capacity)
