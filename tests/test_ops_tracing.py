@@ -1,5 +1,10 @@
 """The native ops' fake kernels, which torch.compile and torch.export trace with, refuse what the
 ops refuse: they once returned a shape for any arguments, so that a trace went on with them."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -46,3 +51,28 @@ def test_a_traced_model_with_mismatched_shapes_fails_while_tracing():
 
     with pytest.raises(Exception, match="batch and channels must match"):
         torch.export.export(Mismatched(), (torch.randn(2, 3, 8, 8), torch.randn(2, 3, 4, 4)))
+
+
+def test_every_op_has_its_fake_kernel_once_nasfast_is_imported():
+    """In a fresh process, before any other call: the backward's fake was once registered only
+    when the forward's had run."""
+    calls = """
+import torch, nasfast
+m = lambda *shape, dtype=torch.float32: torch.empty(shape, device="meta", dtype=dtype)
+x, dw, pw, grad = m(2, 4, 8, 8), m(4, 1, 3, 3), m(6, 4, 1, 1), m(2, 6, 8, 8)
+target = m(2, 16, 16, dtype=torch.int64)
+shapes = [torch.ops.nasfast.sep_conv_backward(grad, x, dw, pw, 2, [True, True, True])[1].shape,
+          torch.ops.nasfast.upsample_add_backward_low(x, [2, 4, 4, 4]).shape,
+          torch.ops.nasfast.upsample_cross_entropy_backward(m(), x, target, 255).shape,
+          torch.ops.nasfast.sep_conv(x, dw, m(6, 4, 1, 1), 2).shape,
+          torch.ops.nasfast.sep_conv_bn_relu(x, dw, pw, m(6), 2).shape,
+          torch.ops.nasfast.upsample_add(x, m(2, 4, 4, 4)).shape,
+          torch.ops.nasfast.upsample_cross_entropy(x, target, 255).shape]
+torch.ops.nasfast.confusion_matrix_update_(m(4, 4, dtype=torch.int64), x, target, 255)
+print([list(s) for s in shapes])
+"""
+    result = subprocess.run([sys.executable, "-c", calls], capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1])))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "[[4, 1, 3, 3], [2, 4, 4, 4], [2, 4, 8, 8], [2, 6, 8, 8], [2, 6, 8, 8], " \
+                                    "[2, 4, 8, 8], []]"

@@ -26,6 +26,11 @@ if available():
                              f"{bias.dtype} {list(bias.shape)}")
         return x.new_empty((x.shape[0], pointwise.shape[0], x.shape[2], x.shape[3]))
 
+    @torch.library.register_fake("nasfast::sep_conv_backward")
+    def _(grad, x, depthwise, pointwise, dilation, output_mask):
+        return tuple(t.new_empty(t.shape) if needed else None
+                     for t, needed in zip((x, depthwise, pointwise), output_mask))
+
 
 def _check_separable(x: Tensor, depthwise: Tensor, pointwise: Tensor, dilation: int) -> None:
     """The op's checks (csrc/checks.h), for torch.compile and torch.export to meet them while tracing."""
@@ -43,11 +48,6 @@ def _check_separable(x: Tensor, depthwise: Tensor, pointwise: Tensor, dilation: 
     torch._check(x.dtype == depthwise.dtype == pointwise.dtype,
                  lambda: f"sep_conv: x and weights must have the same dtype, got {x.dtype}, {depthwise.dtype} and "
                          f"{pointwise.dtype}")
-
-    @torch.library.register_fake("nasfast::sep_conv_backward")
-    def _(grad, x, depthwise, pointwise, dilation, output_mask):
-        return tuple(t.new_empty(t.shape) if needed else None
-                     for t, needed in zip((x, depthwise, pointwise), output_mask))
 
 
 def _depthwise_reference(x: Tensor, depthwise: Tensor, dilation: int) -> Tensor:
