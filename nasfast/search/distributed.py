@@ -15,8 +15,6 @@ import struct
 import sys
 import threading
 import time
-import uuid
-from datetime import timedelta
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
@@ -25,20 +23,18 @@ import torch.distributed as dist
 from ..cli import counted, message_of, reported_in_one_line, resolve_device
 from ..data import DataError
 from ..data.datasets import OtherLayout
-from ..files import SEARCH_STATE, read_json, save_torch, write_json
+from ..files import SEARCH_STATE, save_torch
 from ..genotype import Genotype
 from ..strategies import Proposal
 from .context import SearchContext
 from .config import SearchConfig
+from .job import TIMEOUT, agent_store, restart_count
 from .loop import Search, evaluate_record
 from .records import load_state
 from .summary import PROG, mend_data_note, resume_command
 
 MESSAGE_BYTES = 1 << 20          # one message, 8 bytes of length first
 HEADER = struct.Struct("<Q")
-# How long a rank may wait on another: rank 0 building the cache, or the relay waiting for the
-# next message from any worker (one candidate's time at most). Dead processes are torchrun's job.
-TIMEOUT = timedelta(hours=24)
 
 Message = Dict[str, Any]
 Request = Callable[[Message], Message]
@@ -51,22 +47,6 @@ def world_size() -> int:
 
 def rank() -> int:
     return int(os.environ.get("RANK", 0))
-
-
-def restart_count() -> int:
-    """How many times torchrun restarted the processes of this job (0 when not under torchrun)."""
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
-
-
-_agent_store: Optional[dist.Store] = None
-
-
-def agent_store() -> dist.Store:
-    """torchrun's store (its agent's): one per job, outliving the job's restarts."""
-    global _agent_store
-    if _agent_store is None:
-        _agent_store = next(dist.rendezvous("env://", timeout=TIMEOUT))[0]
-    return _agent_store
 
 
 def init_process_group() -> None:
@@ -90,23 +70,6 @@ def worker_device(requested: str, local_rank: int, workers_per_gpu: int) -> str:
     if requested in ("auto", "cuda") and torch.cuda.is_available():
         return f"cuda:{(local_rank // max(1, workers_per_gpu)) % torch.cuda.device_count()}"
     return requested
-
-
-JOB = "torchrun.json"  # the torchrun job that began the search in RUN_DIR
-
-
-def job_identity() -> str:
-    """This torchrun job, the same after its restarts and no other job's: a random id, kept in the
-    job's store by the first process to ask. (A rendezvous id is the user's --rdzv-id, which later
-    jobs may reuse: a job that refused a search once continued it after its restart.)"""
-    return agent_store().compare_set("nasfast/job", "", uuid.uuid4().hex).decode()
-
-
-def begun_by_this_job(run_dir: str) -> bool:
-    """Whether this torchrun job began the search in `run_dir`: after a restart a job continues its
-    own search, and still refuses one that was there before it."""
-    job = read_json(os.path.join(run_dir, JOB))
-    return job is not None and job.get("job") == job_identity()
 
 
 def has_pending(run_dir: str) -> bool:
@@ -188,13 +151,6 @@ class Coordinator(Search):
         self.pending = dict(state.get("pending", {}))
         self.gate_decisions = dict(state.get("gate_decisions", {}))
         self.retry = sorted(self.pending)
-
-    def start(self) -> None:
-        if "TORCHELASTIC_RUN_ID" in os.environ:  # before the state exists: see begun_by_this_job
-            if self._lock is None:
-                self.lock_run_dir()
-            write_json(self.path(JOB), {"job": job_identity()})
-        super().start()
 
     def in_flight(self) -> Iterable[int]:
         return self.pending

@@ -22,6 +22,7 @@ from .candidate import evaluate_candidate
 from .context import SearchContext
 from .config import SearchConfig
 from .gate import Gate
+from .job import record_job
 from .records import keep_finished_records, load_state
 from .summary import closing_summary, format_reward, progress_line, top_table
 
@@ -154,6 +155,7 @@ class Search:
             self.lock_run_dir()
         if os.path.exists(self.path(SEARCH_STATE)):
             raise ValueError(f"{self.run_dir}: another search began there meanwhile")
+        record_job(self.run_dir)  # before the state: see job.begun_by_this_job
         write_json(self.path(CONFIG), self.config.to_dict())
         keep_finished_records(self.path(SEARCH_LOG), 0)
         save_torch(self.state_dict(), self.path(SEARCH_STATE))
