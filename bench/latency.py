@@ -1,5 +1,6 @@
 """Latency of the deployed models (the paper's protocol: eval mode, warm-up, device
-synchronisation, 100 timed forward passes, mean ± std), for each implementation variant.
+synchronisation, 100 timed forward passes, mean ± std; beside it the median, from which the ratios to
+eager are taken), for each implementation variant, each checked against eager's logits first.
 
     python bench/latency.py --device cpu --genotype all --size 512
     python bench/latency.py --device cuda --genotype arch0 --size 512
@@ -115,25 +116,44 @@ def main(argv=None) -> int:
     print(f"device: {args.device} ({note}); torch {torch.__version__}; input 1x3x{args.size}x{args.size}; "
           f"{args.runs} passes after {args.warmup} warm-up (timed passes: at most {args.max_seconds:g} s a variant); "
           f"ops library: {nasfast.ops.library_path()}")
-    print(f"{'arch':<8} {'params':>10} {'MAdds':>7} {'variant':<22} {'ms (mean ± std)':>18} {'vs eager':>8}")
+    print(f"{'arch':<8} {'params':>10} {'MAdds':>7} {'variant':<22} {'ms (mean ± std)':>18} {'median':>7} "
+          f"{'vs eager':>8}")
     x = torch.randn(1, 3, args.size, args.size, device=device)
     for name, genotype in to_time:
         probe = create_model(genotype, args.num_classes)
-        params, madds = count_params(probe), count_madds(probe, (3, args.size, args.size))
-        eager_ms = None
+        first = f"{name:<8} {count_params(probe):>10,} {madds_text(count_madds(probe, (3, args.size, args.size))):>7}"
+        eager = None  # (its output, its median ms)
         for variant, model in variants(genotype, args.num_classes, device, with_compile):
             try:
-                mean, std, passes = timed(model, x, device, args.runs, args.warmup, args.max_seconds)
+                disagreement = differs_from(model, x, eager)
+                timing = None if disagreement else timed(model, x, device, args.runs, args.warmup, args.max_seconds)
             except Exception as error:  # e.g. torch.compile without a working compiler
-                failed = "failed: " + type(error).__name__
-                print(f"{name:<8} {params:>10,} {madds_text(madds):>7} {variant:<22} {failed:>18}")
+                disagreement = "failed: " + type(error).__name__
+            if disagreement:
+                print(f"{first} {variant:<22} {disagreement}")
                 continue
-            eager_ms = mean if variant == "eager" else eager_ms
-            ratio = f"{eager_ms / mean:>7.2f}x" if eager_ms else f"{'-':>8}"  # none where eager failed
-            fewer = f"  ({passes} passes: --max-seconds)" if passes < args.runs else ""
-            print(f"{name:<8} {params:>10,} {madds_text(madds):>7} {variant:<22} {mean:>9.2f} ± {std:>6.2f} "
+            if variant == "eager":
+                eager = model_output(model, x), timing.median
+            ratio = f"{eager[1] / timing.median:>7.2f}x" if eager else f"{'-':>8}"  # none where eager failed
+            fewer = f"  ({timing.passes} passes: --max-seconds)" if timing.passes < args.runs else ""
+            print(f"{first} {variant:<22} {timing.mean:>9.2f} ± {timing.std:>6.2f} {timing.median:>7.2f} "
                   f"{ratio}{fewer}", flush=True)
     return 0
+
+
+def model_output(model, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x)
+
+
+def differs_from(model, x: torch.Tensor, eager) -> str:
+    """Why `model` is not timed: its logits differ from eager's (`eager`: (logits, ms), None
+    before eager's row), else ""."""
+    if eager is None:
+        return ""
+    difference = (model_output(model, x) - eager[0]).abs().max().item()
+    scale = eager[0].abs().max().item()
+    return "" if difference <= 1e-3 * max(scale, 1.0) else f"differs from eager by {difference:.2g}: not timed"
 
 
 if __name__ == "__main__":

@@ -72,10 +72,11 @@ def main(argv=None) -> int:
     print("device: {} ({}); torch {}; input 1x3x{}x{}; {} passes after {} warm-up (at most {:g} s)".format(
         args.device, note, torch.__version__, args.size, args.size, args.runs, args.warmup, args.max_seconds))
     x = torch.randn(1, 3, args.size, args.size, device=device)
-    mean, std, passes = timed(model, x, device, args.runs, args.warmup, args.max_seconds)
-    fewer = "  ({} passes: --max-seconds)".format(passes) if passes < args.runs else ""
-    print("{}: {} classes, native ops {}: {:.2f} ± {:.2f} ms{}".format(
-        args.model, info.get("num_classes", "?"), ", ".join(info.get("native_ops") or []) or "none", mean, std, fewer))
+    timing = timed(model, x, device, args.runs, args.warmup, args.max_seconds)
+    fewer = "  ({} passes: --max-seconds)".format(timing.passes) if timing.passes < args.runs else ""
+    print("{}: {} classes, native ops {}: {:.2f} ± {:.2f} ms (median {:.2f}){}".format(
+        args.model, info.get("num_classes", "?"), ", ".join(info.get("native_ops") or []) or "none", timing.mean,
+        timing.std, timing.median, fewer))
     return 0
 
 

@@ -6,7 +6,7 @@ import shutil
 import statistics
 import subprocess
 import time
-from typing import Tuple
+from collections import namedtuple
 
 import torch
 
@@ -40,9 +40,14 @@ def device_note(device: torch.device, jetson: bool = False) -> str:
     return "{}, {} threads".format(platform.processor() or platform.machine(), torch.get_num_threads())
 
 
-def timed(model, x, device, runs: int, warmup: int, max_seconds: float) -> Tuple[float, float, int]:
-    """(mean ms, std ms, passes timed): `runs` passes after `warmup`, fewer (at least 2 of each)
-    where the timed passes would take more than max_seconds, or the warm-up more than half of it."""
+# Milliseconds a pass: the paper's mean ± std, and the median, which a few slow passes (another
+# process on the machine) do not move; and how many passes were timed.
+Timing = namedtuple("Timing", "mean std median passes")
+
+
+def timed(model, x, device, runs: int, warmup: int, max_seconds: float) -> Timing:
+    """`runs` passes after `warmup`, fewer (at least 2 of each) where the timed passes would take
+    more than max_seconds, or the warm-up more than half of it."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     with torch.no_grad():
         start = time.perf_counter()
@@ -58,4 +63,4 @@ def timed(model, x, device, runs: int, warmup: int, max_seconds: float) -> Tuple
             model(x)
             sync()
             times.append((time.perf_counter() - begun) * 1000)
-    return statistics.mean(times), statistics.stdev(times), len(times)
+    return Timing(statistics.mean(times), statistics.stdev(times), statistics.median(times), len(times))

@@ -57,6 +57,25 @@ def test_latency_rows_have_no_ratio_to_an_eager_variant_that_failed(monkeypatch,
     assert len(rows) >= 2 and all(row.endswith(" -") for row in rows[1:])
 
 
+def test_latency_ratios_are_eager_over_the_variant_by_medians_and_a_variant_that_disagrees_is_not_timed(
+        monkeypatch, capsys):
+    """A few slow passes moved the mean-based ratios; a variant computing something else was timed
+    all the same."""
+    bench = bench_script("latency")
+    eager = torch.nn.Conv2d(3, 2, 1)
+    wrong = torch.nn.Conv2d(3, 2, 1)
+    monkeypatch.setattr(bench, "variants", lambda *args: iter([("eager", eager), ("fast", eager), ("wrong", wrong)]))
+    medians = iter([10.0, 4.0])
+    timing = bench_script("timing")
+    monkeypatch.setattr(bench, "timed", lambda *args: timing.Timing(mean=30.0, std=1.0, median=next(medians), passes=2))
+    assert bench.main(["--device", "cpu", "--arch", "arch1", "--size", "8", "--runs", "2", "--warmup", "2",
+                       "--no-compile"]) == 0
+    rows = {line.split()[3]: line for line in capsys.readouterr().out.splitlines() if line.startswith("arch1")}
+    assert rows["eager"].endswith("30.00 ±   1.00   10.00    1.00x")
+    assert rows["fast"].endswith("30.00 ±   1.00    4.00    2.50x")  # 10 / 4, not 30 / 30
+    assert re.search(r"wrong +differs from eager by [0-9.e-]+: not timed$", rows["wrong"])
+
+
 def test_a_gpu_benchmarks_header_states_the_cudnn_settings_that_change_its_times(monkeypatch):
     timing = bench_script("timing")
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Some GPU")
@@ -99,7 +118,7 @@ def test_latency_of_an_export_with_torch_alone(export_for_torch_1_10):
     header, row = result.stdout.splitlines()
     assert header.startswith("device: cpu (") and "input 1x3x64x64; 3 passes after 2 warm-up" in header
     assert re.fullmatch(f"{re.escape(str(export_for_torch_1_10))}: 11 classes, native ops none: "
-                        r"\d+\.\d\d ± \d+\.\d\d ms", row)
+                        r"\d+\.\d\d ± \d+\.\d\d ms \(median \d+\.\d\d\)", row)
     for argv, message in ((["--device", "jetson"], "not a Jetson (no /etc/nv_tegra_release); nothing measured"),
                           (["--runs", "1"], "argument --runs: must be at least 2, got 1")):
         result = latency_of_export(export_for_torch_1_10, *argv)
@@ -168,6 +187,25 @@ def test_ops_reward_table_on_cpu_with_random_labels_and_labels_in_regions():
     assert result.returncode == 0, result.stderr
     rows = [line.split() for line in result.stdout.splitlines() if line.startswith("N=2 ")]
     assert [row[1] for row in rows] == ["random", "regions"] and all(row[-2].endswith("x") for row in rows)
+
+
+@pytest.mark.skipif(not ops.available(), reason="native ops library not built")
+@pytest.mark.parametrize("wrong, said", [
+    (lambda real: lambda high, low: real(high, low) + 1, "upsample_add: fused and reference disagree"),
+    (lambda real: lambda high, low: real(2 * high, low) - high.detach(),  # the same values, other gradients
+     "upsample_add gradients: fused and reference disagree"),
+])
+def test_ops_times_nothing_whose_sides_disagree(wrong, said, monkeypatch):
+    """A check removed passed every test, and the gradients of upsample_add were not compared."""
+    bench = bench_script("ops")
+    monkeypatch.setattr(ops, "upsample_add_reference", wrong(ops.upsample_add_reference))
+    with pytest.raises(SystemExit, match=said):
+        bench.main(["--quick", "--only", "upsample"])
+
+
+def test_ops_ratios_are_reference_over_fused():
+    bench = bench_script("ops")
+    assert bench.row("case", [4.0, 4.0, 4.0], [1.0, 2.0, 2.0]).split()[1:4] == ["4.000", "2.000", "2.00x"]
 
 
 def test_the_rewards_floor_is_its_inputs_bytes_at_the_measured_bandwidth(monkeypatch):
