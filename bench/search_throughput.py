@@ -7,8 +7,9 @@ and budget.
     python bench/search_throughput.py --time-budget 10m --procs 1 2 4 -- --stage1-images 32   # after --: search options
 
 Throughput counts from the candidates' own start and finish times (`finished` - `seconds` in
-the log), so the start-up (imports, the stage-1 cache) is left out. On a CPU the total thread
-count is held equal: each of N processes gets --threads / N (OMP_NUM_THREADS). On a GPU the
+the log), over the candidates begun once every worker runs, so the start-up (imports, the stage-1
+cache, a later rank's opening of it) is left out. The total thread count is held equal: each of N
+processes gets --threads / N (OMP_NUM_THREADS; N must divide --threads). On a GPU the
 parent samples the GPU's utilisation every 0.5 s (nvidia-smi) and reports its mean over the
 measured window as the busy share. Options after `--` go to `python -m nasfast.search`.
 """
@@ -64,14 +65,26 @@ def setups(device: str, procs: Sequence[int], workers_per_gpu: Sequence[int], gp
 
 
 def throughput(records: List[Dict]) -> Tuple[int, float, float]:
-    """(candidates that finished, measured seconds, those per hour) from the first candidate's start
-    to the last one's finish: a failed candidate (out of memory, say) takes time, not a count."""
+    """(candidates that finished, measured seconds, those per hour) over the candidates begun once
+    every worker runs (window_start), to the last one's finish: a failed candidate (out of memory,
+    say) takes time, not a count."""
     if not records:
         return 0, 0.0, 0.0
-    start = min(r["finished"] - r["seconds"] for r in records)
-    window = max(r["finished"] for r in records) - start
-    finished = sum(r["status"] == "ok" for r in records)
+    start = window_start(records)
+    counted = [r for r in records if r["finished"] - r["seconds"] >= start]
+    window = max(r["finished"] for r in counted) - start
+    finished = sum(r["status"] == "ok" for r in counted)
     return finished, window, (3600 * finished / window if window > 0 else 0.0)
+
+
+def window_start(records: List[Dict]) -> float:
+    """When the last worker to begin began its first candidate: under torchrun, the other ranks
+    open the cache, load the encoder and decode their images only after rank 0 began its first."""
+    first: Dict[Tuple, float] = {}
+    for r in records:
+        worker = (r.get("host"), r.get("worker"))
+        first[worker] = min(first.get(worker, r["finished"]), r["finished"] - r["seconds"])
+    return max(first.values())
 
 
 def busy_share(samples: List[Tuple[float, float]], start: float, end: float) -> Optional[float]:
@@ -179,7 +192,7 @@ def measure(setup: Setup, args, extra: List[str], run_dir: Path, gpu_count: int)
         raise SystemExit(failure(setup.name(args.device), result, run_dir, kept=bool(args.keep)))
     records = read_records(str(run_dir / SEARCH_LOG))
     count, window, per_hour = throughput(records)
-    start = min((r["finished"] - r["seconds"] for r in records), default=0.0)
+    start = window_start(records) if records else 0.0
     busy = busy_share(sampler.samples, start, start + window) if sampler else None
     return {"setup": setup.name(args.device), "procs": setup.procs, "workers_per_gpu": setup.workers_per_gpu,
             "threads": threads, "candidates": count, "failed": sum(r["status"] != "ok" for r in records),
@@ -248,6 +261,10 @@ def parse_args(argv=None):
         parser.error(f"unrecognized arguments: {' '.join(unknown)} (options for python -m nasfast.search go "
                      "after --)")
     args.preset = args.preset or ("fast" if args.device == "cuda" else "tiny")
+    uneven = [n for n in args.procs + ([] if args.device != "cuda" else args.workers_per_gpu) if args.threads % n]
+    if uneven:
+        parser.error(f"{uneven[0]} processes cannot share --threads {args.threads} equally (the benchmark holds the "
+                     f"total equal): give --threads a multiple of every process count")
     if args.budget is None and args.time_budget is None:
         args.budget = 8
     return args, argv[split + 1:]

@@ -365,3 +365,7 @@ def test_a_train_step_variant_that_fails_is_named_and_the_others_timed(monkeypat
     lines = capsys.readouterr().out.splitlines()
     assert lines[3] == "bfloat16         failed: RuntimeError: no bfloat16 here"
     assert lines[2].startswith("float32") and lines[4].startswith("channels-last") and lines[4].split()[2][-1] == "x"
+    assert bench.main(["--batch", "2", "--crop", "32", "--variants", "bfloat16", "float32", "--steps", "1",
+                       "--rounds", "1", "--warmup", "1"]) == 0
+    rows = capsys.readouterr().out.splitlines()[2:]  # the baseline failed: no ratios (the next one became it)
+    assert rows[0].startswith("bfloat16 ") and rows[1].split()[:1] + rows[1].split()[2:3] == ["float32", "-"]

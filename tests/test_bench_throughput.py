@@ -30,6 +30,19 @@ def test_throughput_counts_from_the_first_start_to_the_last_finish():
     assert bench.busy_share([(1.0, 50.0), (2.0, 70.0), (9.0, 0.0)], 0.5, 3.0) == 60.0
 
 
+def test_throughput_counts_once_every_worker_runs():
+    """A later rank opens the cache and loads the encoder after rank 0 began: that start-up was
+    counted against the processes that share the work."""
+    bench = bench_module()
+    rank0 = [{"finished": 100.0 + 10 * i, "seconds": 10.0, "status": "ok", "host": "h", "worker": 0}
+             for i in range(1, 7)]  # from 100 to 160
+    rank1 = [{"finished": 120.0 + 10 * i, "seconds": 10.0, "status": "ok", "host": "h", "worker": 1}
+             for i in range(1, 5)]  # began at 120
+    assert bench.window_start(rank0 + rank1) == 120.0
+    assert bench.throughput(rank0 + rank1)[:2] == (8, 40.0)  # rank 0's two candidates before 120 left out
+    assert bench.throughput(rank0) == (6, 60.0, 360.0)
+
+
 def test_setups_on_cpu_and_gpu():
     bench = bench_module()
     Setup = bench.Setup
@@ -70,6 +83,7 @@ def run_main(bench, argv, capsys):
     (["--preset", "huge"], ["--preset", "invalid choice"]),
     (["--data-root", "/nonexistent"], ["--data-root /nonexistent: no such directory"]),
     (["--keep", "/proc/nasfast"], ["/proc/nasfast"]),
+    (["--threads", "2", "--procs", "1", "3"], ["3 processes cannot share --threads 2 equally"]),
 ])
 def test_bad_options_are_refused_before_any_search_starts(argv, words, capsys):
     status, out, err = run_main(bench_module(), argv, capsys)
