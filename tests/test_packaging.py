@@ -53,8 +53,37 @@ def test_the_package_requires_the_torch_release_it_was_built_against():
 @pytest.mark.parametrize("command", ["bdist_wheel", "egg_info"])  # egg_info: the metadata pip reads first
 def test_a_build_without_torch_says_to_install_it_first(command, tmp_path):
     result = setup_py(command, *(["--egg-base", str(tmp_path)] if command == "egg_info" else []), without_torch=True)
-    assert result.returncode == 1 and "none is installed: pip install torch first" in result.stderr
-    assert "If it is installed, build without isolation: pip install --no-build-isolation ." in result.stderr
+    assert result.returncode == 1 and "this build sees none: pip install torch first" in result.stderr
+    assert "hidden by an isolated build environment: pip install --no-build-isolation ." in result.stderr
+    assert "without the native ops: NASFAST_BUILD_OPS=0 pip install ." in result.stderr
+
+
+def test_a_compiler_that_fails_says_how_to_install_without_the_ops(tmp_path):
+    """About 200 lines of the compiler's and setuptools' output ended in a traceback that named no way on."""
+    failing = tmp_path / "cxx"
+    failing.write_text('#!/bin/sh\ncase " $* " in *" -c "*) echo "cxx: error: cannot compile" >&2; exit 1;; esac\n'
+                       'exec g++ "$@"\n')
+    failing.chmod(0o755)
+    result = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--build-temp", str(tmp_path / "temp"),
+                             "--build-lib", str(tmp_path / "lib")], cwd=REPO, capture_output=True, text=True,
+                            env=dict(os.environ, CC=str(failing), CXX=str(failing)))
+    assert result.returncode == 1 and "cxx: error: cannot compile" in result.stdout + result.stderr
+    assert result.stderr.rstrip().splitlines()[-1].startswith("nasfast: the native ops failed to compile")
+    assert result.stderr.rstrip().endswith("install without the ops, which then run their pure-PyTorch references: "
+                                           "NASFAST_BUILD_OPS=0 pip install .")
+
+
+def test_nasfast_build_ops_0_installs_without_a_compiler_and_runs_the_references(tmp_path):
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target",
+                    str(target), str(REPO)], check=True, capture_output=True,
+                   env=dict(os.environ, NASFAST_BUILD_OPS="0", CC="/nonexistent/cc", CXX="/nonexistent/c++"))
+    code = "import nasfast.ops as o, nasfast; print(o.available(), o.why_unavailable().split()[0], nasfast.__file__)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True,
+                         env=dict(os.environ, PYTHONPATH=str(target))).stdout.split()
+    assert out[:2] == ["False", "not"] and out[2].startswith(str(target)) and not list(target.glob("nasfast/_C*"))
+    metadata = next(target.glob("nasfast-*.dist-info")) / "METADATA"
+    assert "Requires-Dist: torch>=2.4" in metadata.read_text()
 
 
 @pytest.mark.skipif(torch.version.cuda is not None, reason="this torch is a CUDA build")
@@ -73,8 +102,8 @@ def test_source_distribution_needs_no_torch_and_carries_what_the_readme_runs(tmp
     assert result.returncode == 0, result.stderr
     with tarfile.open(next(tmp_path.glob("nasfast-*.tar.gz"))) as archive:
         names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
-    assert {"bench/latency.py", "examples/cpp/main.cpp", "install.sh", "tests/conftest.py", "csrc/checks.h",
-            "csrc/kernels/confusion.cuh", "setup.py", "pyproject.toml"} <= names
+    assert {"bench/latency.py", "bench/gpu_run.sh", "examples/cpp/main.cpp", "install.sh", "tests/conftest.py",
+            "csrc/checks.h", "csrc/kernels/confusion.cuh", "setup.py", "pyproject.toml"} <= names
 
 
 def build_backend(hook: str, *args: str) -> subprocess.CompletedProcess:
@@ -90,7 +119,7 @@ def test_the_build_backend_makes_an_sdist_without_torch_and_refuses_a_wheel(tmp_
     result = build_backend("build_sdist", str(tmp_path))
     assert result.returncode == 0 and result.stdout.splitlines()[-1] == "nasfast-0.1.0.tar.gz", result.stderr
     result = build_backend("get_requires_for_build_wheel")
-    assert result.returncode == 1 and "none is installed: pip install torch first" in result.stderr
+    assert result.returncode == 1 and "this build sees none: pip install torch first" in result.stderr
 
 
 def test_without_the_library_everything_falls_back_to_the_references():
