@@ -60,7 +60,9 @@ def test_one_and_two_processes_on_cpu(camvid_root):
             if " proc " in line and "/" not in line}
     assert set(rows) == {"1 proc", "2 proc"}
     for setup, row in rows.items():  # row: setup (2 words), threads, candidates, failed, ..., stage 1 s, stage 2 s
-        assert row[3:5] == ["2", "0"], (setup, row)
+        # the candidates begun once every worker ran: with 2 processes, rank 0's first is not among them
+        # (unless rank 1, still starting, evaluated none)
+        assert row[3] in (("2",) if setup == "1 proc" else ("1", "2")) and row[4] == "0", (setup, row)
         assert float(row[-2]) > 0 and (row[-1] == "-" or float(row[-1]) > 0), (setup, row)
     assert "2 proc / 1 proc:" in result.stdout
 
