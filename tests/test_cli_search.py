@@ -535,7 +535,7 @@ def test_a_new_search_on_a_directory_in_use_is_told_so_first(saved_search, capsy
 
 def test_workers_per_gpu_without_torchrun_is_refused(tmp_path, monkeypatch, capsys):
     """One process has nothing to share a GPU with: the option was ignored without a word."""
-    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
     assert search("--out", tmp_path / "r", "--budget", 1, "--workers-per-gpu", 4) == 2
     assert "--workers-per-gpu acts only under torchrun (processes sharing a GPU): leave it out" in \
         capsys.readouterr().err and not (tmp_path / "r").exists()

@@ -13,7 +13,7 @@ from . import distributed
 from .cache import foreign_cache
 from .config import PRESETS, SearchConfig, missing_keys
 from .distributed import has_pending, world_size
-from .job import begun_by_this_job, restart_count
+from .job import begun_by_this_job, restart_count, under_torchrun
 from .loop import NO_BUDGET, Search
 from .options import build_parser, config_from_args, ignored_options, resume_conflicts, with_machine_options
 from .summary import PROG, mend_data_note, resume_command
@@ -205,7 +205,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.budget is None and args.time_budget is None and not args.resume:  # a resume keeps its budgets
         parser.error(NO_BUDGET)
-    if args.workers_per_gpu != 1 and "LOCAL_RANK" not in os.environ:
+    if args.workers_per_gpu != 1 and not under_torchrun():
         parser.error("--workers-per-gpu acts only under torchrun (processes sharing a GPU): leave it out")
     if world_size() > 1:
         return search_with_torchrun(args, lambda: choose_run(args, parser))

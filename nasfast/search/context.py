@@ -196,8 +196,7 @@ def _stage1_caches(config: SearchConfig, full, stage1_ids: List[int], val_ids: L
     if cache == "open":  # the process that builds it has checked it
         return opened()
     marker = directory(COMPLETE)
-    contents = {"dataset": config.dataset, "scale": config.scale,
-                "teacher": teacher_crc,
+    contents = {"dataset": config.dataset, "scale": config.scale, "teacher": teacher_crc,
                 "stage1_ids": stage1_ids, "val_ids": val_ids,
                 "files": _fingerprint(full.pairs[i] for i in stage1_ids + val_ids)}
     recorded = _complete(marker, contents)

@@ -275,9 +275,8 @@ def run(args, choose_run: Callable[[], Tuple[str, SearchConfig, bool]]) -> int:
         _exit_now(130)
     except DataError as error:  # a file this rank's candidate could not read: the search is saved
         root = (plan["data"] or {}).get("root")
-        note = mend_data_note(error, plan["config"]["dataset"], args.data_root or root, plan["run_dir"], args.data_root)
-        print(f"{PROG}: error: {note}", file=sys.stderr)
-        _exit_now(2)
+        _exit_on_error(mend_data_note(error, plan["config"]["dataset"], args.data_root or root, plan["run_dir"],
+                                      args.data_root))
     except Rank0Lost:  # rank 0 says what happened, if it can: one line here, not a traceback of gloo's
         print(f"{PROG}: rank {rank()}: rank 0 has ended, so this rank ends too", file=sys.stderr)
         _exit_now(1)
@@ -334,9 +333,7 @@ def _serve_and_work(coordinator: Coordinator, top: int, data_root: Optional[str]
     except DataError as error:  # a file rank 0's candidate could not read: the search is saved
         with coordinator.lock:
             coordinator.close()
-        note = mend_data_note(error, coordinator.config.dataset, data_root, coordinator.run_dir, data_root)
-        print(f"{PROG}: error: {note}", file=sys.stderr)
-        _exit_now(2)
+        _exit_on_error(mend_data_note(error, coordinator.config.dataset, data_root, coordinator.run_dir, data_root))
     coordinator.close()
     if errors:
         raise RuntimeError("the relay to the other ranks failed") from errors[0]
@@ -358,6 +355,12 @@ def stop_note(coordinator: Coordinator, relay_error: Optional[BaseException], da
           f"processes (--max-restarts), continue with --resume {coordinator.run_dir}, under torchrun as before or in "
           f"one process: {resume_command(coordinator.run_dir, data_root)}", file=sys.stderr)
     return 130
+
+
+def _exit_on_error(message: str) -> None:
+    """A user's error in one line, as cli.run prints it, then _exit_now (exit status 2)."""
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    _exit_now(2)
 
 
 def _exit_now(code: int) -> None:
