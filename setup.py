@@ -150,13 +150,11 @@ def making_sdist() -> bool:
 
 def main():
     requirements = ["numpy", "pillow", "tqdm"]
-    if os.environ.get("NASFAST_BUILD_OPS") == "0":  # the references alone: any torch from MINIMUM_TORCH
-        setup(install_requires=["torch>={}.{}".format(*MINIMUM_TORCH)] + requirements)
-        return
-    sdist_only = making_sdist()
-    torch = None if sdist_only else find_torch()
+    # No library: an sdist (sources only), or NASFAST_BUILD_OPS=0 (the references then run on any torch).
+    without_library = making_sdist() or os.environ.get("NASFAST_BUILD_OPS") == "0"
+    torch = None if without_library else find_torch()
     if torch is None:
-        if not sdist_only:  # a build, or the metadata before one (pip would fetch a torch of its own)
+        if not without_library:  # a build, or the metadata before one (pip would fetch a torch of its own)
             sys.exit("nasfast builds its native ops against the torch it will run with, and this build sees none: "
                      "pip install torch first (the build for your CUDA version: https://pytorch.org), then "
                      "pip install . again. Where torch is installed but hidden by an isolated build environment: "
