@@ -201,12 +201,13 @@ void check_logits_path(const std::string& path, const std::string& model_path, c
   const std::string refused = "will not write the logits over " + path + ": ";
   if (S_ISDIR(status.st_mode)) return;  // refused when written, with the reason
   if (!S_ISREG(status.st_mode)) throw BadInput(refused + "not a regular file");
-  if (same_file(path, model_path) || same_file(path, image_path))
-    throw BadInput(refused + "it is the " + (same_file(path, model_path) ? "model" : "image") + "; give another path");
+  const char* input = same_file(path, model_path) ? "model" : same_file(path, image_path) ? "image" : nullptr;
+  if (input) throw BadInput(refused + "it is the " + input + "; give another path");
   char start[4] = {0, 0, 0, 0};
   std::ifstream(path, std::ios::binary).read(start, sizeof start);
   const bool zip = std::memcmp(start, "PK\x03\x04", 4) == 0;  // a model or a checkpoint
-  const bool netpbm = start[0] == 'P' && start[1] >= '1' && start[1] <= '7' && std::isspace(static_cast<unsigned char>(start[2]));
+  const bool netpbm =
+      start[0] == 'P' && start[1] >= '1' && start[1] <= '7' && std::isspace(static_cast<unsigned char>(start[2]));
   const bool image = netpbm || std::memcmp(start, "\x89PNG", 4) == 0 || std::memcmp(start, "\xff\xd8\xff", 3) == 0;
   if (zip || image)
     throw BadInput(refused + "it holds " + (zip ? "a model or a checkpoint" : "an image") + ", not logits; give "
