@@ -8,7 +8,7 @@
 #   A training over leases: VAL_AS_JPEG=1 bench/gpu_run.sh pack DIR (42 MB), then in each lease
 #   NASFAST_DATA=DIR TORCH_HOME=DIR/torch TRAIN_SECONDS=S bench/gpu_run.sh train (no build: training
 #   needs no native ops), and here
-#   bench/gpu_run.sh unpack FILES (what came back); the next lease carries DIR/camvid and the run's
+#   bench/gpu_run.sh unpack DIR (the folder of what came back); the next lease carries DIR/camvid and the run's
 #   last.pt, log.jsonl and config.json (runs/gpu/arch0/), 58 MB, and resumes it
 #
 # Steps run in the order given, each one even when an earlier one failed (the exit status says if

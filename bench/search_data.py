@@ -48,7 +48,8 @@ def run(args, image_cache_gb: float):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="camvid", choices=sorted(DATASETS), help="[camvid]")
-    parser.add_argument("--data-root", type=path_text, help="the dataset's directory [$NASFAST_DATA/<dataset>]")
+    parser.add_argument("--data-root", type=path_text,
+                        help="the dataset's directory [$NASFAST_DATA/<dataset>, else ~/.cache/nasfast/<dataset>]")
     parser.add_argument("--preset", default="fast", choices=sorted(PRESETS), help="[fast]")
     parser.add_argument("--candidates", type=positive_int, default=3, help="candidates in a row [3]")
     parser.add_argument("--threads", type=positive_int, help="torch.set_num_threads [torch's choice]")

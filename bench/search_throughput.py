@@ -4,7 +4,7 @@ and budget.
 
     python bench/search_throughput.py                                   # CPU, tiny preset, 1 vs 2 processes
     python bench/search_throughput.py --device cuda --workers-per-gpu 1 2 4 --budget 40
-    python bench/search_throughput.py --time-budget 10m --procs 1 2 4 -- --stage1-images 32   # after --: search options
+    python bench/search_throughput.py --time-budget 10m --procs 1 2 4 --threads 4 -- --stage1-images 32
 
 Throughput counts from the candidates' own start and finish times (`finished` - `seconds` in
 the log), over the candidates begun once every worker runs, so the start-up (imports, the stage-1
@@ -237,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the searches run [cpu]")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="search preset [tiny on cpu, fast on cuda]")
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="camvid", help="[camvid]")
-    parser.add_argument("--data-root", type=path_text, help="dataset directory (default: $NASFAST_DATA/<dataset>)")
+    parser.add_argument("--data-root", type=path_text,
+                        help="dataset directory (default: $NASFAST_DATA/<dataset>, else ~/.cache/nasfast/<dataset>)")
     parser.add_argument("--budget", type=positive_int, help="candidates per setup [8, unless --time-budget]")
     parser.add_argument("--time-budget", type=time_budget, help="search time per setup (600, 30m...)")
     parser.add_argument("--procs", type=positive_int, nargs="+", default=[1, 2], help="process counts [1 2]")

@@ -103,8 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N [cpu]")
     parser.add_argument("--genotype", default="arch0", help="what python -m nasfast.train --genotype takes [arch0]")
     parser.add_argument("--num-classes", type=positive_int, default=11, help="output classes [11, CamVid's]")
-    parser.add_argument("--batch", type=positive_int, default=16, help="images a step [16, the paper's]")
-    parser.add_argument("--crop", type=positive_int, default=360, help="square crop side [360, the paper's]")
+    parser.add_argument("--batch", type=positive_int, default=16, help="images a step [16, the trainer's default]")
+    parser.add_argument("--crop", type=positive_int, default=360, help="square crop side [360, the trainer's default]")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
                         help="which to time, the first as the baseline [all]")
     parser.add_argument("--steps", type=positive_int, default=5, help="steps a round [5]")

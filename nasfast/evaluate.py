@@ -80,11 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="best.pt or last.pt of python -m nasfast.train")
     parser.add_argument("--dataset", choices=sorted(DATASETS), help="camvid, voc or folder [the checkpoint's]")
     parser.add_argument("--data-root", type=path_text,
-                        help="dataset directory (default: the training's, stored in the "
-                             "checkpoint, where it still is; else $NASFAST_DATA/<dataset>)")
+                        help="dataset directory (default: the training's, stored in the checkpoint, where "
+                             "it still is; else $NASFAST_DATA/<dataset>, else ~/.cache/nasfast/<dataset>)")
     parser.add_argument("--split", default="val",
-                        help="camvid: train, val or test; voc: train_aug, train or val; folder: the names in "
-                             "<SPLIT>.txt (every image where there is neither train.txt nor val.txt) [val]")
+                        help="camvid: train, val or test (where the data have test.txt); voc: train_aug, "
+                             "train or val; folder: the names in <SPLIT>.txt (every image where there is "
+                             "neither train.txt nor val.txt) [val]")
     parser.add_argument("--scale", type=positive_float,
                         help="resize images and their labels by this factor: the scores are at that size "
                              "(--scale 1: the labels' own) [the training's, stored in the checkpoint]")

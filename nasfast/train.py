@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "Data section) [camvid]")
     parser.add_argument("--data-root", type=path_text,
                         help="dataset directory (default: with --resume, where the run read its "
-                             "data, while it is there; else $NASFAST_DATA/<dataset>)")
+                             "data, while it is there; else $NASFAST_DATA/<dataset>, else ~/.cache/nasfast/<dataset>)")
     parser.add_argument("--out", type=path_text,
                         help="directory for last.pt, best.pt, log.jsonl, config.json; must not hold a run "
                              "unless --resume")

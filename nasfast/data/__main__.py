@@ -1,7 +1,7 @@
 """python -m nasfast.data: checks a dataset before a long run. Reads every image and label of its
-training and validation splits once, lists every problem of a folder's layout and every file that
-cannot be used (not only the first), and counts the pixels of each class, warning of classes
-without any and of images in both splits."""
+training and validation splits once, lists the problems of a folder's layout and the files that
+cannot be used (all are read; the first 20 are named, then how many more), and counts the pixels of
+each class, warning of classes without any and of images in both splits."""
 import argparse
 import sys
 from typing import List, Optional, Tuple
@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split(":", 1)[1].strip())
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="camvid",
                         help="camvid, voc or folder (your own data; see the README's Data section) [camvid]")
-    parser.add_argument("--data-root", type=path_text, help="dataset directory [$NASFAST_DATA/<dataset>]")
+    parser.add_argument("--data-root", type=path_text,
+                        help="dataset directory [$NASFAST_DATA/<dataset>, else ~/.cache/nasfast/<dataset>]")
     parser.add_argument("--workers", type=non_negative_int, default=2, help="processes reading the files [2]")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser

@@ -21,6 +21,7 @@ EPILOG = """examples:
   python -m nasfast.search --resume runs/tiny --budget 80      # continue, up to 80 candidates
   python -m nasfast.search --dataset voc --time-budget 4d --out runs/voc --device cuda
 
+A new search needs --budget, --time-budget or both (it stops at the first reached).
 Data are found through --data-root, else (with --resume) where the search read them, else
 $NASFAST_DATA/<dataset>, else ~/.cache/nasfast/<dataset>.
 RUN_DIR receives config.json (the options), candidates.jsonl (one line per candidate) and
@@ -131,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--dataset", choices=sorted(DATASETS), help="dataset [camvid]")
     group.add_argument("--data-root", type=path_text,
                        help="dataset directory (default: with --resume, where the search read "
-                            "them; else $NASFAST_DATA/<dataset>)")
+                            "them; else $NASFAST_DATA/<dataset>, else ~/.cache/nasfast/<dataset>)")
     group.add_argument("--preset", choices=list(PRESETS),
                        help="protocol preset: paper (the paper's values), fast (shorter, for a GPU), "
                             "tiny (seconds per candidate on a CPU) [paper]")
