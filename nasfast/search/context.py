@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from ..checkpoint import check_classes, export_info
 from ..cli import progress_bar, resolve_device
-from ..data import EvalTransform, TrainTransform, find_data_root, make_dataset
+from ..data import EvalTransform, SegmentationDataset, TrainTransform, find_data_root, make_dataset
 from ..data.datasets import absent_classes_warning, refuse_run_in_data
 from ..data.decode import missing_file
 from ..data.transforms import scaled_size
@@ -303,6 +303,42 @@ def _cut(value: Any) -> str:
     return str(value)
 
 
+def _labelled_stage1_images(stage1: FeatureCache, full: SegmentationDataset, warn: bool) -> Tensor:
+    """Which stage-1 images hold a labelled pixel; ValueError where none does. `warn`: of classes
+    that no stage-1 label holds."""
+    if warn:
+        pixels = np.bincount(np.asarray(stage1.labels).ravel(), minlength=256)
+        warning = absent_classes_warning(pixels, full.class_names, f"the {len(stage1)} stage-1 labels")
+        if warning:
+            print(f"{warning} (stage 1 cannot learn them; python -m nasfast.data counts the pixels of every "
+                  f"split)", file=sys.stderr)
+    labelled = stage1.labelled_images(full.ignore_index)
+    if not labelled.any():
+        raise ValueError(f"the {len(stage1)} stage-1 images hold no labelled pixel (all {full.ignore_index} = "
+                         f"ignore): there is nothing to train on")
+    return labelled
+
+
+def _image_loaders(config: SearchConfig, full: SegmentationDataset, train_ids: Sequence[int], stage2_count: int,
+                   val_ids: Sequence[int], val_size: Tuple[int, int]):
+    """stage2_batches(seed): a stage-2 epoch of augmented crops; val_batches(): meta-val's images,
+    padded to `val_size`."""
+    stage2_set = _Transformed(full, train_ids, TrainTransform(config.crop_size, config.scale_range, config.scale,
+                                                              seed=config.seed))
+    val_set = _Transformed(full, val_ids, EvalTransform(config.scale, val_size))
+
+    def stage2_batches(seed: int):
+        stage2_set.transform.seed = seed
+        sampler = torch.randperm(len(train_ids), generator=torch.Generator().manual_seed(seed))[:stage2_count]
+        return DataLoader(stage2_set, batch_size=config.stage2.batch_size, sampler=sampler.tolist(),
+                          drop_last=True, num_workers=config.workers)
+
+    def val_batches():
+        return DataLoader(val_set, batch_size=config.stage1.batch_size, num_workers=config.workers)
+
+    return stage2_batches, val_batches
+
+
 def build_context(config: SearchConfig, run_dir: str, recorded: Optional[Dict[str, Any]] = None,
                   data_root: Optional[str] = None, device: str = "auto", cache: str = "auto",
                   progress: bool = True) -> SearchContext:
@@ -333,31 +369,10 @@ def build_context(config: SearchConfig, run_dir: str, recorded: Optional[Dict[st
     stage1, stage1_val, size = _stage1_caches(config, full, stage1_ids, val_ids, encoder, run_dir, cache, device,
                                               progress, data.get("teacher"))
     _check_scored_pixels(stage1_val.labels, full.ignore_index, full.exclude, config, len(full) - len(train_ids))
-    if cache != "open":
-        pixels = np.bincount(np.asarray(stage1.labels).ravel(), minlength=256)
-        warning = absent_classes_warning(pixels, full.class_names, f"the {len(stage1)} stage-1 labels")
-        if warning:
-            print(f"{warning} (stage 1 cannot learn them; python -m nasfast.data counts the pixels of every "
-                  f"split)", file=sys.stderr)
-    stage1_labelled = stage1.labelled_images(full.ignore_index)
-    if not stage1_labelled.any():
-        raise ValueError(f"the {len(stage1)} stage-1 images hold no labelled pixel (all {full.ignore_index} = "
-                         f"ignore): there is nothing to train on")
+    stage1_labelled = _labelled_stage1_images(stage1, full, warn=cache != "open")
     stage1, stage1_val = (_on_the_gpu_if_it_fits(c, device, name) for c, name in ((stage1, "meta-train"),
                                                                                   (stage1_val, "meta-val")))
-    stage2_set = _Transformed(full, train_ids, TrainTransform(config.crop_size, config.scale_range, config.scale,
-                                                              seed=config.seed))
-    val_set = _Transformed(full, val_ids, EvalTransform(config.scale, size))
-
-    def stage2_batches(seed: int):
-        stage2_set.transform.seed = seed
-        sampler = torch.randperm(len(train_ids), generator=torch.Generator().manual_seed(seed))[:stage2_count]
-        return DataLoader(stage2_set, batch_size=config.stage2.batch_size, sampler=sampler.tolist(),
-                          drop_last=True, num_workers=config.workers)
-
-    def val_batches():
-        return DataLoader(val_set, batch_size=config.stage1.batch_size, num_workers=config.workers)
-
+    stage2_batches, val_batches = _image_loaders(config, full, train_ids, stage2_count, val_ids, size)
     return SearchContext(config=config, num_classes=full.num_classes, ignore_index=full.ignore_index,
                          exclude=tuple(full.exclude), stage1=stage1, stage1_val=stage1_val,
                          stage1_labelled=stage1_labelled,
