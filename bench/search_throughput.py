@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from nasfast.cli import UsageError, path_text, positive_int, run
 from nasfast.data.datasets import DATASETS, find_data_root
@@ -64,17 +64,23 @@ def setups(device: str, procs: Sequence[int], workers_per_gpu: Sequence[int], gp
     return shared + spread
 
 
-def throughput(records: List[Dict]) -> Tuple[int, float, float]:
-    """(candidates that finished, measured seconds, those per hour) over the candidates begun once
-    every worker runs (window_start), to the last one's finish: a failed candidate (out of memory,
-    say) takes time, not a count."""
+class Throughput(NamedTuple):
+    finished: int     # candidates
+    seconds: float    # the window measured
+    per_hour: float
+    start: float      # when the window began (window_start)
+
+
+def throughput(records: List[Dict]) -> Throughput:
+    """Over the candidates begun once every worker runs (window_start), to the last one's finish: a
+    failed candidate (out of memory, say) takes time, not a count."""
     if not records:
-        return 0, 0.0, 0.0
+        return Throughput(0, 0.0, 0.0, 0.0)
     start = window_start(records)
     counted = [r for r in records if r["finished"] - r["seconds"] >= start]
     window = max(r["finished"] for r in counted) - start
     finished = sum(r["status"] == "ok" for r in counted)
-    return finished, window, (3600 * finished / window if window > 0 else 0.0)
+    return Throughput(finished, window, 3600 * finished / window if window > 0 else 0.0, start)
 
 
 def window_start(records: List[Dict]) -> float:
@@ -191,8 +197,7 @@ def measure(setup: Setup, args, extra: List[str], run_dir: Path, gpu_count: int)
     if result.returncode != 0:
         raise SystemExit(failure(setup.name(args.device), result, run_dir, kept=bool(args.keep)))
     records = read_records(str(run_dir / SEARCH_LOG))
-    count, window, per_hour = throughput(records)
-    start = window_start(records) if records else 0.0
+    count, window, per_hour, start = throughput(records)
     busy = busy_share(sampler.samples, start, start + window) if sampler else None
     return {"setup": setup.name(args.device), "procs": setup.procs, "workers_per_gpu": setup.workers_per_gpu,
             "threads": threads, "candidates": count, "failed": sum(r["status"] != "ok" for r in records),

@@ -21,12 +21,12 @@ def test_throughput_counts_from_the_first_start_to_the_last_finish():
     bench = bench_module()
     records = [{"finished": finished, "seconds": seconds, "status": "ok"}
                for finished, seconds in ((110.0, 10.0), (112.0, 8.0), (130.0, 18.0))]
-    count, window, per_hour = bench.throughput(records)
-    assert (count, window) == (3, 30.0) and per_hour == pytest.approx(360.0)
+    count, window, per_hour, start = bench.throughput(records)
+    assert (count, window, start) == (3, 30.0, 100.0) and per_hour == pytest.approx(360.0)
     failed = {"finished": 130.5, "seconds": 0.4, "status": "failed"}  # out of memory, say: time but no candidate
-    count, window, per_hour = bench.throughput(records + [failed] * 5)
+    count, window, per_hour, _ = bench.throughput(records + [failed] * 5)
     assert (count, window) == (3, 30.5) and per_hour == pytest.approx(3600 * 3 / 30.5)
-    assert bench.throughput([]) == (0, 0.0, 0.0)
+    assert bench.throughput([]) == (0, 0.0, 0.0, 0.0)
     assert bench.busy_share([(1.0, 50.0), (2.0, 70.0), (9.0, 0.0)], 0.5, 3.0) == 60.0
 
 
@@ -40,7 +40,7 @@ def test_throughput_counts_once_every_worker_runs():
              for i in range(1, 5)]  # began at 120
     assert bench.window_start(rank0 + rank1) == 120.0
     assert bench.throughput(rank0 + rank1)[:2] == (8, 40.0)  # rank 0's two candidates before 120 left out
-    assert bench.throughput(rank0) == (6, 60.0, 360.0)
+    assert bench.throughput(rank0) == (6, 60.0, 360.0, 100.0)
 
 
 def test_setups_on_cpu_and_gpu():
