@@ -425,18 +425,20 @@ def start_from(model, initial: dict, path: str, class_names: Sequence[str]) -> N
 def mend_log(out: str, checkpoint: dict) -> None:
     """Rewrites OUT's training log as the checkpoint has it, where it differs; OUT is locked."""
     log = os.path.join(out, TRAINING_LOG)
-    mended = mended_log(log, checkpoint)
+    text = Path(log).read_text() if os.path.exists(log) else ""
+    mended = mended_log(log, text, checkpoint)
     if mended is not None:
-        if not mended.encode().startswith(Path(log).read_bytes() if os.path.exists(log) else b""):  # lines dropped
+        if not mended.startswith(text):  # lines dropped
             print(f"warning: {log} as it was: {keep_copy(log)}", file=sys.stderr)
         write_atomic(log, mended.encode())
 
 
-def mended_log(log: str, checkpoint: dict) -> Optional[str]:
-    """The training log as the checkpoint has it, when it differs (else None): the epochs up to the
-    checkpoint's, that epoch's line taken from the checkpoint when a run stopped between saving the
-    epoch and logging it. Lines torn, damaged or of later epochs are dropped, with a warning."""
-    lines = Path(log).read_text().splitlines(keepends=True) if os.path.exists(log) else []
+def mended_log(log: str, text: str, checkpoint: dict) -> Optional[str]:
+    """The training log `log`, which holds `text`, as the checkpoint has it, when it differs (else
+    None): the epochs up to the checkpoint's, that epoch's line taken from the checkpoint when a run
+    stopped between saving the epoch and logging it. Lines torn, damaged or of later epochs are
+    dropped, with a warning."""
+    lines = text.splitlines(keepends=True)
     records = [r for r in map(_epoch_record, lines) if r is not None and r["epoch"] <= checkpoint["epoch"]]
     if len(records) < len(lines):
         print(f"warning: {log}: {counted(len(lines) - len(records), 'line')} dropped (torn, damaged, or of epochs "

@@ -365,17 +365,21 @@ def test_a_stop_signal_while_an_epoch_is_saved_waits_for_its_files(sig, tmp_path
 
 def test_the_log_is_mended_as_the_checkpoint_has_it(tmp_path, capsys):
     log = tmp_path / "log.jsonl"
+
+    def mended(checkpoint):
+        return trainer.mended_log(str(log), log.read_text() if log.exists() else "", checkpoint)
+
     lines = [json.dumps({"epoch": e, "val_miou": e / 10}) + "\n" for e in range(4)]
     log.write_text("".join(lines))
-    assert trainer.mended_log(str(log), {"epoch": 3}) is None  # as it should be (a checkpoint of before "record")
-    assert trainer.mended_log(str(log), {"epoch": 3, "record": {"epoch": 3, "val_miou": 0.3}}) is None
+    assert mended({"epoch": 3}) is None  # as it should be (a checkpoint of before "record")
+    assert mended({"epoch": 3, "record": {"epoch": 3, "val_miou": 0.3}}) is None
     log.write_text(lines[0] + lines[1][:9] + lines[2] + "[3]\n" + lines[3])  # epoch 1 torn, 2 appended to it
     record = {"epoch": 2, "val_miou": 0.2}  # and a line not of a record; epoch 3's is after the checkpoint's
-    assert trainer.mended_log(str(log), {"epoch": 2, "record": record}) == lines[0] + lines[2]
+    assert mended({"epoch": 2, "record": record}) == lines[0] + lines[2]
     assert "warning: " + f"{log}: 3 lines dropped (torn, damaged, or of epochs after last.pt's)" in \
         capsys.readouterr().err
     log.unlink()
-    assert trainer.mended_log(str(log), {"epoch": 0, "record": {"epoch": 0}}) == '{"epoch": 0}\n'
+    assert mended({"epoch": 0, "record": {"epoch": 0}}) == '{"epoch": 0}\n'
 
 
 def test_ctrl_c_in_the_first_epoch_leaves_a_directory_to_start_again(tmp_path, capsys, camvid_root, monkeypatch):
