@@ -127,6 +127,20 @@ def build_ext():
     return Build
 
 
+def fresh_build_py():
+    from setuptools.command.build_py import build_py
+
+    class FreshBuildPy(build_py):
+        """Copies the package into an emptied build/lib/nasfast: a module deleted from the sources
+        (by a git pull, say) stayed there, and every later wheel of this checkout installed it."""
+        def run(self):
+            if not getattr(self, "editable_mode", False):
+                shutil.rmtree(os.path.join(self.build_lib, "nasfast"), ignore_errors=True)
+            super().run()
+
+    return FreshBuildPy
+
+
 def torch_requirement(version: str) -> str:
     """The torch releases the library loads with: the one it is built against, its development and
     pre-releases and local builds (NVIDIA's containers, a Jetson's wheels) included."""
@@ -160,9 +174,10 @@ def main():
                      "pip install . again. Where torch is installed but hidden by an isolated build environment: "
                      "pip install --no-build-isolation . (or pip install build setuptools ninja, then python -m "
                      "build --no-isolation); without the native ops: NASFAST_BUILD_OPS=0 pip install .")
-        setup(install_requires=["torch>={}.{}".format(*MINIMUM_TORCH)] + requirements)
+        setup(cmdclass={"build_py": fresh_build_py()},
+              install_requires=["torch>={}.{}".format(*MINIMUM_TORCH)] + requirements)
         return
-    setup(ext_modules=[ops_extension()], cmdclass={"build_ext": build_ext()},
+    setup(ext_modules=[ops_extension()], cmdclass={"build_py": fresh_build_py(), "build_ext": build_ext()},
           install_requires=[torch_requirement(torch.__version__)] + requirements)
 
 

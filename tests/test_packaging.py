@@ -1,9 +1,11 @@
 import os
 import re
 import runpy
+import shutil
 import subprocess
 import sys
 import tarfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -71,6 +73,24 @@ def test_a_compiler_that_fails_says_how_to_install_without_the_ops(tmp_path):
     assert result.stderr.rstrip().splitlines()[-1].startswith("nasfast: the native ops failed to compile")
     assert result.stderr.rstrip().endswith("install without the ops, which then run their pure-PyTorch references: "
                                            "NASFAST_BUILD_OPS=0 pip install .")
+
+
+def test_a_wheel_holds_no_module_deleted_since_an_earlier_build(tmp_path):
+    checkout = tmp_path / "checkout"
+    shutil.copytree(REPO, checkout, ignore=shutil.ignore_patterns(
+        ".*", "build", "*.egg-info", "__pycache__", "_C*", "runs", "tests", "bench", "examples", "csrc"))
+    (checkout / "nasfast" / "gone.py").write_text("")
+
+    def wheel(folder):
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                        str(tmp_path / folder), str(checkout)], check=True, capture_output=True,
+                       env=dict(os.environ, NASFAST_BUILD_OPS="0"))
+        with zipfile.ZipFile(next((tmp_path / folder).glob("nasfast-*.whl"))) as built:
+            return set(built.namelist())
+
+    assert "nasfast/gone.py" in wheel("first")
+    (checkout / "nasfast" / "gone.py").unlink()
+    assert "nasfast/gone.py" not in wheel("second") and "nasfast/search/loop.py" in wheel("second")
 
 
 def test_nasfast_build_ops_0_installs_without_a_compiler_and_runs_the_references(tmp_path):
