@@ -98,11 +98,24 @@ def busy_share(samples: List[Tuple[float, float]], start: float, end: float) -> 
     return sum(inside) / len(inside) if inside else None
 
 
+def nvidia_smi_names(gpus: Sequence[int]) -> List[str]:
+    """How nvidia-smi names CUDA devices `gpus`: by UUID, since it numbers the GPUs in PCI bus
+    order, all of them, and CUDA fastest first, only those of CUDA_VISIBLE_DEVICES; by the CUDA
+    number where torch gives no UUID (before 2.4)."""
+    import torch
+
+    names = []
+    for gpu in gpus:
+        uuid = str(getattr(torch.cuda.get_device_properties(gpu), "uuid", ""))
+        names.append(uuid if uuid[:4] in ("GPU-", "MIG-") else f"GPU-{uuid}" if uuid else str(gpu))
+    return names
+
+
 class GPUSampler:
-    """nvidia-smi's utilisation of the given GPUs, mean over them, every `interval` seconds."""
+    """nvidia-smi's utilisation of the given CUDA devices, mean over them, every `interval` seconds."""
 
     def __init__(self, gpus: Sequence[int], interval: float = 0.5):
-        self.gpus, self.interval = list(gpus), interval
+        self.gpus, self.interval = nvidia_smi_names(gpus), interval
         self.samples: List[Tuple[float, float]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -113,7 +126,7 @@ class GPUSampler:
 
     def _loop(self) -> None:
         query = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
-                 "-i", ",".join(map(str, self.gpus))]
+                 "-i", ",".join(self.gpus)]
         while not self._stop.is_set():
             try:
                 values = [float(v) for v in subprocess.run(query, capture_output=True, text=True,

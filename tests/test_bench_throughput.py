@@ -2,7 +2,9 @@ import importlib.util
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -140,3 +142,24 @@ def test_a_failed_search_under_torchrun_takes_a_few_lines(tmp_path):
                             env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert result.returncode == 1 and "ChildFailedError" not in result.stderr
     assert len(result.stderr.splitlines()) <= 6 and "train.txt" in result.stderr, result.stderr
+
+
+def test_the_gpu_sampler_asks_nvidia_smi_for_the_cuda_devices_by_uuid(tmp_path, monkeypatch):
+    """nvidia-smi's GPU 0 is the first on the PCI bus, CUDA's the fastest one or the first of
+    CUDA_VISIBLE_DEVICES: numbers would sample another GPU than the search ran on."""
+    import torch
+
+    bench = bench_module()
+    uuids = {0: "6f1c8e52-0b7e-9d0a-3c55-d0e3e2f1a001", 1: "GPU-0c5aa1b3-77e2-4c1d-9e0f-5b2d3c4e5f60", 2: ""}
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(uuid=uuids[i]))
+    assert bench.nvidia_smi_names([0, 1, 2]) == ["GPU-" + uuids[0], uuids[1], "2"]
+    asked = tmp_path / "asked"
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text(f"#!/bin/sh\necho \"$@\" > {asked}\necho 40\necho 60\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    with bench.GPUSampler([0, 1], interval=0.01) as sampler:
+        deadline = time.monotonic() + 30
+        while not sampler.samples and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert asked.read_text().split()[-1] == f"GPU-{uuids[0]},{uuids[1]}" and sampler.samples[0][1] == 50.0
