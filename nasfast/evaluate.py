@@ -4,9 +4,12 @@ training's validation uses too."""
 import argparse
 import json
 import math
+import os
 import sys
-from typing import Sequence, Tuple
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Tuple
 
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .checkpoint import check_classes, load_checkpoint, model_from_checkpoint
@@ -18,6 +21,7 @@ from .encoder import MobileNetV2Encoder
 from .files import finite_or_none
 from .metrics import metrics_of
 from .ops.memory import cpu_memory_cache
+from .predictions import PredictionWriter, prediction_paths, refuse_data_files
 
 PROG = "python -m nasfast.evaluate"
 
@@ -37,11 +41,32 @@ def dataset_and_indices(images) -> Tuple[Dataset, Sequence[int]]:
     return images, range(len(images))
 
 
-def evaluate_model(model, loader, num_classes, ignore_index, device) -> dict:
+def evaluate_model(model, loader, num_classes, ignore_index, device,
+                   predictions: Optional[Callable[[Tensor], None]] = None) -> dict:
+    """The metrics of `model` over `loader`'s batches; `predictions` is called with each batch's logits."""
     model.eval()
+
+    def forward(images: Tensor) -> Tensor:
+        logits = model(images)
+        if predictions is not None:
+            predictions(logits)
+        return logits
+
     with cpu_memory_cache(device):
-        return metrics_of(model, ((images.to(device), labels) for images, labels in loader), num_classes,
+        return metrics_of(forward, ((images.to(device), labels) for images, labels in loader), num_classes,
                           ignore_index)
+
+
+def prediction_writer(directory: str, images, root) -> PredictionWriter:
+    """Writes the predictions of `images` (a dataset or a Subset of one) under `directory`, made now:
+    a folder that cannot be is said before the model runs."""
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise UsageError(f"--predictions {directory}: a file, not a folder")
+    full, indices = dataset_and_indices(images)
+    paths = prediction_paths(Path(os.path.abspath(directory)), Path(root), [full.pairs[i][0] for i in indices])
+    refuse_data_files(Path(directory), paths, [path for pair in full.pairs for path in pair])
+    os.makedirs(directory, exist_ok=True)
+    return PredictionWriter(paths, [full.image_size(i) for i in indices])
 
 
 def evaluation_loader(dataset, workers: int, batch_size: int = 8) -> DataLoader:
@@ -94,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "images (the tiny preset: 8) validates on [0: all]")
     parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N [auto]")
     parser.add_argument("--workers", type=non_negative_int, default=2, help="data-loading processes [2]")
+    parser.add_argument("--predictions", type=path_text, metavar="DIR",
+                        help="also write each image's predicted classes to DIR/<its path under the data root>.png, "
+                             "at the image's size: a palette PNG whose values are the class indices (PASCAL VOC's "
+                             "colours)")
     parser.add_argument("--json", action="store_true",
                         help="print the metrics as JSON: miou, fwiou, mean_acc, pixel_acc, reward (their geometric "
                              "mean, the search's), and per class iou and acc in the order of class_names")
@@ -119,11 +148,14 @@ def main(argv=None) -> int:
           f"{scale}", file=sys.stderr if args.json else sys.stdout, flush=True)
     if every_image_in_every_split(dataset):
         print(unsplit_note(root), file=sys.stderr)
+    writer = prediction_writer(args.predictions, images, root) if args.predictions else None
     loader = evaluation_loader(images, args.workers)
     batches = progress_bar(loader, desc="evaluating", unit="batch", leave=False, disable=args.no_progress)
-    metrics = evaluate_model(model, batches, dataset.num_classes, dataset.ignore_index, device)
+    metrics = evaluate_model(model, batches, dataset.num_classes, dataset.ignore_index, device, writer)
     named = {**metrics, "class_names": list(dataset.class_names)}  # whose iou and acc the lists are
     print(json.dumps(finite_or_none(named)) if args.json else format_metrics(metrics, dataset.class_names))
+    if writer is not None:
+        print(f"predictions: {counted(writer.written, 'PNG file')} under {args.predictions}", file=sys.stderr)
     if math.isnan(metrics["miou"]):
         print("note: mIoU is nan: the labels hold no class pixels (all 255 = ignore)", file=sys.stderr)
     return 0

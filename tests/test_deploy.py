@@ -27,6 +27,7 @@ from nasfast.data.transforms import to_tensors
 from nasfast.export import fold_batch_norms, native_ops, script_for_deployment
 from nasfast.files import read_records
 from nasfast.genotype import ZOO
+from nasfast.metrics import ConfusionMatrix
 from nasfast.model import create_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,6 +120,38 @@ def test_evaluate_refuses_a_scale_that_leaves_the_images_smaller_than_the_encode
     assert capsys.readouterr().err == (f"{evaluate.PROG}: error: --scale 0.08 makes the images 38x29 pixels (from "
                                        f"480x360), less than the encoder's coarsest stride, 32, a side: give at "
                                        f"least 0.089\n")
+
+
+def test_evaluate_writes_the_predictions_it_scored(trained, tmp_path, camvid_root):
+    """At --scale 1 the images are scored at their labels' size, the size of the predictions: the
+    files score what evaluate printed."""
+    out = tmp_path / "predictions"
+    metrics = json.loads(run("nasfast.evaluate", "--checkpoint", str(trained / "best.pt"), "--limit", "3", "--scale",
+                             "1", "--json", "--predictions", str(out)).stdout)
+    val = CamVid(camvid_root, "val")
+    matrix = ConfusionMatrix(val.num_classes)
+    for index in (0, len(val) // 3, 2 * len(val) // 3):  # --limit 3
+        image, label = val.load(index)
+        written = Image.open(out / val.pairs[index][0].relative_to(camvid_root).with_suffix(".png"))
+        assert written.mode == "P" and written.getpalette()[3:6] == [128, 0, 0]  # class 1, VOC's dark red
+        matrix.update(torch.from_numpy(np.asarray(written).astype(np.int64)), torch.from_numpy(label).long())
+    assert len(list(out.rglob("*.png"))) == 3
+    assert matrix.compute()["miou"] == pytest.approx(metrics["miou"], abs=1e-4)
+
+
+@pytest.mark.parametrize("where, words", [
+    (lambda root, tmp: root, "a file of the dataset"),
+    (lambda root, tmp: tmp / "file", "a file, not a folder"),
+])
+def test_evaluate_writes_no_predictions_over_the_data_or_into_a_file(trained, tmp_path, camvid_root, capsys, where,
+                                                                     words):
+    (tmp_path / "file").write_text("")
+    directory = where(camvid_root, tmp_path)
+    assert cli.run(evaluate.main, evaluate.PROG, ["--checkpoint", str(trained / "best.pt"), "--limit", "2",
+                                                  "--predictions", str(directory), "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"{evaluate.PROG}: error: --predictions {directory}") and words in error
+    assert (tmp_path / "file").read_text() == ""
 
 
 def test_load_trained_gives_the_model_that_scored_the_training_s_best_miou(trained, camvid_root):

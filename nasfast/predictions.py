@@ -1,0 +1,73 @@
+"""Predicted label maps as image files (evaluate --predictions DIR): one palette PNG per image, of
+the image's own size, whose pixel values are the predicted class indices (usable as labels) and
+whose colours are PASCAL VOC's colour map (class 0 black, 1 dark red, 2 dark green, ...)."""
+import os
+from pathlib import Path
+from typing import Iterator, List, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+from .cli import UsageError
+
+
+def colour_map(size: int = 256) -> List[int]:
+    """PASCAL VOC's palette: the bits of a class index spread over red, green and blue, highest first."""
+    palette = []
+    for index in range(size):
+        red = green = blue = 0
+        for bit in range(8):
+            red |= ((index >> (3 * bit)) & 1) << (7 - bit)
+            green |= ((index >> (3 * bit + 1)) & 1) << (7 - bit)
+            blue |= ((index >> (3 * bit + 2)) & 1) << (7 - bit)
+        palette += [red, green, blue]
+    return palette
+
+
+def prediction_paths(directory: Path, root: Path, images: Sequence[Path]) -> List[Path]:
+    """Where each image's predictions go: DIR/<its path under the data root>.png (DIR/<its name>.png
+    for an image elsewhere). UsageError where that would replace a file of the dataset (or two
+    images would share one)."""
+    def target(image: Path) -> Path:
+        try:
+            return directory / Path(image).relative_to(root).with_suffix(".png")
+        except ValueError:
+            return directory / Path(image).with_suffix(".png").name
+    paths = [target(Path(os.path.abspath(image))) for image in images]
+    if len(set(paths)) < len(paths):
+        raise UsageError(f"--predictions {directory}: two images would write the same file; images of the same "
+                         f"name outside the data root {root}")
+    return paths
+
+
+def refuse_data_files(directory: Path, paths: Sequence[Path], data_files: Sequence[Path]) -> None:
+    """UsageError where a predictions file would replace an image or label of the dataset."""
+    data = {os.path.realpath(path) for path in data_files}
+    clash = next((path for path in paths if os.path.realpath(path) in data), None)
+    if clash is not None:
+        raise UsageError(f"--predictions {directory} would write {clash}, a file of the dataset: choose a folder "
+                         f"outside the dataset's images and labels")
+
+
+class PredictionWriter:
+    """Called with each batch's logits, in the order of `paths`: upsamples them to each image's
+    size (bilinear, as scoring does), takes the most likely class and writes the PNG."""
+
+    def __init__(self, paths: Sequence[Path], sizes: Sequence[Tuple[int, int]]):
+        self._items: Iterator[Tuple[Path, Tuple[int, int]]] = iter(zip(paths, sizes))
+        self._palette = colour_map()
+        self.written = 0
+
+    def __call__(self, logits: Tensor) -> None:
+        for one in logits:
+            path, (width, height) = next(self._items)
+            scores = F.interpolate(one[None].float(), size=(height, width), mode="bilinear", align_corners=False)
+            classes = scores.argmax(1)[0].to(torch.uint8).cpu().numpy()
+            image = Image.fromarray(np.ascontiguousarray(classes))
+            image.putpalette(self._palette)  # a palette image now, its values the classes
+            path.parent.mkdir(parents=True, exist_ok=True)
+            image.save(path)
+            self.written += 1
