@@ -29,8 +29,7 @@ def colour_map(size: int = 256) -> List[int]:
 
 def prediction_paths(directory: Path, root: Path, images: Sequence[Path]) -> List[Path]:
     """Where each image's predictions go: DIR/<its path under the data root>.png (DIR/<its name>.png
-    for an image elsewhere). UsageError where that would replace a file of the dataset (or two
-    images would share one)."""
+    for an image elsewhere). UsageError where two images would share one."""
     def target(image: Path) -> Path:
         try:
             return directory / Path(image).relative_to(root).with_suffix(".png")
