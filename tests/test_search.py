@@ -506,6 +506,19 @@ def test_the_common_size_of_tiny_images_is_at_least_one_pixel_as_the_transforms_
     assert _common_size(images, [0, 1], 0.25) == (1, 1)  # was (0, 0): an error naming no file or option
 
 
+def test_a_stage_2_too_short_to_move_its_polyak_average_is_said(tmp_path, camvid_root, capsys):
+    from nasfast.search.context import build_context, stage2_weight_note
+    config = preset("tiny")  # 32 images in batches of 8 at decay 0.99: 0.99 ** 4 of stage 1's weights kept
+    build_context(config, str(tmp_path / "run"), device="cpu", progress=False)
+    assert ("note: stage 2 takes 4 steps (32 images in batches of 8), after which its Polyak average (decay 0.99) "
+            "still keeps 96% of the weights stage 1 ended with") in capsys.readouterr().err
+    assert stage2_weight_note(preset("paper"), 9524) is None  # PASCAL VOC's meta-train: 297 steps, 5% kept
+    config.stage2.polyak_decay = 0.8  # 41%
+    assert stage2_weight_note(config, 32) is None
+    config.stage2.polyak_decay, config.stage2.epochs = 0.99, 80  # 320 steps
+    assert stage2_weight_note(config, 32) is None
+
+
 def test_kept_decoded_images_give_the_same_batches(tmp_path, camvid_root):
     from nasfast.search.context import build_context
     contexts = []

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ..checkpoint import check_classes, export_info
-from ..cli import progress_bar, resolve_device
+from ..cli import counted, progress_bar, resolve_device
 from ..data import EvalTransform, SegmentationDataset, TrainTransform, find_data_root, make_dataset
 from ..data.datasets import absent_classes_warning, refuse_run_in_data
 from ..data.decode import missing_file
@@ -157,6 +157,19 @@ def _image_indices(config: SearchConfig, n: int) -> Tuple[List[int], List[int], 
     generator = torch.Generator().manual_seed(config.seed)
     stage1_ids = _sample(train_ids, config.stage1_images, generator)
     return train_ids, stage1_ids, _sample(val_ids, config.val_images or len(val_ids), generator), stage2_count
+
+
+def stage2_weight_note(config: SearchConfig, stage2_count: int) -> Optional[str]:
+    """A note where stage 2 is too short to move its Polyak average far from the weights stage 1
+    ended with (each step keeps `decay` of the average): its reward is then mostly stage 1's model."""
+    steps = stage2_count // config.stage2.batch_size * config.stage2.epochs
+    kept = config.stage2.polyak_decay ** steps
+    if kept < 0.5:
+        return None
+    return (f"note: stage 2 takes {counted(steps, 'step')} ({stage2_count} images in batches of "
+            f"{config.stage2.batch_size}), after which its Polyak average (decay {config.stage2.polyak_decay:g}) "
+            f"still keeps {kept:.0%} of the weights stage 1 ended with, so it changes the rewards little; a lower "
+            f"--stage2-polyak-decay or more --stage2-epochs gives it more say")
 
 
 def _sample(ids: List[int], count: int, generator: torch.Generator) -> List[int]:
@@ -365,6 +378,9 @@ def build_context(config: SearchConfig, run_dir: str, recorded: Optional[Dict[st
     if config.workers == 0:  # every image is read in this process: decode each once
         full.keep_decoded(config.image_cache_gb * 1e9)
     train_ids, stage1_ids, val_ids, stage2_count = _image_indices(config, len(full))
+    note = stage2_weight_note(config, stage2_count)
+    if note and cache != "open":
+        print(note, file=sys.stderr)
     encoder = MobileNetV2Encoder(pretrained=True)
     stage1, stage1_val, size = _stage1_caches(config, full, stage1_ids, val_ids, encoder, run_dir, cache, device,
                                               progress, data.get("teacher"))
