@@ -110,6 +110,11 @@ def build_ext():
     from torch.utils.cpp_extension import BuildExtension
 
     class Build(BuildExtension.with_options(no_python_abi_suffix=True)):
+        def finalize_options(self):
+            super().finalize_options()
+            if getattr(self, "editable_mode", False):  # setuptools' is a new temporary folder each time
+                self.build_temp = os.path.join("build", "editable")  # ninja then compiles only what changed
+
         def build_extensions(self):
             try:
                 super().build_extensions()

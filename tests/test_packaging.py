@@ -75,6 +75,18 @@ def test_a_compiler_that_fails_says_how_to_install_without_the_ops(tmp_path):
                                            "NASFAST_BUILD_OPS=0 pip install .")
 
 
+def test_an_editable_install_keeps_its_objects_for_the_next_one(monkeypatch):
+    """setuptools builds an editable install in a new temporary folder: each install.sh compiled
+    every kernel again (80 s on 2 cores); from build/editable, ninja compiles what changed (3 s)."""
+    from setuptools import Distribution
+
+    monkeypatch.chdir(REPO)
+    build = runpy.run_path(str(REPO / "setup.py"))["build_ext"]()(Distribution({"name": "nasfast"}))
+    build.editable_mode = True
+    build.ensure_finalized()
+    assert build.build_temp == os.path.join("build", "editable")
+
+
 def test_a_wheel_holds_no_module_deleted_since_an_earlier_build(tmp_path):
     checkout = tmp_path / "checkout"
     shutil.copytree(REPO, checkout, ignore=shutil.ignore_patterns(
