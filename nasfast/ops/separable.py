@@ -99,10 +99,11 @@ class SeparableConvBNReLU(nn.Module):
     `fused` (None: when the ops library is loaded) picks the class once, at construction: a
     reference module never refers to the native ops, so it scripts without the library. The
     fused one runs `sep_conv` then BN + ReLU in training, and one `sep_conv_bn_relu` in eval (BN
-    folded, and the fold kept for inference). Both have the same submodules and state dict. On
-    CUDA tensors the fused module trains with cuDNN unless built with fused=True, and infers with
-    the native kernel: at the decoder's shapes cuDNN's forward+backward was faster at 21 of 32, the
-    native eval block at 29 of 32 (bench/RESULTS.md, H100). Inputs the kernels do not take
+    folded at each call; `folded()` folds it once, as the export does). Both have the same
+    submodules and state dict. On CUDA tensors the fused module trains with cuDNN unless built
+    with fused=True, and infers with the native kernel: at the decoder's shapes cuDNN's
+    forward+backward was faster at 21 of 32, the native folded block at 29 of 32
+    (bench/RESULTS.md, H100). Inputs the kernels do not take
     (library.kernels_take) run the reference.
     """
 
@@ -150,35 +151,11 @@ class FusedSeparableConvBNReLU(SeparableConvBNReLU):
                 return self.reference_forward(x)
             y = torch.ops.nasfast.sep_conv(x, self.depthwise.weight, self.pointwise.weight, self.dilation)
             return F.relu(self.bn(y))
-        if not torch.jit.is_scripting() and not torch.is_grad_enabled():
-            pointwise, bias = self._kept_fold()
-        else:
-            pointwise, bias = fold_batch_norm(self.pointwise.weight, running_mean, running_var, self.bn.eps,
-                                              self.bn.weight, self.bn.bias)
+        # Folded at each call, from the weights as they are now (a fold kept between calls missed
+        # weights written through .data, and put constants into a trace); folded once: folded().
+        pointwise, bias = fold_batch_norm(self.pointwise.weight, running_mean, running_var, self.bn.eps,
+                                          self.bn.weight, self.bn.bias)
         return torch.ops.nasfast.sep_conv_bn_relu(x, self.depthwise.weight, pointwise, bias, self.dilation)
-
-    @torch.jit.unused
-    def train(self, mode: bool = True):
-        self._fold_key = None  # batch norm updates its statistics in training without a version bump
-        return super().train(mode)
-
-    @torch.jit.unused
-    def _kept_fold(self) -> Tuple[Tensor, Tensor]:
-        """The folded weights, kept for inference while the tensors they come from are unchanged
-        (same storage, no in-place update, no training since): folding is 6 small ops a call,
-        0.07 ms of launches on a GPU. Not with autograd on, where the fold must be part of each
-        call's graph. Weights edited through `.data` are not seen: call .eval() again after."""
-        bn = self.bn
-        sources = (self.pointwise.weight, bn.running_mean, bn.running_var, bn.weight, bn.bias)
-        # A compiled graph folds once (a key of pointers would recompile it); tensors made in
-        # inference mode have no version to key on.
-        if torch.compiler.is_compiling() or any(t is not None and t.is_inference() for t in sources):
-            return fold_batch_norm(*sources[:3], bn.eps, *sources[3:])
-        key = tuple((t.data_ptr(), t._version) if t is not None else None for t in sources) + (bn.eps,)
-        if getattr(self, "_fold_key", None) != key:
-            self._fold = fold_batch_norm(*sources[:3], bn.eps, *sources[3:])
-            self._fold_key = key
-        return self._fold
 
 
 class FoldedSeparableConvReLU(nn.Module):
