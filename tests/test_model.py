@@ -126,6 +126,17 @@ def test_madds_of_a_module_in_double_precision_and_of_a_scripted_one():
         count_madds(torch.jit.script(decoder), shapes)
 
 
+def test_madds_leave_each_module_s_mode_and_no_hook():
+    model = create_model("arch1", num_classes=3).train()
+    model.encoder.eval()  # a frozen encoder, as stage 1 keeps it
+    assert count_madds(model, (3, 64, 64)) > 0
+    assert model.training and model.decoder.training and not model.encoder.training  # was all train again
+    for shape in (torch.zeros(1, 3, 64, 64), 64, (3, 64), (3, 64.0, 64), [(3, 64, 64), (3, 0, 64)]):
+        with pytest.raises(ValueError, match="input_shape must be .C, H, W. or .1, C, H, W. of positive ints"):
+            count_madds(model, shape)
+    assert not any(m._forward_hooks for m in model.modules())  # the hooks of a refused call were left on it
+
+
 def test_fused_is_none_true_or_false():
     with pytest.raises(TypeError, match="fused must be None .*, True or False, got 'yes'"):
         create_model("arch0", 3, fused="yes")
