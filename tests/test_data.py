@@ -125,6 +125,16 @@ def test_augmentation_is_reproducible_and_seeded(camvid_root):
     assert not torch.equal(dataset[5][0], a[0])
 
 
+def test_augmentation_without_a_seed_draws_anew_at_each_call_from_torch_s_generator(camvid_root):
+    """As torchvision's random transforms: a user's own loop gets new crops each epoch."""
+    dataset = make_dataset("camvid", transform=TrainTransform(96))
+    torch.manual_seed(7)
+    first = [dataset[5][0], dataset[5][0]]
+    assert not torch.equal(*first)  # was the same crop at every call (and epoch) without set_epoch
+    torch.manual_seed(7)
+    assert all(torch.equal(a, dataset[5][0]) for a in first)
+
+
 def test_augmentation_does_not_depend_on_workers_or_order(camvid_root):
     dataset = Subset(make_dataset("camvid", transform=TrainTransform((64, 80), seed=3)), [0, 1, 2, 3])
     alone = [dataset[i] for i in (3, 2, 1, 0)][::-1]
@@ -228,7 +238,8 @@ def test_augmentation_is_resize_mirror_pad_crop(camvid_root):
 
     dataset = make_dataset("camvid")
     for scale_range, crop in [((0.5, 0.5), (400, 500)), ((1, 1), 300), ((2, 2), 256), ((0.5, 2.0), 256)]:
-        transform = TrainTransform(crop, scale_range, base_scale=0.75 if scale_range[0] < scale_range[1] else 1.0)
+        transform = TrainTransform(crop, scale_range, base_scale=0.75 if scale_range[0] < scale_range[1] else 1.0,
+                                   seed=0)
         for index in range(6):
             (a, b), (c, d) = transform(*dataset.load(index), index), whole(transform, *dataset.load(index), index)
             if scale_range[0] == scale_range[1]:

@@ -5,10 +5,12 @@ uint8 label (255 = ignore), and returns (float image 3xHxW, ImageNet-normalised;
 
 Training augmentation is the paper's: random scale, horizontal mirror, random crop, padding
 where the scaled image is smaller than the crop (images with the mean colour, which is 0 after
-normalisation; labels with the ignore index). Its randomness comes from (seed, epoch, index)
-alone, so an item is the same whichever DataLoader worker makes it and in whatever order. The
-epoch lives in shared memory, so `set_epoch` reaches loader workers that are already running
-(persistent_workers=True): call it before each epoch's iterator starts.
+normalisation; labels with the ignore index). Without a seed, each call draws from torch's random
+generator, as torchvision's random transforms do. With one (as training and the search run it),
+its randomness comes from (seed, epoch, index) alone, so an item is the same whichever
+DataLoader worker makes it and in whatever order. The epoch lives in shared memory, so
+`set_epoch` reaches loader workers that are already running (persistent_workers=True): call it
+before each epoch's iterator starts.
 """
 from typing import Optional, Sequence, Tuple, Union
 
@@ -72,12 +74,13 @@ def _pair(size: Union[int, Sequence[int]], what: str) -> Tuple[int, int]:
 class TrainTransform:
     """Random scale in `scale_range` (times `base_scale`), mirror with probability 1/2 when
     `mirror`, pad (evenly around, as the authors do) and random crop to `crop_size` (an int or
-    (height, width)). Item `index` of epoch `epoch` draws from `np.random.default_rng([seed,
-    epoch, index])`; `seed` may be changed between epochs (for new workers), `epoch` with
-    `set_epoch`."""
+    (height, width)). With `seed` None, each call draws anew from torch's random generator (which
+    torch.manual_seed, and a DataLoader for each worker, seed). With a seed, item `index` of epoch
+    `epoch` draws from `np.random.default_rng([seed, epoch, index])`, the same at every call:
+    `seed` may be changed between epochs (for new workers), `epoch` with `set_epoch`."""
 
     def __init__(self, crop_size: Union[int, Sequence[int]], scale_range: Sequence[float] = (0.5, 2.0),
-                 base_scale: float = 1.0, mirror: bool = True, seed: int = 0):
+                 base_scale: float = 1.0, mirror: bool = True, seed: Optional[int] = None):
         self.crop_size = _pair(crop_size, "crop_size")
         self.scale_range = tuple(scale_range)
         if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
@@ -95,7 +98,8 @@ class TrainTransform:
         self._epoch.fill_(epoch)
 
     def __call__(self, image: np.ndarray, label: np.ndarray, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        rng = np.random.default_rng(int(torch.randint(2 ** 62, ())) if self.seed is None else
+                                    [self.seed, self.epoch, index])
         scale = self.base_scale * rng.uniform(*self.scale_range)
         mirrored = self.mirror and rng.random() < 0.5
         crop_h, crop_w = self.crop_size
