@@ -1,3 +1,8 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -135,6 +140,36 @@ def test_madds_leave_each_module_s_mode_and_no_hook():
         with pytest.raises(ValueError, match="input_shape must be .C, H, W. or .1, C, H, W. of positive ints"):
             count_madds(model, shape)
     assert not any(m._forward_hooks for m in model.modules())  # the hooks of a refused call were left on it
+
+
+WITHOUT_THE_LIBRARY = """
+import sys, torch
+import nasfast
+saved = torch.load(sys.argv[1], weights_only=False)
+assert not nasfast.ops.available()
+names = {type(m).__name__ for m in [*saved["model"].modules(), saved["folded"]]}
+assert not any(name.startswith("Fused") for name in names), names
+with torch.no_grad():
+    torch.testing.assert_close(saved["model"](saved["x"]), saved["y"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(saved["folded"](saved["x4"]), saved["y4"], rtol=1e-4, atol=1e-4)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not nasfast.ops.available(), reason="native ops library not built")
+def test_a_model_saved_whole_runs_where_the_ops_library_is_not(tmp_path):
+    """torch.save(model) pickles its fused modules: unpickled without the library, they failed at
+    their first call ('nasfast' has no attribute 'sep_conv_bn_relu'); now they run the references."""
+    model = create_model("arch1", num_classes=3).eval()
+    folded = nasfast.ops.SeparableConvBNReLU(4, 3, 2).eval().folded()
+    x, x4 = torch.randn(1, 3, 64, 64), torch.randn(1, 4, 16, 16)
+    with torch.no_grad():
+        torch.save({"model": model, "folded": folded, "x": x, "y": model(x), "x4": x4, "y4": folded(x4)},
+                   tmp_path / "whole.pt")
+    repo = str(Path(__file__).resolve().parents[1])
+    out = subprocess.run([sys.executable, "-c", WITHOUT_THE_LIBRARY, str(tmp_path / "whole.pt")], capture_output=True,
+                         text=True, cwd=tmp_path, env=dict(os.environ, NASFAST_DISABLE_OPS="1", PYTHONPATH=repo))
+    assert out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
 def test_fused_is_none_true_or_false():

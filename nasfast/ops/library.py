@@ -64,6 +64,21 @@ def kernels_take(x: torch.Tensor, other: torch.Tensor) -> bool:
     return x.dtype == other.dtype and (x.is_cuda or on_cpu)
 
 
+def reference_where_unavailable(reference: type):
+    """A class decorator for a module of the native ops: unpickled where the library is not loaded
+    (saved whole with torch.save, loaded by a process without the library), it becomes its
+    `reference` class, which computes the same, instead of failing at its first call."""
+    def decorate(cls: type) -> type:
+        @torch.jit.unused
+        def __setstate__(self, state):
+            reference.__setstate__(self, state)
+            if not available():
+                self.__class__ = reference
+        cls.__setstate__ = __setstate__
+        return cls
+    return decorate
+
+
 def wants_native(fused) -> bool:
     """The `fused` argument of the modules: None means "when the library is loaded"; True
     insists on it."""

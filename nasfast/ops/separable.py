@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .library import available, kernels_take, native_for, wants_native
+from .library import available, kernels_take, native_for, reference_where_unavailable, wants_native
 
 if available():
     @torch.library.register_fake("nasfast::sep_conv")
@@ -141,6 +141,7 @@ class SeparableConvBNReLU(nn.Module):
         return (FusedFoldedSeparableConvReLU if native else FoldedSeparableConvReLU)(self)
 
 
+@reference_where_unavailable(SeparableConvBNReLU)
 class FusedSeparableConvBNReLU(SeparableConvBNReLU):
     def forward(self, x: Tensor) -> Tensor:
         if not kernels_take(x, self.depthwise.weight):
@@ -177,6 +178,7 @@ class FoldedSeparableConvReLU(nn.Module):
         return separable_conv_bn_relu_reference(x, self.depthwise.weight, self.pointwise, self.bias, self.dilation)
 
 
+@reference_where_unavailable(FoldedSeparableConvReLU)
 class FusedFoldedSeparableConvReLU(FoldedSeparableConvReLU):
     def forward(self, x: Tensor) -> Tensor:
         if not kernels_take(x, self.depthwise.weight):

@@ -4,7 +4,7 @@ from typing import List
 import torch
 from torch import Tensor, nn
 
-from .library import available, kernels_take, native_for, wants_native
+from .library import available, kernels_take, native_for, reference_where_unavailable, wants_native
 
 if available():
     @torch.library.register_fake("nasfast::upsample_add")
@@ -63,6 +63,7 @@ class UpsampleAdd(nn.Module):
         return upsample_add_reference(high, low)
 
 
+@reference_where_unavailable(UpsampleAdd)
 class FusedUpsampleAdd(UpsampleAdd):
     def forward(self, high: Tensor, low: Tensor) -> Tensor:
         if not kernels_take(high, low):
