@@ -76,7 +76,7 @@ class Decoder(nn.Module):
         if len(in_channels) != 4:
             raise ValueError(f"the search space has 4 encoder inputs, got in_channels={tuple(in_channels)}")
         for name, value in (("num_classes", num_classes), ("channels", channels), ("sep_repeats", sep_repeats)):
-            if not isinstance(value, numbers.Integral) or value < 1:
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an int of at least 1, got {value!r}")
         self.genotype = genotype
         self.num_classes = num_classes

@@ -91,6 +91,9 @@ class MobileNetV2Encoder(nn.Module):
     def forward(self, x: Tensor) -> List[Tensor]:
         if x.dim() != 4 or x.size(1) != 3:
             raise ValueError(f"the encoder takes images N x 3 x H x W, got the shape {list(x.shape)}")
+        if not x.is_floating_point():
+            raise ValueError(f"the encoder takes float images (RGB / 255, normalised by IMAGENET_MEAN and "
+                             f"IMAGENET_STD), got {x.dtype}")
         # On the CPU, oneDNN runs these convolutions 1.5x faster in channels-last order (forward and
         # backward; bench/RESULTS.md); the outputs go back to the usual order for the decoder.
         on_cpu = x.device.type == "cpu"

@@ -135,6 +135,11 @@ def test_augmentation_without_a_seed_draws_anew_at_each_call_from_torch_s_genera
     assert all(torch.equal(a, dataset[5][0]) for a in first)
 
 
+def test_an_item_counted_from_the_end_is_that_item(camvid_root):
+    dataset = make_dataset("camvid", split="val", transform=TrainTransform(64, seed=1))  # seeded by the index
+    assert torch.equal(dataset[-1][0], dataset[len(dataset) - 1][0])
+
+
 def test_augmentation_does_not_depend_on_workers_or_order(camvid_root):
     dataset = Subset(make_dataset("camvid", transform=TrainTransform((64, 80), seed=3)), [0, 1, 2, 3])
     alone = [dataset[i] for i in (3, 2, 1, 0)][::-1]
@@ -207,7 +212,7 @@ def test_scaled_crops_and_padding(camvid_root):
     for index in range(4):
         image, label = large[index]
         assert image.shape == (3, 64, 64) and set(label.unique().tolist()) <= set(range(11)) | {255}
-    for bad in [dict(crop_size=0), dict(crop_size=(64,)), dict(crop_size=64, scale_range=(2, 1))]:
+    for bad in [dict(crop_size=0), dict(crop_size=(64,)), dict(crop_size=64.0), dict(crop_size=64, scale_range=(2, 1))]:
         with pytest.raises(ValueError):
             TrainTransform(**bad)
 

@@ -87,7 +87,7 @@ def test_rejects_bad_options():
     with pytest.raises(ValueError, match="in_channels"):
         Decoder("arch0", in_channels=(24, 32, 96))
     for option in ("num_classes", "channels", "sep_repeats"):
-        for value in (0, 1.5):
+        for value in (0, 1.5, True):  # True was taken as 1 (create_model("arch0", True): a deep TypeError)
             with pytest.raises(ValueError, match=f"{option} must be an int of at least 1, got {value}"):
                 Decoder("arch0", **{option: value})
     features = [torch.randn(1, c, 32 // s, 32 // s) for c, s in zip((24, 32, 96, 320), (4, 8, 16, 32))]

@@ -95,6 +95,12 @@ def test_on_the_cpu_channels_last_gives_the_usual_outputs_and_gradients():
         torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)
 
 
+def test_images_of_bytes_are_refused_by_name():
+    """A uint8 image, a common slip, failed deep inside with 'expected scalar type Byte but found Float'."""
+    with pytest.raises(ValueError, match="the encoder takes float images .* got torch.uint8"):
+        MobileNetV2Encoder()(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+
+
 def test_scripted_equals_eager():
     encoder = MobileNetV2Encoder().eval()
     x = torch.randn(2, 3, 96, 136)

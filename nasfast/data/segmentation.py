@@ -80,6 +80,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return np.bincount(self.load(index)[1].ravel(), minlength=256)
 
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        if -len(self) <= index < 0:  # as a list counts: the transform seeds its randomness with the index
+            index += len(self)
         image, label = self.load(index)
         return self.transform(image, label, index)
 

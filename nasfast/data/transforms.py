@@ -65,7 +65,10 @@ def pad(image: np.ndarray, label: np.ndarray, height: int, width: int,
 
 
 def _pair(size: Union[int, Sequence[int]], what: str) -> Tuple[int, int]:
-    pair = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
+    if isinstance(size, (int, np.integer)):
+        pair = (size, size)
+    else:
+        pair = tuple(size) if isinstance(size, (list, tuple)) else ()  # 64.0 is no pair
     if len(pair) != 2 or not all(isinstance(s, (int, np.integer)) and s > 0 for s in pair):
         raise ValueError(f"{what} must be a positive int or a (height, width) pair of them, got {size!r}")
     return int(pair[0]), int(pair[1])
