@@ -42,13 +42,28 @@ def prediction_paths(directory: Path, root: Path, images: Sequence[Path]) -> Lis
     return paths
 
 
-def refuse_data_files(directory: Path, paths: Sequence[Path], data_files: Sequence[Path]) -> None:
-    """UsageError where a predictions file would replace an image or label of the dataset."""
+def refuse_to_replace(directory: Path, paths: Sequence[Path], data_files: Sequence[Path]) -> None:
+    """UsageError where a predictions file would replace an image or label of the dataset, or a
+    file that is not an earlier prediction (a palette PNG)."""
     data = {os.path.realpath(path) for path in data_files}
     clash = next((path for path in paths if os.path.realpath(path) in data), None)
     if clash is not None:
         raise UsageError(f"--predictions {directory} would write {clash}, a file of the dataset: choose a folder "
                          f"outside the dataset's images and labels")
+    other = next((path for path in paths if os.path.lexists(path) and not _is_prediction(path)), None)
+    if other is not None:
+        raise UsageError(f"--predictions {directory} would replace {other}, which is not an earlier prediction "
+                         f"(a palette PNG): choose another folder, or move it")
+
+
+def _is_prediction(path: Path) -> bool:
+    if os.path.islink(path) or not os.path.isfile(path):
+        return False
+    try:
+        with Image.open(path) as image:
+            return image.format == "PNG" and image.mode == "P"
+    except (OSError, SyntaxError, ValueError):
+        return False
 
 
 class PredictionWriter:

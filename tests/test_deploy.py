@@ -137,21 +137,27 @@ def test_evaluate_writes_the_predictions_it_scored(trained, tmp_path, camvid_roo
         matrix.update(torch.from_numpy(np.asarray(written).astype(np.int64)), torch.from_numpy(label).long())
     assert len(list(out.rglob("*.png"))) == 3
     assert matrix.compute()["miou"] == pytest.approx(metrics["miou"], abs=1e-4)
+    assert cli.run(evaluate.main, evaluate.PROG, ["--checkpoint", str(trained / "best.pt"), "--limit", "3",
+                                                  "--predictions", str(out), "--no-progress"]) == 0  # replaced
 
 
 @pytest.mark.parametrize("where, words", [
     (lambda root, tmp: root, "a file of the dataset"),
     (lambda root, tmp: tmp / "file", "a file, not a folder"),
+    (lambda root, tmp: tmp / "notes", "notes/val/0016E5_07959.png, which is not an earlier prediction"),
 ])
 def test_evaluate_writes_no_predictions_over_the_data_or_into_a_file(trained, tmp_path, camvid_root, capsys, where,
                                                                      words):
     (tmp_path / "file").write_text("")
+    (tmp_path / "notes" / "val").mkdir(parents=True)
+    (tmp_path / "notes" / "val" / "0016E5_07959.png").write_text("my notes")  # the first val image's name
     directory = where(camvid_root, tmp_path)
     assert cli.run(evaluate.main, evaluate.PROG, ["--checkpoint", str(trained / "best.pt"), "--limit", "2",
                                                   "--predictions", str(directory), "--no-progress"]) == 2
     error = capsys.readouterr().err
     assert error.startswith(f"{evaluate.PROG}: error: --predictions {directory}") and words in error
-    assert (tmp_path / "file").read_text() == ""
+    assert (tmp_path / "file").read_text() == "" and "my notes" in (tmp_path / "notes" / "val").joinpath(
+        "0016E5_07959.png").read_text()
 
 
 def test_load_trained_gives_the_model_that_scored_the_training_s_best_miou(trained, camvid_root):

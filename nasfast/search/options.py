@@ -113,7 +113,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
 def _add_field(group, f, default, key: str) -> None:
     # default None: an option given can be told from one left out (see given_options)
     kwargs = dict(dest=key, default=None, type=f.metadata["type"], choices=f.metadata["choices"],
-                  help=f"{f.metadata['help']} [{default}]")
+                  help=f"{f.metadata['help']} [{option_text(default)}]")
     if isinstance(default, tuple):
         kwargs.update(nargs=len(default), metavar="X")
     group.add_argument(flag(key), **kwargs)
