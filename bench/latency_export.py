@@ -8,11 +8,14 @@ synchronisation, 100 timed passes at batch 1, mean ± std.
 import argparse
 import json
 import os
+import signal
 import sys
 
 import torch
 
 from timing import NOT_A_JETSON, device_note, is_jetson, timed
+
+PROG = "latency_export.py"
 
 
 def at_least(low, kind):
@@ -25,7 +28,8 @@ def at_least(low, kind):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="a TorchScript file of python -m nasfast.export")
     parser.add_argument("--device", choices=["cpu", "cuda", "jetson"], default="cpu",
                         help="where to time; jetson: a Jetson's GPU, with its power mode and clocks [cpu]")
@@ -38,26 +42,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def device_and_note(name: str, parser) -> tuple:
+def fail(message: str):
+    """A problem of the input in one line, exit status 2, as nasfast's tools report them."""
+    print("{}: error: {}".format(PROG, message), file=sys.stderr)
+    sys.exit(2)
+
+
+def device_and_note(name: str) -> tuple:
     if name == "jetson" and not is_jetson():
-        parser.error(NOT_A_JETSON)
+        fail(NOT_A_JETSON)
     if name != "cpu" and not torch.cuda.is_available():
-        parser.error("--device {}: this torch finds no CUDA GPU".format(name))
+        fail("--device {}: this torch finds no CUDA GPU".format(name))
     device = torch.device("cpu" if name == "cpu" else "cuda")
     return device, device_note(device, jetson=name == "jetson")
 
 
-def load(path: str, parser):
+def load(path: str):
     """The export and its nasfast.json."""
     if not os.path.isfile(path):
-        parser.error("{}: no such file".format(path))
+        fail("{}: no such file".format(path))
     extra = {"nasfast.json": ""}
     try:
         model = torch.jit.load(path, map_location="cpu", _extra_files=extra)
     except Exception as error:  # not TorchScript, an op of a library not loaded, a newer export
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         hint = " (export with --for-torch-1.10 or --reference-ops)" if "nasfast::" in reason else ""
-        parser.error("{}: cannot be loaded: {}{}".format(path, reason, hint))
+        fail("{}: cannot be loaded: {}{}".format(path, reason, hint))
     return model.eval(), json.loads(extra["nasfast.json"] or "{}")
 
 
@@ -66,11 +76,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device, note = device_and_note(args.device, parser)
-    model, info = load(args.model, parser)
+    device, note = device_and_note(args.device)
+    model, info = load(args.model)
     model.to(device)
     print("device: {} ({}); torch {}; input 1x3x{}x{}; {} passes after {} warm-up (at most {:g} s)".format(
-        args.device, note, torch.__version__, args.size, args.size, args.runs, args.warmup, args.max_seconds))
+        args.device, note, torch.__version__, args.size, args.size, args.runs, args.warmup, args.max_seconds),
+        flush=True)  # before the minutes of timing
     x = torch.randn(1, 3, args.size, args.size, device=device)
     timing = timed(model, x, device, args.runs, args.warmup, args.max_seconds)
     fewer = "  ({} passes: --max-seconds)".format(timing.passes) if timing.passes < args.runs else ""
@@ -80,5 +91,15 @@ def main(argv=None) -> int:
     return 0
 
 
+def run(main) -> int:
+    """main(), with Ctrl-C or SIGTERM (a scheduler's, timeout's) said in one line, exit status 130."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        return main()
+    except KeyboardInterrupt:
+        print("\n{}: interrupted".format(PROG), file=sys.stderr)
+        return 130
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

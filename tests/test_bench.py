@@ -124,7 +124,21 @@ def test_latency_of_an_export_with_torch_alone(export_for_torch_1_10):
         result = latency_of_export(export_for_torch_1_10, *argv)
         assert result.returncode == 2 and message in result.stderr and result.stdout == ""
     result = latency_of_export(export_for_torch_1_10.parent / "missing.pt")
-    assert result.returncode == 2 and "missing.pt: no such file" in result.stderr
+    assert result.returncode == 2 and result.stderr.startswith("latency_export.py: error: ") and \
+        result.stderr.endswith("missing.pt: no such file\n") and result.stderr.count("\n") == 1
+
+
+def test_latency_of_an_export_stopped_says_so_in_one_line(export_for_torch_1_10):
+    """As nasfast's tools: SIGTERM (a scheduler's, timeout's) or Ctrl-C, one line and status 130
+    (it was killed silently, status 143, or a traceback)."""
+    script = REPO / "bench" / "latency_export.py"
+    process = subprocess.Popen([sys.executable, str(script), str(export_for_torch_1_10), "--size", "64", "--runs",
+                                "100000", "--max-seconds", "600"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env={k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"})
+    assert process.stdout.readline().startswith("device: cpu")  # timing now
+    process.terminate()
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and err == "\nlatency_export.py: interrupted\n", err
 
 
 @pytest.mark.skipif(not OLD_TORCH_PYTHONS, reason="set NASFAST_OLD_TORCH_PYTHONS to Pythons with older torch releases")
