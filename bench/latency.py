@@ -56,9 +56,9 @@ def variants(genotype, num_classes, device, with_compile: bool):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", choices=["cpu", "cuda", "jetson"], default="cpu",
-                        help="where to time; jetson: a Jetson's GPU, with its power mode and clocks in the header "
-                             "[cpu]")
+    parser.add_argument("--device", default="cpu",
+                        help="where to time: cpu, cuda, cuda:N, auto (a GPU when there is one) or jetson (a "
+                             "Jetson's GPU, with its power mode and clocks in the header) [cpu]")
     parser.add_argument("--genotype", "--arch", dest="genotype", default="all",
                         help="arch0|arch1|arch2|all, a genotype's JSON, a file holding it, a checkpoint's or an "
                              "export's design (model.pt), or a search's RUN_DIR (its best design) [all]")
@@ -113,7 +113,8 @@ def main(argv=None) -> int:
     device, note = device_and_note(args.device)
     with_compile = not args.no_compile
 
-    print(f"device: {args.device} ({note}); torch {torch.__version__}; input 1x3x{args.size}x{args.size}; "
+    shown = args.device if args.device == "jetson" else device
+    print(f"device: {shown} ({note}); torch {torch.__version__}; input 1x3x{args.size}x{args.size}; "
           f"{args.runs} passes after {args.warmup} warm-up (timed passes: at most {args.max_seconds:g} s a variant); "
           f"ops library: {nasfast.ops.library_path()}")
     print(f"{'arch':<8} {'params':>10} {'MAdds':>7} {'variant':<22} {'ms (mean ± std)':>18} {'median':>7} "

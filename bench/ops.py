@@ -5,7 +5,7 @@ interleaved repetition by repetition (so that a load spike on a shared machine h
 prints median times (ms), the ratio reference / fused (> 1: fused is faster) and the spread
 (interquartile range over median, in %) of the fused time.
 
-    python bench/ops.py [--device cpu|cuda] [--quick] [--threads N] [--only sep|upsample|reward|loss]
+    python bench/ops.py [--device cpu|cuda|cuda:N] [--quick] [--threads N] [--only sep|upsample|reward|loss]
     python bench/ops.py --quick --only reward        # a check in a few seconds
     python bench/ops.py --device cuda --profile       # where a separable training step's and the reward's time goes
 
@@ -303,7 +303,7 @@ def memory_bandwidth(device, nbytes: int, repeats: int) -> float:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to time the ops [cpu]")
+    parser.add_argument("--device", default="cpu", help="where to time the ops: cpu, cuda, cuda:N or auto [cpu]")
     parser.add_argument("--quick", action="store_true", help="fewer shapes and repetitions")
     parser.add_argument("--threads", type=positive_int, help="torch.set_num_threads (CPU) [torch's choice]")
     parser.add_argument("--only", choices=["sep", "upsample", "reward", "loss"], help="one family of ops")

@@ -155,11 +155,24 @@ def latency():
     (["--warmup", "1"], ["--warmup", "at least 2"]),
     (["--genotype", "arch9"], ["arch9", "neither a zoo name"]),
     (["--arch", "arch9"], ["arch9"]),
+    (["--device", "tpu"], ["unknown device 'tpu': expected auto, cpu, cuda or cuda:N"]),
 ])
 def test_latency_refuses_bad_input_before_measuring(latency, options, words, capsys):
     status, out, err = call(latency.main, options, capsys)
     assert_refused(status, err, *words)
     assert out == ""
+
+
+def test_latency_and_ops_take_the_devices_the_other_tools_take(latency, capsys):
+    """auto and cuda:N as in search, train and evaluate (they were refused as invalid choices)."""
+    status, out, err = call(latency.main, ["--device", "auto", "--genotype", "arch1", "--size", "32", "--runs", "2",
+                                           "--warmup", "2", "--no-compile"], capsys)
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert status == 0 and out.startswith(f"device: {expected}"), err
+    if not torch.cuda.is_available():
+        for main in (latency.main, bench_script("ops").main):
+            status, out, err = call(main, ["--device", "cuda:1"], capsys)
+            assert_refused(status, err, "device cuda:1: CUDA is not available on this machine")
 
 
 def test_latency_header_counts_the_threads_asked_for_and_json_keeps_the_table_aligned(latency, capsys):
