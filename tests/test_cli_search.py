@@ -203,6 +203,21 @@ def test_resume_refuses_options_that_change_the_search(saved_search, capsys):
         assert part in error
 
 
+def test_resume_takes_its_run_as_train_does_too(saved_search, no_data, capsys):
+    """--out RUN_DIR --resume, as python -m nasfast.train takes it (it was 'expected one argument')."""
+    assert search("--out", saved_search, "--resume", "--budget", "4", "--no-progress") == 0
+    assert len(read_records(str(saved_search / "candidates.jsonl"))) == 4
+    assert search("--resume", saved_search, "--out", saved_search, "--budget", "5", "--no-progress") == 0  # one run
+    assert len(read_records(str(saved_search / "candidates.jsonl"))) == 5
+    capsys.readouterr()
+    assert search("--resume", saved_search, "--out", saved_search.parent / "other", "--budget", "6") == 2
+    assert f"--resume {saved_search} and --out {saved_search.parent / 'other'} name two directories" in \
+        capsys.readouterr().err
+    assert search("--resume", "--budget", "6") == 2
+    assert "--resume needs the run: --resume RUN_DIR (or --out RUN_DIR --resume)" in capsys.readouterr().err
+    assert len(read_records(str(saved_search / "candidates.jsonl"))) == 5
+
+
 def test_resume_takes_the_saved_options_and_new_machine_options(saved_search, no_data, capsys):
     assert search("--resume", saved_search, "--budget", "4", "--preset", "tiny", "--workers", "1",
                   "--memory-limit-gb", "0.5", "--top", "2", "--device", "cpu", "--no-progress") == 0

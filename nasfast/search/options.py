@@ -3,6 +3,7 @@
 import argparse
 import copy
 import dataclasses
+import os
 import re
 import textwrap
 from typing import Any, Dict, List, Optional
@@ -59,6 +60,22 @@ class Parser(argparse.ArgumentParser):
     def error(self, message):
         shown = f"{self.format_usage()}{self.prog}: error: {message}\n(see {self.prog} --help)\n"
         self.exit(2, shown if distributed.rank() == 0 else None)
+
+    def parse_args(self, args=None, namespace=None):
+        """args.resume: the run to continue (--resume RUN_DIR, or --out RUN_DIR --resume as train
+        takes it); args.out: a new search's run, else None."""
+        parsed = super().parse_args(args, namespace)
+        if parsed.resume is True:  # --resume without its directory: --out's
+            if parsed.out is None:
+                self.error("--resume needs the run: --resume RUN_DIR (or --out RUN_DIR --resume)")
+            parsed.resume, parsed.out = parsed.out, None
+        elif parsed.resume is not None and parsed.out is not None:
+            if os.path.abspath(parsed.resume) != os.path.abspath(parsed.out):
+                self.error(f"--resume {parsed.resume} and --out {parsed.out} name two directories: give one")
+            parsed.out = None
+        elif parsed.resume is None and parsed.out is None:
+            self.error("one of the arguments --out --resume is required")
+        return parsed
 
 
 DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
@@ -123,12 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog=PROG, usage=USAGE, description="search for a compact segmentation decoder",
                     epilog=f"{preset_differences()}\n\n{EPILOG}", formatter_class=argparse.RawDescriptionHelpFormatter)
     group = parser.add_argument_group("run")
-    where = group.add_mutually_exclusive_group(required=True)
-    where.add_argument("--out", metavar="RUN_DIR", type=path_text,
+    group.add_argument("--out", metavar="RUN_DIR", type=path_text,
                        help="directory of a new search (absent, or without another run's "
                             "files)")
-    where.add_argument("--resume", metavar="RUN_DIR", type=path_text,
-                       help="continue the search saved in RUN_DIR, with its options")
+    group.add_argument("--resume", metavar="RUN_DIR", type=path_text, nargs="?", const=True,
+                       help="continue the search saved in RUN_DIR (or in --out's), with its options")
     group.add_argument("--dataset", choices=sorted(DATASETS), help="dataset [camvid]")
     group.add_argument("--data-root", type=path_text,
                        help="dataset directory (default: with --resume, where the search read "
