@@ -25,7 +25,7 @@ import torch
 
 from nasfast import create_model
 from nasfast.cli import positive_int, resolve_device, run
-from nasfast.designs import genotype_from_option
+from nasfast.designs import genotype_from_option, recorded_classes
 from nasfast.ops import cpu_memory_cache
 from nasfast.steps import LateLossCheck, descend, segmentation_loss
 from nasfast.trainer import TrainConfig, make_optimizers
@@ -100,11 +100,15 @@ def profile_step(step: Callable[[], torch.Tensor], device, steps: int) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N [cpu]")
-    parser.add_argument("--genotype", default="arch0", help="what python -m nasfast.train --genotype takes [arch0]")
-    parser.add_argument("--num-classes", type=positive_int, default=11, help="output classes [11, CamVid's]")
-    parser.add_argument("--batch", type=positive_int, default=16, help="images a step [16, the trainer's default]")
-    parser.add_argument("--crop", type=positive_int, default=360, help="square crop side [360, the trainer's default]")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto [cpu]")
+    parser.add_argument("--genotype", "--arch", dest="genotype", default="arch0",
+                        help="what python -m nasfast.train --genotype takes [arch0]")
+    parser.add_argument("--num-classes", type=positive_int,
+                        help="output classes [those recorded with what --genotype names, else 11, CamVid's]")
+    parser.add_argument("--batch", "--batch-size", dest="batch", type=positive_int, default=16,
+                        help="images a step [16, the trainer's default]")
+    parser.add_argument("--crop", "--crop-size", dest="crop", type=positive_int, default=360,
+                        help="square crop side [360, the trainer's default]")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
                         help="which to time, the first as the baseline [all]")
     parser.add_argument("--steps", type=positive_int, default=5, help="steps a round [5]")
@@ -120,6 +124,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     device = resolve_device(args.device)
     genotype = genotype_from_option(args.genotype)
+    args.num_classes = args.num_classes or recorded_classes(args.genotype) or 11
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.backends.cudnn.benchmark = device.type == "cuda"  # as python -m nasfast.train sets it

@@ -343,6 +343,20 @@ def test_train_step_variants_on_cpu():
                                                  rows.values())
 
 
+def test_train_step_counts_the_classes_of_what_it_is_given_and_takes_the_other_tools_names(tmp_path):
+    """An export of 5 classes was timed with an 11-class head; --arch, --batch-size and --crop-size
+    are the names latency.py and train take."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    subprocess.run([sys.executable, "-m", "nasfast.export", "--genotype", "arch1", "--num-classes", "5", "--out",
+                    str(tmp_path / "five.pt")], check=True, capture_output=True, env=env)
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "train_step.py"), "--arch", str(tmp_path / "five.pt"),
+                             "--batch-size", "2", "--crop-size", "64", "--threads", "2", "--variants", "float32",
+                             "--steps", "1", "--rounds", "1", "--warmup", "1"], capture_output=True, text=True, env=env,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0].endswith("five.pt, batch 2, 64x64 crops, 5 classes")
+
+
 def test_train_step_profile_on_cpu():
     result = train_step("--profile", "--steps", "1")
     assert result.returncode == 0, result.stderr
