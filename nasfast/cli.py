@@ -7,7 +7,7 @@ import shlex
 import signal
 import sys
 import threading
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple, Union
 
 
 class UsageError(Exception):
@@ -115,6 +115,17 @@ def path_text(text: str) -> str:
 
 def absolute_path(text: str) -> str:
     return os.path.abspath(path_text(text))
+
+
+def run_directory(out: Optional[str], resume: Union[str, bool, None]) -> Tuple[Optional[str], bool]:
+    """(the run directory, whether it is resumed) of `--out DIR`, `--out DIR --resume` or `--resume
+    DIR` (`resume`: DIR, True for `--resume` alone, else None or False); the directory is None where
+    neither option names one. UsageError where the two name different directories."""
+    if isinstance(resume, str):
+        if out is not None and os.path.abspath(out) != os.path.abspath(resume):
+            raise UsageError(f"--resume {resume} and --out {out} name two directories: give one")
+        return resume, True
+    return out, bool(resume)
 
 
 def command(*words: Optional[str]) -> str:

@@ -10,7 +10,7 @@ from typing import List, Optional, Tuple
 
 from .checkpoint import DAMAGED_ADVICE, RESUME_KEYS, load_checkpoint
 from .cli import (UsageError, counted, fraction, images_per_batch, non_negative_int, option_text, path_text,
-                  positive_float, positive_int, run)
+                  positive_float, positive_int, run, run_directory)
 from .data.datasets import DATASETS
 from .designs import genotype_from_option
 from .files import (BEST, CONFIG, LAST, SEARCH_FILES, TRAINING_LOG, files_in, lock_directory, read_records,
@@ -221,20 +221,11 @@ def print_result(best_miou: Optional[float], best_checkpoint: str) -> None:
     print(json.dumps({"best_miou": best_miou, "best_checkpoint": best_checkpoint}))
 
 
-def run_directory(args) -> None:
-    """args.out from --out or --resume OUT; args.resume a bool."""
-    if isinstance(args.resume, str):
-        if args.out is not None and os.path.abspath(args.out) != os.path.abspath(args.resume):
-            raise UsageError(f"--resume {args.resume} and --out {args.out} name two directories: give one")
-        args.out, args.resume = args.resume, True
-    if args.out is None:
-        raise UsageError("--out OUT is required (or --resume OUT to continue a run)")
-    args.resume = bool(args.resume)
-
-
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    run_directory(args)
+    args.out, args.resume = run_directory(args.out, args.resume)
+    if args.out is None:
+        raise UsageError("--out OUT is required (or --resume OUT to continue a run)")
     if args.tensorboard:
         check_available()
     resumed = initial = None

@@ -3,12 +3,11 @@
 import argparse
 import copy
 import dataclasses
-import os
 import re
 import textwrap
 from typing import Any, Dict, List, Optional
 
-from ..cli import option_text, path_text, positive_int
+from ..cli import UsageError, option_text, path_text, positive_int, run_directory
 from ..data import DATASETS
 from . import distributed
 from .config import FIXED, MACHINE_OPTIONS, MOVABLE, PRESETS, SearchConfig, StageConfig, preset
@@ -65,16 +64,14 @@ class Parser(argparse.ArgumentParser):
         """args.resume: the run to continue (--resume RUN_DIR, or --out RUN_DIR --resume as train
         takes it); args.out: a new search's run, else None."""
         parsed = super().parse_args(args, namespace)
-        if parsed.resume is True:  # --resume without its directory: --out's
-            if parsed.out is None:
-                self.error("--resume needs the run: --resume RUN_DIR (or --out RUN_DIR --resume)")
-            parsed.resume, parsed.out = parsed.out, None
-        elif parsed.resume is not None and parsed.out is not None:
-            if os.path.abspath(parsed.resume) != os.path.abspath(parsed.out):
-                self.error(f"--resume {parsed.resume} and --out {parsed.out} name two directories: give one")
-            parsed.out = None
-        elif parsed.resume is None and parsed.out is None:
-            self.error("one of the arguments --out --resume is required")
+        try:
+            run_dir, resumed = run_directory(parsed.out, parsed.resume)
+        except UsageError as error:
+            self.error(str(error))
+        if run_dir is None:
+            self.error("--resume needs the run: --resume RUN_DIR (or --out RUN_DIR --resume)" if resumed else
+                       "one of the arguments --out --resume is required")
+        parsed.out, parsed.resume = (None, run_dir) if resumed else (run_dir, None)
         return parsed
 
 
