@@ -7,11 +7,11 @@ from typing import Iterator, List, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
 from .cli import UsageError
+from .ops.upsample_add import upsampled
 
 
 def colour_map(size: int = 256) -> List[int]:
@@ -32,9 +32,9 @@ def prediction_paths(directory: Path, root: Path, images: Sequence[Path]) -> Lis
     for an image elsewhere). UsageError where two images would share one."""
     def target(image: Path) -> Path:
         try:
-            return directory / Path(image).relative_to(root).with_suffix(".png")
+            return directory / image.relative_to(root).with_suffix(".png")
         except ValueError:
-            return directory / Path(image).with_suffix(".png").name
+            return directory / image.with_suffix(".png").name
     paths = [target(Path(os.path.abspath(image))) for image in images]
     if len(set(paths)) < len(paths):
         raise UsageError(f"--predictions {directory}: two images would write the same file; images of the same "
@@ -78,8 +78,7 @@ class PredictionWriter:
     def __call__(self, logits: Tensor) -> None:
         for one in logits:
             path, (width, height) = next(self._items)
-            scores = F.interpolate(one[None].float(), size=(height, width), mode="bilinear", align_corners=False)
-            classes = scores.argmax(1)[0].to(torch.uint8).cpu().numpy()
+            classes = upsampled(one[None].float(), [height, width]).argmax(1)[0].to(torch.uint8).cpu().numpy()
             image = Image.fromarray(np.ascontiguousarray(classes))
             image.putpalette(self._palette)  # a palette image now, its values the classes
             path.parent.mkdir(parents=True, exist_ok=True)
