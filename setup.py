@@ -1,14 +1,14 @@
 """Builds nasfast's native ops library (nasfast/_C*.so) with torch.utils.cpp_extension.
 
 CUDA kernels (csrc/cuda) are compiled when CUDA is available, or with NASFAST_FORCE_CUDA=1 (a
-machine with the toolkit but no GPU); NASFAST_FORCE_CPU=1 skips them. NASFAST_BUILD_OPS=0 builds
-no library at all (no compiler needed; nasfast then runs its pure-PyTorch references). Without
-the CUDA kernels, the ops
-still accept CUDA tensors through ATen (csrc/composite). The library registers its ops with the
-dispatcher (TORCH_LIBRARY) and does not link libtorch_python, so a C++ program can load it next
-to libtorch. It is built against the torch installed where nasfast is installed, which pip's
-isolated build environment hides: that torch is found anyway (see find_torch), so plain
-`pip install .` works; `pip install --no-build-isolation .` does the same without the isolation.
+machine with the toolkit but no GPU); NASFAST_FORCE_CPU=1 skips them. NASFAST_BUILD_OPS=0 builds no
+library at all (no compiler needed; nasfast then runs its pure-PyTorch references). Without the
+CUDA kernels, the ops still accept CUDA tensors through ATen (csrc/composite). The library
+registers its ops with the dispatcher (TORCH_LIBRARY) and does not link libtorch_python, so a C++
+program can load it next to libtorch. It is built against the torch installed where nasfast is
+installed, which pip's isolated build environment hides: that torch is found anyway (see
+find_torch), so plain `pip install .` works; `pip install --no-build-isolation .` does the same
+without the isolation.
 """
 import glob
 import os

@@ -204,8 +204,9 @@ def time_upsample_add(n, c, high_side, low_side, backward, device, repeats):
             h.grad = l.grad = None
             f(h, l).backward(grad)
         return step
-    check_gradients([run(reference), run(fused)], [h, l], "upsample_add")
-    return interleaved([run(reference), run(fused)], device, repeats)
+    steps = [run(reference), run(fused)]
+    check_gradients(steps, [h, l], "upsample_add")
+    return interleaved(steps, device, repeats)
 
 
 def check_gradients(steps: Sequence[Callable[[], None]], leaves: Sequence[torch.Tensor], what: str,
@@ -274,10 +275,11 @@ def bench_loss(device, repeats, quick):
                     if backward:
                         loss.backward()
                 return loss_step
+            steps = [step(f) for f in functions]
             if backward:
-                check_gradients([step(f) for f in functions], [logits], "upsample_cross_entropy")
+                check_gradients(steps, [logits], "upsample_cross_entropy")
             case = f"N={n} {low[0]}x{low[1]}->{size[0]}x{size[1]}"
-            print(row(case, *interleaved([step(f) for f in functions], device, repeats)), flush=True)
+            print(row(case, *interleaved(steps, device, repeats)), flush=True)
 
 
 def read_once(logits, target, fused_ms: float, device, repeats, bandwidth_bytes: int = 2 ** 30) -> str:
