@@ -231,7 +231,8 @@ def test_latency_and_export_of_a_search_count_the_classes_it_searched_for(latenc
 @pytest.mark.parametrize("script, expected", [
     ("latency", ["--genotype GENOTYPE, --arch GENOTYPE", "on a Jetson only", "python bench/latency.py --device cuda",
                  "untimed passes before timing, at least 2", "where to time", "CamVid has 11"]),
-    ("ops", ["nasfast.ops.cpu_memory_cache()", "python bench/ops.py --quick", "where to time the ops: cpu, cuda, cuda:N or auto [cpu]",
+    ("ops", ["nasfast.ops.cpu_memory_cache()", "python bench/ops.py --quick",
+             "where to time the ops: cpu, cuda, cuda:N or auto [cpu]",
              "time with torch's own allocator instead"]),
     ("search_throughput", ["Options after `--` go to `python -m nasfast.search`", "--workers-per-gpu 1 2 4",
                            "{fast,paper,tiny}", "{camvid,folder,voc}", "[tiny on cpu, fast on cuda]"]),
