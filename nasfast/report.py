@@ -7,6 +7,8 @@ import os
 import sys
 from typing import Dict, List, Optional
 
+from PIL import Image
+
 from .cli import UsageError, counted, path_text, positive_int, run
 from .files import CONFIG, checkpoints_in, in_use, read_json, read_search_log, search_run_paths, write_atomic
 from .search.summary import format_reward, searched_size_note, top_table
@@ -64,11 +66,31 @@ def has_matplotlib() -> bool:
     return importlib.util.find_spec("matplotlib") is not None
 
 
+SOFTWARE = "nasfast.report"  # in each plot's PNG metadata: a file that lacks it is not replaced
+
+
 def plot(runs: List[Dict], path: str, count: int = 4) -> None:
     """Saves `figure` as a PNG."""
     png = io.BytesIO()
-    figure(runs, count).savefig(png, format="png", dpi=100)
+    figure(runs, count).savefig(png, format="png", dpi=100, metadata={"Software": SOFTWARE})
     write_atomic(path, png.getvalue())  # no partial file on a full disk
+
+
+def refuse_to_replace(path: str) -> None:
+    """UsageError where `path` holds something other than an earlier plot of this tool."""
+    if os.path.lexists(path) and not _is_plot(path):
+        raise UsageError(f"--plot {path}: the file exists and is not a plot of {PROG}; give another name, "
+                         f"or move it")
+
+
+def _is_plot(path: str) -> bool:
+    if os.path.islink(path) or not os.path.isfile(path):
+        return False
+    try:
+        with Image.open(path) as image:
+            return image.format == "PNG" and image.info.get("Software") == SOFTWARE
+    except (OSError, SyntaxError, ValueError):
+        return False
 
 
 def figure(runs: List[Dict], count: int = 4):
@@ -124,8 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bins", type=positive_int, default=4,
                         help="parts of the search in the progress table and the plot [4]")
     parser.add_argument("--plot", metavar="PNG", type=path_text,
-                        help="where to save the plot (needs matplotlib) [RUN_DIR/rewards.png, when it is installed; "
-                             "several runs: the first's RUN_DIR/rewards-compared.png]")
+                        help="where to save the plot (needs matplotlib; it replaces only an earlier plot) "
+                             "[RUN_DIR/rewards.png, when it is installed; several runs: the first's "
+                             "RUN_DIR/rewards-compared.png]")
     return parser
 
 
@@ -135,6 +158,8 @@ def main(argv=None) -> int:
         raise UsageError(f"--plot {args.plot}: the plot is a PNG image; give a file name ending in .png")
     if args.plot and not has_matplotlib():
         raise UsageError(f"--plot {args.plot}: matplotlib is not installed (pip install matplotlib)")
+    if args.plot:
+        refuse_to_replace(args.plot)
     runs = [load_run(d) for d in args.runs]
     for search_run in runs:
         print(f"{search_run['name']}: best designs")

@@ -184,3 +184,18 @@ def test_a_run_directory_without_write_access_gets_no_default_plot(tmp_path, cap
             f"FILE.png)") in captured.err
     assert report(tmp_path / "ppo", "--plot", tmp_path / "x.png") == 2  # asked for: an error
     assert "Read-only file system" in capsys.readouterr().err
+
+
+def test_a_plot_replaces_an_earlier_plot_and_nothing_else(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+    fake_run(tmp_path / "ppo", "ppo", [(0.1, 0.2)])
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (4, 4)).save(photo)
+    assert report(tmp_path / "ppo", "--plot", photo) == 2
+    err = capsys.readouterr().err
+    assert f"--plot {photo}: the file exists and is not a plot of python -m nasfast.report" in err
+    assert Image.open(photo).size == (4, 4)
+    plot = tmp_path / "plot.png"
+    assert report(tmp_path / "ppo", "--plot", plot) == 0 and report(tmp_path / "ppo", "--plot", plot) == 0
+    assert f"plot: {plot}" in capsys.readouterr().out
