@@ -99,11 +99,24 @@ class ConfusionMatrix:
 @torch.no_grad()
 def metrics_of(forward: Callable[[Tensor], Tensor], batches: Iterable[Tuple[Tensor, Tensor]], num_classes: int,
                ignore_index: int = 255, exclude: Iterable[int] = ()) -> Dict[str, object]:
-    """ConfusionMatrix.compute() over the predictions of `forward` for the (inputs, labels) batches."""
+    """ConfusionMatrix.compute() over the predictions of `forward` for the (inputs, labels) batches;
+    NonFiniteScores where a score is NaN or infinite."""
     matrix = ConfusionMatrix(num_classes, ignore_index, exclude)
+    batches_seen, non_finite = 0, 0
     for inputs, labels in batches:
-        matrix.update(forward(inputs), labels)
+        scores = forward(inputs)
+        non_finite = (~torch.isfinite(scores)).any().int() + non_finite  # on the device: read once, at the end
+        matrix.update(scores, labels)
+        batches_seen += 1
+    bad = int(non_finite)
+    if bad:
+        raise NonFiniteScores(f"the model's scores are NaN or infinite in {bad} batch{'es' if bad > 1 else ''} "
+                              f"of {batches_seen}: its weights have diverged")
     return matrix.compute()
+
+
+class NonFiniteScores(ValueError):
+    """Scores with NaN or infinite values: their argmax (class 0 for NaN) would score as predictions."""
 
 
 def _is_int(value) -> bool:

@@ -26,6 +26,7 @@ from .files import (BEST, CONFIG, LAST, SEARCH_FILES, TRAINING_FILES, TRAINING_L
                     files_in, finite_or_none, keep_copy, lock_directory, read_json, save_torch, why_unwritable,
                     write_atomic, write_json)
 from .genotype import Genotype, genotype_name
+from .metrics import NonFiniteScores
 from .model import FINAL_CHANNELS, FINAL_SEP_REPEATS, create_model
 from .ops.memory import cpu_memory_cache
 from .steps import LateLossCheck, NonFiniteLoss, descend, has_labelled_pixel, segmentation_loss
@@ -361,6 +362,9 @@ def run_epochs(epochs: Epochs, out: str, start_epoch: int, best: Optional[float]
         check = data_check_command(epochs.data.dataset, str(epochs.data.root))
         raise DataError(f"{message_of(error)}; once it is mended ({check} lists every file that cannot be used), "
                         f"{saved_note(out, saved_epochs)}") from None
+    except NonFiniteScores as error:
+        raise UsageError(f"validation of epoch {saved_epochs + 1}: {error} (the learning rate may be too high); "
+                         f"{saved_note(out, saved_epochs)}") from None
     except OSError as error:  # a full disk, say: what was saved still counts
         if not reported_in_one_line(error):
             raise

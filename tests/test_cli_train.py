@@ -636,6 +636,20 @@ def test_a_non_finite_loss_is_one_line_that_keeps_the_finished_epochs(tmp_path, 
             f"{tmp_path / 'b' / 'last.pt'} holds epoch 1; continue with python -m nasfast.train --resume "
             f"{tmp_path / 'b'}") in capsys.readouterr().err.splitlines()[-1]
     assert trainer.load_checkpoint(str(tmp_path / "b" / "last.pt"))["epoch"] == 0
+    calls, real_validation = [], trainer.evaluate_model
+
+    def diverged_in_the_second_epoch(model, *args):
+        calls.append(1)
+        if len(calls) > 1:
+            with torch.no_grad():
+                next(model.decoder.parameters()).fill_(float("nan"))
+        return real_validation(model, *args)
+    monkeypatch.setattr(trainer, "segmentation_loss", real)
+    monkeypatch.setattr(trainer, "evaluate_model", diverged_in_the_second_epoch)
+    assert train_folder(folder_dataset(tmp_path / "labelled-too", images=10, lists=split), tmp_path / "c") == 2
+    assert (f"validation of epoch 2: the model's scores are NaN or infinite in 1 batch of 1: its weights have "
+            f"diverged (the learning rate may be too high); {tmp_path / 'c' / 'last.pt'} holds epoch 1") in \
+        capsys.readouterr().err.splitlines()[-1]
 
 
 def test_too_few_training_images_for_a_batch_are_said_with_what_would_do(tmp_path, capsys):

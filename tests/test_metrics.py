@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from nasfast.metrics import ConfusionMatrix
+from nasfast.metrics import ConfusionMatrix, NonFiniteScores, metrics_of
 
 
 def numpy_metrics(pred, target, k, ignore=255, exclude=()):
@@ -70,6 +70,18 @@ def test_perfect_prediction_scores_one_and_reset():
     assert result["reward"] == 1.0 and math.isnan(result["iou"][3])  # class 3: undefined
     m.reset()
     assert m.matrix.sum() == 0 and math.isnan(m.compute()["reward"])
+
+
+def test_non_finite_scores_are_refused_not_scored_as_class_0():
+    labels = torch.zeros(2, 4, 4, dtype=torch.long)
+    batches = [(torch.ones(2, 3, 4, 4), labels)] * 3
+    assert metrics_of(lambda x: x, batches, 3)["pixel_acc"] == 1.0
+    for bad in (float("nan"), float("inf")):
+        def diverged(x, calls=[]):
+            calls.append(1)
+            return x * bad if len(calls) > 1 else x  # the last two batches
+        with pytest.raises(NonFiniteScores, match="NaN or infinite in 2 batches of 3: its weights have diverged"):
+            metrics_of(diverged, batches, 3)
 
 
 def test_bad_inputs_are_rejected():
