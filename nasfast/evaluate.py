@@ -112,8 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "train or val; folder: the names in <SPLIT>.txt (every image where there is "
                              "neither train.txt nor val.txt) [val]")
     parser.add_argument("--scale", type=positive_float,
-                        help="resize images and their labels by this factor: the scores are at that size "
-                             "(--scale 1: the labels' own) [the training's, stored in the checkpoint]")
+                        help="resize the images by this factor before the model sees them (the scores are counted at "
+                             "the labels' own size) [the training's, stored in the checkpoint]")
     parser.add_argument("--limit", type=non_negative_int, default=0,
                         help="evaluate N images spread evenly over the split, those a training with N validation "
                              "images (the tiny preset: 8) validates on [0: all]")

@@ -253,13 +253,19 @@ def test_augmentation_is_resize_mirror_pad_crop(camvid_root):
                 assert (a - c).abs().max() < 2.5 / 255 / min(STD) and (b == d).float().mean() > 0.99
 
 
-def test_eval_transform_resizes_and_pads(camvid_root):
-    dataset = make_dataset("camvid", split="val", transform=EvalTransform(0.25, (100, 130)))
+def test_eval_transform_resizes_images_and_pads_both_keeping_labels_at_their_size(camvid_root):
+    dataset = make_dataset("camvid", split="val", transform=EvalTransform(0.25, (400, 520)))
+    image, label = dataset[0]
+    assert image.shape == (3, 100, 130) and label.shape == (400, 520)
+    assert (label[360:] == 255).all() and (label[:, 480:] == 255).all() and (label[:360, :480] != 255).any()
+    assert torch.equal(label[:360, :480], make_dataset("camvid", split="val")[0][1])
+    assert (image[:, 90:] - image[:, 90:, :1][:, :1]).abs().max() == 0  # the mean colour
+    dataset.transform = EvalTransform(0.25, (400, 520), resize_labels=True)
     image, label = dataset[0]
     assert image.shape == (3, 100, 130) and label.shape == (100, 130)
     assert (label[90:] == 255).all() and (label[:, 120:] == 255).all() and (label[:90, :120] != 255).any()
-    dataset.transform = EvalTransform(0.5, (100, 130))
-    with pytest.raises(ValueError, match="item 0: resized to 180x240, larger than the padded size 100x130"):
+    dataset.transform = EvalTransform(0.5, (300, 480))
+    with pytest.raises(ValueError, match="item 0: 360x480, larger than the padded size 300x480"):
         dataset[0]
 
 

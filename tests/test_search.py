@@ -18,6 +18,7 @@ import torch
 
 import nasfast.ops as ops
 from conftest import has_tensorboard, tensorboard_scalars
+from nasfast.data import EvalTransform
 from nasfast.decoder import Decoder
 from nasfast.genotype import ZOO
 from nasfast.ops.memory import cpu_memory_cached
@@ -390,7 +391,7 @@ def test_meta_val_follows_a_memory_mapped_meta_train_to_disk_so_that_a_resumed_s
         tmp_path, camvid_root, capsys):
     from nasfast.search.context import build_context
     config = preset("tiny")
-    config.stage1_images, config.val_images = 6, 3
+    config.stage1_images, config.val_images = 12, 2  # meta-val keeps its labels at their own size
     in_memory = build_context(config, str(tmp_path / "a"), device="cpu")
     stage1, val = in_memory.stage1.nbytes(), in_memory.stage1_val.nbytes()
     config.memory_limit_gb = (stage1 + val) / 2 / 1e9  # under meta-train's size, over meta-val's
@@ -502,8 +503,10 @@ def test_a_stage2_batch_larger_than_the_epoch_says_the_largest_that_fits():
 
 def test_the_common_size_of_tiny_images_is_at_least_one_pixel_as_the_transforms_make_them():
     from nasfast.search.context import _common_size
-    images = SimpleNamespace(load=lambda i: (None, np.zeros([(1, 1), (2, 1)][i])))
-    assert _common_size(images, [0, 1], 0.25) == (1, 1)  # was (0, 0): an error naming no file or option
+    images = SimpleNamespace(load=lambda i: (None, np.zeros([(1, 1), (2, 1)][i], dtype=np.uint8)))
+    assert _common_size(images, [0, 1]) == (2, 1)  # the labels'; the images' at scale 0.25 was (0, 0)
+    image, label = EvalTransform(0.25, (2, 1))(np.zeros((1, 1, 3), np.uint8), images.load(0)[1], 0)
+    assert image.shape == (3, 1, 1) and label.shape == (2, 1)
 
 
 def test_a_stage_2_too_short_to_move_its_polyak_average_is_said(tmp_path, camvid_root, capsys):

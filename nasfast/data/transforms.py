@@ -4,7 +4,7 @@ A transform is called as `transform(image, label, index)` with an HxWx3 uint8 im
 uint8 label (255 = ignore), and returns (float image 3xHxW, ImageNet-normalised; long label HxW).
 
 Training augmentation is the paper's: random scale, horizontal mirror, random crop, padding
-where the scaled image is smaller than the crop (images with the mean colour, which is 0 after
+where the scaled image is smaller than the crop (images with the mean colour, nearly 0 after
 normalisation; labels with the ignore index). Without a seed, each call draws from torch's random
 generator, as torchvision's random transforms do. With one (as training and the search run it),
 its randomness comes from (seed, epoch, index) alone, so an item is the same whichever
@@ -32,13 +32,17 @@ def scaled_size(height: int, width: int, scale: float) -> Tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
+def resized(array: np.ndarray, scale: float, resample: int) -> np.ndarray:
+    """An image (resample bilinear) or a label (nearest) resized to scaled_size."""
+    if scale == 1.0:
+        return array
+    h, w = scaled_size(*array.shape[:2], scale)
+    return np.asarray(Image.fromarray(array).resize((w, h), resample))
+
+
 def resize(image: np.ndarray, label: np.ndarray, scale: float) -> Tuple[np.ndarray, np.ndarray]:
     """Bilinear for the image, nearest for the label, to scaled_size."""
-    if scale == 1.0:
-        return image, label
-    h, w = scaled_size(*label.shape, scale)
-    return (np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR)),
-            np.asarray(Image.fromarray(label).resize((w, h), Image.NEAREST)))
+    return resized(image, scale, Image.BILINEAR), resized(label, scale, Image.NEAREST)
 
 
 def to_tensors(image: np.ndarray, label: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -48,20 +52,24 @@ def to_tensors(image: np.ndarray, label: np.ndarray) -> Tuple[torch.Tensor, torc
     return x.div_(255).sub_(_MEAN_CHW).div_(_STD_CHW), torch.from_numpy(label.astype(np.int64))
 
 
+def padded(array: np.ndarray, height: int, width: int, fill, centre: bool = False) -> np.ndarray:
+    """`array` padded with `fill` up to at least height x width, at the bottom and right or evenly
+    around (`centre`)."""
+    h, w = array.shape[:2]
+    if h >= height and w >= width:
+        return array
+    top, left = ((max(height - h, 0) // 2, max(width - w, 0) // 2) if centre else (0, 0))
+    out = np.empty((max(h, height), max(w, width)) + array.shape[2:], dtype=array.dtype)
+    out[:] = fill
+    out[top:top + h, left:left + w] = array
+    return out
+
+
 def pad(image: np.ndarray, label: np.ndarray, height: int, width: int,
         centre: bool = False) -> Tuple[np.ndarray, np.ndarray]:
-    """Pads up to at least height x width, at the bottom and right or evenly around (`centre`):
-    the image with the mean colour, the label with the ignore index."""
-    h, w = label.shape
-    if h >= height and w >= width:
-        return image, label
-    top, left = ((max(height - h, 0) // 2, max(width - w, 0) // 2) if centre else (0, 0))
-    padded_image = np.empty((max(h, height), max(w, width), 3), dtype=np.uint8)
-    padded_image[:] = MEAN_COLOUR
-    padded_label = np.full(padded_image.shape[:2], IGNORE_INDEX, dtype=np.uint8)
-    padded_image[top:top + h, left:left + w] = image
-    padded_label[top:top + h, left:left + w] = label
-    return padded_image, padded_label
+    """Pads up to at least height x width: the image with the mean colour, the label with the
+    ignore index."""
+    return padded(image, height, width, MEAN_COLOUR, centre), padded(label, height, width, IGNORE_INDEX, centre)
 
 
 def _pair(size: Union[int, Sequence[int]], what: str) -> Tuple[int, int]:
@@ -128,20 +136,26 @@ class TrainTransform:
 
 
 class EvalTransform:
-    """Normalises; resizes image and label by `scale` first when it is not 1. With `size`
-    (height, width), pads at the bottom and right up to it so that items of different sizes
-    batch (predictions are then cropped back, or the padding is simply ignored in the labels)."""
+    """Normalises; resizes the image by `scale` first when it is not 1. The label keeps its own
+    size, at which the scores are counted (the logits are upsampled to it), unless
+    `resize_labels` (for training on them: nearest). With `size` (height, width, before the
+    resizing), pads at the bottom and right up to it, the image to `size` times `scale`, so that
+    items of different sizes batch (the padding is ignored in the labels)."""
 
-    def __init__(self, scale: float = 1.0, size: Optional[Tuple[int, int]] = None):
+    def __init__(self, scale: float = 1.0, size: Optional[Tuple[int, int]] = None, resize_labels: bool = False):
         if scale <= 0:
             raise ValueError(f"scale must be positive, got {scale}")
-        self.scale, self.size = scale, None if size is None else _pair(size, "size")
+        self.scale, self.size, self.resize_labels = scale, None if size is None else _pair(size, "size"), resize_labels
 
     def __call__(self, image: np.ndarray, label: np.ndarray, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        image, label = resize(image, label, self.scale)
+        if self.size is not None and (label.shape[0] > self.size[0] or label.shape[1] > self.size[1]):
+            raise ValueError(f"item {index}: {label.shape[0]}x{label.shape[1]}, larger than the padded size "
+                             f"{self.size[0]}x{self.size[1]}")
+        image = resized(image, self.scale, Image.BILINEAR)
+        if self.resize_labels:
+            label = resized(label, self.scale, Image.NEAREST)
         if self.size is not None:
-            if label.shape[0] > self.size[0] or label.shape[1] > self.size[1]:
-                raise ValueError(f"item {index}: resized to {label.shape[0]}x{label.shape[1]}, larger than "
-                                 f"the padded size {self.size[0]}x{self.size[1]}")
-            image, label = pad(image, label, *self.size)
+            image_size = scaled_size(*self.size, self.scale)
+            image = padded(image, *image_size, MEAN_COLOUR)
+            label = padded(label, *(image_size if self.resize_labels else self.size), IGNORE_INDEX)
         return to_tensors(image, label)

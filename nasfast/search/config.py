@@ -54,7 +54,8 @@ class SearchConfig:
                                       "at least 2", images_per_batch)
     val_images: int = option(0, "meta-val images scored (0: all)", non_negative_int)
     stage2_images: int = option(0, "meta-train images of a stage-2 epoch (0: all)", non_negative_int)
-    scale: float = option(1.0, "images are resized by this factor first (ours)", positive_float)
+    scale: float = option(1.0, "images are resized by this factor first (ours; the rewards count the labels "
+                                        "at their own size)", positive_float)
     crop_size: int = option(321, "side of the square stage-2 training crops (ours)", positive_int)
     scale_range: Tuple[float, float] = option((0.5, 2.0), "random scale range of stage-2 augmentation", positive_float)
     channels: int = option(48, "decoder width during search", positive_int)

@@ -16,7 +16,6 @@ from ..cli import counted, progress_bar, resolve_device
 from ..data import EvalTransform, SegmentationDataset, TrainTransform, find_data_root, make_dataset
 from ..data.datasets import absent_classes_warning, refuse_run_in_data
 from ..data.decode import missing_file
-from ..data.transforms import scaled_size
 from ..encoder import MobileNetV2Encoder
 from ..files import read_json, write_json
 from .cache import CACHE, COMPLETE, PARTS, FeatureCache, build_cache, checksums, crc32, open_cache
@@ -54,9 +53,9 @@ def split_indices(n: int, val_fraction: float, seed: int) -> Tuple[List[int], Li
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 
-def _common_size(dataset, indices: List[int], scale: float) -> Tuple[int, int]:
-    """The largest image size among `indices` after resizing: every image is padded to it."""
-    sizes = [scaled_size(*dataset.load(i)[1].shape, scale) for i in indices]
+def _common_size(dataset, indices: List[int]) -> Tuple[int, int]:
+    """The largest label size among `indices`: every label is padded to it (and image to it times the scale)."""
+    sizes = [dataset.load(i)[1].shape for i in indices]
     return max(h for h, _ in sizes), max(w for _, w in sizes)
 
 
@@ -195,7 +194,8 @@ def _fingerprint(pairs) -> str:
 def _stage1_caches(config: SearchConfig, full, stage1_ids: List[int], val_ids: List[int], encoder, run_dir: str,
                    cache: str, device: torch.device, progress: bool,
                    teacher_crc: Optional[int]) -> Tuple[FeatureCache, FeatureCache, tuple]:
-    """The stage-1 caches (see build_context's `cache`) and the common image size they hold;
+    """The stage-1 caches (see build_context's `cache`) and the common label size of meta-val (the
+    stage-1 labels are resized with the images);
     `teacher_crc`: the CRC-32 of config.teacher's file (teacher_crc32), the teacher a cache holds."""
     def directory(what: str) -> str:
         return os.path.join(run_dir, CACHE, what)
@@ -204,12 +204,12 @@ def _stage1_caches(config: SearchConfig, full, stage1_ids: List[int], val_ids: L
         stage1, val = open_cache(directory("stage1")), open_cache(directory("val"))
         _check_complete(stage1, len(stage1_ids), directory("stage1"))
         _check_complete(val, len(val_ids), directory("val"))
-        return stage1, val, tuple(stage1.labels.shape[1:])  # no image read for the size
+        return stage1, val, tuple(val.labels.shape[1:])  # no image read for the size
 
     if cache == "open":  # the process that builds it has checked it
         return opened()
     marker = directory(COMPLETE)
-    contents = {"dataset": config.dataset, "scale": config.scale, "teacher": teacher_crc,
+    contents = {"dataset": config.dataset, "scale": config.scale, "val_labels": "unscaled", "teacher": teacher_crc,
                 "stage1_ids": stage1_ids, "val_ids": val_ids,
                 "files": _fingerprint(full.pairs[i] for i in stage1_ids + val_ids)}
     recorded = _complete(marker, contents)
@@ -224,14 +224,13 @@ def _stage1_caches(config: SearchConfig, full, stage1_ids: List[int], val_ids: L
             print(f"warning: the stage-1 cache in {directory('')} cannot be read ({error}); it is built again",
                   file=sys.stderr)
     teacher = load_teacher(config.teacher, device, full.class_names)  # checked before caching
-    size = _common_size(full, stage1_ids + val_ids, config.scale)
-    evaluated = EvalTransform(config.scale, size)
+    size = _common_size(full, stage1_ids + val_ids)
     if os.path.exists(marker):
         os.remove(marker)  # a rebuild killed half-way must not be taken for complete
     memory_limit = 0 if cache == "build" else config.memory_limit_gb * 1e9
-    stage1, stage1_val = _build_caches(_Transformed(full, stage1_ids, evaluated),
-                                       _Transformed(full, val_ids, evaluated), encoder, teacher, directory,
-                                       memory_limit, device, progress)
+    stage1, stage1_val = _build_caches(_Transformed(full, stage1_ids, EvalTransform(config.scale, size, True)),
+                                       _Transformed(full, val_ids, EvalTransform(config.scale, size)), encoder,
+                                       teacher, directory, memory_limit, device, progress)
     if stage1.on_disk and stage1_val.on_disk:  # a resumed or restarted search opens it again
         write_json(marker, {**contents, "checksums": {part: checksums(directory(part)) for part in PARTS}})
     return stage1, stage1_val, size
