@@ -347,6 +347,23 @@ def test_non_finite_controller_weights_are_neither_resumed_nor_saved(saved_searc
         diverged.state_dict()
 
 
+class RunsCode:
+    def __reduce__(self):
+        return (exec, ("open('ran', 'w').close()",))
+
+
+def test_a_state_holding_python_objects_is_not_loaded_so_runs_no_code(saved_search, capsys, monkeypatch):
+    state = saved_search / "state.pt"
+    hostile = torch.load(state, weights_only=True)
+    hostile["data"] = RunsCode()
+    torch.save(hostile, state)
+    monkeypatch.chdir(saved_search)
+    assert search("--resume", saved_search, "--budget", 4) == 2
+    assert (f"{state} holds Python objects that a search's state never holds, which could run code as they load: "
+            f"it was not loaded") in capsys.readouterr().err
+    assert not (saved_search / "ran").exists()
+
+
 def test_a_log_line_copied_twice_is_kept_once(saved_search):
     log = saved_search / "candidates.jsonl"
     lines = log.read_text().splitlines(keepends=True)

@@ -144,11 +144,14 @@ class Coordinator(Search):
         self._clock: Optional[float] = None
 
     def state_dict(self) -> Dict[str, Any]:
-        return {**super().state_dict(), "pending": dict(self.pending), "gate_decisions": dict(self.gate_decisions)}
+        pending = {index: [proposal.genotype.to_list(), proposal.log_prob] for index, proposal in self.pending.items()}
+        return {**super().state_dict(), "pending": pending, "gate_decisions": dict(self.gate_decisions)}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.pending = dict(state.get("pending", {}))
+        self.pending = {index: proposal if isinstance(proposal, Proposal) else Proposal(Genotype.parse(proposal[0]),
+                                                                                         proposal[1])
+                        for index, proposal in state.get("pending", {}).items()}  # Proposals: as saved before
         self.gate_decisions = dict(state.get("gate_decisions", {}))
         self.retry = sorted(self.pending)
 

@@ -1,5 +1,6 @@
 """A search run's log and state on resume: the finished candidates' records, the saved state."""
 import json
+import pickle
 import sys
 from typing import Any, Dict, List
 
@@ -7,6 +8,8 @@ import torch
 
 from ..checkpoint import damaged_member, holds_non_finite
 from ..files import keep_copy, read_search_log, write_atomic
+from ..genotype import Genotype
+from ..strategies import Proposal
 
 
 def keep_finished_records(path: str, count: int, pending=()) -> List[Dict[str, Any]]:
@@ -39,10 +42,14 @@ def load_state(path: str) -> Dict[str, Any]:
     if member:
         raise ValueError(damaged_state(path, f"its bytes differ from what was saved (checksum of {member})"))
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals([Proposal, Genotype]):  # pending, as earlier versions saved it
+            state = torch.load(path, map_location="cpu", weights_only=True)  # a state from elsewhere runs no code
     except FileNotFoundError:
         raise
     except Exception as error:  # torch.load fails in many ways on a damaged file
+        if isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in str(error):
+            raise ValueError(f"{path} holds Python objects that a search's state never holds, which could run code "
+                             f"as they load: it was not loaded (a state made elsewhere, or edited?)") from None
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(damaged_state(path, f"it cannot be read ({reason})")) from error
     if isinstance(state, dict) and holds_non_finite(state.get("strategy")):  # bytes overwritten, say
