@@ -26,6 +26,8 @@ def load_run(path: str) -> Dict:
         hint = f"; it holds a training run: python -m nasfast.evaluate --checkpoint {trained[0]}" if trained else ""
         raise FileNotFoundError(f"{run_dir}: not a search run ({log} missing){hint}")
     config = read_json(os.path.join(run_dir, CONFIG)) or {}
+    if not isinstance(config, dict):
+        raise ValueError(f"{os.path.join(run_dir, CONFIG)} is damaged: not the settings of a search (a JSON object)")
     strategy = config.get("strategy", "unknown strategy")
     return {"dir": run_dir, "name": f"{strategy} ({path if os.path.isfile(path) else run_dir})",  # as given
             "strategy": strategy, "records": read_search_log(log), "channels": config.get("channels"),

@@ -199,3 +199,11 @@ def test_a_plot_replaces_an_earlier_plot_and_nothing_else(tmp_path, capsys):
     plot = tmp_path / "plot.png"
     assert report(tmp_path / "ppo", "--plot", plot) == 0 and report(tmp_path / "ppo", "--plot", plot) == 0
     assert f"plot: {plot}" in capsys.readouterr().out
+
+
+def test_settings_that_are_not_a_json_object_are_one_line(tmp_path, capsys):
+    fake_run(tmp_path / "ppo", "ppo", [(0.1, 0.2)])
+    (tmp_path / "ppo" / "config.json").write_text("[1, 2]")
+    assert report(tmp_path / "ppo") == 2
+    assert capsys.readouterr().err.endswith(f"error: {tmp_path / 'ppo' / 'config.json'} is damaged: not the settings "
+                                            f"of a search (a JSON object)\n")
