@@ -68,9 +68,13 @@ def lock_directory(directory: str):
     """Locks a run directory for this process until it ends (a killed process's lock is released
     too) and returns the open lock file, to be kept; ValueError while another process holds it,
     Unwritable where the directory cannot be written."""
-    try:
-        handle = open(os.path.join(directory, LOCK), "a+")
+    path = os.path.join(directory, LOCK)
+    try:  # never through a link: the pid written would replace what it points to
+        handle = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644), "r+")
     except OSError as error:
+        if error.errno in (errno.ELOOP, errno.EISDIR):
+            raise ValueError(f"{path} is a link or a folder, not the lock file a run keeps there: move it "
+                             f"away") from None
         if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise
         raise Unwritable(f"{directory} cannot be written ({error.strerror}): a run keeps its state there; choose "
@@ -189,25 +193,26 @@ def read_json(path: str) -> Any:
     """The JSON in `path`, or None when there is no such file."""
     if not os.path.exists(path):
         return None
-    with open(path) as f:
+    with open(path, "rb") as f:
         try:
-            return json.load(f)
-        except json.JSONDecodeError as error:
+            return json.loads(f.read())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise ValueError(f"{path} is damaged: not valid JSON ({error})") from None
 
 
 def read_records(path: str) -> List[Dict[str, Any]]:
-    """The complete lines of a JSON-lines log (a torn last line from a crash is dropped)."""
+    """The complete lines of a JSON-lines log (a torn last line from a crash is dropped; a last
+    line that is whole but lacks its newline, as an editor may leave it, is kept)."""
     if not os.path.exists(path):
         return []
     records = []
-    with open(path) as f:
+    with open(path, "rb") as f:
         for number, line in enumerate(f, 1):
-            if not line.endswith("\n"):
-                break
             try:
                 records.append(json.loads(line))
-            except json.JSONDecodeError as error:
+            except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                if not line.endswith(b"\n"):  # torn
+                    break
                 raise ValueError(f"{path} is damaged: line {number} is not valid JSON ({error})") from None
     return records
 

@@ -429,7 +429,7 @@ def start_from(model, initial: dict, path: str, class_names: Sequence[str]) -> N
 def mend_log(out: str, checkpoint: dict) -> None:
     """Rewrites OUT's training log as the checkpoint has it, where it differs; OUT is locked."""
     log = os.path.join(out, TRAINING_LOG)
-    text = Path(log).read_text() if os.path.exists(log) else ""
+    text = Path(log).read_text(errors="replace") if os.path.exists(log) else ""  # bytes not UTF-8: a line dropped
     mended = mended_log(log, text, checkpoint)
     if mended is not None:
         if not mended.startswith(text):  # lines dropped
@@ -456,7 +456,7 @@ def mended_log(log: str, text: str, checkpoint: dict) -> Optional[str]:
 def _epoch_record(line: str) -> Optional[dict]:
     """The record of a complete, well-formed line of the training log, else None."""
     try:
-        record = json.loads(line) if line.endswith("\n") else None
+        record = json.loads(line)
     except json.JSONDecodeError:
         return None
     return record if isinstance(record, dict) and isinstance(record.get("epoch"), int) else None

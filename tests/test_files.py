@@ -55,13 +55,26 @@ def test_locking_a_run_directory_removes_what_a_killed_writer_left_of_its_files(
 def test_a_directory_that_cannot_be_written_is_said_so_not_its_lock_file(tmp_path, monkeypatch):
     import errno
 
-    def read_only(path, mode="r"):
+    def read_only(path, flags, mode=0o777):
         raise OSError(errno.EROFS, "Read-only file system", path)
-    monkeypatch.setattr(files, "open", read_only, raising=False)
-    with pytest.raises(ValueError, match=f"^{tmp_path} cannot be written \\(Read-only file system\\): a run keeps "
-                                         f"its state there; choose a writable directory \\(or copy a run to one to go "
-                                         f"on with it\\)$"):
+    with monkeypatch.context() as patched, \
+            pytest.raises(ValueError, match=f"^{tmp_path} cannot be written \\(Read-only file system\\): a run keeps "
+                                            f"its state there; choose a writable directory \\(or copy a run to one to "
+                                            f"go on with it\\)$"):
+        patched.setattr(os, "open", read_only)
         files.lock_directory(str(tmp_path))
+
+
+def test_a_lock_file_that_is_a_link_or_a_folder_is_refused_and_its_target_kept(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    for run_dir, make in (("linked", lambda lock: lock.symlink_to(tmp_path / "notes.txt")),
+                          ("folder", lambda lock: lock.mkdir())):
+        (tmp_path / run_dir).mkdir()
+        make(tmp_path / run_dir / files.LOCK)
+        with pytest.raises(ValueError, match=f"^{tmp_path / run_dir / files.LOCK} is a link or a folder, not the "
+                                             f"lock file a run keeps there: move it away$"):
+            files.lock_directory(str(tmp_path / run_dir))
+    assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def test_a_damaged_line_inside_a_log_is_refused_with_the_file_and_line_not_skipped(tmp_path, capsys):
@@ -89,3 +102,25 @@ def test_stop_signals_leave_a_signal_the_process_ignores_ignored():
             os.kill(os.getpid(), signal.SIGTERM)  # handled: not ignored
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_a_last_line_whole_but_without_its_newline_is_kept_and_bytes_not_utf8_are_damage(tmp_path):
+    log = tmp_path / "candidates.jsonl"
+    log.write_text('{"index": 0}\n{"index": 1}')  # as an editor may save it
+    assert files.read_records(str(log)) == [{"index": 0}, {"index": 1}]
+    log.write_bytes(b'{"index": 0}\n\x82\xff\n{"index": 2}\n')
+    with pytest.raises(ValueError, match=f"^{log} is damaged: line 2 is not valid JSON "):
+        files.read_records(str(log))
+    config = tmp_path / "config.json"
+    config.write_bytes(b"\x82\xff{}")
+    with pytest.raises(ValueError, match=f"^{config} is damaged: not valid JSON "):
+        files.read_json(str(config))
+
+
+def test_a_training_log_with_bytes_not_utf8_is_mended(tmp_path, capsys):
+    from nasfast.trainer import mend_log
+    log = tmp_path / "log.jsonl"
+    log.write_bytes(b'{"epoch": 0, "loss": 1.0}\n\x82\xff\n{"epoch": 1, "loss": 0.5}')
+    mend_log(str(tmp_path), {"epoch": 1})
+    assert log.read_text() == '{"epoch": 0, "loss": 1.0}\n{"epoch": 1, "loss": 0.5}\n'
+    assert "1 line dropped (torn, damaged" in capsys.readouterr().err
