@@ -144,15 +144,34 @@ def load_trained(path: str, fused=None) -> Segmenter:
     """The trained model of a checkpoint of python -m nasfast.train (best.pt or last.pt), as deployed:
     no auxiliary heads, eval mode. Its input: RGB / 255 normalised by IMAGENET_MEAN and IMAGENET_STD,
     resized by the training's scale (torch.load(path)["scale"])."""
-    return model_from_checkpoint(load_checkpoint(path), fused=fused).eval()
+    return model_from_checkpoint(load_checkpoint(path), fused=fused, source=path).eval()
 
 
-def model_from_checkpoint(checkpoint: Dict[str, Any], aux=None, fused=None) -> Segmenter:
-    """The deployed model (no auxiliary heads unless asked for) with the checkpoint's weights."""
+def model_from_checkpoint(checkpoint: Dict[str, Any], aux=None, fused=None,
+                          source: str = "the checkpoint") -> Segmenter:
+    """The deployed model (no auxiliary heads unless asked for) with the weights of the checkpoint
+    (read from `source`)."""
     model = create_model(checkpoint["genotype"], checkpoint["num_classes"], pretrained=False, aux=aux,
                          channels=checkpoint["channels"], sep_repeats=checkpoint["sep_repeats"], fused=fused)
     weights = checkpoint["model"]
-    if aux is None:
+    if aux is None and isinstance(weights, dict):
         weights = {k: v for k, v in weights.items() if not k.startswith("decoder.aux.")}
-    model.load_state_dict(weights)
+    load_exact_weights(model, weights, source)
     return model
+
+
+def load_exact_weights(model: torch.nn.Module, weights: Any, source: str) -> None:
+    """model.load_state_dict(weights), or a UsageError, in one line, where they do not fit."""
+    expected = model.state_dict()
+    if not isinstance(weights, dict):
+        raise UsageError(f"{source} is damaged: its weights are a {type(weights).__name__}, not named tensors")
+    problems = [f"{len(names)} {what}, e.g. {names[0]}" for what, names in (
+        ("missing", sorted(expected.keys() - weights.keys())),
+        ("not of the model", sorted(weights.keys() - expected.keys())),
+        ("of other shapes", sorted(k for k in expected.keys() & weights.keys()
+                                   if not (isinstance(weights[k], torch.Tensor) and weights[k].shape == expected[k].shape))),
+    ) if names]
+    if problems:
+        raise UsageError(f"{source}: its weights do not fit the model it describes ({'; '.join(problems)}): it was "
+                         f"edited, or mixes files of different runs")
+    model.load_state_dict(weights)

@@ -143,7 +143,7 @@ def main(argv=None) -> int:
     images = evenly_spaced(dataset, args.limit)
     if args.scale is not None:
         check_scale_option(dataset, scale)
-    model = model_from_checkpoint(checkpoint).to(device)
+    model = model_from_checkpoint(checkpoint, source=args.checkpoint).to(device)
     print(f"{args.checkpoint} on {dataset_name} {args.split} ({root}): {counted(len(images), 'image')} at scale "
           f"{scale}", file=sys.stderr if args.json else sys.stdout, flush=True)
     if every_image_in_every_split(dataset):

@@ -174,7 +174,11 @@ def resumed_run(args) -> Tuple[Genotype, TrainConfig, dict]:
         best = os.path.join(args.out, BEST)
         init = f" (--init {best} starts from its best weights)" if os.path.isfile(best) else ""
         raise UsageError(str(error).replace(DAMAGED_ADVICE, f"the run cannot go on: train in another --out{init}"))
-    return Genotype.parse(saved["genotype"]), config, checkpoint
+    genotype = Genotype.parse(saved["genotype"])
+    if Genotype.parse(checkpoint["genotype"]).to_list() != genotype.to_list():
+        raise UsageError(f"--resume: {last} holds the weights of {genotype_name(checkpoint['genotype'])}, but "
+                         f"{CONFIG} trains {genotype_name(genotype)}: files of different runs")
+    return genotype, config, checkpoint
 
 
 def new_run(args) -> Tuple[Genotype, TrainConfig, Optional[dict]]:

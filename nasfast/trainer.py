@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from .checkpoint import DAMAGED_ADVICE, RESUME_KEYS, check_classes, load_checkpoint, load_fitting_weights
+from .checkpoint import (DAMAGED_ADVICE, RESUME_KEYS, check_classes, classifier_weights, load_checkpoint,
+                         load_exact_weights, load_fitting_weights)
 from .cli import (UsageError, counted, data_check_command, message_of, progress_bar, reported_in_one_line,
                   resolve_device)
 from .data import DataError, EvalTransform, SegmentationDataset, TrainTransform, make_dataset
@@ -381,7 +382,7 @@ def save_epoch(out: str, state: dict, improved: bool) -> None:
 
 def resume_from(model, optimizers, resumed: dict, out: str) -> Tuple[int, Optional[float]]:
     """Loads the last checkpoint's weights and optimizer states; the epoch to go on with and the best mIoU."""
-    model.load_state_dict(resumed["model"])
+    load_exact_weights(model, resumed["model"], os.path.join(out, LAST))
     for optimizer, key in zip(optimizers, ("encoder_optimizer", "decoder_optimizer")):
         optimizer.load_state_dict(resumed[key])
     mend_log(out, resumed)
@@ -420,6 +421,10 @@ def start_from(model, initial: dict, path: str, class_names: Sequence[str]) -> N
     trained = initial.get("class_names")
     renamed = len(class_names) == initial["num_classes"] and trained is not None and list(trained) != list(class_names)
     fresh = load_fitting_weights(model, initial, classifiers=not renamed)
+    unfit = sorted(set(fresh) - classifier_weights(model))
+    if unfit:
+        raise UsageError(f"--init {path}: its weights do not fit the model it describes ({len(unfit)} missing or of "
+                         f"other shapes, e.g. {unfit[0]}): it was edited, or mixes files of different runs")
     layers = sorted({name.rsplit(".", 1)[0] for name in fresh})
     why = (f"for the classes {list(class_names)}, not its {list(trained)}" if renamed else
            f"for {len(class_names)} classes, not its {initial['num_classes']}")

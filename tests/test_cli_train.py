@@ -876,3 +876,29 @@ def test_init_trains_from_a_checkpoint_on_data_of_other_classes(tmp_path, capsys
                                            f"leave --genotype out to train its design\n")
     assert train_cli("--resume", tmp_path / "run2", "--init", checkpoint) == 2
     assert one_error_line(capsys).endswith("--init starts a new run: --resume goes on from the run's own last.pt\n")
+
+
+def test_checkpoints_whose_weights_do_not_fit_their_design_are_one_line(stopped_after_epoch_1, tmp_path, capsys):
+    last = stopped_after_epoch_1 / "last.pt"
+    state = torch.load(last, weights_only=True)
+    torch.save({**state, "genotype": ZOO["arch1"].to_list()}, tmp_path / "mixed.pt")
+    assert evaluate_cli("--checkpoint", tmp_path / "mixed.pt", "--limit", 2, "--workers", 0, "--no-progress") == 2
+    err = capsys.readouterr().err
+    assert f"error: {tmp_path / 'mixed.pt'}: its weights do not fit the model it describes (" in err
+    assert "): it was edited, or mixes files of different runs\n" in err and err.count("\n") == 1
+    assert train_cli("--init", tmp_path / "mixed.pt", "--preset", "tiny", "--out", tmp_path / "init") == 2
+    assert (f"error: --init {tmp_path / 'mixed.pt'}: its weights do not fit the model it describes (") in \
+        capsys.readouterr().err
+    torch.save({**state, "model": [1, 2]}, tmp_path / "list.pt")
+    assert evaluate_cli("--checkpoint", tmp_path / "list.pt", "--limit", 2) == 2
+    assert f"{tmp_path / 'list.pt'} is damaged: its weights are a list, not named tensors" in capsys.readouterr().err
+    good = last.read_bytes()
+    torch.save({**state, "genotype": ZOO["arch1"].to_list()}, last)
+    assert train_cli("--resume", stopped_after_epoch_1) == 2
+    assert (f"--resume: {last} holds the weights of arch1, but config.json trains arch0: files of different "
+            f"runs") in capsys.readouterr().err
+    torch.save({**state, "model": {**state["model"], "extra": torch.zeros(1)}}, last)
+    assert train_cli("--resume", stopped_after_epoch_1, "--no-progress") == 2
+    assert (f"{last}: its weights do not fit the model it describes (1 not of the model, e.g. extra): it was edited"
+            in capsys.readouterr().err)
+    last.write_bytes(good)
