@@ -164,7 +164,11 @@ def resumed_run(args) -> Tuple[Genotype, TrainConfig, dict]:
                   f"--out (the schedule starts again)" if any(c.startswith("--epochs") for c in conflicts) else "")
         raise UsageError(f"--resume: {', '.join(conflicts)} ({CONFIG}){longer}")
     settings = {f.name: saved[f.name] for f in fields(TrainConfig) if f.name in saved}
-    config = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
+    try:
+        config = TrainConfig(**settings)
+    except ValueError as error:
+        raise UsageError(f"--resume: {os.path.join(args.out, CONFIG)} holds settings a training cannot take "
+                         f"({error}): it was edited?") from None
     if args.workers is not None:
         config.workers = args.workers
     args.dataset = saved["dataset"]
@@ -194,7 +198,6 @@ def new_run(args) -> Tuple[Genotype, TrainConfig, Optional[dict]]:
     options = {name: getattr(args, name) for name in OPTION_FIELDS if getattr(args, name) is not None}
     args.dataset = args.dataset or "camvid"
     config = replace(PRESETS[args.preset or "paper"], **options)
-    config.lr_steps = tuple(config.lr_steps)
     check_schedule(config, args.step_factor is not None)
     return genotype, config, initial
 

@@ -1,6 +1,7 @@
 """The full training of a design (the paper's section 4.4): its data, the epochs with the validation
 mean IoU after each, the checkpoints (last and best) and the log of a run directory, from scratch or
 resumed; python -m nasfast.train is its command line."""
+import argparse
 import json
 import math
 import os
@@ -17,8 +18,9 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from .checkpoint import (DAMAGED_ADVICE, RESUME_KEYS, check_classes, classifier_weights, load_checkpoint,
                          load_exact_weights, load_fitting_weights)
-from .cli import (UsageError, counted, data_check_command, message_of, progress_bar, reported_in_one_line,
-                  resolve_device)
+from .cli import (UsageError, counted, data_check_command, fraction, images_per_batch, message_of,
+                  non_negative_float, non_negative_int, positive_float, positive_int, progress_bar,
+                  reported_in_one_line, resolve_device)
 from .data import DataError, EvalTransform, SegmentationDataset, TrainTransform, make_dataset
 from .data.datasets import (DATASETS, OtherLayout, absent_classes_warning, find_data_root, refuse_run_in_data,
                              split_warning)
@@ -58,6 +60,45 @@ class TrainConfig:
     val_images: int = 0
     seed: int = 0
     workers: int = 2
+
+    def __post_init__(self):
+        """Each setting as its option takes it (a config.json edited by hand comes here: "5" is 5);
+        ValueError naming the first that its option would refuse. Lists become tuples."""
+        for name, parse in SETTING_TYPES.items():
+            value = getattr(self, name)
+            try:
+                setattr(self, name, _parsed(value, parse, isinstance(getattr(TrainConfig, name), tuple)))
+            except argparse.ArgumentTypeError as error:
+                raise ValueError(f"{name} is {value!r}: {error}") from None
+        if len(self.scale_range) != 2 or self.scale_range[0] > self.scale_range[1]:
+            raise ValueError(f"scale_range is {list(self.scale_range)}: expected a low and a high scale")
+        if not self.aux_weights:
+            raise ValueError("aux_weights is empty: expected a weight for each part of the training")
+
+
+def _choice(*choices: str):
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise argparse.ArgumentTypeError(f"expected {' or '.join(choices)}")
+        return text
+    return parse
+
+
+# How each setting is checked: its option's type (for a list, each item's).
+SETTING_TYPES = {"epochs": positive_int, "batch_size": images_per_batch, "crop_size": positive_int,
+                 "scale": positive_float, "scale_range": positive_float, "encoder_lr": positive_float,
+                 "decoder_lr": positive_float, "decoder_optimizer": _choice("adam", "sgd"),
+                 "weight_decay": non_negative_float, "poly_power": positive_float, "lr_steps": positive_int,
+                 "step_factor": fraction, "aux_weights": non_negative_float, "train_images": non_negative_int,
+                 "val_images": non_negative_int, "seed": non_negative_int, "workers": non_negative_int}
+
+
+def _parsed(value, parse, is_list: bool):
+    if not is_list:
+        return parse(str(value))
+    if not isinstance(value, (list, tuple)):
+        raise argparse.ArgumentTypeError("expected a list")
+    return tuple(parse(str(item)) for item in value)
 
 
 PRESETS = {

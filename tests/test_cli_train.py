@@ -200,6 +200,21 @@ def test_resume_refuses_another_schedule(tmp_path, capsys):
     assert "--lr-steps 90 120 differs from the run's none (config.json)" in one_error_line(capsys)
 
 
+@pytest.mark.parametrize("edit, message", [
+    ({"epochs": 3.0}, "epochs is 3.0: expected a whole number, got '3.0'"),
+    ({"scale": None}, "scale is None: expected a number, got 'None'"),
+    ({"aux_weights": []}, "aux_weights is empty: expected a weight for each part of the training"),
+    ({"lr_steps": 5}, "lr_steps is 5: expected a list"),
+    ({"decoder_optimizer": "rmsprop"}, "decoder_optimizer is 'rmsprop': expected adam or sgd")])
+def test_resume_refuses_settings_edited_into_what_a_training_cannot_take(tmp_path, capsys, edit, message):
+    (tmp_path / "config.json").write_text(json.dumps(tiny_run_config(**edit)))
+    (tmp_path / "last.pt").write_bytes(b"")
+    assert train_cli("--resume", tmp_path) == 2
+    assert one_error_line(capsys).endswith(f"--resume: {tmp_path / 'config.json'} holds settings a training cannot "
+                                           f"take ({message}): it was edited?\n")
+    assert trainer.TrainConfig(epochs="3", lr_steps=[1]) == trainer.TrainConfig(epochs=3, lr_steps=(1,))  # as typed
+
+
 def test_the_run_directory_comes_from_out_or_resume(tmp_path, capsys):
     assert train_cli("--genotype", "arch0") == 2
     assert "--out OUT is required (or --resume OUT to continue a run)" in one_error_line(capsys)
