@@ -44,7 +44,7 @@ def prediction_paths(directory: Path, root: Path, images: Sequence[Path]) -> Lis
 
 def refuse_to_replace(directory: Path, paths: Sequence[Path], data_files: Sequence[Path]) -> None:
     """UsageError where a predictions file would replace an image or label of the dataset, or a
-    file that is not an earlier prediction (a palette PNG)."""
+    file that is not an earlier prediction (a palette PNG), or where a folder it needs is a file."""
     data = {os.path.realpath(path) for path in data_files}
     clash = next((path for path in paths if os.path.realpath(path) in data), None)
     if clash is not None:
@@ -54,6 +54,12 @@ def refuse_to_replace(directory: Path, paths: Sequence[Path], data_files: Sequen
     if other is not None:
         raise UsageError(f"--predictions {directory} would replace {other}, which is not an earlier prediction "
                          f"(a palette PNG): choose another folder, or move it")
+    top = Path(os.path.abspath(directory))
+    folders = {folder for path in paths for folder in path.parents if top in folder.parents}
+    blocking = next((folder for folder in sorted(folders) if os.path.lexists(folder) and not folder.is_dir()), None)
+    if blocking is not None:
+        raise UsageError(f"--predictions {directory} needs the folder {blocking}, which is a file: choose another "
+                         f"folder, or move it")
 
 
 def _is_prediction(path: Path) -> bool:

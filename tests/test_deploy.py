@@ -145,17 +145,21 @@ def test_evaluate_writes_the_predictions_it_scored(trained, tmp_path, camvid_roo
     (lambda root, tmp: root, "a file of the dataset"),
     (lambda root, tmp: tmp / "file", "a file, not a folder"),
     (lambda root, tmp: tmp / "notes", "notes/val/0016E5_07959.png, which is not an earlier prediction"),
+    (lambda root, tmp: tmp / "flat", "/flat/val, which is a file"),
 ])
 def test_evaluate_writes_no_predictions_over_the_data_or_into_a_file(trained, tmp_path, camvid_root, capsys, where,
                                                                      words):
     (tmp_path / "file").write_text("")
     (tmp_path / "notes" / "val").mkdir(parents=True)
     (tmp_path / "notes" / "val" / "0016E5_07959.png").write_text("my notes")  # the first val image's name
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "val").write_text("")  # where the val images' predictions go
     directory = where(camvid_root, tmp_path)
     assert cli.run(evaluate.main, evaluate.PROG, ["--checkpoint", str(trained / "best.pt"), "--limit", "2",
                                                   "--predictions", str(directory), "--no-progress"]) == 2
     error = capsys.readouterr().err
     assert error.startswith(f"{evaluate.PROG}: error: --predictions {directory}") and words in error
+    assert error.count("\n") == 1
     assert (tmp_path / "file").read_text() == "" and "my notes" in (tmp_path / "notes" / "val").joinpath(
         "0016E5_07959.png").read_text()
 
