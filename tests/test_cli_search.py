@@ -452,6 +452,10 @@ def test_resume_warns_of_lost_log_lines_and_keeps_the_log_as_it_was(saved_search
     assert "lacks the records of 3 finished candidate(s) (index 1, 2, 3)" in err
     assert "[5/5] candidate 4: " in err  # the lost ones count against the budget
     assert [r["index"] for r in read_records(str(log))] == [0, 4]  # each index once at most
+    log.unlink()
+    assert search("--resume", saved_search, "--budget", "6", "--no-progress") == 0
+    assert (f"{log} lacks the records of 5 finished candidate(s) (index 0, 1, 2, 3, 4): the file was removed; "
+            f"they are lost") in capsys.readouterr().err
 
 
 def test_failures_are_explained_and_all_failed_exits_1(tmp_path, no_data, monkeypatch, capsys):

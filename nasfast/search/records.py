@@ -1,8 +1,9 @@
 """A search run's log and state on resume: the finished candidates' records, the saved state."""
 import json
+import os
 import pickle
 import sys
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 
@@ -23,18 +24,19 @@ def keep_finished_records(path: str, count: int, pending=()) -> List[Dict[str, A
     records = list(kept.values())
     missing = set(range(count)) - pending - {r["index"] for r in records}
     if missing:
-        _warn_of_lost_records(path, missing, keep_copy(path))
+        _warn_of_lost_records(path, missing, keep_copy(path) if os.path.exists(path) else None)
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in records).encode())
     return records
 
 
-def _warn_of_lost_records(path: str, missing, copy: str) -> None:
-    """The state counts these candidates as finished, but the log lacks them: it was cut short or
-    edited. They cannot be evaluated again (their designs were in the lost lines)."""
+def _warn_of_lost_records(path: str, missing, copy: Optional[str]) -> None:
+    """The state counts these candidates as finished, but the log lacks them: it was cut short,
+    edited or removed. They cannot be evaluated again (their designs were in the lost lines)."""
     shown = ", ".join(map(str, sorted(missing)[:10])) + (", ..." if len(missing) > 10 else "")
-    print(f"warning: {path} lacks the records of {len(missing)} finished candidate(s) (index {shown}): "
-          f"the file was cut short or edited; they are lost, and the search goes on without them (the log as it "
-          f"was: {copy})", file=sys.stderr)
+    how = f"the file was cut short or edited; they are lost, and the search goes on without them (the log as it " \
+          f"was: {copy})" if copy else "the file was removed; they are lost, and the search goes on without them"
+    print(f"warning: {path} lacks the records of {len(missing)} finished candidate(s) (index {shown}): {how}",
+          file=sys.stderr)
 
 
 def load_state(path: str) -> Dict[str, Any]:
