@@ -364,6 +364,24 @@ def test_a_state_holding_python_objects_is_not_loaded_so_runs_no_code(saved_sear
     assert not (saved_search / "ran").exists()
 
 
+@pytest.mark.parametrize("edit, problem", [
+    (lambda state: {**state, "next_index": -5}, "its next_index is -5"),
+    (lambda state: {**state, "elapsed": None}, "its elapsed is None"),
+    (lambda state: [state], "it holds a list, not a search's state"),
+    (lambda state: {**state, "strategy": {**state["strategy"], "controller": {
+        **state["strategy"]["controller"], "embedding.weight": torch.zeros(2, 2)}}},
+     "its controller cannot be loaded (Error(s) in loading state_dict"),
+])
+def test_a_state_edited_into_values_no_search_saves_is_refused_and_the_log_kept(saved_search, capsys, edit,
+                                                                                  problem):
+    state = saved_search / "state.pt"
+    log = (saved_search / "candidates.jsonl").read_text()
+    torch.save(edit(torch.load(state, weights_only=True)), state)
+    assert search("--resume", saved_search, "--budget", 4) == 2
+    assert f"{state} is damaged: {problem}" in capsys.readouterr().err
+    assert (saved_search / "candidates.jsonl").read_text() == log
+
+
 def test_a_log_line_copied_twice_is_kept_once(saved_search):
     log = saved_search / "candidates.jsonl"
     lines = log.read_text().splitlines(keepends=True)

@@ -23,7 +23,7 @@ from .context import SearchContext
 from .config import SearchConfig
 from .gate import Gate
 from .job import record_job
-from .records import keep_finished_records, load_state
+from .records import damaged_state, keep_finished_records, load_state
 from .summary import closing_summary, format_reward, progress_line, top_table
 
 NO_BUDGET = "give --budget N (candidates) and/or --time-budget T (e.g. 4h)"
@@ -112,8 +112,13 @@ class Search:
         self.data = state.get("data")  # None in states saved before it was recorded
         self.budget = self.budget if self.budget is not None else state.get("budget")
         self.time_budget = self.time_budget if self.time_budget is not None else state.get("time_budget")
-        self.strategy.load_state_dict(state["strategy"])
-        self.gate.load_state_dict(state["gate"])
+        try:
+            self.strategy.load_state_dict(state["strategy"])
+            self.gate.load_state_dict(state["gate"])
+        except (RuntimeError, ValueError, TypeError, KeyError) as error:  # a controller of other sizes, say
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ValueError(damaged_state(self.path(SEARCH_STATE), f"its controller cannot be loaded ({reason})")) \
+                from None
 
     def lock_run_dir(self) -> None:
         """Takes RUN_DIR (made when new) for this process, before anything is written there."""

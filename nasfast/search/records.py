@@ -1,5 +1,6 @@
 """A search run's log and state on resume: the finished candidates' records, the saved state."""
 import json
+import math
 import os
 import pickle
 import sys
@@ -54,9 +55,28 @@ def load_state(path: str) -> Dict[str, Any]:
                              f"as they load: it was not loaded (a state made elsewhere, or edited?)") from None
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(damaged_state(path, f"it cannot be read ({reason})")) from error
-    if isinstance(state, dict) and holds_non_finite(state.get("strategy")):  # bytes overwritten, say
-        raise ValueError(damaged_state(path, "it holds non-finite controller weights"))
+    problem = _state_problem(state)
+    if problem:
+        raise ValueError(damaged_state(path, problem))
     return state
+
+
+def _state_problem(state: Any) -> Optional[str]:
+    """What makes `state` no search's state (bytes overwritten, or a hand edit), if anything."""
+    if not isinstance(state, dict):
+        return f"it holds a {type(state).__name__}, not a search's state"
+    if holds_non_finite(state.get("strategy")):
+        return "it holds non-finite controller weights"
+    for key, whole, may_be_none in (("next_index", True, False), ("elapsed", False, False), ("budget", True, True),
+                                    ("time_budget", False, True)):
+        value = state.get(key)
+        if key in state and not (value is None and may_be_none) and not _is_amount(value, whole):
+            return f"its {key} is {value!r}"
+    return None
+
+
+def _is_amount(value: Any, whole: bool) -> bool:
+    return isinstance(value, int if whole else (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf
 
 
 def damaged_state(path: str, how: str) -> str:
