@@ -13,8 +13,8 @@ from .cli import (UsageError, counted, fraction, images_per_batch, non_negative_
                   positive_float, positive_int, run, run_directory)
 from .data.datasets import DATASETS
 from .designs import genotype_from_option
-from .files import (BEST, CONFIG, LAST, SEARCH_FILES, TRAINING_LOG, files_in, lock_directory, read_records,
-                    refuse_if_in_use)
+from .files import (BEST, CONFIG, LAST, SEARCH_FILES, TRAINING_LOG, Unwritable, files_in, lock_directory,
+                    read_records, refuse_if_in_use)
 from .genotype import Genotype, genotype_name
 from .model import FINAL_CHANNELS, FINAL_SEP_REPEATS
 from .tensorboard import check_available
@@ -240,8 +240,8 @@ def main(argv=None) -> int:
         refuse_if_in_use(args.out)
         genotype, config, resumed = resumed_run(args)
         if resumed["epoch"] + 1 >= config.epochs:
-            with contextlib.closing(lock_directory(args.out)):
-                mend_log(args.out, resumed)
+            with contextlib.suppress(Unwritable), contextlib.closing(lock_directory(args.out)):
+                mend_log(args.out, resumed)  # not on read-only storage: the result is still said
             print(f"{args.out} has finished its {counted(config.epochs, 'epoch')}", end="; ", file=sys.stderr)
             print_result(known_miou(resumed["best_miou"]), os.path.join(args.out, BEST))
             return 0

@@ -25,7 +25,7 @@ from nasfast.data import CamVid, EvalTransform, make_dataset
 from nasfast.evaluate import evaluate_model, evaluation_loader, evenly_spaced
 from nasfast.data.transforms import to_tensors
 from nasfast.export import fold_batch_norms, native_ops, script_for_deployment
-from nasfast.files import read_records
+from nasfast.files import Unwritable, read_records
 from nasfast.genotype import ZOO
 from nasfast.metrics import ConfusionMatrix
 from nasfast.model import create_model
@@ -85,7 +85,7 @@ def test_training_logs_val_miou_and_saves_checkpoints(trained):
     assert load_checkpoint(str(trained / "last.pt"))["epoch"] == 1
 
 
-def test_resume_of_a_finished_run_says_so_and_accepts_options_that_do_not_change_it(trained, capsys):
+def test_resume_of_a_finished_run_says_so_and_accepts_options_that_do_not_change_it(trained, capsys, monkeypatch):
     log = (trained / "log.jsonl").read_text()
     assert cli.run(train.main, train.PROG, ["--out", str(trained), "--resume", "--genotype", "arch1", "--preset",
                                             "tiny", "--workers", "1", "--device", "cpu", "--no-progress"]) == 0
@@ -94,6 +94,12 @@ def test_resume_of_a_finished_run_says_so_and_accepts_options_that_do_not_change
     assert f"{trained} has finished its 2 epochs; best val mIoU {best:.4f}: {trained / 'best.pt'}" in captured.err
     assert json.loads(captured.out) == {"best_miou": best, "best_checkpoint": str(trained / "best.pt")}
     assert (trained / "log.jsonl").read_text() == log
+
+    def read_only(directory):
+        raise Unwritable(f"{directory} cannot be written (Read-only file system)")
+    monkeypatch.setattr(train, "lock_directory", read_only)  # a finished run copied to read-only storage
+    assert cli.run(train.main, train.PROG, ["--resume", str(trained)]) == 0
+    assert f"{trained} has finished its 2 epochs; best val mIoU {best:.4f}" in capsys.readouterr().err
 
 
 def test_evaluate_prints_the_table_5_numbers_at_the_checkpoint_s_dataset_and_scale(trained):
