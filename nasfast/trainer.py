@@ -101,6 +101,8 @@ def _parsed(value, parse, is_list: bool):
     return tuple(parse(str(item)) for item in value)
 
 
+KEPT_IMAGE_BYTES = 1e9  # of decoded images, with workers 0 (as the search's --image-cache-gb)
+
 PRESETS = {
     "paper": TrainConfig(),
     "fast": TrainConfig(epochs=50, crop_size=320),
@@ -219,6 +221,9 @@ def load_data(args, config: TrainConfig, resumed: Optional[dict]) -> TrainingDat
         raise ValueError(_too_few_images(len(train_images), config.batch_size, root, resumed is not None, whose))
     print(f"{args.dataset} data in {root}: {share_text(train_images, train_set)} training and "
           f"{share_text(val_images, val_set)} validation images", file=sys.stderr)
+    if config.workers == 0:  # every image is decoded in this process: once, not at every epoch
+        for images in (train_set, val_set):
+            images.keep_decoded(KEPT_IMAGE_BYTES / 2)
     check_files(val_images, "validation", args.no_progress)
     return TrainingData(args.dataset, root, train_set, train_images, val_images, augment)
 

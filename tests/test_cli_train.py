@@ -917,3 +917,13 @@ def test_checkpoints_whose_weights_do_not_fit_their_design_are_one_line(stopped_
     assert (f"{last}: its weights do not fit the model it describes (1 not of the model, e.g. extra): it was edited"
             in capsys.readouterr().err)
     last.write_bytes(good)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_images_decoded_in_the_training_process_are_decoded_once(tmp_path, camvid_root, workers):
+    args = train.build_parser().parse_args(["--genotype", "arch0", "--preset", "tiny", "--out", str(tmp_path / "run"),
+                                            "--workers", str(workers), "--no-progress"])
+    _, config, _ = train.new_run(args)
+    data = trainer.load_data(args, config, None)
+    kept = data.val_images.dataset.kept_bytes
+    assert (kept == 8 * 360 * 480 * 4) if workers == 0 else kept == 0  # the 8 checked: image and label
