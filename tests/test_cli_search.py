@@ -416,7 +416,13 @@ def test_resume_in_a_directory_that_cannot_be_written_points_to_the_report(saved
         if mode.strip("b") == "r":
             return builtins.open(path, mode, **kwargs)
         raise OSError(errno.EROFS, "Read-only file system", path)
+
+    def read_only_descriptor(path, flags, *args, real=os.open):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno.EROFS, "Read-only file system", path)
+        return real(path, flags, *args)
     monkeypatch.setattr(nasfast.files, "open", read_only, raising=False)
+    monkeypatch.setattr(os, "open", read_only_descriptor)  # the lock file's
     assert search("--resume", saved_search) == 2
     error = capsys.readouterr().err
     assert len(error.splitlines()) == 1 and f"{saved_search} cannot be written (Read-only file system)" in error

@@ -50,7 +50,7 @@ def load_state(path: str) -> Dict[str, Any]:
     except FileNotFoundError:
         raise
     except Exception as error:  # torch.load fails in many ways on a damaged file
-        if isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in str(error):
+        if isinstance(error, pickle.UnpicklingError) and "GLOBAL" in str(error):  # weights_only's refusal
             raise ValueError(f"{path} holds Python objects that a search's state never holds, which could run code "
                              f"as they load: it was not loaded (a state made elsewhere, or edited?)") from None
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
