@@ -676,3 +676,16 @@ def test_a_data_root_above_the_dataset_is_named_with_the_one_below(tmp_path):
             f"no {tmp_path / 'train.txt'} (the splits there: none); {tmp_path / 'camvid'} may be the dataset: give "
             f"--data-root {tmp_path / 'camvid'}")):
         make_dataset("camvid", str(tmp_path))
+
+
+def test_a_transform_that_cannot_take_the_index_is_refused_as_it_is_given(camvid_root):
+    def two_arguments(image, label):
+        return image, label
+    message = r"cannot be called as transform\(image, label, index\); one of \(image, label\) can be wrapped"
+    with pytest.raises(TypeError, match=message):
+        make_dataset("camvid", str(camvid_root), transform=two_arguments)
+    dataset = make_dataset("camvid", str(camvid_root))
+    with pytest.raises(TypeError, match=message):
+        dataset.transform = two_arguments
+    dataset.transform = lambda image, label, index: (image.shape, index)
+    assert dataset[2] == ((360, 480, 3), 2)

@@ -2,6 +2,7 @@
 file that is missing, unreadable or truncated, a label whose size differs from its image, or a
 label value that is neither a class nor the ignore index raises `DataError` naming the file and
 the problem."""
+import inspect
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -31,6 +32,22 @@ class SegmentationDataset(torch.utils.data.Dataset):
             self.lookup[source] = target
         self._kept: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}
         self._keep_bytes = self.kept_bytes = 0
+
+    @property
+    def transform(self) -> Callable:
+        return self._transform
+
+    @transform.setter
+    def transform(self, transform: Callable) -> None:
+        """TypeError for a transform that cannot be called as transform(image, label, index)."""
+        try:
+            inspect.signature(transform).bind(None, None, 0)
+        except ValueError:  # no signature to read (a builtin): it is tried as it is
+            pass
+        except TypeError:
+            raise TypeError(f"transform {transform!r} cannot be called as transform(image, label, index); one of "
+                            f"(image, label) can be wrapped: lambda image, label, index: f(image, label)") from None
+        self._transform = transform
 
     def keep_decoded(self, max_bytes: float) -> None:
         """From now on `load` keeps what it decodes in memory (read-only arrays), up to
