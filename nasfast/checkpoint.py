@@ -8,6 +8,7 @@ import torch
 
 from .cli import UsageError
 from .files import checkpoints_in
+from .genotype import Genotype
 from .model import Segmenter, create_model
 
 MODEL_KEYS = ("model", "genotype", "num_classes", "channels", "sep_repeats")
@@ -54,7 +55,31 @@ def load_checkpoint(path: str, keys: Sequence[str] = MODEL_KEYS) -> Dict[str, An
         raise UsageError(_not_a_checkpoint(path, f"it lacks {', '.join(missing)}"))
     if isinstance(state, dict) and holds_non_finite(state.get("model")):  # bytes overwritten: never saved so
         raise UsageError(f"{path} is damaged: its weights hold non-finite values; {DAMAGED_ADVICE}")
+    problem = _recipe_problem(state)
+    if problem:
+        raise UsageError(f"{path} is damaged or edited: {problem}; {DAMAGED_ADVICE}")
     return state
+
+
+def _recipe_problem(state: Dict[str, Any]) -> Optional[str]:
+    """What makes the checkpoint's recipe (what the training stored beside the weights) unusable."""
+    checks = {"num_classes": lambda v: _is_int(v, 1), "channels": lambda v: _is_int(v, 1),
+              "sep_repeats": lambda v: _is_int(v, 1), "epoch": lambda v: _is_int(v, 0),
+              "scale": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < float("inf"),
+              "dataset": lambda v: isinstance(v, str), "data_root": lambda v: isinstance(v, str),
+              "class_names": lambda v: isinstance(v, list) and all(isinstance(name, str) for name in v)}
+    bad = next((key for key, fits in checks.items() if key in state and not fits(state[key])), None)
+    if bad is not None:
+        return f"its {bad} is {state[bad]!r}"
+    try:
+        Genotype.parse(state["genotype"])
+    except (ValueError, TypeError) as error:
+        return f"its genotype is not a design ({error})"
+    return None
+
+
+def _is_int(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
 def holds_non_finite(value: Any) -> bool:
@@ -165,11 +190,12 @@ def load_exact_weights(model: torch.nn.Module, weights: Any, source: str) -> Non
     expected = model.state_dict()
     if not isinstance(weights, dict):
         raise UsageError(f"{source} is damaged: its weights are a {type(weights).__name__}, not named tensors")
+    def fits(name: str) -> bool:
+        return isinstance(weights[name], torch.Tensor) and weights[name].shape == expected[name].shape
     problems = [f"{len(names)} {what}, e.g. {names[0]}" for what, names in (
         ("missing", sorted(expected.keys() - weights.keys())),
         ("not of the model", sorted(weights.keys() - expected.keys())),
-        ("of other shapes", sorted(k for k in expected.keys() & weights.keys()
-                                   if not (isinstance(weights[k], torch.Tensor) and weights[k].shape == expected[k].shape))),
+        ("of other shapes", sorted(name for name in expected.keys() & weights.keys() if not fits(name))),
     ) if names]
     if problems:
         raise UsageError(f"{source}: its weights do not fit the model it describes ({'; '.join(problems)}): it was "

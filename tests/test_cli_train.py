@@ -927,3 +927,13 @@ def test_images_decoded_in_the_training_process_are_decoded_once(tmp_path, camvi
     data = trainer.load_data(args, config, None)
     kept = data.val_images.dataset.kept_bytes
     assert (kept == 8 * 360 * 480 * 4) if workers == 0 else kept == 0  # the 8 checked: image and label
+
+
+@pytest.mark.parametrize("edit, problem", [({"scale": "big"}, "its scale is 'big'"),
+                                           ({"data_root": 5}, "its data_root is 5"),
+                                           ({"genotype": [1, 2]}, "its genotype is not a design (")])
+def test_a_checkpoint_whose_recipe_was_edited_is_one_line(stopped_after_epoch_1, tmp_path, capsys, edit, problem):
+    state = torch.load(stopped_after_epoch_1 / "last.pt", weights_only=True)
+    torch.save({**state, **edit}, tmp_path / "edited.pt")
+    assert evaluate_cli("--checkpoint", tmp_path / "edited.pt", "--limit", 2) == 2
+    assert f"error: {tmp_path / 'edited.pt'} is damaged or edited: {problem}" in capsys.readouterr().err
