@@ -157,7 +157,8 @@ def main(argv=None) -> int:
     fused = False if args.reference_ops or args.torch_1_10 else None
     if args.checkpoint:
         checkpoint = load_checkpoint(args.checkpoint)
-        model, about = model_from_checkpoint(checkpoint, fused=fused, source=args.checkpoint), checkpoint_info(checkpoint, args.checkpoint)
+        model = model_from_checkpoint(checkpoint, fused=fused, source=args.checkpoint)
+        about = checkpoint_info(checkpoint, args.checkpoint)
     else:
         genotype = genotype_from_option(args.genotype)
         num_classes = args.num_classes or recorded_classes(args.genotype) or NUM_CLASSES_DEFAULT
