@@ -54,8 +54,9 @@ def split_indices(n: int, val_fraction: float, seed: int) -> Tuple[List[int], Li
 
 
 def _common_size(dataset, indices: List[int]) -> Tuple[int, int]:
-    """The largest label size among `indices`: every label is padded to it (and image to it times the scale)."""
-    sizes = [dataset.load(i)[1].shape for i in indices]
+    """The largest size among `indices`, (height, width) from the images' headers (a label's is its
+    image's): every label is padded to it, and image to it times the scale."""
+    sizes = [dataset.image_size(i)[::-1] for i in indices]
     return max(h for h, _ in sizes), max(w for _, w in sizes)
 
 
