@@ -190,6 +190,7 @@ def load_exact_weights(model: torch.nn.Module, weights: Any, source: str) -> Non
     expected = model.state_dict()
     if not isinstance(weights, dict):
         raise UsageError(f"{source} is damaged: its weights are a {type(weights).__name__}, not named tensors")
+
     def fits(name: str) -> bool:
         return isinstance(weights[name], torch.Tensor) and weights[name].shape == expected[name].shape
     problems = [f"{len(names)} {what}, e.g. {names[0]}" for what, names in (

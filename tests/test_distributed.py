@@ -122,6 +122,14 @@ def test_out_of_order_results_update_with_the_recorded_proposals(coordinator_at,
     assert not c.pending and not c.working and c.gate.count == 3
 
 
+def test_a_state_whose_pending_proposals_were_saved_as_objects_resumes(coordinator_at):
+    c = coordinator_at(budget=4)
+    c.handle(0, {"want": "task", "result": None})
+    path = Path(c.run_dir) / "state.pt"
+    torch.save({**torch.load(path, weights_only=True), "pending": dict(c.pending)}, path)  # as saved before
+    assert coordinator_at(budget=4, resume=True).pending == c.pending
+
+
 def test_a_restart_hands_out_the_in_flight_proposals_first(coordinator_at):
     c = coordinator_at(budget=4)
     for worker in (0, 1):
@@ -133,6 +141,7 @@ def test_a_restart_hands_out_the_in_flight_proposals_first(coordinator_at):
     append_record(str(Path(c.run_dir) / "candidates.jsonl"), logged)  # logged, state not saved
     restarted = coordinator_at(budget=4, resume=True)
     assert restarted.retry == [1, 2] and [r["index"] for r in restarted.records] == [0]
+    assert restarted.pending[1] == in_flight[1]  # its genotype and log-probability, saved as plain lists
     index, genotype = restarted.handle(1, {"want": "task", "result": None})["task"]
     assert index == 1 and genotype == in_flight[1].genotype.to_list()
     assert restarted.handle(1, {"gate": (1, 0.3, 0.99)}) == {"go": c.gate_decisions[1]}

@@ -129,6 +129,12 @@ def share(message: Optional[Message]) -> Message:
 
 
 # -- rank 0: the coordinator -----------------------------------------------------------------
+def _proposal(saved) -> Proposal:
+    """A pending proposal as state_dict saves it, [genotype list, log-probability], or as a Proposal
+    (as states saved before it were)."""
+    return saved if isinstance(saved, Proposal) else Proposal(Genotype.parse(saved[0]), saved[1])
+
+
 class Coordinator(Search):
     """The strategy, the gate and the log of a search whose candidates other workers evaluate,
     possibly finishing out of order. Thread-safe: handle() is all a worker calls."""
@@ -149,9 +155,7 @@ class Coordinator(Search):
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.pending = {index: proposal if isinstance(proposal, Proposal) else Proposal(Genotype.parse(proposal[0]),
-                                                                                         proposal[1])
-                        for index, proposal in state.get("pending", {}).items()}  # Proposals: as saved before
+        self.pending = {index: _proposal(saved) for index, saved in state.get("pending", {}).items()}
         self.gate_decisions = dict(state.get("gate_decisions", {}))
         self.retry = sorted(self.pending)
 
