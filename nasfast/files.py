@@ -1,6 +1,7 @@
 """A run directory's files, safe from crashes: their names, the directory's lock, files replaced
 atomically (a crash leaves the old or the new one) or, for JSON-lines logs, appended a whole line
-at a time and read back checked, and StopSignals, which lets a stop wait for what is being saved."""
+at a time and read back checked, StopSignals, which lets a stop wait for what is being saved, and
+which PNG files a tool may replace (its own)."""
 import contextlib
 import errno
 import fcntl
@@ -11,9 +12,10 @@ import os
 import signal
 import sys
 import threading
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
+from PIL import Image
 
 # The files of a run directory: its options, and a search's or a training's own files
 CONFIG = "config.json"
@@ -149,6 +151,18 @@ def in_use(directory: str) -> bool:
             return error.errno in LOCK_HELD
         fcntl.lockf(handle, fcntl.LOCK_UN)
     return False
+
+
+def is_replaceable_png(path: str, written_here: Callable[[Image.Image], bool]) -> bool:
+    """Whether `path` is a file (not a link) holding a PNG that `written_here` recognises as one its
+    tool wrote, so that the tool may replace it."""
+    if os.path.islink(path) or not os.path.isfile(path):
+        return False
+    try:
+        with Image.open(path) as image:
+            return image.format == "PNG" and written_here(image)
+    except (OSError, SyntaxError, ValueError):
+        return False
 
 
 def keep_copy(path: str) -> str:

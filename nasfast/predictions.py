@@ -11,6 +11,7 @@ from PIL import Image
 from torch import Tensor
 
 from .cli import UsageError
+from .files import is_replaceable_png
 from .ops.upsample_add import upsampled
 
 
@@ -63,13 +64,7 @@ def refuse_to_replace(directory: Path, paths: Sequence[Path], data_files: Sequen
 
 
 def _is_prediction(path: Path) -> bool:
-    if os.path.islink(path) or not os.path.isfile(path):
-        return False
-    try:
-        with Image.open(path) as image:
-            return image.format == "PNG" and image.mode == "P"
-    except (OSError, SyntaxError, ValueError):
-        return False
+    return is_replaceable_png(str(path), lambda image: image.mode == "P")
 
 
 class PredictionWriter:

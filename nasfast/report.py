@@ -7,10 +7,9 @@ import os
 import sys
 from typing import Dict, List, Optional
 
-from PIL import Image
-
 from .cli import UsageError, counted, path_text, positive_int, run
-from .files import CONFIG, checkpoints_in, in_use, read_json, read_search_log, search_run_paths, write_atomic
+from .files import (CONFIG, checkpoints_in, in_use, is_replaceable_png, read_json, read_search_log, search_run_paths,
+                    write_atomic)
 from .search.summary import format_reward, searched_size_note, top_table
 
 PROG = "python -m nasfast.report"
@@ -86,13 +85,7 @@ def refuse_to_replace(path: str) -> None:
 
 
 def _is_plot(path: str) -> bool:
-    if os.path.islink(path) or not os.path.isfile(path):
-        return False
-    try:
-        with Image.open(path) as image:
-            return image.format == "PNG" and image.info.get("Software") == SOFTWARE
-    except (OSError, SyntaxError, ValueError):
-        return False
+    return is_replaceable_png(path, lambda image: image.info.get("Software") == SOFTWARE)
 
 
 def figure(runs: List[Dict], count: int = 4):
