@@ -26,10 +26,7 @@ def genotype_from_option(text: str) -> Genotype:
     if _is_archive(text):
         if is_torchscript(text):  # its errors name it
             return Genotype.parse(export_info(text)["genotype"])
-        try:
-            return Genotype.parse(load_checkpoint(text, ("genotype",))["genotype"])
-        except ValueError as error:
-            raise ValueError(f"checkpoint {text}: {error}") from None
+        return Genotype.parse(load_checkpoint(text, ("genotype",))["genotype"])  # checked as it loads
     if not os.path.isfile(text):
         a_path = os.sep in text or os.path.splitext(text)[1] != ""  # not a zoo name (or JSON: below)
         if a_path and not text.lstrip().startswith("["):

@@ -283,7 +283,7 @@ def test_an_option_names_a_search_for_its_best_design_and_long_text_is_cut(tmp_p
     assert genotype_from_option(str(tmp_path / "best.pt")) == ZOO["arch2"]
     assert recorded_classes(str(tmp_path / "best.pt")) == 11 and recorded_classes("arch2") is None
     torch.save({"genotype": [[1, 2]]}, tmp_path / "odd.pt")
-    with pytest.raises(ValueError, match=r"checkpoint .*odd.pt: "):
+    with pytest.raises(UsageError, match=r"odd.pt is damaged or edited: its genotype is not a design \("):
         genotype_from_option(str(tmp_path / "odd.pt"))
     torch.save({"next_index": 3}, tmp_path / "state.pt")
     with pytest.raises(UsageError, match=r"state.pt is not a checkpoint of .* \(it lacks genotype"):
