@@ -14,6 +14,11 @@ from ..genotype import Genotype
 from ..strategies import Proposal
 
 
+# The pending proposals of a torchrun search, as earlier versions saved them (torch 2.4 has no
+# safe_globals context).
+torch.serialization.add_safe_globals([Proposal, Genotype])
+
+
 def keep_finished_records(path: str, count: int, pending=()) -> List[Dict[str, Any]]:
     """Keeps only the records of candidates that the saved state counts as finished: index under
     `count` and not in `pending` (handed out, not finished). The others were logged by a crash
@@ -45,8 +50,7 @@ def load_state(path: str) -> Dict[str, Any]:
     if member:
         raise ValueError(damaged_state(path, f"its bytes differ from what was saved (checksum of {member})"))
     try:
-        with torch.serialization.safe_globals([Proposal, Genotype]):  # pending, as earlier versions saved it
-            state = torch.load(path, map_location="cpu", weights_only=True)  # a state from elsewhere runs no code
+        state = torch.load(path, map_location="cpu", weights_only=True)  # a state from elsewhere runs no code
     except FileNotFoundError:
         raise
     except Exception as error:  # torch.load fails in many ways on a damaged file
