@@ -71,6 +71,8 @@ def _recipe_problem(state: Dict[str, Any]) -> Optional[str]:
     bad = next((key for key, fits in checks.items() if key in state and not fits(state[key])), None)
     if bad is not None:
         return f"its {bad} is {state[bad]!r}"
+    if "genotype" not in state:  # not among the keys asked for
+        return None
     try:
         Genotype.parse(state["genotype"])
     except (ValueError, TypeError) as error:

@@ -282,6 +282,8 @@ def test_an_option_names_a_search_for_its_best_design_and_long_text_is_cut(tmp_p
     torch.save({"genotype": ZOO["arch2"].to_list(), "num_classes": 11}, tmp_path / "best.pt")  # a training's
     assert genotype_from_option(str(tmp_path / "best.pt")) == ZOO["arch2"]
     assert recorded_classes(str(tmp_path / "best.pt")) == 11 and recorded_classes("arch2") is None
+    torch.save({"num_classes": 11}, tmp_path / "classes.pt")  # the only key asked for
+    assert recorded_classes(str(tmp_path / "classes.pt")) == 11
     torch.save({"genotype": [[1, 2]]}, tmp_path / "odd.pt")
     with pytest.raises(UsageError, match=r"odd.pt is damaged or edited: its genotype is not a design \("):
         genotype_from_option(str(tmp_path / "odd.pt"))
