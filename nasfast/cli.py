@@ -56,8 +56,12 @@ def run(main: Callable[[Optional[List[str]]], int], prog: str, argv: Optional[Li
     catch = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is not \
         signal.SIG_IGN  # an ignored SIGTERM stays ignored
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if catch else None
+    if hasattr(sys.stdout, "reconfigure"):  # a redirected stdout: lines in order with stderr's, kept if killed
+        sys.stdout.reconfigure(line_buffering=True)
     try:
-        return main(argv)
+        status = main(argv)
+        sys.stdout.flush()  # here, where a reader gone (`| head`) is caught below
+        return status
     except KeyboardInterrupt:
         print(f"\n{prog}: interrupted", file=sys.stderr)
         return 130
@@ -211,7 +215,7 @@ def progress_bar(iterable=None, disable: bool = False, **options):
     terminal = sys.stderr.isatty()
     size = _terminal_size(sys.stderr) if terminal else None
     if size is not None and 0 in size:  # tqdm would draw nothing at all in a terminal 0 rows high
-        options = {"ncols": size.columns or 80, "nrows": size.lines or 24, **options}
+        options = {"ncols": size.columns or 80, "nrows": size.lines or 24, **options, "dynamic_ncols": False}
     return tqdm(iterable, disable=disable or not terminal, **options)
 
 

@@ -90,7 +90,8 @@ def test_progress_bars_show_in_a_terminal_that_reports_no_size(rows, columns):
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
     shown = b""
     with subprocess.Popen([sys.executable, "-c", "from nasfast.cli import progress_bar\n"
-                           "for _ in progress_bar(range(3), desc='epoch 1/2', unit='batch', mininterval=0): pass"],
+                           "for _ in progress_bar(range(3), desc='epoch 1/2', unit='batch', mininterval=0,\n"
+                           "                      dynamic_ncols=True): pass"],  # as the search's bar
                           stderr=terminal, env=dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]))) as tool:
         os.close(terminal)
         while True:
@@ -129,6 +130,21 @@ def test_an_empty_path_is_refused_by_its_option(tool, argv, tmp_path):
 def test_a_closed_pipe_ends_quietly(capsys):
     assert run(failing(BrokenPipeError()), "tool") == 141
     assert capsys.readouterr().err == ""
+
+
+def test_a_pipe_closed_after_the_first_line_ends_quietly_with_the_rest_unflushed():
+    """`evaluate | head -1`: the rest of stdout, flushed as Python exited, gave status 120 and an
+    "Exception ignored ... BrokenPipeError" message."""
+    code = ("import time\nfrom nasfast.cli import run\n"
+            "def main(argv):\n    print('first', flush=True)\n    time.sleep(1)\n"
+            "    for i in range(100):\n        print('line', i)\n    return 0\n"
+            "raise SystemExit(run(main, 'tool'))")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          env=dict(env, PYTHONPATH=str(Path(__file__).parents[1]))) as tool:
+        assert tool.stdout.readline() == b"first\n"
+        tool.stdout.close()  # as head -1 does
+        assert tool.wait(timeout=60) == 141 and tool.stderr.read() == b""
 
 
 def test_main_gets_argv_and_its_status_is_returned():
