@@ -219,6 +219,16 @@ def progress_bar(iterable=None, disable: bool = False, **options):
     return tqdm(iterable, disable=disable or not terminal, **options)
 
 
+def loader_workers(requested: int) -> int:
+    """DataLoader worker processes: those requested, at most one per CPU this process may use
+    (more only compete for them, and torch warns)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return min(requested, cpus)
+
+
 def _terminal_size(stream) -> Optional[os.terminal_size]:
     """The size the terminal of `stream` reports: 0 x 0 where none was set, as on some serial
     consoles and in some containers."""

@@ -13,7 +13,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .checkpoint import check_classes, load_checkpoint, model_from_checkpoint
-from .cli import UsageError, counted, non_negative_int, path_text, positive_float, progress_bar, resolve_device, run
+from .cli import (UsageError, counted, loader_workers, non_negative_int, path_text, positive_float, progress_bar,
+                  resolve_device, run)
 from .data import EvalTransform, make_dataset
 from .data.datasets import DATASETS, every_image_in_every_split, find_data_root, unsplit_note
 from .data.transforms import scaled_size
@@ -74,6 +75,7 @@ def evaluation_loader(dataset, workers: int, batch_size: int = 8) -> DataLoader:
     a time otherwise (VOC); the worker processes persist from one pass to the next."""
     full, indices = dataset_and_indices(dataset)
     one_size = len({full.image_size(i) for i in indices}) <= 1
+    workers = loader_workers(workers)
     return DataLoader(dataset, batch_size=batch_size if one_size else 1, num_workers=workers,
                       persistent_workers=workers > 0)
 

@@ -18,8 +18,8 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from .checkpoint import (DAMAGED_ADVICE, RESUME_KEYS, check_classes, classifier_weights, load_checkpoint,
                          load_exact_weights, load_fitting_weights)
-from .cli import (UsageError, counted, data_check_command, fraction, images_per_batch, message_of,
-                  non_negative_float, non_negative_int, positive_float, positive_int, progress_bar,
+from .cli import (UsageError, counted, data_check_command, fraction, images_per_batch, loader_workers,
+                  message_of, non_negative_float, non_negative_int, positive_float, positive_int, progress_bar,
                   reported_in_one_line, resolve_device)
 from .data import DataError, EvalTransform, SegmentationDataset, TrainTransform, make_dataset
 from .data.datasets import (DATASETS, OtherLayout, absent_classes_warning, find_data_root, refuse_run_in_data,
@@ -453,10 +453,10 @@ def best_kept(out: str, best: Optional[float]) -> Optional[float]:
 def training_loader(images, config: TrainConfig, device) -> Tuple[DataLoader, torch.Generator]:
     """The training batches, and the generator of their order (seeded at each epoch: a resumed
     run's epochs see the same order)."""
-    order = torch.Generator()
+    order, workers = torch.Generator(), loader_workers(config.workers)
     loader = DataLoader(images, batch_size=config.batch_size, drop_last=True,
-                        sampler=RandomSampler(images, generator=order), num_workers=config.workers,
-                        persistent_workers=config.workers > 0,  # no new worker processes each epoch
+                        sampler=RandomSampler(images, generator=order), num_workers=workers,
+                        persistent_workers=workers > 0,  # no new worker processes each epoch
                         pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(config.seed))
     return loader, order
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from nasfast.cli import (UsageError, at_least_two, counted, decay, fraction, images_per_batch, non_negative_float,
-                         non_negative_int, option_text, positive_float, positive_int, probability, resolve_device,
-                         run)
+from nasfast.cli import (UsageError, at_least_two, counted, decay, fraction, images_per_batch, loader_workers,
+                         non_negative_float, non_negative_int, option_text, positive_float, positive_int, probability,
+                         resolve_device, run)
 
 
 def failing(error):
@@ -145,6 +145,18 @@ def test_a_pipe_closed_after_the_first_line_ends_quietly_with_the_rest_unflushed
         assert tool.stdout.readline() == b"first\n"
         tool.stdout.close()  # as head -1 does
         assert tool.wait(timeout=60) == 141 and tool.stderr.read() == b""
+
+
+def test_loader_workers_are_at_most_one_per_cpu_so_torch_does_not_warn(monkeypatch, camvid_root):
+    """On a machine with one CPU, the default 2 workers printed torch's warning twice, through the bars."""
+    import warnings
+    from nasfast.data import make_dataset
+    from nasfast.evaluate import evaluation_loader
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert (loader_workers(0), loader_workers(2)) == (0, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert evaluation_loader(make_dataset("camvid", str(camvid_root), split="val"), 2).num_workers == 1
 
 
 def test_main_gets_argv_and_its_status_is_returned():

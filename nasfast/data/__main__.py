@@ -9,7 +9,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
-from ..cli import counted, non_negative_int, path_text, progress_bar, run
+from ..cli import counted, loader_workers, non_negative_int, path_text, progress_bar, run
 from .datasets import DATASETS, absent_classes_warning, find_data_root, make_dataset, split_warning
 from .decode import DataError
 from .folder import FolderDataset, LayoutProblems
@@ -38,7 +38,7 @@ class _LabelPixels(Dataset):
 
 def census(dataset: SegmentationDataset, workers: int, show_progress: bool, what: str) -> Tuple[np.ndarray, List[str]]:
     """The pixels of each label value 0-255 over the split's usable items, and the problems of the others."""
-    loader = DataLoader(_LabelPixels(dataset), batch_size=None, num_workers=workers)
+    loader = DataLoader(_LabelPixels(dataset), batch_size=None, num_workers=loader_workers(workers))
     pixels, problems = np.zeros(256, np.int64), []
     for counts, problem in progress_bar(loader, desc=f"reading {what}", unit="image", leave=False,
                                         disable=not show_progress):

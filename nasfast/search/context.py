@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ..checkpoint import check_classes, export_info
-from ..cli import counted, progress_bar, resolve_device
+from ..cli import counted, loader_workers, progress_bar, resolve_device
 from ..data import EvalTransform, SegmentationDataset, TrainTransform, find_data_root, make_dataset
 from ..data.datasets import absent_classes_warning, refuse_run_in_data
 from ..data.decode import missing_file
@@ -344,10 +344,10 @@ def _image_loaders(config: SearchConfig, full: SegmentationDataset, train_ids: S
         stage2_set.transform.seed = seed
         sampler = torch.randperm(len(train_ids), generator=torch.Generator().manual_seed(seed))[:stage2_count]
         return DataLoader(stage2_set, batch_size=config.stage2.batch_size, sampler=sampler.tolist(),
-                          drop_last=True, num_workers=config.workers)
+                          drop_last=True, num_workers=loader_workers(config.workers))
 
     def val_batches():
-        return DataLoader(val_set, batch_size=config.stage1.batch_size, num_workers=config.workers)
+        return DataLoader(val_set, batch_size=config.stage1.batch_size, num_workers=loader_workers(config.workers))
 
     return stage2_batches, val_batches
 
