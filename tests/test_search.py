@@ -81,7 +81,7 @@ def test_tensorboard_gets_each_candidates_rewards(uninterrupted):
     records = read_records(str(run / "candidates.jsonl"))
     scalars = tensorboard_scalars(run / "tensorboard")
     assert scalars["reward"] == [(r["index"], pytest.approx(r["reward"])) for r in records]
-    best = [(i + 1, max(r["reward"] for r in records[:i + 1])) for i in range(len(records))]
+    best = [(i, max(r["reward"] for r in records[:i + 1])) for i in range(len(records))]  # on the indices' axis
     assert scalars["best reward"] == [(step, pytest.approx(value)) for step, value in best]
 
 

@@ -250,8 +250,8 @@ class Search:
                                                    "stage-1 reward": record["stage1_reward"],
                                                    "stage-2 reward": record["stage2_reward"],
                                                    "seconds": record["seconds"]})
-            # by candidates logged: under torchrun they finish out of order
-            self.tensorboard.add(len(self.records), {"best reward": self.best_reward()})
+            # by candidates logged, counted from 0 as the indices are: under torchrun they finish out of order
+            self.tensorboard.add(len(self.records) - 1, {"best reward": self.best_reward()})
 
     def run(self, progress: bool = True) -> List[Dict[str, Any]]:
         """Evaluates candidates until the budget of candidates or of time is spent."""
