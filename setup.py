@@ -168,7 +168,7 @@ def making_sdist() -> bool:
 
 
 def main():
-    requirements = ["numpy", "pillow", "tqdm"]
+    requirements = ["numpy", "pillow", "tqdm>=4.60"]  # tqdm's delay: progress lines in logs
     # No library: an sdist (sources only), or NASFAST_BUILD_OPS=0 (the references then run on any torch).
     without_library = making_sdist() or os.environ.get("NASFAST_BUILD_OPS") == "0"
     torch = None if without_library else find_torch()

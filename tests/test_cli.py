@@ -107,6 +107,21 @@ def test_progress_bars_show_in_a_terminal_that_reports_no_size(rows, columns):
     assert b"epoch 1/2: 100%" in shown and b"3/3" in shown and len(shown.split(b"\r")[-2]) >= 40, shown
 
 
+def test_a_log_gets_a_progress_line_a_while_and_nothing_for_short_work(capsys):
+    """In a log (stderr not a terminal) long work was silent for minutes between its lines."""
+    import time
+    from nasfast.cli import progress_bar
+    for _ in progress_bar(range(6), desc="epoch 1/2", unit="batch", log_every=0.2):
+        time.sleep(0.1)
+    lines = capsys.readouterr().err.splitlines()
+    assert 2 <= len(lines) <= 4 and all(line.startswith("epoch 1/2: ") and "\r" not in line for line in lines)
+    assert lines[-1].startswith("epoch 1/2: 100%|##########| 6/6")
+    for _ in progress_bar(range(6), desc="short", log_every=60):
+        pass
+    bar = progress_bar(range(6), desc="per line", log_every=None)  # the search's: a line per candidate instead
+    assert bar.disable and list(bar) == list(range(6)) and capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize("tool, argv", [
     ("search", ["--budget", "1", "--out", ""]), ("search", ["--resume", " "]),
     ("search", ["--budget", "1", "--out", "x", "--teacher", ""]), ("search", ["--budget", "1", "--out", "x",

@@ -269,7 +269,7 @@ class Search:
     def show_progress(self, bar: bool = True) -> None:
         """Finished candidates on a progress bar (on a terminal, unless `bar` is False), else as lines."""
         self._bar = progress_bar(total=self.budget, initial=self.done(), unit="cand", dynamic_ncols=True,
-                                 disable=not bar)
+                                 disable=not bar, log_every=None)  # a log gets a line per candidate instead
 
     def show(self, record: Dict[str, Any]) -> None:
         """A finished candidate on the progress bar, or as a line where there is none (a log file)."""
