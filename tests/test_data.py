@@ -230,14 +230,17 @@ def test_augmentation_is_resize_mirror_pad_crop(camvid_root):
     """TrainTransform resizes only what its crop keeps: the result is that of resizing the whole
     image, mirroring, padding evenly around and cropping (exactly at scales 0.5, 1 and 2, up to
     rounding at others)."""
-    from nasfast.data.transforms import pad, resize, to_tensors
+    from nasfast.data.transforms import IGNORE_INDEX, MEAN_COLOUR, padded, resized, to_tensors
 
     def whole(transform, image, label, index):
         rng = np.random.default_rng([transform.seed, transform.epoch, index])
-        image, label = resize(image, label, transform.base_scale * rng.uniform(*transform.scale_range))
+        scale = transform.base_scale * rng.uniform(*transform.scale_range)
+        image, label = resized(image, scale, Image.BILINEAR), resized(label, scale, Image.NEAREST)
         if transform.mirror and rng.random() < 0.5:
             image, label = image[:, ::-1], label[:, ::-1]
-        (crop_h, crop_w), (image, label) = transform.crop_size, pad(image, label, *transform.crop_size, centre=True)
+        crop_h, crop_w = transform.crop_size
+        image = padded(image, crop_h, crop_w, MEAN_COLOUR, centre=True)
+        label = padded(label, crop_h, crop_w, IGNORE_INDEX, centre=True)
         top, left = rng.integers(0, label.shape[0] - crop_h + 1), rng.integers(0, label.shape[1] - crop_w + 1)
         return to_tensors(image[top:top + crop_h, left:left + crop_w], label[top:top + crop_h, left:left + crop_w])
 

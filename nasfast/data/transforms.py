@@ -40,11 +40,6 @@ def resized(array: np.ndarray, scale: float, resample: int) -> np.ndarray:
     return np.asarray(Image.fromarray(array).resize((w, h), resample))
 
 
-def resize(image: np.ndarray, label: np.ndarray, scale: float) -> Tuple[np.ndarray, np.ndarray]:
-    """Bilinear for the image, nearest for the label, to scaled_size."""
-    return resized(image, scale, Image.BILINEAR), resized(label, scale, Image.NEAREST)
-
-
 def to_tensors(image: np.ndarray, label: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:
     """HxWx3 uint8 and HxW uint8 to a normalised float 3xHxW and a long HxW. (In torch, channels
     first: numpy's broadcast over a last axis of 3 took 12x longer, for the same float32 values.)"""
@@ -63,13 +58,6 @@ def padded(array: np.ndarray, height: int, width: int, fill, centre: bool = Fals
     out[:] = fill
     out[top:top + h, left:left + w] = array
     return out
-
-
-def pad(image: np.ndarray, label: np.ndarray, height: int, width: int,
-        centre: bool = False) -> Tuple[np.ndarray, np.ndarray]:
-    """Pads up to at least height x width: the image with the mean colour, the label with the
-    ignore index."""
-    return padded(image, height, width, MEAN_COLOUR, centre), padded(label, height, width, IGNORE_INDEX, centre)
 
 
 def _pair(size: Union[int, Sequence[int]], what: str) -> Tuple[int, int]:
