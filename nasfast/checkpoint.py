@@ -1,5 +1,6 @@
 """Training checkpoints: the model's recipe (genotype, classes) with its weights."""
 import json
+import math
 import os
 import zipfile
 from typing import Any, Dict, List, Optional, Sequence, Set
@@ -63,9 +64,9 @@ def load_checkpoint(path: str, keys: Sequence[str] = MODEL_KEYS) -> Dict[str, An
 
 def _recipe_problem(state: Dict[str, Any]) -> Optional[str]:
     """What makes the checkpoint's recipe (what the training stored beside the weights) unusable."""
-    checks = {"num_classes": lambda v: _is_int(v, 1), "channels": lambda v: _is_int(v, 1),
-              "sep_repeats": lambda v: _is_int(v, 1), "epoch": lambda v: _is_int(v, 0),
-              "scale": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < float("inf"),
+    checks = {"num_classes": lambda v: is_amount(v, 1), "channels": lambda v: is_amount(v, 1),
+              "sep_repeats": lambda v: is_amount(v, 1), "epoch": lambda v: is_amount(v, 0),
+              "scale": lambda v: is_amount(v, 0, whole=False) and v > 0,
               "dataset": lambda v: isinstance(v, str), "data_root": lambda v: isinstance(v, str),
               "class_names": lambda v: isinstance(v, list) and all(isinstance(name, str) for name in v)}
     bad = next((key for key, fits in checks.items() if key in state and not fits(state[key])), None)
@@ -80,8 +81,10 @@ def _recipe_problem(state: Dict[str, Any]) -> Optional[str]:
     return None
 
 
-def _is_int(value: Any, low: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+def is_amount(value: Any, low: int, whole: bool = True) -> bool:
+    """Whether `value` is a finite number of at least `low` (an int where `whole`), not a bool: a
+    count or a size stored in a checkpoint or a search's state."""
+    return isinstance(value, int if whole else (int, float)) and not isinstance(value, bool) and low <= value < math.inf
 
 
 def holds_non_finite(value: Any) -> bool:

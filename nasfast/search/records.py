@@ -1,6 +1,5 @@
 """A search run's log and state on resume: the finished candidates' records, the saved state."""
 import json
-import math
 import os
 import pickle
 import sys
@@ -8,7 +7,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from ..checkpoint import damaged_member, holds_non_finite
+from ..checkpoint import damaged_member, holds_non_finite, is_amount
 from ..files import keep_copy, read_search_log, write_atomic
 from ..genotype import Genotype
 from ..strategies import Proposal
@@ -74,13 +73,10 @@ def _state_problem(state: Any) -> Optional[str]:
     for key, whole, may_be_none in (("next_index", True, False), ("elapsed", False, False), ("budget", True, True),
                                     ("time_budget", False, True)):
         value = state.get(key)
-        if key in state and not (value is None and may_be_none) and not _is_amount(value, whole):
+        if key in state and not (value is None and may_be_none) and not is_amount(value, 0, whole):
             return f"its {key} is {value!r}"
     return None
 
-
-def _is_amount(value: Any, whole: bool) -> bool:
-    return isinstance(value, int if whole else (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf
 
 
 def damaged_state(path: str, how: str) -> str:
