@@ -179,7 +179,7 @@ def resumed_run(args) -> Tuple[Genotype, TrainConfig, dict]:
         init = f" (--init {best} starts from its best weights)" if os.path.isfile(best) else ""
         raise UsageError(str(error).replace(DAMAGED_ADVICE, f"the run cannot go on: train in another --out{init}"))
     genotype = Genotype.parse(saved["genotype"])
-    if Genotype.parse(checkpoint["genotype"]).to_list() != genotype.to_list():
+    if Genotype.parse(checkpoint["genotype"]) != genotype:
         raise UsageError(f"--resume: {last} holds the weights of {genotype_name(checkpoint['genotype'])}, but "
                          f"{CONFIG} trains {genotype_name(genotype)}: files of different runs")
     return genotype, config, checkpoint
@@ -204,7 +204,7 @@ def new_run(args) -> Tuple[Genotype, TrainConfig, Optional[dict]]:
 
 def check_initial(args, initial: dict, genotype: Genotype) -> None:
     """The --init checkpoint's weights must be of the design and size trained."""
-    if Genotype.parse(initial["genotype"]).to_list() != genotype.to_list():
+    if Genotype.parse(initial["genotype"]) != genotype:
         raise UsageError(f"--init {args.init} holds the weights of {genotype_name(initial['genotype'])}, not of "
                          f"--genotype {args.genotype}: leave --genotype out to train its design")
     if (initial["channels"], initial["sep_repeats"]) != (FINAL_CHANNELS, FINAL_SEP_REPEATS):
