@@ -229,9 +229,10 @@ def _stage1_caches(config: SearchConfig, full, stage1_ids: List[int], val_ids: L
     if os.path.exists(marker):
         os.remove(marker)  # a rebuild killed half-way must not be taken for complete
     memory_limit = 0 if cache == "build" else config.memory_limit_gb * 1e9
-    stage1, stage1_val = _build_caches(_Transformed(full, stage1_ids, EvalTransform(config.scale, size, True)),
-                                       _Transformed(full, val_ids, EvalTransform(config.scale, size)), encoder,
-                                       teacher, directory, memory_limit, device, progress)
+    stage1_set = _Transformed(full, stage1_ids, EvalTransform(config.scale, size, resize_labels=True))
+    val_set = _Transformed(full, val_ids, EvalTransform(config.scale, size))  # scored at the labels' own size
+    stage1, stage1_val = _build_caches(stage1_set, val_set, encoder, teacher, directory, memory_limit, device,
+                                       progress)
     if stage1.on_disk and stage1_val.on_disk:  # a resumed or restarted search opens it again
         write_json(marker, {**contents, "checksums": {part: checksums(directory(part)) for part in PARTS}})
     return stage1, stage1_val, size
