@@ -1,7 +1,6 @@
 """The full training of a design (the paper's section 4.4): its data, the epochs with the validation
 mean IoU after each, the checkpoints (last and best) and the log of a run directory, from scratch or
 resumed; python -m nasfast.train is its command line."""
-import argparse
 import json
 import math
 import os
@@ -32,6 +31,7 @@ from .genotype import Genotype, genotype_name
 from .metrics import NonFiniteScores
 from .model import FINAL_CHANNELS, FINAL_SEP_REPEATS, create_model
 from .ops.memory import cpu_memory_cache
+from .settings import check_low_high, check_settings, option
 from .steps import LateLossCheck, NonFiniteLoss, descend, has_labelled_pixel, segmentation_loss
 from .tensorboard import TensorBoardLog
 
@@ -43,62 +43,34 @@ class TrainConfig:
     """SPEC section 7; what the paper's VOC recipe (Appendix B: three stages over three datasets)
     does not carry over to one dataset is ours: epochs, batch, crop, the schedule's shape, weight
     decay, and the auxiliary weights' stages as quarters of the epochs."""
-    epochs: int = 200
-    batch_size: int = 16
-    crop_size: int = 360
-    scale: float = 1.0                     # images resized by this factor first
-    scale_range: Tuple[float, float] = (0.5, 2.0)
-    encoder_lr: float = 1e-3               # SGD, momentum 0.9
-    decoder_lr: float = 3e-3
-    decoder_optimizer: str = "adam"        # or "sgd", momentum 0.9
-    weight_decay: float = 1e-5
-    poly_power: float = 0.9                # lr = base * (1 - step / steps) ** power
-    lr_steps: Tuple[int, ...] = ()         # a step schedule instead: lr *= step_factor after each of these epochs
-    step_factor: float = 0.1
-    aux_weights: Tuple[float, ...] = (0.3, 0.25, 0.2, 0.15)  # one per quarter of the training
-    train_images: int = 0                  # 0: all
-    val_images: int = 0
-    seed: int = 0
-    workers: int = 2
+    epochs: int = option(200, "training epochs", positive_int)
+    batch_size: int = option(16, "images per batch", images_per_batch)
+    crop_size: int = option(360, "side of the square training crops", positive_int)
+    scale: float = option(1.0, "images are resized by this factor first", positive_float)
+    scale_range: Tuple[float, float] = option((0.5, 2.0), "random scale range of the augmentation", positive_float,
+                                              nargs=2)
+    encoder_lr: float = option(1e-3, "the encoder's base learning rate (SGD, momentum 0.9)", positive_float)
+    decoder_lr: float = option(3e-3, "the decoder's base learning rate", positive_float)
+    decoder_optimizer: str = option("adam", "adam, or sgd with momentum 0.9", choices=("adam", "sgd"))
+    weight_decay: float = option(1e-5, "weight decay", non_negative_float)
+    poly_power: float = option(0.9, "lr = base * (1 - step / steps) ** power", positive_float)
+    lr_steps: Tuple[int, ...] = option((), "a step schedule instead: lr *= step_factor after each of these epochs",
+                                       positive_int)
+    step_factor: float = option(0.1, "what lr_steps multiplies the learning rates by", fraction)
+    aux_weights: Tuple[float, ...] = option((0.3, 0.25, 0.2, 0.15), "one per part of the training (quarters)",
+                                            non_negative_float)
+    train_images: int = option(0, "training images used (0: all)", non_negative_int)
+    val_images: int = option(0, "validation images used (0: all)", non_negative_int)
+    seed: int = option(0, "seed of the weights' initialisation, the order and the augmentation", non_negative_int)
+    workers: int = option(2, "data-loading processes", non_negative_int)
 
     def __post_init__(self):
         """Each setting as its option takes it (a config.json edited by hand comes here: "5" is 5);
         ValueError naming the first that its option would refuse. Lists become tuples."""
-        for name, parse in SETTING_TYPES.items():
-            value = getattr(self, name)
-            try:
-                setattr(self, name, _parsed(value, parse, isinstance(getattr(TrainConfig, name), tuple)))
-            except argparse.ArgumentTypeError as error:
-                raise ValueError(f"{name} is {value!r}: {error}") from None
-        if len(self.scale_range) != 2 or self.scale_range[0] > self.scale_range[1]:
-            raise ValueError(f"scale_range is {list(self.scale_range)}: expected a low and a high scale")
+        check_settings(self)
+        check_low_high("scale_range", self.scale_range)
         if not self.aux_weights:
             raise ValueError("aux_weights is empty: expected a weight for each part of the training")
-
-
-def _choice(*choices: str):
-    def parse(text: str) -> str:
-        if text not in choices:
-            raise argparse.ArgumentTypeError(f"expected {' or '.join(choices)}")
-        return text
-    return parse
-
-
-# How each setting is checked: its option's type (for a list, each item's).
-SETTING_TYPES = {"epochs": positive_int, "batch_size": images_per_batch, "crop_size": positive_int,
-                 "scale": positive_float, "scale_range": positive_float, "encoder_lr": positive_float,
-                 "decoder_lr": positive_float, "decoder_optimizer": _choice("adam", "sgd"),
-                 "weight_decay": non_negative_float, "poly_power": positive_float, "lr_steps": positive_int,
-                 "step_factor": fraction, "aux_weights": non_negative_float, "train_images": non_negative_int,
-                 "val_images": non_negative_int, "seed": non_negative_int, "workers": non_negative_int}
-
-
-def _parsed(value, parse, is_list: bool):
-    if not is_list:
-        return parse(str(value))
-    if not isinstance(value, (list, tuple)):
-        raise argparse.ArgumentTypeError("expected a list")
-    return tuple(parse(str(item)) for item in value)
 
 
 KEPT_IMAGE_BYTES = 1e9  # of decoded images, with workers 0 (as the search's --image-cache-gb)

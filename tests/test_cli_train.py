@@ -205,7 +205,9 @@ def test_resume_refuses_another_schedule(tmp_path, capsys):
     ({"scale": None}, "scale is None: expected a number, got 'None'"),
     ({"aux_weights": []}, "aux_weights is empty: expected a weight for each part of the training"),
     ({"lr_steps": 5}, "lr_steps is 5: expected a list"),
-    ({"decoder_optimizer": "rmsprop"}, "decoder_optimizer is 'rmsprop': expected adam or sgd")])
+    ({"scale_range": [0.5, 1, 2]}, "scale_range is [0.5, 1, 2]: expected 2 values"),
+    ({"scale_range": [2, 1]}, "scale_range is [2.0, 1.0]: the first must not be larger than the second"),
+    ({"decoder_optimizer": "rmsprop"}, "decoder_optimizer is 'rmsprop': choose one of adam, sgd")])
 def test_resume_refuses_settings_edited_into_what_a_training_cannot_take(tmp_path, capsys, edit, message):
     (tmp_path / "config.json").write_text(json.dumps(tiny_run_config(**edit)))
     (tmp_path / "last.pt").write_bytes(b"")

@@ -2,19 +2,13 @@
 
 Defaults are the paper's values (`--preset paper`); "ours" marks the choices the paper leaves open.
 """
-import argparse
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from ..cli import (absolute_path, decay, fraction, images_per_batch, non_negative_float, non_negative_int,
                    positive_float, positive_int, probability)
-
-
-def option(default, help: str, type: Optional[Callable[[str], Any]] = None,
-           choices: Optional[Sequence[str]] = None, **kwargs):
-    """A field of the protocol; `type` parses (and checks) its command-line value."""
-    return field(default=default, metadata={"help": help, "type": type, "choices": choices}, **kwargs)
+from ..settings import check_low_high, check_settings, option
 
 
 @dataclass
@@ -57,7 +51,8 @@ class SearchConfig:
     scale: float = option(1.0, "images are resized by this factor first (ours; the rewards count the labels "
                                         "at their own size)", positive_float)
     crop_size: int = option(321, "side of the square stage-2 training crops (ours)", positive_int)
-    scale_range: Tuple[float, float] = option((0.5, 2.0), "random scale range of stage-2 augmentation", positive_float)
+    scale_range: Tuple[float, float] = option((0.5, 2.0), "random scale range of stage-2 augmentation", positive_float,
+                                              nargs=2)
     channels: int = option(48, "decoder width during search", positive_int)
     sep_repeats: int = option(1, "repeats of a separable block during search", positive_int)
     aux: Optional[str] = option("cell", "auxiliary heads: cell, classifier or none",
@@ -97,36 +92,10 @@ class SearchConfig:
         for name in ("stage1", "stage2"):
             d[name] = dataclasses.replace(getattr(default, name), **d.get(name, {}))
         config = dataclasses.replace(default, **d)
-        for owner, prefix in ((config, ""), (config.stage1, "stage1."), (config.stage2, "stage2.")):
-            for f in dataclasses.fields(owner):
-                if f.name not in ("stage1", "stage2"):
-                    setattr(owner, f.name, _parsed(prefix + f.name, getattr(owner, f.name), f))
-        if config.scale_range[0] > config.scale_range[1]:
-            raise ValueError(f"scale_range is {list(config.scale_range)}: the first must not be larger than the second")
+        for settings, prefix in ((config, ""), (config.stage1, "stage1."), (config.stage2, "stage2.")):
+            check_settings(settings, prefix)
+        check_low_high("scale_range", config.scale_range)
         return config
-
-
-def _parsed(name: str, value: Any, f: dataclasses.Field) -> Any:
-    """`value` as its option parses it on the command line (a hand-edited "5" becomes 5);
-    ValueError naming it when the option would refuse it."""
-    parse, choices = f.metadata.get("type"), f.metadata.get("choices")
-    may_be_none = f.default is None or (choices is not None and "none" in choices)
-
-    def one(item):
-        if item is None and may_be_none or item == "none" and "none" in (choices or ()):  # as the command line
-            return None
-        if choices is not None and item not in choices:
-            raise ValueError(f"choose one of {', '.join(choices)}")
-        return parse(str(item)) if parse is not None else item
-
-    try:
-        if not isinstance(f.default, tuple):
-            return one(value)
-        if not isinstance(value, (list, tuple)) or len(value) != len(f.default):
-            raise ValueError(f"expected {len(f.default)} values")
-        return tuple(one(v) for v in value)
-    except (ValueError, TypeError, argparse.ArgumentTypeError) as error:
-        raise ValueError(f"{name} is {value!r}: {error}") from None
 
 
 def missing_keys(d: Dict[str, Any]) -> List[str]:

@@ -129,7 +129,7 @@ def _add_field(group, f, default, key: str) -> None:
     kwargs = dict(dest=key, default=None, type=f.metadata["type"], choices=f.metadata["choices"],
                   help=f"{f.metadata['help']} [{option_text(default)}]")
     if isinstance(default, tuple):
-        kwargs.update(nargs=len(default), metavar="X")
+        kwargs.update(nargs=f.metadata["nargs"], metavar="X")
     group.add_argument(flag(key), **kwargs)
 
 
