@@ -61,8 +61,6 @@ def evaluate_model(model, loader, num_classes, ignore_index, device,
 def prediction_writer(directory: str, images, root) -> PredictionWriter:
     """Writes the predictions of `images` (a dataset or a Subset of one) under `directory`, made now:
     a folder that cannot be is said before the model runs."""
-    if os.path.exists(directory) and not os.path.isdir(directory):
-        raise UsageError(f"--predictions {directory}: a file, not a folder")
     full, indices = dataset_and_indices(images)
     paths = prediction_paths(Path(os.path.abspath(directory)), Path(root), [full.pairs[i][0] for i in indices])
     refuse_to_replace(Path(directory), paths, [path for pair in full.pairs for path in pair])

@@ -56,7 +56,7 @@ def refuse_to_replace(directory: Path, paths: Sequence[Path], data_files: Sequen
         raise UsageError(f"--predictions {directory} would replace {other}, which is not an earlier prediction "
                          f"(a palette PNG): choose another folder, or move it")
     top = Path(os.path.abspath(directory))
-    folders = {folder for path in paths for folder in path.parents if top in folder.parents}
+    folders = {folder for path in paths for folder in path.parents if folder == top or top in folder.parents}
     blocking = next((folder for folder in sorted(folders) if os.path.lexists(folder) and not folder.is_dir()), None)
     if blocking is not None:
         raise UsageError(f"--predictions {directory} needs the folder {blocking}, which is a file: choose another "

@@ -149,7 +149,7 @@ def test_evaluate_writes_the_predictions_it_scored(trained, tmp_path, camvid_roo
 
 @pytest.mark.parametrize("where, words", [
     (lambda root, tmp: root, "a file of the dataset"),
-    (lambda root, tmp: tmp / "file", "a file, not a folder"),
+    (lambda root, tmp: tmp / "file", "needs the folder {directory}, which is a file"),
     (lambda root, tmp: tmp / "notes", "notes/val/0016E5_07959.png, which is not an earlier prediction"),
     (lambda root, tmp: tmp / "flat", "/flat/val, which is a file"),
 ])
@@ -164,7 +164,8 @@ def test_evaluate_writes_no_predictions_over_the_data_or_into_a_file(trained, tm
     assert cli.run(evaluate.main, evaluate.PROG, ["--checkpoint", str(trained / "best.pt"), "--limit", "2",
                                                   "--predictions", str(directory), "--no-progress"]) == 2
     error = capsys.readouterr().err
-    assert error.startswith(f"{evaluate.PROG}: error: --predictions {directory}") and words in error
+    assert error.startswith(f"{evaluate.PROG}: error: --predictions {directory}")
+    assert words.format(directory=directory) in error
     assert error.count("\n") == 1
     assert (tmp_path / "file").read_text() == "" and "my notes" in (tmp_path / "notes" / "val").joinpath(
         "0016E5_07959.png").read_text()
