@@ -64,7 +64,8 @@ inline void check_upsample_add_backward_low(const at::Tensor& grad, c10::SymIntA
 }
 
 // logits: N x K x h x w, non-empty; target: N x H x W int64, H and W not 0. The kernels count the labels out of
-// range (neither in [0, K) nor ignore_index) and refuse them with fail_on_bad_label.
+// range (neither in [0, K) nor ignore_index) and refuse them with fail_on_bad_label: an IndexError, as
+// F.cross_entropy's.
 inline void check_cross_entropy(const at::Tensor& logits, const at::Tensor& target) {
   TORCH_CHECK(logits.dim() == 4 && logits.size(1) > 0 && logits.size(2) > 0 && logits.size(3) > 0,
               "upsample_cross_entropy: logits must be a non-empty N x K x h x w tensor, got ", logits.sizes());
@@ -79,7 +80,7 @@ inline void check_cross_entropy(const at::Tensor& logits, const at::Tensor& targ
 }
 
 inline void fail_on_bad_label(bool bad, int64_t K, int64_t ignore_index) {
-  TORCH_CHECK(!bad, "upsample_cross_entropy: target values must be in [0, ", K, ") or ", ignore_index);
+  TORCH_CHECK_INDEX(!bad, "upsample_cross_entropy: target values must be in [0, ", K, ") or ", ignore_index);
 }
 
 // Returns the targets as int64 N x H x W and checks the shapes of scores against them; the
