@@ -13,8 +13,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .checkpoint import check_classes, load_checkpoint, model_from_checkpoint
-from .cli import (UsageError, counted, loader_workers, non_negative_int, path_text, positive_float, progress_bar,
-                  resolve_device, run)
+from .cli import UsageError, counted, loader_workers, non_negative_int, path_text, positive_float, resolve_device, run
 from .data import EvalTransform, make_dataset
 from .data.datasets import DATASETS, every_image_in_every_split, find_data_root, unsplit_note
 from .data.transforms import scaled_size
@@ -23,6 +22,7 @@ from .files import finite_or_none
 from .metrics import metrics_of
 from .ops.memory import cpu_memory_cache
 from .predictions import PredictionWriter, prediction_paths, refuse_to_replace
+from .progress import progress_bar
 
 PROG = "python -m nasfast.evaluate"
 

@@ -17,9 +17,9 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from .checkpoint import (DAMAGED_ADVICE, RESUME_KEYS, check_classes, classifier_weights, load_checkpoint,
                          load_exact_weights, load_fitting_weights)
-from .cli import (UsageError, counted, data_check_command, fraction, images_per_batch, loader_workers,
-                  message_of, non_negative_float, non_negative_int, positive_float, positive_int, progress_bar,
-                  reported_in_one_line, resolve_device)
+from .cli import (UsageError, counted, data_check_command, fraction, images_per_batch, loader_workers, message_of,
+                  non_negative_float, non_negative_int, positive_float, positive_int, reported_in_one_line,
+                  resolve_device)
 from .data import DataError, EvalTransform, SegmentationDataset, TrainTransform, make_dataset
 from .data.datasets import (DATASETS, OtherLayout, absent_classes_warning, find_data_root, refuse_run_in_data,
                              split_warning)
@@ -31,6 +31,7 @@ from .genotype import Genotype, genotype_name
 from .metrics import NonFiniteScores
 from .model import FINAL_CHANNELS, FINAL_SEP_REPEATS, create_model
 from .ops.memory import cpu_memory_cache
+from .progress import progress_bar
 from .settings import check_low_high, check_settings, option
 from .steps import LateLossCheck, NonFiniteLoss, descend, has_labelled_pixel, segmentation_loss
 from .tensorboard import TensorBoardLog

@@ -89,7 +89,7 @@ def test_progress_bars_show_in_a_terminal_that_reports_no_size(rows, columns):
     controller, terminal = pty.openpty()
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
     shown = b""
-    with subprocess.Popen([sys.executable, "-c", "from nasfast.cli import progress_bar\n"
+    with subprocess.Popen([sys.executable, "-c", "from nasfast.progress import progress_bar\n"
                            "for _ in progress_bar(range(3), desc='epoch 1/2', unit='batch', mininterval=0,\n"
                            "                      dynamic_ncols=True): pass"],  # as the search's bar
                           stderr=terminal, env=dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]))) as tool:
@@ -110,7 +110,7 @@ def test_progress_bars_show_in_a_terminal_that_reports_no_size(rows, columns):
 def test_a_log_gets_a_progress_line_a_while_and_nothing_for_short_work(capsys):
     """In a log (stderr not a terminal) long work was silent for minutes between its lines."""
     import time
-    from nasfast.cli import progress_bar
+    from nasfast.progress import progress_bar
     for _ in progress_bar(range(6), desc="epoch 1/2", unit="batch", log_every=0.2):
         time.sleep(0.1)
     lines = capsys.readouterr().err.splitlines()

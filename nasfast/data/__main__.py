@@ -9,7 +9,8 @@ from typing import List, Optional, Tuple
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
-from ..cli import counted, loader_workers, non_negative_int, path_text, progress_bar, run
+from ..cli import counted, loader_workers, non_negative_int, path_text, run
+from ..progress import progress_bar
 from .datasets import DATASETS, absent_classes_warning, find_data_root, make_dataset, split_warning
 from .decode import DataError
 from .folder import FolderDataset, LayoutProblems

@@ -12,12 +12,13 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ..checkpoint import check_classes, export_info
-from ..cli import counted, loader_workers, progress_bar, resolve_device
+from ..cli import counted, loader_workers, resolve_device
 from ..data import EvalTransform, SegmentationDataset, TrainTransform, find_data_root, make_dataset
 from ..data.datasets import absent_classes_warning, refuse_run_in_data
 from ..data.decode import missing_file
 from ..encoder import MobileNetV2Encoder
 from ..files import read_json, write_json
+from ..progress import progress_bar
 from .cache import CACHE, COMPLETE, PARTS, FeatureCache, build_cache, checksums, crc32, open_cache
 from .config import PRESETS, SearchConfig, preset
 

@@ -11,11 +11,12 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 import torch
 
 from ..checkpoint import holds_non_finite
-from ..cli import counted, progress_bar
+from ..cli import counted
 from ..data import DataError
 from ..files import (CONFIG, LOCK, SEARCH_LOG, SEARCH_STATE, StopSignals, Unwritable, append_record, lock_directory,
                      save_torch, write_json)
 from ..genotype import Genotype
+from ..progress import progress_bar
 from ..strategies import Proposal, make_strategy
 from ..tensorboard import TensorBoardLog
 from .candidate import evaluate_candidate
