@@ -9,8 +9,7 @@ from dataclasses import asdict, fields, replace
 from typing import List, Optional, Tuple
 
 from .checkpoint import DAMAGED_ADVICE, RESUME_KEYS, load_checkpoint
-from .cli import (UsageError, counted, fraction, images_per_batch, non_negative_int, option_text, path_text,
-                  positive_float, positive_int, run, run_directory)
+from .cli import UsageError, counted, option_text, path_text, run, run_directory
 from .data.datasets import DATASETS
 from .designs import genotype_from_option
 from .files import (BEST, CONFIG, LAST, SEARCH_FILES, TRAINING_LOG, Unwritable, files_in, lock_directory,
@@ -80,21 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "schedule starts again at the full rates: lower --encoder-lr and --decoder-lr to keep "
                              "closer to the weights")
     parser.add_argument("--preset", choices=list(PRESETS), help="paper, fast or tiny: see the table below [paper]")
-    parser.add_argument("--epochs", type=positive_int, help="override the preset's epochs (table below)")
-    parser.add_argument("--batch-size", type=images_per_batch, help="override the preset's batch size (table below)")
-    parser.add_argument("--encoder-lr", type=positive_float,
-                        help=f"the encoder's base learning rate (SGD, momentum 0.9) [{TrainConfig.encoder_lr:g}]")
-    parser.add_argument("--decoder-lr", type=positive_float,
-                        help=f"the decoder's base learning rate [{TrainConfig.decoder_lr:g}]")
-    parser.add_argument("--decoder-optimizer", choices=["adam", "sgd"],
-                        help="the decoder's optimizer: Adam, or SGD with momentum 0.9 (the encoder always uses "
-                             "SGD) [adam]")
-    parser.add_argument("--lr-steps", type=positive_int, nargs="+", metavar="EPOCH",
-                        help="a step schedule instead of poly: the learning rates are multiplied by --step-factor "
-                             "after each of these epochs (e.g. 90 120)")
-    parser.add_argument("--step-factor", type=fraction,
-                        help="what --lr-steps multiplies the learning rates by [0.1]")
-    parser.add_argument("--workers", type=non_negative_int, help="data-loading processes [the preset's: 2, tiny 0]")
+    _add_setting(parser, "epochs", help="override the preset's epochs (table below)")
+    _add_setting(parser, "batch_size", help="override the preset's batch size (table below)")
+    for name in ("encoder_lr", "decoder_lr", "decoder_optimizer"):
+        _add_setting(parser, name)
+    _add_setting(parser, "lr_steps", nargs="+", metavar="EPOCH")
+    _add_setting(parser, "step_factor")
+    _add_setting(parser, "workers", help="data-loading processes [the preset's: 2, tiny 0]")
     parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N [auto]")
     parser.add_argument("--tensorboard", action="store_true",
                         help="also log each epoch's loss and validation scores for TensorBoard, in OUT/tensorboard "
@@ -102,6 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar within an epoch (the line per epoch stays)")
     return parser
+
+
+def _add_setting(parser: argparse.ArgumentParser, name: str, help: Optional[str] = None, **kwargs) -> None:
+    """The option of TrainConfig's setting `name`, parsed as the setting is checked; its help is the
+    setting's, with the paper preset's value."""
+    setting = next(f for f in fields(TrainConfig) if f.name == name)
+    parser.add_argument("--" + name.replace("_", "-"), type=setting.metadata["type"],
+                        choices=setting.metadata["choices"],
+                        help=help or f"{setting.metadata['help']} [{option_text(setting.default)}]", **kwargs)
 
 
 def preset_of(saved: dict) -> Optional[str]:

@@ -52,12 +52,13 @@ class TrainConfig:
                                               nargs=2)
     encoder_lr: float = option(1e-3, "the encoder's base learning rate (SGD, momentum 0.9)", positive_float)
     decoder_lr: float = option(3e-3, "the decoder's base learning rate", positive_float)
-    decoder_optimizer: str = option("adam", "adam, or sgd with momentum 0.9", choices=("adam", "sgd"))
+    decoder_optimizer: str = option("adam", "the decoder's optimizer: Adam, or SGD with momentum 0.9 (the encoder "
+                                            "always uses SGD)", choices=("adam", "sgd"))
     weight_decay: float = option(1e-5, "weight decay", non_negative_float)
     poly_power: float = option(0.9, "lr = base * (1 - step / steps) ** power", positive_float)
-    lr_steps: Tuple[int, ...] = option((), "a step schedule instead: lr *= step_factor after each of these epochs",
-                                       positive_int)
-    step_factor: float = option(0.1, "what lr_steps multiplies the learning rates by", fraction)
+    lr_steps: Tuple[int, ...] = option((), "a step schedule instead of poly: the learning rates are multiplied by "
+                                           "--step-factor after each of these epochs (e.g. 90 120)", positive_int)
+    step_factor: float = option(0.1, "what --lr-steps multiplies the learning rates by", fraction)
     aux_weights: Tuple[float, ...] = option((0.3, 0.25, 0.2, 0.15), "one per part of the training (quarters)",
                                             non_negative_float)
     train_images: int = option(0, "training images used (0: all)", non_negative_int)
