@@ -71,7 +71,7 @@ SOFTWARE = "nasfast.report"  # in each plot's PNG metadata: a file that lacks it
 
 
 def plot(runs: List[Dict], path: str, count: int = 4) -> None:
-    """Saves `figure` as a PNG."""
+    """Saves the figure of `runs` (each search in `count` parts) as a PNG at `path`."""
     png = io.BytesIO()
     figure(runs, count).savefig(png, format="png", dpi=100, metadata={"Software": SOFTWARE})
     write_atomic(path, png.getvalue())  # no partial file on a full disk

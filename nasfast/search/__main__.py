@@ -18,7 +18,7 @@ from .loop import NO_BUDGET, Search
 from .options import build_parser, config_from_args, ignored_options, resume_conflicts, with_machine_options
 from .summary import PROG, mend_data_note, resume_command
 
-# Files of a search (the first three) or of a training run: a new search must not mix with them.
+# The files of a search and of a training run (both write config.json): a new search must not mix with them.
 RUN_FILES = (CONFIG,) + SEARCH_FILES + TRAINING_FILES
 
 
