@@ -24,7 +24,7 @@ PRESET_NOTES = {"paper": "SPEC section 7 at our epochs, batch and crop: meant fo
                 "fast": "shorter, for a GPU", "tiny": "seconds on a CPU, for trying it out"}
 # The settings that options set over the preset's; workers alone does not change what is trained.
 OPTION_FIELDS = ("epochs", "batch_size", "encoder_lr", "decoder_lr", "decoder_optimizer", "lr_steps", "step_factor",
-                 "workers")
+                 "seed", "workers")
 
 
 def preset_table() -> str:
@@ -40,8 +40,8 @@ def preset_table() -> str:
 EPILOG = f"""{preset_table()}
 
 With --resume every setting comes from OUT/config.json: --genotype, --dataset, --preset, --epochs,
---batch-size, --encoder-lr, --decoder-lr, --decoder-optimizer, --lr-steps and --step-factor may be
-left out, and are refused if they differ from the run's; --workers, --device, --data-root,
+--batch-size, --encoder-lr, --decoder-lr, --decoder-optimizer, --lr-steps, --step-factor and --seed
+may be left out, and are refused if they differ from the run's; --workers, --device, --data-root,
 --tensorboard and --no-progress may change.
 Ctrl-C stops; the epochs finished so far stay in OUT/last.pt for --resume.
 
@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_setting(parser, name)
     _add_setting(parser, "lr_steps", nargs="+", metavar="EPOCH")
     _add_setting(parser, "step_factor")
+    _add_setting(parser, "seed")
     _add_setting(parser, "workers", help="data-loading processes [the preset's: 2, tiny 0]")
     parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N [auto]")
     parser.add_argument("--tensorboard", action="store_true",

@@ -176,15 +176,19 @@ def test_bad_step_schedules_are_refused(tmp_path, capsys, argv, message):
     assert message in one_error_line(capsys) and not (tmp_path / "run").exists()
 
 
-def test_learning_rates_given_are_the_runs_and_resume_keeps_them(tmp_path, capsys):
+def test_learning_rates_and_seed_given_are_the_runs_and_resume_keeps_them(tmp_path, capsys):
+    """The training's seed had no option: every training from the command line used seed 0."""
     args = train.build_parser().parse_args(["--genotype", "arch0", "--out", str(tmp_path / "run"), "--encoder-lr",
-                                            "0.02", "--decoder-lr", "5e-2", "--decoder-optimizer", "sgd"])
+                                            "0.02", "--decoder-lr", "5e-2", "--decoder-optimizer", "sgd",
+                                            "--seed", "3"])
     _, config, _ = train.new_run(args)
-    assert (config.encoder_lr, config.decoder_lr, config.decoder_optimizer) == (0.02, 0.05, "sgd")
-    (tmp_path / "config.json").write_text(json.dumps(tiny_run_config(encoder_lr=0.02)))
+    assert (config.encoder_lr, config.decoder_lr, config.decoder_optimizer, config.seed) == (0.02, 0.05, "sgd", 3)
+    (tmp_path / "config.json").write_text(json.dumps(tiny_run_config(encoder_lr=0.02, seed=3)))
     (tmp_path / "last.pt").write_bytes(b"")
-    assert train_cli("--resume", tmp_path, "--encoder-lr", "0.01", "--decoder-lr", "0.003") == 2
+    assert train_cli("--resume", tmp_path, "--encoder-lr", "0.01", "--decoder-lr", "0.003", "--seed", "3") == 2
     assert one_error_line(capsys).endswith("--resume: --encoder-lr 0.01 differs from the run's 0.02 (config.json)\n")
+    assert train_cli("--resume", tmp_path, "--seed", "4") == 2
+    assert one_error_line(capsys).endswith("--resume: --seed 4 differs from the run's 3 (config.json)\n")
     with pytest.raises(SystemExit):
         train_cli("--resume", tmp_path, "--encoder-lr", "0")
     assert "argument --encoder-lr: must be greater than 0.0, got 0" in capsys.readouterr().err
