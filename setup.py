@@ -3,7 +3,7 @@
 CUDA kernels (csrc/cuda) are compiled when CUDA is available, or with NASFAST_FORCE_CUDA=1 (a
 machine with the toolkit but no GPU); NASFAST_FORCE_CPU=1 skips them. NASFAST_BUILD_OPS=0 builds no
 library at all (no compiler needed; nasfast then runs its pure-PyTorch references). Without the
-CUDA kernels, the ops still accept CUDA tensors through ATen (csrc/composite). The library
+CUDA kernels, the ops still accept CUDA tensors through ATen (csrc/cuda_fallback). The library
 registers its ops with the dispatcher (TORCH_LIBRARY) and does not link libtorch_python, so a C++
 program can load it next to libtorch. It is built against the torch installed where nasfast is
 installed, which pip's isolated build environment hides: that torch is found anyway (see
@@ -71,7 +71,7 @@ def ops_extension():
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp") + glob.glob("csrc/autograd/*.cpp") +
-                     glob.glob("csrc/any_device/*.cpp"))
+                     glob.glob("csrc/composite/*.cpp"))
     compile_openmp, link_openmp = openmp_flags()
     # -fno-trapping-math: no code here relies on floating-point traps, and with them GCC cannot
     # vectorise loops that select between floats before converting them (the exponentials).
@@ -81,7 +81,7 @@ def ops_extension():
         flags["nvcc"] = ["-O3"]
         kind = CUDAExtension
     else:
-        sources += sorted(glob.glob("csrc/composite/*.cpp"))
+        sources += sorted(glob.glob("csrc/cuda_fallback/*.cpp"))
         kind = CppExtension
     soname = ["-Wl,-soname,_C.so"]  # a C++ program linked to it finds it by name (examples/cpp: beside it)
     extension = kind("nasfast._C", sources, extra_compile_args=flags, extra_link_args=link_openmp + soname,

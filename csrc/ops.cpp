@@ -1,7 +1,13 @@
-// The schemas of every nasfast op, in one place. Backends register kernels in cpu/, cuda/,
-// autograd/, any_device/ (made of ATen ops, for devices without a kernel of their own) and
-// composite/ (ATen-op CUDA kernels of a build without CUDA); the kernels themselves are
-// torch-free headers in kernels/.
+// The schemas of every nasfast op, in one place. The folders hold the kernels that register for
+// each dispatch key:
+//   cpu/            CPU: every op (and memory_cache.cpp, the CPU allocator that keeps freed blocks)
+//   cuda/           CUDA, built with nvcc: upsample_add, sep_conv, sep_conv_bn_relu, confusion_matrix_update_
+//   cuda_fallback/  CUDA, built without nvcc: the same ops made of ATen ops, at the references' speed
+//   composite/      CompositeExplicitAutograd: upsample_cross_entropy made of ATen ops, for the GPU
+//   autograd/       Autograd: the differentiable ops' backward passes
+// The kernels themselves are torch-free headers in kernels/ (.h: CPU loops and per-element code
+// shared with CUDA; .cuh: CUDA kernels); tools/ compiles them alone and runs the CUDA kernels on
+// the CPU, for the tests.
 #include <torch/library.h>
 
 TORCH_LIBRARY(nasfast, m) {

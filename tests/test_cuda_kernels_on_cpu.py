@@ -37,7 +37,7 @@ def gpu(request, tmp_path_factory):
     library = tmp_path_factory.mktemp("kernels_on_cpu") / f"kernels_{request.param}.so"
     build = subprocess.run(["g++", "-std=c++20", "-O1", "-Wall", "-Werror", "-Wno-unknown-pragmas",
                             "-Wno-builtin-macro-redefined", f"-D__CUDA_ARCH__={request.param}", "-shared", "-fPIC",
-                            "-pthread", str(TOOLS / "kernels_on_cpu.cpp"), "-o", str(library)],
+                            "-pthread", str(TOOLS / "cuda_kernels_on_cpu.cpp"), "-o", str(library)],
                            capture_output=True, text=True)
     assert build.returncode == 0, build.stderr
     lib = ctypes.CDLL(str(library))

@@ -3,7 +3,7 @@
 // are hundreds of MB per loss, and writing and reading them costs more than the arithmetic):
 // each label row's K upsampled logits are blended from two low rows interpolated along x once
 // (common.h), and the gradient goes back the same way, transposed. CPU only (see
-// csrc/any_device/cross_entropy.cpp for the GPU).
+// csrc/composite/cross_entropy.cpp for the GPU).
 #pragma once
 #include <cmath>
 #include <cstring>

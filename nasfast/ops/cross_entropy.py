@@ -32,7 +32,7 @@ def upsample_cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = 2
     """The mean cross-entropy of `logits` (N x K x h x w) upsampled to the size of `target` (N x H x W),
     over the pixels not labelled `ignore_index`: the native op for float32 or float64 logits on the
     CPU, where it is several times faster, the reference elsewhere (on a GPU the unfused loss costs
-    little, see csrc/any_device/cross_entropy.cpp). Labels of any integer type (uint8 as read)."""
+    little, see csrc/composite/cross_entropy.cpp). Labels of any integer type (uint8 as read)."""
     if target.dtype != torch.int64 and not (target.is_floating_point() or target.is_complex()):
         target = target.long()
     if (available() and logits.device.type == "cpu" and logits.dtype in (torch.float32, torch.float64)
