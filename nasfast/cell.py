@@ -3,7 +3,7 @@ from typing import List, Sequence, Tuple
 
 from torch import Tensor, nn
 
-from .operations import make_operation
+from .cell_operations import make_operation
 
 
 def cell_outputs(branches: Sequence[Tuple[int, int, int, int]]) -> List[int]:

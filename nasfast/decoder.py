@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from .cell import Cell
 from .genotype import Genotype
-from .operations import ConvBNReLU
+from .cell_operations import ConvBNReLU
 from .ops import UpsampleAdd
 from .ops.upsample_add import upsampled
 

@@ -7,7 +7,7 @@ from nasfast.cell import Cell, cell_outputs
 from nasfast.complexity import count_params
 from nasfast.decoder import Decoder
 from nasfast.genotype import OPERATIONS, Genotype
-from nasfast.operations import GlobalPooling, make_operation
+from nasfast.cell_operations import GlobalPooling, make_operation
 import nasfast.ops
 
 SHAPES_512 = [(24, 128, 128), (32, 64, 64), (96, 32, 32), (320, 16, 16)]
