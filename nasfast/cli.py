@@ -142,9 +142,11 @@ def data_root_option(data_root: Optional[str]) -> List[Optional[str]]:
     return ["--data-root", data_root] if data_root else []
 
 
-def data_check_command(dataset: str, data_root: Optional[str]) -> str:
-    """The command that lists every file of the data that cannot be used."""
-    return command("python", "-m", "nasfast.data", "--dataset", dataset, *data_root_option(data_root))
+def once_mended(error: BaseException, dataset: str, data_root: Optional[str]) -> str:
+    """A data file's `error`, and the start of the way on: once it is mended (with the command that
+    lists every file of the data that cannot be used), ..."""
+    check = command("python", "-m", "nasfast.data", "--dataset", dataset, *data_root_option(data_root))
+    return f"{message_of(error)}; once it is mended ({check} lists every file that cannot be used)"
 
 
 def counted(n: int, noun: str) -> str:

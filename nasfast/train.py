@@ -134,10 +134,13 @@ def _why_no_last(out: str) -> str:
     epochs = len(read_records(os.path.join(out, TRAINING_LOG)))
     if not epochs:
         return " (the run stopped before its first epoch ended: start it again without --resume)"
-    best = os.path.join(out, BEST)
-    init = f" (--init {best} starts from its best weights)" if os.path.isfile(best) else ""
     return (f", though {os.path.join(out, TRAINING_LOG)} records {counted(epochs, 'epoch')}: {LAST} was removed "
-            f"or lost, so the run cannot go on; train in another --out{init}")
+            f"or lost, so the run cannot go on; train in another --out{_init_hint(out)}")
+
+
+def _init_hint(out: str) -> str:
+    best = os.path.join(out, BEST)
+    return f" (--init {best} starts from its best weights)" if os.path.isfile(best) else ""
 
 
 def resumed_run(args) -> Tuple[Genotype, TrainConfig, dict]:
@@ -176,9 +179,8 @@ def resumed_run(args) -> Tuple[Genotype, TrainConfig, dict]:
     try:
         checkpoint = load_checkpoint(last, RESUME_KEYS)
     except UsageError as error:  # damaged: "another checkpoint" is for --init, in another run
-        best = os.path.join(args.out, BEST)
-        init = f" (--init {best} starts from its best weights)" if os.path.isfile(best) else ""
-        raise UsageError(str(error).replace(DAMAGED_ADVICE, f"the run cannot go on: train in another --out{init}"))
+        raise UsageError(str(error).replace(DAMAGED_ADVICE, f"the run cannot go on: train in another "
+                                                            f"--out{_init_hint(args.out)}"))
     genotype = Genotype.parse(saved["genotype"])
     if Genotype.parse(checkpoint["genotype"]) != genotype:
         raise UsageError(f"--resume: {last} holds the weights of {genotype_name(checkpoint['genotype'])}, but "

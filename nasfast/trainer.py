@@ -17,9 +17,8 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from .checkpoint import (DAMAGED_ADVICE, RESUME_KEYS, check_classes, classifier_weights, load_checkpoint,
                          load_exact_weights, load_fitting_weights)
-from .cli import (UsageError, counted, data_check_command, fraction, images_per_batch, loader_workers, message_of,
-                  non_negative_float, non_negative_int, positive_float, positive_int, reported_in_one_line,
-                  resolve_device)
+from .cli import (UsageError, counted, fraction, images_per_batch, loader_workers, message_of, non_negative_float,
+                  non_negative_int, once_mended, positive_float, positive_int, reported_in_one_line, resolve_device)
 from .data import DataError, EvalTransform, SegmentationDataset, TrainTransform, make_dataset
 from .data.datasets import (DATASETS, OtherLayout, absent_classes_warning, find_data_root, refuse_run_in_data,
                              split_warning)
@@ -153,10 +152,10 @@ def check_files(subset, what: str, quiet: bool) -> None:
     dataset, indices = dataset_and_indices(subset)
     checked = progress_bar(indices, desc=f"checking the {what} files", unit="image", leave=False, disable=quiet)
     pixels = sum((dataset.label_pixels(index) for index in checked), np.zeros(256, np.int64))
-    warning = absent_classes_warning(pixels, dataset.class_names, f"the {len(indices)} {what} labels")
+    warning = absent_classes_warning(pixels, dataset.class_names, f"the {len(indices)} {what} labels",
+                                     "wherever the model predicts them, they count as IoU 0 in the mIoU")
     if warning:
-        print(f"{warning} (wherever the model predicts them, they count as IoU 0 in the mIoU; python -m "
-              f"nasfast.data counts the pixels of every split)", file=sys.stderr)
+        print(warning, file=sys.stderr)
 
 
 def share_text(subset, dataset) -> str:
@@ -381,8 +380,7 @@ def run_epochs(epochs: Epochs, out: str, start_epoch: int, best: Optional[float]
     except KeyboardInterrupt:
         raise TrainingInterrupted(interrupted_note(out, saved_epochs)) from None
     except DataError as error:  # a training file first read in an epoch: what was saved still counts
-        check = data_check_command(epochs.data.dataset, str(epochs.data.root))
-        raise DataError(f"{message_of(error)}; once it is mended ({check} lists every file that cannot be used), "
+        raise DataError(f"{once_mended(error, epochs.data.dataset, str(epochs.data.root))}, "
                         f"{saved_note(out, saved_epochs)}") from None
     except NonFiniteScores as error:
         raise UsageError(f"validation of epoch {saved_epochs + 1}: {error} (the learning rate may be too high); "

@@ -168,9 +168,11 @@ class VOC(SegmentationDataset):
         super().__init__(pairs, transform)
 
 
-def absent_classes_warning(pixels: np.ndarray, class_names: Sequence[str], where: str) -> Optional[str]:
+def absent_classes_warning(pixels: np.ndarray, class_names: Sequence[str], where: str,
+                           consequence: Optional[str] = None) -> Optional[str]:
     """A warning naming the classes without a pixel in `pixels` (the counts of the label values
-    0-255 over `where`), or None when every class has some."""
+    0-255 over `where`), or None when every class has some; `consequence`: what it means there,
+    which points to the census of every split too."""
     absent = [f"{name!r} ({c})" for c, name in enumerate(class_names) if not pixels[c]]
     if not absent:
         return None
@@ -181,6 +183,8 @@ def absent_classes_warning(pixels: np.ndarray, class_names: Sequence[str], where
         hint = f"; every labelled pixel is {IGNORE_INDEX}, the ignore index"
     elif present == 1 and pixels[IGNORE_INDEX]:
         hint = f"; {IGNORE_INDEX} is the ignore index: save a mask of 0 and 255 as 0 and 1"
+    if consequence:
+        hint += f" ({consequence}; python -m nasfast.data counts the pixels of every split)"
     return (f"warning: no pixel of {len(absent)} class{'es' if len(absent) > 1 else ''} in {where}: "
             f"{', '.join(absent[:6])}{', ...' if len(absent) > 6 else ''}{hint}")
 

@@ -323,10 +323,10 @@ def _labelled_stage1_images(stage1: FeatureCache, full: SegmentationDataset, war
     that no stage-1 label holds."""
     if warn:
         pixels = np.bincount(np.asarray(stage1.labels).ravel(), minlength=256)
-        warning = absent_classes_warning(pixels, full.class_names, f"the {len(stage1)} stage-1 labels")
+        warning = absent_classes_warning(pixels, full.class_names, f"the {len(stage1)} stage-1 labels",
+                                         "stage 1 cannot learn them")
         if warning:
-            print(f"{warning} (stage 1 cannot learn them; python -m nasfast.data counts the pixels of every "
-                  f"split)", file=sys.stderr)
+            print(warning, file=sys.stderr)
     labelled = stage1.labelled_images(full.ignore_index)
     if not labelled.any():
         raise ValueError(f"the {len(stage1)} stage-1 images hold no labelled pixel (all {full.ignore_index} = "

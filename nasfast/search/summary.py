@@ -2,7 +2,7 @@
 import os
 from typing import Any, Dict, List, Optional
 
-from ..cli import command, data_check_command, data_root_option, message_of
+from ..cli import command, data_root_option, once_mended
 from ..files import SEARCH_LOG
 from ..genotype import ZOO
 from ..model import FINAL_CHANNELS, FINAL_SEP_REPEATS
@@ -62,8 +62,7 @@ def resume_command(run_dir: str, data_root: Optional[str]) -> str:
 def mend_data_note(error: Exception, dataset: str, data_root: Optional[str], run_dir: str,
                    given_root: Optional[str]) -> str:
     """A data file a candidate could not read (`error`), and how to go on: the search is saved."""
-    return (f"{message_of(error)}; once it is mended ({data_check_command(dataset, data_root)} lists every file that "
-            f"cannot be used), continue with {resume_command(run_dir, given_root)}")
+    return f"{once_mended(error, dataset, data_root)}, continue with {resume_command(run_dir, given_root)}"
 
 
 def closing_summary(records: List[Dict[str, Any]], k: int, run_dir: str, config, data_root: Optional[str],
