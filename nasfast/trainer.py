@@ -202,7 +202,7 @@ def load_data(args, config: TrainConfig, resumed: Optional[dict]) -> TrainingDat
     return TrainingData(args.dataset, root, train_set, train_images, val_images, augment)
 
 
-def _too_few_images(images: int, batch_size: int, root: Path, resumed: bool, whose: str = "") -> str:
+def _too_few_images(images: int, batch_size: int, root: Path, resumed: bool, whose: str) -> str:
     """Why `images` training images cannot make a batch, and what to do (`whose`: where the batch
     size came from)."""
     if resumed:  # the batch size is the run's
