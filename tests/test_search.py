@@ -509,6 +509,28 @@ def test_the_common_size_of_tiny_images_is_at_least_one_pixel_as_the_transforms_
     assert image.shape == (3, 1, 1) and label.shape == (2, 1)
 
 
+def test_each_stage_of_a_candidate_shows_its_steps_on_a_bar_of_their_number(tmp_path, camvid_root, monkeypatch,
+                                                                            one_thread):
+    """A candidate showed no progress: on a CPU, a paper-preset candidate runs for minutes."""
+    import nasfast.search.candidate as candidate
+    from nasfast.search.context import build_context
+    bars = []
+
+    def recorded_bar(batches, **options):
+        bars.append(dict(options, steps=0))
+        for batch in candidate_bar(batches, **options):
+            bars[-1]["steps"] += 1
+            yield batch
+    candidate_bar = candidate.progress_bar
+    monkeypatch.setattr(candidate, "progress_bar", recorded_bar)
+    ctx = build_context(preset("tiny"), str(tmp_path / "run"), device="cpu", progress=True)
+    assert ctx.step_bars and ctx.stage2_steps == 32 // 8  # the tiny preset: 32 images in batches of 8
+    candidate.evaluate_candidate(ZOO["arch0"], 0, ctx, lambda reward, coin: True)
+    assert [(bar["desc"], bar["disable"]) for bar in bars] == [("stage 1", False), ("stage 2", False)]
+    assert [bar["total"] for bar in bars] == [bar["steps"] for bar in bars] == [2 * 48 // 8, 4]
+    assert not build_context(preset("tiny"), str(tmp_path / "run2"), device="cpu", cache="build").step_bars  # torchrun
+
+
 def test_a_stage_2_too_short_to_move_its_polyak_average_is_said(tmp_path, camvid_root, capsys):
     from nasfast.search.context import build_context, stage2_weight_note
     config = preset("tiny")  # 32 images in batches of 8 at decay 0.99: 0.99 ** 4 of stage 1's weights kept
@@ -634,7 +656,14 @@ def tiny_decoder(in_channels=tuple(s[0] for s in STAGE1_SHAPES)) -> Decoder:
 def cached_context(config, cache: FeatureCache, **more) -> SimpleNamespace:
     """What run_stage1 reads of a search's context, with `cache` for meta-train and meta-val, 3 classes."""
     return SimpleNamespace(config=config, stage1=cache, stage1_val=cache, stage1_labelled=cache.labelled_images(255),
-                           device=torch.device("cpu"), num_classes=3, ignore_index=255, exclude=(), **more)
+                           device=torch.device("cpu"), num_classes=3, ignore_index=255, exclude=(), stage2_steps=None,
+                           step_bars=False, **more)
+
+
+def images_context(config, **more) -> SimpleNamespace:
+    """What run_stage2 reads of a search's context (but its images), 3 classes."""
+    return SimpleNamespace(config=config, device=torch.device("cpu"), num_classes=3, ignore_index=255, exclude=(),
+                           stage2_steps=None, step_bars=False, **more)
 
 
 def recording(monkeypatch, candidate):
@@ -707,9 +736,8 @@ def test_stage2_trains_encoder_and_decoder_at_their_rates_and_rewards_the_polyak
         torch.manual_seed(0)
         encoder = TinyEncoder()
     decoder = tiny_decoder(TinyEncoder.channels)
-    ctx = SimpleNamespace(config=config, device=torch.device("cpu"), num_classes=3, ignore_index=255, exclude=(),
-                          make_encoder=lambda: encoder, stage2_batches=lambda seed: [(images, labels)],
-                          val_batches=lambda: val)
+    ctx = images_context(config, make_encoder=lambda: encoder, stage2_batches=lambda seed: [(images, labels)],
+                         val_batches=lambda: val)
     reference = Segmenter(copy.deepcopy(encoder), copy.deepcopy(decoder)).train()
     segmentation_loss(*reference.forward_with_aux(images), labels, 255, config.aux_weight).backward()
 
@@ -855,9 +883,8 @@ def test_stage2_skips_the_batches_without_a_labelled_pixel(monkeypatch, one_thre
     g = torch.Generator().manual_seed(0)
     images, labels = torch.randn(4, 3, 64, 64, generator=g), torch.randint(0, 3, (4, 64, 64), generator=g)
     labels[:2] = 255
-    ctx = SimpleNamespace(config=preset("tiny"), device=torch.device("cpu"), num_classes=3, ignore_index=255,
-                          exclude=(), make_encoder=TinyEncoder, val_batches=lambda: [(images, labels)],
-                          stage2_batches=lambda seed: [(images[:2], labels[:2]), (images[2:], labels[2:])])
+    ctx = images_context(preset("tiny"), make_encoder=TinyEncoder, val_batches=lambda: [(images, labels)],
+                         stage2_batches=lambda seed: [(images[:2], labels[:2]), (images[2:], labels[2:])])
     candidate.run_stage2(tiny_decoder(TinyEncoder.channels), ctx, seed=7)
     assert len(steps) == 1 and math.isfinite(steps[0][0])
 
@@ -893,9 +920,8 @@ def test_stage2_encoder_sgd_has_momentum_and_the_average_its_decay_at_every_step
         torch.manual_seed(0)
         encoder = TinyEncoder()
     start = [p.detach().clone() for p in encoder.parameters()]
-    ctx = SimpleNamespace(config=config, device=torch.device("cpu"), num_classes=3, ignore_index=255, exclude=(),
-                          make_encoder=lambda: encoder, val_batches=lambda: [(images, labels)],
-                          stage2_batches=lambda seed: [(images[:2], labels[:2]), (images[2:], labels[2:])])
+    ctx = images_context(config, make_encoder=lambda: encoder, val_batches=lambda: [(images, labels)],
+                         stage2_batches=lambda seed: [(images[:2], labels[:2]), (images[2:], labels[2:])])
     candidate.run_stage2(tiny_decoder(TinyEncoder.channels), ctx, seed=7)
     assert len(steps) == 2
     (first, _), (second, _) = (optimizers for _, optimizers in steps)

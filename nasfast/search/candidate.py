@@ -11,6 +11,7 @@ from ..decoder import Decoder
 from ..metrics import metrics_of
 from ..model import Segmenter
 from ..ops.memory import cpu_memory_cache
+from ..progress import progress_bar
 from ..steps import LateLossCheck, descend, has_labelled_pixel, segmentation_loss
 from .cache import FeatureCache
 from .context import SearchContext
@@ -55,10 +56,13 @@ def _cached_batches(cache: FeatureCache, batch_size: int, device, generator=None
 
 
 def _train(batches: Iterable[tuple], loss_of: Callable[..., Tensor], optimizers, polyak: Polyak,
-           stage: int, device: torch.device) -> None:
-    """The loop of both stages: a descent step on each batch, then the Polyak average's update."""
+           stage: int, ctx: SearchContext, steps: Optional[int]) -> None:
+    """The loop of both stages: a descent step on each batch, then the Polyak average's update;
+    with ctx.step_bars, on a progress bar of the `steps` expected."""
     check = LateLossCheck(stage)
-    with cpu_memory_cache(device):  # each phase frees what it kept: the next allocates other sizes
+    batches = progress_bar(batches, total=steps, desc=f"stage {stage}", unit="step", leave=False,
+                           disable=not ctx.step_bars)
+    with cpu_memory_cache(ctx.device):  # each phase frees what it kept: the next allocates other sizes
         for step, batch in enumerate(batches):
             check()
             loss = loss_of(*batch)
@@ -80,7 +84,7 @@ def run_stage1(decoder: Decoder, ctx: SearchContext, generator: torch.Generator)
                for batch in _cached_batches(ctx.stage1, cfg.batch_size, ctx.device, generator, ctx.stage1_labelled))
     _train(batches, lambda feats, labels, teacher: segmentation_loss(
         *decoder.forward_with_aux(feats), labels, ctx.ignore_index, ctx.config.aux_weight, teacher, cfg.distillation),
-        [optimizer], polyak, 1, ctx.device)
+        [optimizer], polyak, 1, ctx, cfg.epochs * len(batch_bounds(len(ctx.stage1), cfg.batch_size)))
     polyak.apply()
     batches = ((feats, labels) for feats, labels, _ in
                _cached_batches(ctx.stage1_val, cfg.batch_size, ctx.device))
@@ -97,7 +101,7 @@ def run_stage2(decoder: Decoder, ctx: SearchContext, seed: int) -> float:
                for images, labels in ctx.stage2_batches(seed + epoch) if has_labelled_pixel(labels, ctx.ignore_index))
     _train(batches, lambda images, labels: segmentation_loss(
         *model.forward_with_aux(images), labels, ctx.ignore_index, ctx.config.aux_weight),
-        [optimizer_encoder, optimizer_decoder], polyak, 2, ctx.device)
+        [optimizer_encoder, optimizer_decoder], polyak, 2, ctx, ctx.stage2_steps and cfg.epochs * ctx.stage2_steps)
     polyak.apply()
     model.eval()
     batches = ((images.to(ctx.device), labels) for images, labels in ctx.val_batches())

@@ -40,6 +40,8 @@ class SearchContext:
     in_strides: Tuple[int, ...]
     device: torch.device
     data: Dict[str, Any]                      # classes, image count, root: a resumed search checks the first two
+    stage2_steps: Optional[int] = None        # batches of a stage-2 epoch
+    step_bars: bool = False                   # a progress bar of each stage's steps (a line a minute in a log)
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> Tuple[List[int], List[int]]:
@@ -396,7 +398,8 @@ def build_context(config: SearchConfig, run_dir: str, recorded: Optional[Dict[st
                          stage1_labelled=stage1_labelled,
                          stage2_batches=stage2_batches, val_batches=val_batches, make_encoder=_copies_of(encoder),
                          in_channels=MobileNetV2Encoder.channels, in_strides=MobileNetV2Encoder.strides,
-                         device=device, data=data)
+                         device=device, data=data, stage2_steps=stage2_count // config.stage2.batch_size,
+                         step_bars=progress and cache == "auto")  # one process: several would garble a terminal
 
 
 def _copies_of(encoder: MobileNetV2Encoder):
