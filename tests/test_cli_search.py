@@ -867,10 +867,11 @@ def test_tensorboard_without_its_package_is_one_line_before_any_work(tmp_path, c
 
 
 def test_the_data_check_hint_names_where_the_data_are():
-    from nasfast.cli import data_check_command
-    assert data_check_command("folder", "/data/my set") == "python -m nasfast.data --dataset folder --data-root " \
-                                                          "'/data/my set'"
-    assert data_check_command("camvid", None) == "python -m nasfast.data --dataset camvid"
+    from nasfast.cli import once_mended
+    assert once_mended(ValueError("a.png: truncated"), "folder", "/data/my set") == \
+        "a.png: truncated; once it is mended (python -m nasfast.data --dataset folder --data-root '/data/my set' " \
+        "lists every file that cannot be used)"
+    assert "(python -m nasfast.data --dataset camvid lists" in once_mended(ValueError("a.png"), "camvid", None)
 
 
 def test_out_naming_the_dataset_or_a_folder_of_its_files_is_refused_before_anything_is_written(tmp_path, capsys):
