@@ -146,7 +146,7 @@ class Coordinator(Search):
         self.gate_decisions: Dict[int, bool] = {}     # of pending candidates, so a rerun asks once
         self.retry: List[int] = []                    # pending when the processes were restarted
         self.workers, self.working = workers, set(range(workers))
-        self.lock = threading.Lock()
+        self.state_lock = threading.Lock()            # the relay thread and the main one both log candidates
         self._clock: Optional[float] = None
 
     def state_dict(self) -> Dict[str, Any]:
@@ -165,7 +165,7 @@ class Coordinator(Search):
     def handle(self, worker: int, message: Message) -> Message:
         """A worker's request: {"want": "task", "result": record or None} gets {"task": (index,
         genotype list)} or {"stop": True}; {"gate": (index, stage1_reward, coin)} gets {"go": bool}."""
-        with self.lock:
+        with self.state_lock:
             if "gate" in message:
                 return {"go": self.decide(*message["gate"])}
             if message.get("result") is not None:
@@ -177,7 +177,7 @@ class Coordinator(Search):
             return {"task": task}
 
     def remote_working(self) -> bool:
-        with self.lock:
+        with self.state_lock:
             return bool(self.working - {0})
 
     def decide(self, index: int, stage1_reward: float, coin: float) -> bool:
@@ -334,11 +334,11 @@ def _serve_and_work(coordinator: Coordinator, top: int, data_root: Optional[str]
         while relay_thread.is_alive():
             relay_thread.join(0.5)
     except KeyboardInterrupt:
-        with coordinator.lock:  # the relay thread may be logging a candidate
+        with coordinator.state_lock:  # the relay thread may be logging a candidate
             coordinator.close()
         _exit_now(stop_note(coordinator, errors[0] if errors else None, data_root))
     except DataError as error:  # a file rank 0's candidate could not read: the search is saved
-        with coordinator.lock:
+        with coordinator.state_lock:
             coordinator.close()
         _exit_on_error(mend_data_note(error, coordinator.config.dataset, data_root, coordinator.run_dir, data_root))
     coordinator.close()

@@ -81,7 +81,7 @@ class Search:
         self.records: List[Dict[str, Any]] = []
         self.data: Optional[Dict[str, Any]] = None  # SearchContext.data, once known
         self._context: Optional[SearchContext] = None
-        self._lock = None               # the run directory's lock, held from lock_run_dir(), start() or resume()
+        self._run_dir_lock = None       # held from lock_run_dir(), start() or resume()
         self.made_run_dir = self._made_lock = False
         self._bar = None                # the progress bar, once shown
         self.tensorboard: Optional[TensorBoardLog] = None  # --tensorboard: each logged candidate's rewards too
@@ -127,7 +127,7 @@ class Search:
         os.makedirs(self.run_dir, exist_ok=True)
         self._made_lock = not os.path.exists(self.path(LOCK))
         try:
-            self._lock = lock_directory(self.run_dir)
+            self._run_dir_lock = lock_directory(self.run_dir)
         except Unwritable as error:  # a finished search copied to read-only storage, say
             raise Unwritable(f"{error}; python -m nasfast.report {self.run_dir} shows its results without "
                              f"writing") from None
@@ -135,12 +135,12 @@ class Search:
     def abandon(self) -> None:
         """Gives RUN_DIR back after a failure before start(): what was made for it (the directory,
         its lock file) goes again."""
-        if self._lock is not None:
+        if self._run_dir_lock is not None:
             if self._made_lock:
                 with contextlib.suppress(FileNotFoundError):  # not to hide the error that led here
                     os.remove(self.path(LOCK))  # while it is still held
-            self._lock.close()
-            self._lock = None
+            self._run_dir_lock.close()
+            self._run_dir_lock = None
             if self.made_run_dir and not os.listdir(self.run_dir):
                 os.rmdir(self.run_dir)
 
@@ -157,7 +157,7 @@ class Search:
             raise
 
     def start(self) -> None:
-        if self._lock is None:
+        if self._run_dir_lock is None:
             self.lock_run_dir()
         if os.path.exists(self.path(SEARCH_STATE)):
             raise ValueError(f"{self.run_dir}: another search began there meanwhile")
@@ -167,7 +167,7 @@ class Search:
         save_torch(self.state_dict(), self.path(SEARCH_STATE))
 
     def resume(self) -> None:
-        if self._lock is None:
+        if self._run_dir_lock is None:
             self.lock_run_dir()
         self.load_state_dict(load_state(self.path(SEARCH_STATE)))
         if self.budget is None and self.time_budget is None:  # a state saved before budgets were
@@ -203,7 +203,7 @@ class Search:
         print(closing_summary(self.records, top, self.run_dir, self.config, data_root,
                               self.recorded_training_images()))
 
-    def done(self) -> int:
+    def candidates_done(self) -> int:
         """Candidates of the budget spent: finished, or lost with log lines that a crash cut."""
         return self.next_index - len(list(self.in_flight()))
 
@@ -269,7 +269,7 @@ class Search:
 
     def show_progress(self, bar: bool = True) -> None:
         """Finished candidates on a progress bar (on a terminal, unless `bar` is False), else as lines."""
-        self._bar = progress_bar(total=self.budget, initial=self.done(), unit="cand", dynamic_ncols=True,
+        self._bar = progress_bar(total=self.budget, initial=self.candidates_done(), unit="cand", dynamic_ncols=True,
                                  disable=not bar, log_every=None)  # a log gets a line per candidate instead
 
     def show(self, record: Dict[str, Any]) -> None:
@@ -278,8 +278,8 @@ class Search:
             return
         search_time = None if self.time_budget is None else f"{self.elapsed:.0f}/{self.time_budget:g} s"
         if self._bar.disable:
-            print(progress_line(record, self.done(), self.budget, self.best_reward(), self.workers, search_time),
-                  file=sys.stderr, flush=True)
+            print(progress_line(record, self.candidates_done(), self.budget, self.best_reward(), self.workers,
+                                search_time), file=sys.stderr, flush=True)
         else:
             self._bar.update(1)
             self._bar.set_postfix(best=format_reward(self.best_reward()), last=format_reward(record["reward"]),
