@@ -679,7 +679,7 @@ class Infinite(torch.nn.Module):
 
 
 def test_a_teacher_of_another_class_count_or_non_finite_logits_is_refused_before_caching(tmp_path):
-    from nasfast.search.context import load_teacher
+    from nasfast.search.teacher import load_teacher
     classes = lambda k: [f"c{i}" for i in range(k)]  # noqa: E731
     torch.jit.script(torch.nn.Conv2d(3, 5, 1)).save(str(tmp_path / "five.pt"))
     with pytest.raises(ValueError, match=r"gives \(1, 5, 64, 64\) logits .* needs N x 11 x H x W logits"):

@@ -339,15 +339,15 @@ def test_a_cache_moved_to_a_device_gathers_the_same_batches_there(tmp_path):
 
 
 def test_the_stage1_cache_moves_to_a_gpu_where_it_takes_under_a_sixteenth_of_its_free_memory(monkeypatch, capsys):
-    from nasfast.search import context
+    from nasfast.search.cache import on_the_gpu_if_it_fits
     cache = stage1_cache()
     monkeypatch.setattr(FeatureCache, "to", lambda self, device: ("moved to", device))
     for free, moved in ((16 * cache.nbytes(), True), (16 * cache.nbytes() - 1, False)):
         monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, free=free: (free, 2 * free))
-        kept = context._on_the_gpu_if_it_fits(cache, torch.device("cuda:1"), "meta-train")
+        kept = on_the_gpu_if_it_fits(cache, torch.device("cuda:1"), "meta-train")
         assert kept == (("moved to", torch.device("cuda:1")) if moved else cache)
         assert ("stage-1 cache: the meta-train features kept on cuda:1" in capsys.readouterr().err) == moved
-    assert context._on_the_gpu_if_it_fits(cache, torch.device("cpu"), "meta-train") is cache
+    assert on_the_gpu_if_it_fits(cache, torch.device("cpu"), "meta-train") is cache
 
 
 @pytest.mark.cuda

@@ -1,20 +1,23 @@
 """Stage-1 cache: frozen-encoder outputs (and teacher logits) computed once per search."""
 import errno
+import hashlib
 import os
 import re
+import sys
 import zlib
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ..data.decode import missing_file
 from ..files import read_json
 from ..ops.memory import cpu_memory_cache
 
 Pair = Tuple[Tensor, Tensor]  # normalised image 3xHxW, label HxW
 # A search's RUN_DIR/cache: stage1/ and val/ of open_cache's files, and complete.json, the mark of a
-# complete cache (what it was built from; see context.py).
+# complete cache (what it was built from: see the end of this file, and context.py's _stage1_caches).
 CACHE, PARTS, COMPLETE = "cache", ("stage1", "val"), "complete.json"
 CACHE_FILE = re.compile(r"(level\d+|labels|teacher)\.npy")
 
@@ -189,3 +192,62 @@ def build_cache(pairs: List[Pair], encoder: torch.nn.Module, teacher: Optional[C
         if isinstance(store, np.memmap):  # on disk before complete.json says so: a crash must not leave holes
             store.flush()
     return FeatureCache(features, labels, logits, use_disk)
+
+
+def on_the_gpu_if_it_fits(cache: FeatureCache, device: torch.device, name: str) -> FeatureCache:
+    """On a GPU, the cache moves there when it takes under a sixteenth of the GPU's free memory (a
+    few processes may share it, and the candidates need the rest): stage 1 then gathers its batches
+    there instead of on the CPU, copied over at every step of every candidate."""
+    if device.type != "cuda" or cache.nbytes() > torch.cuda.mem_get_info(device)[0] / 16:
+        return cache
+    print(f"stage-1 cache: the {name} features kept on {device} ({cache.nbytes() / 2 ** 20:.0f} MiB)",
+          file=sys.stderr)
+    return cache.to(device)
+
+
+# -- a cache on disk marked complete (RUN_DIR/cache/complete.json) -------------------------------
+def fingerprint(pairs) -> str:
+    """A digest of the (image, label) files' paths, sizes and modification times: a cache built from
+    other files (another data root, an image replaced) is not taken for this one's."""
+    digest = hashlib.sha256()
+    for pair in pairs:
+        for path, what in zip(pair, ("image", "label")):
+            try:
+                stat = os.stat(path)
+            except FileNotFoundError:
+                raise missing_file(path, what) from None
+            digest.update(os.fsencode(os.path.abspath(path)) + f"\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def marked_complete(marker: str, contents: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The cache's marker where it says the cache is complete and holds `contents`' images, else
+    None (a damaged marker too: the cache is built again)."""
+    try:
+        mark = read_json(marker)
+    except ValueError as error:
+        print(f"warning: {error}; the stage-1 cache is built again", file=sys.stderr)
+        return None
+    return mark if isinstance(mark, dict) and {k: v for k, v in mark.items() if k != "checksums"} == contents else None
+
+
+def check_checksums(mark: Dict[str, Any], directory: Callable[[str], str]) -> None:
+    """ValueError naming a file of the cache whose bytes differ from those it was built with (a
+    marker of a version that recorded no checksums is taken at its word)."""
+    for part, recorded in (mark.get("checksums") or {}).items():
+        found = checksums(directory(part))
+        changed = sorted(name for name in set(recorded) | set(found) if recorded.get(name) != found.get(name))
+        if changed:
+            raise ValueError(f"{os.path.join(directory(part), changed[0])}: its bytes differ from those built "
+                             f"(CRC-32)")
+
+
+def check_complete(cache: FeatureCache, images: int, directory: str, channels: Sequence[int]) -> None:
+    """ValueError unless the files of a cache marked complete hold every encoder level for each of
+    its `images`, of the encoder's `channels` (not so when a file was removed, or copied from the
+    other cache)."""
+    held = [level.shape[1] for level in cache.features]
+    counts = {len(array) for array in cache.arrays()}
+    if held != list(channels) or counts != {images}:
+        raise ValueError(f"{directory} holds levels of {held} channels for {sorted(counts)} images, not "
+                         f"{list(channels)} for {images}")

@@ -127,7 +127,7 @@ def _tiny() -> SearchConfig:
 PRESETS = {"paper": SearchConfig, "fast": _fast, "tiny": _tiny}
 # How this machine runs the search, not what it finds: these may change when a search is resumed.
 MACHINE_OPTIONS = ("workers", "image_cache_gb", "memory_limit_gb")
-# Files the search reads, which may have moved by then: checked to be the same files (context.py).
+# Files the search reads, which may have moved by then: checked to be the same files (teacher.py).
 MOVABLE = ("teacher",)
 
 

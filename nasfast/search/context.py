@@ -1,6 +1,5 @@
 """Everything a search's candidates share, built once: the meta-train/meta-val split, the
 stage-1 cache of encoder outputs (and teacher logits), and the stage-2 and validation data."""
-import hashlib
 import os
 import sys
 from dataclasses import dataclass
@@ -11,16 +10,16 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from ..checkpoint import check_classes, export_info
 from ..cli import counted, loader_workers, resolve_device
 from ..data import EvalTransform, SegmentationDataset, TrainTransform, find_data_root, make_dataset
 from ..data.datasets import absent_classes_warning, refuse_run_in_data
-from ..data.decode import missing_file
 from ..encoder import MobileNetV2Encoder
-from ..files import read_json, write_json
+from ..files import write_json
 from ..progress import progress_bar
-from .cache import CACHE, COMPLETE, PARTS, FeatureCache, build_cache, checksums, crc32, open_cache
+from .cache import (CACHE, COMPLETE, PARTS, FeatureCache, build_cache, check_checksums, check_complete, checksums,
+                    fingerprint, marked_complete, on_the_gpu_if_it_fits, open_cache)
 from .config import PRESETS, SearchConfig, preset
+from .teacher import check_same_teacher, load_teacher, teacher_crc32
 
 
 @dataclass
@@ -61,39 +60,6 @@ def _common_size(dataset, indices: List[int]) -> Tuple[int, int]:
     image's): every label is padded to it, and image to it times the scale."""
     sizes = [dataset.image_size(i)[::-1] for i in indices]
     return max(h for h, _ in sizes), max(w for _, w in sizes)
-
-
-def load_teacher(path: Optional[str], device: torch.device, class_names: Sequence[str]):
-    """The teacher's logits as a function of images; it is tried on one small image first, so that
-    a teacher of another dataset is refused before the caching, not in every candidate (and an
-    export of python -m nasfast.export must name the dataset's classes)."""
-    if path is None:
-        return None
-    num_classes = len(class_names)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"teacher {path}: no such TorchScript file")
-    try:
-        teacher = torch.jit.load(path, map_location=device).eval()
-    except RuntimeError as error:
-        reason = str(error).splitlines()[0].split(". ")[0]  # its first sentence
-        raise ValueError(f"teacher {path} is not a TorchScript file ({reason})") from None
-    with torch.no_grad():
-        try:
-            logits = teacher(torch.zeros(1, 3, 64, 64, device=device))
-        except RuntimeError as error:
-            raise ValueError(f"teacher {path} fails on a 64x64 image: {str(error).splitlines()[0][:120]}") from None
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 4 or logits.shape[1] != num_classes:
-        got = f"{tuple(logits.shape)} logits" if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ValueError(f"teacher {path} gives {got} for a 1x3x64x64 image; the dataset needs N x {num_classes} "
-                         f"x H x W logits")
-    if not torch.isfinite(logits).all():
-        raise ValueError(f"teacher {path} gives non-finite logits (NaN or inf) for a 1x3x64x64 image")
-    try:
-        info = export_info(path)
-    except ValueError:  # not an export of nasfast's: its logits were all there was to check
-        return teacher
-    check_classes(f"teacher {path}", class_names, info)
-    return teacher
 
 
 class _Transformed(torch.utils.data.Dataset):
@@ -181,20 +147,6 @@ def _sample(ids: List[int], count: int, generator: torch.Generator) -> List[int]
     return sorted(torch.tensor(ids)[torch.randperm(len(ids), generator=generator)][:count].tolist())
 
 
-def _fingerprint(pairs) -> str:
-    """A digest of the (image, label) files' paths, sizes and modification times: a cache built from
-    other files (another data root, an image replaced) is not taken for this one's."""
-    digest = hashlib.sha256()
-    for pair in pairs:
-        for path, what in zip(pair, ("image", "label")):
-            try:
-                stat = os.stat(path)
-            except FileNotFoundError:
-                raise missing_file(path, what) from None
-            digest.update(os.fsencode(os.path.abspath(path)) + f"\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
-
-
 def _stage1_caches(config: SearchConfig, full, stage1_ids: List[int], val_ids: List[int], encoder, run_dir: str,
                    cache: str, device: torch.device, progress: bool,
                    teacher_crc: Optional[int]) -> Tuple[FeatureCache, FeatureCache, tuple]:
@@ -206,8 +158,8 @@ def _stage1_caches(config: SearchConfig, full, stage1_ids: List[int], val_ids: L
 
     def opened() -> Tuple[FeatureCache, FeatureCache, tuple]:
         stage1, val = open_cache(directory("stage1")), open_cache(directory("val"))
-        _check_complete(stage1, len(stage1_ids), directory("stage1"))
-        _check_complete(val, len(val_ids), directory("val"))
+        check_complete(stage1, len(stage1_ids), directory("stage1"), MobileNetV2Encoder.channels)
+        check_complete(val, len(val_ids), directory("val"), MobileNetV2Encoder.channels)
         return stage1, val, tuple(val.labels.shape[1:])  # no image read for the size
 
     if cache == "open":  # the process that builds it has checked it
@@ -215,11 +167,11 @@ def _stage1_caches(config: SearchConfig, full, stage1_ids: List[int], val_ids: L
     marker = directory(COMPLETE)
     contents = {"dataset": config.dataset, "scale": config.scale, "val_labels": "unscaled", "teacher": teacher_crc,
                 "stage1_ids": stage1_ids, "val_ids": val_ids,
-                "files": _fingerprint(full.pairs[i] for i in stage1_ids + val_ids)}
-    recorded = _complete(marker, contents)
+                "files": fingerprint(full.pairs[i] for i in stage1_ids + val_ids)}
+    recorded = marked_complete(marker, contents)
     if recorded is not None:
         try:
-            _check_checksums(recorded, directory)
+            check_checksums(recorded, directory)
             stage1, stage1_val, size = opened()
             print(f"stage-1 cache: reusing {directory('')} ({len(stage1)} + {len(stage1_val)} images)",
                   file=sys.stderr)
@@ -241,49 +193,6 @@ def _stage1_caches(config: SearchConfig, full, stage1_ids: List[int], val_ids: L
     return stage1, stage1_val, size
 
 
-def _on_the_gpu_if_it_fits(cache: FeatureCache, device: torch.device, name: str) -> FeatureCache:
-    """On a GPU, the cache moves there when it takes under a sixteenth of the GPU's free memory (a
-    few processes may share it, and the candidates need the rest): stage 1 then gathers its batches
-    there instead of on the CPU, copied over at every step of every candidate."""
-    if device.type != "cuda" or cache.nbytes() > torch.cuda.mem_get_info(device)[0] / 16:
-        return cache
-    print(f"stage-1 cache: the {name} features kept on {device} ({cache.nbytes() / 2 ** 20:.0f} MiB)",
-          file=sys.stderr)
-    return cache.to(device)
-
-
-def _check_complete(cache: FeatureCache, images: int, directory: str) -> None:
-    """ValueError unless the files of a cache marked complete hold every encoder level for each of
-    its `images` (not so when a file was removed, or copied from the other cache)."""
-    channels = [level.shape[1] for level in cache.features]
-    counts = {len(array) for array in cache.arrays()}
-    if channels != list(MobileNetV2Encoder.channels) or counts != {images}:
-        raise ValueError(f"{directory} holds levels of {channels} channels for {sorted(counts)} images, not "
-                         f"{list(MobileNetV2Encoder.channels)} for {images}")
-
-
-def _complete(marker: str, contents: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-    """The cache's marker where it says the cache is complete and holds `contents`' images, else
-    None (a damaged marker too: the cache is built again)."""
-    try:
-        mark = read_json(marker)
-    except ValueError as error:
-        print(f"warning: {error}; the stage-1 cache is built again", file=sys.stderr)
-        return None
-    return mark if isinstance(mark, dict) and {k: v for k, v in mark.items() if k != "checksums"} == contents else None
-
-
-def _check_checksums(mark: Dict[str, Any], directory: Callable[[str], str]) -> None:
-    """ValueError naming a file of the cache whose bytes differ from those it was built with (a
-    marker of a version that recorded no checksums is taken at its word)."""
-    for part, recorded in (mark.get("checksums") or {}).items():
-        found = checksums(directory(part))
-        changed = sorted(name for name in set(recorded) | set(found) if recorded.get(name) != found.get(name))
-        if changed:
-            raise ValueError(f"{os.path.join(directory(part), changed[0])}: its bytes differ from those built "
-                             f"(CRC-32)")
-
-
 SAME_DATA = ("classes", "training images")  # what a resumed search's data must keep
 
 
@@ -296,21 +205,6 @@ def check_same_data(found: Dict[str, Any], recorded: Optional[Dict[str, Any]], r
     if differences:
         raise ValueError(f"the data found in {found.get('root')} are not those of the search in {run_dir}: "
                          f"{'; '.join(differences)} (check --data-root)")
-
-
-def teacher_crc32(path: str) -> int:
-    """The teacher file's CRC-32: what a resumed search checks, as it may give the file elsewhere."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"teacher {path}: no such TorchScript file (moved? give --teacher where it is now)")
-    return crc32(path)
-
-
-def check_same_teacher(path: Optional[str], found: Dict[str, Any], recorded: Optional[Dict[str, Any]],
-                       run_dir: str) -> None:
-    """A resumed search's teacher must be the file it began with, wherever it is now."""
-    if path and recorded and recorded.get("teacher") is not None and found["teacher"] != recorded["teacher"]:
-        raise ValueError(f"teacher {path} is not the file the search in {run_dir} began with (its bytes differ): "
-                         f"give --teacher that file")
 
 
 def _cut(value: Any) -> str:
@@ -390,7 +284,7 @@ def build_context(config: SearchConfig, run_dir: str, recorded: Optional[Dict[st
                                               progress, data.get("teacher"))
     _check_scored_pixels(stage1_val.labels, full.ignore_index, full.exclude, config, len(full) - len(train_ids))
     stage1_labelled = _labelled_stage1_images(stage1, full, warn=cache != "open")
-    stage1, stage1_val = (_on_the_gpu_if_it_fits(c, device, name) for c, name in ((stage1, "meta-train"),
+    stage1, stage1_val = (on_the_gpu_if_it_fits(c, device, name) for c, name in ((stage1, "meta-train"),
                                                                                   (stage1_val, "meta-val")))
     stage2_batches, val_batches = _image_loaders(config, full, train_ids, stage2_count, val_ids, size)
     return SearchContext(config=config, num_classes=full.num_classes, ignore_index=full.ignore_index,
