@@ -12,8 +12,8 @@ from ..tensorboard import check_available
 from . import distributed
 from .cache import foreign_cache
 from .config import PRESETS, SearchConfig, missing_keys
-from .distributed import has_pending, world_size
-from .job import begun_by_this_job, restart_count, under_torchrun
+from .distributed import has_pending
+from .job import begun_by_this_job, restart_count, under_torchrun, world_size
 from .loop import NO_BUDGET, Search
 from .options import build_parser, config_from_args, ignored_options, resume_conflicts, with_machine_options
 from .summary import PROG, mend_data_note, resume_command

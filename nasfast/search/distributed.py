@@ -28,7 +28,7 @@ from ..genotype import Genotype
 from ..strategies import Proposal
 from .context import SearchContext
 from .config import SearchConfig
-from .job import TIMEOUT, agent_store, restart_count
+from .job import TIMEOUT, agent_store, rank, restart_count, world_size
 from .loop import Search, evaluate_record
 from .records import load_state
 from .summary import PROG, mend_data_note, resume_command
@@ -41,14 +41,6 @@ Request = Callable[[Message], Message]
 
 
 # -- processes and devices -------------------------------------------------------------------
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", 1))
-
-
-def rank() -> int:
-    return int(os.environ.get("RANK", 0))
-
-
 def init_process_group() -> None:
     """gloo (CPU tensors: the messages only) over torchrun's store. The keys of each restart get
     their own prefix: the agent's store outlives a restart, and a rank that read the address of a

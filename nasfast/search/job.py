@@ -21,6 +21,14 @@ def under_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ
 
 
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", 0))
+
+
 def restart_count() -> int:
     """How many times torchrun restarted the processes of this job (0 when not under torchrun)."""
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))

@@ -23,7 +23,7 @@ from .candidate import evaluate_candidate
 from .context import SearchContext
 from .config import SearchConfig
 from .gate import Gate
-from .job import record_job
+from .job import rank, record_job, restart_count
 from .records import damaged_state, keep_finished_records, load_state
 from .summary import closing_summary, format_reward, progress_line, top_table
 
@@ -55,8 +55,7 @@ def evaluate_record(genotype: Genotype, index: int, ctx: SearchContext,
 def worker_identity() -> Dict[str, Any]:
     """Who evaluated a candidate: the rank (0 without torchrun), the host, and the number of
     times torchrun restarted the processes before."""
-    return {"worker": int(os.environ.get("RANK", 0)), "host": socket.gethostname(),
-            "restart": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))}
+    return {"worker": rank(), "host": socket.gethostname(), "restart": restart_count()}
 
 
 class Search:

@@ -9,8 +9,8 @@ from typing import Any, Dict, List, Optional
 
 from ..cli import UsageError, option_text, path_text, positive_int, run_directory
 from ..data import DATASETS
-from . import distributed
 from .config import FIXED, MACHINE_OPTIONS, MOVABLE, PRESETS, SearchConfig, StageConfig, preset
+from .job import rank
 from .summary import PROG
 
 USAGE = "%(prog)s (--out RUN_DIR | --resume RUN_DIR) [--budget N] [--time-budget T] [options]"
@@ -58,7 +58,7 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message):
         shown = f"{self.format_usage()}{self.prog}: error: {message}\n(see {self.prog} --help)\n"
-        self.exit(2, shown if distributed.rank() == 0 else None)
+        self.exit(2, shown if rank() == 0 else None)
 
     def parse_args(self, args=None, namespace=None):
         """args.resume: the run to continue (--resume RUN_DIR, or --out RUN_DIR --resume as train
