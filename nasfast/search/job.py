@@ -1,5 +1,6 @@
-"""The torchrun job a search runs in, one process or many: after torchrun restarts the job's
-processes (--max-restarts), they continue the search the job began, and refuse any other."""
+"""The torchrun job a search runs in, one process or many: this process's rank among them, and,
+after torchrun restarts the job's processes (--max-restarts), the search the job began, which
+they continue (and refuse any other)."""
 import os
 import uuid
 from datetime import timedelta
