@@ -4,6 +4,8 @@ import argparse
 import dataclasses
 from typing import Any, Callable, Optional, Sequence
 
+from .cli import option_text
+
 
 def option(default, help: str, type: Optional[Callable[[str], Any]] = None,
            choices: Optional[Sequence[str]] = None, nargs: Optional[int] = None) -> dataclasses.Field:
@@ -11,6 +13,19 @@ def option(default, help: str, type: Optional[Callable[[str], Any]] = None,
     (of `nargs` items, or any number)."""
     return dataclasses.field(default=default, metadata={"help": help, "type": type, "choices": choices,
                                                         "nargs": nargs})
+
+
+def add_option(parser, setting: dataclasses.Field, flag: str, default: Any = dataclasses.MISSING,
+               help: Optional[str] = None, **kwargs) -> None:
+    """The command-line option of `setting`, parsed as check_settings checks it; left out, it is
+    None (told apart from a value given). Its help is the setting's, with `default` (the field's
+    unless given) where there is one."""
+    default = setting.default if default is dataclasses.MISSING else default
+    if isinstance(setting.default, tuple):
+        kwargs = {"nargs": setting.metadata["nargs"] or "+", "metavar": "X", **kwargs}
+    shown = f" [{option_text(default)}]" if default != () else ""
+    parser.add_argument(flag, default=None, type=setting.metadata["type"], choices=setting.metadata["choices"],
+                        help=help or setting.metadata["help"] + shown, **kwargs)
 
 
 def check_settings(settings: Any, prefix: str = "") -> None:

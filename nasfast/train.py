@@ -16,6 +16,7 @@ from .files import (BEST, CONFIG, LAST, SEARCH_FILES, TRAINING_LOG, Unwritable, 
                     read_records, refuse_if_in_use)
 from .genotype import Genotype, genotype_name
 from .model import FINAL_CHANNELS, FINAL_SEP_REPEATS
+from .settings import add_option
 from .tensorboard import check_available
 from .trainer import (PRESETS, PROG, TrainConfig, TrainingInterrupted, check_new_run_directory, format_miou,
                       known_miou, mend_log, read_config, train)
@@ -83,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setting(parser, "batch_size", help="override the preset's batch size (table below)")
     for name in ("encoder_lr", "decoder_lr", "decoder_optimizer"):
         _add_setting(parser, name)
-    _add_setting(parser, "lr_steps", nargs="+", metavar="EPOCH")
+    _add_setting(parser, "lr_steps", metavar="EPOCH")
     _add_setting(parser, "step_factor")
     _add_setting(parser, "seed")
     _add_setting(parser, "workers", help="data-loading processes [the preset's: 2, tiny 0]")
@@ -97,12 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_setting(parser: argparse.ArgumentParser, name: str, help: Optional[str] = None, **kwargs) -> None:
-    """The option of TrainConfig's setting `name`, parsed as the setting is checked; its help is the
-    setting's, with the paper preset's value."""
-    setting = next(f for f in fields(TrainConfig) if f.name == name)
-    parser.add_argument("--" + name.replace("_", "-"), type=setting.metadata["type"],
-                        choices=setting.metadata["choices"],
-                        help=help or f"{setting.metadata['help']} [{option_text(setting.default)}]", **kwargs)
+    """The option of TrainConfig's setting `name` (its help shows the paper preset's value)."""
+    add_option(parser, next(f for f in fields(TrainConfig) if f.name == name), "--" + name.replace("_", "-"),
+               help=help, **kwargs)
 
 
 def preset_of(saved: dict) -> Optional[str]:

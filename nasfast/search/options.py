@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional
 from ..cli import UsageError, option_text, path_text, positive_int, run_directory
 from ..data import DATASETS
 from .config import FIXED, MACHINE_OPTIONS, MOVABLE, PRESETS, SearchConfig, StageConfig, preset
+from ..settings import add_option
 from .job import rank
 from .summary import PROG
 
@@ -117,20 +118,14 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     defaults = SearchConfig()
     for f in dataclasses.fields(SearchConfig):
         if f.type is not StageConfig and f.name not in ("dataset", "preset"):  # options of the run group
-            _add_field(group, f, getattr(defaults, f.name), f.name)
+            add_option(group, f, flag(f.name), getattr(defaults, f.name), dest=f.name)
     for stage in ("stage1", "stage2"):
         for f in dataclasses.fields(StageConfig):
             if f"{stage}.{f.name}" not in FIXED:
-                _add_field(group, f, getattr(getattr(defaults, stage), f.name), f"{stage}.{f.name}")
+                key = f"{stage}.{f.name}"
+                add_option(group, f, flag(key), getattr(getattr(defaults, stage), f.name), dest=key)
 
 
-def _add_field(group, f, default, key: str) -> None:
-    # default None: an option given can be told from one left out (see given_options)
-    kwargs = dict(dest=key, default=None, type=f.metadata["type"], choices=f.metadata["choices"],
-                  help=f"{f.metadata['help']} [{option_text(default)}]")
-    if isinstance(default, tuple):
-        kwargs.update(nargs=f.metadata["nargs"], metavar="X")
-    group.add_argument(flag(key), **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
