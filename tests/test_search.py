@@ -517,17 +517,15 @@ def test_each_stage_of_a_candidate_shows_its_steps_on_a_bar_of_their_number(tmp_
     bars = []
 
     def recorded_bar(batches, **options):
-        bars.append(dict(options, steps=0))
-        for batch in candidate_bar(batches, **options):
-            bars[-1]["steps"] += 1
-            yield batch
+        bars.append((options, candidate_bar(batches, **options)))
+        return bars[-1][1]
     candidate_bar = candidate.progress_bar
     monkeypatch.setattr(candidate, "progress_bar", recorded_bar)
     ctx = build_context(preset("tiny"), str(tmp_path / "run"), device="cpu", progress=True)
     assert ctx.step_bars and ctx.stage2_steps == 32 // 8  # the tiny preset: 32 images in batches of 8
     candidate.evaluate_candidate(ZOO["arch0"], 0, ctx, lambda reward, coin: True)
-    assert [(bar["desc"], bar["disable"]) for bar in bars] == [("stage 1", False), ("stage 2", False)]
-    assert [bar["total"] for bar in bars] == [bar["steps"] for bar in bars] == [2 * 48 // 8, 4]
+    assert [(options["desc"], options["disable"]) for options, _ in bars] == [("stage 1", False), ("stage 2", False)]
+    assert [options["total"] for options, _ in bars] == [bar.n for _, bar in bars] == [2 * 48 // 8, 4]  # steps taken
     assert not build_context(preset("tiny"), str(tmp_path / "run2"), device="cpu", cache="build").step_bars  # torchrun
 
 

@@ -60,10 +60,9 @@ def _train(batches: Iterable[tuple], loss_of: Callable[..., Tensor], optimizers,
     """The loop of both stages: a descent step on each batch, then the Polyak average's update;
     with ctx.step_bars, on a progress bar of the `steps` expected."""
     check = LateLossCheck(stage)
-    batches = progress_bar(batches, total=steps, desc=f"stage {stage}", unit="step", leave=False,
-                           disable=not ctx.step_bars)
-    with cpu_memory_cache(ctx.device):  # each phase frees what it kept: the next allocates other sizes
-        for step, batch in enumerate(batches):
+    bar = progress_bar(batches, total=steps, desc=f"stage {stage}", unit="step", leave=False, disable=not ctx.step_bars)
+    with cpu_memory_cache(ctx.device), bar:  # each phase frees what it kept: the next allocates other sizes
+        for step, batch in enumerate(bar):
             check()
             loss = loss_of(*batch)
             check.defer(loss, step)
