@@ -59,8 +59,8 @@ def refuse_to_replace(directory: Path, paths: Sequence[Path], data_files: Sequen
     folders = {folder for path in paths for folder in path.parents if folder == top or top in folder.parents}
     blocking = next((folder for folder in sorted(folders) if os.path.lexists(folder) and not folder.is_dir()), None)
     if blocking is not None:
-        raise UsageError(f"--predictions {directory} needs the folder {blocking}, which is a file: choose another "
-                         f"folder, or move it")
+        needed = "is a file" if blocking == top else f"needs the folder {blocking}, which is a file"
+        raise UsageError(f"--predictions {directory} {needed}: choose another folder, or move it")
 
 
 def _is_prediction(path: Path) -> bool:

@@ -149,7 +149,7 @@ def test_evaluate_writes_the_predictions_it_scored(trained, tmp_path, camvid_roo
 
 @pytest.mark.parametrize("where, words", [
     (lambda root, tmp: root, "a file of the dataset"),
-    (lambda root, tmp: tmp / "file", "needs the folder {directory}, which is a file"),
+    (lambda root, tmp: tmp / "file", "--predictions {directory} is a file: choose another folder"),
     (lambda root, tmp: tmp / "notes", "notes/val/0016E5_07959.png, which is not an earlier prediction"),
     (lambda root, tmp: tmp / "flat", "/flat/val, which is a file"),
 ])
