@@ -1,6 +1,7 @@
-// The schemas of every nasfast op, in one place. The folders hold the kernels that register for
-// each dispatch key:
-//   cpu/            CPU: every op (and memory_cache.cpp, the CPU allocator that keeps freed blocks)
+// The schemas of every nasfast op, in one place. The folders hold the kernels, by the dispatch key
+// they register for:
+//   cpu/            CPU: every op (and memory_cache.cpp, the CPU allocator that keeps freed blocks,
+//                   whose two ops are CompositeImplicitAutograd: they take no tensor)
 //   cuda/           CUDA, built with nvcc: upsample_add, sep_conv, sep_conv_bn_relu, confusion_matrix_update_
 //   cuda_fallback/  CUDA, built without nvcc: the same ops made of ATen ops, at the references' speed
 //   composite/      CompositeExplicitAutograd: upsample_cross_entropy made of ATen ops, for the GPU

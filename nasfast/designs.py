@@ -62,8 +62,8 @@ def recorded_classes(text: str) -> Optional[int]:
         return None
     if _is_archive(text):
         return (export_info(text) if is_torchscript(text) else load_checkpoint(text, ("num_classes",)))["num_classes"]
-    if not (os.path.isdir(text) or os.path.basename(text) == SEARCH_LOG):  # a copied log's state is not beside it
-        return None
+    if not (os.path.isdir(text) or os.path.basename(text) == SEARCH_LOG):
+        return None  # a log under another name is a copy: the state beside it may be another search's
     state = os.path.join(search_run_paths(text)[0], SEARCH_STATE)
     if not os.path.isfile(state):
         return None

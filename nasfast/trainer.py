@@ -62,8 +62,8 @@ class TrainConfig:
                                             non_negative_float)
     train_images: int = option(0, "training images used (0: all)", non_negative_int)
     val_images: int = option(0, "validation images used (0: all)", non_negative_int)
-    seed: int = option(0, "seed of the decoder's initial weights, the images' order and their augmentation",
-                       non_negative_int)
+    seed: int = option(0, "seed of the images' order, their augmentation and the weights that start afresh (the "
+                          "decoder's; with --init, a classifier of other classes)", non_negative_int)
     workers: int = option(2, "data-loading processes", non_negative_int)
 
     def __post_init__(self):

@@ -13,12 +13,12 @@
 namespace nasfast {
 namespace {
 
-at::Tensor upsample_add_composite(const at::Tensor& high, const at::Tensor& low) {
+at::Tensor upsample_add_aten(const at::Tensor& high, const at::Tensor& low) {
   check_upsample_add(high, low);
   return high + at::upsample_bilinear2d(low, {high.size(2), high.size(3)}, false);
 }
 
-at::Tensor upsample_add_backward_low_composite(const at::Tensor& grad, c10::SymIntArrayRef low_size) {
+at::Tensor upsample_add_backward_low_aten(const at::Tensor& grad, c10::SymIntArrayRef low_size) {
   if (grad.sym_size(2) == low_size[2] && grad.sym_size(3) == low_size[3]) return grad.clone();
   return at::upsample_bilinear2d_backward_symint(grad, {grad.sym_size(2), grad.sym_size(3)}, low_size, false);
 }
@@ -28,19 +28,19 @@ at::Tensor depthwise(const at::Tensor& x, const at::Tensor& dw, int64_t dilation
   return at::conv2d(x, dw, {}, 1, pad, dilation, x.size(1));
 }
 
-at::Tensor sep_conv_composite(const at::Tensor& x, const at::Tensor& dw, const at::Tensor& pw, int64_t dilation) {
+at::Tensor sep_conv_aten(const at::Tensor& x, const at::Tensor& dw, const at::Tensor& pw, int64_t dilation) {
   check_separable(x, dw, pw, dilation);
   return at::conv2d(depthwise(x, dw, dilation), pw.view({pw.size(0), pw.size(1), 1, 1}));
 }
 
-at::Tensor sep_conv_bn_relu_composite(const at::Tensor& x, const at::Tensor& dw, const at::Tensor& pw,
+at::Tensor sep_conv_bn_relu_aten(const at::Tensor& x, const at::Tensor& dw, const at::Tensor& pw,
                                       const at::Tensor& bias, int64_t dilation) {
   check_separable(x, dw, pw, dilation);
   check_bias(x, pw, bias);
   return at::relu(at::conv2d(depthwise(x, dw, dilation), pw.view({pw.size(0), pw.size(1), 1, 1}), bias));
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> sep_conv_backward_composite(const at::Tensor& grad,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sep_conv_backward_aten(const at::Tensor& grad,
                                                                            const at::Tensor& x, const at::Tensor& dw,
                                                                            const at::Tensor& pw, int64_t dilation,
                                                                            std::array<bool, 3> mask) {
@@ -64,7 +64,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sep_conv_backward_composite(const
   return std::make_tuple(grad_x, grad_dw, grad_pw);
 }
 
-void confusion_matrix_update_composite(at::Tensor& matrix, const at::Tensor& scores, const at::Tensor& target_in,
+void confusion_matrix_update_aten(at::Tensor& matrix, const at::Tensor& scores, const at::Tensor& target_in,
                                        int64_t ignore_index) {
   const at::Tensor target = check_confusion(matrix, scores, target_in, ignore_index);
   check_confusion_values(target, scores, matrix.size(0), ignore_index);
@@ -81,12 +81,12 @@ void confusion_matrix_update_composite(at::Tensor& matrix, const at::Tensor& sco
 }  // namespace
 
 TORCH_LIBRARY_IMPL(nasfast, CUDA, m) {
-  m.impl("upsample_add", &upsample_add_composite);
-  m.impl("upsample_add_backward_low", &upsample_add_backward_low_composite);
-  m.impl("sep_conv", &sep_conv_composite);
-  m.impl("sep_conv_bn_relu", &sep_conv_bn_relu_composite);
-  m.impl("sep_conv_backward", &sep_conv_backward_composite);
-  m.impl("confusion_matrix_update_", &confusion_matrix_update_composite);
+  m.impl("upsample_add", &upsample_add_aten);
+  m.impl("upsample_add_backward_low", &upsample_add_backward_low_aten);
+  m.impl("sep_conv", &sep_conv_aten);
+  m.impl("sep_conv_bn_relu", &sep_conv_bn_relu_aten);
+  m.impl("sep_conv_backward", &sep_conv_backward_aten);
+  m.impl("confusion_matrix_update_", &confusion_matrix_update_aten);
 }
 
 }  // namespace nasfast

@@ -70,7 +70,7 @@ class SearchConfig:
     controller_lr: float = option(1e-4, "Adam learning rate of the controller", positive_float)
     baseline_decay: float = option(0.95, "decay of the reward baseline (moving average)", decay)
     entropy_weight: float = option(0.0, "entropy bonus of the controller", non_negative_float)
-    teacher: Optional[str] = option(None, "TorchScript file of a teacher network for distillation (off when none)",
+    teacher: Optional[str] = option(None, "TorchScript file of a teacher network for distillation (off when not given)",
                                     absolute_path)  # a resume from another directory finds it
     workers: int = option(0, "DataLoader worker processes", non_negative_int)
     image_cache_gb: float = option(1.0, "GB of decoded images kept in memory, when workers is 0 (ours)",
