@@ -36,30 +36,33 @@ def load_run(path: str) -> Dict:
 def bins(records: List[Dict], count: int) -> List[List[Dict]]:
     """`records` in `count` parts of sizes as equal as can be (fewer where there are fewer records)."""
     parts, n = min(count, len(records)), len(records)
-    return [records[-(-n * i // parts):-(-n * (i + 1) // parts)] for i in range(parts)]  # the larger parts first
+    return [records[-(-n * i // parts):-(-n * (i + 1) // parts)] for i in range(parts)]
 
 
 def _mean(values: List[float]) -> Optional[float]:
     return sum(values) / len(values) if values else None
 
 
-def finished(run: Dict) -> List[Dict]:
-    return [r for r in run["records"] if r["status"] == "ok"]
+def scored(run: Dict) -> List[Dict]:
+    """The candidates with a stage-1 reward (also those that failed in stage 2, out of memory say),
+    by index: a torchrun search logs them in the order they finish."""
+    return sorted((r for r in run["records"] if r.get("stage1_reward") is not None), key=lambda r: r["index"])
 
 
 def progress_table(run: Dict, count: int = 4) -> str:
     lines = [f"{run['name']}: mean / max reward per stage over the search"]
-    if not finished(run):
+    if not scored(run):
         return lines[0] + ": no candidate finished"
     lines.append(f"{'candidates':>12} {'stage1 mean':>11} {'stage1 max':>10} {'stage2 mean':>11} {'stage2 max':>10} "
                  f"{'continued':>9}")
-    for chunk in bins(finished(run), count):
+    for chunk in bins(scored(run), count):
         s1 = [r["stage1_reward"] for r in chunk]
         s2 = [r["stage2_reward"] for r in chunk if r["stage2_reward"] is not None]
         s2_max = max(s2) if s2 else None
+        continued = sum(r["gate"] == "continue" for r in chunk)
         lines.append(f"{chunk[0]['index']:>5}-{chunk[-1]['index']:<6} {format_reward(_mean(s1)):>11} "
                      f"{format_reward(max(s1)):>10} {format_reward(_mean(s2)):>11} {format_reward(s2_max):>10} "
-                     f"{len(s2):>4}/{len(chunk):<4}")
+                     f"{continued:>4}/{len(chunk):<4}")
     return "\n".join(lines)
 
 
@@ -90,13 +93,13 @@ def _is_plot(path: str) -> bool:
 
 def figure(runs: List[Dict], count: int = 4):
     """Violin plots of the rewards of each stage per part of the search, for the runs with a
-    finished candidate (at least one; matplotlib installed)."""
+    candidate scored in stage 1 (at least one; matplotlib installed)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [search_run for search_run in runs if finished(search_run)]
-    chunks_of_runs = [bins(finished(search_run), count) for search_run in runs]
+    runs = [search_run for search_run in runs if scored(search_run)]
+    chunks_of_runs = [bins(scored(search_run), count) for search_run in runs]
     labels = tick_labels(chunks_of_runs)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, stage in zip(axes, ("stage1_reward", "stage2_reward")):
@@ -139,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="search runs (e.g. a PPO and a random one): their directories or candidates.jsonl")
     parser.add_argument("--top", type=positive_int, default=10, help="rows of the table of best designs [10]")
     parser.add_argument("--bins", type=positive_int, default=4,
-                        help="parts of the search in the progress table and the plot [4]")
+                        help="parts of the search (by candidate index) in the progress table and the plot; stage 2 "
+                             "counts the candidates the gate continued [4]")
     parser.add_argument("--plot", metavar="PNG", type=path_text,
                         help="where to save the plot (needs matplotlib; it replaces only an earlier plot) "
                              "[RUN_DIR/rewards.png, when it is installed; several runs: the first's "
@@ -161,15 +165,17 @@ def main(argv=None) -> int:
         if in_use(search_run["dir"]):
             print(f"(the search is still running: {counted(len(search_run['records']), 'candidate')} so far)")
         print(top_table(search_run["records"], args.top))
-        if search_run["channels"] is not None and finished(search_run):
+        if search_run["channels"] is not None and any(r["status"] == "ok" for r in search_run["records"]):
             print(searched_size_note(search_run["channels"], search_run["sep_repeats"]))
         print()
         print(progress_table(search_run, args.bins), end="\n\n")
     path = args.plot or os.path.join(runs[0]["dir"], "rewards.png" if len(runs) == 1 else "rewards-compared.png")
     if not has_matplotlib():
         print("(install matplotlib for plots)", file=sys.stderr)
-    elif not any(finished(run) for run in runs):
+    elif not any(scored(run) for run in runs):
         print("(no plot: no candidate finished)", file=sys.stderr)
+    elif not args.plot and os.path.lexists(path) and not _is_plot(path):
+        print(f"(no plot: {path} exists and is not a plot of {PROG}; give --plot FILE.png)", file=sys.stderr)
     else:
         try:
             plot(runs, path, args.bins)

@@ -1,5 +1,6 @@
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -199,6 +200,24 @@ def test_a_plot_replaces_an_earlier_plot_and_nothing_else(tmp_path, capsys):
     plot = tmp_path / "plot.png"
     assert report(tmp_path / "ppo", "--plot", plot) == 0 and report(tmp_path / "ppo", "--plot", plot) == 0
     assert f"plot: {plot}" in capsys.readouterr().out
+    shutil.copy(photo, tmp_path / "ppo" / "rewards.png")  # the default path: it was replaced without a word
+    assert report(tmp_path / "ppo") == 0 and Image.open(tmp_path / "ppo" / "rewards.png").size == (4, 4)
+    assert (f"(no plot: {tmp_path / 'ppo' / 'rewards.png'} exists and is not a plot of python -m nasfast.report; "
+            f"give --plot FILE.png)") in capsys.readouterr().err
+
+
+def test_parts_follow_the_candidates_order_and_count_those_failed_in_stage_2(tmp_path, capsys):
+    """A torchrun search logs candidates as they finish, and a candidate that failed in stage 2
+    (out of memory, say) keeps its stage-1 reward and the gate's decision: both were misreported."""
+    fake_run(tmp_path / "ppo", "ppo", [(0.1, None), (0.3, None), (0.2, None), (0.4, None)])
+    log = tmp_path / "ppo" / "candidates.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    records[3].update(gate="continue", reward=None, status="failed", error="RuntimeError: CUDA out of memory")
+    log.write_text("".join(json.dumps(r) + "\n" for r in (records[1], records[0], records[3], records[2])))
+    assert report(tmp_path / "ppo", "--bins", "2") == 0
+    rows = [line.rstrip() for line in capsys.readouterr().out.splitlines()]
+    assert "    0-1           0.2000     0.3000           -          -    0/2" in rows
+    assert "    2-3           0.3000     0.4000           -          -    1/2" in rows
 
 
 def test_settings_that_are_not_a_json_object_are_one_line(tmp_path, capsys):
