@@ -99,7 +99,7 @@ def top_table(records: List[Dict[str, Any]], k: int = 10) -> str:
              f"{'rank':>4} {'index':>5} {'reward':>7} {'stage1':>7} {'stage2':>7} {'params':>9} "
              f"{'MAdds':>6}  genotype"]
     for rank, r in enumerate(ok, 1):
-        lines.append(f"{rank:>4} {r['index']:>5} {r['reward']:.4f} {r['stage1_reward']:.4f} "
+        lines.append(f"{rank:>4} {r['index']:>5} {r['reward']:>7.4f} {r['stage1_reward']:>7.4f} "
                      f"{format_reward(r['stage2_reward']):>7} "
                      f"{r['params']:>9,} {madds_text(r['madds']):>6}  {r['genotype']}")
     note = failure_note(records)
