@@ -19,6 +19,8 @@ def load_run(path: str) -> Dict:
     """A search's records and settings, from its directory or its log (candidates.jsonl)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such search run or log")
+    if os.path.isfile(path) and not path.endswith(".jsonl"):
+        raise ValueError(f"{path}: not a search's log (candidates.jsonl); give the search's directory")
     run_dir, log = search_run_paths(path)
     if not os.path.isfile(log):
         trained = checkpoints_in(run_dir)
@@ -112,8 +114,9 @@ def figure(runs: List[Dict], count: int = 4):
         ax.set_title(stage.replace("_", " "))
         ax.set_xlabel("candidates")
     axes[0].set_ylabel("reward")
-    axes[0].legend()
-    fig.tight_layout()
+    columns = min(len(runs), 3)  # below the panels, where it hides no violin
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=columns, fontsize="small")
+    fig.tight_layout(rect=(0, min(0.4, 0.07 * -(-len(runs) // columns)), 1, 1))
     return fig
 
 
@@ -159,6 +162,9 @@ def main(argv=None) -> int:
         raise UsageError(f"--plot {args.plot}: matplotlib is not installed (pip install matplotlib)")
     if args.plot:
         refuse_to_replace(args.plot)
+        folder = os.path.dirname(os.path.abspath(args.plot))
+        if not os.path.isdir(folder):
+            raise UsageError(f"--plot {args.plot}: no such folder {folder}")
     runs = [load_run(d) for d in args.runs]
     for search_run in runs:
         print(f"{search_run['name']}: best designs")

@@ -153,6 +153,21 @@ def test_report_takes_a_search_log_file_for_its_run_and_a_plot_only_as_png(tmp_p
     assert "give a file name ending in .png" in capsys.readouterr().err and not (tmp_path / "plot.txt").exists()
 
 
+def test_report_names_what_it_cannot_take_before_its_tables(tmp_path, capsys):
+    """A run's config.json given for its log was "damaged: line 1 is not valid JSON"; a --plot in a
+    missing folder failed after the tables, naming the file; an empty log showed a bare header."""
+    fake_run(tmp_path / "ppo", "ppo", [(0.1, 0.2)])
+    assert report(tmp_path / "ppo" / "config.json") == 2
+    assert f"{tmp_path / 'ppo' / 'config.json'}: not a search's log (candidates.jsonl); give the search's " \
+           f"directory" in capsys.readouterr().err
+    assert report(tmp_path / "ppo", "--plot", tmp_path / "none" / "plot.png") == 2
+    captured = capsys.readouterr()
+    assert f"no such folder {tmp_path / 'none'}" in captured.err and not captured.out
+    (tmp_path / "ppo" / "candidates.jsonl").write_text("")
+    assert report(tmp_path / "ppo") == 0
+    assert "best designs\nno candidate logged yet\n" in capsys.readouterr().out
+
+
 def test_report_says_when_the_search_is_still_running(tmp_path, capsys):
     fake_run(tmp_path / "ppo", "ppo", [(0.1, 0.2), (0.3, None)])
     assert report(tmp_path / "ppo") == 0

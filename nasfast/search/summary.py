@@ -93,6 +93,8 @@ def _fitting_batch_option(preset: Optional[str], training_images: Optional[int])
 
 
 def top_table(records: List[Dict[str, Any]], k: int = 10) -> str:
+    if not records:
+        return "no candidate logged yet"
     ok = sorted((r for r in records if r["status"] == "ok"), key=lambda r: -r["reward"])[:k]
     failed = sum(r["status"] != "ok" for r in records)
     lines = [f"top {len(ok)} of {len(records)} candidates ({failed} failed)",
