@@ -285,7 +285,7 @@ def build_context(config: SearchConfig, run_dir: str, recorded: Optional[Dict[st
     _check_scored_pixels(stage1_val.labels, full.ignore_index, full.exclude, config, len(full) - len(train_ids))
     stage1_labelled = _labelled_stage1_images(stage1, full, warn=cache != "open")
     stage1, stage1_val = (on_the_gpu_if_it_fits(c, device, name) for c, name in ((stage1, "meta-train"),
-                                                                                  (stage1_val, "meta-val")))
+                                                                                 (stage1_val, "meta-val")))
     stage2_batches, val_batches = _image_loaders(config, full, train_ids, stage2_count, val_ids, size)
     return SearchContext(config=config, num_classes=full.num_classes, ignore_index=full.ignore_index,
                          exclude=tuple(full.exclude), stage1=stage1, stage1_val=stage1_val,
