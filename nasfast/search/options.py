@@ -9,8 +9,8 @@ from typing import Any, Dict, List, Optional
 
 from ..cli import UsageError, option_text, path_text, positive_int, run_directory
 from ..data import DATASETS
-from .config import FIXED, MACHINE_OPTIONS, MOVABLE, PRESETS, SearchConfig, StageConfig, preset
 from ..settings import add_option
+from .config import FIXED, MACHINE_OPTIONS, MOVABLE, PRESETS, SearchConfig, StageConfig, preset
 from .job import rank
 from .summary import PROG
 
@@ -124,8 +124,6 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
             if f"{stage}.{f.name}" not in FIXED:
                 key = f"{stage}.{f.name}"
                 add_option(group, f, flag(key), getattr(getattr(defaults, stage), f.name), dest=key)
-
-
 
 
 def build_parser() -> argparse.ArgumentParser:

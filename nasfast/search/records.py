@@ -78,7 +78,6 @@ def _state_problem(state: Any) -> Optional[str]:
     return None
 
 
-
 def damaged_state(path: str, how: str) -> str:
     return (f"{path} is damaged: {how}; the search cannot continue from it. Its log of candidates is kept "
             f"(python -m nasfast.report, or train --genotype with the directory); search on in a new directory "
