@@ -8,9 +8,10 @@ import sys
 from typing import Dict, List, Optional
 
 from .cli import UsageError, counted, path_text, positive_int, run
-from .files import (CONFIG, checkpoints_in, in_use, is_replaceable_png, read_json, read_search_log, search_run_paths,
-                    write_atomic)
-from .search.summary import format_reward, searched_size_note, top_table
+from .files import (CONFIG, SEARCH_STATE, checkpoints_in, in_use, is_replaceable_png, read_json, read_search_log,
+                    search_run_paths, write_atomic)
+from .search.records import load_state
+from .search.summary import format_reward, resume_command, searched_size_note, top_table
 
 PROG = "python -m nasfast.report"
 
@@ -33,6 +34,23 @@ def load_run(path: str) -> Dict:
     return {"dir": run_dir, "name": f"{strategy} ({path if os.path.isfile(path) else run_dir})",  # as given
             "strategy": strategy, "records": read_search_log(log), "channels": config.get("channels"),
             "sep_repeats": config.get("sep_repeats")}
+
+
+def stopped_note(run_dir: str) -> Optional[str]:
+    """How to go on with a search that stopped before its budgets were spent (killed, say); None
+    where they are, or where no state says (a damaged one is for the search to name)."""
+    path = os.path.join(run_dir, SEARCH_STATE)
+    try:
+        state = load_state(path) if os.path.isfile(path) else None
+    except (OSError, ValueError):
+        return None
+    if state is None or (state.get("budget") is None and state.get("time_budget") is None):
+        return None
+    done, budget, time_budget = state["next_index"], state.get("budget"), state.get("time_budget")
+    if (budget is not None and done >= budget) or (time_budget is not None and state["elapsed"] >= time_budget):
+        return None
+    of = f" of {budget}" if budget is not None else ""
+    return f"(stopped after {done}{of} candidates, its budget not spent: continue with {resume_command(run_dir, None)})"
 
 
 def bins(records: List[Dict], count: int) -> List[List[Dict]]:
@@ -170,6 +188,8 @@ def main(argv=None) -> int:
         print(f"{search_run['name']}: best designs")
         if in_use(search_run["dir"]):
             print(f"(the search is still running: {counted(len(search_run['records']), 'candidate')} so far)")
+        elif stopped_note(search_run["dir"]):
+            print(stopped_note(search_run["dir"]))
         print(top_table(search_run["records"], args.top))
         if search_run["channels"] is not None and any(r["status"] == "ok" for r in search_run["records"]):
             print(searched_size_note(search_run["channels"], search_run["sep_repeats"]))

@@ -168,6 +168,20 @@ def test_report_names_what_it_cannot_take_before_its_tables(tmp_path, capsys):
     assert "best designs\nno candidate logged yet\n" in capsys.readouterr().out
 
 
+def test_report_says_how_to_go_on_with_a_search_stopped_before_its_budget(tmp_path, capsys):
+    """A search killed part-way was reported as if it had finished."""
+    import torch
+    fake_run(tmp_path / "ppo", "ppo", [(0.1, 0.2), (0.3, None)])
+    state = {"next_index": 2, "elapsed": 10.0, "budget": 5, "time_budget": None, "strategy": {}, "gate": {}}
+    torch.save(state, tmp_path / "ppo" / "state.pt")
+    assert report(tmp_path / "ppo") == 0
+    assert (f"(stopped after 2 of 5 candidates, its budget not spent: continue with python -m nasfast.search "
+            f"--resume {tmp_path / 'ppo'})") in capsys.readouterr().out
+    for spent in ({"budget": 2}, {"budget": None, "time_budget": 10.0}):
+        torch.save({**state, **spent}, tmp_path / "ppo" / "state.pt")
+        assert report(tmp_path / "ppo") == 0 and "stopped after" not in capsys.readouterr().out
+
+
 def test_report_says_when_the_search_is_still_running(tmp_path, capsys):
     fake_run(tmp_path / "ppo", "ppo", [(0.1, 0.2), (0.3, None)])
     assert report(tmp_path / "ppo") == 0
