@@ -71,11 +71,12 @@ def scored(run: Dict) -> List[Dict]:
 
 def progress_table(run: Dict, count: int = 4) -> str:
     lines = [f"{run['name']}: mean / max reward per stage over the search"]
-    if not scored(run):
+    candidates = scored(run)
+    if not candidates:
         return lines[0] + ": no candidate finished"
     lines.append(f"{'candidates':>12} {'stage1 mean':>11} {'stage1 max':>10} {'stage2 mean':>11} {'stage2 max':>10} "
                  f"{'continued':>9}")
-    for chunk in bins(scored(run), count):
+    for chunk in bins(candidates, count):
         s1 = [r["stage1_reward"] for r in chunk]
         s2 = [r["stage2_reward"] for r in chunk if r["stage2_reward"] is not None]
         s2_max = max(s2) if s2 else None
@@ -102,13 +103,14 @@ def plot(runs: List[Dict], path: str, count: int = 4) -> None:
 
 def refuse_to_replace(path: str) -> None:
     """UsageError where `path` holds something other than an earlier plot of this tool."""
-    if os.path.lexists(path) and not _is_plot(path):
+    if not _may_write(path):
         raise UsageError(f"--plot {path}: the file exists and is not a plot of {PROG}; give another name, "
                          f"or move it")
 
 
-def _is_plot(path: str) -> bool:
-    return is_replaceable_png(path, lambda image: image.info.get("Software") == SOFTWARE)
+def _may_write(path: str) -> bool:
+    """Whether `path` is free, or holds an earlier plot of this tool (nothing else is replaced)."""
+    return not os.path.lexists(path) or is_replaceable_png(path, lambda image: image.info.get("Software") == SOFTWARE)
 
 
 def figure(runs: List[Dict], count: int = 4):
@@ -186,10 +188,10 @@ def main(argv=None) -> int:
     runs = [load_run(d) for d in args.runs]
     for search_run in runs:
         print(f"{search_run['name']}: best designs")
-        if in_use(search_run["dir"]):
-            print(f"(the search is still running: {counted(len(search_run['records']), 'candidate')} so far)")
-        elif stopped_note(search_run["dir"]):
-            print(stopped_note(search_run["dir"]))
+        note = (f"(the search is still running: {counted(len(search_run['records']), 'candidate')} so far)"
+                if in_use(search_run["dir"]) else stopped_note(search_run["dir"]))
+        if note:
+            print(note)
         print(top_table(search_run["records"], args.top))
         if search_run["channels"] is not None and any(r["status"] == "ok" for r in search_run["records"]):
             print(searched_size_note(search_run["channels"], search_run["sep_repeats"]))
@@ -200,7 +202,7 @@ def main(argv=None) -> int:
         print("(install matplotlib for plots)", file=sys.stderr)
     elif not any(scored(run) for run in runs):
         print("(no plot: no candidate finished)", file=sys.stderr)
-    elif not args.plot and os.path.lexists(path) and not _is_plot(path):
+    elif not args.plot and not _may_write(path):
         print(f"(no plot: {path} exists and is not a plot of {PROG}; give --plot FILE.png)", file=sys.stderr)
     else:
         try:
