@@ -651,17 +651,15 @@ def tiny_decoder(in_channels=tuple(s[0] for s in STAGE1_SHAPES)) -> Decoder:
                        in_strides=(4, 8, 16, 32))
 
 
-def cached_context(config, cache: FeatureCache, **more) -> SimpleNamespace:
-    """What run_stage1 reads of a search's context, with `cache` for meta-train and meta-val, 3 classes."""
-    return SimpleNamespace(config=config, stage1=cache, stage1_val=cache, stage1_labelled=cache.labelled_images(255),
-                           device=torch.device("cpu"), num_classes=3, ignore_index=255, exclude=(), stage2_steps=None,
-                           step_bars=False, **more)
-
-
 def images_context(config, **more) -> SimpleNamespace:
     """What run_stage2 reads of a search's context (but its images), 3 classes."""
     return SimpleNamespace(config=config, device=torch.device("cpu"), num_classes=3, ignore_index=255, exclude=(),
                            stage2_steps=None, step_bars=False, **more)
+
+
+def cached_context(config, cache: FeatureCache, **more) -> SimpleNamespace:
+    """What run_stage1 reads of a search's context, with `cache` for meta-train and meta-val, 3 classes."""
+    return images_context(config, stage1=cache, stage1_val=cache, stage1_labelled=cache.labelled_images(255), **more)
 
 
 def recording(monkeypatch, candidate):
