@@ -182,7 +182,9 @@ def main():
         setup(cmdclass={"build_py": fresh_build_py()},
               install_requires=["torch>={}.{}".format(*MINIMUM_TORCH)] + requirements)
         return
+    # The library uses no Python API, so one wheel serves every CPython >= 3.9 (with the same torch).
     setup(ext_modules=[ops_extension()], cmdclass={"build_py": fresh_build_py(), "build_ext": build_ext()},
+          options={"bdist_wheel": {"py_limited_api": "cp39"}},
           install_requires=[torch_requirement(torch.__version__)] + requirements)
 
 

@@ -28,8 +28,10 @@ def test_pip_install_builds_the_ops_against_the_installed_torch(tmp_path):
     ldd = subprocess.run(["ldd", out[1]], capture_output=True, text=True).stdout
     assert "python" not in ldd  # loadable by a C++ program without Python
     major, minor = torch.__version__.split(".")[:2]
-    metadata = next(target.glob("nasfast-*.dist-info")) / "METADATA"
-    assert f"Requires-Dist: torch<{major}.{int(minor) + 1},>={major}.{minor}.0.dev0" in metadata.read_text()
+    dist_info = next(target.glob("nasfast-*.dist-info"))
+    requirement = f"Requires-Dist: torch<{major}.{int(minor) + 1},>={major}.{minor}.0.dev0"
+    assert requirement in (dist_info / "METADATA").read_text()
+    assert "\nTag: cp39-abi3-" in (dist_info / "WHEEL").read_text()  # no Python API: any CPython >= 3.9
 
 
 def setup_py(*command: str, without_torch: bool = False) -> subprocess.CompletedProcess:
@@ -114,8 +116,9 @@ def test_nasfast_build_ops_0_installs_without_a_compiler_and_runs_the_references
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True,
                          env=dict(os.environ, PYTHONPATH=str(target))).stdout.split()
     assert out[:2] == ["False", "not"] and out[2].startswith(str(target)) and not list(target.glob("nasfast/_C*"))
-    metadata = next(target.glob("nasfast-*.dist-info")) / "METADATA"
-    assert "Requires-Dist: torch>=2.4" in metadata.read_text()
+    dist_info = next(target.glob("nasfast-*.dist-info"))
+    assert "Requires-Dist: torch>=2.4" in (dist_info / "METADATA").read_text()
+    assert "\nTag: py3-none-any" in (dist_info / "WHEEL").read_text()
 
 
 @pytest.mark.skipif(torch.version.cuda is not None, reason="this torch is a CUDA build")
