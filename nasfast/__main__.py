@@ -6,6 +6,7 @@ TOOLS = {
     "search": "find decoder designs for a dataset (the controller, the two stages, the reward)",
     "train": "train a design fully (a search's best, arch0-2, or a genotype)",
     "evaluate": "mIoU, fwIoU, accuracies and per-class IoU of a trained checkpoint",
+    "predict": "a trained model's classes for images of your own, as PNGs (no labels needed)",
     "export": "TorchScript of a trained model, for Python or C++ (libtorch)",
     "report": "the best designs and the rewards of one or more searches",
 }

@@ -43,45 +43,53 @@ def prediction_paths(directory: Path, root: Path, images: Sequence[Path]) -> Lis
     return paths
 
 
-def refuse_to_replace(directory: Path, paths: Sequence[Path], data_files: Sequence[Path]) -> None:
-    """UsageError where a predictions file would replace an image or label of the dataset, or a
-    file that is not an earlier prediction (a palette PNG), or where a folder it needs is a file."""
-    data = {os.path.realpath(path) for path in data_files}
-    clash = next((path for path in paths if os.path.realpath(path) in data), None)
+def refuse_to_replace(directory: Path, paths: Sequence[Path], data_files: Sequence[Path],
+                      option: str = "--predictions", data: str = "the dataset's images and labels") -> None:
+    """UsageError where a predictions file would replace one of `data_files`, or a file that is not
+    an earlier prediction (a palette PNG), or where a folder it needs is a file."""
+    files = {os.path.realpath(path) for path in data_files}
+    clash = next((path for path in paths if os.path.realpath(path) in files), None)
     if clash is not None:
-        raise UsageError(f"--predictions {directory} would write {clash}, a file of the dataset: choose a folder "
-                         f"outside the dataset's images and labels")
+        raise UsageError(f"{option} {directory} would write {clash}, one of {data}: choose a folder outside them")
     other = next((path for path in paths if os.path.lexists(path) and not _is_prediction(path)), None)
     if other is not None:
-        raise UsageError(f"--predictions {directory} would replace {other}, which is not an earlier prediction "
+        raise UsageError(f"{option} {directory} would replace {other}, which is not an earlier prediction "
                          f"(a palette PNG): choose another folder, or move it")
     top = Path(os.path.abspath(directory))
     folders = {folder for path in paths for folder in path.parents if folder == top or top in folder.parents}
     blocking = next((folder for folder in sorted(folders) if os.path.lexists(folder) and not folder.is_dir()), None)
     if blocking is not None:
         needed = "is a file" if blocking == top else f"needs the folder {blocking}, which is a file"
-        raise UsageError(f"--predictions {directory} {needed}: choose another folder, or move it")
+        raise UsageError(f"{option} {directory} {needed}: choose another folder, or move it")
 
 
 def _is_prediction(path: Path) -> bool:
     return is_replaceable_png(str(path), lambda image: image.mode == "P")
 
 
+PALETTE = colour_map()
+
+
+def write_prediction(logits: Tensor, path: Path, size: Tuple[int, int]) -> None:
+    """One image's logits (classes x h x w) upsampled to its `size` (width, height; bilinear, as
+    scoring does), its most likely classes written to `path` as a palette PNG."""
+    width, height = size
+    classes = upsampled(logits[None].float(), [height, width]).argmax(1)[0].to(torch.uint8).cpu().numpy()
+    image = Image.fromarray(np.ascontiguousarray(classes))
+    image.putpalette(PALETTE)  # a palette image now, its values the classes
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+
+
 class PredictionWriter:
-    """Called with each batch's logits, in the order of `paths`: upsamples them to each image's
-    size (bilinear, as scoring does), takes the most likely class and writes the PNG."""
+    """Called with each batch's logits, in the order of `paths`: writes each image's prediction
+    (write_prediction)."""
 
     def __init__(self, paths: Sequence[Path], sizes: Sequence[Tuple[int, int]]):
         self._items: Iterator[Tuple[Path, Tuple[int, int]]] = iter(zip(paths, sizes))
-        self._palette = colour_map()
         self.written = 0
 
     def __call__(self, logits: Tensor) -> None:
         for one in logits:
-            path, (width, height) = next(self._items)
-            classes = upsampled(one[None].float(), [height, width]).argmax(1)[0].to(torch.uint8).cpu().numpy()
-            image = Image.fromarray(np.ascontiguousarray(classes))
-            image.putpalette(self._palette)  # a palette image now, its values the classes
-            path.parent.mkdir(parents=True, exist_ok=True)
-            image.save(path)
+            write_prediction(one, *next(self._items))
             self.written += 1

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Subset
 
 import nasfast.ops
 from conftest import has_tensorboard, tensorboard_scalars
-from nasfast import cli, evaluate, train
+from nasfast import cli, evaluate, predict, train
 from nasfast.checkpoint import load_checkpoint, model_from_checkpoint
 from nasfast.data import CamVid, EvalTransform, make_dataset
 from nasfast.evaluate import evaluate_model, evaluation_loader, evenly_spaced
@@ -148,7 +148,7 @@ def test_evaluate_writes_the_predictions_it_scored(trained, tmp_path, camvid_roo
 
 
 @pytest.mark.parametrize("where, words", [
-    (lambda root, tmp: root, "a file of the dataset"),
+    (lambda root, tmp: root, "one of the dataset's images and labels: choose a folder outside them"),
     (lambda root, tmp: tmp / "file", "--predictions {directory} is a file: choose another folder"),
     (lambda root, tmp: tmp / "notes", "notes/val/0016E5_07959.png, which is not an earlier prediction"),
     (lambda root, tmp: tmp / "flat", "/flat/val, which is a file"),
@@ -250,6 +250,78 @@ def test_an_export_is_not_taken_for_a_checkpoint(exported, capsys):
     path, _ = exported
     assert cli.run(evaluate.main, evaluate.PROG, ["--checkpoint", str(path)]) == 2
     assert f"{path} is not a checkpoint of python -m nasfast.train (it is a TorchScript file" in capsys.readouterr().err
+
+
+def test_predict_writes_what_evaluate_writes_from_a_checkpoint_or_its_export(trained, exported, camvid_root,
+                                                                            tmp_path, capsys):
+    """Images of one's own, no labels: the classes evaluate --predictions writes for the same images
+    (the first three it evaluates with --limit 3), in a folder given or one by one."""
+    evaluated = tmp_path / "evaluated"
+    run("nasfast.evaluate", "--checkpoint", str(trained / "best.pt"), "--limit", "3", "--predictions", str(evaluated))
+    val = CamVid(camvid_root, "val")
+    images = [val.pairs[i][0] for i in (0, len(val) // 3, 2 * len(val) // 3)]
+    (tmp_path / "mine" / "sub").mkdir(parents=True)
+    for image, where in zip(images, ["mine", "mine", "mine/sub"]):
+        shutil.copy(image, tmp_path / where / f"{image.stem}.png")
+    (tmp_path / "mine" / "notes.txt").write_text("not an image")
+    assert run("nasfast.predict", "--checkpoint", str(trained / "best.pt"), str(tmp_path / "mine"), "--out",
+               str(tmp_path / "folder"), "--no-progress").stdout == f"3 predictions in {tmp_path / 'folder'}\n"
+    assert cli.run(predict.main, predict.PROG, ["--checkpoint", str(exported[0]), "--out", str(tmp_path / "export"),
+                                                "--no-progress", *map(str, images)]) == 0
+    for image, where in zip(images, ["folder", "folder", "folder/sub"]):
+        expected = np.asarray(Image.open(evaluated / image.relative_to(camvid_root).with_suffix(".png")))
+        for written in (tmp_path / where / f"{image.stem}.png", tmp_path / "export" / f"{image.stem}.png"):
+            assert Image.open(written).mode == "P" and (np.asarray(Image.open(written)) == expected).mean() > 0.999
+    assert len(list((tmp_path / "folder").rglob("*"))) == 4  # 3 PNGs and sub/
+
+
+def test_predict_skips_an_unreadable_image_and_says_so(trained, camvid_root, tmp_path, capsys):
+    shutil.copy(camvid_root / "val" / "0016E5_07959.png", tmp_path / "good.png")
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 truncated")
+    out = tmp_path / "out"
+    assert cli.run(predict.main, predict.PROG, ["--checkpoint", str(trained / "best.pt"), "--out", str(out),
+                                                "--no-progress", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"{predict.PROG}: skipped {tmp_path / 'bad.jpg'}: unreadable or truncated image")
+    assert captured.out == f"1 prediction in {out}; 1 image skipped, unreadable (above)\n"
+    assert [p.name for p in out.iterdir()] == ["good.png"]
+
+
+@pytest.mark.skipif(not nasfast.ops.available(), reason="an export without the library has no native ops")
+def test_predict_with_an_export_that_needs_the_ops_library_where_it_is_not_loaded_says_so(exported, camvid_root,
+                                                                                        tmp_path):
+    result = subprocess.run([sys.executable, "-m", "nasfast.predict", "--checkpoint", str(exported[0]), "--out",
+                             str(tmp_path), str(camvid_root / "val" / "0016E5_07959.png")], capture_output=True,
+                            text=True, env=dict(os.environ, PYTHONPATH=str(REPO), NASFAST_DISABLE_OPS="1"))
+    assert result.returncode == 2 and result.stderr == (
+        f"{predict.PROG}: error: {exported[0]} calls the native ops (nasfast::sep_conv_bn_relu, nasfast::upsample_add),"
+        f" not loaded here: turned off (NASFAST_DISABLE_OPS=1); or export it again with --reference-ops\n")
+
+
+@pytest.mark.parametrize("arguments, words", [
+    (["{tmp}/missing.png"], "{tmp}/missing.png: no such file or folder"),
+    (["{tmp}/empty"], "{tmp}/empty: a folder without images (.jpg, .jpeg, .png"),
+    (["{tmp}/images", "--out", "{tmp}/images"], "--out {tmp}/images is the folder of images {tmp}/images: choose "
+                                                "another (one inside it will do)"),
+    (["{tmp}/images", "{tmp}/images/a.png"],
+     "{tmp}/images/a.png and {tmp}/images/a.png would both write {tmp}/out/a.png"),
+    (["{tmp}/images", "--out", "{tmp}/notes"], "--out {tmp}/notes would replace {tmp}/notes/a.png, which is not an "
+                                               "earlier prediction"),
+    (["{tmp}/images", "--checkpoint", "{tmp}/images/a.png"], "{tmp}/images/a.png is not a checkpoint"),
+])
+def test_predict_refuses_bad_input_in_one_line_before_writing(trained, camvid_root, tmp_path, capsys, arguments,
+                                                              words):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "images").mkdir()
+    shutil.copy(camvid_root / "val" / "0016E5_07959.png", tmp_path / "images" / "a.png")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.png").write_text("my notes")
+    argv = ["--checkpoint", str(trained / "best.pt"), "--out", str(tmp_path / "out"), "--no-progress"]
+    assert cli.run(predict.main, predict.PROG, argv + [a.format(tmp=tmp_path) for a in arguments]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"{predict.PROG}: error: ") and error.count("\n") == 1
+    assert words.format(tmp=tmp_path) in error
+    assert not (tmp_path / "out").exists() and (tmp_path / "notes" / "a.png").read_text() == "my notes"
 
 
 def test_an_export_resizes_with_the_aten_op_not_a_scripted_interpolate(exported):

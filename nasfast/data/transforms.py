@@ -40,11 +40,16 @@ def resized(array: np.ndarray, scale: float, resample: int) -> np.ndarray:
     return np.asarray(Image.fromarray(array).resize((w, h), resample))
 
 
-def to_tensors(image: np.ndarray, label: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:
-    """HxWx3 uint8 and HxW uint8 to a normalised float 3xHxW and a long HxW. (In torch, channels
-    first: numpy's broadcast over a last axis of 3 took 12x longer, for the same float32 values.)"""
+def normalised(image: np.ndarray) -> torch.Tensor:
+    """HxWx3 uint8 to the float 3xHxW a model takes: RGB / 255, ImageNet-normalised. (In torch,
+    channels first: numpy's broadcast over a last axis of 3 took 12x longer, same float32 values.)"""
     x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
-    return x.div_(255).sub_(_MEAN_CHW).div_(_STD_CHW), torch.from_numpy(label.astype(np.int64))
+    return x.div_(255).sub_(_MEAN_CHW).div_(_STD_CHW)
+
+
+def to_tensors(image: np.ndarray, label: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:
+    """HxWx3 uint8 and HxW uint8 to a normalised float 3xHxW and a long HxW."""
+    return normalised(image), torch.from_numpy(label.astype(np.int64))
 
 
 def padded(array: np.ndarray, height: int, width: int, fill, centre: bool = False) -> np.ndarray:
