@@ -18,8 +18,9 @@ class UsageError(Exception):
 # Raised by the tools for missing or wrong files and bad values: the user's input, not a bug.
 USER_ERRORS = (UsageError, ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
                PermissionError)
-# The machine's, not a bug either: a full disk or quota, a read-only file system (and MemoryError).
-MACHINE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+# The machine's, not a bug either: a full disk or quota, a file-size limit (ulimit -f), a read-only
+# file system (and MemoryError).
+MACHINE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 
 
 def option_text(value) -> str:

@@ -90,9 +90,15 @@ def lock_directory(directory: str):
             return handle
         handle.close()
         raise ValueError(_in_use_message(directory)) from None
-    handle.truncate(0)
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
+    try:
+        handle.truncate(0)
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+    except OSError as error:  # a full disk
+        with contextlib.suppress(OSError):  # the write is tried again, and fails again
+            handle.close()
+        error.filename = path
+        raise
     _remove_stale_temporaries(directory)
     return handle
 
@@ -279,10 +285,23 @@ def _record_problem(record: Any) -> Optional[str]:
 
 
 def append_record(path: str, record: Dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """Appends `record` as a line of JSON; where that fails (a full disk), the file is cut back to
+    its lines before, so that no half line is left."""
+    line = (json.dumps(record) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            while line:  # os.write may write part of it
+                line = line[os.write(fd, line):]
+            os.fsync(fd)
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            error.filename = path
+            raise
+    finally:
+        os.close(fd)
 
 
 def save_torch(obj: Any, *paths: str) -> None:

@@ -1,4 +1,6 @@
+import contextlib
 import os
+import resource
 import signal
 from pathlib import Path
 
@@ -8,6 +10,18 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("NASFAST_DATA", str(REPO.parent / "shared" / "data"))
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started in the background (`pytest &`): the Ctrl-C
     signal.signal(signal.SIGINT, signal.default_int_handler)  # tests need it, here and in their processes
+
+
+@contextlib.contextmanager
+def file_size_limit(size: int):
+    """ulimit -f: a write past `size` bytes fails with EFBIG (Python ignores SIGXFSZ), a real way to
+    meet a full disk."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
 
 
 @pytest.fixture(scope="session")

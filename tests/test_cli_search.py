@@ -912,3 +912,14 @@ def test_the_closing_train_command_fits_a_small_dataset(tmp_path, capsys):
     words = shlex.split(printed.split(": ", 1)[1].replace("DIR", str(tmp_path / "trained")))
     assert train_cli(*words[3:], "--no-progress") == 0
     assert (tmp_path / "trained" / "best.pt").exists()
+
+
+def test_a_stage_1_cache_that_does_not_fit_on_the_disk_is_named_and_removed(tmp_path, camvid_root, capsys):
+    """It was left behind (on a full disk, where it took the space), its file unnamed."""
+    from conftest import file_size_limit
+    with file_size_limit(64 * 1024):  # the lock and the first cache file's header fit
+        assert search("--dataset", "camvid", "--preset", "tiny", "--budget", 1, "--memory-limit-gb", 0, "--out",
+                      tmp_path / "run", "--no-progress") == 2
+    level0 = tmp_path / "run" / "cache" / "stage1" / "level0.npy"
+    assert capsys.readouterr().err.endswith(f"error: File too large: {level0}\n")
+    assert not (tmp_path / "run").exists()

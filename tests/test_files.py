@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import file_size_limit
 from nasfast import files
 from nasfast.cli import run
 
@@ -26,6 +27,21 @@ def test_a_failed_atomic_write_leaves_the_old_file_and_no_partial_one(tmp_path, 
     assert run(lambda argv: files.write_atomic(str(path), b"new"), "tool") == 2  # one line, not a traceback
     assert capsys.readouterr().err == f"tool: error: No space left on device: {path}\n"
     assert os.listdir(tmp_path) == ["state.pt"] and path.read_bytes() == b"old"
+
+
+def test_a_record_that_does_not_fit_leaves_no_half_line_and_names_the_log(tmp_path, capsys):
+    log = tmp_path / "candidates.jsonl"
+    files.append_record(str(log), {"index": 0})
+    with file_size_limit(log.stat().st_size + 10):  # part of the next line fits
+        assert run(lambda argv: files.append_record(str(log), {"index": 1, "error": "x" * 100}), "tool") == 2
+    assert capsys.readouterr().err == f"tool: error: File too large: {log}\n"
+    assert log.read_text() == '{"index": 0}\n'
+
+
+def test_a_lock_that_cannot_take_the_pid_names_its_file(tmp_path, capsys):
+    with file_size_limit(0):
+        assert run(lambda argv: files.lock_directory(str(tmp_path)), "tool") == 2
+    assert capsys.readouterr().err == f"tool: error: File too large: {tmp_path / files.LOCK}\n"
 
 
 def test_a_directory_locked_by_another_process_is_refused_until_it_ends(tmp_path):

@@ -1,4 +1,5 @@
 """Stage-1 cache: frozen-encoder outputs (and teacher logits) computed once per search."""
+import contextlib
 import errno
 import hashlib
 import os
@@ -132,7 +133,11 @@ def _allocate(shape, dtype, path: Optional[str]):
     if path is None:
         return torch.empty(shape, dtype=dtype)
     np_dtype = {torch.float32: np.float32, torch.uint8: np.uint8}[dtype]
-    array = np.lib.format.open_memmap(path, mode="w+", dtype=np_dtype, shape=tuple(shape))
+    try:
+        array = np.lib.format.open_memmap(path, mode="w+", dtype=np_dtype, shape=tuple(shape))
+    except OSError as error:  # a file-size limit, say
+        error.filename = path  # numpy's names no file
+        raise
     _reserve(path)
     return array
 
@@ -145,7 +150,7 @@ def _reserve(path: str) -> None:
         try:
             os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
         except OSError as error:
-            if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 raise OSError(error.errno, error.strerror, path) from None  # naming the file
             # else a C library that leaves it to file systems without it (glibc writes the blocks): sparse, as before
         finally:
@@ -192,6 +197,17 @@ def build_cache(pairs: List[Pair], encoder: torch.nn.Module, teacher: Optional[C
         if isinstance(store, np.memmap):  # on disk before complete.json says so: a crash must not leave holes
             store.flush()
     return FeatureCache(features, labels, logits, use_disk)
+
+
+def remove_cache_files(directory: str) -> None:
+    """Removes the files build_cache writes in `directory`, and the directory once empty: what a
+    build that failed (on a full disk, say) left, giving the space back."""
+    for name in (os.listdir(directory) if os.path.isdir(directory) else []):
+        if re.fullmatch(r"(level\d+|labels|teacher)\.npy", name):
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(directory, name))
+    with contextlib.suppress(OSError):  # not empty
+        os.rmdir(directory)
 
 
 def on_the_gpu_if_it_fits(cache: FeatureCache, device: torch.device, name: str) -> FeatureCache:

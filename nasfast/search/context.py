@@ -17,7 +17,7 @@ from ..encoder import MobileNetV2Encoder
 from ..files import write_json
 from ..progress import progress_bar
 from .cache import (CACHE, COMPLETE, PARTS, FeatureCache, build_cache, check_checksums, check_complete, checksums,
-                    fingerprint, marked_complete, on_the_gpu_if_it_fits, open_cache)
+                    fingerprint, marked_complete, on_the_gpu_if_it_fits, open_cache, remove_cache_files)
 from .config import PRESETS, SearchConfig, preset
 from .teacher import check_same_teacher, load_teacher, teacher_crc32
 
@@ -186,8 +186,13 @@ def _stage1_caches(config: SearchConfig, full, stage1_ids: List[int], val_ids: L
     memory_limit = 0 if cache == "build" else config.memory_limit_gb * 1e9
     stage1_set = _Transformed(full, stage1_ids, EvalTransform(config.scale, size, resize_labels=True))
     val_set = _Transformed(full, val_ids, EvalTransform(config.scale, size))  # scored at the labels' own size
-    stage1, stage1_val = _build_caches(stage1_set, val_set, encoder, teacher, directory, memory_limit, device,
-                                       progress)
+    try:
+        stage1, stage1_val = _build_caches(stage1_set, val_set, encoder, teacher, directory, memory_limit, device,
+                                           progress)
+    except BaseException:  # a full disk, say: what was written of the cache goes
+        for folder in [directory(part) for part in PARTS] + [directory("")]:
+            remove_cache_files(folder)
+        raise
     if stage1.on_disk and stage1_val.on_disk:  # a resumed or restarted search opens it again
         write_json(marker, {**contents, "checksums": {part: checksums(directory(part)) for part in PARTS}})
     return stage1, stage1_val, size
