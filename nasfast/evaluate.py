@@ -21,7 +21,7 @@ from .encoder import MobileNetV2Encoder
 from .files import finite_or_none
 from .metrics import metrics_of
 from .ops.memory import cpu_memory_cache
-from .predictions import PredictionWriter, prediction_paths, refuse_to_replace
+from .predictions import PredictionWriter, make_folders, prediction_paths, refuse_to_replace
 from .progress import progress_bar
 
 PROG = "python -m nasfast.evaluate"
@@ -64,7 +64,7 @@ def prediction_writer(directory: str, images, root) -> PredictionWriter:
     full, indices = dataset_and_indices(images)
     paths = prediction_paths(Path(os.path.abspath(directory)), Path(root), [full.pairs[i][0] for i in indices])
     refuse_to_replace(Path(directory), paths, [path for pair in full.pairs for path in pair])
-    os.makedirs(directory, exist_ok=True)
+    make_folders(paths)
     return PredictionWriter(paths, [full.image_size(i) for i in indices])
 
 

@@ -179,14 +179,16 @@ def keep_copy(path: str) -> str:
     return copy
 
 
-def write_atomic(path: str, data: bytes) -> None:
-    """Replaces `path` with `data` so that a crash leaves either the old or the new file."""
+def write_atomic(path: str, data: bytes, durable: bool = True) -> None:
+    """Replaces `path` with `data` so that a failure leaves either the old or the new file, and, when
+    `durable`, so does a crash of the machine (it waits for the disk)."""
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as error:  # a full disk, say: leave no partial file behind
         if os.path.exists(tmp):
@@ -194,7 +196,8 @@ def write_atomic(path: str, data: bytes) -> None:
         if isinstance(error, OSError):
             error.filename = path  # not the temporary file's
         raise
-    _sync_directory(os.path.dirname(path) or ".")
+    if durable:
+        _sync_directory(os.path.dirname(path) or ".")
 
 
 def _sync_directory(directory: str) -> None:

@@ -18,7 +18,7 @@ from .data.decode import DataError, decode, to_rgb
 from .data.folder import IMAGE_SUFFIXES
 from .data.transforms import normalised, resized
 from .ops.memory import cpu_memory_cache
-from .predictions import refuse_to_replace, write_prediction
+from .predictions import make_folders, refuse_to_replace, write_prediction
 from .progress import progress_bar
 
 PROG = "python -m nasfast.predict"
@@ -121,6 +121,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     model, scale = load_model(args.checkpoint, device)
     loader = DataLoader(_Images([image for image, _ in images], args.scale or scale), batch_size=None,
                         num_workers=loader_workers(args.workers))
+    make_folders([target for _, target in images])
     skipped = 0
     bar = progress_bar(loader, desc="predict", unit="image", disable=args.no_progress)
     with cpu_memory_cache(device), torch.no_grad(), bar:

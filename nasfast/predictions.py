@@ -1,6 +1,7 @@
 """Predicted label maps as image files (evaluate --predictions DIR): one palette PNG per image, of
 the image's own size, whose pixel values are the predicted class indices (usable as labels) and
 whose colours are PASCAL VOC's colour map (class 0 black, 1 dark red, 2 dark green, ...)."""
+import io
 import os
 from pathlib import Path
 from typing import Iterator, List, Sequence, Tuple
@@ -11,7 +12,7 @@ from PIL import Image
 from torch import Tensor
 
 from .cli import UsageError
-from .files import is_replaceable_png
+from .files import is_replaceable_png, write_atomic
 from .ops.upsample_add import upsampled
 
 
@@ -70,15 +71,24 @@ def _is_prediction(path: Path) -> bool:
 PALETTE = colour_map()
 
 
+def make_folders(paths: Sequence[Path]) -> None:
+    """The folders of the predictions' `paths`, made before the first is written: one removed
+    while they are written is then an error, not made again for the rest alone."""
+    for folder in sorted({path.parent for path in paths}):
+        folder.mkdir(parents=True, exist_ok=True)
+
+
 def write_prediction(logits: Tensor, path: Path, size: Tuple[int, int]) -> None:
     """One image's logits (classes x h x w) upsampled to its `size` (width, height; bilinear, as
-    scoring does), its most likely classes written to `path` as a palette PNG."""
+    scoring does), its most likely classes written to `path` as a palette PNG: the whole file or
+    none (a partial one would not be taken for a prediction to replace)."""
     width, height = size
     classes = upsampled(logits[None].float(), [height, width]).argmax(1)[0].to(torch.uint8).cpu().numpy()
     image = Image.fromarray(np.ascontiguousarray(classes))
     image.putpalette(PALETTE)  # a palette image now, its values the classes
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
+    png = io.BytesIO()
+    image.save(png, format="PNG")
+    write_atomic(str(path), png.getvalue(), durable=False)  # thousands of files: not worth a wait each
 
 
 class PredictionWriter:

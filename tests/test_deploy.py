@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 import nasfast.ops
-from conftest import has_tensorboard, tensorboard_scalars
+from conftest import file_size_limit, has_tensorboard, tensorboard_scalars
 from nasfast import cli, evaluate, predict, train
 from nasfast.checkpoint import load_checkpoint, model_from_checkpoint
 from nasfast.data import CamVid, EvalTransform, make_dataset
@@ -285,6 +285,18 @@ def test_predict_skips_an_unreadable_image_and_says_so(trained, camvid_root, tmp
     assert captured.err.startswith(f"{predict.PROG}: skipped {tmp_path / 'bad.jpg'}: unreadable or truncated image")
     assert captured.out == f"1 prediction in {out}; 1 image skipped, unreadable (above)\n"
     assert [p.name for p in out.iterdir()] == ["good.png"]
+
+
+def test_predict_onto_a_full_disk_leaves_no_partial_file_and_runs_again(trained, camvid_root, tmp_path, capsys):
+    """A PNG cut short was not taken for an earlier prediction: the same command was refused after."""
+    out = tmp_path / "out"
+    argv = ["--checkpoint", str(trained / "best.pt"), "--out", str(out), "--no-progress", "--workers", "0",
+            str(camvid_root / "val" / "0016E5_07959.png")]
+    with file_size_limit(100):
+        assert cli.run(predict.main, predict.PROG, argv) == 2
+    assert capsys.readouterr().err == f"{predict.PROG}: error: File too large: {out / '0016E5_07959.png'}\n"
+    assert list(out.iterdir()) == []
+    assert cli.run(predict.main, predict.PROG, argv) == 0
 
 
 @pytest.mark.skipif(not nasfast.ops.available(), reason="an export without the library has no native ops")
