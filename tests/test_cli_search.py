@@ -500,6 +500,53 @@ def test_failures_are_explained_and_all_failed_exits_1(tmp_path, no_data, monkey
     assert "2 of 3 failed; the first (index 0)" in out and "3.60M" in out
 
 
+@pytest.mark.parametrize("error, lost", [
+    (torch.AcceleratorError("CUDA error: an illegal memory access was encountered"), True),
+    (RuntimeError("CUDA error: device-side assert triggered"), True),  # torch before 2.8
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), False),
+    (RuntimeError("CUDA error: out of memory"), False),
+    (CandidateFailed("non-finite loss (nan) at stage 1, step 3"), False),
+])
+def test_a_gpu_error_that_leaves_the_gpu_unusable_is_logged_then_stops_the_search(tmp_path, no_data, monkeypatch,
+                                                                                  capsys, error, lost):
+    """Every later candidate of the process failed on it at once, spending the budget on nothing."""
+    def fails_at_1(genotype, index, ctx, decide, known):
+        if index == 1:
+            raise error
+        return fake_evaluate(genotype, index, ctx, decide, known)
+    monkeypatch.setattr(loop, "evaluate_candidate", fails_at_1)
+    assert search("--out", tmp_path / "r", "--budget", 3, "--no-progress") == (2 if lost else 0)
+    records = read_records(str(tmp_path / "r" / "candidates.jsonl"))
+    assert [r["status"] for r in records] == ["ok", "failed"] + ([] if lost else ["ok"])
+    if lost:
+        assert capsys.readouterr().err.endswith(
+            f"error: candidate 1 failed with an error after which this process cannot use its GPU "
+            f"({type(error).__name__}: {error}); it is logged as failed; 2 candidates saved; continue with "
+            f"python -m nasfast.search --resume {tmp_path / 'r'}\n")
+        monkeypatch.setattr(loop, "evaluate_candidate", fake_evaluate)
+        assert search("--resume", tmp_path / "r", "--no-progress") == 0
+        assert [r["index"] for r in read_records(str(tmp_path / "r" / "candidates.jsonl"))] == [0, 1, 2]
+
+
+def test_a_full_disk_in_a_search_says_what_was_saved_and_how_to_go_on(tmp_path, no_data, monkeypatch, capsys):
+    """The trainer said so; the search said only "No space left on device"."""
+    import errno
+    real_save = loop.save_torch
+
+    def disk_full_at_state_2(state, path):
+        if state["next_index"] == 2:  # candidate 1 logged, its state not saved
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+        real_save(state, path)
+    monkeypatch.setattr(loop, "save_torch", disk_full_at_state_2)
+    assert search("--out", tmp_path / "r", "--budget", 3, "--no-progress") == 2
+    assert capsys.readouterr().err.endswith(
+        f"error: No space left on device: {tmp_path / 'r' / 'state.pt'}; 1 candidate saved; continue with python -m "
+        f"nasfast.search --resume {tmp_path / 'r'}\n")
+    monkeypatch.setattr(loop, "save_torch", real_save)
+    assert search("--resume", tmp_path / "r", "--no-progress") == 0
+    assert [r["index"] for r in read_records(str(tmp_path / "r" / "candidates.jsonl"))] == [0, 1, 2]
+
+
 def ctrl_c(*args, **kwargs):
     raise KeyboardInterrupt
 

@@ -231,6 +231,26 @@ def test_a_data_file_a_candidate_cannot_read_says_how_to_go_on_under_torchrun(co
         f"with python -m nasfast.search --resume {coordinator.run_dir} --data-root /data\n")
 
 
+def test_a_gpu_lost_under_torchrun_is_logged_and_its_process_takes_no_other_candidate(coordinator_at, monkeypatch,
+                                                                                     capsys):
+    import nasfast.search.loop as loop
+
+    def illegal_access(*args):
+        raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
+    coordinator = coordinator_at(budget=4)
+    monkeypatch.setattr(loop, "evaluate_candidate", illegal_access)
+    monkeypatch.setattr(coordinator, "context", lambda: None)
+    with pytest.raises(SystemExit) as stop:
+        distributed._serve_and_work(coordinator, 5, None)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == (
+        f"python -m nasfast.search: error: candidate 0 failed with an error after which this process cannot use its "
+        f"GPU (AcceleratorError: CUDA error: an illegal memory access was encountered); it is logged as failed; unless "
+        f"torchrun restarts the processes (--max-restarts), continue with --resume {coordinator.run_dir}\n")
+    assert [r["status"] for r in read_records(str(Path(coordinator.run_dir) / "candidates.jsonl"))] == ["failed"]
+    assert coordinator.next_index == 1 and not coordinator.pending  # no candidate handed out to it after
+
+
 def test_a_torchrun_search_stops_at_its_time_budget(coordinator_at, clock, monkeypatch, capsys):
     """On the coordinator's clock: caching takes 100 s, each candidate 1 s."""
     import nasfast.search.context

@@ -170,6 +170,26 @@ def test_a_failing_candidate_is_logged_and_the_search_goes_on(tmp_path, monkeypa
     assert [r["status"] for r in read_records(str(tmp_path / "candidates.jsonl"))] == ["ok", "failed", "ok"]
 
 
+def test_a_failed_candidate_s_tensors_are_freed_before_the_gpu_cache_is_emptied(tmp_path, monkeypatch):
+    """In the handler, the error's frames still held them: emptying the cache there gave nothing back
+    to the processes that share the GPU."""
+    import weakref
+    import nasfast.search.loop as loop
+    held = []
+
+    def evaluate(genotype, index, context, gate, known):
+        weights = torch.zeros(1000)
+        held.append(weakref.ref(weights))
+        raise torch.OutOfMemoryError("CUDA out of memory")
+    alive_when_emptied = []
+    monkeypatch.setattr(loop, "evaluate_candidate", evaluate)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: alive_when_emptied.append(held[-1]() is not None))
+    from nasfast.genotype import ZOO
+    record = loop.evaluate_record(ZOO["arch0"], 0, None, lambda reward, coin: True)
+    assert record["status"] == "failed" and alive_when_emptied == [False]
+
+
 def test_non_finite_loss_fails_the_candidate():
     with pytest.raises(NonFiniteLoss, match="stage 2, step 7"):
         check_loss(torch.tensor(float("nan")), 2, 7)

@@ -3,7 +3,7 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..cli import counted, run
+from ..cli import UsageError, counted, message_of, reported_in_one_line, run
 from ..data import DataError
 from ..data.datasets import OtherLayout
 from ..files import (CONFIG, SEARCH_FILES, SEARCH_LOG, SEARCH_STATE, TRAINING_FILES, checkpoints_in, files_in,
@@ -14,8 +14,9 @@ from .cache import foreign_cache
 from .config import PRESETS, SearchConfig, missing_keys
 from .distributed import has_pending
 from .job import begun_by_this_job, restart_count, under_torchrun, world_size
-from .loop import NO_BUDGET, Search
+from .loop import NO_BUDGET, DeviceLost, Search
 from .options import build_parser, config_from_args, ignored_options, resume_conflicts, with_machine_options
+from .records import load_state
 from .summary import PROG, mend_data_note, resume_command
 
 # The files of a search and of a training run (both write config.json): a new search must not mix with them.
@@ -151,8 +152,11 @@ def interrupted_note(run_dir: str, candidates_saved: Optional[int], data_root: O
         removable = f", or remove {run_dir}" if made_run_dir else ""  # not a directory of the user's own files
         return (f"interrupted before the search began: nothing was saved; run the same command again "
                 f"(--out {run_dir} can be reused){removable}")
-    return (f"interrupted: {counted(candidates_saved, 'candidate')} saved; continue with "
-            f"{resume_command(run_dir, data_root)}")
+    return f"interrupted: {saved_note(run_dir, candidates_saved, data_root)}"
+
+
+def saved_note(run_dir: str, candidates_saved: int, data_root: Optional[str]) -> str:
+    return f"{counted(candidates_saved, 'candidate')} saved; continue with {resume_command(run_dir, data_root)}"
 
 
 def search_in_this_process(args, run_dir: str, config: SearchConfig, resume: bool) -> int:
@@ -180,6 +184,12 @@ def search_in_this_process(args, run_dir: str, config: SearchConfig, resume: boo
             raise error.for_resumed_run() from None
         raise DataError(mend_data_note(error, config.dataset, args.data_root or search.recorded_root(), run_dir,
                                        args.data_root)) from None
+    except (OSError, DeviceLost) as error:  # a full disk, say: the candidates saved still count
+        if isinstance(error, OSError) and not reported_in_one_line(error) or \
+                not os.path.exists(search.path(SEARCH_STATE)):
+            raise
+        saved = load_state(search.path(SEARCH_STATE))["next_index"]  # the failure may have come before or after it
+        raise UsageError(f"{message_of(error)}; {saved_note(run_dir, saved, args.data_root)}") from None
     search.print_closing(args.top, search.data_root(args.data_root, resume))
     return exit_status(search.records)
 

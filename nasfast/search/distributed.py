@@ -29,7 +29,7 @@ from ..strategies import Proposal
 from .context import SearchContext
 from .config import SearchConfig
 from .job import TIMEOUT, agent_store, rank, restart_count, world_size
-from .loop import Search, evaluate_record
+from .loop import DeviceLost, Search, evaluate_record
 from .records import load_state
 from .summary import PROG, mend_data_note, resume_command
 
@@ -156,13 +156,14 @@ class Coordinator(Search):
 
     def handle(self, worker: int, message: Message) -> Message:
         """A worker's request: {"want": "task", "result": record or None} gets {"task": (index,
-        genotype list)} or {"stop": True}; {"gate": (index, stage1_reward, coin)} gets {"go": bool}."""
+        genotype list)} or {"stop": True} ({"stop": True} for a last result, without "want");
+        {"gate": (index, stage1_reward, coin)} gets {"go": bool}."""
         with self.state_lock:
             if "gate" in message:
                 return {"go": self.decide(*message["gate"])}
             if message.get("result") is not None:
                 self.finish(message["result"])
-            task = self.hand_out()
+            task = self.hand_out() if message.get("want") == "task" else None
             if task is None:
                 self.working.discard(worker)
                 return {"stop": True}
@@ -240,7 +241,11 @@ def work(request: Request, ctx: SearchContext) -> None:
         def decide(stage1_reward: float, coin: float, index=index) -> bool:
             return request({"gate": (index, stage1_reward, coin)})["go"]
 
-        result = evaluate_record(Genotype.parse(genotype), index, ctx, decide)
+        try:
+            result = evaluate_record(Genotype.parse(genotype), index, ctx, decide)
+        except DeviceLost as lost:
+            request({"result": lost.record})  # logged, and no other candidate for this process
+            raise
 
 
 # -- the command -----------------------------------------------------------------------------
@@ -276,6 +281,8 @@ def run(args, choose_run: Callable[[], Tuple[str, SearchConfig, bool]]) -> int:
         root = (plan["data"] or {}).get("root")
         _exit_on_error(mend_data_note(error, plan["config"]["dataset"], args.data_root or root, plan["run_dir"],
                                       args.data_root))
+    except DeviceLost as error:  # logged: torchrun's restart, or a resume, goes on with this process's GPU anew
+        _exit_on_error(f"rank {rank()}: {error}")
     except Rank0Lost:  # rank 0 says what happened, if it can: one line here, not a traceback of gloo's
         print(f"{PROG}: rank {rank()}: rank 0 has ended, so this rank ends too", file=sys.stderr)
         _exit_now(1)
@@ -333,6 +340,11 @@ def _serve_and_work(coordinator: Coordinator, top: int, data_root: Optional[str]
         with coordinator.state_lock:
             coordinator.close()
         _exit_on_error(mend_data_note(error, coordinator.config.dataset, data_root, coordinator.run_dir, data_root))
+    except DeviceLost as error:  # logged
+        with coordinator.state_lock:
+            coordinator.close()
+        _exit_on_error(f"{error}; unless torchrun restarts the processes (--max-restarts), continue with --resume "
+                       f"{coordinator.run_dir}")
     coordinator.close()
     if errors:
         raise RuntimeError("the relay to the other ranks failed") from errors[0]

@@ -1,5 +1,6 @@
 """The outer loop (SPEC section 6): sample, evaluate, update; logged and resumable."""
 import contextlib
+import gc
 import math
 import os
 import socket
@@ -30,13 +31,33 @@ from .summary import closing_summary, format_reward, progress_line, top_table
 NO_BUDGET = "give --budget N (candidates) and/or --time-budget T (e.g. 4h)"
 
 
+class DeviceLost(RuntimeError):
+    """A candidate's CUDA error after which this process cannot use its GPU (an illegal memory
+    access, a device-side assert): every later candidate would fail on it too. Carries the
+    candidate's record, to be logged (as failed) before the process stops."""
+
+    def __init__(self, record: Dict[str, Any]):
+        super().__init__(f"candidate {record['index']} failed with an error after which this process cannot use its "
+                         f"GPU ({record['error']}); it is logged as failed")
+        self.record = record
+
+
+def loses_the_device(error: Exception) -> bool:
+    """Whether `error` leaves the CUDA context unusable: any CUDA error but running out of memory."""
+    if isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error):
+        return False
+    return isinstance(error, getattr(torch, "AcceleratorError", ())) or "CUDA error: " in str(error)
+
+
 def evaluate_record(genotype: Genotype, index: int, ctx: SearchContext,
                     decide: Callable[[float, float], bool]) -> Dict[str, Any]:
-    """Evaluates candidate `index` into its log record; a failure is recorded, not raised,
-    unless it is the data's (DataError): then the search stops, as every design would fail on it."""
+    """Evaluates candidate `index` into its log record; a failure is recorded, not raised, unless it
+    is the data's (DataError: every design would fail on it) or the GPU's (DeviceLost, with the
+    record): then the search stops."""
     started = time.time()
     record: Dict[str, Any] = {"index": index, "genotype": genotype.to_list()}
     known: Dict[str, Any] = {}  # the fields known before a failure
+    lost = False
     try:
         record.update(evaluate_candidate(genotype, index, ctx, decide, known))
         record.update(status="ok", error=None)
@@ -46,9 +67,14 @@ def evaluate_record(genotype: Genotype, index: int, ctx: SearchContext,
         record.update({"stage1_reward": None, "gate": None, "params": None, "madds": None, **known}, reward=None,
                       stage2_reward=None, seconds=round(time.time() - started, 3), status="failed",
                       error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc(limit=3))
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        lost = loses_the_device(error)
     record.update(worker_identity(), finished=round(time.time(), 3))
+    if record["status"] == "failed" and torch.cuda.is_available() and not lost:
+        # Here, not in the handler, where the error's frames still held the candidate's tensors.
+        gc.collect()
+        torch.cuda.empty_cache()  # to the processes that share the GPU
+    if lost:
+        raise DeviceLost(record)
     return record
 
 
@@ -229,12 +255,18 @@ class Search:
         """Samples, evaluates and logs one candidate, updates the strategy, saves the state."""
         started = time.time()
         proposal = self.strategy.sample()
-        record = evaluate_record(proposal.genotype, self.next_index, self.context(), self.gate.decide)
+        lost = None
+        try:
+            record = evaluate_record(proposal.genotype, self.next_index, self.context(), self.gate.decide)
+        except DeviceLost as error:
+            record, lost = error.record, error
         with self._signals.deferred():
             self.learn_and_log(proposal, record)
             self.next_index += 1
             self.elapsed += time.time() - started
             save_torch(self.state_dict(), self.path(SEARCH_STATE))
+        if lost is not None:  # logged and saved: a resumed search goes on with the next candidate
+            raise lost
         return record
 
     def learn_and_log(self, proposal: Proposal, record: Dict[str, Any]) -> None:
