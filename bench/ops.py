@@ -50,7 +50,7 @@ PROG = Path(__file__).name
 
 def interleaved(functions: Sequence[Callable[[], object]], device: torch.device, repeats: int) -> List[List[float]]:
     """Milliseconds of each function, run alternately, after a warm-up."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     for f in functions:
         for _ in range(2):
             f()
@@ -166,7 +166,7 @@ def profiled(title: str, step: Callable[[], object], device) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     step()
     sync()
     with profile(activities=activities) as profiler:
@@ -330,7 +330,7 @@ def main(argv=None) -> int:
     torch.backends.cudnn.benchmark = True
     capacity = 0 if args.system_malloc or device.type != "cpu" else default_capacity()
     if device.type == "cuda":
-        name = f"{torch.cuda.get_device_name()}; float32 (no TF32, cudnn.benchmark on)"
+        name = f"{torch.cuda.get_device_name(device)}; float32 (no TF32, cudnn.benchmark on)"
     else:
         memory = f"freed memory kept up to {capacity / 2 ** 30:.1f} GB" if capacity else "torch's own allocator"
         name = f"CPU, {torch.get_num_threads()} threads, {memory}; float32"

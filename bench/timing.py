@@ -48,7 +48,7 @@ Timing = namedtuple("Timing", "mean std median passes")
 def timed(model, x, device, runs: int, warmup: int, max_seconds: float) -> Timing:
     """`runs` passes after `warmup`, fewer (at least 2 of each) where the timed passes would take
     more than max_seconds, or the warm-up more than half of it."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     with torch.no_grad():
         start = time.perf_counter()
         for done in range(1, warmup + 1):

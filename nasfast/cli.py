@@ -193,7 +193,8 @@ def decay(text: str) -> float:
 
 def resolve_device(name: str = "auto"):
     """The torch.device of auto (a GPU when there is one), cpu, cuda or cuda:N; UsageError for what
-    this machine lacks."""
+    this machine lacks. A cuda:N becomes the current device, that of what uses the current one
+    (DataLoader's pinning thread): else GPU 0 holds memory of this process too."""
     import torch  # not for --help
     from .ops.memory import default_capacity
     default_capacity()  # a bad NASFAST_CPU_CACHE_GB fails now, not when the first training starts
@@ -207,8 +208,10 @@ def resolve_device(name: str = "auto"):
         raise UsageError(f"device {name!r}: nasfast runs on the CPU and on CUDA GPUs (auto, cpu, cuda or cuda:N)")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"device {name}: CUDA is not available on this machine")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UsageError(f"device {name}: this machine has {torch.cuda.device_count()} GPU(s)")
+    if device.type == "cuda" and device.index is not None:
+        if device.index >= torch.cuda.device_count():
+            raise UsageError(f"device {name}: this machine has {torch.cuda.device_count()} GPU(s)")
+        torch.cuda.set_device(device)
     return device
 
 

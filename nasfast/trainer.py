@@ -141,8 +141,10 @@ def interrupted_note(out: str, saved_epochs: int) -> str:
 def saved_note(out: str, saved_epochs: int) -> str:
     if saved_epochs == 0:
         return f"nothing was saved; run the same command to start again in {out}, or remove it"
-    return (f"{os.path.join(out, LAST)} holds epoch {saved_epochs}; "
-            f"continue with {PROG} --resume {shlex.quote(out)}")
+    last = os.path.join(out, LAST)
+    if not os.path.isfile(last):  # its folder removed meanwhile, say
+        return f"{last}, which held epoch {saved_epochs}, is gone: there is nothing to continue from"
+    return f"{last} holds epoch {saved_epochs}; continue with {PROG} --resume {shlex.quote(out)}"
 
 
 def check_files(subset, what: str, quiet: bool) -> None:

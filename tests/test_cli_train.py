@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import struct
 import subprocess
@@ -428,6 +429,21 @@ def test_a_disk_full_as_the_first_epoch_is_saved_leaves_a_directory_to_start_aga
     monkeypatch.undo()
     assert train_cli("--genotype", "arch0", "--preset", "tiny", "--out", tmp_path, "--no-progress", "--epochs",
                      "1") == 0
+
+
+def test_a_run_folder_removed_during_training_is_not_said_to_hold_a_checkpoint(tmp_path, capsys, camvid_root,
+                                                                                monkeypatch):
+    real_write = files.write_atomic
+
+    def removed_at_epoch_2(path, data):
+        if path.endswith("last.pt") and os.path.exists(path):  # epoch 2's
+            shutil.rmtree(os.path.dirname(path))
+        real_write(path, data)
+    monkeypatch.setattr(files, "write_atomic", removed_at_epoch_2)
+    assert train_cli("--genotype", "arch0", "--preset", "tiny", "--out", tmp_path / "run", "--no-progress",
+                     "--epochs", "2") == 2
+    assert capsys.readouterr().err.endswith(f"{tmp_path / 'run' / 'last.pt'}, which held epoch 1, is gone: there is "
+                                            f"nothing to continue from\n")
 
 
 @pytest.mark.parametrize("module, argv", [

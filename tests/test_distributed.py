@@ -71,9 +71,13 @@ def test_worker_device_shares_gpus(monkeypatch):
 
 
 def test_an_explicit_gpu_beyond_the_machine_s_is_refused_with_their_count(monkeypatch):
+    """The one given becomes the current device (what uses the current one took memory on GPU 0)."""
+    current = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
     assert resolve_device(distributed.worker_device("cuda:1", 3, 1)) == torch.device("cuda:1")
+    assert current == [torch.device("cuda:1")] and resolve_device("cuda") == torch.device("cuda") and len(current) == 1
     for name in ("cuda:2", "cuda:7"):
         assert distributed.worker_device(name, 0, 1) == name  # kept as asked, then checked
         with pytest.raises(UsageError, match=rf"^device {name}: this machine has 2 GPU\(s\)$"):

@@ -259,8 +259,7 @@ def run(args, choose_run: Callable[[], Tuple[str, SearchConfig, bool]]) -> int:
     configure_threads()
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = worker_device(args.device, local_rank, args.workers_per_gpu)
-    if resolve_device(device).type == "cuda" and ":" in device:  # a device this machine lacks: a one-line error
-        torch.cuda.set_device(device)
+    resolve_device(device)  # a device this machine lacks: a one-line error; cuda:N becomes the current device
 
     def factory(cache: str):
         return lambda config, run_dir, recorded: build_context(config, run_dir, recorded, args.data_root, device,
