@@ -5,11 +5,17 @@ import signal
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("NASFAST_DATA", str(REPO.parent / "shared" / "data"))
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started in the background (`pytest &`): the Ctrl-C
     signal.signal(signal.SIGINT, signal.default_int_handler)  # tests need it, here and in their processes
+
+
+# A test's `device` parameter: the CPU, and CUDA where there is a GPU (marked, run on the GPU machine).
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU")])]
 
 
 @contextlib.contextmanager

@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import DEVICES
 from nasfast.cell import Cell, cell_outputs
 from nasfast.complexity import count_params
 from nasfast.decoder import Decoder
@@ -140,12 +141,9 @@ def test_fused_decoder_matches_reference_decoder(name):
         torch.testing.assert_close(fused(x), reference(x), rtol=1e-4, atol=1e-4)
 
 
-ON_CUDA = pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(),
-                                                                         reason="needs a CUDA GPU")])
-
 
 @pytest.mark.skipif(not nasfast.ops.available(), reason="native ops library not built")
-@pytest.mark.parametrize("device", ["cpu", ON_CUDA])
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", sorted(REFERENCE))
 def test_fused_decoder_values_and_gradients_match_reference_in_float64(name, device):
     """In float64, so that a wrong gradient cannot hide behind float32 rounding (which batch norm

@@ -4,6 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import DEVICES
 import nasfast.ops as ops
 from nasfast.ops import confusion_matrix_update, confusion_matrix_update_reference
 
@@ -119,12 +120,9 @@ def test_updates_accumulate_in_place():
     assert torch.equal(matrix, reference) and matrix.sum() == 3 * 81
 
 
-ON_CUDA = pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(),
-                                                                            reason="needs a CUDA GPU")])
-
 
 @needs_ops
-@pytest.mark.parametrize("device", ["cpu", ON_CUDA])
+@pytest.mark.parametrize("device", DEVICES)
 def test_op_checks(device):
     matrix = torch.zeros(5, 5, dtype=torch.long, device=device)
     logits = torch.randn(1, 5, 4, 4, device=device)
@@ -162,7 +160,7 @@ def test_op_checks(device):
 
 
 @needs_ops
-@pytest.mark.parametrize("device", ["cpu", ON_CUDA])
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype, k", [(torch.uint8, 300), (torch.int8, 200)])
 def test_narrow_predictions_of_more_classes_than_their_type_holds(device, dtype, k):
     """Predictions are checked against K as int64: in their own type K would wrap (uint8: 300 -> 44)."""

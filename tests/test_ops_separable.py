@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+from conftest import DEVICES
 import nasfast.ops as ops
 from nasfast.ops import SeparableConvBNReLU, separable_conv_reference
 from nasfast.ops.separable import FusedSeparableConvBNReLU, fold_batch_norm, separable_conv_bn_relu_reference
@@ -119,9 +120,10 @@ def test_wide_maps_match_reference(k, d, dtype):
 
 
 @needs_ops
-def test_non_contiguous_and_channels_last():
-    x, dw, pw = inputs((2, 4, 12, 10), 5)
-    bias = torch.randn(4, dtype=torch.float64)
+@pytest.mark.parametrize("device", DEVICES)
+def test_non_contiguous_and_channels_last(device):
+    x, dw, pw = (t.to(device) for t in inputs((2, 4, 12, 10), 5))
+    bias = torch.randn(4, dtype=torch.float64, device=device)
     cases = [(x.to(memory_format=torch.channels_last), dw, pw),
              (x.transpose(2, 3), dw, pw),
              (x[:, ::2], dw[::2], pw[::2, ::2]),
@@ -130,7 +132,7 @@ def test_non_contiguous_and_channels_last():
         torch.testing.assert_close(torch.ops.nasfast.sep_conv(a, b, c, 6), separable_conv_reference(a, b, c, 6))
         torch.testing.assert_close(torch.ops.nasfast.sep_conv_bn_relu(a, b, c, bias[:c.shape[0]], 6),
                                    separable_conv_bn_relu_reference(a, b, c, bias[:c.shape[0]], 6))
-    grad = torch.randn(2, 4, 12, 10, dtype=torch.float64).to(memory_format=torch.channels_last)
+    grad = torch.randn(2, 4, 12, 10, dtype=torch.float64, device=device).to(memory_format=torch.channels_last)
     fused = lambda *a: torch.ops.nasfast.sep_conv(*a, 3)  # noqa: E731
     reference = lambda *a: separable_conv_reference(*a, 3)  # noqa: E731
     for a, b in zip(_gradients(fused, cases[0], grad), _gradients(reference, cases[0], grad)):
@@ -138,13 +140,14 @@ def test_non_contiguous_and_channels_last():
 
 
 @needs_ops
-def test_opcheck():
-    x, dw, pw = inputs((2, 3, 9, 8), 3, out_channels=4)
-    bias = torch.randn(4, dtype=torch.float64)
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    x, dw, pw = (t.to(device) for t in inputs((2, 3, 9, 8), 3, out_channels=4))
+    bias = torch.randn(4, dtype=torch.float64, device=device)
     torch.library.opcheck(torch.ops.nasfast.sep_conv.default,
                           (x.requires_grad_(), dw.requires_grad_(), pw.requires_grad_(), 3))
     torch.library.opcheck(torch.ops.nasfast.sep_conv_bn_relu.default, (x, dw, pw, bias.requires_grad_(), 3))
-    grad = torch.randn(2, 4, 9, 8, dtype=torch.float64)
+    grad = torch.randn(2, 4, 9, 8, dtype=torch.float64, device=device)
     for mask in ([True, True, True], [True, False, True]):
         torch.library.opcheck(torch.ops.nasfast.sep_conv_backward.default,
                               (grad, x.detach(), dw.detach(), pw.detach(), 3, mask))

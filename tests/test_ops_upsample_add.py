@@ -4,6 +4,7 @@ import pickle
 import pytest
 import torch
 
+from conftest import DEVICES
 import nasfast.ops as ops
 from nasfast.ops import UpsampleAdd, upsample_add, upsample_add_reference
 
@@ -29,13 +30,14 @@ def test_values_match_reference(high, low):
 
 
 @needs_ops
-def test_non_contiguous_and_channels_last_values_and_gradients():
-    h, l = inputs((24, 32), (9, 11), channels=4)
+@pytest.mark.parametrize("device", DEVICES)
+def test_non_contiguous_and_channels_last_values_and_gradients(device):
+    h, l = (t.to(device) for t in inputs((24, 32), (9, 11), channels=4))
     for view in (lambda x: x.transpose(2, 3), lambda x: x.to(memory_format=torch.channels_last),
                  lambda x: x[:, ::2]):
         a, b = view(h), view(l)
         torch.testing.assert_close(torch.ops.nasfast.upsample_add(a, b), upsample_add_reference(a, b))
-        grad = torch.randn(a.shape).to(memory_format=torch.channels_last)  # and a gradient laid out otherwise
+        grad = torch.randn(a.shape, device=device).to(memory_format=torch.channels_last)  # laid out otherwise
         grads = []
         for op in (torch.ops.nasfast.upsample_add, upsample_add_reference):
             leaves = h.detach().clone().requires_grad_(), l.detach().clone().requires_grad_()
@@ -65,9 +67,10 @@ def test_gradients_match_reference():
 
 
 @needs_ops
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("high, low", [((23, 30), (12, 15)), ((7, 9), (7, 9))])
-def test_opcheck(high, low):
-    h, l = inputs(high, low)
+def test_opcheck(high, low, device):
+    h, l = (t.to(device) for t in inputs(high, low))
     torch.library.opcheck(torch.ops.nasfast.upsample_add.default, (h, l.requires_grad_()))
     torch.library.opcheck(torch.ops.nasfast.upsample_add.default, (h.requires_grad_(), l))
     torch.library.opcheck(torch.ops.nasfast.upsample_add_backward_low.default, (h.detach(), list(l.shape)))
