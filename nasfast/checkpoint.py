@@ -36,10 +36,7 @@ def load_checkpoint(path: str, keys: Sequence[str] = MODEL_KEYS) -> Dict[str, An
         raise UsageError(f"{path} is a directory: give a checkpoint{' in it: ' + ' or '.join(held) if held else ''}")
     if is_torchscript(path):  # torch.load would hand it to torch.jit.load
         raise UsageError(_not_a_checkpoint(path, "it is a TorchScript file, as python -m nasfast.export writes"))
-    member = damaged_member(path)  # torch.load does not check the archive's CRC-32s
-    if member:
-        raise UsageError(f"{path} is damaged: its bytes differ from what was saved (checksum of {member}); "
-                         f"{DAMAGED_ADVICE}")
+    refuse_damaged(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -94,6 +91,14 @@ def holds_non_finite(value: Any) -> bool:
     if isinstance(value, dict):
         value = list(value.values())
     return isinstance(value, (list, tuple)) and any(holds_non_finite(v) for v in value)
+
+
+def refuse_damaged(path: str, advice: str = DAMAGED_ADVICE) -> None:
+    """UsageError where the bytes of the archive `path` (torch.save's or torch.jit.save's) differ from
+    those saved: neither torch.load nor torch.jit.load checks the CRC-32s the archive stores."""
+    member = damaged_member(path)
+    if member:
+        raise UsageError(f"{path} is damaged: its bytes differ from what was saved (checksum of {member}); {advice}")
 
 
 def damaged_member(path: str) -> Optional[str]:

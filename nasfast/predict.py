@@ -12,7 +12,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from . import ops
-from .checkpoint import export_info, is_torchscript, load_checkpoint, model_from_checkpoint
+from .checkpoint import export_info, is_torchscript, load_checkpoint, model_from_checkpoint, refuse_damaged
 from .cli import UsageError, counted, loader_workers, non_negative_int, path_text, positive_float, resolve_device, run
 from .data.decode import DataError, decode, to_rgb
 from .data.folder import IMAGE_SUFFIXES
@@ -26,38 +26,60 @@ PROG = "python -m nasfast.predict"
 
 def images_to_predict(inputs: Sequence[str], out: Path) -> List[Tuple[Path, Path]]:
     """(image, its prediction's path) for each image file given and each one in a folder given
-    (subfolders too, hidden files and anything under `out` left out): OUT/<name>.png for a file,
-    OUT/<its path under the folder>.png for a folder's."""
-    found = []
+    (subfolders and linked folders too, hidden files and anything under `out` left out):
+    OUT/<name>.png for a file, OUT/<its path under the folder>.png for a folder's. An image given
+    twice is taken once; UsageError where two would write one file."""
+    found = {}
     for text in inputs:
         given = Path(text)
         if given.is_dir():
-            if os.path.abspath(given) == os.path.abspath(out):
+            if os.path.realpath(given) == os.path.realpath(out):
                 raise UsageError(f"--out {out} is the folder of images {text}: choose another (one inside it will do)")
-            files = [path for path in sorted(given.rglob("*")) if path.suffix.lower() in IMAGE_SUFFIXES
-                     and path.is_file() and not _hidden(path.relative_to(given)) and not _under(path, out)]
+            files = _image_files(given, out)
             if not files:
                 raise UsageError(f"{text}: a folder without images ({', '.join(IMAGE_SUFFIXES)})")
-            found += [(path, out / path.relative_to(given).with_suffix(".png")) for path in files]
+            pairs = [(path, out / path.relative_to(given).with_suffix(".png")) for path in files]
         elif given.is_file():
-            found.append((given, out / given.with_suffix(".png").name))
+            pairs = [(given, out / given.with_suffix(".png").name)]
         else:
             raise UsageError(f"{text}: no such file or folder")
-    targets = {}
-    for image, target in found:
-        if target in targets:
-            raise UsageError(f"{targets[target]} and {image} would both write {target}: give them to separate runs "
-                             f"(each with its own --out)")
-        targets[target] = image
-    return found
+        for image, target in pairs:
+            found.setdefault((os.path.realpath(image), target), (image, target))
+    _refuse_clashes(list(found.values()))
+    return list(found.values())
 
 
-def _hidden(relative: Path) -> bool:
-    return any(part.startswith(".") for part in relative.parts)
+def _image_files(folder: Path, out: Path) -> List[Path]:
+    """The image files under `folder`, sorted, through linked folders (each real folder once), less
+    hidden ones and, where `out` is inside it, those under `out` (earlier predictions)."""
+    files, seen, skip = [], set(), os.path.realpath(out)
+    if not skip.startswith(os.path.join(os.path.realpath(folder), "")):
+        skip = None
+    for root, folders, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen or skip and (real == skip or real.startswith(skip + os.sep)):
+            folders[:] = []
+            continue
+        seen.add(real)
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        files += [Path(root) / name for name in names if not name.startswith(".")
+                  and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES and os.path.isfile(os.path.join(root, name))]
+    return sorted(files)
 
 
-def _under(path: Path, folder: Path) -> bool:
-    return Path(os.path.abspath(folder)) in Path(os.path.abspath(path)).parents
+def _refuse_clashes(pairs: Sequence[Tuple[Path, Path]]) -> None:
+    """UsageError where two images would write one file, or one where another needs a folder."""
+    writer = {}
+    for image, target in pairs:
+        if target in writer:
+            raise UsageError(f"{writer[target]} and {image} would both write {target}: rename one, or give them to "
+                             f"separate runs, each with its own --out")
+        writer[target] = image
+    folders = {folder for target in writer for folder in target.parents}
+    clash = next((target for target in writer if target in folders), None)
+    if clash is not None:
+        raise UsageError(f"{writer[clash]} would write {clash}, a folder of other predictions: rename it, or give it "
+                         f"to a separate run with its own --out")
 
 
 def load_model(path: str, device: torch.device) -> Tuple[torch.nn.Module, float]:
@@ -67,6 +89,7 @@ def load_model(path: str, device: torch.device) -> Tuple[torch.nn.Module, float]
         checkpoint = load_checkpoint(path)
         model = model_from_checkpoint(checkpoint, source=path).eval().to(device)
         return model, checkpoint.get("scale", 1.0)
+    refuse_damaged(path, "copy it again, or export it again")
     info = export_info(path)
     if info.get("native_ops") and not ops.available():
         raise UsageError(f"{path} calls the native ops ({', '.join(info['native_ops'])}), not loaded here: "
@@ -122,17 +145,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     loader = DataLoader(_Images([image for image, _ in images], args.scale or scale), batch_size=None,
                         num_workers=loader_workers(args.workers))
     make_folders([target for _, target in images])
-    skipped = 0
+    written = skipped = 0
     bar = progress_bar(loader, desc="predict", unit="image", disable=args.no_progress)
-    with cpu_memory_cache(device), torch.no_grad(), bar:
-        for (x, size, problem), (_, target) in zip(bar, images):
-            if problem:
-                bar.write(f"{PROG}: skipped {problem}", file=sys.stderr)
-                skipped += 1
-                continue
-            write_prediction(model(x[None].to(device))[0], target, size)
+    try:
+        with cpu_memory_cache(device), torch.no_grad(), bar:
+            for (x, size, problem), (_, target) in zip(bar, images):
+                if problem:
+                    bar.write(f"{PROG}: skipped {problem}", file=sys.stderr)
+                    skipped += 1
+                    continue
+                write_prediction(model(x[None].to(device))[0], target, size)
+                written += 1
+    except KeyboardInterrupt:
+        print(f"\n{PROG}: interrupted: {counted(written, 'prediction')} of {len(images)} in {out}", file=sys.stderr)
+        return 130
     note = f"; {counted(skipped, 'image')} skipped, unreadable (above)" if skipped else ""
-    print(f"{counted(len(images) - skipped, 'prediction')} in {out}{note}")
+    print(f"{counted(written, 'prediction')} in {out}{note}")
     return 1 if skipped else 0
 
 

@@ -9,6 +9,7 @@ from typing import Iterator, List, Sequence, Tuple
 import numpy as np
 import torch
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 from torch import Tensor
 
 from .cli import UsageError
@@ -47,15 +48,16 @@ def prediction_paths(directory: Path, root: Path, images: Sequence[Path]) -> Lis
 def refuse_to_replace(directory: Path, paths: Sequence[Path], data_files: Sequence[Path],
                       option: str = "--predictions", data: str = "the dataset's images and labels") -> None:
     """UsageError where a predictions file would replace one of `data_files`, or a file that is not
-    an earlier prediction (a palette PNG), or where a folder it needs is a file."""
+    an earlier prediction (a palette PNG we wrote: a label may be one too), or where a folder it
+    needs is a file."""
     files = {os.path.realpath(path) for path in data_files}
     clash = next((path for path in paths if os.path.realpath(path) in files), None)
     if clash is not None:
         raise UsageError(f"{option} {directory} would write {clash}, one of {data}: choose a folder outside them")
     other = next((path for path in paths if os.path.lexists(path) and not _is_prediction(path)), None)
     if other is not None:
-        raise UsageError(f"{option} {directory} would replace {other}, which is not an earlier prediction "
-                         f"(a palette PNG): choose another folder, or move it")
+        raise UsageError(f"{option} {directory} would replace {other}, which is not an earlier prediction of "
+                         f"nasfast: choose another folder, or move it")
     top = Path(os.path.abspath(directory))
     folders = {folder for path in paths for folder in path.parents if folder == top or top in folder.parents}
     blocking = next((folder for folder in sorted(folders) if os.path.lexists(folder) and not folder.is_dir()), None)
@@ -64,8 +66,11 @@ def refuse_to_replace(directory: Path, paths: Sequence[Path], data_files: Sequen
         raise UsageError(f"{option} {directory} {needed}: choose another folder, or move it")
 
 
+MARK = ("Software", "nasfast predictions")  # a text chunk of each PNG written, telling it from a label
+
+
 def _is_prediction(path: Path) -> bool:
-    return is_replaceable_png(str(path), lambda image: image.mode == "P")
+    return is_replaceable_png(str(path), lambda image: image.mode == "P" and image.info.get(MARK[0]) == MARK[1])
 
 
 PALETTE = colour_map()
@@ -86,8 +91,9 @@ def write_prediction(logits: Tensor, path: Path, size: Tuple[int, int]) -> None:
     classes = upsampled(logits[None].float(), [height, width]).argmax(1)[0].to(torch.uint8).cpu().numpy()
     image = Image.fromarray(np.ascontiguousarray(classes))
     image.putpalette(PALETTE)  # a palette image now, its values the classes
-    png = io.BytesIO()
-    image.save(png, format="PNG")
+    png, text = io.BytesIO(), PngInfo()
+    text.add_text(*MARK)
+    image.save(png, format="PNG", pnginfo=text)
     write_atomic(str(path), png.getvalue(), durable=False)  # thousands of files: not worth a wait each
 
 

@@ -749,6 +749,10 @@ def test_a_teacher_of_another_class_count_or_non_finite_logits_is_refused_before
     assert load_teacher(str(tmp_path / "export.pt"), torch.device("cpu"), classes(5)) is not None
     with pytest.raises(UsageError, match=r"teacher .*export.pt: the dataset's class 4 is 'sky', the model's 'c4'"):
         load_teacher(str(tmp_path / "export.pt"), torch.device("cpu"), classes(4) + ["sky"])
+    member = flip_a_stored_byte(tmp_path / "five.pt")  # a bad copy: torch.jit.load took a wrong weight
+    with pytest.raises(UsageError, match=rf"five.pt is damaged: its bytes differ from what was saved \(checksum of "
+                                         rf"{member}\); copy it again, or export it again$"):
+        load_teacher(str(tmp_path / "five.pt"), torch.device("cpu"), classes(5))
 
 
 def test_a_data_error_in_a_candidate_stops_the_search_and_resume_goes_on(saved_search, capsys, monkeypatch):

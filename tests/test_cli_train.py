@@ -496,11 +496,11 @@ def test_evaluate_refuses_what_is_not_a_training_checkpoint(tmp_path, capsys):
 
 
 def flip_a_stored_byte(path) -> str:
-    """Flips the lowest bit of a float in the middle of the largest tensor of torch.save's zip archive
-    `path`, as a bad disk or copy may: the member's CRC-32 then differs. Returns the member's name."""
-    with zipfile.ZipFile(path) as archive:
-        info = max(archive.infolist(), key=lambda i: i.file_size)
-    assert info.compress_type == zipfile.ZIP_STORED  # torch.save does not compress
+    """Flips the lowest bit of a float in the middle of the largest tensor of torch.save's (or
+    torch.jit.save's) zip archive `path`, as a bad disk or copy may: the member's CRC-32 then
+    differs. Returns the member's name."""
+    with zipfile.ZipFile(path) as archive:  # tensors are stored, not compressed (TorchScript's code may be)
+        info = max((i for i in archive.infolist() if i.compress_type == zipfile.ZIP_STORED), key=lambda i: i.file_size)
     data = bytearray(path.read_bytes())
     name_length, extra_length = struct.unpack_from("<HH", data, info.header_offset + 26)  # the local header's
     data[info.header_offset + 30 + name_length + extra_length + info.file_size // 8 * 4] ^= 1

@@ -1,6 +1,7 @@
 import re
 import shutil
 import struct
+import warnings
 import zlib
 from pathlib import Path
 
@@ -224,6 +225,9 @@ def test_normalisation_is_numpys_float32_arithmetic():
     image.flags.writeable = False  # kept images are read-only; mirrored ones are views
     x, y = to_tensors(image[:, ::-1], np.zeros((256, 2), np.uint8))
     assert torch.equal(x, torch.from_numpy(expected[:, :, ::-1].copy())) and y.dtype == torch.int64
+    with warnings.catch_warnings():  # a 1x1 image, contiguous already, gave torch's "not writable" warning
+        warnings.simplefilter("error")
+        assert torch.equal(to_tensors(image[:1, :1], np.zeros((1, 1), np.uint8))[0], x[:, :1, -1:])
 
 
 def test_augmentation_is_resize_mirror_pad_crop(camvid_root):

@@ -299,6 +299,18 @@ def test_predict_onto_a_full_disk_leaves_no_partial_file_and_runs_again(trained,
     assert cli.run(predict.main, predict.PROG, argv) == 0
 
 
+def test_predict_refuses_an_export_whose_bytes_changed_after_saving(exported, camvid_root, tmp_path, capsys):
+    """torch.jit.load does not check the archive's CRC-32s: a bad copy predicted with a wrong weight."""
+    from test_cli_train import flip_a_stored_byte
+    damaged = tmp_path / "model.pt"
+    shutil.copy(exported[0], damaged)
+    member = flip_a_stored_byte(damaged)
+    assert cli.run(predict.main, predict.PROG, ["--checkpoint", str(damaged), "--out", str(tmp_path / "out"),
+                                                str(camvid_root / "val" / "0016E5_07959.png")]) == 2
+    assert capsys.readouterr().err == (f"{predict.PROG}: error: {damaged} is damaged: its bytes differ from what was "
+                                       f"saved (checksum of {member}); copy it again, or export it again\n")
+
+
 @pytest.mark.skipif(not nasfast.ops.available(), reason="an export without the library has no native ops")
 def test_predict_with_an_export_that_needs_the_ops_library_where_it_is_not_loaded_says_so(exported, camvid_root,
                                                                                         tmp_path):
@@ -315,10 +327,14 @@ def test_predict_with_an_export_that_needs_the_ops_library_where_it_is_not_loade
     (["{tmp}/empty"], "{tmp}/empty: a folder without images (.jpg, .jpeg, .png"),
     (["{tmp}/images", "--out", "{tmp}/images"], "--out {tmp}/images is the folder of images {tmp}/images: choose "
                                                 "another (one inside it will do)"),
-    (["{tmp}/images", "{tmp}/images/a.png"],
-     "{tmp}/images/a.png and {tmp}/images/a.png would both write {tmp}/out/a.png"),
+    (["{tmp}/images", "{tmp}/other/a.jpg"],
+     "{tmp}/images/a.png and {tmp}/other/a.jpg would both write {tmp}/out/a.png: rename one, or give them to "
+     "separate runs"),
+    (["{tmp}/clash"], "{tmp}/clash/y.jpg would write {tmp}/out/y.png, a folder of other predictions"),
     (["{tmp}/images", "--out", "{tmp}/notes"], "--out {tmp}/notes would replace {tmp}/notes/a.png, which is not an "
                                                "earlier prediction"),
+    (["{tmp}/images", "--out", "{tmp}/labels"], "--out {tmp}/labels would replace {tmp}/labels/a.png, which is not "
+                                                "an earlier prediction"),  # a palette label of one's own
     (["{tmp}/images", "--checkpoint", "{tmp}/images/a.png"], "{tmp}/images/a.png is not a checkpoint"),
 ])
 def test_predict_refuses_bad_input_in_one_line_before_writing(trained, camvid_root, tmp_path, capsys, arguments,
@@ -328,12 +344,58 @@ def test_predict_refuses_bad_input_in_one_line_before_writing(trained, camvid_ro
     shutil.copy(camvid_root / "val" / "0016E5_07959.png", tmp_path / "images" / "a.png")
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "a.png").write_text("my notes")
+    (tmp_path / "labels").mkdir()
+    shutil.copy(camvid_root / "valannot" / "0016E5_07959.png", tmp_path / "labels" / "a.png")
+    Image.open(tmp_path / "labels" / "a.png").convert("P").save(tmp_path / "labels" / "a.png")
+    (tmp_path / "other").mkdir()
+    shutil.copy(camvid_root / "val" / "0016E5_07959.png", tmp_path / "other" / "a.jpg")  # a name, not a JPEG
+    (tmp_path / "clash" / "y.png").mkdir(parents=True)
+    for name in ("y.jpg", "y.png/z.jpg"):
+        shutil.copy(camvid_root / "val" / "0016E5_07959.png", tmp_path / "clash" / name)
     argv = ["--checkpoint", str(trained / "best.pt"), "--out", str(tmp_path / "out"), "--no-progress"]
     assert cli.run(predict.main, predict.PROG, argv + [a.format(tmp=tmp_path) for a in arguments]) == 2
     error = capsys.readouterr().err
     assert error.startswith(f"{predict.PROG}: error: ") and error.count("\n") == 1
     assert words.format(tmp=tmp_path) in error
     assert not (tmp_path / "out").exists() and (tmp_path / "notes" / "a.png").read_text() == "my notes"
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "labels" / "a.png")),
+                          np.asarray(Image.open(camvid_root / "valannot" / "0016E5_07959.png")))
+
+
+def test_predict_takes_an_image_given_twice_once_and_linked_folders_and_leaves_its_predictions_out(
+        trained, camvid_root, tmp_path, capsys):
+    """A folder given through a link, --out inside it by its real path: the second run took the first's
+    predictions for images (and refused to write over them)."""
+    (tmp_path / "frames").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    shutil.copy(camvid_root / "val" / "0016E5_07959.png", tmp_path / "frames" / "a.png")
+    shutil.copy(camvid_root / "val" / "0016E5_07961.png", tmp_path / "elsewhere" / "b.png")
+    (tmp_path / "frames" / "more").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "frames" / "loop").symlink_to(tmp_path / "frames")  # each real folder is walked once
+    (tmp_path / "link").symlink_to(tmp_path / "frames")
+    argv = ["--checkpoint", str(trained / "best.pt"), "--out", str(tmp_path / "frames" / "out"), "--no-progress",
+            str(tmp_path / "link"), str(tmp_path / "link" / "a.png")]
+    for _ in range(2):
+        assert cli.run(predict.main, predict.PROG, argv) == 0
+        assert capsys.readouterr().out == f"2 predictions in {tmp_path / 'frames' / 'out'}\n"
+    assert sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "frames" / "out").rglob("*.png")) == \
+        ["frames/out/a.png", "frames/out/more/b.png"]
+
+
+def test_predict_interrupted_says_how_many_predictions_it_wrote(trained, camvid_root, tmp_path, capsys, monkeypatch):
+    for name in ("a", "b", "c"):
+        shutil.copy(camvid_root / "val" / "0016E5_07959.png", tmp_path / f"{name}.png")
+    real_write, calls = predict.write_prediction, []
+
+    def interrupted_at_the_second(*args):
+        calls.append(args)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real_write(*args)
+    monkeypatch.setattr(predict, "write_prediction", interrupted_at_the_second)
+    assert cli.run(predict.main, predict.PROG, ["--checkpoint", str(trained / "best.pt"), "--out",
+                                                str(tmp_path / "out"), "--no-progress", str(tmp_path)]) == 130
+    assert capsys.readouterr().err == f"\n{predict.PROG}: interrupted: 1 prediction of 3 in {tmp_path / 'out'}\n"
 
 
 def test_an_export_resizes_with_the_aten_op_not_a_scripted_interpolate(exported):

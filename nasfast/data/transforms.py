@@ -43,7 +43,10 @@ def resized(array: np.ndarray, scale: float, resample: int) -> np.ndarray:
 def normalised(image: np.ndarray) -> torch.Tensor:
     """HxWx3 uint8 to the float 3xHxW a model takes: RGB / 255, ImageNet-normalised. (In torch,
     channels first: numpy's broadcast over a last axis of 3 took 12x longer, same float32 values.)"""
-    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
+    channels_first = np.ascontiguousarray(image.transpose(2, 0, 1))
+    if not channels_first.flags.writeable:  # a 1x1 image, contiguous already: PIL's read-only array
+        channels_first = channels_first.copy()
+    x = torch.from_numpy(channels_first).float()
     return x.div_(255).sub_(_MEAN_CHW).div_(_STD_CHW)
 
 

@@ -5,7 +5,7 @@ from typing import Any, Dict, Optional, Sequence
 
 import torch
 
-from ..checkpoint import check_classes, export_info
+from ..checkpoint import check_classes, export_info, refuse_damaged
 from .cache import crc32
 
 
@@ -18,6 +18,7 @@ def load_teacher(path: Optional[str], device: torch.device, class_names: Sequenc
     num_classes = len(class_names)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"teacher {path}: no such TorchScript file")
+    refuse_damaged(path, "copy it again, or export it again")
     try:
         teacher = torch.jit.load(path, map_location=device).eval()
     except RuntimeError as error:
