@@ -379,27 +379,39 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_machines_run_one_search_through_a_c10d_rendezvous(tmp_path, camvid_root):
-    """README's several machines, as two torchrun launches here (one process each) sharing RUN_DIR."""
-    run, budget = tmp_path / "run", 4
+def test_two_machines_run_one_search_through_a_c10d_rendezvous_and_survive_a_killed_process(tmp_path, camvid_root):
+    """README's several machines, as two torchrun launches here (one process each) sharing RUN_DIR;
+    rank 1's process is killed. The machine whose process lived did not count the restart
+    (torchrun's restart count is per machine), so the two ranks waited for each other under
+    different keys until the timeout."""
+    run, budget = tmp_path / "run", 6
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "two-machines",
-           "-m", "nasfast.search", "--dataset", "camvid", "--preset", "tiny", "--budget", str(budget), "--out",
-           str(run), "--no-progress"]
+           "--max-restarts", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}",
+           "--rdzv-id", "two-machines", "-m", "nasfast.search", "--dataset", "camvid", "--preset", "tiny", "--budget",
+           str(budget), "--out", str(run), "--no-progress", "--stage1-images", "32"]
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    machines = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                for _ in range(2)]
+    logs = [tmp_path / f"machine{i}.txt" for i in range(2)]
+    machines = [subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT) for log in logs]
     try:
-        outputs = [machine.communicate(timeout=300)[0] for machine in machines]
+        deadline = time.time() + 120
+        while time.time() < deadline and len(read_records(str(run / "candidates.jsonl"))) < 2:
+            time.sleep(0.05)
+        victim = next(filter(None, (rank_process(machine.pid, 1) for machine in machines)), None)
+        assert victim is not None and len(read_records(str(run / "candidates.jsonl"))) < budget
+        os.kill(victim, signal.SIGKILL)
+        for machine in machines:
+            machine.wait(timeout=300)
     finally:
         for machine in machines:
             if machine.poll() is None:
                 machine.kill()
+    outputs = [log.read_text() for log in logs]
     assert [machine.returncode for machine in machines] == [0, 0], [output[-3000:] for output in outputs]
     records = read_records(str(run / "candidates.jsonl"))
     assert sorted(r["index"] for r in records) == list(range(budget))
     assert {r["worker"] for r in records} == {0, 1}  # both machines evaluated candidates
-    assert sum("top 4 of 4 candidates" in output for output in outputs) == 1  # rank 0's table, once
+    assert {r["restart"] for r in records} == {0, 1}  # after the restart, on both machines alike
+    assert sum("top 6 of 6 candidates" in output for output in outputs) == 1  # rank 0's table, once
     # A later job of the same --rdzv-id, for a new search there: refused, and still refused after
     # its restart (it once took the search for its own then, and continued it).
     search = cmd[cmd.index("nasfast.search") - 1:]

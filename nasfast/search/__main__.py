@@ -13,7 +13,7 @@ from . import distributed
 from .cache import foreign_cache
 from .config import PRESETS, SearchConfig, missing_keys
 from .distributed import has_pending
-from .job import begun_by_this_job, restart_count, under_torchrun, world_size
+from .job import attempt, begun_by_this_job, under_torchrun, world_size
 from .loop import NO_BUDGET, DeviceLost, Search
 from .options import build_parser, config_from_args, ignored_options, resume_conflicts, with_machine_options
 from .records import load_state
@@ -46,7 +46,7 @@ def choose_run(args, parser) -> Tuple[str, SearchConfig, bool]:
         refuse_if_in_use(run_dir)  # before "continue it with --resume", which would be refused as in use
     if never_began(run_dir, held):
         held = []  # written again by this search
-    if SEARCH_STATE in held and restart_count() > 0 and begun_by_this_job(run_dir):  # torchrun restarted the processes
+    if SEARCH_STATE in held and attempt() > 0 and begun_by_this_job(run_dir):  # torchrun restarted the processes
         return run_dir, _saved_config(run_dir, parser), True
     if SEARCH_STATE in held:
         _refuse(parser, f"--out {run_dir} already holds a search ({', '.join(held)}): continue it with "

@@ -28,7 +28,7 @@ from ..genotype import Genotype
 from ..strategies import Proposal
 from .context import SearchContext
 from .config import SearchConfig
-from .job import TIMEOUT, agent_store, rank, restart_count, world_size
+from .job import TIMEOUT, agent_store, agree_on_attempt, rank, world_size
 from .loop import DeviceLost, Search, evaluate_record
 from .records import load_state
 from .summary import PROG, mend_data_note, resume_command
@@ -42,10 +42,10 @@ Request = Callable[[Message], Message]
 
 # -- processes and devices -------------------------------------------------------------------
 def init_process_group() -> None:
-    """gloo (CPU tensors: the messages only) over torchrun's store. The keys of each restart get
-    their own prefix: the agent's store outlives a restart, and a rank that read the address of a
-    peer of the previous attempt (dead) failed to connect, spending a restart."""
-    dist.init_process_group("gloo", store=dist.PrefixStore(f"nasfast/attempt{restart_count()}", agent_store()),
+    """gloo (CPU tensors: the messages only) over torchrun's store. The keys of each start of the
+    processes get their own prefix: the agent's store outlives a restart, and a rank that read the
+    address of a peer of the previous start (dead) failed to connect, spending a restart."""
+    dist.init_process_group("gloo", store=dist.PrefixStore(f"nasfast/attempt{agree_on_attempt()}", agent_store()),
                             rank=rank(), world_size=world_size(), timeout=TIMEOUT)
 
 

@@ -2,6 +2,7 @@
 after torchrun restarts the job's processes (--max-restarts), the search the job began, which
 they continue (and refuse any other)."""
 import os
+import time
 import uuid
 from datetime import timedelta
 from typing import Optional
@@ -31,8 +32,54 @@ def rank() -> int:
 
 
 def restart_count() -> int:
-    """How many times torchrun restarted the processes of this job (0 when not under torchrun)."""
+    """How many times torchrun restarted the processes of this job (0 when not under torchrun), as
+    this machine's agent counts them: not a restart for another machine's failure."""
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0))
+
+
+_attempt: Optional[int] = None
+
+
+def attempt() -> int:
+    """Which start of the job's processes this is, 0 for the first: once agree_on_attempt has run,
+    the same on every machine; else restart_count()."""
+    return restart_count() if _attempt is None else _attempt
+
+
+def agree_on_attempt(confirmation: float = 5.0) -> int:
+    """Numbers this start of the job's processes in the job's store, for every machine alike
+    (torchrun's restart counts differ between machines after a failure on one): rank 0 draws the
+    next number; each other rank reads it and waits `confirmation` seconds for rank 0 to confirm
+    it, since the number there may be a previous start's, whose rank 0 is dead."""
+    global _attempt
+    store, me = agent_store(), uuid.uuid4().hex
+    if rank() == 0:
+        number = store.add("nasfast/attempts", 1) - 1
+        store.set("nasfast/attempt", str(number))
+        joins = [f"nasfast/attempt{number}/join/{other}" for other in range(1, world_size())]
+        store.wait(joins, TIMEOUT)
+        for key in joins:
+            store.set(key.replace("/join/", "/confirmed/"), store.get(key))
+    else:
+        number = None
+        while number is None:
+            store.wait(["nasfast/attempt"], TIMEOUT)
+            drawn = int(store.get("nasfast/attempt"))
+            store.set(f"nasfast/attempt{drawn}/join/{rank()}", me)
+            if _confirmed(store, f"nasfast/attempt{drawn}/confirmed/{rank()}", me, confirmation):
+                number = drawn
+    _attempt = number
+    return number
+
+
+def _confirmed(store: dist.Store, key: str, value: str, seconds: float) -> bool:
+    """Whether `key` holds `value` within `seconds` (polled: a store's timed wait logs its timeout)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if store.check([key]) and store.get(key).decode() == value:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def agent_store() -> dist.Store:

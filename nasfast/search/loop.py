@@ -24,7 +24,7 @@ from .candidate import evaluate_candidate
 from .context import SearchContext
 from .config import SearchConfig
 from .gate import Gate
-from .job import rank, record_job, restart_count
+from .job import attempt, rank, record_job
 from .records import damaged_state, keep_finished_records, load_state
 from .summary import closing_summary, format_reward, progress_line, top_table
 
@@ -81,7 +81,7 @@ def evaluate_record(genotype: Genotype, index: int, ctx: SearchContext,
 def worker_identity() -> Dict[str, Any]:
     """Who evaluated a candidate: the rank (0 without torchrun), the host, and the number of
     times torchrun restarted the processes before."""
-    return {"worker": rank(), "host": socket.gethostname(), "restart": restart_count()}
+    return {"worker": rank(), "host": socket.gethostname(), "restart": attempt()}
 
 
 class Search:
