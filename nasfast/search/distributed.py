@@ -156,7 +156,7 @@ class Coordinator(Search):
 
     def handle(self, worker: int, message: Message) -> Message:
         """A worker's request: {"want": "task", "result": record or None} gets {"task": (index,
-        genotype list)} or {"stop": True} ({"stop": True} for a last result, without "want");
+        genotype list)} or {"stop": True}, and {"result": record} alone (a worker's last) {"stop": True};
         {"gate": (index, stage1_reward, coin)} gets {"go": bool}."""
         with self.state_lock:
             if "gate" in message:
