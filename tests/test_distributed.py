@@ -255,6 +255,23 @@ def test_a_gpu_lost_under_torchrun_is_logged_and_its_process_takes_no_other_cand
     assert coordinator.next_index == 1 and not coordinator.pending  # no candidate handed out to it after
 
 
+def test_a_worker_that_lost_its_gpu_sends_its_record_and_asks_for_no_other_candidate(monkeypatch):
+    import nasfast.search.loop as loop
+    from nasfast.genotype import ZOO
+
+    def illegal_access(*args):
+        raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
+    monkeypatch.setattr(loop, "evaluate_candidate", illegal_access)
+    sent = []
+
+    def request(message):
+        sent.append(message)
+        return {"task": (3, ZOO["arch0"].to_list())} if len(sent) == 1 else {"stop": True}
+    with pytest.raises(loop.DeviceLost, match="candidate 3 failed with an error after which this process cannot"):
+        distributed.work(request, None)
+    assert len(sent) == 2 and set(sent[1]) == {"result"} and sent[1]["result"]["status"] == "failed"
+
+
 def test_a_torchrun_search_stops_at_its_time_budget(coordinator_at, clock, monkeypatch, capsys):
     """On the coordinator's clock: caching takes 100 s, each candidate 1 s."""
     import nasfast.search.context
