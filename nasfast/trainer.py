@@ -120,7 +120,7 @@ def _checked_loss(check: LateLossCheck, steps_per_epoch: int, out: str, saved_ep
 def _record(loss, losses: list, bar) -> None:
     if loss is not None:
         losses.append(loss)
-        bar.set_postfix(loss=f"{loss:.3f}")
+        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)  # shown at the bar's next drawing: a log gets no line each
 
 
 def make_optimizers(model, config: TrainConfig) -> Tuple[torch.optim.Optimizer, torch.optim.Optimizer]:

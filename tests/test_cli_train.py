@@ -431,6 +431,12 @@ def test_a_disk_full_as_the_first_epoch_is_saved_leaves_a_directory_to_start_aga
                      "1") == 0
 
 
+def test_a_log_gets_no_progress_line_at_each_step(tmp_path, capsys, camvid_root):
+    """Each step's loss redrew the bar: a line a step in a log, where a line a minute is meant."""
+    assert train_cli("--genotype", "arch0", "--preset", "tiny", "--epochs", "1", "--out", tmp_path) == 0
+    assert "batch/s" not in capsys.readouterr().err  # a short epoch: no line at all
+
+
 def test_a_run_folder_removed_during_training_is_not_said_to_hold_a_checkpoint(tmp_path, capsys, camvid_root,
                                                                                 monkeypatch):
     real_write = files.write_atomic
