@@ -2,6 +2,7 @@
 torchrun (gloo, two CPU processes) surviving a SIGKILL of a worker through an elastic restart."""
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -208,12 +209,32 @@ def test_rank0_stops_on_its_relay_thread_s_error(coordinator_at, monkeypatch, ca
     def exit_now(code):
         raise SystemExit(code)
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "watch", lambda workers, errors: None)
     monkeypatch.setattr(distributed, "relay", failing_relay)
     monkeypatch.setattr(distributed, "work", working)
     monkeypatch.setattr(distributed, "_exit_now", exit_now)
     with pytest.raises(SystemExit) as stop:
         distributed._serve_and_work(coordinator_at(), 5, None)
     assert stop.value.code == status and said in capsys.readouterr().err
+
+
+def test_rank0_takes_a_worker_that_stopped_beating_for_gone(monkeypatch):
+    """torchrun stops no machine's processes when another machine's restarts are spent (or its
+    agent dies): rank 0 waited for the lost rank until the timeout, 24 hours."""
+    import _thread
+    store, interrupted = dist.HashStore(), []
+    monkeypatch.setattr(distributed, "store_connection", lambda: store)
+    monkeypatch.setattr(distributed, "BEAT", 0.01)
+    monkeypatch.setattr(distributed, "SILENCE", 0.2)
+    monkeypatch.setattr(_thread, "interrupt_main", lambda: interrupted.append(time.monotonic()))
+    errors, started = [], time.monotonic()
+    distributed.watch(lambda: {1, 2}, errors)
+    deadline = started + 10
+    while not interrupted and time.monotonic() < deadline:
+        store.add(distributed._alive_key(1), 1)  # rank 1 beats, rank 2 does not
+        time.sleep(0.01)
+    assert interrupted and 0.2 < interrupted[0] - started < 5
+    assert [str(e) for e in errors] == ["rank 2 has not been heard from for 0 s: its process or its machine is gone"]
 
 
 def test_a_data_file_a_candidate_cannot_read_says_how_to_go_on_under_torchrun(coordinator_at, monkeypatch, capsys):
@@ -440,3 +461,39 @@ def test_two_machines_run_one_search_through_a_c10d_rendezvous_and_survive_a_kil
     assert f"--out {run} already holds a search" in refused.stderr
     assert len(read_records(str(run / "candidates.jsonl"))) == budget
     assert json.loads((run / "config.json").read_text())["seed"] == 0
+
+
+def test_when_one_machine_s_restarts_are_spent_the_other_stops_and_resume_goes_on(tmp_path, camvid_root):
+    """torchrun stops no machine's processes when another machine's agent gives up: rank 0 waited for
+    the lost rank for 24 hours. It takes a rank that has not beaten for a minute for gone."""
+    run, budget = tmp_path / "run", 6
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+           "--max-restarts", "0", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}",
+           "--rdzv-id", "spent", "-m", "nasfast.search", "--dataset", "camvid", "--preset", "tiny", "--budget",
+           str(budget), "--out", str(run), "--no-progress", "--stage1-images", "32"]
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    logs = [tmp_path / f"machine{i}.txt" for i in range(2)]
+    machines = [subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT) for log in logs]
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and len(read_records(str(run / "candidates.jsonl"))) < 2:
+            time.sleep(0.05)
+        victim = next(filter(None, (rank_process(machine.pid, 1) for machine in machines)), None)
+        assert victim is not None and len(read_records(str(run / "candidates.jsonl"))) < budget
+        os.kill(victim, signal.SIGKILL)
+        for machine in machines:
+            machine.wait(timeout=distributed.SILENCE + 120)
+    finally:
+        for machine in machines:
+            if machine.poll() is None:
+                machine.kill()
+    outputs = "".join(log.read_text() for log in logs)
+    assert all(machine.returncode != 0 for machine in machines), outputs[-3000:]
+    # Mostly rank 0 waits for rank 1 (gloo's receive from any rank does not see it end); if it was
+    # sending to rank 1 then, gloo's error says so at once.
+    assert re.search(r"(rank 1 has not been heard from for 60 s: its process or its machine is gone|relay failed): "
+                     r"\d+ candidates? saved; unless torchrun restarts", outputs), outputs[-3000:]
+    resumed = subprocess.run([sys.executable, "-m", "nasfast.search", "--resume", str(run), "--no-progress"], env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert sorted(r["index"] for r in read_records(str(run / "candidates.jsonl"))) == list(range(budget))

@@ -15,7 +15,7 @@ import struct
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
 import torch
 import torch.distributed as dist
@@ -28,7 +28,7 @@ from ..genotype import Genotype
 from ..strategies import Proposal
 from .context import SearchContext
 from .config import SearchConfig
-from .job import TIMEOUT, agent_store, agree_on_attempt, rank, world_size
+from .job import TIMEOUT, agent_store, agree_on_attempt, attempt, rank, store_connection, world_size
 from .loop import DeviceLost, Search, evaluate_record
 from .records import load_state
 from .summary import PROG, mend_data_note, resume_command
@@ -101,6 +101,49 @@ def remote_request(message: Message) -> Message:
     return decode(buffer)
 
 
+# A worker rank adds one to its count in the store every BEAT seconds; rank 0 takes one whose count
+# stood still for SILENCE seconds for gone (torchrun stops no machine's processes when another
+# machine's restarts are spent or its agent dies: they would wait for it for TIMEOUT).
+BEAT, SILENCE = 5.0, 60.0
+
+
+class RankLost(RuntimeError):
+    """A worker rank that stopped beating: its process or its machine is gone."""
+
+
+def _alive_key(worker: int) -> str:
+    return f"nasfast/attempt{attempt()}/alive/{worker}"
+
+
+def beat() -> None:
+    """This rank's heartbeat, from a daemon thread, for as long as the process lives."""
+    def beating(store=store_connection(), key=_alive_key(rank())):
+        while True:
+            store.add(key, 1)
+            time.sleep(BEAT)
+    threading.Thread(target=beating, name="heartbeat", daemon=True).start()
+
+
+def watch(workers: Callable[[], Set[int]], errors: List[BaseException]) -> None:
+    """Rank 0's daemon thread: interrupts the main thread, with RankLost in `errors`, when one of
+    the `workers()` still working has not beaten for SILENCE seconds."""
+    def watching(store=store_connection()):
+        heard: Dict[int, Tuple[int, float]] = {}  # rank: (count, when it last changed)
+        while True:
+            time.sleep(BEAT)
+            now = time.monotonic()
+            for worker in workers():
+                count = store.add(_alive_key(worker), 0)
+                if heard.get(worker, (None,))[0] != count:
+                    heard[worker] = (count, now)
+                elif now - heard[worker][1] > SILENCE:
+                    errors.append(RankLost(f"rank {worker} has not been heard from for {SILENCE:.0f} s: its process "
+                                           f"or its machine is gone"))
+                    _thread.interrupt_main()
+                    return
+    threading.Thread(target=watching, name="watch", daemon=True).start()
+
+
 def receive_any() -> Message:
     buffer = torch.empty(MESSAGE_BYTES, dtype=torch.uint8)
     dist.irecv(buffer).wait()  # from any rank; gloo's is_completed() never turns true, so block
@@ -170,8 +213,11 @@ class Coordinator(Search):
             return {"task": task}
 
     def remote_working(self) -> bool:
+        return bool(self.remote_workers())
+
+    def remote_workers(self) -> Set[int]:
         with self.state_lock:
-            return bool(self.working - {0})
+            return self.working - {0}
 
     def decide(self, index: int, stage1_reward: float, coin: float) -> bool:
         if index not in self.gate_decisions:
@@ -256,6 +302,8 @@ def run(args, choose_run: Callable[[], Tuple[str, SearchConfig, bool]]) -> int:
 
     if world_size() > 1:
         init_process_group()
+        if rank() > 0:
+            beat()
     configure_threads()
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = worker_device(args.device, local_rank, args.workers_per_gpu)
@@ -309,7 +357,12 @@ def _run_rank0(args, choose_run, context_factory) -> int:
         raise
     if resume:
         print(coordinator.resuming_note(), file=sys.stderr)
-    share({"run_dir": run_dir, "config": config.to_dict(), "data": coordinator.data})
+    try:
+        share({"run_dir": run_dir, "config": config.to_dict(), "data": coordinator.data})
+    except RuntimeError as error:  # gloo's: a rank ended while the cache was built
+        print(f"{PROG}: another rank has ended ({message_of(error)}); unless torchrun restarts the processes "
+              f"(--max-restarts), continue with --resume {run_dir}", file=sys.stderr)
+        _exit_now(1)
     coordinator.show_progress(bar=not args.no_progress)
     return _serve_and_work(coordinator, args.top, coordinator.data_root(args.data_root, resume))
 
@@ -328,6 +381,7 @@ def _serve_and_work(coordinator: Coordinator, top: int, data_root: Optional[str]
         coordinator.start_clock()
         if world_size() > 1:
             relay_thread.start()
+            watch(coordinator.remote_workers, errors)
         work(lambda message: coordinator.handle(0, message), coordinator.context())
         while relay_thread.is_alive():
             relay_thread.join(0.5)
@@ -360,7 +414,8 @@ def stop_note(coordinator: Coordinator, relay_error: Optional[BaseException], da
     if relay_error is not None and reported_in_one_line(relay_error):
         print(f"{PROG}: error: {message_of(relay_error)}", file=sys.stderr)
         return 2
-    reason = f"relay failed: {relay_error!r}" if relay_error else "stopped"  # Ctrl-C, or torchrun's SIGTERM
+    reason = (str(relay_error) if isinstance(relay_error, RankLost) else f"relay failed: {relay_error!r}"
+              if relay_error else "stopped")  # Ctrl-C, or torchrun's SIGTERM
     print(f"\n{reason}: {counted(len(coordinator.records), 'candidate')} saved; unless torchrun restarts the "
           f"processes (--max-restarts), continue with --resume {coordinator.run_dir}, under torchrun as before or in "
           f"one process: {resume_command(coordinator.run_dir, data_root)}", file=sys.stderr)

@@ -5,7 +5,7 @@ import os
 import time
 import uuid
 from datetime import timedelta
-from typing import Optional
+from typing import List, Optional
 
 import torch.distributed as dist
 
@@ -57,13 +57,13 @@ def agree_on_attempt(confirmation: float = 5.0) -> int:
         number = store.add("nasfast/attempts", 1) - 1
         store.set("nasfast/attempt", str(number))
         joins = [f"nasfast/attempt{number}/join/{other}" for other in range(1, world_size())]
-        store.wait(joins, TIMEOUT)
+        _wait(store, joins)
         for key in joins:
             store.set(key.replace("/join/", "/confirmed/"), store.get(key))
     else:
         number = None
         while number is None:
-            store.wait(["nasfast/attempt"], TIMEOUT)
+            _wait(store, ["nasfast/attempt"])
             drawn = int(store.get("nasfast/attempt"))
             store.set(f"nasfast/attempt{drawn}/join/{rank()}", me)
             if _confirmed(store, f"nasfast/attempt{drawn}/confirmed/{rank()}", me, confirmation):
@@ -73,7 +73,7 @@ def agree_on_attempt(confirmation: float = 5.0) -> int:
 
 
 def _confirmed(store: dist.Store, key: str, value: str, seconds: float) -> bool:
-    """Whether `key` holds `value` within `seconds` (polled: a store's timed wait logs its timeout)."""
+    """Whether `key` holds `value` within `seconds` (polled, as in _wait)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if store.check([key]) and store.get(key).decode() == value:
@@ -82,12 +82,29 @@ def _confirmed(store: dist.Store, key: str, value: str, seconds: float) -> bool:
     return False
 
 
+def _wait(store: dist.Store, keys: List[str], seconds: float = TIMEOUT.total_seconds()) -> bool:
+    """Whether the store holds `keys` within `seconds`. Polled: in the store's own wait, SIGTERM
+    (torchrun's, stopping the processes for a restart) is handled only once it ends, so torchrun
+    waited 30 s and killed the process; and the wait logs its timeout."""
+    deadline = time.monotonic() + seconds
+    while not store.check(keys):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def agent_store() -> dist.Store:
     """torchrun's store (its agent's): one per job, outliving the job's restarts."""
     global _agent_store
     if _agent_store is None:
         _agent_store = next(dist.rendezvous("env://", timeout=TIMEOUT))[0]
     return _agent_store
+
+
+def store_connection() -> dist.Store:
+    """A connection of its own to torchrun's store, for a thread beside the main one."""
+    return next(dist.rendezvous("env://", timeout=TIMEOUT))[0]
 
 
 def job_identity() -> str:
