@@ -236,6 +236,12 @@ def test_rank0_takes_a_worker_that_stopped_beating_for_gone(monkeypatch):
     assert interrupted and 0.2 < interrupted[0] - started < 5
     assert [str(e) for e in errors] == ["rank 2 has not been heard from for 0 s: its process or its machine is gone"]
 
+    class Gone:
+        def add(self, key, value):
+            raise dist.DistNetworkError("Connection reset by peer")
+    assert str(distributed._lost_rank(Gone(), {1}, {})) == \
+        "torchrun's store cannot be reached (Connection reset by peer)"
+
 
 def test_a_data_file_a_candidate_cannot_read_says_how_to_go_on_under_torchrun(coordinator_at, monkeypatch, capsys):
     """As in one process: mend it, then resume (it was the bare error, and torchrun's restarts)."""

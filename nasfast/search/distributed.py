@@ -9,6 +9,7 @@ saves the state after every hand-out and every result, in-flight proposals inclu
 restarted group (torchrun --max-restarts) hands those out again first and logs each index once.
 """
 import _thread
+import contextlib
 import os
 import pickle
 import struct
@@ -118,9 +119,10 @@ def _alive_key(worker: int) -> str:
 def beat() -> None:
     """This rank's heartbeat, from a daemon thread, for as long as the process lives."""
     def beating(store=store_connection(), key=_alive_key(rank())):
-        while True:
-            store.add(key, 1)
-            time.sleep(BEAT)
+        with contextlib.suppress(RuntimeError):  # the store gone with its torchrun: rank 0 says so
+            while True:
+                store.add(key, 1)
+                time.sleep(BEAT)
     threading.Thread(target=beating, name="heartbeat", daemon=True).start()
 
 
@@ -129,19 +131,30 @@ def watch(workers: Callable[[], Set[int]], errors: List[BaseException]) -> None:
     the `workers()` still working has not beaten for SILENCE seconds."""
     def watching(store=store_connection()):
         heard: Dict[int, Tuple[int, float]] = {}  # rank: (count, when it last changed)
-        while True:
+        lost = None
+        while lost is None:
             time.sleep(BEAT)
-            now = time.monotonic()
-            for worker in workers():
-                count = store.add(_alive_key(worker), 0)
-                if heard.get(worker, (None,))[0] != count:
-                    heard[worker] = (count, now)
-                elif now - heard[worker][1] > SILENCE:
-                    errors.append(RankLost(f"rank {worker} has not been heard from for {SILENCE:.0f} s: its process "
-                                           f"or its machine is gone"))
-                    _thread.interrupt_main()
-                    return
+            lost = _lost_rank(store, workers(), heard)
+        errors.append(lost)
+        _thread.interrupt_main()
     threading.Thread(target=watching, name="watch", daemon=True).start()
+
+
+def _lost_rank(store: dist.Store, workers: Set[int], heard: Dict[int, Tuple[int, float]]) -> Optional[RankLost]:
+    """RankLost for a worker whose count in `store` stood still for SILENCE seconds (`heard`: each
+    one's count, and when it last changed), or for a store gone; None while all beat."""
+    now = time.monotonic()
+    try:
+        counts = {worker: store.add(_alive_key(worker), 0) for worker in workers}
+    except RuntimeError as error:  # the torchrun that holds the store has ended
+        return RankLost(f"torchrun's store cannot be reached ({message_of(error)})")
+    for worker, count in counts.items():
+        if heard.get(worker, (None,))[0] != count:
+            heard[worker] = (count, now)
+        elif now - heard[worker][1] > SILENCE:
+            return RankLost(f"rank {worker} has not been heard from for {SILENCE:.0f} s: its process or its machine "
+                            f"is gone")
+    return None
 
 
 def receive_any() -> Message:
