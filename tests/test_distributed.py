@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import List, Tuple
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ from nasfast.files import SEARCH_RECORD_KEYS, append_record, read_records
 from nasfast.search.records import keep_finished_records
 
 REPO = Path(__file__).resolve().parents[1]
+SEARCH_ENV = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")  # for the searches run by torchrun
 
 
 def fake_evaluate(genotype, index, ctx, decide, known=None):
@@ -389,8 +391,7 @@ def test_torchrun_survives_a_killed_process(processes, victim, tmp_path, camvid_
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
            "--max-restarts", "2", "-m", "nasfast.search", "--dataset", "camvid", "--preset", "tiny",
            "--budget", str(budget), "--out", str(run), "--no-progress", "--stage1-images", "32"]
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    torchrun = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    torchrun = subprocess.Popen(cmd, env=SEARCH_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         log = run / "candidates.jsonl"
         deadline = time.time() + 120
@@ -411,7 +412,7 @@ def test_torchrun_survives_a_killed_process(processes, victim, tmp_path, camvid_
     assert {r["worker"] for r in records} == set(range(processes))
     state = torch.load(run / "state.pt", weights_only=False)
     assert state["next_index"] == budget and not state.get("pending")
-    again = subprocess.run(cmd[:cmd.index("--dataset")] + ["--resume", str(run)], env=env, capture_output=True,
+    again = subprocess.run(cmd[:cmd.index("--dataset")] + ["--resume", str(run)], env=SEARCH_ENV, capture_output=True,
                            text=True, timeout=180)
     assert again.returncode == 0 and f"already done: budget of {budget} candidates reached" in again.stderr, \
         again.stderr[-3000:]
@@ -423,19 +424,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_machines_run_one_search_through_a_c10d_rendezvous_and_survive_a_killed_process(tmp_path, camvid_root):
-    """README's several machines, as two torchrun launches here (one process each) sharing RUN_DIR;
-    rank 1's process is killed. The machine whose process lived did not count the restart
-    (torchrun's restart count is per machine), so the two ranks waited for each other under
-    different keys until the timeout."""
-    run, budget = tmp_path / "run", 6
+def two_machines_kill_rank_1(tmp_path, run: Path, budget: int, max_restarts: int, rdzv_id: str,
+                             timeout: float) -> Tuple[List[str], List[int], List[str]]:
+    """Two torchrun launches here, as two machines of one process each, searching into `run`;
+    rank 1's process is killed (SIGKILL) after 2 candidates. Returns the command, and each
+    launch's exit status and what it printed."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-           "--max-restarts", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}",
-           "--rdzv-id", "two-machines", "-m", "nasfast.search", "--dataset", "camvid", "--preset", "tiny", "--budget",
-           str(budget), "--out", str(run), "--no-progress", "--stage1-images", "32"]
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+           "--max-restarts", str(max_restarts), "--rdzv-backend", "c10d", "--rdzv-endpoint",
+           f"127.0.0.1:{free_port()}", "--rdzv-id", rdzv_id, "-m", "nasfast.search", "--dataset", "camvid", "--preset",
+           "tiny", "--budget", str(budget), "--out", str(run), "--no-progress", "--stage1-images", "32"]
     logs = [tmp_path / f"machine{i}.txt" for i in range(2)]
-    machines = [subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT) for log in logs]
+    machines = [subprocess.Popen(cmd, env=SEARCH_ENV, stdout=log.open("w"), stderr=subprocess.STDOUT) for log in logs]
     try:
         deadline = time.time() + 120
         while time.time() < deadline and len(read_records(str(run / "candidates.jsonl"))) < 2:
@@ -444,13 +443,22 @@ def test_two_machines_run_one_search_through_a_c10d_rendezvous_and_survive_a_kil
         assert victim is not None and len(read_records(str(run / "candidates.jsonl"))) < budget
         os.kill(victim, signal.SIGKILL)
         for machine in machines:
-            machine.wait(timeout=300)
+            machine.wait(timeout=timeout)
     finally:
         for machine in machines:
             if machine.poll() is None:
                 machine.kill()
-    outputs = [log.read_text() for log in logs]
-    assert [machine.returncode for machine in machines] == [0, 0], [output[-3000:] for output in outputs]
+    return cmd, [machine.returncode for machine in machines], [log.read_text() for log in logs]
+
+
+def test_two_machines_run_one_search_through_a_c10d_rendezvous_and_survive_a_killed_process(tmp_path, camvid_root):
+    """README's several machines, as two torchrun launches here (one process each) sharing RUN_DIR;
+    rank 1's process is killed. The machine whose process lived did not count the restart
+    (torchrun's restart count is per machine), so the two ranks waited for each other under
+    different keys until the timeout."""
+    run, budget = tmp_path / "run", 6
+    cmd, codes, outputs = two_machines_kill_rank_1(tmp_path, run, budget, 1, "two-machines", 300)
+    assert codes == [0, 0], [output[-3000:] for output in outputs]
     records = read_records(str(run / "candidates.jsonl"))
     assert sorted(r["index"] for r in records) == list(range(budget))
     assert {r["worker"] for r in records} == {0, 1}  # both machines evaluated candidates
@@ -462,7 +470,7 @@ def test_two_machines_run_one_search_through_a_c10d_rendezvous_and_survive_a_kil
     again = cmd[:cmd.index("--nnodes")] + ["--nnodes", "1", "--nproc-per-node", "2", "--rdzv-backend", "c10d",
                                             "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id",
                                             "two-machines", "--max-restarts", "1"] + search
-    refused = subprocess.run(again + ["--seed", "5"], env=env, capture_output=True, text=True, timeout=300)
+    refused = subprocess.run(again + ["--seed", "5"], env=SEARCH_ENV, capture_output=True, text=True, timeout=300)
     assert refused.returncode != 0 and "resuming" not in refused.stderr, refused.stderr[-3000:]
     assert f"--out {run} already holds a search" in refused.stderr
     assert len(read_records(str(run / "candidates.jsonl"))) == budget
@@ -473,34 +481,15 @@ def test_when_one_machine_s_restarts_are_spent_the_other_stops_and_resume_goes_o
     """torchrun stops no machine's processes when another machine's agent gives up: rank 0 waited for
     the lost rank for 24 hours. It takes a rank that has not beaten for a minute for gone."""
     run, budget = tmp_path / "run", 6
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-           "--max-restarts", "0", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}",
-           "--rdzv-id", "spent", "-m", "nasfast.search", "--dataset", "camvid", "--preset", "tiny", "--budget",
-           str(budget), "--out", str(run), "--no-progress", "--stage1-images", "32"]
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    logs = [tmp_path / f"machine{i}.txt" for i in range(2)]
-    machines = [subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT) for log in logs]
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and len(read_records(str(run / "candidates.jsonl"))) < 2:
-            time.sleep(0.05)
-        victim = next(filter(None, (rank_process(machine.pid, 1) for machine in machines)), None)
-        assert victim is not None and len(read_records(str(run / "candidates.jsonl"))) < budget
-        os.kill(victim, signal.SIGKILL)
-        for machine in machines:
-            machine.wait(timeout=distributed.SILENCE + 120)
-    finally:
-        for machine in machines:
-            if machine.poll() is None:
-                machine.kill()
-    outputs = "".join(log.read_text() for log in logs)
-    assert all(machine.returncode != 0 for machine in machines), outputs[-3000:]
+    _, codes, outputs = two_machines_kill_rank_1(tmp_path, run, budget, 0, "spent", distributed.SILENCE + 120)
+    outputs = "".join(outputs)
+    assert all(code != 0 for code in codes), outputs[-3000:]
     # Mostly rank 0 waits for rank 1 (gloo's receive from any rank does not see it end); if it was
     # sending to rank 1 then, gloo's error says so at once.
     assert re.search(r"(rank 1 has not been heard from for 60 s: its process or its machine is gone|relay failed: "
                      r"RuntimeError\(.*Connection closed by peer.*\)): \d+ candidates? saved; unless torchrun restarts",
                      outputs), outputs[-3000:]
-    resumed = subprocess.run([sys.executable, "-m", "nasfast.search", "--resume", str(run), "--no-progress"], env=env,
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run([sys.executable, "-m", "nasfast.search", "--resume", str(run), "--no-progress"],
+                             env=SEARCH_ENV, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert sorted(r["index"] for r in read_records(str(run / "candidates.jsonl"))) == list(range(budget))
