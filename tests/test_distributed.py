@@ -434,7 +434,10 @@ def two_machines_kill_rank_1(tmp_path, run: Path, budget: int, max_restarts: int
            f"127.0.0.1:{free_port()}", "--rdzv-id", rdzv_id, "-m", "nasfast.search", "--dataset", "camvid", "--preset",
            "tiny", "--budget", str(budget), "--out", str(run), "--no-progress", "--stage1-images", "32"]
     logs = [tmp_path / f"machine{i}.txt" for i in range(2)]
-    machines = [subprocess.Popen(cmd, env=SEARCH_ENV, stdout=log.open("w"), stderr=subprocess.STDOUT) for log in logs]
+    machines = []
+    for log in logs:  # the first holds the rendezvous's store, and mostly has rank 0 (the lower pid)
+        machines.append(subprocess.Popen(cmd, env=SEARCH_ENV, stdout=log.open("w"), stderr=subprocess.STDOUT))
+        time.sleep(1)
     try:
         deadline = time.time() + 120
         while time.time() < deadline and len(read_records(str(run / "candidates.jsonl"))) < 2:
@@ -485,10 +488,11 @@ def test_when_one_machine_s_restarts_are_spent_the_other_stops_and_resume_goes_o
     outputs = "".join(outputs)
     assert all(code != 0 for code in codes), outputs[-3000:]
     # Mostly rank 0 waits for rank 1 (gloo's receive from any rank does not see it end); if it was
-    # sending to rank 1 then, gloo's error says so at once.
+    # sending to rank 1 then, gloo's error says so at once. Where rank 1's machine held the
+    # rendezvous's store, the other torchrun fails on its own, stopping rank 0.
     assert re.search(r"(rank 1 has not been heard from for 60 s: its process or its machine is gone|relay failed: "
                      r"RuntimeError\(.*Connection closed by peer.*\)): \d+ candidates? saved; unless torchrun restarts",
-                     outputs), outputs[-3000:]
+                     outputs) or "RendezvousConnectionError" in outputs, outputs[-3000:]
     resumed = subprocess.run([sys.executable, "-m", "nasfast.search", "--resume", str(run), "--no-progress"],
                              env=SEARCH_ENV, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
