@@ -30,6 +30,7 @@ from nasfast.cli import positive_int, resolve_device, run
 from nasfast.ops import SeparableConvBNReLU, cpu_memory_cache
 from nasfast.ops.memory import default_capacity
 from nasfast.ops.separable import separable_conv_reference
+from timing import synchronizer
 
 SEPARABLE_OPS = [(3, 1, "sep3x3"), (5, 1, "sep5x5"), (3, 3, "sep3x3_d3"), (5, 6, "sep5x5_d6")]
 # (batch, channels, map side): batch 8 and 64, decoder widths 48 (search) and 64 (final), 32..128 px
@@ -50,7 +51,7 @@ PROG = Path(__file__).name
 
 def interleaved(functions: Sequence[Callable[[], object]], device: torch.device, repeats: int) -> List[List[float]]:
     """Milliseconds of each function, run alternately, after a warm-up."""
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    sync = synchronizer(device)
     for f in functions:
         for _ in range(2):
             f()
@@ -166,7 +167,7 @@ def profiled(title: str, step: Callable[[], object], device) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    sync = synchronizer(device)
     step()
     sync()
     with profile(activities=activities) as profiler:

@@ -45,10 +45,15 @@ def device_note(device: torch.device, jetson: bool = False) -> str:
 Timing = namedtuple("Timing", "mean std median passes")
 
 
+def synchronizer(device):
+    """A function that waits for the work queued on `device` (that device's, not GPU 0's)."""
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+
+
 def timed(model, x, device, runs: int, warmup: int, max_seconds: float) -> Timing:
     """`runs` passes after `warmup`, fewer (at least 2 of each) where the timed passes would take
     more than max_seconds, or the warm-up more than half of it."""
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    sync = synchronizer(device)
     with torch.no_grad():
         start = time.perf_counter()
         for done in range(1, warmup + 1):

@@ -45,8 +45,9 @@ def images_to_predict(inputs: Sequence[str], out: Path) -> List[Tuple[Path, Path
             raise UsageError(f"{text}: no such file or folder")
         for image, target in pairs:
             found.setdefault((os.path.realpath(image), target), (image, target))
-    _refuse_clashes(list(found.values()))
-    return list(found.values())
+    images = list(found.values())
+    _refuse_clashes(images)
+    return images
 
 
 def _image_files(folder: Path, out: Path) -> List[Path]:

@@ -185,7 +185,7 @@ def search_in_this_process(args, run_dir: str, config: SearchConfig, resume: boo
         raise DataError(mend_data_note(error, config.dataset, args.data_root or search.recorded_root(), run_dir,
                                        args.data_root)) from None
     except (OSError, DeviceLost) as error:  # a full disk, say: the candidates saved still count
-        if isinstance(error, OSError) and not reported_in_one_line(error) or \
+        if (isinstance(error, OSError) and not reported_in_one_line(error)) or \
                 not os.path.exists(search.path(SEARCH_STATE)):
             raise
         saved = load_state(search.path(SEARCH_STATE))["next_index"]  # the failure may have come before or after it

@@ -373,8 +373,7 @@ def _run_rank0(args, choose_run, context_factory) -> int:
     try:
         share({"run_dir": run_dir, "config": config.to_dict(), "data": coordinator.data})
     except RuntimeError as error:  # gloo's: a rank ended while the cache was built
-        print(f"{PROG}: another rank has ended ({message_of(error)}); unless torchrun restarts the processes "
-              f"(--max-restarts), continue with --resume {run_dir}", file=sys.stderr)
+        print(f"{PROG}: another rank has ended ({message_of(error)}); {restart_note(run_dir)}", file=sys.stderr)
         _exit_now(1)
     coordinator.show_progress(bar=not args.no_progress)
     return _serve_and_work(coordinator, args.top, coordinator.data_root(args.data_root, resume))
@@ -409,8 +408,7 @@ def _serve_and_work(coordinator: Coordinator, top: int, data_root: Optional[str]
     except DeviceLost as error:  # logged
         with coordinator.state_lock:
             coordinator.close()
-        _exit_on_error(f"{error}; unless torchrun restarts the processes (--max-restarts), continue with --resume "
-                       f"{coordinator.run_dir}")
+        _exit_on_error(f"{error}; {restart_note(coordinator.run_dir)}")
     coordinator.close()
     if errors:
         raise RuntimeError("the relay to the other ranks failed") from errors[0]
@@ -429,10 +427,14 @@ def stop_note(coordinator: Coordinator, relay_error: Optional[BaseException], da
         return 2
     reason = (str(relay_error) if isinstance(relay_error, RankLost) else f"relay failed: {relay_error!r}"
               if relay_error else "stopped")  # Ctrl-C, or torchrun's SIGTERM
-    print(f"\n{reason}: {counted(len(coordinator.records), 'candidate')} saved; unless torchrun restarts the "
-          f"processes (--max-restarts), continue with --resume {coordinator.run_dir}, under torchrun as before or in "
-          f"one process: {resume_command(coordinator.run_dir, data_root)}", file=sys.stderr)
+    print(f"\n{reason}: {counted(len(coordinator.records), 'candidate')} saved; {restart_note(coordinator.run_dir)}, "
+          f"under torchrun as before or in one process: {resume_command(coordinator.run_dir, data_root)}",
+          file=sys.stderr)
     return 130
+
+
+def restart_note(run_dir: str) -> str:
+    return f"unless torchrun restarts the processes (--max-restarts), continue with --resume {run_dir}"
 
 
 def _exit_on_error(message: str) -> None:

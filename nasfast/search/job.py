@@ -5,7 +5,7 @@ import os
 import time
 import uuid
 from datetime import timedelta
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import torch.distributed as dist
 
@@ -73,21 +73,21 @@ def agree_on_attempt(confirmation: float = 5.0) -> int:
 
 
 def _confirmed(store: dist.Store, key: str, value: str, seconds: float) -> bool:
-    """Whether `key` holds `value` within `seconds` (polled, as in _wait)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if store.check([key]) and store.get(key).decode() == value:
-            return True
-        time.sleep(0.05)
-    return False
+    """Whether `key` holds `value` within `seconds`."""
+    return _polled(lambda: store.check([key]) and store.get(key).decode() == value, seconds)
 
 
 def _wait(store: dist.Store, keys: List[str], seconds: float = TIMEOUT.total_seconds()) -> bool:
-    """Whether the store holds `keys` within `seconds`. Polled: in the store's own wait, SIGTERM
-    (torchrun's, stopping the processes for a restart) is handled only once it ends, so torchrun
-    waited 30 s and killed the process; and the wait logs its timeout."""
+    """Whether the store holds `keys` within `seconds`."""
+    return _polled(lambda: store.check(keys), seconds)
+
+
+def _polled(ready: Callable[[], bool], seconds: float) -> bool:
+    """Whether `ready()` turns true within `seconds`, asked every 50 ms. Polled: in the store's own
+    wait, SIGTERM (torchrun's, stopping the processes for a restart) is handled only once it ends,
+    so torchrun waited 30 s and killed the process; and the wait logs its timeout."""
     deadline = time.monotonic() + seconds
-    while not store.check(keys):
+    while not ready():
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)
